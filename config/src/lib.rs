@@ -1,0 +1,252 @@
+//! Typed configuration for shopstream.
+//!
+//! Configuration is layered: built-in defaults < a TOML file < environment variables named
+//! `SHOPSTREAM__SECTION__KEY` (for example `SHOPSTREAM__KAFKA__BROKERS=10.0.0.1:9092`).
+//! Every section rejects unknown keys, and [`Config::load`] reports *every* problem it finds
+//! (unknown keys, wrong types, out-of-range values) in one [`ConfigError::Invalid`], so a
+//! user fixes a broken file in one pass instead of one error per run.
+//!
+//! Start from [`Config::default`] in code, or from `config/shopstream.example.toml`, which
+//! documents every key.
+
+mod layering;
+mod sections;
+mod validate;
+
+pub use layering::ENV_PREFIX;
+pub use sections::{Config, KafkaConfig, ModelConfig, PipelineConfig, StoreConfig, TopicsConfig};
+pub use validate::Problem;
+
+use std::path::{Path, PathBuf};
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read (missing, permissions). A user error.
+    #[error(
+        "cannot read config file {path}: {source}; check the path or omit --config to use defaults"
+    )]
+    Read {
+        /// The file that was asked for.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML. A user error.
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax {
+        /// The file that failed to parse.
+        path: PathBuf,
+        /// The TOML parser's message, with line and column.
+        message: String,
+    },
+    /// The file parsed but one or more keys or values are wrong. A user error.
+    #[error("{} problem(s) in the configuration:\n{}", .problems.len(), format_problems(.problems))]
+    Invalid {
+        /// Every problem found, in file order.
+        problems: Vec<Problem>,
+    },
+}
+
+fn format_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Config {
+    /// Loads defaults, then the optional TOML file, then `SHOPSTREAM__*` variables from the
+    /// process environment, and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// Like [`Config::load`] but with an explicit environment, so tests need not mutate the
+    /// process environment.
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                layering::parse_file(path, &text)?
+            }
+            None => toml::Table::new(),
+        };
+        layering::apply_env(&mut table, env);
+        Self::from_table(&table)
+    }
+
+    /// Parses and validates a configuration from TOML text (no environment layer).
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let table = layering::parse_file(Path::new("<string>"), text)?;
+        Self::from_table(&table)
+    }
+
+    fn from_table(table: &toml::Table) -> Result<Config, ConfigError> {
+        let (config, mut problems) = layering::deserialize_reporting_all(table);
+        problems.extend(validate::validate(&config));
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid { problems })
+        }
+    }
+
+    /// The effective configuration as TOML, for `shopstream check-config`. Values of Kafka
+    /// properties whose names suggest secrets are masked.
+    pub fn to_toml_masked(&self) -> String {
+        let mut shown = self.clone();
+        for (key, value) in shown.kafka.properties.iter_mut() {
+            if is_secret_property(key) {
+                *value = "********".to_string();
+            }
+        }
+        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+/// Whether a librdkafka property carries a secret that must never be printed or logged.
+pub fn is_secret_property(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "key.pem",
+        "token",
+        "sasl.oauthbearer.config",
+    ]
+    .iter()
+    .any(|needle| key.contains(needle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = Config::load_with_env(None, no_env()).expect("defaults validate");
+        assert_eq!(config, Config::default());
+        assert_eq!(config.topics.clicks, "shop.clicks");
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_env_overrides_file() {
+        let dir = std::env::temp_dir().join(format!("shopstream-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("layered.toml");
+        std::fs::write(
+            &path,
+            "[kafka]\nbrokers = \"file:9092\"\n[pipeline]\nwindow_secs = 30\n",
+        )
+        .expect("write config");
+        let env = vec![
+            (
+                "SHOPSTREAM__KAFKA__BROKERS".to_string(),
+                "env:9092".to_string(),
+            ),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let config = Config::load_with_env(Some(&path), env).expect("valid");
+        assert_eq!(config.kafka.brokers, "env:9092");
+        assert_eq!(config.pipeline.window_secs, 30);
+        assert_eq!(config.pipeline.click_window_secs, 600);
+    }
+
+    #[test]
+    fn three_distinct_mistakes_are_all_reported() {
+        let text = r#"
+            [kafka]
+            brokres = "localhost:9092"
+            [pipeline]
+            window_secs = "sixty"
+            [model]
+            learning_rate = -1.0
+        "#;
+        let err = Config::from_toml_str(text).expect_err("three mistakes");
+        let ConfigError::Invalid { problems } = err else {
+            panic!("expected Invalid, got {err}");
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "kafka.brokres",
+                "pipeline.window_secs",
+                "model.learning_rate"
+            ],
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_section_is_reported_with_the_known_ones() {
+        let err = Config::from_toml_str("[kafak]\nbrokers = \"x\"\n").expect_err("unknown");
+        let text = err.to_string();
+        assert!(text.contains("kafak"), "{text}");
+        assert!(
+            text.contains("kafka, topics, pipeline, store, model"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn env_values_are_typed() {
+        let env = vec![
+            (
+                "SHOPSTREAM__PIPELINE__WINDOW_SECS".to_string(),
+                "120".to_string(),
+            ),
+            (
+                "SHOPSTREAM__KAFKA__CREATE_TOPICS".to_string(),
+                "false".to_string(),
+            ),
+        ];
+        let config = Config::load_with_env(None, env).expect("valid");
+        assert_eq!(config.pipeline.window_secs, 120);
+        assert!(!config.kafka.create_topics);
+    }
+
+    #[test]
+    fn secrets_are_masked_when_printed() {
+        let mut config = Config::default();
+        config
+            .kafka
+            .properties
+            .insert("sasl.password".into(), "hunter2".into());
+        let shown = config.to_toml_masked();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("********"), "{shown}");
+    }
+
+    #[test]
+    fn example_file_is_valid_and_documents_every_key() {
+        let text = include_str!("../shopstream.example.toml");
+        let parsed = Config::from_toml_str(text).expect("example config validates");
+        assert_eq!(parsed, Config::default(), "example must show the defaults");
+        let rendered: toml::Table =
+            toml::from_str(&toml::to_string(&Config::default()).expect("render")).expect("parse");
+        for (section, value) in rendered {
+            let keys = value.as_table().expect("sections are tables");
+            for key in keys.keys() {
+                let needle = format!("\n{key} =");
+                let commented = format!("\n# {key} =");
+                assert!(
+                    text.contains(&needle) || text.contains(&commented),
+                    "example config does not document {section}.{key}"
+                );
+            }
+        }
+    }
+}

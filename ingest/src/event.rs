@@ -1,0 +1,349 @@
+//! The v1 topic contract as Rust types (see `docs/topic-contract.md`).
+//!
+//! Timestamps are event time in epoch milliseconds ([`Millis`]); on the wire `ts` is either
+//! an RFC 3339 string with a zone or an integer of epoch milliseconds. Ids are strings on
+//! the wire; integer ids (as in the Taobao log) are accepted and kept as their decimal text.
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// Event time in milliseconds since the Unix epoch, UTC.
+pub type Millis = i64;
+
+/// Which input topic an event came from. The order of the variants is the tie-break order
+/// used when events with the same timestamp are applied (clicks, then orders, then
+/// inventory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputTopic {
+    /// `shop.clicks`, keyed by user_id.
+    Clicks,
+    /// `shop.orders`, keyed by user_id.
+    Orders,
+    /// `shop.inventory`, keyed by item_id.
+    Inventory,
+}
+
+impl InputTopic {
+    /// All input topics in tie-break order.
+    pub const ALL: [InputTopic; 3] = [
+        InputTopic::Clicks,
+        InputTopic::Orders,
+        InputTopic::Inventory,
+    ];
+
+    /// Stable short name, used in metrics and summaries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InputTopic::Clicks => "clicks",
+            InputTopic::Orders => "orders",
+            InputTopic::Inventory => "inventory",
+        }
+    }
+}
+
+/// Kind of clickstream event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClickKind {
+    /// An item was shown to the user.
+    Impression,
+    /// The user opened an item.
+    Click,
+    /// The user put an item in the cart.
+    AddToCart,
+    /// The user took an item out of the cart.
+    RemoveFromCart,
+    /// The user marked an item as favourite.
+    Favorite,
+    /// The user searched; `item_id` is absent and `query` holds the text.
+    Search,
+}
+
+/// Where on the shop the event happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scenario {
+    /// The personalised home feed.
+    HomeFeed,
+    /// Search results.
+    Search,
+    /// Recommendations on a product page.
+    ProductDetail,
+    /// Recommendations in the cart.
+    Cart,
+    /// Push notifications.
+    Push,
+}
+
+impl Scenario {
+    /// All scenarios, in a fixed order (used for one-hot encodings and reports).
+    pub const ALL: [Scenario; 5] = [
+        Scenario::HomeFeed,
+        Scenario::Search,
+        Scenario::ProductDetail,
+        Scenario::Cart,
+        Scenario::Push,
+    ];
+
+    /// The contract's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scenario::HomeFeed => "home_feed",
+            Scenario::Search => "search",
+            Scenario::ProductDetail => "product_detail",
+            Scenario::Cart => "cart",
+            Scenario::Push => "push",
+        }
+    }
+}
+
+/// A `shop.clicks` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClickEvent {
+    /// Unique id of the event (dedupe key).
+    #[serde(deserialize_with = "de_id")]
+    pub event_id: String,
+    /// Event time.
+    #[serde(deserialize_with = "de_ts")]
+    pub ts: Millis,
+    /// The user; also the message key.
+    #[serde(deserialize_with = "de_id")]
+    pub user_id: String,
+    /// The browsing session.
+    #[serde(deserialize_with = "de_id")]
+    pub session_id: String,
+    /// What happened.
+    #[serde(rename = "type")]
+    pub kind: ClickKind,
+    /// The item; absent only for searches.
+    #[serde(
+        default,
+        deserialize_with = "de_opt_id",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub item_id: Option<String>,
+    /// Where it happened.
+    pub scenario: Scenario,
+    /// Slot in the list shown, 0 = top.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u32>,
+    /// Device class, for example `ios`, `android`, `web`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Price shown with the item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<f64>,
+    /// Search text (searches only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+}
+
+/// Status of an order event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    /// The order was placed.
+    Placed,
+    /// A previously placed order was cancelled (a retraction for attribution).
+    Cancelled,
+}
+
+/// One line of an order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderLine {
+    /// The item bought.
+    #[serde(deserialize_with = "de_id")]
+    pub item_id: String,
+    /// Units bought (at least 1).
+    pub quantity: u32,
+    /// Price per unit.
+    pub unit_price: f64,
+}
+
+/// A `shop.orders` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderEvent {
+    /// The order (dedupe key together with `status`).
+    #[serde(deserialize_with = "de_id")]
+    pub order_id: String,
+    /// Event time.
+    #[serde(deserialize_with = "de_ts")]
+    pub ts: Millis,
+    /// The buyer; also the message key.
+    #[serde(deserialize_with = "de_id")]
+    pub user_id: String,
+    /// Placed or cancelled.
+    pub status: OrderStatus,
+    /// What was bought.
+    pub lines: Vec<OrderLine>,
+    /// ISO 4217 currency code.
+    pub currency: String,
+}
+
+impl OrderEvent {
+    /// Sum of quantity x unit price over the lines.
+    pub fn revenue(&self) -> f64 {
+        self.lines
+            .iter()
+            .map(|l| f64::from(l.quantity) * l.unit_price)
+            .sum()
+    }
+}
+
+/// Kind of inventory event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InventoryKind {
+    /// Full state of the item: `on_hand` is authoritative.
+    Snapshot,
+    /// Stock arrived: `delta` > 0.
+    Restock,
+    /// Stock left through an order: `delta` < 0.
+    Sale,
+    /// Manual correction (returns, shrinkage, cancelled orders).
+    Adjustment,
+}
+
+/// A `shop.inventory` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InventoryEvent {
+    /// Unique id of the event (dedupe key).
+    #[serde(deserialize_with = "de_id")]
+    pub event_id: String,
+    /// Event time.
+    #[serde(deserialize_with = "de_ts")]
+    pub ts: Millis,
+    /// The item; also the message key.
+    #[serde(deserialize_with = "de_id")]
+    pub item_id: String,
+    /// What happened.
+    pub kind: InventoryKind,
+    /// Units on hand after the event, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_hand: Option<i64>,
+    /// Change in units, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<i64>,
+    /// Current price, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<f64>,
+    /// Category of the item, when known.
+    #[serde(
+        default,
+        deserialize_with = "de_opt_id",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub category: Option<String>,
+}
+
+/// A decoded, valid input event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// From `shop.clicks`.
+    Click(ClickEvent),
+    /// From `shop.orders`.
+    Order(OrderEvent),
+    /// From `shop.inventory`.
+    Inventory(InventoryEvent),
+}
+
+impl Event {
+    /// Event time.
+    pub fn ts(&self) -> Millis {
+        match self {
+            Event::Click(e) => e.ts,
+            Event::Order(e) => e.ts,
+            Event::Inventory(e) => e.ts,
+        }
+    }
+
+    /// The topic this kind of event belongs to.
+    pub fn topic(&self) -> InputTopic {
+        match self {
+            Event::Click(_) => InputTopic::Clicks,
+            Event::Order(_) => InputTopic::Orders,
+            Event::Inventory(_) => InputTopic::Inventory,
+        }
+    }
+}
+
+/// Serializes a timestamp as RFC 3339 with millisecond precision and a `Z` zone.
+pub fn ts_to_rfc3339(ts: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(ts)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| ts.to_string())
+}
+
+/// serde helper: write `ts` as an RFC 3339 string (the generator uses both wire forms).
+pub fn ser_ts_rfc3339<S: Serializer>(ts: &Millis, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&ts_to_rfc3339(*ts))
+}
+
+fn de_ts<'de, D: Deserializer<'de>>(d: D) -> Result<Millis, D::Error> {
+    struct TsVisitor;
+    impl Visitor<'_> for TsVisitor {
+        type Value = Millis;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an RFC 3339 timestamp with zone or integer epoch milliseconds")
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Millis, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Millis, E> {
+            i64::try_from(v).map_err(|_| E::custom(format!("epoch milliseconds {v} overflow")))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Millis, E> {
+            chrono::DateTime::parse_from_rfc3339(v.trim())
+                .map(|t| t.timestamp_millis())
+                .map_err(|e| E::custom(format!("`{v}` is not RFC 3339 with zone: {e}")))
+        }
+    }
+    d.deserialize_any(TsVisitor)
+}
+
+struct IdVisitor;
+impl Visitor<'_> for IdVisitor {
+    type Value = String;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string or integer id")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<String, E> {
+        Ok(v)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+}
+
+fn de_id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    d.deserialize_any(IdVisitor)
+}
+
+fn de_opt_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct OptIdVisitor;
+    impl<'de> Visitor<'de> for OptIdVisitor {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string or integer id, or null")
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(IdVisitor).map(Some)
+        }
+    }
+    d.deserialize_option(OptIdVisitor)
+}

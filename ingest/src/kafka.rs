@@ -1,0 +1,187 @@
+//! Kafka client set-up shared by every stage: client properties from the configuration,
+//! reachability checks with a clear error, and topic creation.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use shopstream_config::KafkaConfig;
+
+/// Why Kafka could not be set up. `NoBrokers` is a user error, `Unreachable` and
+/// `CreateTopic` are external (the cluster), `Client` is usually a bad pass-through property.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    /// `kafka.brokers` is empty.
+    #[error(
+        "no Kafka brokers configured: set kafka.brokers in the config file or SHOPSTREAM__KAFKA__BROKERS \
+         (for a try-out without a cluster use `shopstream demo`, which embeds one)"
+    )]
+    NoBrokers,
+    /// The cluster did not answer a metadata request in time.
+    #[error(
+        "cannot reach Kafka at {brokers} within {timeout_ms} ms ({source}); check kafka.brokers, \
+         that the broker is running, and the security properties"
+    )]
+    Unreachable {
+        /// The configured bootstrap servers.
+        brokers: String,
+        /// How long we waited.
+        timeout_ms: u64,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+    /// librdkafka refused the client configuration.
+    #[error("cannot create a Kafka client: {0}; check the kafka.properties pass-through values")]
+    Client(#[source] KafkaError),
+    /// A topic is missing and could not be created.
+    #[error("topic {topic} is missing on {brokers} and could not be created: {message}")]
+    CreateTopic {
+        /// The topic.
+        topic: String,
+        /// The configured bootstrap servers.
+        brokers: String,
+        /// What the broker said.
+        message: String,
+    },
+    /// A topic is missing and `kafka.create_topics` is false.
+    #[error(
+        "topic {topic} does not exist on {brokers}; create it, or set kafka.create_topics = true"
+    )]
+    MissingTopic {
+        /// The topic.
+        topic: String,
+        /// The configured bootstrap servers.
+        brokers: String,
+    },
+    /// A blocking metadata task panicked or was cancelled (internal).
+    #[error("internal error while talking to Kafka: {0}")]
+    Internal(String),
+}
+
+/// librdkafka settings for `kafka`: bootstrap servers plus the pass-through properties.
+pub fn client_config(kafka: &KafkaConfig) -> Result<ClientConfig, KafkaSetupError> {
+    if kafka.brokers.trim().is_empty() {
+        return Err(KafkaSetupError::NoBrokers);
+    }
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", kafka.brokers.trim());
+    for (key, value) in &kafka.properties {
+        config.set(key, value);
+    }
+    Ok(config)
+}
+
+/// Partition counts of `topics` as the cluster reports them; missing topics are absent.
+pub async fn partition_counts(
+    kafka: &KafkaConfig,
+    topics: &[String],
+) -> Result<BTreeMap<String, i32>, KafkaSetupError> {
+    let config = client_config(kafka)?;
+    let brokers = kafka.brokers.clone();
+    let timeout_ms = kafka.connect_timeout_ms;
+    let topics = topics.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let producer: BaseProducer = config.create().map_err(KafkaSetupError::Client)?;
+        let metadata = producer
+            .client()
+            .fetch_metadata(None, Duration::from_millis(timeout_ms))
+            .map_err(|source| KafkaSetupError::Unreachable {
+                brokers: brokers.clone(),
+                timeout_ms,
+                source,
+            })?;
+        let mut counts = BTreeMap::new();
+        for topic in metadata.topics() {
+            let exists = topic.error().is_none() && !topic.partitions().is_empty();
+            if exists && topics.iter().any(|t| t == topic.name()) {
+                counts.insert(topic.name().to_string(), topic.partitions().len() as i32);
+            }
+        }
+        Ok(counts)
+    })
+    .await
+    .map_err(|e| KafkaSetupError::Internal(e.to_string()))?
+}
+
+/// Makes sure every topic in `topics` exists, creating missing ones with
+/// `kafka.topic_partitions` partitions when `kafka.create_topics` is set. Returns the
+/// partition count of each topic.
+pub async fn ensure_topics(
+    kafka: &KafkaConfig,
+    topics: &[String],
+) -> Result<BTreeMap<String, i32>, KafkaSetupError> {
+    let existing = partition_counts(kafka, topics).await?;
+    let missing: Vec<&String> = topics
+        .iter()
+        .filter(|t| !existing.contains_key(*t))
+        .collect();
+    if missing.is_empty() {
+        return Ok(existing);
+    }
+    if !kafka.create_topics {
+        return Err(KafkaSetupError::MissingTopic {
+            topic: missing[0].clone(),
+            brokers: kafka.brokers.clone(),
+        });
+    }
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka)?
+        .create()
+        .map_err(KafkaSetupError::Client)?;
+    let new_topics: Vec<NewTopic<'_>> = missing
+        .iter()
+        .map(|t| {
+            NewTopic::new(
+                t.as_str(),
+                kafka.topic_partitions,
+                TopicReplication::Fixed(1),
+            )
+        })
+        .collect();
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_millis(kafka.connect_timeout_ms)));
+    let results = admin
+        .create_topics(new_topics.iter(), &options)
+        .await
+        .map_err(|e| KafkaSetupError::CreateTopic {
+            topic: missing
+                .iter()
+                .map(|t| t.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            brokers: kafka.brokers.clone(),
+            message: e.to_string(),
+        })?;
+    for result in results {
+        if let Err((topic, code)) = result
+            && code != RDKafkaErrorCode::TopicAlreadyExists
+        {
+            return Err(KafkaSetupError::CreateTopic {
+                topic,
+                brokers: kafka.brokers.clone(),
+                message: code.to_string(),
+            });
+        }
+    }
+    // Metadata propagates asynchronously; wait until every topic is visible.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(kafka.connect_timeout_ms);
+    loop {
+        let counts = partition_counts(kafka, topics).await?;
+        if let Some(topic) = topics.iter().find(|t| !counts.contains_key(*t)) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(KafkaSetupError::CreateTopic {
+                    topic: topic.clone(),
+                    brokers: kafka.brokers.clone(),
+                    message: "created, but not visible in metadata in time".to_string(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        } else {
+            return Ok(counts);
+        }
+    }
+}

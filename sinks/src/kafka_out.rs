@@ -1,0 +1,244 @@
+//! Producing to Kafka with delivery tracking.
+//!
+//! [`Publisher::send`] enqueues without waiting for the broker; the delivery futures are
+//! collected and [`Publisher::flush`] awaits them all. A message counts as published only
+//! when the broker acknowledged it; a failed delivery is an error, never a silent loss.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use shopstream_config::KafkaConfig;
+use shopstream_ingest::decode::Rejection;
+use shopstream_ingest::kafka::{KafkaSetupError, client_config};
+use shopstream_ingest::source::RecordMeta;
+
+/// Why publishing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Producer set-up failed.
+    #[error(transparent)]
+    Setup(#[from] KafkaSetupError),
+    /// The broker did not acknowledge a message (external).
+    #[error(
+        "delivery to topic {topic} failed: {source}; is the broker up and does the topic exist?"
+    )]
+    Delivery {
+        /// Target topic.
+        topic: String,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+    /// The local queue stayed full past the produce timeout.
+    #[error("producer queue for topic {topic} stayed full: {source}")]
+    Enqueue {
+        /// Target topic.
+        topic: String,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+}
+
+/// Headers of a dead-letter record, beside the original key and bytes.
+pub mod dead_letter_headers {
+    /// Reason code, for example `malformed_json`.
+    pub const REASON: &str = "shopstream.reason";
+    /// Offending field, when known.
+    pub const FIELD: &str = "shopstream.field";
+    /// Human-readable explanation.
+    pub const MESSAGE: &str = "shopstream.message";
+    /// Topic the message was read from.
+    pub const SOURCE_TOPIC: &str = "shopstream.source.topic";
+    /// Partition it was read from.
+    pub const SOURCE_PARTITION: &str = "shopstream.source.partition";
+    /// Offset it was read at.
+    pub const SOURCE_OFFSET: &str = "shopstream.source.offset";
+}
+
+type Tagged = futures::future::Map<
+    DeliveryFuture,
+    Box<
+        dyn FnOnce(
+                Result<
+                    rdkafka::producer::future_producer::OwnedDeliveryResult,
+                    futures::channel::oneshot::Canceled,
+                >,
+            ) -> (&'static str, String, Result<(), KafkaError>)
+            + Send,
+    >,
+>;
+
+/// An asynchronous producer that counts acknowledged messages per tag.
+pub struct Publisher {
+    producer: FutureProducer,
+    in_flight: FuturesUnordered<Tagged>,
+    delivered: BTreeMap<&'static str, u64>,
+    timeout: Duration,
+}
+
+impl Publisher {
+    /// A producer for `kafka`.
+    pub fn new(kafka: &KafkaConfig) -> Result<Self, PublishError> {
+        let mut config = client_config(kafka)?;
+        config
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", kafka.produce_timeout_ms.to_string());
+        let producer: FutureProducer = config.create().map_err(KafkaSetupError::Client)?;
+        Ok(Self {
+            producer,
+            in_flight: FuturesUnordered::new(),
+            delivered: BTreeMap::new(),
+            timeout: Duration::from_millis(kafka.produce_timeout_ms),
+        })
+    }
+
+    /// Enqueues one message; `tag` names the counter it is delivered under.
+    pub async fn send(
+        &mut self,
+        tag: &'static str,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        timestamp_ms: Option<i64>,
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), PublishError> {
+        let started = tokio::time::Instant::now();
+        loop {
+            let mut record = FutureRecord::to(topic).key(key).payload(payload);
+            if let Some(ts) = timestamp_ms {
+                record = record.timestamp(ts);
+            }
+            if let Some(h) = headers.clone() {
+                record = record.headers(h);
+            }
+            match self.producer.send_result(record) {
+                Ok(future) => {
+                    let topic = topic.to_string();
+                    let tagged: Tagged = futures::FutureExt::map(
+                        future,
+                        Box::new(move |result| {
+                            let outcome = match result {
+                                Ok(Ok(_)) => Ok(()),
+                                Ok(Err((e, _))) => Err(e),
+                                Err(_) => Err(KafkaError::Canceled),
+                            };
+                            (tag, topic, outcome)
+                        }),
+                    );
+                    self.in_flight.push(tagged);
+                    if self.in_flight.len() >= 50_000 {
+                        self.settle_some().await?;
+                    }
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                    if started.elapsed() < self.timeout =>
+                {
+                    // Backpressure: wait for acknowledgements, then retry.
+                    if self.in_flight.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    } else {
+                        self.settle_some().await?;
+                    }
+                }
+                Err((source, _)) => {
+                    return Err(PublishError::Enqueue {
+                        topic: topic.to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    async fn settle_some(&mut self) -> Result<(), PublishError> {
+        if let Some((tag, topic, outcome)) = self.in_flight.next().await {
+            self.record(tag, topic, outcome)?;
+        }
+        while let Some(Some((tag, topic, outcome))) =
+            futures::FutureExt::now_or_never(self.in_flight.next())
+        {
+            self.record(tag, topic, outcome)?;
+        }
+        Ok(())
+    }
+
+    fn record(
+        &mut self,
+        tag: &'static str,
+        topic: String,
+        outcome: Result<(), KafkaError>,
+    ) -> Result<(), PublishError> {
+        match outcome {
+            Ok(()) => {
+                *self.delivered.entry(tag).or_default() += 1;
+                Ok(())
+            }
+            Err(source) => Err(PublishError::Delivery { topic, source }),
+        }
+    }
+
+    /// Waits until every enqueued message is acknowledged (or one fails).
+    pub async fn flush(&mut self) -> Result<(), PublishError> {
+        while let Some((tag, topic, outcome)) = self.in_flight.next().await {
+            self.record(tag, topic, outcome)?;
+        }
+        let _ = self.producer.flush(self.timeout);
+        Ok(())
+    }
+
+    /// Acknowledged messages per tag so far.
+    pub fn delivered(&self) -> &BTreeMap<&'static str, u64> {
+        &self.delivered
+    }
+
+    /// Messages not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+}
+
+/// Headers of a dead-letter record for a message read at `meta` from `topic_name`.
+pub fn dead_letter_headers(
+    topic_name: &str,
+    meta: &RecordMeta,
+    rejection: &Rejection,
+) -> OwnedHeaders {
+    use dead_letter_headers as h;
+    let partition = meta.partition.to_string();
+    let offset = meta.offset.to_string();
+    let mut headers = OwnedHeaders::new()
+        .insert(Header {
+            key: h::REASON,
+            value: Some(rejection.reason.as_str()),
+        })
+        .insert(Header {
+            key: h::MESSAGE,
+            value: Some(rejection.message.as_str()),
+        })
+        .insert(Header {
+            key: h::SOURCE_TOPIC,
+            value: Some(topic_name),
+        })
+        .insert(Header {
+            key: h::SOURCE_PARTITION,
+            value: Some(partition.as_str()),
+        })
+        .insert(Header {
+            key: h::SOURCE_OFFSET,
+            value: Some(offset.as_str()),
+        });
+    if let Some(field) = &rejection.field {
+        headers = headers.insert(Header {
+            key: h::FIELD,
+            value: Some(field.as_str()),
+        });
+    }
+    headers
+}

@@ -1,0 +1,15 @@
+//! Sinks: the Parquet feature store and the Kafka producers for predictions and dead
+//! letters.
+//!
+//! - [`store`]: writes record batches as zstd Parquet files with UTC microsecond timestamps
+//!   into hive partitions `TABLE/date=YYYY-MM-DD/hour=HH/`. File names are deterministic
+//!   per (table, window), and each file is written to a hidden temporary name, fsynced and
+//!   renamed, so readers never see a partial file and reprocessing overwrites instead of
+//!   duplicating.
+//! - [`kafka_out`]: asynchronous producers with delivery tracking: a message only counts as
+//!   published once the broker acknowledged it.
+//! - [`read`]: reading the store back (summaries, tests).
+
+pub mod kafka_out;
+pub mod read;
+pub mod store;

@@ -1,0 +1,227 @@
+//! `shopstream demo`: the whole pipeline on one machine with nothing installed.
+//!
+//! When `kafka.brokers` is empty the demo starts librdkafka's in-process mock cluster (a
+//! real Kafka-protocol listener on 127.0.0.1, inside this process), creates the topics,
+//! publishes generated traffic, runs the job until it has caught up, and reads the store
+//! back for a summary. With brokers configured it does the same against that cluster.
+
+use std::path::{Path, PathBuf};
+
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use serde::Serialize;
+use shopstream_config::Config;
+use shopstream_ingest::generator::{GeneratorOptions, GeneratorReport};
+use shopstream_sinks::read::{ScenarioSummary, scenario_summary};
+use shopstream_sinks::store::StoreError;
+
+use crate::generate::{GenerateError, publish_traffic};
+use crate::pipeline::{PipelineError, RunOptions, RunSummary, run};
+
+/// Why the demo failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The embedded cluster could not start.
+    #[error("cannot start the embedded Kafka mock cluster: {0}")]
+    Cluster(String),
+    /// The store path holds something that is not a previous demo store.
+    #[error(
+        "{0} exists and does not look like a shopstream store; choose another --store or remove it"
+    )]
+    ForeignStore(PathBuf),
+    /// Removing the previous demo store failed.
+    #[error("cannot clear the previous demo store {path}: {source}")]
+    Clear {
+        /// The store.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// Generating traffic failed.
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
+    /// The job failed.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    /// Reading the store back failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Everything the demo reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoReport {
+    /// Where Kafka was.
+    pub brokers: String,
+    /// Whether that was the embedded mock cluster.
+    pub embedded_cluster: bool,
+    /// What the generator produced.
+    pub generated: GeneratorReport,
+    /// What the job did.
+    pub run: RunSummary,
+    /// The sample query over the store: examples and clicks per scenario.
+    #[serde(skip)]
+    pub query: ScenarioSummary,
+    /// Rows the store holds, read back.
+    pub store_rows: u64,
+}
+
+/// Runs the demo: `options` says what traffic to generate.
+pub async fn demo(
+    mut config: Config,
+    options: GeneratorOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<DemoReport, DemoError> {
+    clear_previous_store(&config.store.path)?;
+    let mut _cluster: Option<MockCluster<'static, DefaultProducerContext>> = None;
+    let embedded = config.kafka.brokers.trim().is_empty();
+    if embedded {
+        let cluster = MockCluster::new(1).map_err(|e| DemoError::Cluster(e.to_string()))?;
+        let topics = config.topics.clone();
+        for topic in topics.inputs().into_iter().chain(topics.outputs()) {
+            cluster
+                .create_topic(topic, config.kafka.topic_partitions, 1)
+                .map_err(|e| DemoError::Cluster(format!("creating {topic}: {e}")))?;
+        }
+        config.kafka.brokers = cluster.bootstrap_servers();
+        // The mock cluster has no admin API; its topics were created above.
+        config.kafka.create_topics = false;
+        _cluster = Some(cluster);
+    }
+    tracing::info!(brokers = %config.kafka.brokers, embedded, "demo: publishing generated traffic");
+    let generated = publish_traffic(&config, options, None, None).await?;
+    tracing::info!(
+        messages = generated.valid_total + generated.malformed_total,
+        "demo: running the pipeline until caught up"
+    );
+    let run = run(&config, RunOptions { stop_at_end: true }, shutdown).await?;
+    let query = scenario_summary(&config.store.path)?;
+    Ok(DemoReport {
+        brokers: config.kafka.brokers.clone(),
+        embedded_cluster: embedded,
+        generated,
+        store_rows: query.rows,
+        query,
+        run,
+    })
+}
+
+/// Removes a previous demo store so the summary counts only this run; refuses to touch a
+/// directory that holds anything but shopstream tables.
+fn clear_previous_store(path: &Path) -> Result<(), DemoError> {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return Ok(());
+    };
+    let known = [
+        "examples",
+        "predictions",
+        "item_demand",
+        "metrics",
+        "alerts",
+        "_manifest",
+    ];
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !known.contains(&name.as_str()) {
+            return Err(DemoError::ForeignStore(path.to_path_buf()));
+        }
+    }
+    std::fs::remove_dir_all(path).map_err(|source| DemoError::Clear {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The demo summary as people read it.
+pub fn render(report: &DemoReport, store: &Path) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let g = &report.generated;
+    let r = &report.run;
+    let join = |m: &std::collections::BTreeMap<String, u64>| {
+        if m.is_empty() {
+            "none".to_string()
+        } else {
+            m.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+    };
+    let _ = writeln!(s, "shopstream demo summary");
+    let _ = writeln!(
+        s,
+        "  kafka:                 {} ({})",
+        report.brokers,
+        if report.embedded_cluster {
+            "embedded mock cluster"
+        } else {
+            "configured cluster"
+        }
+    );
+    let _ = writeln!(
+        s,
+        "  generated:             {} valid + {} malformed messages, {} impressions, event time {} .. {}",
+        g.valid_total,
+        g.malformed_total,
+        g.impressions,
+        shopstream_ingest::event::ts_to_rfc3339(g.first_ts),
+        shopstream_ingest::event::ts_to_rfc3339(g.last_ts)
+    );
+    let _ = writeln!(s, "  events consumed:       {}", join(&r.consumed));
+    let _ = writeln!(s, "  valid events:          {}", join(&r.valid));
+    let dead: u64 = r.dead_lettered.values().sum();
+    let _ = writeln!(
+        s,
+        "  dead-lettered:         {dead} ({}), {} acknowledged on the dead-letter topic",
+        join(&r.dead_lettered),
+        r.dead_letters_published
+    );
+    let _ = writeln!(s, "  examples written:      {}", r.examples_written);
+    let _ = writeln!(
+        s,
+        "  predictions published: {} (acknowledged by the broker)",
+        r.predictions_published
+    );
+    let _ = writeln!(
+        s,
+        "  files written:         {} under {}",
+        r.files_written.len(),
+        store.join("examples").display()
+    );
+    let _ = writeln!(s, "  windows closed:        {}", r.windows_closed);
+    let metrics = r
+        .last_window_metrics
+        .map(|m| {
+            format!(
+                ", last window log loss {:.4} over {} examples",
+                m.log_loss, m.examples
+            )
+        })
+        .unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "  model:                 version {}, trained on {} examples{metrics}",
+        r.model_version, r.trained_examples
+    );
+    let _ = writeln!(
+        s,
+        "  sample query:          examples per scenario, read back from {} Parquet files",
+        report.query.files
+    );
+    let _ = writeln!(
+        s,
+        "    {:<16} {:>10} {:>8} {:>7}",
+        "scenario", "examples", "clicks", "ctr"
+    );
+    for (scenario, (rows, clicks)) in &report.query.by_scenario {
+        let ctr = if *rows == 0 {
+            0.0
+        } else {
+            *clicks as f64 / *rows as f64
+        };
+        let _ = writeln!(s, "    {scenario:<16} {rows:>10} {clicks:>8} {ctr:>7.4}");
+    }
+    let _ = writeln!(s, "    {:<16} {:>10}", "total", report.store_rows);
+    s
+}

@@ -1,0 +1,375 @@
+//! The `shopstream` command line: parses arguments, loads configuration, sets up logging,
+//! and calls into the library. Exit codes: 0 success, 1 runtime failure, 2 bad
+//! configuration or usage.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use shopstream::{demo, generate, pipeline, shutdown_signal};
+use shopstream_config::{Config, ConfigError};
+use shopstream_ingest::event::Millis;
+use shopstream_ingest::generator::{
+    DEFAULT_START_MS, DriftKind, GeneratorOptions, world::WorldSize,
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "shopstream",
+    version,
+    about = "Stream processing for e-commerce behaviour: Kafka in; features, a continuously trained model, a Parquet feature store and predictions out.",
+    long_about = "Stream processing for e-commerce behaviour.\n\n\
+        Reads shop.clicks, shop.orders and shop.inventory (JSON, contract in docs/topic-contract.md), \
+        builds point-in-time features in event-time windows, trains a model window by window, publishes \
+        one prediction per impression to shop.predictions, writes training examples to a Parquet store, \
+        and dead-letters every bad message with a reason.\n\n\
+        Configuration: defaults < --config FILE < SHOPSTREAM__SECTION__KEY environment variables. \
+        Every key is documented in config/shopstream.example.toml."
+)]
+struct Cli {
+    /// TOML configuration file (see config/shopstream.example.toml). Without it, defaults
+    /// and SHOPSTREAM__* environment variables apply.
+    #[arg(long, short, global = true, env = "SHOPSTREAM_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Log format on stderr. The level comes from SHOPSTREAM_LOG (for example `debug` or
+    /// `shopstream=debug,rdkafka=warn`), default `info`.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the pipeline: consume the three input topics, publish predictions, write the
+    /// store. Runs until SIGINT/SIGTERM (or, with --stop-at-end, until caught up).
+    Run(RunArgs),
+    /// Publish synthetic shop traffic (from a known ground-truth model) to the input topics.
+    Generate(GenerateArgs),
+    /// One-command tour: generate about two hours of traffic, run the pipeline on an
+    /// embedded Kafka cluster (or kafka.brokers if set) until caught up, print a summary.
+    Demo(DemoArgs),
+    /// Validate a configuration file: print the effective configuration (secrets masked),
+    /// or every problem found and exit with status 2.
+    CheckConfig(CheckConfigArgs),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Stop once everything that was in the input topics at start has been processed,
+    /// instead of waiting for more (backfills, tests).
+    #[arg(long)]
+    stop_at_end: bool,
+    /// Also write the run summary (counts per topic, reason, output) as JSON to this file.
+    #[arg(long)]
+    summary_json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct TrafficArgs {
+    /// Seed of every random choice; the same seed and options give the same messages.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Stop starting new sessions after this many valid events (sessions under way still
+    /// finish, so the total may be slightly higher).
+    #[arg(long, default_value_t = 100_000)]
+    events: u64,
+    /// Stop starting sessions after this much event time (for example 90m, 2h, 7d);
+    /// combined with --events, whichever comes first.
+    #[arg(long, value_parser = parse_duration_ms)]
+    duration: Option<Millis>,
+    /// Event time of the first event: RFC 3339 (2026-01-05T00:00:00Z) or epoch ms.
+    #[arg(long, value_parser = parse_ts_ms)]
+    start: Option<Millis>,
+    /// Mean sessions per second of event time (about 9 events each): event time runs as
+    /// fast as the producer can go, so days of history take minutes.
+    #[arg(long, default_value_t = 1.5)]
+    sessions_per_sec: f64,
+    /// Number of users.
+    #[arg(long, default_value_t = 5_000)]
+    users: usize,
+    /// Number of items.
+    #[arg(long, default_value_t = 2_000)]
+    items: usize,
+    /// Number of categories.
+    #[arg(long, default_value_t = 40)]
+    categories: usize,
+    /// Probability per valid message of adding a malformed one (broken JSON, invalid
+    /// UTF-8, schema violations, out-of-range values), for dead-letter tests.
+    #[arg(long, default_value_t = 0.0)]
+    malformed_fraction: f64,
+    /// Event time at which --drift starts: RFC 3339, epoch ms, or +DURATION after --start.
+    #[arg(long, requires = "drift")]
+    drift_at: Option<String>,
+    /// Kind of drift injected at --drift-at.
+    #[arg(long, value_enum, requires = "drift_at")]
+    drift: Option<DriftArg>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DriftArg {
+    /// Prices rise by 60 %; conversion falls through price sensitivity.
+    PriceShock,
+    /// Half of the sessions come from a new cohort with other tastes and devices.
+    NewCohort,
+    /// Home-feed click level +1.0 logit, push -0.8.
+    CtrShift,
+}
+
+#[derive(Args, Debug)]
+struct GenerateArgs {
+    #[command(flatten)]
+    traffic: TrafficArgs,
+    /// Publish at most this many messages per wall-clock second (default: as fast as
+    /// possible).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Write every impression's true click and conversion probability (CSV) here.
+    #[arg(long)]
+    truth_out: Option<PathBuf>,
+    /// Write the generator's report (counts per topic, malformed per reason) as JSON here.
+    #[arg(long)]
+    report_json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// Valid events to generate (about two hours of event time at the default rate).
+    #[arg(long, default_value_t = 100_000)]
+    events: u64,
+    /// Seed of the generated traffic.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Fraction of malformed messages added, to show the dead-letter path.
+    #[arg(long, default_value_t = 0.005)]
+    malformed_fraction: f64,
+    /// Store directory for the demo (a previous demo store there is replaced).
+    #[arg(long, default_value = "demo-store")]
+    store: PathBuf,
+    /// Also write the full report as JSON to this file.
+    #[arg(long)]
+    summary_json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct CheckConfigArgs {
+    /// The TOML file to check.
+    file: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            if error.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHOPSTREAM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    if let Command::CheckConfig(args) = &cli.command {
+        return Ok(check_config(&args.file));
+    }
+    let config = Config::load(cli.config.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run(config, args).await,
+            Command::Generate(args) => generate_cmd(config, args).await,
+            Command::Demo(args) => demo_cmd(config, args).await,
+            Command::CheckConfig(_) => unreachable!("handled above"),
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_config(file: &Path) -> ExitCode {
+    match Config::load(Some(file)) {
+        Ok(config) => {
+            println!(
+                "# effective configuration of {} (defaults < file < environment)",
+                file.display()
+            );
+            print!("{}", config.to_toml_masked());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(config: Config, args: RunArgs) -> Result<()> {
+    let options = pipeline::RunOptions {
+        stop_at_end: args.stop_at_end,
+    };
+    let summary = pipeline::run(&config, options, shutdown_signal()).await?;
+    let json = serde_json::to_string_pretty(&summary)?;
+    if let Some(path) = args.summary_json {
+        std::fs::write(&path, &json).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    println!("{json}");
+    Ok(())
+}
+
+fn generator_options(t: &TrafficArgs) -> Result<GeneratorOptions> {
+    if !(0.0..=0.5).contains(&t.malformed_fraction) {
+        bail!(
+            "--malformed-fraction {} must be within 0..=0.5",
+            t.malformed_fraction
+        );
+    }
+    if !(t.sessions_per_sec > 0.0 && t.sessions_per_sec.is_finite()) {
+        bail!("--sessions-per-sec must be a positive number");
+    }
+    let start_ms = t.start.unwrap_or(DEFAULT_START_MS);
+    let drift = match (&t.drift_at, t.drift) {
+        (Some(at), Some(kind)) => {
+            let at = match at.strip_prefix('+') {
+                Some(offset) => start_ms + parse_duration_ms(offset).map_err(anyhow::Error::msg)?,
+                None => parse_ts_ms(at).map_err(anyhow::Error::msg)?,
+            };
+            let kind = match kind {
+                DriftArg::PriceShock => DriftKind::PriceShock,
+                DriftArg::NewCohort => DriftKind::NewCohort,
+                DriftArg::CtrShift => DriftKind::CtrShift,
+            };
+            Some((at, kind))
+        }
+        _ => None,
+    };
+    Ok(GeneratorOptions {
+        seed: t.seed,
+        start_ms,
+        max_events: Some(t.events),
+        duration_ms: t.duration,
+        sessions_per_sec: t.sessions_per_sec,
+        size: WorldSize {
+            users: t.users.max(1),
+            items: t.items.max(1),
+            categories: t.categories.max(3),
+        },
+        malformed_fraction: t.malformed_fraction,
+        drift,
+    })
+}
+
+async fn generate_cmd(config: Config, args: GenerateArgs) -> Result<()> {
+    let options = generator_options(&args.traffic)?;
+    let report =
+        generate::publish_traffic(&config, options, args.rate, args.truth_out.as_deref()).await?;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.report_json {
+        std::fs::write(path, &json).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    println!("{json}");
+    Ok(())
+}
+
+async fn demo_cmd(mut config: Config, args: DemoArgs) -> Result<()> {
+    config.store.path = args.store.clone();
+    let options = GeneratorOptions {
+        seed: args.seed,
+        max_events: Some(args.events),
+        malformed_fraction: args.malformed_fraction,
+        ..GeneratorOptions::default()
+    };
+    let report = demo::demo(config, options, shutdown_signal()).await?;
+    if let Some(path) = &args.summary_json {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    print!("{}", demo::render(&report, &args.store));
+    Ok(())
+}
+
+/// Parses `90s`, `15m`, `2h`, `7d` or plain milliseconds.
+fn parse_duration_ms(text: &str) -> Result<Millis, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: Millis = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 90s, 15m, 2h or 7d"))?;
+    let factor = match unit {
+        "" | "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit `{unit}` (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("`{text}` is too long"))
+}
+
+/// Parses RFC 3339 with zone, or epoch milliseconds.
+fn parse_ts_ms(text: &str) -> Result<Millis, String> {
+    if let Ok(ms) = text.trim().parse::<Millis>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| format!("`{text}` is neither RFC 3339 with zone nor epoch milliseconds: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_timestamps_parse() {
+        assert_eq!(parse_duration_ms("2h"), Ok(7_200_000));
+        assert_eq!(parse_duration_ms("90s"), Ok(90_000));
+        assert!(parse_duration_ms("2 weeks").is_err());
+        assert_eq!(parse_ts_ms("2026-01-05T00:00:00Z"), Ok(DEFAULT_START_MS));
+        assert_eq!(parse_ts_ms("1767571200000"), Ok(DEFAULT_START_MS));
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,377 @@
+//! The long-running job: wires the Kafka source, the features stage, the trainer and the
+//! sinks together.
+//!
+//! ```text
+//! KafkaSource --(bounded channel)--> processor: predict on arrival -> shop.predictions
+//!                                              window close -> train -> examples (Parquet)
+//!                                              rejected / late -> shop.dead-letter
+//! ```
+//!
+//! The source runs as its own task; the processor runs in the caller's task. Both share a
+//! `CancellationToken`: the shutdown future, a failure of either side, or (with
+//! `stop_at_end`) the end of the input stops both. Offsets are committed only after the
+//! examples they produced are durable in the store and every output message is
+//! acknowledged by the broker.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+
+use serde::Serialize;
+use shopstream_config::Config;
+use shopstream_features::{EXAMPLES_SCHEMA_VERSION, FeaturePipeline, WindowOutput, examples_batch};
+use shopstream_ingest::decode::{DecodeLimits, Reason, Rejection};
+use shopstream_ingest::event::InputTopic;
+use shopstream_ingest::kafka::{KafkaSetupError, ensure_topics};
+use shopstream_ingest::source::{
+    KafkaSource, Positions, RecordMeta, SourceError, SourceMessage, SourceOptions,
+};
+use shopstream_sinks::kafka_out::{PublishError, Publisher, dead_letter_headers};
+use shopstream_sinks::store::{ParquetStore, StoreError};
+use shopstream_trainer::{Trainer, WindowMetrics};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Tags under which the publisher counts acknowledged messages.
+const TAG_PREDICTION: &str = "prediction";
+const TAG_DEAD_LETTER: &str = "dead_letter";
+
+/// Why the job stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Kafka set-up failed (unreachable broker, missing topic, bad properties).
+    #[error(transparent)]
+    Kafka(#[from] KafkaSetupError),
+    /// The source failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// Publishing predictions or dead letters failed.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// Writing the store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Building a record batch failed (internal).
+    #[error("cannot build the examples batch: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// A task panicked (internal).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Options of one run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Stop once all input present at start has been processed (demo, tests, backfills).
+    pub stop_at_end: bool,
+}
+
+/// What a run did. Counts reconcile: for each topic, consumed == valid + dead-lettered
+/// (where `late` events are valid ones dead-lettered by the features stage).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RunSummary {
+    /// Messages consumed per input topic.
+    pub consumed: BTreeMap<String, u64>,
+    /// Valid (decoded and accepted) events per input topic.
+    pub valid: BTreeMap<String, u64>,
+    /// Dead-lettered messages per reason (`late` included).
+    pub dead_lettered: BTreeMap<String, u64>,
+    /// Dead letters acknowledged by the broker.
+    pub dead_letters_published: u64,
+    /// Impressions seen (each gets a prediction).
+    pub impressions: u64,
+    /// Predictions acknowledged by the broker.
+    pub predictions_published: u64,
+    /// Training examples written to the store.
+    pub examples_written: u64,
+    /// Parquet files committed.
+    pub files_written: Vec<PathBuf>,
+    /// Windows closed.
+    pub windows_closed: u64,
+    /// Model version at the end.
+    pub model_version: u64,
+    /// Examples the model trained on.
+    pub trained_examples: u64,
+    /// Prequential metrics of the last window that had examples.
+    pub last_window_metrics: Option<WindowMetrics>,
+    /// Whether the run stopped because the input was exhausted (`stop_at_end`).
+    pub reached_end: bool,
+}
+
+/// Runs the job until `shutdown` completes, a stage fails, or (with
+/// [`RunOptions::stop_at_end`]) the input is exhausted.
+pub async fn run(
+    config: &Config,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunSummary, PipelineError> {
+    let store = ParquetStore::open(&config.store)?;
+    let topics = &config.topics;
+    let all_topics: Vec<String> = topics
+        .inputs()
+        .into_iter()
+        .chain(topics.outputs())
+        .map(str::to_string)
+        .collect();
+    let partitions = ensure_topics(&config.kafka, &all_topics).await?;
+    let (source, committer) =
+        KafkaSource::connect(&config.kafka, topics, &partitions, &Positions::new()).await?;
+
+    let mut features = FeaturePipeline::new(&config.pipeline);
+    for (topic, partition) in source.assigned() {
+        features.register_partition(topic, partition);
+    }
+    let topic_names: BTreeMap<InputTopic, String> = InputTopic::ALL
+        .into_iter()
+        .map(|t| (t, source.topic_name(t).to_string()))
+        .collect();
+
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let (tx, rx) = mpsc::channel(config.pipeline.channel_capacity);
+    let source_options = SourceOptions {
+        stop_at_end: options.stop_at_end,
+        limits: DecodeLimits {
+            max_message_bytes: config.pipeline.max_message_bytes,
+        },
+    };
+    let source_cancel = cancel.clone();
+    let source_task = tracker.spawn(async move {
+        let result = source.run(tx, source_cancel.clone(), source_options).await;
+        if result.is_err() {
+            // Any task failure stops the rest.
+            source_cancel.cancel();
+        }
+        result
+    });
+    tracker.close();
+
+    let mut processor = Processor {
+        config,
+        store,
+        features,
+        trainer: Trainer::new(&config.model),
+        publisher: Publisher::new(&config.kafka)?,
+        topic_names,
+        positions: Positions::new(),
+        summary: RunSummary::default(),
+    };
+    let outcome = processor.process(rx, &cancel, shutdown).await;
+    cancel.cancel();
+    tracker.wait().await;
+    let source_result = source_task
+        .await
+        .map_err(|e| PipelineError::Internal(format!("source task: {e}")))?;
+    outcome?;
+    source_result?;
+
+    // Everything consumed is now reflected in durable outputs: commit.
+    committer.commit(&processor.positions).await?;
+    let mut summary = processor.summary;
+    summary.model_version = processor.trainer.version();
+    summary.trained_examples = processor.trainer.trained_examples();
+    summary.predictions_published = processor
+        .publisher
+        .delivered()
+        .get(TAG_PREDICTION)
+        .copied()
+        .unwrap_or(0);
+    summary.dead_letters_published = processor
+        .publisher
+        .delivered()
+        .get(TAG_DEAD_LETTER)
+        .copied()
+        .unwrap_or(0);
+    Ok(summary)
+}
+
+struct Processor<'a> {
+    config: &'a Config,
+    store: ParquetStore,
+    features: FeaturePipeline,
+    trainer: Trainer,
+    publisher: Publisher,
+    topic_names: BTreeMap<InputTopic, String>,
+    positions: Positions,
+    summary: RunSummary,
+}
+
+impl Processor<'_> {
+    async fn process(
+        &mut self,
+        mut rx: mpsc::Receiver<SourceMessage>,
+        cancel: &CancellationToken,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), PipelineError> {
+        tokio::pin!(shutdown);
+        loop {
+            let message = tokio::select! {
+                _ = &mut shutdown => {
+                    tracing::info!("shutdown requested; draining");
+                    break;
+                }
+                _ = cancel.cancelled() => break,
+                m = rx.recv() => m,
+            };
+            let Some(message) = message else { break };
+            match message {
+                SourceMessage::PartitionEof { topic, partition } => {
+                    self.features.partition_at_end(topic, partition);
+                    for output in self.features.close_ready() {
+                        self.window_closed(output).await?;
+                    }
+                }
+                SourceMessage::CaughtUp => {
+                    self.summary.reached_end = true;
+                    break;
+                }
+                SourceMessage::Rejected {
+                    meta,
+                    key,
+                    payload,
+                    rejection,
+                } => {
+                    self.consumed(meta);
+                    self.dead_letter(meta, key.as_deref(), &payload, &rejection)
+                        .await?;
+                }
+                SourceMessage::Event {
+                    meta,
+                    event,
+                    key,
+                    payload,
+                } => {
+                    self.consumed(meta);
+                    if let Some(row) = self.features.serving_row(&event) {
+                        self.summary.impressions += 1;
+                        let prediction = self.trainer.predict(&row, self.features.watermark());
+                        let json = serde_json::to_vec(&prediction).map_err(|e| {
+                            PipelineError::Internal(format!("prediction JSON: {e}"))
+                        })?;
+                        let topic = self.config.topics.predictions.clone();
+                        self.publisher
+                            .send(
+                                TAG_PREDICTION,
+                                &topic,
+                                row.event_id.as_bytes(),
+                                &json,
+                                Some(row.ts),
+                                None,
+                            )
+                            .await?;
+                    }
+                    if let Err(late) = self.features.ingest(meta, event) {
+                        let rejection = Rejection {
+                            reason: Reason::Late,
+                            field: Some("ts".to_string()),
+                            message: format!(
+                                "event time {} is behind the closed windows (watermark {:?})",
+                                late.event.ts(),
+                                self.features.watermark()
+                            ),
+                        };
+                        self.dead_letter(meta, key.as_deref(), &payload, &rejection)
+                            .await?;
+                    } else {
+                        *self
+                            .summary
+                            .valid
+                            .entry(meta.topic.as_str().to_string())
+                            .or_default() += 1;
+                    }
+                    for output in self.features.close_ready() {
+                        self.window_closed(output).await?;
+                    }
+                }
+            }
+        }
+        // Input exhausted or shutdown: emit what remains. Until checkpoints exist, pending
+        // state is flushed as final rather than lost.
+        for output in self.features.finish() {
+            self.window_closed(output).await?;
+        }
+        self.publisher.flush().await?;
+        Ok(())
+    }
+
+    fn consumed(&mut self, meta: RecordMeta) {
+        *self
+            .summary
+            .consumed
+            .entry(meta.topic.as_str().to_string())
+            .or_default() += 1;
+        self.positions
+            .insert((meta.topic, meta.partition), meta.offset + 1);
+    }
+
+    async fn dead_letter(
+        &mut self,
+        meta: RecordMeta,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        rejection: &Rejection,
+    ) -> Result<(), PipelineError> {
+        *self
+            .summary
+            .dead_lettered
+            .entry(rejection.reason.as_str().to_string())
+            .or_default() += 1;
+        tracing::debug!(topic = meta.topic.as_str(), partition = meta.partition, offset = meta.offset, %rejection, "dead-lettered");
+        let headers = dead_letter_headers(&self.topic_names[&meta.topic], &meta, rejection);
+        let topic = self.config.topics.dead_letter.clone();
+        self.publisher
+            .send(
+                TAG_DEAD_LETTER,
+                &topic,
+                key.unwrap_or_default(),
+                payload,
+                None,
+                Some(headers),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn window_closed(&mut self, output: WindowOutput) -> Result<(), PipelineError> {
+        self.summary.windows_closed += 1;
+        if output.examples.is_empty() {
+            return Ok(());
+        }
+        let metrics = self.trainer.train_window(&output.examples);
+        self.summary.last_window_metrics = Some(metrics);
+        let batch = examples_batch(&output.examples)?;
+        let metadata = BTreeMap::from([
+            (
+                "shopstream.schema_version".to_string(),
+                EXAMPLES_SCHEMA_VERSION.to_string(),
+            ),
+            (
+                "shopstream.window_start_ms".to_string(),
+                output.start.to_string(),
+            ),
+            (
+                "shopstream.window_end_ms".to_string(),
+                output.end.to_string(),
+            ),
+        ]);
+        let store = self.store.clone();
+        let stem = format!("window-{}", output.start);
+        let written =
+            tokio::task::spawn_blocking(move || store.write("examples", &stem, &batch, &metadata))
+                .await
+                .map_err(|e| PipelineError::Internal(format!("store writer: {e}")))??;
+        for file in written {
+            self.summary.examples_written += file.rows as u64;
+            self.summary.files_written.push(file.path);
+        }
+        tracing::debug!(
+            window_start = output.start,
+            events = output.events,
+            examples = metrics.examples,
+            log_loss = metrics.log_loss,
+            "window closed"
+        );
+        Ok(())
+    }
+}

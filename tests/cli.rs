@@ -1,0 +1,77 @@
+//! The command line as a user meets it: help texts and configuration errors.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::process::Command;
+
+fn shopstream() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_shopstream"))
+}
+
+#[test]
+fn check_config_reports_three_mistakes_at_once_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.toml");
+    std::fs::write(
+        &path,
+        "[kafka]\nbrokres = \"localhost:9092\"\n\n[pipeline]\nwindow_secs = \"sixty\"\n\n[store]\nzstd_level = 99\n",
+    )
+    .unwrap();
+    let output = shopstream()
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("3 problem(s)"), "{stderr}");
+    for key in ["kafka.brokres", "pipeline.window_secs", "store.zstd_level"] {
+        assert!(stderr.contains(key), "{key} missing from: {stderr}");
+    }
+}
+
+#[test]
+fn check_config_prints_the_effective_config_with_env_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ok.toml");
+    std::fs::write(&path, "[kafka]\nbrokers = \"file:9092\"\n").unwrap();
+    let output = shopstream()
+        .arg("check-config")
+        .arg(&path)
+        .env("SHOPSTREAM__PIPELINE__WINDOW_SECS", "120")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("brokers = \"file:9092\""), "{stdout}");
+    assert!(stdout.contains("window_secs = 120"), "{stdout}");
+}
+
+#[test]
+fn every_command_explains_itself() {
+    for command in ["run", "generate", "demo", "check-config"] {
+        let output = shopstream().args([command, "--help"]).output().unwrap();
+        assert!(output.status.success());
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            text.len() > 200 && text.contains("Usage:"),
+            "{command}: {text}"
+        );
+    }
+}
+
+#[test]
+fn run_without_brokers_says_how_to_fix_it() {
+    let output = shopstream()
+        .args(["run", "--stop-at-end"])
+        .env_remove("SHOPSTREAM__KAFKA__BROKERS")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no Kafka brokers configured"), "{stderr}");
+}

@@ -1,0 +1,219 @@
+//! Test harness: a real Kafka-protocol broker (tansu) per test, unique topic names, and
+//! helpers to read topics and the store back.
+
+#![allow(dead_code, clippy::unwrap_used, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use shopstream_config::{Config, TopicsConfig};
+
+/// Where the tansu binary is: $SHOPSTREAM_TANSU, $SHOPSTREAM_TOOLS/bin/tansu,
+/// ~/.cache/shopstream/tools/bin/tansu, or `tansu` on PATH.
+pub fn tansu_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("SHOPSTREAM_TANSU") {
+        return PathBuf::from(path);
+    }
+    let mut candidates = Vec::new();
+    if let Ok(tools) = std::env::var("SHOPSTREAM_TOOLS") {
+        candidates.push(PathBuf::from(tools).join("bin/tansu"));
+    }
+    if let Ok(home) = std::env::var("HOME") {
+        candidates.push(PathBuf::from(home).join(".cache/shopstream/tools/bin/tansu"));
+    }
+    if let Some(found) = candidates.into_iter().find(|p| p.exists()) {
+        return found;
+    }
+    let on_path = Command::new("tansu")
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if on_path.is_ok() {
+        return PathBuf::from("tansu");
+    }
+    panic!(
+        "the tansu broker is not installed; run `make tansu` (scripts/install-tansu.sh) or set SHOPSTREAM_TANSU to its path"
+    );
+}
+
+/// A tansu broker on a free 127.0.0.1 port with in-memory storage, stopped on drop.
+pub struct Broker {
+    child: Child,
+    pub bootstrap: String,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = dir.path().join("tansu.log");
+        let out = File::create(&log).unwrap();
+        let child = Command::new(tansu_binary())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .current_dir(dir.path())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("cannot start tansu");
+        let mut broker = Broker {
+            child,
+            bootstrap: format!("127.0.0.1:{port}"),
+            log,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(&broker.bootstrap).is_err() {
+            if let Ok(Some(status)) = broker.child.try_wait() {
+                panic!(
+                    "tansu exited with {status}: {}",
+                    std::fs::read_to_string(&broker.log).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen on {} within 30 s",
+                broker.bootstrap
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        broker
+    }
+
+    /// A configuration for this broker with topics, group and store unique to `test`.
+    pub fn config(&self, test: &str, store: &Path) -> Config {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("{test}-{}-{n}", std::process::id());
+        let mut config = Config::default();
+        config.kafka.brokers = self.bootstrap.clone();
+        config.kafka.group_id = format!("{prefix}-group");
+        config.topics = TopicsConfig {
+            clicks: format!("{prefix}.clicks"),
+            orders: format!("{prefix}.orders"),
+            inventory: format!("{prefix}.inventory"),
+            predictions: format!("{prefix}.predictions"),
+            dead_letter: format!("{prefix}.dead-letter"),
+            alerts: format!("{prefix}.alerts"),
+        };
+        config.store.path = store.to_path_buf();
+        config
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One consumed record.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Reads every record of `topic` from the beginning to its current end. The end is found
+/// through end-of-partition events: tansu's ListOffsets answers are not reliable.
+pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("reader-{topic}"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer.fetch_metadata(Some(topic), timeout).unwrap();
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&list).unwrap();
+    let mut at_end = vec![false; partitions as usize];
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !at_end.iter().all(|e| *e) {
+        assert!(
+            Instant::now() < deadline,
+            "read {} records of {topic}, no end in sight",
+            records.len()
+        );
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = match message {
+            Ok(m) => m,
+            Err(KafkaError::PartitionEOF(p)) => {
+                at_end[p as usize] = true;
+                continue;
+            }
+            Err(e) => panic!("reading {topic}: {e}"),
+        };
+        at_end[message.partition() as usize] = false;
+        let headers = message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        records.push(Record {
+            key: message.key().unwrap_or_default().to_vec(),
+            payload: message.payload().unwrap_or_default().to_vec(),
+            headers,
+        });
+    }
+    records
+}
+
+/// Every batch of every committed Parquet file of `table`.
+pub fn read_table(root: &Path, table: &str) -> Vec<RecordBatch> {
+    shopstream_sinks::read::table_files(root, table)
+        .unwrap()
+        .into_iter()
+        .flat_map(|path| {
+            let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
+                .unwrap()
+                .build()
+                .unwrap();
+            reader.map(Result::unwrap).collect::<Vec<_>>()
+        })
+        .collect()
+}
