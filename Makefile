@@ -10,13 +10,15 @@ TOOLS_DIR ?= $(HOME)/.cache/shopstream/tools
 TANSU := $(TOOLS_DIR)/bin/tansu
 CARGO ?= cargo
 
-.PHONY: demo test tansu broker fmt lint unit check-store clean-demo help
+.PHONY: demo test tansu broker check-store bench fuzz help
 
 help:
 	@echo "make demo         run the pipeline end to end on an embedded cluster (no installs beyond cargo)"
 	@echo "make test         fmt + clippy + unit + end-to-end tests (installs tansu on first run, ~20 min)"
 	@echo "make broker       start a local tansu broker on 127.0.0.1:9092 with the shop.* topics"
 	@echo "make check-store  open the demo store with pyarrow (installs pyarrow into a venv)"
+	@echo "make bench        criterion benchmarks (figures go to BENCHMARKS.md)"
+	@echo "make fuzz         fuzz the decoder for FUZZ_SECS seconds (default 600; installs cargo-fuzz)"
 
 demo:
 	$(CARGO) run --release --locked -- demo
@@ -40,3 +42,13 @@ broker: tansu
 
 check-store:
 	@scripts/check-store.sh demo-store
+
+bench:
+	$(CARGO) bench --locked -p shopstream-ingest --bench decode
+
+FUZZ_SECS ?= 600
+fuzz:
+	@test -x $(TOOLS_DIR)/bin/cargo-fuzz || $(CARGO) install cargo-fuzz --locked --root $(TOOLS_DIR)
+	@# cargo-fuzz needs nightly-only flags; RUSTC_BOOTSTRAP lets the stable toolchain use them.
+	cd fuzz && mkdir -p corpus/decode && RUSTC_BOOTSTRAP=1 $(TOOLS_DIR)/bin/cargo-fuzz fuzz run decode \
+		corpus/decode seeds/decode -- -max_total_time=$(FUZZ_SECS) -max_len=65536

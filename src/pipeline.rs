@@ -20,11 +20,12 @@ use std::path::PathBuf;
 use serde::Serialize;
 use shopstream_config::Config;
 use shopstream_features::{EXAMPLES_SCHEMA_VERSION, FeaturePipeline, WindowOutput, examples_batch};
+use shopstream_ingest::clean::{Admission, CleanLimits, Cleaner};
 use shopstream_ingest::decode::{DecodeLimits, Reason, Rejection};
 use shopstream_ingest::event::InputTopic;
 use shopstream_ingest::kafka::{KafkaSetupError, ensure_topics};
 use shopstream_ingest::source::{
-    KafkaSource, Positions, RecordMeta, SourceError, SourceMessage, SourceOptions,
+    KafkaSource, Positions, RecordMeta, SharedPositions, SourceError, SourceMessage, SourceOptions,
 };
 use shopstream_sinks::kafka_out::{PublishError, Publisher, dead_letter_headers};
 use shopstream_sinks::store::{ParquetStore, StoreError};
@@ -67,8 +68,9 @@ pub struct RunOptions {
     pub stop_at_end: bool,
 }
 
-/// What a run did. Counts reconcile: for each topic, consumed == valid + dead-lettered
-/// (where `late` events are valid ones dead-lettered by the features stage).
+/// What a run did. Counts reconcile exactly: for each topic,
+/// consumed == valid + dead-lettered + duplicates, where `late` is one of the dead-letter
+/// reasons (events that decoded fine but arrived behind the watermark).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct RunSummary {
     /// Messages consumed per input topic.
@@ -77,6 +79,10 @@ pub struct RunSummary {
     pub valid: BTreeMap<String, u64>,
     /// Dead-lettered messages per reason (`late` included).
     pub dead_lettered: BTreeMap<String, u64>,
+    /// Dead-lettered messages per input topic.
+    pub dead_lettered_per_topic: BTreeMap<String, u64>,
+    /// Duplicates suppressed per input topic (not dead-lettered: they are copies).
+    pub duplicates: BTreeMap<String, u64>,
     /// Dead letters acknowledged by the broker.
     pub dead_letters_published: u64,
     /// Impressions seen (each gets a prediction).
@@ -115,13 +121,18 @@ pub async fn run(
         .map(str::to_string)
         .collect();
     let partitions = ensure_topics(&config.kafka, &all_topics).await?;
-    let (source, committer) =
-        KafkaSource::connect(&config.kafka, topics, &partitions, &Positions::new()).await?;
-
-    let mut features = FeaturePipeline::new(&config.pipeline);
-    for (topic, partition) in source.assigned() {
-        features.register_partition(topic, partition);
-    }
+    // Until checkpoints exist there are no start positions of our own: partitions start
+    // at the group's committed offsets.
+    let start: SharedPositions = Default::default();
+    let (source, committer) = KafkaSource::connect(
+        &config.kafka,
+        topics,
+        &partitions,
+        start,
+        options.stop_at_end,
+    )
+    .await?;
+    let features = FeaturePipeline::new(&config.pipeline);
     let topic_names: BTreeMap<InputTopic, String> = InputTopic::ALL
         .into_iter()
         .map(|t| (t, source.topic_name(t).to_string()))
@@ -151,6 +162,9 @@ pub async fn run(
         config,
         store,
         features,
+        cleaner: Cleaner::new(clean_limits(config)),
+        bounded: options.stop_at_end,
+        last_seen: BTreeMap::new(),
         trainer: Trainer::new(&config.model),
         publisher: Publisher::new(&config.kafka)?,
         topic_names,
@@ -186,10 +200,24 @@ pub async fn run(
     Ok(summary)
 }
 
+fn clean_limits(config: &Config) -> CleanLimits {
+    let ms = |secs: u64| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    CleanLimits {
+        dedupe_horizon_ms: ms(config.pipeline.dedupe_horizon_secs),
+        max_keys: config.pipeline.dedupe_max_keys,
+        max_future_skew_ms: ms(config.pipeline.max_future_skew_secs),
+    }
+}
+
 struct Processor<'a> {
     config: &'a Config,
     store: ParquetStore,
     features: FeaturePipeline,
+    cleaner: Cleaner,
+    /// Bounded mode: partitions release the watermark at their end, not by idleness.
+    bounded: bool,
+    /// Live mode: when each assigned partition last delivered something.
+    last_seen: BTreeMap<(InputTopic, i32), tokio::time::Instant>,
     trainer: Trainer,
     publisher: Publisher,
     topic_names: BTreeMap<InputTopic, String>,
@@ -205,6 +233,9 @@ impl Processor<'_> {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), PipelineError> {
         tokio::pin!(shutdown);
+        let idle_timeout =
+            std::time::Duration::from_secs(self.config.pipeline.idle_partition_timeout_secs);
+        let mut idle_check = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             let message = tokio::select! {
                 _ = &mut shutdown => {
@@ -212,14 +243,34 @@ impl Processor<'_> {
                     break;
                 }
                 _ = cancel.cancelled() => break,
+                _ = idle_check.tick(), if !self.bounded => {
+                    self.release_idle(idle_timeout).await?;
+                    continue;
+                }
                 m = rx.recv() => m,
             };
             let Some(message) = message else { break };
             match message {
+                SourceMessage::Assigned(partitions) => {
+                    for (topic, partition) in partitions {
+                        self.features.register_partition(topic, partition);
+                        self.last_seen
+                            .insert((topic, partition), tokio::time::Instant::now());
+                    }
+                }
+                SourceMessage::Revoked(partitions) => {
+                    // Their state stays until checkpoints can hand it over; they no longer
+                    // hold the watermark back.
+                    for (topic, partition) in partitions {
+                        self.features.partition_at_end(topic, partition);
+                        self.last_seen.remove(&(topic, partition));
+                    }
+                    self.close_ready().await?;
+                }
                 SourceMessage::PartitionEof { topic, partition } => {
-                    self.features.partition_at_end(topic, partition);
-                    for output in self.features.close_ready() {
-                        self.window_closed(output).await?;
+                    if self.bounded {
+                        self.features.partition_at_end(topic, partition);
+                        self.close_ready().await?;
                     }
                 }
                 SourceMessage::CaughtUp => {
@@ -243,6 +294,22 @@ impl Processor<'_> {
                     payload,
                 } => {
                     self.consumed(meta);
+                    match self.cleaner.admit(meta.topic, meta.partition, &event) {
+                        Admission::Accept => {}
+                        Admission::Duplicate => {
+                            *self
+                                .summary
+                                .duplicates
+                                .entry(meta.topic.as_str().to_string())
+                                .or_default() += 1;
+                            continue;
+                        }
+                        Admission::Reject(rejection) => {
+                            self.dead_letter(meta, key.as_deref(), &payload, &rejection)
+                                .await?;
+                            continue;
+                        }
+                    }
                     if let Some(row) = self.features.serving_row(&event) {
                         self.summary.impressions += 1;
                         let prediction = self.trainer.predict(&row, self.features.watermark());
@@ -280,9 +347,7 @@ impl Processor<'_> {
                             .entry(meta.topic.as_str().to_string())
                             .or_default() += 1;
                     }
-                    for output in self.features.close_ready() {
-                        self.window_closed(output).await?;
-                    }
+                    self.close_ready().await?;
                 }
             }
         }
@@ -303,6 +368,36 @@ impl Processor<'_> {
             .or_default() += 1;
         self.positions
             .insert((meta.topic, meta.partition), meta.offset + 1);
+        if !self.bounded {
+            self.last_seen
+                .insert((meta.topic, meta.partition), tokio::time::Instant::now());
+        }
+    }
+
+    async fn close_ready(&mut self) -> Result<(), PipelineError> {
+        for output in self.features.close_ready() {
+            self.window_closed(output).await?;
+        }
+        Ok(())
+    }
+
+    /// Live mode: partitions silent for longer than `timeout` stop holding the watermark.
+    async fn release_idle(&mut self, timeout: std::time::Duration) -> Result<(), PipelineError> {
+        let now = tokio::time::Instant::now();
+        let idle: Vec<(InputTopic, i32)> = self
+            .last_seen
+            .iter()
+            .filter(|(_, seen)| now.duration_since(**seen) >= timeout)
+            .map(|(key, _)| *key)
+            .collect();
+        if idle.is_empty() {
+            return Ok(());
+        }
+        for (topic, partition) in idle {
+            self.features.partition_at_end(topic, partition);
+            self.last_seen.remove(&(topic, partition));
+        }
+        self.close_ready().await
     }
 
     async fn dead_letter(
@@ -316,6 +411,11 @@ impl Processor<'_> {
             .summary
             .dead_lettered
             .entry(rejection.reason.as_str().to_string())
+            .or_default() += 1;
+        *self
+            .summary
+            .dead_lettered_per_topic
+            .entry(meta.topic.as_str().to_string())
             .or_default() += 1;
         tracing::debug!(topic = meta.topic.as_str(), partition = meta.partition, offset = meta.offset, %rejection, "dead-lettered");
         let headers = dead_letter_headers(&self.topic_names[&meta.topic], &meta, rejection);

@@ -70,6 +70,10 @@ async fn generated_traffic_reconciles_exactly_through_a_real_broker() {
     let valid: u64 = summary.valid.values().sum();
     let dead: u64 = summary.dead_lettered.values().sum();
     assert_eq!(consumed, report.valid_total + report.malformed_total);
+    assert!(
+        summary.duplicates.is_empty(),
+        "the generator writes no duplicates"
+    );
     assert_eq!(valid, report.valid_total);
     assert_eq!(dead, report.malformed_total);
     assert_eq!(

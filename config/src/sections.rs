@@ -127,6 +127,18 @@ pub struct PipelineConfig {
     /// Capacity of the bounded channel between the Kafka source and the processor, in
     /// messages. A full channel pauses consumption (backpressure).
     pub channel_capacity: usize,
+    /// How long an event id is remembered for duplicate suppression, in seconds of event
+    /// time after the newest event of its partition.
+    pub dedupe_horizon_secs: u64,
+    /// Most event ids remembered per input partition; beyond it the oldest are forgotten
+    /// (bounds memory; counted as evictions).
+    pub dedupe_max_keys: usize,
+    /// Events more than this far ahead of the newest event of their partition are
+    /// dead-lettered as `out_of_range` (a producer with a broken clock), in seconds.
+    pub max_future_skew_secs: u64,
+    /// In the long-running job, a partition that delivered nothing for this long stops
+    /// holding the watermark back until its next event, in seconds.
+    pub idle_partition_timeout_secs: u64,
 }
 
 impl Default for PipelineConfig {
@@ -137,6 +149,10 @@ impl Default for PipelineConfig {
             click_window_secs: 600,
             max_message_bytes: 1_048_576,
             channel_capacity: 8_192,
+            dedupe_horizon_secs: 3_600,
+            dedupe_max_keys: 200_000,
+            max_future_skew_secs: 86_400,
+            idle_partition_timeout_secs: 30,
         }
     }
 }

@@ -136,6 +136,18 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
             format!("{} is below the 64-byte minimum", p.max_message_bytes),
         );
     }
+    if p.dedupe_max_keys == 0 {
+        bad("pipeline.dedupe_max_keys", "must be at least 1".into());
+    }
+    if p.max_future_skew_secs == 0 {
+        bad("pipeline.max_future_skew_secs", "must be at least 1".into());
+    }
+    if p.idle_partition_timeout_secs == 0 {
+        bad(
+            "pipeline.idle_partition_timeout_secs",
+            "must be at least 1".into(),
+        );
+    }
     if p.channel_capacity == 0 {
         bad("pipeline.channel_capacity", "must be at least 1".into());
     }

@@ -111,12 +111,21 @@ impl Default for DecodeLimits {
 pub const MAX_ID_BYTES: usize = 256;
 /// Longest search query accepted, in bytes.
 pub const MAX_QUERY_BYTES: usize = 1_024;
+/// Largest quantity accepted on an order line.
+pub const MAX_QUANTITY: i64 = 1_000_000;
 /// Event times outside [2000-01-01, 2100-01-01) are rejected as out of range.
 const MIN_TS: i64 = 946_684_800_000;
 const MAX_TS: i64 = 4_102_444_800_000;
 
-/// Decodes and validates one message from `topic`.
-pub fn decode(topic: InputTopic, payload: &[u8], limits: DecodeLimits) -> Result<Event, Rejection> {
+/// Decodes, normalises and validates one message from `topic`. `key` is the message key;
+/// when present it must equal the event's partitioning id (user_id for clicks and orders,
+/// item_id for inventory), else co-partitioning is broken and the event is rejected.
+pub fn decode(
+    topic: InputTopic,
+    key: Option<&[u8]>,
+    payload: &[u8],
+    limits: DecodeLimits,
+) -> Result<Event, Rejection> {
     if payload.len() > limits.max_message_bytes {
         return Err(Rejection::new(
             Reason::TooLarge,
@@ -138,13 +147,63 @@ pub fn decode(topic: InputTopic, payload: &[u8], limits: DecodeLimits) -> Result
             format!("invalid UTF-8 at byte {}", e.valid_up_to()),
         ));
     }
-    let event = match topic {
+    let mut event = match topic {
         InputTopic::Clicks => Event::Click(parse::<ClickEvent>(payload)?),
         InputTopic::Orders => Event::Order(parse::<OrderEvent>(payload)?),
         InputTopic::Inventory => Event::Inventory(parse::<InventoryEvent>(payload)?),
     };
+    normalize(&mut event);
     validate(&event)?;
+    if let Some(key) = key {
+        check_key(&event, key)?;
+    }
     Ok(event)
+}
+
+/// Explicit normalisation (enum values are normalised while parsing, see `event.rs`):
+/// device lower case and trimmed, currency upper case and trimmed. Ids are left exactly as
+/// sent: they are case-sensitive.
+fn normalize(event: &mut Event) {
+    match event {
+        Event::Click(e) => {
+            if let Some(device) = &mut e.device
+                && device
+                    .bytes()
+                    .any(|b| b.is_ascii_uppercase() || b.is_ascii_whitespace())
+            {
+                *device = device.trim().to_ascii_lowercase();
+            }
+        }
+        Event::Order(e) => {
+            if e.currency
+                .bytes()
+                .any(|b| b.is_ascii_lowercase() || b.is_ascii_whitespace())
+            {
+                e.currency = e.currency.trim().to_ascii_uppercase();
+            }
+        }
+        Event::Inventory(_) => {}
+    }
+}
+
+fn check_key(event: &Event, key: &[u8]) -> Result<(), Rejection> {
+    let (field, expected) = match event {
+        Event::Click(e) => ("user_id", e.user_id.as_str()),
+        Event::Order(e) => ("user_id", e.user_id.as_str()),
+        Event::Inventory(e) => ("item_id", e.item_id.as_str()),
+    };
+    if key == expected.as_bytes() {
+        Ok(())
+    } else {
+        Err(Rejection::new(
+            Reason::SchemaViolation,
+            Some("key"),
+            format!(
+                "message key `{}` disagrees with {field} `{expected}`; the producer must key this topic by {field}",
+                String::from_utf8_lossy(&key[..key.len().min(64)])
+            ),
+        ))
+    }
 }
 
 /// Parses with plain serde_json (fast path); on failure parses again with path tracking so
@@ -171,10 +230,17 @@ fn parse<T: DeserializeOwned>(payload: &[u8]) -> Result<T, Rejection> {
                 Ok(_) => None,
             };
             let field = field.or_else(|| missing_field(&first.to_string()));
+            let message = first.to_string();
+            // A literal like 1e999 is valid JSON but no finite number.
+            let reason = if message.starts_with("number out of range") {
+                Reason::OutOfRange
+            } else {
+                Reason::SchemaViolation
+            };
             Err(Rejection {
-                reason: Reason::SchemaViolation,
+                reason,
                 field,
-                message: first.to_string(),
+                message,
             })
         }
     }
@@ -274,15 +340,22 @@ fn validate(event: &Event) -> Result<(), Rejection> {
                 ));
             }
             for (i, line) in e.lines.iter().enumerate() {
-                check_id(&format!("lines[{i}].item_id"), &line.item_id)?;
-                if line.quantity == 0 {
+                // Field names are only formatted on failure: this loop is on the hot path.
+                check_id("item_id", &line.item_id).map_err(|mut r| {
+                    r.field = Some(format!("lines[{i}].item_id"));
+                    r
+                })?;
+                if !(1..=MAX_QUANTITY).contains(&line.quantity) {
                     return Err(Rejection::new(
                         Reason::OutOfRange,
                         Some(&format!("lines[{i}].quantity")),
-                        "must be at least 1",
+                        format!("{} is outside 1..={MAX_QUANTITY}", line.quantity),
                     ));
                 }
-                check_money(&format!("lines[{i}].unit_price"), line.unit_price)?;
+                check_money("unit_price", line.unit_price).map_err(|mut r| {
+                    r.field = Some(format!("lines[{i}].unit_price"));
+                    r
+                })?;
             }
             let code_ok =
                 e.currency.len() == 3 && e.currency.chars().all(|c| c.is_ascii_uppercase());
@@ -320,9 +393,15 @@ fn validate(event: &Event) -> Result<(), Rejection> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Scenario;
 
     fn click(json: &str) -> Result<Event, Rejection> {
-        decode(InputTopic::Clicks, json.as_bytes(), DecodeLimits::default())
+        decode(
+            InputTopic::Clicks,
+            None,
+            json.as_bytes(),
+            DecodeLimits::default(),
+        )
     }
 
     const GOOD: &str = r#"{"event_id":"e1","ts":"2026-01-05T10:00:00Z","user_id":"u1","session_id":"s1","type":"impression","item_id":"sku1","scenario":"home_feed","position":3,"device":"ios","price":9.5}"#;
@@ -375,7 +454,7 @@ mod tests {
             ),
         ];
         for (bytes, reason, field) in cases {
-            let err = decode(InputTopic::Clicks, bytes, DecodeLimits::default())
+            let err = decode(InputTopic::Clicks, None, bytes, DecodeLimits::default())
                 .expect_err("must be rejected");
             assert_eq!(err.reason, reason, "{err}");
             assert_eq!(err.field.as_deref(), field, "{err}");
@@ -387,15 +466,20 @@ mod tests {
         let limits = DecodeLimits {
             max_message_bytes: 64,
         };
-        let err = decode(InputTopic::Clicks, GOOD.as_bytes(), limits).expect_err("too large");
+        let err = decode(InputTopic::Clicks, None, GOOD.as_bytes(), limits).expect_err("too large");
         assert_eq!(err.reason, Reason::TooLarge);
     }
 
     #[test]
     fn order_quantity_zero_is_out_of_range() {
         let json = r#"{"order_id":"o","ts":1767607200000,"user_id":"u","status":"placed","lines":[{"item_id":"i","quantity":0,"unit_price":1.0}],"currency":"EUR"}"#;
-        let err =
-            decode(InputTopic::Orders, json.as_bytes(), DecodeLimits::default()).expect_err("q=0");
+        let err = decode(
+            InputTopic::Orders,
+            None,
+            json.as_bytes(),
+            DecodeLimits::default(),
+        )
+        .expect_err("q=0");
         assert_eq!(err.reason, Reason::OutOfRange);
         assert_eq!(err.field.as_deref(), Some("lines[0].quantity"));
     }
@@ -405,6 +489,7 @@ mod tests {
         let json = r#"{"event_id":"v","ts":0,"item_id":"i","kind":"snapshot","on_hand":3}"#;
         let err = decode(
             InputTopic::Inventory,
+            None,
             json.as_bytes(),
             DecodeLimits::default(),
         )
@@ -412,6 +497,97 @@ mod tests {
         assert_eq!(
             (err.reason, err.field.as_deref()),
             (Reason::OutOfRange, Some("ts"))
+        );
+    }
+
+    #[test]
+    fn enums_devices_and_currencies_are_normalised() {
+        let json = r#"{"event_id":"e","ts":1767607200000,"user_id":"u","session_id":"s","type":" Add_To_Cart ","item_id":"i","scenario":"HOME_FEED","device":" iOS "}"#;
+        let Ok(Event::Click(e)) = click(json) else {
+            panic!("normalisable click rejected");
+        };
+        assert_eq!(
+            (e.kind, e.scenario, e.device.as_deref()),
+            (ClickKind::AddToCart, Scenario::HomeFeed, Some("ios"))
+        );
+        let json = r#"{"order_id":"o","ts":"2026-01-05T10:00:00+01:00","user_id":"u","status":"Placed","lines":[{"item_id":"i","quantity":1,"unit_price":2.5}],"currency":"eur"}"#;
+        let Ok(Event::Order(o)) = decode(
+            InputTopic::Orders,
+            None,
+            json.as_bytes(),
+            DecodeLimits::default(),
+        ) else {
+            panic!("normalisable order rejected");
+        };
+        assert_eq!(
+            (o.status, o.currency.as_str(), o.ts),
+            (crate::event::OrderStatus::Placed, "EUR", 1_767_603_600_000)
+        );
+    }
+
+    #[test]
+    fn key_must_match_the_partitioning_id() {
+        let ok = decode(
+            InputTopic::Clicks,
+            Some(b"u1"),
+            GOOD.as_bytes(),
+            DecodeLimits::default(),
+        );
+        assert!(ok.is_ok());
+        let err = decode(
+            InputTopic::Clicks,
+            Some(b"u2"),
+            GOOD.as_bytes(),
+            DecodeLimits::default(),
+        )
+        .expect_err("mismatch");
+        assert_eq!(
+            (err.reason, err.field.as_deref()),
+            (Reason::SchemaViolation, Some("key"))
+        );
+    }
+
+    #[test]
+    fn pathological_nesting_is_rejected_without_overflowing_the_stack() {
+        for depth in [200, 100_000, 1_000_000] {
+            let nested = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            let err = decode(
+                InputTopic::Clicks,
+                None,
+                nested.as_bytes(),
+                DecodeLimits {
+                    max_message_bytes: 4 << 20,
+                },
+            )
+            .expect_err("not an event");
+            assert!(
+                matches!(err.reason, Reason::MalformedJson | Reason::SchemaViolation),
+                "{err}"
+            );
+            let in_field = format!(r#"{{"event_id":{nested}}}"#);
+            let err = decode(
+                InputTopic::Clicks,
+                None,
+                in_field.as_bytes(),
+                DecodeLimits {
+                    max_message_bytes: 4 << 20,
+                },
+            )
+            .expect_err("not an event");
+            assert!(
+                matches!(err.reason, Reason::MalformedJson | Reason::SchemaViolation),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn number_overflow_is_out_of_range_on_its_field() {
+        let json = GOOD.replace("9.5", "1e999");
+        let err = click(&json).expect_err("overflow");
+        assert_eq!(
+            (err.reason, err.field.as_deref()),
+            (Reason::OutOfRange, Some("price"))
         );
     }
 }

@@ -116,7 +116,7 @@ pub struct ClickEvent {
     #[serde(deserialize_with = "de_id")]
     pub session_id: String,
     /// What happened.
-    #[serde(rename = "type")]
+    #[serde(rename = "type", deserialize_with = "de_enum")]
     pub kind: ClickKind,
     /// The item; absent only for searches.
     #[serde(
@@ -126,6 +126,7 @@ pub struct ClickEvent {
     )]
     pub item_id: Option<String>,
     /// Where it happened.
+    #[serde(deserialize_with = "de_enum")]
     pub scenario: Scenario,
     /// Slot in the list shown, 0 = top.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -157,8 +158,9 @@ pub struct OrderLine {
     /// The item bought.
     #[serde(deserialize_with = "de_id")]
     pub item_id: String,
-    /// Units bought (at least 1).
-    pub quantity: u32,
+    /// Units bought (1 to 1,000,000; a signed type so that negative values are reported as
+    /// out of range rather than as a type error).
+    pub quantity: i64,
     /// Price per unit.
     pub unit_price: f64,
 }
@@ -176,6 +178,7 @@ pub struct OrderEvent {
     #[serde(deserialize_with = "de_id")]
     pub user_id: String,
     /// Placed or cancelled.
+    #[serde(deserialize_with = "de_enum")]
     pub status: OrderStatus,
     /// What was bought.
     pub lines: Vec<OrderLine>,
@@ -188,7 +191,7 @@ impl OrderEvent {
     pub fn revenue(&self) -> f64 {
         self.lines
             .iter()
-            .map(|l| f64::from(l.quantity) * l.unit_price)
+            .map(|l| l.quantity as f64 * l.unit_price)
             .sum()
     }
 }
@@ -220,6 +223,7 @@ pub struct InventoryEvent {
     #[serde(deserialize_with = "de_id")]
     pub item_id: String,
     /// What happened.
+    #[serde(deserialize_with = "de_enum")]
     pub kind: InventoryKind,
     /// Units on hand after the event, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -302,6 +306,31 @@ fn de_ts<'de, D: Deserializer<'de>>(d: D) -> Result<Millis, D::Error> {
         }
     }
     d.deserialize_any(TsVisitor)
+}
+
+/// Enum values are matched after trimming and ASCII lower-casing (`" Impression"` is
+/// `impression`); values already in canonical form take a path without allocation.
+fn de_enum<'de, D: Deserializer<'de>, T: de::DeserializeOwned>(d: D) -> Result<T, D::Error> {
+    struct EnumVisitor<T>(std::marker::PhantomData<T>);
+    impl<T: de::DeserializeOwned> Visitor<'_> for EnumVisitor<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            use serde::de::IntoDeserializer;
+            let canonical = v.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+            let parse = |s: &str| {
+                T::deserialize(s.into_deserializer()).map_err(|e: de::value::Error| E::custom(e))
+            };
+            if canonical {
+                parse(v)
+            } else {
+                parse(&v.trim().to_ascii_lowercase())
+            }
+        }
+    }
+    d.deserialize_str(EnumVisitor(std::marker::PhantomData))
 }
 
 struct IdVisitor;

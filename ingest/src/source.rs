@@ -2,9 +2,18 @@
 //! through a bounded channel (a full channel pauses consumption), with its topic, partition
 //! and offset so the next stage can order events deterministically and reconcile counts.
 //!
-//! There is one consumer per input topic, so that librdkafka's end-of-partition events,
-//! which name only a partition number, are unambiguous. (The end offsets that ListOffsets
-//! reports cannot be used for this: the development broker answers them wrongly.)
+//! Two modes:
+//! - **Live** (the long-running job): one consumer-group member subscribes to clicks and
+//!   orders together with the range assignor, so partition *i* of both co-partitioned
+//!   topics lands on the same instance; on every assignment each partition is positioned at
+//!   the start position the pipeline knows (its checkpoint), else at the group's committed
+//!   offset. Inventory is a global table: a second consumer assigns itself every inventory
+//!   partition on every instance.
+//! - **Bounded** (`stop_at_end`: demo, tests, backfills): one consumer per input topic with
+//!   all partitions assigned, so librdkafka's end-of-partition events, which name only a
+//!   partition number, are unambiguous; the source stops when every partition is at its
+//!   end. (ListOffsets end offsets cannot be used for this: the development broker answers
+//!   them wrongly.)
 //!
 //! Offsets are never auto-committed: the pipeline commits through [`OffsetCommitter`] only
 //! after what depends on them is durable. The start position of each partition comes from
@@ -15,9 +24,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use shopstream_config::{KafkaConfig, TopicsConfig};
 use tokio::sync::mpsc;
@@ -71,6 +82,11 @@ pub enum SourceMessage {
         /// Partition.
         partition: i32,
     },
+    /// Partitions were assigned to this instance (live mode; also once at start in
+    /// bounded mode).
+    Assigned(Vec<(InputTopic, i32)>),
+    /// Partitions were taken away from this instance (live mode).
+    Revoked(Vec<(InputTopic, i32)>),
     /// Every assigned partition is at its end (only sent when `stop_at_end` is set; the
     /// source stops afterwards).
     CaughtUp,
@@ -95,10 +111,14 @@ pub enum SourceError {
 /// Per-partition next offsets: (topic, partition) -> the offset of the next message to read.
 pub type Positions = BTreeMap<(InputTopic, i32), i64>;
 
+/// Start positions shared with the pipeline, which updates them at every checkpoint; read
+/// whenever partitions are assigned.
+pub type SharedPositions = Arc<std::sync::Mutex<Positions>>;
+
 /// Options of a source run.
 #[derive(Debug, Clone, Copy)]
 pub struct SourceOptions {
-    /// Stop once every partition has been read to its end (batch runs, demo, tests).
+    /// Bounded mode: stop once every partition has been read to its end.
     pub stop_at_end: bool,
     /// Decoding limits.
     pub limits: DecodeLimits,
@@ -111,35 +131,116 @@ pub struct SourceStats {
     pub consumed: BTreeMap<InputTopic, u64>,
 }
 
-/// One consumer per input topic.
-struct TopicConsumer {
-    topic: InputTopic,
-    name: String,
-    consumer: Arc<StreamConsumer>,
+/// Consumer context: positions newly assigned partitions and reports assignment changes.
+pub struct SourceContext {
+    names: BTreeMap<String, InputTopic>,
+    start: SharedPositions,
+    changes: std::sync::Mutex<Vec<SourceMessage>>,
+}
+
+impl SourceContext {
+    fn partitions(&self, tpl: &TopicPartitionList) -> Vec<(InputTopic, i32)> {
+        tpl.elements()
+            .iter()
+            .filter_map(|e| self.names.get(e.topic()).map(|t| (*t, e.partition())))
+            .collect()
+    }
+
+    fn push(&self, change: SourceMessage) {
+        if let Ok(mut changes) = self.changes.lock() {
+            changes.push(change);
+        }
+    }
+
+    fn take_changes(&self) -> Vec<SourceMessage> {
+        self.changes
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default()
+    }
+}
+
+impl ClientContext for SourceContext {}
+
+impl ConsumerContext for SourceContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let assigned = self.partitions(tpl);
+                let start = self.start.lock().map(|s| s.clone()).unwrap_or_default();
+                for (name, topic) in &self.names {
+                    for (t, p) in &assigned {
+                        if t == topic
+                            && let Some(offset) = start.get(&(*t, *p))
+                            && let Err(e) =
+                                tpl.set_partition_offset(name, *p, Offset::Offset(*offset))
+                        {
+                            tracing::error!(topic = %name, partition = p, error = %e, "cannot position assigned partition");
+                        }
+                    }
+                }
+                if let Err(e) = consumer.assign(tpl) {
+                    tracing::error!(error = %e, "assigning partitions failed");
+                }
+                tracing::info!(partitions = ?assigned, "partitions assigned");
+                self.push(SourceMessage::Assigned(assigned));
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let revoked = self.partitions(tpl);
+                tracing::info!(partitions = ?revoked, "partitions revoked");
+                if let Err(e) = consumer.unassign() {
+                    tracing::error!(error = %e, "unassigning partitions failed");
+                }
+                self.push(SourceMessage::Revoked(revoked));
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error; dropping the assignment");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+type Inner = StreamConsumer<SourceContext>;
+
+/// The topics one consumer reads, with their names.
+type TopicNames = Vec<(InputTopic, String)>;
+
+/// One consumer of the source and the topics it reads.
+struct SourceConsumer {
+    consumer: Arc<Inner>,
+    /// Set when the consumer reads exactly one topic: its end-of-partition events are
+    /// unambiguous.
+    single_topic: Option<InputTopic>,
 }
 
 /// The consuming side of the pipeline.
 pub struct KafkaSource {
-    clicks: TopicConsumer,
-    orders: TopicConsumer,
-    inventory: TopicConsumer,
-    /// Assigned partitions and whether each is at its end.
+    consumers: Vec<SourceConsumer>,
+    names: BTreeMap<String, InputTopic>,
+    /// Bounded mode: assigned partitions and whether each is at its end.
     at_end: BTreeMap<(InputTopic, i32), bool>,
 }
 
 /// Commits consumed positions to the consumer group once they are durable downstream.
 #[derive(Clone)]
 pub struct OffsetCommitter {
-    consumers: BTreeMap<InputTopic, (String, Arc<StreamConsumer>)>,
+    consumers: Vec<(TopicNames, Arc<Inner>)>,
 }
 
 impl OffsetCommitter {
-    /// Commits `positions` (next offsets) synchronously.
+    /// Commits `positions` (next offsets) synchronously, each through the consumer that
+    /// reads its topic.
     pub async fn commit(&self, positions: &Positions) -> Result<(), SourceError> {
-        for (topic, (name, consumer)) in &self.consumers {
+        for (topics, consumer) in &self.consumers {
             let mut list = TopicPartitionList::new();
             for ((t, partition), next) in positions {
-                if t == topic {
+                if let Some((_, name)) = topics.iter().find(|(topic, _)| topic == t) {
                     list.add_partition_offset(name, *partition, Offset::Offset(*next))
                         .map_err(|source| SourceError::Consumer {
                             what: "building the commit list".into(),
@@ -155,7 +256,7 @@ impl OffsetCommitter {
                 .await
                 .map_err(|e| SourceError::Setup(KafkaSetupError::Internal(e.to_string())))?
                 .map_err(|source| SourceError::Consumer {
-                    what: format!("committing offsets of {topic:?}"),
+                    what: "committing offsets".into(),
                     source,
                 })?;
         }
@@ -163,75 +264,115 @@ impl OffsetCommitter {
     }
 }
 
+fn consumer_config(kafka: &KafkaConfig, eof: bool) -> Result<rdkafka::ClientConfig, SourceError> {
+    let mut config = client_config(kafka)?;
+    config
+        .set("group.id", &kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", if eof { "true" } else { "false" })
+        .set("partition.assignment.strategy", "range")
+        .set("auto.offset.reset", "earliest");
+    Ok(config)
+}
+
 impl KafkaSource {
-    /// Connects one consumer per input topic and assigns every partition (`partitions`
-    /// gives their counts by topic name). Each partition starts at `start` if given there,
-    /// else at the group's committed offset, else at the beginning.
+    /// Connects to the input topics (`partitions` gives their partition counts by name).
+    /// A partition starts at its entry in `start` if any, else at the group's committed
+    /// offset, else at the beginning. `bounded` selects bounded mode (see the module doc).
     pub async fn connect(
         kafka: &KafkaConfig,
         topics: &TopicsConfig,
         partitions: &BTreeMap<String, i32>,
-        start: &Positions,
+        start: SharedPositions,
+        bounded: bool,
     ) -> Result<(KafkaSource, OffsetCommitter), SourceError> {
+        let named = [
+            (InputTopic::Clicks, topics.clicks.clone()),
+            (InputTopic::Orders, topics.orders.clone()),
+            (InputTopic::Inventory, topics.inventory.clone()),
+        ];
+        let names: BTreeMap<String, InputTopic> =
+            named.iter().map(|(t, n)| (n.clone(), *t)).collect();
+        let context = || SourceContext {
+            names: names.clone(),
+            start: Arc::clone(&start),
+            changes: std::sync::Mutex::new(Vec::new()),
+        };
         let mut consumers = Vec::new();
+        let mut committer = Vec::new();
         let mut at_end = BTreeMap::new();
-        for (topic, name) in [
-            (InputTopic::Clicks, &topics.clicks),
-            (InputTopic::Orders, &topics.orders),
-            (InputTopic::Inventory, &topics.inventory),
-        ] {
+        let mut initial = Vec::new();
+        // Topics whose every partition this instance assigns itself.
+        let assigned_topics: Vec<(InputTopic, String)> = if bounded {
+            named.to_vec()
+        } else {
+            vec![(InputTopic::Inventory, topics.inventory.clone())]
+        };
+        for (topic, name) in &assigned_topics {
             let count = partitions.get(name).copied().unwrap_or(0);
-            let consumer = assign_topic(kafka, topic, name, count, start).await?;
+            let consumer: Inner = consumer_config(kafka, true)?
+                .create_with_context(context())
+                .map_err(KafkaSetupError::Client)?;
+            let consumer = Arc::new(consumer);
+            let positions = start.lock().map(|s| s.clone()).unwrap_or_default();
+            assign_all(&consumer, kafka, *topic, name, count, &positions).await?;
             for p in 0..count {
-                at_end.insert((topic, p), false);
+                at_end.insert((*topic, p), false);
+                initial.push((*topic, p));
             }
-            consumers.push(TopicConsumer {
-                topic,
-                name: name.clone(),
+            committer.push((vec![(*topic, name.clone())], Arc::clone(&consumer)));
+            consumers.push(SourceConsumer {
                 consumer,
+                single_topic: Some(*topic),
             });
         }
-        let committer = OffsetCommitter {
-            consumers: consumers
-                .iter()
-                .map(|c| (c.topic, (c.name.clone(), Arc::clone(&c.consumer))))
-                .collect(),
-        };
-        let mut it = consumers.into_iter();
-        let (Some(clicks), Some(orders), Some(inventory)) = (it.next(), it.next(), it.next())
-        else {
-            return Err(SourceError::Setup(KafkaSetupError::Internal(
-                "three consumers expected".into(),
-            )));
-        };
-        tracing::info!(partitions = at_end.len(), "kafka source assigned");
+        if !bounded {
+            let group: Inner = consumer_config(kafka, false)?
+                .create_with_context(context())
+                .map_err(KafkaSetupError::Client)?;
+            group
+                .subscribe(&[topics.clicks.as_str(), topics.orders.as_str()])
+                .map_err(|source| SourceError::Consumer {
+                    what: "subscribing to the click and order topics".into(),
+                    source,
+                })?;
+            let group = Arc::new(group);
+            committer.push((named[..2].to_vec(), Arc::clone(&group)));
+            consumers.push(SourceConsumer {
+                consumer: group,
+                single_topic: None,
+            });
+        }
+        if let Some(first) = consumers.first() {
+            first
+                .consumer
+                .context()
+                .push(SourceMessage::Assigned(initial));
+        }
+        tracing::info!(bounded, assigned = at_end.len(), "kafka source connected");
         Ok((
             KafkaSource {
-                clicks,
-                orders,
-                inventory,
+                consumers,
+                names,
                 at_end,
             },
-            committer,
+            OffsetCommitter {
+                consumers: committer,
+            },
         ))
-    }
-
-    /// Every assigned (topic, partition).
-    pub fn assigned(&self) -> Vec<(InputTopic, i32)> {
-        self.at_end.keys().copied().collect()
     }
 
     /// Name of an input topic.
     pub fn topic_name(&self, topic: InputTopic) -> &str {
-        match topic {
-            InputTopic::Clicks => &self.clicks.name,
-            InputTopic::Orders => &self.orders.name,
-            InputTopic::Inventory => &self.inventory.name,
-        }
+        self.names
+            .iter()
+            .find(|(_, t)| **t == topic)
+            .map_or("", |(n, _)| n.as_str())
     }
 
-    /// Consumes until cancelled (or, with `stop_at_end`, until every partition is at its
-    /// end), sending every message, decoded or rejected, to `tx`.
+    /// Consumes until cancelled (or, in bounded mode, until every partition is at its end),
+    /// sending every message, decoded or rejected, and every assignment change to `tx`.
     pub async fn run(
         mut self,
         tx: mpsc::Sender<SourceMessage>,
@@ -239,29 +380,44 @@ impl KafkaSource {
         options: SourceOptions,
     ) -> Result<SourceStats, SourceError> {
         let mut stats = SourceStats::default();
+        let idle = || std::future::pending::<(usize, Result<_, KafkaError>)>();
         loop {
+            for consumer in &self.consumers {
+                for change in consumer.consumer.context().take_changes() {
+                    if tx.send(change).await.is_err() {
+                        return Ok(stats);
+                    }
+                }
+            }
             if options.stop_at_end && self.at_end.values().all(|e| *e) {
                 let _ = tx.send(SourceMessage::CaughtUp).await;
                 return Ok(stats);
             }
-            let (topic, received) = tokio::select! {
+            let c = &self.consumers;
+            let (index, received) = tokio::select! {
                 _ = cancel.cancelled() => return Ok(stats),
-                m = self.clicks.consumer.recv() => (self.clicks.topic, m),
-                m = self.orders.consumer.recv() => (self.orders.topic, m),
-                m = self.inventory.consumer.recv() => (self.inventory.topic, m),
+                m = async { (0, c[0].consumer.recv().await) }, if !c.is_empty() => m,
+                m = async { (1, c[1].consumer.recv().await) }, if c.len() > 1 => m,
+                m = async { (2, c[2].consumer.recv().await) }, if c.len() > 2 => m,
+                m = idle(), if c.is_empty() => m,
             };
             let out = match received {
                 Ok(message) => {
+                    let Some(topic) = self.names.get(message.topic()).copied() else {
+                        continue;
+                    };
                     let meta = RecordMeta {
                         topic,
                         partition: message.partition(),
                         offset: message.offset(),
                     };
                     *stats.consumed.entry(topic).or_default() += 1;
-                    self.at_end.insert((topic, meta.partition), false);
+                    if let Some(end) = self.at_end.get_mut(&(topic, meta.partition)) {
+                        *end = false;
+                    }
                     let payload = message.payload().unwrap_or_default();
                     let key = message.key().map(<[u8]>::to_vec);
-                    match decode(topic, payload, options.limits) {
+                    match decode(topic, key.as_deref(), payload, options.limits) {
                         Ok(event) => SourceMessage::Event {
                             meta,
                             event,
@@ -277,12 +433,15 @@ impl KafkaSource {
                     }
                 }
                 Err(KafkaError::PartitionEOF(partition)) => {
+                    let Some(topic) = self.consumers[index].single_topic else {
+                        continue;
+                    };
                     self.at_end.insert((topic, partition), true);
                     SourceMessage::PartitionEof { topic, partition }
                 }
                 Err(e) => {
                     // librdkafka retries transport errors itself; report and go on.
-                    tracing::warn!(topic = topic.as_str(), error = %e, "kafka consumer error; retrying");
+                    tracing::warn!(error = %e, "kafka consumer error; retrying");
                     continue;
                 }
             };
@@ -294,25 +453,17 @@ impl KafkaSource {
     }
 }
 
-/// A consumer for one topic with every partition assigned at its start position.
-async fn assign_topic(
+/// Assigns every partition of one topic at its start position.
+async fn assign_all(
+    consumer: &Arc<Inner>,
     kafka: &KafkaConfig,
     topic: InputTopic,
     name: &str,
     partitions: i32,
     start: &Positions,
-) -> Result<Arc<StreamConsumer>, SourceError> {
-    let mut config = client_config(kafka)?;
-    config
-        .set("group.id", &kafka.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest");
-    let consumer: StreamConsumer = config.create().map_err(KafkaSetupError::Client)?;
-    let consumer = Arc::new(consumer);
+) -> Result<(), SourceError> {
     let timeout = Duration::from_millis(kafka.connect_timeout_ms);
-    let blocking = Arc::clone(&consumer);
+    let blocking = Arc::clone(consumer);
     let name = name.to_string();
     let start = start.clone();
     let list = tokio::task::spawn_blocking(move || {
@@ -354,6 +505,5 @@ async fn assign_topic(
         .map_err(|source| SourceError::Consumer {
             what: "assigning partitions".into(),
             source,
-        })?;
-    Ok(consumer)
+        })
 }

@@ -88,6 +88,9 @@ impl Publisher {
         config
             .set("acks", "all")
             .set("linger.ms", "5")
+            // Dead letters carry the original bytes, which may exceed the input size
+            // limit (that is why they were rejected); the broker's own limit still applies.
+            .set("message.max.bytes", "104857600")
             .set("message.timeout.ms", kafka.produce_timeout_ms.to_string());
         let producer: FutureProducer = config.create().map_err(KafkaSetupError::Client)?;
         Ok(Self {

@@ -710,7 +710,7 @@ impl Generator {
             status,
             lines: vec![OrderLine {
                 item_id: self.world.items[item].id.clone(),
-                quantity,
+                quantity: i64::from(quantity),
                 unit_price,
             }],
             currency: "EUR".to_string(),
@@ -868,7 +868,12 @@ mod tests {
         let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
         let mut last_ts = Millis::MIN;
         for m in &messages {
-            let decoded = decode(m.topic, &m.payload, DecodeLimits::default());
+            let decoded = decode(
+                m.topic,
+                Some(m.key.as_bytes()),
+                &m.payload,
+                DecodeLimits::default(),
+            );
             match (&decoded, m.malformed) {
                 (Ok(event), None) => {
                     assert!(
@@ -922,7 +927,9 @@ mod tests {
         let mut on_hand: HashMap<String, i64> = HashMap::new();
         let mut sales = 0u64;
         for m in generator.by_ref() {
-            if let Ok(Event::Inventory(e)) = decode(m.topic, &m.payload, DecodeLimits::default()) {
+            if let Ok(Event::Inventory(e)) =
+                decode(m.topic, None, &m.payload, DecodeLimits::default())
+            {
                 if let Some(v) = e.on_hand {
                     assert!(v >= 0, "negative stock {e:?}");
                     on_hand.insert(e.item_id.clone(), v);

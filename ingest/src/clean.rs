@@ -1,0 +1,282 @@
+//! Cleaning that needs state: duplicate suppression and event-time sanity relative to the
+//! stream itself.
+//!
+//! State is kept per input partition and only advanced by that partition's own events, so
+//! the outcome for every message depends only on the partition's content, never on how
+//! partitions interleave on arrival (replays decide exactly like the live run). The state is
+//! serde-serialisable so it can be checkpointed with the rest of the job.
+//!
+//! - **Dedupe**: a retrying producer can write an event twice. The dedupe key is `event_id`
+//!   (clicks, inventory) or `order_id` + `status` (orders, so a cancellation is not a
+//!   duplicate of its placement). A key is remembered for `dedupe_horizon` of event time
+//!   after the newest event of its partition; at most `max_keys` keys are kept per
+//!   partition (the oldest are forgotten first, counted in [`Cleaner::evicted`]).
+//! - **Future skew**: an event more than `max_future_skew` ahead of the newest event time
+//!   already seen on its partition is rejected as `out_of_range` on `ts`; a producer with a
+//!   broken clock would otherwise drag the watermark forward and make everyone else late.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::decode::{Reason, Rejection};
+use crate::event::{Event, InputTopic, Millis, OrderStatus};
+
+/// Settings of the [`Cleaner`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CleanLimits {
+    /// How long (event time) a key is remembered after the partition's newest event.
+    pub dedupe_horizon_ms: Millis,
+    /// Keys remembered per partition at most.
+    pub max_keys: usize,
+    /// How far ahead of its partition's newest event an event may be.
+    pub max_future_skew_ms: Millis,
+}
+
+impl Default for CleanLimits {
+    fn default() -> Self {
+        Self {
+            dedupe_horizon_ms: 3_600_000,
+            max_keys: 200_000,
+            max_future_skew_ms: 86_400_000,
+        }
+    }
+}
+
+/// What to do with an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// New and sane: process it.
+    Accept,
+    /// Seen before within the horizon: count it, do not process it.
+    Duplicate,
+    /// Insane relative to the stream: dead-letter it.
+    Reject(Rejection),
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct PartitionState {
+    newest: Option<Millis>,
+    seen: HashMap<String, Millis>,
+    /// Keys in arrival order with their time, for expiry and eviction.
+    order: VecDeque<(Millis, String)>,
+}
+
+/// Duplicate and skew checks, per input partition.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Cleaner {
+    limits: CleanLimits,
+    #[serde(with = "crate::serde_entries")]
+    partitions: BTreeMap<(InputTopic, i32), PartitionState>,
+    evicted: u64,
+}
+
+/// The dedupe key of an event.
+pub fn dedupe_key(event: &Event) -> String {
+    match event {
+        Event::Click(e) => e.event_id.clone(),
+        Event::Inventory(e) => e.event_id.clone(),
+        Event::Order(e) => match e.status {
+            OrderStatus::Placed => format!("{}#placed", e.order_id),
+            OrderStatus::Cancelled => format!("{}#cancelled", e.order_id),
+        },
+    }
+}
+
+impl Cleaner {
+    /// A cleaner with `limits`.
+    pub fn new(limits: CleanLimits) -> Self {
+        Self {
+            limits,
+            partitions: BTreeMap::new(),
+            evicted: 0,
+        }
+    }
+
+    /// Decides about `event`, read from `partition` of `topic`, and records it.
+    pub fn admit(&mut self, topic: InputTopic, partition: i32, event: &Event) -> Admission {
+        let limits = self.limits;
+        let state = self.partitions.entry((topic, partition)).or_default();
+        let ts = event.ts();
+        if let Some(newest) = state.newest
+            && ts > newest.saturating_add(limits.max_future_skew_ms)
+        {
+            return Admission::Reject(Rejection {
+                reason: Reason::OutOfRange,
+                field: Some("ts".to_string()),
+                message: format!(
+                    "event time {ts} is {} s ahead of the newest event of {}/{partition} ({newest}); limit is {} s",
+                    (ts - newest) / 1000,
+                    topic.as_str(),
+                    limits.max_future_skew_ms / 1000
+                ),
+            });
+        }
+        let key = dedupe_key(event);
+        if state.seen.contains_key(&key) {
+            return Admission::Duplicate;
+        }
+        let newest = state.newest.map_or(ts, |n| n.max(ts));
+        state.newest = Some(newest);
+        state.seen.insert(key.clone(), ts);
+        state.order.push_back((ts, key));
+        // Forget keys that fell out of the horizon, then enforce the size bound.
+        let cutoff = newest.saturating_sub(limits.dedupe_horizon_ms);
+        while let Some((front_ts, _)) = state.order.front() {
+            let expired = *front_ts < cutoff;
+            let over = state.order.len() > limits.max_keys;
+            if !expired && !over {
+                break;
+            }
+            if let Some((_, key)) = state.order.pop_front() {
+                state.seen.remove(&key);
+                if !expired {
+                    self.evicted += 1;
+                }
+            }
+        }
+        Admission::Accept
+    }
+
+    /// Keys forgotten because of the size bound, before their horizon ended.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Keys remembered, over all partitions.
+    pub fn remembered(&self) -> usize {
+        self.partitions.values().map(|p| p.seen.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{InventoryEvent, InventoryKind, OrderEvent, OrderLine};
+
+    fn inv(id: &str, ts: Millis) -> Event {
+        Event::Inventory(InventoryEvent {
+            event_id: id.to_string(),
+            ts,
+            item_id: "i".to_string(),
+            kind: InventoryKind::Snapshot,
+            on_hand: Some(1),
+            delta: None,
+            price: None,
+            category: None,
+        })
+    }
+
+    fn order(id: &str, ts: Millis, status: OrderStatus) -> Event {
+        Event::Order(OrderEvent {
+            order_id: id.to_string(),
+            ts,
+            user_id: "u".to_string(),
+            status,
+            lines: vec![OrderLine {
+                item_id: "i".to_string(),
+                quantity: 1,
+                unit_price: 1.0,
+            }],
+            currency: "EUR".to_string(),
+        })
+    }
+
+    const T: Millis = 1_767_571_200_000;
+
+    #[test]
+    fn duplicates_within_the_horizon_are_caught_per_partition() {
+        let mut c = Cleaner::new(CleanLimits::default());
+        assert_eq!(
+            c.admit(InputTopic::Inventory, 0, &inv("a", T)),
+            Admission::Accept
+        );
+        assert_eq!(
+            c.admit(InputTopic::Inventory, 0, &inv("a", T + 5)),
+            Admission::Duplicate
+        );
+        // The same id on another partition is another producer's event.
+        assert_eq!(
+            c.admit(InputTopic::Inventory, 1, &inv("a", T)),
+            Admission::Accept
+        );
+    }
+
+    #[test]
+    fn cancellation_is_not_a_duplicate_of_its_order() {
+        let mut c = Cleaner::new(CleanLimits::default());
+        assert_eq!(
+            c.admit(InputTopic::Orders, 0, &order("o1", T, OrderStatus::Placed)),
+            Admission::Accept
+        );
+        assert_eq!(
+            c.admit(
+                InputTopic::Orders,
+                0,
+                &order("o1", T + 9, OrderStatus::Cancelled)
+            ),
+            Admission::Accept
+        );
+        assert_eq!(
+            c.admit(
+                InputTopic::Orders,
+                0,
+                &order("o1", T + 9, OrderStatus::Cancelled)
+            ),
+            Admission::Duplicate
+        );
+    }
+
+    #[test]
+    fn keys_expire_after_the_horizon_and_memory_is_bounded() {
+        let limits = CleanLimits {
+            dedupe_horizon_ms: 1_000,
+            max_keys: 10,
+            ..CleanLimits::default()
+        };
+        let mut c = Cleaner::new(limits);
+        c.admit(InputTopic::Clicks, 0, &inv("old", T));
+        c.admit(InputTopic::Clicks, 0, &inv("new", T + 5_000));
+        assert_eq!(c.remembered(), 1, "old expired");
+        assert_eq!(
+            c.admit(InputTopic::Clicks, 0, &inv("old", T + 5_001)),
+            Admission::Accept
+        );
+        for i in 0..100 {
+            c.admit(InputTopic::Clicks, 0, &inv(&format!("k{i}"), T + 5_002));
+        }
+        assert_eq!(c.remembered(), 10);
+        assert!(c.evicted() > 0);
+    }
+
+    #[test]
+    fn far_future_event_is_rejected_relative_to_its_partition() {
+        let mut c = Cleaner::new(CleanLimits::default());
+        c.admit(InputTopic::Clicks, 0, &inv("a", T));
+        let Admission::Reject(r) = c.admit(InputTopic::Clicks, 0, &inv("b", T + 2 * 86_400_000))
+        else {
+            panic!("must be rejected");
+        };
+        assert_eq!(
+            (r.reason, r.field.as_deref()),
+            (Reason::OutOfRange, Some("ts"))
+        );
+        // Old data replayed later is judged by its own stream, not the wall clock.
+        assert_eq!(
+            c.admit(InputTopic::Clicks, 1, &inv("c", 1_500_000_000_000)),
+            Admission::Accept
+        );
+    }
+
+    #[test]
+    fn state_round_trips_through_serde() {
+        let mut c = Cleaner::new(CleanLimits::default());
+        c.admit(InputTopic::Clicks, 0, &inv("a", T));
+        let json = serde_json::to_string(&c).expect("serialise");
+        let mut back: Cleaner = serde_json::from_str(&json).expect("deserialise");
+        assert_eq!(
+            back.admit(InputTopic::Clicks, 0, &inv("a", T)),
+            Admission::Duplicate
+        );
+    }
+}
