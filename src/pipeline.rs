@@ -112,6 +112,29 @@ pub async fn run(
     options: RunOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunSummary, PipelineError> {
+    let (progress, _) = tokio::sync::watch::channel(Progress::default());
+    run_observed(config, options, shutdown, progress).await
+}
+
+/// Live counters of a run, published through a `watch` channel (tests and, later, the
+/// metrics endpoint read them while the job runs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Messages consumed from all input topics.
+    pub consumed: u64,
+    /// Impressions predicted.
+    pub impressions: u64,
+    /// Windows closed.
+    pub windows_closed: u64,
+}
+
+/// Like [`run`], publishing [`Progress`] to `progress` as the job goes.
+pub async fn run_observed(
+    config: &Config,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()>,
+    progress: tokio::sync::watch::Sender<Progress>,
+) -> Result<RunSummary, PipelineError> {
     let store = ParquetStore::open(&config.store)?;
     let topics = &config.topics;
     let all_topics: Vec<String> = topics
@@ -170,6 +193,7 @@ pub async fn run(
         topic_names,
         positions: Positions::new(),
         summary: RunSummary::default(),
+        progress,
     };
     let outcome = processor.process(rx, &cancel, shutdown).await;
     cancel.cancel();
@@ -209,6 +233,13 @@ fn clean_limits(config: &Config) -> CleanLimits {
     }
 }
 
+/// Whether the processor goes on after a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
 struct Processor<'a> {
     config: &'a Config,
     store: ParquetStore,
@@ -223,6 +254,7 @@ struct Processor<'a> {
     topic_names: BTreeMap<InputTopic, String>,
     positions: Positions,
     summary: RunSummary,
+    progress: tokio::sync::watch::Sender<Progress>,
 }
 
 impl Processor<'_> {
@@ -250,105 +282,10 @@ impl Processor<'_> {
                 m = rx.recv() => m,
             };
             let Some(message) = message else { break };
-            match message {
-                SourceMessage::Assigned(partitions) => {
-                    for (topic, partition) in partitions {
-                        self.features.register_partition(topic, partition);
-                        self.last_seen
-                            .insert((topic, partition), tokio::time::Instant::now());
-                    }
-                }
-                SourceMessage::Revoked(partitions) => {
-                    // Their state stays until checkpoints can hand it over; they no longer
-                    // hold the watermark back.
-                    for (topic, partition) in partitions {
-                        self.features.partition_at_end(topic, partition);
-                        self.last_seen.remove(&(topic, partition));
-                    }
-                    self.close_ready().await?;
-                }
-                SourceMessage::PartitionEof { topic, partition } => {
-                    if self.bounded {
-                        self.features.partition_at_end(topic, partition);
-                        self.close_ready().await?;
-                    }
-                }
-                SourceMessage::CaughtUp => {
-                    self.summary.reached_end = true;
-                    break;
-                }
-                SourceMessage::Rejected {
-                    meta,
-                    key,
-                    payload,
-                    rejection,
-                } => {
-                    self.consumed(meta);
-                    self.dead_letter(meta, key.as_deref(), &payload, &rejection)
-                        .await?;
-                }
-                SourceMessage::Event {
-                    meta,
-                    event,
-                    key,
-                    payload,
-                } => {
-                    self.consumed(meta);
-                    match self.cleaner.admit(meta.topic, meta.partition, &event) {
-                        Admission::Accept => {}
-                        Admission::Duplicate => {
-                            *self
-                                .summary
-                                .duplicates
-                                .entry(meta.topic.as_str().to_string())
-                                .or_default() += 1;
-                            continue;
-                        }
-                        Admission::Reject(rejection) => {
-                            self.dead_letter(meta, key.as_deref(), &payload, &rejection)
-                                .await?;
-                            continue;
-                        }
-                    }
-                    if let Some(row) = self.features.serving_row(&event) {
-                        self.summary.impressions += 1;
-                        let prediction = self.trainer.predict(&row, self.features.watermark());
-                        let json = serde_json::to_vec(&prediction).map_err(|e| {
-                            PipelineError::Internal(format!("prediction JSON: {e}"))
-                        })?;
-                        let topic = self.config.topics.predictions.clone();
-                        self.publisher
-                            .send(
-                                TAG_PREDICTION,
-                                &topic,
-                                row.event_id.as_bytes(),
-                                &json,
-                                Some(row.ts),
-                                None,
-                            )
-                            .await?;
-                    }
-                    if let Err(late) = self.features.ingest(meta, event) {
-                        let rejection = Rejection {
-                            reason: Reason::Late,
-                            field: Some("ts".to_string()),
-                            message: format!(
-                                "event time {} is behind the closed windows (watermark {:?})",
-                                late.event.ts(),
-                                self.features.watermark()
-                            ),
-                        };
-                        self.dead_letter(meta, key.as_deref(), &payload, &rejection)
-                            .await?;
-                    } else {
-                        *self
-                            .summary
-                            .valid
-                            .entry(meta.topic.as_str().to_string())
-                            .or_default() += 1;
-                    }
-                    self.close_ready().await?;
-                }
+            let result = self.handle(message).await?;
+            self.publish_progress(rx.is_empty());
+            if result == Flow::Stop {
+                break;
             }
         }
         // Input exhausted or shutdown: emit what remains. Until checkpoints exist, pending
@@ -358,6 +295,127 @@ impl Processor<'_> {
         }
         self.publisher.flush().await?;
         Ok(())
+    }
+
+    /// Handles one message from the source.
+    async fn handle(&mut self, message: SourceMessage) -> Result<Flow, PipelineError> {
+        match message {
+            SourceMessage::Assigned(partitions) => {
+                for (topic, partition) in partitions {
+                    self.features.register_partition(topic, partition);
+                    self.last_seen
+                        .insert((topic, partition), tokio::time::Instant::now());
+                }
+            }
+            SourceMessage::Revoked(partitions) => {
+                // Their state stays until checkpoints can hand it over; they no longer
+                // hold the watermark back.
+                for (topic, partition) in partitions {
+                    self.features.partition_at_end(topic, partition);
+                    self.last_seen.remove(&(topic, partition));
+                }
+                self.close_ready().await?;
+            }
+            SourceMessage::PartitionEof { topic, partition } => {
+                if self.bounded {
+                    self.features.partition_at_end(topic, partition);
+                    self.close_ready().await?;
+                }
+            }
+            SourceMessage::CaughtUp => {
+                self.summary.reached_end = true;
+                return Ok(Flow::Stop);
+            }
+            SourceMessage::Rejected {
+                meta,
+                key,
+                payload,
+                rejection,
+            } => {
+                self.consumed(meta);
+                self.dead_letter(meta, key.as_deref(), &payload, &rejection)
+                    .await?;
+            }
+            SourceMessage::Event {
+                meta,
+                event,
+                key,
+                payload,
+            } => {
+                self.consumed(meta);
+                match self.cleaner.admit(meta.topic, meta.partition, &event) {
+                    Admission::Accept => {}
+                    Admission::Duplicate => {
+                        *self
+                            .summary
+                            .duplicates
+                            .entry(meta.topic.as_str().to_string())
+                            .or_default() += 1;
+                        return Ok(Flow::Continue);
+                    }
+                    Admission::Reject(rejection) => {
+                        self.dead_letter(meta, key.as_deref(), &payload, &rejection)
+                            .await?;
+                        return Ok(Flow::Continue);
+                    }
+                }
+                if let Some(row) = self.features.serving_row(&event) {
+                    self.summary.impressions += 1;
+                    let prediction = self.trainer.predict(&row, self.features.watermark());
+                    let json = serde_json::to_vec(&prediction)
+                        .map_err(|e| PipelineError::Internal(format!("prediction JSON: {e}")))?;
+                    let topic = self.config.topics.predictions.clone();
+                    self.publisher
+                        .send(
+                            TAG_PREDICTION,
+                            &topic,
+                            row.event_id.as_bytes(),
+                            &json,
+                            Some(row.ts),
+                            None,
+                        )
+                        .await?;
+                }
+                if let Err(late) = self.features.ingest(meta, event) {
+                    let rejection = Rejection {
+                        reason: Reason::Late,
+                        field: Some("ts".to_string()),
+                        message: format!(
+                            "event time {} is behind the closed windows (watermark {:?})",
+                            late.event.ts(),
+                            self.features.watermark()
+                        ),
+                    };
+                    self.dead_letter(meta, key.as_deref(), &payload, &rejection)
+                        .await?;
+                } else {
+                    *self
+                        .summary
+                        .valid
+                        .entry(meta.topic.as_str().to_string())
+                        .or_default() += 1;
+                }
+                self.close_ready().await?;
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Publishes progress every 1024 consumed messages and whenever the input is drained.
+    fn publish_progress(&mut self, drained: bool) {
+        let consumed: u64 = self.summary.consumed.values().sum();
+        if drained || consumed % 1024 == 0 {
+            let progress = Progress {
+                consumed,
+                impressions: self.summary.impressions,
+                windows_closed: self.summary.windows_closed,
+            };
+            self.progress.send_if_modified(|p| {
+                let changed = *p != progress;
+                *p = progress;
+                changed
+            });
+        }
     }
 
     fn consumed(&mut self, meta: RecordMeta) {

@@ -56,13 +56,7 @@ async fn generated_traffic_reconciles_exactly_through_a_real_broker() {
         "{report:?}"
     );
 
-    let summary = run(
-        &config,
-        RunOptions { stop_at_end: true },
-        std::future::pending(),
-    )
-    .await
-    .unwrap();
+    let summary = support::run_to_end(&config).await;
     assert!(summary.reached_end);
 
     // consumed == valid + dead-lettered, per topic and in total.

@@ -9,7 +9,6 @@ mod support;
 use std::collections::BTreeMap;
 
 use shopstream::generate::publish_traffic;
-use shopstream::pipeline::{RunOptions, run};
 use shopstream_ingest::decode::Reason;
 use shopstream_ingest::event::InputTopic;
 use shopstream_ingest::generator::{
@@ -265,6 +264,19 @@ fn corpus() -> Vec<Case> {
     ]
 }
 
+type DeadLetters = BTreeMap<(String, Vec<u8>, String), u64>;
+
+/// Entries of `a` that `b` lacks, shortened for a readable failure message.
+fn absent_from(a: &DeadLetters, b: &DeadLetters) -> Vec<(String, String, String)> {
+    a.keys()
+        .filter(|k| !b.contains_key(*k))
+        .map(|(topic, payload, reason)| {
+            let shown = String::from_utf8_lossy(&payload[..payload.len().min(80)]).to_string();
+            (topic.clone(), shown, reason.clone())
+        })
+        .collect()
+}
+
 /// Guards "nothing silently dropped": hostile input and generator noise are dead-lettered
 /// with the expected reason, one for one, and all counts reconcile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,16 +329,10 @@ async fn hostile_corpus_and_noisy_traffic_reconcile_one_for_one() {
         .unwrap();
     assert!(report.malformed_total > 10, "{report:?}");
 
-    let summary = run(
-        &config,
-        RunOptions { stop_at_end: true },
-        std::future::pending(),
-    )
-    .await
-    .unwrap();
+    let summary = support::run_to_end(&config).await;
 
     // Expected dead letters: (source topic, original bytes, reason), as a multiset.
-    let mut expected: BTreeMap<(String, Vec<u8>, String), u64> = BTreeMap::new();
+    let mut expected = DeadLetters::new();
     for c in &corpus {
         if let Expect::Reject(reason) = c.expect {
             *expected
@@ -344,7 +350,7 @@ async fn hostile_corpus_and_noisy_traffic_reconcile_one_for_one() {
             .entry((topic_name(m.topic), m.payload, reason))
             .or_default() += 1;
     }
-    let mut actual: BTreeMap<(String, Vec<u8>, String), u64> = BTreeMap::new();
+    let mut actual = DeadLetters::new();
     for r in read_topic(&broker.bootstrap, &config.topics.dead_letter) {
         let key = (
             r.headers["shopstream.source.topic"].clone(),
@@ -353,28 +359,8 @@ async fn hostile_corpus_and_noisy_traffic_reconcile_one_for_one() {
         );
         *actual.entry(key).or_default() += 1;
     }
-    let missing: Vec<_> = expected
-        .keys()
-        .filter(|k| !actual.contains_key(*k))
-        .map(|k| {
-            (
-                &k.0,
-                String::from_utf8_lossy(&k.1[..k.1.len().min(80)]),
-                &k.2,
-            )
-        })
-        .collect();
-    let unexpected: Vec<_> = actual
-        .keys()
-        .filter(|k| !expected.contains_key(*k))
-        .map(|k| {
-            (
-                &k.0,
-                String::from_utf8_lossy(&k.1[..k.1.len().min(80)]),
-                &k.2,
-            )
-        })
-        .collect();
+    let missing = absent_from(&expected, &actual);
+    let unexpected = absent_from(&actual, &expected);
     assert!(
         missing.is_empty() && unexpected.is_empty(),
         "missing {missing:#?}\nunexpected {unexpected:#?}"

@@ -395,13 +395,12 @@ mod tests {
     use super::*;
     use crate::event::Scenario;
 
+    fn dec(topic: InputTopic, key: Option<&[u8]>, json: &str) -> Result<Event, Rejection> {
+        decode(topic, key, json.as_bytes(), DecodeLimits::default())
+    }
+
     fn click(json: &str) -> Result<Event, Rejection> {
-        decode(
-            InputTopic::Clicks,
-            None,
-            json.as_bytes(),
-            DecodeLimits::default(),
-        )
+        dec(InputTopic::Clicks, None, json)
     }
 
     const GOOD: &str = r#"{"event_id":"e1","ts":"2026-01-05T10:00:00Z","user_id":"u1","session_id":"s1","type":"impression","item_id":"sku1","scenario":"home_feed","position":3,"device":"ios","price":9.5}"#;
@@ -473,13 +472,7 @@ mod tests {
     #[test]
     fn order_quantity_zero_is_out_of_range() {
         let json = r#"{"order_id":"o","ts":1767607200000,"user_id":"u","status":"placed","lines":[{"item_id":"i","quantity":0,"unit_price":1.0}],"currency":"EUR"}"#;
-        let err = decode(
-            InputTopic::Orders,
-            None,
-            json.as_bytes(),
-            DecodeLimits::default(),
-        )
-        .expect_err("q=0");
+        let err = dec(InputTopic::Orders, None, json).expect_err("q=0");
         assert_eq!(err.reason, Reason::OutOfRange);
         assert_eq!(err.field.as_deref(), Some("lines[0].quantity"));
     }
@@ -487,13 +480,7 @@ mod tests {
     #[test]
     fn year_1970_is_out_of_range() {
         let json = r#"{"event_id":"v","ts":0,"item_id":"i","kind":"snapshot","on_hand":3}"#;
-        let err = decode(
-            InputTopic::Inventory,
-            None,
-            json.as_bytes(),
-            DecodeLimits::default(),
-        )
-        .expect_err("1970");
+        let err = dec(InputTopic::Inventory, None, json).expect_err("1970");
         assert_eq!(
             (err.reason, err.field.as_deref()),
             (Reason::OutOfRange, Some("ts"))
@@ -511,12 +498,7 @@ mod tests {
             (ClickKind::AddToCart, Scenario::HomeFeed, Some("ios"))
         );
         let json = r#"{"order_id":"o","ts":"2026-01-05T10:00:00+01:00","user_id":"u","status":"Placed","lines":[{"item_id":"i","quantity":1,"unit_price":2.5}],"currency":"eur"}"#;
-        let Ok(Event::Order(o)) = decode(
-            InputTopic::Orders,
-            None,
-            json.as_bytes(),
-            DecodeLimits::default(),
-        ) else {
+        let Ok(Event::Order(o)) = dec(InputTopic::Orders, None, json) else {
             panic!("normalisable order rejected");
         };
         assert_eq!(
@@ -527,20 +509,9 @@ mod tests {
 
     #[test]
     fn key_must_match_the_partitioning_id() {
-        let ok = decode(
-            InputTopic::Clicks,
-            Some(b"u1"),
-            GOOD.as_bytes(),
-            DecodeLimits::default(),
-        );
+        let ok = dec(InputTopic::Clicks, Some(b"u1"), GOOD);
         assert!(ok.is_ok());
-        let err = decode(
-            InputTopic::Clicks,
-            Some(b"u2"),
-            GOOD.as_bytes(),
-            DecodeLimits::default(),
-        )
-        .expect_err("mismatch");
+        let err = dec(InputTopic::Clicks, Some(b"u2"), GOOD).expect_err("mismatch");
         assert_eq!(
             (err.reason, err.field.as_deref()),
             (Reason::SchemaViolation, Some("key"))
@@ -551,33 +522,18 @@ mod tests {
     fn pathological_nesting_is_rejected_without_overflowing_the_stack() {
         for depth in [200, 100_000, 1_000_000] {
             let nested = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
-            let err = decode(
-                InputTopic::Clicks,
-                None,
-                nested.as_bytes(),
-                DecodeLimits {
-                    max_message_bytes: 4 << 20,
-                },
-            )
-            .expect_err("not an event");
-            assert!(
-                matches!(err.reason, Reason::MalformedJson | Reason::SchemaViolation),
-                "{err}"
-            );
             let in_field = format!(r#"{{"event_id":{nested}}}"#);
-            let err = decode(
-                InputTopic::Clicks,
-                None,
-                in_field.as_bytes(),
-                DecodeLimits {
+            for payload in [&nested, &in_field] {
+                let limits = DecodeLimits {
                     max_message_bytes: 4 << 20,
-                },
-            )
-            .expect_err("not an event");
-            assert!(
-                matches!(err.reason, Reason::MalformedJson | Reason::SchemaViolation),
-                "{err}"
-            );
+                };
+                let err = decode(InputTopic::Clicks, None, payload.as_bytes(), limits)
+                    .expect_err("not an event");
+                assert!(
+                    matches!(err.reason, Reason::MalformedJson | Reason::SchemaViolation),
+                    "{err}"
+                );
+            }
         }
     }
 

@@ -217,3 +217,11 @@ pub fn read_table(root: &Path, table: &str) -> Vec<RecordBatch> {
         })
         .collect()
 }
+
+/// Runs the pipeline in bounded mode until it has caught up with its input.
+pub async fn run_to_end(config: &Config) -> shopstream::pipeline::RunSummary {
+    let options = shopstream::pipeline::RunOptions { stop_at_end: true };
+    shopstream::pipeline::run(config, options, std::future::pending())
+        .await
+        .expect("pipeline run")
+}

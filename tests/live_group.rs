@@ -1,0 +1,76 @@
+//! The long-running mode against a real broker: the click and order topics are read
+//! through the consumer group, inventory by assignment; shutdown drains and commits, and
+//! a restart resumes after the committed offsets.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod support;
+
+use shopstream::generate::publish_traffic;
+use shopstream::pipeline::{Progress, RunOptions, RunSummary, run_observed};
+use shopstream_config::Config;
+use shopstream_ingest::generator::{DEFAULT_START_MS, GeneratorOptions, world::WorldSize};
+use support::{Broker, read_table};
+
+fn traffic(seed: u64, start_ms: i64) -> GeneratorOptions {
+    GeneratorOptions {
+        seed,
+        start_ms,
+        max_events: Some(3_000),
+        size: WorldSize {
+            users: 150,
+            items: 200,
+            categories: 8,
+        },
+        malformed_fraction: 0.01,
+        ..GeneratorOptions::default()
+    }
+}
+
+/// Runs the live job until it has consumed `expected` messages, then shuts it down.
+async fn run_live_until(config: &Config, expected: u64) -> RunSummary {
+    let (progress, mut watch) = tokio::sync::watch::channel(Progress::default());
+    let shutdown = async move {
+        let waited = tokio::time::timeout(
+            std::time::Duration::from_secs(120),
+            watch.wait_for(|p| p.consumed >= expected),
+        )
+        .await;
+        assert!(waited.is_ok(), "live job did not consume {expected} messages in 120 s");
+    };
+    run_observed(config, RunOptions { stop_at_end: false }, shutdown, progress)
+        .await
+        .unwrap()
+}
+
+/// Guards group consumption and offset commits in the live mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_job_reads_through_the_group_and_resumes_after_committed_offsets() {
+    let broker = Broker::start();
+    let store = tempfile::tempdir().unwrap();
+    let mut config = broker.config("live", store.path());
+    config.kafka.topic_partitions = 3;
+    config.pipeline.idle_partition_timeout_secs = 1;
+
+    let first = publish_traffic(&config, traffic(5, DEFAULT_START_MS), None, None).await.unwrap();
+    let first_total = first.valid_total + first.malformed_total;
+    let summary = run_live_until(&config, first_total).await;
+    assert!(!summary.reached_end, "live mode never stops by itself");
+    assert_eq!(summary.consumed.values().sum::<u64>(), first_total);
+    assert_eq!(summary.valid.values().sum::<u64>(), first.valid_total);
+    assert_eq!(summary.impressions, first.impressions);
+    assert_eq!(summary.predictions_published, first.impressions);
+    assert_eq!(summary.examples_written, first.impressions, "shutdown flushes pending examples");
+
+    // A day later, more traffic; the restarted job reads only the new messages.
+    let second = publish_traffic(&config, traffic(6, DEFAULT_START_MS + 86_400_000), None, None)
+        .await
+        .unwrap();
+    let second_total = second.valid_total + second.malformed_total;
+    let resumed = run_live_until(&config, second_total).await;
+    assert_eq!(resumed.consumed.values().sum::<u64>(), second_total, "resumed after the committed offsets");
+    assert_eq!(resumed.impressions, second.impressions);
+
+    let rows: usize = read_table(store.path(), "examples").iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows as u64, first.impressions + second.impressions);
+}
