@@ -359,7 +359,7 @@ impl Processor<'_> {
                         return Ok(Flow::Continue);
                     }
                 }
-                if let Some(row) = self.features.serving_row(&event) {
+                if let Some(row) = self.features.serving_row(&meta, &event) {
                     self.summary.impressions += 1;
                     let prediction = self.trainer.predict(&row, self.features.watermark());
                     let json = serde_json::to_vec(&prediction)
@@ -404,7 +404,7 @@ impl Processor<'_> {
     /// Publishes progress every 1024 consumed messages and whenever the input is drained.
     fn publish_progress(&mut self, drained: bool) {
         let consumed: u64 = self.summary.consumed.values().sum();
-        if drained || consumed % 1024 == 0 {
+        if drained || consumed.is_multiple_of(1024) {
             let progress = Progress {
                 consumed,
                 impressions: self.summary.impressions,

@@ -80,37 +80,59 @@ async fn generated_traffic_reconciles_exactly_through_a_real_broker() {
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows as u64, report.impressions);
     assert_eq!(summary.examples_written, report.impressions);
-    let mut clicked_by_id = HashMap::new();
+    // Labels of every example, by impression id, read back from the store.
+    let mut labels_by_id: HashMap<String, (bool, bool, bool)> = HashMap::new();
     for batch in &batches {
-        let ids = batch
-            .column_by_name("event_id")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        let clicked = batch
-            .column_by_name("clicked")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<BooleanArray>()
-            .unwrap();
+        let strings = |name: &str| {
+            batch
+                .column_by_name(name)
+                .unwrap()
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .clone()
+        };
+        let flags = |name: &str| {
+            batch
+                .column_by_name(name)
+                .unwrap()
+                .as_any()
+                .downcast_ref::<BooleanArray>()
+                .unwrap()
+                .clone()
+        };
+        let (ids, clicked, converted, cancelled) = (
+            strings("event_id"),
+            flags("clicked"),
+            flags("converted"),
+            flags("cancelled"),
+        );
         for row in 0..batch.num_rows() {
-            assert!(
-                clicked_by_id
-                    .insert(ids.value(row).to_string(), clicked.value(row))
-                    .is_none(),
-                "duplicate example"
+            let labels = (
+                clicked.value(row),
+                converted.value(row),
+                cancelled.value(row),
             );
+            let previous = labels_by_id.insert(ids.value(row).to_string(), labels);
+            assert!(previous.is_none(), "duplicate example");
         }
     }
-    // Click labels agree with the generator's own record, impression for impression.
-    let mismatched = truth
-        .iter()
-        .filter(|t| clicked_by_id.get(&t.event_id) != Some(&t.clicked))
-        .count();
-    assert_eq!(
-        mismatched, 0,
-        "click labels disagree with the generator's truth"
+    // Labels agree with the generator's own record, impression for impression: clicks and
+    // attributed orders exactly; a cancellation only counts when it came before the label
+    // matured, so an example's `cancelled` implies the truth's.
+    let mut clicks = 0;
+    let mut conversions = 0;
+    for t in &truth {
+        let (clicked, converted, cancelled) = labels_by_id[&t.event_id];
+        assert_eq!(clicked, t.clicked, "clicked of {}", t.event_id);
+        assert_eq!(converted, t.converted, "converted of {}", t.event_id);
+        assert!(!cancelled || t.cancelled, "cancelled of {}", t.event_id);
+        clicks += usize::from(clicked);
+        conversions += usize::from(converted);
+    }
+    assert!(
+        clicks > 100 && conversions > 10,
+        "{clicks} clicks, {conversions} conversions"
     );
 
     // Predictions: one per impression, keyed by the impression's id, with a model version.

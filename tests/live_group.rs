@@ -36,11 +36,19 @@ async fn run_live_until(config: &Config, expected: u64) -> RunSummary {
             watch.wait_for(|p| p.consumed >= expected),
         )
         .await;
-        assert!(waited.is_ok(), "live job did not consume {expected} messages in 120 s");
+        assert!(
+            waited.is_ok(),
+            "live job did not consume {expected} messages in 120 s"
+        );
     };
-    run_observed(config, RunOptions { stop_at_end: false }, shutdown, progress)
-        .await
-        .unwrap()
+    run_observed(
+        config,
+        RunOptions { stop_at_end: false },
+        shutdown,
+        progress,
+    )
+    .await
+    .unwrap()
 }
 
 /// Guards group consumption and offset commits in the live mode.
@@ -52,7 +60,9 @@ async fn live_job_reads_through_the_group_and_resumes_after_committed_offsets() 
     config.kafka.topic_partitions = 3;
     config.pipeline.idle_partition_timeout_secs = 1;
 
-    let first = publish_traffic(&config, traffic(5, DEFAULT_START_MS), None, None).await.unwrap();
+    let first = publish_traffic(&config, traffic(5, DEFAULT_START_MS), None, None)
+        .await
+        .unwrap();
     let first_total = first.valid_total + first.malformed_total;
     let summary = run_live_until(&config, first_total).await;
     assert!(!summary.reached_end, "live mode never stops by itself");
@@ -60,17 +70,32 @@ async fn live_job_reads_through_the_group_and_resumes_after_committed_offsets() 
     assert_eq!(summary.valid.values().sum::<u64>(), first.valid_total);
     assert_eq!(summary.impressions, first.impressions);
     assert_eq!(summary.predictions_published, first.impressions);
-    assert_eq!(summary.examples_written, first.impressions, "shutdown flushes pending examples");
+    assert_eq!(
+        summary.examples_written, first.impressions,
+        "shutdown flushes pending examples"
+    );
 
     // A day later, more traffic; the restarted job reads only the new messages.
-    let second = publish_traffic(&config, traffic(6, DEFAULT_START_MS + 86_400_000), None, None)
-        .await
-        .unwrap();
+    let second = publish_traffic(
+        &config,
+        traffic(6, DEFAULT_START_MS + 86_400_000),
+        None,
+        None,
+    )
+    .await
+    .unwrap();
     let second_total = second.valid_total + second.malformed_total;
     let resumed = run_live_until(&config, second_total).await;
-    assert_eq!(resumed.consumed.values().sum::<u64>(), second_total, "resumed after the committed offsets");
+    assert_eq!(
+        resumed.consumed.values().sum::<u64>(),
+        second_total,
+        "resumed after the committed offsets"
+    );
     assert_eq!(resumed.impressions, second.impressions);
 
-    let rows: usize = read_table(store.path(), "examples").iter().map(|b| b.num_rows()).sum();
+    let rows: usize = read_table(store.path(), "examples")
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
     assert_eq!(rows as u64, first.impressions + second.impressions);
 }

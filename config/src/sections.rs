@@ -122,6 +122,13 @@ pub struct PipelineConfig {
     /// How long after an impression a click on the same item still counts as its click, in
     /// seconds. Training examples are emitted once this has passed.
     pub click_window_secs: u64,
+    /// How long after a click an order of the same user for the same item is attributed to
+    /// it (last touch), in seconds. Examples are emitted once click window + attribution
+    /// window have passed after the impression.
+    pub attribution_window_secs: u64,
+    /// Users and items without any event for this long are forgotten, in seconds (at least
+    /// the 7-day horizon of the longest rolling features).
+    pub feature_ttl_secs: u64,
     /// Messages larger than this are dead-lettered as `too_large`, in bytes.
     pub max_message_bytes: usize,
     /// Capacity of the bounded channel between the Kafka source and the processor, in
@@ -147,6 +154,8 @@ impl Default for PipelineConfig {
             window_secs: 60,
             allowed_lateness_secs: 5,
             click_window_secs: 600,
+            attribution_window_secs: 1_800,
+            feature_ttl_secs: 8 * 86_400,
             max_message_bytes: 1_048_576,
             channel_capacity: 8_192,
             dedupe_horizon_secs: 3_600,

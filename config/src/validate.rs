@@ -130,6 +130,21 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
     if p.click_window_secs == 0 {
         bad("pipeline.click_window_secs", "must be at least 1".into());
     }
+    if p.attribution_window_secs == 0 {
+        bad(
+            "pipeline.attribution_window_secs",
+            "must be at least 1".into(),
+        );
+    }
+    if p.feature_ttl_secs < 7 * 86_400 {
+        bad(
+            "pipeline.feature_ttl_secs",
+            format!(
+                "{} is shorter than the 7-day horizon of the rolling features (604800)",
+                p.feature_ttl_secs
+            ),
+        );
+    }
     if p.max_message_bytes < 64 {
         bad(
             "pipeline.max_message_bytes",

@@ -11,17 +11,19 @@
 //!   whose labels matured; [`FeaturePipeline::finish`] closes everything at end of input.
 //!
 //! Examples depend only on the input events, never on arrival order: state changes only
-//! when whole windows close, and label maturity is judged against window boundaries.
+//! when whole windows close, and label maturity is judged against window boundaries. The
+//! joins and the state are described in [`state`]; the columns in `docs/feature-schema.md`.
 
 mod example;
-mod state;
+pub mod rolling;
+pub mod state;
 mod watermark;
 mod window;
 
 pub use example::{
-    EXAMPLES_SCHEMA_VERSION, Example, Features, ServingRow, examples_batch, examples_schema,
+    EXAMPLES_SCHEMA_VERSION, Example, Features, Labels, ServingRow, examples_batch, examples_schema,
 };
-pub use state::FeatureState;
+pub use state::{FeatureState, StateLimits};
 pub use watermark::Watermark;
 pub use window::{Buffered, ClosedWindow, Windows};
 
@@ -38,7 +40,7 @@ pub struct WindowOutput {
     pub end: Millis,
     /// Number of events the window held.
     pub events: usize,
-    /// Training examples whose labels matured, in (ts, order) order.
+    /// Training examples whose labels matured, in (ts, partition, order) order.
     pub examples: Vec<Example>,
 }
 
@@ -48,18 +50,20 @@ pub struct FeaturePipeline {
     windows: Windows,
     watermark: Watermark,
     state: FeatureState,
-    click_window_ms: Millis,
 }
 
 impl FeaturePipeline {
     /// A stage configured by `config`.
     pub fn new(config: &PipelineConfig) -> Self {
-        let secs = |s: u64| Millis::try_from(s.saturating_mul(1000)).unwrap_or(Millis::MAX);
+        let ms = |s: u64| Millis::try_from(s.saturating_mul(1000)).unwrap_or(Millis::MAX);
         Self {
-            windows: Windows::new(secs(config.window_secs)),
-            watermark: Watermark::new(secs(config.allowed_lateness_secs)),
-            state: FeatureState::default(),
-            click_window_ms: secs(config.click_window_secs),
+            windows: Windows::new(ms(config.window_secs)),
+            watermark: Watermark::new(ms(config.allowed_lateness_secs)),
+            state: FeatureState::new(StateLimits {
+                click_window_ms: ms(config.click_window_secs),
+                attribution_ms: ms(config.attribution_window_secs),
+                ttl_ms: ms(config.feature_ttl_secs),
+            }),
         }
     }
 
@@ -88,15 +92,15 @@ impl FeaturePipeline {
         self.watermark.current()
     }
 
-    /// Features for an impression, from the state as it is now.
-    pub fn serving_row(&self, event: &Event) -> Option<ServingRow> {
+    /// Features for an impression read from `meta`'s partition, from the state as it is.
+    pub fn serving_row(&self, meta: &RecordMeta, event: &Event) -> Option<ServingRow> {
         match event {
             Event::Click(c) if c.kind == ClickKind::Impression => Some(ServingRow {
                 event_id: c.event_id.clone(),
                 ts: c.ts,
                 user_id: c.user_id.clone(),
                 item_id: c.item_id.clone()?,
-                features: self.state.features_of(c),
+                features: self.state.features_of(meta.partition, c),
             }),
             _ => None,
         }
@@ -141,18 +145,14 @@ impl FeaturePipeline {
 
     fn apply_window(&mut self, window: ClosedWindow) -> WindowOutput {
         let events = window.events.len();
-        let mut i = 0;
-        while i < window.events.len() {
-            let ts = window.events[i].event.ts();
-            let mut j = i;
-            while j < window.events.len() && window.events[j].event.ts() == ts {
-                j += 1;
-            }
-            let group: Vec<&Event> = window.events[i..j].iter().map(|b| &b.event).collect();
-            self.state.apply_same_ts(&group, self.click_window_ms);
-            i = j;
+        for group in window.events.chunk_by(|a, b| a.event.ts() == b.event.ts()) {
+            let group: Vec<(InputTopic, i32, &Event)> = group
+                .iter()
+                .map(|b| (b.meta.topic, b.meta.partition, &b.event))
+                .collect();
+            self.state.apply_same_ts(&group);
         }
-        let examples = self.state.mature_before(window.end, self.click_window_ms);
+        let examples = self.state.mature_before(window.end);
         WindowOutput {
             start: window.start,
             end: window.end,
@@ -161,9 +161,14 @@ impl FeaturePipeline {
         }
     }
 
-    /// Impressions waiting for their label.
+    /// Impressions waiting for their labels.
     pub fn pending_examples(&self) -> usize {
         self.state.pending_len()
+    }
+
+    /// The state, for inspection and memory accounting.
+    pub fn state(&self) -> &FeatureState {
+        &self.state
     }
 }
 
@@ -227,7 +232,7 @@ mod tests {
         ]);
         let user_impressions: Vec<i64> = examples
             .iter()
-            .map(|e| e.features.user_impressions)
+            .map(|e| e.features.user[0].impressions)
             .collect();
         assert_eq!(
             user_impressions,
@@ -284,7 +289,7 @@ mod tests {
         ]);
         let labels: Vec<(&str, bool)> = examples
             .iter()
-            .map(|e| (e.event_id.as_str(), e.clicked))
+            .map(|e| (e.event_id.as_str(), e.labels.clicked))
             .collect();
         assert_eq!(labels, vec![("imp1", false), ("imp2", true)]);
     }

@@ -1,56 +1,163 @@
-//! Feature state: counters per user and item, latest inventory per item, and impressions
-//! waiting for their click label. Updated only from closed windows, in deterministic order.
+//! Feature state and the event-time joins.
+//!
+//! State is scoped by input partition: clicks and orders are co-partitioned by user, so
+//! everything a user touches (the user's counters, their impressions waiting for labels,
+//! their clicks and orders for attribution) lives in the state of that partition number,
+//! and a partition's state can move between instances as a unit. Item counters are kept
+//! per partition too (partial aggregates over the partition's users), which keeps them
+//! deterministic and movable; inventory is a global table (every instance reads all of
+//! it), joined as of event time.
+//!
+//! Joins, all in event time and applied in (ts, topic, partition, offset) order:
+//! - **click**: a click labels the latest earlier impression of the same user, item and
+//!   session within the click window;
+//! - **attribution** (last touch): an order line is attributed to the latest click of the
+//!   same user on the same item strictly before the order and at most the attribution
+//!   window before it; the click's impression becomes `converted` with the line's
+//!   quantity and revenue; a cancellation before the label matures sets `cancelled`;
+//! - **inventory as of**: on hand, price and category of the item from the inventory
+//!   events applied before the impression.
+//!
+//! An impression's example is emitted once a closed window ends later than
+//! `ts + click window + attribution window`: no later event can change its labels.
 
 use std::collections::{BTreeMap, HashMap};
 
-use shopstream_ingest::event::{ClickEvent, ClickKind, Event, InventoryKind, Millis};
+use chrono::{Datelike, Timelike};
+use serde::{Deserialize, Serialize};
+use shopstream_ingest::event::{
+    ClickEvent, ClickKind, Event, InputTopic, InventoryKind, Millis, OrderEvent, OrderStatus,
+};
 
-use crate::example::{Example, Features};
+use crate::example::{Example, Features, Labels};
+use crate::rolling::{Counts, Rolling};
 
-#[derive(Debug, Clone, Copy, Default)]
-struct Counts {
-    impressions: i64,
-    clicks: i64,
+/// Time limits of the joins and of state retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateLimits {
+    /// Click join window.
+    pub click_window_ms: Millis,
+    /// Attribution window (click -> order).
+    pub attribution_ms: Millis,
+    /// Keys without activity for this long are forgotten.
+    pub ttl_ms: Millis,
+}
+
+/// Most categories remembered per user for the affinity feature.
+const MAX_CATEGORIES: usize = 8;
+/// Time constant of the decayed category affinity.
+const AFFINITY_TAU_MS: f64 = 7.0 * 86_400_000.0;
+/// How often (event time) expired keys are swept.
+const SWEEP_EVERY_MS: Millis = 3_600_000;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct UserState {
+    rolling: Rolling,
+    last_ts: Option<Millis>,
+    /// Decayed click counts per category, as of `categories_ts`.
+    categories: Vec<(String, f32)>,
+    categories_ts: Millis,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct ItemState {
+    rolling: Rolling,
+    last_ts: Millis,
+}
+
+/// The latest inventory facts about an item.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct InventoryRow {
+    on_hand: Option<i64>,
+    price: Option<f64>,
+    category: Option<String>,
+}
+
+/// An impression waiting for its labels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Pending {
+    example: Example,
+    session: String,
+}
+
+/// (ts, application sequence) of a pending impression.
+type PendingKey = (Millis, u64);
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct PartitionState {
+    users: HashMap<String, UserState>,
+    items: HashMap<String, ItemState>,
+    #[serde(with = "shopstream_ingest::serde_entries")]
+    pending: BTreeMap<PendingKey, Pending>,
+    /// user \x1f item \x1f session -> pending impressions, for the click join.
+    by_session: HashMap<String, Vec<PendingKey>>,
+    /// user \x1f item -> recent clicks (time, the impression they labelled).
+    clicks: HashMap<String, Vec<(Millis, Option<PendingKey>)>>,
+    /// order id -> (order time, impressions it was attributed to), for cancellations.
+    orders: HashMap<String, (Millis, Vec<PendingKey>)>,
+    seq: u64,
+    last_sweep: Millis,
+}
+
+fn join_key(parts: &[&str]) -> String {
+    parts.join("\u{1f}")
 }
 
 /// Everything the features of the next event may depend on.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeatureState {
-    users: HashMap<String, Counts>,
-    items: HashMap<String, Counts>,
-    on_hand: HashMap<String, i64>,
-    /// Impressions whose click label has not matured, by (ts, application order).
-    pending: BTreeMap<(Millis, u64), (Example, String)>,
-    /// (user, item, session) -> pending keys, for the click join.
-    pending_index: HashMap<(String, String, String), Vec<(Millis, u64)>>,
-    applied: u64,
+    limits: StateLimits,
+    partitions: BTreeMap<i32, PartitionState>,
+    inventory: HashMap<String, InventoryRow>,
 }
 
 impl FeatureState {
-    /// Features of `click` (an impression) from the current state.
-    pub fn features_of(&self, click: &ClickEvent) -> Features {
-        let user = self.users.get(&click.user_id).copied().unwrap_or_default();
+    /// Empty state.
+    pub fn new(limits: StateLimits) -> Self {
+        Self {
+            limits,
+            partitions: BTreeMap::new(),
+            inventory: HashMap::new(),
+        }
+    }
+
+    /// Features of impression `click` read from `partition`, from the current state.
+    pub fn features_of(&self, partition: i32, click: &ClickEvent) -> Features {
         let item_id = click.item_id.as_deref().unwrap_or_default();
-        let item = self.items.get(item_id).copied().unwrap_or_default();
+        let state = self.partitions.get(&partition);
+        let user = state.and_then(|s| s.users.get(&click.user_id));
+        let item = state.and_then(|s| s.items.get(item_id));
+        let inventory = self.inventory.get(item_id);
+        let category = inventory.and_then(|i| i.category.clone());
+        let at = chrono::DateTime::from_timestamp_millis(click.ts).unwrap_or_default();
         Features {
             scenario: click.scenario,
             device: click.device.clone(),
             position: click.position,
             price: click.price,
-            user_impressions: user.impressions,
-            user_clicks: user.clicks,
-            item_impressions: item.impressions,
-            item_clicks: item.clicks,
-            item_on_hand: self.on_hand.get(item_id).copied(),
+            hour_of_day: at.hour() as u8,
+            day_of_week: at.weekday().num_days_from_monday() as u8,
+            user: user.map(|u| u.rolling.totals(click.ts)).unwrap_or_default(),
+            user_recency_secs: user
+                .and_then(|u| u.last_ts)
+                .map(|t| (click.ts - t) as f64 / 1000.0),
+            user_category_affinity: match (user, &category) {
+                (Some(u), Some(c)) => affinity(u, c),
+                _ => 0.0,
+            },
+            item: item.map(|i| i.rolling.totals(click.ts)).unwrap_or_default(),
+            item_category: category,
+            item_price: inventory.and_then(|i| i.price),
+            item_on_hand: inventory.and_then(|i| i.on_hand),
         }
     }
 
     /// Applies a group of events that share one timestamp. Features of the group's
     /// impressions are taken before any of the group is applied, so an example never sees
     /// an event of its own millisecond (no leakage).
-    pub fn apply_same_ts(&mut self, group: &[&Event], click_window_ms: Millis) {
+    pub fn apply_same_ts(&mut self, group: &[(InputTopic, i32, &Event)]) {
         let mut new_pending = Vec::new();
-        for event in group {
+        for (_, partition, event) in group {
             if let Event::Click(c) = event
                 && c.kind == ClickKind::Impression
                 && let Some(item_id) = &c.item_id
@@ -60,136 +167,374 @@ impl FeatureState {
                     ts: c.ts,
                     user_id: c.user_id.clone(),
                     item_id: item_id.clone(),
-                    features: self.features_of(c),
-                    clicked: false,
+                    features: self.features_of(*partition, c),
+                    labels: Labels::default(),
                 };
-                new_pending.push((example, c.session_id.clone()));
+                new_pending.push((*partition, example, c.session_id.clone()));
             }
         }
-        for event in group {
-            self.apply(event, click_window_ms);
+        for (_, partition, event) in group {
+            self.apply(*partition, event);
         }
-        for (example, session) in new_pending {
-            self.applied += 1;
-            let key = (example.ts, self.applied);
-            self.pending_index
-                .entry((
-                    example.user_id.clone(),
-                    example.item_id.clone(),
-                    session.clone(),
-                ))
+        for (partition, example, session) in new_pending {
+            let state = self.partitions.entry(partition).or_default();
+            state.seq += 1;
+            let key = (example.ts, state.seq);
+            state
+                .by_session
+                .entry(join_key(&[&example.user_id, &example.item_id, &session]))
                 .or_default()
                 .push(key);
-            self.pending.insert(key, (example, session));
+            state.pending.insert(key, Pending { example, session });
         }
     }
 
-    fn apply(&mut self, event: &Event, click_window_ms: Millis) {
+    fn apply(&mut self, partition: i32, event: &Event) {
+        let limits = self.limits;
         match event {
-            Event::Click(c) => {
-                let (user_delta, item_delta) = match c.kind {
-                    ClickKind::Impression => (
-                        Counts {
-                            impressions: 1,
-                            clicks: 0,
-                        },
-                        Counts {
-                            impressions: 1,
-                            clicks: 0,
-                        },
-                    ),
-                    ClickKind::Click => (
-                        Counts {
-                            impressions: 0,
-                            clicks: 1,
-                        },
-                        Counts {
-                            impressions: 0,
-                            clicks: 1,
-                        },
-                    ),
-                    _ => return,
-                };
-                let user = self.users.entry(c.user_id.clone()).or_default();
-                user.impressions += user_delta.impressions;
-                user.clicks += user_delta.clicks;
-                if let Some(item_id) = &c.item_id {
-                    let item = self.items.entry(item_id.clone()).or_default();
-                    item.impressions += item_delta.impressions;
-                    item.clicks += item_delta.clicks;
-                    if c.kind == ClickKind::Click {
-                        self.label_click(c, item_id, click_window_ms);
-                    }
-                }
-            }
             Event::Inventory(e) => {
-                if let Some(on_hand) = e.on_hand {
-                    self.on_hand.insert(e.item_id.clone(), on_hand);
-                } else if let Some(delta) = e.delta
-                    && e.kind != InventoryKind::Snapshot
-                {
-                    *self.on_hand.entry(e.item_id.clone()).or_default() += delta;
+                let row = self.inventory.entry(e.item_id.clone()).or_default();
+                match (e.on_hand, e.delta) {
+                    (Some(on_hand), _) => row.on_hand = Some(on_hand),
+                    (None, Some(delta)) if e.kind != InventoryKind::Snapshot => {
+                        row.on_hand = Some(row.on_hand.unwrap_or(0) + delta);
+                    }
+                    _ => {}
+                }
+                if let Some(price) = e.price {
+                    row.price = Some(price);
+                }
+                if let Some(category) = &e.category {
+                    row.category = Some(category.clone());
                 }
             }
-            Event::Order(_) => {}
+            Event::Click(c) => {
+                let category = c
+                    .item_id
+                    .as_ref()
+                    .and_then(|i| self.inventory.get(i))
+                    .and_then(|r| r.category.clone());
+                let state = self.partitions.entry(partition).or_default();
+                state.sweep(c.ts, limits);
+                state.apply_click(c, category.as_deref(), limits);
+            }
+            Event::Order(o) => {
+                let state = self.partitions.entry(partition).or_default();
+                state.sweep(o.ts, limits);
+                state.apply_order(o, limits);
+            }
         }
     }
 
-    /// Marks the latest earlier impression of the same user, item and session within the
-    /// click window as clicked.
-    fn label_click(&mut self, click: &ClickEvent, item_id: &str, click_window_ms: Millis) {
-        let key = (
-            click.user_id.clone(),
-            item_id.to_string(),
-            click.session_id.clone(),
-        );
-        let Some(keys) = self.pending_index.get(&key) else {
-            return;
-        };
-        let target = keys
-            .iter()
-            .filter(|(ts, _)| *ts < click.ts && click.ts - *ts <= click_window_ms)
-            .max()
-            .copied();
-        if let Some(target) = target
-            && let Some((example, _)) = self.pending.get_mut(&target)
-        {
-            example.clicked = true;
-        }
-    }
-
-    /// Removes and returns, in (ts, order) order, the examples whose click window ends
-    /// before `boundary` (their label can no longer change).
-    pub fn mature_before(&mut self, boundary: Millis, click_window_ms: Millis) -> Vec<Example> {
-        let mut out = Vec::new();
-        while let Some(entry) = self.pending.first_entry() {
-            if entry.key().0 + click_window_ms >= boundary {
-                break;
-            }
-            let (key, (example, session)) = entry.remove_entry();
-            let index_key = (example.user_id.clone(), example.item_id.clone(), session);
-            if let Some(keys) = self.pending_index.get_mut(&index_key) {
-                keys.retain(|k| *k != key);
-                if keys.is_empty() {
-                    self.pending_index.remove(&index_key);
+    /// Removes and returns, in (ts, partition, order) order, the examples whose labels can
+    /// no longer change before `boundary` (the end of the window just closed).
+    pub fn mature_before(&mut self, boundary: Millis) -> Vec<Example> {
+        let horizon = self.limits.click_window_ms + self.limits.attribution_ms;
+        let mut out: Vec<(PendingKey, i32, Example)> = Vec::new();
+        for (partition, state) in &mut self.partitions {
+            while let Some(entry) = state.pending.first_entry() {
+                if entry.key().0 + horizon >= boundary {
+                    break;
                 }
+                let (key, pending) = entry.remove_entry();
+                state.unindex(key, &pending);
+                out.push((key, *partition, pending.example));
             }
-            out.push(example);
         }
-        out
+        out.sort_by_key(|(key, partition, _)| (key.0, *partition, key.1));
+        out.into_iter().map(|(_, _, e)| e).collect()
     }
 
     /// Removes and returns every pending example (end of input).
     pub fn mature_all(&mut self) -> Vec<Example> {
-        self.pending_index.clear();
-        std::mem::take(&mut self.pending)
-            .into_values()
-            .map(|(example, _)| example)
-            .collect()
+        self.mature_before(Millis::MAX)
     }
 
-    /// Number of impressions waiting for their label.
+    /// Impressions waiting for their labels.
     pub fn pending_len(&self) -> usize {
-        self.pending.len()
+        self.partitions.values().map(|s| s.pending.len()).sum()
+    }
+
+    /// Users and items with state, for memory accounting.
+    pub fn key_counts(&self) -> (usize, usize) {
+        self.partitions
+            .values()
+            .fold((0, 0), |(u, i), s| (u + s.users.len(), i + s.items.len()))
+    }
+
+    /// Approximate heap bytes held, for the memory benchmark: map entries at their size
+    /// plus string contents (hash table overhead not included).
+    pub fn approx_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let mut bytes = 0;
+        for s in self.partitions.values() {
+            bytes += s
+                .users
+                .iter()
+                .map(|(k, u)| {
+                    k.len()
+                        + size_of::<(String, UserState)>()
+                        + u.categories
+                            .iter()
+                            .map(|(c, _)| c.len() + size_of::<(String, f32)>())
+                            .sum::<usize>()
+                })
+                .sum::<usize>();
+            bytes += s
+                .items
+                .keys()
+                .map(|k| k.len() + size_of::<(String, ItemState)>())
+                .sum::<usize>();
+            bytes += s.pending.len() * (size_of::<Pending>() + 64);
+            bytes += s
+                .clicks
+                .iter()
+                .map(|(k, v)| k.len() + size_of::<String>() + v.len() * 32)
+                .sum::<usize>();
+            bytes += s
+                .by_session
+                .iter()
+                .map(|(k, v)| k.len() + size_of::<String>() + v.len() * 16)
+                .sum::<usize>();
+        }
+        bytes
+            + self
+                .inventory
+                .keys()
+                .map(|k| k.len() + size_of::<(String, InventoryRow)>() + 8)
+                .sum::<usize>()
+    }
+}
+
+fn affinity(user: &UserState, category: &str) -> f64 {
+    let total: f64 = user.categories.iter().map(|(_, s)| f64::from(*s)).sum();
+    if total <= 0.0 {
+        return 0.0;
+    }
+    let mine = user
+        .categories
+        .iter()
+        .find(|(c, _)| c == category)
+        .map_or(0.0, |(_, s)| f64::from(*s));
+    mine / total
+}
+
+impl PartitionState {
+    fn user(&mut self, user_id: &str) -> &mut UserState {
+        if !self.users.contains_key(user_id) {
+            self.users.insert(user_id.to_string(), UserState::default());
+        }
+        self.users.get_mut(user_id).expect("inserted above")
+    }
+
+    fn item(&mut self, item_id: &str) -> &mut ItemState {
+        if !self.items.contains_key(item_id) {
+            self.items.insert(item_id.to_string(), ItemState::default());
+        }
+        self.items.get_mut(item_id).expect("inserted above")
+    }
+
+    fn count(&mut self, user_id: &str, item_id: Option<&str>, ts: Millis, delta: Counts) {
+        let user = self.user(user_id);
+        user.rolling.add(ts, delta);
+        user.last_ts = Some(ts);
+        if let Some(item_id) = item_id {
+            let item = self.item(item_id);
+            item.rolling.add(ts, delta);
+            item.last_ts = ts;
+        }
+    }
+
+    fn apply_click(&mut self, c: &ClickEvent, category: Option<&str>, limits: StateLimits) {
+        let item_id = c.item_id.as_deref();
+        let delta = match c.kind {
+            ClickKind::Impression => Counts {
+                impressions: 1,
+                ..Counts::default()
+            },
+            ClickKind::Click => Counts {
+                clicks: 1,
+                ..Counts::default()
+            },
+            ClickKind::AddToCart => Counts {
+                carts: 1,
+                ..Counts::default()
+            },
+            ClickKind::RemoveFromCart | ClickKind::Favorite | ClickKind::Search => {
+                Counts::default()
+            }
+        };
+        self.count(&c.user_id, item_id, c.ts, delta);
+        if c.kind != ClickKind::Click {
+            return;
+        }
+        if let Some(category) = category {
+            let user = self.user(&c.user_id);
+            let decay =
+                (-((c.ts - user.categories_ts).max(0) as f64) / AFFINITY_TAU_MS).exp() as f32;
+            for (_, score) in &mut user.categories {
+                *score *= decay;
+            }
+            user.categories_ts = c.ts;
+            match user.categories.iter_mut().find(|(cat, _)| cat == category) {
+                Some((_, score)) => *score += 1.0,
+                None => {
+                    user.categories.push((category.to_string(), 1.0));
+                    if user.categories.len() > MAX_CATEGORIES {
+                        // Forget the weakest category (the first of equals, deterministically).
+                        let weakest = user
+                            .categories
+                            .iter()
+                            .enumerate()
+                            .min_by(|a, b| a.1.1.total_cmp(&b.1.1))
+                            .map_or(0, |(i, _)| i);
+                        user.categories.remove(weakest);
+                    }
+                }
+            }
+        }
+        let Some(item_id) = item_id else { return };
+        // Click join: the latest earlier impression of the same user, item and session.
+        let session_key = join_key(&[&c.user_id, item_id, &c.session_id]);
+        let target = self.by_session.get(&session_key).and_then(|keys| {
+            keys.iter()
+                .filter(|(ts, _)| *ts < c.ts && c.ts - *ts <= limits.click_window_ms)
+                .max()
+                .copied()
+        });
+        if let Some(key) = target
+            && let Some(pending) = self.pending.get_mut(&key)
+        {
+            pending.example.labels.clicked = true;
+        }
+        let clicks = self
+            .clicks
+            .entry(join_key(&[&c.user_id, item_id]))
+            .or_default();
+        clicks.retain(|(ts, _)| c.ts - *ts <= limits.attribution_ms);
+        clicks.push((c.ts, target));
+    }
+
+    fn apply_order(&mut self, o: &OrderEvent, limits: StateLimits) {
+        match o.status {
+            OrderStatus::Placed => {
+                let mut attributed = Vec::new();
+                for line in &o.lines {
+                    let units = u16::try_from(line.quantity).unwrap_or(u16::MAX);
+                    let spend = (line.quantity as f64 * line.unit_price) as f32;
+                    self.count(
+                        &o.user_id,
+                        Some(&line.item_id),
+                        o.ts,
+                        Counts {
+                            units,
+                            spend,
+                            ..Counts::default()
+                        },
+                    );
+                    // Last touch: the latest click strictly before the order, within the window.
+                    let touch = self
+                        .clicks
+                        .get(&join_key(&[&o.user_id, &line.item_id]))
+                        .and_then(|clicks| {
+                            clicks
+                                .iter()
+                                .filter(|(ts, _)| *ts < o.ts && o.ts - *ts <= limits.attribution_ms)
+                                .max_by_key(|(ts, key)| (*ts, *key))
+                                .and_then(|(_, key)| *key)
+                        });
+                    if let Some(key) = touch
+                        && let Some(pending) = self.pending.get_mut(&key)
+                    {
+                        let labels = &mut pending.example.labels;
+                        labels.converted = true;
+                        labels.quantity += line.quantity;
+                        labels.revenue += line.quantity as f64 * line.unit_price;
+                        attributed.push(key);
+                    }
+                }
+                self.orders.insert(o.order_id.clone(), (o.ts, attributed));
+            }
+            OrderStatus::Cancelled => {
+                if let Some((_, keys)) = self.orders.remove(&o.order_id) {
+                    for key in keys {
+                        if let Some(pending) = self.pending.get_mut(&key) {
+                            pending.example.labels.cancelled = true;
+                        }
+                    }
+                }
+                if let Some(user) = self.users.get_mut(&o.user_id) {
+                    user.last_ts = Some(o.ts);
+                }
+            }
+        }
+    }
+
+    fn unindex(&mut self, key: PendingKey, pending: &Pending) {
+        let index = join_key(&[
+            &pending.example.user_id,
+            &pending.example.item_id,
+            &pending.session,
+        ]);
+        if let Some(keys) = self.by_session.get_mut(&index) {
+            keys.retain(|k| *k != key);
+            if keys.is_empty() {
+                self.by_session.remove(&index);
+            }
+        }
+    }
+
+    /// Forgets keys idle for longer than the TTL, clicks past the attribution window and
+    /// orders whose impressions have all matured. Runs once per hour of event time.
+    fn sweep(&mut self, now: Millis, limits: StateLimits) {
+        if now - self.last_sweep < SWEEP_EVERY_MS {
+            return;
+        }
+        self.last_sweep = now;
+        let ttl_cutoff = now - limits.ttl_ms;
+        self.users
+            .retain(|_, u| u.last_ts.is_some_and(|t| t >= ttl_cutoff));
+        self.items.retain(|_, i| i.last_ts >= ttl_cutoff);
+        let click_cutoff = now - limits.attribution_ms;
+        self.clicks.retain(|_, clicks| {
+            clicks.retain(|(ts, _)| *ts >= click_cutoff);
+            !clicks.is_empty()
+        });
+        let order_cutoff = now - limits.click_window_ms - 2 * limits.attribution_ms;
+        self.orders.retain(|_, (ts, _)| *ts >= order_cutoff);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_through_json() {
+        let limits = StateLimits {
+            click_window_ms: 600_000,
+            attribution_ms: 1_800_000,
+            ttl_ms: 8 * 86_400_000,
+        };
+        let mut state = FeatureState::new(limits);
+        let click = ClickEvent {
+            event_id: "e".into(),
+            ts: 1_767_571_200_000,
+            user_id: "u".into(),
+            session_id: "s".into(),
+            kind: ClickKind::Impression,
+            item_id: Some("i".into()),
+            scenario: shopstream_ingest::event::Scenario::Cart,
+            position: Some(1),
+            device: None,
+            price: Some(2.0),
+            query: None,
+        };
+        let event = Event::Click(click);
+        state.apply_same_ts(&[(InputTopic::Clicks, 3, &event)]);
+        let json = serde_json::to_string(&state).expect("serialise");
+        let back: FeatureState = serde_json::from_str(&json).expect("deserialise");
+        assert_eq!(back, state);
+        assert_eq!(back.pending_len(), 1);
     }
 }

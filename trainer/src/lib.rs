@@ -79,32 +79,28 @@ fn encode(user_id: &str, item_id: &str, f: &Features, mask: u64) -> Vec<(usize, 
     let scenario = f.scenario.as_str().as_bytes();
     let position = f.position.map_or(99, |p| p.min(20)).to_le_bytes();
     let device = f.device.as_deref().unwrap_or("").as_bytes();
+    let hour = [f.hour_of_day];
+    let category = f.item_category.as_deref().unwrap_or("").as_bytes();
     let slot = |parts: &[&[u8]]| (fnv(parts) & mask) as usize;
-    let ctr = |clicks: i64, imps: i64| ((clicks as f64 + 1.0) / (imps as f64 + 20.0)) as f32;
+    let log = |x: f64| ((x + 1.0).ln() / 5.0) as f32;
     vec![
         (slot(&[b"bias"]), 1.0),
         (slot(&[b"user", user_id.as_bytes()]), 1.0),
         (slot(&[b"item", item_id.as_bytes()]), 1.0),
+        (slot(&[b"category", category]), 1.0),
         (slot(&[b"scenario", scenario]), 1.0),
         (slot(&[b"device", device]), 1.0),
+        (slot(&[b"hour", &hour]), 1.0),
         (slot(&[b"position", &position]), 1.0),
         (slot(&[b"scenario_position", scenario, &position]), 1.0),
+        (slot(&[b"user_ctr_7d"]), (f.user_ctr_7d() * 10.0) as f32),
+        (slot(&[b"item_ctr_24h"]), (f.item_ctr_24h() * 10.0) as f32),
+        (slot(&[b"affinity"]), f.user_category_affinity as f32),
         (
-            slot(&[b"user_ctr"]),
-            ctr(f.user_clicks, f.user_impressions) * 10.0,
+            slot(&[b"user_activity_7d"]),
+            log(f.user[2].impressions as f64),
         ),
-        (
-            slot(&[b"item_ctr"]),
-            ctr(f.item_clicks, f.item_impressions) * 10.0,
-        ),
-        (
-            slot(&[b"user_activity"]),
-            ((f.user_impressions as f32) + 1.0).ln() / 5.0,
-        ),
-        (
-            slot(&[b"price"]),
-            f.price.map_or(0.0, |p| ((p + 1.0).ln() / 5.0) as f32),
-        ),
+        (slot(&[b"price"]), f.price.map_or(0.0, log)),
         (
             slot(&[b"in_stock"]),
             f.item_on_hand
@@ -195,15 +191,16 @@ impl Trainer {
             );
             let z = self.logit(&encoded);
             let p = sigmoid(z);
-            loss += log_loss_from_logit(z, example.clicked);
+            let clicked = example.labels.clicked;
+            loss += log_loss_from_logit(z, clicked);
             predicted += p;
-            let gradient = p - if example.clicked { 1.0 } else { 0.0 };
+            let gradient = p - if clicked { 1.0 } else { 0.0 };
             for (i, v) in &encoded {
                 let w = f64::from(self.weights[*i]);
                 let step = self.learning_rate * (gradient * f64::from(*v) + self.l2 * w);
                 self.weights[*i] = (w - step) as f32;
             }
-            metrics.positives += usize::from(example.clicked);
+            metrics.positives += usize::from(clicked);
         }
         metrics.examples = examples.len();
         metrics.log_loss = loss / examples.len() as f64;
@@ -222,6 +219,7 @@ impl Trainer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shopstream_features::Labels;
     use shopstream_ingest::event::Scenario;
 
     fn example(user: &str, clicked: bool) -> Example {
@@ -235,13 +233,20 @@ mod tests {
                 device: Some("ios".into()),
                 position: Some(0),
                 price: Some(10.0),
-                user_impressions: 0,
-                user_clicks: 0,
-                item_impressions: 0,
-                item_clicks: 0,
+                hour_of_day: 10,
+                day_of_week: 2,
+                user: Default::default(),
+                user_recency_secs: None,
+                user_category_affinity: 0.0,
+                item: Default::default(),
+                item_category: Some("c1".into()),
+                item_price: Some(10.0),
                 item_on_hand: Some(3),
             },
-            clicked,
+            labels: Labels {
+                clicked,
+                ..Labels::default()
+            },
         }
     }
 

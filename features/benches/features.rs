@@ -1,0 +1,97 @@
+//! Features path throughput: decoded events -> windows -> joins and rolling state -> Arrow
+//! batches, on generator traffic with 100k users; and state bytes per active user.
+//!
+//! Run: `cargo bench -p shopstream-features --bench features` (figures in BENCHMARKS.md).
+
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use shopstream_config::PipelineConfig;
+use shopstream_features::{FeaturePipeline, examples_batch};
+use shopstream_ingest::decode::{DecodeLimits, decode};
+use shopstream_ingest::event::{Event, InputTopic};
+use shopstream_ingest::generator::{Generator, GeneratorOptions, world::WorldSize};
+use shopstream_ingest::source::RecordMeta;
+
+const PARTITIONS: u64 = 4;
+
+fn traffic(events: u64) -> Vec<(RecordMeta, Event)> {
+    let options = GeneratorOptions {
+        max_events: Some(events),
+        sessions_per_sec: 20.0,
+        size: WorldSize {
+            users: 100_000,
+            items: 50_000,
+            categories: 200,
+        },
+        ..GeneratorOptions::default()
+    };
+    let mut offsets = [0i64; 12];
+    Generator::new(options)
+        .map(|m| {
+            // The key decides the partition, as Kafka's partitioner would.
+            let hash = m.key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            });
+            let partition = (hash % PARTITIONS) as i32;
+            let slot = m.topic as usize * 4 + partition as usize;
+            offsets[slot] += 1;
+            let meta = RecordMeta {
+                topic: m.topic,
+                partition,
+                offset: offsets[slot],
+            };
+            (
+                meta,
+                decode(m.topic, None, &m.payload, DecodeLimits::default()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn run(events: &[(RecordMeta, Event)], measure_state: bool) -> usize {
+    let mut pipeline = FeaturePipeline::new(&PipelineConfig::default());
+    for topic in InputTopic::ALL {
+        for p in 0..PARTITIONS as i32 {
+            pipeline.register_partition(topic, p);
+        }
+    }
+    let mut rows = 0;
+    for (meta, event) in events {
+        pipeline.ingest(*meta, event.clone()).unwrap();
+        for output in pipeline.close_ready() {
+            rows += examples_batch(&output.examples).unwrap().num_rows();
+        }
+    }
+    if measure_state {
+        let (users, items) = pipeline.state().key_counts();
+        let bytes = pipeline.state().approx_bytes();
+        eprintln!(
+            "state: {users} users, {items} user-partition item entries, {} pending examples, ~{bytes} bytes => {:.0} bytes per active user",
+            pipeline.pending_examples(),
+            bytes as f64 / users.max(1) as f64
+        );
+    }
+    for output in pipeline.finish() {
+        rows += examples_batch(&output.examples).unwrap().num_rows();
+    }
+    rows
+}
+
+fn bench(c: &mut Criterion) {
+    let events = traffic(400_000);
+    let rows = run(&events, true);
+    eprintln!("{} events -> {rows} examples", events.len());
+    let mut group = c.benchmark_group("features");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(events.len() as u64));
+    group.bench_function("events_to_arrow_batches", |b| {
+        b.iter(|| black_box(run(&events, false)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
