@@ -7,7 +7,7 @@
 
 use std::hint::black_box;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use shopstream_config::PipelineConfig;
 use shopstream_features::{FeaturePipeline, examples_batch};
 use shopstream_ingest::decode::{DecodeLimits, decode};
@@ -20,7 +20,9 @@ const PARTITIONS: u64 = 4;
 fn traffic(events: u64) -> Vec<(RecordMeta, Event)> {
     let options = GeneratorOptions {
         max_events: Some(events),
-        sessions_per_sec: 20.0,
+        // About 6 hours of event time: past the label horizon, so the pending-label
+        // buffer and the rolling state are in steady state when measured.
+        sessions_per_sec: 4.0,
         size: WorldSize {
             users: 100_000,
             items: 50_000,
@@ -51,7 +53,12 @@ fn traffic(events: u64) -> Vec<(RecordMeta, Event)> {
         .collect()
 }
 
-fn run(events: &[(RecordMeta, Event)], measure_state: bool) -> usize {
+fn run(events: Vec<(RecordMeta, Event)>, measure_state: bool) -> usize {
+    run_with(events, measure_state, true)
+}
+
+/// `arrow`: also build the Arrow batches (else only count the examples), to split the cost.
+fn run_with(events: Vec<(RecordMeta, Event)>, measure_state: bool, arrow: bool) -> usize {
     let mut pipeline = FeaturePipeline::new(&PipelineConfig::default());
     for topic in InputTopic::ALL {
         for p in 0..PARTITIONS as i32 {
@@ -60,18 +67,29 @@ fn run(events: &[(RecordMeta, Event)], measure_state: bool) -> usize {
     }
     let mut rows = 0;
     for (meta, event) in events {
-        pipeline.ingest(*meta, event.clone()).unwrap();
+        pipeline.ingest(meta, event).unwrap();
         for output in pipeline.close_ready() {
-            rows += examples_batch(&output.examples).unwrap().num_rows();
+            rows += if arrow {
+                examples_batch(&output.examples).unwrap().num_rows()
+            } else {
+                output.examples.len()
+            };
         }
     }
     if measure_state {
         let (users, items) = pipeline.state().key_counts();
-        let bytes = pipeline.state().approx_bytes();
+        let memory = pipeline.state().approx_bytes();
+        let pending = pipeline.pending_examples();
         eprintln!(
-            "state: {users} users, {items} user-partition item entries, {} pending examples, ~{bytes} bytes => {:.0} bytes per active user",
-            pipeline.pending_examples(),
-            bytes as f64 / users.max(1) as f64
+            "state: {users} active users, {items} (partition, item) entries, {pending} pending examples; \
+             keyed state ~{} bytes = {:.0} bytes per active user (users {:.0} B each, items {:.0} B each); \
+             label buffer ~{} bytes = {:.0} bytes per pending example",
+            memory.keyed,
+            memory.keyed as f64 / users.max(1) as f64,
+            memory.users as f64 / users.max(1) as f64,
+            memory.items as f64 / items.max(1) as f64,
+            memory.pending,
+            memory.pending as f64 / pending.max(1) as f64
         );
     }
     for output in pipeline.finish() {
@@ -81,14 +99,25 @@ fn run(events: &[(RecordMeta, Event)], measure_state: bool) -> usize {
 }
 
 fn bench(c: &mut Criterion) {
-    let events = traffic(400_000);
-    let rows = run(&events, true);
+    let events = traffic(800_000);
+    let rows = run(events.clone(), true);
     eprintln!("{} events -> {rows} examples", events.len());
     let mut group = c.benchmark_group("features");
     group.sample_size(10);
     group.throughput(Throughput::Elements(events.len() as u64));
     group.bench_function("events_to_arrow_batches", |b| {
-        b.iter(|| black_box(run(&events, false)))
+        b.iter_batched(
+            || events.clone(),
+            |ev| black_box(run(ev, false)),
+            BatchSize::LargeInput,
+        )
+    });
+    group.bench_function("events_to_examples_without_arrow", |b| {
+        b.iter_batched(
+            || events.clone(),
+            |ev| black_box(run_with(ev, false, false)),
+            BatchSize::LargeInput,
+        )
     });
     group.finish();
 }

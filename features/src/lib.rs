@@ -215,6 +215,39 @@ mod tests {
     }
 
     #[test]
+    fn order_one_millisecond_after_the_impression_does_not_leak() {
+        let order = Event::Order(shopstream_ingest::event::OrderEvent {
+            order_id: "o1".to_string(),
+            ts: T0 + 1,
+            user_id: "u1".to_string(),
+            status: shopstream_ingest::event::OrderStatus::Placed,
+            lines: vec![shopstream_ingest::event::OrderLine {
+                item_id: "i1".to_string(),
+                quantity: 3,
+                unit_price: 2.0,
+            }],
+            currency: "EUR".to_string(),
+        });
+        let examples = run(vec![
+            (
+                meta(InputTopic::Clicks, 0, 0),
+                click("imp", T0, ClickKind::Impression, "i1"),
+            ),
+            (meta(InputTopic::Orders, 0, 0), order),
+            (
+                meta(InputTopic::Clicks, 0, 1),
+                click("next", T0 + 2, ClickKind::Impression, "i1"),
+            ),
+        ]);
+        let units = |id: &str| {
+            let e = examples.iter().find(|e| e.event_id == id).expect("example");
+            (e.features.user[2].units, e.features.item[2].units)
+        };
+        assert_eq!(units("imp"), (0, 0), "the order came 1 ms later: invisible");
+        assert_eq!(units("next"), (3, 3), "1 ms after the order: visible");
+    }
+
+    #[test]
     fn events_of_the_same_millisecond_do_not_leak_into_features() {
         let examples = run(vec![
             (

@@ -21,7 +21,10 @@
 //! An impression's example is emitted once a closed window ends later than
 //! `ts + click window + attribution window`: no later event can change its labels.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+// FxHash: fast, and deterministic across runs (state serialises the same way every time).
+use rustc_hash::FxHashMap as HashMap;
 
 use chrono::{Datelike, Timelike};
 use serde::{Deserialize, Serialize};
@@ -83,12 +86,44 @@ struct Pending {
 /// (ts, application sequence) of a pending impression.
 type PendingKey = (Millis, u64);
 
+/// Pending impressions ordered by key.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct PendingQueue(std::collections::VecDeque<(PendingKey, Pending)>);
+
+impl PendingQueue {
+    fn insert(&mut self, key: PendingKey, pending: Pending) {
+        match self.0.back() {
+            Some((last, _)) if *last > key => {
+                // Not expected (keys grow), but stay correct if it happens.
+                let at = self.0.partition_point(|(k, _)| *k < key);
+                self.0.insert(at, (key, pending));
+            }
+            _ => self.0.push_back((key, pending)),
+        }
+    }
+
+    fn get_mut(&mut self, key: &PendingKey) -> Option<&mut Pending> {
+        let at = self.0.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+        self.0.get_mut(at).map(|(_, p)| p)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Pending> {
+        self.0.iter().map(|(_, p)| p)
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct PartitionState {
     users: HashMap<String, UserState>,
     items: HashMap<String, ItemState>,
-    #[serde(with = "shopstream_ingest::serde_entries")]
-    pending: BTreeMap<PendingKey, Pending>,
+    /// Impressions waiting for labels, in key order. Keys only grow within a partition
+    /// (windows close in order, events apply in time order), so this is a queue: append
+    /// at the back, mature from the front, find by binary search.
+    pending: PendingQueue,
     /// user \x1f item \x1f session -> pending impressions, for the click join.
     by_session: HashMap<String, Vec<PendingKey>>,
     /// user \x1f item -> recent clicks (time, the impression they labelled).
@@ -117,7 +152,7 @@ impl FeatureState {
         Self {
             limits,
             partitions: BTreeMap::new(),
-            inventory: HashMap::new(),
+            inventory: HashMap::default(),
         }
     }
 
@@ -232,11 +267,13 @@ impl FeatureState {
         let horizon = self.limits.click_window_ms + self.limits.attribution_ms;
         let mut out: Vec<(PendingKey, i32, Example)> = Vec::new();
         for (partition, state) in &mut self.partitions {
-            while let Some(entry) = state.pending.first_entry() {
-                if entry.key().0 + horizon >= boundary {
+            while let Some((key, _)) = state.pending.0.front() {
+                if key.0 + horizon >= boundary {
                     break;
                 }
-                let (key, pending) = entry.remove_entry();
+                let Some((key, pending)) = state.pending.0.pop_front() else {
+                    break;
+                };
                 state.unindex(key, &pending);
                 out.push((key, *partition, pending.example));
             }
@@ -262,13 +299,16 @@ impl FeatureState {
             .fold((0, 0), |(u, i), s| (u + s.users.len(), i + s.items.len()))
     }
 
-    /// Approximate heap bytes held, for the memory benchmark: map entries at their size
-    /// plus string contents (hash table overhead not included).
-    pub fn approx_bytes(&self) -> usize {
+    /// Approximate bytes held, for the memory benchmark: entry sizes plus string contents
+    /// (hash table slack not included).
+    pub fn approx_bytes(&self) -> StateBytes {
         use std::mem::size_of;
-        let mut bytes = 0;
+        let mut keyed = 0;
+        let mut pending = 0;
+        let mut users = 0;
+        let mut items = 0;
         for s in self.partitions.values() {
-            bytes += s
+            users += s
                 .users
                 .iter()
                 .map(|(k, u)| {
@@ -280,30 +320,72 @@ impl FeatureState {
                             .sum::<usize>()
                 })
                 .sum::<usize>();
-            bytes += s
+            items += s
                 .items
                 .keys()
                 .map(|k| k.len() + size_of::<(String, ItemState)>())
                 .sum::<usize>();
-            bytes += s.pending.len() * (size_of::<Pending>() + 64);
-            bytes += s
+            keyed += s
                 .clicks
                 .iter()
                 .map(|(k, v)| k.len() + size_of::<String>() + v.len() * 32)
                 .sum::<usize>();
-            bytes += s
+            keyed += s
+                .orders
+                .iter()
+                .map(|(k, v)| {
+                    k.len() + size_of::<(String, (Millis, Vec<PendingKey>))>() + v.1.len() * 16
+                })
+                .sum::<usize>();
+            pending += s
+                .pending
+                .values()
+                .map(|p| {
+                    let e = &p.example;
+                    size_of::<(PendingKey, Pending)>()
+                        + e.event_id.len()
+                        + e.user_id.len()
+                        + e.item_id.len()
+                        + p.session.len()
+                        + e.features.device.as_ref().map_or(0, String::len)
+                        + e.features.item_category.as_ref().map_or(0, String::len)
+                })
+                .sum::<usize>();
+            pending += s
                 .by_session
                 .iter()
                 .map(|(k, v)| k.len() + size_of::<String>() + v.len() * 16)
                 .sum::<usize>();
         }
-        bytes
-            + self
-                .inventory
-                .keys()
-                .map(|k| k.len() + size_of::<(String, InventoryRow)>() + 8)
-                .sum::<usize>()
+        keyed += self
+            .inventory
+            .iter()
+            .map(|(k, r)| {
+                k.len()
+                    + size_of::<(String, InventoryRow)>()
+                    + r.category.as_ref().map_or(0, String::len)
+            })
+            .sum::<usize>();
+        StateBytes {
+            keyed: keyed + users + items,
+            users,
+            items,
+            pending,
+        }
     }
+}
+
+/// Approximate memory of the feature state, by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateBytes {
+    /// Per-user, per-item, inventory and join indexes (clicks, orders).
+    pub keyed: usize,
+    /// Of `keyed`: the per-user entries.
+    pub users: usize,
+    /// Of `keyed`: the per-(partition, item) entries.
+    pub items: usize,
+    /// Impressions waiting for their labels, and their click-join index.
+    pub pending: usize,
 }
 
 fn affinity(user: &UserState, category: &str) -> f64 {

@@ -42,6 +42,8 @@ pub struct Windows {
     open: BTreeMap<Millis, Vec<Buffered>>,
     /// Everything before this time is closed.
     closed_until: Option<Millis>,
+    /// Size of the last closed window, to size new ones (avoids repeated regrowth).
+    typical_len: usize,
 }
 
 impl Windows {
@@ -51,6 +53,7 @@ impl Windows {
             length_ms: length_ms.max(1),
             open: BTreeMap::new(),
             closed_until: None,
+            typical_len: 0,
         }
     }
 
@@ -70,7 +73,11 @@ impl Windows {
             return Err(Box::new(item));
         }
         let start = self.start_of(item.event.ts());
-        self.open.entry(start).or_default().push(item);
+        let expected = self.typical_len;
+        self.open
+            .entry(start)
+            .or_insert_with(|| Vec::with_capacity(expected))
+            .push(item);
         Ok(())
     }
 
@@ -99,8 +106,21 @@ impl Windows {
         closed
     }
 
-    fn seal(&self, start: Millis, mut events: Vec<Buffered>) -> ClosedWindow {
-        events.sort_by_key(Buffered::order_key);
+    fn seal(&mut self, start: Millis, events: Vec<Buffered>) -> ClosedWindow {
+        // Sort a permutation, then move each event once: events are large and a direct
+        // sort would move them O(n log n) times.
+        let mut order: Vec<(Millis, RecordMeta, u32)> = events
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.event.ts(), b.meta, i as u32))
+            .collect();
+        order.sort_unstable();
+        let mut slots: Vec<Option<Buffered>> = events.into_iter().map(Some).collect();
+        let events: Vec<Buffered> = order
+            .into_iter()
+            .filter_map(|(_, _, i)| slots[i as usize].take())
+            .collect();
+        self.typical_len = events.len();
         ClosedWindow {
             start,
             end: start + self.length_ms,
