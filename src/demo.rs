@@ -168,6 +168,13 @@ pub fn render(report: &DemoReport, store: &Path) -> String {
         shopstream_ingest::event::ts_to_rfc3339(g.first_ts),
         shopstream_ingest::event::ts_to_rfc3339(g.last_ts)
     );
+    let consumed: u64 = r.consumed.values().sum();
+    let secs = r.elapsed_ms as f64 / 1000.0;
+    let _ = writeln!(
+        s,
+        "  pipeline run:          {secs:.2} s for {consumed} messages ({:.0} messages/s, including connect and final flush)",
+        consumed as f64 / secs.max(1e-3)
+    );
     let _ = writeln!(s, "  events consumed:       {}", join(&r.consumed));
     let _ = writeln!(s, "  valid events:          {}", join(&r.valid));
     let dead: u64 = r.dead_lettered.values().sum();
@@ -176,6 +183,11 @@ pub fn render(report: &DemoReport, store: &Path) -> String {
         "  dead-lettered:         {dead} ({}), {} acknowledged on the dead-letter topic",
         join(&r.dead_lettered),
         r.dead_letters_published
+    );
+    let _ = writeln!(
+        s,
+        "  duplicates:            {}",
+        r.duplicates.values().sum::<u64>()
     );
     let _ = writeln!(s, "  examples written:      {}", r.examples_written);
     let _ = writeln!(

@@ -103,6 +103,8 @@ pub struct RunSummary {
     pub last_window_metrics: Option<WindowMetrics>,
     /// Whether the run stopped because the input was exhausted (`stop_at_end`).
     pub reached_end: bool,
+    /// Wall-clock duration of the run, in milliseconds.
+    pub elapsed_ms: u64,
 }
 
 /// Runs the job until `shutdown` completes, a stage fails, or (with
@@ -135,6 +137,7 @@ pub async fn run_observed(
     shutdown: impl Future<Output = ()>,
     progress: tokio::sync::watch::Sender<Progress>,
 ) -> Result<RunSummary, PipelineError> {
+    let started = std::time::Instant::now();
     let store = ParquetStore::open(&config.store)?;
     let topics = &config.topics;
     let all_topics: Vec<String> = topics
@@ -207,6 +210,7 @@ pub async fn run_observed(
     // Everything consumed is now reflected in durable outputs: commit.
     committer.commit(&processor.positions).await?;
     let mut summary = processor.summary;
+    summary.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     summary.model_version = processor.trainer.version();
     summary.trained_examples = processor.trainer.trained_examples();
     summary.predictions_published = processor
