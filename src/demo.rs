@@ -202,15 +202,11 @@ pub fn render(report: &DemoReport, store: &Path) -> String {
         store.join("examples").display()
     );
     let _ = writeln!(s, "  windows closed:        {}", r.windows_closed);
-    let metrics = r
-        .last_window_metrics
-        .map(|m| {
-            format!(
-                ", last window log loss {:.4} over {} examples",
-                m.log_loss, m.examples
-            )
-        })
-        .unwrap_or_default();
+    let q = &r.quality;
+    let metrics = format!(
+        "; prequential over {} windows: CTR AUC {:.3}, log loss {:.4}; CVR AUC {:.3}; CTCVR AUC {:.3}",
+        q.windows, q.ctr_auc, q.ctr_log_loss, q.cvr_auc, q.ctcvr_auc
+    );
     let _ = writeln!(
         s,
         "  model:                 version {}, trained on {} examples{metrics}",

@@ -101,10 +101,55 @@ pub struct RunSummary {
     pub trained_examples: u64,
     /// Prequential metrics of the last window that had examples.
     pub last_window_metrics: Option<WindowMetrics>,
+    /// Prequential quality over the whole run (example-weighted means over windows).
+    pub quality: Quality,
     /// Whether the run stopped because the input was exhausted (`stop_at_end`).
     pub reached_end: bool,
     /// Wall-clock duration of the run, in milliseconds.
     pub elapsed_ms: u64,
+}
+
+/// Prequential quality over a run: example-weighted means of the per-window metrics
+/// (each window scored by the model before it trained on that window).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Quality {
+    /// Windows with examples.
+    pub windows: u64,
+    /// Examples scored.
+    pub examples: u64,
+    /// CTR log loss.
+    pub ctr_log_loss: f64,
+    /// CTR AUC (windows with both classes).
+    pub ctr_auc: f64,
+    /// CTCVR AUC (click and order over all impressions).
+    pub ctcvr_auc: f64,
+    /// CVR AUC (order over clicked impressions).
+    pub cvr_auc: f64,
+    #[serde(skip)]
+    weights: [f64; 3],
+}
+
+impl Quality {
+    fn add(&mut self, m: &WindowMetrics) {
+        if m.examples == 0 {
+            return;
+        }
+        let n = m.examples as f64;
+        let total = self.examples as f64;
+        self.ctr_log_loss = (self.ctr_log_loss * total + m.ctr.log_loss * n) / (total + n);
+        self.windows += 1;
+        self.examples += m.examples as u64;
+        let aucs = [m.ctr.auc, m.ctcvr.auc, m.cvr.auc];
+        let weights = [n, n, m.cvr.n as f64];
+        let means = [&mut self.ctr_auc, &mut self.ctcvr_auc, &mut self.cvr_auc];
+        for (i, (auc, mean)) in aucs.into_iter().zip(means).enumerate() {
+            if let Some(auc) = auc {
+                let w = weights[i];
+                *mean = (*mean * self.weights[i] + auc * w) / (self.weights[i] + w);
+                self.weights[i] += w;
+            }
+        }
+    }
 }
 
 /// Runs the job until `shutdown` completes, a stage fails, or (with
@@ -501,7 +546,7 @@ impl Processor<'_> {
             return Ok(());
         }
         let metrics = self.trainer.train_window(&output.examples);
-        self.summary.last_window_metrics = Some(metrics);
+        self.summary.quality.add(&metrics);
         let batch = examples_batch(&output.examples)?;
         let metadata = BTreeMap::from([
             (
@@ -534,6 +579,7 @@ impl Processor<'_> {
             log_loss = metrics.log_loss,
             "window closed"
         );
+        self.summary.last_window_metrics = Some(metrics);
         Ok(())
     }
 }

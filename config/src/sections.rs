@@ -189,16 +189,24 @@ impl Default for StoreConfig {
     }
 }
 
-/// Online model settings.
+/// The joint multi-task model (see `trainer/src/joint.rs`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
-    /// Step size of the online learner.
+    /// Adam step size.
     pub learning_rate: f64,
-    /// L2 penalty per update.
-    pub l2: f64,
-    /// Number of hashed feature slots is `2^hash_bits`.
-    pub hash_bits: u32,
+    /// Examples per Adam step.
+    pub batch_size: usize,
+    /// Rows of the shared hashed embedding table are `2^embedding_bits`.
+    pub embedding_bits: u32,
+    /// Embedding width per categorical field.
+    pub embedding_dim: usize,
+    /// Width of the first shared layer.
+    pub hidden1: usize,
+    /// Width of the second shared layer.
+    pub hidden2: usize,
+    /// Weight of the order-value loss next to the CTR and CTCVR losses.
+    pub value_weight: f64,
     /// Seed for every random choice of the trainer, so two runs give identical models.
     pub seed: u64,
 }
@@ -206,9 +214,13 @@ pub struct ModelConfig {
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
-            learning_rate: 0.05,
-            l2: 1e-6,
-            hash_bits: 18,
+            learning_rate: 0.002,
+            batch_size: 64,
+            embedding_bits: 18,
+            embedding_dim: 8,
+            hidden1: 64,
+            hidden2: 32,
+            value_weight: 0.1,
             seed: 42,
         }
     }

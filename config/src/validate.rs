@@ -187,13 +187,31 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
             format!("{} is outside (0, 1]", m.learning_rate),
         );
     }
-    if !(m.l2 >= 0.0 && m.l2.is_finite()) {
-        bad("model.l2", format!("{} must be a finite number >= 0", m.l2));
-    }
-    if !(8..=26).contains(&m.hash_bits) {
+    if !(1..=65_536).contains(&m.batch_size) {
         bad(
-            "model.hash_bits",
-            format!("{} is outside 8..=26", m.hash_bits),
+            "model.batch_size",
+            format!("{} is outside 1..=65536", m.batch_size),
+        );
+    }
+    if !(8..=24).contains(&m.embedding_bits) {
+        bad(
+            "model.embedding_bits",
+            format!("{} is outside 8..=24", m.embedding_bits),
+        );
+    }
+    for (key, value) in [
+        ("model.embedding_dim", m.embedding_dim),
+        ("model.hidden1", m.hidden1),
+        ("model.hidden2", m.hidden2),
+    ] {
+        if !(1..=1024).contains(&value) {
+            bad(key, format!("{value} is outside 1..=1024"));
+        }
+    }
+    if !(m.value_weight >= 0.0 && m.value_weight.is_finite()) {
+        bad(
+            "model.value_weight",
+            format!("{} must be a finite number >= 0", m.value_weight),
         );
     }
     problems

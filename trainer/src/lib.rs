@@ -1,17 +1,27 @@
-//! Trainer: an incrementally trained click model and the predictions it serves.
+//! Trainer: the joint multi-task, multi-scenario model, trained window by window, and the
+//! predictions it serves.
 //!
-//! This first model is a hashed-feature logistic regression trained by SGD, predict-then-
-//! train (prequential) on each window's matured examples; it stands in for the joint
-//! multi-task model of DESIGN.md with the same interface: [`Trainer::predict`] for serving
-//! rows on arrival, [`Trainer::train_window`] for closed windows, and a model version that
-//! counts training windows.
+//! - [`joint`]: the network (shared embeddings and layers, scenario scaling, CTR, CVR
+//!   (ESMM) and value heads), its losses, Adam, gradient checks.
+//! - [`metrics`]: AUC, log loss, calibration.
+//! - [`Trainer`]: turns feature rows into model inputs, predicts serving rows on arrival,
+//!   and on each closed window predicts first, then trains (prequential evaluation).
 //!
-//! Features are hashed with FNV-1a (not the std hasher, whose seed changes per process), so
-//! two runs over the same examples give bit-identical weights.
+//! Ids are hashed with FNV-1a (not the std hasher, whose seed changes per process), so two
+//! runs over the same examples give bit-identical models.
+
+pub mod joint;
+pub mod metrics;
+
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 use shopstream_config::ModelConfig;
 use shopstream_features::{Example, Features, ServingRow};
+use shopstream_ingest::event::Scenario;
+
+use joint::{DENSE, FIELDS, Input, JointConfig, JointModel, Targets};
+use metrics::BinaryMetrics;
 
 /// One prediction, as published to `shop.predictions` (JSON), keyed by `event_id`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -26,34 +36,50 @@ pub struct Prediction {
     pub item_id: String,
     /// The scenario.
     pub scenario: &'static str,
-    /// Predicted click probability.
+    /// P(click | impression).
     pub p_click: f64,
+    /// P(order | click).
+    pub p_cvr: f64,
+    /// P(click and order | impression) = p_click x p_cvr.
+    pub p_ctcvr: f64,
+    /// Expected revenue of the impression: p_ctcvr x predicted order value.
+    pub expected_revenue: f64,
     /// Number of windows the model had been trained on.
     pub model_version: u64,
     /// Watermark of the job when the prediction was made, epoch milliseconds.
     pub watermark_ms: Option<i64>,
 }
 
-/// Prequential metrics of one training window.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+/// Prequential metrics of one training window: predictions made *before* training on it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct WindowMetrics {
     /// Examples trained on.
     pub examples: usize,
-    /// Positive labels among them.
+    /// Clicks among them.
     pub positives: usize,
-    /// Mean log loss of the predictions made *before* training on each example.
+    /// CTR log loss (kept for summaries).
     pub log_loss: f64,
-    /// Mean predicted probability, for calibration against the observed rate.
+    /// Mean predicted click probability.
     pub mean_prediction: f64,
+    /// CTR over all impressions.
+    pub ctr: BinaryMetrics,
+    /// CVR over clicked impressions.
+    pub cvr: BinaryMetrics,
+    /// CTCVR (click and order) over all impressions.
+    pub ctcvr: BinaryMetrics,
+    /// RMSE of ln(1 + revenue) over converted impressions.
+    pub value_rmse: Option<f64>,
+    /// CTR per scenario.
+    pub ctr_by_scenario: BTreeMap<&'static str, BinaryMetrics>,
+    /// Mean training loss over the window's minibatches.
+    pub train_loss: f64,
 }
 
-/// The online model.
+/// The model and its training state.
 #[derive(Debug, Clone)]
 pub struct Trainer {
-    weights: Vec<f32>,
-    mask: u64,
-    learning_rate: f64,
-    l2: f64,
+    model: JointModel,
+    batch_size: usize,
     version: u64,
     trained_examples: u64,
 }
@@ -61,8 +87,8 @@ pub struct Trainer {
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0100_0000_01b3;
 
-fn fnv(parts: &[&[u8]]) -> u64 {
-    let mut h = FNV_OFFSET;
+fn fnv(field: u8, parts: &[&[u8]]) -> u64 {
+    let mut h = FNV_OFFSET ^ u64::from(field);
     for part in parts {
         for b in *part {
             h ^= u64::from(*b);
@@ -74,69 +100,76 @@ fn fnv(parts: &[&[u8]]) -> u64 {
     h
 }
 
-/// Slot index and value of each active feature.
-fn encode(user_id: &str, item_id: &str, f: &Features, mask: u64) -> Vec<(usize, f32)> {
+fn scenario_index(s: Scenario) -> usize {
+    Scenario::ALL.iter().position(|x| *x == s).unwrap_or(0)
+}
+
+/// Model inputs of a feature row.
+pub fn input_of(user_id: &str, item_id: &str, f: &Features, rows: usize) -> Input {
     let scenario = f.scenario.as_str().as_bytes();
-    let position = f.position.map_or(99, |p| p.min(20)).to_le_bytes();
-    let device = f.device.as_deref().unwrap_or("").as_bytes();
-    let hour = [f.hour_of_day];
-    let category = f.item_category.as_deref().unwrap_or("").as_bytes();
-    let slot = |parts: &[&[u8]]| (fnv(parts) & mask) as usize;
-    let log = |x: f64| ((x + 1.0).ln() / 5.0) as f32;
-    vec![
-        (slot(&[b"bias"]), 1.0),
-        (slot(&[b"user", user_id.as_bytes()]), 1.0),
-        (slot(&[b"item", item_id.as_bytes()]), 1.0),
-        (slot(&[b"category", category]), 1.0),
-        (slot(&[b"scenario", scenario]), 1.0),
-        (slot(&[b"device", device]), 1.0),
-        (slot(&[b"hour", &hour]), 1.0),
-        (slot(&[b"position", &position]), 1.0),
-        (slot(&[b"scenario_position", scenario, &position]), 1.0),
-        (slot(&[b"user_ctr_7d"]), (f.user_ctr_7d() * 10.0) as f32),
-        (slot(&[b"item_ctr_24h"]), (f.item_ctr_24h() * 10.0) as f32),
-        (slot(&[b"affinity"]), f.user_category_affinity as f32),
-        (
-            slot(&[b"user_activity_7d"]),
-            log(f.user[2].impressions as f64),
-        ),
-        (slot(&[b"price"]), f.price.map_or(0.0, log)),
-        (
-            slot(&[b"in_stock"]),
-            f.item_on_hand
-                .map_or(0.0, |h| if h > 0 { 1.0 } else { -1.0 }),
-        ),
-    ]
+    let position = [f.position.map_or(255, |p| p.min(30) as u8)];
+    let slot = |field: u8, parts: &[&[u8]]| (fnv(field, parts) % rows as u64) as usize;
+    let ids: [usize; FIELDS] = [
+        slot(0, &[user_id.as_bytes()]),
+        slot(1, &[item_id.as_bytes()]),
+        slot(2, &[f.item_category.as_deref().unwrap_or("").as_bytes()]),
+        slot(3, &[scenario]),
+        slot(4, &[f.device.as_deref().unwrap_or("").as_bytes()]),
+        slot(5, &[&[f.hour_of_day]]),
+        slot(6, &[&position]),
+        slot(7, &[scenario, &position]),
+    ];
+    let ln1p = |x: f64| x.max(0.0).ln_1p();
+    let dense: [f64; DENSE] = [
+        ln1p(f.user[2].impressions as f64),
+        f.user_ctr_7d(),
+        ln1p(f.user[1].clicks as f64),
+        f.item_ctr_24h(),
+        f.item_cvr_7d(),
+        ln1p(f.item[1].impressions as f64),
+        f.user_category_affinity,
+        f.price.map_or(0.0, ln1p),
+        f.item_on_hand
+            .map_or(0.0, |h| if h > 0 { 1.0 } else { -1.0 }),
+        f.user_recency_secs.map_or(16.0, |r| ln1p(r.min(1e7))),
+    ];
+    Input {
+        ids,
+        dense,
+        scenario: scenario_index(f.scenario),
+    }
 }
 
-/// Numerically stable log loss of logit `z` for label `y`: log(1 + e^z) - y z.
-fn log_loss_from_logit(z: f64, y: bool) -> f64 {
-    let softplus = if z > 0.0 {
-        z + (-z).exp().ln_1p()
-    } else {
-        z.exp().ln_1p()
-    };
-    softplus - if y { z } else { 0.0 }
-}
-
-fn sigmoid(z: f64) -> f64 {
-    if z >= 0.0 {
-        1.0 / (1.0 + (-z).exp())
-    } else {
-        let e = z.exp();
-        e / (1.0 + e)
+fn targets_of(e: &Example) -> Targets {
+    // An order cancelled before the label matured is not a conversion.
+    let converted = e.labels.converted && !e.labels.cancelled;
+    Targets {
+        clicked: e.labels.clicked,
+        converted,
+        log_revenue: if converted {
+            e.labels.revenue.max(0.0).ln_1p()
+        } else {
+            0.0
+        },
     }
 }
 
 impl Trainer {
-    /// A fresh model.
+    /// A fresh model for `config`.
     pub fn new(config: &ModelConfig) -> Self {
-        let slots = 1usize << config.hash_bits;
-        Self {
-            weights: vec![0.0; slots],
-            mask: (slots - 1) as u64,
+        let model = JointModel::new(JointConfig {
+            embedding_bits: config.embedding_bits,
+            embedding_dim: config.embedding_dim,
+            hidden1: config.hidden1,
+            hidden2: config.hidden2,
             learning_rate: config.learning_rate,
-            l2: config.l2,
+            batch_size: config.batch_size,
+            value_weight: config.value_weight,
+            seed: config.seed,
+        });
+        Self {
+            model,
+            batch_size: config.batch_size.max(1),
             version: 0,
             trained_examples: 0,
         }
@@ -152,67 +185,119 @@ impl Trainer {
         self.trained_examples
     }
 
-    fn logit(&self, features: &[(usize, f32)]) -> f64 {
-        features
-            .iter()
-            .map(|(i, v)| f64::from(self.weights[*i]) * f64::from(*v))
-            .sum()
+    /// The model.
+    pub fn model(&self) -> &JointModel {
+        &self.model
     }
 
-    /// Click probability for a serving row, from the current weights.
+    /// Predictions for a serving row, from the current model.
     pub fn predict(&self, row: &ServingRow, watermark_ms: Option<i64>) -> Prediction {
-        let encoded = encode(&row.user_id, &row.item_id, &row.features, self.mask);
+        let input = input_of(
+            &row.user_id,
+            &row.item_id,
+            &row.features,
+            self.model.embedding_rows(),
+        );
+        let out = self.model.predict(&input);
         Prediction {
             event_id: row.event_id.clone(),
             ts: row.ts,
             user_id: row.user_id.clone(),
             item_id: row.item_id.clone(),
             scenario: row.features.scenario.as_str(),
-            p_click: sigmoid(self.logit(&encoded)),
+            p_click: out.p_click,
+            p_cvr: out.p_cvr,
+            p_ctcvr: out.p_ctcvr,
+            expected_revenue: out.p_ctcvr * out.log_value.max(0.0).exp_m1(),
             model_version: self.version,
             watermark_ms,
         }
     }
 
-    /// Predicts each example, then trains on it (prequential), and bumps the version.
+    /// Predicts every example of a closed window, then trains on them in minibatches, in
+    /// order; bumps the version when anything was trained.
     pub fn train_window(&mut self, examples: &[Example]) -> WindowMetrics {
-        let mut metrics = WindowMetrics::default();
         if examples.is_empty() {
-            return metrics;
+            return WindowMetrics::default();
         }
+        let rows = self.model.embedding_rows();
+        let data: Vec<(Input, Targets)> = examples
+            .iter()
+            .map(|e| {
+                (
+                    input_of(&e.user_id, &e.item_id, &e.features, rows),
+                    targets_of(e),
+                )
+            })
+            .collect();
+        let outputs: Vec<joint::Output> = data.iter().map(|(x, _)| self.model.predict(x)).collect();
+        let metrics = evaluate(examples, &data, &outputs);
         let mut loss = 0.0;
-        let mut predicted = 0.0;
-        for example in examples {
-            let encoded = encode(
-                &example.user_id,
-                &example.item_id,
-                &example.features,
-                self.mask,
-            );
-            let z = self.logit(&encoded);
-            let p = sigmoid(z);
-            let clicked = example.labels.clicked;
-            loss += log_loss_from_logit(z, clicked);
-            predicted += p;
-            let gradient = p - if clicked { 1.0 } else { 0.0 };
-            for (i, v) in &encoded {
-                let w = f64::from(self.weights[*i]);
-                let step = self.learning_rate * (gradient * f64::from(*v) + self.l2 * w);
-                self.weights[*i] = (w - step) as f32;
-            }
-            metrics.positives += usize::from(clicked);
+        let mut batches = 0;
+        for batch in data.chunks(self.batch_size) {
+            loss += self.model.train_batch(batch);
+            batches += 1;
         }
-        metrics.examples = examples.len();
-        metrics.log_loss = loss / examples.len() as f64;
-        metrics.mean_prediction = predicted / examples.len() as f64;
         self.trained_examples += examples.len() as u64;
         self.version += 1;
-        metrics
+        WindowMetrics {
+            train_loss: loss / f64::from(batches.max(1)),
+            ..metrics
+        }
     }
 
-    /// The weights as little-endian bytes, for identity checks and checkpoints.
-    pub fn weight_bytes(&self) -> Vec<u8> {
-        self.weights.iter().flat_map(|w| w.to_le_bytes()).collect()
+    /// The model's parameters and optimiser state as bytes.
+    pub fn model_bytes(&self) -> Vec<u8> {
+        self.model.to_bytes()
+    }
+}
+
+fn evaluate(
+    examples: &[Example],
+    data: &[(Input, Targets)],
+    out: &[joint::Output],
+) -> WindowMetrics {
+    let clicked: Vec<bool> = data.iter().map(|(_, y)| y.clicked).collect();
+    let converted: Vec<bool> = data.iter().map(|(_, y)| y.converted).collect();
+    let p_click: Vec<f64> = out.iter().map(|o| o.p_click).collect();
+    let p_ctcvr: Vec<f64> = out.iter().map(|o| o.p_ctcvr).collect();
+    let (cvr_p, cvr_y): (Vec<f64>, Vec<bool>) = out
+        .iter()
+        .zip(data)
+        .filter(|(_, (_, y))| y.clicked)
+        .map(|(o, (_, y))| (o.p_cvr, y.converted))
+        .unzip();
+    let squared: Vec<f64> = out
+        .iter()
+        .zip(data)
+        .filter(|(_, (_, y))| y.converted)
+        .map(|(o, (_, y))| (o.log_value - y.log_revenue).powi(2))
+        .collect();
+    let mut ctr_by_scenario = BTreeMap::new();
+    for scenario in Scenario::ALL {
+        let (p, y): (Vec<f64>, Vec<bool>) = examples
+            .iter()
+            .zip(out)
+            .filter(|(e, _)| e.features.scenario == scenario)
+            .map(|(e, o)| (o.p_click, e.labels.clicked))
+            .unzip();
+        if !p.is_empty() {
+            ctr_by_scenario.insert(scenario.as_str(), BinaryMetrics::of(&p, &y));
+        }
+    }
+    let ctr = BinaryMetrics::of(&p_click, &clicked);
+    WindowMetrics {
+        examples: examples.len(),
+        positives: ctr.positives,
+        log_loss: ctr.log_loss,
+        mean_prediction: p_click.iter().sum::<f64>() / p_click.len().max(1) as f64,
+        ctr,
+        cvr: BinaryMetrics::of(&cvr_p, &cvr_y),
+        ctcvr: BinaryMetrics::of(&p_ctcvr, &converted),
+        value_rmse: (!squared.is_empty())
+            .then(|| (squared.iter().sum::<f64>() / squared.len() as f64).sqrt()),
+        ctr_by_scenario,
+        train_loss: 0.0,
     }
 }
 
@@ -220,7 +305,6 @@ impl Trainer {
 mod tests {
     use super::*;
     use shopstream_features::Labels;
-    use shopstream_ingest::event::Scenario;
 
     fn example(user: &str, clicked: bool) -> Example {
         Example {
@@ -245,32 +329,41 @@ mod tests {
             },
             labels: Labels {
                 clicked,
+                converted: clicked && user == "buyer",
+                revenue: if user == "buyer" { 30.0 } else { 0.0 },
                 ..Labels::default()
             },
         }
     }
 
-    #[test]
-    fn stable_log_loss_has_no_overflow() {
-        assert!((log_loss_from_logit(800.0, true)).abs() < 1e-12);
-        assert!((log_loss_from_logit(-800.0, true) - 800.0).abs() < 1e-9);
-        assert!((log_loss_from_logit(0.0, false) - std::f64::consts::LN_2).abs() < 1e-12);
+    fn small() -> ModelConfig {
+        ModelConfig {
+            embedding_bits: 10,
+            learning_rate: 0.01,
+            batch_size: 16,
+            ..ModelConfig::default()
+        }
     }
 
     #[test]
-    fn learns_a_user_who_always_clicks_and_is_deterministic() {
-        let config = ModelConfig::default();
-        let data: Vec<Example> = (0..200)
-            .flat_map(|_| [example("clicker", true), example("ignorer", false)])
+    fn learns_users_tastes_and_is_deterministic() {
+        let data: Vec<Example> = (0..300)
+            .flat_map(|_| {
+                [
+                    example("clicker", true),
+                    example("ignorer", false),
+                    example("buyer", true),
+                ]
+            })
             .collect();
-        let mut a = Trainer::new(&config);
-        let mut b = Trainer::new(&config);
-        for chunk in data.chunks(50) {
+        let mut a = Trainer::new(&small());
+        let mut b = Trainer::new(&small());
+        for chunk in data.chunks(90) {
             a.train_window(chunk);
             b.train_window(chunk);
         }
-        assert_eq!(a.weight_bytes(), b.weight_bytes());
-        assert_eq!(a.version(), 8);
+        assert_eq!(a.model_bytes(), b.model_bytes());
+        assert_eq!(a.version(), 10);
         let row = |user: &str| ServingRow {
             event_id: "x".into(),
             ts: 2,
@@ -278,11 +371,46 @@ mod tests {
             item_id: "sku".into(),
             features: example(user, false).features,
         };
-        let p_clicker = a.predict(&row("clicker"), None).p_click;
-        let p_ignorer = a.predict(&row("ignorer"), None).p_click;
+        let clicker = a.predict(&row("clicker"), None);
+        let ignorer = a.predict(&row("ignorer"), None);
+        let buyer = a.predict(&row("buyer"), None);
         assert!(
-            p_clicker > 0.8 && p_ignorer < 0.2,
-            "{p_clicker} {p_ignorer}"
+            clicker.p_click > 0.8 && ignorer.p_click < 0.2,
+            "{clicker:?} {ignorer:?}"
         );
+        assert!(
+            buyer.p_cvr > 0.8 && clicker.p_cvr < 0.2,
+            "{buyer:?} {clicker:?}"
+        );
+        assert!((buyer.expected_revenue - 30.0).abs() < 10.0, "{buyer:?}");
+    }
+
+    #[test]
+    fn prequential_metrics_use_predictions_made_before_training() {
+        let mut t = Trainer::new(&small());
+        let window: Vec<Example> = (0..50)
+            .flat_map(|_| [example("clicker", true), example("ignorer", false)])
+            .collect();
+        let fresh = Trainer::new(&small());
+        let first = t.train_window(&window);
+        // The first window is scored by the untrained model, exactly as a fresh one scores it.
+        let p: Vec<f64> = window
+            .iter()
+            .map(|e| {
+                let row = ServingRow {
+                    event_id: e.event_id.clone(),
+                    ts: e.ts,
+                    user_id: e.user_id.clone(),
+                    item_id: e.item_id.clone(),
+                    features: e.features.clone(),
+                };
+                fresh.predict(&row, None).p_click
+            })
+            .collect();
+        let y: Vec<bool> = window.iter().map(|e| e.labels.clicked).collect();
+        assert_eq!(first.ctr, BinaryMetrics::of(&p, &y));
+        let second = t.train_window(&window);
+        assert!(second.ctr.auc.expect("both classes") > 0.95);
+        assert!(second.ctr.log_loss < first.ctr.log_loss);
     }
 }

@@ -1,0 +1,706 @@
+//! The joint multi-task, multi-scenario network, hand-written (DESIGN.md: a small MLP on
+//! plain loops trains fastest here), with finite-difference gradient checks in the tests.
+//!
+//! ```text
+//! hashed ids (user, item, category, scenario, device, hour, position, scenario x position)
+//!   -> embedding rows (one shared table)      dense features -> running normalisation
+//!   -> concat -> ReLU(W1 x + b1) -> ReLU(W2 h1 + b2)            shared bottom
+//!   -> h2 * (1 + s[scenario])                                   scenario scaling (STAR-like)
+//!   -> CTR logit c, CVR logit v, value r                        task heads
+//! ```
+//!
+//! Losses (all in numerically stable log-sum-exp form):
+//! - CTR: logistic loss of sigma(c) against `clicked`, over all impressions;
+//! - CVR, ESMM style: logistic loss of pCTCVR = sigma(c) sigma(v) against `converted`, over
+//!   all impressions, so pCVR = sigma(v) is learned over the entire impression space;
+//! - value: `value_weight` * 1/2 (r - ln(1 + revenue))^2 on converted impressions.
+//!
+//! Training is minibatch Adam (lazy Adam for embedding rows); everything is `f64` and
+//! seeded, so the same examples in the same order give bit-identical parameters.
+
+use serde::{Deserialize, Serialize};
+
+/// Categorical fields hashed into the embedding table.
+pub const FIELDS: usize = 8;
+/// Dense inputs.
+pub const DENSE: usize = 10;
+/// Scenarios (the contract's five).
+pub const SCENARIOS: usize = 5;
+const HEADS: usize = 3;
+
+/// Sizes and optimiser settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct JointConfig {
+    /// Embedding table rows = 2^bits.
+    pub embedding_bits: u32,
+    /// Embedding width per field.
+    pub embedding_dim: usize,
+    /// Width of the first shared layer.
+    pub hidden1: usize,
+    /// Width of the second shared layer.
+    pub hidden2: usize,
+    /// Adam step size.
+    pub learning_rate: f64,
+    /// Examples per Adam step.
+    pub batch_size: usize,
+    /// Weight of the value loss.
+    pub value_weight: f64,
+    /// Seed of the initialisation.
+    pub seed: u64,
+}
+
+impl Default for JointConfig {
+    fn default() -> Self {
+        Self {
+            embedding_bits: 18,
+            embedding_dim: 8,
+            hidden1: 64,
+            hidden2: 32,
+            learning_rate: 0.002,
+            batch_size: 64,
+            value_weight: 0.1,
+            seed: 42,
+        }
+    }
+}
+
+/// One example's inputs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Input {
+    /// Embedding row of each field (already hashed and masked).
+    pub ids: [usize; FIELDS],
+    /// Raw dense features (normalised inside the model).
+    pub dense: [f64; DENSE],
+    /// Scenario index, 0..5.
+    pub scenario: usize,
+}
+
+/// One example's labels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Targets {
+    /// Clicked.
+    pub clicked: bool,
+    /// Converted (implies clicked).
+    pub converted: bool,
+    /// ln(1 + revenue) of the conversion.
+    pub log_revenue: f64,
+}
+
+/// One example's predictions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Output {
+    /// P(click | impression).
+    pub p_click: f64,
+    /// P(conversion | click).
+    pub p_cvr: f64,
+    /// P(click and conversion | impression) = p_click x p_cvr.
+    pub p_ctcvr: f64,
+    /// Predicted ln(1 + revenue) given conversion.
+    pub log_value: f64,
+}
+
+/// log(1 + e^x), stable.
+pub fn softplus(x: f64) -> f64 {
+    if x > 0.0 {
+        x + (-x).exp().ln_1p()
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
+/// The logistic function, stable.
+pub fn sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// Logistic loss of logit `z` for label `y` and its derivative in `z`.
+pub fn bce_logit(z: f64, y: bool) -> (f64, f64) {
+    let loss = softplus(z) - if y { z } else { 0.0 };
+    (loss, sigmoid(z) - if y { 1.0 } else { 0.0 })
+}
+
+/// ESMM loss: logistic loss of p = sigma(c) sigma(v) for label `y`, with derivatives in c
+/// and v. Uses log p = -softplus(-c) - softplus(-v) and, since
+/// 1 - p = (e^-c + e^-v + e^(-c-v)) / ((1 + e^-c)(1 + e^-v)),
+/// log(1 - p) = logsumexp(-c, -v, -c-v) - softplus(-c) - softplus(-v).
+pub fn esmm_loss(c: f64, v: f64, y: bool) -> (f64, f64, f64) {
+    let (sc, sv) = (softplus(-c), softplus(-v));
+    if y {
+        return (sc + sv, -sigmoid(-c), -sigmoid(-v));
+    }
+    let (a, b) = (-c, -v);
+    let m = a.max(b).max(a + b);
+    let (ea, eb, eab) = ((a - m).exp(), (b - m).exp(), (a + b - m).exp());
+    let sum = ea + eb + eab;
+    let lse = m + sum.ln();
+    let (wc, wv) = ((ea + eab) / sum, (eb + eab) / sum);
+    (-(lse - sc - sv), wc - sigmoid(-c), wv - sigmoid(-v))
+}
+
+/// Running mean and variance (Welford), updated only by training, so prediction and
+/// training see the same normalisation for the same history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Normaliser {
+    count: f64,
+    mean: Vec<f64>,
+    m2: Vec<f64>,
+}
+
+impl Normaliser {
+    fn new(n: usize) -> Self {
+        Self {
+            count: 0.0,
+            mean: vec![0.0; n],
+            m2: vec![0.0; n],
+        }
+    }
+
+    fn observe(&mut self, x: &[f64]) {
+        self.count += 1.0;
+        for (i, v) in x.iter().enumerate() {
+            let delta = v - self.mean[i];
+            self.mean[i] += delta / self.count;
+            self.m2[i] += delta * (v - self.mean[i]);
+        }
+    }
+
+    fn apply(&self, x: &[f64], out: &mut [f64]) {
+        for (i, v) in x.iter().enumerate() {
+            let var = if self.count > 1.0 {
+                self.m2[i] / (self.count - 1.0)
+            } else {
+                1.0
+            };
+            out[i] = ((v - self.mean[i]) / (var.sqrt() + 1e-6)).clamp(-8.0, 8.0);
+        }
+    }
+}
+
+/// Offsets of the dense parameter blocks in one flat vector.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Layout {
+    input: usize,
+    w1: usize,
+    b1: usize,
+    w2: usize,
+    b2: usize,
+    scen: usize,
+    heads: usize,
+    head_b: usize,
+    len: usize,
+}
+
+impl Layout {
+    fn new(c: &JointConfig) -> Self {
+        let input = FIELDS * c.embedding_dim + DENSE;
+        let w1 = 0;
+        let b1 = w1 + c.hidden1 * input;
+        let w2 = b1 + c.hidden1;
+        let b2 = w2 + c.hidden2 * c.hidden1;
+        let scen = b2 + c.hidden2;
+        let heads = scen + SCENARIOS * c.hidden2;
+        let head_b = heads + HEADS * c.hidden2;
+        Self {
+            input,
+            w1,
+            b1,
+            w2,
+            b2,
+            scen,
+            heads,
+            head_b,
+            len: head_b + HEADS,
+        }
+    }
+}
+
+/// Activations of one forward pass, kept for the backward pass.
+#[derive(Debug, Clone, Default)]
+struct Trace {
+    x: Vec<f64>,
+    z1: Vec<f64>,
+    a1: Vec<f64>,
+    z2: Vec<f64>,
+    a2: Vec<f64>,
+    s: Vec<f64>,
+    logits: [f64; HEADS],
+}
+
+/// Model parameters, optimiser state and normaliser: everything a checkpoint holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JointModel {
+    config: JointConfig,
+    layout: Layout,
+    params: Vec<f64>,
+    embedding: Vec<f64>,
+    adam_m: Vec<f64>,
+    adam_v: Vec<f64>,
+    emb_m: Vec<f64>,
+    emb_v: Vec<f64>,
+    normaliser: Normaliser,
+    steps: u64,
+}
+
+struct Gradients {
+    params: Vec<f64>,
+    /// (embedding row, gradient of its `dim` entries), in order of use.
+    rows: Vec<(usize, Vec<f64>)>,
+}
+
+impl JointModel {
+    /// A freshly initialised model (Xavier-uniform weights, small embeddings, zero biases
+    /// and scenario scales), deterministic for `config.seed`.
+    pub fn new(config: JointConfig) -> Self {
+        let layout = Layout::new(&config);
+        let mut rng = shopstream_ingest::generator::rng::Rng::new(config.seed, 77);
+        let mut params = vec![0.0; layout.len];
+        let mut xavier = |from: usize, rows: usize, cols: usize| {
+            let bound = (6.0 / (rows + cols) as f64).sqrt();
+            for p in &mut params[from..from + rows * cols] {
+                *p = (rng.unit() * 2.0 - 1.0) * bound;
+            }
+        };
+        xavier(layout.w1, config.hidden1, layout.input);
+        xavier(layout.w2, config.hidden2, config.hidden1);
+        xavier(layout.heads, HEADS, config.hidden2);
+        let rows = 1usize << config.embedding_bits;
+        let mut emb_rng = shopstream_ingest::generator::rng::Rng::new(config.seed, 78);
+        let embedding = (0..rows * config.embedding_dim)
+            .map(|_| (emb_rng.unit() * 2.0 - 1.0) * 0.05)
+            .collect();
+        Self {
+            config,
+            layout,
+            adam_m: vec![0.0; layout.len],
+            adam_v: vec![0.0; layout.len],
+            emb_m: vec![0.0; rows * config.embedding_dim],
+            emb_v: vec![0.0; rows * config.embedding_dim],
+            params,
+            embedding,
+            normaliser: Normaliser::new(DENSE),
+            steps: 0,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &JointConfig {
+        &self.config
+    }
+
+    /// Number of dense parameters and of embedding entries.
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.params.len(), self.embedding.len())
+    }
+
+    /// Adam steps taken.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Rows of the embedding table (for hashing ids into it).
+    pub fn embedding_rows(&self) -> usize {
+        1 << self.config.embedding_bits
+    }
+
+    fn forward(&self, input: &Input, t: &mut Trace) {
+        let c = &self.config;
+        let l = &self.layout;
+        let d = c.embedding_dim;
+        t.x.clear();
+        for id in input.ids {
+            let row = id % self.embedding_rows();
+            t.x.extend_from_slice(&self.embedding[row * d..(row + 1) * d]);
+        }
+        let mut dense = [0.0; DENSE];
+        self.normaliser.apply(&input.dense, &mut dense);
+        t.x.extend_from_slice(&dense);
+        let p = &self.params;
+        dense_layer(&p[l.w1..l.b1], &p[l.b1..l.w2], &t.x, &mut t.z1);
+        t.a1.clear();
+        t.a1.extend(t.z1.iter().map(|z| z.max(0.0)));
+        dense_layer(&p[l.w2..l.b2], &p[l.b2..l.scen], &t.a1, &mut t.z2);
+        t.a2.clear();
+        t.a2.extend(t.z2.iter().map(|z| z.max(0.0)));
+        let scale =
+            &p[l.scen + input.scenario * c.hidden2..l.scen + (input.scenario + 1) * c.hidden2];
+        t.s.clear();
+        t.s.extend(t.a2.iter().zip(scale).map(|(a, s)| a * (1.0 + s)));
+        for h in 0..HEADS {
+            let w = &p[l.heads + h * c.hidden2..l.heads + (h + 1) * c.hidden2];
+            t.logits[h] = p[l.head_b + h] + w.iter().zip(&t.s).map(|(w, s)| w * s).sum::<f64>();
+        }
+    }
+
+    /// Predictions for one example from the current parameters.
+    pub fn predict(&self, input: &Input) -> Output {
+        let mut t = Trace::default();
+        self.forward(input, &mut t);
+        let (p_click, p_cvr) = (sigmoid(t.logits[0]), sigmoid(t.logits[1]));
+        Output {
+            p_click,
+            p_cvr,
+            p_ctcvr: p_click * p_cvr,
+            log_value: t.logits[2],
+        }
+    }
+
+    /// Total loss of one example (for tests and evaluation).
+    pub fn loss(&self, input: &Input, y: &Targets) -> f64 {
+        let mut t = Trace::default();
+        self.forward(input, &mut t);
+        self.head_losses(&t, y).0
+    }
+
+    /// Loss and its derivatives in the three head outputs.
+    fn head_losses(&self, t: &Trace, y: &Targets) -> (f64, [f64; HEADS]) {
+        let [c, v, r] = t.logits;
+        let (l_ctr, d_ctr) = bce_logit(c, y.clicked);
+        let (l_esmm, dc, dv) = esmm_loss(c, v, y.converted);
+        let (l_value, dr) = if y.converted {
+            let e = r - y.log_revenue;
+            (
+                0.5 * self.config.value_weight * e * e,
+                self.config.value_weight * e,
+            )
+        } else {
+            (0.0, 0.0)
+        };
+        (l_ctr + l_esmm + l_value, [d_ctr + dc, dv, dr])
+    }
+
+    /// Adds the gradient of one example's loss to `g`; returns the loss.
+    fn backward(&self, input: &Input, y: &Targets, t: &mut Trace, g: &mut Gradients) -> f64 {
+        self.forward(input, t);
+        let c = &self.config;
+        let l = &self.layout;
+        let p = &self.params;
+        let (loss, dl) = self.head_losses(t, y);
+        // Heads.
+        let mut ds = vec![0.0; c.hidden2];
+        for (h, dh) in dl.iter().enumerate() {
+            let w = l.heads + h * c.hidden2;
+            g.params[l.head_b + h] += dh;
+            for (k, d) in ds.iter_mut().enumerate() {
+                g.params[w + k] += dh * t.s[k];
+                *d += dh * p[w + k];
+            }
+        }
+        // Scenario scaling s = a2 * (1 + scale).
+        let scale = l.scen + input.scenario * c.hidden2;
+        let mut dz2 = vec![0.0; c.hidden2];
+        for k in 0..c.hidden2 {
+            g.params[scale + k] += ds[k] * t.a2[k];
+            let da2 = ds[k] * (1.0 + p[scale + k]);
+            dz2[k] = if t.z2[k] > 0.0 { da2 } else { 0.0 };
+        }
+        // Second layer.
+        let mut da1 = vec![0.0; c.hidden1];
+        for (k, dz) in dz2.iter().enumerate() {
+            if *dz == 0.0 {
+                continue;
+            }
+            g.params[l.b2 + k] += dz;
+            let row = l.w2 + k * c.hidden1;
+            for j in 0..c.hidden1 {
+                g.params[row + j] += dz * t.a1[j];
+                da1[j] += dz * p[row + j];
+            }
+        }
+        // First layer.
+        let mut dx = vec![0.0; l.input];
+        for (j, da) in da1.iter().enumerate() {
+            let dz = if t.z1[j] > 0.0 { *da } else { 0.0 };
+            if dz == 0.0 {
+                continue;
+            }
+            g.params[l.b1 + j] += dz;
+            let row = l.w1 + j * l.input;
+            for i in 0..l.input {
+                g.params[row + i] += dz * t.x[i];
+                dx[i] += dz * p[row + i];
+            }
+        }
+        // Embedding rows (the dense inputs' gradient stops at the normaliser).
+        let d = c.embedding_dim;
+        for (f, id) in input.ids.iter().enumerate() {
+            g.rows
+                .push((id % self.embedding_rows(), dx[f * d..(f + 1) * d].to_vec()));
+        }
+        loss
+    }
+
+    /// One Adam step on the mean loss of `batch`; returns that mean loss.
+    pub fn train_batch(&mut self, batch: &[(Input, Targets)]) -> f64 {
+        if batch.is_empty() {
+            return 0.0;
+        }
+        for (input, _) in batch {
+            self.normaliser.observe(&input.dense);
+        }
+        let mut g = Gradients {
+            params: vec![0.0; self.layout.len],
+            rows: Vec::with_capacity(batch.len() * FIELDS),
+        };
+        let mut trace = Trace::default();
+        let mut loss = 0.0;
+        for (input, y) in batch {
+            loss += self.backward(input, y, &mut trace, &mut g);
+        }
+        let n = batch.len() as f64;
+        self.steps += 1;
+        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
+        let lr = self.config.learning_rate * (1.0 - b2.powf(self.steps as f64)).sqrt()
+            / (1.0 - b1.powf(self.steps as f64));
+        for i in 0..self.params.len() {
+            let grad = g.params[i] / n;
+            self.adam_m[i] = b1 * self.adam_m[i] + (1.0 - b1) * grad;
+            self.adam_v[i] = b2 * self.adam_v[i] + (1.0 - b2) * grad * grad;
+            self.params[i] -= lr * self.adam_m[i] / (self.adam_v[i].sqrt() + eps);
+        }
+        // Lazy Adam for embeddings: sum the batch's gradient per row, update those rows.
+        g.rows.sort_by_key(|(row, _)| *row);
+        let d = self.config.embedding_dim;
+        let mut i = 0;
+        while i < g.rows.len() {
+            let row = g.rows[i].0;
+            let mut sum = vec![0.0; d];
+            while i < g.rows.len() && g.rows[i].0 == row {
+                for (s, v) in sum.iter_mut().zip(&g.rows[i].1) {
+                    *s += v;
+                }
+                i += 1;
+            }
+            for (k, grad) in sum.iter().enumerate() {
+                let at = row * d + k;
+                let grad = grad / n;
+                self.emb_m[at] = b1 * self.emb_m[at] + (1.0 - b1) * grad;
+                self.emb_v[at] = b2 * self.emb_v[at] + (1.0 - b2) * grad * grad;
+                self.embedding[at] -= lr * self.emb_m[at] / (self.emb_v[at].sqrt() + eps);
+            }
+        }
+        loss / n
+    }
+
+    /// Parameters, optimiser state and normaliser as bytes (identity checks, checkpoints).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for block in [
+            &self.params,
+            &self.embedding,
+            &self.adam_m,
+            &self.adam_v,
+            &self.emb_m,
+            &self.emb_v,
+            &self.normaliser.mean,
+            &self.normaliser.m2,
+        ] {
+            for v in block.iter() {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        out.extend_from_slice(&self.normaliser.count.to_le_bytes());
+        out.extend_from_slice(&self.steps.to_le_bytes());
+        out
+    }
+}
+
+/// out = W x + b, with W row-major (out.len() rows of x.len()).
+fn dense_layer(w: &[f64], b: &[f64], x: &[f64], out: &mut Vec<f64>) {
+    out.clear();
+    let cols = x.len();
+    out.extend(b.iter().enumerate().map(|(r, bias)| {
+        bias + w[r * cols..(r + 1) * cols]
+            .iter()
+            .zip(x)
+            .map(|(w, x)| w * x)
+            .sum::<f64>()
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> JointModel {
+        let mut model = JointModel::new(JointConfig {
+            embedding_bits: 5,
+            embedding_dim: 3,
+            hidden1: 6,
+            hidden2: 4,
+            ..JointConfig::default()
+        });
+        // Non-zero scales and biases so every path carries gradient.
+        let l = model.layout;
+        let mut rng = shopstream_ingest::generator::rng::Rng::new(9, 1);
+        for p in &mut model.params[l.b1..l.len] {
+            if *p == 0.0 {
+                *p = (rng.unit() - 0.5) * 0.6;
+            }
+        }
+        for i in 0..40 {
+            let dense: [f64; DENSE] = std::array::from_fn(|k| (i * 7 + k) as f64 % 5.0);
+            model.normaliser.observe(&dense);
+        }
+        model
+    }
+
+    fn examples() -> Vec<(Input, Targets)> {
+        let mk = |seed: usize, clicked: bool, converted: bool| {
+            (
+                Input {
+                    ids: std::array::from_fn(|f| (seed * 13 + f * 5) % 32),
+                    dense: std::array::from_fn(|k| ((seed + k) % 4) as f64 - 1.5),
+                    scenario: seed % SCENARIOS,
+                },
+                Targets {
+                    clicked,
+                    converted,
+                    log_revenue: 2.5,
+                },
+            )
+        };
+        vec![
+            mk(1, false, false),
+            mk(2, true, false),
+            mk(3, true, true),
+            mk(4, true, true),
+        ]
+    }
+
+    /// Central finite difference of the loss in one parameter.
+    fn numeric(
+        model: &mut JointModel,
+        which: &mut dyn FnMut(&mut JointModel) -> &mut f64,
+        x: &Input,
+        y: &Targets,
+    ) -> f64 {
+        let h = 1e-6;
+        let orig = *which(model);
+        *which(model) = orig + h;
+        let plus = model.loss(x, y);
+        *which(model) = orig - h;
+        let minus = model.loss(x, y);
+        *which(model) = orig;
+        (plus - minus) / (2.0 * h)
+    }
+
+    fn close(analytic: f64, numeric: f64) -> bool {
+        (analytic - numeric).abs() <= 1e-5 * (1.0 + analytic.abs().max(numeric.abs()))
+    }
+
+    #[test]
+    fn gradients_of_every_layer_match_finite_differences() {
+        let mut model = tiny();
+        let l = model.layout;
+        for (x, y) in examples() {
+            let mut g = Gradients {
+                params: vec![0.0; l.len],
+                rows: Vec::new(),
+            };
+            model.backward(&x, &y, &mut Trace::default(), &mut g);
+            let blocks = [
+                ("w1", l.w1, l.b1),
+                ("b1", l.b1, l.w2),
+                ("w2", l.w2, l.b2),
+                ("b2", l.b2, l.scen),
+                ("scenario scale", l.scen, l.heads),
+                ("heads", l.heads, l.head_b),
+                ("head biases", l.head_b, l.len),
+            ];
+            for (name, from, to) in blocks {
+                for i in from..to {
+                    let n = numeric(&mut model, &mut |m| &mut m.params[i], &x, &y);
+                    assert!(
+                        close(g.params[i], n),
+                        "{name}[{}]: analytic {} numeric {n}",
+                        i - from,
+                        g.params[i]
+                    );
+                }
+            }
+            let d = model.config.embedding_dim;
+            let mut by_row: std::collections::BTreeMap<usize, Vec<f64>> = Default::default();
+            for (row, grad) in &g.rows {
+                let sum = by_row.entry(*row).or_insert_with(|| vec![0.0; d]);
+                sum.iter_mut().zip(grad).for_each(|(s, v)| *s += v);
+            }
+            for (row, grad) in by_row {
+                for (k, analytic) in grad.iter().enumerate() {
+                    let n = numeric(&mut model, &mut |m| &mut m.embedding[row * d + k], &x, &y);
+                    assert!(
+                        close(*analytic, n),
+                        "embedding[{row}][{k}]: analytic {analytic} numeric {n}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn loss_derivatives_match_finite_differences() {
+        let h = 1e-6;
+        for &(c, v) in &[(0.3, -1.2), (-4.0, 2.0), (8.0, 8.0), (-30.0, -30.0)] {
+            for y in [false, true] {
+                let (_, dc, dv) = esmm_loss(c, v, y);
+                let nc = (esmm_loss(c + h, v, y).0 - esmm_loss(c - h, v, y).0) / (2.0 * h);
+                let nv = (esmm_loss(c, v + h, y).0 - esmm_loss(c, v - h, y).0) / (2.0 * h);
+                assert!(
+                    close(dc, nc) && close(dv, nv),
+                    "esmm c={c} v={v} y={y}: ({dc},{dv}) vs ({nc},{nv})"
+                );
+                let (_, dz) = bce_logit(c, y);
+                let nz = (bce_logit(c + h, y).0 - bce_logit(c - h, y).0) / (2.0 * h);
+                assert!(close(dz, nz), "bce z={c} y={y}");
+            }
+        }
+    }
+
+    #[test]
+    fn losses_stay_finite_at_extreme_logits() {
+        for z in [-800.0, -40.0, 0.0, 40.0, 800.0] {
+            for y in [false, true] {
+                assert!(bce_logit(z, y).0.is_finite());
+                let (l, dc, dv) = esmm_loss(z, -z, y);
+                assert!(
+                    l.is_finite() && dc.is_finite() && dv.is_finite(),
+                    "z={z} y={y}"
+                );
+            }
+        }
+        // p = sigma(c) sigma(v) is exactly what the loss sees.
+        let (c, v) = (0.7, -0.4);
+        let p = sigmoid(c) * sigmoid(v);
+        assert!((esmm_loss(c, v, true).0 + p.ln()).abs() < 1e-12);
+        assert!((esmm_loss(c, v, false).0 + (1.0 - p).ln()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn training_is_deterministic_and_lowers_the_loss() {
+        let data: Vec<(Input, Targets)> = examples().into_iter().cycle().take(256).collect();
+        let run = || {
+            let mut m = JointModel::new(JointConfig {
+                embedding_bits: 6,
+                learning_rate: 0.01,
+                batch_size: 16,
+                ..JointConfig::default()
+            });
+            let first = data.iter().map(|(x, y)| m.loss(x, y)).sum::<f64>();
+            for _ in 0..20 {
+                for batch in data.chunks(16) {
+                    m.train_batch(batch);
+                }
+            }
+            let last = data.iter().map(|(x, y)| m.loss(x, y)).sum::<f64>();
+            (m.to_bytes(), first, last)
+        };
+        let (a, first, last) = run();
+        let (b, _, _) = run();
+        assert_eq!(a, b, "same data, same seed, same bytes");
+        assert!(last < first * 0.5, "loss {first} -> {last}");
+    }
+}

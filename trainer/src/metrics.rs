@@ -1,0 +1,101 @@
+//! Evaluation metrics: AUC, log loss, calibration, RMSE.
+
+use serde::Serialize;
+
+/// Area under the ROC curve of `scores` for binary `labels` (ties count one half); `None`
+/// when one class is absent.
+pub fn auc(scores: &[f64], labels: &[bool]) -> Option<f64> {
+    let mut pairs: Vec<(f64, bool)> = scores.iter().copied().zip(labels.iter().copied()).collect();
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let positives = pairs.iter().filter(|p| p.1).count() as f64;
+    let negatives = pairs.len() as f64 - positives;
+    if positives == 0.0 || negatives == 0.0 {
+        return None;
+    }
+    // Sum of positive ranks, with average ranks for ties.
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < pairs.len() {
+        let mut j = i;
+        while j < pairs.len() && pairs[j].0 == pairs[i].0 {
+            j += 1;
+        }
+        let average_rank = (i + j + 1) as f64 / 2.0;
+        rank_sum += average_rank * pairs[i..j].iter().filter(|p| p.1).count() as f64;
+        i = j;
+    }
+    Some((rank_sum - positives * (positives + 1.0) / 2.0) / (positives * negatives))
+}
+
+/// Mean log loss of probabilities `p` (clamped to [1e-15, 1 - 1e-15]).
+pub fn log_loss(p: &[f64], labels: &[bool]) -> f64 {
+    if p.is_empty() {
+        return 0.0;
+    }
+    let total: f64 = p
+        .iter()
+        .zip(labels)
+        .map(|(p, y)| {
+            let p = p.clamp(1e-15, 1.0 - 1e-15);
+            if *y { -p.ln() } else { -(1.0 - p).ln() }
+        })
+        .sum();
+    total / p.len() as f64
+}
+
+/// Metrics of one binary task over a set of predictions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct BinaryMetrics {
+    /// Predictions.
+    pub n: usize,
+    /// Positive labels.
+    pub positives: usize,
+    /// AUC, when both classes are present.
+    pub auc: Option<f64>,
+    /// Mean log loss.
+    pub log_loss: f64,
+    /// Mean prediction / observed rate (1 = calibrated); `None` without positives.
+    pub calibration: Option<f64>,
+}
+
+impl BinaryMetrics {
+    /// Metrics of `p` against `labels`.
+    pub fn of(p: &[f64], labels: &[bool]) -> Self {
+        let positives = labels.iter().filter(|y| **y).count();
+        let mean_p = if p.is_empty() {
+            0.0
+        } else {
+            p.iter().sum::<f64>() / p.len() as f64
+        };
+        let rate = positives as f64 / p.len().max(1) as f64;
+        Self {
+            n: p.len(),
+            positives,
+            auc: auc(p, labels),
+            log_loss: log_loss(p, labels),
+            calibration: (positives > 0).then(|| mean_p / rate),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auc_matches_hand_computed_values() {
+        assert_eq!(
+            auc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]),
+            Some(0.75)
+        );
+        assert_eq!(auc(&[0.5, 0.5], &[false, true]), Some(0.5));
+        assert_eq!(auc(&[0.1, 0.2], &[true, true]), None);
+        assert_eq!(auc(&[0.9, 0.1], &[true, false]), Some(1.0));
+    }
+
+    #[test]
+    fn log_loss_of_certain_right_answers_is_zero() {
+        assert!(log_loss(&[1.0, 0.0], &[true, false]) < 1e-12);
+        assert!((log_loss(&[0.5], &[true]) - std::f64::consts::LN_2).abs() < 1e-12);
+    }
+}
