@@ -229,6 +229,11 @@ struct Trace {
     a2: Vec<f64>,
     s: Vec<f64>,
     logits: [f64; HEADS],
+    // Backward scratch, reused across examples.
+    ds: Vec<f64>,
+    dz2: Vec<f64>,
+    da1: Vec<f64>,
+    dx: Vec<f64>,
 }
 
 /// Model parameters, optimiser state and normaliser: everything a checkpoint holds.
@@ -248,8 +253,10 @@ pub struct JointModel {
 
 struct Gradients {
     params: Vec<f64>,
-    /// (embedding row, gradient of its `dim` entries), in order of use.
-    rows: Vec<(usize, Vec<f64>)>,
+    /// Embedding rows used, in order of use ...
+    rows: Vec<usize>,
+    /// ... and their gradients, `dim` entries per use.
+    row_grads: Vec<f64>,
 }
 
 impl JointModel {
@@ -381,7 +388,9 @@ impl JointModel {
         let p = &self.params;
         let (loss, dl) = self.head_losses(t, y);
         // Heads.
-        let mut ds = vec![0.0; c.hidden2];
+        let ds = &mut t.ds;
+        ds.clear();
+        ds.resize(c.hidden2, 0.0);
         for (h, dh) in dl.iter().enumerate() {
             let w = l.heads + h * c.hidden2;
             g.params[l.head_b + h] += dh;
@@ -392,27 +401,31 @@ impl JointModel {
         }
         // Scenario scaling s = a2 * (1 + scale).
         let scale = l.scen + input.scenario * c.hidden2;
-        let mut dz2 = vec![0.0; c.hidden2];
+        let dz2 = &mut t.dz2;
+        dz2.clear();
+        dz2.resize(c.hidden2, 0.0);
         for k in 0..c.hidden2 {
             g.params[scale + k] += ds[k] * t.a2[k];
             let da2 = ds[k] * (1.0 + p[scale + k]);
             dz2[k] = if t.z2[k] > 0.0 { da2 } else { 0.0 };
         }
         // Second layer.
-        let mut da1 = vec![0.0; c.hidden1];
+        let da1 = &mut t.da1;
+        da1.clear();
+        da1.resize(c.hidden1, 0.0);
         for (k, dz) in dz2.iter().enumerate() {
             if *dz == 0.0 {
                 continue;
             }
             g.params[l.b2 + k] += dz;
             let row = l.w2 + k * c.hidden1;
-            for j in 0..c.hidden1 {
-                g.params[row + j] += dz * t.a1[j];
-                da1[j] += dz * p[row + j];
-            }
+            axpy(*dz, &t.a1, &mut g.params[row..row + c.hidden1]);
+            axpy(*dz, &p[row..row + c.hidden1], da1);
         }
         // First layer.
-        let mut dx = vec![0.0; l.input];
+        let dx = &mut t.dx;
+        dx.clear();
+        dx.resize(l.input, 0.0);
         for (j, da) in da1.iter().enumerate() {
             let dz = if t.z1[j] > 0.0 { *da } else { 0.0 };
             if dz == 0.0 {
@@ -420,16 +433,14 @@ impl JointModel {
             }
             g.params[l.b1 + j] += dz;
             let row = l.w1 + j * l.input;
-            for i in 0..l.input {
-                g.params[row + i] += dz * t.x[i];
-                dx[i] += dz * p[row + i];
-            }
+            axpy(dz, &t.x, &mut g.params[row..row + l.input]);
+            axpy(dz, &p[row..row + l.input], dx);
         }
         // Embedding rows (the dense inputs' gradient stops at the normaliser).
         let d = c.embedding_dim;
         for (f, id) in input.ids.iter().enumerate() {
-            g.rows
-                .push((id % self.embedding_rows(), dx[f * d..(f + 1) * d].to_vec()));
+            g.rows.push(id % self.embedding_rows());
+            g.row_grads.extend_from_slice(&dx[f * d..(f + 1) * d]);
         }
         loss
     }
@@ -442,9 +453,11 @@ impl JointModel {
         for (input, _) in batch {
             self.normaliser.observe(&input.dense);
         }
+        let d = self.config.embedding_dim;
         let mut g = Gradients {
             params: vec![0.0; self.layout.len],
             rows: Vec::with_capacity(batch.len() * FIELDS),
+            row_grads: Vec::with_capacity(batch.len() * FIELDS * d),
         };
         let mut trace = Trace::default();
         let mut loss = 0.0;
@@ -463,14 +476,22 @@ impl JointModel {
             self.params[i] -= lr * self.adam_m[i] / (self.adam_v[i].sqrt() + eps);
         }
         // Lazy Adam for embeddings: sum the batch's gradient per row, update those rows.
-        g.rows.sort_by_key(|(row, _)| *row);
-        let d = self.config.embedding_dim;
+        let mut uses: Vec<(usize, usize)> = g
+            .rows
+            .iter()
+            .copied()
+            .enumerate()
+            .map(|(i, r)| (r, i))
+            .collect();
+        uses.sort_unstable();
+        let mut sum = vec![0.0; d];
         let mut i = 0;
-        while i < g.rows.len() {
-            let row = g.rows[i].0;
-            let mut sum = vec![0.0; d];
-            while i < g.rows.len() && g.rows[i].0 == row {
-                for (s, v) in sum.iter_mut().zip(&g.rows[i].1) {
+        while i < uses.len() {
+            let row = uses[i].0;
+            sum.iter_mut().for_each(|s| *s = 0.0);
+            while i < uses.len() && uses[i].0 == row {
+                let at = uses[i].1 * d;
+                for (s, v) in sum.iter_mut().zip(&g.row_grads[at..at + d]) {
                     *s += v;
                 }
                 i += 1;
@@ -509,17 +530,38 @@ impl JointModel {
     }
 }
 
+/// y += a x (slices of equal length; written so the compiler vectorises it).
+fn axpy(a: f64, x: &[f64], y: &mut [f64]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// Dot product with four independent accumulators, so the additions pipeline (a single
+/// running sum is one long dependency chain).
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len().min(b.len());
+    let mut acc = [0.0f64; 4];
+    let (a4, b4) = (a[..n].chunks_exact(4), b[..n].chunks_exact(4));
+    let (ra, rb) = (a4.remainder(), b4.remainder());
+    for (x, y) in a4.zip(b4) {
+        for k in 0..4 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let tail: f64 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
 /// out = W x + b, with W row-major (out.len() rows of x.len()).
 fn dense_layer(w: &[f64], b: &[f64], x: &[f64], out: &mut Vec<f64>) {
     out.clear();
     let cols = x.len();
-    out.extend(b.iter().enumerate().map(|(r, bias)| {
-        bias + w[r * cols..(r + 1) * cols]
-            .iter()
-            .zip(x)
-            .map(|(w, x)| w * x)
-            .sum::<f64>()
-    }));
+    out.extend(
+        b.iter()
+            .enumerate()
+            .map(|(r, bias)| bias + dot(&w[r * cols..(r + 1) * cols], x)),
+    );
 }
 
 #[cfg(test)]
@@ -601,6 +643,7 @@ mod tests {
             let mut g = Gradients {
                 params: vec![0.0; l.len],
                 rows: Vec::new(),
+                row_grads: Vec::new(),
             };
             model.backward(&x, &y, &mut Trace::default(), &mut g);
             let blocks = [
@@ -625,7 +668,8 @@ mod tests {
             }
             let d = model.config.embedding_dim;
             let mut by_row: std::collections::BTreeMap<usize, Vec<f64>> = Default::default();
-            for (row, grad) in &g.rows {
+            for (use_index, row) in g.rows.iter().enumerate() {
+                let grad = &g.row_grads[use_index * d..(use_index + 1) * d];
                 let sum = by_row.entry(*row).or_insert_with(|| vec![0.0; d]);
                 sum.iter_mut().zip(grad).for_each(|(s, v)| *s += v);
             }
