@@ -63,6 +63,34 @@ enum Command {
     /// Validate a configuration file: print the effective configuration (secrets masked),
     /// or every problem found and exit with status 2.
     CheckConfig(CheckConfigArgs),
+    /// Work with the model offline.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelCommand {
+    /// Quality benchmark without Kafka: generated traffic -> features -> the joint model and
+    /// single-task smartcore baselines, all prequential (predict, then train), compared with
+    /// the generator's true probabilities; prints AUC per task and scenario.
+    Quality(QualityArgs),
+}
+
+#[derive(Args, Debug)]
+struct QualityArgs {
+    /// Impressions to evaluate (about 4/3 as many events are generated).
+    #[arg(long, default_value_t = 2_000_000)]
+    impressions: u64,
+    /// Seed of the traffic.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Also write the example stream in Vowpal Wabbit text format here (for
+    /// scripts/vw_compare.py).
+    #[arg(long)]
+    vw_out: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -211,6 +239,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Command::Run(args) => run(config, args).await,
             Command::Generate(args) => generate_cmd(config, args).await,
             Command::Demo(args) => demo_cmd(config, args).await,
+            Command::Model(ModelCommand::Quality(args)) => quality_cmd(config, args),
             Command::CheckConfig(_) => unreachable!("handled above"),
         }
     })?;
@@ -315,6 +344,30 @@ async fn demo_cmd(mut config: Config, args: DemoArgs) -> Result<()> {
         std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
     }
     print!("{}", demo::render(&report, &args.store));
+    Ok(())
+}
+
+fn quality_cmd(config: Config, args: QualityArgs) -> Result<()> {
+    let options = shopstream_trainer::quality::QualityOptions {
+        generator: GeneratorOptions {
+            seed: args.seed,
+            max_events: Some(args.impressions.saturating_mul(4) / 3),
+            ..GeneratorOptions::default()
+        },
+        model: config.model.clone(),
+        pipeline: config.pipeline.clone(),
+        baselines: Default::default(),
+        vw_out: args.vw_out.clone(),
+    };
+    let started = std::time::Instant::now();
+    let report = shopstream_trainer::quality::run_quality(&options)
+        .with_context(|| format!("writing {:?}", args.vw_out))?;
+    print!("{}", report.render());
+    println!("wall time {:.1} s", started.elapsed().as_secs_f64());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     Ok(())
 }
 

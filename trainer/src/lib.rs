@@ -10,8 +10,10 @@
 //! Ids are hashed with FNV-1a (not the std hasher, whose seed changes per process), so two
 //! runs over the same examples give bit-identical models.
 
+pub mod baselines;
 pub mod joint;
 pub mod metrics;
+pub mod quality;
 
 use std::collections::BTreeMap;
 
@@ -140,7 +142,8 @@ pub fn input_of(user_id: &str, item_id: &str, f: &Features, rows: usize) -> Inpu
     }
 }
 
-fn targets_of(e: &Example) -> Targets {
+/// Model targets of an example.
+pub fn targets_of(e: &Example) -> Targets {
     // An order cancelled before the label matured is not a conversion.
     let converted = e.labels.converted && !e.labels.cancelled;
     Targets {
@@ -217,8 +220,16 @@ impl Trainer {
     /// Predicts every example of a closed window, then trains on them in minibatches, in
     /// order; bumps the version when anything was trained.
     pub fn train_window(&mut self, examples: &[Example]) -> WindowMetrics {
+        self.train_window_scored(examples).0
+    }
+
+    /// Like [`Trainer::train_window`], also returning the prequential predictions.
+    pub fn train_window_scored(
+        &mut self,
+        examples: &[Example],
+    ) -> (WindowMetrics, Vec<joint::Output>) {
         if examples.is_empty() {
-            return WindowMetrics::default();
+            return (WindowMetrics::default(), Vec::new());
         }
         let rows = self.model.embedding_rows();
         let data: Vec<(Input, Targets)> = examples
@@ -240,10 +251,11 @@ impl Trainer {
         }
         self.trained_examples += examples.len() as u64;
         self.version += 1;
-        WindowMetrics {
+        let metrics = WindowMetrics {
             train_loss: loss / f64::from(batches.max(1)),
             ..metrics
-        }
+        };
+        (metrics, outputs)
     }
 
     /// The model's parameters and optimiser state as bytes.
