@@ -572,6 +572,24 @@ impl Processor<'_> {
             self.summary.examples_written += file.rows as u64;
             self.summary.files_written.push(file.path);
         }
+        // The prequential metrics of the window go to the store's `metrics` table.
+        let metrics_batch = shopstream_trainer::metrics::metrics_batch(
+            output.start,
+            output.end,
+            self.trainer.version(),
+            &metrics,
+        )?;
+        let store = self.store.clone();
+        let stem = format!("window-{}", output.start);
+        let metadata = BTreeMap::from([(
+            "shopstream.window_start_ms".to_string(),
+            output.start.to_string(),
+        )]);
+        tokio::task::spawn_blocking(move || {
+            store.write("metrics", &stem, &metrics_batch, &metadata)
+        })
+        .await
+        .map_err(|e| PipelineError::Internal(format!("store writer: {e}")))??;
         tracing::debug!(
             window_start = output.start,
             events = output.events,

@@ -135,6 +135,32 @@ async fn generated_traffic_reconciles_exactly_through_a_real_broker() {
         "{clicks} clicks, {conversions} conversions"
     );
 
+    // Prequential metrics of every trained window are in the store's `metrics` table.
+    let metrics = read_table(store.path(), "metrics");
+    let metric_rows: usize = metrics.iter().map(|b| b.num_rows()).sum();
+    assert!(
+        metric_rows as u64 >= 3 * summary.model_version,
+        "{metric_rows} rows for {} windows",
+        summary.model_version
+    );
+    let tasks: HashSet<String> = metrics
+        .iter()
+        .flat_map(|b| {
+            let t = b
+                .column_by_name("task")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .clone();
+            (0..t.len()).map(move |i| t.value(i).to_string())
+        })
+        .collect();
+    assert_eq!(
+        tasks,
+        HashSet::from(["ctr".to_string(), "cvr".to_string(), "ctcvr".to_string()])
+    );
+
     // Predictions: one per impression, keyed by the impression's id, with a model version.
     let predictions = read_topic(&broker.bootstrap, &config.topics.predictions);
     assert_eq!(predictions.len() as u64, report.impressions);
@@ -152,6 +178,13 @@ async fn generated_traffic_reconciles_exactly_through_a_real_broker() {
             record.key.as_slice()
         );
         assert!(value["model_version"].is_u64());
+        let (c, v, cv) = (
+            value["p_click"].as_f64().unwrap(),
+            value["p_cvr"].as_f64().unwrap(),
+            value["p_ctcvr"].as_f64().unwrap(),
+        );
+        assert!((c * v - cv).abs() < 1e-12, "p_ctcvr = p_click x p_cvr");
+        assert!(value["expected_revenue"].as_f64().unwrap() >= 0.0);
         let p = value["p_click"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&p));
     }

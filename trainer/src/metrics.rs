@@ -99,3 +99,75 @@ mod tests {
         assert!((log_loss(&[0.5], &[true]) - std::f64::consts::LN_2).abs() < 1e-12);
     }
 }
+
+/// Rows of the store's `metrics` table for one window: one per (task, slice), with the
+/// window start as `ts` (the partitioning column).
+pub fn metrics_batch(
+    window_start_ms: i64,
+    window_end_ms: i64,
+    model_version: u64,
+    m: &crate::WindowMetrics,
+) -> Result<arrow::record_batch::RecordBatch, arrow::error::ArrowError> {
+    use std::sync::Arc;
+
+    use arrow::array::{
+        ArrayRef, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray, UInt64Array,
+    };
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+    let mut rows: Vec<(&str, &str, &BinaryMetrics)> = vec![
+        ("ctr", "all", &m.ctr),
+        ("cvr", "all", &m.cvr),
+        ("ctcvr", "all", &m.ctcvr),
+    ];
+    for (scenario, metrics) in &m.ctr_by_scenario {
+        rows.push(("ctr", scenario, metrics));
+    }
+    let n = rows.len();
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let schema = Schema::new(vec![
+        Field::new("ts", ts.clone(), false),
+        Field::new("window_end", ts, false),
+        Field::new("model_version", DataType::UInt64, false),
+        Field::new("task", DataType::Utf8, false),
+        Field::new("scenario", DataType::Utf8, false),
+        Field::new("n", DataType::Int64, false),
+        Field::new("positives", DataType::Int64, false),
+        Field::new("auc", DataType::Float64, true),
+        Field::new("log_loss", DataType::Float64, false),
+        Field::new("calibration", DataType::Float64, true),
+        Field::new("value_rmse", DataType::Float64, true),
+    ]);
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(
+            TimestampMicrosecondArray::from(vec![window_start_ms * 1000; n]).with_timezone("UTC"),
+        ),
+        Arc::new(
+            TimestampMicrosecondArray::from(vec![window_end_ms * 1000; n]).with_timezone("UTC"),
+        ),
+        Arc::new(UInt64Array::from(vec![model_version; n])),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.2.n as i64),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.2.positives as i64),
+        )),
+        Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.2.auc))),
+        Arc::new(Float64Array::from_iter_values(
+            rows.iter().map(|r| r.2.log_loss),
+        )),
+        Arc::new(Float64Array::from_iter(
+            rows.iter().map(|r| r.2.calibration),
+        )),
+        Arc::new(Float64Array::from_iter(rows.iter().map(|r| {
+            if r.0 == "ctr" && r.1 == "all" {
+                m.value_rmse
+            } else {
+                None
+            }
+        }))),
+    ];
+    arrow::record_batch::RecordBatch::try_new(Arc::new(schema), columns)
+}
