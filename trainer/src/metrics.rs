@@ -78,28 +78,6 @@ impl BinaryMetrics {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn auc_matches_hand_computed_values() {
-        assert_eq!(
-            auc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]),
-            Some(0.75)
-        );
-        assert_eq!(auc(&[0.5, 0.5], &[false, true]), Some(0.5));
-        assert_eq!(auc(&[0.1, 0.2], &[true, true]), None);
-        assert_eq!(auc(&[0.9, 0.1], &[true, false]), Some(1.0));
-    }
-
-    #[test]
-    fn log_loss_of_certain_right_answers_is_zero() {
-        assert!(log_loss(&[1.0, 0.0], &[true, false]) < 1e-12);
-        assert!((log_loss(&[0.5], &[true]) - std::f64::consts::LN_2).abs() < 1e-12);
-    }
-}
-
 /// Rows of the store's `metrics` table for one window: one per (task, slice), with the
 /// window start as `ts` (the partitioning column).
 pub fn metrics_batch(
@@ -170,4 +148,26 @@ pub fn metrics_batch(
         }))),
     ];
     arrow::record_batch::RecordBatch::try_new(Arc::new(schema), columns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auc_matches_hand_computed_values() {
+        assert_eq!(
+            auc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]),
+            Some(0.75)
+        );
+        assert_eq!(auc(&[0.5, 0.5], &[false, true]), Some(0.5));
+        assert_eq!(auc(&[0.1, 0.2], &[true, true]), None);
+        assert_eq!(auc(&[0.9, 0.1], &[true, false]), Some(1.0));
+    }
+
+    #[test]
+    fn log_loss_of_certain_right_answers_is_zero() {
+        assert!(log_loss(&[1.0, 0.0], &[true, false]) < 1e-12);
+        assert!((log_loss(&[0.5], &[true]) - std::f64::consts::LN_2).abs() < 1e-12);
+    }
 }
