@@ -214,6 +214,15 @@ async fn generated_traffic_reconciles_exactly_through_a_real_broker() {
         assert!(!record.headers["shopstream.message"].is_empty());
     }
     assert_eq!(reasons, report.malformed_per_reason);
+    eprintln!(
+        "reconciled: {} impressions -> {} examples, {} predictions; {} malformed -> {} dead letters {:?}",
+        report.impressions,
+        rows,
+        predictions.len(),
+        report.malformed_total,
+        dead_letters.len(),
+        reasons
+    );
 }
 
 /// Guards the error path of a wrong `kafka.brokers`: a clear message naming the address,

@@ -394,4 +394,10 @@ async fn hostile_corpus_and_noisy_traffic_reconcile_one_for_one() {
         );
     }
     assert_eq!(summary.dead_letters_published, dead);
+    eprintln!(
+        "reconciled: consumed {consumed} = valid {valid} + dead-lettered {dead} + duplicates {dup}; \
+         corpus {} cases ({rejected} rejected, {duplicates} duplicates), generator malformed {}",
+        corpus.len(),
+        report.malformed_total
+    );
 }
