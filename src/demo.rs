@@ -202,6 +202,13 @@ pub fn render(report: &DemoReport, store: &Path) -> String {
         store.join("examples").display()
     );
     let _ = writeln!(s, "  windows closed:        {}", r.windows_closed);
+    let _ = writeln!(
+        s,
+        "  item demand:           {} forecasts in {}, {} with stock-out risk",
+        r.demand_forecasts,
+        store.join("item_demand").display(),
+        r.stockout_risks
+    );
     let q = &r.quality;
     let metrics = format!(
         "; prequential over {} windows: CTR AUC {:.3}, log loss {:.4}; CVR AUC {:.3}; CTCVR AUC {:.3}",

@@ -95,6 +95,10 @@ pub struct RunSummary {
     pub files_written: Vec<PathBuf>,
     /// Windows closed.
     pub windows_closed: u64,
+    /// Item demand forecasts written to the store's `item_demand` table.
+    pub demand_forecasts: u64,
+    /// Of those, forecasts above the stock on hand.
+    pub stockout_risks: u64,
     /// Model version at the end.
     pub model_version: u64,
     /// Examples the model trained on.
@@ -346,6 +350,25 @@ impl Processor<'_> {
         Ok(())
     }
 
+    /// Writes a small per-window table file (named after `window_ms`).
+    async fn write_table(
+        &mut self,
+        table: &'static str,
+        window_ms: i64,
+        batch: arrow::record_batch::RecordBatch,
+    ) -> Result<(), PipelineError> {
+        let store = self.store.clone();
+        let stem = format!("window-{window_ms}");
+        let metadata = BTreeMap::from([(
+            "shopstream.window_start_ms".to_string(),
+            window_ms.to_string(),
+        )]);
+        tokio::task::spawn_blocking(move || store.write(table, &stem, &batch, &metadata))
+            .await
+            .map_err(|e| PipelineError::Internal(format!("store writer: {e}")))??;
+        Ok(())
+    }
+
     /// Handles one message from the source.
     async fn handle(&mut self, message: SourceMessage) -> Result<Flow, PipelineError> {
         match message {
@@ -542,10 +565,21 @@ impl Processor<'_> {
 
     async fn window_closed(&mut self, output: WindowOutput) -> Result<(), PipelineError> {
         self.summary.windows_closed += 1;
+        // Item demand: score and train on what sold in this window, forecast the next.
+        let demand = self.trainer.train_demand(&output.demand);
+        let forecasts = self.trainer.forecast(&output.demand_next);
+        if !forecasts.is_empty() {
+            self.summary.demand_forecasts += forecasts.len() as u64;
+            self.summary.stockout_risks +=
+                forecasts.iter().filter(|f| f.stockout_risk).count() as u64;
+            let batch = shopstream_trainer::metrics::demand_batch(&forecasts)?;
+            self.write_table("item_demand", output.end, batch).await?;
+        }
         if output.examples.is_empty() {
             return Ok(());
         }
-        let metrics = self.trainer.train_window(&output.examples);
+        let mut metrics = self.trainer.train_window(&output.examples);
+        metrics.demand = demand;
         self.summary.quality.add(&metrics);
         let batch = examples_batch(&output.examples)?;
         let metadata = BTreeMap::from([
@@ -579,17 +613,8 @@ impl Processor<'_> {
             self.trainer.version(),
             &metrics,
         )?;
-        let store = self.store.clone();
-        let stem = format!("window-{}", output.start);
-        let metadata = BTreeMap::from([(
-            "shopstream.window_start_ms".to_string(),
-            output.start.to_string(),
-        )]);
-        tokio::task::spawn_blocking(move || {
-            store.write("metrics", &stem, &metrics_batch, &metadata)
-        })
-        .await
-        .map_err(|e| PipelineError::Internal(format!("store writer: {e}")))??;
+        self.write_table("metrics", output.start, metrics_batch)
+            .await?;
         tracing::debug!(
             window_start = output.start,
             events = output.events,

@@ -161,6 +161,14 @@ async fn generated_traffic_reconciles_exactly_through_a_real_broker() {
         HashSet::from(["ctr".to_string(), "cvr".to_string(), "ctcvr".to_string()])
     );
 
+    // Item demand forecasts are in the store's `item_demand` table.
+    let forecasts: usize = read_table(store.path(), "item_demand")
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    assert_eq!(forecasts as u64, summary.demand_forecasts);
+    assert!(forecasts > 0);
+
     // Predictions: one per impression, keyed by the impression's id, with a model version.
     let predictions = read_topic(&broker.bootstrap, &config.topics.predictions);
     assert_eq!(predictions.len() as u64, report.impressions);

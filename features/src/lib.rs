@@ -23,7 +23,7 @@ mod window;
 pub use example::{
     EXAMPLES_SCHEMA_VERSION, Example, Features, Labels, ServingRow, examples_batch, examples_schema,
 };
-pub use state::{FeatureState, StateLimits};
+pub use state::{DemandFeatures, DemandRow, FeatureState, StateLimits};
 pub use watermark::Watermark;
 pub use window::{Buffered, ClosedWindow, Windows};
 
@@ -42,6 +42,10 @@ pub struct WindowOutput {
     pub events: usize,
     /// Training examples whose labels matured, in (ts, partition, order) order.
     pub examples: Vec<Example>,
+    /// Item demand rows of this window: features at its start, units sold during it.
+    pub demand: Vec<DemandRow>,
+    /// Demand features at this window's end, to forecast the next window.
+    pub demand_next: Vec<DemandFeatures>,
 }
 
 /// The features stage.
@@ -50,6 +54,8 @@ pub struct FeaturePipeline {
     windows: Windows,
     watermark: Watermark,
     state: FeatureState,
+    /// Demand features taken when the previous window closed.
+    demand_snapshot: Vec<DemandFeatures>,
 }
 
 impl FeaturePipeline {
@@ -64,6 +70,7 @@ impl FeaturePipeline {
                 attribution_ms: ms(config.attribution_window_secs),
                 ttl_ms: ms(config.feature_ttl_secs),
             }),
+            demand_snapshot: Vec::new(),
         }
     }
 
@@ -136,6 +143,8 @@ impl FeaturePipeline {
                         end: start,
                         events: 0,
                         examples: rest,
+                        demand: Vec::new(),
+                        demand_next: Vec::new(),
                     });
                 }
             }
@@ -153,11 +162,24 @@ impl FeaturePipeline {
             self.state.apply_same_ts(&group);
         }
         let examples = self.state.mature_before(window.end);
+        // Demand: the snapshot taken at this window's start, labelled with what sold in it.
+        let sold = self.state.take_window_units();
+        let demand = std::mem::take(&mut self.demand_snapshot)
+            .into_iter()
+            .filter(|f| f.at == window.start)
+            .map(|features| DemandRow {
+                units: sold.get(&features.item_id).copied().unwrap_or(0),
+                features,
+            })
+            .collect();
+        self.demand_snapshot = self.state.demand_snapshot(window.end);
         WindowOutput {
             start: window.start,
             end: window.end,
             events,
             examples,
+            demand,
+            demand_next: self.demand_snapshot.clone(),
         }
     }
 

@@ -46,6 +46,33 @@ pub struct StateLimits {
     pub ttl_ms: Millis,
 }
 
+/// Items sold within this long are forecast for the next window.
+const DEMAND_LOOKBACK_MS: Millis = 7 * 86_400_000;
+
+/// Demand features of one item at a window boundary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DemandFeatures {
+    /// The item.
+    pub item_id: String,
+    /// The boundary (start of the window forecast).
+    pub at: Millis,
+    /// Units sold over 1 h, 24 h, 7 d before `at`.
+    pub sales: crate::rolling::Horizons,
+    /// Units on hand at `at`.
+    pub on_hand: Option<i64>,
+    /// List price at `at`.
+    pub price: Option<f64>,
+}
+
+/// A demand training row: features at a window's start, units sold during the window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DemandRow {
+    /// Features as of the window's start.
+    pub features: DemandFeatures,
+    /// Units sold in the window.
+    pub units: i64,
+}
+
 /// Most categories remembered per user for the affinity feature.
 const MAX_CATEGORIES: usize = 8;
 /// Time constant of the decayed category affinity.
@@ -74,6 +101,12 @@ struct InventoryRow {
     on_hand: Option<i64>,
     price: Option<f64>,
     category: Option<String>,
+    /// Units sold (inventory `sale` events), rolling over 1 h / 24 h / 7 d.
+    sales: Rolling,
+    /// Time of the latest sale.
+    last_sale: Option<Millis>,
+    /// Units sold in the window being applied.
+    window_units: i64,
 }
 
 /// An impression waiting for its labels.
@@ -242,6 +275,18 @@ impl FeatureState {
                 if let Some(category) = &e.category {
                     row.category = Some(category.clone());
                 }
+                if e.kind == InventoryKind::Sale {
+                    let units = e.delta.map_or(0, |d| -d).max(0);
+                    row.sales.add(
+                        e.ts,
+                        Counts {
+                            units: u16::try_from(units).unwrap_or(u16::MAX),
+                            ..Counts::default()
+                        },
+                    );
+                    row.last_sale = Some(e.ts);
+                    row.window_units += units;
+                }
             }
             Event::Click(c) => {
                 let category = c
@@ -285,6 +330,36 @@ impl FeatureState {
     /// Removes and returns every pending example (end of input).
     pub fn mature_all(&mut self) -> Vec<Example> {
         self.mature_before(Millis::MAX)
+    }
+
+    /// Demand features of every item sold within the last 7 days, as of `at` (a window
+    /// boundary), sorted by item id; the forecast for the next window is made from these.
+    pub fn demand_snapshot(&self, at: Millis) -> Vec<DemandFeatures> {
+        let mut rows: Vec<DemandFeatures> = self
+            .inventory
+            .iter()
+            .filter(|(_, r)| r.last_sale.is_some_and(|t| at - t <= DEMAND_LOOKBACK_MS))
+            .map(|(item, r)| DemandFeatures {
+                item_id: item.clone(),
+                at,
+                sales: r.sales.totals(at - 1),
+                on_hand: r.on_hand,
+                price: r.price,
+            })
+            .collect();
+        rows.sort_by(|a, b| a.item_id.cmp(&b.item_id));
+        rows
+    }
+
+    /// Units each item sold in the window just applied (resets the counters).
+    pub fn take_window_units(&mut self) -> HashMap<String, i64> {
+        let mut out = HashMap::default();
+        for (item, row) in &mut self.inventory {
+            if row.window_units != 0 {
+                out.insert(item.clone(), std::mem::take(&mut row.window_units));
+            }
+        }
+        out
     }
 
     /// Impressions waiting for their labels.

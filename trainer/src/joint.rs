@@ -26,6 +26,10 @@ pub const FIELDS: usize = 8;
 pub const DENSE: usize = 10;
 /// Scenarios (the contract's five).
 pub const SCENARIOS: usize = 5;
+/// Dense inputs of the item-demand head.
+pub const DEMAND_DENSE: usize = 5;
+/// Demand log-rates are clamped here so exp() cannot overflow.
+const MAX_LOG_RATE: f64 = 20.0;
 const HEADS: usize = 3;
 
 /// Sizes and optimiser settings.
@@ -249,6 +253,12 @@ pub struct JointModel {
     emb_v: Vec<f64>,
     normaliser: Normaliser,
     steps: u64,
+    /// Item-demand head: weights over [item embedding row, normalised demand inputs], bias.
+    demand: Vec<f64>,
+    demand_m: Vec<f64>,
+    demand_v: Vec<f64>,
+    demand_normaliser: Normaliser,
+    demand_steps: u64,
 }
 
 struct Gradients {
@@ -291,7 +301,87 @@ impl JointModel {
             embedding,
             normaliser: Normaliser::new(DENSE),
             steps: 0,
+            demand: vec![0.0; config.embedding_dim + DEMAND_DENSE + 1],
+            demand_m: vec![0.0; config.embedding_dim + DEMAND_DENSE + 1],
+            demand_v: vec![0.0; config.embedding_dim + DEMAND_DENSE + 1],
+            demand_normaliser: Normaliser::new(DEMAND_DENSE),
+            demand_steps: 0,
         }
+    }
+
+    /// The demand head's log-rate for an item (embedding `row`) with raw inputs `dense`,
+    /// and the normalised inputs it used.
+    fn demand_logit(&self, row: usize, dense: &[f64; DEMAND_DENSE]) -> (f64, [f64; DEMAND_DENSE]) {
+        let d = self.config.embedding_dim;
+        let row = row % self.embedding_rows();
+        let mut x = [0.0; DEMAND_DENSE];
+        self.demand_normaliser.apply(dense, &mut x);
+        let emb = &self.embedding[row * d..(row + 1) * d];
+        let z = self.demand[d + DEMAND_DENSE]
+            + dot(&self.demand[..d], emb)
+            + dot(&self.demand[d..d + DEMAND_DENSE], &x);
+        (z.min(MAX_LOG_RATE), x)
+    }
+
+    /// Expected units sold in the next window for an item.
+    pub fn predict_demand(&self, row: usize, dense: &[f64; DEMAND_DENSE]) -> f64 {
+        self.demand_logit(row, dense).0.exp()
+    }
+
+    /// Poisson loss (rate - units * log-rate; the log(units!) constant left out).
+    pub fn demand_loss(&self, row: usize, dense: &[f64; DEMAND_DENSE], units: f64) -> f64 {
+        let z = self.demand_logit(row, dense).0;
+        z.exp() - units * z
+    }
+
+    /// One Adam step of the demand head (and the item embedding rows it reads) on the mean
+    /// Poisson loss of `batch` = (embedding row, raw inputs, units sold); returns that loss.
+    pub fn train_demand_batch(&mut self, batch: &[(usize, [f64; DEMAND_DENSE], f64)]) -> f64 {
+        if batch.is_empty() {
+            return 0.0;
+        }
+        for (_, dense, _) in batch {
+            self.demand_normaliser.observe(dense);
+        }
+        let d = self.config.embedding_dim;
+        let n = batch.len() as f64;
+        let mut grad = vec![0.0; self.demand.len()];
+        let mut rows: Vec<(usize, Vec<f64>)> = Vec::with_capacity(batch.len());
+        let mut loss = 0.0;
+        for (row, dense, units) in batch {
+            let row = row % self.embedding_rows();
+            let (z, x) = self.demand_logit(row, dense);
+            let clamped = z >= MAX_LOG_RATE;
+            loss += z.exp() - units * z;
+            let dz = if clamped { 0.0 } else { z.exp() - units };
+            let emb = &self.embedding[row * d..(row + 1) * d];
+            axpy(dz, emb, &mut grad[..d]);
+            axpy(dz, &x, &mut grad[d..d + DEMAND_DENSE]);
+            grad[d + DEMAND_DENSE] += dz;
+            rows.push((row, self.demand[..d].iter().map(|w| dz * w).collect()));
+        }
+        self.demand_steps += 1;
+        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
+        let t = self.demand_steps as f64;
+        let lr = self.config.learning_rate * (1.0 - b2.powf(t)).sqrt() / (1.0 - b1.powf(t));
+        for (i, g) in grad.iter().enumerate() {
+            let g = g / n;
+            self.demand_m[i] = b1 * self.demand_m[i] + (1.0 - b1) * g;
+            self.demand_v[i] = b2 * self.demand_v[i] + (1.0 - b2) * g * g;
+            self.demand[i] -= lr * self.demand_m[i] / (self.demand_v[i].sqrt() + eps);
+        }
+        rows.sort_by_key(|(row, _)| *row);
+        for group in rows.chunk_by(|a, b| a.0 == b.0) {
+            let row = group[0].0;
+            for k in 0..d {
+                let g = group.iter().map(|(_, v)| v[k]).sum::<f64>() / n;
+                let at = row * d + k;
+                self.emb_m[at] = b1 * self.emb_m[at] + (1.0 - b1) * g;
+                self.emb_v[at] = b2 * self.emb_v[at] + (1.0 - b2) * g * g;
+                self.embedding[at] -= lr * self.emb_m[at] / (self.emb_v[at].sqrt() + eps);
+            }
+        }
+        loss / n
     }
 
     /// The configuration.
@@ -526,6 +616,8 @@ impl JointModel {
         }
         out.extend_from_slice(&self.normaliser.count.to_le_bytes());
         out.extend_from_slice(&self.steps.to_le_bytes());
+        out.extend_from_slice(&self.demand_normaliser.count.to_le_bytes());
+        out.extend_from_slice(&self.demand_steps.to_le_bytes());
         out
     }
 }
@@ -746,5 +838,85 @@ mod tests {
         let (b, _, _) = run();
         assert_eq!(a, b, "same data, same seed, same bytes");
         assert!(last < first * 0.5, "loss {first} -> {last}");
+    }
+
+    #[test]
+    fn demand_head_gradients_match_finite_differences() {
+        let mut model = tiny();
+        for (i, w) in model.demand.iter_mut().enumerate() {
+            *w = ((i * 7) % 5) as f64 * 0.1 - 0.2;
+        }
+        for i in 0..10 {
+            let dense: [f64; DEMAND_DENSE] = std::array::from_fn(|k| ((i + k) % 3) as f64);
+            model.demand_normaliser.observe(&dense);
+        }
+        let d = model.config.embedding_dim;
+        for (row, units) in [(3usize, 0.0), (7, 2.0), (11, 5.0)] {
+            let dense: [f64; DEMAND_DENSE] = std::array::from_fn(|k| (row + k) as f64 % 4.0);
+            // Analytic gradient as train_demand_batch computes it, for one example.
+            let (z, x) = model.demand_logit(row, &dense);
+            let dz = z.exp() - units;
+            let emb = model.embedding[row * d..(row + 1) * d].to_vec();
+            let mut analytic: Vec<f64> = emb.iter().map(|e| dz * e).collect();
+            analytic.extend(x.iter().map(|x| dz * x));
+            analytic.push(dz);
+            let h = 1e-6;
+            for (i, a) in analytic.iter().enumerate() {
+                let orig = model.demand[i];
+                model.demand[i] = orig + h;
+                let plus = model.demand_loss(row, &dense, units);
+                model.demand[i] = orig - h;
+                let minus = model.demand_loss(row, &dense, units);
+                model.demand[i] = orig;
+                let numeric = (plus - minus) / (2.0 * h);
+                assert!(
+                    close(*a, numeric),
+                    "demand weight {i}: analytic {a} numeric {numeric}"
+                );
+            }
+            for k in 0..d {
+                let at = row * d + k;
+                let analytic = dz * model.demand[k];
+                let orig = model.embedding[at];
+                model.embedding[at] = orig + h;
+                let plus = model.demand_loss(row, &dense, units);
+                model.embedding[at] = orig - h;
+                let minus = model.demand_loss(row, &dense, units);
+                model.embedding[at] = orig;
+                let numeric = (plus - minus) / (2.0 * h);
+                assert!(
+                    close(analytic, numeric),
+                    "item embedding {k}: analytic {analytic} numeric {numeric}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn demand_head_learns_rates() {
+        let mut model = JointModel::new(JointConfig {
+            embedding_bits: 6,
+            learning_rate: 0.05,
+            ..JointConfig::default()
+        });
+        let batch: Vec<(usize, [f64; DEMAND_DENSE], f64)> = (0..64)
+            .map(|i| {
+                let fast = i % 2 == 0;
+                (
+                    if fast { 1 } else { 2 },
+                    [f64::from(u8::from(fast)); DEMAND_DENSE],
+                    if fast { 6.0 } else { 0.0 },
+                )
+            })
+            .collect();
+        for _ in 0..400 {
+            model.train_demand_batch(&batch);
+        }
+        let fast = model.predict_demand(1, &[1.0; DEMAND_DENSE]);
+        let slow = model.predict_demand(2, &[0.0; DEMAND_DENSE]);
+        assert!(
+            (fast - 6.0).abs() < 1.0 && slow < 0.5,
+            "fast {fast} slow {slow}"
+        );
     }
 }

@@ -19,10 +19,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use shopstream_config::ModelConfig;
-use shopstream_features::{Example, Features, ServingRow};
+use shopstream_features::{DemandFeatures, DemandRow, Example, Features, ServingRow};
 use shopstream_ingest::event::Scenario;
 
-use joint::{DENSE, FIELDS, Input, JointConfig, JointModel, Targets};
+use joint::{DEMAND_DENSE, DENSE, FIELDS, Input, JointConfig, JointModel, Targets};
 use metrics::BinaryMetrics;
 
 /// One prediction, as published to `shop.predictions` (JSON), keyed by `event_id`.
@@ -52,6 +52,38 @@ pub struct Prediction {
     pub watermark_ms: Option<i64>,
 }
 
+/// A forecast of one item's sales in the next window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DemandForecast {
+    /// The item.
+    pub item_id: String,
+    /// Start of the window forecast (epoch ms).
+    pub window_start: i64,
+    /// Expected units sold in that window.
+    pub units: f64,
+    /// Units on hand at its start, if known.
+    pub on_hand: Option<i64>,
+    /// Forecast demand exceeds the stock on hand.
+    pub stockout_risk: bool,
+    /// Model version that made the forecast.
+    pub model_version: u64,
+}
+
+/// Prequential metrics of the demand head on one window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct DemandMetrics {
+    /// Item rows scored.
+    pub n: usize,
+    /// Units actually sold.
+    pub units: f64,
+    /// Units forecast.
+    pub forecast: f64,
+    /// Mean Poisson deviance.
+    pub poisson_deviance: f64,
+    /// Mean absolute error in units.
+    pub mae: f64,
+}
+
 /// Prequential metrics of one training window: predictions made *before* training on it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct WindowMetrics {
@@ -75,6 +107,8 @@ pub struct WindowMetrics {
     pub ctr_by_scenario: BTreeMap<&'static str, BinaryMetrics>,
     /// Mean training loss over the window's minibatches.
     pub train_loss: f64,
+    /// The item-demand head on the window's demand rows.
+    pub demand: Option<DemandMetrics>,
 }
 
 /// The model and its training state.
@@ -140,6 +174,21 @@ pub fn input_of(user_id: &str, item_id: &str, f: &Features, rows: usize) -> Inpu
         dense,
         scenario: scenario_index(f.scenario),
     }
+}
+
+/// Demand-head inputs of an item: its embedding row (shared with the CTR/CVR towers) and
+/// log-scaled sales, stock and price.
+pub fn demand_input(f: &DemandFeatures, rows: usize) -> (usize, [f64; DEMAND_DENSE]) {
+    let ln1p = |x: f64| x.max(0.0).ln_1p();
+    let row = (fnv(1, &[f.item_id.as_bytes()]) % rows as u64) as usize;
+    let dense = [
+        ln1p(f.sales[0].units as f64),
+        ln1p(f.sales[1].units as f64),
+        ln1p(f.sales[2].units as f64),
+        f.on_hand.map_or(0.0, |h| ln1p(h as f64)),
+        f.price.map_or(0.0, ln1p),
+    ];
+    (row, dense)
 }
 
 /// Model targets of an example.
@@ -258,6 +307,59 @@ impl Trainer {
         (metrics, outputs)
     }
 
+    /// Scores a window's demand rows with the current head, then trains on them.
+    pub fn train_demand(&mut self, rows: &[DemandRow]) -> Option<DemandMetrics> {
+        if rows.is_empty() {
+            return None;
+        }
+        let n_rows = self.model.embedding_rows();
+        let data: Vec<(usize, [f64; DEMAND_DENSE], f64)> = rows
+            .iter()
+            .map(|r| {
+                let (row, dense) = demand_input(&r.features, n_rows);
+                (row, dense, r.units as f64)
+            })
+            .collect();
+        let mut m = DemandMetrics {
+            n: rows.len(),
+            ..DemandMetrics::default()
+        };
+        for (row, dense, y) in &data {
+            let mu = self.model.predict_demand(*row, dense).max(1e-12);
+            m.units += y;
+            m.forecast += mu;
+            m.mae += (y - mu).abs();
+            let term = if *y > 0.0 { y * (y / mu).ln() } else { 0.0 };
+            m.poisson_deviance += 2.0 * (term - (y - mu));
+        }
+        m.mae /= m.n as f64;
+        m.poisson_deviance /= m.n as f64;
+        for batch in data.chunks(self.batch_size) {
+            self.model.train_demand_batch(batch);
+        }
+        Some(m)
+    }
+
+    /// Forecasts for the next window from its items' demand features.
+    pub fn forecast(&self, items: &[DemandFeatures]) -> Vec<DemandForecast> {
+        let rows = self.model.embedding_rows();
+        items
+            .iter()
+            .map(|f| {
+                let (row, dense) = demand_input(f, rows);
+                let units = self.model.predict_demand(row, &dense);
+                DemandForecast {
+                    item_id: f.item_id.clone(),
+                    window_start: f.at,
+                    units,
+                    on_hand: f.on_hand,
+                    stockout_risk: f.on_hand.is_some_and(|h| units > h as f64),
+                    model_version: self.version,
+                }
+            })
+            .collect()
+    }
+
     /// The model's parameters and optimiser state as bytes.
     pub fn model_bytes(&self) -> Vec<u8> {
         self.model.to_bytes()
@@ -310,6 +412,7 @@ fn evaluate(
             .then(|| (squared.iter().sum::<f64>() / squared.len() as f64).sqrt()),
         ctr_by_scenario,
         train_loss: 0.0,
+        demand: None,
     }
 }
 

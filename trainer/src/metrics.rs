@@ -101,6 +101,18 @@ pub fn metrics_batch(
     for (scenario, metrics) in &m.ctr_by_scenario {
         rows.push(("ctr", scenario, metrics));
     }
+    // The demand head as one more row: deviance in `log_loss`, units sold in `positives`,
+    // forecast / sold in `calibration`.
+    let demand = m.demand.map(|d| BinaryMetrics {
+        n: d.n,
+        positives: d.units as usize,
+        auc: None,
+        log_loss: d.poisson_deviance,
+        calibration: (d.units > 0.0).then(|| d.forecast / d.units),
+    });
+    if let Some(d) = &demand {
+        rows.push(("demand", "all", d));
+    }
     let n = rows.len();
     let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
     let schema = Schema::new(vec![
@@ -146,6 +158,55 @@ pub fn metrics_batch(
                 None
             }
         }))),
+    ];
+    arrow::record_batch::RecordBatch::try_new(Arc::new(schema), columns)
+}
+
+/// Rows of the store's `item_demand` table: one forecast per item for the window starting
+/// at `ts`.
+pub fn demand_batch(
+    forecasts: &[crate::DemandForecast],
+) -> Result<arrow::record_batch::RecordBatch, arrow::error::ArrowError> {
+    use std::sync::Arc;
+
+    use arrow::array::{
+        ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray,
+        UInt64Array,
+    };
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+    let schema = Schema::new(vec![
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("item_id", DataType::Utf8, false),
+        Field::new("forecast_units", DataType::Float64, false),
+        Field::new("on_hand", DataType::Int64, true),
+        Field::new("stockout_risk", DataType::Boolean, false),
+        Field::new("model_version", DataType::UInt64, false),
+    ]);
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(
+                forecasts.iter().map(|f| f.window_start * 1000),
+            )
+            .with_timezone("UTC"),
+        ),
+        Arc::new(StringArray::from_iter_values(
+            forecasts.iter().map(|f| f.item_id.as_str()),
+        )),
+        Arc::new(Float64Array::from_iter_values(
+            forecasts.iter().map(|f| f.units),
+        )),
+        Arc::new(Int64Array::from_iter(forecasts.iter().map(|f| f.on_hand))),
+        Arc::new(BooleanArray::from_iter(
+            forecasts.iter().map(|f| Some(f.stockout_risk)),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            forecasts.iter().map(|f| f.model_version),
+        )),
     ];
     arrow::record_batch::RecordBatch::try_new(Arc::new(schema), columns)
 }
