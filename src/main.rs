@@ -74,6 +74,15 @@ enum ModelCommand {
     /// single-task smartcore baselines, all prequential (predict, then train), compared with
     /// the generator's true probabilities; prints AUC per task and scenario.
     Quality(QualityArgs),
+    /// Print a model file's header: version, sizes, training counts and the last window's
+    /// prequential metrics (the file is written at stop when model.path is set).
+    Inspect(InspectArgs),
+}
+
+#[derive(Args, Debug)]
+struct InspectArgs {
+    /// The model file.
+    file: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -240,6 +249,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Command::Generate(args) => generate_cmd(config, args).await,
             Command::Demo(args) => demo_cmd(config, args).await,
             Command::Model(ModelCommand::Quality(args)) => quality_cmd(config, args),
+            Command::Model(ModelCommand::Inspect(args)) => inspect_cmd(&args.file),
             Command::CheckConfig(_) => unreachable!("handled above"),
         }
     })?;
@@ -367,6 +377,38 @@ fn quality_cmd(config: Config, args: QualityArgs) -> Result<()> {
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn inspect_cmd(file: &Path) -> Result<()> {
+    let header = shopstream_trainer::model_file::read_header(file)?;
+    let floats: usize = header.blocks.iter().map(|(_, n)| n).sum();
+    println!("model file:        {}", file.display());
+    println!(
+        "model version:     {} (windows trained on)",
+        header.model_version
+    );
+    println!("trained examples:  {}", header.trained_examples);
+    println!(
+        "adam steps:        {} (towers), {} (demand head)",
+        header.steps, header.demand_steps
+    );
+    let c = &header.config;
+    println!(
+        "network:           8 fields x {} embedding dims, 2^{} rows; shared {} -> {}; heads ctr, cvr, value; demand head",
+        c.embedding_dim, c.embedding_bits, c.hidden1, c.hidden2
+    );
+    println!(
+        "parameters:        {floats} f64 values incl. optimiser state ({:.1} MiB)",
+        floats as f64 * 8.0 / 1048576.0
+    );
+    for (name, n) in &header.blocks {
+        println!("  {name:<24} {n}");
+    }
+    match &header.last_window {
+        Some(m) => println!("last window:       {}", serde_json::to_string(m)?),
+        None => println!("last window:       none trained"),
     }
     Ok(())
 }

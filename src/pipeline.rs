@@ -256,6 +256,13 @@ pub async fn run_observed(
     outcome?;
     source_result?;
 
+    if let Some(path) = &config.model.path {
+        processor
+            .trainer
+            .save(path, processor.summary.last_window_metrics.as_ref())
+            .map_err(|e| PipelineError::Internal(e.to_string()))?;
+        tracing::info!(path = %path.display(), version = processor.trainer.version(), "model written");
+    }
     // Everything consumed is now reflected in durable outputs: commit.
     committer.commit(&processor.positions).await?;
     let mut summary = processor.summary;

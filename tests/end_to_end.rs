@@ -34,7 +34,9 @@ fn small_traffic(seed: u64, events: u64, malformed_fraction: f64) -> GeneratorOp
 async fn generated_traffic_reconciles_exactly_through_a_real_broker() {
     let broker = Broker::start();
     let store = tempfile::tempdir().unwrap();
-    let config = broker.config("reconcile", store.path());
+    let mut config = broker.config("reconcile", store.path());
+    let model_path = store.path().join("model.ssm");
+    config.model.path = Some(model_path.clone());
 
     let mut generator_run = small_traffic(7, 6_000, 0.02);
     generator_run.sessions_per_sec = 3.0;
@@ -159,6 +161,22 @@ async fn generated_traffic_reconciles_exactly_through_a_real_broker() {
     assert_eq!(
         tasks,
         HashSet::from(["ctr".to_string(), "cvr".to_string(), "ctcvr".to_string()])
+    );
+
+    // The model file was written at stop and `shopstream model inspect` reads it.
+    let (_, header) = shopstream_trainer::Trainer::load(&model_path).unwrap();
+    assert_eq!(header.model_version, summary.model_version);
+    assert_eq!(header.trained_examples, report.impressions);
+    let inspect = std::process::Command::new(env!("CARGO_BIN_EXE_shopstream"))
+        .args(["model", "inspect"])
+        .arg(&model_path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(
+        inspect.status.success()
+            && text.contains(&format!("model version:     {}", summary.model_version)),
+        "{text}"
     );
 
     // Item demand forecasts are in the store's `item_demand` table.

@@ -209,6 +209,10 @@ pub struct ModelConfig {
     pub value_weight: f64,
     /// Seed for every random choice of the trainer, so two runs give identical models.
     pub seed: u64,
+    /// Where the model file (`docs/model-format.md`) is written when the job stops; not
+    /// written when unset. Inspect it with `shopstream model inspect PATH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
 }
 
 impl Default for ModelConfig {
@@ -222,6 +226,7 @@ impl Default for ModelConfig {
             hidden2: 32,
             value_weight: 0.1,
             seed: 42,
+            path: None,
         }
     }
 }

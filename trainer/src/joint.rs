@@ -597,6 +597,73 @@ impl JointModel {
         loss / n
     }
 
+    /// Every array of the model, by name, in the order of the model file format.
+    pub fn blocks(&self) -> Vec<(&'static str, &[f64])> {
+        vec![
+            ("params", &self.params),
+            ("embedding", &self.embedding),
+            ("adam_m", &self.adam_m),
+            ("adam_v", &self.adam_v),
+            ("emb_m", &self.emb_m),
+            ("emb_v", &self.emb_v),
+            ("normaliser_mean", &self.normaliser.mean),
+            ("normaliser_m2", &self.normaliser.m2),
+            ("demand", &self.demand),
+            ("demand_m", &self.demand_m),
+            ("demand_v", &self.demand_v),
+            ("demand_normaliser_mean", &self.demand_normaliser.mean),
+            ("demand_normaliser_m2", &self.demand_normaliser.m2),
+        ]
+    }
+
+    /// The scalar state next to the arrays: (Adam steps, demand steps, normaliser counts).
+    pub fn counters(&self) -> (u64, u64, f64, f64) {
+        (
+            self.steps,
+            self.demand_steps,
+            self.normaliser.count,
+            self.demand_normaliser.count,
+        )
+    }
+
+    /// Rebuilds a model from `blocks` (as written by [`JointModel::blocks`]) and counters;
+    /// `None` when a block is missing or has the wrong length for `config`.
+    pub fn from_blocks(
+        config: JointConfig,
+        mut blocks: std::collections::BTreeMap<String, Vec<f64>>,
+        counters: (u64, u64, f64, f64),
+    ) -> Option<Self> {
+        let mut model = JointModel::new(config);
+        let mut take = |name: &str, len: usize| -> Option<Vec<f64>> {
+            blocks.remove(name).filter(|b| b.len() == len)
+        };
+        let (p, e, d) = (
+            model.params.len(),
+            model.embedding.len(),
+            model.demand.len(),
+        );
+        model.params = take("params", p)?;
+        model.embedding = take("embedding", e)?;
+        model.adam_m = take("adam_m", p)?;
+        model.adam_v = take("adam_v", p)?;
+        model.emb_m = take("emb_m", e)?;
+        model.emb_v = take("emb_v", e)?;
+        model.normaliser.mean = take("normaliser_mean", DENSE)?;
+        model.normaliser.m2 = take("normaliser_m2", DENSE)?;
+        model.demand = take("demand", d)?;
+        model.demand_m = take("demand_m", d)?;
+        model.demand_v = take("demand_v", d)?;
+        model.demand_normaliser.mean = take("demand_normaliser_mean", DEMAND_DENSE)?;
+        model.demand_normaliser.m2 = take("demand_normaliser_m2", DEMAND_DENSE)?;
+        (
+            model.steps,
+            model.demand_steps,
+            model.normaliser.count,
+            model.demand_normaliser.count,
+        ) = counters;
+        Some(model)
+    }
+
     /// Parameters, optimiser state and normaliser as bytes (identity checks, checkpoints).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();

@@ -13,6 +13,7 @@
 pub mod baselines;
 pub mod joint;
 pub mod metrics;
+pub mod model_file;
 pub mod quality;
 
 use std::collections::BTreeMap;
@@ -70,7 +71,7 @@ pub struct DemandForecast {
 }
 
 /// Prequential metrics of the demand head on one window.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct DemandMetrics {
     /// Item rows scored.
     pub n: usize,
@@ -85,7 +86,7 @@ pub struct DemandMetrics {
 }
 
 /// Prequential metrics of one training window: predictions made *before* training on it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct WindowMetrics {
     /// Examples trained on.
     pub examples: usize,
@@ -104,7 +105,7 @@ pub struct WindowMetrics {
     /// RMSE of ln(1 + revenue) over converted impressions.
     pub value_rmse: Option<f64>,
     /// CTR per scenario.
-    pub ctr_by_scenario: BTreeMap<&'static str, BinaryMetrics>,
+    pub ctr_by_scenario: BTreeMap<String, BinaryMetrics>,
     /// Mean training loss over the window's minibatches.
     pub train_loss: f64,
     /// The item-demand head on the window's demand rows.
@@ -224,6 +225,17 @@ impl Trainer {
             batch_size: config.batch_size.max(1),
             version: 0,
             trained_examples: 0,
+        }
+    }
+
+    /// A trainer around a loaded model.
+    pub fn from_model(model: JointModel, version: u64, trained_examples: u64) -> Self {
+        let batch_size = model.config().batch_size.max(1);
+        Self {
+            model,
+            batch_size,
+            version,
+            trained_examples,
         }
     }
 
@@ -396,7 +408,7 @@ fn evaluate(
             .map(|(e, o)| (o.p_click, e.labels.clicked))
             .unzip();
         if !p.is_empty() {
-            ctr_by_scenario.insert(scenario.as_str(), BinaryMetrics::of(&p, &y));
+            ctr_by_scenario.insert(scenario.as_str().to_string(), BinaryMetrics::of(&p, &y));
         }
     }
     let ctr = BinaryMetrics::of(&p_click, &clicked);

@@ -44,7 +44,7 @@ pub fn log_loss(p: &[f64], labels: &[bool]) -> f64 {
 }
 
 /// Metrics of one binary task over a set of predictions.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct BinaryMetrics {
     /// Predictions.
     pub n: usize,
@@ -99,7 +99,7 @@ pub fn metrics_batch(
         ("ctcvr", "all", &m.ctcvr),
     ];
     for (scenario, metrics) in &m.ctr_by_scenario {
-        rows.push(("ctr", scenario, metrics));
+        rows.push(("ctr", scenario.as_str(), metrics));
     }
     // The demand head as one more row: deviance in `log_loss`, units sold in `positives`,
     // forecast / sold in `calibration`.

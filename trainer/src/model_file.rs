@@ -1,0 +1,192 @@
+//! The model file: everything needed to resume training or to serve predictions elsewhere,
+//! in a documented, dependency-free format (`docs/model-format.md`):
+//!
+//! ```text
+//! SHOPSTREAM-MODEL 1\n
+//! <one line of JSON: ModelHeader>\n
+//! <for each header.blocks entry, in order: len x f64 little-endian>
+//! ```
+//!
+//! Written to a temporary name, fsynced and renamed, so a reader never sees half a file.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::joint::{JointConfig, JointModel};
+use crate::{Trainer, WindowMetrics};
+
+/// First line of every model file.
+pub const MAGIC: &str = "SHOPSTREAM-MODEL 1";
+
+/// The JSON header of a model file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelHeader {
+    /// Network sizes and optimiser settings.
+    pub config: JointConfig,
+    /// Windows trained on (the model version of predictions).
+    pub model_version: u64,
+    /// Examples trained on.
+    pub trained_examples: u64,
+    /// Adam steps of the CTR/CVR/value towers and of the demand head.
+    pub steps: u64,
+    /// Adam steps of the demand head.
+    pub demand_steps: u64,
+    /// Observations behind the input normalisers (towers, demand head).
+    pub normaliser_counts: (f64, f64),
+    /// Prequential metrics of the last window trained on, if any.
+    pub last_window: Option<WindowMetrics>,
+    /// The arrays that follow the header, in order: (name, number of f64 values).
+    pub blocks: Vec<(String, usize)>,
+}
+
+/// Why a model file could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelFileError {
+    /// File system error.
+    #[error("model file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// Not a model file, or a damaged one.
+    #[error("{path} is not a readable shopstream model file: {reason}")]
+    Format {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> ModelFileError + '_ {
+    move |source| ModelFileError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn format(path: &Path, reason: impl Into<String>) -> ModelFileError {
+    ModelFileError::Format {
+        path: path.display().to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl Trainer {
+    /// Writes the model atomically to `path`.
+    pub fn save(
+        &self,
+        path: &Path,
+        last_window: Option<&WindowMetrics>,
+    ) -> Result<(), ModelFileError> {
+        let model = self.model();
+        let (steps, demand_steps, c1, c2) = model.counters();
+        let blocks = model.blocks();
+        let header = ModelHeader {
+            config: *model.config(),
+            model_version: self.version(),
+            trained_examples: self.trained_examples(),
+            steps,
+            demand_steps,
+            normaliser_counts: (c1, c2),
+            last_window: last_window.cloned(),
+            blocks: blocks
+                .iter()
+                .map(|(n, b)| (n.to_string(), b.len()))
+                .collect(),
+        };
+        let tmp = path.with_extension("tmp");
+        let file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        let mut out = std::io::BufWriter::new(file);
+        let json = serde_json::to_string(&header).map_err(|e| format(path, e.to_string()))?;
+        writeln!(out, "{MAGIC}\n{json}").map_err(io(&tmp))?;
+        for (_, block) in &blocks {
+            for v in *block {
+                out.write_all(&v.to_le_bytes()).map_err(io(&tmp))?;
+            }
+        }
+        let file = out.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
+        file.sync_all().map_err(io(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io(path))
+    }
+
+    /// Reads a model file written by [`Trainer::save`].
+    pub fn load(path: &Path) -> Result<(Trainer, ModelHeader), ModelFileError> {
+        let file = std::fs::File::open(path).map_err(io(path))?;
+        let mut input = BufReader::new(file);
+        let header = read_header_from(path, &mut input)?;
+        let mut blocks = BTreeMap::new();
+        for (name, len) in &header.blocks {
+            let mut bytes = vec![0u8; len * 8];
+            input
+                .read_exact(&mut bytes)
+                .map_err(|_| format(path, format!("block {name} is truncated")))?;
+            let values = bytes
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap_or_default()))
+                .collect();
+            blocks.insert(name.clone(), values);
+        }
+        let counters = (
+            header.steps,
+            header.demand_steps,
+            header.normaliser_counts.0,
+            header.normaliser_counts.1,
+        );
+        let model = JointModel::from_blocks(header.config, blocks, counters)
+            .ok_or_else(|| format(path, "blocks do not match the configuration"))?;
+        let trainer = Trainer::from_model(model, header.model_version, header.trained_examples);
+        Ok((trainer, header))
+    }
+}
+
+/// Reads only the header of a model file (for `shopstream model inspect`).
+pub fn read_header(path: &Path) -> Result<ModelHeader, ModelFileError> {
+    let file = std::fs::File::open(path).map_err(io(path))?;
+    read_header_from(path, &mut BufReader::new(file))
+}
+
+fn read_header_from(path: &Path, input: &mut impl BufRead) -> Result<ModelHeader, ModelFileError> {
+    let mut magic = String::new();
+    input.read_line(&mut magic).map_err(io(path))?;
+    if magic.trim_end() != MAGIC {
+        return Err(format(path, format!("first line is not `{MAGIC}`")));
+    }
+    let mut json = String::new();
+    input.read_line(&mut json).map_err(io(path))?;
+    serde_json::from_str(&json).map_err(|e| format(path, format!("header: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shopstream_config::ModelConfig;
+
+    #[test]
+    fn save_then_load_gives_the_same_model_and_corruption_is_detected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.ssm");
+        let trainer = Trainer::new(&ModelConfig {
+            embedding_bits: 8,
+            ..ModelConfig::default()
+        });
+        trainer.save(&path, None).expect("save");
+        let (loaded, header) = Trainer::load(&path).expect("load");
+        assert_eq!(loaded.model_bytes(), trainer.model_bytes());
+        assert_eq!(header.blocks.len(), 13);
+        assert_eq!(read_header(&path).expect("header").config.embedding_bits, 8);
+        let bytes = std::fs::read(&path).expect("read");
+        std::fs::write(&path, &bytes[..bytes.len() - 100]).expect("truncate");
+        let err = Trainer::load(&path)
+            .err()
+            .expect("truncated file must fail");
+        assert!(err.to_string().contains("truncated"), "{err}");
+        std::fs::write(&path, b"hello\n").expect("write");
+        assert!(Trainer::load(&path).is_err());
+    }
+}
