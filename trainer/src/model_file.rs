@@ -182,9 +182,7 @@ mod tests {
         assert_eq!(read_header(&path).expect("header").config.embedding_bits, 8);
         let bytes = std::fs::read(&path).expect("read");
         std::fs::write(&path, &bytes[..bytes.len() - 100]).expect("truncate");
-        let err = Trainer::load(&path)
-            .err()
-            .expect("truncated file must fail");
+        let err = Trainer::load(&path).expect_err("truncated file must fail");
         assert!(err.to_string().contains("truncated"), "{err}");
         std::fs::write(&path, b"hello\n").expect("write");
         assert!(Trainer::load(&path).is_err());
