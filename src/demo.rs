@@ -24,6 +24,13 @@ pub enum DemoError {
     /// The embedded cluster could not start.
     #[error("cannot start the embedded Kafka mock cluster: {0}")]
     Cluster(String),
+    /// Live mode needs a real broker.
+    #[error(
+        "--live-rate needs a configured cluster (kafka.brokers): the embedded mock cluster drops \
+         its connections when a live run shuts down; start one with `make broker` and set \
+         SHOPSTREAM__KAFKA__BROKERS=127.0.0.1:9092"
+    )]
+    LiveNeedsBroker,
     /// The store path holds something that is not a previous demo store.
     #[error(
         "{0} exists and does not look like a shopstream store; choose another --store or remove it"
@@ -70,8 +77,12 @@ pub struct DemoReport {
 pub async fn demo(
     mut config: Config,
     options: GeneratorOptions,
+    live_rate: Option<f64>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<DemoReport, DemoError> {
+    if live_rate.is_some() && config.kafka.brokers.trim().is_empty() {
+        return Err(DemoError::LiveNeedsBroker);
+    }
     clear_previous_store(&config.store.path)?;
     let mut _cluster: Option<MockCluster<'static, DefaultProducerContext>> = None;
     let embedded = config.kafka.brokers.trim().is_empty();
@@ -88,13 +99,19 @@ pub async fn demo(
         config.kafka.create_topics = false;
         _cluster = Some(cluster);
     }
-    tracing::info!(brokers = %config.kafka.brokers, embedded, "demo: publishing generated traffic");
-    let generated = publish_traffic(&config, options, None, None).await?;
-    tracing::info!(
-        messages = generated.valid_total + generated.malformed_total,
-        "demo: running the pipeline until caught up"
-    );
-    let run = run(&config, RunOptions { stop_at_end: true }, shutdown).await?;
+    let (generated, run) = match live_rate {
+        None => {
+            tracing::info!(brokers = %config.kafka.brokers, embedded, "demo: publishing generated traffic");
+            let generated = publish_traffic(&config, options, None, None).await?;
+            tracing::info!(
+                messages = generated.valid_total + generated.malformed_total,
+                "demo: running the pipeline until caught up"
+            );
+            let run = run(&config, RunOptions { stop_at_end: true }, shutdown).await?;
+            (generated, run)
+        }
+        Some(rate) => live(&config, options, rate, shutdown).await?,
+    };
     let query = scenario_summary(&config.store.path)?;
     Ok(DemoReport {
         brokers: config.kafka.brokers.clone(),
@@ -104,6 +121,45 @@ pub async fn demo(
         query,
         run,
     })
+}
+
+/// Live mode: the job runs as it would in production (consumer group, idle partitions
+/// released by timeout) while traffic arrives at `rate` messages per second; it is shut
+/// down once it has consumed everything. Prediction latency is then live latency, not
+/// the queueing delay of a backlog.
+async fn live(
+    config: &Config,
+    options: GeneratorOptions,
+    rate: f64,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(GeneratorReport, RunSummary), DemoError> {
+    let (progress, mut watch) = tokio::sync::watch::channel(crate::pipeline::Progress::default());
+    let (total_tx, total_rx) = tokio::sync::oneshot::channel::<u64>();
+    let done = async move {
+        if let Ok(total) = total_rx.await {
+            let _ = watch.wait_for(|p| p.consumed >= total).await;
+        }
+    };
+    let stop = async move {
+        tokio::select! {
+            _ = done => {},
+            _ = shutdown => {},
+        }
+    };
+    let job =
+        crate::pipeline::run_observed(config, RunOptions { stop_at_end: false }, stop, progress);
+    let traffic = async {
+        // Give the job a moment to join its group before the first message.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        tracing::info!(rate, "demo: publishing traffic live");
+        let generated = publish_traffic(config, options, Some(rate), None).await;
+        if let Ok(report) = &generated {
+            let _ = total_tx.send(report.valid_total + report.malformed_total);
+        }
+        generated
+    };
+    let (run, generated) = tokio::join!(job, traffic);
+    Ok((generated?, run?))
 }
 
 /// Removes a previous demo store so the summary counts only this run; refuses to touch a
@@ -188,6 +244,12 @@ pub fn render(report: &DemoReport, store: &Path) -> String {
         s,
         "  duplicates:            {}",
         r.duplicates.values().sum::<u64>()
+    );
+    let l = &r.prediction_latency;
+    let _ = writeln!(
+        s,
+        "  prediction latency:    p50 {} us, p99 {} us, max {} us over {} impressions (consumed -> handed to the producer)",
+        l.p50_us, l.p99_us, l.max_us, l.count
     );
     let _ = writeln!(s, "  examples written:      {}", r.examples_written);
     let _ = writeln!(

@@ -10,6 +10,7 @@
 
 pub mod demo;
 pub mod generate;
+pub mod latency;
 pub mod pipeline;
 
 /// Completes on SIGINT or SIGTERM.

@@ -197,6 +197,12 @@ struct DemoArgs {
     /// Also write the full report as JSON to this file.
     #[arg(long)]
     summary_json: Option<PathBuf>,
+    /// Run the job live (consumer group, as in production) while traffic is published at
+    /// this many messages per second, instead of publishing first and catching up; the
+    /// printed prediction latency is then live latency. Needs kafka.brokers (for example
+    /// `make broker`).
+    #[arg(long)]
+    live_rate: Option<f64>,
 }
 
 #[derive(Args, Debug)]
@@ -348,7 +354,7 @@ async fn demo_cmd(mut config: Config, args: DemoArgs) -> Result<()> {
         malformed_fraction: args.malformed_fraction,
         ..GeneratorOptions::default()
     };
-    let report = demo::demo(config, options, shutdown_signal()).await?;
+    let report = demo::demo(config, options, args.live_rate, shutdown_signal()).await?;
     if let Some(path) = &args.summary_json {
         let json = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;

@@ -111,6 +111,10 @@ pub struct RunSummary {
     pub reached_end: bool,
     /// Wall-clock duration of the run, in milliseconds.
     pub elapsed_ms: u64,
+    /// Latency from the consumer handing an impression over to its prediction being
+    /// handed to the producer (queueing, decoding, cleaning, features, model included;
+    /// the broker's acknowledgement, batched by `linger.ms`, is not).
+    pub prediction_latency: crate::latency::Percentiles,
 }
 
 /// Prequential quality over a run: example-weighted means of the per-window metrics
@@ -246,8 +250,21 @@ pub async fn run_observed(
         positions: Positions::new(),
         summary: RunSummary::default(),
         progress,
+        latency: Default::default(),
     };
     let outcome = processor.process(rx, &cancel, shutdown).await;
+    if outcome.is_ok() {
+        if let Some(path) = &config.model.path {
+            processor
+                .trainer
+                .save(path, processor.summary.last_window_metrics.as_ref())
+                .map_err(|e| PipelineError::Internal(e.to_string()))?;
+            tracing::info!(path = %path.display(), version = processor.trainer.version(), "model written");
+        }
+        // Everything consumed is now reflected in durable outputs: commit, while the
+        // source still serves its consumers (a stopped group member may be evicted).
+        committer.commit(&processor.positions).await?;
+    }
     cancel.cancel();
     tracker.wait().await;
     let source_result = source_task
@@ -255,17 +272,8 @@ pub async fn run_observed(
         .map_err(|e| PipelineError::Internal(format!("source task: {e}")))?;
     outcome?;
     source_result?;
-
-    if let Some(path) = &config.model.path {
-        processor
-            .trainer
-            .save(path, processor.summary.last_window_metrics.as_ref())
-            .map_err(|e| PipelineError::Internal(e.to_string()))?;
-        tracing::info!(path = %path.display(), version = processor.trainer.version(), "model written");
-    }
-    // Everything consumed is now reflected in durable outputs: commit.
-    committer.commit(&processor.positions).await?;
     let mut summary = processor.summary;
+    summary.prediction_latency = processor.latency.percentiles();
     summary.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     summary.model_version = processor.trainer.version();
     summary.trained_examples = processor.trainer.trained_examples();
@@ -315,6 +323,7 @@ struct Processor<'a> {
     positions: Positions,
     summary: RunSummary,
     progress: tokio::sync::watch::Sender<Progress>,
+    latency: crate::latency::Histogram,
 }
 
 impl Processor<'_> {
@@ -420,6 +429,7 @@ impl Processor<'_> {
                 event,
                 key,
                 payload,
+                received,
             } => {
                 self.consumed(meta);
                 match self.cleaner.admit(meta.topic, meta.partition, &event) {
@@ -454,6 +464,7 @@ impl Processor<'_> {
                             None,
                         )
                         .await?;
+                    self.latency.record(received.elapsed());
                 }
                 if let Err(late) = self.features.ingest(meta, event) {
                     let rejection = Rejection {

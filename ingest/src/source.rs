@@ -62,6 +62,8 @@ pub enum SourceMessage {
         key: Option<Vec<u8>>,
         /// Original bytes, likewise.
         payload: Vec<u8>,
+        /// When the consumer handed the message over (for consume-to-publish latency).
+        received: std::time::Instant,
     },
     /// A message that failed decoding or validation; to be dead-lettered.
     Rejected {
@@ -403,6 +405,7 @@ impl KafkaSource {
             };
             let out = match received {
                 Ok(message) => {
+                    let received = std::time::Instant::now();
                     let Some(topic) = self.names.get(message.topic()).copied() else {
                         continue;
                     };
@@ -423,6 +426,7 @@ impl KafkaSource {
                             event,
                             key,
                             payload: payload.to_vec(),
+                            received,
                         },
                         Err(rejection) => SourceMessage::Rejected {
                             meta,
