@@ -773,21 +773,30 @@ mod tests {
         ]
     }
 
-    /// Central finite difference of the loss in one parameter.
+    /// Central finite difference of `loss` in the parameter `which` points at.
+    fn central(
+        model: &mut JointModel,
+        which: &mut dyn FnMut(&mut JointModel) -> &mut f64,
+        loss: &dyn Fn(&JointModel) -> f64,
+    ) -> f64 {
+        let h = 1e-6;
+        let orig = *which(model);
+        *which(model) = orig + h;
+        let plus = loss(model);
+        *which(model) = orig - h;
+        let minus = loss(model);
+        *which(model) = orig;
+        (plus - minus) / (2.0 * h)
+    }
+
+    /// Central finite difference of an example's loss in one parameter.
     fn numeric(
         model: &mut JointModel,
         which: &mut dyn FnMut(&mut JointModel) -> &mut f64,
         x: &Input,
         y: &Targets,
     ) -> f64 {
-        let h = 1e-6;
-        let orig = *which(model);
-        *which(model) = orig + h;
-        let plus = model.loss(x, y);
-        *which(model) = orig - h;
-        let minus = model.loss(x, y);
-        *which(model) = orig;
-        (plus - minus) / (2.0 * h)
+        central(model, which, &|m| m.loss(x, y))
     }
 
     fn close(analytic: f64, numeric: f64) -> bool {
@@ -927,30 +936,17 @@ mod tests {
             let mut analytic: Vec<f64> = emb.iter().map(|e| dz * e).collect();
             analytic.extend(x.iter().map(|x| dz * x));
             analytic.push(dz);
-            let h = 1e-6;
+            let loss = |m: &JointModel| m.demand_loss(row, &dense, units);
             for (i, a) in analytic.iter().enumerate() {
-                let orig = model.demand[i];
-                model.demand[i] = orig + h;
-                let plus = model.demand_loss(row, &dense, units);
-                model.demand[i] = orig - h;
-                let minus = model.demand_loss(row, &dense, units);
-                model.demand[i] = orig;
-                let numeric = (plus - minus) / (2.0 * h);
+                let numeric = central(&mut model, &mut |m| &mut m.demand[i], &loss);
                 assert!(
                     close(*a, numeric),
                     "demand weight {i}: analytic {a} numeric {numeric}"
                 );
             }
             for k in 0..d {
-                let at = row * d + k;
                 let analytic = dz * model.demand[k];
-                let orig = model.embedding[at];
-                model.embedding[at] = orig + h;
-                let plus = model.demand_loss(row, &dense, units);
-                model.embedding[at] = orig - h;
-                let minus = model.demand_loss(row, &dense, units);
-                model.embedding[at] = orig;
-                let numeric = (plus - minus) / (2.0 * h);
+                let numeric = central(&mut model, &mut |m| &mut m.embedding[row * d + k], &loss);
                 assert!(
                     close(analytic, numeric),
                     "item embedding {k}: analytic {analytic} numeric {numeric}"
