@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use shopstream_config::Config;
 use shopstream_ingest::event::InputTopic;
-use shopstream_ingest::generator::{Generator, GeneratorOptions, GeneratorReport, TruthRow};
+use shopstream_ingest::generator::{
+    GeneratedMessage, Generator, GeneratorOptions, GeneratorReport, TruthRow,
+};
 use shopstream_ingest::kafka::{KafkaSetupError, ensure_topics};
 use shopstream_sinks::kafka_out::{PublishError, Publisher};
 
@@ -38,14 +40,32 @@ pub async fn publish_traffic(
     rate_per_sec: Option<f64>,
     truth_out: Option<&Path>,
 ) -> Result<GeneratorReport, GenerateError> {
+    let mut generator = Generator::new(options);
+    publish_messages(config, generator.by_ref(), rate_per_sec).await?;
+    if let Some(path) = truth_out {
+        write_truth(path, generator.truth()).map_err(|source| GenerateError::Truth {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(generator.report().clone())
+}
+
+/// Publishes `messages` to the input topics of `config` (created when missing), at most
+/// `rate_per_sec` per wall-clock second, and waits until the broker acknowledged them all.
+/// Returns how many were sent.
+pub async fn publish_messages(
+    config: &Config,
+    messages: impl IntoIterator<Item = GeneratedMessage>,
+    rate_per_sec: Option<f64>,
+) -> Result<u64, GenerateError> {
     let topics = &config.topics;
     let inputs: Vec<String> = topics.inputs().iter().map(|t| t.to_string()).collect();
     ensure_topics(&config.kafka, &inputs).await?;
     let mut publisher = Publisher::new(&config.kafka)?;
-    let mut generator = Generator::new(options);
     let started = tokio::time::Instant::now();
     let mut sent: u64 = 0;
-    for message in generator.by_ref() {
+    for message in messages {
         let topic = match message.topic {
             InputTopic::Clicks => &topics.clicks,
             InputTopic::Orders => &topics.orders,
@@ -68,13 +88,7 @@ pub async fn publish_traffic(
         }
     }
     publisher.flush().await?;
-    if let Some(path) = truth_out {
-        write_truth(path, generator.truth()).map_err(|source| GenerateError::Truth {
-            path: path.display().to_string(),
-            source,
-        })?;
-    }
-    Ok(generator.report().clone())
+    Ok(sent)
 }
 
 /// Writes the ground truth as CSV with a header.

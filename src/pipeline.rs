@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 use shopstream_config::Config;
 use shopstream_features::{EXAMPLES_SCHEMA_VERSION, FeaturePipeline, WindowOutput, examples_batch};
-use shopstream_ingest::clean::{Admission, CleanLimits, Cleaner};
+use shopstream_ingest::clean::{Admission, CleanLimits, Cleaner, Resolution};
 use shopstream_ingest::decode::{DecodeLimits, Reason, Rejection};
 use shopstream_ingest::event::InputTopic;
 use shopstream_ingest::kafka::{KafkaSetupError, ensure_topics};
@@ -251,6 +251,7 @@ pub async fn run_observed(
         summary: RunSummary::default(),
         progress,
         latency: Default::default(),
+        held: BTreeMap::new(),
     };
     let outcome = processor.process(rx, &cancel, shutdown).await;
     if outcome.is_ok() {
@@ -301,6 +302,15 @@ fn clean_limits(config: &Config) -> CleanLimits {
     }
 }
 
+/// A consumed event on its way through the processor.
+struct Consumed {
+    meta: RecordMeta,
+    event: shopstream_ingest::event::Event,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    received: std::time::Instant,
+}
+
 /// Whether the processor goes on after a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flow {
@@ -324,6 +334,8 @@ struct Processor<'a> {
     summary: RunSummary,
     progress: tokio::sync::watch::Sender<Progress>,
     latency: crate::latency::Histogram,
+    /// Events held for a clock-skew decision, per partition.
+    held: BTreeMap<(InputTopic, i32), Consumed>,
 }
 
 impl Processor<'_> {
@@ -357,12 +369,129 @@ impl Processor<'_> {
                 break;
             }
         }
+        self.resolve_all_held(None).await?;
         // Input exhausted or shutdown: emit what remains. Until checkpoints exist, pending
         // state is flushed as final rather than lost.
         for output in self.features.finish() {
             self.window_closed(output).await?;
         }
         self.publisher.flush().await?;
+        Ok(())
+    }
+
+    /// Dedupe and skew checks, then prediction and windowing of one consumed event.
+    async fn admit(&mut self, m: Consumed) -> Result<(), PipelineError> {
+        let Consumed {
+            meta,
+            event,
+            key,
+            payload,
+            received,
+        } = m;
+        match self.cleaner.admit(meta.topic, meta.partition, &event) {
+            Admission::Accept => {}
+            Admission::Duplicate => {
+                *self
+                    .summary
+                    .duplicates
+                    .entry(meta.topic.as_str().to_string())
+                    .or_default() += 1;
+                return Ok(());
+            }
+            Admission::Reject(rejection) => {
+                self.dead_letter(meta, key.as_deref(), &payload, &rejection)
+                    .await?;
+                return Ok(());
+            }
+            Admission::Hold => {
+                let held = Consumed {
+                    meta,
+                    event,
+                    key,
+                    payload,
+                    received,
+                };
+                self.held.insert((meta.topic, meta.partition), held);
+                return Ok(());
+            }
+        }
+        if let Some(row) = self.features.serving_row(&meta, &event) {
+            self.summary.impressions += 1;
+            let prediction = self.trainer.predict(&row, self.features.watermark());
+            let json = serde_json::to_vec(&prediction)
+                .map_err(|e| PipelineError::Internal(format!("prediction JSON: {e}")))?;
+            let topic = self.config.topics.predictions.clone();
+            self.publisher
+                .send(
+                    TAG_PREDICTION,
+                    &topic,
+                    row.event_id.as_bytes(),
+                    &json,
+                    Some(row.ts),
+                    None,
+                )
+                .await?;
+            self.latency.record(received.elapsed());
+        }
+        if let Err(late) = self.features.ingest(meta, event) {
+            let rejection = Rejection {
+                reason: Reason::Late,
+                field: Some("ts".to_string()),
+                message: format!(
+                    "event time {} is behind the closed windows (watermark {:?})",
+                    late.event.ts(),
+                    self.features.watermark()
+                ),
+            };
+            self.dead_letter(meta, key.as_deref(), &payload, &rejection)
+                .await?;
+        } else {
+            *self
+                .summary
+                .valid
+                .entry(meta.topic.as_str().to_string())
+                .or_default() += 1;
+        }
+        Ok(())
+    }
+
+    /// Decides about a held event: admitted when `next_ts` confirms the jump (or there is
+    /// no next event), dead-lettered when it contradicts it.
+    async fn resolve_held(
+        &mut self,
+        held: Consumed,
+        next_ts: Option<i64>,
+    ) -> Result<(), PipelineError> {
+        let (topic, partition) = (held.meta.topic, held.meta.partition);
+        match self.cleaner.resolve_held(topic, partition, next_ts) {
+            Some(Resolution::Confirm) => Box::pin(self.admit(held)).await,
+            Some(Resolution::Reject(rejection)) => {
+                self.dead_letter(held.meta, held.key.as_deref(), &held.payload, &rejection)
+                    .await
+            }
+            None => Err(PipelineError::Internal(format!(
+                "held event of {topic:?}/{partition} unknown to the cleaner"
+            ))),
+        }
+    }
+
+    /// Decides every held event whose partition has no next event (end of input, or of a
+    /// partition in bounded mode): nothing contradicts them, so they are admitted.
+    async fn resolve_all_held(
+        &mut self,
+        only: Option<(InputTopic, i32)>,
+    ) -> Result<(), PipelineError> {
+        let keys: Vec<(InputTopic, i32)> = self
+            .held
+            .keys()
+            .copied()
+            .filter(|k| only.is_none_or(|o| o == *k))
+            .collect();
+        for key in keys {
+            if let Some(held) = self.held.remove(&key) {
+                self.resolve_held(held, None).await?;
+            }
+        }
         Ok(())
     }
 
@@ -406,6 +535,7 @@ impl Processor<'_> {
             }
             SourceMessage::PartitionEof { topic, partition } => {
                 if self.bounded {
+                    self.resolve_all_held(Some((topic, partition))).await?;
                     self.features.partition_at_end(topic, partition);
                     self.close_ready().await?;
                 }
@@ -432,59 +562,19 @@ impl Processor<'_> {
                 received,
             } => {
                 self.consumed(meta);
-                match self.cleaner.admit(meta.topic, meta.partition, &event) {
-                    Admission::Accept => {}
-                    Admission::Duplicate => {
-                        *self
-                            .summary
-                            .duplicates
-                            .entry(meta.topic.as_str().to_string())
-                            .or_default() += 1;
-                        return Ok(Flow::Continue);
-                    }
-                    Admission::Reject(rejection) => {
-                        self.dead_letter(meta, key.as_deref(), &payload, &rejection)
-                            .await?;
-                        return Ok(Flow::Continue);
-                    }
+                // An event held for a clock-skew decision is decided by this next one.
+                let partition = (meta.topic, meta.partition);
+                if let Some(held) = self.held.remove(&partition) {
+                    self.resolve_held(held, Some(event.ts())).await?;
                 }
-                if let Some(row) = self.features.serving_row(&meta, &event) {
-                    self.summary.impressions += 1;
-                    let prediction = self.trainer.predict(&row, self.features.watermark());
-                    let json = serde_json::to_vec(&prediction)
-                        .map_err(|e| PipelineError::Internal(format!("prediction JSON: {e}")))?;
-                    let topic = self.config.topics.predictions.clone();
-                    self.publisher
-                        .send(
-                            TAG_PREDICTION,
-                            &topic,
-                            row.event_id.as_bytes(),
-                            &json,
-                            Some(row.ts),
-                            None,
-                        )
-                        .await?;
-                    self.latency.record(received.elapsed());
-                }
-                if let Err(late) = self.features.ingest(meta, event) {
-                    let rejection = Rejection {
-                        reason: Reason::Late,
-                        field: Some("ts".to_string()),
-                        message: format!(
-                            "event time {} is behind the closed windows (watermark {:?})",
-                            late.event.ts(),
-                            self.features.watermark()
-                        ),
-                    };
-                    self.dead_letter(meta, key.as_deref(), &payload, &rejection)
-                        .await?;
-                } else {
-                    *self
-                        .summary
-                        .valid
-                        .entry(meta.topic.as_str().to_string())
-                        .or_default() += 1;
-                }
+                let message = Consumed {
+                    meta,
+                    event,
+                    key,
+                    payload,
+                    received,
+                };
+                self.admit(message).await?;
                 self.close_ready().await?;
             }
         }

@@ -12,8 +12,12 @@
 //!   after the newest event of its partition; at most `max_keys` keys are kept per
 //!   partition (the oldest are forgotten first, counted in [`Cleaner::evicted`]).
 //! - **Future skew**: an event more than `max_future_skew` ahead of the newest event time
-//!   already seen on its partition is rejected as `out_of_range` on `ts`; a producer with a
-//!   broken clock would otherwise drag the watermark forward and make everyone else late.
+//!   already seen on its partition is *held* ([`Admission::Hold`]): if the partition's next
+//!   event is also that far past the old reference, the stream really moved on (a gap in
+//!   the data, an idle partition) and the held event is accepted ([`Resolution::Confirm`]);
+//!   if the next event is normal, the held one is rejected as `out_of_range` on `ts`
+//!   ([`Resolution::Reject`]). A producer with a broken clock would otherwise drag the
+//!   watermark forward and make everyone else late, while a real jump must not be lost.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -52,11 +56,25 @@ pub enum Admission {
     Duplicate,
     /// Insane relative to the stream: dead-letter it.
     Reject(Rejection),
+    /// Far ahead of its partition: keep it until the partition's next event (or its end)
+    /// decides, through [`Cleaner::resolve_held`].
+    Hold,
+}
+
+/// The decision about a held event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    /// The next event confirmed the jump: admit the held event again (it now passes).
+    Confirm,
+    /// Not confirmed: dead-letter the held event.
+    Reject(Rejection),
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct PartitionState {
     newest: Option<Millis>,
+    /// Time of the event held for confirmation, if any.
+    held: Option<Millis>,
     seen: HashMap<String, Millis>,
     /// Keys in arrival order with their time, for expiry and eviction.
     order: VecDeque<(Millis, String)>,
@@ -69,6 +87,26 @@ pub struct Cleaner {
     #[serde(with = "crate::serde_entries")]
     partitions: BTreeMap<(InputTopic, i32), PartitionState>,
     evicted: u64,
+}
+
+fn skew_rejection(
+    topic: InputTopic,
+    partition: i32,
+    ts: Millis,
+    newest: Millis,
+    limits: CleanLimits,
+) -> Rejection {
+    Rejection {
+        reason: Reason::OutOfRange,
+        field: Some("ts".to_string()),
+        message: format!(
+            "event time {ts} is {} s ahead of the newest event of {}/{partition} ({newest}) and the \
+             partition's next event did not confirm the jump; limit is {} s",
+            (ts - newest) / 1000,
+            topic.as_str(),
+            limits.max_future_skew_ms / 1000
+        ),
+    }
 }
 
 /// The dedupe key of an event.
@@ -101,16 +139,11 @@ impl Cleaner {
         if let Some(newest) = state.newest
             && ts > newest.saturating_add(limits.max_future_skew_ms)
         {
-            return Admission::Reject(Rejection {
-                reason: Reason::OutOfRange,
-                field: Some("ts".to_string()),
-                message: format!(
-                    "event time {ts} is {} s ahead of the newest event of {}/{partition} ({newest}); limit is {} s",
-                    (ts - newest) / 1000,
-                    topic.as_str(),
-                    limits.max_future_skew_ms / 1000
-                ),
-            });
+            if state.held.is_none() {
+                state.held = Some(ts);
+                return Admission::Hold;
+            }
+            return Admission::Reject(skew_rejection(topic, partition, ts, newest, limits));
         }
         let key = dedupe_key(event);
         if state.seen.contains_key(&key) {
@@ -136,6 +169,44 @@ impl Cleaner {
             }
         }
         Admission::Accept
+    }
+
+    /// Decides about the event held on `partition`, given the time of the partition's next
+    /// event (`None`: the partition has no next event now). Call before admitting that
+    /// next event. Only a next event that contradicts the jump rejects the held one: with
+    /// no next event (end of a partition, shutdown) it is accepted, since sparse partitions
+    /// have long gaps and a consumed event must not be lost for want of a successor.
+    pub fn resolve_held(
+        &mut self,
+        topic: InputTopic,
+        partition: i32,
+        next_ts: Option<Millis>,
+    ) -> Option<Resolution> {
+        let limits = self.limits;
+        let state = self.partitions.get_mut(&(topic, partition))?;
+        let held = state.held.take()?;
+        let newest = state.newest.unwrap_or(held);
+        let skew = limits.max_future_skew_ms;
+        // The next event confirms when it, too, is past the old reference: the stream moved
+        // on (however sparse it is afterwards). A normal next event contradicts; with no
+        // next event nothing contradicts.
+        let confirmed = next_ts.is_none_or(|next| next > newest.saturating_add(skew));
+        if confirmed {
+            // The stream moved: the held event becomes the partition's reference.
+            state.newest = Some(held);
+            Some(Resolution::Confirm)
+        } else {
+            Some(Resolution::Reject(skew_rejection(
+                topic, partition, held, newest, limits,
+            )))
+        }
+    }
+
+    /// Whether an event is held on `partition`.
+    pub fn is_holding(&self, topic: InputTopic, partition: i32) -> bool {
+        self.partitions
+            .get(&(topic, partition))
+            .is_some_and(|s| s.held.is_some())
     }
 
     /// Keys forgotten because of the size bound, before their horizon ended.
@@ -253,19 +324,68 @@ mod tests {
     fn far_future_event_is_rejected_relative_to_its_partition() {
         let mut c = Cleaner::new(CleanLimits::default());
         c.admit(InputTopic::Clicks, 0, &inv("a", T));
-        let Admission::Reject(r) = c.admit(InputTopic::Clicks, 0, &inv("b", T + 2 * 86_400_000))
-        else {
+        let ahead = T + 2 * 86_400_000;
+        assert_eq!(
+            c.admit(InputTopic::Clicks, 0, &inv("b", ahead)),
+            Admission::Hold
+        );
+        // The next event is normal: the held one was a broken clock.
+        let Some(Resolution::Reject(r)) = c.resolve_held(InputTopic::Clicks, 0, Some(T + 5)) else {
             panic!("must be rejected");
         };
         assert_eq!(
             (r.reason, r.field.as_deref()),
             (Reason::OutOfRange, Some("ts"))
         );
-        // Old data replayed later is judged by its own stream, not the wall clock.
         assert_eq!(
-            c.admit(InputTopic::Clicks, 1, &inv("c", 1_500_000_000_000)),
+            c.admit(InputTopic::Clicks, 0, &inv("c", T + 5)),
             Admission::Accept
         );
+        // Old data replayed later is judged by its own stream, not the wall clock.
+        assert_eq!(
+            c.admit(InputTopic::Clicks, 1, &inv("d", 1_500_000_000_000)),
+            Admission::Accept
+        );
+    }
+
+    /// Regression: a straggler from months earlier, first on its partition, made every
+    /// later event look far ahead, and all of them were dead-lettered (seen on the Taobao
+    /// sample). A jump confirmed by the next event is accepted.
+    #[test]
+    fn a_gap_in_the_stream_is_accepted_once_confirmed() {
+        let mut c = Cleaner::new(CleanLimits::default());
+        let later = T + 75 * 86_400_000;
+        assert_eq!(
+            c.admit(InputTopic::Clicks, 0, &inv("straggler", T)),
+            Admission::Accept
+        );
+        assert_eq!(
+            c.admit(InputTopic::Clicks, 0, &inv("x", later)),
+            Admission::Hold
+        );
+        assert_eq!(
+            c.resolve_held(InputTopic::Clicks, 0, Some(later + 60_000)),
+            Some(Resolution::Confirm)
+        );
+        assert_eq!(
+            c.admit(InputTopic::Clicks, 0, &inv("x", later)),
+            Admission::Accept
+        );
+        assert_eq!(
+            c.admit(InputTopic::Clicks, 0, &inv("y", later + 60_000)),
+            Admission::Accept
+        );
+        // A held event with nothing after it (a sparse partition's last event after a long
+        // gap) is accepted: nothing contradicts it.
+        assert_eq!(
+            c.admit(InputTopic::Clicks, 0, &inv("z", later + 9 * 86_400_000)),
+            Admission::Hold
+        );
+        assert_eq!(
+            c.resolve_held(InputTopic::Clicks, 0, None),
+            Some(Resolution::Confirm)
+        );
+        assert_eq!(c.resolve_held(InputTopic::Clicks, 0, None), None);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod clean;
 pub mod decode;
 pub mod event;
 pub mod generator;
+pub mod import;
 pub mod kafka;
 pub mod source;
 
