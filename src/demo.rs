@@ -260,7 +260,7 @@ pub fn render(report: &DemoReport, store: &Path) -> String {
     let _ = writeln!(
         s,
         "  files written:         {} under {}",
-        r.files_written.len(),
+        r.files_written,
         store.join("examples").display()
     );
     let _ = writeln!(s, "  windows closed:        {}", r.windows_closed);

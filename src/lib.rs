@@ -10,6 +10,7 @@
 
 pub mod demo;
 pub mod generate;
+pub mod http;
 pub mod latency;
 pub mod pipeline;
 

@@ -15,7 +15,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
 
 use serde::Serialize;
 use shopstream_config::Config;
@@ -30,7 +29,11 @@ use shopstream_ingest::source::{
 use shopstream_sinks::kafka_out::{PublishError, Publisher, dead_letter_headers};
 use shopstream_sinks::store::{ParquetStore, StoreError};
 use shopstream_trainer::{Trainer, WindowMetrics};
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
+
+use crate::http::Telemetry;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -56,6 +59,16 @@ pub enum PipelineError {
     /// Building a record batch failed (internal).
     #[error("cannot build the examples batch: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    /// The HTTP endpoints could not listen (user: http.listen; or the port is taken).
+    #[error(
+        "cannot serve HTTP on {listen}: {source}; change http.listen or set http.enabled = false"
+    )]
+    Http {
+        /// The configured address.
+        listen: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     /// A task panicked (internal).
     #[error("internal error: {0}")]
     Internal(String),
@@ -91,8 +104,8 @@ pub struct RunSummary {
     pub predictions_published: u64,
     /// Training examples written to the store.
     pub examples_written: u64,
-    /// Parquet files committed.
-    pub files_written: Vec<PathBuf>,
+    /// Parquet files of the examples table committed.
+    pub files_written: u64,
     /// Windows closed.
     pub windows_closed: u64,
     /// Item demand forecasts written to the store's `item_demand` table.
@@ -181,6 +194,8 @@ pub struct Progress {
     pub impressions: u64,
     /// Windows closed.
     pub windows_closed: u64,
+    /// Where the HTTP endpoints listen, when enabled.
+    pub http_addr: Option<std::net::SocketAddr>,
 }
 
 /// Like [`run`], publishing [`Progress`] to `progress` as the job goes.
@@ -219,6 +234,19 @@ pub async fn run_observed(
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let (telemetry_tx, telemetry_rx) = tokio::sync::watch::channel(Arc::new(Telemetry::default()));
+    let http_addr = if config.http.enabled {
+        let (addr, _task) = crate::http::serve(&config.http.listen, telemetry_rx, cancel.clone())
+            .await
+            .map_err(|source| PipelineError::Http {
+                listen: config.http.listen.clone(),
+                source,
+            })?;
+        tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+        Some(addr)
+    } else {
+        None
+    };
     let (tx, rx) = mpsc::channel(config.pipeline.channel_capacity);
     let source_options = SourceOptions {
         stop_at_end: options.stop_at_end,
@@ -250,6 +278,9 @@ pub async fn run_observed(
         positions: Positions::new(),
         summary: RunSummary::default(),
         progress,
+        telemetry: telemetry_tx,
+        http_addr,
+        ready: false,
         latency: Default::default(),
         held: BTreeMap::new(),
     };
@@ -333,6 +364,10 @@ struct Processor<'a> {
     positions: Positions,
     summary: RunSummary,
     progress: tokio::sync::watch::Sender<Progress>,
+    telemetry: tokio::sync::watch::Sender<Arc<Telemetry>>,
+    http_addr: Option<std::net::SocketAddr>,
+    /// The input backlog has been drained at least once.
+    ready: bool,
     latency: crate::latency::Histogram,
     /// Events held for a clock-skew decision, per partition.
     held: BTreeMap<(InputTopic, i32), Consumed>,
@@ -581,20 +616,38 @@ impl Processor<'_> {
         Ok(Flow::Continue)
     }
 
-    /// Publishes progress every 1024 consumed messages and whenever the input is drained.
+    /// Publishes progress and telemetry every 1024 consumed messages and whenever the
+    /// input is drained.
     fn publish_progress(&mut self, drained: bool) {
         let consumed: u64 = self.summary.consumed.values().sum();
+        self.ready |= drained;
         if drained || consumed.is_multiple_of(1024) {
             let progress = Progress {
                 consumed,
                 impressions: self.summary.impressions,
                 windows_closed: self.summary.windows_closed,
+                http_addr: self.http_addr,
             };
             self.progress.send_if_modified(|p| {
                 let changed = *p != progress;
                 *p = progress;
                 changed
             });
+            let delivered = self.publisher.delivered();
+            let mut summary = self.summary.clone();
+            summary.prediction_latency = self.latency.percentiles();
+            summary.model_version = self.trainer.version();
+            let telemetry = Telemetry {
+                summary,
+                watermark_ms: self.features.watermark(),
+                acknowledged: (
+                    delivered.get(TAG_PREDICTION).copied().unwrap_or(0),
+                    delivered.get(TAG_DEAD_LETTER).copied().unwrap_or(0),
+                ),
+                pending_examples: self.features.pending_examples(),
+                ready: self.ready,
+            };
+            let _ = self.telemetry.send(Arc::new(telemetry));
         }
     }
 
@@ -712,7 +765,7 @@ impl Processor<'_> {
                 .map_err(|e| PipelineError::Internal(format!("store writer: {e}")))??;
         for file in written {
             self.summary.examples_written += file.rows as u64;
-            self.summary.files_written.push(file.path);
+            self.summary.files_written += 1;
         }
         // The prequential metrics of the window go to the store's `metrics` table.
         let metrics_batch = shopstream_trainer::metrics::metrics_batch(

@@ -36,9 +36,35 @@ async fn run_live_until(config: &Config, expected: u64) -> RunSummary {
             watch.wait_for(|p| p.consumed >= expected),
         )
         .await;
-        assert!(
-            waited.is_ok(),
-            "live job did not consume {expected} messages in 120 s"
+        let Ok(Ok(progress)) = waited else {
+            panic!("live job did not consume {expected} messages in 120 s");
+        };
+        let addr = progress.http_addr.expect("http enabled");
+        drop(progress);
+        // While it runs: the endpoints answer, with the metric families of the job.
+        let get =
+            |path: &'static str| tokio::task::spawn_blocking(move || support::http_get(addr, path));
+        let (status, body) = get("/metrics").await.unwrap();
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        for family in [
+            "shopstream_events_consumed_total{topic=\"clicks\"}",
+            "shopstream_dead_lettered_total{reason=",
+            "shopstream_late_total",
+            "shopstream_watermark_seconds",
+            "shopstream_prediction_latency_seconds{quantile=\"0.99\"}",
+            "shopstream_model_prequential_auc{task=\"ctr\"}",
+            "shopstream_windows_closed_total",
+        ] {
+            assert!(
+                body.contains(family),
+                "{family} missing from /metrics:\n{body}"
+            );
+        }
+        assert_eq!(get("/healthz").await.unwrap().0, "HTTP/1.1 200 OK");
+        assert_eq!(
+            get("/readyz").await.unwrap().0,
+            "HTTP/1.1 200 OK",
+            "drained its backlog"
         );
     };
     run_observed(

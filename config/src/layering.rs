@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
 use crate::sections::{
-    Config, KafkaConfig, ModelConfig, PipelineConfig, StoreConfig, TopicsConfig,
+    Config, HttpConfig, KafkaConfig, ModelConfig, PipelineConfig, StoreConfig, TopicsConfig,
 };
 use crate::{ConfigError, Problem};
 
@@ -18,7 +18,7 @@ use crate::{ConfigError, Problem};
 /// `SHOPSTREAM__SECTION__KEY`.
 pub const ENV_PREFIX: &str = "SHOPSTREAM__";
 
-const SECTIONS: [&str; 5] = ["kafka", "topics", "pipeline", "store", "model"];
+const SECTIONS: [&str; 6] = ["kafka", "topics", "pipeline", "store", "model", "http"];
 
 pub(crate) fn parse_file(path: &Path, text: &str) -> Result<Table, ConfigError> {
     text.parse::<Table>().map_err(|e| ConfigError::Syntax {
@@ -123,6 +123,7 @@ pub(crate) fn deserialize_reporting_all(table: &Table) -> (Config, Vec<Problem>)
             "topics" => check_keys::<TopicsConfig>(section, keys, &mut problems),
             "pipeline" => check_keys::<PipelineConfig>(section, keys, &mut problems),
             "store" => check_keys::<StoreConfig>(section, keys, &mut problems),
+            "http" => check_keys::<HttpConfig>(section, keys, &mut problems),
             _ => check_keys::<ModelConfig>(section, keys, &mut problems),
         };
         good.insert(section.to_string(), Value::Table(kept));

@@ -196,7 +196,7 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("kafak"), "{text}");
         assert!(
-            text.contains("kafka, topics, pipeline, store, model"),
+            text.contains("kafka, topics, pipeline, store, model, http"),
             "{text}"
         );
     }

@@ -20,6 +20,27 @@ pub struct Config {
     pub store: StoreConfig,
     /// The online model.
     pub model: ModelConfig,
+    /// The HTTP endpoints (`/metrics`, `/healthz`, `/readyz`).
+    pub http: HttpConfig,
+}
+
+/// HTTP endpoints of the long-running job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Serve the endpoints at all.
+    pub enabled: bool,
+    /// `host:port` to listen on; loopback by default. Port 0 picks a free port (logged).
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:9464".to_string(),
+        }
+    }
 }
 
 /// Kafka connection settings.

@@ -180,6 +180,16 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
         );
     }
 
+    if config.http.listen.parse::<std::net::SocketAddr>().is_err() {
+        bad(
+            "http.listen",
+            format!(
+                "`{}` is not ip:port (for example 127.0.0.1:9464)",
+                config.http.listen
+            ),
+        );
+    }
+
     let m = &config.model;
     if !(m.learning_rate > 0.0 && m.learning_rate <= 1.0) {
         bad(

@@ -122,6 +122,8 @@ impl Broker {
             alerts: format!("{prefix}.alerts"),
         };
         config.store.path = store.to_path_buf();
+        // Tests run in parallel: let each job pick a free port for its endpoints.
+        config.http.listen = "127.0.0.1:0".to_string();
         config
     }
 }
@@ -224,4 +226,18 @@ pub async fn run_to_end(config: &Config) -> shopstream::pipeline::RunSummary {
     shopstream::pipeline::run(config, options, std::future::pending())
         .await
         .expect("pipeline run")
+}
+
+/// A blocking HTTP GET: (status line, body).
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
 }

@@ -1,0 +1,282 @@
+//! The job's HTTP endpoints, on a deliberately tiny HTTP/1.1 server (GET only, one request
+//! per connection) so the binary needs no web framework:
+//! - `/metrics`: Prometheus text format, rendered from the latest [`Telemetry`];
+//! - `/healthz`: 200 while the process serves requests;
+//! - `/readyz`: 200 once the job has drained its input backlog at least once, else 503.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::pipeline::RunSummary;
+
+/// What the endpoints report; the processor publishes a fresh one as it goes.
+#[derive(Debug, Clone, Default)]
+pub struct Telemetry {
+    /// Counters of the run so far.
+    pub summary: RunSummary,
+    /// The features stage's watermark, epoch ms.
+    pub watermark_ms: Option<i64>,
+    /// Predictions and dead letters acknowledged by the broker so far.
+    pub acknowledged: (u64, u64),
+    /// Impressions waiting for their labels.
+    pub pending_examples: usize,
+    /// The input backlog has been drained at least once.
+    pub ready: bool,
+}
+
+/// Binds `listen` and serves until `cancel`; returns the bound address.
+pub async fn serve(
+    listen: &str,
+    telemetry: watch::Receiver<Arc<Telemetry>>,
+    cancel: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = cancel.cancelled() => return,
+                a = listener.accept() => a,
+            };
+            let Ok((mut stream, _)) = accepted else {
+                continue;
+            };
+            let telemetry = Arc::clone(&telemetry.borrow());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut len = 0;
+                while len < buf.len() {
+                    match stream.read(&mut buf[len..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => len += n,
+                    }
+                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                let request = String::from_utf8_lossy(&buf[..len]);
+                let path = request.split_whitespace().nth(1).unwrap_or("/");
+                let (status, content_type, body) = respond(path, &telemetry);
+                let response = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    Ok((addr, task))
+}
+
+fn respond(path: &str, t: &Telemetry) -> (&'static str, &'static str, String) {
+    match path {
+        "/metrics" => ("200 OK", "text/plain; version=0.0.4", render(t)),
+        "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+        "/readyz" if t.ready => ("200 OK", "text/plain", "ready\n".to_string()),
+        "/readyz" => (
+            "503 Service Unavailable",
+            "text/plain",
+            "catching up\n".to_string(),
+        ),
+        _ => (
+            "404 Not Found",
+            "text/plain",
+            "try /metrics, /healthz or /readyz\n".to_string(),
+        ),
+    }
+}
+
+/// The Prometheus text exposition of `t`.
+pub fn render(t: &Telemetry) -> String {
+    let s = &t.summary;
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let per = |label: &str, m: &std::collections::BTreeMap<String, u64>| -> Vec<(String, f64)> {
+        m.iter()
+            .map(|(k, v)| (format!("{{{label}=\"{k}\"}}"), *v as f64))
+            .collect()
+    };
+    let one = |v: f64| vec![(String::new(), v)];
+    family(
+        "shopstream_events_consumed_total",
+        "counter",
+        "Messages consumed per input topic.",
+        per("topic", &s.consumed),
+    );
+    family(
+        "shopstream_events_valid_total",
+        "counter",
+        "Valid events per input topic.",
+        per("topic", &s.valid),
+    );
+    family(
+        "shopstream_dead_lettered_total",
+        "counter",
+        "Messages dead-lettered per reason (late included).",
+        per("reason", &s.dead_lettered),
+    );
+    family(
+        "shopstream_duplicates_total",
+        "counter",
+        "Duplicates suppressed per input topic.",
+        per("topic", &s.duplicates),
+    );
+    family(
+        "shopstream_late_total",
+        "counter",
+        "Events behind the watermark (dead-lettered as late).",
+        one(s.dead_lettered.get("late").copied().unwrap_or(0) as f64),
+    );
+    family(
+        "shopstream_watermark_seconds",
+        "gauge",
+        "Event-time watermark, seconds since the epoch.",
+        one(t.watermark_ms.map_or(0.0, |w| w as f64 / 1000.0)),
+    );
+    family(
+        "shopstream_impressions_total",
+        "counter",
+        "Impressions predicted on arrival.",
+        one(s.impressions as f64),
+    );
+    family(
+        "shopstream_predictions_acknowledged_total",
+        "counter",
+        "Predictions acknowledged by the broker.",
+        one(t.acknowledged.0 as f64),
+    );
+    family(
+        "shopstream_dead_letters_acknowledged_total",
+        "counter",
+        "Dead letters acknowledged by the broker.",
+        one(t.acknowledged.1 as f64),
+    );
+    family(
+        "shopstream_examples_written_total",
+        "counter",
+        "Training examples written to the store.",
+        one(s.examples_written as f64),
+    );
+    family(
+        "shopstream_pending_examples",
+        "gauge",
+        "Impressions waiting for their labels to mature.",
+        one(t.pending_examples as f64),
+    );
+    family(
+        "shopstream_windows_closed_total",
+        "counter",
+        "Event-time windows closed.",
+        one(s.windows_closed as f64),
+    );
+    family(
+        "shopstream_examples_per_second",
+        "gauge",
+        "Examples written per second of wall time, over the run.",
+        one(s.examples_written as f64 / (s.elapsed_ms.max(1) as f64 / 1000.0)),
+    );
+    let l = &s.prediction_latency;
+    family(
+        "shopstream_prediction_latency_seconds",
+        "summary",
+        "Consume-to-producer latency of predictions.",
+        vec![
+            ("{quantile=\"0.5\"}".to_string(), l.p50_us as f64 / 1e6),
+            ("{quantile=\"0.99\"}".to_string(), l.p99_us as f64 / 1e6),
+            ("_count".to_string(), l.count as f64),
+        ],
+    );
+    family(
+        "shopstream_model_version",
+        "gauge",
+        "Windows the model has trained on.",
+        one(s.model_version as f64),
+    );
+    let q = &s.quality;
+    family(
+        "shopstream_model_prequential_auc",
+        "gauge",
+        "Prequential AUC over the run, per task.",
+        vec![
+            ("{task=\"ctr\"}".to_string(), q.ctr_auc),
+            ("{task=\"cvr\"}".to_string(), q.cvr_auc),
+            ("{task=\"ctcvr\"}".to_string(), q.ctcvr_auc),
+        ],
+    );
+    family(
+        "shopstream_model_ctr_log_loss",
+        "gauge",
+        "Prequential CTR log loss over the run.",
+        one(q.ctr_log_loss),
+    );
+    if let Some(m) = &s.last_window_metrics {
+        let mut samples = Vec::new();
+        for (task, metrics) in [("ctr", &m.ctr), ("cvr", &m.cvr), ("ctcvr", &m.ctcvr)] {
+            if let Some(auc) = metrics.auc {
+                samples.push((format!("{{task=\"{task}\",scenario=\"all\"}}"), auc));
+            }
+        }
+        for (scenario, metrics) in &m.ctr_by_scenario {
+            if let Some(auc) = metrics.auc {
+                samples.push((format!("{{task=\"ctr\",scenario=\"{scenario}\"}}"), auc));
+            }
+        }
+        family(
+            "shopstream_model_window_auc",
+            "gauge",
+            "AUC of the last window, scored before training on it.",
+            samples,
+        );
+    }
+    family(
+        "shopstream_item_demand_forecasts_total",
+        "counter",
+        "Item demand forecasts written.",
+        one(s.demand_forecasts as f64),
+    );
+    family(
+        "shopstream_stockout_risks_total",
+        "counter",
+        "Forecasts above the stock on hand.",
+        one(s.stockout_risks as f64),
+    );
+    family(
+        "shopstream_ready",
+        "gauge",
+        "1 once the input backlog has been drained.",
+        one(f64::from(u8::from(t.ready))),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_has_help_and_type() {
+        let mut t = Telemetry::default();
+        t.summary.consumed.insert("clicks".into(), 5);
+        let text = render(&t);
+        assert!(
+            text.contains("shopstream_events_consumed_total{topic=\"clicks\"} 5"),
+            "{text}"
+        );
+        let helps = text.lines().filter(|l| l.starts_with("# HELP")).count();
+        let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
+        assert_eq!(helps, types);
+        assert!(helps >= 20);
+    }
+}
