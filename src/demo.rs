@@ -18,12 +18,28 @@ use shopstream_sinks::store::StoreError;
 use crate::generate::{GenerateError, publish_traffic};
 use crate::pipeline::{PipelineError, RunOptions, RunSummary, run};
 
+/// Partitions per topic on the embedded cluster.
+const EMBEDDED_PARTITIONS: i32 = 32;
+
 /// Why the demo failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     /// The embedded cluster could not start.
     #[error("cannot start the embedded Kafka mock cluster: {0}")]
     Cluster(String),
+    /// The cluster kept fewer messages than were produced (the embedded one has a size
+    /// limit per partition).
+    #[error(
+        "{produced} messages were produced but only {consumed} could be consumed: the embedded \
+         mock cluster keeps at most 5 MiB or 100,000 messages per partition and dropped the \
+         oldest; use fewer --events (up to about 500,000) or a real broker (kafka.brokers)"
+    )]
+    Lost {
+        /// Messages produced.
+        produced: u64,
+        /// Messages the run consumed.
+        consumed: u64,
+    },
     /// Live mode needs a real broker.
     #[error(
         "--live-rate needs a configured cluster (kafka.brokers): the embedded mock cluster drops \
@@ -89,6 +105,9 @@ pub async fn demo(
     if embedded {
         let cluster = MockCluster::new(1).map_err(|e| DemoError::Cluster(e.to_string()))?;
         let topics = config.topics.clone();
+        // librdkafka's mock broker keeps at most 5 MiB or 100,000 messages per partition
+        // and deletes older ones; more partitions give the demo room (checked below).
+        config.kafka.topic_partitions = config.kafka.topic_partitions.max(EMBEDDED_PARTITIONS);
         for topic in topics.inputs().into_iter().chain(topics.outputs()) {
             cluster
                 .create_topic(topic, config.kafka.topic_partitions, 1)
@@ -112,6 +131,11 @@ pub async fn demo(
         }
         Some(rate) => live(&config, options, rate, shutdown).await?,
     };
+    let produced = generated.valid_total + generated.malformed_total;
+    let consumed: u64 = run.consumed.values().sum();
+    if consumed != produced {
+        return Err(DemoError::Lost { produced, consumed });
+    }
     let query = scenario_summary(&config.store.path)?;
     Ok(DemoReport {
         brokers: config.kafka.brokers.clone(),

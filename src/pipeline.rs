@@ -281,6 +281,7 @@ pub async fn run_observed(
         telemetry: telemetry_tx,
         http_addr,
         ready: false,
+        started,
         latency: Default::default(),
         held: BTreeMap::new(),
     };
@@ -368,6 +369,8 @@ struct Processor<'a> {
     http_addr: Option<std::net::SocketAddr>,
     /// The input backlog has been drained at least once.
     ready: bool,
+    /// When the run started.
+    started: std::time::Instant,
     latency: crate::latency::Histogram,
     /// Events held for a clock-skew decision, per partition.
     held: BTreeMap<(InputTopic, i32), Consumed>,
@@ -637,6 +640,8 @@ impl Processor<'_> {
             let mut summary = self.summary.clone();
             summary.prediction_latency = self.latency.percentiles();
             summary.model_version = self.trainer.version();
+            summary.elapsed_ms =
+                u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
             let telemetry = Telemetry {
                 summary,
                 watermark_ms: self.features.watermark(),
