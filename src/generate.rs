@@ -5,11 +5,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use shopstream_config::Config;
-use shopstream_ingest::event::InputTopic;
 use shopstream_ingest::generator::{
     GeneratedMessage, Generator, GeneratorOptions, GeneratorReport, TruthRow,
 };
-use shopstream_ingest::kafka::{KafkaSetupError, ensure_topics};
+use shopstream_ingest::kafka::{KafkaSetupError, ensure_topics, input_topic_name};
 use shopstream_sinks::kafka_out::{PublishError, Publisher};
 
 /// Why generation failed.
@@ -66,11 +65,7 @@ pub async fn publish_messages(
     let started = tokio::time::Instant::now();
     let mut sent: u64 = 0;
     for message in messages {
-        let topic = match message.topic {
-            InputTopic::Clicks => &topics.clicks,
-            InputTopic::Orders => &topics.orders,
-            InputTopic::Inventory => &topics.inventory,
-        };
+        let topic = input_topic_name(topics, message.topic);
         publisher
             .send(
                 message.topic.as_str(),

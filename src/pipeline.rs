@@ -22,7 +22,7 @@ use shopstream_features::{EXAMPLES_SCHEMA_VERSION, FeaturePipeline, WindowOutput
 use shopstream_ingest::clean::{Admission, CleanLimits, Cleaner, Resolution};
 use shopstream_ingest::decode::{DecodeLimits, Reason, Rejection};
 use shopstream_ingest::event::InputTopic;
-use shopstream_ingest::kafka::{KafkaSetupError, ensure_topics};
+use shopstream_ingest::kafka::{KafkaSetupError, ensure_topics, input_topic_name};
 use shopstream_ingest::source::{
     KafkaSource, Positions, RecordMeta, SharedPositions, SourceError, SourceMessage, SourceOptions,
 };
@@ -227,10 +227,6 @@ pub async fn run_observed(
     )
     .await?;
     let features = FeaturePipeline::new(&config.pipeline);
-    let topic_names: BTreeMap<InputTopic, String> = InputTopic::ALL
-        .into_iter()
-        .map(|t| (t, source.topic_name(t).to_string()))
-        .collect();
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -274,7 +270,6 @@ pub async fn run_observed(
         last_seen: BTreeMap::new(),
         trainer: Trainer::new(&config.model),
         publisher: Publisher::new(&config.kafka)?,
-        topic_names,
         positions: Positions::new(),
         summary: RunSummary::default(),
         progress,
@@ -305,24 +300,19 @@ pub async fn run_observed(
         .map_err(|e| PipelineError::Internal(format!("source task: {e}")))?;
     outcome?;
     source_result?;
-    let mut summary = processor.summary;
-    summary.prediction_latency = processor.latency.percentiles();
-    summary.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    summary.model_version = processor.trainer.version();
-    summary.trained_examples = processor.trainer.trained_examples();
-    summary.predictions_published = processor
-        .publisher
-        .delivered()
-        .get(TAG_PREDICTION)
-        .copied()
-        .unwrap_or(0);
-    summary.dead_letters_published = processor
-        .publisher
-        .delivered()
-        .get(TAG_DEAD_LETTER)
-        .copied()
-        .unwrap_or(0);
+    let summary = processor.snapshot();
     Ok(summary)
+}
+
+/// Counts one more under `key`, allocating the key only the first time it is seen
+/// (these counters are bumped for every consumed message).
+fn bump(counts: &mut BTreeMap<String, u64>, key: &str) {
+    match counts.get_mut(key) {
+        Some(count) => *count += 1,
+        None => {
+            counts.insert(key.to_string(), 1);
+        }
+    }
 }
 
 fn clean_limits(config: &Config) -> CleanLimits {
@@ -361,7 +351,6 @@ struct Processor<'a> {
     last_seen: BTreeMap<(InputTopic, i32), tokio::time::Instant>,
     trainer: Trainer,
     publisher: Publisher,
-    topic_names: BTreeMap<InputTopic, String>,
     positions: Positions,
     summary: RunSummary,
     progress: tokio::sync::watch::Sender<Progress>,
@@ -429,11 +418,7 @@ impl Processor<'_> {
         match self.cleaner.admit(meta.topic, meta.partition, &event) {
             Admission::Accept => {}
             Admission::Duplicate => {
-                *self
-                    .summary
-                    .duplicates
-                    .entry(meta.topic.as_str().to_string())
-                    .or_default() += 1;
+                bump(&mut self.summary.duplicates, meta.topic.as_str());
                 return Ok(());
             }
             Admission::Reject(rejection) => {
@@ -458,11 +443,10 @@ impl Processor<'_> {
             let prediction = self.trainer.predict(&row, self.features.watermark());
             let json = serde_json::to_vec(&prediction)
                 .map_err(|e| PipelineError::Internal(format!("prediction JSON: {e}")))?;
-            let topic = self.config.topics.predictions.clone();
             self.publisher
                 .send(
                     TAG_PREDICTION,
-                    &topic,
+                    &self.config.topics.predictions,
                     row.event_id.as_bytes(),
                     &json,
                     Some(row.ts),
@@ -484,11 +468,7 @@ impl Processor<'_> {
             self.dead_letter(meta, key.as_deref(), &payload, &rejection)
                 .await?;
         } else {
-            *self
-                .summary
-                .valid
-                .entry(meta.topic.as_str().to_string())
-                .or_default() += 1;
+            bump(&mut self.summary.valid, meta.topic.as_str());
         }
         Ok(())
     }
@@ -533,23 +513,26 @@ impl Processor<'_> {
         Ok(())
     }
 
-    /// Writes a small per-window table file (named after `window_ms`).
+    /// Writes `batch` to `table` as the files of the window starting at `window_ms`
+    /// (deterministic names), with `metadata` plus the window start in each file.
     async fn write_table(
         &mut self,
         table: &'static str,
         window_ms: i64,
         batch: arrow::record_batch::RecordBatch,
-    ) -> Result<(), PipelineError> {
+        mut metadata: BTreeMap<String, String>,
+    ) -> Result<Vec<shopstream_sinks::store::WrittenFile>, PipelineError> {
         let store = self.store.clone();
         let stem = format!("window-{window_ms}");
-        let metadata = BTreeMap::from([(
+        metadata.insert(
             "shopstream.window_start_ms".to_string(),
             window_ms.to_string(),
-        )]);
-        tokio::task::spawn_blocking(move || store.write(table, &stem, &batch, &metadata))
-            .await
-            .map_err(|e| PipelineError::Internal(format!("store writer: {e}")))??;
-        Ok(())
+        );
+        let written =
+            tokio::task::spawn_blocking(move || store.write(table, &stem, &batch, &metadata))
+                .await
+                .map_err(|e| PipelineError::Internal(format!("store writer: {e}")))??;
+        Ok(written)
     }
 
     /// Handles one message from the source.
@@ -636,19 +619,14 @@ impl Processor<'_> {
                 *p = progress;
                 changed
             });
-            let delivered = self.publisher.delivered();
-            let mut summary = self.summary.clone();
-            summary.prediction_latency = self.latency.percentiles();
-            summary.model_version = self.trainer.version();
-            summary.elapsed_ms =
-                u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let summary = self.snapshot();
             let telemetry = Telemetry {
-                summary,
                 watermark_ms: self.features.watermark(),
                 acknowledged: (
-                    delivered.get(TAG_PREDICTION).copied().unwrap_or(0),
-                    delivered.get(TAG_DEAD_LETTER).copied().unwrap_or(0),
+                    summary.predictions_published,
+                    summary.dead_letters_published,
                 ),
+                summary,
                 pending_examples: self.features.pending_examples(),
                 ready: self.ready,
             };
@@ -656,12 +634,22 @@ impl Processor<'_> {
         }
     }
 
+    /// The run summary as of now: the counters plus the figures kept elsewhere (latency,
+    /// model, broker acknowledgements, elapsed time).
+    fn snapshot(&self) -> RunSummary {
+        let delivered = self.publisher.delivered();
+        let mut summary = self.summary.clone();
+        summary.prediction_latency = self.latency.percentiles();
+        summary.elapsed_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        summary.model_version = self.trainer.version();
+        summary.trained_examples = self.trainer.trained_examples();
+        summary.predictions_published = delivered.get(TAG_PREDICTION).copied().unwrap_or(0);
+        summary.dead_letters_published = delivered.get(TAG_DEAD_LETTER).copied().unwrap_or(0);
+        summary
+    }
+
     fn consumed(&mut self, meta: RecordMeta) {
-        *self
-            .summary
-            .consumed
-            .entry(meta.topic.as_str().to_string())
-            .or_default() += 1;
+        bump(&mut self.summary.consumed, meta.topic.as_str());
         self.positions
             .insert((meta.topic, meta.partition), meta.offset + 1);
         if !self.bounded {
@@ -703,23 +691,22 @@ impl Processor<'_> {
         payload: &[u8],
         rejection: &Rejection,
     ) -> Result<(), PipelineError> {
-        *self
-            .summary
-            .dead_lettered
-            .entry(rejection.reason.as_str().to_string())
-            .or_default() += 1;
-        *self
-            .summary
-            .dead_lettered_per_topic
-            .entry(meta.topic.as_str().to_string())
-            .or_default() += 1;
+        bump(&mut self.summary.dead_lettered, rejection.reason.as_str());
+        bump(
+            &mut self.summary.dead_lettered_per_topic,
+            meta.topic.as_str(),
+        );
         tracing::debug!(topic = meta.topic.as_str(), partition = meta.partition, offset = meta.offset, %rejection, "dead-lettered");
-        let headers = dead_letter_headers(&self.topic_names[&meta.topic], &meta, rejection);
-        let topic = self.config.topics.dead_letter.clone();
+        let config = self.config;
+        let headers = dead_letter_headers(
+            input_topic_name(&config.topics, meta.topic),
+            &meta,
+            rejection,
+        );
         self.publisher
             .send(
                 TAG_DEAD_LETTER,
-                &topic,
+                &config.topics.dead_letter,
                 key.unwrap_or_default(),
                 payload,
                 None,
@@ -739,7 +726,8 @@ impl Processor<'_> {
             self.summary.stockout_risks +=
                 forecasts.iter().filter(|f| f.stockout_risk).count() as u64;
             let batch = shopstream_trainer::metrics::demand_batch(&forecasts)?;
-            self.write_table("item_demand", output.end, batch).await?;
+            self.write_table("item_demand", output.end, batch, BTreeMap::new())
+                .await?;
         }
         if output.examples.is_empty() {
             return Ok(());
@@ -754,20 +742,13 @@ impl Processor<'_> {
                 EXAMPLES_SCHEMA_VERSION.to_string(),
             ),
             (
-                "shopstream.window_start_ms".to_string(),
-                output.start.to_string(),
-            ),
-            (
                 "shopstream.window_end_ms".to_string(),
                 output.end.to_string(),
             ),
         ]);
-        let store = self.store.clone();
-        let stem = format!("window-{}", output.start);
-        let written =
-            tokio::task::spawn_blocking(move || store.write("examples", &stem, &batch, &metadata))
-                .await
-                .map_err(|e| PipelineError::Internal(format!("store writer: {e}")))??;
+        let written = self
+            .write_table("examples", output.start, batch, metadata)
+            .await?;
         for file in written {
             self.summary.examples_written += file.rows as u64;
             self.summary.files_written += 1;
@@ -779,7 +760,7 @@ impl Processor<'_> {
             self.trainer.version(),
             &metrics,
         )?;
-        self.write_table("metrics", output.start, metrics_batch)
+        self.write_table("metrics", output.start, metrics_batch, BTreeMap::new())
             .await?;
         tracing::debug!(
             window_start = output.start,

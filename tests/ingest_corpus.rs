@@ -14,6 +14,7 @@ use shopstream_ingest::event::InputTopic;
 use shopstream_ingest::generator::{
     DEFAULT_START_MS, Generator, GeneratorOptions, world::WorldSize,
 };
+use shopstream_ingest::kafka::input_topic_name;
 use shopstream_sinks::kafka_out::Publisher;
 use support::{Broker, read_topic};
 
@@ -285,11 +286,7 @@ async fn hostile_corpus_and_noisy_traffic_reconcile_one_for_one() {
     let store = tempfile::tempdir().unwrap();
     let mut config = broker.config("corpus", store.path());
     config.kafka.topic_partitions = 2;
-    let topic_name = |t: InputTopic| match t {
-        InputTopic::Clicks => config.topics.clicks.clone(),
-        InputTopic::Orders => config.topics.orders.clone(),
-        InputTopic::Inventory => config.topics.inventory.clone(),
-    };
+    let topic_name = |t: InputTopic| input_topic_name(&config.topics, t).to_string();
     let inputs: Vec<String> = InputTopic::ALL.into_iter().map(topic_name).collect();
     shopstream_ingest::kafka::ensure_topics(&config.kafka, &inputs)
         .await

@@ -202,13 +202,6 @@ impl Cleaner {
         }
     }
 
-    /// Whether an event is held on `partition`.
-    pub fn is_holding(&self, topic: InputTopic, partition: i32) -> bool {
-        self.partitions
-            .get(&(topic, partition))
-            .is_some_and(|s| s.held.is_some())
-    }
-
     /// Keys forgotten because of the size bound, before their horizon ended.
     pub fn evicted(&self) -> u64 {
         self.evicted

@@ -49,11 +49,6 @@ impl Reason {
             Reason::Late => "late",
         }
     }
-
-    /// Parses a reason code.
-    pub fn parse(code: &str) -> Option<Reason> {
-        Reason::ALL.into_iter().find(|r| r.as_str() == code)
-    }
 }
 
 impl fmt::Display for Reason {

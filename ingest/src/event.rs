@@ -7,7 +7,7 @@
 use std::fmt;
 
 use serde::de::{self, Deserializer, Visitor};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 /// Event time in milliseconds since the Unix epoch, UTC.
 pub type Millis = i64;
@@ -279,11 +279,6 @@ pub fn ts_to_rfc3339(ts: Millis) -> String {
     chrono::DateTime::from_timestamp_millis(ts)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_else(|| ts.to_string())
-}
-
-/// serde helper: write `ts` as an RFC 3339 string (the generator uses both wire forms).
-pub fn ser_ts_rfc3339<S: Serializer>(ts: &Millis, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&ts_to_rfc3339(*ts))
 }
 
 fn de_ts<'de, D: Deserializer<'de>>(d: D) -> Result<Millis, D::Error> {

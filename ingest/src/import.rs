@@ -104,13 +104,7 @@ fn click_message(row: &Row, suffix: &str, kind: ClickKind, ts: Millis) -> Genera
         price: None,
         query: None,
     };
-    GeneratedMessage {
-        topic: InputTopic::Clicks,
-        key: row.user.clone(),
-        payload: serde_json::to_vec(&event).unwrap_or_default(),
-        ts,
-        malformed: None,
-    }
+    GeneratedMessage::valid(InputTopic::Clicks, row.user.clone(), &event, ts)
 }
 
 /// Reads a Taobao UserBehavior CSV and returns the contract messages in event-time order.
@@ -151,13 +145,12 @@ pub fn import_taobao(
             price: None,
             category: Some(category.to_string()),
         };
-        messages.push(GeneratedMessage {
-            topic: InputTopic::Inventory,
-            key: item.to_string(),
-            payload: serde_json::to_vec(&event).unwrap_or_default(),
-            ts: event.ts,
-            malformed: None,
-        });
+        messages.push(GeneratedMessage::valid(
+            InputTopic::Inventory,
+            item.to_string(),
+            &event,
+            event.ts,
+        ));
     }
     for row in &rows {
         *report.per_behavior.entry(row.behavior.clone()).or_default() += 1;
@@ -181,13 +174,12 @@ pub fn import_taobao(
                     }],
                     currency: "CNY".to_string(),
                 };
-                messages.push(GeneratedMessage {
-                    topic: InputTopic::Orders,
-                    key: row.user.clone(),
-                    payload: serde_json::to_vec(&order).unwrap_or_default(),
-                    ts: order.ts,
-                    malformed: None,
-                });
+                messages.push(GeneratedMessage::valid(
+                    InputTopic::Orders,
+                    row.user.clone(),
+                    &order,
+                    order.ts,
+                ));
             }
         }
     }

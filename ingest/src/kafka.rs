@@ -10,7 +10,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
-use shopstream_config::KafkaConfig;
+use shopstream_config::{KafkaConfig, TopicsConfig};
+
+use crate::event::InputTopic;
 
 /// Why Kafka could not be set up. `NoBrokers` is a user error, `Unreachable` and
 /// `CreateTopic` are external (the cluster), `Client` is usually a bad pass-through property.
@@ -61,6 +63,15 @@ pub enum KafkaSetupError {
     /// A blocking metadata task panicked or was cancelled (internal).
     #[error("internal error while talking to Kafka: {0}")]
     Internal(String),
+}
+
+/// The configured name of an input topic.
+pub fn input_topic_name(topics: &TopicsConfig, topic: InputTopic) -> &str {
+    match topic {
+        InputTopic::Clicks => &topics.clicks,
+        InputTopic::Orders => &topics.orders,
+        InputTopic::Inventory => &topics.inventory,
+    }
 }
 
 /// librdkafka settings for `kafka`: bootstrap servers plus the pass-through properties.

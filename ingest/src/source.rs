@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::decode::{DecodeLimits, Rejection, decode};
 use crate::event::{Event, InputTopic};
-use crate::kafka::{KafkaSetupError, client_config};
+use crate::kafka::{KafkaSetupError, client_config, input_topic_name};
 
 /// Where a record came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -289,11 +289,7 @@ impl KafkaSource {
         start: SharedPositions,
         bounded: bool,
     ) -> Result<(KafkaSource, OffsetCommitter), SourceError> {
-        let named = [
-            (InputTopic::Clicks, topics.clicks.clone()),
-            (InputTopic::Orders, topics.orders.clone()),
-            (InputTopic::Inventory, topics.inventory.clone()),
-        ];
+        let named = InputTopic::ALL.map(|t| (t, input_topic_name(topics, t).to_string()));
         let names: BTreeMap<String, InputTopic> =
             named.iter().map(|(t, n)| (n.clone(), *t)).collect();
         let context = || SourceContext {
@@ -365,14 +361,6 @@ impl KafkaSource {
         ))
     }
 
-    /// Name of an input topic.
-    pub fn topic_name(&self, topic: InputTopic) -> &str {
-        self.names
-            .iter()
-            .find(|(_, t)| **t == topic)
-            .map_or("", |(n, _)| n.as_str())
-    }
-
     /// Consumes until cancelled (or, in bounded mode, until every partition is at its end),
     /// sending every message, decoded or rejected, and every assignment change to `tx`.
     pub async fn run(
@@ -406,7 +394,11 @@ impl KafkaSource {
             let out = match received {
                 Ok(message) => {
                     let received = std::time::Instant::now();
-                    let Some(topic) = self.names.get(message.topic()).copied() else {
+                    // A single-topic consumer knows its topic without a name lookup.
+                    let topic = self.consumers[index]
+                        .single_topic
+                        .or_else(|| self.names.get(message.topic()).copied());
+                    let Some(topic) = topic else {
                         continue;
                     };
                     let meta = RecordMeta {

@@ -4,7 +4,11 @@
 //! collected and [`Publisher::flush`] awaits them all. A message counts as published only
 //! when the broker acknowledged it; a failed delivery is an error, never a silent loss.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -60,24 +64,36 @@ pub mod dead_letter_headers {
     pub const SOURCE_OFFSET: &str = "shopstream.source.offset";
 }
 
-type Tagged = futures::future::Map<
-    DeliveryFuture,
-    Box<
-        dyn FnOnce(
-                Result<
-                    rdkafka::producer::future_producer::OwnedDeliveryResult,
-                    futures::channel::oneshot::Canceled,
-                >,
-            ) -> (&'static str, String, Result<(), KafkaError>)
-            + Send,
-    >,
->;
+/// A delivery acknowledgement, awaited together with the counter (`tag`) and topic it
+/// belongs to.
+struct TaggedDelivery {
+    future: DeliveryFuture,
+    tag: &'static str,
+    topic: Arc<str>,
+}
+
+impl Future for TaggedDelivery {
+    type Output = (&'static str, Arc<str>, Result<(), KafkaError>);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let outcome = match Pin::new(&mut this.future).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(Ok(_))) => Ok(()),
+            Poll::Ready(Ok(Err((e, _)))) => Err(e),
+            Poll::Ready(Err(_)) => Err(KafkaError::Canceled),
+        };
+        Poll::Ready((this.tag, Arc::clone(&this.topic), outcome))
+    }
+}
 
 /// An asynchronous producer that counts acknowledged messages per tag.
 pub struct Publisher {
     producer: FutureProducer,
-    in_flight: FuturesUnordered<Tagged>,
+    in_flight: FuturesUnordered<TaggedDelivery>,
     delivered: BTreeMap<&'static str, u64>,
+    /// Topic names shared by their in-flight deliveries (one allocation per topic).
+    topics: HashMap<String, Arc<str>>,
     timeout: Duration,
 }
 
@@ -97,6 +113,7 @@ impl Publisher {
             producer,
             in_flight: FuturesUnordered::new(),
             delivered: BTreeMap::new(),
+            topics: HashMap::new(),
             timeout: Duration::from_millis(kafka.produce_timeout_ms),
         })
     }
@@ -112,38 +129,30 @@ impl Publisher {
         headers: Option<OwnedHeaders>,
     ) -> Result<(), PublishError> {
         let started = tokio::time::Instant::now();
+        let mut headers = headers;
         loop {
             let mut record = FutureRecord::to(topic).key(key).payload(payload);
             if let Some(ts) = timestamp_ms {
                 record = record.timestamp(ts);
             }
-            if let Some(h) = headers.clone() {
+            if let Some(h) = headers.take() {
                 record = record.headers(h);
             }
             match self.producer.send_result(record) {
                 Ok(future) => {
-                    let topic = topic.to_string();
-                    let tagged: Tagged = futures::FutureExt::map(
-                        future,
-                        Box::new(move |result| {
-                            let outcome = match result {
-                                Ok(Ok(_)) => Ok(()),
-                                Ok(Err((e, _))) => Err(e),
-                                Err(_) => Err(KafkaError::Canceled),
-                            };
-                            (tag, topic, outcome)
-                        }),
-                    );
-                    self.in_flight.push(tagged);
+                    let topic = self.topic_name(topic);
+                    self.in_flight.push(TaggedDelivery { future, tag, topic });
                     if self.in_flight.len() >= 50_000 {
                         self.settle_some().await?;
                     }
                     return Ok(());
                 }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), record))
                     if started.elapsed() < self.timeout =>
                 {
-                    // Backpressure: wait for acknowledgements, then retry.
+                    // Backpressure: wait for acknowledgements, then retry (the headers come
+                    // back with the refused record).
+                    headers = record.headers;
                     if self.in_flight.is_empty() {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     } else {
@@ -158,6 +167,15 @@ impl Publisher {
                 }
             }
         }
+    }
+
+    fn topic_name(&mut self, topic: &str) -> Arc<str> {
+        if let Some(name) = self.topics.get(topic) {
+            return Arc::clone(name);
+        }
+        let name: Arc<str> = Arc::from(topic);
+        self.topics.insert(topic.to_string(), Arc::clone(&name));
+        name
     }
 
     async fn settle_some(&mut self) -> Result<(), PublishError> {
@@ -175,7 +193,7 @@ impl Publisher {
     fn record(
         &mut self,
         tag: &'static str,
-        topic: String,
+        topic: Arc<str>,
         outcome: Result<(), KafkaError>,
     ) -> Result<(), PublishError> {
         match outcome {
@@ -183,7 +201,10 @@ impl Publisher {
                 *self.delivered.entry(tag).or_default() += 1;
                 Ok(())
             }
-            Err(source) => Err(PublishError::Delivery { topic, source }),
+            Err(source) => Err(PublishError::Delivery {
+                topic: topic.to_string(),
+                source,
+            }),
         }
     }
 

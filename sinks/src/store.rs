@@ -85,11 +85,6 @@ impl ParquetStore {
         })
     }
 
-    /// The root directory.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Writes `batch` into `table`, one file per hour partition of its `ts` column, named
     /// after `file_stem` (deterministic per table and window). `metadata` is stored in each
     /// file's key-value metadata.

@@ -16,7 +16,9 @@ use smartcore::linear::linear_regression::{LinearRegression, LinearRegressionPar
 use smartcore::linear::logistic_regression::{LogisticRegression, LogisticRegressionParameters};
 
 use crate::joint::sigmoid;
-use crate::{input_of, targets_of};
+use shopstream_ingest::event::Scenario;
+
+use crate::{dense_inputs, targets_of};
 
 /// Settings of the baselines.
 #[derive(Debug, Clone, Copy)]
@@ -89,11 +91,10 @@ pub struct Baselines {
     pub failed_fits: u64,
 }
 
-fn baseline_features(user_id: &str, item_id: &str, f: &Features) -> Vec<f64> {
-    let input = input_of(user_id, item_id, f, 1);
-    let mut x = input.dense.to_vec();
-    for s in 0..5 {
-        x.push(f64::from(u8::from(input.scenario == s)));
+fn baseline_features(f: &Features) -> Vec<f64> {
+    let mut x = dense_inputs(f).to_vec();
+    for scenario in Scenario::ALL {
+        x.push(f64::from(u8::from(f.scenario == scenario)));
     }
     for device in ["ios", "android", "web"] {
         x.push(f64::from(u8::from(f.device.as_deref() == Some(device))));
@@ -181,7 +182,7 @@ impl Baselines {
 
     /// Predictions for `e` from the latest fit.
     pub fn predict(&self, e: &Example) -> BaselineOutput {
-        let x = baseline_features(&e.user_id, &e.item_id, &e.features);
+        let x = baseline_features(&e.features);
         BaselineOutput {
             p_click: self.ctr.as_ref().map_or(0.05, |m| sigmoid(m.score(&x))),
             p_cvr: self.cvr.as_ref().map_or(0.1, |m| sigmoid(m.score(&x))),
@@ -194,7 +195,7 @@ impl Baselines {
         for e in examples {
             let t = targets_of(e);
             self.rows.push_back(Row {
-                x: baseline_features(&e.user_id, &e.item_id, &e.features),
+                x: baseline_features(&e.features),
                 clicked: t.clicked,
                 converted: t.converted,
                 log_revenue: t.log_revenue,

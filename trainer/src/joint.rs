@@ -389,16 +389,6 @@ impl JointModel {
         &self.config
     }
 
-    /// Number of dense parameters and of embedding entries.
-    pub fn sizes(&self) -> (usize, usize) {
-        (self.params.len(), self.embedding.len())
-    }
-
-    /// Adam steps taken.
-    pub fn steps(&self) -> u64 {
-        self.steps
-    }
-
     /// Rows of the embedding table (for hashing ids into it).
     pub fn embedding_rows(&self) -> usize {
         1 << self.config.embedding_bits
@@ -435,8 +425,20 @@ impl JointModel {
 
     /// Predictions for one example from the current parameters.
     pub fn predict(&self, input: &Input) -> Output {
-        let mut t = Trace::default();
-        self.forward(input, &mut t);
+        self.predict_with(input, &mut Trace::default())
+    }
+
+    /// Predictions for many examples, reusing one set of activation buffers.
+    pub fn predict_all<'a>(&self, inputs: impl IntoIterator<Item = &'a Input>) -> Vec<Output> {
+        let mut trace = Trace::default();
+        inputs
+            .into_iter()
+            .map(|x| self.predict_with(x, &mut trace))
+            .collect()
+    }
+
+    fn predict_with(&self, input: &Input, t: &mut Trace) -> Output {
+        self.forward(input, t);
         let (p_click, p_cvr) = (sigmoid(t.logits[0]), sigmoid(t.logits[1]));
         Output {
             p_click,

@@ -156,8 +156,17 @@ pub fn input_of(user_id: &str, item_id: &str, f: &Features, rows: usize) -> Inpu
         slot(6, &[&position]),
         slot(7, &[scenario, &position]),
     ];
+    Input {
+        ids,
+        dense: dense_inputs(f),
+        scenario: scenario_index(f.scenario),
+    }
+}
+
+/// The dense (numeric) model inputs of a feature row, before normalisation.
+pub fn dense_inputs(f: &Features) -> [f64; DENSE] {
     let ln1p = |x: f64| x.max(0.0).ln_1p();
-    let dense: [f64; DENSE] = [
+    [
         ln1p(f.user[2].impressions as f64),
         f.user_ctr_7d(),
         ln1p(f.user[1].clicks as f64),
@@ -169,12 +178,7 @@ pub fn input_of(user_id: &str, item_id: &str, f: &Features, rows: usize) -> Inpu
         f.item_on_hand
             .map_or(0.0, |h| if h > 0 { 1.0 } else { -1.0 }),
         f.user_recency_secs.map_or(16.0, |r| ln1p(r.min(1e7))),
-    ];
-    Input {
-        ids,
-        dense,
-        scenario: scenario_index(f.scenario),
-    }
+    ]
 }
 
 /// Demand-head inputs of an item: its embedding row (shared with the CTR/CVR towers) and
@@ -302,7 +306,7 @@ impl Trainer {
                 )
             })
             .collect();
-        let outputs: Vec<joint::Output> = data.iter().map(|(x, _)| self.model.predict(x)).collect();
+        let outputs = self.model.predict_all(data.iter().map(|(x, _)| x));
         let metrics = evaluate(examples, &data, &outputs);
         let mut loss = 0.0;
         let mut batches = 0;

@@ -18,7 +18,7 @@ use shopstream_ingest::source::RecordMeta;
 
 use crate::baselines::{BaselineConfig, Baselines};
 use crate::metrics::auc;
-use crate::{Trainer, input_of, targets_of};
+use crate::{Trainer, dense_inputs, targets_of};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -203,7 +203,6 @@ pub fn run_quality(options: &QualityOptions) -> std::io::Result<QualityReport> {
 fn write_vw(out: &mut impl Write, e: &Example) -> std::io::Result<()> {
     let f = &e.features;
     let clean = |s: &str| s.replace([' ', '|', ':'], "_");
-    let input = input_of(&e.user_id, &e.item_id, f, 1);
     write!(
         out,
         "{} |u u{} |i i{} |c c{} |s {} |d d{} |p p{} |n",
@@ -215,7 +214,7 @@ fn write_vw(out: &mut impl Write, e: &Example) -> std::io::Result<()> {
         clean(f.device.as_deref().unwrap_or("none")),
         f.position.map_or(99, |p| p.min(30)),
     )?;
-    for (k, v) in input.dense.iter().enumerate() {
+    for (k, v) in dense_inputs(f).iter().enumerate() {
         write!(out, " x{k}:{v:.6}")?;
     }
     writeln!(out)

@@ -110,6 +110,19 @@ pub struct GeneratedMessage {
     pub malformed: Option<Reason>,
 }
 
+impl GeneratedMessage {
+    /// A valid message carrying `event` as JSON.
+    pub fn valid(topic: InputTopic, key: String, event: &impl Serialize, ts: Millis) -> Self {
+        Self {
+            topic,
+            key,
+            payload: serde_json::to_vec(event).unwrap_or_default(),
+            ts,
+            malformed: None,
+        }
+    }
+}
+
 /// Ground truth for one impression.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TruthRow {
@@ -680,14 +693,12 @@ impl Generator {
                     price: Some(self.price_at(item, ts)),
                     category: None,
                 };
-                let payload = serde_json::to_vec(&restock).unwrap_or_default();
-                Some(GeneratedMessage {
-                    topic: InputTopic::Inventory,
-                    key: restock.item_id,
-                    payload,
+                Some(GeneratedMessage::valid(
+                    InputTopic::Inventory,
+                    restock.item_id.clone(),
+                    &restock,
                     ts,
-                    malformed: None,
-                })
+                ))
             }
         }
     }
@@ -719,13 +730,7 @@ impl Generator {
         // forms of the contract are exercised.
         let mut value = serde_json::to_value(&event).unwrap_or_default();
         value["ts"] = serde_json::Value::String(crate::event::ts_to_rfc3339(ts));
-        GeneratedMessage {
-            topic: InputTopic::Orders,
-            key: event.user_id,
-            payload: serde_json::to_vec(&value).unwrap_or_default(),
-            ts,
-            malformed: None,
-        }
+        GeneratedMessage::valid(InputTopic::Orders, event.user_id, &value, ts)
     }
 
     fn session_allowed(&self) -> bool {
