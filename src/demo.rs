@@ -126,7 +126,15 @@ pub async fn demo(
                 messages = generated.valid_total + generated.malformed_total,
                 "demo: running the pipeline until caught up"
             );
-            let run = run(&config, RunOptions { stop_at_end: true }, shutdown).await?;
+            let run = run(
+                &config,
+                RunOptions {
+                    stop_at_end: true,
+                    ..Default::default()
+                },
+                shutdown,
+            )
+            .await?;
             (generated, run)
         }
         Some(rate) => live(&config, options, rate, shutdown).await?,
@@ -170,8 +178,15 @@ async fn live(
             _ = shutdown => {},
         }
     };
-    let job =
-        crate::pipeline::run_observed(config, RunOptions { stop_at_end: false }, stop, progress);
+    let job = crate::pipeline::run_observed(
+        config,
+        RunOptions {
+            stop_at_end: false,
+            ..Default::default()
+        },
+        stop,
+        progress,
+    );
     let traffic = async {
         // Give the job a moment to join its group before the first message.
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;

@@ -14,6 +14,8 @@ use shopstream_ingest::generator::{
     DEFAULT_START_MS, DriftKind, GeneratorOptions, world::WorldSize,
 };
 
+mod store_cli;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "shopstream",
@@ -69,6 +71,19 @@ enum Command {
     /// Publish an external event log onto the input topics as contract events.
     #[command(subcommand)]
     Import(ImportCommand),
+    /// SQL over the Parquet store (polars): every table with committed files, hive
+    /// partition columns date and hour, output as a table, CSV, JSON lines or Parquet.
+    Query(store_cli::QueryArgs),
+    /// Point-in-time training set: for each spine row (key, ts, labels...) the latest
+    /// features of the key strictly before ts (as-of join over the examples table).
+    TrainingSet(store_cli::TrainingSetArgs),
+    /// Rebuild the store for a historical range from the input topics (a throw-away
+    /// consumer group; nothing is committed or published). Files of windows starting in
+    /// [--from, --to) are written, identical to what the live run wrote.
+    Replay(store_cli::ReplayArgs),
+    /// Store maintenance.
+    #[command(subcommand)]
+    Store(store_cli::StoreCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -240,7 +255,16 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
-            if error.downcast_ref::<ConfigError>().is_some() {
+            let user_query_error = error
+                .downcast_ref::<shopstream_sinks::query::QueryError>()
+                .is_some_and(|e| {
+                    !matches!(
+                        e,
+                        shopstream_sinks::query::QueryError::Output(_)
+                            | shopstream_sinks::query::QueryError::Store(_)
+                    )
+                });
+            if error.downcast_ref::<ConfigError>().is_some() || user_query_error {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE
@@ -279,6 +303,15 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Command::Model(ModelCommand::Quality(args)) => quality_cmd(config, args),
             Command::Model(ModelCommand::Inspect(args)) => inspect_cmd(&args.file),
             Command::Import(ImportCommand::Taobao(args)) => import_cmd(config, args).await,
+            Command::Query(args) => store_cli::query_cmd(&config, args),
+            Command::TrainingSet(args) => store_cli::training_set_cmd(&config, args),
+            Command::Replay(args) => store_cli::replay_cmd(config, args).await,
+            Command::Store(store_cli::StoreCommand::Compact(args)) => {
+                store_cli::compact_cmd(&config, args)
+            }
+            Command::Store(store_cli::StoreCommand::Tables(args)) => {
+                store_cli::tables_cmd(&config, args)
+            }
             Command::CheckConfig(_) => unreachable!("handled above"),
         }
     })?;
@@ -305,6 +338,7 @@ fn check_config(file: &Path) -> ExitCode {
 async fn run(config: Config, args: RunArgs) -> Result<()> {
     let options = pipeline::RunOptions {
         stop_at_end: args.stop_at_end,
+        ..Default::default()
     };
     let summary = pipeline::run(&config, options, shutdown_signal()).await?;
     let json = serde_json::to_string_pretty(&summary)?;

@@ -79,6 +79,32 @@ pub enum PipelineError {
 pub struct RunOptions {
     /// Stop once all input present at start has been processed (demo, tests, backfills).
     pub stop_at_end: bool,
+    /// Rebuild the store for a historical range instead of running the live job.
+    pub replay: Option<ReplayRange>,
+}
+
+/// A replay: the input topics are read from their beginning by a throw-away consumer
+/// group (nothing is committed, nothing is published), every event before `to_ms` is
+/// processed exactly as the live job processes it (features, labels, model training), and
+/// only the windows starting in `[from_ms, to_ms)` are written to the store. Reading from
+/// the beginning is what makes the files byte-identical to the live run's: the model and
+/// the rolling features of a window depend on everything before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayRange {
+    /// First window start written, epoch ms (inclusive).
+    pub from_ms: i64,
+    /// End of the range, epoch ms (exclusive).
+    pub to_ms: i64,
+    /// Events before this time are skipped (warm-up bound). `None`: process everything
+    /// from the beginning of the topics (the default, needed for identical files).
+    pub warmup_from_ms: Option<i64>,
+}
+
+impl ReplayRange {
+    /// Whether the window starting at `start_ms` is written.
+    fn writes(&self, start_ms: i64) -> bool {
+        (self.from_ms..self.to_ms).contains(&start_ms)
+    }
 }
 
 /// What a run did. Counts reconcile exactly: for each topic,
@@ -96,6 +122,9 @@ pub struct RunSummary {
     pub dead_lettered_per_topic: BTreeMap<String, u64>,
     /// Duplicates suppressed per input topic (not dead-lettered: they are copies).
     pub duplicates: BTreeMap<String, u64>,
+    /// Replay: events outside the replayed range per input topic (not processed).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub replay_skipped: BTreeMap<String, u64>,
     /// Dead letters acknowledged by the broker.
     pub dead_letters_published: u64,
     /// Impressions seen (each gets a prediction).
@@ -106,6 +135,8 @@ pub struct RunSummary {
     pub examples_written: u64,
     /// Parquet files of the examples table committed.
     pub files_written: u64,
+    /// Hour partitions compacted (all tables).
+    pub compactions: u64,
     /// Windows closed.
     pub windows_closed: u64,
     /// Item demand forecasts written to the store's `item_demand` table.
@@ -218,14 +249,26 @@ pub async fn run_observed(
     // Until checkpoints exist there are no start positions of our own: partitions start
     // at the group's committed offsets.
     let start: SharedPositions = Default::default();
-    let (source, committer) = KafkaSource::connect(
-        &config.kafka,
-        topics,
-        &partitions,
-        start,
-        options.stop_at_end,
-    )
-    .await?;
+    let replay_kafka;
+    let kafka = match options.replay {
+        // A group of its own that never commits: the live job's offsets stay untouched and
+        // every partition is read from its beginning.
+        Some(_) => {
+            let mut kafka = config.kafka.clone();
+            kafka.group_id = format!(
+                "{}-replay-{}-{}",
+                config.kafka.group_id,
+                std::process::id(),
+                chrono::Utc::now().timestamp_millis()
+            );
+            replay_kafka = kafka;
+            &replay_kafka
+        }
+        None => &config.kafka,
+    };
+    let stop_at_end = options.stop_at_end || options.replay.is_some();
+    let (source, committer) =
+        KafkaSource::connect(kafka, topics, &partitions, start, stop_at_end).await?;
     let features = FeaturePipeline::new(&config.pipeline);
 
     let cancel = CancellationToken::new();
@@ -245,7 +288,7 @@ pub async fn run_observed(
     };
     let (tx, rx) = mpsc::channel(config.pipeline.channel_capacity);
     let source_options = SourceOptions {
-        stop_at_end: options.stop_at_end,
+        stop_at_end,
         limits: DecodeLimits {
             max_message_bytes: config.pipeline.max_message_bytes,
         },
@@ -266,7 +309,14 @@ pub async fn run_observed(
         store,
         features,
         cleaner: Cleaner::new(clean_limits(config)),
-        bounded: options.stop_at_end,
+        bounded: stop_at_end,
+        replay: options.replay.map(|range| ReplayState {
+            range,
+            stop_ms: range.to_ms
+                + ms(config.pipeline.allowed_lateness_secs)
+                + 2 * ms(config.pipeline.window_secs),
+            done: Default::default(),
+        }),
         last_seen: BTreeMap::new(),
         trainer: Trainer::new(&config.model),
         publisher: Publisher::new(&config.kafka)?,
@@ -291,7 +341,10 @@ pub async fn run_observed(
         }
         // Everything consumed is now reflected in durable outputs: commit, while the
         // source still serves its consumers (a stopped group member may be evicted).
-        committer.commit(&processor.positions).await?;
+        // A replay's group is throw-away: it commits nothing.
+        if options.replay.is_none() {
+            committer.commit(&processor.positions).await?;
+        }
     }
     cancel.cancel();
     tracker.wait().await;
@@ -340,6 +393,20 @@ enum Flow {
     Stop,
 }
 
+/// Where a replay stands.
+struct ReplayState {
+    range: ReplayRange,
+    /// A partition is finished once it delivers an event at or after this time: by then
+    /// every window before `range.to_ms` has closed with matured labels.
+    stop_ms: i64,
+    /// Partitions finished.
+    done: std::collections::BTreeSet<(InputTopic, i32)>,
+}
+
+fn ms(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
 struct Processor<'a> {
     config: &'a Config,
     store: ParquetStore,
@@ -347,6 +414,8 @@ struct Processor<'a> {
     cleaner: Cleaner,
     /// Bounded mode: partitions release the watermark at their end, not by idleness.
     bounded: bool,
+    /// Replay mode: the range and its progress.
+    replay: Option<ReplayState>,
     /// Live mode: when each assigned partition last delivered something.
     last_seen: BTreeMap<(InputTopic, i32), tokio::time::Instant>,
     trainer: Trainer,
@@ -402,6 +471,8 @@ impl Processor<'_> {
         for output in self.features.finish() {
             self.window_closed(output).await?;
         }
+        // Nothing more will be written this run: merge what remains.
+        self.compact(None).await?;
         self.publisher.flush().await?;
         Ok(())
     }
@@ -443,16 +514,19 @@ impl Processor<'_> {
             let prediction = self.trainer.predict(&row, self.features.watermark());
             let json = serde_json::to_vec(&prediction)
                 .map_err(|e| PipelineError::Internal(format!("prediction JSON: {e}")))?;
-            self.publisher
-                .send(
-                    TAG_PREDICTION,
-                    &self.config.topics.predictions,
-                    row.event_id.as_bytes(),
-                    &json,
-                    Some(row.ts),
-                    None,
-                )
-                .await?;
+            // A replay rebuilds the store; the live run published the predictions.
+            if self.replay.is_none() {
+                self.publisher
+                    .send(
+                        TAG_PREDICTION,
+                        &self.config.topics.predictions,
+                        row.event_id.as_bytes(),
+                        &json,
+                        Some(row.ts),
+                        None,
+                    )
+                    .await?;
+            }
             self.latency.record(received.elapsed());
         }
         if let Err(late) = self.features.ingest(meta, event) {
@@ -528,10 +602,26 @@ impl Processor<'_> {
             "shopstream.window_start_ms".to_string(),
             window_ms.to_string(),
         );
-        let written =
-            tokio::task::spawn_blocking(move || store.write(table, &stem, &batch, &metadata))
-                .await
-                .map_err(|e| PipelineError::Internal(format!("store writer: {e}")))??;
+        // Offsets go into the commit record, not the file: files must be byte-identical
+        // however the input was interleaved (live run vs replay).
+        let offsets: BTreeMap<String, i64> = self
+            .positions
+            .iter()
+            .map(|((topic, partition), offset)| {
+                (
+                    format!(
+                        "{}/{partition}",
+                        input_topic_name(&self.config.topics, *topic)
+                    ),
+                    *offset,
+                )
+            })
+            .collect();
+        let written = tokio::task::spawn_blocking(move || {
+            store.write(table, &stem, &batch, &metadata, &offsets)
+        })
+        .await
+        .map_err(|e| PipelineError::Internal(format!("store writer: {e}")))??;
         Ok(written)
     }
 
@@ -583,6 +673,9 @@ impl Processor<'_> {
                 received,
             } => {
                 self.consumed(meta);
+                if self.replay_skips(meta, event.ts()).await? {
+                    return Ok(Flow::Continue);
+                }
                 // An event held for a clock-skew decision is decided by this next one.
                 let partition = (meta.topic, meta.partition);
                 if let Some(held) = self.held.remove(&partition) {
@@ -648,6 +741,31 @@ impl Processor<'_> {
         summary
     }
 
+    /// Replay: whether this event lies outside what the replay processes (before the
+    /// warm-up bound, or on a partition past the end bound, which it then finishes).
+    async fn replay_skips(&mut self, meta: RecordMeta, ts: i64) -> Result<bool, PipelineError> {
+        let Some(replay) = &mut self.replay else {
+            return Ok(false);
+        };
+        let partition = (meta.topic, meta.partition);
+        if replay.done.contains(&partition) {
+            return Ok(true);
+        }
+        if replay.range.warmup_from_ms.is_some_and(|from| ts < from) {
+            bump(&mut self.summary.replay_skipped, meta.topic.as_str());
+            return Ok(true);
+        }
+        if ts >= replay.stop_ms {
+            replay.done.insert(partition);
+            bump(&mut self.summary.replay_skipped, meta.topic.as_str());
+            self.resolve_all_held(Some(partition)).await?;
+            self.features.partition_at_end(meta.topic, meta.partition);
+            self.close_ready().await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     fn consumed(&mut self, meta: RecordMeta) {
         bump(&mut self.summary.consumed, meta.topic.as_str());
         self.positions
@@ -697,6 +815,10 @@ impl Processor<'_> {
             meta.topic.as_str(),
         );
         tracing::debug!(topic = meta.topic.as_str(), partition = meta.partition, offset = meta.offset, %rejection, "dead-lettered");
+        if self.replay.is_some() {
+            // The live run dead-lettered it already.
+            return Ok(());
+        }
         let config = self.config;
         let headers = dead_letter_headers(
             input_topic_name(&config.topics, meta.topic),
@@ -718,6 +840,12 @@ impl Processor<'_> {
 
     async fn window_closed(&mut self, output: WindowOutput) -> Result<(), PipelineError> {
         self.summary.windows_closed += 1;
+        // Replay: windows outside the range still train the model (later windows depend
+        // on it) but write nothing.
+        let write = self
+            .replay
+            .as_ref()
+            .is_none_or(|r| r.range.writes(output.start));
         // Item demand: score and train on what sold in this window, forecast the next.
         let demand = self.trainer.train_demand(&output.demand);
         let forecasts = self.trainer.forecast(&output.demand_next);
@@ -725,9 +853,11 @@ impl Processor<'_> {
             self.summary.demand_forecasts += forecasts.len() as u64;
             self.summary.stockout_risks +=
                 forecasts.iter().filter(|f| f.stockout_risk).count() as u64;
-            let batch = shopstream_trainer::metrics::demand_batch(&forecasts)?;
-            self.write_table("item_demand", output.end, batch, BTreeMap::new())
-                .await?;
+            if write {
+                let batch = shopstream_trainer::metrics::demand_batch(&forecasts)?;
+                self.write_table("item_demand", output.end, batch, BTreeMap::new())
+                    .await?;
+            }
         }
         if output.examples.is_empty() {
             return Ok(());
@@ -735,6 +865,10 @@ impl Processor<'_> {
         let mut metrics = self.trainer.train_window(&output.examples);
         metrics.demand = demand;
         self.summary.quality.add(&metrics);
+        if !write {
+            self.summary.last_window_metrics = Some(metrics);
+            return Ok(());
+        }
         let batch = examples_batch(&output.examples)?;
         let metadata = BTreeMap::from([
             (
@@ -770,6 +904,35 @@ impl Processor<'_> {
             "window closed"
         );
         self.summary.last_window_metrics = Some(metrics);
+        // Hours that no later window can add rows to: impressions mature (and are
+        // written) up to an attribution window after their time.
+        let settled = output.start
+            - ms(self.config.pipeline.attribution_window_secs)
+            - 2 * ms(self.config.pipeline.window_secs);
+        self.compact(Some(settled)).await?;
+        Ok(())
+    }
+
+    /// Compacts every table's hour partitions that end at or before `before_ms` (all with
+    /// `None`), when `store.compact_closed_hours` is on.
+    async fn compact(&mut self, before_ms: Option<i64>) -> Result<(), PipelineError> {
+        if !self.store.compacts_closed_hours() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let made = tokio::task::spawn_blocking(move || {
+            let mut made = 0;
+            for table in STORE_TABLES {
+                made += store.compact(table, before_ms)?.len();
+            }
+            Ok::<_, StoreError>(made)
+        })
+        .await
+        .map_err(|e| PipelineError::Internal(format!("store compaction: {e}")))??;
+        self.summary.compactions += made as u64;
         Ok(())
     }
 }
+
+/// Tables the pipeline writes.
+const STORE_TABLES: [&str; 3] = ["examples", "metrics", "item_demand"];

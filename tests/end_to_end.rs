@@ -263,7 +263,10 @@ async fn unreachable_broker_is_reported_with_its_address() {
     config.store.path = store.path().to_path_buf();
     let error = run(
         &config,
-        RunOptions { stop_at_end: true },
+        RunOptions {
+            stop_at_end: true,
+            ..Default::default()
+        },
         std::future::pending(),
     )
     .await

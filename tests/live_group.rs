@@ -69,7 +69,10 @@ async fn run_live_until(config: &Config, expected: u64) -> RunSummary {
     };
     run_observed(
         config,
-        RunOptions { stop_at_end: false },
+        RunOptions {
+            stop_at_end: false,
+            ..Default::default()
+        },
         shutdown,
         progress,
     )

@@ -198,6 +198,11 @@ pub struct StoreConfig {
     pub row_group_rows: usize,
     /// zstd compression level (1 fast .. 22 small).
     pub zstd_level: i32,
+    /// Merge each hour partition's window files into one file once no window can add rows
+    /// to that hour any more (and everything at the end of a bounded run), so the file
+    /// count stays at about one per table and hour. `shopstream store compact` does the
+    /// same on demand.
+    pub compact_closed_hours: bool,
 }
 
 impl Default for StoreConfig {
@@ -206,6 +211,7 @@ impl Default for StoreConfig {
             path: PathBuf::from("shopstream-store"),
             row_group_rows: 65_536,
             zstd_level: 3,
+            compact_closed_hours: true,
         }
     }
 }

@@ -8,8 +8,15 @@
 //!   duplicating.
 //! - [`kafka_out`]: asynchronous producers with delivery tracking: a message only counts as
 //!   published once the broker acknowledged it.
+//! - [`manifest`]: commit records; a file is visible to readers only once a commit names
+//!   it, and compaction replaces many small files of an hour by one.
+//! - [`failpoint`]: named crash points for the kill tests (inert unless armed).
 //! - [`read`]: reading the store back (summaries, tests).
+//! - [`query`]: SQL over the store on polars, and point-in-time training sets.
 
+pub mod failpoint;
 pub mod kafka_out;
+pub mod manifest;
+pub mod query;
 pub mod read;
 pub mod store;

@@ -1,47 +1,52 @@
-//! Reading the store back: listing committed files and simple aggregate queries used by
-//! the demo summary and the tests. (The SQL query engine arrives with the query command.)
+//! Reading the store back: listing committed files, reading one file, and the small
+//! aggregate the demo summary prints. SQL over the store is in [`crate::query`].
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use arrow::array::{Array, BooleanArray, StringArray};
+use arrow::array::{Array, BooleanArray, RecordBatch, StringArray};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::store::StoreError;
 
-/// Committed Parquet files of `table` (hidden temporary files excluded), sorted by path.
+/// Files of `table` visible to readers (named by a commit, not replaced by a compaction),
+/// sorted by path. Files present on disk but never committed (a crash mid-window) are not
+/// included.
 pub fn table_files(root: &Path, table: &str) -> Result<Vec<PathBuf>, StoreError> {
-    let mut files = Vec::new();
-    let dir = root.join(table);
-    if !dir.exists() {
-        return Ok(files);
-    }
-    let mut stack = vec![dir];
-    while let Some(dir) = stack.pop() {
-        let entries = std::fs::read_dir(&dir).map_err(|source| StoreError::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        for entry in entries {
-            let entry = entry.map_err(|source| StoreError::Io {
-                path: dir.clone(),
-                source,
-            })?;
-            let path = entry.path();
-            let hidden = entry.file_name().to_string_lossy().starts_with(['.', '_']);
-            if hidden {
-                continue;
-            }
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "parquet") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    Ok(files)
+    Ok(crate::manifest::live_files(root, table)?
+        .into_iter()
+        .map(|f| f.path)
+        .collect())
+}
+
+/// Reads one Parquet file: its key-value metadata and its record batches.
+pub fn read_file(path: &Path) -> Result<(BTreeMap<String, String>, Vec<RecordBatch>), StoreError> {
+    let parquet_err = |source| StoreError::Parquet {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(|source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_err)?;
+    let metadata = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .map(|kv| {
+            kv.iter()
+                .filter(|kv| kv.key != "ARROW:schema")
+                .map(|kv| (kv.key.clone(), kv.value.clone().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let batches = builder
+        .build()
+        .map_err(parquet_err)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((metadata, batches))
 }
 
 /// Impressions and clicks per scenario over the `examples` table.

@@ -6,13 +6,15 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, RecordBatch, TimestampMicrosecondArray, UInt32Array};
-use arrow::compute::take_record_batch;
+use arrow::compute::{SortColumn, lexsort_to_indices, take_record_batch};
 use chrono::{DateTime, Datelike, Timelike};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use shopstream_config::StoreConfig;
+
+use crate::manifest::{self, Commit, CommittedFile};
 
 /// Why a store write failed.
 #[derive(Debug, thiserror::Error)]
@@ -50,8 +52,22 @@ pub enum StoreError {
         column: String,
     },
     /// Arrow kernel failure. Internal.
-    #[error("cannot split batch by hour: {0}")]
+    #[error("cannot split or sort batch: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    /// A commit record cannot be read. The store was damaged outside shopstream, or was
+    /// written by an incompatible version.
+    #[error(
+        "commit record {path} is unreadable: {message}; restore it from a backup or delete it and reprocess its window"
+    )]
+    CorruptCommit {
+        /// The record.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A bug. Internal.
+    #[error("internal store error: {0}")]
+    Internal(String),
 }
 
 /// A written file.
@@ -59,8 +75,12 @@ pub enum StoreError {
 pub struct WrittenFile {
     /// Path of the committed file.
     pub path: PathBuf,
+    /// Path relative to the table directory.
+    pub relative: String,
     /// Rows in it.
     pub rows: usize,
+    /// Size in bytes.
+    pub bytes: u64,
 }
 
 /// Writes tables below one root directory.
@@ -69,6 +89,7 @@ pub struct ParquetStore {
     root: PathBuf,
     row_group_rows: usize,
     zstd_level: i32,
+    compact_closed_hours: bool,
 }
 
 impl ParquetStore {
@@ -82,42 +103,183 @@ impl ParquetStore {
             root: config.path.clone(),
             row_group_rows: config.row_group_rows,
             zstd_level: config.zstd_level,
+            compact_closed_hours: config.compact_closed_hours,
         })
     }
 
+    /// Whether closed hours are compacted as the job goes (`store.compact_closed_hours`).
+    pub fn compacts_closed_hours(&self) -> bool {
+        self.compact_closed_hours
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Writes `batch` into `table`, one file per hour partition of its `ts` column, named
-    /// after `file_stem` (deterministic per table and window). `metadata` is stored in each
-    /// file's key-value metadata.
+    /// after `file_stem` (deterministic per table and window), rows sorted by (user_id or
+    /// item_id, ts); `metadata` goes into each file's key-value metadata. Then commits the
+    /// files under the record `file_stem`, with `source_offsets`, so they become visible.
     pub fn write(
         &self,
         table: &str,
         file_stem: &str,
         batch: &RecordBatch,
         metadata: &BTreeMap<String, String>,
+        source_offsets: &BTreeMap<String, i64>,
     ) -> Result<Vec<WrittenFile>, StoreError> {
         if batch.num_rows() == 0 {
             return Ok(Vec::new());
         }
+        let batch = sort_for_readers(batch)?;
         let mut written = Vec::new();
-        for (partition, part) in split_by_hour(table, batch)? {
-            let dir = self.root.join(table).join(partition);
-            let path = dir.join(format!("{file_stem}.parquet"));
-            self.write_file(&dir, &path, &part, metadata)?;
-            written.push(WrittenFile {
-                path,
-                rows: part.num_rows(),
-            });
+        for (partition, part) in split_by_hour(table, &batch)? {
+            let relative = format!("{partition}/{file_stem}.parquet");
+            written.push(self.write_one(table, &relative, &part, metadata)?);
         }
+        crate::failpoint::hit("store.files_renamed");
+        manifest::write_commit(
+            &self.root,
+            &Commit {
+                format: manifest::COMMIT_FORMAT,
+                table: table.to_string(),
+                id: file_stem.to_string(),
+                files: written.iter().map(committed).collect(),
+                replaces: Vec::new(),
+                source_offsets: source_offsets.clone(),
+            },
+        )?;
         Ok(written)
     }
 
+    /// Writes one data file (not yet committed) at `relative` below the table directory.
+    fn write_one(
+        &self,
+        table: &str,
+        relative: &str,
+        batch: &RecordBatch,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<WrittenFile, StoreError> {
+        let path = self.root.join(table).join(relative);
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        let bytes = self.write_file(&dir, &path, batch, metadata)?;
+        Ok(WrittenFile {
+            path,
+            relative: relative.to_string(),
+            rows: batch.num_rows(),
+            bytes,
+        })
+    }
+
+    /// Merges the visible files of every hour partition of `table` that has more than one
+    /// into a single file (sorted like any other), commits it as replacing them, then
+    /// deletes what it replaced. Only hours that end at or before `before_ms` are touched
+    /// (all with `None`): later hours may still receive windows. Returns the compaction
+    /// commits made.
+    ///
+    /// Crash safety: until the compaction record is renamed into place, readers see the
+    /// old files; after it, the merged file. Deleting the replaced files comes last and is
+    /// idempotent. The generation number in the names makes a second compaction of an hour
+    /// (after late windows arrived) a new file rather than an overwrite of a visible one.
+    pub fn compact(&self, table: &str, before_ms: Option<i64>) -> Result<Vec<Commit>, StoreError> {
+        let commits = manifest::read_commits(&self.root, table)?;
+        let live = manifest::live_of(&self.root, table, &commits);
+        let mut by_hour: BTreeMap<&str, Vec<&manifest::LiveFile>> = BTreeMap::new();
+        for file in &live {
+            if let Some((partition, _)) = file.relative.rsplit_once('/') {
+                by_hour.entry(partition).or_default().push(file);
+            }
+        }
+        let mut made = Vec::new();
+        for (partition, files) in by_hour {
+            if files.len() < 2 {
+                continue;
+            }
+            if let (Some(limit), Some(hour_end)) = (before_ms, partition_end_ms(partition))
+                && hour_end > limit
+            {
+                continue;
+            }
+            let generation = 1 + commits
+                .iter()
+                .filter(|c| c.id.starts_with(&compaction_prefix(partition)))
+                .count();
+            let mut batches = Vec::new();
+            let mut metadata = BTreeMap::new();
+            for file in &files {
+                let (schema_meta, mut read) = crate::read::read_file(&file.path)?;
+                batches.append(&mut read);
+                merge_window_metadata(&mut metadata, schema_meta);
+            }
+            let Some(first) = batches.first() else {
+                continue;
+            };
+            let merged = arrow::compute::concat_batches(&first.schema(), &batches)?;
+            let merged = sort_for_readers(&merged)?;
+            let relative = format!("{partition}/compact-{generation}.parquet");
+            let written = self.write_one(table, &relative, &merged, &metadata)?;
+            let commit = Commit {
+                format: manifest::COMMIT_FORMAT,
+                table: table.to_string(),
+                id: format!("{}{generation}", compaction_prefix(partition)),
+                files: vec![committed(&written)],
+                replaces: files.iter().map(|f| f.relative.clone()).collect(),
+                source_offsets: BTreeMap::new(),
+            };
+            crate::failpoint::hit("store.compaction_written");
+            manifest::write_commit(&self.root, &commit)?;
+            self.remove_replaced(table, &commit, &commits)?;
+            made.push(commit);
+        }
+        Ok(made)
+    }
+
+    /// Deletes the files `compaction` replaced and the window records left without any
+    /// visible file.
+    fn remove_replaced(
+        &self,
+        table: &str,
+        compaction: &Commit,
+        commits: &[Commit],
+    ) -> Result<(), StoreError> {
+        let table_dir = self.root.join(table);
+        for relative in &compaction.replaces {
+            let path = table_dir.join(relative);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(StoreError::Io { path, source }),
+            }
+        }
+        let replaced: std::collections::BTreeSet<&str> =
+            compaction.replaces.iter().map(String::as_str).collect();
+        for commit in commits {
+            let all_replaced = commit
+                .files
+                .iter()
+                .all(|f| replaced.contains(f.path.as_str()));
+            if commit.id.starts_with("window-") && all_replaced {
+                let path =
+                    manifest::commit_dir(&self.root, table).join(format!("{}.json", commit.id));
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(StoreError::Io { path, source }),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `batch` to `path` through a hidden temporary file; returns the size in bytes.
     fn write_file(
         &self,
         dir: &Path,
         path: &Path,
         batch: &RecordBatch,
         metadata: &BTreeMap<String, String>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         let io_err = |p: &Path| {
             let p = p.to_path_buf();
             move |source| StoreError::Io { path: p, source }
@@ -152,14 +314,88 @@ impl ParquetStore {
         writer.write(batch).map_err(parquet_err)?;
         let file = writer.into_inner().map_err(parquet_err)?;
         file.sync_all().map_err(io_err(&tmp))?;
+        let bytes = file.metadata().map_err(io_err(&tmp))?.len();
         drop(file);
+        crate::failpoint::hit("store.temp_written");
         std::fs::rename(&tmp, path).map_err(io_err(path))?;
         // Make the rename itself durable.
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err(dir))?;
-        Ok(())
+        Ok(bytes)
     }
+}
+
+fn committed(file: &WrittenFile) -> CommittedFile {
+    CommittedFile {
+        path: file.relative.clone(),
+        rows: file.rows as u64,
+        bytes: file.bytes,
+    }
+}
+
+/// Record-name prefix of the compactions of one hour partition.
+fn compaction_prefix(partition: &str) -> String {
+    format!("compact-{}-", partition.replace('/', "-"))
+}
+
+/// End of the hour partition `date=YYYY-MM-DD/hour=HH`, epoch ms.
+fn partition_end_ms(partition: &str) -> Option<i64> {
+    let (date, hour) = partition.split_once('/')?;
+    let date = chrono::NaiveDate::parse_from_str(date.strip_prefix("date=")?, "%Y-%m-%d").ok()?;
+    let hour: u32 = hour.strip_prefix("hour=")?.parse().ok()?;
+    let start = date.and_hms_opt(hour, 0, 0)?.and_utc().timestamp_millis();
+    Some(start + 3_600_000)
+}
+
+/// Metadata of a merged file: the schema version kept, the window range widened.
+fn merge_window_metadata(into: &mut BTreeMap<String, String>, from: BTreeMap<String, String>) {
+    for (key, value) in from {
+        let widened = match (key.as_str(), into.get(&key)) {
+            ("shopstream.window_start_ms", Some(old)) => min_number(old, &value),
+            ("shopstream.window_end_ms", Some(old)) => max_number(old, &value),
+            _ => value,
+        };
+        into.insert(key, widened);
+    }
+}
+
+fn min_number(a: &str, b: &str) -> String {
+    match (a.parse::<i64>(), b.parse::<i64>()) {
+        (Ok(x), Ok(y)) => x.min(y).to_string(),
+        _ => a.to_string(),
+    }
+}
+
+fn max_number(a: &str, b: &str) -> String {
+    match (a.parse::<i64>(), b.parse::<i64>()) {
+        (Ok(x), Ok(y)) => x.max(y).to_string(),
+        _ => a.to_string(),
+    }
+}
+
+/// Sorts rows by (`user_id`, `ts`), or (`item_id`, `ts`) for tables keyed by item, so that
+/// readers looking up one key touch few pages (row-group statistics prune the rest).
+/// Tables with neither key keep their order.
+fn sort_for_readers(batch: &RecordBatch) -> Result<RecordBatch, StoreError> {
+    let key = ["user_id", "item_id"]
+        .into_iter()
+        .find_map(|name| batch.column_by_name(name));
+    let (Some(key), Some(ts)) = (key, batch.column_by_name("ts")) else {
+        return Ok(batch.clone());
+    };
+    let columns = [
+        SortColumn {
+            values: key.clone(),
+            options: None,
+        },
+        SortColumn {
+            values: ts.clone(),
+            options: None,
+        },
+    ];
+    let indices = lexsort_to_indices(&columns, None)?;
+    Ok(take_record_batch(batch, &indices)?)
 }
 
 /// Splits a batch by the UTC hour of its `ts` column: (`date=YYYY-MM-DD/hour=HH`, rows).
@@ -240,7 +476,9 @@ mod tests {
         // 2026-01-05 00:59:59.999 and 01:00:00.000 fall into two partitions.
         let b = batch(&[1_767_574_799_999, 1_767_574_800_000, 1_767_574_800_001]);
         let meta = BTreeMap::from([("window".to_string(), "w1".to_string())]);
-        let files = store.write("t", "w1", &b, &meta).expect("write");
+        let files = store
+            .write("t", "w1", &b, &meta, &BTreeMap::new())
+            .expect("write");
         let rel: Vec<String> = files
             .iter()
             .map(|f| {
@@ -260,7 +498,9 @@ mod tests {
         );
         assert_eq!(files.iter().map(|f| f.rows).collect::<Vec<_>>(), vec![1, 2]);
         let first = std::fs::read(&files[1].path).expect("read");
-        store.write("t", "w1", &b, &meta).expect("rewrite");
+        store
+            .write("t", "w1", &b, &meta, &BTreeMap::new())
+            .expect("rewrite");
         assert_eq!(
             std::fs::read(&files[1].path).expect("read"),
             first,

@@ -222,7 +222,10 @@ pub fn read_table(root: &Path, table: &str) -> Vec<RecordBatch> {
 
 /// Runs the pipeline in bounded mode until it has caught up with its input.
 pub async fn run_to_end(config: &Config) -> shopstream::pipeline::RunSummary {
-    let options = shopstream::pipeline::RunOptions { stop_at_end: true };
+    let options = shopstream::pipeline::RunOptions {
+        stop_at_end: true,
+        ..Default::default()
+    };
     shopstream::pipeline::run(config, options, std::future::pending())
         .await
         .expect("pipeline run")
@@ -240,4 +243,29 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
         head.lines().next().unwrap_or_default().to_string(),
         body.to_string(),
     )
+}
+
+/// Every file of a store except its commit records: relative path -> bytes.
+pub fn store_files(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read store dir") {
+            let path = entry.expect("dir entry").path();
+            let relative = path
+                .strip_prefix(root)
+                .expect("under root")
+                .display()
+                .to_string();
+            if relative.starts_with("_manifest") || relative.ends_with(".ssm") {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.insert(relative, std::fs::read(&path).expect("read store file"));
+            }
+        }
+    }
+    files
 }

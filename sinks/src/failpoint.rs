@@ -1,0 +1,47 @@
+//! Crash points for tests: `SHOPSTREAM_FAILPOINT=NAME:N` makes the N-th arrival at the
+//! point NAME print `failpoint NAME reached` on stderr and then stop the thread there
+//! (sleeping), so a test can SIGKILL the process at exactly that moment: half-way through
+//! a Parquet write, between the data files and their commit record, and so on. Without
+//! the variable every point is a counter check and nothing else.
+//!
+//! Points: `store.temp_written` (a data file is fsynced under its temporary name, not
+//! renamed), `store.files_renamed` (a window's data files are in place, its commit record
+//! is not), `store.compaction_written` (a merged file is in place, its record is not).
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+struct Armed {
+    name: String,
+    nth: u64,
+    seen: AtomicU64,
+}
+
+fn armed() -> Option<&'static Armed> {
+    static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
+    ARMED
+        .get_or_init(|| {
+            let value = std::env::var("SHOPSTREAM_FAILPOINT").ok()?;
+            let (name, nth) = value.rsplit_once(':').unwrap_or((&value, "1"));
+            Some(Armed {
+                name: name.to_string(),
+                nth: nth.parse().unwrap_or(1),
+                seen: AtomicU64::new(0),
+            })
+        })
+        .as_ref()
+}
+
+/// Marks the point `name`; stops here for good when the test armed it.
+pub fn hit(name: &str) {
+    let Some(armed) = armed() else { return };
+    if armed.name != name {
+        return;
+    }
+    if armed.seen.fetch_add(1, Ordering::SeqCst) + 1 == armed.nth {
+        eprintln!("failpoint {name} reached");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+}
