@@ -238,6 +238,16 @@ pub async fn run_observed(
 ) -> Result<RunSummary, PipelineError> {
     let started = std::time::Instant::now();
     let store = ParquetStore::open(&config.store)?;
+    for table in STORE_TABLES {
+        let removed = store.vacuum(table)?;
+        if removed > 0 {
+            tracing::info!(
+                table,
+                removed,
+                "deleted uncommitted files left by an earlier run"
+            );
+        }
+    }
     let topics = &config.topics;
     let all_topics: Vec<String> = topics
         .inputs()

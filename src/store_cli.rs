@@ -103,7 +103,8 @@ pub struct ReplayArgs {
 #[derive(Subcommand, Debug)]
 pub enum StoreCommand {
     /// Merge each hour partition's files into one (what store.compact_closed_hours does
-    /// as the job goes), for every table or one.
+    /// as the job goes), for every table or one; first delete files no commit names
+    /// (left by a crash). Do not run it while a job writes to the same store.
     Compact(CompactArgs),
     /// List the tables with their committed files and rows.
     Tables(TablesArgs),
@@ -244,6 +245,10 @@ pub fn compact_cmd(config: &Config, args: CompactArgs) -> Result<()> {
         None => shopstream_sinks::manifest::tables(&store_config.path)?,
     };
     for table in tables {
+        let removed = store.vacuum(&table)?;
+        if removed > 0 {
+            println!("{table}: {removed} uncommitted file(s) deleted");
+        }
         let commits = store.compact(&table, None)?;
         let replaced: usize = commits.iter().map(|c| c.replaces.len()).sum();
         println!(

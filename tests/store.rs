@@ -312,6 +312,14 @@ async fn sigkill_mid_write_leaves_no_partial_or_duplicate_rows() {
             }
             files
         };
+        // No file outside the manifest is left for directory-scanning engines.
+        let on_disk: Vec<String> = store_files(&config.store.path).into_keys().collect();
+        let mut committed: Vec<String> = visible(&config.store.path)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        committed.sort();
+        assert_eq!(on_disk, committed, "{point}: files outside the manifest");
         assert!(
             visible(&config.store.path) == visible(&reference.store.path),
             "{point}: the restarted store differs from the never-killed one"

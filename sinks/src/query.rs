@@ -344,3 +344,178 @@ fn micros_to_date(micros: i64) -> chrono::NaiveDate {
         .unwrap_or_default()
         .date_naive()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ParquetStore;
+    use arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+    use arrow::datatypes::{DataType as ArrowType, Field, Schema, TimeUnit as ArrowUnit};
+    use shopstream_config::StoreConfig;
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    const T0: i64 = 1_767_571_200_000; // 2026-01-05T00:00:00Z, ms
+
+    /// Example rows (user, ts ms, user_clicks_7d).
+    fn examples(rows: &[(&str, i64, i64)]) -> RecordBatch {
+        let schema = Schema::new(vec![
+            Field::new("event_id", ArrowType::Utf8, false),
+            Field::new(
+                "ts",
+                ArrowType::Timestamp(ArrowUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new("user_id", ArrowType::Utf8, false),
+            Field::new("user_clicks_7d", ArrowType::Int64, false),
+        ]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    rows.iter().map(|(u, t, _)| format!("{u}-{t}")),
+                )),
+                Arc::new(
+                    TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.1 * 1000))
+                        .with_timezone("UTC"),
+                ),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+            ],
+        )
+        .expect("batch")
+    }
+
+    fn store_with(rows: &[(&str, i64, i64)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ParquetStore::open(&StoreConfig {
+            path: dir.path().to_path_buf(),
+            ..StoreConfig::default()
+        })
+        .expect("open");
+        store
+            .write(
+                "examples",
+                "window-1",
+                &examples(rows),
+                &BTreeMap::new(),
+                &BTreeMap::new(),
+            )
+            .expect("write");
+        dir
+    }
+
+    #[test]
+    fn training_set_takes_the_latest_snapshot_strictly_before_each_row() {
+        let minute = 60_000;
+        let dir = store_with(&[
+            ("u1", T0 + minute, 1),
+            ("u1", T0 + 5 * minute, 2),
+            ("u2", T0 + 2 * minute, 7),
+            // A day later: another hour partition and date.
+            ("u1", T0 + 86_400_000, 3),
+        ]);
+        let spine = df!(
+            "user_id" => ["u1", "u1", "u1", "u2", "u3", "u1"],
+            // Exactly at a snapshot (takes the one before), between, before any, other
+            // user, unknown user, 8 days after the last snapshot (too old).
+            "ts" => [
+                (T0 + 5 * minute) * 1000,
+                (T0 + 6 * minute) * 1000,
+                T0 * 1000,
+                (T0 + 3 * minute) * 1000,
+                (T0 + 3 * minute) * 1000,
+                (T0 + 9 * 86_400_000) * 1000,
+            ],
+            "label" => [1, 0, 1, 0, 1, 0]
+        )
+        .expect("spine");
+        let out = training_set(
+            dir.path(),
+            spine.lazy(),
+            &TrainingSetOptions {
+                key: "user_id".to_string(),
+                max_age_ms: 7 * 86_400_000,
+            },
+        )
+        .expect("training set");
+        let out = out
+            .lazy()
+            .sort(["ts", "user_id"], Default::default())
+            .collect()
+            .expect("sort");
+        let users: Vec<Option<&str>> = out
+            .column("user_id")
+            .expect("user_id")
+            .str()
+            .map(|ca| (0..ca.len()).map(|i| ca.get(i)).collect())
+            .expect("str");
+        let clicks: Vec<Option<i64>> = out
+            .column("user_clicks_7d")
+            .expect("features")
+            .i64()
+            .map(|ca| (0..ca.len()).map(|i| ca.get(i)).collect())
+            .expect("i64");
+        let labels: Vec<Option<i32>> = out
+            .column("label")
+            .expect("label")
+            .i32()
+            .map(|ca| (0..ca.len()).map(|i| ca.get(i)).collect())
+            .expect("i32");
+        assert_eq!(
+            users,
+            vec![
+                Some("u1"),
+                Some("u2"),
+                Some("u3"),
+                Some("u1"),
+                Some("u1"),
+                Some("u1")
+            ]
+        );
+        // u1@T0: nothing before; u2@3m: 7; u3: unknown; u1@5m: the 1m snapshot (strictly
+        // before); u1@6m: the 5m one; u1 9 days later: last snapshot 8 days old.
+        assert_eq!(clicks, vec![None, Some(7), None, Some(1), Some(2), None]);
+        assert_eq!(
+            labels,
+            vec![Some(1), Some(0), Some(1), Some(1), Some(0), Some(0)]
+        );
+    }
+
+    #[test]
+    fn unknown_tables_and_columns_list_what_exists() {
+        let dir = store_with(&[("u1", T0, 1)]);
+        let mut ctx = QueryContext::open(dir.path()).expect("open");
+        let err = ctx.run("SELECT * FROM nope").expect_err("unknown table");
+        assert!(matches!(err, QueryError::UnknownTable { .. }), "{err}");
+        assert!(
+            err.to_string().contains("tables in this store: examples"),
+            "{err}"
+        );
+        let err = ctx
+            .run("SELECT nope FROM examples")
+            .expect_err("unknown column");
+        assert!(err.to_string().contains("user_clicks_7d"), "{err}");
+        let df = ctx
+            .run("SELECT user_id, date, hour FROM examples")
+            .expect("query");
+        assert_eq!(df.height(), 1);
+        let empty = tempfile::tempdir().expect("tempdir");
+        let err = QueryContext::open(empty.path()).expect_err("empty store");
+        assert!(matches!(err, QueryError::EmptyStore { .. }), "{err}");
+    }
+
+    #[test]
+    fn hive_filters_skip_other_partitions() {
+        let dir = store_with(&[("u1", T0, 1), ("u2", T0 + 3 * 3_600_000, 2)]);
+        let mut ctx = QueryContext::open(dir.path()).expect("open");
+        let df = ctx
+            .run("SELECT user_id FROM examples WHERE hour = 3")
+            .expect("query");
+        assert_eq!(df.height(), 1);
+        let plan = ctx
+            .explain("SELECT user_id FROM examples WHERE hour = 3")
+            .expect("explain");
+        assert!(plan.contains("hour"), "{plan}");
+    }
+}

@@ -235,6 +235,47 @@ impl ParquetStore {
         Ok(made)
     }
 
+    /// Deletes the data files of `table` that no commit makes visible (written by a run
+    /// that crashed before committing them, or replaced files a crash kept from being
+    /// deleted) and leftover temporary files, so engines that scan the directories rather
+    /// than read the manifest (pyarrow and DuckDB globs) see what `shopstream query` sees.
+    /// Run at job start, before anything is written. Returns the files deleted.
+    pub fn vacuum(&self, table: &str) -> Result<usize, StoreError> {
+        let live: std::collections::BTreeSet<PathBuf> = manifest::live_files(&self.root, table)?
+            .into_iter()
+            .map(|f| f.path)
+            .collect();
+        let mut removed = 0;
+        let mut stack = vec![self.root.join(table)];
+        while let Some(dir) = stack.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(StoreError::Io { path: dir, source }),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|source| StoreError::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if (name.ends_with(".parquet") && !live.contains(&path))
+                    || (name.starts_with('.') && name.ends_with(".tmp"))
+                {
+                    std::fs::remove_file(&path).map_err(|source| StoreError::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Deletes the files `compaction` replaced and the window records left without any
     /// visible file.
     fn remove_replaced(

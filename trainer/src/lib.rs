@@ -4,6 +4,8 @@
 //! - [`joint`]: the network (shared embeddings and layers, scenario scaling, CTR, CVR
 //!   (ESMM) and value heads), its losses, Adam, gradient checks.
 //! - [`metrics`]: AUC, log loss, calibration.
+//! - [`drift`]: data, label, prediction and model-quality drift statistics, detectors
+//!   (ADWIN, Page-Hinkley) and the alert lifecycle, fed once per closed window.
 //! - [`Trainer`]: turns feature rows into model inputs, predicts serving rows on arrival,
 //!   and on each closed window predicts first, then trains (prequential evaluation).
 //!
@@ -11,6 +13,7 @@
 //! runs over the same examples give bit-identical models.
 
 pub mod baselines;
+pub mod drift;
 pub mod joint;
 pub mod metrics;
 pub mod model_file;

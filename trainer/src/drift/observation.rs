@@ -1,0 +1,212 @@
+//! What the pipeline tells the drift monitor about one closed window: feature values,
+//! category counts, per-scenario outcomes with the predictions made for them, and the
+//! per-example prequential losses of each task. Kept apart from the monitor so the
+//! pipeline can build it however it likes; [`WindowObservation::from_examples`] and
+//! [`WindowObservation::from_outputs`] build it from the trainer's own types.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use shopstream_features::Example;
+
+use super::DriftError;
+use crate::joint::Output;
+use crate::targets_of;
+
+/// Continuous features [`WindowObservation::from_examples`] extracts: ones whose
+/// distribution is stationary under stationary traffic from the first window on. The
+/// rolling aggregates (user and item counts and rates over 1 h / 24 h / 7 d, recency,
+/// stock on hand) are left out on purpose: they trend for as long as their horizons are
+/// filling (up to 7 days of event time), so any reference would flag the warm-up itself.
+/// Add them with [`WindowObservation::add_continuous`] on a job that has run its horizons.
+pub const DEFAULT_CONTINUOUS_FEATURES: [&str; 3] = ["price", "item_price", "position"];
+
+/// Categorical features [`WindowObservation::from_examples`] extracts (missing values
+/// count as the category `unknown`).
+pub const DEFAULT_CATEGORICAL_FEATURES: [&str; 3] = ["scenario", "device", "item_category"];
+
+/// Probability clamp of the per-example log loss (as `metrics::log_loss`).
+const LOSS_EPS: f64 = 1e-15;
+
+/// Outcome counts of one scenario in one window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScenarioOutcomes {
+    /// Impressions.
+    pub impressions: u64,
+    /// Clicked impressions.
+    pub clicks: u64,
+    /// Clicked impressions that converted (order attributed, not cancelled).
+    pub conversions: u64,
+    /// Impressions with a finite predicted click probability.
+    pub scored: u64,
+    /// Clicks among the scored impressions.
+    pub scored_clicks: u64,
+    /// Sum of the predicted click probabilities.
+    pub sum_p_click: f64,
+    /// Sum of their squares (for the variance `sum p (1 - p)`).
+    pub sum_p_click_sq: f64,
+}
+
+impl ScenarioOutcomes {
+    /// Counts one impression. `p_click` outside [0, 1] is clamped; NaN leaves it unscored.
+    pub fn add(&mut self, clicked: bool, converted: bool, p_click: f64) {
+        self.impressions = self.impressions.saturating_add(1);
+        self.clicks = self.clicks.saturating_add(u64::from(clicked));
+        self.conversions = self
+            .conversions
+            .saturating_add(u64::from(clicked && converted));
+        if !p_click.is_nan() {
+            let p = p_click.clamp(0.0, 1.0);
+            self.scored = self.scored.saturating_add(1);
+            self.scored_clicks = self.scored_clicks.saturating_add(u64::from(clicked));
+            self.sum_p_click += p;
+            self.sum_p_click_sq += p * p;
+        }
+    }
+
+    pub(crate) fn merge(&mut self, o: &ScenarioOutcomes) {
+        self.impressions = self.impressions.saturating_add(o.impressions);
+        self.clicks = self.clicks.saturating_add(o.clicks);
+        self.conversions = self.conversions.saturating_add(o.conversions);
+        self.scored = self.scored.saturating_add(o.scored);
+        self.scored_clicks = self.scored_clicks.saturating_add(o.scored_clicks);
+        self.sum_p_click += o.sum_p_click;
+        self.sum_p_click_sq += o.sum_p_click_sq;
+    }
+
+    /// Calibration z: `(clicks - sum p) / sqrt(sum p (1 - p))` over the scored impressions.
+    pub(crate) fn gap_z(&self) -> Option<f64> {
+        if self.scored == 0 {
+            return None;
+        }
+        let variance = (self.sum_p_click - self.sum_p_click_sq).max(1e-9);
+        Some((self.scored_clicks as f64 - self.sum_p_click) / variance.sqrt())
+    }
+}
+
+/// What one closed window held, as the monitor needs it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WindowObservation {
+    /// Window start, epoch milliseconds.
+    pub window_start_ms: i64,
+    /// Values of continuous features (non-finite values are ignored by the statistics).
+    pub continuous: BTreeMap<String, Vec<f64>>,
+    /// Category counts of categorical features.
+    pub categorical: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Outcomes per scenario.
+    pub scenarios: BTreeMap<String, ScenarioOutcomes>,
+    /// Per-example prequential losses per task (`ctr`, `cvr`, `ctcvr`), in example order.
+    pub losses: BTreeMap<String, Vec<f64>>,
+}
+
+/// Log loss of one prediction, clamped like `metrics::log_loss` (NaN counts as 0.5).
+pub(crate) fn log_loss(p: f64, y: bool) -> f64 {
+    let p = if p.is_nan() {
+        0.5
+    } else {
+        p.clamp(LOSS_EPS, 1.0 - LOSS_EPS)
+    };
+    if y { -p.ln() } else { -(1.0 - p).ln() }
+}
+
+impl WindowObservation {
+    /// An empty window.
+    pub fn new(window_start_ms: i64) -> Self {
+        Self {
+            window_start_ms,
+            ..Self::default()
+        }
+    }
+
+    /// Adds one value of a continuous feature.
+    pub fn add_continuous(&mut self, feature: &str, value: f64) {
+        self.continuous
+            .entry(feature.to_string())
+            .or_default()
+            .push(value);
+    }
+
+    /// Adds one value of a categorical feature.
+    pub fn add_category(&mut self, feature: &str, value: &str) {
+        let count = self
+            .categorical
+            .entry(feature.to_string())
+            .or_default()
+            .entry(value.to_string())
+            .or_insert(0);
+        *count = count.saturating_add(1);
+    }
+
+    /// Counts one impression of `scenario` (see [`ScenarioOutcomes::add`]).
+    pub fn add_outcome(&mut self, scenario: &str, clicked: bool, converted: bool, p_click: f64) {
+        self.scenarios
+            .entry(scenario.to_string())
+            .or_default()
+            .add(clicked, converted, p_click);
+    }
+
+    /// Adds one per-example loss of `task`.
+    pub fn add_loss(&mut self, task: &str, loss: f64) {
+        self.losses.entry(task.to_string()).or_default().push(loss);
+    }
+
+    fn add_example_features(&mut self, e: &Example) {
+        let f = &e.features;
+        if let Some(p) = f.price {
+            self.add_continuous("price", p);
+        }
+        if let Some(p) = f.item_price {
+            self.add_continuous("item_price", p);
+        }
+        if let Some(p) = f.position {
+            self.add_continuous("position", f64::from(p));
+        }
+        self.add_category("scenario", f.scenario.as_str());
+        self.add_category("device", f.device.as_deref().unwrap_or("unknown"));
+        self.add_category(
+            "item_category",
+            f.item_category.as_deref().unwrap_or("unknown"),
+        );
+    }
+
+    /// A window from its examples and the click probabilities predicted for them before
+    /// training (same order): the default features, per-scenario outcomes and the `ctr`
+    /// task's losses. Errors if the lengths differ.
+    pub fn from_examples(
+        window_start_ms: i64,
+        examples: &[Example],
+        p_click: &[f64],
+    ) -> Result<Self, DriftError> {
+        if examples.len() != p_click.len() {
+            return Err(DriftError::LengthMismatch(examples.len(), p_click.len()));
+        }
+        let mut w = Self::new(window_start_ms);
+        for (e, p) in examples.iter().zip(p_click) {
+            let t = targets_of(e);
+            w.add_example_features(e);
+            w.add_outcome(e.features.scenario.as_str(), t.clicked, t.converted, *p);
+            w.add_loss("ctr", log_loss(*p, t.clicked));
+        }
+        Ok(w)
+    }
+
+    /// Like [`WindowObservation::from_examples`] from the joint model's prequential
+    /// outputs, with the losses of all three tasks: `ctr` (every impression), `cvr`
+    /// (clicked impressions) and `ctcvr` (every impression).
+    pub fn from_outputs(
+        window_start_ms: i64,
+        examples: &[Example],
+        outputs: &[Output],
+    ) -> Result<Self, DriftError> {
+        let p: Vec<f64> = outputs.iter().map(|o| o.p_click).collect();
+        let mut w = Self::from_examples(window_start_ms, examples, &p)?;
+        for (e, o) in examples.iter().zip(outputs) {
+            let t = targets_of(e);
+            if t.clicked {
+                w.add_loss("cvr", log_loss(o.p_cvr, t.converted));
+            }
+            w.add_loss("ctcvr", log_loss(o.p_ctcvr, t.converted));
+        }
+        Ok(w)
+    }
+}
