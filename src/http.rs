@@ -28,6 +28,8 @@ pub struct Telemetry {
     pub pending_examples: usize,
     /// The input backlog has been drained at least once.
     pub ready: bool,
+    /// Latest drift statistics and alert counters (empty when `drift.enabled` is off).
+    pub drift: crate::drift::DriftGauges,
 }
 
 /// Binds `listen` and serves until `cancel`; returns the bound address.
@@ -258,7 +260,159 @@ pub fn render(t: &Telemetry) -> String {
         "1 once the input backlog has been drained.",
         one(f64::from(u8::from(t.ready))),
     );
+    render_drift(&t.drift, &mut family);
     out
+}
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn esc(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The drift families (see `docs/drift.md` and `deploy/prometheus/shopstream-alerts.yml`).
+fn render_drift(
+    d: &crate::drift::DriftGauges,
+    family: &mut impl FnMut(&str, &str, &str, Vec<(String, f64)>),
+) {
+    family(
+        "shopstream_feature_psi",
+        "gauge",
+        "Population stability index of a continuous feature, latest window vs reference.",
+        d.feature_psi
+            .iter()
+            .map(|(f, v)| (format!("{{feature=\"{}\"}}", esc(f)), *v))
+            .collect(),
+    );
+    family(
+        "shopstream_feature_js",
+        "gauge",
+        "Jensen-Shannon distance of a categorical feature, latest window vs reference.",
+        d.feature_js
+            .iter()
+            .map(|(f, v)| (format!("{{feature=\"{}\"}}", esc(f)), *v))
+            .collect(),
+    );
+    family(
+        "shopstream_feature_drift_pvalue",
+        "gauge",
+        "p-value of the feature's KS or chi-squared test after the design-effect correction (small windows).",
+        d.feature_pvalue
+            .iter()
+            .map(|((f, s), v)| {
+                (
+                    format!("{{feature=\"{}\",statistic=\"{}\"}}", esc(f), esc(s)),
+                    *v,
+                )
+            })
+            .collect(),
+    );
+    family(
+        "shopstream_label_rate_z",
+        "gauge",
+        "z of a label rate (ctr, cvr) per scenario vs the reference, design-effect corrected.",
+        d.label_rate_z
+            .iter()
+            .map(|((s, l), v)| {
+                (
+                    format!("{{scenario=\"{}\",label=\"{}\"}}", esc(s), esc(l)),
+                    *v,
+                )
+            })
+            .collect(),
+    );
+    family(
+        "shopstream_prediction_gap_z",
+        "gauge",
+        "z of observed minus predicted clicks per scenario (calibration gap).",
+        d.prediction_gap_z
+            .iter()
+            .map(|(s, v)| (format!("{{scenario=\"{}\"}}", esc(s)), *v))
+            .collect(),
+    );
+    family(
+        "shopstream_model_loss_drift",
+        "gauge",
+        "Model-quality detectors per task: adwin = relative loss increase, page_hinkley = statistic over its threshold.",
+        d.model_loss_drift
+            .iter()
+            .map(|((t, k), v)| {
+                (
+                    format!("{{task=\"{}\",detector=\"{}\"}}", esc(t), esc(k)),
+                    *v,
+                )
+            })
+            .collect(),
+    );
+    family(
+        "shopstream_alerts_firing",
+        "gauge",
+        "Drift alerts open now.",
+        vec![(String::new(), d.firing.len() as f64)],
+    );
+    family(
+        "shopstream_alert_firing",
+        "gauge",
+        "1 per open drift alert.",
+        d.firing
+            .iter()
+            .map(|a| {
+                let severity = match a.severity {
+                    shopstream_trainer::drift::Severity::Warning => "warning",
+                    shopstream_trainer::drift::Severity::Critical => "critical",
+                };
+                (
+                    format!(
+                        "{{kind=\"{}\",subject=\"{}\",scenario=\"{}\",severity=\"{severity}\"}}",
+                        a.kind.as_str(),
+                        esc(&a.subject),
+                        esc(a.scenario.as_deref().unwrap_or(""))
+                    ),
+                    1.0,
+                )
+            })
+            .collect(),
+    );
+    family(
+        "shopstream_alerts_total",
+        "counter",
+        "Drift alert events raised, per state (firing includes escalations).",
+        ["firing", "resolved"]
+            .iter()
+            .map(|s| {
+                (
+                    format!("{{state=\"{s}\"}}"),
+                    d.alerts_total.get(*s).copied().unwrap_or(0) as f64,
+                )
+            })
+            .collect(),
+    );
+    family(
+        "shopstream_alerts_published_total",
+        "counter",
+        "Drift alert events acknowledged by the broker on the alerts topic.",
+        vec![(String::new(), d.alerts_published as f64)],
+    );
+    family(
+        "shopstream_webhook_deliveries_total",
+        "counter",
+        "Drift alert events the webhook accepted.",
+        vec![(String::new(), d.webhook_delivered as f64)],
+    );
+    family(
+        "shopstream_webhook_failures_total",
+        "counter",
+        "Drift alert events the webhook did not accept (retries exhausted, refused, queue full).",
+        vec![(String::new(), d.webhook_failures as f64)],
+    );
+    family(
+        "shopstream_drift_windows_total",
+        "counter",
+        "Windows observed by the drift monitors (arrival and matured).",
+        vec![(String::new(), d.windows as f64)],
+    );
 }
 
 #[cfg(test)]
@@ -278,5 +432,54 @@ mod tests {
         let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
         assert_eq!(helps, types);
         assert!(helps >= 20);
+    }
+
+    #[test]
+    fn drift_gauges_have_their_labels() {
+        use shopstream_trainer::drift::{AlertEvent, AlertState, DriftKind, Severity};
+        let mut t = Telemetry::default();
+        let d = &mut t.drift;
+        d.feature_psi.insert("price".into(), 0.25);
+        d.feature_pvalue
+            .insert(("device".into(), "chi2".into()), 1e-5);
+        d.label_rate_z
+            .insert(("home_feed".into(), "ctr".into()), 4.5);
+        d.prediction_gap_z.insert("push".into(), -3.5);
+        d.model_loss_drift
+            .insert(("ctr".into(), "adwin".into()), 0.2);
+        d.alerts_total.insert("firing".into(), 2);
+        d.webhook_failures = 3;
+        d.firing.push(AlertEvent {
+            id: "x".into(),
+            state: AlertState::Firing,
+            severity: Severity::Critical,
+            kind: DriftKind::LabelDrift,
+            subject: "ctr".into(),
+            scenario: Some("home_feed".into()),
+            statistic: "rate_z".into(),
+            value: 6.0,
+            threshold: 5.0,
+            window_start_ms: 0,
+            first_window_ms: 0,
+        });
+        let text = render(&t);
+        for line in [
+            "shopstream_feature_psi{feature=\"price\"} 0.25",
+            "shopstream_feature_drift_pvalue{feature=\"device\",statistic=\"chi2\"} 0.00001",
+            "shopstream_label_rate_z{scenario=\"home_feed\",label=\"ctr\"} 4.5",
+            "shopstream_prediction_gap_z{scenario=\"push\"} -3.5",
+            "shopstream_model_loss_drift{task=\"ctr\",detector=\"adwin\"} 0.2",
+            "shopstream_alerts_firing 1",
+            "shopstream_alert_firing{kind=\"label_drift\",subject=\"ctr\",scenario=\"home_feed\",severity=\"critical\"} 1",
+            "shopstream_alerts_total{state=\"firing\"} 2",
+            "shopstream_alerts_total{state=\"resolved\"} 0",
+            "shopstream_webhook_failures_total 3",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing `{line}` in\n{text}"
+            );
+        }
+        assert_eq!(esc("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

@@ -4,15 +4,22 @@
 //!   shutdown future so tests and the CLI drive it alike.
 //! - [`generate`]: publishing synthetic traffic (`shopstream generate`).
 //! - [`demo`]: generate, run, and summarise on an embedded cluster (`shopstream demo`).
+//! - [`recovery`]: what a checkpoint of the job holds and how a restart uses it.
+//! - [`drift`]: the job's drift stage (monitors, `drift` and `alerts` rows, gauges);
+//!   [`webhook`]: posting alert events; [`drift_report`]: the HTML drift report.
 //!
 //! The stages themselves live in `shopstream-config`, `-ingest`, `-features`, `-trainer`
 //! and `-sinks`; this crate only connects them.
 
 pub mod demo;
+pub mod drift;
+pub mod drift_report;
 pub mod generate;
 pub mod http;
 pub mod latency;
 pub mod pipeline;
+pub mod recovery;
+pub mod webhook;
 
 /// Completes on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {

@@ -14,6 +14,7 @@ use shopstream_ingest::generator::{
     DEFAULT_START_MS, DriftKind, GeneratorOptions, world::WorldSize,
 };
 
+mod drift_cli;
 mod store_cli;
 
 #[derive(Parser, Debug)]
@@ -84,6 +85,9 @@ enum Command {
     /// Store maintenance.
     #[command(subcommand)]
     Store(store_cli::StoreCommand),
+    /// Drift monitoring: the HTML report over the store, and the detection benchmark.
+    #[command(subcommand)]
+    Drift(drift_cli::DriftCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -254,7 +258,7 @@ fn main() -> ExitCode {
     match dispatch(cli) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", error_text(&error));
             let user_query_error = error
                 .downcast_ref::<shopstream_sinks::query::QueryError>()
                 .is_some_and(|e| {
@@ -271,6 +275,20 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The error and its causes, each cause once: library errors often name their source in
+/// their own message already.
+fn error_text(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn init_logging(format: LogFormat) {
@@ -311,6 +329,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             Command::Store(store_cli::StoreCommand::Tables(args)) => {
                 store_cli::tables_cmd(&config, args)
+            }
+            Command::Drift(drift_cli::DriftCommand::Report(args)) => {
+                drift_cli::report_cmd(&config, args)
+            }
+            Command::Drift(drift_cli::DriftCommand::Bench(args)) => {
+                drift_cli::bench_cmd(&config, args)
             }
             Command::CheckConfig(_) => unreachable!("handled above"),
         }

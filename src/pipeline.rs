@@ -4,6 +4,8 @@
 //! ```text
 //! KafkaSource --(bounded channel)--> processor: predict on arrival -> shop.predictions
 //!                                              window close -> train -> examples (Parquet)
+//!                                              window close -> drift -> drift, alerts
+//!                                                (Parquet), shop.alerts, webhook, /metrics
 //!                                              rejected / late -> shop.dead-letter
 //! ```
 //!
@@ -33,13 +35,17 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use crate::drift::{ALERTS_TABLE, DRIFT_TABLE, DriftStage, Impression, alerts_batch, drift_batch};
 use crate::http::Telemetry;
+use crate::webhook::{Webhook, WebhookOptions};
+use shopstream_trainer::drift::AlertState;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Tags under which the publisher counts acknowledged messages.
 const TAG_PREDICTION: &str = "prediction";
 const TAG_DEAD_LETTER: &str = "dead_letter";
+const TAG_ALERT: &str = "alert";
 
 /// Why the job stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -56,9 +62,15 @@ pub enum PipelineError {
     /// Writing the store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Writing or reading a checkpoint failed.
+    #[error(transparent)]
+    Checkpoint(#[from] shopstream_sinks::checkpoint::CheckpointError),
     /// Building a record batch failed (internal).
     #[error("cannot build the examples batch: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    /// The alert webhook could not be set up.
+    #[error(transparent)]
+    Webhook(#[from] crate::webhook::WebhookError),
     /// The HTTP endpoints could not listen (user: http.listen; or the port is taken).
     #[error(
         "cannot serve HTTP on {listen}: {source}; change http.listen or set http.enabled = false"
@@ -137,12 +149,16 @@ pub struct RunSummary {
     pub files_written: u64,
     /// Hour partitions compacted (all tables).
     pub compactions: u64,
+    /// Checkpoints written.
+    pub checkpoints: u64,
     /// Windows closed.
     pub windows_closed: u64,
     /// Item demand forecasts written to the store's `item_demand` table.
     pub demand_forecasts: u64,
     /// Of those, forecasts above the stock on hand.
     pub stockout_risks: u64,
+    /// Drift monitoring: windows observed, alert events and where they went.
+    pub drift: crate::drift::DriftSummary,
     /// Model version at the end.
     pub model_version: u64,
     /// Examples the model trained on.
@@ -256,9 +272,42 @@ pub async fn run_observed(
         .map(str::to_string)
         .collect();
     let partitions = ensure_topics(&config.kafka, &all_topics).await?;
-    // Until checkpoints exist there are no start positions of our own: partitions start
-    // at the group's committed offsets.
+    // Start positions: the checkpoint's, when there is one (a replay never uses them);
+    // partitions it does not name start at the group's committed offsets.
+    let checkpoints =
+        (config.checkpoint.enabled && options.replay.is_none()).then(|| CheckpointPlan {
+            dir: config.checkpoint.dir_for(&config.store.path),
+            every: config.checkpoint.every_windows.max(1),
+            keep: config.checkpoint.keep.max(1),
+        });
+    let restored = match &checkpoints {
+        Some(plan) => restore(plan)?,
+        None => None,
+    };
     let start: SharedPositions = Default::default();
+    if let Some(state) = &restored
+        && let Ok(mut start) = start.lock()
+    {
+        start.clone_from(&state.positions);
+    }
+    if let Some(range) = options.replay
+        && let Some(warmup_from) = range.warmup_from_ms
+    {
+        // Start each partition at the warm-up bound when the broker's time index can be
+        // trusted; events before it are skipped either way.
+        let (positions, report) =
+            shopstream_ingest::seek::offsets_at(&config.kafka, topics, &partitions, warmup_from)
+                .await?;
+        tracing::info!(
+            confirmed = report.confirmed,
+            scanned = report.scanned,
+            reasons = ?report.reasons,
+            "replay start offsets by time"
+        );
+        if let Ok(mut start) = start.lock() {
+            *start = positions;
+        }
+    }
     let replay_kafka;
     let kafka = match options.replay {
         // A group of its own that never commits: the live job's offsets stay untouched and
@@ -319,6 +368,10 @@ pub async fn run_observed(
         store,
         features,
         cleaner: Cleaner::new(clean_limits(config)),
+        checkpoints,
+        committer: &committer,
+        windows_total: 0,
+        checkpoint_due: false,
         bounded: stop_at_end,
         replay: options.replay.map(|range| ReplayState {
             range,
@@ -329,6 +382,17 @@ pub async fn run_observed(
         }),
         last_seen: BTreeMap::new(),
         trainer: Trainer::new(&config.model),
+        drift: config
+            .drift
+            .enabled
+            .then(|| DriftStage::new(&config.drift, &config.pipeline)),
+        // A replay rebuilds tables: the live run posted its alerts already.
+        webhook: match WebhookOptions::from_settings(&config.drift) {
+            Some(hook) if config.drift.enabled && options.replay.is_none() => {
+                Some(Webhook::spawn(hook)?)
+            }
+            _ => None,
+        },
         publisher: Publisher::new(&config.kafka)?,
         positions: Positions::new(),
         summary: RunSummary::default(),
@@ -340,7 +404,22 @@ pub async fn run_observed(
         latency: Default::default(),
         held: BTreeMap::new(),
     };
+    if let Some(state) = restored {
+        processor.resume(state);
+    }
     let outcome = processor.process(rx, &cancel, shutdown).await;
+    if let Some(webhook) = processor.webhook.take() {
+        // Queued alert events get a bounded grace period; the rest are counted as failed.
+        let grace = std::time::Duration::from_millis(config.drift.webhook_timeout_ms)
+            .saturating_mul(2)
+            .min(std::time::Duration::from_secs(10));
+        let (delivered, failures) = webhook.close(grace).await;
+        if let Some(stage) = processor.drift.as_mut() {
+            let g = stage.gauges_mut();
+            g.webhook_delivered = delivered;
+            g.webhook_failures = failures;
+        }
+    }
     if outcome.is_ok() {
         if let Some(path) = &config.model.path {
             processor
@@ -349,9 +428,9 @@ pub async fn run_observed(
                 .map_err(|e| PipelineError::Internal(e.to_string()))?;
             tracing::info!(path = %path.display(), version = processor.trainer.version(), "model written");
         }
-        // Everything consumed is now reflected in durable outputs: commit, while the
-        // source still serves its consumers (a stopped group member may be evicted).
-        // A replay's group is throw-away: it commits nothing.
+        // Everything consumed is now reflected in durable outputs (and the checkpoint):
+        // commit, while the source still serves its consumers (a stopped group member may
+        // be evicted). A replay's group is throw-away: it commits nothing.
         if options.replay.is_none() {
             committer.commit(&processor.positions).await?;
         }
@@ -417,11 +496,60 @@ fn ms(secs: u64) -> i64 {
     i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
+/// Where and how often checkpoints are taken.
+struct CheckpointPlan {
+    dir: std::path::PathBuf,
+    every: u64,
+    keep: usize,
+}
+
+/// The job state of a checkpoint, as read back.
+type JobState = crate::recovery::JobState<DriftStage>;
+
+/// Loads the newest usable checkpoint, saying which one and what was skipped.
+fn restore(plan: &CheckpointPlan) -> Result<Option<JobState>, PipelineError> {
+    let Some(loaded) = shopstream_sinks::checkpoint::load_latest::<JobState>(&plan.dir)? else {
+        tracing::info!(dir = %plan.dir.display(), "no checkpoint: starting with empty state");
+        return Ok(None);
+    };
+    for skipped in &loaded.skipped {
+        tracing::warn!(
+            path = %skipped.path.display(),
+            reason = %skipped.reason,
+            "checkpoint unusable; falling back to the one before"
+        );
+    }
+    if loaded.state.version != crate::recovery::STATE_VERSION {
+        return Err(PipelineError::Internal(format!(
+            "checkpoint {} holds state version {}, this build reads {}; move {} away to start from the committed offsets",
+            loaded.path.display(),
+            loaded.state.version,
+            crate::recovery::STATE_VERSION,
+            plan.dir.display()
+        )));
+    }
+    tracing::info!(
+        path = %loaded.path.display(),
+        windows_closed = loaded.state.windows_closed,
+        positions = ?crate::recovery::describe(&loaded.state.positions),
+        "resuming from checkpoint"
+    );
+    Ok(Some(loaded.state))
+}
+
 struct Processor<'a> {
     config: &'a Config,
     store: ParquetStore,
     features: FeaturePipeline,
     cleaner: Cleaner,
+    /// Checkpointing (off in replays and when disabled).
+    checkpoints: Option<CheckpointPlan>,
+    /// Commits offsets after each checkpoint (for lag monitoring).
+    committer: &'a shopstream_ingest::source::OffsetCommitter,
+    /// Windows closed since the job's first start (checkpoints carry it on).
+    windows_total: u64,
+    /// A checkpoint is due once the current message is handled.
+    checkpoint_due: bool,
     /// Bounded mode: partitions release the watermark at their end, not by idleness.
     bounded: bool,
     /// Replay mode: the range and its progress.
@@ -429,6 +557,10 @@ struct Processor<'a> {
     /// Live mode: when each assigned partition last delivered something.
     last_seen: BTreeMap<(InputTopic, i32), tokio::time::Instant>,
     trainer: Trainer,
+    /// Drift monitors (`drift.enabled`).
+    drift: Option<DriftStage>,
+    /// Alert webhook (`drift.webhook_url`, live runs only).
+    webhook: Option<Webhook>,
     publisher: Publisher,
     positions: Positions,
     summary: RunSummary,
@@ -470,10 +602,24 @@ impl Processor<'_> {
             };
             let Some(message) = message else { break };
             let result = self.handle(message).await?;
+            shopstream_sinks::failpoint::hit("pipeline.message_handled");
+            if self.checkpoint_due {
+                self.checkpoint().await?;
+            }
             self.publish_progress(rx.is_empty());
             if result == Flow::Stop {
                 break;
             }
+        }
+        if self.checkpoints.is_some() && !self.summary.reached_end && self.replay.is_none() {
+            // Shutdown of a job that checkpoints: the open windows and pending labels go
+            // into the checkpoint and continue after the restart; flushing them as final
+            // would write immature labels the restart could not take back. Events held for
+            // a clock-skew decision are accepted now, as at any end of input: left held,
+            // the windows after them could close before the restart decides.
+            self.resolve_all_held(None).await?;
+            self.publisher.flush().await?;
+            return self.checkpoint().await;
         }
         self.resolve_all_held(None).await?;
         // Input exhausted or shutdown: emit what remains. Until checkpoints exist, pending
@@ -484,6 +630,86 @@ impl Processor<'_> {
         // Nothing more will be written this run: merge what remains.
         self.compact(None).await?;
         self.publisher.flush().await?;
+        if self.checkpoints.is_some() {
+            // The end of a bounded run: what follows continues after everything above.
+            self.checkpoint().await?;
+        }
+        Ok(())
+    }
+
+    /// Takes over a checkpoint's state.
+    fn resume(&mut self, state: JobState) {
+        self.windows_total = state.windows_closed;
+        self.features = state.features;
+        self.cleaner = state.cleaner;
+        self.trainer = state.trainer;
+        if self.drift.is_some() {
+            // Drift detection switched on since the checkpoint starts fresh.
+            self.drift = state.drift.or_else(|| self.drift.take());
+        }
+        self.held = crate::recovery::held_by_partition(state.held)
+            .into_iter()
+            .map(|(key, h)| {
+                (
+                    key,
+                    Consumed {
+                        meta: h.meta,
+                        event: h.event,
+                        key: h.key,
+                        payload: h.payload,
+                        received: std::time::Instant::now(),
+                    },
+                )
+            })
+            .collect();
+        self.positions = state.positions;
+    }
+
+    /// Writes a checkpoint of everything consumed so far, then commits those offsets.
+    /// Callers make sure the outputs that depend on them are durable first: windows are
+    /// written before this runs, and the producer is flushed here.
+    async fn checkpoint(&mut self) -> Result<(), PipelineError> {
+        self.checkpoint_due = false;
+        let Some(plan) = &self.checkpoints else {
+            return Ok(());
+        };
+        // Every prediction and dead letter so far acknowledged: a restart from here does
+        // not need to publish them again.
+        self.publisher.flush().await?;
+        let state = crate::recovery::JobStateRef {
+            version: crate::recovery::STATE_VERSION,
+            windows_closed: self.windows_total,
+            positions: &self.positions,
+            features: &self.features,
+            cleaner: &self.cleaner,
+            held: self
+                .held
+                .values()
+                .map(|c| crate::recovery::HeldEvent {
+                    meta: c.meta,
+                    event: c.event.clone(),
+                    key: c.key.clone(),
+                    payload: c.payload.clone(),
+                })
+                .collect(),
+            trainer: &self.trainer,
+            drift: self.drift.as_ref(),
+        };
+        let started = std::time::Instant::now();
+        // Named after the window count, so a restarted job's checkpoint of the same point
+        // replaces, rather than sits beside, the one taken before the crash.
+        let (path, bytes) =
+            shopstream_sinks::checkpoint::write(&plan.dir, self.windows_total, &state, plan.keep)?;
+        shopstream_sinks::failpoint::hit("checkpoint.written");
+        self.summary.checkpoints += 1;
+        tracing::debug!(
+            path = %path.display(),
+            bytes,
+            millis = started.elapsed().as_millis() as u64,
+            "checkpoint written"
+        );
+        // For lag monitoring only: restarts seek to the checkpoint's positions.
+        self.committer.commit(&self.positions).await?;
         Ok(())
     }
 
@@ -539,6 +765,8 @@ impl Processor<'_> {
             }
             self.latency.record(received.elapsed());
         }
+        // Taken before the event moves into the features stage; counted once it is in.
+        let impression = self.drift.as_ref().and_then(|_| Impression::of(&event));
         if let Err(late) = self.features.ingest(meta, event) {
             let rejection = Rejection {
                 reason: Reason::Late,
@@ -553,6 +781,9 @@ impl Processor<'_> {
                 .await?;
         } else {
             bump(&mut self.summary.valid, meta.topic.as_str());
+            if let (Some(stage), Some(impression)) = (self.drift.as_mut(), impression) {
+                stage.on_impression(&impression);
+            }
         }
         Ok(())
     }
@@ -732,6 +963,7 @@ impl Processor<'_> {
                 summary,
                 pending_examples: self.features.pending_examples(),
                 ready: self.ready,
+                drift: self.drift_gauges(),
             };
             let _ = self.telemetry.send(Arc::new(telemetry));
         }
@@ -748,7 +980,27 @@ impl Processor<'_> {
         summary.trained_examples = self.trainer.trained_examples();
         summary.predictions_published = delivered.get(TAG_PREDICTION).copied().unwrap_or(0);
         summary.dead_letters_published = delivered.get(TAG_DEAD_LETTER).copied().unwrap_or(0);
+        summary.drift = self.drift_gauges().summary();
         summary
+    }
+
+    /// The drift gauges with the counters kept outside the drift stage filled in.
+    fn drift_gauges(&self) -> crate::drift::DriftGauges {
+        let Some(stage) = &self.drift else {
+            return Default::default();
+        };
+        let mut gauges = stage.gauges().clone();
+        gauges.alerts_published = self
+            .publisher
+            .delivered()
+            .get(TAG_ALERT)
+            .copied()
+            .unwrap_or(0);
+        if let Some(webhook) = &self.webhook {
+            gauges.webhook_delivered = webhook.delivered();
+            gauges.webhook_failures = webhook.failures();
+        }
+        gauges
     }
 
     /// Replay: whether this event lies outside what the replay processes (before the
@@ -850,6 +1102,10 @@ impl Processor<'_> {
 
     async fn window_closed(&mut self, output: WindowOutput) -> Result<(), PipelineError> {
         self.summary.windows_closed += 1;
+        self.windows_total += 1;
+        if let Some(plan) = &self.checkpoints {
+            self.checkpoint_due |= self.windows_total.is_multiple_of(plan.every);
+        }
         // Replay: windows outside the range still train the model (later windows depend
         // on it) but write nothing.
         let write = self
@@ -869,10 +1125,17 @@ impl Processor<'_> {
                     .await?;
             }
         }
+        // Prequential: the window's examples are scored before the model trains on them;
+        // the drift monitors see those scores.
+        let (mut metrics, outputs) = if output.examples.is_empty() {
+            (WindowMetrics::default(), Vec::new())
+        } else {
+            self.trainer.train_window_scored(&output.examples)
+        };
+        self.observe_drift(&output, &outputs, write).await?;
         if output.examples.is_empty() {
             return Ok(());
         }
-        let mut metrics = self.trainer.train_window(&output.examples);
         metrics.demand = demand;
         self.summary.quality.add(&metrics);
         if !write {
@@ -923,6 +1186,72 @@ impl Processor<'_> {
         Ok(())
     }
 
+    /// Feeds the drift monitors with a closed window; writes the `drift` and `alerts`
+    /// rows (when the window is written), and, in a live run, publishes each alert event
+    /// to the alerts topic and hands it to the webhook.
+    async fn observe_drift(
+        &mut self,
+        output: &WindowOutput,
+        outputs: &[shopstream_trainer::joint::Output],
+        write: bool,
+    ) -> Result<(), PipelineError> {
+        let Some(stage) = self.drift.as_mut() else {
+            return Ok(());
+        };
+        let drifts = stage
+            .window_closed(output.start, &output.examples, outputs)
+            .map_err(|e| PipelineError::Internal(format!("drift monitor: {e}")))?;
+        let rows = stage.rows(&drifts);
+        if write && !rows.is_empty() {
+            let batch = drift_batch(&rows)?;
+            self.write_table(DRIFT_TABLE, output.start, batch, BTreeMap::new())
+                .await?;
+        }
+        if drifts.alerts.is_empty() {
+            return Ok(());
+        }
+        if write {
+            let batch = alerts_batch(output.start, &drifts.alerts)?;
+            self.write_table(ALERTS_TABLE, output.start, batch, BTreeMap::new())
+                .await?;
+        }
+        for alert in &drifts.alerts {
+            let scenario = alert.scenario.as_deref().unwrap_or("-");
+            let (id, subject, statistic) = (&alert.id, &alert.subject, &alert.statistic);
+            let (kind, value, threshold) = (alert.kind.as_str(), alert.value, alert.threshold);
+            match alert.state {
+                AlertState::Firing => tracing::warn!(
+                    %id, severity = ?alert.severity, kind, %subject, scenario, %statistic,
+                    value, threshold, "drift alert firing"
+                ),
+                AlertState::Resolved => tracing::info!(
+                    %id, kind, %subject, scenario, %statistic, value, threshold,
+                    "drift alert resolved"
+                ),
+            }
+            // A replay rebuilds the tables; the live run published its alerts.
+            if self.replay.is_some() {
+                continue;
+            }
+            let json = serde_json::to_vec(alert)
+                .map_err(|e| PipelineError::Internal(format!("alert JSON: {e}")))?;
+            self.publisher
+                .send(
+                    TAG_ALERT,
+                    &self.config.topics.alerts,
+                    alert.id.as_bytes(),
+                    &json,
+                    Some(alert.window_start_ms),
+                    None,
+                )
+                .await?;
+            if let Some(webhook) = &self.webhook {
+                webhook.post(alert);
+            }
+        }
+        Ok(())
+    }
+
     /// Compacts every table's hour partitions that end at or before `before_ms` (all with
     /// `None`), when `store.compact_closed_hours` is on.
     async fn compact(&mut self, before_ms: Option<i64>) -> Result<(), PipelineError> {
@@ -945,4 +1274,10 @@ impl Processor<'_> {
 }
 
 /// Tables the pipeline writes.
-const STORE_TABLES: [&str; 3] = ["examples", "metrics", "item_demand"];
+const STORE_TABLES: [&str; 5] = [
+    "examples",
+    "metrics",
+    "item_demand",
+    DRIFT_TABLE,
+    ALERTS_TABLE,
+];

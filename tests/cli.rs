@@ -53,7 +53,15 @@ fn check_config_prints_the_effective_config_with_env_overrides() {
 
 #[test]
 fn every_command_explains_itself() {
-    for command in ["run", "generate", "demo", "check-config"] {
+    for command in [
+        "run",
+        "generate",
+        "demo",
+        "check-config",
+        "query",
+        "training-set",
+        "replay",
+    ] {
         let output = shopstream().args([command, "--help"]).output().unwrap();
         assert!(output.status.success());
         let text = String::from_utf8_lossy(&output.stdout);
@@ -74,4 +82,42 @@ fn run_without_brokers_says_how_to_fix_it() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no Kafka brokers configured"), "{stderr}");
+}
+
+#[test]
+fn the_sasl_ssl_example_is_valid_and_its_password_is_masked() {
+    let output = shopstream()
+        .args(["check-config", "config/examples/sasl-ssl.toml"])
+        .env(
+            "SHOPSTREAM__KAFKA__PROPERTIES__SASL_PASSWORD",
+            "hunter2-secret",
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("SASL_SSL"), "{stdout}");
+    assert!(stdout.contains("sasl.password"), "{stdout}");
+    assert!(
+        !stdout.contains("hunter2-secret"),
+        "password printed: {stdout}"
+    );
+}
+
+#[test]
+fn query_on_an_empty_store_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = shopstream()
+        .args(["query", "--store"])
+        .arg(dir.path())
+        .arg("SELECT 1")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("has no tables yet"), "{stderr}");
 }

@@ -87,7 +87,10 @@ async fn live_job_reads_through_the_group_and_resumes_after_committed_offsets() 
     let store = tempfile::tempdir().unwrap();
     let mut config = broker.config("live", store.path());
     config.kafka.topic_partitions = 3;
-    config.pipeline.idle_partition_timeout_secs = 1;
+    // Long enough that a partition waiting behind another's backlog is not released as
+    // idle (its later events would be late): after the restart the restored watermark
+    // makes windows close as soon as every partition has delivered.
+    config.pipeline.idle_partition_timeout_secs = 30;
 
     let first = publish_traffic(&config, traffic(5, DEFAULT_START_MS), None, None)
         .await
@@ -99,10 +102,10 @@ async fn live_job_reads_through_the_group_and_resumes_after_committed_offsets() 
     assert_eq!(summary.valid.values().sum::<u64>(), first.valid_total);
     assert_eq!(summary.impressions, first.impressions);
     assert_eq!(summary.predictions_published, first.impressions);
-    assert_eq!(
-        summary.examples_written, first.impressions,
-        "shutdown flushes pending examples"
-    );
+    // Shutdown checkpoints the open windows and pending labels instead of writing them
+    // as final: they continue after the restart.
+    assert!(summary.examples_written < first.impressions, "{summary:?}");
+    assert!(summary.checkpoints >= 1, "a checkpoint at shutdown");
 
     // A day later, more traffic; the restarted job reads only the new messages.
     let second = publish_traffic(
@@ -118,13 +121,42 @@ async fn live_job_reads_through_the_group_and_resumes_after_committed_offsets() 
     assert_eq!(
         resumed.consumed.values().sum::<u64>(),
         second_total,
-        "resumed after the committed offsets"
+        "resumed after the checkpoint's positions"
     );
-    assert_eq!(resumed.impressions, second.impressions);
+    // The first event of each partition a day later is held for the clock-skew check
+    // until the partition's next event confirms it; events still held at shutdown wait in
+    // the checkpoint, so a few impressions may be predicted only by the next run.
+    assert!(
+        resumed.impressions <= second.impressions && resumed.impressions + 12 >= second.impressions,
+        "{} of {}",
+        resumed.impressions,
+        second.impressions
+    );
+
+    // A bounded run to the end: nothing new to read; it resumes from the checkpoint and
+    // writes everything still pending, each impression once.
+    let end = support::run_to_end(&config).await;
+    assert_eq!(end.consumed.values().sum::<u64>(), 0, "{end:?}");
 
     let rows: usize = read_table(store.path(), "examples")
         .iter()
         .map(|b| b.num_rows())
         .sum();
-    assert_eq!(rows as u64, first.impressions + second.impressions);
+    assert_eq!(
+        rows as u64,
+        first.impressions + second.impressions,
+        "dead letters: first {:?} resumed {:?} end {:?}; duplicates {:?} {:?}; generator malformed {:?}; impressions {} {} {}; written {} {} {}",
+        summary.dead_lettered,
+        resumed.dead_lettered,
+        end.dead_lettered,
+        resumed.duplicates,
+        end.duplicates,
+        second.malformed_per_reason,
+        summary.impressions,
+        resumed.impressions,
+        end.impressions,
+        summary.examples_written,
+        resumed.examples_written,
+        end.examples_written
+    );
 }

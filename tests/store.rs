@@ -90,6 +90,10 @@ async fn replay_of_the_live_range_writes_byte_identical_files() {
         .await
         .unwrap();
     live_run(&config, report.valid_total).await;
+    // The live job checkpointed its open windows at shutdown; a bounded run to the end
+    // resumes from there and writes them (as a backfill would), so the live store is
+    // complete for the comparison.
+    support::run_to_end(&config).await;
     let live_files = store_files(&live);
     let examples = live_files
         .keys()
@@ -159,8 +163,8 @@ async fn replay_of_the_live_range_writes_byte_identical_files() {
         let mut store_config = config.store.clone();
         store_config.path = root.to_path_buf();
         let store = ParquetStore::open(&store_config).unwrap();
-        for table in ["examples", "metrics", "item_demand"] {
-            store.compact(table, None).unwrap();
+        for table in shopstream_sinks::manifest::tables(root).unwrap() {
+            store.compact(&table, None).unwrap();
         }
     };
     compact(&live);
@@ -205,12 +209,15 @@ fn visible_examples(config_path: &Path) -> (u64, u64) {
     (n.parse().unwrap(), d.parse().unwrap())
 }
 
-/// Guards the store's atomic commit: a job SIGKILLed while a Parquet file is half-way
-/// (temporary name), after a window's files but before its commit record, or in the middle
-/// of a compaction never shows partial or duplicate rows, and after a restart the store
-/// holds every impression exactly once, byte-identical to a run never killed.
+/// Guards crash recovery with exactly-once effects on the store (issues 6 and 8): the job
+/// is SIGKILLed at seven points (mid-window, half-way through a Parquet file, between a
+/// window's files and its commit record, half-way through a checkpoint, between a
+/// checkpoint and the offset commit, in the middle of a compaction, late in the run),
+/// each time restarted from its checkpoint. While killed, `shopstream query` never shows a
+/// partial file or a duplicate row; after the restart the store is byte-identical, file
+/// for file, to a run never killed, and so is the model file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_write_leaves_no_partial_or_duplicate_rows() {
+async fn sigkill_at_seven_points_then_restart_gives_the_never_killed_store_and_model() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let base = broker.config("kill", &dir.path().join("unused"));
@@ -222,6 +229,8 @@ async fn sigkill_mid_write_leaves_no_partial_or_duplicate_rows() {
         let mut config = base.clone();
         config.kafka.group_id = format!("{}-{name}", base.kafka.group_id);
         config.store.path = dir.path().join(name);
+        config.model.path = Some(dir.path().join(format!("{name}.ssm")));
+        config.model.embedding_bits = 12;
         let path = dir.path().join(format!("{name}.toml"));
         std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
         (config, path)
@@ -231,27 +240,50 @@ async fn sigkill_mid_write_leaves_no_partial_or_duplicate_rows() {
         command
             .args(["run", "--stop-at-end", "--config"])
             .arg(config_path)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(point) = failpoint {
             command.env("SHOPSTREAM_FAILPOINT", point);
         }
         command.spawn().unwrap()
     };
+    // Every visible file of every table, with its bytes.
+    let visible = |root: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut files = Vec::new();
+        for table in shopstream_sinks::manifest::tables(root).unwrap() {
+            for f in shopstream_sinks::manifest::live_files(root, &table).unwrap() {
+                files.push((
+                    format!("{table}/{}", f.relative),
+                    std::fs::read(&f.path).unwrap(),
+                ));
+            }
+        }
+        files.sort();
+        files
+    };
 
     // The reference: never killed.
     let (reference, reference_path) = job_config("reference");
-    let status = run_job(&reference_path, None).wait().unwrap();
-    assert!(status.success());
+    let out = run_job(&reference_path, None).wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         visible_examples(&reference_path),
         (report.impressions, report.impressions)
     );
+    let reference_model = std::fs::read(reference.model.path.as_ref().unwrap()).unwrap();
+    let total: u64 = report.valid_per_topic.values().sum();
 
     let mut partial_seen = false;
     for (n, point) in [
+        "pipeline.message_handled:4600",
         "store.temp_written:7",
         "store.files_renamed:60",
+        "checkpoint.temp_written:4",
+        "checkpoint.written:9",
         "store.compaction_written:1",
         "store.temp_written:120",
     ]
@@ -293,44 +325,110 @@ async fn sigkill_mid_write_leaves_no_partial_or_duplicate_rows() {
             assert_eq!(read as u64, file.rows, "{point}: {}", file.relative);
         }
 
-        let status = run_job(&config_path, None).wait().unwrap();
-        assert!(status.success(), "{point}: restart failed");
+        let restart = run_job(&config_path, None).wait_with_output().unwrap();
+        assert!(
+            restart.status.success(),
+            "{point}: restart failed: {}",
+            String::from_utf8_lossy(&restart.stderr)
+        );
+        let summary: serde_json::Value = serde_json::from_slice(&restart.stdout).unwrap();
+        let consumed: u64 = summary["consumed"]
+            .as_object()
+            .map_or(0, |m| m.values().filter_map(|v| v.as_u64()).sum());
+        let resumed = String::from_utf8_lossy(&restart.stderr).contains("resuming from checkpoint");
+        assert!(
+            summary["duplicates"]
+                .as_object()
+                .is_none_or(|m| m.is_empty())
+                && summary["dead_lettered"]
+                    .as_object()
+                    .is_none_or(|m| m.is_empty()),
+            "{point}: the restart saw duplicates or dead letters: {summary}"
+        );
         assert_eq!(
             visible_examples(&config_path),
             (report.impressions, report.impressions),
             "{point}: after the restart"
         );
-        let visible = |root: &Path| -> Vec<(String, Vec<u8>)> {
-            let mut files = Vec::new();
-            for table in ["examples", "metrics", "item_demand"] {
-                for f in shopstream_sinks::manifest::live_files(root, table).unwrap() {
-                    files.push((
-                        format!("{table}/{}", f.relative),
-                        std::fs::read(&f.path).unwrap(),
-                    ));
-                }
-            }
-            files
-        };
         // No file outside the manifest is left for directory-scanning engines.
         let on_disk: Vec<String> = store_files(&config.store.path).into_keys().collect();
-        let mut committed: Vec<String> = visible(&config.store.path)
+        let committed: Vec<String> = visible(&config.store.path)
             .into_iter()
             .map(|(name, _)| name)
             .collect();
-        committed.sort();
         assert_eq!(on_disk, committed, "{point}: files outside the manifest");
         assert!(
             visible(&config.store.path) == visible(&reference.store.path),
             "{point}: the restarted store differs from the never-killed one"
         );
+        assert!(
+            std::fs::read(config.model.path.as_ref().unwrap()).unwrap() == reference_model,
+            "{point}: the model differs from the never-killed one"
+        );
         println!(
-            "kill at {point}: {rows} rows visible after the kill, {} after the restart",
-            report.impressions
+            "kill at {point}: {rows} rows visible after the kill; restart {} and read {consumed} of {total} messages; store and model identical to the never-killed run",
+            if resumed {
+                "resumed from a checkpoint"
+            } else {
+                "started empty (no checkpoint yet)"
+            }
         );
     }
     assert!(
         partial_seen,
         "no kill point fell where some but not all rows were visible"
+    );
+}
+
+/// Guards "positions never pass unwritten data": when the store cannot be written (here a
+/// file sits where an hour directory must go, as a full or read-only disk would refuse
+/// too), the job exits non-zero naming the path, commits no offsets, and a restart after
+/// the problem is fixed writes every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwritable_store_exits_non_zero_naming_the_path_and_loses_nothing() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let config = broker.config("unwritable", &store);
+    let report = publish_traffic(&config, traffic(23), None, None)
+        .await
+        .unwrap();
+    let config_path = dir.path().join("job.toml");
+    std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
+    let blocker = store.join("examples").join("date=2026-01-05");
+    std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
+    std::fs::write(&blocker, b"not a directory").unwrap();
+
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_shopstream"))
+            .args(["run", "--stop-at-end", "--config"])
+            .arg(&config_path)
+            .output()
+            .unwrap()
+    };
+    let failed = run();
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("date=2026-01-05") && stderr.contains("store.path is writable"),
+        "{stderr}"
+    );
+    assert_eq!(visible_examples(&config_path).0, 0, "nothing committed");
+
+    std::fs::remove_file(&blocker).unwrap();
+    let fixed = run();
+    assert!(
+        fixed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fixed.stderr)
+    );
+    assert_eq!(
+        visible_examples(&config_path),
+        (report.impressions, report.impressions)
+    );
+    println!(
+        "unwritable store: exit 1 with `{}`; after the fix {} rows",
+        stderr.lines().last().unwrap_or_default(),
+        report.impressions
     );
 }

@@ -10,7 +10,8 @@ use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
 use crate::sections::{
-    Config, HttpConfig, KafkaConfig, ModelConfig, PipelineConfig, StoreConfig, TopicsConfig,
+    CheckpointConfig, Config, DriftConfig, HttpConfig, KafkaConfig, ModelConfig, PipelineConfig,
+    StoreConfig, TopicsConfig,
 };
 use crate::{ConfigError, Problem};
 
@@ -18,7 +19,16 @@ use crate::{ConfigError, Problem};
 /// `SHOPSTREAM__SECTION__KEY`.
 pub const ENV_PREFIX: &str = "SHOPSTREAM__";
 
-const SECTIONS: [&str; 6] = ["kafka", "topics", "pipeline", "store", "model", "http"];
+const SECTIONS: [&str; 8] = [
+    "kafka",
+    "topics",
+    "pipeline",
+    "store",
+    "model",
+    "http",
+    "drift",
+    "checkpoint",
+];
 
 pub(crate) fn parse_file(path: &Path, text: &str) -> Result<Table, ConfigError> {
     text.parse::<Table>().map_err(|e| ConfigError::Syntax {
@@ -124,6 +134,8 @@ pub(crate) fn deserialize_reporting_all(table: &Table) -> (Config, Vec<Problem>)
             "pipeline" => check_keys::<PipelineConfig>(section, keys, &mut problems),
             "store" => check_keys::<StoreConfig>(section, keys, &mut problems),
             "http" => check_keys::<HttpConfig>(section, keys, &mut problems),
+            "drift" => check_keys::<DriftConfig>(section, keys, &mut problems),
+            "checkpoint" => check_keys::<CheckpointConfig>(section, keys, &mut problems),
             _ => check_keys::<ModelConfig>(section, keys, &mut problems),
         };
         good.insert(section.to_string(), Value::Table(kept));

@@ -14,7 +14,10 @@ mod sections;
 mod validate;
 
 pub use layering::ENV_PREFIX;
-pub use sections::{Config, KafkaConfig, ModelConfig, PipelineConfig, StoreConfig, TopicsConfig};
+pub use sections::{
+    CheckpointConfig, Config, DriftConfig, DriftReference, KafkaConfig, ModelConfig,
+    PipelineConfig, StoreConfig, TopicsConfig,
+};
 pub use validate::Problem;
 
 use std::path::{Path, PathBuf};
@@ -228,6 +231,57 @@ mod tests {
         let shown = config.to_toml_masked();
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("********"), "{shown}");
+    }
+
+    #[test]
+    fn drift_section_reports_every_problem_and_reads_the_webhook_from_the_environment() {
+        let text = r#"
+            [drift]
+            reference = "sliding"
+            psi_warning = 0.3
+            psi_critical = 0.2
+            p_value_critical = 0.05
+            webhook_url = "ftp://alerts"
+            reference_windows = 2000
+        "#;
+        let err = Config::from_toml_str(text).expect_err("five mistakes");
+        let ConfigError::Invalid { problems } = err else {
+            panic!("expected Invalid, got {err}");
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "drift.reference",
+                "drift.reference_windows",
+                "drift.psi_critical",
+                "drift.p_value_critical",
+                "drift.webhook_url",
+            ],
+            "{problems:?}"
+        );
+        let env = vec![
+            (
+                "SHOPSTREAM__DRIFT__WEBHOOK_URL".to_string(),
+                "http://127.0.0.1:9000/hook".to_string(),
+            ),
+            (
+                "SHOPSTREAM__DRIFT__REFERENCE".to_string(),
+                "pinned".to_string(),
+            ),
+        ];
+        let config = Config::load_with_env(None, env).expect("valid");
+        assert_eq!(
+            config.drift.webhook_url.as_deref(),
+            Some("http://127.0.0.1:9000/hook")
+        );
+        assert_eq!(config.drift.reference, DriftReference::Pinned);
+        assert!(Config::from_toml_str("[drift]\nwebhook_url = \"https://\"\n").is_err());
+        // A pinned reference of 6 windows keeps 3 per-window statistics after the first
+        // 3: too few for the design effect (5).
+        let err = Config::from_toml_str("[drift]\nreference = \"pinned\"\nreference_windows = 6\n")
+            .expect_err("too short to estimate the design effect");
+        assert!(err.to_string().contains("at least 8"), "{err}");
     }
 
     #[test]

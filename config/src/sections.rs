@@ -22,6 +22,47 @@ pub struct Config {
     pub model: ModelConfig,
     /// The HTTP endpoints (`/metrics`, `/healthz`, `/readyz`).
     pub http: HttpConfig,
+    /// Drift detection and alerting (see `docs/drift.md`).
+    pub drift: DriftConfig,
+    /// Checkpoints of the job's state, for restarts (see `docs/operations.md`).
+    pub checkpoint: CheckpointConfig,
+}
+
+/// Checkpoints: the job's whole state written at window close, so a restart resumes
+/// exactly where the last checkpoint left off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Take checkpoints and resume from the latest one at start. Off: a restart starts
+    /// with empty state at the committed Kafka offsets.
+    pub enabled: bool,
+    /// Directory of the checkpoint files; default `<store.path>/_checkpoints`.
+    pub dir: Option<PathBuf>,
+    /// Take a checkpoint every this many closed windows (and at shutdown).
+    pub every_windows: u64,
+    /// How many checkpoints to keep (older ones are deleted); a damaged newest one falls
+    /// back to the one before.
+    pub keep: usize,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: None,
+            every_windows: 5,
+            keep: 3,
+        }
+    }
+}
+
+impl CheckpointConfig {
+    /// The checkpoint directory for a store at `store_path`.
+    pub fn dir_for(&self, store_path: &std::path::Path) -> PathBuf {
+        self.dir
+            .clone()
+            .unwrap_or_else(|| store_path.join("_checkpoints"))
+    }
 }
 
 /// HTTP endpoints of the long-running job.
@@ -62,6 +103,12 @@ pub struct KafkaConfig {
     /// How long a produce may wait for the broker before it counts as failed, in
     /// milliseconds.
     pub produce_timeout_ms: u64,
+    /// When resuming a partition at a checkpointed position, start reading this many
+    /// messages earlier and drop them again. 0 for Apache Kafka; the development broker
+    /// tansu 0.6 answers a fetch at an offset inside a record batch with the next batch,
+    /// which would skip the rest of that batch, so tests against it set this above the
+    /// largest batch (for example 10000).
+    pub seek_back_messages: u64,
     /// How long to wait for the broker's metadata at start-up before reporting it
     /// unreachable, in milliseconds.
     pub connect_timeout_ms: u64,
@@ -81,6 +128,7 @@ impl Default for KafkaConfig {
             create_topics: true,
             topic_partitions: 4,
             produce_timeout_ms: 30_000,
+            seek_back_messages: 0,
             connect_timeout_ms: 10_000,
             properties: BTreeMap::new(),
         }
@@ -254,6 +302,139 @@ impl Default for ModelConfig {
             value_weight: 0.1,
             seed: 42,
             path: None,
+        }
+    }
+}
+
+/// Which past windows each window is compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftReference {
+    /// The `reference_windows` windows before the current one: "did something change
+    /// recently?". A lasting change is absorbed once it fills about half of them, and
+    /// its alerts resolve.
+    Trailing,
+    /// The first `reference_windows` windows of the run, then frozen: "how far are we from
+    /// the baseline?". Alerts stay open while the traffic stays away from it.
+    Pinned,
+}
+
+/// Drift detection: data drift per feature, label and prediction drift per scenario,
+/// model-quality drift per task, the alert lifecycle and where alerts go. Thresholds are
+/// the usual bands (PSI 0.1 / 0.2, Jensen-Shannon distance 0.1 / 0.2, p-values 0.01 /
+/// 0.001); `docs/drift.md` explains each statistic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DriftConfig {
+    /// Run the drift monitors at all (gauges, `alerts` and `drift` tables, alert topic,
+    /// webhook).
+    pub enabled: bool,
+    /// `trailing` (the windows just before) or `pinned` (the first windows of the run).
+    pub reference: DriftReference,
+    /// Windows in the reference.
+    pub reference_windows: usize,
+    /// Windows the reference must hold before anything is compared.
+    pub min_reference_windows: usize,
+    /// Quantile bins of the population stability index (PSI), taken from the reference.
+    pub psi_bins: usize,
+    /// PSI above this is a moderate shift (warning).
+    pub psi_warning: f64,
+    /// PSI above this is a significant shift (critical).
+    pub psi_critical: f64,
+    /// Jensen-Shannon distance (base 2, 0..1) of a categorical feature above this warns.
+    pub js_warning: f64,
+    /// Jensen-Shannon distance above this is critical.
+    pub js_critical: f64,
+    /// p-value of the small-sample tests (KS, chi-squared) below this warns.
+    pub p_value_warning: f64,
+    /// p-value below this is critical.
+    pub p_value_critical: f64,
+    /// Windows with fewer values of a feature than this use the p-value tests (KS,
+    /// chi-squared); larger ones use PSI and Jensen-Shannon.
+    pub small_sample: usize,
+    /// A feature with fewer values than this in the window or the reference is not
+    /// compared.
+    pub min_samples: usize,
+    /// |z| of a click or conversion rate against the reference above this warns (label
+    /// drift).
+    pub rate_z_warning: f64,
+    /// |z| of a rate above this is critical.
+    pub rate_z_critical: f64,
+    /// |z| of the calibration gap (clicks minus predicted clicks) above this warns
+    /// (prediction drift).
+    pub gap_z_warning: f64,
+    /// |z| of the calibration gap above this is critical.
+    pub gap_z_critical: f64,
+    /// Rates with fewer trials (impressions, clicks) than this are not compared.
+    pub min_trials: u64,
+    /// Windows before prediction drift and model quality may raise alerts (a fresh model
+    /// is neither calibrated nor stable).
+    pub model_warmup_windows: u64,
+    /// ADWIN's confidence on each task's per-example loss (River's default 0.002).
+    pub adwin_delta: f64,
+    /// Relative loss increase found by ADWIN above this warns.
+    pub loss_increase_warning: f64,
+    /// Relative loss increase above this is critical.
+    pub loss_increase_critical: f64,
+    /// Page-Hinkley's threshold on the cumulative loss deviation.
+    pub page_hinkley_threshold: f64,
+    /// Consecutive windows over the warning threshold before an alert fires (K).
+    pub fire_after_windows: u32,
+    /// Consecutive windows back under the threshold before it resolves.
+    pub resolve_after_windows: u32,
+    /// Correct the significance tests for sessions clustering the impressions (calibrated
+    /// on each test's recent per-window results); off, KS and chi-squared page on noise.
+    pub design_effect_correction: bool,
+    /// POST every alert event (JSON) to this `http://` or `https://` URL; unset: no
+    /// webhook. Deliveries run beside the job and never hold it up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    /// Timeout of one webhook request, in milliseconds.
+    pub webhook_timeout_ms: u64,
+    /// Retries after a failed webhook request (5xx, 408, 429, timeout, connection
+    /// refused); other 4xx answers are final.
+    pub webhook_max_retries: u32,
+    /// Wait before the first retry, in milliseconds; doubled for each further retry.
+    pub webhook_backoff_ms: u64,
+    /// Alert events waiting for the webhook; beyond this, new events are not posted
+    /// (counted in `shopstream_webhook_failures_total` and logged).
+    pub webhook_queue: usize,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            reference: DriftReference::Trailing,
+            reference_windows: 12,
+            min_reference_windows: 3,
+            psi_bins: 10,
+            psi_warning: 0.1,
+            psi_critical: 0.2,
+            js_warning: 0.1,
+            js_critical: 0.2,
+            p_value_warning: 0.01,
+            p_value_critical: 0.001,
+            small_sample: 1000,
+            min_samples: 30,
+            rate_z_warning: 3.0,
+            rate_z_critical: 5.0,
+            gap_z_warning: 3.0,
+            gap_z_critical: 5.0,
+            min_trials: 30,
+            model_warmup_windows: 12,
+            adwin_delta: 0.002,
+            loss_increase_warning: 0.1,
+            loss_increase_critical: 0.5,
+            page_hinkley_threshold: 50.0,
+            fire_after_windows: 3,
+            resolve_after_windows: 3,
+            design_effect_correction: true,
+            webhook_url: None,
+            webhook_timeout_ms: 5_000,
+            webhook_max_retries: 3,
+            webhook_backoff_ms: 500,
+            webhook_queue: 1_024,
         }
     }
 }

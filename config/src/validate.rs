@@ -170,6 +170,12 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
     if config.store.path.as_os_str().is_empty() {
         bad("store.path", "must not be empty".into());
     }
+    if config.checkpoint.every_windows == 0 {
+        bad("checkpoint.every_windows", "must be at least 1".into());
+    }
+    if config.checkpoint.keep == 0 {
+        bad("checkpoint.keep", "must be at least 1".into());
+    }
     if config.store.row_group_rows == 0 {
         bad("store.row_group_rows", "must be at least 1".into());
     }
@@ -224,5 +230,162 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
             format!("{} must be a finite number >= 0", m.value_weight),
         );
     }
+    validate_drift(&config.drift, &mut bad);
     problems
+}
+
+/// The `[drift]` section: every threshold pair ordered, counts in range, the webhook URL
+/// usable.
+fn validate_drift(d: &crate::sections::DriftConfig, bad: &mut impl FnMut(&str, String)) {
+    if !(1..=1_000).contains(&d.reference_windows) {
+        bad(
+            "drift.reference_windows",
+            format!("{} is outside 1..=1000", d.reference_windows),
+        );
+    }
+    if d.min_reference_windows == 0 || d.min_reference_windows > d.reference_windows {
+        bad(
+            "drift.min_reference_windows",
+            format!(
+                "{} must be at least 1 and at most drift.reference_windows ({})",
+                d.min_reference_windows, d.reference_windows
+            ),
+        );
+    }
+    // The significance tests' design effect is the median of a history of per-window
+    // statistics: a trailing reference keeps 4 x reference_windows of them, needs
+    // max(reference_windows, 2K - 1) and leaves the newest K - 1 out; a pinned one keeps
+    // those of its windows after the first min_reference_windows and needs 2K - 1. With
+    // fewer the KS, chi-squared and rate tests could never alert.
+    let k = d.fire_after_windows.max(1) as usize;
+    let usable = |n: usize| match d.reference {
+        crate::sections::DriftReference::Trailing => {
+            (4 * n).saturating_sub(k - 1) >= n.max(2 * k - 1)
+        }
+        crate::sections::DriftReference::Pinned => {
+            n.saturating_sub(d.min_reference_windows) >= 2 * k - 1
+        }
+    };
+    if d.design_effect_correction && !usable(d.reference_windows) {
+        let least = (1..=10_000).find(|n| usable(*n)).unwrap_or(10_000);
+        bad(
+            "drift.reference_windows",
+            format!(
+                "{} leaves too few windows to estimate the design effect of the significance tests (at least {least} with this reference, drift.min_reference_windows and drift.fire_after_windows); raise it or set drift.design_effect_correction = false",
+                d.reference_windows
+            ),
+        );
+    }
+    if !(2..=1_000).contains(&d.psi_bins) {
+        bad(
+            "drift.psi_bins",
+            format!("{} is outside 2..=1000", d.psi_bins),
+        );
+    }
+    let positive_pairs = [
+        ("psi", d.psi_warning, d.psi_critical, f64::INFINITY),
+        ("js", d.js_warning, d.js_critical, 1.0),
+        ("rate_z", d.rate_z_warning, d.rate_z_critical, f64::INFINITY),
+        ("gap_z", d.gap_z_warning, d.gap_z_critical, f64::INFINITY),
+        (
+            "loss_increase",
+            d.loss_increase_warning,
+            d.loss_increase_critical,
+            f64::INFINITY,
+        ),
+    ];
+    for (name, warning, critical, max) in positive_pairs {
+        if !(warning > 0.0 && warning <= max && warning.is_finite()) {
+            bad(
+                &format!("drift.{name}_warning"),
+                format!("{warning} must be a finite number in (0, {max}]"),
+            );
+        } else if !(critical >= warning && critical <= max && critical.is_finite()) {
+            bad(
+                &format!("drift.{name}_critical"),
+                format!(
+                    "{critical} must be at least drift.{name}_warning ({warning}) and at most {max}"
+                ),
+            );
+        }
+    }
+    if !(d.p_value_warning > 0.0 && d.p_value_warning < 1.0) {
+        bad(
+            "drift.p_value_warning",
+            format!("{} is outside (0, 1)", d.p_value_warning),
+        );
+    } else if !(d.p_value_critical > 0.0 && d.p_value_critical <= d.p_value_warning) {
+        bad(
+            "drift.p_value_critical",
+            format!(
+                "{} must be in (0, drift.p_value_warning = {}] (smaller p-values are worse)",
+                d.p_value_critical, d.p_value_warning
+            ),
+        );
+    }
+    if d.min_samples < 2 {
+        bad("drift.min_samples", format!("{} is below 2", d.min_samples));
+    }
+    if d.min_trials == 0 {
+        bad("drift.min_trials", "must be at least 1".into());
+    }
+    if !(d.adwin_delta > 0.0 && d.adwin_delta < 1.0) {
+        bad(
+            "drift.adwin_delta",
+            format!("{} is outside (0, 1)", d.adwin_delta),
+        );
+    }
+    if !(d.page_hinkley_threshold > 0.0 && d.page_hinkley_threshold.is_finite()) {
+        bad(
+            "drift.page_hinkley_threshold",
+            format!("{} must be a finite number > 0", d.page_hinkley_threshold),
+        );
+    }
+    for (key, value) in [
+        ("drift.fire_after_windows", d.fire_after_windows),
+        ("drift.resolve_after_windows", d.resolve_after_windows),
+    ] {
+        if !(1..=100).contains(&value) {
+            bad(key, format!("{value} is outside 1..=100"));
+        }
+    }
+    if let Some(url) = &d.webhook_url
+        && let Err(why) = check_http_url(url)
+    {
+        bad("drift.webhook_url", format!("`{url}` {why}"));
+    }
+    if d.webhook_timeout_ms == 0 {
+        bad("drift.webhook_timeout_ms", "must be at least 1".into());
+    }
+    if d.webhook_max_retries > 20 {
+        bad(
+            "drift.webhook_max_retries",
+            format!("{} is above 20", d.webhook_max_retries),
+        );
+    }
+    if !(1..=600_000).contains(&d.webhook_backoff_ms) {
+        bad(
+            "drift.webhook_backoff_ms",
+            format!("{} is outside 1..=600000", d.webhook_backoff_ms),
+        );
+    }
+    if d.webhook_queue == 0 {
+        bad("drift.webhook_queue", "must be at least 1".into());
+    }
+}
+
+/// Whether `url` is an absolute `http://` or `https://` URL with a host.
+fn check_http_url(url: &str) -> Result<(), &'static str> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or("must start with http:// or https://")?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if host.is_empty() || host.starts_with(':') {
+        return Err("has no host (for example https://alerts.example.com/hook)");
+    }
+    if url.chars().any(char::is_whitespace) {
+        return Err("contains whitespace");
+    }
+    Ok(())
 }

@@ -48,8 +48,9 @@ pub struct WindowOutput {
     pub demand_next: Vec<DemandFeatures>,
 }
 
-/// The features stage.
-#[derive(Debug, Clone)]
+/// The features stage. Serializable as a whole: a checkpoint holds it (open windows,
+/// watermark, keyed state, pending labels).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FeaturePipeline {
     windows: Windows,
     watermark: Watermark,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use shopstream_ingest::event::{InputTopic, Millis};
 
 /// Tracks the newest event time per input partition.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Watermark {
     newest: BTreeMap<(InputTopic, i32), Option<Millis>>,
     lateness_ms: Millis,

@@ -9,7 +9,7 @@ use shopstream_ingest::event::{Event, Millis};
 use shopstream_ingest::source::RecordMeta;
 
 /// An event with its origin, as buffered in a window.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Buffered {
     /// Where it came from.
     pub meta: RecordMeta,
@@ -35,8 +35,8 @@ pub struct ClosedWindow {
     pub events: Vec<Buffered>,
 }
 
-/// The open windows.
-#[derive(Debug, Clone)]
+/// The open windows (part of a checkpoint).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Windows {
     length_ms: Millis,
     open: BTreeMap<Millis, Vec<Buffered>>,

@@ -146,10 +146,18 @@ impl Cleaner {
             return Admission::Reject(skew_rejection(topic, partition, ts, newest, limits));
         }
         let key = dedupe_key(event);
-        if state.seen.contains_key(&key) {
+        let newest = state.newest.map_or(ts, |n| n.max(ts));
+        // A key counts only while it is within the horizon of the partition's newest event,
+        // this one included: an id reused long after (a day-later event after a restart
+        // from a checkpoint, whose dedupe state still holds the old key) is not a copy.
+        let horizon_start = newest.saturating_sub(limits.dedupe_horizon_ms);
+        if state
+            .seen
+            .get(&key)
+            .is_some_and(|seen_at| *seen_at >= horizon_start)
+        {
             return Admission::Duplicate;
         }
-        let newest = state.newest.map_or(ts, |n| n.max(ts));
         state.newest = Some(newest);
         state.seen.insert(key.clone(), ts);
         state.order.push_back((ts, key));
@@ -161,8 +169,12 @@ impl Cleaner {
             if !expired && !over {
                 break;
             }
-            if let Some((_, key)) = state.order.pop_front() {
-                state.seen.remove(&key);
+            if let Some((front_ts, key)) = state.order.pop_front() {
+                // The key may have been seen again since (reused after the horizon): only
+                // the entry this one recorded goes.
+                if state.seen.get(&key) == Some(&front_ts) {
+                    state.seen.remove(&key);
+                }
                 if !expired {
                     self.evicted += 1;
                 }
@@ -263,6 +275,29 @@ mod tests {
         assert_eq!(
             c.admit(InputTopic::Inventory, 1, &inv("a", T)),
             Admission::Accept
+        );
+    }
+
+    /// Regression: a restored dedupe state flagged a day-later event whose id had been
+    /// used a day earlier as a duplicate (the key had not been expired yet because no
+    /// newer event had arrived since).
+    #[test]
+    fn an_id_reused_after_the_horizon_is_not_a_duplicate() {
+        let mut c = Cleaner::new(CleanLimits::default());
+        let horizon = CleanLimits::default().dedupe_horizon_ms;
+        assert_eq!(
+            c.admit(InputTopic::Inventory, 0, &inv("a", T)),
+            Admission::Accept
+        );
+        let later = T + horizon + 1;
+        assert_eq!(
+            c.admit(InputTopic::Inventory, 0, &inv("a", later)),
+            Admission::Accept
+        );
+        // ... and its copy within the horizon still is one.
+        assert_eq!(
+            c.admit(InputTopic::Inventory, 0, &inv("a", later + 5)),
+            Admission::Duplicate
         );
     }
 

@@ -243,8 +243,9 @@ pub struct InventoryEvent {
     pub category: Option<String>,
 }
 
-/// A decoded, valid input event.
-#[derive(Debug, Clone, PartialEq)]
+/// A decoded, valid input event. (Serializable for checkpoints, which hold the events
+/// of windows still open; the wire format is the contract's JSON, decoded in [`crate::decode`].)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Event {
     /// From `shop.clicks`.
     Click(ClickEvent),

@@ -65,6 +65,56 @@ pub enum KafkaSetupError {
     Internal(String),
 }
 
+/// Sends librdkafka's log lines and client errors to `tracing` (librdkafka otherwise logs
+/// through the `log` crate, which nothing here listens to, so a broker outage would pass
+/// in silence). librdkafka retries connections itself, with `reconnect.backoff.ms`
+/// growing to `reconnect.backoff.max.ms`; these lines say that it is doing so.
+pub fn log_client_message(level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+    use rdkafka::config::RDKafkaLogLevel as L;
+    match level {
+        L::Emerg | L::Alert | L::Critical | L::Error => {
+            tracing::error!(target: "shopstream::kafka", facility, "{message}");
+        }
+        L::Warning => tracing::warn!(target: "shopstream::kafka", facility, "{message}"),
+        L::Notice | L::Info => tracing::info!(target: "shopstream::kafka", facility, "{message}"),
+        L::Debug => tracing::debug!(target: "shopstream::kafka", facility, "{message}"),
+    }
+}
+
+/// Reports a client-level error (broker down, authentication, ...); the client keeps
+/// retrying, so these are warnings unless they are fatal.
+pub fn log_client_error(error: &KafkaError, reason: &str) {
+    match error {
+        // The end of a partition is news for the bounded source, not a problem.
+        KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {
+            tracing::trace!(target: "shopstream::kafka", "{reason}");
+        }
+        KafkaError::Global(RDKafkaErrorCode::AllBrokersDown) => tracing::warn!(
+            target: "shopstream::kafka",
+            "all Kafka brokers are unreachable ({reason}); retrying with backoff, nothing is lost meanwhile"
+        ),
+        KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure) => tracing::warn!(
+            target: "shopstream::kafka",
+            "lost the connection to a Kafka broker ({reason}); reconnecting with backoff"
+        ),
+        _ => tracing::error!(target: "shopstream::kafka", %error, "Kafka client error: {reason}"),
+    }
+}
+
+/// A client context that only routes librdkafka's logs and errors to `tracing`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoggingContext;
+
+impl rdkafka::ClientContext for LoggingContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_client_message(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error(&error, reason);
+    }
+}
+
 /// The configured name of an input topic.
 pub fn input_topic_name(topics: &TopicsConfig, topic: InputTopic) -> &str {
     match topic {

@@ -10,6 +10,8 @@
 //!   checks.
 //! - [`source`]: the consuming side: a bounded stream of decoded records with their
 //!   partition and offset, and end-of-input detection for batch runs.
+//! - [`seek`]: start offsets by time for replays, each checked by reading around it, with
+//!   a scan from the beginning when the broker's time index cannot be trusted.
 //! - [`generator`]: deterministic synthetic traffic from a latent ground-truth model.
 
 pub mod clean;
@@ -18,6 +20,7 @@ pub mod event;
 pub mod generator;
 pub mod import;
 pub mod kafka;
+pub mod seek;
 pub mod source;
 
 /// serde helper for maps with non-string keys (JSON objects need string keys): the map is

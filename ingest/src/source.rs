@@ -39,7 +39,9 @@ use crate::event::{Event, InputTopic};
 use crate::kafka::{KafkaSetupError, client_config, input_topic_name};
 
 /// Where a record came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct RecordMeta {
     /// Input topic.
     pub topic: InputTopic,
@@ -137,6 +139,8 @@ pub struct SourceStats {
 pub struct SourceContext {
     names: BTreeMap<String, InputTopic>,
     start: SharedPositions,
+    /// `kafka.seek_back_messages`.
+    seek_back: u64,
     changes: std::sync::Mutex<Vec<SourceMessage>>,
 }
 
@@ -162,7 +166,15 @@ impl SourceContext {
     }
 }
 
-impl ClientContext for SourceContext {}
+impl ClientContext for SourceContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        crate::kafka::log_client_message(level, fac, log_message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        crate::kafka::log_client_error(&error, reason);
+    }
+}
 
 impl ConsumerContext for SourceContext {
     fn rebalance(
@@ -179,8 +191,11 @@ impl ConsumerContext for SourceContext {
                     for (t, p) in &assigned {
                         if t == topic
                             && let Some(offset) = start.get(&(*t, *p))
-                            && let Err(e) =
-                                tpl.set_partition_offset(name, *p, Offset::Offset(*offset))
+                            && let Err(e) = tpl.set_partition_offset(
+                                name,
+                                *p,
+                                Offset::Offset(seek_target(*offset, self.seek_back)),
+                            )
                         {
                             tracing::error!(topic = %name, partition = p, error = %e, "cannot position assigned partition");
                         }
@@ -227,6 +242,19 @@ pub struct KafkaSource {
     names: BTreeMap<String, InputTopic>,
     /// Bounded mode: assigned partitions and whether each is at its end.
     at_end: BTreeMap<(InputTopic, i32), bool>,
+    /// Resume positions: messages below them are skipped (they were read before; the
+    /// consumer may start earlier, see `kafka.seek_back_messages`).
+    resume_from: Positions,
+}
+
+/// Where to point the consumer to resume at `position`: `seek_back` messages earlier,
+/// because some brokers (tansu 0.6) answer a fetch at an offset inside a record batch with
+/// the *next* batch, silently skipping the rest of the batch; the messages before
+/// `position` are then dropped again on arrival.
+fn seek_target(position: i64, seek_back: u64) -> i64 {
+    position
+        .saturating_sub(i64::try_from(seek_back).unwrap_or(i64::MAX))
+        .max(0)
 }
 
 /// Commits consumed positions to the consumer group once they are durable downstream.
@@ -292,9 +320,11 @@ impl KafkaSource {
         let named = InputTopic::ALL.map(|t| (t, input_topic_name(topics, t).to_string()));
         let names: BTreeMap<String, InputTopic> =
             named.iter().map(|(t, n)| (n.clone(), *t)).collect();
+        let resume_from = start.lock().map(|s| s.clone()).unwrap_or_default();
         let context = || SourceContext {
             names: names.clone(),
             start: Arc::clone(&start),
+            seek_back: kafka.seek_back_messages,
             changes: std::sync::Mutex::new(Vec::new()),
         };
         let mut consumers = Vec::new();
@@ -354,6 +384,7 @@ impl KafkaSource {
                 consumers,
                 names,
                 at_end,
+                resume_from,
             },
             OffsetCommitter {
                 consumers: committer,
@@ -406,6 +437,14 @@ impl KafkaSource {
                         partition: message.partition(),
                         offset: message.offset(),
                     };
+                    if self
+                        .resume_from
+                        .get(&(topic, meta.partition))
+                        .is_some_and(|from| meta.offset < *from)
+                    {
+                        // Before the resume position: read already, see `seek_target`.
+                        continue;
+                    }
                     *stats.consumed.entry(topic).or_default() += 1;
                     if let Some(end) = self.at_end.get_mut(&(topic, meta.partition)) {
                         *end = false;
@@ -462,6 +501,7 @@ async fn assign_all(
     let blocking = Arc::clone(consumer);
     let name = name.to_string();
     let start = start.clone();
+    let seek_back = kafka.seek_back_messages;
     let list = tokio::task::spawn_blocking(move || {
         let mut wanted = TopicPartitionList::new();
         for p in 0..partitions {
@@ -482,9 +522,10 @@ async fn assign_all(
                         Offset::Offset(o) if o >= 0 => Some(o),
                         _ => None,
                     });
-            let from = match start.get(&(topic, p)).copied().or(committed_offset) {
-                Some(offset) => Offset::Offset(offset),
-                None => Offset::Beginning,
+            let from = match (start.get(&(topic, p)).copied(), committed_offset) {
+                (Some(position), _) => Offset::Offset(seek_target(position, seek_back)),
+                (None, Some(offset)) => Offset::Offset(offset),
+                (None, None) => Offset::Beginning,
             };
             list.add_partition_offset(&name, p, from)
                 .map_err(|source| SourceError::Consumer {

@@ -19,7 +19,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use shopstream_config::KafkaConfig;
 use shopstream_ingest::decode::Rejection;
-use shopstream_ingest::kafka::{KafkaSetupError, client_config};
+use shopstream_ingest::kafka::{KafkaSetupError, LoggingContext, client_config};
 use shopstream_ingest::source::RecordMeta;
 
 /// Why publishing failed.
@@ -89,7 +89,7 @@ impl Future for TaggedDelivery {
 
 /// An asynchronous producer that counts acknowledged messages per tag.
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: FutureProducer<LoggingContext>,
     in_flight: FuturesUnordered<TaggedDelivery>,
     delivered: BTreeMap<&'static str, u64>,
     /// Topic names shared by their in-flight deliveries (one allocation per topic).
@@ -108,7 +108,9 @@ impl Publisher {
             // limit (that is why they were rejected); the broker's own limit still applies.
             .set("message.max.bytes", "104857600")
             .set("message.timeout.ms", kafka.produce_timeout_ms.to_string());
-        let producer: FutureProducer = config.create().map_err(KafkaSetupError::Client)?;
+        let producer: FutureProducer<LoggingContext> = config
+            .create_with_context(LoggingContext)
+            .map_err(KafkaSetupError::Client)?;
         Ok(Self {
             producer,
             in_flight: FuturesUnordered::new(),

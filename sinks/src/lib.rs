@@ -10,10 +10,13 @@
 //!   published once the broker acknowledged it.
 //! - [`manifest`]: commit records; a file is visible to readers only once a commit names
 //!   it, and compaction replaces many small files of an hour by one.
+//! - [`checkpoint`]: versioned, checksummed checkpoint files written atomically, the last
+//!   K kept; loading skips damaged ones.
 //! - [`failpoint`]: named crash points for the kill tests (inert unless armed).
 //! - [`read`]: reading the store back (summaries, tests).
 //! - [`query`]: SQL over the store on polars, and point-in-time training sets.
 
+pub mod checkpoint;
 pub mod failpoint;
 pub mod kafka_out;
 pub mod manifest;

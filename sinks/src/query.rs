@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
 use polars::sql::SQLContext;
+use polars_core::query_result::QueryResult;
 
 use crate::manifest;
 use crate::store::StoreError;
@@ -128,10 +129,25 @@ impl QueryContext {
         let mut schemas = Vec::new();
         for name in manifest::tables(root)? {
             if let Some((mut lf, info)) = scan_table(root, &name)? {
-                let columns = lf
-                    .collect_schema()
-                    .map(|s| s.iter_names().map(|n| n.to_string()).collect())
-                    .unwrap_or_default();
+                let schema = lf.collect_schema().map_err(|e| QueryError::Invalid {
+                    message: format!("cannot read the schema of table {name}: {e}"),
+                })?;
+                let columns = schema.iter_names().map(|n| n.to_string()).collect();
+                // polars SQL cannot compare zoned timestamps with literals, so SQL sees
+                // them as UTC wall time without a zone: `ts >= TIMESTAMP '2026-01-05
+                // 03:00:00'` then means 03:00 UTC. (The files keep tz = UTC.)
+                let unzoned: Vec<Expr> = schema
+                    .iter()
+                    .filter_map(|(column, dtype)| match dtype {
+                        DataType::Datetime(unit, Some(_)) => {
+                            Some(col(column.clone()).cast(DataType::Datetime(*unit, None)))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                if !unzoned.is_empty() {
+                    lf = lf.with_columns(unzoned);
+                }
                 schemas.push((name.clone(), columns));
                 ctx.register(&name, lf);
                 tables.push(info);
@@ -159,10 +175,17 @@ impl QueryContext {
         self.ctx.execute(sql).map_err(|e| self.explain_error(e))
     }
 
-    /// Runs `sql` to a data frame.
+    /// Runs `sql` to a data frame, on polars' streaming engine: it aggregates file by
+    /// file instead of materialising every scanned column first (on the query benchmark,
+    /// hourly aggregates over a day of 3.9 M rows: 0.12 s and 74 MiB instead of 0.42 s and
+    /// 460 MiB with the in-memory engine).
     pub fn run(&mut self, sql: &str) -> Result<DataFrame, QueryError> {
         let lf = self.plan(sql)?;
-        lf.collect().map_err(|e| self.explain_error(e))
+        match lf.collect_with_engine(Engine::Streaming) {
+            Ok(QueryResult::Single(df)) => Ok(df),
+            Ok(QueryResult::Multiple(mut frames)) => Ok(frames.pop().unwrap_or_default()),
+            Err(e) => Err(self.explain_error(e)),
+        }
     }
 
     /// The optimized plan of `sql`, as text.
@@ -186,7 +209,7 @@ impl QueryContext {
                     .join(", "),
             };
         }
-        if matches!(error, PolarsError::ColumnNotFound(_)) || lower.contains("column") {
+        if matches!(error, PolarsError::ColumnNotFound(_)) && !lower.contains("valid columns") {
             let columns: Vec<String> = self
                 .schemas
                 .iter()
@@ -517,5 +540,10 @@ mod tests {
             .explain("SELECT user_id FROM examples WHERE hour = 3")
             .expect("explain");
         assert!(plan.contains("hour"), "{plan}");
+        // Timestamps compare with UTC literals.
+        let df = ctx
+            .run("SELECT user_id FROM examples WHERE ts >= TIMESTAMP '2026-01-05 03:00:00'")
+            .expect("timestamp literal");
+        assert_eq!(df.height(), 1);
     }
 }

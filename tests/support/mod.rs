@@ -19,6 +19,8 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use shopstream_config::{Config, TopicsConfig};
 
+pub mod proxy;
+
 /// Where the tansu binary is: $SHOPSTREAM_TANSU, $SHOPSTREAM_TOOLS/bin/tansu,
 /// ~/.cache/shopstream/tools/bin/tansu, or `tansu` on PATH.
 pub fn tansu_binary() -> PathBuf {
@@ -58,6 +60,19 @@ pub struct Broker {
 
 impl Broker {
     pub fn start() -> Broker {
+        Self::start_advertising(None)
+    }
+
+    /// A broker reached only through a [`proxy::Proxy`] (which can cut it off).
+    pub fn start_behind_proxy() -> (Broker, proxy::Proxy) {
+        let (proxy, listener) = proxy::Proxy::bind();
+        let mut broker = Self::start_advertising(Some(&proxy.addr));
+        proxy.forward_to(listener, broker.bootstrap.clone());
+        broker.bootstrap = proxy.addr.clone();
+        (broker, proxy)
+    }
+
+    fn start_advertising(advertised: Option<&str>) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -65,6 +80,7 @@ impl Broker {
             .unwrap()
             .port();
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised_url = advertised.map_or_else(|| url.clone(), |a| format!("tcp://{a}"));
         let log = dir.path().join("tansu.log");
         let out = File::create(&log).unwrap();
         let child = Command::new(tansu_binary())
@@ -73,7 +89,7 @@ impl Broker {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised_url,
             ])
             .args(["--storage-engine", "memory://tansu/"])
             .current_dir(dir.path())
@@ -113,6 +129,9 @@ impl Broker {
         let mut config = Config::default();
         config.kafka.brokers = self.bootstrap.clone();
         config.kafka.group_id = format!("{prefix}-group");
+        // tansu 0.6 answers a fetch inside a record batch with the next batch: resume
+        // from earlier and drop what was read before (see kafka.seek_back_messages).
+        config.kafka.seek_back_messages = 10_000;
         config.topics = TopicsConfig {
             clicks: format!("{prefix}.clicks"),
             orders: format!("{prefix}.orders"),
@@ -257,7 +276,10 @@ pub fn store_files(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
                 .expect("under root")
                 .display()
                 .to_string();
-            if relative.starts_with("_manifest") || relative.ends_with(".ssm") {
+            if relative.starts_with("_manifest")
+                || relative.starts_with("_checkpoints")
+                || relative.ends_with(".ssm")
+            {
                 continue;
             }
             if path.is_dir() {

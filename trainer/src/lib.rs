@@ -115,8 +115,8 @@ pub struct WindowMetrics {
     pub demand: Option<DemandMetrics>,
 }
 
-/// The model and its training state.
-#[derive(Debug, Clone)]
+/// The model and its training state (serializable: a checkpoint holds it).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Trainer {
     model: JointModel,
     batch_size: usize,

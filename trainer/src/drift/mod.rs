@@ -19,6 +19,7 @@
 //! - [`reference`](mod@reference): which past windows a window is compared with (trailing or pinned),
 //!   with bounded, deterministic sample memory.
 //! - [`observation`]: what the pipeline hands over per window ([`WindowObservation`]).
+//! - [`settings`]: the job's `[drift]` configuration section mapped onto [`DriftConfig`].
 //! - [`monitor`]: the per-window driver that ties it together, including a design-effect
 //!   correction of the significance tests (clickstream windows are clustered by session,
 //!   so tests calibrated for independent samples would page on noise).
@@ -33,6 +34,7 @@ pub mod monitor;
 pub mod observation;
 pub mod page_hinkley;
 pub mod reference;
+pub mod settings;
 pub mod special;
 pub mod stats;
 #[cfg(test)]

@@ -1,0 +1,497 @@
+//! Checkpoint files: a versioned, checksummed, atomically written snapshot of the job's
+//! state (whatever serializable payload the pipeline hands over), the last K kept.
+//!
+//! File `DIR/checkpoint-<seq:020>.ckpt`:
+//!
+//! ```text
+//! SHOPSTREAM-CHECKPOINT 1\n      magic and format version
+//! <seq> <payload bytes> <fnv1a-64 of payload, hex>\n
+//! payload                         zstd( MessagePack( state ) )
+//! ```
+//!
+//! Written to a hidden temporary name, fsynced, renamed, directory fsynced: a crash leaves
+//! either the previous set or the new file complete. Loading walks from the newest file
+//! down and uses the first one whose header, length, checksum and decoding all hold; every
+//! file skipped is reported with why, so a truncated or corrupted checkpoint costs one
+//! checkpoint interval of reprocessing, not the job.
+//!
+//! MessagePack rather than JSON: the state has maps keyed by tuples and tens of millions
+//! of floats (the model's embedding and optimiser moments), which it stores exactly and
+//! compactly.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// First line of every checkpoint file.
+pub const MAGIC: &str = "SHOPSTREAM-CHECKPOINT";
+/// Format version written (and the only one read).
+pub const FORMAT: u32 = 1;
+
+/// Why a checkpoint could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The file system refused. External.
+    #[error(
+        "cannot write checkpoint {path}: {source}; check that checkpoint.dir is writable and the disk has room"
+    )]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// Checkpoints exist but none can be used. External (damaged storage) or user (files
+    /// from another version).
+    #[error(
+        "no usable checkpoint in {dir}: {reasons}; restore one from a backup, or move the directory away to start from the committed Kafka offsets with empty state"
+    )]
+    AllUnusable {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// Why each file was refused.
+        reasons: String,
+    },
+    /// The state could not be encoded. Internal.
+    #[error("cannot encode the checkpoint state: {0}")]
+    Encode(String),
+}
+
+/// A checkpoint file that was not used, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// What loading found.
+#[derive(Debug)]
+pub struct Loaded<T> {
+    /// Sequence number of the checkpoint used.
+    pub seq: u64,
+    /// Its file.
+    pub path: PathBuf,
+    /// The state.
+    pub state: T,
+    /// Newer files that were unusable (corrupt, truncated, other format).
+    pub skipped: Vec<Skipped>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+fn file_name(seq: u64) -> String {
+    format!("checkpoint-{seq:020}.ckpt")
+}
+
+/// Checkpoint files in `dir`, newest first: (seq, path).
+pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, CheckpointError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(CheckpointError::Io {
+                path: dir.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(seq) = name
+            .strip_prefix("checkpoint-")
+            .and_then(|s| s.strip_suffix(".ckpt"))
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            files.push((seq, entry.path()));
+        }
+    }
+    files.sort_by_key(|f| std::cmp::Reverse(f.0));
+    Ok(files)
+}
+
+/// Writes checkpoint `seq` of `state` into `dir` atomically, then deletes all but the
+/// newest `keep` checkpoints. Returns the file and its size.
+pub fn write<T: Serialize>(
+    dir: &Path,
+    seq: u64,
+    state: &T,
+    keep: usize,
+) -> Result<(PathBuf, u64), CheckpointError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    // Named fields: several contract types skip empty optional fields when serializing,
+    // which the positional (array) encoding cannot represent.
+    let packed =
+        rmp_serde::to_vec_named(state).map_err(|e| CheckpointError::Encode(e.to_string()))?;
+    let payload = zstd::bulk::compress(&packed, 3).map_err(io_err(dir))?;
+    let header = format!(
+        "{MAGIC} {FORMAT}\n{seq} {} {:016x}\n",
+        payload.len(),
+        fnv1a(&payload)
+    );
+    let path = dir.join(file_name(seq));
+    let tmp = dir.join(format!(".{}.tmp", file_name(seq)));
+    let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
+    file.write_all(header.as_bytes()).map_err(io_err(&tmp))?;
+    file.write_all(&payload).map_err(io_err(&tmp))?;
+    file.sync_all().map_err(io_err(&tmp))?;
+    drop(file);
+    crate::failpoint::hit("checkpoint.temp_written");
+    std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))?;
+    for (_, old) in list(dir)?.into_iter().skip(keep.max(1)) {
+        std::fs::remove_file(&old).map_err(io_err(&old))?;
+    }
+    Ok((path, (header.len() + payload.len()) as u64))
+}
+
+/// Reads one checkpoint file.
+fn read_one<T: DeserializeOwned>(path: &Path, seq: u64) -> Result<T, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let mut lines = bytes.splitn(3, |b| *b == b'\n');
+    let magic = lines.next().unwrap_or_default();
+    let meta = lines.next().unwrap_or_default();
+    let payload = lines.next().unwrap_or_default();
+    let magic = std::str::from_utf8(magic).map_err(|_| "not a checkpoint file".to_string())?;
+    match magic.split_once(' ') {
+        Some((MAGIC, version)) if version == FORMAT.to_string() => {}
+        Some((MAGIC, version)) => {
+            return Err(format!(
+                "format {version}, this build reads format {FORMAT}"
+            ));
+        }
+        _ => return Err("not a checkpoint file (bad magic)".to_string()),
+    }
+    let meta = std::str::from_utf8(meta).map_err(|_| "damaged header".to_string())?;
+    let fields: Vec<&str> = meta.split(' ').collect();
+    let [file_seq, len, sum] = fields.as_slice() else {
+        return Err("damaged header".to_string());
+    };
+    if file_seq.parse::<u64>().ok() != Some(seq) {
+        return Err(format!("header names checkpoint {file_seq}"));
+    }
+    let len: usize = len.parse().map_err(|_| "damaged header".to_string())?;
+    if payload.len() != len {
+        return Err(format!(
+            "truncated: {} of {len} payload bytes",
+            payload.len()
+        ));
+    }
+    if format!("{:016x}", fnv1a(payload)) != *sum {
+        return Err("checksum mismatch (corrupted)".to_string());
+    }
+    let packed = zstd::stream::decode_all(payload).map_err(|e| format!("decompress: {e}"))?;
+    rmp_serde::from_slice(&packed).map_err(|e| format!("decode: {e}"))
+}
+
+/// The newest usable checkpoint in `dir`, or `None` when there is none (a first start).
+pub fn load_latest<T: DeserializeOwned>(dir: &Path) -> Result<Option<Loaded<T>>, CheckpointError> {
+    let mut skipped = Vec::new();
+    for (seq, path) in list(dir)? {
+        match read_one(&path, seq) {
+            Ok(state) => {
+                return Ok(Some(Loaded {
+                    seq,
+                    path,
+                    state,
+                    skipped,
+                }));
+            }
+            Err(reason) => skipped.push(Skipped { path, reason }),
+        }
+    }
+    if skipped.is_empty() {
+        return Ok(None);
+    }
+    // Every file is unusable: starting from nothing would silently reprocess (or, past
+    // committed offsets, lose) everything, so the operator decides.
+    Err(CheckpointError::AllUnusable {
+        dir: dir.to_path_buf(),
+        reasons: skipped
+            .iter()
+            .map(|s| format!("{}: {}", s.path.display(), s.reason))
+            .collect::<Vec<_>>()
+            .join("; "),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct State {
+        positions: BTreeMap<(u8, i32), i64>,
+        weights: Vec<f64>,
+    }
+
+    fn state(n: i64) -> State {
+        State {
+            positions: BTreeMap::from([((0, 1), n), ((2, 0), n + 1)]),
+            weights: vec![0.1, -2.5e-300, f64::MAX, n as f64],
+        }
+    }
+
+    #[test]
+    fn round_trips_exactly_and_keeps_the_last_k() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for seq in 1..=5 {
+            write(dir.path(), seq, &state(seq as i64), 3).expect("write");
+        }
+        let seqs: Vec<u64> = list(dir.path())
+            .expect("list")
+            .iter()
+            .map(|f| f.0)
+            .collect();
+        assert_eq!(seqs, vec![5, 4, 3]);
+        let loaded: Loaded<State> = load_latest(dir.path()).expect("load").expect("some");
+        assert_eq!((loaded.seq, loaded.state), (5, state(5)));
+        assert!(loaded.skipped.is_empty());
+    }
+
+    #[test]
+    fn a_truncated_or_corrupted_checkpoint_falls_back_to_the_previous_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for seq in 1..=3 {
+            write(dir.path(), seq, &state(seq as i64), 3).expect("write");
+        }
+        let files = list(dir.path()).expect("list");
+        // Newest truncated, the one before corrupted in its payload.
+        let newest = std::fs::read(&files[0].1).expect("read");
+        std::fs::write(&files[0].1, &newest[..newest.len() - 7]).expect("truncate");
+        let mut middle = std::fs::read(&files[1].1).expect("read");
+        let last = middle.len() - 1;
+        middle[last] ^= 0x55;
+        std::fs::write(&files[1].1, &middle).expect("corrupt");
+        let loaded: Loaded<State> = load_latest(dir.path()).expect("load").expect("some");
+        assert_eq!((loaded.seq, loaded.state), (1, state(1)));
+        let reasons: Vec<&str> = loaded.skipped.iter().map(|s| s.reason.as_str()).collect();
+        assert!(reasons[0].starts_with("truncated"), "{reasons:?}");
+        assert!(reasons[1].contains("checksum"), "{reasons:?}");
+    }
+
+    /// Guards restart-from-checkpoint: the whole feature stage and trainer, checkpointed
+    /// mid-stream and restored, go on to produce exactly what the uninterrupted ones do.
+    #[test]
+    fn restored_feature_stage_and_trainer_continue_identically() {
+        use shopstream_config::{ModelConfig, PipelineConfig};
+        use shopstream_features::FeaturePipeline;
+        use shopstream_ingest::decode::{DecodeLimits, decode};
+        use shopstream_ingest::generator::{Generator, GeneratorOptions, world::WorldSize};
+        use shopstream_ingest::source::RecordMeta;
+        use shopstream_trainer::Trainer;
+
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        struct Job {
+            features: FeaturePipeline,
+            trainer: Trainer,
+        }
+        let model = ModelConfig {
+            embedding_bits: 10,
+            ..ModelConfig::default()
+        };
+        let mut job = Job {
+            features: FeaturePipeline::new(&PipelineConfig::default()),
+            trainer: Trainer::new(&model),
+        };
+        let events: Vec<_> = Generator::new(GeneratorOptions {
+            seed: 3,
+            max_events: Some(4_000),
+            sessions_per_sec: 0.5,
+            size: WorldSize {
+                users: 80,
+                items: 60,
+                categories: 5,
+            },
+            ..GeneratorOptions::default()
+        })
+        .filter_map(|m| {
+            decode(m.topic, None, &m.payload, DecodeLimits::default())
+                .ok()
+                .map(|e| (m.topic, e))
+        })
+        .collect();
+        let step = |job: &mut Job, from: usize, to: usize| -> Vec<(i64, usize, u64)> {
+            let mut out = Vec::new();
+            for (offset, (topic, event)) in events.iter().enumerate().take(to).skip(from) {
+                // Four partitions, like a real topic, so per-partition state and the
+                // watermark's map are exercised.
+                let meta = RecordMeta {
+                    topic: *topic,
+                    partition: (offset % 4) as i32,
+                    offset: offset as i64,
+                };
+                let _ = job.features.ingest(meta, event.clone());
+                for w in job.features.close_ready() {
+                    job.trainer.train_window(&w.examples);
+                    out.push((w.start, w.examples.len(), job.trainer.version()));
+                }
+            }
+            out
+        };
+        let half = events.len() / 2;
+        for topic in shopstream_ingest::event::InputTopic::ALL {
+            for p in 0..4 {
+                job.features.register_partition(topic, p);
+            }
+        }
+        step(&mut job, 0, half);
+        // Partition 3 of every topic has been read to its end.
+        for topic in shopstream_ingest::event::InputTopic::ALL {
+            job.features.partition_at_end(topic, 3);
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), 1, &job, 2).expect("write");
+        let mut restored: Loaded<Job> = load_latest(dir.path()).expect("load").expect("some");
+        assert!(restored.state == job, "restored state differs");
+        let expected = step(&mut job, half, events.len());
+        let got = step(&mut restored.state, half, events.len());
+        assert!(!expected.is_empty());
+        assert_eq!(got, expected);
+        assert!(restored.state == job, "diverged after the restore");
+    }
+
+    /// The restart as the pipeline does it: partitions 1-3 read to their end before the
+    /// checkpoint (so their events wait in open windows), partition 0 half read; after the
+    /// restore every partition is registered again and the finished ones released again.
+    #[test]
+    fn restored_stage_with_finished_partitions_loses_no_example() {
+        use shopstream_config::PipelineConfig;
+        use shopstream_features::FeaturePipeline;
+        use shopstream_ingest::decode::{DecodeLimits, decode};
+        use shopstream_ingest::event::InputTopic;
+        use shopstream_ingest::generator::{Generator, GeneratorOptions, world::WorldSize};
+        use shopstream_ingest::source::RecordMeta;
+
+        let generated: Vec<_> = Generator::new(GeneratorOptions {
+            seed: 22,
+            max_events: Some(5_000),
+            sessions_per_sec: 0.12,
+            size: WorldSize {
+                users: 250,
+                items: 300,
+                categories: 10,
+            },
+            ..GeneratorOptions::default()
+        })
+        .collect();
+        // Partition by key like the producer would (any stable mapping will do here).
+        let part = |key: &str| (key.bytes().map(u32::from).sum::<u32>() % 4) as i32;
+        let mut by_partition: BTreeMap<(InputTopic, i32), Vec<_>> = BTreeMap::new();
+        for m in &generated {
+            let Ok(event) = decode(m.topic, None, &m.payload, DecodeLimits::default()) else {
+                continue;
+            };
+            let list = by_partition.entry((m.topic, part(&m.key))).or_default();
+            let offset = list.len() as i64;
+            list.push((
+                RecordMeta {
+                    topic: m.topic,
+                    partition: part(&m.key),
+                    offset,
+                },
+                event,
+            ));
+        }
+        let register = |f: &mut FeaturePipeline| {
+            for (topic, p) in by_partition.keys() {
+                f.register_partition(*topic, *p);
+            }
+        };
+        let feed = |f: &mut FeaturePipeline,
+                    items: &[(RecordMeta, shopstream_ingest::event::Event)]| {
+            let mut n = 0;
+            for (meta, event) in items {
+                let _ = f.ingest(*meta, event.clone());
+                n += f
+                    .close_ready()
+                    .iter()
+                    .map(|w| w.examples.len())
+                    .sum::<usize>();
+            }
+            n
+        };
+        let run = |checkpoint_at: Option<usize>| -> usize {
+            let mut f = FeaturePipeline::new(&PipelineConfig::default());
+            register(&mut f);
+            let mut examples = 0;
+            // Everything but clicks/0 first, each partition then at its end.
+            for (key, items) in &by_partition {
+                if *key != (InputTopic::Clicks, 0) {
+                    examples += feed(&mut f, items);
+                    f.partition_at_end(key.0, key.1);
+                    examples += f
+                        .close_ready()
+                        .iter()
+                        .map(|w| w.examples.len())
+                        .sum::<usize>();
+                }
+            }
+            let slow = &by_partition[&(InputTopic::Clicks, 0)];
+            let cut = checkpoint_at.unwrap_or(0).min(slow.len());
+            examples += feed(&mut f, &slow[..cut]);
+            if checkpoint_at.is_some() {
+                let dir = tempfile::tempdir().expect("tempdir");
+                write(dir.path(), 1, &f, 1).expect("write");
+                f = load_latest::<FeaturePipeline>(dir.path())
+                    .expect("load")
+                    .expect("some")
+                    .state;
+                register(&mut f);
+                for key in by_partition.keys() {
+                    if *key != (InputTopic::Clicks, 0) {
+                        f.partition_at_end(key.0, key.1);
+                        examples += f
+                            .close_ready()
+                            .iter()
+                            .map(|w| w.examples.len())
+                            .sum::<usize>();
+                    }
+                }
+            }
+            examples += feed(&mut f, &slow[cut..]);
+            examples += f.finish().iter().map(|w| w.examples.len()).sum::<usize>();
+            examples
+        };
+        let expected = run(None);
+        for at in [1, 50, 107, 400] {
+            assert_eq!(
+                run(Some(at)),
+                expected,
+                "checkpoint after {at} events of clicks/0"
+            );
+        }
+    }
+
+    #[test]
+    fn no_checkpoint_is_none_and_only_unusable_ones_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(load_latest::<State>(dir.path()).expect("load").is_none());
+        std::fs::write(dir.path().join(file_name(9)), b"hello\n").expect("write");
+        let err = load_latest::<State>(dir.path()).expect_err("unusable");
+        assert!(err.to_string().contains("bad magic"), "{err}");
+    }
+}

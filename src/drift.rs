@@ -1,0 +1,863 @@
+//! Drift detection inside the job: feeds the drift monitors of `shopstream_trainer::drift`
+//! once per closed window and turns what they measure into store rows, alert events and
+//! gauges. Kafka, the webhook and the store writes themselves stay in [`crate::pipeline`].
+//!
+//! Two monitors, because two kinds of evidence become known at different times:
+//!
+//! - **Arrival** (data drift on what an impression carries itself: `price`, `position`,
+//!   `scenario`, `device`): collected as impressions are admitted to their event-time
+//!   window and compared when that window closes. A price shock is visible in the window
+//!   it starts in; there is no reason to wait for labels.
+//! - **Matured** (label drift, prediction drift, model quality, and the features that come
+//!   from the item's state, `item_price` and `item_category`): computed from the training
+//!   examples, which are released only once their labels mature (click window plus
+//!   attribution window after the impression, 40 minutes by default), scored by the model
+//!   before it trains on them (prequential). These statistics are keyed by the window of
+//!   the impressions they describe (`close - maturity`), so every row and alert names the
+//!   event time of its evidence; they are *reported* a maturity later.
+//!
+//! Both monitors see the same windows in the same order however the input was
+//! interleaved (impressions of a window form a set; values are sorted before the monitor
+//! sees them), so the `drift` and `alerts` tables are as deterministic as the examples.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
+use shopstream_config::{DriftConfig as DriftSettings, PipelineConfig};
+use shopstream_features::Example;
+use shopstream_ingest::event::{ClickEvent, ClickKind, Event, Scenario};
+use shopstream_trainer::drift::{
+    AlertEvent, AlertState, DriftConfig, DriftError, DriftKind, DriftMonitor, FeatureDrift,
+    ScenarioDrift, TaskQuality, WindowDrift, WindowObservation,
+};
+use shopstream_trainer::joint::Output;
+
+/// Store table of per-window drift statistics.
+pub const DRIFT_TABLE: &str = "drift";
+/// Store table of alert events.
+pub const ALERTS_TABLE: &str = "alerts";
+
+/// Continuous features measured on arrival (the rest come from matured examples).
+pub const ARRIVAL_CONTINUOUS: [&str; 2] = ["price", "position"];
+/// Categorical features measured on arrival.
+pub const ARRIVAL_CATEGORICAL: [&str; 2] = ["scenario", "device"];
+
+/// What the arrival monitor takes from an impression (taken before the event moves into
+/// the features stage, counted once the stage accepted it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Impression {
+    /// Event time.
+    pub ts: i64,
+    /// Price shown.
+    pub price: Option<f64>,
+    /// Slot in the list.
+    pub position: Option<u32>,
+    /// Scenario.
+    pub scenario: Scenario,
+    /// Device class.
+    pub device: Option<String>,
+}
+
+impl Impression {
+    /// The fields of `event` if it is an impression.
+    pub fn of(event: &Event) -> Option<Self> {
+        match event {
+            Event::Click(c) if c.kind == ClickKind::Impression => Some(Self::of_click(c)),
+            _ => None,
+        }
+    }
+
+    /// The fields of an impression's click event.
+    pub fn of_click(c: &ClickEvent) -> Self {
+        Self {
+            ts: c.ts,
+            price: c.price,
+            position: c.position,
+            scenario: c.scenario,
+            device: c.device.clone(),
+        }
+    }
+}
+
+/// Which monitor a statistic comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Evidence {
+    /// Impressions as they arrived, compared when their window closed.
+    Arrival,
+    /// Matured training examples with their prequential predictions.
+    Matured,
+}
+
+impl Evidence {
+    /// `arrival` or `matured`, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Evidence::Arrival => "arrival",
+            Evidence::Matured => "matured",
+        }
+    }
+}
+
+/// What one closed window produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WindowDrifts {
+    /// Start of the window that closed (epoch ms): when all this became known.
+    pub closed_window_ms: i64,
+    /// The monitors' per-window results, each keyed by the window of its evidence
+    /// (`WindowDrift::window_start_ms`), arrival first.
+    pub windows: Vec<(Evidence, WindowDrift)>,
+    /// Alert events, in the order they were raised.
+    pub alerts: Vec<AlertEvent>,
+}
+
+/// Latest drift values for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DriftGauges {
+    /// PSI per continuous feature.
+    pub feature_psi: BTreeMap<String, f64>,
+    /// Jensen-Shannon distance per categorical feature.
+    pub feature_js: BTreeMap<String, f64>,
+    /// Design-effect corrected p-value per (feature, `ks` | `chi2`), for features whose
+    /// window is small enough to be decided by the test.
+    pub feature_pvalue: BTreeMap<(String, String), f64>,
+    /// z of a label rate per (scenario, `ctr` | `cvr`).
+    pub label_rate_z: BTreeMap<(String, String), f64>,
+    /// z of the calibration gap (clicks minus predicted clicks) per scenario.
+    pub prediction_gap_z: BTreeMap<String, f64>,
+    /// Per (task, detector): ADWIN's relative loss increase, Page-Hinkley's statistic over
+    /// its threshold (1 = detection).
+    pub model_loss_drift: BTreeMap<(String, String), f64>,
+    /// Open alerts with their latest values.
+    pub firing: Vec<AlertEvent>,
+    /// Alert events raised per state (`firing` includes escalations to critical).
+    pub alerts_total: BTreeMap<String, u64>,
+    /// Alert events acknowledged by the broker on the alerts topic.
+    pub alerts_published: u64,
+    /// Alert events the webhook accepted (2xx).
+    pub webhook_delivered: u64,
+    /// Alert events the webhook never accepted (retries exhausted, final 4xx, queue full,
+    /// still queued at shutdown).
+    pub webhook_failures: u64,
+    /// Windows observed by the monitors.
+    pub windows: u64,
+}
+
+/// Drift figures of a run, for its summary.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct DriftSummary {
+    /// Windows observed by the monitors (arrival and matured).
+    pub windows: u64,
+    /// Firing alert events raised (escalations included).
+    pub alerts_fired: u64,
+    /// Resolved alert events raised.
+    pub alerts_resolved: u64,
+    /// Alerts still open at the end.
+    pub open_at_end: usize,
+    /// Alert events acknowledged on the alerts topic.
+    pub published: u64,
+    /// Alert events the webhook accepted.
+    pub webhook_delivered: u64,
+    /// Alert events the webhook did not accept.
+    pub webhook_failures: u64,
+}
+
+impl DriftGauges {
+    /// The run-summary view.
+    pub fn summary(&self) -> DriftSummary {
+        DriftSummary {
+            windows: self.windows,
+            alerts_fired: self.alerts_total.get("firing").copied().unwrap_or(0),
+            alerts_resolved: self.alerts_total.get("resolved").copied().unwrap_or(0),
+            open_at_end: self.firing.len(),
+            published: self.alerts_published,
+            webhook_delivered: self.webhook_delivered,
+            webhook_failures: self.webhook_failures,
+        }
+    }
+}
+
+/// The job's drift stage: the two monitors, the arrival observations of open windows, and
+/// the gauges.
+///
+/// Serializable: checkpoints hold it (the gauges are not part of the state; they are
+/// filled again by the next window).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DriftStage {
+    window_ms: i64,
+    maturity_ms: i64,
+    arrival: DriftMonitor,
+    matured: DriftMonitor,
+    /// Arrival observations of windows not closed yet, by window start.
+    pending: BTreeMap<i64, WindowObservation>,
+    #[serde(skip)]
+    gauges: DriftGauges,
+}
+
+fn ms(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+impl DriftStage {
+    /// A stage for the job's `[drift]` and `[pipeline]` settings.
+    pub fn new(settings: &DriftSettings, pipeline: &PipelineConfig) -> Self {
+        let config = DriftConfig::from_settings(settings);
+        Self {
+            window_ms: ms(pipeline.window_secs).max(1),
+            maturity_ms: ms(pipeline.click_window_secs)
+                .saturating_add(ms(pipeline.attribution_window_secs)),
+            arrival: DriftMonitor::new(config.clone()),
+            matured: DriftMonitor::new(config),
+            pending: BTreeMap::new(),
+            gauges: DriftGauges::default(),
+        }
+    }
+
+    /// The monitors' configuration.
+    pub fn config(&self) -> &DriftConfig {
+        self.arrival.config()
+    }
+
+    /// How long after an impression its example (labels, prediction) is released: the
+    /// matured statistics of a window are reported this much later.
+    pub fn maturity_ms(&self) -> i64 {
+        self.maturity_ms
+    }
+
+    /// The latest values, for `/metrics`.
+    pub fn gauges(&self) -> &DriftGauges {
+        &self.gauges
+    }
+
+    /// Mutable gauges, for the counters kept by the pipeline (broker acknowledgements,
+    /// webhook outcomes).
+    pub fn gauges_mut(&mut self) -> &mut DriftGauges {
+        &mut self.gauges
+    }
+
+    /// Counts one impression admitted to its event-time window (call it only once the
+    /// window accepted the event: late events are not part of any window).
+    pub fn on_impression(&mut self, i: &Impression) {
+        let window = i.ts.div_euclid(self.window_ms) * self.window_ms;
+        let w = self
+            .pending
+            .entry(window)
+            .or_insert_with(|| WindowObservation::new(window));
+        if let Some(price) = i.price {
+            w.add_continuous("price", price);
+        }
+        if let Some(position) = i.position {
+            w.add_continuous("position", f64::from(position));
+        }
+        w.add_category("scenario", i.scenario.as_str());
+        w.add_category("device", i.device.as_deref().unwrap_or("unknown"));
+    }
+
+    /// The window starting at `start_ms` closed, releasing `examples` scored (before
+    /// training) as `outputs` (same order; both empty when nothing matured). Observes the
+    /// arrival window(s) up to `start_ms`, then the matured examples grouped by the window
+    /// of their impressions.
+    pub fn window_closed(
+        &mut self,
+        start_ms: i64,
+        examples: &[Example],
+        outputs: &[Output],
+    ) -> Result<WindowDrifts, DriftError> {
+        if examples.len() != outputs.len() {
+            return Err(DriftError::LengthMismatch(examples.len(), outputs.len()));
+        }
+        let mut out = WindowDrifts {
+            closed_window_ms: start_ms,
+            ..WindowDrifts::default()
+        };
+        // Windows at or before this one (earlier ones only if they never closed on their
+        // own, which the features stage does not do; observed in order anyway).
+        let later = self.pending.split_off(&(start_ms.saturating_add(1)));
+        let ready = std::mem::replace(&mut self.pending, later);
+        for (_, mut observation) in ready {
+            // Arrival order differs between a live run and a replay: sorted, the monitor
+            // sees the same sample either way.
+            for values in observation.continuous.values_mut() {
+                values.sort_by(f64::total_cmp);
+            }
+            let drift = self.arrival.observe_window(&observation);
+            out.push(Evidence::Arrival, drift);
+        }
+        // Examples are in event-time order: contiguous runs share a window.
+        let mut from = 0;
+        while from < examples.len() {
+            let window = self.evidence_window(examples[from].ts);
+            let len = examples[from..]
+                .iter()
+                .take_while(|e| self.evidence_window(e.ts) == window)
+                .count();
+            let to = from + len;
+            let mut observation =
+                WindowObservation::from_outputs(window, &examples[from..to], &outputs[from..to])?;
+            for name in ARRIVAL_CONTINUOUS {
+                observation.continuous.remove(name);
+            }
+            for name in ARRIVAL_CATEGORICAL {
+                observation.categorical.remove(name);
+            }
+            let drift = self.matured.observe_window(&observation);
+            out.push(Evidence::Matured, drift);
+            from = to;
+        }
+        self.update_gauges(&out);
+        Ok(out)
+    }
+
+    /// The window of impressions at `ts`, on the grid of released batches: examples
+    /// released when window `s` closes have `ts` in `[s - maturity, s - maturity + window)`.
+    fn evidence_window(&self, ts: i64) -> i64 {
+        let shifted = ts.saturating_add(self.maturity_ms);
+        shifted.div_euclid(self.window_ms) * self.window_ms - self.maturity_ms
+    }
+
+    fn update_gauges(&mut self, out: &WindowDrifts) {
+        let ph_threshold = self.config().page_hinkley.threshold.max(f64::MIN_POSITIVE);
+        let g = &mut self.gauges;
+        for (_, drift) in &out.windows {
+            if drift.replayed {
+                continue;
+            }
+            g.windows += 1;
+            for f in &drift.features {
+                if let Some(psi) = f.psi {
+                    g.feature_psi.insert(f.feature.clone(), psi);
+                }
+                if let Some(js) = f.js {
+                    g.feature_js.insert(f.feature.clone(), js);
+                }
+                if matches!(f.statistic, "ks" | "chi2") {
+                    g.feature_pvalue
+                        .insert((f.feature.clone(), f.statistic.to_string()), f.value);
+                }
+            }
+            for s in &drift.scenarios {
+                for (label, z) in [("ctr", s.ctr_z), ("cvr", s.cvr_z)] {
+                    if let Some(z) = z {
+                        g.label_rate_z
+                            .insert((s.scenario.clone(), label.to_string()), z);
+                    }
+                }
+                if let Some(z) = s.ctr_gap_z {
+                    g.prediction_gap_z.insert(s.scenario.clone(), z);
+                }
+            }
+            for t in &drift.tasks {
+                g.model_loss_drift
+                    .insert((t.task.clone(), "adwin".into()), t.adwin_increase);
+                g.model_loss_drift.insert(
+                    (t.task.clone(), "page_hinkley".into()),
+                    t.page_hinkley_statistic / ph_threshold,
+                );
+            }
+        }
+        for alert in &out.alerts {
+            let state = match alert.state {
+                AlertState::Firing => "firing",
+                AlertState::Resolved => "resolved",
+            };
+            *g.alerts_total.entry(state.to_string()).or_default() += 1;
+        }
+        g.firing = self.arrival.firing();
+        g.firing.extend(self.matured.firing());
+    }
+
+    /// Rows of the `drift` table for what one closed window produced.
+    pub fn rows(&self, drifts: &WindowDrifts) -> Vec<DriftRow> {
+        let c = self.config();
+        let mut rows = Vec::new();
+        for (evidence, drift) in &drifts.windows {
+            if drift.replayed {
+                continue;
+            }
+            let mut add = RowSink {
+                rows: &mut rows,
+                ts_ms: drift.window_start_ms,
+                reported_ms: drifts.closed_window_ms,
+                evidence: *evidence,
+            };
+            for f in &drift.features {
+                feature_rows(&mut add, f, c);
+            }
+            for s in &drift.scenarios {
+                scenario_rows(&mut add, s, c);
+            }
+            for t in &drift.tasks {
+                task_rows(&mut add, t, c);
+            }
+        }
+        rows
+    }
+}
+
+impl WindowDrifts {
+    fn push(&mut self, evidence: Evidence, drift: WindowDrift) {
+        self.alerts.extend(drift.alerts.iter().cloned());
+        self.windows.push((evidence, drift));
+    }
+}
+
+/// One row of the `drift` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriftRow {
+    /// Start of the window of the evidence (epoch ms): the `ts` column.
+    pub ts_ms: i64,
+    /// Start of the window whose close computed it (epoch ms).
+    pub reported_ms: i64,
+    /// Arrival or matured.
+    pub evidence: Evidence,
+    /// data_drift, label_drift, prediction_drift or model_quality.
+    pub kind: DriftKind,
+    /// Feature, label (`ctr`, `cvr`) or task.
+    pub subject: String,
+    /// Scenario of per-scenario statistics.
+    pub scenario: Option<String>,
+    /// Statistic name (see `docs/drift.md`).
+    pub statistic: &'static str,
+    /// Its value.
+    pub value: f64,
+    /// Warning threshold, for statistics that alerts compare (z: on |value|; p-values:
+    /// below is worse).
+    pub threshold: Option<f64>,
+    /// Critical threshold, likewise.
+    pub critical: Option<f64>,
+    /// Values (impressions, clicks, examples) behind it in the window.
+    pub n: i64,
+}
+
+struct RowSink<'a> {
+    rows: &'a mut Vec<DriftRow>,
+    ts_ms: i64,
+    reported_ms: i64,
+    evidence: Evidence,
+}
+
+impl RowSink<'_> {
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &mut self,
+        kind: DriftKind,
+        subject: &str,
+        scenario: Option<&str>,
+        statistic: &'static str,
+        value: Option<f64>,
+        thresholds: Option<(f64, f64)>,
+        n: u64,
+    ) {
+        let Some(value) = value else { return };
+        self.rows.push(DriftRow {
+            ts_ms: self.ts_ms,
+            reported_ms: self.reported_ms,
+            evidence: self.evidence,
+            kind,
+            subject: subject.to_string(),
+            scenario: scenario.map(str::to_string),
+            statistic,
+            value,
+            threshold: thresholds.map(|t| t.0),
+            critical: thresholds.map(|t| t.1),
+            n: i64::try_from(n).unwrap_or(i64::MAX),
+        });
+    }
+}
+
+fn feature_rows(add: &mut RowSink<'_>, f: &FeatureDrift, c: &DriftConfig) {
+    let k = DriftKind::DataDrift;
+    let n = f.n_current as u64;
+    let name = f.feature.as_str();
+    let p_bands = Some((c.p_value_warning, c.p_value_critical));
+    if f.categorical {
+        add.add(
+            k,
+            name,
+            None,
+            "js",
+            f.js,
+            Some((c.js_warning, c.js_critical)),
+            n,
+        );
+        add.add(k, name, None, "chi2_p_value", f.chi2_p_value, None, n);
+    } else {
+        let psi_bands = Some((c.psi_warning, c.psi_critical));
+        add.add(k, name, None, "psi", f.psi, psi_bands, n);
+        add.add(k, name, None, "ks_statistic", f.ks_statistic, None, n);
+        add.add(k, name, None, "ks_p_value", f.ks_p_value, None, n);
+        add.add(
+            k,
+            name,
+            None,
+            "wasserstein_norm",
+            f.wasserstein_norm,
+            None,
+            n,
+        );
+    }
+    // The p-value the alert decision used, after the design-effect correction.
+    match f.statistic {
+        "ks" => add.add(k, name, None, "ks_p_corrected", Some(f.value), p_bands, n),
+        "chi2" => add.add(k, name, None, "chi2_p_corrected", Some(f.value), p_bands, n),
+        _ => {}
+    }
+    add.add(
+        k,
+        name,
+        None,
+        "design_effect",
+        Some(f.design_effect),
+        None,
+        n,
+    );
+}
+
+fn scenario_rows(add: &mut RowSink<'_>, s: &ScenarioDrift, c: &DriftConfig) {
+    let o = &s.outcomes;
+    let sc = Some(s.scenario.as_str());
+    let (label, prediction) = (DriftKind::LabelDrift, DriftKind::PredictionDrift);
+    let rate_bands = Some((c.rate_z_warning, c.rate_z_critical));
+    add.add(label, "ctr", sc, "rate", s.ctr, None, o.impressions);
+    add.add(
+        label,
+        "ctr",
+        sc,
+        "reference_rate",
+        s.reference_ctr,
+        None,
+        o.impressions,
+    );
+    add.add(
+        label,
+        "ctr",
+        sc,
+        "rate_z",
+        s.ctr_z,
+        rate_bands,
+        o.impressions,
+    );
+    add.add(label, "cvr", sc, "rate", s.cvr, None, o.clicks);
+    add.add(
+        label,
+        "cvr",
+        sc,
+        "reference_rate",
+        s.reference_cvr,
+        None,
+        o.clicks,
+    );
+    add.add(label, "cvr", sc, "rate_z", s.cvr_z, rate_bands, o.clicks);
+    let gap_bands = Some((c.gap_z_warning, c.gap_z_critical));
+    add.add(
+        prediction,
+        "ctr",
+        sc,
+        "mean_p_click",
+        s.mean_p_click,
+        None,
+        o.scored,
+    );
+    add.add(prediction, "ctr", sc, "ctr_gap", s.ctr_gap, None, o.scored);
+    add.add(
+        prediction,
+        "ctr",
+        sc,
+        "ctr_gap_z",
+        s.ctr_gap_z,
+        gap_bands,
+        o.scored,
+    );
+}
+
+fn task_rows(add: &mut RowSink<'_>, t: &TaskQuality, c: &DriftConfig) {
+    let k = DriftKind::ModelQuality;
+    let n = t.examples as u64;
+    let task = t.task.as_str();
+    let increase = Some((c.loss_increase_warning, c.loss_increase_critical));
+    let ph = c.page_hinkley.threshold;
+    add.add(k, task, None, "mean_loss", t.mean_loss, None, n);
+    add.add(
+        k,
+        task,
+        None,
+        "adwin_increase",
+        Some(t.adwin_increase),
+        increase,
+        n,
+    );
+    add.add(
+        k,
+        task,
+        None,
+        "adwin_estimation",
+        Some(t.adwin_estimation),
+        None,
+        n,
+    );
+    let ph_stat = Some(t.page_hinkley_statistic);
+    add.add(
+        k,
+        task,
+        None,
+        "page_hinkley_statistic",
+        ph_stat,
+        Some((ph, ph)),
+        n,
+    );
+    let detections = Some(t.page_hinkley_detections as f64);
+    add.add(
+        k,
+        task,
+        None,
+        "page_hinkley_detections",
+        detections,
+        None,
+        n,
+    );
+}
+
+fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+fn micros(values: impl Iterator<Item = i64>) -> ArrayRef {
+    Arc::new(
+        TimestampMicrosecondArray::from_iter_values(values.map(|ms| ms.saturating_mul(1000)))
+            .with_timezone("UTC"),
+    )
+}
+
+/// The `drift` table's batch: `ts` (window of the evidence, UTC microseconds: the
+/// partitioning column), `reported_at` (window whose close computed it), `evidence`,
+/// `kind`, `subject`, `scenario`, `statistic`, `value`, `threshold`, `critical`, `n`.
+pub fn drift_batch(rows: &[DriftRow]) -> Result<RecordBatch, ArrowError> {
+    let schema = Schema::new(vec![
+        Field::new("ts", timestamp_type(), false),
+        Field::new("reported_at", timestamp_type(), false),
+        Field::new("evidence", DataType::Utf8, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("subject", DataType::Utf8, false),
+        Field::new("scenario", DataType::Utf8, true),
+        Field::new("statistic", DataType::Utf8, false),
+        Field::new("value", DataType::Float64, false),
+        Field::new("threshold", DataType::Float64, true),
+        Field::new("critical", DataType::Float64, true),
+        Field::new("n", DataType::Int64, false),
+    ]);
+    let columns: Vec<ArrayRef> = vec![
+        micros(rows.iter().map(|r| r.ts_ms)),
+        micros(rows.iter().map(|r| r.reported_ms)),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.evidence.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.kind.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.subject.as_str()),
+        )),
+        Arc::new(StringArray::from_iter(
+            rows.iter().map(|r| r.scenario.as_deref()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.statistic),
+        )),
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.value))),
+        Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.threshold))),
+        Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.critical))),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.n))),
+    ];
+    RecordBatch::try_new(Arc::new(schema), columns)
+}
+
+/// The `alerts` table's batch: `ts` (window of the evidence that produced the event, UTC
+/// microseconds), `reported_at` (window whose close raised it), `first_window` (start of
+/// the breach streak), and the event's `id`, `state`, `severity`, `kind`, `subject`,
+/// `scenario`, `statistic`, `value`, `threshold`.
+pub fn alerts_batch(reported_ms: i64, alerts: &[AlertEvent]) -> Result<RecordBatch, ArrowError> {
+    let schema = Schema::new(vec![
+        Field::new("ts", timestamp_type(), false),
+        Field::new("reported_at", timestamp_type(), false),
+        Field::new("first_window", timestamp_type(), false),
+        Field::new("id", DataType::Utf8, false),
+        Field::new("state", DataType::Utf8, false),
+        Field::new("severity", DataType::Utf8, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("subject", DataType::Utf8, false),
+        Field::new("scenario", DataType::Utf8, true),
+        Field::new("statistic", DataType::Utf8, false),
+        Field::new("value", DataType::Float64, false),
+        Field::new("threshold", DataType::Float64, false),
+    ]);
+    let text = |f: fn(&AlertEvent) -> &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(alerts.iter().map(f)))
+    };
+    let columns: Vec<ArrayRef> = vec![
+        micros(alerts.iter().map(|a| a.window_start_ms)),
+        micros(alerts.iter().map(|_| reported_ms)),
+        micros(alerts.iter().map(|a| a.first_window_ms)),
+        text(|a| a.id.as_str()),
+        text(|a| match a.state {
+            AlertState::Firing => "firing",
+            AlertState::Resolved => "resolved",
+        }),
+        text(|a| match a.severity {
+            shopstream_trainer::drift::Severity::Warning => "warning",
+            shopstream_trainer::drift::Severity::Critical => "critical",
+        }),
+        text(|a| a.kind.as_str()),
+        text(|a| a.subject.as_str()),
+        Arc::new(StringArray::from_iter(
+            alerts.iter().map(|a| a.scenario.as_deref()),
+        )),
+        text(|a| a.statistic.as_str()),
+        Arc::new(Float64Array::from_iter_values(
+            alerts.iter().map(|a| a.value),
+        )),
+        Arc::new(Float64Array::from_iter_values(
+            alerts.iter().map(|a| a.threshold),
+        )),
+    ];
+    RecordBatch::try_new(Arc::new(schema), columns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_767_571_200_000;
+
+    fn impression(ts: i64, price: f64, device: &str) -> ClickEvent {
+        ClickEvent {
+            event_id: format!("e{ts}"),
+            ts,
+            user_id: "u".into(),
+            session_id: "s".into(),
+            kind: ClickKind::Impression,
+            item_id: Some("i".into()),
+            scenario: Scenario::Search,
+            position: Some((ts % 7) as u32),
+            device: Some(device.into()),
+            price: Some(price),
+            query: None,
+        }
+    }
+
+    /// 200 impressions per minute whose price is `level` plus a deterministic spread.
+    fn minute(stage: &mut DriftStage, minute: i64, level: f64) {
+        for i in 0..200 {
+            let ts = T0 + minute * 60_000 + i * 300;
+            let spread = ((i * 37) % 100) as f64 / 10.0;
+            let device = ["ios", "android", "web"][(i % 3) as usize];
+            stage.on_impression(&Impression::of_click(&impression(
+                ts,
+                level + spread,
+                device,
+            )));
+        }
+    }
+
+    #[test]
+    fn a_price_jump_fires_on_its_third_window_naming_price() {
+        let mut stage = DriftStage::new(&DriftSettings::default(), &PipelineConfig::default());
+        let mut events = Vec::new();
+        // From minute 24: the KS test alerts once its clustering correction is estimable.
+        for m in 0..30 {
+            minute(&mut stage, m, if m >= 24 { 30.0 } else { 20.0 });
+            let out = stage
+                .window_closed(T0 + m * 60_000, &[], &[])
+                .expect("no examples");
+            assert_eq!(out.windows.len(), 1, "one arrival window per close");
+            assert_eq!(out.windows[0].1.window_start_ms, T0 + m * 60_000);
+            events.extend(out.alerts.into_iter().map(|a| (m, a)));
+        }
+        let (m, first) = events.first().expect("an alert");
+        assert_eq!(*m, 26, "{events:?}");
+        assert_eq!(first.subject, "price");
+        assert_eq!(first.first_window_ms, T0 + 24 * 60_000);
+        assert!(
+            events.iter().all(|(_, a)| a.subject == "price"),
+            "{events:?}"
+        );
+        let g = stage.gauges();
+        assert_eq!(g.alerts_total.get("firing"), Some(&1));
+        assert_eq!(g.firing.len(), 1);
+        assert!(g.feature_psi["price"] > 0.2, "{g:?}");
+        assert!(g.feature_pvalue[&("price".to_string(), "ks".to_string())] < 0.001);
+    }
+
+    #[test]
+    fn matured_examples_are_keyed_by_the_window_of_their_impressions() {
+        let stage = DriftStage::new(&DriftSettings::default(), &PipelineConfig::default());
+        assert_eq!(stage.maturity_ms(), 2_400_000);
+        let closed = T0 + 3_600_000;
+        let w = stage.evidence_window(closed - 2_400_000 + 59_999);
+        assert_eq!(w, closed - 2_400_000);
+        // A window length that does not divide the maturity: the grid shifts with it.
+        let pipeline = PipelineConfig {
+            window_secs: 45,
+            ..PipelineConfig::default()
+        };
+        let stage = DriftStage::new(&DriftSettings::default(), &pipeline);
+        let closed = T0 + 45_000 * 100;
+        assert_eq!(
+            stage.evidence_window(closed - 2_400_000),
+            closed - 2_400_000
+        );
+        assert_eq!(
+            stage.evidence_window(closed - 2_400_000 - 1),
+            closed - 2_400_000 - 45_000
+        );
+    }
+
+    #[test]
+    fn misaligned_outputs_are_an_error_not_a_panic() {
+        let mut stage = DriftStage::new(&DriftSettings::default(), &PipelineConfig::default());
+        let out = Output {
+            p_click: 0.1,
+            p_cvr: 0.1,
+            p_ctcvr: 0.01,
+            log_value: 0.0,
+        };
+        assert!(matches!(
+            stage.window_closed(T0, &[], &[out]),
+            Err(DriftError::LengthMismatch(0, 1))
+        ));
+    }
+
+    #[test]
+    fn rows_and_batches_carry_thresholds_and_timestamps() {
+        let mut stage = DriftStage::new(&DriftSettings::default(), &PipelineConfig::default());
+        let mut last = WindowDrifts::default();
+        for m in 0..28 {
+            minute(&mut stage, m, if m >= 24 { 30.0 } else { 20.0 });
+            last = stage.window_closed(T0 + m * 60_000, &[], &[]).expect("ok");
+        }
+        let rows = stage.rows(&last);
+        let psi = rows
+            .iter()
+            .find(|r| r.subject == "price" && r.statistic == "psi")
+            .expect("psi row");
+        assert_eq!((psi.threshold, psi.critical), (Some(0.1), Some(0.2)));
+        assert_eq!(psi.ts_ms, T0 + 27 * 60_000);
+        assert_eq!(psi.evidence, Evidence::Arrival);
+        assert!(
+            rows.iter()
+                .any(|r| r.subject == "device" && r.statistic == "chi2_p_corrected")
+        );
+        let batch = drift_batch(&rows).expect("batch");
+        assert_eq!(batch.num_rows(), rows.len());
+        let ts = batch
+            .column_by_name("ts")
+            .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+            .expect("ts column");
+        assert_eq!(ts.value(0), (T0 + 27 * 60_000) * 1000);
+        let alerts = alerts_batch(T0, &stage.gauges().firing).expect("alerts batch");
+        assert_eq!(alerts.num_rows(), 1);
+        assert_eq!(alerts.schema().field(0).name(), "ts");
+    }
+}

@@ -1,0 +1,96 @@
+//! The `[drift]` section of the job's configuration mapped onto [`DriftConfig`]. The
+//! configuration exposes the thresholds and counts a user tunes; everything else keeps
+//! the monitor's documented defaults (see [`DriftConfig::default`]).
+
+use shopstream_config::{DriftConfig as DriftSettings, DriftReference};
+
+use super::alerts::AlertPolicy;
+use super::monitor::DriftConfig;
+use super::reference::ReferenceMode;
+
+impl DriftConfig {
+    /// The monitor configuration for the job's `[drift]` section.
+    pub fn from_settings(s: &DriftSettings) -> Self {
+        let defaults = DriftConfig::default();
+        let windows = s.reference_windows;
+        DriftConfig {
+            reference: match s.reference {
+                DriftReference::Trailing => ReferenceMode::Trailing { windows },
+                DriftReference::Pinned => ReferenceMode::Pinned { windows },
+            },
+            min_reference_windows: s.min_reference_windows,
+            bins: s.psi_bins,
+            psi_warning: s.psi_warning,
+            psi_critical: s.psi_critical,
+            js_warning: s.js_warning,
+            js_critical: s.js_critical,
+            p_value_warning: s.p_value_warning,
+            p_value_critical: s.p_value_critical,
+            small_sample: s.small_sample,
+            min_samples: s.min_samples,
+            rate_z_warning: s.rate_z_warning,
+            rate_z_critical: s.rate_z_critical,
+            gap_z_warning: s.gap_z_warning,
+            gap_z_critical: s.gap_z_critical,
+            min_trials: s.min_trials,
+            model_warmup_windows: s.model_warmup_windows,
+            adwin: super::AdwinConfig {
+                delta: s.adwin_delta,
+                ..defaults.adwin
+            },
+            loss_increase_warning: s.loss_increase_warning,
+            loss_increase_critical: s.loss_increase_critical,
+            page_hinkley: super::PageHinkleyConfig {
+                threshold: s.page_hinkley_threshold,
+                ..defaults.page_hinkley
+            },
+            alerts: AlertPolicy {
+                fire_after_windows: s.fire_after_windows,
+                resolve_after_windows: s.resolve_after_windows,
+            },
+            // The loss detectors control their own false alarms: they fire on the first
+            // window with a detection and resolve like the window statistics.
+            detector_alerts: AlertPolicy {
+                fire_after_windows: defaults.detector_alerts.fire_after_windows,
+                resolve_after_windows: s.resolve_after_windows,
+            },
+            design_effect_correction: s.design_effect_correction,
+            max_reference_sample: defaults.max_reference_sample,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_settings_give_the_default_monitor() {
+        assert_eq!(
+            DriftConfig::from_settings(&DriftSettings::default()),
+            DriftConfig::default()
+        );
+    }
+
+    #[test]
+    fn settings_reach_the_monitor() {
+        let s = DriftSettings {
+            reference: DriftReference::Pinned,
+            reference_windows: 30,
+            psi_warning: 0.15,
+            adwin_delta: 0.01,
+            page_hinkley_threshold: 80.0,
+            fire_after_windows: 2,
+            resolve_after_windows: 5,
+            ..DriftSettings::default()
+        };
+        let c = DriftConfig::from_settings(&s);
+        assert_eq!(c.reference, ReferenceMode::Pinned { windows: 30 });
+        assert_eq!(c.psi_warning, 0.15);
+        assert_eq!(c.adwin.delta, 0.01);
+        assert_eq!(c.page_hinkley.threshold, 80.0);
+        assert_eq!(c.alerts.fire_after_windows, 2);
+        assert_eq!(c.detector_alerts.fire_after_windows, 1);
+        assert_eq!(c.detector_alerts.resolve_after_windows, 5);
+    }
+}
