@@ -30,6 +30,9 @@ pub struct Telemetry {
     pub ready: bool,
     /// Latest drift statistics and alert counters (empty when `drift.enabled` is off).
     pub drift: crate::drift::DriftGauges,
+    /// Messages behind each input partition's high watermark (librdkafka statistics,
+    /// every 5 s).
+    pub consumer_lag: std::collections::BTreeMap<(shopstream_ingest::event::InputTopic, i32), i64>,
 }
 
 /// Binds `listen` and serves until `cancel`; returns the bound address.
@@ -199,6 +202,31 @@ pub fn render(t: &Telemetry) -> String {
             ("{quantile=\"0.99\"}".to_string(), l.p99_us as f64 / 1e6),
             ("_count".to_string(), l.count as f64),
         ],
+    );
+    let w = &s.window_processing;
+    family(
+        "shopstream_window_processing_seconds",
+        "summary",
+        "Time spent on each closed window: features, training, drift, store writes.",
+        vec![
+            ("{quantile=\"0.5\"}".to_string(), w.p50_us as f64 / 1e6),
+            ("{quantile=\"0.99\"}".to_string(), w.p99_us as f64 / 1e6),
+            ("_count".to_string(), w.count as f64),
+        ],
+    );
+    family(
+        "shopstream_consumer_lag_messages",
+        "gauge",
+        "Messages behind the partition's high watermark (from the consumer's statistics).",
+        t.consumer_lag
+            .iter()
+            .map(|((topic, partition), lag)| {
+                (
+                    format!("{{topic=\"{}\",partition=\"{partition}\"}}", topic.as_str()),
+                    *lag as f64,
+                )
+            })
+            .collect(),
     );
     family(
         "shopstream_model_version",

@@ -175,6 +175,8 @@ pub struct RunSummary {
     /// handed to the producer (queueing, decoding, cleaning, features, model included;
     /// the broker's acknowledgement, batched by `linger.ms`, is not).
     pub prediction_latency: crate::latency::Percentiles,
+    /// Time spent on each closed window: joins and features, training, drift, store.
+    pub window_processing: crate::latency::Percentiles,
 }
 
 /// Prequential quality over a run: example-weighted means of the per-window metrics
@@ -352,6 +354,7 @@ pub async fn run_observed(
             max_message_bytes: config.pipeline.max_message_bytes,
         },
     };
+    let consumer_lag = source.lag();
     let source_cancel = cancel.clone();
     let source_task = tracker.spawn(async move {
         let result = source.run(tx, source_cancel.clone(), source_options).await;
@@ -369,6 +372,8 @@ pub async fn run_observed(
         features,
         cleaner: Cleaner::new(clean_limits(config)),
         checkpoints,
+        consumer_lag,
+        window_time: Default::default(),
         committer: &committer,
         windows_total: 0,
         checkpoint_due: false,
@@ -544,6 +549,10 @@ struct Processor<'a> {
     cleaner: Cleaner,
     /// Checkpointing (off in replays and when disabled).
     checkpoints: Option<CheckpointPlan>,
+    /// Consumer lag per partition, from the source.
+    consumer_lag: shopstream_ingest::source::SharedLag,
+    /// Time spent on each closed window (features, training, store writes).
+    window_time: crate::latency::Histogram,
     /// Commits offsets after each checkpoint (for lag monitoring).
     committer: &'a shopstream_ingest::source::OffsetCommitter,
     /// Windows closed since the job's first start (checkpoints carry it on).
@@ -964,6 +973,11 @@ impl Processor<'_> {
                 pending_examples: self.features.pending_examples(),
                 ready: self.ready,
                 drift: self.drift_gauges(),
+                consumer_lag: self
+                    .consumer_lag
+                    .lock()
+                    .map(|lag| lag.clone())
+                    .unwrap_or_default(),
             };
             let _ = self.telemetry.send(Arc::new(telemetry));
         }
@@ -975,6 +989,7 @@ impl Processor<'_> {
         let delivered = self.publisher.delivered();
         let mut summary = self.summary.clone();
         summary.prediction_latency = self.latency.percentiles();
+        summary.window_processing = self.window_time.percentiles();
         summary.elapsed_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         summary.model_version = self.trainer.version();
         summary.trained_examples = self.trainer.trained_examples();
@@ -1101,6 +1116,13 @@ impl Processor<'_> {
     }
 
     async fn window_closed(&mut self, output: WindowOutput) -> Result<(), PipelineError> {
+        let started = std::time::Instant::now();
+        let result = self.window_closed_timed(output).await;
+        self.window_time.record(started.elapsed());
+        result
+    }
+
+    async fn window_closed_timed(&mut self, output: WindowOutput) -> Result<(), PipelineError> {
         self.summary.windows_closed += 1;
         self.windows_total += 1;
         if let Some(plan) = &self.checkpoints {

@@ -54,6 +54,10 @@ async fn run_live_until(config: &Config, expected: u64) -> RunSummary {
             "shopstream_prediction_latency_seconds{quantile=\"0.99\"}",
             "shopstream_model_prequential_auc{task=\"ctr\"}",
             "shopstream_windows_closed_total",
+            "shopstream_window_processing_seconds{quantile=\"0.99\"}",
+            "# TYPE shopstream_consumer_lag_messages gauge",
+            "shopstream_feature_psi",
+            "shopstream_alerts_firing",
         ] {
             assert!(
                 body.contains(family),

@@ -115,6 +115,10 @@ pub enum SourceError {
 /// Per-partition next offsets: (topic, partition) -> the offset of the next message to read.
 pub type Positions = BTreeMap<(InputTopic, i32), i64>;
 
+/// Consumer lag per partition (messages behind the partition's high watermark), as
+/// librdkafka's statistics report it every few seconds; read by the metrics endpoint.
+pub type SharedLag = Arc<std::sync::Mutex<BTreeMap<(InputTopic, i32), i64>>>;
+
 /// Start positions shared with the pipeline, which updates them at every checkpoint; read
 /// whenever partitions are assigned.
 pub type SharedPositions = Arc<std::sync::Mutex<Positions>>;
@@ -138,6 +142,8 @@ pub struct SourceStats {
 /// Consumer context: positions newly assigned partitions and reports assignment changes.
 pub struct SourceContext {
     names: BTreeMap<String, InputTopic>,
+    /// Filled from librdkafka's statistics.
+    lag: SharedLag,
     start: SharedPositions,
     /// `kafka.seek_back_messages`.
     seek_back: u64,
@@ -167,6 +173,22 @@ impl SourceContext {
 }
 
 impl ClientContext for SourceContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        // The lag comes from the high watermark in fetch responses, which stays right
+        // where a broker's ListOffsets answers are not (tansu).
+        let Ok(mut lag) = self.lag.lock() else { return };
+        for (name, topic) in &statistics.topics {
+            let Some(input) = self.names.get(name) else {
+                continue;
+            };
+            for (partition, stats) in &topic.partitions {
+                if *partition >= 0 && stats.consumer_lag >= 0 {
+                    lag.insert((*input, *partition), stats.consumer_lag);
+                }
+            }
+        }
+    }
+
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
         crate::kafka::log_client_message(level, fac, log_message);
     }
@@ -245,6 +267,8 @@ pub struct KafkaSource {
     /// Resume positions: messages below them are skipped (they were read before; the
     /// consumer may start earlier, see `kafka.seek_back_messages`).
     resume_from: Positions,
+    /// Consumer lag per partition.
+    lag: SharedLag,
 }
 
 /// Where to point the consumer to resume at `position`: `seek_back` messages earlier,
@@ -302,11 +326,17 @@ fn consumer_config(kafka: &KafkaConfig, eof: bool) -> Result<rdkafka::ClientConf
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", if eof { "true" } else { "false" })
         .set("partition.assignment.strategy", "range")
-        .set("auto.offset.reset", "earliest");
+        .set("auto.offset.reset", "earliest")
+        .set("statistics.interval.ms", "5000");
     Ok(config)
 }
 
 impl KafkaSource {
+    /// The consumer lag per partition, updated as the source runs.
+    pub fn lag(&self) -> SharedLag {
+        Arc::clone(&self.lag)
+    }
+
     /// Connects to the input topics (`partitions` gives their partition counts by name).
     /// A partition starts at its entry in `start` if any, else at the group's committed
     /// offset, else at the beginning. `bounded` selects bounded mode (see the module doc).
@@ -321,8 +351,10 @@ impl KafkaSource {
         let names: BTreeMap<String, InputTopic> =
             named.iter().map(|(t, n)| (n.clone(), *t)).collect();
         let resume_from = start.lock().map(|s| s.clone()).unwrap_or_default();
+        let lag = SharedLag::default();
         let context = || SourceContext {
             names: names.clone(),
+            lag: Arc::clone(&lag),
             start: Arc::clone(&start),
             seek_back: kafka.seek_back_messages,
             changes: std::sync::Mutex::new(Vec::new()),
@@ -385,6 +417,7 @@ impl KafkaSource {
                 names,
                 at_end,
                 resume_from,
+                lag,
             },
             OffsetCommitter {
                 consumers: committer,
