@@ -2,7 +2,8 @@
 //! per connection) so the binary needs no web framework:
 //! - `/metrics`: Prometheus text format, rendered from the latest [`Telemetry`];
 //! - `/healthz`: 200 while the process serves requests;
-//! - `/readyz`: 200 once the job has drained its input backlog at least once, else 503.
+//! - `/readyz`: 200 once the job has drained its input backlog at least once and its
+//!   consumer lag is within `http.ready_max_lag`, else 503.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;

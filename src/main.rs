@@ -364,7 +364,27 @@ async fn run(config: Config, args: RunArgs) -> Result<()> {
         stop_at_end: args.stop_at_end,
         ..Default::default()
     };
-    let summary = pipeline::run(&config, options, shutdown_signal()).await?;
+    // The shutdown bound starts when the signal arrives.
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown_signal().await;
+        let _ = signalled_tx.send(());
+    };
+    let bound = std::time::Duration::from_secs(config.pipeline.shutdown_timeout_secs);
+    let overdue = async move {
+        if signalled_rx.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(bound).await;
+    };
+    let run = pipeline::run(&config, options, shutdown);
+    let summary = tokio::select! {
+        summary = run => summary?,
+        () = overdue => bail!(
+            "the job did not drain, checkpoint and commit within pipeline.shutdown_timeout_secs = {} s of the signal; exiting (the last periodic checkpoint is used at the next start)",
+            bound.as_secs()
+        ),
+    };
     let json = serde_json::to_string_pretty(&summary)?;
     if let Some(path) = args.summary_json {
         std::fs::write(&path, &json).with_context(|| format!("cannot write {}", path.display()))?;

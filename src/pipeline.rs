@@ -405,6 +405,7 @@ pub async fn run_observed(
         telemetry: telemetry_tx,
         http_addr,
         ready: false,
+        drained_once: false,
         started,
         latency: Default::default(),
         held: BTreeMap::new(),
@@ -577,6 +578,8 @@ struct Processor<'a> {
     telemetry: tokio::sync::watch::Sender<Arc<Telemetry>>,
     http_addr: Option<std::net::SocketAddr>,
     /// The input backlog has been drained at least once.
+    drained_once: bool,
+    /// Drained once and the consumer lag within `http.ready_max_lag`.
     ready: bool,
     /// When the run started.
     started: std::time::Instant,
@@ -949,7 +952,16 @@ impl Processor<'_> {
     /// input is drained.
     fn publish_progress(&mut self, drained: bool) {
         let consumed: u64 = self.summary.consumed.values().sum();
-        self.ready |= drained;
+        // Ready: the backlog has been drained once and the lag is within bounds (the lag
+        // comes from the consumer's statistics every few seconds; none yet counts as 0).
+        let lag: i64 = self
+            .consumer_lag
+            .lock()
+            .map(|lag| lag.values().sum())
+            .unwrap_or(0);
+        self.drained_once |= drained;
+        self.ready =
+            self.drained_once && u64::try_from(lag).unwrap_or(0) <= self.config.http.ready_max_lag;
         if drained || consumed.is_multiple_of(1024) {
             let progress = Progress {
                 consumed,

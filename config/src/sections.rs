@@ -73,6 +73,9 @@ pub struct HttpConfig {
     pub enabled: bool,
     /// `host:port` to listen on; loopback by default. Port 0 picks a free port (logged).
     pub listen: String,
+    /// `/readyz` answers 200 once the backlog has been drained and the consumer lag summed
+    /// over all input partitions is at most this many messages.
+    pub ready_max_lag: u64,
 }
 
 impl Default for HttpConfig {
@@ -80,6 +83,7 @@ impl Default for HttpConfig {
         Self {
             enabled: true,
             listen: "127.0.0.1:9464".to_string(),
+            ready_max_lag: 10_000,
         }
     }
 }
@@ -206,6 +210,10 @@ pub struct PipelineConfig {
     /// How long an event id is remembered for duplicate suppression, in seconds of event
     /// time after the newest event of its partition.
     pub dedupe_horizon_secs: u64,
+    /// After SIGTERM or SIGINT, the job must have drained, checkpointed and committed
+    /// within this many seconds; otherwise it exits with status 1 (the last periodic
+    /// checkpoint is then used at the next start).
+    pub shutdown_timeout_secs: u64,
     /// Most event ids remembered per input partition; beyond it the oldest are forgotten
     /// (bounds memory; counted as evictions).
     pub dedupe_max_keys: usize,
@@ -228,6 +236,7 @@ impl Default for PipelineConfig {
             max_message_bytes: 1_048_576,
             channel_capacity: 8_192,
             dedupe_horizon_secs: 3_600,
+            shutdown_timeout_secs: 60,
             dedupe_max_keys: 200_000,
             max_future_skew_secs: 86_400,
             idle_partition_timeout_secs: 30,
