@@ -280,7 +280,9 @@ pub async fn run_observed(
         (config.checkpoint.enabled && options.replay.is_none()).then(|| CheckpointPlan {
             dir: config.checkpoint.dir_for(&config.store.path),
             every: config.checkpoint.every_windows.max(1),
+            min_interval: std::time::Duration::from_secs(config.checkpoint.min_interval_secs),
             keep: config.checkpoint.keep.max(1),
+            last: None,
         });
     let restored = match &checkpoints {
         Some(plan) => restore(plan)?,
@@ -506,7 +508,10 @@ fn ms(secs: u64) -> i64 {
 struct CheckpointPlan {
     dir: std::path::PathBuf,
     every: u64,
+    min_interval: std::time::Duration,
     keep: usize,
+    /// When the last checkpoint was written.
+    last: Option<std::time::Instant>,
 }
 
 /// The job state of a checkpoint, as read back.
@@ -712,6 +717,9 @@ impl Processor<'_> {
         // replaces, rather than sits beside, the one taken before the crash.
         let (path, bytes) =
             shopstream_sinks::checkpoint::write(&plan.dir, self.windows_total, &state, plan.keep)?;
+        if let Some(plan) = self.checkpoints.as_mut() {
+            plan.last = Some(std::time::Instant::now());
+        }
         shopstream_sinks::failpoint::hit("checkpoint.written");
         self.summary.checkpoints += 1;
         tracing::debug!(
@@ -1138,7 +1146,8 @@ impl Processor<'_> {
         self.summary.windows_closed += 1;
         self.windows_total += 1;
         if let Some(plan) = &self.checkpoints {
-            self.checkpoint_due |= self.windows_total.is_multiple_of(plan.every);
+            let recent = plan.last.is_some_and(|at| at.elapsed() < plan.min_interval);
+            self.checkpoint_due |= self.windows_total.is_multiple_of(plan.every) && !recent;
         }
         // Replay: windows outside the range still train the model (later windows depend
         // on it) but write nothing.

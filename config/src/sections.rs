@@ -38,8 +38,12 @@ pub struct CheckpointConfig {
     pub enabled: bool,
     /// Directory of the checkpoint files; default `<store.path>/_checkpoints`.
     pub dir: Option<PathBuf>,
-    /// Take a checkpoint every this many closed windows (and at shutdown).
+    /// Take a checkpoint every this many closed windows (and at shutdown) ...
     pub every_windows: u64,
+    /// ... but not more often than this many seconds of wall time apart (a checkpoint of
+    /// the default model takes about 0.3 s; catching up on a backlog closes windows far
+    /// faster than real time). 0: every `every_windows` windows.
+    pub min_interval_secs: u64,
     /// How many checkpoints to keep (older ones are deleted); a damaged newest one falls
     /// back to the one before.
     pub keep: usize,
@@ -51,6 +55,7 @@ impl Default for CheckpointConfig {
             enabled: true,
             dir: None,
             every_windows: 5,
+            min_interval_secs: 30,
             keep: 3,
         }
     }

@@ -132,6 +132,9 @@ impl Broker {
         // tansu 0.6 answers a fetch inside a record batch with the next batch: resume
         // from earlier and drop what was read before (see kafka.seek_back_messages).
         config.kafka.seek_back_messages = 10_000;
+        // Tests run in seconds: checkpoint at every fifth window regardless of wall time,
+        // so crash tests have checkpoints to resume from.
+        config.checkpoint.min_interval_secs = 0;
         config.topics = TopicsConfig {
             clicks: format!("{prefix}.clicks"),
             orders: format!("{prefix}.orders"),
