@@ -23,6 +23,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::ms;
 use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::error::ArrowError;
@@ -195,10 +196,6 @@ pub struct DriftStage {
     pending: BTreeMap<i64, WindowObservation>,
     #[serde(skip)]
     gauges: DriftGauges,
-}
-
-fn ms(secs: u64) -> i64 {
-    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
 impl DriftStage {

@@ -10,10 +10,8 @@ use shopstream::drift::{DriftStage, Impression};
 use shopstream::drift_report::{self, ReportOptions, format_ms};
 use shopstream_config::Config;
 use shopstream_features::FeaturePipeline;
-use shopstream_ingest::decode::{DecodeLimits, decode};
 use shopstream_ingest::event::Millis;
 use shopstream_ingest::generator::{DEFAULT_START_MS, DriftKind, Generator, GeneratorOptions};
-use shopstream_ingest::source::RecordMeta;
 use shopstream_trainer::Trainer;
 use shopstream_trainer::drift::{AlertEvent, AlertState};
 
@@ -210,7 +208,6 @@ fn run_one(
             "ts,reported_at,evidence,kind,subject,scenario,statistic,value,threshold,critical,n"
         )?;
     }
-    let mut offset = 0i64;
     let mut on_window = |output: shopstream_features::WindowOutput,
                          trainer: &mut Trainer,
                          stage: &mut DriftStage|
@@ -243,21 +240,7 @@ fn run_one(
         }));
         Ok(())
     };
-    for message in generator.by_ref() {
-        let Ok(event) = decode(
-            message.topic,
-            None,
-            &message.payload,
-            DecodeLimits::default(),
-        ) else {
-            continue;
-        };
-        offset += 1;
-        let meta = RecordMeta {
-            topic: message.topic,
-            partition: 0,
-            offset,
-        };
+    for (meta, event) in generator.decoded() {
         let impression = Impression::of(&event);
         if features.ingest(meta, event).is_err() {
             continue;

@@ -806,6 +806,38 @@ fn series_of(map: &BTreeMap<String, Series>) -> Vec<(&str, &Series)> {
     map.iter().map(|(k, v)| (k.as_str(), v)).collect()
 }
 
+/// One chart per feature of an effect-size statistic (PSI, Jensen-Shannon), with its
+/// warning and critical bands and the data-drift alerts of that feature marked.
+/// `labels`: (series label, chart note, text when there are no values).
+fn feature_charts(
+    out: &mut String,
+    data: &ReportData,
+    values: &BTreeMap<String, Series>,
+    labels: (&str, &str, &str),
+    (warning, critical): (f64, f64),
+) {
+    let (series_label, note, empty) = labels;
+    if values.is_empty() {
+        let _ = write!(out, "<p class=\"muted\">{empty}</p>");
+    }
+    for (feature, series) in values {
+        let chart = Chart {
+            title: feature.clone(),
+            note: note.into(),
+            series: vec![(series_label, series)],
+            bands: vec![
+                (warning, format!("warning {}", format_value(warning))),
+                (critical, format!("critical {}", format_value(critical))),
+            ],
+            symmetric: false,
+            from_zero: true,
+            markers: markers(&data.alerts, |a| concerns(a, "data_drift", &[feature])),
+            wide: false,
+        };
+        render_chart(out, &chart, data.from_ms, data.to_ms);
+    }
+}
+
 /// The report as one HTML document.
 pub fn render(data: &ReportData) -> String {
     let (from, to) = (data.from_ms, data.to_ms);
@@ -847,49 +879,33 @@ pub fn render(data: &ReportData) -> String {
     out.push_str(
         "<h2>Data drift: continuous features (PSI against the reference)</h2><p class=\"muted\">PSI and Jensen-Shannon are effect sizes and read high on small windows (a few hundred values spread over many bins or categories). Windows with fewer values than drift.small_sample are decided by the KS or chi-squared test instead, corrected for clustering; the bands apply to larger windows.</p><div class=\"grid2\">",
     );
-    if data.psi.is_empty() {
-        out.push_str("<p class=\"muted\">No PSI values in this range.</p>");
-    }
-    for (feature, series) in &data.psi {
-        let chart = Chart {
-            title: feature.clone(),
-            note: "population stability index".into(),
-            series: vec![("PSI", series)],
-            bands: vec![
-                (b.psi.0, format!("warning {}", format_value(b.psi.0))),
-                (b.psi.1, format!("critical {}", format_value(b.psi.1))),
-            ],
-            symmetric: false,
-            from_zero: true,
-            markers: markers(&data.alerts, |a| concerns(a, "data_drift", &[feature])),
-            wide: false,
-        };
-        render_chart(&mut out, &chart, from, to);
-    }
+    feature_charts(
+        &mut out,
+        data,
+        &data.psi,
+        (
+            "PSI",
+            "population stability index",
+            "No PSI values in this range.",
+        ),
+        b.psi,
+    );
     out.push_str("</div>");
 
     out.push_str(
         "<h2>Data drift: categorical features (Jensen-Shannon distance)</h2><div class=\"grid2\">",
     );
-    if data.js.is_empty() {
-        out.push_str("<p class=\"muted\">No Jensen-Shannon values in this range.</p>");
-    }
-    for (feature, series) in &data.js {
-        let chart = Chart {
-            title: feature.clone(),
-            note: "Jensen-Shannon distance, base 2".into(),
-            series: vec![("JS distance", series)],
-            bands: vec![
-                (b.js.0, format!("warning {}", format_value(b.js.0))),
-                (b.js.1, format!("critical {}", format_value(b.js.1))),
-            ],
-            symmetric: false,
-            from_zero: true,
-            markers: markers(&data.alerts, |a| concerns(a, "data_drift", &[feature])),
-            wide: false,
-        };
-        render_chart(&mut out, &chart, from, to);
-    }
+    feature_charts(
+        &mut out,
+        data,
+        &data.js,
+        (
+            "JS distance",
+            "Jensen-Shannon distance, base 2",
+            "No Jensen-Shannon values in this range.",
+        ),
+        b.js,
+    );
     out.push_str("</div>");
 
     out.push_str("<h2>Label and prediction drift per scenario</h2><div class=\"grid2\">");

@@ -37,6 +37,7 @@ use tokio::sync::mpsc;
 
 use crate::drift::{ALERTS_TABLE, DRIFT_TABLE, DriftStage, Impression, alerts_batch, drift_batch};
 use crate::http::Telemetry;
+use crate::ms;
 use crate::webhook::{Webhook, WebhookOptions};
 use shopstream_trainer::drift::AlertState;
 use tokio_util::sync::CancellationToken;
@@ -466,7 +467,6 @@ fn bump(counts: &mut BTreeMap<String, u64>, key: &str) {
 }
 
 fn clean_limits(config: &Config) -> CleanLimits {
-    let ms = |secs: u64| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
     CleanLimits {
         dedupe_horizon_ms: ms(config.pipeline.dedupe_horizon_secs),
         max_keys: config.pipeline.dedupe_max_keys,
@@ -498,10 +498,6 @@ struct ReplayState {
     stop_ms: i64,
     /// Partitions finished.
     done: std::collections::BTreeSet<(InputTopic, i32)>,
-}
-
-fn ms(secs: u64) -> i64 {
-    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
 /// Where and how often checkpoints are taken.

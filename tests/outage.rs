@@ -13,37 +13,7 @@ use std::time::{Duration, Instant};
 
 use shopstream::generate::publish_messages;
 use shopstream_ingest::generator::{Generator, GeneratorOptions, world::WorldSize};
-use support::{Broker, http_get, read_table, read_topic};
-
-fn metric(body: &str, name: &str) -> u64 {
-    body.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
-async fn wait_consumed(addr: std::net::SocketAddr, at_least: u64, job: &mut std::process::Child) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "the job did not consume {at_least} messages in 90 s"
-        );
-        if let Ok(Some(status)) = job.try_wait() {
-            panic!("the job exited: {status}");
-        }
-        let consumed = std::net::TcpStream::connect(addr).ok().map(|_| {
-            metric(
-                &http_get(addr, "/metrics").1,
-                "shopstream_events_consumed_total",
-            )
-        });
-        if consumed.is_some_and(|c| c >= at_least) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+use support::{Broker, http_get, read_table, read_topic, wait_consumed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thirty_second_broker_outage_loses_nothing() {
@@ -90,7 +60,7 @@ async fn a_thirty_second_broker_outage_loses_nothing() {
         .spawn()
         .unwrap();
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_consumed(addr, first_count, &mut job).await;
+    wait_consumed(addr, first_count, &mut job, Duration::from_secs(90)).await;
 
     proxy.cut();
     let cut_at = Instant::now();
@@ -108,7 +78,7 @@ async fn a_thirty_second_broker_outage_loses_nothing() {
         .await
         .unwrap();
     assert_eq!(first_count + second_count, report.valid_total);
-    wait_consumed(addr, report.valid_total, &mut job).await;
+    wait_consumed(addr, report.valid_total, &mut job, Duration::from_secs(90)).await;
 
     let kill = Command::new("kill")
         .args(["-TERM", &job.id().to_string()])

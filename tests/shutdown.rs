@@ -10,14 +10,7 @@ use std::time::{Duration, Instant};
 
 use shopstream::generate::publish_traffic;
 use shopstream_ingest::generator::{GeneratorOptions, world::WorldSize};
-use support::{Broker, http_get, read_table};
-
-fn metric(body: &str, name: &str) -> u64 {
-    body.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
+use support::{Broker, read_table, wait_consumed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_checkpoints_commits_and_exits_zero_then_restart_writes_each_row_once() {
@@ -60,26 +53,7 @@ async fn sigterm_checkpoints_commits_and_exits_zero_then_restart_writes_each_row
     };
     let mut job = run("first.json");
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "the job did not consume {produced} messages in 60 s"
-        );
-        if let Ok(Some(status)) = job.try_wait() {
-            panic!("the job exited early: {status}");
-        }
-        let consumed = std::net::TcpStream::connect(addr).ok().map(|_| {
-            metric(
-                &http_get(addr, "/metrics").1,
-                "shopstream_events_consumed_total",
-            )
-        });
-        if consumed == Some(produced) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_consumed(addr, produced, &mut job, Duration::from_secs(60)).await;
     let signalled = Instant::now();
     let kill = Command::new("kill")
         .args(["-TERM", &job.id().to_string()])

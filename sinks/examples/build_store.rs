@@ -10,9 +10,7 @@ use std::time::Instant;
 use shopstream_config::{PipelineConfig, StoreConfig};
 use shopstream_features::FeaturePipeline;
 use shopstream_features::{EXAMPLES_SCHEMA_VERSION, examples_batch};
-use shopstream_ingest::decode::{DecodeLimits, decode};
 use shopstream_ingest::generator::{Generator, GeneratorOptions, world::WorldSize};
-use shopstream_ingest::source::RecordMeta;
 use shopstream_sinks::store::ParquetStore;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -41,7 +39,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let started = Instant::now();
     let mut written = 0u64;
-    let mut offset = 0i64;
     let mut write =
         |window: shopstream_features::WindowOutput| -> Result<(), Box<dyn std::error::Error>> {
             if window.examples.is_empty() || written >= rows {
@@ -65,21 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             store.compact("examples", Some(window.start - 2 * 3_600_000))?;
             Ok(())
         };
-    for message in generator.by_ref() {
-        let Ok(event) = decode(
-            message.topic,
-            None,
-            &message.payload,
-            DecodeLimits::default(),
-        ) else {
-            continue;
-        };
-        offset += 1;
-        let meta = RecordMeta {
-            topic: message.topic,
-            partition: 0,
-            offset,
-        };
+    for (meta, event) in generator.decoded() {
         if pipeline.ingest(meta, event).is_err() {
             continue;
         }

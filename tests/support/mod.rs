@@ -294,3 +294,41 @@ pub fn store_files(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     }
     files
 }
+
+/// Sums the samples of metric `name` in a Prometheus text body.
+pub fn metric(body: &str, name: &str) -> u64 {
+    body.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Waits until the job serving `/metrics` on `addr` has consumed at least `at_least`
+/// messages; fails if it exits first or takes longer than `timeout`.
+pub async fn wait_consumed(
+    addr: std::net::SocketAddr,
+    at_least: u64,
+    job: &mut Child,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the job did not consume {at_least} messages in {timeout:?}"
+        );
+        if let Ok(Some(status)) = job.try_wait() {
+            panic!("the job exited early: {status}");
+        }
+        let consumed = TcpStream::connect(addr).ok().map(|_| {
+            metric(
+                &http_get(addr, "/metrics").1,
+                "shopstream_events_consumed_total",
+            )
+        });
+        if consumed.is_some_and(|c| c >= at_least) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

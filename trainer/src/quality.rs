@@ -11,10 +11,8 @@ use std::time::Instant;
 use serde::Serialize;
 use shopstream_config::{ModelConfig, PipelineConfig};
 use shopstream_features::{Example, FeaturePipeline};
-use shopstream_ingest::decode::{DecodeLimits, decode};
 use shopstream_ingest::event::Scenario;
 use shopstream_ingest::generator::{Generator, GeneratorOptions};
-use shopstream_ingest::source::RecordMeta;
 
 use crate::baselines::{BaselineConfig, Baselines};
 use crate::metrics::auc;
@@ -90,7 +88,6 @@ pub fn run_quality(options: &QualityOptions) -> std::io::Result<QualityReport> {
     };
     let mut scored: Vec<Scored> = Vec::new();
     let mut joint_secs = 0.0;
-    let mut offset = 0i64;
     let mut handle = |examples: Vec<Example>,
                       scored: &mut Vec<Scored>,
                       vw: &mut Option<std::io::BufWriter<std::fs::File>>|
@@ -119,21 +116,7 @@ pub fn run_quality(options: &QualityOptions) -> std::io::Result<QualityReport> {
         }
         Ok(())
     };
-    for message in generator.by_ref() {
-        let Ok(event) = decode(
-            message.topic,
-            None,
-            &message.payload,
-            DecodeLimits::default(),
-        ) else {
-            continue;
-        };
-        offset += 1;
-        let meta = RecordMeta {
-            topic: message.topic,
-            partition: 0,
-            offset,
-        };
+    for (meta, event) in generator.decoded() {
         if pipeline.ingest(meta, event).is_err() {
             continue;
         }
@@ -270,6 +253,7 @@ impl QualityReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shopstream_ingest::decode::{DecodeLimits, decode};
     use shopstream_ingest::generator::world::WorldSize;
 
     #[test]

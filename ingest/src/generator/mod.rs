@@ -19,11 +19,12 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use serde::Serialize;
 
-use crate::decode::Reason;
+use crate::decode::{DecodeLimits, Reason, decode};
 use crate::event::{
-    ClickEvent, ClickKind, InputTopic, InventoryEvent, InventoryKind, Millis, OrderEvent,
+    ClickEvent, ClickKind, Event, InputTopic, InventoryEvent, InventoryKind, Millis, OrderEvent,
     OrderLine, OrderStatus, Scenario,
 };
+use crate::source::RecordMeta;
 use rng::{Rng, Weighted};
 use world::{DEVICES, SCENARIOS, World, WorldSize};
 
@@ -265,6 +266,23 @@ impl Generator {
     /// Counts of what was produced so far (complete once the iterator is exhausted).
     pub fn report(&self) -> &GeneratorReport {
         &self.report
+    }
+
+    /// The valid events of the traffic as the job decodes them, as one input partition
+    /// with consecutive offsets from 1: for running the feature stage without Kafka
+    /// (benchmarks, offline evaluation). Malformed messages are skipped.
+    pub fn decoded(&mut self) -> impl Iterator<Item = (RecordMeta, Event)> + '_ {
+        let mut offset = 0i64;
+        self.by_ref().filter_map(move |m| {
+            let event = decode(m.topic, None, &m.payload, DecodeLimits::default()).ok()?;
+            offset += 1;
+            let meta = RecordMeta {
+                topic: m.topic,
+                partition: 0,
+                offset,
+            };
+            Some((meta, event))
+        })
     }
 
     /// Ground truth of every impression produced so far, in production order.
