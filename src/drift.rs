@@ -4,10 +4,13 @@
 //!
 //! Two monitors, because two kinds of evidence become known at different times:
 //!
-//! - **Arrival** (data drift on what an impression carries itself: `price`, `position`,
-//!   `scenario`, `device`): collected as impressions are admitted to their event-time
+//! - **Arrival** (data drift on what an impression carries itself, `price`, `position`,
+//!   `scenario`, and per session `device` and `new_user`; the early click rate, click
+//!   events per impression per scenario; the mean click probability published on
+//!   arrival): collected as impressions and clicks are admitted to their event-time
 //!   window and compared when that window closes. A price shock is visible in the window
-//!   it starts in; there is no reason to wait for labels.
+//!   it starts in, and a click-rate shift a few seconds later, as the clicks come in;
+//!   there is no reason to wait 40 minutes for labels.
 //! - **Matured** (label drift, prediction drift, model quality, and the features that come
 //!   from the item's state, `item_price` and `item_category`): computed from the training
 //!   examples, which are released only once their labels mature (click window plus
@@ -18,7 +21,8 @@
 //!
 //! Both monitors see the same windows in the same order however the input was
 //! interleaved (impressions of a window form a set; values are sorted before the monitor
-//! sees them), so the `drift` and `alerts` tables are as deterministic as the examples.
+//! sees them; a session counts in a window whichever of its impressions comes first), so
+//! the `drift` and `alerts` tables are as deterministic as the examples.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,7 +33,7 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use shopstream_config::{DriftConfig as DriftSettings, PipelineConfig};
-use shopstream_features::Example;
+use shopstream_features::{Example, UserArrival};
 use shopstream_ingest::event::{ClickEvent, ClickKind, Event, Scenario};
 use shopstream_trainer::drift::{
     AlertEvent, AlertState, DriftConfig, DriftError, DriftKind, DriftMonitor, FeatureDrift,
@@ -42,13 +46,45 @@ pub const DRIFT_TABLE: &str = "drift";
 /// Store table of alert events.
 pub const ALERTS_TABLE: &str = "alerts";
 
-/// Continuous features measured on arrival (the rest come from matured examples).
+/// Continuous features measured on arrival, per impression (the rest come from matured
+/// examples).
 pub const ARRIVAL_CONTINUOUS: [&str; 2] = ["price", "position"];
-/// Categorical features measured on arrival.
-pub const ARRIVAL_CATEGORICAL: [&str; 2] = ["scenario", "device"];
+/// Categorical features measured on arrival: `scenario` per impression; `device` and
+/// `new_user` once per user and window (see [`DriftStage::window_closed`]).
+pub const ARRIVAL_CATEGORICAL: [&str; 3] = ["scenario", "device", "new_user"];
 
-/// What the arrival monitor takes from an impression (taken before the event moves into
-/// the features stage, counted once the stage accepted it).
+/// What the arrival monitor takes from an impression or a click (taken before the event
+/// moves into the features stage, counted once the stage accepted it).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arrival {
+    /// An impression.
+    Impression(Impression),
+    /// A click on an impression: counted by its own event time for the early click rate.
+    Click {
+        /// Event time of the click.
+        ts: i64,
+        /// Scenario of the clicked impression.
+        scenario: Scenario,
+    },
+}
+
+impl Arrival {
+    /// What `event` brings to the arrival monitor, if anything.
+    pub fn of(event: &Event) -> Option<Self> {
+        match event {
+            Event::Click(c) if c.kind == ClickKind::Impression => {
+                Some(Self::Impression(Impression::of_click(c)))
+            }
+            Event::Click(c) if c.kind == ClickKind::Click => Some(Self::Click {
+                ts: c.ts,
+                scenario: c.scenario,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// What the arrival monitor takes from an impression.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Impression {
     /// Event time.
@@ -59,19 +95,9 @@ pub struct Impression {
     pub position: Option<u32>,
     /// Scenario.
     pub scenario: Scenario,
-    /// Device class.
-    pub device: Option<String>,
 }
 
 impl Impression {
-    /// The fields of `event` if it is an impression.
-    pub fn of(event: &Event) -> Option<Self> {
-        match event {
-            Event::Click(c) if c.kind == ClickKind::Impression => Some(Self::of_click(c)),
-            _ => None,
-        }
-    }
-
     /// The fields of an impression's click event.
     pub fn of_click(c: &ClickEvent) -> Self {
         Self {
@@ -79,7 +105,6 @@ impl Impression {
             price: c.price,
             position: c.position,
             scenario: c.scenario,
-            device: c.device.clone(),
         }
     }
 }
@@ -122,13 +147,14 @@ pub struct DriftGauges {
     pub feature_psi: BTreeMap<String, f64>,
     /// Jensen-Shannon distance per categorical feature.
     pub feature_js: BTreeMap<String, f64>,
-    /// Design-effect corrected p-value per (feature, `ks` | `chi2`), for features whose
-    /// window is small enough to be decided by the test.
+    /// Design-effect corrected p-value per (feature, `ks` | `chi2`): the decision on
+    /// small windows, the significance gate of PSI and JS on large ones.
     pub feature_pvalue: BTreeMap<(String, String), f64>,
-    /// z of a label rate per (scenario, `ctr` | `cvr`).
+    /// z of a label rate per (scenario, `ctr` | `cvr` | `early_ctr`).
     pub label_rate_z: BTreeMap<(String, String), f64>,
-    /// z of the calibration gap (clicks minus predicted clicks) per scenario.
-    pub prediction_gap_z: BTreeMap<String, f64>,
+    /// z of the calibration gap (clicks minus predicted clicks) per (scenario, `ctr` |
+    /// `early_ctr`).
+    pub prediction_gap_z: BTreeMap<(String, String), f64>,
     /// Per (task, detector): ADWIN's relative loss increase, Page-Hinkley's statistic over
     /// its threshold (1 = detection).
     pub model_loss_drift: BTreeMap<(String, String), f64>,
@@ -235,14 +261,27 @@ impl DriftStage {
         &mut self.gauges
     }
 
-    /// Counts one impression admitted to its event-time window (call it only once the
-    /// window accepted the event: late events are not part of any window).
-    pub fn on_impression(&mut self, i: &Impression) {
-        let window = i.ts.div_euclid(self.window_ms) * self.window_ms;
+    /// Counts an impression or click admitted to its event-time window (call it only once
+    /// the window accepted the event: late events are not part of any window): `price`,
+    /// `position`, `scenario` per impression, and the early click rate (impressions and
+    /// click events per scenario).
+    pub fn on_arrival(&mut self, arrival: &Arrival) {
+        let ts = match arrival {
+            Arrival::Impression(i) => i.ts,
+            Arrival::Click { ts, .. } => *ts,
+        };
+        let window = ts.div_euclid(self.window_ms) * self.window_ms;
         let w = self
             .pending
             .entry(window)
             .or_insert_with(|| WindowObservation::new(window));
+        let i = match arrival {
+            Arrival::Click { scenario, .. } => {
+                w.add_click_on_arrival(scenario.as_str());
+                return;
+            }
+            Arrival::Impression(i) => i,
+        };
         if let Some(price) = i.price {
             w.add_continuous("price", price);
         }
@@ -250,19 +289,39 @@ impl DriftStage {
             w.add_continuous("position", f64::from(position));
         }
         w.add_category("scenario", i.scenario.as_str());
-        w.add_category("device", i.device.as_deref().unwrap_or("unknown"));
+        w.add_impression_on_arrival(i.scenario.as_str());
     }
 
-    /// The window starting at `start_ms` closed, releasing `examples` scored (before
-    /// training) as `outputs` (same order; both empty when nothing matured). Observes the
-    /// arrival window(s) up to `start_ms`, then the matured examples grouped by the window
-    /// of their impressions.
+    /// The window starting at `start_ms` closed with `users` (each at its first
+    /// impression in it, as the features stage found them), releasing `examples` scored
+    /// (before training) as `outputs` (same order; both empty when nothing matured).
+    /// Observes the arrival window(s) up to `start_ms`, then the matured examples grouped
+    /// by the window of their impressions.
+    ///
+    /// `device` and `new_user` count once per user: a user's impressions share both, so
+    /// counted per impression a window of 600 impressions carries the evidence of its 90
+    /// sessions only, and the clustering correction had to discount the device test
+    /// sixfold (`design_effect` near 6 in generated traffic). They are taken from the
+    /// features stage, which applies a window's events in event-time order, rather than
+    /// on arrival, where what the state knows depends on how the partitions interleaved:
+    /// a replay must write the same rows.
     pub fn window_closed(
         &mut self,
         start_ms: i64,
+        users: &[UserArrival],
         examples: &[Example],
         outputs: &[Output],
     ) -> Result<WindowDrifts, DriftError> {
+        if !users.is_empty() {
+            let w = self
+                .pending
+                .entry(start_ms)
+                .or_insert_with(|| WindowObservation::new(start_ms));
+            for u in users {
+                w.add_category("device", u.device.as_deref().unwrap_or("unknown"));
+                w.add_category("new_user", if u.new_user { "yes" } else { "no" });
+            }
+        }
         if examples.len() != outputs.len() {
             return Err(DriftError::LengthMismatch(examples.len(), outputs.len()));
         }
@@ -330,20 +389,22 @@ impl DriftStage {
                 if let Some(js) = f.js {
                     g.feature_js.insert(f.feature.clone(), js);
                 }
-                if matches!(f.statistic, "ks" | "chi2") {
+                if let Some(p) = f.p_corrected {
+                    let test = if f.categorical { "chi2" } else { "ks" };
                     g.feature_pvalue
-                        .insert((f.feature.clone(), f.statistic.to_string()), f.value);
+                        .insert((f.feature.clone(), test.to_string()), p);
                 }
             }
             for s in &drift.scenarios {
-                for (label, z) in [("ctr", s.ctr_z), ("cvr", s.cvr_z)] {
+                for (label, z) in [(s.label, s.ctr_z), ("cvr", s.cvr_z)] {
                     if let Some(z) = z {
                         g.label_rate_z
                             .insert((s.scenario.clone(), label.to_string()), z);
                     }
                 }
                 if let Some(z) = s.ctr_gap_z {
-                    g.prediction_gap_z.insert(s.scenario.clone(), z);
+                    g.prediction_gap_z
+                        .insert((s.scenario.clone(), s.label.to_string()), z);
                 }
             }
             for t in &drift.tasks {
@@ -496,12 +557,14 @@ fn feature_rows(add: &mut RowSink<'_>, f: &FeatureDrift, c: &DriftConfig) {
             n,
         );
     }
-    // The p-value the alert decision used, after the design-effect correction.
-    match f.statistic {
-        "ks" => add.add(k, name, None, "ks_p_corrected", Some(f.value), p_bands, n),
-        "chi2" => add.add(k, name, None, "chi2_p_corrected", Some(f.value), p_bands, n),
-        _ => {}
-    }
+    // The corrected p-value: the decision on small windows, the significance gate of
+    // the effect size on large ones.
+    let corrected = if f.categorical {
+        "chi2_p_corrected"
+    } else {
+        "ks_p_corrected"
+    };
+    add.add(k, name, None, corrected, f.p_corrected, p_bands, n);
     add.add(
         k,
         name,
@@ -516,27 +579,20 @@ fn feature_rows(add: &mut RowSink<'_>, f: &FeatureDrift, c: &DriftConfig) {
 fn scenario_rows(add: &mut RowSink<'_>, s: &ScenarioDrift, c: &DriftConfig) {
     let o = &s.outcomes;
     let sc = Some(s.scenario.as_str());
+    let ctr = s.label;
     let (label, prediction) = (DriftKind::LabelDrift, DriftKind::PredictionDrift);
     let rate_bands = Some((c.rate_z_warning, c.rate_z_critical));
-    add.add(label, "ctr", sc, "rate", s.ctr, None, o.impressions);
+    add.add(label, ctr, sc, "rate", s.ctr, None, o.impressions);
     add.add(
         label,
-        "ctr",
+        ctr,
         sc,
         "reference_rate",
         s.reference_ctr,
         None,
         o.impressions,
     );
-    add.add(
-        label,
-        "ctr",
-        sc,
-        "rate_z",
-        s.ctr_z,
-        rate_bands,
-        o.impressions,
-    );
+    add.add(label, ctr, sc, "rate_z", s.ctr_z, rate_bands, o.impressions);
     add.add(label, "cvr", sc, "rate", s.cvr, None, o.clicks);
     add.add(
         label,
@@ -551,17 +607,17 @@ fn scenario_rows(add: &mut RowSink<'_>, s: &ScenarioDrift, c: &DriftConfig) {
     let gap_bands = Some((c.gap_z_warning, c.gap_z_critical));
     add.add(
         prediction,
-        "ctr",
+        ctr,
         sc,
         "mean_p_click",
         s.mean_p_click,
         None,
         o.scored,
     );
-    add.add(prediction, "ctr", sc, "ctr_gap", s.ctr_gap, None, o.scored);
+    add.add(prediction, ctr, sc, "ctr_gap", s.ctr_gap, None, o.scored);
     add.add(
         prediction,
-        "ctr",
+        ctr,
         sc,
         "ctr_gap_z",
         s.ctr_gap_z,
@@ -725,6 +781,7 @@ pub fn alerts_batch(reported_ms: i64, alerts: &[AlertEvent]) -> Result<RecordBat
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shopstream_trainer::drift::EARLY_CTR;
 
     const T0: i64 = 1_767_571_200_000;
 
@@ -744,18 +801,128 @@ mod tests {
         }
     }
 
+    fn arrive(stage: &mut DriftStage, event: ClickEvent) {
+        let arrival = Arrival::of(&Event::Click(event)).expect("an arrival");
+        stage.on_arrival(&arrival);
+    }
+
     /// 200 impressions per minute whose price is `level` plus a deterministic spread.
     fn minute(stage: &mut DriftStage, minute: i64, level: f64) {
         for i in 0..200 {
             let ts = T0 + minute * 60_000 + i * 300;
             let spread = ((i * 37) % 100) as f64 / 10.0;
-            let device = ["ios", "android", "web"][(i % 3) as usize];
-            stage.on_impression(&Impression::of_click(&impression(
-                ts,
-                level + spread,
-                device,
-            )));
+            arrive(stage, impression(ts, level + spread, "ios"));
         }
+    }
+
+    /// 100 users of a window, a third on each device, one in ten new.
+    fn users() -> Vec<UserArrival> {
+        (0..100)
+            .map(|u| UserArrival {
+                user_id: format!("u{u}"),
+                device: Some(["ios", "android", "web"][u % 3].to_string()),
+                new_user: u % 10 == 0,
+            })
+            .collect()
+    }
+
+    /// 300 home-feed impressions and `clicks` click events in one minute.
+    fn feed_minute(stage: &mut DriftStage, minute: i64, clicks: i64) {
+        let start = T0 + minute * 60_000;
+        for i in 0..300 {
+            let mut e = impression(start + i * 150, 10.0, "ios");
+            e.scenario = Scenario::HomeFeed;
+            arrive(stage, e);
+        }
+        for c in 0..clicks {
+            let mut e = impression(start + 20_000 + c * 100, 10.0, "ios");
+            e.kind = ClickKind::Click;
+            e.scenario = Scenario::HomeFeed;
+            arrive(stage, e);
+        }
+    }
+
+    #[test]
+    fn device_and_new_user_count_once_per_user_of_the_window() {
+        let mut stage = DriftStage::new(&DriftSettings::default(), &PipelineConfig::default());
+        feed_minute(&mut stage, 0, 12);
+        let w = &stage.pending[&T0];
+        assert_eq!(w.categorical["scenario"]["home_feed"], 300);
+        assert!(!w.categorical.contains_key("device"), "not per impression");
+        let o = &w.scenarios["home_feed"];
+        assert_eq!((o.impressions, o.clicks, o.scored), (300, 12, 0));
+        assert!(w.clicks_on_arrival);
+        // The users come with the window's close; every statistic of device and new_user
+        // rests on the 100 users, not on the 300 impressions.
+        let mut last = WindowDrifts::default();
+        for m in 0..5 {
+            if m > 0 {
+                feed_minute(&mut stage, m, 12);
+            }
+            last = stage
+                .window_closed(T0 + m * 60_000, &users(), &[], &[])
+                .expect("closed");
+        }
+        assert!(stage.pending.is_empty());
+        let rows = stage.rows(&last);
+        for feature in ["device", "new_user"] {
+            let js = rows
+                .iter()
+                .find(|r| r.subject == feature && r.statistic == "js")
+                .expect("a js row");
+            assert_eq!((js.n, js.value), (100, 0.0), "{feature}");
+        }
+    }
+
+    #[test]
+    fn a_click_rate_jump_fires_early_ctr_on_arrival_without_waiting_for_labels() {
+        let mut stage = DriftStage::new(&DriftSettings::default(), &PipelineConfig::default());
+        let mut events = Vec::new();
+        let mut last = WindowDrifts::default();
+        // 30 clicks per 300 impressions, then 60 from minute 24.
+        for m in 0..30 {
+            feed_minute(&mut stage, m, if m >= 24 { 60 } else { 30 });
+            last = stage
+                .window_closed(T0 + m * 60_000, &[], &[], &[])
+                .expect("ok");
+            events.extend(last.alerts.iter().cloned().map(|a| (m, a)));
+        }
+        let (m, first) = events.first().expect("an alert");
+        assert_eq!(
+            *m, 26,
+            "reported at the close of the third window: {events:?}"
+        );
+        assert_eq!(
+            (
+                first.kind,
+                first.subject.as_str(),
+                first.scenario.as_deref()
+            ),
+            (DriftKind::LabelDrift, EARLY_CTR, Some("home_feed"))
+        );
+        assert_eq!(first.first_window_ms, T0 + 24 * 60_000);
+        let rows = stage.rows(&last);
+        let find = |statistic: &str| {
+            rows.iter()
+                .find(|r| r.subject == EARLY_CTR && r.statistic == statistic)
+                .map(|r| r.value)
+        };
+        assert_eq!(find("rate"), Some(0.2));
+        // Not known on arrival: conversions and predictions.
+        assert_eq!(find("ctr_gap_z"), None);
+        assert_eq!(find("mean_p_click"), None);
+        assert!(
+            !rows
+                .iter()
+                .any(|r| r.evidence == Evidence::Arrival && r.subject == "cvr")
+        );
+        let g = stage.gauges();
+        let gauge = g.label_rate_z[&("home_feed".to_string(), EARLY_CTR.to_string())];
+        assert_eq!(Some(gauge), find("rate_z"));
+        assert!(
+            gauge > 0.0,
+            "the reference is absorbing the jump, z still positive"
+        );
     }
 
     #[test]
@@ -766,7 +933,7 @@ mod tests {
         for m in 0..30 {
             minute(&mut stage, m, if m >= 24 { 30.0 } else { 20.0 });
             let out = stage
-                .window_closed(T0 + m * 60_000, &[], &[])
+                .window_closed(T0 + m * 60_000, &[], &[], &[])
                 .expect("no examples");
             assert_eq!(out.windows.len(), 1, "one arrival window per close");
             assert_eq!(out.windows[0].1.window_start_ms, T0 + m * 60_000);
@@ -821,7 +988,7 @@ mod tests {
             log_value: 0.0,
         };
         assert!(matches!(
-            stage.window_closed(T0, &[], &[out]),
+            stage.window_closed(T0, &[], &[], &[out]),
             Err(DriftError::LengthMismatch(0, 1))
         ));
     }
@@ -832,7 +999,9 @@ mod tests {
         let mut last = WindowDrifts::default();
         for m in 0..28 {
             minute(&mut stage, m, if m >= 24 { 30.0 } else { 20.0 });
-            last = stage.window_closed(T0 + m * 60_000, &[], &[]).expect("ok");
+            last = stage
+                .window_closed(T0 + m * 60_000, &users(), &[], &[])
+                .expect("ok");
         }
         let rows = stage.rows(&last);
         let psi = rows

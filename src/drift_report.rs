@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use arrow::array::{Array, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
 use arrow::record_batch::RecordBatch;
 use shopstream_sinks::store::StoreError;
+use shopstream_trainer::drift::EARLY_CTR;
 
 /// What to read.
 #[derive(Debug, Clone, PartialEq)]
@@ -149,8 +150,10 @@ pub struct ReportData {
     pub psi: BTreeMap<String, Series>,
     /// Jensen-Shannon distance per categorical feature.
     pub js: BTreeMap<String, Series>,
-    /// Click-rate z per scenario.
+    /// Click-rate z per scenario (matured labels).
     pub ctr_z: BTreeMap<String, Series>,
+    /// Early click-rate z per scenario (click events per impression on arrival).
+    pub early_ctr_z: BTreeMap<String, Series>,
     /// Calibration-gap z per scenario.
     pub gap_z: BTreeMap<String, Series>,
     /// AUC per task (all scenarios), at the impressions' window.
@@ -301,6 +304,9 @@ pub fn load(options: &ReportOptions) -> Result<ReportData, ReportError> {
                 ("label_drift", "rate_z") if subject.value(row) == "ctr" => {
                     (&mut data.ctr_z, scenario, 2)
                 }
+                ("label_drift", "rate_z") if subject.value(row) == EARLY_CTR => {
+                    (&mut data.early_ctr_z, scenario, 2)
+                }
                 ("prediction_drift", "ctr_gap_z") => (&mut data.gap_z, scenario, 3),
                 _ => continue,
             };
@@ -384,6 +390,7 @@ pub fn load(options: &ReportOptions) -> Result<ReportData, ReportError> {
         &mut data.psi,
         &mut data.js,
         &mut data.ctr_z,
+        &mut data.early_ctr_z,
         &mut data.gap_z,
         &mut data.auc,
         &mut data.log_loss,
@@ -516,6 +523,7 @@ const FIRING: &str = "#d62728";
 const RESOLVED: &str = "#2ca02c";
 
 /// An alert shown on a chart.
+#[derive(Clone)]
 struct Marker<'a> {
     alert: &'a AlertRow,
     /// A full-height line (the alert concerns this chart) rather than a tick.
@@ -523,6 +531,7 @@ struct Marker<'a> {
 }
 
 /// One chart.
+#[derive(Clone)]
 struct Chart<'a> {
     title: String,
     note: String,
@@ -911,7 +920,7 @@ pub fn render(data: &ReportData) -> String {
     out.push_str("<h2>Label and prediction drift per scenario</h2><div class=\"grid2\">");
     let label = Chart {
         title: "Click rate vs reference".into(),
-        note: "two-proportion z, design-effect corrected".into(),
+        note: "matured labels; two-proportion z, design-effect corrected".into(),
         series: series_of(&data.ctr_z),
         bands: vec![
             (b.rate_z.0, format!("|z| {}", format_value(b.rate_z.0))),
@@ -919,10 +928,22 @@ pub fn render(data: &ReportData) -> String {
         ],
         symmetric: true,
         from_zero: false,
-        markers: markers(&data.alerts, |a| a.kind == "label_drift"),
+        markers: markers(&data.alerts, |a| {
+            a.kind == "label_drift" && a.subject != EARLY_CTR
+        }),
         wide: false,
     };
     render_chart(&mut out, &label, from, to);
+    let early = Chart {
+        title: "Early click rate vs reference".into(),
+        note: "click events per impression on arrival; z as above".into(),
+        series: series_of(&data.early_ctr_z),
+        markers: markers(&data.alerts, |a| {
+            a.kind == "label_drift" && a.subject == EARLY_CTR
+        }),
+        ..label.clone()
+    };
+    render_chart(&mut out, &early, from, to);
     let gap = Chart {
         title: "Calibration gap".into(),
         note: "z of observed minus predicted clicks".into(),
@@ -1061,8 +1082,8 @@ mod tests {
         for external in ["<script", "<link", "http://", "https://", "@import", "url("] {
             assert!(!html.contains(external), "found {external}");
         }
-        // 2 PSI + 1 JS + label + gap + AUC + loss charts.
-        assert_eq!(html.matches("<svg ").count(), 7);
+        // 2 PSI + 1 JS + label + early label + gap + AUC + loss charts.
+        assert_eq!(html.matches("<svg ").count(), 8);
         assert!(html.contains("device &lt;&amp;&gt;"), "names are escaped");
         assert!(!html.contains("device <&>"));
         // Alert markers: a dashed line on price's own plot (firing and resolved), ticks

@@ -327,7 +327,7 @@ fn render_drift(
     family(
         "shopstream_feature_drift_pvalue",
         "gauge",
-        "p-value of the feature's KS or chi-squared test after the design-effect correction (small windows).",
+        "p-value of the feature's KS or chi-squared test after the design-effect correction.",
         d.feature_pvalue
             .iter()
             .map(|((f, s), v)| {
@@ -341,7 +341,7 @@ fn render_drift(
     family(
         "shopstream_label_rate_z",
         "gauge",
-        "z of a label rate (ctr, cvr) per scenario vs the reference, design-effect corrected.",
+        "z of a label rate (ctr, cvr; early_ctr: click events per impression on arrival) per scenario vs the reference, design-effect corrected.",
         d.label_rate_z
             .iter()
             .map(|((s, l), v)| {
@@ -355,10 +355,15 @@ fn render_drift(
     family(
         "shopstream_prediction_gap_z",
         "gauge",
-        "z of observed minus predicted clicks per scenario (calibration gap).",
+        "z of observed minus predicted clicks per scenario (calibration gap; label ctr: matured labels, early_ctr: clicks and predictions on arrival).",
         d.prediction_gap_z
             .iter()
-            .map(|(s, v)| (format!("{{scenario=\"{}\"}}", esc(s)), *v))
+            .map(|((s, l), v)| {
+                (
+                    format!("{{scenario=\"{}\",label=\"{}\"}}", esc(s), esc(l)),
+                    *v,
+                )
+            })
             .collect(),
     );
     family(
@@ -473,7 +478,8 @@ mod tests {
             .insert(("device".into(), "chi2".into()), 1e-5);
         d.label_rate_z
             .insert(("home_feed".into(), "ctr".into()), 4.5);
-        d.prediction_gap_z.insert("push".into(), -3.5);
+        d.prediction_gap_z
+            .insert(("push".into(), "early_ctr".into()), -3.5);
         d.model_loss_drift
             .insert(("ctr".into(), "adwin".into()), 0.2);
         d.alerts_total.insert("firing".into(), 2);
@@ -496,7 +502,7 @@ mod tests {
             "shopstream_feature_psi{feature=\"price\"} 0.25",
             "shopstream_feature_drift_pvalue{feature=\"device\",statistic=\"chi2\"} 0.00001",
             "shopstream_label_rate_z{scenario=\"home_feed\",label=\"ctr\"} 4.5",
-            "shopstream_prediction_gap_z{scenario=\"push\"} -3.5",
+            "shopstream_prediction_gap_z{scenario=\"push\",label=\"early_ctr\"} -3.5",
             "shopstream_model_loss_drift{task=\"ctr\",detector=\"adwin\"} 0.2",
             "shopstream_alerts_firing 1",
             "shopstream_alert_firing{kind=\"label_drift\",subject=\"ctr\",scenario=\"home_feed\",severity=\"critical\"} 1",

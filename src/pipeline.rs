@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::drift::{ALERTS_TABLE, DRIFT_TABLE, DriftStage, Impression, alerts_batch, drift_batch};
+use crate::drift::{ALERTS_TABLE, Arrival, DRIFT_TABLE, DriftStage, alerts_batch, drift_batch};
 use crate::http::Telemetry;
 use crate::ms;
 use crate::webhook::{Webhook, WebhookOptions};
@@ -782,7 +782,7 @@ impl Processor<'_> {
             self.latency.record(received.elapsed());
         }
         // Taken before the event moves into the features stage; counted once it is in.
-        let impression = self.drift.as_ref().and_then(|_| Impression::of(&event));
+        let arrival = self.drift.as_ref().and_then(|_| Arrival::of(&event));
         if let Err(late) = self.features.ingest(meta, event) {
             let rejection = Rejection {
                 reason: Reason::Late,
@@ -797,8 +797,8 @@ impl Processor<'_> {
                 .await?;
         } else {
             bump(&mut self.summary.valid, meta.topic.as_str());
-            if let (Some(stage), Some(impression)) = (self.drift.as_mut(), impression) {
-                stage.on_impression(&impression);
+            if let (Some(stage), Some(arrival)) = (self.drift.as_mut(), arrival) {
+                stage.on_arrival(&arrival);
             }
         }
         Ok(())
@@ -1238,7 +1238,7 @@ impl Processor<'_> {
             return Ok(());
         };
         let drifts = stage
-            .window_closed(output.start, &output.examples, outputs)
+            .window_closed(output.start, &output.users, &output.examples, outputs)
             .map_err(|e| PipelineError::Internal(format!("drift monitor: {e}")))?;
         let rows = stage.rows(&drifts);
         if write && !rows.is_empty() {

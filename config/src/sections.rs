@@ -440,7 +440,7 @@ impl Default for DriftConfig {
             adwin_delta: 0.002,
             loss_increase_warning: 0.1,
             loss_increase_critical: 0.5,
-            page_hinkley_threshold: 50.0,
+            page_hinkley_threshold: 80.0,
             fire_after_windows: 3,
             resolve_after_windows: 3,
             design_effect_correction: true,

@@ -23,7 +23,7 @@ mod window;
 pub use example::{
     EXAMPLES_SCHEMA_VERSION, Example, Features, Labels, ServingRow, examples_batch, examples_schema,
 };
-pub use state::{DemandFeatures, DemandRow, FeatureState, StateLimits};
+pub use state::{DemandFeatures, DemandRow, FeatureState, StateLimits, UserArrival};
 pub use watermark::Watermark;
 pub use window::{Buffered, ClosedWindow, Windows};
 
@@ -46,6 +46,8 @@ pub struct WindowOutput {
     pub demand: Vec<DemandRow>,
     /// Demand features at this window's end, to forecast the next window.
     pub demand_next: Vec<DemandFeatures>,
+    /// The window's users at their first impression in it (for drift monitoring).
+    pub users: Vec<UserArrival>,
 }
 
 /// The features stage. Serializable as a whole: a checkpoint holds it (open windows,
@@ -146,6 +148,7 @@ impl FeaturePipeline {
                         examples: rest,
                         demand: Vec::new(),
                         demand_next: Vec::new(),
+                        users: Vec::new(),
                     });
                 }
             }
@@ -162,6 +165,7 @@ impl FeaturePipeline {
                 .collect();
             self.state.apply_same_ts(&group);
         }
+        let users = self.state.take_window_users();
         let examples = self.state.mature_before(window.end);
         // Demand: the snapshot taken at this window's start, labelled with what sold in it.
         let sold = self.state.take_window_units();
@@ -181,6 +185,7 @@ impl FeaturePipeline {
             examples,
             demand,
             demand_next: self.demand_snapshot.clone(),
+            users,
         }
     }
 
@@ -224,6 +229,51 @@ mod tests {
             partition,
             offset,
         }
+    }
+
+    #[test]
+    fn a_window_lists_each_user_once_new_until_the_state_knows_them() {
+        let mut pipeline = FeaturePipeline::new(&PipelineConfig::default());
+        let imp = |id: &str, ts: Millis, user: &str, device: &str| {
+            let Event::Click(mut c) = click(id, ts, ClickKind::Impression, "i1") else {
+                unreachable!()
+            };
+            c.user_id = user.to_string();
+            c.device = Some(device.to_string());
+            Event::Click(c)
+        };
+        let events = [
+            imp("a", T0 + 1_000, "u1", "ios"),
+            imp("b", T0 + 2_000, "u1", "web"),
+            imp("c", T0 + 3_000, "u2", "android"),
+            imp("d", T0 + 61_000, "u1", "ios"),
+            imp("e", T0 + 62_000, "u3", "web"),
+        ];
+        let mut outputs = Vec::new();
+        for (offset, e) in events.into_iter().enumerate() {
+            pipeline
+                .ingest(meta(InputTopic::Clicks, 0, offset as i64), e)
+                .expect("not late");
+            outputs.extend(pipeline.close_ready());
+        }
+        outputs.extend(pipeline.finish());
+        let users: Vec<Vec<(String, Option<String>, bool)>> = outputs
+            .iter()
+            .map(|w| {
+                w.users
+                    .iter()
+                    .map(|u| (u.user_id.clone(), u.device.clone(), u.new_user))
+                    .collect()
+            })
+            .collect();
+        let u = |id: &str, device: &str, new: bool| (id.to_string(), Some(device.to_string()), new);
+        assert_eq!(
+            users,
+            vec![
+                vec![u("u1", "ios", true), u("u2", "android", true)],
+                vec![u("u1", "ios", false), u("u3", "web", true)],
+            ]
+        );
     }
 
     fn run(events: Vec<(RecordMeta, Event)>) -> Vec<Example> {

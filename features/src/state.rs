@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 
 // FxHash: fast, and deterministic across runs (state serialises the same way every time).
 use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::FxHashSet as HashSet;
 
 use chrono::{Datelike, Timelike};
 use serde::{Deserialize, Serialize};
@@ -177,6 +178,26 @@ pub struct FeatureState {
     limits: StateLimits,
     partitions: BTreeMap<i32, PartitionState>,
     inventory: HashMap<String, InventoryRow>,
+    /// Users of the window being applied, at their first impression in it (drained by
+    /// [`FeatureState::take_window_users`] when the window's output is made, so empty in
+    /// the job's checkpoints, which are taken between windows).
+    #[serde(default)]
+    window_users: Vec<UserArrival>,
+    #[serde(default)]
+    window_user_ids: HashSet<String>,
+}
+
+/// A user as the window's first impression of them found them: what drift monitoring
+/// counts once per user (device, new or returning), since a user's impressions share
+/// both and are not independent draws.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserArrival {
+    /// The user.
+    pub user_id: String,
+    /// Device class of that impression.
+    pub device: Option<String>,
+    /// The state held nothing of the user before it (no event within the TTL).
+    pub new_user: bool,
 }
 
 impl FeatureState {
@@ -186,6 +207,8 @@ impl FeatureState {
             limits,
             partitions: BTreeMap::new(),
             inventory: HashMap::default(),
+            window_users: Vec::new(),
+            window_user_ids: HashSet::default(),
         }
     }
 
@@ -238,6 +261,13 @@ impl FeatureState {
                     features: self.features_of(*partition, c),
                     labels: Labels::default(),
                 };
+                if self.window_user_ids.insert(c.user_id.clone()) {
+                    self.window_users.push(UserArrival {
+                        user_id: c.user_id.clone(),
+                        device: c.device.clone(),
+                        new_user: example.features.user_recency_secs.is_none(),
+                    });
+                }
                 new_pending.push((*partition, example, c.session_id.clone()));
             }
         }
@@ -349,6 +379,13 @@ impl FeatureState {
             .collect();
         rows.sort_by(|a, b| a.item_id.cmp(&b.item_id));
         rows
+    }
+
+    /// Users of the window just applied, in the order of their first impression in it
+    /// (resets the list).
+    pub fn take_window_users(&mut self) -> Vec<UserArrival> {
+        self.window_user_ids.clear();
+        std::mem::take(&mut self.window_users)
     }
 
     /// Units each item sold in the window just applied (resets the counters).

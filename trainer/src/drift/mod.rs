@@ -15,10 +15,15 @@
 //!   for the per-example prequential loss, which see a degradation within a few hundred
 //!   examples instead of waiting for window statistics.
 //! - [`alerts`]: the lifecycle that turns noisy per-window values into pages: fire after
-//!   K windows in breach, resolve after K back, one open alert per key, deterministic ids.
+//!   K windows in breach (on one side, for z statistics; effect sizes only when their
+//!   test is significant), resolve after K back, one open alert per key, deterministic
+//!   ids.
 //! - [`reference`](mod@reference): which past windows a window is compared with (trailing or pinned),
 //!   with bounded, deterministic sample memory.
-//! - [`observation`]: what the pipeline hands over per window ([`WindowObservation`]).
+//! - [`observation`]: what the pipeline hands over per window ([`WindowObservation`]),
+//!   either matured examples with their labels or, marked
+//!   [`WindowObservation::clicks_on_arrival`], impressions and click events as they
+//!   arrived (the early click rate, [`EARLY_CTR`]).
 //! - [`settings`]: the job's `[drift]` configuration section mapped onto [`DriftConfig`].
 //! - [`monitor`]: the per-window driver that ties it together, including a design-effect
 //!   correction of the significance tests (clickstream windows are clustered by session,
@@ -48,7 +53,7 @@ pub use alerts::{
 pub use monitor::{
     DriftConfig, DriftMonitor, FeatureDrift, ScenarioDrift, TaskQuality, WindowDrift,
 };
-pub use observation::{ScenarioOutcomes, WindowObservation};
+pub use observation::{EARLY_CTR, ScenarioOutcomes, WindowObservation, log_loss};
 pub use page_hinkley::{PageHinkley, PageHinkleyConfig, PageHinkleyMode};
 pub use reference::ReferenceMode;
 pub use stats::{

@@ -64,6 +64,19 @@ impl ScenarioOutcomes {
         }
     }
 
+    /// Counts one impression as it arrives. Its click, if any, is counted by
+    /// [`ScenarioOutcomes::add_click_on_arrival`] in the window the click arrives in.
+    pub fn add_impression_on_arrival(&mut self) {
+        self.impressions = self.impressions.saturating_add(1);
+    }
+
+    /// Counts one click event as it arrives (by the click's own event time). Clicks
+    /// follow their impressions by seconds, so clicks per impression of a window is an
+    /// early estimate of its click rate, known when the window closes.
+    pub fn add_click_on_arrival(&mut self) {
+        self.clicks = self.clicks.saturating_add(1);
+    }
+
     pub(crate) fn merge(&mut self, o: &ScenarioOutcomes) {
         self.impressions = self.impressions.saturating_add(o.impressions);
         self.clicks = self.clicks.saturating_add(o.clicks);
@@ -97,10 +110,20 @@ pub struct WindowObservation {
     pub scenarios: BTreeMap<String, ScenarioOutcomes>,
     /// Per-example prequential losses per task (`ctr`, `cvr`, `ctcvr`), in example order.
     pub losses: BTreeMap<String, Vec<f64>>,
+    /// The scenarios' clicks are click events that arrived in the window, not labels of
+    /// its impressions ([`ScenarioOutcomes::add_click_on_arrival`]): the monitor reports
+    /// them as the early click rate (`early_ctr`) and leaves conversions and calibration
+    /// out (not known yet).
+    #[serde(default)]
+    pub clicks_on_arrival: bool,
 }
 
+/// The subject of the click rate measured from impressions and click events as they
+/// arrive, before labels mature (label drift `early_ctr`).
+pub const EARLY_CTR: &str = "early_ctr";
+
 /// Log loss of one prediction, clamped like `metrics::log_loss` (NaN counts as 0.5).
-pub(crate) fn log_loss(p: f64, y: bool) -> f64 {
+pub fn log_loss(p: f64, y: bool) -> f64 {
     let p = if p.is_nan() {
         0.5
     } else {
@@ -143,6 +166,26 @@ impl WindowObservation {
             .entry(scenario.to_string())
             .or_default()
             .add(clicked, converted, p_click);
+    }
+
+    /// Counts one arriving impression of `scenario`; marks the window as
+    /// [`WindowObservation::clicks_on_arrival`].
+    pub fn add_impression_on_arrival(&mut self, scenario: &str) {
+        self.clicks_on_arrival = true;
+        self.scenarios
+            .entry(scenario.to_string())
+            .or_default()
+            .add_impression_on_arrival();
+    }
+
+    /// Counts one arriving click event of `scenario` (see
+    /// [`ScenarioOutcomes::add_click_on_arrival`]).
+    pub fn add_click_on_arrival(&mut self, scenario: &str) {
+        self.clicks_on_arrival = true;
+        self.scenarios
+            .entry(scenario.to_string())
+            .or_default()
+            .add_click_on_arrival();
     }
 
     /// Adds one per-example loss of `task`.

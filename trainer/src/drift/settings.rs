@@ -79,7 +79,7 @@ mod tests {
             reference_windows: 30,
             psi_warning: 0.15,
             adwin_delta: 0.01,
-            page_hinkley_threshold: 80.0,
+            page_hinkley_threshold: 120.0,
             fire_after_windows: 2,
             resolve_after_windows: 5,
             ..DriftSettings::default()
@@ -88,7 +88,7 @@ mod tests {
         assert_eq!(c.reference, ReferenceMode::Pinned { windows: 30 });
         assert_eq!(c.psi_warning, 0.15);
         assert_eq!(c.adwin.delta, 0.01);
-        assert_eq!(c.page_hinkley.threshold, 80.0);
+        assert_eq!(c.page_hinkley.threshold, 120.0);
         assert_eq!(c.alerts.fire_after_windows, 2);
         assert_eq!(c.detector_alerts.fire_after_windows, 1);
         assert_eq!(c.detector_alerts.resolve_after_windows, 5);
