@@ -886,7 +886,7 @@ pub fn render(data: &ReportData) -> String {
 
     let b = data.bands;
     out.push_str(
-        "<h2>Data drift: continuous features (PSI against the reference)</h2><p class=\"muted\">PSI and Jensen-Shannon are effect sizes and read high on small windows (a few hundred values spread over many bins or categories). Windows with fewer values than drift.small_sample are decided by the KS or chi-squared test instead, corrected for clustering; the bands apply to larger windows.</p><div class=\"grid2\">",
+        "<h2>Data drift: continuous features (PSI against the reference)</h2><p class=\"muted\">PSI and Jensen-Shannon are effect sizes and read high on small windows (a few hundred values spread over many bins or categories). Windows with fewer values than drift.small_sample are decided by the KS or chi-squared test instead, corrected for clustering; the bands apply to larger windows, where a value over a band counts only if that test is significant too. Device and new_user count each user once per window.</p><div class=\"grid2\">",
     );
     feature_charts(
         &mut out,
