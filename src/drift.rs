@@ -5,9 +5,8 @@
 //! Two monitors, because two kinds of evidence become known at different times:
 //!
 //! - **Arrival** (data drift on what an impression carries itself, `price`, `position`,
-//!   `scenario`, and per session `device` and `new_user`; the early click rate, click
-//!   events per impression per scenario; the mean click probability published on
-//!   arrival): collected as impressions and clicks are admitted to their event-time
+//!   `scenario`, and once per user `device` and `new_user`; the early click rate, click
+//!   events per impression per scenario): collected as impressions and clicks are admitted to their event-time
 //!   window and compared when that window closes. A price shock is visible in the window
 //!   it starts in, and a click-rate shift a few seconds later, as the clicks come in;
 //!   there is no reason to wait 40 minutes for labels.
@@ -21,7 +20,8 @@
 //!
 //! Both monitors see the same windows in the same order however the input was
 //! interleaved (impressions of a window form a set; values are sorted before the monitor
-//! sees them; a session counts in a window whichever of its impressions comes first), so
+//! sees them; the users of a window come from the features stage, which applies a window's
+//! events in event-time order), so
 //! the `drift` and `alerts` tables are as deterministic as the examples.
 
 use std::collections::BTreeMap;
@@ -152,8 +152,8 @@ pub struct DriftGauges {
     pub feature_pvalue: BTreeMap<(String, String), f64>,
     /// z of a label rate per (scenario, `ctr` | `cvr` | `early_ctr`).
     pub label_rate_z: BTreeMap<(String, String), f64>,
-    /// z of the calibration gap (clicks minus predicted clicks) per (scenario, `ctr` |
-    /// `early_ctr`).
+    /// z of the calibration gap (clicks minus predicted clicks) per (scenario, `ctr`; only
+    /// matured examples are tested for calibration).
     pub prediction_gap_z: BTreeMap<(String, String), f64>,
     /// Per (task, detector): ADWIN's relative loss increase, Page-Hinkley's statistic over
     /// its threshold (1 = detection).
@@ -239,6 +239,14 @@ impl DriftStage {
         }
     }
 
+    /// Applies the job's current `[drift]` settings to a stage restored from a checkpoint
+    /// (see [`DriftMonitor::reconfigure`]); the window grid stays the checkpoint's.
+    pub fn reconfigure(&mut self, settings: &DriftSettings) {
+        let config = DriftConfig::from_settings(settings);
+        self.arrival.reconfigure(config.clone());
+        self.matured.reconfigure(config);
+    }
+
     /// The monitors' configuration.
     pub fn config(&self) -> &DriftConfig {
         self.arrival.config()
@@ -312,6 +320,9 @@ impl DriftStage {
         examples: &[Example],
         outputs: &[Output],
     ) -> Result<WindowDrifts, DriftError> {
+        if examples.len() != outputs.len() {
+            return Err(DriftError::LengthMismatch(examples.len(), outputs.len()));
+        }
         if !users.is_empty() {
             let w = self
                 .pending
@@ -321,9 +332,6 @@ impl DriftStage {
                 w.add_category("device", u.device.as_deref().unwrap_or("unknown"));
                 w.add_category("new_user", if u.new_user { "yes" } else { "no" });
             }
-        }
-        if examples.len() != outputs.len() {
-            return Err(DriftError::LengthMismatch(examples.len(), outputs.len()));
         }
         let mut out = WindowDrifts {
             closed_window_ms: start_ms,

@@ -355,7 +355,7 @@ fn render_drift(
     family(
         "shopstream_prediction_gap_z",
         "gauge",
-        "z of observed minus predicted clicks per scenario (calibration gap; label ctr: matured labels, early_ctr: clicks and predictions on arrival).",
+        "z of observed minus predicted clicks per scenario on matured examples (calibration gap; label ctr).",
         d.prediction_gap_z
             .iter()
             .map(|((s, l), v)| {
@@ -479,7 +479,7 @@ mod tests {
         d.label_rate_z
             .insert(("home_feed".into(), "ctr".into()), 4.5);
         d.prediction_gap_z
-            .insert(("push".into(), "early_ctr".into()), -3.5);
+            .insert(("push".into(), "ctr".into()), -3.5);
         d.model_loss_drift
             .insert(("ctr".into(), "adwin".into()), 0.2);
         d.alerts_total.insert("firing".into(), 2);
@@ -502,7 +502,7 @@ mod tests {
             "shopstream_feature_psi{feature=\"price\"} 0.25",
             "shopstream_feature_drift_pvalue{feature=\"device\",statistic=\"chi2\"} 0.00001",
             "shopstream_label_rate_z{scenario=\"home_feed\",label=\"ctr\"} 4.5",
-            "shopstream_prediction_gap_z{scenario=\"push\",label=\"early_ctr\"} -3.5",
+            "shopstream_prediction_gap_z{scenario=\"push\",label=\"ctr\"} -3.5",
             "shopstream_model_loss_drift{task=\"ctr\",detector=\"adwin\"} 0.2",
             "shopstream_alerts_firing 1",
             "shopstream_alert_firing{kind=\"label_drift\",subject=\"ctr\",scenario=\"home_feed\",severity=\"critical\"} 1",

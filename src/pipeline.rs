@@ -657,8 +657,12 @@ impl Processor<'_> {
         self.cleaner = state.cleaner;
         self.trainer = state.trainer;
         if self.drift.is_some() {
-            // Drift detection switched on since the checkpoint starts fresh.
+            // Drift detection switched on since the checkpoint starts fresh; a restored
+            // stage takes the [drift] settings the job runs with now.
             self.drift = state.drift.or_else(|| self.drift.take());
+            if let Some(stage) = self.drift.as_mut() {
+                stage.reconfigure(&self.config.drift);
+            }
         }
         self.held = crate::recovery::held_by_partition(state.held)
             .into_iter()

@@ -242,7 +242,16 @@ mod tests {
             c.device = Some(device.to_string());
             Event::Click(c)
         };
+        let search = |id: &str, ts: Millis, user: &str| {
+            let Event::Click(mut c) = click(id, ts, ClickKind::Search, "i1") else {
+                unreachable!()
+            };
+            c.user_id = user.to_string();
+            Event::Click(c)
+        };
         let events = [
+            // A search just before a new user's first impression does not make them known.
+            search("s", T0 + 700, "u1"),
             imp("a", T0 + 1_000, "u1", "ios"),
             imp("b", T0 + 2_000, "u1", "web"),
             imp("c", T0 + 3_000, "u2", "android"),

@@ -185,6 +185,11 @@ pub struct FeatureState {
     window_users: Vec<UserArrival>,
     #[serde(default)]
     window_user_ids: HashSet<String>,
+    /// Whether the state held each user of the window being applied before the window
+    /// (taken at the user's first event in it: a search 300 ms before a new user's first
+    /// impression must not make the user look known).
+    #[serde(default)]
+    window_known_users: HashMap<String, bool>,
 }
 
 /// A user as the window's first impression of them found them: what drift monitoring
@@ -196,7 +201,7 @@ pub struct UserArrival {
     pub user_id: String,
     /// Device class of that impression.
     pub device: Option<String>,
-    /// The state held nothing of the user before it (no event within the TTL).
+    /// The state held nothing of the user before the window (no event within the TTL).
     pub new_user: bool,
 }
 
@@ -209,6 +214,7 @@ impl FeatureState {
             inventory: HashMap::default(),
             window_users: Vec::new(),
             window_user_ids: HashSet::default(),
+            window_known_users: HashMap::default(),
         }
     }
 
@@ -262,10 +268,11 @@ impl FeatureState {
                     labels: Labels::default(),
                 };
                 if self.window_user_ids.insert(c.user_id.clone()) {
+                    let known = self.known_before_window(*partition, &c.user_id);
                     self.window_users.push(UserArrival {
                         user_id: c.user_id.clone(),
                         device: c.device.clone(),
-                        new_user: example.features.user_recency_secs.is_none(),
+                        new_user: !known,
                     });
                 }
                 new_pending.push((*partition, example, c.session_id.clone()));
@@ -287,8 +294,26 @@ impl FeatureState {
         }
     }
 
+    /// Whether the state held `user_id` before the window being applied.
+    fn known_before_window(&mut self, partition: i32, user_id: &str) -> bool {
+        if let Some(known) = self.window_known_users.get(user_id) {
+            return *known;
+        }
+        let known = self
+            .partitions
+            .get(&partition)
+            .is_some_and(|p| p.users.contains_key(user_id));
+        self.window_known_users.insert(user_id.to_string(), known);
+        known
+    }
+
     fn apply(&mut self, partition: i32, event: &Event) {
         let limits = self.limits;
+        match event {
+            Event::Click(c) => _ = self.known_before_window(partition, &c.user_id),
+            Event::Order(o) => _ = self.known_before_window(partition, &o.user_id),
+            Event::Inventory(_) => {}
+        }
         match event {
             Event::Inventory(e) => {
                 let row = self.inventory.entry(e.item_id.clone()).or_default();
@@ -385,6 +410,7 @@ impl FeatureState {
     /// (resets the list).
     pub fn take_window_users(&mut self) -> Vec<UserArrival> {
         self.window_user_ids.clear();
+        self.window_known_users.clear();
         std::mem::take(&mut self.window_users)
     }
 

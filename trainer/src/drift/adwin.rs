@@ -88,6 +88,12 @@ impl Default for Adwin {
 }
 
 impl Adwin {
+    /// Takes new settings, keeping the window (a restart from a checkpoint with a
+    /// changed configuration).
+    pub fn set_config(&mut self, config: AdwinConfig) {
+        self.config = config;
+    }
+
     /// An empty detector.
     pub fn new(config: AdwinConfig) -> Self {
         Self {

@@ -265,6 +265,11 @@ pub struct AlertTracker {
 }
 
 impl AlertTracker {
+    /// Takes a new lifecycle policy, keeping streaks and open alerts.
+    pub fn set_policy(&mut self, policy: AlertPolicy) {
+        self.policy = policy;
+    }
+
     /// An empty tracker.
     pub fn new(policy: AlertPolicy) -> Self {
         Self {
@@ -314,8 +319,12 @@ impl AlertTracker {
                 // A breach on the other side starts a streak of its own.
                 state.over = 0;
             }
-            if state.over == 0 {
-                state.streak_start_ms = window_start_ms;
+            if state.over == 0 || state.streak_sign == 0 {
+                // (A streak restored from a checkpoint of a version without sides takes
+                // the side of its next breach.)
+                if state.over == 0 {
+                    state.streak_start_ms = window_start_ms;
+                }
                 state.streak_sign = obs.sign;
             }
             state.over = state.over.saturating_add(1);

@@ -45,7 +45,11 @@
 //!   compared (the Rao-Scott scaling).
 //!
 //! The thresholds stay the textbook ones. PSI and JS are effect sizes, compared as they
-//! are. The factor is reported in `FeatureDrift::design_effect`.
+//! are, but on large windows a breach also needs the corrected test (KS, chi-squared) to
+//! be significant at the warning p-value: an effect size measured on a finite clustered
+//! sample has a noise floor of its own (the JS distance of 50 categories over 1 700
+//! clustered values sits near 0.1). The factor is reported in
+//! `FeatureDrift::design_effect`.
 //!
 //! Three things matter, all found on the generator's traffic (figures in `docs/drift.md`):
 //! - Scale, not just location. A first version rescaled the test statistic (chi-squared
@@ -66,9 +70,10 @@
 //!   every comparison; the device test's factor went 8.7, 11.9, 17.6, 28.8 over the
 //!   windows after the new-cohort onset and the alert never fired.)
 //!
-//! The calibration gap takes its design effect from the last `reference` windows' gaps
-//! after warm-up (less the newest `K - 1`), and is tested uncorrected until there are
-//! `2K - 1` of them, so prediction drift is watched from the end of the warm-up on. The
+//! The calibration gap takes its design effect from its own z values after warm-up (up to
+//! four references' worth, less the newest `K - 1`), and is neither reported nor tested
+//! until there are one reference's worth (at least `2K - 1`) of them. Two-sided z
+//! statistics (rates, gap) build a breach streak on one side only. The
 //! unit test `clustered_sessions_page_only_without_...` keeps clustered noise quiet with
 //! the correction and paging without it.
 //!
@@ -77,8 +82,8 @@
 //! the defaults, from the 18th window on: 3 to fill the reference, 12 history entries, 2
 //! left out); prediction drift and model quality raise no alert during the first
 //! `model_warmup_windows` windows (a model fresh from initialisation is neither calibrated
-//! nor stable); the detectors are fed from the start. PSI and Jensen-Shannon, which need
-//! no design effect, alert from the first comparison.
+//! nor stable); the detectors are fed from the start. PSI and Jensen-Shannon wait for
+//! the design effect too, since their significance gate needs it.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -250,7 +255,7 @@ pub struct ScenarioDrift {
     /// What the click rate and the calibration gap are about, the subject of their rows
     /// and alerts: `ctr` (labels of matured examples, predictions made before training on
     /// them) or `early_ctr` (click events per impression as they arrived in the window,
-    /// predictions made on arrival; see [`WindowObservation::clicks_on_arrival`]).
+    /// see [`WindowObservation::clicks_on_arrival`]; no conversion rate, no gap).
     pub label: &'static str,
     /// The window's counts.
     pub outcomes: ScenarioOutcomes,
@@ -492,6 +497,29 @@ impl DriftMonitor {
         &self.config
     }
 
+    /// Takes a new configuration, keeping what has been learnt where it still applies (a
+    /// job restarted from a checkpoint with a changed `[drift]` section): thresholds,
+    /// lifecycle and detector settings apply from the next window on. A changed reference
+    /// (mode or length) starts a new reference and a new calibration history, since the
+    /// old ones answer another question.
+    pub fn reconfigure(&mut self, config: DriftConfig) {
+        if config == self.config {
+            return;
+        }
+        if config.reference != self.config.reference {
+            self.reference = ReferenceWindows::new(config.reference);
+            self.ratio_history.clear();
+            self.gap_history.clear();
+        }
+        self.alerts.set_policy(config.alerts);
+        self.detector_alerts.set_policy(config.detector_alerts);
+        for d in self.tasks.values_mut() {
+            d.adwin.set_config(config.adwin);
+            d.page_hinkley.set_config(config.page_hinkley);
+        }
+        self.config = config;
+    }
+
     /// Windows observed so far (replays excluded).
     pub fn windows_seen(&self) -> u64 {
         self.windows_seen
@@ -713,9 +741,12 @@ impl DriftMonitor {
         } else {
             // Material (PSI) and not sampling noise (the corrected KS test).
             let psi = psi?;
-            let significant = deff.is_some() && p.is_some_and(|p| p < c.p_value_warning);
+            let significant = p.is_some_and(|p| p < c.p_value_warning);
             let obs = Observation::above("psi", psi, c.psi_warning, c.psi_critical)
                 .if_significant(significant);
+            // Without a calibrated test the window is not observed (neither breach nor
+            // clear), as on small windows.
+            let obs = untrusted_if_none(obs, deff);
             ("psi", psi, obs)
         };
         let drift = FeatureDrift {
@@ -730,7 +761,9 @@ impl DriftMonitor {
             js: None,
             chi2_p_value: None,
             design_effect: deff.unwrap_or(1.0),
-            p_corrected: p,
+            // Published once the correction is calibrated: an uncorrected p-value of
+            // clustered data is far too small and would mislead a dashboard or rule.
+            p_corrected: p.filter(|_| deff.is_some()),
             statistic,
             value,
             breach: obs.is_warning() || obs.is_critical(),
@@ -773,9 +806,10 @@ impl DriftMonitor {
         } else {
             // Material (JS) and not sampling noise (the corrected chi-squared test).
             let js = js?;
-            let significant = deff.is_some() && p.is_some_and(|p| p < c.p_value_warning);
+            let significant = p.is_some_and(|p| p < c.p_value_warning);
             let obs = Observation::above("js", js, c.js_warning, c.js_critical)
                 .if_significant(significant);
+            let obs = untrusted_if_none(obs, deff);
             ("js", js, obs)
         };
         let drift = FeatureDrift {
@@ -790,7 +824,9 @@ impl DriftMonitor {
             js,
             chi2_p_value: chi2.map(|x| x.p_value),
             design_effect: deff.unwrap_or(1.0),
-            p_corrected: p,
+            // Published once the correction is calibrated: an uncorrected p-value of
+            // clustered data is far too small and would mislead a dashboard or rule.
+            p_corrected: p.filter(|_| deff.is_some()),
             statistic,
             value,
             breach: obs.is_warning() || obs.is_critical(),
@@ -899,16 +935,19 @@ impl DriftMonitor {
                 .unwrap_or_default();
             let needed = (2 * self.config.alerts.fire_after_windows.max(1) as usize - 1)
                 .max(self.config.reference.windows());
-            let deff = self.design_effect(&gaps, needed);
-            let z = z / deff.unwrap_or(1.0).sqrt();
-            drift.ctr_gap_z = Some(z);
-            if warm && o.scored >= c.min_trials {
+            // Published and tested once calibrated (an uncorrected z of clustered clicks
+            // would mislead a dashboard or a rule on the gauge).
+            let z = self
+                .design_effect(&gaps, needed)
+                .map(|deff| z / deff.sqrt());
+            drift.ctr_gap_z = z;
+            if let Some(z) = z
+                && warm
+                && o.scored >= c.min_trials
+            {
                 let o = Observation::above("ctr_gap_z", z.abs(), c.gap_z_warning, c.gap_z_critical)
                     .signed(z);
-                obs.push((
-                    key(label, DriftKind::PredictionDrift),
-                    untrusted_if_none(o, deff),
-                ));
+                obs.push((key(label, DriftKind::PredictionDrift), o));
             }
         }
         (drift, obs, ratios)
@@ -1290,6 +1329,73 @@ mod tests {
         assert!(
             count(false) > 0,
             "iid-calibrated tests page on clustered noise"
+        );
+    }
+
+    #[test]
+    fn a_restored_monitor_takes_the_settings_it_is_restarted_with() {
+        let mut rng = SplitMix(5);
+        let mut m = DriftMonitor::new(DriftConfig::default());
+        for i in 0..20 {
+            m.observe_window(&window(&mut rng, i, Traffic::default()));
+        }
+        let json = serde_json::to_string(&m).expect("serialise");
+        let mut back: DriftMonitor = serde_json::from_str(&json).expect("deserialise");
+        let changed = DriftConfig {
+            page_hinkley: PageHinkleyConfig {
+                threshold: 123.0,
+                ..DriftConfig::default().page_hinkley
+            },
+            psi_warning: 0.15,
+            ..DriftConfig::default()
+        };
+        back.reconfigure(changed.clone());
+        assert_eq!(back.config(), &changed);
+        assert_eq!(
+            back.reference.len(),
+            m.reference.len(),
+            "same reference kept"
+        );
+        let ph = &back.tasks["ctr"].page_hinkley;
+        assert_eq!(
+            serde_json::to_value(ph).expect("json")["config"]["threshold"],
+            123.0
+        );
+        // Another reference mode is another question: a new reference.
+        back.reconfigure(DriftConfig {
+            reference: ReferenceMode::Pinned { windows: 6 },
+            ..changed
+        });
+        assert_eq!(back.reference.len(), 0);
+        assert!(back.ratio_history.is_empty());
+    }
+
+    #[test]
+    fn an_arrival_window_reports_early_ctr_without_conversions_or_calibration() {
+        let mut m = DriftMonitor::new(DriftConfig {
+            model_warmup_windows: 0,
+            ..DriftConfig::default()
+        });
+        let mut last = None;
+        for i in 0..30 {
+            let mut w = WindowObservation::new(i * MINUTE);
+            w.clicks_on_arrival = true;
+            // As a pipeline that did hand predictions and conversions would: ignored.
+            for k in 0..400 {
+                w.add_outcome("home_feed", k % 10 == 0, k % 20 == 0, 0.5);
+            }
+            last = Some(m.observe_window(&w));
+        }
+        let s = &last.expect("windows").scenarios[0];
+        assert_eq!(s.label, EARLY_CTR);
+        assert!(s.ctr_z.is_some());
+        assert_eq!(
+            (s.cvr, s.cvr_z, s.ctr_gap, s.ctr_gap_z),
+            (None, None, None, None)
+        );
+        assert!(
+            m.firing().is_empty(),
+            "a calibration gap of 0.1 vs 0.5 is not tested"
         );
     }
 

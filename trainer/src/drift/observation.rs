@@ -123,7 +123,7 @@ pub struct WindowObservation {
 pub const EARLY_CTR: &str = "early_ctr";
 
 /// Log loss of one prediction, clamped like `metrics::log_loss` (NaN counts as 0.5).
-pub fn log_loss(p: f64, y: bool) -> f64 {
+pub(crate) fn log_loss(p: f64, y: bool) -> f64 {
     let p = if p.is_nan() {
         0.5
     } else {

@@ -80,6 +80,12 @@ impl Default for PageHinkley {
 }
 
 impl PageHinkley {
+    /// Takes new settings, keeping what has been accumulated (a restart from a
+    /// checkpoint with a changed configuration).
+    pub fn set_config(&mut self, config: PageHinkleyConfig) {
+        self.config = config;
+    }
+
     /// A fresh detector.
     pub fn new(config: PageHinkleyConfig) -> Self {
         Self {
