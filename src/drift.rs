@@ -36,7 +36,7 @@ use shopstream_config::{DriftConfig as DriftSettings, PipelineConfig};
 use shopstream_features::{Example, UserArrival};
 use shopstream_ingest::event::{ClickEvent, ClickKind, Event, Scenario};
 use shopstream_trainer::drift::{
-    AlertEvent, AlertState, DriftConfig, DriftError, DriftKind, DriftMonitor, FeatureDrift,
+    AlertEvent, DriftConfig, DriftError, DriftKind, DriftMonitor, FeatureDrift, FeatureSelection,
     ScenarioDrift, TaskQuality, WindowDrift, WindowObservation,
 };
 use shopstream_trainer::joint::Output;
@@ -46,12 +46,13 @@ pub const DRIFT_TABLE: &str = "drift";
 /// Store table of alert events.
 pub const ALERTS_TABLE: &str = "alerts";
 
-/// Continuous features measured on arrival, per impression (the rest come from matured
-/// examples).
-pub const ARRIVAL_CONTINUOUS: [&str; 2] = ["price", "position"];
-/// Categorical features measured on arrival: `scenario` per impression; `device` and
-/// `new_user` once per user and window (see [`DriftStage::window_closed`]).
-pub const ARRIVAL_CATEGORICAL: [&str; 3] = ["scenario", "device", "new_user"];
+/// The features taken from matured examples: those that come from the item's state. The
+/// others are measured on arrival (`price`, `position`, `scenario` per impression;
+/// `device` and `new_user` once per user and window, see [`DriftStage::window_closed`]).
+pub const MATURED_FEATURES: FeatureSelection<'static> = FeatureSelection {
+    continuous: &["item_price"],
+    categorical: &["item_category"],
+};
 
 /// What the arrival monitor takes from an impression or a click (taken before the event
 /// moves into the features stage, counted once the stage accepted it).
@@ -134,7 +135,8 @@ pub struct WindowDrifts {
     /// Start of the window that closed (epoch ms): when all this became known.
     pub closed_window_ms: i64,
     /// The monitors' per-window results, each keyed by the window of its evidence
-    /// (`WindowDrift::window_start_ms`), arrival first.
+    /// (`WindowDrift::window_start_ms`), arrival first (their alert events are moved to
+    /// `alerts`).
     pub windows: Vec<(Evidence, WindowDrift)>,
     /// Alert events, in the order they were raised.
     pub alerts: Vec<AlertEvent>,
@@ -230,8 +232,7 @@ impl DriftStage {
         let config = DriftConfig::from_settings(settings);
         Self {
             window_ms: ms(pipeline.window_secs).max(1),
-            maturity_ms: ms(pipeline.click_window_secs)
-                .saturating_add(ms(pipeline.attribution_window_secs)),
+            maturity_ms: ms(pipeline.label_maturity_secs()),
             arrival: DriftMonitor::new(config.clone()),
             matured: DriftMonitor::new(config),
             pending: BTreeMap::new(),
@@ -341,12 +342,9 @@ impl DriftStage {
         // own, which the features stage does not do; observed in order anyway).
         let later = self.pending.split_off(&(start_ms.saturating_add(1)));
         let ready = std::mem::replace(&mut self.pending, later);
-        for (_, mut observation) in ready {
-            // Arrival order differs between a live run and a replay: sorted, the monitor
-            // sees the same sample either way.
-            for values in observation.continuous.values_mut() {
-                values.sort_by(f64::total_cmp);
-            }
+        // (Arrival order differs between a live run and a replay; the monitor sorts each
+        // feature's values, so it sees the same sample either way.)
+        for (_, observation) in ready {
             let drift = self.arrival.observe_window(&observation);
             out.push(Evidence::Arrival, drift);
         }
@@ -359,14 +357,12 @@ impl DriftStage {
                 .take_while(|e| self.evidence_window(e.ts) == window)
                 .count();
             let to = from + len;
-            let mut observation =
-                WindowObservation::from_outputs(window, &examples[from..to], &outputs[from..to])?;
-            for name in ARRIVAL_CONTINUOUS {
-                observation.continuous.remove(name);
-            }
-            for name in ARRIVAL_CATEGORICAL {
-                observation.categorical.remove(name);
-            }
+            let observation = WindowObservation::from_outputs_with(
+                window,
+                &examples[from..to],
+                &outputs[from..to],
+                &MATURED_FEATURES,
+            )?;
             let drift = self.matured.observe_window(&observation);
             out.push(Evidence::Matured, drift);
             from = to;
@@ -425,11 +421,9 @@ impl DriftStage {
             }
         }
         for alert in &out.alerts {
-            let state = match alert.state {
-                AlertState::Firing => "firing",
-                AlertState::Resolved => "resolved",
-            };
-            *g.alerts_total.entry(state.to_string()).or_default() += 1;
+            *g.alerts_total
+                .entry(alert.state.as_str().to_string())
+                .or_default() += 1;
         }
         g.firing = self.arrival.firing();
         g.firing.extend(self.matured.firing());
@@ -464,8 +458,8 @@ impl DriftStage {
 }
 
 impl WindowDrifts {
-    fn push(&mut self, evidence: Evidence, drift: WindowDrift) {
-        self.alerts.extend(drift.alerts.iter().cloned());
+    fn push(&mut self, evidence: Evidence, mut drift: WindowDrift) {
+        self.alerts.append(&mut drift.alerts);
         self.windows.push((evidence, drift));
     }
 }
@@ -505,179 +499,134 @@ struct RowSink<'a> {
     evidence: Evidence,
 }
 
+/// One statistic of a subject: name, value (`None`: no row), warning and critical bands.
+type Stat = (&'static str, Option<f64>, Option<(f64, f64)>);
+
 impl RowSink<'_> {
-    #[allow(clippy::too_many_arguments)]
+    /// Rows of `stats` about `subject` (in `scenario`), each resting on `n` values.
     fn add(
         &mut self,
         kind: DriftKind,
         subject: &str,
         scenario: Option<&str>,
-        statistic: &'static str,
-        value: Option<f64>,
-        thresholds: Option<(f64, f64)>,
         n: u64,
+        stats: &[Stat],
     ) {
-        let Some(value) = value else { return };
-        self.rows.push(DriftRow {
-            ts_ms: self.ts_ms,
-            reported_ms: self.reported_ms,
-            evidence: self.evidence,
-            kind,
-            subject: subject.to_string(),
-            scenario: scenario.map(str::to_string),
-            statistic,
-            value,
-            threshold: thresholds.map(|t| t.0),
-            critical: thresholds.map(|t| t.1),
-            n: i64::try_from(n).unwrap_or(i64::MAX),
-        });
+        for &(statistic, value, bands) in stats {
+            let Some(value) = value else { continue };
+            self.rows.push(DriftRow {
+                ts_ms: self.ts_ms,
+                reported_ms: self.reported_ms,
+                evidence: self.evidence,
+                kind,
+                subject: subject.to_string(),
+                scenario: scenario.map(str::to_string),
+                statistic,
+                value,
+                threshold: bands.map(|t| t.0),
+                critical: bands.map(|t| t.1),
+                n: i64::try_from(n).unwrap_or(i64::MAX),
+            });
+        }
     }
 }
 
 fn feature_rows(add: &mut RowSink<'_>, f: &FeatureDrift, c: &DriftConfig) {
-    let k = DriftKind::DataDrift;
     let n = f.n_current as u64;
-    let name = f.feature.as_str();
     let p_bands = Some((c.p_value_warning, c.p_value_critical));
-    if f.categorical {
-        add.add(
-            k,
-            name,
-            None,
-            "js",
-            f.js,
-            Some((c.js_warning, c.js_critical)),
-            n,
-        );
-        add.add(k, name, None, "chi2_p_value", f.chi2_p_value, None, n);
-    } else {
-        let psi_bands = Some((c.psi_warning, c.psi_critical));
-        add.add(k, name, None, "psi", f.psi, psi_bands, n);
-        add.add(k, name, None, "ks_statistic", f.ks_statistic, None, n);
-        add.add(k, name, None, "ks_p_value", f.ks_p_value, None, n);
-        add.add(
-            k,
-            name,
-            None,
-            "wasserstein_norm",
-            f.wasserstein_norm,
-            None,
-            n,
-        );
-    }
     // The corrected p-value: the decision on small windows, the significance gate of
     // the effect size on large ones.
-    let corrected = if f.categorical {
-        "chi2_p_corrected"
+    let deff = ("design_effect", Some(f.design_effect), None);
+    let stats: &[Stat] = if f.categorical {
+        &[
+            ("js", f.js, Some((c.js_warning, c.js_critical))),
+            ("chi2_p_value", f.chi2_p_value, None),
+            ("chi2_p_corrected", f.p_corrected, p_bands),
+            deff,
+        ]
     } else {
-        "ks_p_corrected"
+        &[
+            ("psi", f.psi, Some((c.psi_warning, c.psi_critical))),
+            ("ks_statistic", f.ks_statistic, None),
+            ("ks_p_value", f.ks_p_value, None),
+            ("wasserstein_norm", f.wasserstein_norm, None),
+            ("ks_p_corrected", f.p_corrected, p_bands),
+            deff,
+        ]
     };
-    add.add(k, name, None, corrected, f.p_corrected, p_bands, n);
-    add.add(
-        k,
-        name,
-        None,
-        "design_effect",
-        Some(f.design_effect),
-        None,
-        n,
-    );
+    add.add(DriftKind::DataDrift, &f.feature, None, n, stats);
 }
 
 fn scenario_rows(add: &mut RowSink<'_>, s: &ScenarioDrift, c: &DriftConfig) {
     let o = &s.outcomes;
     let sc = Some(s.scenario.as_str());
-    let ctr = s.label;
-    let (label, prediction) = (DriftKind::LabelDrift, DriftKind::PredictionDrift);
     let rate_bands = Some((c.rate_z_warning, c.rate_z_critical));
-    add.add(label, ctr, sc, "rate", s.ctr, None, o.impressions);
+    let label = DriftKind::LabelDrift;
     add.add(
         label,
-        ctr,
+        s.label,
         sc,
-        "reference_rate",
-        s.reference_ctr,
-        None,
         o.impressions,
+        &[
+            ("rate", s.ctr, None),
+            ("reference_rate", s.reference_ctr, None),
+            ("rate_z", s.ctr_z, rate_bands),
+        ],
     );
-    add.add(label, ctr, sc, "rate_z", s.ctr_z, rate_bands, o.impressions);
-    add.add(label, "cvr", sc, "rate", s.cvr, None, o.clicks);
     add.add(
         label,
         "cvr",
         sc,
-        "reference_rate",
-        s.reference_cvr,
-        None,
         o.clicks,
+        &[
+            ("rate", s.cvr, None),
+            ("reference_rate", s.reference_cvr, None),
+            ("rate_z", s.cvr_z, rate_bands),
+        ],
     );
-    add.add(label, "cvr", sc, "rate_z", s.cvr_z, rate_bands, o.clicks);
-    let gap_bands = Some((c.gap_z_warning, c.gap_z_critical));
     add.add(
-        prediction,
-        ctr,
+        DriftKind::PredictionDrift,
+        s.label,
         sc,
-        "mean_p_click",
-        s.mean_p_click,
-        None,
         o.scored,
-    );
-    add.add(prediction, ctr, sc, "ctr_gap", s.ctr_gap, None, o.scored);
-    add.add(
-        prediction,
-        ctr,
-        sc,
-        "ctr_gap_z",
-        s.ctr_gap_z,
-        gap_bands,
-        o.scored,
+        &[
+            ("mean_p_click", s.mean_p_click, None),
+            ("ctr_gap", s.ctr_gap, None),
+            (
+                "ctr_gap_z",
+                s.ctr_gap_z,
+                Some((c.gap_z_warning, c.gap_z_critical)),
+            ),
+        ],
     );
 }
 
 fn task_rows(add: &mut RowSink<'_>, t: &TaskQuality, c: &DriftConfig) {
-    let k = DriftKind::ModelQuality;
-    let n = t.examples as u64;
-    let task = t.task.as_str();
-    let increase = Some((c.loss_increase_warning, c.loss_increase_critical));
     let ph = c.page_hinkley.threshold;
-    add.add(k, task, None, "mean_loss", t.mean_loss, None, n);
     add.add(
-        k,
-        task,
+        DriftKind::ModelQuality,
+        &t.task,
         None,
-        "adwin_increase",
-        Some(t.adwin_increase),
-        increase,
-        n,
-    );
-    add.add(
-        k,
-        task,
-        None,
-        "adwin_estimation",
-        Some(t.adwin_estimation),
-        None,
-        n,
-    );
-    let ph_stat = Some(t.page_hinkley_statistic);
-    add.add(
-        k,
-        task,
-        None,
-        "page_hinkley_statistic",
-        ph_stat,
-        Some((ph, ph)),
-        n,
-    );
-    let detections = Some(t.page_hinkley_detections as f64);
-    add.add(
-        k,
-        task,
-        None,
-        "page_hinkley_detections",
-        detections,
-        None,
-        n,
+        t.examples as u64,
+        &[
+            ("mean_loss", t.mean_loss, None),
+            (
+                "adwin_increase",
+                Some(t.adwin_increase),
+                Some((c.loss_increase_warning, c.loss_increase_critical)),
+            ),
+            ("adwin_estimation", Some(t.adwin_estimation), None),
+            (
+                "page_hinkley_statistic",
+                Some(t.page_hinkley_statistic),
+                Some((ph, ph)),
+            ),
+            (
+                "page_hinkley_detections",
+                Some(t.page_hinkley_detections as f64),
+                None,
+            ),
+        ],
     );
 }
 
@@ -762,14 +711,8 @@ pub fn alerts_batch(reported_ms: i64, alerts: &[AlertEvent]) -> Result<RecordBat
         micros(alerts.iter().map(|_| reported_ms)),
         micros(alerts.iter().map(|a| a.first_window_ms)),
         text(|a| a.id.as_str()),
-        text(|a| match a.state {
-            AlertState::Firing => "firing",
-            AlertState::Resolved => "resolved",
-        }),
-        text(|a| match a.severity {
-            shopstream_trainer::drift::Severity::Warning => "warning",
-            shopstream_trainer::drift::Severity::Critical => "critical",
-        }),
+        text(|a| a.state.as_str()),
+        text(|a| a.severity.as_str()),
         text(|a| a.kind.as_str()),
         text(|a| a.subject.as_str()),
         Arc::new(StringArray::from_iter(

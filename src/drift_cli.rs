@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use shopstream::drift::{Arrival, DriftStage};
 use shopstream::drift_report::{self, ReportOptions, format_ms};
+use shopstream::ms;
 use shopstream_config::Config;
 use shopstream_features::FeaturePipeline;
 use shopstream_ingest::event::Millis;
@@ -79,16 +80,12 @@ pub struct BenchArgs {
 }
 
 pub fn report_cmd(config: &Config, args: ReportArgs) -> Result<()> {
-    let root = args.store.unwrap_or_else(|| config.store.path.clone());
-    let secs = config
-        .pipeline
-        .click_window_secs
-        .saturating_add(config.pipeline.attribution_window_secs);
+    let root = crate::store_cli::root(config, args.store);
     let options = ReportOptions {
         root: root.clone(),
         from_ms: args.from,
         to_ms: args.to,
-        metrics_shift_ms: i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+        metrics_shift_ms: ms(config.pipeline.label_maturity_secs()),
     };
     let data = drift_report::load(&options)
         .with_context(|| format!("cannot make the drift report from {}", root.display()))?;
@@ -159,22 +156,6 @@ fn expected(kind: DriftKind) -> &'static [&'static str] {
     }
 }
 
-fn to_kind(arg: crate::DriftArg) -> DriftKind {
-    match arg {
-        crate::DriftArg::PriceShock => DriftKind::PriceShock,
-        crate::DriftArg::NewCohort => DriftKind::NewCohort,
-        crate::DriftArg::CtrShift => DriftKind::CtrShift,
-    }
-}
-
-fn kind_name(kind: DriftKind) -> &'static str {
-    match kind {
-        DriftKind::PriceShock => "price_shock",
-        DriftKind::NewCohort => "new_cohort",
-        DriftKind::CtrShift => "ctr_shift",
-    }
-}
-
 /// Generator -> features -> model -> drift stage, exactly as the job wires them, minus
 /// Kafka and the store.
 /// What one in-process run saw.
@@ -185,14 +166,28 @@ struct Run {
     windows: u64,
 }
 
+impl Run {
+    /// The firing events raised.
+    fn firing(&self) -> Vec<&Raised> {
+        self.raised
+            .iter()
+            .filter(|r| r.event.state == AlertState::Firing)
+            .collect()
+    }
+}
+
+/// One run; with `rows_dir`, every drift row goes to `<rows_dir>/<name>.csv`.
 fn run_one(
     config: &Config,
     sessions_per_sec: Option<f64>,
     seed: u64,
     duration: Millis,
     drift: Option<(Millis, DriftKind)>,
-    mut rows: Option<&mut dyn std::io::Write>,
+    rows_dir: Option<&PathBuf>,
+    name: &str,
 ) -> Result<Run> {
+    let mut csv = rows_file(rows_dir, name)?;
+    let mut rows = csv.as_mut().map(|w| w as &mut dyn std::io::Write);
     let options = GeneratorOptions {
         seed,
         start_ms: DEFAULT_START_MS,
@@ -301,17 +296,11 @@ pub fn bench_cmd(config: &Config, args: BenchArgs) -> Result<()> {
     if args.seeds.is_empty() {
         bail!("give at least one --seed");
     }
-    let window_ms = i64::try_from(config.pipeline.window_secs.saturating_mul(1000))
-        .unwrap_or(i64::MAX)
-        .max(1);
+    let window_ms = ms(config.pipeline.window_secs).max(1);
     let kinds: Vec<DriftKind> = if args.kinds.is_empty() {
-        vec![
-            DriftKind::PriceShock,
-            DriftKind::NewCohort,
-            DriftKind::CtrShift,
-        ]
+        DriftKind::ALL.to_vec()
     } else {
-        args.kinds.iter().map(|k| to_kind(*k)).collect()
+        args.kinds.iter().map(|k| DriftKind::from(*k)).collect()
     };
     let started = std::time::Instant::now();
     let mut results = Vec::new();
@@ -326,33 +315,24 @@ pub fn bench_cmd(config: &Config, args: BenchArgs) -> Result<()> {
             .unwrap_or(GeneratorOptions::default().sessions_per_sec),
         config.pipeline.window_secs,
         config.drift.fire_after_windows,
-        (config.pipeline.click_window_secs + config.pipeline.attribution_window_secs) / 60
+        config.pipeline.label_maturity_secs() / 60
     );
     for &seed in &args.seeds {
         for &kind in &kinds {
             let onset = DEFAULT_START_MS + args.onset;
             let onset_window = onset.div_euclid(window_ms) * window_ms;
             let duration = args.onset + args.after;
-            let mut csv = rows_file(
-                args.rows_dir.as_ref(),
-                &format!("{}-seed{seed}", kind_name(kind)),
-            )?;
-            let Run {
-                raised,
-                impressions,
-                windows,
-            } = run_one(
+            let run = run_one(
                 config,
                 args.sessions_per_sec,
                 seed,
                 duration,
                 Some((onset, kind)),
-                csv.as_mut().map(|w| w as &mut dyn std::io::Write),
+                args.rows_dir.as_ref(),
+                &format!("{}-seed{seed}", kind.as_str()),
             )?;
-            let firing: Vec<&Raised> = raised
-                .iter()
-                .filter(|r| r.event.state == AlertState::Firing)
-                .collect();
+            let (impressions, windows) = (run.impressions, run.windows);
+            let firing = run.firing();
             let before = firing
                 .iter()
                 .filter(|r| r.event.window_start_ms < onset_window)
@@ -383,7 +363,7 @@ pub fn bench_cmd(config: &Config, args: BenchArgs) -> Result<()> {
             println!();
             println!(
                 "{} (seed {seed}): onset {} UTC, window {}; {} windows, {} impressions",
-                kind_name(kind),
+                kind.as_str(),
                 format_ms(onset),
                 format_ms(onset_window),
                 windows,
@@ -412,14 +392,11 @@ pub fn bench_cmd(config: &Config, args: BenchArgs) -> Result<()> {
             println!("  firing alerts from the onset on (evidence window: subject):");
             for r in after.iter().take(25) {
                 println!(
-                    "    onset+{:<3} (reported onset+{:<3}) {:<40} {} {} = {}",
+                    "    onset+{:<3} (reported onset+{:<3}) {:<40} {:<8} {} = {}",
                     delay(r.event.window_start_ms),
                     delay(r.reported_ms),
                     describe(r),
-                    match r.event.severity {
-                        shopstream_trainer::drift::Severity::Warning => "warning ",
-                        shopstream_trainer::drift::Severity::Critical => "critical",
-                    },
+                    r.event.severity.as_str(),
                     r.event.statistic,
                     drift_report::format_value(r.event.value)
                 );
@@ -433,7 +410,7 @@ pub fn bench_cmd(config: &Config, args: BenchArgs) -> Result<()> {
             );
             results.push(RunResult {
                 seed,
-                kind: Some(kind_name(kind)),
+                kind: Some(kind.as_str()),
                 hours: duration as f64 / 3_600_000.0,
                 windows,
                 impressions,
@@ -446,23 +423,17 @@ pub fn bench_cmd(config: &Config, args: BenchArgs) -> Result<()> {
             });
         }
         if !args.no_stationary {
-            let mut csv = rows_file(args.rows_dir.as_ref(), &format!("stationary-seed{seed}"))?;
-            let Run {
-                raised,
-                impressions,
-                windows,
-            } = run_one(
+            let run = run_one(
                 config,
                 args.sessions_per_sec,
                 seed,
                 args.stationary,
                 None,
-                csv.as_mut().map(|w| w as &mut dyn std::io::Write),
+                args.rows_dir.as_ref(),
+                &format!("stationary-seed{seed}"),
             )?;
-            let firing: Vec<&Raised> = raised
-                .iter()
-                .filter(|r| r.event.state == AlertState::Firing)
-                .collect();
+            let (impressions, windows) = (run.impressions, run.windows);
+            let firing = run.firing();
             let hours = args.stationary as f64 / 3_600_000.0;
             println!();
             println!(

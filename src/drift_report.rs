@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
 use arrow::record_batch::RecordBatch;
-use shopstream_sinks::store::StoreError;
+use shopstream_sinks::store::{StoreError, partition_start_ms};
 use shopstream_trainer::drift::EARLY_CTR;
 
 /// What to read.
@@ -127,12 +127,14 @@ pub struct Bands {
 }
 
 impl Default for Bands {
+    /// The thresholds of the default `[drift]` configuration.
     fn default() -> Self {
+        let c = shopstream_config::DriftConfig::default();
         Self {
-            psi: (0.1, 0.2),
-            js: (0.1, 0.2),
-            rate_z: (3.0, 5.0),
-            gap_z: (3.0, 5.0),
+            psi: (c.psi_warning, c.psi_critical),
+            js: (c.js_warning, c.js_critical),
+            rate_z: (c.rate_z_warning, c.rate_z_critical),
+            gap_z: (c.gap_z_warning, c.gap_z_critical),
         }
     }
 }
@@ -166,15 +168,6 @@ pub struct ReportData {
     pub bands: Bands,
     /// Distinct windows with drift rows.
     pub drift_windows: usize,
-}
-
-/// Start of the hour partition named in `relative` (`date=YYYY-MM-DD/hour=HH/…`).
-fn partition_start_ms(relative: &str) -> Option<i64> {
-    let mut parts = relative.split('/');
-    let date = parts.next()?.strip_prefix("date=")?;
-    let hour: u32 = parts.next()?.strip_prefix("hour=")?.parse().ok()?;
-    let date = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
-    Some(date.and_hms_opt(hour, 0, 0)?.and_utc().timestamp_millis())
 }
 
 const HOUR_MS: i64 = 3_600_000;
@@ -815,6 +808,23 @@ fn series_of(map: &BTreeMap<String, Series>) -> Vec<(&str, &Series)> {
     map.iter().map(|(k, v)| (k.as_str(), v)).collect()
 }
 
+/// The warning and critical lines of a chart, labelled `"{label} {value}"`.
+fn band_lines(
+    (warning, critical): (f64, f64),
+    (warning_label, critical_label): (&str, &str),
+) -> Vec<(f64, String)> {
+    vec![
+        (
+            warning,
+            format!("{warning_label} {}", format_value(warning)),
+        ),
+        (
+            critical,
+            format!("{critical_label} {}", format_value(critical)),
+        ),
+    ]
+}
+
 /// One chart per feature of an effect-size statistic (PSI, Jensen-Shannon), with its
 /// warning and critical bands and the data-drift alerts of that feature marked.
 /// `labels`: (series label, chart note, text when there are no values).
@@ -823,7 +833,7 @@ fn feature_charts(
     data: &ReportData,
     values: &BTreeMap<String, Series>,
     labels: (&str, &str, &str),
-    (warning, critical): (f64, f64),
+    bands: (f64, f64),
 ) {
     let (series_label, note, empty) = labels;
     if values.is_empty() {
@@ -834,10 +844,7 @@ fn feature_charts(
             title: feature.clone(),
             note: note.into(),
             series: vec![(series_label, series)],
-            bands: vec![
-                (warning, format!("warning {}", format_value(warning))),
-                (critical, format!("critical {}", format_value(critical))),
-            ],
+            bands: band_lines(bands, ("warning", "critical")),
             symmetric: false,
             from_zero: true,
             markers: markers(&data.alerts, |a| concerns(a, "data_drift", &[feature])),
@@ -922,10 +929,7 @@ pub fn render(data: &ReportData) -> String {
         title: "Click rate vs reference".into(),
         note: "matured labels; two-proportion z, design-effect corrected".into(),
         series: series_of(&data.ctr_z),
-        bands: vec![
-            (b.rate_z.0, format!("|z| {}", format_value(b.rate_z.0))),
-            (b.rate_z.1, format!("|z| {}", format_value(b.rate_z.1))),
-        ],
+        bands: band_lines(b.rate_z, ("|z|", "|z|")),
         symmetric: true,
         from_zero: false,
         markers: markers(&data.alerts, |a| {
@@ -948,10 +952,7 @@ pub fn render(data: &ReportData) -> String {
         title: "Calibration gap".into(),
         note: "z of observed minus predicted clicks".into(),
         series: series_of(&data.gap_z),
-        bands: vec![
-            (b.gap_z.0, format!("|z| {}", format_value(b.gap_z.0))),
-            (b.gap_z.1, format!("|z| {}", format_value(b.gap_z.1))),
-        ],
+        bands: band_lines(b.gap_z, ("|z|", "|z|")),
         symmetric: true,
         from_zero: false,
         markers: markers(&data.alerts, |a| a.kind == "prediction_drift"),
@@ -978,11 +979,8 @@ pub fn render(data: &ReportData) -> String {
         title: "Log loss".into(),
         note: "mean per example".into(),
         series: series_of(&data.log_loss),
-        bands: Vec::new(),
-        symmetric: false,
         from_zero: true,
-        markers: markers(&data.alerts, |a| a.kind == "model_quality"),
-        wide: false,
+        ..auc
     };
     render_chart(&mut out, &loss, from, to);
     out.push_str("</div>");

@@ -5,6 +5,7 @@
 //! - `/readyz`: 200 once the job has drained its input backlog at least once and its
 //!   consumer lag is within `http.ready_max_lag`, else 503.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,7 +34,7 @@ pub struct Telemetry {
     pub drift: crate::drift::DriftGauges,
     /// Messages behind each input partition's high watermark (librdkafka statistics,
     /// every 5 s).
-    pub consumer_lag: std::collections::BTreeMap<(shopstream_ingest::event::InputTopic, i32), i64>,
+    pub consumer_lag: BTreeMap<(shopstream_ingest::event::InputTopic, i32), i64>,
 }
 
 /// Binds `listen` and serves until `cancel`; returns the bound address.
@@ -103,18 +104,12 @@ fn respond(path: &str, t: &Telemetry) -> (&'static str, &'static str, String) {
 pub fn render(t: &Telemetry) -> String {
     let s = &t.summary;
     let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+    let mut family = |name: &str, kind: &str, help: &str, samples: Samples| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (labels, value) in samples {
             let _ = writeln!(out, "{name}{labels} {value}");
         }
     };
-    let per = |label: &str, m: &std::collections::BTreeMap<String, u64>| -> Vec<(String, f64)> {
-        m.iter()
-            .map(|(k, v)| (format!("{{{label}=\"{k}\"}}"), *v as f64))
-            .collect()
-    };
-    let one = |v: f64| vec![(String::new(), v)];
     family(
         "shopstream_events_consumed_total",
         "counter",
@@ -193,27 +188,17 @@ pub fn render(t: &Telemetry) -> String {
         "Examples written per second of wall time, over the run.",
         one(s.examples_written as f64 / (s.elapsed_ms.max(1) as f64 / 1000.0)),
     );
-    let l = &s.prediction_latency;
     family(
         "shopstream_prediction_latency_seconds",
         "summary",
         "Consume-to-producer latency of predictions.",
-        vec![
-            ("{quantile=\"0.5\"}".to_string(), l.p50_us as f64 / 1e6),
-            ("{quantile=\"0.99\"}".to_string(), l.p99_us as f64 / 1e6),
-            ("_count".to_string(), l.count as f64),
-        ],
+        quantiles(&s.prediction_latency),
     );
-    let w = &s.window_processing;
     family(
         "shopstream_window_processing_seconds",
         "summary",
         "Time spent on each closed window: features, training, drift, store writes.",
-        vec![
-            ("{quantile=\"0.5\"}".to_string(), w.p50_us as f64 / 1e6),
-            ("{quantile=\"0.99\"}".to_string(), w.p99_us as f64 / 1e6),
-            ("_count".to_string(), w.count as f64),
-        ],
+        quantiles(&s.window_processing),
     );
     family(
         "shopstream_consumer_lag_messages",
@@ -293,6 +278,56 @@ pub fn render(t: &Telemetry) -> String {
     out
 }
 
+/// Samples of one family: (label set or name suffix, value).
+type Samples = Vec<(String, f64)>;
+
+/// The single unlabelled sample of a family.
+fn one(value: f64) -> Samples {
+    vec![(String::new(), value)]
+}
+
+/// A value of a labelled metric map.
+trait SampleValue: Copy {
+    fn sample(self) -> f64;
+}
+
+impl SampleValue for u64 {
+    fn sample(self) -> f64 {
+        self as f64
+    }
+}
+
+impl SampleValue for f64 {
+    fn sample(self) -> f64 {
+        self
+    }
+}
+
+/// One sample per entry of `m`, labelled `{label="key"}` (key escaped: the counters' keys,
+/// topic and reason names, need none; feature names might).
+fn per<V: SampleValue>(label: &str, m: &BTreeMap<String, V>) -> Samples {
+    m.iter()
+        .map(|(k, v)| (format!("{{{label}=\"{}\"}}", esc(k)), v.sample()))
+        .collect()
+}
+
+/// One sample per entry of `m`, labelled `{l1="key.0",l2="key.1"}`.
+fn per2(l1: &str, l2: &str, m: &BTreeMap<(String, String), f64>) -> Samples {
+    m.iter()
+        .map(|((a, b), v)| (format!("{{{l1}=\"{}\",{l2}=\"{}\"}}", esc(a), esc(b)), *v))
+        .collect()
+}
+
+/// A summary family of a latency histogram: median and 99th percentile in seconds, and
+/// the count.
+fn quantiles(p: &crate::latency::Percentiles) -> Samples {
+    vec![
+        ("{quantile=\"0.5\"}".to_string(), p.p50_us as f64 / 1e6),
+        ("{quantile=\"0.99\"}".to_string(), p.p99_us as f64 / 1e6),
+        ("_count".to_string(), p.count as f64),
+    ]
+}
+
 /// A Prometheus label value: backslash, double quote and newline escaped.
 fn esc(value: &str) -> String {
     value
@@ -302,89 +337,48 @@ fn esc(value: &str) -> String {
 }
 
 /// The drift families (see `docs/drift.md` and `deploy/prometheus/shopstream-alerts.yml`).
-fn render_drift(
-    d: &crate::drift::DriftGauges,
-    family: &mut impl FnMut(&str, &str, &str, Vec<(String, f64)>),
-) {
+fn render_drift(d: &crate::drift::DriftGauges, family: &mut impl FnMut(&str, &str, &str, Samples)) {
     family(
         "shopstream_feature_psi",
         "gauge",
         "Population stability index of a continuous feature, latest window vs reference.",
-        d.feature_psi
-            .iter()
-            .map(|(f, v)| (format!("{{feature=\"{}\"}}", esc(f)), *v))
-            .collect(),
+        per("feature", &d.feature_psi),
     );
     family(
         "shopstream_feature_js",
         "gauge",
         "Jensen-Shannon distance of a categorical feature, latest window vs reference.",
-        d.feature_js
-            .iter()
-            .map(|(f, v)| (format!("{{feature=\"{}\"}}", esc(f)), *v))
-            .collect(),
+        per("feature", &d.feature_js),
     );
     family(
         "shopstream_feature_drift_pvalue",
         "gauge",
         "p-value of the feature's KS or chi-squared test after the design-effect correction.",
-        d.feature_pvalue
-            .iter()
-            .map(|((f, s), v)| {
-                (
-                    format!("{{feature=\"{}\",statistic=\"{}\"}}", esc(f), esc(s)),
-                    *v,
-                )
-            })
-            .collect(),
+        per2("feature", "statistic", &d.feature_pvalue),
     );
     family(
         "shopstream_label_rate_z",
         "gauge",
         "z of a label rate (ctr, cvr; early_ctr: click events per impression on arrival) per scenario vs the reference, design-effect corrected.",
-        d.label_rate_z
-            .iter()
-            .map(|((s, l), v)| {
-                (
-                    format!("{{scenario=\"{}\",label=\"{}\"}}", esc(s), esc(l)),
-                    *v,
-                )
-            })
-            .collect(),
+        per2("scenario", "label", &d.label_rate_z),
     );
     family(
         "shopstream_prediction_gap_z",
         "gauge",
         "z of observed minus predicted clicks per scenario on matured examples (calibration gap; label ctr).",
-        d.prediction_gap_z
-            .iter()
-            .map(|((s, l), v)| {
-                (
-                    format!("{{scenario=\"{}\",label=\"{}\"}}", esc(s), esc(l)),
-                    *v,
-                )
-            })
-            .collect(),
+        per2("scenario", "label", &d.prediction_gap_z),
     );
     family(
         "shopstream_model_loss_drift",
         "gauge",
         "Model-quality detectors per task: adwin = relative loss increase, page_hinkley = statistic over its threshold.",
-        d.model_loss_drift
-            .iter()
-            .map(|((t, k), v)| {
-                (
-                    format!("{{task=\"{}\",detector=\"{}\"}}", esc(t), esc(k)),
-                    *v,
-                )
-            })
-            .collect(),
+        per2("task", "detector", &d.model_loss_drift),
     );
     family(
         "shopstream_alerts_firing",
         "gauge",
         "Drift alerts open now.",
-        vec![(String::new(), d.firing.len() as f64)],
+        one(d.firing.len() as f64),
     );
     family(
         "shopstream_alert_firing",
@@ -393,10 +387,7 @@ fn render_drift(
         d.firing
             .iter()
             .map(|a| {
-                let severity = match a.severity {
-                    shopstream_trainer::drift::Severity::Warning => "warning",
-                    shopstream_trainer::drift::Severity::Critical => "critical",
-                };
+                let severity = a.severity.as_str();
                 (
                     format!(
                         "{{kind=\"{}\",subject=\"{}\",scenario=\"{}\",severity=\"{severity}\"}}",
@@ -427,25 +418,25 @@ fn render_drift(
         "shopstream_alerts_published_total",
         "counter",
         "Drift alert events acknowledged by the broker on the alerts topic.",
-        vec![(String::new(), d.alerts_published as f64)],
+        one(d.alerts_published as f64),
     );
     family(
         "shopstream_webhook_deliveries_total",
         "counter",
         "Drift alert events the webhook accepted.",
-        vec![(String::new(), d.webhook_delivered as f64)],
+        one(d.webhook_delivered as f64),
     );
     family(
         "shopstream_webhook_failures_total",
         "counter",
         "Drift alert events the webhook did not accept (retries exhausted, refused, queue full).",
-        vec![(String::new(), d.webhook_failures as f64)],
+        one(d.webhook_failures as f64),
     );
     family(
         "shopstream_drift_windows_total",
         "counter",
         "Windows observed by the drift monitors (arrival and matured).",
-        vec![(String::new(), d.windows as f64)],
+        one(d.windows as f64),
     );
 }
 

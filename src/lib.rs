@@ -22,7 +22,7 @@ pub mod recovery;
 pub mod webhook;
 
 /// Seconds of configuration as epoch milliseconds, saturating.
-pub(crate) fn ms(secs: u64) -> i64 {
+pub fn ms(secs: u64) -> i64 {
     i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 

@@ -205,6 +205,16 @@ enum DriftArg {
     CtrShift,
 }
 
+impl From<DriftArg> for DriftKind {
+    fn from(arg: DriftArg) -> Self {
+        match arg {
+            DriftArg::PriceShock => DriftKind::PriceShock,
+            DriftArg::NewCohort => DriftKind::NewCohort,
+            DriftArg::CtrShift => DriftKind::CtrShift,
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 struct GenerateArgs {
     #[command(flatten)]
@@ -385,9 +395,14 @@ async fn run(config: Config, args: RunArgs) -> Result<()> {
             bound.as_secs()
         ),
     };
-    let json = serde_json::to_string_pretty(&summary)?;
-    if let Some(path) = args.summary_json {
-        std::fs::write(&path, &json).with_context(|| format!("cannot write {}", path.display()))?;
+    print_summary(&summary, args.summary_json.as_deref())
+}
+
+/// Prints a run summary as pretty JSON, and writes it to `path` too if given.
+fn print_summary(summary: &pipeline::RunSummary, path: Option<&std::path::Path>) -> Result<()> {
+    let json = serde_json::to_string_pretty(summary)?;
+    if let Some(path) = path {
+        std::fs::write(path, &json).with_context(|| format!("cannot write {}", path.display()))?;
     }
     println!("{json}");
     Ok(())
@@ -410,12 +425,7 @@ fn generator_options(t: &TrafficArgs) -> Result<GeneratorOptions> {
                 Some(offset) => start_ms + parse_duration_ms(offset).map_err(anyhow::Error::msg)?,
                 None => parse_ts_ms(at).map_err(anyhow::Error::msg)?,
             };
-            let kind = match kind {
-                DriftArg::PriceShock => DriftKind::PriceShock,
-                DriftArg::NewCohort => DriftKind::NewCohort,
-                DriftArg::CtrShift => DriftKind::CtrShift,
-            };
-            Some((at, kind))
+            Some((at, DriftKind::from(kind)))
         }
         _ => None,
     };

@@ -20,7 +20,7 @@ use std::future::Future;
 
 use serde::Serialize;
 use shopstream_config::Config;
-use shopstream_features::{EXAMPLES_SCHEMA_VERSION, FeaturePipeline, WindowOutput, examples_batch};
+use shopstream_features::{FeaturePipeline, WindowOutput, examples_batch, examples_metadata};
 use shopstream_ingest::clean::{Admission, CleanLimits, Cleaner, Resolution};
 use shopstream_ingest::decode::{DecodeLimits, Reason, Rejection};
 use shopstream_ingest::event::InputTopic;
@@ -407,8 +407,8 @@ pub async fn run_observed(
         progress,
         telemetry: telemetry_tx,
         http_addr,
-        ready: false,
         drained_once: false,
+        compacted_hours: None,
         started,
         latency: Default::default(),
         held: BTreeMap::new(),
@@ -580,8 +580,8 @@ struct Processor<'a> {
     http_addr: Option<std::net::SocketAddr>,
     /// The input backlog has been drained at least once.
     drained_once: bool,
-    /// Drained once and the consumer lag within `http.ready_max_lag`.
-    ready: bool,
+    /// Hour (since the epoch) of the last `settled` bound compacted up to.
+    compacted_hours: Option<i64>,
     /// When the run started.
     started: std::time::Instant,
     latency: crate::latency::Histogram,
@@ -768,21 +768,15 @@ impl Processor<'_> {
         if let Some(row) = self.features.serving_row(&meta, &event) {
             self.summary.impressions += 1;
             let prediction = self.trainer.predict(&row, self.features.watermark());
-            let json = serde_json::to_vec(&prediction)
-                .map_err(|e| PipelineError::Internal(format!("prediction JSON: {e}")))?;
-            // A replay rebuilds the store; the live run published the predictions.
-            if self.replay.is_none() {
-                self.publisher
-                    .send(
-                        TAG_PREDICTION,
-                        &self.config.topics.predictions,
-                        row.event_id.as_bytes(),
-                        &json,
-                        Some(row.ts),
-                        None,
-                    )
-                    .await?;
-            }
+            let topic = &self.config.topics.predictions;
+            self.publish_json(
+                TAG_PREDICTION,
+                topic,
+                row.event_id.as_bytes(),
+                &prediction,
+                row.ts,
+            )
+            .await?;
             self.latency.record(received.elapsed());
         }
         // Taken before the event moves into the features stage; counted once it is in.
@@ -960,17 +954,19 @@ impl Processor<'_> {
     /// input is drained.
     fn publish_progress(&mut self, drained: bool) {
         let consumed: u64 = self.summary.consumed.values().sum();
-        // Ready: the backlog has been drained once and the lag is within bounds (the lag
-        // comes from the consumer's statistics every few seconds; none yet counts as 0).
-        let lag: i64 = self
-            .consumer_lag
-            .lock()
-            .map(|lag| lag.values().sum())
-            .unwrap_or(0);
         self.drained_once |= drained;
-        self.ready =
-            self.drained_once && u64::try_from(lag).unwrap_or(0) <= self.config.http.ready_max_lag;
         if drained || consumed.is_multiple_of(1024) {
+            let consumer_lag = self
+                .consumer_lag
+                .lock()
+                .map(|lag| lag.clone())
+                .unwrap_or_default();
+            // Ready: the backlog has been drained once and the lag is within bounds (the
+            // lag comes from the consumer's statistics every few seconds; none yet counts
+            // as 0).
+            let lag: i64 = consumer_lag.values().sum();
+            let ready = self.drained_once
+                && u64::try_from(lag).unwrap_or(0) <= self.config.http.ready_max_lag;
             let progress = Progress {
                 consumed,
                 impressions: self.summary.impressions,
@@ -982,7 +978,8 @@ impl Processor<'_> {
                 *p = progress;
                 changed
             });
-            let summary = self.snapshot();
+            let drift = self.drift_gauges();
+            let summary = self.snapshot_with(&drift);
             let telemetry = Telemetry {
                 watermark_ms: self.features.watermark(),
                 acknowledged: (
@@ -991,21 +988,44 @@ impl Processor<'_> {
                 ),
                 summary,
                 pending_examples: self.features.pending_examples(),
-                ready: self.ready,
-                drift: self.drift_gauges(),
-                consumer_lag: self
-                    .consumer_lag
-                    .lock()
-                    .map(|lag| lag.clone())
-                    .unwrap_or_default(),
+                ready,
+                drift,
+                consumer_lag,
             };
             let _ = self.telemetry.send(Arc::new(telemetry));
         }
     }
 
+    /// Publishes `value` as JSON to `topic`, keyed by `key`, with timestamp `ts_ms`;
+    /// nothing (not even the encoding) in a replay, which rebuilds the store: the live run
+    /// published what the output topics hold.
+    async fn publish_json(
+        &mut self,
+        tag: &'static str,
+        topic: &str,
+        key: &[u8],
+        value: &impl serde::Serialize,
+        ts_ms: i64,
+    ) -> Result<(), PipelineError> {
+        if self.replay.is_some() {
+            return Ok(());
+        }
+        let json = serde_json::to_vec(value)
+            .map_err(|e| PipelineError::Internal(format!("{tag} JSON: {e}")))?;
+        self.publisher
+            .send(tag, topic, key, &json, Some(ts_ms), None)
+            .await?;
+        Ok(())
+    }
+
     /// The run summary as of now: the counters plus the figures kept elsewhere (latency,
     /// model, broker acknowledgements, elapsed time).
     fn snapshot(&self) -> RunSummary {
+        self.snapshot_with(&self.drift_gauges())
+    }
+
+    /// [`Processor::snapshot`] with the drift gauges already at hand.
+    fn snapshot_with(&self, drift: &crate::drift::DriftGauges) -> RunSummary {
         let delivered = self.publisher.delivered();
         let mut summary = self.summary.clone();
         summary.prediction_latency = self.latency.percentiles();
@@ -1015,7 +1035,7 @@ impl Processor<'_> {
         summary.trained_examples = self.trainer.trained_examples();
         summary.predictions_published = delivered.get(TAG_PREDICTION).copied().unwrap_or(0);
         summary.dead_letters_published = delivered.get(TAG_DEAD_LETTER).copied().unwrap_or(0);
-        summary.drift = self.drift_gauges().summary();
+        summary.drift = drift.summary();
         summary
     }
 
@@ -1170,11 +1190,7 @@ impl Processor<'_> {
         }
         // Prequential: the window's examples are scored before the model trains on them;
         // the drift monitors see those scores.
-        let (mut metrics, outputs) = if output.examples.is_empty() {
-            (WindowMetrics::default(), Vec::new())
-        } else {
-            self.trainer.train_window_scored(&output.examples)
-        };
+        let (mut metrics, outputs) = self.trainer.train_window_scored(&output.examples);
         self.observe_drift(&output, &outputs, write).await?;
         if output.examples.is_empty() {
             return Ok(());
@@ -1186,16 +1202,7 @@ impl Processor<'_> {
             return Ok(());
         }
         let batch = examples_batch(&output.examples)?;
-        let metadata = BTreeMap::from([
-            (
-                "shopstream.schema_version".to_string(),
-                EXAMPLES_SCHEMA_VERSION.to_string(),
-            ),
-            (
-                "shopstream.window_end_ms".to_string(),
-                output.end.to_string(),
-            ),
-        ]);
+        let metadata = examples_metadata(output.start, output.end);
         let written = self
             .write_table("examples", output.start, batch, metadata)
             .await?;
@@ -1225,7 +1232,14 @@ impl Processor<'_> {
         let settled = output.start
             - ms(self.config.pipeline.attribution_window_secs)
             - 2 * ms(self.config.pipeline.window_secs);
-        self.compact(Some(settled)).await?;
+        // Partitions end on whole hours, so the partitions settled by `settled` change
+        // only when it passes an hour; in between, compaction would re-read every commit
+        // record of every table to find nothing to do.
+        let settled_hours = settled.div_euclid(HOUR_MS);
+        if self.compacted_hours != Some(settled_hours) {
+            self.compact(Some(settled)).await?;
+            self.compacted_hours = Some(settled_hours);
+        }
         Ok(())
     }
 
@@ -1272,22 +1286,16 @@ impl Processor<'_> {
                     "drift alert resolved"
                 ),
             }
-            // A replay rebuilds the tables; the live run published its alerts.
-            if self.replay.is_some() {
-                continue;
-            }
-            let json = serde_json::to_vec(alert)
-                .map_err(|e| PipelineError::Internal(format!("alert JSON: {e}")))?;
-            self.publisher
-                .send(
-                    TAG_ALERT,
-                    &self.config.topics.alerts,
-                    alert.id.as_bytes(),
-                    &json,
-                    Some(alert.window_start_ms),
-                    None,
-                )
-                .await?;
+            let topic = &self.config.topics.alerts;
+            self.publish_json(
+                TAG_ALERT,
+                topic,
+                alert.id.as_bytes(),
+                alert,
+                alert.window_start_ms,
+            )
+            .await?;
+            // (A replay has no webhook: the live run posted its alerts.)
             if let Some(webhook) = &self.webhook {
                 webhook.post(alert);
             }
@@ -1315,6 +1323,8 @@ impl Processor<'_> {
         Ok(())
     }
 }
+
+const HOUR_MS: i64 = 3_600_000;
 
 /// Tables the pipeline writes.
 const STORE_TABLES: [&str; 5] = [

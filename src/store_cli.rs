@@ -127,7 +127,7 @@ pub struct TablesArgs {
     pub store: Option<PathBuf>,
 }
 
-fn root(config: &Config, store: Option<PathBuf>) -> PathBuf {
+pub(crate) fn root(config: &Config, store: Option<PathBuf>) -> PathBuf {
     store.unwrap_or_else(|| config.store.path.clone())
 }
 
@@ -228,12 +228,7 @@ pub async fn replay_cmd(mut config: Config, args: ReplayArgs) -> Result<()> {
         }),
     };
     let summary = pipeline::run(&config, options, shopstream::shutdown_signal()).await?;
-    let json = serde_json::to_string_pretty(&summary)?;
-    if let Some(path) = args.summary_json {
-        std::fs::write(&path, &json).with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    println!("{json}");
-    Ok(())
+    crate::print_summary(&summary, args.summary_json.as_deref())
 }
 
 pub fn compact_cmd(config: &Config, args: CompactArgs) -> Result<()> {

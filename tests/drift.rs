@@ -6,59 +6,16 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
-
 use arrow::array::{Array, StringArray, TimestampMicrosecondArray};
 use shopstream::generate::publish_traffic;
 use shopstream_ingest::generator::{
     DEFAULT_START_MS, DriftKind, GeneratorOptions, world::WorldSize,
 };
 use shopstream_trainer::drift::{AlertEvent, AlertState, DriftKind as AlertKind};
+use support::receiver::receiver;
 use support::{Broker, read_table, read_topic, run_to_end};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MINUTE: i64 = 60_000;
-
-/// A webhook receiver on 127.0.0.1 that answers 200 and keeps each request body.
-async fn receiver() -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hooks/shopstream", listener.local_addr().unwrap());
-    let bodies = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&bodies);
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            loop {
-                let n = stream.read(&mut chunk).await.unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                    continue;
-                };
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                if buf.len() >= end + 4 + len {
-                    seen.lock()
-                        .unwrap()
-                        .push(buf[end + 4..end + 4 + len].to_vec());
-                    break;
-                }
-            }
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                .await;
-            let _ = stream.shutdown().await;
-        }
-    });
-    (url, bodies)
-}
 
 fn column<'a, T: 'static>(batch: &'a arrow::array::RecordBatch, name: &str) -> &'a T {
     batch
@@ -72,7 +29,7 @@ async fn a_price_shock_raises_an_alert_on_the_topic_in_the_store_and_at_the_webh
     let broker = Broker::start();
     let store = tempfile::tempdir().unwrap();
     let mut config = broker.config("drift", store.path());
-    let (url, bodies) = receiver().await;
+    let (url, bodies) = receiver(vec![200]).await;
     config.drift.webhook_url = Some(url);
     // A short run: a reference of 4 windows lets the KS test's clustering correction be
     // estimated from the 10th window on (default 12 windows: from the 18th); the

@@ -20,11 +20,7 @@ async fn a_thirty_second_broker_outage_loses_nothing() {
     let (broker, proxy) = Broker::start_behind_proxy();
     let dir = tempfile::tempdir().unwrap();
     let mut config = broker.config("outage", &dir.path().join("store"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     config.http.listen = format!("127.0.0.1:{port}");
     // Predictions wait out the outage in the producer's queue instead of failing.
     config.kafka.produce_timeout_ms = 120_000;
@@ -80,11 +76,7 @@ async fn a_thirty_second_broker_outage_loses_nothing() {
     assert_eq!(first_count + second_count, report.valid_total);
     wait_consumed(addr, report.valid_total, &mut job, Duration::from_secs(90)).await;
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &job.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    support::sigterm(&job);
     let status = job.wait().unwrap();
     let logged = std::fs::read_to_string(&log).unwrap();
     assert_eq!(status.code(), Some(0), "{logged}");

@@ -17,11 +17,7 @@ async fn sigterm_checkpoints_commits_and_exits_zero_then_restart_writes_each_row
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let mut config = broker.config("sigterm", &dir.path().join("store"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     config.http.listen = format!("127.0.0.1:{port}");
     config.pipeline.idle_partition_timeout_secs = 1;
     config.pipeline.shutdown_timeout_secs = 20;
@@ -55,11 +51,7 @@ async fn sigterm_checkpoints_commits_and_exits_zero_then_restart_writes_each_row
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     wait_consumed(addr, produced, &mut job, Duration::from_secs(60)).await;
     let signalled = Instant::now();
-    let kill = Command::new("kill")
-        .args(["-TERM", &job.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    support::sigterm(&job);
     let status = loop {
         if let Some(status) = job.try_wait().unwrap() {
             break status;

@@ -275,6 +275,7 @@ async fn sigkill_at_seven_points_then_restart_gives_the_never_killed_store_and_m
         (report.impressions, report.impressions)
     );
     let reference_model = std::fs::read(reference.model.path.as_ref().unwrap()).unwrap();
+    let reference_files = visible(&reference.store.path);
     let total: u64 = report.valid_per_topic.values().sum();
 
     let mut partial_seen = false;
@@ -352,13 +353,15 @@ async fn sigkill_at_seven_points_then_restart_gives_the_never_killed_store_and_m
         );
         // No file outside the manifest is left for directory-scanning engines.
         let on_disk: Vec<String> = store_files(&config.store.path).into_keys().collect();
-        let committed: Vec<String> = visible(&config.store.path)
-            .into_iter()
-            .map(|(name, _)| name)
-            .collect();
-        assert_eq!(on_disk, committed, "{point}: files outside the manifest");
+        let files = visible(&config.store.path);
+        let committed: Vec<&String> = files.iter().map(|(name, _)| name).collect();
+        assert_eq!(
+            on_disk.iter().collect::<Vec<_>>(),
+            committed,
+            "{point}: files outside the manifest"
+        );
         assert!(
-            visible(&config.store.path) == visible(&reference.store.path),
+            files == reference_files,
             "{point}: the restarted store differs from the never-killed one"
         );
         assert!(

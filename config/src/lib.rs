@@ -15,8 +15,8 @@ mod validate;
 
 pub use layering::ENV_PREFIX;
 pub use sections::{
-    CheckpointConfig, Config, DriftConfig, DriftReference, KafkaConfig, ModelConfig,
-    PipelineConfig, StoreConfig, TopicsConfig,
+    CalibrationHistory, CheckpointConfig, Config, DriftConfig, DriftReference, KafkaConfig,
+    ModelConfig, PipelineConfig, StoreConfig, TopicsConfig,
 };
 pub use validate::Problem;
 

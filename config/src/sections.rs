@@ -230,6 +230,15 @@ pub struct PipelineConfig {
     pub idle_partition_timeout_secs: u64,
 }
 
+impl PipelineConfig {
+    /// How long after an impression its labels mature and its example is released: the
+    /// click window plus the attribution window, in seconds (saturating).
+    pub fn label_maturity_secs(&self) -> u64 {
+        self.click_window_secs
+            .saturating_add(self.attribution_window_secs)
+    }
+}
+
 impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
@@ -331,6 +340,46 @@ pub enum DriftReference {
     /// The first `reference_windows` windows of the run, then frozen: "how far are we from
     /// the baseline?". Alerts stay open while the traffic stays away from it.
     Pinned,
+}
+
+/// How the drift monitor calibrates a significance test for clustered sessions: from a
+/// history of the test's own per-window results (docs/drift.md, "Clustered sessions").
+/// One rule for the monitor and for the validation of `[drift]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CalibrationHistory {
+    /// Entries kept.
+    pub capacity: usize,
+    /// Entries needed before the test may alert.
+    pub needed: usize,
+    /// Newest entries left out of the estimate: they may be a breach streak building up,
+    /// which must not correct itself away.
+    pub lag: usize,
+}
+
+impl DriftReference {
+    /// The calibration history of a reference of `windows` windows with alerts firing
+    /// after `fire_after_windows` (K). Trailing: four references' worth kept, one
+    /// reference's worth (at least 2K - 1) needed, the newest K - 1 left out. Pinned:
+    /// frozen with the reference, 2K - 1 needed, none left out.
+    pub fn calibration_history(
+        self,
+        windows: usize,
+        fire_after_windows: u32,
+    ) -> CalibrationHistory {
+        let k = fire_after_windows.max(1) as usize;
+        match self {
+            DriftReference::Trailing => CalibrationHistory {
+                capacity: windows.saturating_mul(4),
+                needed: windows.max(2 * k - 1),
+                lag: k - 1,
+            },
+            DriftReference::Pinned => CalibrationHistory {
+                capacity: windows,
+                needed: 2 * k - 1,
+                lag: 0,
+            },
+        }
+    }
 }
 
 /// Drift detection: data drift per feature, label and prediction drift per scenario,

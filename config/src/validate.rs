@@ -253,18 +253,16 @@ fn validate_drift(d: &crate::sections::DriftConfig, bad: &mut impl FnMut(&str, S
         );
     }
     // The significance tests' design effect is the median of a history of per-window
-    // statistics: a trailing reference keeps 4 x reference_windows of them, needs
-    // max(reference_windows, 2K - 1) and leaves the newest K - 1 out; a pinned one keeps
-    // those of its windows after the first min_reference_windows and needs 2K - 1. With
-    // fewer the KS, chi-squared and rate tests could never alert.
-    let k = d.fire_after_windows.max(1) as usize;
-    let usable = |n: usize| match d.reference {
-        crate::sections::DriftReference::Trailing => {
-            (4 * n).saturating_sub(k - 1) >= n.max(2 * k - 1)
-        }
-        crate::sections::DriftReference::Pinned => {
-            n.saturating_sub(d.min_reference_windows) >= 2 * k - 1
-        }
+    // statistics (`CalibrationHistory`); a pinned reference records only its windows after
+    // the first min_reference_windows. Without enough of them the KS, chi-squared and
+    // rate tests could never alert.
+    let usable = |n: usize| {
+        let h = d.reference.calibration_history(n, d.fire_after_windows);
+        let recorded = match d.reference {
+            crate::sections::DriftReference::Trailing => h.capacity,
+            crate::sections::DriftReference::Pinned => n.saturating_sub(d.min_reference_windows),
+        };
+        recorded.saturating_sub(h.lag) >= h.needed
     };
     if d.design_effect_correction && !usable(d.reference_windows) {
         let least = (1..=10_000).find(|n| usable(*n)).unwrap_or(10_000);

@@ -18,6 +18,22 @@ use crate::rolling::{HORIZONS, Horizons, Totals};
 /// Version of the examples schema, written into the store's file metadata.
 pub const EXAMPLES_SCHEMA_VERSION: &str = "1";
 
+/// Key-value metadata of an examples file of the window `[start_ms, end_ms)`: the schema
+/// version and the window's bounds.
+pub fn examples_metadata(start_ms: i64, end_ms: i64) -> std::collections::BTreeMap<String, String> {
+    std::collections::BTreeMap::from([
+        (
+            "shopstream.schema_version".to_string(),
+            EXAMPLES_SCHEMA_VERSION.to_string(),
+        ),
+        (
+            "shopstream.window_start_ms".to_string(),
+            start_ms.to_string(),
+        ),
+        ("shopstream.window_end_ms".to_string(), end_ms.to_string()),
+    ])
+}
+
 /// Features of one impression, computed from events strictly before its time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Features {

@@ -21,7 +21,8 @@ mod watermark;
 mod window;
 
 pub use example::{
-    EXAMPLES_SCHEMA_VERSION, Example, Features, Labels, ServingRow, examples_batch, examples_schema,
+    EXAMPLES_SCHEMA_VERSION, Example, Features, Labels, ServingRow, examples_batch,
+    examples_metadata, examples_schema,
 };
 pub use state::{DemandFeatures, DemandRow, FeatureState, StateLimits, UserArrival};
 pub use watermark::Watermark;

@@ -25,7 +25,6 @@ use std::collections::BTreeMap;
 
 // FxHash: fast, and deterministic across runs (state serialises the same way every time).
 use rustc_hash::FxHashMap as HashMap;
-use rustc_hash::FxHashSet as HashSet;
 
 use chrono::{Datelike, Timelike};
 use serde::{Deserialize, Serialize};
@@ -183,13 +182,19 @@ pub struct FeatureState {
     /// the job's checkpoints, which are taken between windows).
     #[serde(default)]
     window_users: Vec<UserArrival>,
+    /// Each user with an event in the window being applied (see [`WindowUser`]).
     #[serde(default)]
-    window_user_ids: HashSet<String>,
-    /// Whether the state held each user of the window being applied before the window
-    /// (taken at the user's first event in it: a search 300 ms before a new user's first
-    /// impression must not make the user look known).
-    #[serde(default)]
-    window_known_users: HashMap<String, bool>,
+    window_user_state: HashMap<String, WindowUser>,
+}
+
+/// A user of the window being applied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+struct WindowUser {
+    /// The state held the user before the window (taken at the user's first event in it:
+    /// a search 300 ms before a new user's first impression must not make them known).
+    known: bool,
+    /// Listed in `window_users` already.
+    listed: bool,
 }
 
 /// A user as the window's first impression of them found them: what drift monitoring
@@ -213,8 +218,7 @@ impl FeatureState {
             partitions: BTreeMap::new(),
             inventory: HashMap::default(),
             window_users: Vec::new(),
-            window_user_ids: HashSet::default(),
-            window_known_users: HashMap::default(),
+            window_user_state: HashMap::default(),
         }
     }
 
@@ -267,8 +271,10 @@ impl FeatureState {
                     features: self.features_of(*partition, c),
                     labels: Labels::default(),
                 };
-                if self.window_user_ids.insert(c.user_id.clone()) {
-                    let known = self.known_before_window(*partition, &c.user_id);
+                let user = self.window_user(*partition, &c.user_id);
+                let (first, known) = (!user.listed, user.known);
+                user.listed = true;
+                if first {
                     self.window_users.push(UserArrival {
                         user_id: c.user_id.clone(),
                         device: c.device.clone(),
@@ -294,24 +300,30 @@ impl FeatureState {
         }
     }
 
-    /// Whether the state held `user_id` before the window being applied.
-    fn known_before_window(&mut self, partition: i32, user_id: &str) -> bool {
-        if let Some(known) = self.window_known_users.get(user_id) {
-            return *known;
+    /// `user_id` in the window being applied, recorded at its first event in it (the id
+    /// is copied once per user and window).
+    fn window_user(&mut self, partition: i32, user_id: &str) -> &mut WindowUser {
+        if !self.window_user_state.contains_key(user_id) {
+            let known = self
+                .partitions
+                .get(&partition)
+                .is_some_and(|p| p.users.contains_key(user_id));
+            let user = WindowUser {
+                known,
+                listed: false,
+            };
+            self.window_user_state.insert(user_id.to_string(), user);
         }
-        let known = self
-            .partitions
-            .get(&partition)
-            .is_some_and(|p| p.users.contains_key(user_id));
-        self.window_known_users.insert(user_id.to_string(), known);
-        known
+        self.window_user_state
+            .get_mut(user_id)
+            .expect("inserted above")
     }
 
     fn apply(&mut self, partition: i32, event: &Event) {
         let limits = self.limits;
         match event {
-            Event::Click(c) => _ = self.known_before_window(partition, &c.user_id),
-            Event::Order(o) => _ = self.known_before_window(partition, &o.user_id),
+            Event::Click(c) => _ = self.window_user(partition, &c.user_id),
+            Event::Order(o) => _ = self.window_user(partition, &o.user_id),
             Event::Inventory(_) => {}
         }
         match event {
@@ -409,8 +421,7 @@ impl FeatureState {
     /// Users of the window just applied, in the order of their first impression in it
     /// (resets the list).
     pub fn take_window_users(&mut self) -> Vec<UserArrival> {
-        self.window_user_ids.clear();
-        self.window_known_users.clear();
+        self.window_user_state.clear();
         std::mem::take(&mut self.window_users)
     }
 

@@ -162,9 +162,8 @@ impl Cleaner {
         state.seen.insert(key.clone(), ts);
         state.order.push_back((ts, key));
         // Forget keys that fell out of the horizon, then enforce the size bound.
-        let cutoff = newest.saturating_sub(limits.dedupe_horizon_ms);
         while let Some((front_ts, _)) = state.order.front() {
-            let expired = *front_ts < cutoff;
+            let expired = *front_ts < horizon_start;
             let over = state.order.len() > limits.max_keys;
             if !expired && !over {
                 break;

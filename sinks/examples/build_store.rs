@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use shopstream_config::{PipelineConfig, StoreConfig};
 use shopstream_features::FeaturePipeline;
-use shopstream_features::{EXAMPLES_SCHEMA_VERSION, examples_batch};
+use shopstream_features::{examples_batch, examples_metadata};
 use shopstream_ingest::generator::{Generator, GeneratorOptions, world::WorldSize};
 use shopstream_sinks::store::ParquetStore;
 
@@ -45,16 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 return Ok(());
             }
             let batch = examples_batch(&window.examples)?;
-            let metadata = BTreeMap::from([
-                (
-                    "shopstream.schema_version".to_string(),
-                    EXAMPLES_SCHEMA_VERSION.to_string(),
-                ),
-                (
-                    "shopstream.window_start_ms".to_string(),
-                    window.start.to_string(),
-                ),
-            ]);
+            let metadata = examples_metadata(window.start, window.end);
             let stem = format!("window-{}", window.start);
             for file in store.write("examples", &stem, &batch, &metadata, &BTreeMap::new())? {
                 written += file.rows as u64;

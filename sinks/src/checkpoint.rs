@@ -19,17 +19,18 @@
 //! of floats (the model's embedding and optimiser moments), which it stores exactly and
 //! compactly.
 
-use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::atomic::{IoError, write_atomic};
+
 /// First line of every checkpoint file.
-pub const MAGIC: &str = "SHOPSTREAM-CHECKPOINT";
+const MAGIC: &str = "SHOPSTREAM-CHECKPOINT";
 /// Format version written (and the only one read).
-pub const FORMAT: u32 = 1;
+const FORMAT: u32 = 1;
 
 /// Why a checkpoint could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -82,11 +83,17 @@ pub struct Loaded<T> {
     pub skipped: Vec<Skipped>,
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io {
-        path: path.to_path_buf(),
-        source,
+impl IoError for CheckpointError {
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::io(path, source)
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -103,7 +110,7 @@ fn file_name(seq: u64) -> String {
 }
 
 /// Checkpoint files in `dir`, newest first: (seq, path).
-pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, CheckpointError> {
+fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, CheckpointError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -149,18 +156,18 @@ pub fn write<T: Serialize>(
         payload.len(),
         fnv1a(&payload)
     );
-    let path = dir.join(file_name(seq));
-    let tmp = dir.join(format!(".{}.tmp", file_name(seq)));
-    let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
-    file.write_all(header.as_bytes()).map_err(io_err(&tmp))?;
-    file.write_all(&payload).map_err(io_err(&tmp))?;
-    file.sync_all().map_err(io_err(&tmp))?;
-    drop(file);
-    crate::failpoint::hit("checkpoint.temp_written");
-    std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))?;
+    let name = file_name(seq);
+    let path = dir.join(&name);
+    write_atomic(
+        dir,
+        &path,
+        &name,
+        Some("checkpoint.temp_written"),
+        |file, tmp| {
+            file.write_all(header.as_bytes()).map_err(io_err(tmp))?;
+            file.write_all(&payload).map_err(io_err(tmp))
+        },
+    )?;
     for (_, old) in list(dir)?.into_iter().skip(keep.max(1)) {
         std::fs::remove_file(&old).map_err(io_err(&old))?;
     }
@@ -202,8 +209,31 @@ fn read_one<T: DeserializeOwned>(path: &Path, seq: u64) -> Result<T, String> {
     if format!("{:016x}", fnv1a(payload)) != *sum {
         return Err("checksum mismatch (corrupted)".to_string());
     }
-    let packed = zstd::stream::decode_all(payload).map_err(|e| format!("decompress: {e}"))?;
-    rmp_serde::from_slice(&packed).map_err(|e| format!("decode: {e}"))
+    // Decoded while decompressing, without holding the whole decompressed payload.
+    let decoder = zstd::Decoder::with_buffer(payload).map_err(|e| format!("decompress: {e}"))?;
+    let mut reader = Decompressing {
+        decoder,
+        failed: None,
+    };
+    rmp_serde::from_read(&mut reader).map_err(|e| match reader.failed.take() {
+        Some(e) => format!("decompress: {e}"),
+        None => format!("decode: {e}"),
+    })
+}
+
+/// A zstd stream that remembers a decompression failure, so that it is reported as such
+/// rather than as the decoding error it surfaces as.
+struct Decompressing<'a> {
+    decoder: zstd::Decoder<'static, &'a [u8]>,
+    failed: Option<String>,
+}
+
+impl Read for Decompressing<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.decoder
+            .read(buf)
+            .inspect_err(|e| self.failed = Some(e.to_string()))
+    }
 }
 
 /// The newest usable checkpoint in `dir`, or `None` when there is none (a first start).
@@ -421,16 +451,16 @@ mod tests {
                 f.register_partition(*topic, *p);
             }
         };
+        // Examples released by the windows ready to close.
+        let drain = |f: &mut FeaturePipeline| -> usize {
+            f.close_ready().iter().map(|w| w.examples.len()).sum()
+        };
         let feed = |f: &mut FeaturePipeline,
                     items: &[(RecordMeta, shopstream_ingest::event::Event)]| {
             let mut n = 0;
             for (meta, event) in items {
                 let _ = f.ingest(*meta, event.clone());
-                n += f
-                    .close_ready()
-                    .iter()
-                    .map(|w| w.examples.len())
-                    .sum::<usize>();
+                n += drain(f);
             }
             n
         };
@@ -443,11 +473,7 @@ mod tests {
                 if *key != (InputTopic::Clicks, 0) {
                     examples += feed(&mut f, items);
                     f.partition_at_end(key.0, key.1);
-                    examples += f
-                        .close_ready()
-                        .iter()
-                        .map(|w| w.examples.len())
-                        .sum::<usize>();
+                    examples += drain(&mut f);
                 }
             }
             let slow = &by_partition[&(InputTopic::Clicks, 0)];
@@ -464,11 +490,7 @@ mod tests {
                 for key in by_partition.keys() {
                     if *key != (InputTopic::Clicks, 0) {
                         f.partition_at_end(key.0, key.1);
-                        examples += f
-                            .close_ready()
-                            .iter()
-                            .map(|w| w.examples.len())
-                            .sum::<usize>();
+                        examples += drain(&mut f);
                     }
                 }
             }

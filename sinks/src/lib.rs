@@ -16,6 +16,7 @@
 //! - [`read`]: reading the store back (summaries, tests).
 //! - [`query`]: SQL over the store on polars, and point-in-time training sets.
 
+mod atomic;
 pub mod checkpoint;
 pub mod failpoint;
 pub mod kafka_out;

@@ -16,13 +16,13 @@
 //!   so showing both would duplicate them.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::StoreError;
+use crate::atomic::write_atomic;
+use crate::store::{StoreError, io_err};
 
 /// Directory below the store root that holds the commit records.
 pub const MANIFEST_DIR: &str = "_manifest";
@@ -74,13 +74,6 @@ pub struct LiveFile {
     pub rows: u64,
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 /// Directory of `table`'s commit records.
 pub fn commit_dir(root: &Path, table: &str) -> PathBuf {
     root.join(MANIFEST_DIR).join(table)
@@ -90,29 +83,24 @@ pub fn commit_dir(root: &Path, table: &str) -> PathBuf {
 pub fn write_commit(root: &Path, commit: &Commit) -> Result<(), StoreError> {
     let dir = commit_dir(root, &commit.table);
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let path = dir.join(format!("{}.json", commit.id));
-    let tmp = dir.join(format!(".{}.json.tmp", commit.id));
+    let name = format!("{}.json", commit.id);
     let bytes = serde_json::to_vec_pretty(commit)
         .map_err(|e| StoreError::Internal(format!("cannot encode commit {}: {e}", commit.id)))?;
-    let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
-    file.write_all(&bytes).map_err(io_err(&tmp))?;
-    file.sync_all().map_err(io_err(&tmp))?;
-    drop(file);
-    std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
-    File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(&dir))?;
-    Ok(())
+    write_atomic(&dir, &dir.join(&name), &name, None, |file, tmp| {
+        file.write_all(&bytes).map_err(io_err(tmp))
+    })
 }
 
 /// Every commit record of `table`, sorted by id.
 pub fn read_commits(root: &Path, table: &str) -> Result<Vec<Commit>, StoreError> {
     let dir = commit_dir(root, table);
-    if !dir.exists() {
-        return Ok(Vec::new());
-    }
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(_) if !dir.exists() => return Ok(Vec::new()),
+        Err(source) => return Err(StoreError::Io { path: dir, source }),
+    };
     let mut commits = Vec::new();
-    for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
+    for entry in entries {
         let entry = entry.map_err(io_err(&dir))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
@@ -175,11 +163,13 @@ pub fn live_of(root: &Path, table: &str, commits: &[Commit]) -> Vec<LiveFile> {
 /// Tables that have commits.
 pub fn tables(root: &Path) -> Result<Vec<String>, StoreError> {
     let dir = root.join(MANIFEST_DIR);
-    if !dir.exists() {
-        return Ok(Vec::new());
-    }
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(_) if !dir.exists() => return Ok(Vec::new()),
+        Err(source) => return Err(StoreError::Io { path: dir, source }),
+    };
     let mut names = Vec::new();
-    for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
+    for entry in entries {
         let entry = entry.map_err(io_err(&dir))?;
         if entry.path().is_dir() {
             names.push(entry.file_name().to_string_lossy().into_owned());

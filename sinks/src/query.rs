@@ -69,13 +69,15 @@ pub struct TableInfo {
     pub files: usize,
     /// Committed rows.
     pub rows: u64,
+    /// Its columns, hive columns included, as SQL sees them. Filled by
+    /// [`QueryContext::open`]; empty from [`scan_table`], which reads no schema.
+    pub columns: Vec<String>,
 }
 
 /// The store opened for SQL.
 pub struct QueryContext {
     ctx: SQLContext,
     tables: Vec<TableInfo>,
-    schemas: Vec<(String, Vec<String>)>,
 }
 
 impl std::fmt::Debug for QueryContext {
@@ -92,11 +94,9 @@ pub fn scan_table(root: &Path, table: &str) -> Result<Option<(LazyFrame, TableIn
     if files.is_empty() {
         return Ok(None);
     }
-    let table_dir = root.join(table);
-    let prefix = format!("{}/", table_dir.display());
     let paths: Vec<PlRefPath> = files
         .iter()
-        .map(|f| PlRefPath::new(format!("{prefix}{}", f.relative)))
+        .map(|f| PlRefPath::new(f.path.to_string_lossy().into_owned()))
         .collect();
     let args = ScanArgsParquet {
         hive_options: HiveOptions {
@@ -117,6 +117,7 @@ pub fn scan_table(root: &Path, table: &str) -> Result<Option<(LazyFrame, TableIn
         name: table.to_string(),
         files: files.len(),
         rows: files.iter().map(|f| f.rows).sum(),
+        columns: Vec::new(),
     };
     Ok(Some((lf, info)))
 }
@@ -126,13 +127,12 @@ impl QueryContext {
     pub fn open(root: &Path) -> Result<Self, QueryError> {
         let ctx = SQLContext::new();
         let mut tables = Vec::new();
-        let mut schemas = Vec::new();
         for name in manifest::tables(root)? {
-            if let Some((mut lf, info)) = scan_table(root, &name)? {
+            if let Some((mut lf, mut info)) = scan_table(root, &name)? {
                 let schema = lf.collect_schema().map_err(|e| QueryError::Invalid {
                     message: format!("cannot read the schema of table {name}: {e}"),
                 })?;
-                let columns = schema.iter_names().map(|n| n.to_string()).collect();
+                info.columns = schema.iter_names().map(|n| n.to_string()).collect();
                 // polars SQL cannot compare zoned timestamps with literals, so SQL sees
                 // them as UTC wall time without a zone: `ts >= TIMESTAMP '2026-01-05
                 // 03:00:00'` then means 03:00 UTC. (The files keep tz = UTC.)
@@ -148,7 +148,6 @@ impl QueryContext {
                 if !unzoned.is_empty() {
                     lf = lf.with_columns(unzoned);
                 }
-                schemas.push((name.clone(), columns));
                 ctx.register(&name, lf);
                 tables.push(info);
             }
@@ -158,11 +157,7 @@ impl QueryContext {
                 root: root.to_path_buf(),
             });
         }
-        Ok(Self {
-            ctx,
-            tables,
-            schemas,
-        })
+        Ok(Self { ctx, tables })
     }
 
     /// The registered tables.
@@ -211,9 +206,9 @@ impl QueryContext {
         }
         if matches!(error, PolarsError::ColumnNotFound(_)) && !lower.contains("valid columns") {
             let columns: Vec<String> = self
-                .schemas
+                .tables
                 .iter()
-                .map(|(table, columns)| format!("{table}: {}", columns.join(", ")))
+                .map(|t| format!("{}: {}", t.name, t.columns.join(", ")))
                 .collect();
             return QueryError::Invalid {
                 message: format!("{message}\ncolumns by table:\n  {}", columns.join("\n  ")),
@@ -289,20 +284,18 @@ pub fn training_set(
         message: e.to_string(),
     };
     let utc_us = DataType::Datetime(TimeUnit::Microseconds, Some(TimeZone::UTC));
+    // Collected once: the bounds come from it, and the join reads it again.
     let spine = spine
-        .with_column(col("ts").cast(utc_us.clone()))
-        .with_column(col(key).cast(DataType::String));
-    let bounds = spine
-        .clone()
-        .select([col("ts").min().alias("lo"), col("ts").max().alias("hi")])
+        .with_column(col("ts").cast(utc_us))
+        .with_column(col(key).cast(DataType::String))
         .collect()
         .map_err(invalid)?;
-    let micros = |name: &str| -> Result<Option<i64>, QueryError> {
-        let column = bounds.column(name).map_err(invalid)?;
-        let physical = column.cast(&DataType::Int64).map_err(invalid)?;
-        Ok(physical.get(0).ok().and_then(|v| v.extract::<i64>()))
-    };
-    let (Some(lo), Some(hi)) = (micros("lo")?, micros("hi")?) else {
+    let ts = spine
+        .column("ts")
+        .and_then(|ts| ts.cast(&DataType::Int64))
+        .map_err(invalid)?;
+    let ts = ts.i64().map_err(invalid)?;
+    let (Some(lo), Some(hi)) = (ts.min(), ts.max()) else {
         return Err(QueryError::Invalid {
             message: "the spine has no rows with a timestamp".to_string(),
         });
@@ -338,7 +331,7 @@ pub fn training_set(
                 .collect::<Vec<_>>(),
         )
         .sort(["features_ts"], Default::default());
-    let spine = spine.sort(["ts"], Default::default());
+    let spine = spine.lazy().sort(["ts"], Default::default());
     let options_asof = AsOfOptions {
         strategy: AsofStrategy::Backward,
         tolerance_str: Some(format!("{}ms", options.max_age_ms).into()),
@@ -471,19 +464,19 @@ mod tests {
             .column("user_id")
             .expect("user_id")
             .str()
-            .map(|ca| (0..ca.len()).map(|i| ca.get(i)).collect())
+            .map(|ca| ca.iter().collect())
             .expect("str");
         let clicks: Vec<Option<i64>> = out
             .column("user_clicks_7d")
             .expect("features")
             .i64()
-            .map(|ca| (0..ca.len()).map(|i| ca.get(i)).collect())
+            .map(|ca| ca.iter().collect())
             .expect("i64");
         let labels: Vec<Option<i32>> = out
             .column("label")
             .expect("label")
             .i32()
-            .map(|ca| (0..ca.len()).map(|i| ca.get(i)).collect())
+            .map(|ca| ca.iter().collect())
             .expect("i32");
         assert_eq!(
             users,

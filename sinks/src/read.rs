@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use arrow::array::{Array, BooleanArray, RecordBatch, StringArray};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use crate::store::StoreError;
+use crate::store::{StoreError, io_err};
 
 /// Files of `table` visible to readers (named by a commit, not replaced by a compaction),
 /// sorted by path. Files present on disk but never committed (a crash mid-window) are not
@@ -26,10 +26,7 @@ pub fn read_file(path: &Path) -> Result<(BTreeMap<String, String>, Vec<RecordBat
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(|source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let file = File::open(path).map_err(io_err(path))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_err)?;
     let metadata = builder
         .metadata()
@@ -69,10 +66,7 @@ pub fn scenario_summary(root: &Path) -> Result<ScenarioSummary, StoreError> {
             path: path.clone(),
             source,
         };
-        let file = File::open(&path).map_err(|source| StoreError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let file = File::open(&path).map_err(io_err(&path))?;
         let reader = ParquetRecordBatchReaderBuilder::try_new(file)
             .map_err(parquet_err)?
             .build()

@@ -1,7 +1,6 @@
 //! The Parquet feature store (write side).
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -14,6 +13,7 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use shopstream_config::StoreConfig;
 
+use crate::atomic::{IoError, write_atomic};
 use crate::manifest::{self, Commit, CommittedFile};
 
 /// Why a store write failed.
@@ -70,6 +70,29 @@ pub enum StoreError {
     Internal(String),
 }
 
+impl IoError for StoreError {
+    fn io(path: &Path, source: io::Error) -> Self {
+        StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Maps an I/O error on `path` to [`StoreError::Io`] (for `map_err`).
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::io(path, source)
+}
+
+/// Deletes `path`; a file that is already gone is no error.
+fn remove_if_exists(path: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StoreError::io(path, source)),
+    }
+}
+
 /// A written file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WrittenFile {
@@ -95,10 +118,7 @@ pub struct ParquetStore {
 impl ParquetStore {
     /// A store rooted at `config.path` (created when missing).
     pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(&config.path).map_err(|source| StoreError::Io {
-            path: config.path.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&config.path).map_err(io_err(&config.path))?;
         Ok(Self {
             root: config.path.clone(),
             row_group_rows: config.row_group_rows,
@@ -110,11 +130,6 @@ impl ParquetStore {
     /// Whether closed hours are compacted as the job goes (`store.compact_closed_hours`).
     pub fn compacts_closed_hours(&self) -> bool {
         self.compact_closed_hours
-    }
-
-    /// The root directory.
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 
     /// Writes `batch` into `table`, one file per hour partition of its `ts` column, named
@@ -254,10 +269,7 @@ impl ParquetStore {
                 Err(source) => return Err(StoreError::Io { path: dir, source }),
             };
             for entry in entries {
-                let entry = entry.map_err(|source| StoreError::Io {
-                    path: dir.clone(),
-                    source,
-                })?;
+                let entry = entry.map_err(io_err(&dir))?;
                 let path = entry.path();
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if path.is_dir() {
@@ -265,10 +277,7 @@ impl ParquetStore {
                 } else if (name.ends_with(".parquet") && !live.contains(&path))
                     || (name.starts_with('.') && name.ends_with(".tmp"))
                 {
-                    std::fs::remove_file(&path).map_err(|source| StoreError::Io {
-                        path: path.clone(),
-                        source,
-                    })?;
+                    std::fs::remove_file(&path).map_err(io_err(&path))?;
                     removed += 1;
                 }
             }
@@ -286,12 +295,7 @@ impl ParquetStore {
     ) -> Result<(), StoreError> {
         let table_dir = self.root.join(table);
         for relative in &compaction.replaces {
-            let path = table_dir.join(relative);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => return Err(StoreError::Io { path, source }),
-            }
+            remove_if_exists(&table_dir.join(relative))?;
         }
         let replaced: std::collections::BTreeSet<&str> =
             compaction.replaces.iter().map(String::as_str).collect();
@@ -301,13 +305,9 @@ impl ParquetStore {
                 .iter()
                 .all(|f| replaced.contains(f.path.as_str()));
             if commit.id.starts_with("window-") && all_replaced {
-                let path =
-                    manifest::commit_dir(&self.root, table).join(format!("{}.json", commit.id));
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(source) => return Err(StoreError::Io { path, source }),
-                }
+                remove_if_exists(
+                    &manifest::commit_dir(&self.root, table).join(format!("{}.json", commit.id)),
+                )?;
             }
         }
         Ok(())
@@ -321,18 +321,11 @@ impl ParquetStore {
         batch: &RecordBatch,
         metadata: &BTreeMap<String, String>,
     ) -> Result<u64, StoreError> {
-        let io_err = |p: &Path| {
-            let p = p.to_path_buf();
-            move |source| StoreError::Io { path: p, source }
-        };
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or("part.parquet");
-        // Hidden while incomplete: readers (pyarrow, polars, DuckDB) skip dot-files.
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let file = File::create(&tmp).map_err(io_err(&tmp))?;
         let properties = WriterProperties::builder()
             .set_compression(Compression::ZSTD(
                 ZstdLevel::try_new(self.zstd_level).unwrap_or_default(),
@@ -350,20 +343,13 @@ impl ParquetStore {
             path: path.to_path_buf(),
             source,
         };
-        let mut writer =
-            ArrowWriter::try_new(file, batch.schema(), Some(properties)).map_err(parquet_err)?;
-        writer.write(batch).map_err(parquet_err)?;
-        let file = writer.into_inner().map_err(parquet_err)?;
-        file.sync_all().map_err(io_err(&tmp))?;
-        let bytes = file.metadata().map_err(io_err(&tmp))?.len();
-        drop(file);
-        crate::failpoint::hit("store.temp_written");
-        std::fs::rename(&tmp, path).map_err(io_err(path))?;
-        // Make the rename itself durable.
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir))?;
-        Ok(bytes)
+        write_atomic(dir, path, name, Some("store.temp_written"), |file, tmp| {
+            let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(properties))
+                .map_err(parquet_err)?;
+            writer.write(batch).map_err(parquet_err)?;
+            let file = writer.into_inner().map_err(parquet_err)?;
+            Ok(file.metadata().map_err(io_err(tmp))?.len())
+        })
     }
 }
 
@@ -380,37 +366,52 @@ fn compaction_prefix(partition: &str) -> String {
     format!("compact-{}-", partition.replace('/', "-"))
 }
 
-/// End of the hour partition `date=YYYY-MM-DD/hour=HH`, epoch ms.
+/// Start of the hour partition a path relative to a table directory lies in, in epoch
+/// ms (UTC): its first two `/`-separated segments must be `date=YYYY-MM-DD` and
+/// `hour=HH`; anything after them (the file name) is ignored. `None` when they are not.
+///
+/// ```
+/// use shopstream_sinks::store::partition_start_ms;
+///
+/// let start = Some(1_767_582_000_000); // 2026-01-05T03:00:00Z
+/// assert_eq!(partition_start_ms("date=2026-01-05/hour=03"), start);
+/// assert_eq!(partition_start_ms("date=2026-01-05/hour=03/window-1.parquet"), start);
+/// assert_eq!(partition_start_ms("date=2026-01-05"), None);
+/// assert_eq!(partition_start_ms("date=2026-01-05/hour=24"), None);
+/// ```
+pub fn partition_start_ms(relative: &str) -> Option<i64> {
+    let mut parts = relative.split('/');
+    let date = parts.next()?.strip_prefix("date=")?;
+    let hour: u32 = parts.next()?.strip_prefix("hour=")?.parse().ok()?;
+    let date = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
+    Some(date.and_hms_opt(hour, 0, 0)?.and_utc().timestamp_millis())
+}
+
+/// End of the hour partition `date=YYYY-MM-DD/hour=HH` (exactly these two segments),
+/// epoch ms.
 fn partition_end_ms(partition: &str) -> Option<i64> {
-    let (date, hour) = partition.split_once('/')?;
-    let date = chrono::NaiveDate::parse_from_str(date.strip_prefix("date=")?, "%Y-%m-%d").ok()?;
-    let hour: u32 = hour.strip_prefix("hour=")?.parse().ok()?;
-    let start = date.and_hms_opt(hour, 0, 0)?.and_utc().timestamp_millis();
-    Some(start + 3_600_000)
+    if partition.matches('/').count() != 1 {
+        return None;
+    }
+    Some(partition_start_ms(partition)? + 3_600_000)
 }
 
 /// Metadata of a merged file: the schema version kept, the window range widened.
 fn merge_window_metadata(into: &mut BTreeMap<String, String>, from: BTreeMap<String, String>) {
     for (key, value) in from {
         let widened = match (key.as_str(), into.get(&key)) {
-            ("shopstream.window_start_ms", Some(old)) => min_number(old, &value),
-            ("shopstream.window_end_ms", Some(old)) => max_number(old, &value),
+            ("shopstream.window_start_ms", Some(old)) => pick_number(old, &value, i64::min),
+            ("shopstream.window_end_ms", Some(old)) => pick_number(old, &value, i64::max),
             _ => value,
         };
         into.insert(key, widened);
     }
 }
 
-fn min_number(a: &str, b: &str) -> String {
+/// `pick` of two numbers given as text; `a` unchanged when either is not a number.
+fn pick_number(a: &str, b: &str, pick: fn(i64, i64) -> i64) -> String {
     match (a.parse::<i64>(), b.parse::<i64>()) {
-        (Ok(x), Ok(y)) => x.min(y).to_string(),
-        _ => a.to_string(),
-    }
-}
-
-fn max_number(a: &str, b: &str) -> String {
-    match (a.parse::<i64>(), b.parse::<i64>()) {
-        (Ok(x), Ok(y)) => x.max(y).to_string(),
+        (Ok(x), Ok(y)) => pick(x, y).to_string(),
         _ => a.to_string(),
     }
 }
@@ -555,6 +556,23 @@ mod tests {
             })
             .count();
         assert_eq!(leftovers, 0, "no temporary files left behind");
+    }
+
+    #[test]
+    fn partition_bounds_come_from_the_hive_prefix() {
+        let start = 1_767_582_000_000; // 2026-01-05T03:00:00Z
+        assert_eq!(partition_start_ms("date=2026-01-05/hour=03"), Some(start));
+        assert_eq!(
+            partition_start_ms("date=2026-01-05/hour=03/w1.parquet"),
+            Some(start)
+        );
+        assert_eq!(partition_start_ms("date=2026-01-05"), None);
+        assert_eq!(partition_start_ms("hour=03/date=2026-01-05"), None);
+        assert_eq!(
+            partition_end_ms("date=2026-01-05/hour=03"),
+            Some(start + 3_600_000)
+        );
+        assert_eq!(partition_end_ms("date=2026-01-05/hour=03/sub"), None);
     }
 
     #[test]

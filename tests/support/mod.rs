@@ -1,5 +1,5 @@
-//! Test harness: a real Kafka-protocol broker (tansu) per test, unique topic names, and
-//! helpers to read topics and the store back.
+//! Test harness: a real Kafka-protocol broker (tansu) per test, unique topic names,
+//! helpers to read topics and the store back, and a webhook [`receiver`].
 
 #![allow(dead_code, clippy::unwrap_used, missing_docs)]
 
@@ -20,6 +20,24 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use shopstream_config::{Config, TopicsConfig};
 
 pub mod proxy;
+pub mod receiver;
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Sends SIGTERM to `child`, as an orchestrator stopping the job would.
+pub fn sigterm(child: &std::process::Child) {
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+}
 
 /// Where the tansu binary is: $SHOPSTREAM_TANSU, $SHOPSTREAM_TOOLS/bin/tansu,
 /// ~/.cache/shopstream/tools/bin/tansu, or `tansu` on PATH.
@@ -74,11 +92,7 @@ impl Broker {
 
     fn start_advertising(advertised: Option<&str>) -> Broker {
         let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let advertised_url = advertised.map_or_else(|| url.clone(), |a| format!("tcp://{a}"));
         let log = dir.path().join("tansu.log");

@@ -27,6 +27,12 @@ pub fn auc(scores: &[f64], labels: &[bool]) -> Option<f64> {
     Some((rank_sum - positives * (positives + 1.0) / 2.0) / (positives * negatives))
 }
 
+/// Log loss of one probability `p` (clamped to [1e-15, 1 - 1e-15]) for label `y`.
+pub fn example_log_loss(p: f64, y: bool) -> f64 {
+    let p = p.clamp(1e-15, 1.0 - 1e-15);
+    if y { -p.ln() } else { -(1.0 - p).ln() }
+}
+
 /// Mean log loss of probabilities `p` (clamped to [1e-15, 1 - 1e-15]).
 pub fn log_loss(p: &[f64], labels: &[bool]) -> f64 {
     if p.is_empty() {
@@ -35,10 +41,7 @@ pub fn log_loss(p: &[f64], labels: &[bool]) -> f64 {
     let total: f64 = p
         .iter()
         .zip(labels)
-        .map(|(p, y)| {
-            let p = p.clamp(1e-15, 1.0 - 1e-15);
-            if *y { -p.ln() } else { -(1.0 - p).ln() }
-        })
+        .map(|(p, y)| example_log_loss(*p, *y))
         .sum();
     total / p.len() as f64
 }

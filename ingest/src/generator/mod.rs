@@ -44,6 +44,18 @@ pub enum DriftKind {
 }
 
 impl DriftKind {
+    /// Every kind, in the order above.
+    pub const ALL: [Self; 3] = [Self::PriceShock, Self::NewCohort, Self::CtrShift];
+
+    /// `price_shock`, `new_cohort` or `ctr_shift` (what [`DriftKind::parse`] reads).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PriceShock => "price_shock",
+            Self::NewCohort => "new_cohort",
+            Self::CtrShift => "ctr_shift",
+        }
+    }
+
     /// Parses `price_shock`, `new_cohort` or `ctr_shift` (dashes allowed).
     pub fn parse(s: &str) -> Option<Self> {
         match s.replace('-', "_").as_str() {

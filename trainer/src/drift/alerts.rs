@@ -17,6 +17,8 @@
 //! `first_window_ms` is the start of the streak that opened the alert: the same input
 //! always produces the same ids, and the resolved event carries the id of the firing one.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// What drifted.
@@ -205,6 +207,16 @@ pub enum Severity {
     Critical,
 }
 
+impl Severity {
+    /// `warning` or `critical`, as serialised.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
 /// Lifecycle state carried by an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -213,6 +225,16 @@ pub enum AlertState {
     Firing,
     /// The alert closed.
     Resolved,
+}
+
+impl AlertState {
+    /// `firing` or `resolved`, as serialised.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertState::Firing => "firing",
+            AlertState::Resolved => "resolved",
+        }
+    }
 }
 
 /// An alert event, as published to `shop.alerts` (JSON).
@@ -260,8 +282,9 @@ struct KeyState {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AlertTracker {
     policy: AlertPolicy,
-    // A Vec of pairs so the state serialises to JSON (map keys must be strings there).
-    keys: Vec<(AlertKey, KeyState)>,
+    // Written as a list of pairs so the state serialises to JSON too.
+    #[serde(with = "shopstream_ingest::serde_entries")]
+    keys: BTreeMap<AlertKey, KeyState>,
 }
 
 impl AlertTracker {
@@ -274,24 +297,15 @@ impl AlertTracker {
     pub fn new(policy: AlertPolicy) -> Self {
         Self {
             policy,
-            keys: Vec::new(),
+            keys: BTreeMap::new(),
         }
     }
 
-    /// Its policy.
-    pub fn policy(&self) -> AlertPolicy {
-        self.policy
-    }
-
     fn state(&mut self, key: &AlertKey) -> &mut KeyState {
-        let at = match self.keys.binary_search_by(|(k, _)| k.cmp(key)) {
-            Ok(at) => at,
-            Err(at) => {
-                self.keys.insert(at, (key.clone(), KeyState::default()));
-                at
-            }
-        };
-        &mut self.keys[at].1
+        if !self.keys.contains_key(key) {
+            self.keys.insert(key.clone(), KeyState::default());
+        }
+        self.keys.get_mut(key).expect("inserted above")
     }
 
     /// Feeds one window's value for `key`; returns the event this causes, if any.
@@ -394,10 +408,7 @@ impl AlertTracker {
     /// The open alerts, with their latest values (for a `shopstream_alerts_firing` gauge
     /// and for listing).
     pub fn firing(&self) -> Vec<AlertEvent> {
-        self.keys
-            .iter()
-            .filter_map(|(_, s)| s.open.clone())
-            .collect()
+        self.keys.values().filter_map(|s| s.open.clone()).collect()
     }
 }
 

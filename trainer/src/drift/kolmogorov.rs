@@ -418,7 +418,7 @@ impl CompensatedSum {
 /// Smirnov's one-sided tail `P(D_n^+ >= x)`:
 /// `x sum_{v=0}^{floor(n(1-x))} C(n, v) (x + v/n)^(v-1) (1 - x - v/n)^(n-v)`, all terms
 /// positive (SciPy's `smirnov(n, x)`).
-pub fn smirnov_sf(n: u64, x: f64) -> f64 {
+fn smirnov_sf(n: u64, x: f64) -> f64 {
     if n == 0 || x.is_nan() || !(0.0..=1.0).contains(&x) {
         return f64::NAN;
     }

@@ -53,7 +53,7 @@ pub use alerts::{
 pub use monitor::{
     DriftConfig, DriftMonitor, FeatureDrift, ScenarioDrift, TaskQuality, WindowDrift,
 };
-pub use observation::{EARLY_CTR, ScenarioOutcomes, WindowObservation};
+pub use observation::{EARLY_CTR, FeatureSelection, ScenarioOutcomes, WindowObservation};
 pub use page_hinkley::{PageHinkley, PageHinkleyConfig, PageHinkleyMode};
 pub use reference::ReferenceMode;
 pub use stats::{

@@ -92,7 +92,9 @@ use serde::{Deserialize, Serialize};
 use super::adwin::{Adwin, AdwinConfig};
 use super::alerts::{AlertEvent, AlertKey, AlertPolicy, AlertTracker, DriftKind, Observation};
 use super::observation::{EARLY_CTR, ScenarioOutcomes, WindowObservation};
-use super::page_hinkley::{PageHinkley, PageHinkleyConfig, PageHinkleyMode};
+use super::page_hinkley::{PageHinkley, PageHinkleyConfig};
+use shopstream_config::{CalibrationHistory, DriftReference};
+
 use super::reference::{ReferenceMode, ReferenceWindows, thin_sorted};
 use super::stats::{
     aligned_counts, chi2_homogeneity, finite_sorted, jensen_shannon, ks_sorted, psi_sorted,
@@ -170,43 +172,10 @@ pub struct DriftConfig {
 }
 
 impl Default for DriftConfig {
+    /// The monitor of the job's default `[drift]` section: the defaults are written once,
+    /// in `shopstream_config`, and the settings no user tunes in [`DriftConfig::from_settings`].
     fn default() -> Self {
-        Self {
-            reference: ReferenceMode::default(),
-            min_reference_windows: 3,
-            bins: 10,
-            psi_warning: 0.1,
-            psi_critical: 0.2,
-            js_warning: 0.1,
-            js_critical: 0.2,
-            p_value_warning: 0.01,
-            p_value_critical: 0.001,
-            small_sample: 1000,
-            min_samples: 30,
-            max_reference_sample: 20_000,
-            rate_z_warning: 3.0,
-            rate_z_critical: 5.0,
-            gap_z_warning: 3.0,
-            gap_z_critical: 5.0,
-            min_trials: 30,
-            model_warmup_windows: 12,
-            adwin: AdwinConfig::default(),
-            loss_increase_warning: 0.1,
-            loss_increase_critical: 0.5,
-            page_hinkley: PageHinkleyConfig {
-                min_instances: 30,
-                delta: 0.05,
-                threshold: 80.0,
-                alpha: 1.0,
-                mode: PageHinkleyMode::Up,
-            },
-            alerts: AlertPolicy::default(),
-            detector_alerts: AlertPolicy {
-                fire_after_windows: 1,
-                resolve_after_windows: 3,
-            },
-            design_effect_correction: true,
-        }
+        Self::from_settings(&shopstream_config::DriftConfig::default())
     }
 }
 
@@ -376,6 +345,16 @@ fn median(values: &mut [f64]) -> Option<f64> {
     }
 }
 
+/// What [`DriftMonitor::feature_decision`] found for one feature in one window.
+struct FeatureDecision {
+    statistic: &'static str,
+    value: f64,
+    obs: Observation,
+    deff: Option<f64>,
+    p_corrected: Option<f64>,
+    ratio: Option<f64>,
+}
+
 /// A scenario's drift, its alert observations and its tests' history entries.
 type ScenarioResult = (
     ScenarioDrift,
@@ -409,6 +388,14 @@ fn fisher_ratio(p: f64) -> Option<f64> {
 /// by `c`, so the history's median `-log2(p)` comes back to 1.
 fn p_corrected(p: f64, c: f64) -> f64 {
     p.clamp(0.0, 1.0).powf(1.0 / c.max(1.0))
+}
+
+/// Appends `value` to a history, dropping the oldest beyond `cap`.
+fn push_capped(history: &mut VecDeque<f64>, value: f64, cap: usize) {
+    history.push_back(value);
+    while history.len() > cap {
+        history.pop_front();
+    }
 }
 
 fn z_ratio(z: f64) -> f64 {
@@ -546,59 +533,51 @@ impl DriftMonitor {
         median(&mut finite).map(|m| m.max(1.0))
     }
 
-    /// The newest `K - 1` entries of a trailing history are left out of an estimate: they
-    /// may be the start of a breach streak, which must not correct itself away.
-    fn lag(&self) -> usize {
-        match self.config.reference {
-            ReferenceMode::Trailing { .. } => {
-                self.config.alerts.fire_after_windows.max(1) as usize - 1
-            }
-            ReferenceMode::Pinned { .. } => 0,
-        }
+    /// The design effect from a history of ratios under rule `h`: the newest `h.lag`
+    /// entries are left out (see [`CalibrationHistory`]), `h.needed` are required.
+    fn calibrated(
+        &self,
+        history: Option<&VecDeque<f64>>,
+        h: CalibrationHistory,
+        ratio: impl Fn(f64) -> f64,
+    ) -> Option<f64> {
+        let ratios: Vec<f64> = history
+            .map(|entries| {
+                let keep = entries.len().saturating_sub(h.lag);
+                entries.iter().take(keep).map(|r| ratio(*r)).collect()
+            })
+            .unwrap_or_default();
+        self.design_effect(&ratios, h.needed)
     }
 
     /// The design effect of the significance test `key`, from the normalised statistics
     /// of the windows that entered the reference before (see the module docs).
     fn history_design_effect(&self, key: &str) -> Option<f64> {
-        let k = self.config.alerts.fire_after_windows.max(1) as usize;
         // A trailing history holds up to four references' worth; one reference's worth
         // is asked for, so the median rests on a dozen windows or more. A pinned history
         // is frozen with the reference and holds fewer.
-        let needed = match self.config.reference {
-            ReferenceMode::Trailing { windows } => windows.max(2 * k - 1),
-            ReferenceMode::Pinned { .. } => 2 * k - 1,
-        };
-        let ratios: Vec<f64> = self
-            .ratio_history
-            .get(key)
-            .map(|h| {
-                let keep = h.len().saturating_sub(self.lag());
-                h.iter().take(keep).copied().collect()
-            })
-            .unwrap_or_default();
-        self.design_effect(&ratios, needed)
+        let h = self
+            .config
+            .reference
+            .calibration_history(self.config.alerts.fire_after_windows);
+        self.calibrated(self.ratio_history.get(key), h, |r| r)
     }
 
     /// Records the window's own normalised statistics, if the window enters the reference
     /// (every window of a trailing one; the first windows of a pinned one).
     fn record_ratios(&mut self, ratios: Vec<(String, f64)>) {
-        let cap = match self.config.reference {
-            ReferenceMode::Trailing { windows } => windows.max(1).saturating_mul(4),
-            ReferenceMode::Pinned { windows } => {
-                if self.reference.len() >= windows.max(1) {
-                    return;
-                }
-                windows.max(1)
-            }
-        };
+        let reference = self.config.reference;
+        if matches!(reference, ReferenceMode::Pinned { .. })
+            && self.reference.len() >= reference.windows().max(1)
+        {
+            return;
+        }
+        let cap = reference
+            .calibration_history(self.config.alerts.fire_after_windows)
+            .capacity;
         for (key, ratio) in ratios {
-            if !ratio.is_finite() {
-                continue;
-            }
-            let h = self.ratio_history.entry(key).or_default();
-            h.push_back(ratio);
-            while h.len() > cap {
-                h.pop_front();
+            if ratio.is_finite() {
+                push_capped(self.ratio_history.entry(key).or_default(), ratio, cap);
             }
         }
     }
@@ -628,19 +607,32 @@ impl DriftMonitor {
         };
         let mut observations: Vec<(AlertKey, Observation)> = Vec::new();
         let mut ratios: Vec<(String, f64)> = Vec::new();
+        // Each feature's finite values, sorted once: compared, then thinned into the
+        // reference.
+        let sorted: BTreeMap<&str, Vec<f64>> = window
+            .continuous
+            .iter()
+            .map(|(k, v)| (k.as_str(), finite_sorted(v)))
+            .collect();
         if compare {
-            for (feature, values) in &window.continuous {
-                if let Some((drift, obs, ratio)) = self.continuous_drift(feature, values) {
+            for (&feature, current) in &sorted {
+                let history_key = format!("ks/{feature}");
+                if let Some((drift, obs, ratio)) =
+                    self.continuous_drift(feature, &history_key, current)
+                {
                     observations.push((AlertKey::new(DriftKind::DataDrift, feature, None), obs));
                     out.features.push(drift);
-                    ratios.extend(ratio.map(|r| (format!("ks/{feature}"), r)));
+                    ratios.extend(ratio.map(|r| (history_key, r)));
                 }
             }
             for (feature, counts) in &window.categorical {
-                if let Some((drift, obs, ratio)) = self.categorical_drift(feature, counts) {
+                let history_key = format!("chi2/{feature}");
+                if let Some((drift, obs, ratio)) =
+                    self.categorical_drift(feature, &history_key, counts)
+                {
                     observations.push((AlertKey::new(DriftKind::DataDrift, feature, None), obs));
                     out.features.push(drift);
-                    ratios.extend(ratio.map(|r| (format!("chi2/{feature}"), r)));
+                    ratios.extend(ratio.map(|r| (history_key, r)));
                 }
             }
         }
@@ -666,50 +658,106 @@ impl DriftMonitor {
             self.record_gaps(window);
         }
         self.record_ratios(ratios);
-        self.reference.push(self.summarise(window));
+        self.reference.push(self.summarise(window, sorted));
         out.firing = self.firing().len();
         out
     }
 
+    /// The calibration history of the gap: always trailing, since it follows the model's
+    /// recent behaviour, not the data reference (as long as the significance tests' with
+    /// a trailing reference: a median of a dozen squared z wandered enough to let a
+    /// stationary window through).
+    fn gap_calibration(&self) -> CalibrationHistory {
+        DriftReference::Trailing.calibration_history(
+            self.config.reference.windows().max(1),
+            self.config.alerts.fire_after_windows,
+        )
+    }
+
     fn record_gaps(&mut self, window: &WindowObservation) {
-        // As long as the significance tests' histories: a median of a dozen squared z
-        // wandered enough to let a stationary window through.
-        let keep = self.config.reference.windows().max(1).saturating_mul(4);
+        let cap = self.gap_calibration().capacity;
         for (scenario, o) in &window.scenarios {
             if o.scored < self.config.min_trials {
                 continue;
             }
             if let Some(z) = o.gap_z().filter(|_| !window.clicks_on_arrival) {
-                let h = self.gap_history.entry(scenario.clone()).or_default();
-                h.push_back(z);
-                while h.len() > keep {
-                    h.pop_front();
-                }
+                push_capped(
+                    self.gap_history.entry(scenario.clone()).or_default(),
+                    z,
+                    cap,
+                );
             }
         }
     }
 
-    fn summarise(&self, window: &WindowObservation) -> WindowSummary {
+    fn summarise(
+        &self,
+        window: &WindowObservation,
+        sorted: BTreeMap<&str, Vec<f64>>,
+    ) -> WindowSummary {
         let per_window = self.config.reference.windows().max(1);
         let cap = (self.config.max_reference_sample / per_window).max(1);
         WindowSummary {
-            continuous: window
-                .continuous
-                .iter()
-                .map(|(k, v)| (k.clone(), thin_sorted(finite_sorted(v), cap)))
+            continuous: sorted
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), thin_sorted(v, cap)))
                 .collect(),
             categorical: window.categorical.clone(),
             scenarios: window.scenarios.clone(),
         }
     }
 
+    /// How a feature's window is decided (see the module docs). Small windows: the test
+    /// (`test` = name and uncorrected p-value) after the clustering correction. Large
+    /// windows: the effect size (`effect` = name, value, warning and critical bands), which
+    /// breaches only if the corrected test is significant too. Either way the window is
+    /// not observed (neither breach nor clear) until the test's correction is calibrated.
+    /// `None` when the deciding statistic could not be computed.
+    fn feature_decision(
+        &self,
+        history_key: &str,
+        small: bool,
+        test: (&'static str, Option<f64>),
+        effect: (&'static str, Option<f64>, f64, f64),
+    ) -> Option<FeatureDecision> {
+        let c = &self.config;
+        let (test_name, raw_p) = test;
+        let deff = self.history_design_effect(history_key);
+        let p = raw_p.map(|p| p_corrected(p, deff.unwrap_or(1.0)));
+        let (statistic, value, obs) = if small {
+            let p = p?;
+            let obs = Observation::below(test_name, p, c.p_value_warning, c.p_value_critical);
+            (test_name, p, obs)
+        } else {
+            let (effect_name, effect, warning, critical) = effect;
+            let effect = effect?;
+            let significant = p.is_some_and(|p| p < c.p_value_warning);
+            let obs = Observation::above(effect_name, effect, warning, critical)
+                .if_significant(significant);
+            (effect_name, effect, obs)
+        };
+        Some(FeatureDecision {
+            statistic,
+            value,
+            obs: untrusted_if_none(obs, deff),
+            deff,
+            // Published once the correction is calibrated: an uncorrected p-value of
+            // clustered data is far too small and would mislead a dashboard or rule.
+            p_corrected: p.filter(|_| deff.is_some()),
+            // This window's -log2(p), its entry in the calibration history.
+            ratio: raw_p.and_then(fisher_ratio),
+        })
+    }
+
+    /// `current`: the window's finite values, sorted; `history_key`: the test's entry in
+    /// the calibration history (`ks/<feature>`).
     fn continuous_drift(
         &self,
         feature: &str,
-        values: &[f64],
+        history_key: &str,
+        current: &[f64],
     ) -> Option<(FeatureDrift, Observation, Option<f64>)> {
         let c = &self.config;
-        let current = finite_sorted(values);
         let windows: Vec<&Vec<f64>> = self
             .reference
             .iter()
@@ -723,32 +771,18 @@ impl DriftMonitor {
         if reference.len() < c.min_samples {
             return None;
         }
-        let psi = psi_sorted(&reference, &current, c.bins).ok();
-        let ks = ks_sorted(&reference, &current).ok();
+        let psi = psi_sorted(&reference, current, c.bins).ok();
+        let ks = ks_sorted(&reference, current).ok();
         let scale = std_dev(&reference);
-        let wasserstein_norm = wasserstein_sorted(&reference, &current)
+        let wasserstein_norm = wasserstein_sorted(&reference, current)
             .ok()
             .map(|w| if scale > 0.0 { w / scale } else { w });
-        let small = current.len() < c.small_sample;
-        // This window's -log2(p), its entry in the calibration history.
-        let ratio = ks.and_then(|k| fisher_ratio(k.p_value));
-        let deff = self.history_design_effect(&format!("ks/{feature}"));
-        let p = ks.map(|ks| p_corrected(ks.p_value, deff.unwrap_or(1.0)));
-        let (statistic, value, obs) = if small {
-            let p = p?;
-            let obs = Observation::below("ks", p, c.p_value_warning, c.p_value_critical);
-            ("ks", p, untrusted_if_none(obs, deff))
-        } else {
-            // Material (PSI) and not sampling noise (the corrected KS test).
-            let psi = psi?;
-            let significant = p.is_some_and(|p| p < c.p_value_warning);
-            let obs = Observation::above("psi", psi, c.psi_warning, c.psi_critical)
-                .if_significant(significant);
-            // Without a calibrated test the window is not observed (neither breach nor
-            // clear), as on small windows.
-            let obs = untrusted_if_none(obs, deff);
-            ("psi", psi, obs)
-        };
+        let d = self.feature_decision(
+            history_key,
+            current.len() < c.small_sample,
+            ("ks", ks.map(|k| k.p_value)),
+            ("psi", psi, c.psi_warning, c.psi_critical),
+        )?;
         let drift = FeatureDrift {
             feature: feature.to_string(),
             categorical: false,
@@ -760,20 +794,19 @@ impl DriftMonitor {
             wasserstein_norm,
             js: None,
             chi2_p_value: None,
-            design_effect: deff.unwrap_or(1.0),
-            // Published once the correction is calibrated: an uncorrected p-value of
-            // clustered data is far too small and would mislead a dashboard or rule.
-            p_corrected: p.filter(|_| deff.is_some()),
-            statistic,
-            value,
-            breach: obs.is_warning() || obs.is_critical(),
+            design_effect: d.deff.unwrap_or(1.0),
+            p_corrected: d.p_corrected,
+            statistic: d.statistic,
+            value: d.value,
+            breach: d.obs.is_warning() || d.obs.is_critical(),
         };
-        Some((drift, obs, ratio))
+        Some((drift, d.obs, d.ratio))
     }
 
     fn categorical_drift(
         &self,
         feature: &str,
+        history_key: &str,
         counts: &BTreeMap<String, u64>,
     ) -> Option<(FeatureDrift, Observation, Option<f64>)> {
         let c = &self.config;
@@ -795,23 +828,12 @@ impl DriftMonitor {
         let (_, rv, qv) = aligned_counts(&reference, counts);
         let js = jensen_shannon(&rv, &qv).ok();
         let chi2 = chi2_homogeneity(&rv, &qv).ok();
-        let small = n_current < c.small_sample as u64;
-        let ratio = chi2.and_then(|x| fisher_ratio(x.p_value));
-        let deff = self.history_design_effect(&format!("chi2/{feature}"));
-        let p = chi2.map(|x| p_corrected(x.p_value, deff.unwrap_or(1.0)));
-        let (statistic, value, obs) = if small {
-            let p = p?;
-            let obs = Observation::below("chi2", p, c.p_value_warning, c.p_value_critical);
-            ("chi2", p, untrusted_if_none(obs, deff))
-        } else {
-            // Material (JS) and not sampling noise (the corrected chi-squared test).
-            let js = js?;
-            let significant = p.is_some_and(|p| p < c.p_value_warning);
-            let obs = Observation::above("js", js, c.js_warning, c.js_critical)
-                .if_significant(significant);
-            let obs = untrusted_if_none(obs, deff);
-            ("js", js, obs)
-        };
+        let d = self.feature_decision(
+            history_key,
+            n_current < c.small_sample as u64,
+            ("chi2", chi2.map(|x| x.p_value)),
+            ("js", js, c.js_warning, c.js_critical),
+        )?;
         let drift = FeatureDrift {
             feature: feature.to_string(),
             categorical: true,
@@ -823,15 +845,13 @@ impl DriftMonitor {
             wasserstein_norm: None,
             js,
             chi2_p_value: chi2.map(|x| x.p_value),
-            design_effect: deff.unwrap_or(1.0),
-            // Published once the correction is calibrated: an uncorrected p-value of
-            // clustered data is far too small and would mislead a dashboard or rule.
-            p_corrected: p.filter(|_| deff.is_some()),
-            statistic,
-            value,
-            breach: obs.is_warning() || obs.is_critical(),
+            design_effect: d.deff.unwrap_or(1.0),
+            p_corrected: d.p_corrected,
+            statistic: d.statistic,
+            value: d.value,
+            breach: d.obs.is_warning() || d.obs.is_critical(),
         };
-        Some((drift, obs, ratio))
+        Some((drift, d.obs, d.ratio))
     }
 
     fn scenario_drift(
@@ -917,28 +937,21 @@ impl DriftMonitor {
         // sessions/s). The pipeline hands no predictions on arrival; this is the guard.
         if let Some(z) = o.gap_z().filter(|_| !on_arrival) {
             // The latest K - 1 gaps may be a breach streak: left out like the latest
-            // reference windows (see `estimation_part`). Each gap is its window's own z,
+            // entries of the tests' histories. Each gap is its window's own z,
             // so a streak only adds outliers the median resists; the lag keeps it out all
             // the same. Until the history after warm-up holds one reference's worth of
             // gaps (and at least 2K - 1) the value is recorded uncorrected and raises
             // nothing: a model a few windows old is miscalibrated as a rule (tested on
             // arrival, where the model had trained on 12 windows at the end of the
             // warm-up, it paged in a stationary run).
-            let lag = self.config.alerts.fire_after_windows.max(1) as usize - 1;
-            let gaps: Vec<f64> = self
-                .gap_history
-                .get(scenario)
-                .map(|h| {
-                    let keep = h.len().saturating_sub(lag);
-                    h.iter().take(keep).map(|z| z_ratio(*z)).collect()
-                })
-                .unwrap_or_default();
-            let needed = (2 * self.config.alerts.fire_after_windows.max(1) as usize - 1)
-                .max(self.config.reference.windows());
             // Published and tested once calibrated (an uncorrected z of clustered clicks
             // would mislead a dashboard or a rule on the gauge).
             let z = self
-                .design_effect(&gaps, needed)
+                .calibrated(
+                    self.gap_history.get(scenario),
+                    self.gap_calibration(),
+                    z_ratio,
+                )
                 .map(|deff| z / deff.sqrt());
             drift.ctr_gap_z = z;
             if let Some(z) = z
@@ -959,7 +972,7 @@ impl DriftMonitor {
         losses: &[f64],
         warm: bool,
     ) -> (TaskQuality, Option<(AlertKey, Observation)>) {
-        let c = self.config.clone();
+        let c = &self.config;
         let d = self
             .tasks
             .entry(task.to_string())

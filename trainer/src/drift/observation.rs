@@ -7,10 +7,11 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use shopstream_features::Example;
+use shopstream_features::{Example, Features};
 
 use super::DriftError;
-use crate::joint::Output;
+use crate::joint::{Output, Targets};
+use crate::metrics::example_log_loss;
 use crate::targets_of;
 
 /// Continuous features [`WindowObservation::from_examples`] extracts: ones whose
@@ -25,8 +26,22 @@ pub const DEFAULT_CONTINUOUS_FEATURES: [&str; 3] = ["price", "item_price", "posi
 /// count as the category `unknown`).
 pub const DEFAULT_CATEGORICAL_FEATURES: [&str; 3] = ["scenario", "device", "item_category"];
 
-/// Probability clamp of the per-example log loss (as `metrics::log_loss`).
-const LOSS_EPS: f64 = 1e-15;
+/// Which features of an example a window observation takes, by name.
+#[derive(Debug, Clone, Copy)]
+pub struct FeatureSelection<'a> {
+    /// Continuous features: `price`, `item_price`, `position`.
+    pub continuous: &'a [&'a str],
+    /// Categorical features: `scenario`, `device`, `item_category`.
+    pub categorical: &'a [&'a str],
+}
+
+impl FeatureSelection<'static> {
+    /// [`DEFAULT_CONTINUOUS_FEATURES`] and [`DEFAULT_CATEGORICAL_FEATURES`].
+    pub const DEFAULT: Self = Self {
+        continuous: &DEFAULT_CONTINUOUS_FEATURES,
+        categorical: &DEFAULT_CATEGORICAL_FEATURES,
+    };
+}
 
 /// Outcome counts of one scenario in one window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -122,14 +137,40 @@ pub struct WindowObservation {
 /// arrive, before labels mature (label drift `early_ctr`).
 pub const EARLY_CTR: &str = "early_ctr";
 
-/// Log loss of one prediction, clamped like `metrics::log_loss` (NaN counts as 0.5).
+/// Log loss of one prediction, as `metrics::log_loss` counts it; NaN counts as 0.5.
 pub(crate) fn log_loss(p: f64, y: bool) -> f64 {
-    let p = if p.is_nan() {
-        0.5
-    } else {
-        p.clamp(LOSS_EPS, 1.0 - LOSS_EPS)
-    };
-    if y { -p.ln() } else { -(1.0 - p).ln() }
+    example_log_loss(if p.is_nan() { 0.5 } else { p }, y)
+}
+
+/// The entry of `key`, inserted empty if missing. The key is copied only then: the
+/// arrival monitor calls this for every impression, and after the window's first event
+/// every key is there.
+fn slot<'a, V: Default>(map: &'a mut BTreeMap<String, V>, key: &str) -> &'a mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_owned(), V::default());
+    }
+    map.get_mut(key).expect("inserted above")
+}
+
+/// A continuous feature of an example by name (`price`, `item_price`, `position`).
+fn continuous_of(f: &Features, name: &str) -> Option<f64> {
+    match name {
+        "price" => f.price,
+        "item_price" => f.item_price,
+        "position" => f.position.map(f64::from),
+        _ => None,
+    }
+}
+
+/// A categorical feature of an example by name (`scenario`, `device`, `item_category`);
+/// a missing value is the category `unknown`.
+fn category_of<'a>(f: &'a Features, name: &str) -> Option<&'a str> {
+    match name {
+        "scenario" => Some(f.scenario.as_str()),
+        "device" => Some(f.device.as_deref().unwrap_or("unknown")),
+        "item_category" => Some(f.item_category.as_deref().unwrap_or("unknown")),
+        _ => None,
+    }
 }
 
 impl WindowObservation {
@@ -143,73 +184,75 @@ impl WindowObservation {
 
     /// Adds one value of a continuous feature.
     pub fn add_continuous(&mut self, feature: &str, value: f64) {
-        self.continuous
-            .entry(feature.to_string())
-            .or_default()
-            .push(value);
+        slot(&mut self.continuous, feature).push(value);
     }
 
     /// Adds one value of a categorical feature.
     pub fn add_category(&mut self, feature: &str, value: &str) {
-        let count = self
-            .categorical
-            .entry(feature.to_string())
-            .or_default()
-            .entry(value.to_string())
-            .or_insert(0);
+        let count = slot(slot(&mut self.categorical, feature), value);
         *count = count.saturating_add(1);
     }
 
     /// Counts one impression of `scenario` (see [`ScenarioOutcomes::add`]).
     pub fn add_outcome(&mut self, scenario: &str, clicked: bool, converted: bool, p_click: f64) {
-        self.scenarios
-            .entry(scenario.to_string())
-            .or_default()
-            .add(clicked, converted, p_click);
+        slot(&mut self.scenarios, scenario).add(clicked, converted, p_click);
     }
 
-    /// Counts one arriving impression of `scenario`; marks the window as
+    /// The outcomes of `scenario` counted on arrival; marks the window as
     /// [`WindowObservation::clicks_on_arrival`].
-    pub fn add_impression_on_arrival(&mut self, scenario: &str) {
+    fn on_arrival(&mut self, scenario: &str) -> &mut ScenarioOutcomes {
         self.clicks_on_arrival = true;
-        self.scenarios
-            .entry(scenario.to_string())
-            .or_default()
-            .add_impression_on_arrival();
+        slot(&mut self.scenarios, scenario)
+    }
+
+    /// Counts one arriving impression of `scenario` (see
+    /// [`ScenarioOutcomes::add_impression_on_arrival`]).
+    pub fn add_impression_on_arrival(&mut self, scenario: &str) {
+        self.on_arrival(scenario).add_impression_on_arrival();
     }
 
     /// Counts one arriving click event of `scenario` (see
     /// [`ScenarioOutcomes::add_click_on_arrival`]).
     pub fn add_click_on_arrival(&mut self, scenario: &str) {
-        self.clicks_on_arrival = true;
-        self.scenarios
-            .entry(scenario.to_string())
-            .or_default()
-            .add_click_on_arrival();
+        self.on_arrival(scenario).add_click_on_arrival();
     }
 
     /// Adds one per-example loss of `task`.
     pub fn add_loss(&mut self, task: &str, loss: f64) {
-        self.losses.entry(task.to_string()).or_default().push(loss);
+        slot(&mut self.losses, task).push(loss);
     }
 
-    fn add_example_features(&mut self, e: &Example) {
+    /// Adds the named features of one example (see [`continuous_of`], [`category_of`]).
+    fn add_example_features(&mut self, e: &Example, features: &FeatureSelection<'_>) {
         let f = &e.features;
-        if let Some(p) = f.price {
-            self.add_continuous("price", p);
+        for name in features.continuous {
+            if let Some(v) = continuous_of(f, name) {
+                self.add_continuous(name, v);
+            }
         }
-        if let Some(p) = f.item_price {
-            self.add_continuous("item_price", p);
+        for name in features.categorical {
+            if let Some(v) = category_of(f, name) {
+                self.add_category(name, v);
+            }
         }
-        if let Some(p) = f.position {
-            self.add_continuous("position", f64::from(p));
-        }
-        self.add_category("scenario", f.scenario.as_str());
-        self.add_category("device", f.device.as_deref().unwrap_or("unknown"));
-        self.add_category(
-            "item_category",
-            f.item_category.as_deref().unwrap_or("unknown"),
+    }
+
+    /// Adds one example with its click probability and the `ctr` loss.
+    fn add_example(
+        &mut self,
+        e: &Example,
+        t: &Targets,
+        p_click: f64,
+        features: &FeatureSelection<'_>,
+    ) {
+        self.add_example_features(e, features);
+        self.add_outcome(
+            e.features.scenario.as_str(),
+            t.clicked,
+            t.converted,
+            p_click,
         );
+        self.add_loss("ctr", log_loss(p_click, t.clicked));
     }
 
     /// A window from its examples and the click probabilities predicted for them before
@@ -225,10 +268,7 @@ impl WindowObservation {
         }
         let mut w = Self::new(window_start_ms);
         for (e, p) in examples.iter().zip(p_click) {
-            let t = targets_of(e);
-            w.add_example_features(e);
-            w.add_outcome(e.features.scenario.as_str(), t.clicked, t.converted, *p);
-            w.add_loss("ctr", log_loss(*p, t.clicked));
+            w.add_example(e, &targets_of(e), *p, &FeatureSelection::DEFAULT);
         }
         Ok(w)
     }
@@ -241,10 +281,28 @@ impl WindowObservation {
         examples: &[Example],
         outputs: &[Output],
     ) -> Result<Self, DriftError> {
-        let p: Vec<f64> = outputs.iter().map(|o| o.p_click).collect();
-        let mut w = Self::from_examples(window_start_ms, examples, &p)?;
+        Self::from_outputs_with(
+            window_start_ms,
+            examples,
+            outputs,
+            &FeatureSelection::DEFAULT,
+        )
+    }
+
+    /// Like [`WindowObservation::from_outputs`] with only the `features` named.
+    pub fn from_outputs_with(
+        window_start_ms: i64,
+        examples: &[Example],
+        outputs: &[Output],
+        features: &FeatureSelection<'_>,
+    ) -> Result<Self, DriftError> {
+        if examples.len() != outputs.len() {
+            return Err(DriftError::LengthMismatch(examples.len(), outputs.len()));
+        }
+        let mut w = Self::new(window_start_ms);
         for (e, o) in examples.iter().zip(outputs) {
             let t = targets_of(e);
+            w.add_example(e, &t, o.p_click, features);
             if t.clicked {
                 w.add_loss("cvr", log_loss(o.p_cvr, t.converted));
             }

@@ -11,6 +11,7 @@
 //! `max_reference_sample / windows` by keeping evenly spaced order statistics, which
 //! preserves the quantiles (what PSI and KS look at) deterministically, with no RNG.
 
+use shopstream_config::{CalibrationHistory, DriftReference};
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
@@ -37,6 +38,21 @@ impl ReferenceMode {
         match self {
             ReferenceMode::Trailing { windows } | ReferenceMode::Pinned { windows } => windows,
         }
+    }
+
+    /// The configuration's name of this kind of reference.
+    pub fn kind(self) -> DriftReference {
+        match self {
+            ReferenceMode::Trailing { .. } => DriftReference::Trailing,
+            ReferenceMode::Pinned { .. } => DriftReference::Pinned,
+        }
+    }
+
+    /// The calibration history of the significance tests against this reference (see
+    /// [`DriftReference::calibration_history`]).
+    pub fn calibration_history(self, fire_after_windows: u32) -> CalibrationHistory {
+        self.kind()
+            .calibration_history(self.windows().max(1), fire_after_windows)
     }
 }
 

@@ -1,17 +1,20 @@
 //! The `[drift]` section of the job's configuration mapped onto [`DriftConfig`]. The
-//! configuration exposes the thresholds and counts a user tunes; everything else keeps
-//! the monitor's documented defaults (see [`DriftConfig::default`]).
+//! configuration exposes the thresholds and counts a user tunes (and holds their
+//! defaults); the few settings nobody tunes are fixed here.
 
 use shopstream_config::{DriftConfig as DriftSettings, DriftReference};
 
 use super::alerts::AlertPolicy;
 use super::monitor::DriftConfig;
+use super::page_hinkley::{PageHinkleyConfig, PageHinkleyMode};
 use super::reference::ReferenceMode;
+
+/// Reference values kept per continuous feature, over all the reference's windows.
+const MAX_REFERENCE_SAMPLE: usize = 20_000;
 
 impl DriftConfig {
     /// The monitor configuration for the job's `[drift]` section.
     pub fn from_settings(s: &DriftSettings) -> Self {
-        let defaults = DriftConfig::default();
         let windows = s.reference_windows;
         DriftConfig {
             reference: match s.reference {
@@ -36,13 +39,18 @@ impl DriftConfig {
             model_warmup_windows: s.model_warmup_windows,
             adwin: super::AdwinConfig {
                 delta: s.adwin_delta,
-                ..defaults.adwin
+                ..super::AdwinConfig::default()
             },
             loss_increase_warning: s.loss_increase_warning,
             loss_increase_critical: s.loss_increase_critical,
-            page_hinkley: super::PageHinkleyConfig {
+            // Not River's defaults (see `DriftConfig::page_hinkley`): a bigger delta and no
+            // forgetting suit per-example log losses.
+            page_hinkley: PageHinkleyConfig {
+                min_instances: 30,
+                delta: 0.05,
                 threshold: s.page_hinkley_threshold,
-                ..defaults.page_hinkley
+                alpha: 1.0,
+                mode: PageHinkleyMode::Up,
             },
             alerts: AlertPolicy {
                 fire_after_windows: s.fire_after_windows,
@@ -51,11 +59,11 @@ impl DriftConfig {
             // The loss detectors control their own false alarms: they fire on the first
             // window with a detection and resolve like the window statistics.
             detector_alerts: AlertPolicy {
-                fire_after_windows: defaults.detector_alerts.fire_after_windows,
+                fire_after_windows: 1,
                 resolve_after_windows: s.resolve_after_windows,
             },
             design_effect_correction: s.design_effect_correction,
-            max_reference_sample: defaults.max_reference_sample,
+            max_reference_sample: MAX_REFERENCE_SAMPLE,
         }
     }
 }
@@ -65,11 +73,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_settings_give_the_default_monitor() {
+    fn the_default_monitor_is_the_documented_one() {
+        let c = DriftConfig::default();
+        assert_eq!(c.reference, ReferenceMode::Trailing { windows: 12 });
         assert_eq!(
-            DriftConfig::from_settings(&DriftSettings::default()),
-            DriftConfig::default()
+            (c.min_reference_windows, c.bins, c.small_sample),
+            (3, 10, 1000)
         );
+        assert_eq!((c.psi_warning, c.psi_critical), (0.1, 0.2));
+        assert_eq!((c.p_value_warning, c.p_value_critical), (0.01, 0.001));
+        assert_eq!((c.rate_z_warning, c.gap_z_warning), (3.0, 3.0));
+        assert_eq!(c.adwin.delta, 0.002);
+        assert_eq!(
+            (
+                c.page_hinkley.delta,
+                c.page_hinkley.threshold,
+                c.page_hinkley.alpha
+            ),
+            (0.05, 80.0, 1.0)
+        );
+        assert_eq!(
+            (c.alerts.fire_after_windows, c.alerts.resolve_after_windows),
+            (3, 3)
+        );
+        assert_eq!(c.detector_alerts.fire_after_windows, 1);
+        assert_eq!(c.max_reference_sample, 20_000);
+        assert!(c.design_effect_correction);
     }
 
     #[test]

@@ -20,9 +20,6 @@ use super::DriftError;
 use super::kolmogorov::kolmogorov_sf;
 use super::special::chi2_sf;
 
-/// Default number of PSI bins (deciles of the reference).
-pub const DEFAULT_PSI_BINS: usize = 10;
-
 /// Floor of a bin proportion in PSI, so an empty bin contributes a large but finite term.
 /// 1e-4 is Evidently's choice; a smaller floor (1e-6) lets one empty bin dominate the
 /// index (0.1 x ln(0.1 / 1e-6) = 1.15 alone), a larger one hides real emptiness.

@@ -1,0 +1,43 @@
+//! Atomic file replacement, shared by the data files, the commit records and the
+//! checkpoints: write to a hidden temporary name beside the target, fsync it, rename it
+//! into place, fsync the directory. A crash leaves either the old file or the new one
+//! complete, plus at worst a `.NAME.tmp` that readers skip (they ignore dot-files).
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+
+/// An error type with a variant for a failed file-system call on a path.
+pub(crate) trait IoError {
+    /// The error for `source`, raised on `path`.
+    fn io(path: &Path, source: io::Error) -> Self;
+}
+
+/// Writes `dir/name` (at `path`) atomically: creates `dir/.NAME.tmp`, lets `fill` write
+/// into it (`fill` also gets the temporary path, for its errors), fsyncs it, arms
+/// `failpoint` (when given) with the complete file still under its temporary name, renames
+/// it to `path` and fsyncs `dir` so that the rename is durable. `dir` must exist. Returns
+/// what `fill` returned.
+pub(crate) fn write_atomic<T, E: IoError>(
+    dir: &Path,
+    path: &Path,
+    name: &str,
+    failpoint: Option<&str>,
+    fill: impl FnOnce(&mut File, &Path) -> Result<T, E>,
+) -> Result<T, E> {
+    // Hidden while incomplete: readers (pyarrow, polars, DuckDB) skip dot-files.
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut file = File::create(&tmp).map_err(|e| E::io(&tmp, e))?;
+    let out = fill(&mut file, &tmp)?;
+    file.sync_all().map_err(|e| E::io(&tmp, e))?;
+    drop(file);
+    if let Some(point) = failpoint {
+        crate::failpoint::hit(point);
+    }
+    std::fs::rename(&tmp, path).map_err(|e| E::io(path, e))?;
+    // Make the rename itself durable.
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| E::io(dir, e))?;
+    Ok(out)
+}
