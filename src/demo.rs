@@ -14,6 +14,7 @@ use shopstream_config::Config;
 use shopstream_ingest::generator::{GeneratorOptions, GeneratorReport};
 use shopstream_sinks::read::{ScenarioSummary, scenario_summary};
 use shopstream_sinks::store::StoreError;
+use shopstream_sinks::tables;
 
 use crate::generate::{GenerateError, publish_traffic};
 use crate::pipeline::{PipelineError, RunOptions, RunSummary, run};
@@ -202,22 +203,15 @@ async fn live(
 }
 
 /// Removes a previous demo store so the summary counts only this run; refuses to touch a
-/// directory that holds anything but shopstream tables.
+/// directory that holds anything but what the job writes into a store (its tables, the
+/// commit manifest and the default checkpoint directory).
 fn clear_previous_store(path: &Path) -> Result<(), DemoError> {
     let Ok(entries) = std::fs::read_dir(path) else {
         return Ok(());
     };
-    let known = [
-        "examples",
-        "predictions",
-        "item_demand",
-        "metrics",
-        "alerts",
-        "_manifest",
-    ];
     for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().to_string();
-        if !known.contains(&name.as_str()) {
+        let name = entry.file_name();
+        if !tables::is_store_entry(&name.to_string_lossy()) {
             return Err(DemoError::ForeignStore(path.to_path_buf()));
         }
     }
@@ -300,14 +294,14 @@ pub fn render(report: &DemoReport, store: &Path) -> String {
         s,
         "  files written:         {} under {}",
         r.files_written,
-        store.join("examples").display()
+        store.join(tables::EXAMPLES).display()
     );
     let _ = writeln!(s, "  windows closed:        {}", r.windows_closed);
     let _ = writeln!(
         s,
         "  item demand:           {} forecasts in {}, {} with stock-out risk",
         r.demand_forecasts,
-        store.join("item_demand").display(),
+        store.join(tables::ITEM_DEMAND).display(),
         r.stockout_risks
     );
     let q = &r.quality;

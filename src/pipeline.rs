@@ -30,6 +30,7 @@ use shopstream_ingest::source::{
 };
 use shopstream_sinks::kafka_out::{PublishError, Publisher, dead_letter_headers};
 use shopstream_sinks::store::{ParquetStore, StoreError};
+use shopstream_sinks::tables;
 use shopstream_trainer::{Trainer, WindowMetrics};
 use std::sync::Arc;
 
@@ -257,7 +258,7 @@ pub async fn run_observed(
 ) -> Result<RunSummary, PipelineError> {
     let started = std::time::Instant::now();
     let store = ParquetStore::open(&config.store)?;
-    for table in STORE_TABLES {
+    for table in tables::ALL {
         let removed = store.vacuum(table)?;
         if removed > 0 {
             tracing::info!(
@@ -433,7 +434,7 @@ pub async fn run_observed(
         if let Some(path) = &config.model.path {
             processor
                 .trainer
-                .save(path, processor.summary.last_window_metrics.as_ref())
+                .save(path)
                 .map_err(|e| PipelineError::Internal(e.to_string()))?;
             tracing::info!(path = %path.display(), version = processor.trainer.version(), "model written");
         }
@@ -1033,6 +1034,7 @@ impl Processor<'_> {
         summary.elapsed_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         summary.model_version = self.trainer.version();
         summary.trained_examples = self.trainer.trained_examples();
+        summary.last_window_metrics = self.trainer.last_window().cloned();
         summary.predictions_published = delivered.get(TAG_PREDICTION).copied().unwrap_or(0);
         summary.dead_letters_published = delivered.get(TAG_DEAD_LETTER).copied().unwrap_or(0);
         summary.drift = drift.summary();
@@ -1184,7 +1186,7 @@ impl Processor<'_> {
                 forecasts.iter().filter(|f| f.stockout_risk).count() as u64;
             if write {
                 let batch = shopstream_trainer::metrics::demand_batch(&forecasts)?;
-                self.write_table("item_demand", output.end, batch, BTreeMap::new())
+                self.write_table(tables::ITEM_DEMAND, output.end, batch, BTreeMap::new())
                     .await?;
             }
         }
@@ -1198,13 +1200,13 @@ impl Processor<'_> {
         metrics.demand = demand;
         self.summary.quality.add(&metrics);
         if !write {
-            self.summary.last_window_metrics = Some(metrics);
+            self.trainer.record_window(metrics);
             return Ok(());
         }
         let batch = examples_batch(&output.examples)?;
         let metadata = examples_metadata(output.start, output.end);
         let written = self
-            .write_table("examples", output.start, batch, metadata)
+            .write_table(tables::EXAMPLES, output.start, batch, metadata)
             .await?;
         for file in written {
             self.summary.examples_written += file.rows as u64;
@@ -1217,8 +1219,13 @@ impl Processor<'_> {
             self.trainer.version(),
             &metrics,
         )?;
-        self.write_table("metrics", output.start, metrics_batch, BTreeMap::new())
-            .await?;
+        self.write_table(
+            tables::METRICS,
+            output.start,
+            metrics_batch,
+            BTreeMap::new(),
+        )
+        .await?;
         tracing::debug!(
             window_start = output.start,
             events = output.events,
@@ -1226,19 +1233,17 @@ impl Processor<'_> {
             log_loss = metrics.log_loss,
             "window closed"
         );
-        self.summary.last_window_metrics = Some(metrics);
-        // Hours that no later window can add rows to: impressions mature (and are
-        // written) up to an attribution window after their time.
-        let settled = output.start
-            - ms(self.config.pipeline.attribution_window_secs)
-            - 2 * ms(self.config.pipeline.window_secs);
-        // Partitions end on whole hours, so the partitions settled by `settled` change
-        // only when it passes an hour; in between, compaction would re-read every commit
-        // record of every table to find nothing to do.
-        let settled_hours = settled.div_euclid(HOUR_MS);
-        if self.compacted_hours != Some(settled_hours) {
-            self.compact(Some(settled)).await?;
-            self.compacted_hours = Some(settled_hours);
+        self.trainer.record_window(metrics);
+        // Hours that no later window can add rows to (see `settled_before`). Partitions
+        // end on whole hours, so the partitions settled change only when the bound passes
+        // an hour; in between, compaction would re-read every commit record of every
+        // table to find nothing to do.
+        if let Some(settled) = self.features.settled_before() {
+            let settled_hours = settled.div_euclid(HOUR_MS);
+            if self.compacted_hours != Some(settled_hours) {
+                self.compact(Some(settled)).await?;
+                self.compacted_hours = Some(settled_hours);
+            }
         }
         Ok(())
     }
@@ -1312,7 +1317,7 @@ impl Processor<'_> {
         let store = self.store.clone();
         let made = tokio::task::spawn_blocking(move || {
             let mut made = 0;
-            for table in STORE_TABLES {
+            for table in tables::ALL {
                 made += store.compact(table, before_ms)?.len();
             }
             Ok::<_, StoreError>(made)
@@ -1325,12 +1330,3 @@ impl Processor<'_> {
 }
 
 const HOUR_MS: i64 = 3_600_000;
-
-/// Tables the pipeline writes.
-const STORE_TABLES: [&str; 5] = [
-    "examples",
-    "metrics",
-    "item_demand",
-    DRIFT_TABLE,
-    ALERTS_TABLE,
-];

@@ -9,6 +9,9 @@
 //! Start from [`Config::default`] in code, or from `config/shopstream.example.toml`, which
 //! documents every key.
 
+/// Directory below `store.path` that holds the checkpoints unless `checkpoint.dir` is set.
+pub const DEFAULT_CHECKPOINT_DIR: &str = "_checkpoints";
+
 mod layering;
 mod sections;
 mod validate;

@@ -66,7 +66,7 @@ impl CheckpointConfig {
     pub fn dir_for(&self, store_path: &std::path::Path) -> PathBuf {
         self.dir
             .clone()
-            .unwrap_or_else(|| store_path.join("_checkpoints"))
+            .unwrap_or_else(|| store_path.join(crate::DEFAULT_CHECKPOINT_DIR))
     }
 }
 

@@ -195,6 +195,24 @@ impl FeaturePipeline {
         self.state.pending_len()
     }
 
+    /// A time before which no later window releases anything: every row a later window
+    /// produces is an example of a pending impression (at or after the oldest one), or
+    /// belongs to a window not closed yet; one window of margin covers what is reported
+    /// on the grid of windows (drift evidence). `None` until a window has closed.
+    ///
+    /// The store compacts an hour once it ends before this bound. It comes from the state,
+    /// not from the configured horizons: a window closes only when it has events, so in
+    /// sparse traffic labels mature long after their horizon, into hours a bound computed
+    /// from the closing window alone would call settled.
+    pub fn settled_before(&self) -> Option<Millis> {
+        let closed = self.windows.closed_until()?;
+        let oldest = self
+            .state
+            .oldest_pending_ts()
+            .map_or(closed, |ts| ts.min(closed));
+        Some(self.windows.start_of(oldest) - self.windows.length_ms())
+    }
+
     /// The state, for inspection and memory accounting.
     pub fn state(&self) -> &FeatureState {
         &self.state

@@ -441,6 +441,14 @@ impl FeatureState {
         self.partitions.values().map(|s| s.pending.len()).sum()
     }
 
+    /// Event time of the oldest impression still waiting for its labels, if any.
+    pub fn oldest_pending_ts(&self) -> Option<Millis> {
+        self.partitions
+            .values()
+            .filter_map(|s| s.pending.0.front().map(|(key, _)| key.0))
+            .min()
+    }
+
     /// Users and items with state, for memory accounting.
     pub fn key_counts(&self) -> (usize, usize) {
         self.partitions

@@ -62,6 +62,11 @@ impl Windows {
         ts.div_euclid(self.length_ms) * self.length_ms
     }
 
+    /// Length of a window.
+    pub fn length_ms(&self) -> Millis {
+        self.length_ms
+    }
+
     /// Everything before this time is closed.
     pub fn closed_until(&self) -> Option<Millis> {
         self.closed_until

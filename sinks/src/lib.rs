@@ -15,6 +15,7 @@
 //! - [`failpoint`]: named crash points for the kill tests (inert unless armed).
 //! - [`read`]: reading the store back (summaries, tests).
 //! - [`query`]: SQL over the store on polars, and point-in-time training sets.
+//! - [`tables`]: the names of the store's tables, in one place.
 
 mod atomic;
 pub mod checkpoint;
@@ -24,3 +25,4 @@ pub mod manifest;
 pub mod query;
 pub mod read;
 pub mod store;
+pub mod tables;

@@ -10,10 +10,10 @@
 //! Two kinds of records exist:
 //! - a window commit (`window-<start_ms>`) names the files one window wrote into a table;
 //!   reprocessing the window rewrites the same files and the same record;
-//! - a compaction commit (`compact-date=…-hour=…-<generation>`) names one merged file and
-//!   the files it `replaces`. Replaced paths are never visible again, even when a restart
-//!   rewrites a window file under the same name: the merged file already holds its rows,
-//!   so showing both would duplicate them.
+//! - a compaction commit (`compact-date=…-hour=…-<first>-<last>`, after the first and last
+//!   window it holds) names one merged file and the files it `replaces`. Replaced paths
+//!   are never visible again: the merged file already holds their rows, so showing both
+//!   would duplicate them (a restarted job does not even write them again).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -107,26 +107,35 @@ pub fn read_commits(root: &Path, table: &str) -> Result<Vec<Commit>, StoreError>
         if name.starts_with('.') || !name.ends_with(".json") {
             continue;
         }
-        let path = entry.path();
-        let bytes = std::fs::read(&path).map_err(io_err(&path))?;
-        let commit: Commit =
-            serde_json::from_slice(&bytes).map_err(|e| StoreError::CorruptCommit {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-        if commit.format != COMMIT_FORMAT {
-            return Err(StoreError::CorruptCommit {
-                path,
-                message: format!(
-                    "commit format {} is not supported (this build reads {COMMIT_FORMAT})",
-                    commit.format
-                ),
-            });
+        if let Some(commit) = read_commit(&entry.path())? {
+            commits.push(commit);
         }
-        commits.push(commit);
     }
     commits.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(commits)
+}
+
+/// Reads one commit record; `None` when it does not exist.
+pub fn read_commit(path: &Path) -> Result<Option<Commit>, StoreError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(io_err(path)(source)),
+    };
+    let commit: Commit = serde_json::from_slice(&bytes).map_err(|e| StoreError::CorruptCommit {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    if commit.format != COMMIT_FORMAT {
+        return Err(StoreError::CorruptCommit {
+            path: path.to_path_buf(),
+            message: format!(
+                "commit format {} is not supported (this build reads {COMMIT_FORMAT})",
+                commit.format
+            ),
+        });
+    }
+    Ok(Some(commit))
 }
 
 /// The files of `table` visible to readers: named by a commit and not replaced by a

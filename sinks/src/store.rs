@@ -1,11 +1,12 @@
 //! The Parquet feature store (write side).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, RecordBatch, TimestampMicrosecondArray, UInt32Array};
-use arrow::compute::{SortColumn, lexsort_to_indices, take_record_batch};
+use arrow::compute::{LexicographicalComparator, SortColumn, take_record_batch};
 use chrono::{DateTime, Datelike, Timelike};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -84,11 +85,11 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |source| StoreError::io(path, source)
 }
 
-/// Deletes `path`; a file that is already gone is no error.
-fn remove_if_exists(path: &Path) -> Result<(), StoreError> {
+/// Deletes `path`; a file that is already gone is no error. Whether it was there.
+fn remove_if_exists(path: &Path) -> Result<bool, StoreError> {
     match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(source) => Err(StoreError::io(path, source)),
     }
 }
@@ -113,6 +114,10 @@ pub struct ParquetStore {
     row_group_rows: usize,
     zstd_level: i32,
     compact_closed_hours: bool,
+    /// Per table, the paths (relative to the table directory) that compactions replaced,
+    /// read from the manifest on first use and kept up to date by [`ParquetStore::compact`]
+    /// (shared by the clones that write from blocking tasks).
+    replaced: Arc<Mutex<BTreeMap<String, BTreeSet<String>>>>,
 }
 
 impl ParquetStore {
@@ -124,6 +129,7 @@ impl ParquetStore {
             row_group_rows: config.row_group_rows,
             zstd_level: config.zstd_level,
             compact_closed_hours: config.compact_closed_hours,
+            replaced: Arc::default(),
         })
     }
 
@@ -136,6 +142,12 @@ impl ParquetStore {
     /// after `file_stem` (deterministic per table and window), rows sorted by (user_id or
     /// item_id, ts); `metadata` goes into each file's key-value metadata. Then commits the
     /// files under the record `file_stem`, with `source_offsets`, so they become visible.
+    ///
+    /// A file whose path a compaction already replaced is not written again: a job
+    /// restarted from a checkpoint reprocesses windows whose rows the merged file holds,
+    /// and the copy would only be an invisible file that directory-scanning engines count
+    /// twice. When every file of the window was replaced, no record is written either (the
+    /// compaction deleted the record it had). Returns the files written.
     pub fn write(
         &self,
         table: &str,
@@ -148,10 +160,29 @@ impl ParquetStore {
             return Ok(Vec::new());
         }
         let batch = sort_for_readers(batch)?;
+        let replaced = self.replaced_paths(table)?;
+        let mut files = Vec::new();
         let mut written = Vec::new();
         for (partition, part) in split_by_hour(table, &batch)? {
             let relative = format!("{partition}/{file_stem}.parquet");
-            written.push(self.write_one(table, &relative, &part, metadata)?);
+            if replaced.contains(&relative) {
+                // Its rows are in the merged file already. The record still names the
+                // path, as the record of a run never restarted does (sizes as it had
+                // them: the file is gone).
+                let bytes = self.committed_bytes(table, file_stem, &relative)?;
+                files.push(CommittedFile {
+                    path: relative,
+                    rows: part.num_rows() as u64,
+                    bytes,
+                });
+                continue;
+            }
+            let file = self.write_one(table, &relative, &part, metadata)?;
+            files.push(committed(&file));
+            written.push(file);
+        }
+        if written.is_empty() {
+            return Ok(written);
         }
         crate::failpoint::hit("store.files_renamed");
         manifest::write_commit(
@@ -160,12 +191,54 @@ impl ParquetStore {
                 format: manifest::COMMIT_FORMAT,
                 table: table.to_string(),
                 id: file_stem.to_string(),
-                files: written.iter().map(committed).collect(),
+                files,
                 replaces: Vec::new(),
                 source_offsets: source_offsets.clone(),
             },
         )?;
         Ok(written)
+    }
+
+    /// The paths of `table` that compactions replaced (read from the manifest once).
+    fn replaced_paths(&self, table: &str) -> Result<BTreeSet<String>, StoreError> {
+        let mut cache = self
+            .replaced
+            .lock()
+            .map_err(|_| StoreError::Internal("replaced-path cache poisoned".into()))?;
+        if let Some(paths) = cache.get(table) {
+            return Ok(paths.clone());
+        }
+        let paths: BTreeSet<String> = manifest::read_commits(&self.root, table)?
+            .into_iter()
+            .flat_map(|c| c.replaces)
+            .collect();
+        cache.insert(table.to_string(), paths.clone());
+        Ok(paths)
+    }
+
+    /// The size the record `id` of `table` gives for `relative` (0 when it has none).
+    fn committed_bytes(&self, table: &str, id: &str, relative: &str) -> Result<u64, StoreError> {
+        let path = manifest::commit_dir(&self.root, table).join(format!("{id}.json"));
+        let Some(commit) = manifest::read_commit(&path)? else {
+            return Ok(0);
+        };
+        Ok(commit
+            .files
+            .iter()
+            .find(|f| f.path == relative)
+            .map_or(0, |f| f.bytes))
+    }
+
+    /// Notes the paths a compaction of `table` replaced.
+    fn note_replaced(&self, table: &str, paths: &[String]) -> Result<(), StoreError> {
+        let mut cache = self
+            .replaced
+            .lock()
+            .map_err(|_| StoreError::Internal("replaced-path cache poisoned".into()))?;
+        if let Some(known) = cache.get_mut(table) {
+            known.extend(paths.iter().cloned());
+        }
+        Ok(())
     }
 
     /// Writes one data file (not yet committed) at `relative` below the table directory.
@@ -193,21 +266,30 @@ impl ParquetStore {
     /// (all with `None`): later hours may still receive windows. Returns the compaction
     /// commits made.
     ///
+    /// The merged file is named after the windows it holds, `compact-<first>-<last>`
+    /// (window stems, epoch ms), and its rows are the stable sort of its inputs taken in
+    /// window order. So the same windows give the same file name and bytes however often,
+    /// and in how many steps, the hour was merged: a job killed and restarted any number
+    /// of times ends with the files of a job never killed.
+    ///
     /// Crash safety: until the compaction record is renamed into place, readers see the
-    /// old files; after it, the merged file. Deleting the replaced files comes last and is
-    /// idempotent. The generation number in the names makes a second compaction of an hour
-    /// (after late windows arrived) a new file rather than an overwrite of a visible one.
+    /// old files; after it, the merged one. Deleting the replaced files comes last and is
+    /// idempotent ([`ParquetStore::vacuum`] finishes it after a crash).
     pub fn compact(&self, table: &str, before_ms: Option<i64>) -> Result<Vec<Commit>, StoreError> {
         let commits = manifest::read_commits(&self.root, table)?;
         let live = manifest::live_of(&self.root, table, &commits);
-        let mut by_hour: BTreeMap<&str, Vec<&manifest::LiveFile>> = BTreeMap::new();
+        let mut by_hour: BTreeMap<&str, Vec<(WindowSpan, &manifest::LiveFile)>> = BTreeMap::new();
         for file in &live {
-            if let Some((partition, _)) = file.relative.rsplit_once('/') {
-                by_hour.entry(partition).or_default().push(file);
+            let Some((partition, name)) = file.relative.rsplit_once('/') else {
+                continue;
+            };
+            // Files the store did not name itself are left alone.
+            if let Some(span) = WindowSpan::of_file_name(name) {
+                by_hour.entry(partition).or_default().push((span, file));
             }
         }
         let mut made = Vec::new();
-        for (partition, files) in by_hour {
+        for (partition, mut files) in by_hour {
             if files.len() < 2 {
                 continue;
             }
@@ -216,13 +298,16 @@ impl ParquetStore {
             {
                 continue;
             }
-            let generation = 1 + commits
-                .iter()
-                .filter(|c| c.id.starts_with(&compaction_prefix(partition)))
-                .count();
+            // Window order, so that the stable sort breaks ties among equal keys the same
+            // way whether the hour is merged in one step or in several.
+            files.sort_by(|a, b| (a.0, &a.1.relative).cmp(&(b.0, &b.1.relative)));
+            let span = WindowSpan {
+                first: files.iter().map(|(s, _)| s.first).min().unwrap_or_default(),
+                last: files.iter().map(|(s, _)| s.last).max().unwrap_or_default(),
+            };
             let mut batches = Vec::new();
             let mut metadata = BTreeMap::new();
-            for file in &files {
+            for (_, file) in &files {
                 let (schema_meta, mut read) = crate::read::read_file(&file.path)?;
                 batches.append(&mut read);
                 merge_window_metadata(&mut metadata, schema_meta);
@@ -232,19 +317,20 @@ impl ParquetStore {
             };
             let merged = arrow::compute::concat_batches(&first.schema(), &batches)?;
             let merged = sort_for_readers(&merged)?;
-            let relative = format!("{partition}/compact-{generation}.parquet");
+            let relative = format!("{partition}/{}.parquet", span.file_stem());
             let written = self.write_one(table, &relative, &merged, &metadata)?;
             let commit = Commit {
                 format: manifest::COMMIT_FORMAT,
                 table: table.to_string(),
-                id: format!("{}{generation}", compaction_prefix(partition)),
+                id: format!("{}{}", compaction_prefix(partition), span.id_suffix()),
                 files: vec![committed(&written)],
-                replaces: files.iter().map(|f| f.relative.clone()).collect(),
+                replaces: files.iter().map(|(_, f)| f.relative.clone()).collect(),
                 source_offsets: BTreeMap::new(),
             };
             crate::failpoint::hit("store.compaction_written");
             manifest::write_commit(&self.root, &commit)?;
-            self.remove_replaced(table, &commit, &commits)?;
+            self.note_replaced(table, &commit.replaces)?;
+            self.remove_replaced(table, &commit.replaces, &commits)?;
             made.push(commit);
         }
         Ok(made)
@@ -252,15 +338,18 @@ impl ParquetStore {
 
     /// Deletes the data files of `table` that no commit makes visible (written by a run
     /// that crashed before committing them, or replaced files a crash kept from being
-    /// deleted) and leftover temporary files, so engines that scan the directories rather
-    /// than read the manifest (pyarrow and DuckDB globs) see what `shopstream query` sees.
-    /// Run at job start, before anything is written. Returns the files deleted.
+    /// deleted), the window records whose files were all replaced, and leftover temporary
+    /// files, so engines that scan the directories rather than read the manifest (pyarrow
+    /// and DuckDB globs) see what `shopstream query` sees. Run at job start, before
+    /// anything is written. Returns the data files deleted.
     pub fn vacuum(&self, table: &str) -> Result<usize, StoreError> {
-        let live: std::collections::BTreeSet<PathBuf> = manifest::live_files(&self.root, table)?
+        let commits = manifest::read_commits(&self.root, table)?;
+        let live: BTreeSet<PathBuf> = manifest::live_of(&self.root, table, &commits)
             .into_iter()
             .map(|f| f.path)
             .collect();
-        let mut removed = 0;
+        let replaced: Vec<String> = commits.iter().flat_map(|c| c.replaces.clone()).collect();
+        let mut removed = self.remove_replaced(table, &replaced, &commits)?;
         let mut stack = vec![self.root.join(table)];
         while let Some(dir) = stack.pop() {
             let entries = match std::fs::read_dir(&dir) {
@@ -275,42 +364,52 @@ impl ParquetStore {
                 if path.is_dir() {
                     stack.push(path);
                 } else if (name.ends_with(".parquet") && !live.contains(&path))
-                    || (name.starts_with('.') && name.ends_with(".tmp"))
+                    || is_temporary(&name)
                 {
                     std::fs::remove_file(&path).map_err(io_err(&path))?;
                     removed += 1;
                 }
             }
         }
+        // Commit records killed half-way through their write.
+        let records = manifest::commit_dir(&self.root, table);
+        if let Ok(entries) = std::fs::read_dir(&records) {
+            for entry in entries.flatten() {
+                if is_temporary(&entry.file_name().to_string_lossy()) {
+                    remove_if_exists(&entry.path())?;
+                }
+            }
+        }
         Ok(removed)
     }
 
-    /// Deletes the files `compaction` replaced and the window records left without any
-    /// visible file.
+    /// Deletes the files of `replaced` and the window records left without a visible
+    /// file (every file they name is replaced); `commits` are the records to look at.
+    /// Returns the data files that were still there.
     fn remove_replaced(
         &self,
         table: &str,
-        compaction: &Commit,
+        replaced: &[String],
         commits: &[Commit],
-    ) -> Result<(), StoreError> {
+    ) -> Result<usize, StoreError> {
         let table_dir = self.root.join(table);
-        for relative in &compaction.replaces {
-            remove_if_exists(&table_dir.join(relative))?;
+        let mut removed = 0;
+        for relative in replaced {
+            removed += usize::from(remove_if_exists(&table_dir.join(relative))?);
         }
-        let replaced: std::collections::BTreeSet<&str> =
-            compaction.replaces.iter().map(String::as_str).collect();
+        let replaced: BTreeSet<&str> = replaced.iter().map(String::as_str).collect();
         for commit in commits {
             let all_replaced = commit
                 .files
                 .iter()
                 .all(|f| replaced.contains(f.path.as_str()));
-            if commit.id.starts_with("window-") && all_replaced {
+            if commit.id.starts_with(WINDOW_PREFIX) && all_replaced {
                 remove_if_exists(
                     &manifest::commit_dir(&self.root, table).join(format!("{}.json", commit.id)),
                 )?;
             }
         }
-        Ok(())
+        Ok(removed)
     }
 
     /// Writes `batch` to `path` through a hidden temporary file; returns the size in bytes.
@@ -337,7 +436,7 @@ impl ParquetStore {
                     .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
                     .collect(),
             ))
-            .set_created_by("shopstream".to_string())
+            .set_created_by(created_by())
             .build();
         let parquet_err = |source| StoreError::Parquet {
             path: path.to_path_buf(),
@@ -353,11 +452,73 @@ impl ParquetStore {
     }
 }
 
+/// The `created_by` of every file: `shopstream version X.Y.Z (build parquet-rs A.B.C)`.
+///
+/// parquet-java (Spark, Hive, Trino, Flink) parses it as `<app> version <semver> (build
+/// <id>)` and ignores the min/max statistics of string columns in files whose writer it
+/// cannot parse, which would defeat row-group pruning on `user_id`. The build part names
+/// the Parquet writer rather than a commit hash: the bytes of a file must not change with
+/// a commit that changes no output (a refactor proves itself by identical files).
+pub fn created_by() -> String {
+    let writer = parquet::file::properties::DEFAULT_CREATED_BY.replacen(" version", "", 1);
+    format!(
+        "shopstream version {} (build {writer})",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
 fn committed(file: &WrittenFile) -> CommittedFile {
     CommittedFile {
         path: file.relative.clone(),
         rows: file.rows as u64,
         bytes: file.bytes,
+    }
+}
+
+/// A leftover of [`write_atomic`]: `.NAME.tmp`.
+fn is_temporary(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".tmp")
+}
+
+/// Stem prefix of the files (and records) of one window.
+const WINDOW_PREFIX: &str = "window-";
+/// Stem prefix of merged files.
+const COMPACT_PREFIX: &str = "compact-";
+
+/// The windows a data file holds, by their stems' times (epoch ms): `window-<ms>` holds
+/// one, `compact-<first>-<last>` those from `first` to `last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct WindowSpan {
+    first: i64,
+    last: i64,
+}
+
+impl WindowSpan {
+    /// The span of a data file's name; `None` for names the store does not write.
+    fn of_file_name(name: &str) -> Option<Self> {
+        let stem = name.strip_suffix(".parquet")?;
+        if let Some(ms) = stem.strip_prefix(WINDOW_PREFIX) {
+            let ms = ms.parse().ok()?;
+            return Some(Self {
+                first: ms,
+                last: ms,
+            });
+        }
+        let (first, last) = stem.strip_prefix(COMPACT_PREFIX)?.split_once('-')?;
+        Some(Self {
+            first: first.parse().ok()?,
+            last: last.parse().ok()?,
+        })
+    }
+
+    /// `<first>-<last>`, as merged files and their records are named.
+    fn id_suffix(&self) -> String {
+        format!("{}-{}", self.first, self.last)
+    }
+
+    /// Stem of the merged file of this span.
+    fn file_stem(&self) -> String {
+        format!("{COMPACT_PREFIX}{}", self.id_suffix())
     }
 }
 
@@ -418,7 +579,8 @@ fn pick_number(a: &str, b: &str, pick: fn(i64, i64) -> i64) -> String {
 
 /// Sorts rows by (`user_id`, `ts`), or (`item_id`, `ts`) for tables keyed by item, so that
 /// readers looking up one key touch few pages (row-group statistics prune the rest).
-/// Tables with neither key keep their order.
+/// Tables with neither key keep their order. The sort is stable: rows with equal keys
+/// keep their order, so merging files gives the same bytes whatever steps it took.
 fn sort_for_readers(batch: &RecordBatch) -> Result<RecordBatch, StoreError> {
     let key = ["user_id", "item_id"]
         .into_iter()
@@ -436,8 +598,13 @@ fn sort_for_readers(batch: &RecordBatch) -> Result<RecordBatch, StoreError> {
             options: None,
         },
     ];
-    let indices = lexsort_to_indices(&columns, None)?;
-    Ok(take_record_batch(batch, &indices)?)
+    let comparator = LexicographicalComparator::try_new(&columns)?;
+    let rows = u32::try_from(batch.num_rows())
+        .map_err(|_| StoreError::Internal(format!("{} rows in one batch", batch.num_rows())))?;
+    let mut indices: Vec<u32> = (0..rows).collect();
+    // `sort_by` is stable (arrow's lexsort is not).
+    indices.sort_by(|a, b| comparator.compare(*a as usize, *b as usize));
+    Ok(take_record_batch(batch, &UInt32Array::from(indices))?)
 }
 
 /// Splits a batch by the UTC hour of its `ts` column: (`date=YYYY-MM-DD/hour=HH`, rows).
@@ -556,6 +723,240 @@ mod tests {
             })
             .count();
         assert_eq!(leftovers, 0, "no temporary files left behind");
+    }
+
+    /// Guards row-group pruning in parquet-java engines: they parse `created_by` with this
+    /// pattern (`org.apache.parquet.VersionParser`, a full match) and distrust string
+    /// statistics when it does not match or the version is not semver.
+    #[test]
+    fn created_by_parses_with_parquet_javas_version_pattern() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ParquetStore::open(&StoreConfig {
+            path: dir.path().to_path_buf(),
+            ..StoreConfig::default()
+        })
+        .expect("open");
+        let files = store
+            .write(
+                "t",
+                "w1",
+                &batch(&[1_767_574_800_000]),
+                &BTreeMap::new(),
+                &BTreeMap::new(),
+            )
+            .expect("write");
+        let file = std::fs::File::open(&files[0].path).expect("open file");
+        let reader = parquet::file::reader::SerializedFileReader::new(file).expect("reader");
+        use parquet::file::reader::FileReader;
+        let created_by = reader
+            .metadata()
+            .file_metadata()
+            .created_by()
+            .expect("created_by set")
+            .to_string();
+        let java = regex::Regex::new(
+            r"^(.*?)\s+version\s*(?:([^(]*?)\s*(?:\(\s*build\s*([^)]*?)\s*\))?)?$",
+        )
+        .expect("pattern");
+        let parts = java.captures(&created_by).expect("parquet-java parses it");
+        assert_eq!(&parts[1], "shopstream", "{created_by}");
+        let version = parts.get(2).map_or("", |m| m.as_str());
+        assert_eq!(version, env!("CARGO_PKG_VERSION"), "{created_by}");
+        // parquet-java's SemanticVersion: MAJOR.MINOR.PATCH, digits.
+        let numbers: Vec<&str> = version.split('.').collect();
+        assert_eq!(numbers.len(), 3, "{version}");
+        assert!(
+            numbers.iter().all(|n| n.parse::<u32>().is_ok()),
+            "{version}"
+        );
+        let build = parts.get(3).map_or("", |m| m.as_str());
+        assert!(build.starts_with("parquet-rs "), "{created_by}");
+    }
+
+    /// Rows (user_id, ts ms, id) as a batch.
+    fn keyed(rows: &[(&str, i64, &str)]) -> RecordBatch {
+        let schema = Schema::new(vec![
+            Field::new("user_id", DataType::Utf8, false),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new("id", DataType::Utf8, false),
+        ]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(
+                    TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.1 * 1000))
+                        .with_timezone("UTC"),
+                ),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2))),
+            ],
+        )
+        .expect("batch")
+    }
+
+    fn open_store(root: &Path) -> ParquetStore {
+        ParquetStore::open(&StoreConfig {
+            path: root.to_path_buf(),
+            ..StoreConfig::default()
+        })
+        .expect("open")
+    }
+
+    /// Every file below `root` (relative path, bytes), manifest included.
+    fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).expect("dir").flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    let relative = path.strip_prefix(root).expect("under root");
+                    out.insert(
+                        relative.display().to_string(),
+                        std::fs::read(&path).expect("read"),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    const H0: i64 = 1_767_571_200_000; // 2026-01-05T00:00:00Z
+
+    /// Four windows of one hour; users u1 and u2 have rows with equal (user_id, ts) in
+    /// different windows, so the order of ties shows in the merged bytes.
+    fn four_windows() -> Vec<(String, RecordBatch)> {
+        (0..4)
+            .map(|w| {
+                let id = |n: i64| format!("w{w}-{n}");
+                let (a, b, c) = (id(0), id(1), id(2));
+                let batch = keyed(&[
+                    ("u2", H0 + 5_000, &a),
+                    ("u1", H0 + 1_000, &b),
+                    ("u1", H0 + 60_000 * w, &c),
+                ]);
+                (format!("window-{}", H0 + 60_000 * w), batch)
+            })
+            .collect()
+    }
+
+    /// Guards issue 13 (2): the merged file's name and bytes depend on the windows it
+    /// holds, not on how many compactions it took (a restarted job may merge an hour in
+    /// more steps than a job never stopped).
+    #[test]
+    fn an_hour_merged_in_two_steps_gives_the_file_merged_in_one() {
+        let (one, two) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let (once, twice) = (open_store(one.path()), open_store(two.path()));
+        let (none, no_offsets) = (BTreeMap::new(), BTreeMap::new());
+        for (n, (stem, batch)) in four_windows().iter().enumerate() {
+            once.write("t", stem, batch, &none, &no_offsets)
+                .expect("write");
+            twice
+                .write("t", stem, batch, &none, &no_offsets)
+                .expect("write");
+            if n == 1 {
+                assert_eq!(twice.compact("t", None).expect("first step").len(), 1);
+            }
+        }
+        once.compact("t", None).expect("compact");
+        twice.compact("t", None).expect("second step");
+        let data = |root: &Path| -> BTreeMap<String, Vec<u8>> {
+            tree(root)
+                .into_iter()
+                .filter(|(name, _)| name.starts_with("t/"))
+                .collect()
+        };
+        let merged = data(one.path());
+        let names: Vec<&String> = merged.keys().collect();
+        assert_eq!(
+            names,
+            vec!["t/date=2026-01-05/hour=00/compact-1767571200000-1767571380000.parquet"]
+        );
+        assert!(merged == data(two.path()), "same windows, same bytes");
+        let (_, batches) = crate::read::read_file(&one.path().join(names[0])).expect("read");
+        let ids: Vec<String> = batches
+            .iter()
+            .flat_map(|b| {
+                let ids = b
+                    .column_by_name("id")
+                    .expect("id")
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .expect("strings")
+                    .clone();
+                (0..ids.len()).map(move |i| ids.value(i).to_string())
+            })
+            .collect();
+        // Ties (u1 at +1 s in every window) in window order.
+        assert_eq!(&ids[..5], ["w0-2", "w0-1", "w1-1", "w2-1", "w3-1"]);
+    }
+
+    /// Guards issue 13 (2): a restarted job reprocessing windows an hour's compaction
+    /// merged leaves no copy of them on disk and no record of them in the manifest.
+    #[test]
+    fn a_window_rewritten_after_its_compaction_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = open_store(dir.path());
+        let (none, no_offsets) = (BTreeMap::new(), BTreeMap::new());
+        let windows = four_windows();
+        for (stem, batch) in &windows {
+            store
+                .write("t", stem, batch, &none, &no_offsets)
+                .expect("write");
+        }
+        store.compact("t", None).expect("compact");
+        let before = tree(dir.path());
+        // A restart (a new store handle) reprocesses two windows.
+        let restarted = open_store(dir.path());
+        for (stem, batch) in &windows[2..] {
+            let written = restarted
+                .write("t", stem, batch, &none, &no_offsets)
+                .expect("write");
+            assert!(written.is_empty(), "{stem} written again");
+        }
+        assert!(tree(dir.path()) == before, "files or records changed");
+    }
+
+    /// Guards issue 13 (2): after a crash between a compaction's record and the deletion
+    /// of what it replaced, the next start deletes the replaced files and their window
+    /// records, and temporary leftovers.
+    #[test]
+    fn vacuum_finishes_a_compaction_a_crash_interrupted() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = open_store(dir.path());
+        let (none, no_offsets) = (BTreeMap::new(), BTreeMap::new());
+        let windows = four_windows();
+        for (stem, batch) in &windows {
+            store
+                .write("t", stem, batch, &none, &no_offsets)
+                .expect("write");
+        }
+        let before_compaction = tree(dir.path());
+        store.compact("t", None).expect("compact");
+        let compacted = tree(dir.path());
+        // Put back what the compaction deleted, as if it had been killed right after
+        // its record, and leave temporary files of a data file and a record.
+        for (name, bytes) in &before_compaction {
+            let path = dir.path().join(name);
+            if !path.exists() {
+                std::fs::write(&path, bytes).expect("restore");
+            }
+        }
+        let hour = dir.path().join("t/date=2026-01-05/hour=00");
+        std::fs::write(hour.join(".window-9.parquet.tmp"), b"partial").expect("tmp");
+        let records = manifest::commit_dir(dir.path(), "t");
+        std::fs::write(records.join(".window-9.json.tmp"), b"{").expect("tmp");
+        assert_eq!(open_store(dir.path()).vacuum("t").expect("vacuum"), 5);
+        assert!(tree(dir.path()) == compacted, "vacuum left something");
     }
 
     #[test]

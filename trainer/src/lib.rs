@@ -122,6 +122,12 @@ pub struct Trainer {
     batch_size: usize,
     version: u64,
     trained_examples: u64,
+    /// Prequential metrics of the last window that had examples. Part of the trainer (and
+    /// so of every checkpoint) because the model file carries them: a job restarted from
+    /// a checkpoint taken after its last window must write the same model file as a job
+    /// never stopped.
+    #[serde(default)]
+    last_window: Option<WindowMetrics>,
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -232,17 +238,24 @@ impl Trainer {
             batch_size: config.batch_size.max(1),
             version: 0,
             trained_examples: 0,
+            last_window: None,
         }
     }
 
     /// A trainer around a loaded model.
-    pub fn from_model(model: JointModel, version: u64, trained_examples: u64) -> Self {
+    pub fn from_model(
+        model: JointModel,
+        version: u64,
+        trained_examples: u64,
+        last_window: Option<WindowMetrics>,
+    ) -> Self {
         let batch_size = model.config().batch_size.max(1);
         Self {
             model,
             batch_size,
             version,
             trained_examples,
+            last_window,
         }
     }
 
@@ -254,6 +267,18 @@ impl Trainer {
     /// Examples trained on so far.
     pub fn trained_examples(&self) -> u64 {
         self.trained_examples
+    }
+
+    /// Prequential metrics of the last window that had examples (demand included, once
+    /// [`Trainer::record_window`] has been called for it).
+    pub fn last_window(&self) -> Option<&WindowMetrics> {
+        self.last_window.as_ref()
+    }
+
+    /// Keeps `metrics` as the last window's (the caller completes them, e.g. with the
+    /// demand head's figures, after [`Trainer::train_window_scored`]).
+    pub fn record_window(&mut self, metrics: WindowMetrics) {
+        self.last_window = Some(metrics);
     }
 
     /// The model.

@@ -79,11 +79,7 @@ fn format(path: &Path, reason: impl Into<String>) -> ModelFileError {
 
 impl Trainer {
     /// Writes the model atomically to `path`.
-    pub fn save(
-        &self,
-        path: &Path,
-        last_window: Option<&WindowMetrics>,
-    ) -> Result<(), ModelFileError> {
+    pub fn save(&self, path: &Path) -> Result<(), ModelFileError> {
         let model = self.model();
         let (steps, demand_steps, c1, c2) = model.counters();
         let blocks = model.blocks();
@@ -94,7 +90,7 @@ impl Trainer {
             steps,
             demand_steps,
             normaliser_counts: (c1, c2),
-            last_window: last_window.cloned(),
+            last_window: self.last_window().cloned(),
             blocks: blocks
                 .iter()
                 .map(|(n, b)| (n.to_string(), b.len()))
@@ -140,7 +136,12 @@ impl Trainer {
         );
         let model = JointModel::from_blocks(header.config, blocks, counters)
             .ok_or_else(|| format(path, "blocks do not match the configuration"))?;
-        let trainer = Trainer::from_model(model, header.model_version, header.trained_examples);
+        let trainer = Trainer::from_model(
+            model,
+            header.model_version,
+            header.trained_examples,
+            header.last_window.clone(),
+        );
         Ok((trainer, header))
     }
 }
@@ -175,7 +176,7 @@ mod tests {
             embedding_bits: 8,
             ..ModelConfig::default()
         });
-        trainer.save(&path, None).expect("save");
+        trainer.save(&path).expect("save");
         let (loaded, header) = Trainer::load(&path).expect("load");
         assert_eq!(loaded.model_bytes(), trainer.model_bytes());
         assert_eq!(header.blocks.len(), 13);
