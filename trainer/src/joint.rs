@@ -245,17 +245,26 @@ struct Trace {
 pub struct JointModel {
     config: JointConfig,
     layout: Layout,
+    #[serde(with = "crate::f64_bytes")]
     params: Vec<f64>,
+    #[serde(with = "crate::f64_bytes")]
     embedding: Vec<f64>,
+    #[serde(with = "crate::f64_bytes")]
     adam_m: Vec<f64>,
+    #[serde(with = "crate::f64_bytes")]
     adam_v: Vec<f64>,
+    #[serde(with = "crate::f64_bytes")]
     emb_m: Vec<f64>,
+    #[serde(with = "crate::f64_bytes")]
     emb_v: Vec<f64>,
     normaliser: Normaliser,
     steps: u64,
     /// Item-demand head: weights over [item embedding row, normalised demand inputs], bias.
+    #[serde(with = "crate::f64_bytes")]
     demand: Vec<f64>,
+    #[serde(with = "crate::f64_bytes")]
     demand_m: Vec<f64>,
+    #[serde(with = "crate::f64_bytes")]
     demand_v: Vec<f64>,
     demand_normaliser: Normaliser,
     demand_steps: u64,

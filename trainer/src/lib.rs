@@ -14,6 +14,7 @@
 
 pub mod baselines;
 pub mod drift;
+mod f64_bytes;
 pub mod joint;
 pub mod metrics;
 pub mod model_file;
