@@ -86,6 +86,7 @@ pub fn report_cmd(config: &Config, args: ReportArgs) -> Result<()> {
         from_ms: args.from,
         to_ms: args.to,
         metrics_shift_ms: ms(config.pipeline.label_maturity_secs()),
+        small_sample: config.drift.small_sample,
     };
     let data = drift_report::load(&options)
         .with_context(|| format!("cannot make the drift report from {}", root.display()))?;

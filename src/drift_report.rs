@@ -7,13 +7,18 @@
 //! task, written by the job) and `alerts` (alert events), and shows
 //!
 //! - PSI over time per continuous feature and Jensen-Shannon distance per categorical
-//!   feature, with their warning / critical bands;
+//!   feature, with their warning / critical bands, each window marked with the drift
+//!   stage's decision ([`verdict`]: breached, over the line but the corrected test not
+//!   significant, significant under the line, not judged yet), so a value over the line
+//!   without an alert does not read as a missed one;
 //! - click-rate z and calibration-gap z per scenario (label and prediction drift);
 //! - AUC and log loss per task over time;
 //! - alert markers on every time axis (firing red, resolved green; the plot of the alert's
-//!   own feature or task gets a full-height line), and a table of the alert events.
+//!   own feature or task gets a shaded span from the start of the breach streak to the
+//!   resolution and full-height lines at the events), and a table of the alert events.
 //!
-//! The time axis is the event time of the impressions a statistic describes. Statistics
+//! The time axis is the event time of the impressions a statistic describes, fitted to
+//! the data present in the requested range ([`TimeAxis`]). Statistics
 //! from matured examples (labels, predictions, losses) become known one maturity (click
 //! window + attribution window) later; the `metrics` table is keyed by the window in which
 //! the examples matured, so its rows are drawn `metrics_shift_ms` earlier to line up.
@@ -39,6 +44,10 @@ pub struct ReportOptions {
     /// How much earlier than their `ts` the `metrics` rows are drawn (the label maturity:
     /// click window + attribution window).
     pub metrics_shift_ms: i64,
+    /// `drift.small_sample`: windows of a feature with fewer values are decided by the
+    /// corrected test alone, larger ones by the effect size gated by that test. The
+    /// `drift` table does not record it, so the report takes it from the configuration.
+    pub small_sample: usize,
 }
 
 /// Why a report could not be made.
@@ -113,6 +122,84 @@ pub struct AlertRow {
 /// A time series: (epoch ms, value), sorted by time.
 pub type Series = Vec<(i64, f64)>;
 
+/// What the drift stage knew about one window of a feature besides its effect size (PSI
+/// or JS): the `drift` table records no breach flag, so the report rebuilds the decision
+/// from the rows (see `trainer/src/drift/monitor.rs`, `feature_decision`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Judgement {
+    /// Fewer values than `drift.small_sample`: the corrected test alone decides.
+    pub small: bool,
+    /// The corrected KS or chi-squared p-value (`ks_p_corrected` / `chi2_p_corrected`);
+    /// absent until the test's clustering correction is calibrated, when the window is
+    /// not judged at all.
+    pub p_corrected: Option<f64>,
+    /// The p-value under which the test is significant (the row's `threshold`).
+    pub p_warning: Option<f64>,
+}
+
+/// How one window of an effect size is drawn: the drift stage's decision for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Counted towards an alert: the corrected test was significant and, on a large
+    /// window, the value was over the warning line.
+    Breach,
+    /// Over the warning line, but the corrected test was not significant: no breach.
+    NotSignificant,
+    /// The test was significant, but on a large window the value stayed under the warning
+    /// line: no breach.
+    SignificantUnder,
+    /// Over the warning line before the test's correction was calibrated: not judged.
+    NotJudged,
+    /// Under the line and not significant (or not judged): nothing to mark.
+    Quiet,
+}
+
+impl Verdict {
+    /// The marker's CSS class in the SVG (also its key in the legend).
+    pub fn class(self) -> &'static str {
+        match self {
+            Verdict::Breach => "mark-breach",
+            Verdict::NotSignificant => "mark-nosig",
+            Verdict::SignificantUnder => "mark-under",
+            Verdict::NotJudged => "mark-unjudged",
+            Verdict::Quiet => "",
+        }
+    }
+
+    /// What the marker means, for the legend.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Verdict::Breach => "breached (test significant): counts towards an alert",
+            Verdict::NotSignificant => "above the line but test not significant: no breach",
+            Verdict::SignificantUnder => "test significant, under the line: no breach",
+            Verdict::NotJudged => "test not calibrated yet: not judged",
+            Verdict::Quiet => "",
+        }
+    }
+}
+
+/// The drift stage's decision for a window whose effect size is `value` against the
+/// warning line `warning` (strictly above breaches, as in the alert tracker).
+pub fn verdict(value: f64, warning: f64, judgement: Option<&Judgement>) -> Verdict {
+    let above = value > warning;
+    let Some((p, p_warning)) = judgement.and_then(|j| j.p_corrected.zip(j.p_warning)) else {
+        return if above {
+            Verdict::NotJudged
+        } else {
+            Verdict::Quiet
+        };
+    };
+    let significant = p < p_warning;
+    let small = judgement.is_some_and(|j| j.small);
+    match (significant, above) {
+        (true, _) if small => Verdict::Breach,
+        (true, true) => Verdict::Breach,
+        (true, false) => Verdict::SignificantUnder,
+        (false, true) => Verdict::NotSignificant,
+        (false, false) => Verdict::Quiet,
+    }
+}
+
 /// Warning and critical bands of the plotted statistics.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Bands {
@@ -152,6 +239,8 @@ pub struct ReportData {
     pub psi: BTreeMap<String, Series>,
     /// Jensen-Shannon distance per categorical feature.
     pub js: BTreeMap<String, Series>,
+    /// Per feature of `psi` and `js`, per window: how the drift stage judged it.
+    pub judgements: BTreeMap<String, BTreeMap<i64, Judgement>>,
     /// Click-rate z per scenario (matured labels).
     pub ctr_z: BTreeMap<String, Series>,
     /// Early click-rate z per scenario (click events per impression on arrival).
@@ -265,6 +354,7 @@ pub fn load(options: &ReportOptions) -> Result<ReportData, ReportError> {
         ..ReportData::default()
     };
     let in_range = |ts: i64| (from..to).contains(&ts);
+    let small_sample = i64::try_from(options.small_sample).unwrap_or(i64::MAX);
 
     let (drift, drift_span) = read_range(root, crate::drift::DRIFT_TABLE, from, to)?;
     let mut windows = BTreeSet::new();
@@ -279,6 +369,7 @@ pub fn load(options: &ReportOptions) -> Result<ReportData, ReportError> {
         );
         let (statistic, value) = (c.text("statistic")?, c.float("value")?);
         let (threshold, critical) = (c.float("threshold")?, c.float("critical")?);
+        let n = c.get::<Int64Array>("n", "a 64-bit integer")?;
         for row in 0..batch.num_rows() {
             let at = ts.value(row) / 1000;
             if !in_range(at) {
@@ -290,6 +381,23 @@ pub fn load(options: &ReportOptions) -> Result<ReportData, ReportError> {
                 continue;
             }
             let band = opt_float(threshold, row).zip(opt_float(critical, row));
+            let test = matches!(statistic.value(row), "ks_p_corrected" | "chi2_p_corrected");
+            let effect = matches!(statistic.value(row), "psi" | "js");
+            if kind.value(row) == "data_drift" && (test || effect) {
+                let j = data
+                    .judgements
+                    .entry(subject.value(row).to_string())
+                    .or_default()
+                    .entry(at)
+                    .or_default();
+                if effect {
+                    // The effect size's row carries the window's number of values.
+                    j.small = n.value(row) < small_sample;
+                } else {
+                    j.p_corrected = Some(v);
+                    j.p_warning = opt_float(threshold, row);
+                }
+            }
             let scenario = opt_text(scenario, row).unwrap_or_default();
             let (target, name, band_slot) = match (kind.value(row), statistic.value(row)) {
                 ("data_drift", "psi") => (&mut data.psi, subject.value(row).to_string(), 0),
@@ -509,6 +617,67 @@ pub fn value_ticks(lo: f64, hi: f64) -> Vec<f64> {
     (first..=last).map(|i| i as f64 * step).collect()
 }
 
+/// The time axis shared by every chart: the span of the data actually present (windows
+/// with rows, alert streaks), clipped to the requested range. A week asked for over three
+/// hours of data would otherwise squeeze every line into a sliver at the left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeAxis {
+    /// Left edge (epoch ms).
+    pub from_ms: i64,
+    /// Right edge (epoch ms).
+    pub to_ms: i64,
+}
+
+impl TimeAxis {
+    /// The axis for `data`: from its first to its last window, within
+    /// `[data.from_ms, data.to_ms)`; the requested range when there is no data.
+    pub fn fit(data: &ReportData) -> Self {
+        let (from, to) = (data.from_ms, data.to_ms);
+        let series = [
+            &data.psi,
+            &data.js,
+            &data.ctr_z,
+            &data.early_ctr_z,
+            &data.gap_z,
+            &data.auc,
+            &data.log_loss,
+        ];
+        let points = series
+            .into_iter()
+            .flat_map(|m| m.values())
+            .flat_map(|s| s.iter().map(|p| p.0));
+        // An alert's streak may start before its first plotted window.
+        let alerts = data.alerts.iter().flat_map(|a| [a.first_ms, a.ts_ms]);
+        let span = points
+            .chain(alerts)
+            .map(|t| t.clamp(from, (to - 1).max(from)))
+            .fold(None, |span: Option<(i64, i64)>, t| {
+                Some(span.map_or((t, t), |(a, b)| (a.min(t), b.max(t))))
+            });
+        match span {
+            None => Self {
+                from_ms: from,
+                to_ms: to,
+            },
+            // One window: half an hour either side, so it is not a point on a line.
+            Some((a, b)) if b - a < 60_000 => Self {
+                from_ms: (a - HOUR_MS / 2).max(from),
+                to_ms: (b + HOUR_MS / 2).min(to),
+            },
+            Some((a, b)) => Self {
+                from_ms: a,
+                to_ms: b,
+            },
+        }
+    }
+
+    /// Where `ms` falls across the axis, 0 (left edge) to 1 (right edge), clamped.
+    pub fn fraction(&self, ms: i64) -> f64 {
+        let span = (self.to_ms - self.from_ms).max(1) as f64;
+        ((ms - self.from_ms) as f64 / span).clamp(0.0, 1.0)
+    }
+}
+
 const PALETTE: [&str; 8] = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
 ];
@@ -536,13 +705,63 @@ struct Chart<'a> {
     /// Keep zero on the axis.
     from_zero: bool,
     markers: Vec<Marker<'a>>,
+    /// Windows of an effect size marked with the drift stage's decision (feature charts).
+    points: Vec<PointMark>,
     wide: bool,
 }
 
-fn render_chart(out: &mut String, chart: &Chart<'_>, from_ms: i64, to_ms: i64) {
+/// A window of an effect size drawn with a marker saying how it was judged.
+#[derive(Clone)]
+struct PointMark {
+    ts: i64,
+    value: f64,
+    verdict: Verdict,
+    /// Tooltip: the value, the test and the decision.
+    title: String,
+}
+
+/// The SVG shape of a verdict's marker at (`x`, `y`), with a tooltip. Shapes differ, not
+/// only colours, so the picture reads in grey print and for colour-blind readers.
+fn point_marker(out: &mut String, verdict: Verdict, x: f64, y: f64, title: &str) {
+    let class = verdict.class();
+    let title = esc(title);
+    let _ = match verdict {
+        Verdict::Breach => write!(
+            out,
+            "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3.6\" class=\"{class}\"><title>{title}</title></circle>"
+        ),
+        Verdict::NotSignificant => write!(
+            out,
+            "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3\" class=\"{class}\"><title>{title}</title></circle>"
+        ),
+        Verdict::SignificantUnder => write!(
+            out,
+            "<path d=\"M{x:.1},{:.1} L{:.1},{y:.1} L{x:.1},{:.1} L{:.1},{y:.1} Z\" class=\"{class}\"><title>{title}</title></path>",
+            y - 4.0,
+            x + 4.0,
+            y + 4.0,
+            x - 4.0
+        ),
+        Verdict::NotJudged => write!(
+            out,
+            "<path d=\"M{:.1},{:.1} L{:.1},{:.1} M{:.1},{:.1} L{:.1},{:.1}\" class=\"{class}\"><title>{title}</title></path>",
+            x - 3.0,
+            y - 3.0,
+            x + 3.0,
+            y + 3.0,
+            x - 3.0,
+            y + 3.0,
+            x + 3.0,
+            y - 3.0
+        ),
+        Verdict::Quiet => Ok(()),
+    };
+}
+
+fn render_chart(out: &mut String, chart: &Chart<'_>, axis: &TimeAxis) {
     let width = if chart.wide { 1120.0 } else { 540.0 };
-    let height = 230.0;
-    let (left, right, top, bottom) = (58.0, 26.0, 12.0, 46.0);
+    let height = 240.0;
+    let (left, right, top, bottom) = (58.0, 26.0, 12.0, 56.0);
     let plot_w = width - left - right;
     let plot_h = height - top - bottom;
     let values = chart
@@ -578,8 +797,7 @@ fn render_chart(out: &mut String, chart: &Chart<'_>, from_ms: i64, to_ms: i64) {
         },
         hi + pad,
     );
-    let span_ms = (to_ms - from_ms).max(1) as f64;
-    let x = |ms: i64| left + plot_w * ((ms - from_ms) as f64 / span_ms).clamp(0.0, 1.0);
+    let x = |ms: i64| left + plot_w * axis.fraction(ms);
     let y = |v: f64| top + plot_h * (1.0 - (v - lo) / (hi - lo));
 
     let _ = write!(
@@ -598,6 +816,37 @@ fn render_chart(out: &mut String, chart: &Chart<'_>, from_ms: i64, to_ms: i64) {
         out,
         "<rect x=\"{left}\" y=\"{top}\" width=\"{plot_w}\" height=\"{plot_h}\" class=\"plot\"/>"
     );
+    // This chart's own alerts as spans, behind the data: from the first window of the
+    // breach streak to the window that resolved it, or to the right edge while open.
+    let mut spans: BTreeMap<&str, (i64, Option<i64>, &AlertRow)> = BTreeMap::new();
+    for m in chart.markers.iter().filter(|m| m.own) {
+        let span = spans
+            .entry(m.alert.id.as_str())
+            .or_insert((m.alert.first_ms, None, m.alert));
+        if m.alert.state == "resolved" {
+            span.1 = Some(m.alert.ts_ms);
+        }
+    }
+    for (start, end, alert) in spans.values() {
+        let (x0, x1) = (x(*start), x(end.unwrap_or(axis.to_ms)));
+        let _ = write!(
+            out,
+            "<rect x=\"{x0:.1}\" y=\"{top}\" width=\"{:.1}\" height=\"{plot_h}\" class=\"alert-span\"><title>{}</title></rect>",
+            (x1 - x0).max(2.0),
+            esc(&format!(
+                "alert {}{} ({}): breach from {} to {}",
+                alert.subject,
+                alert
+                    .scenario
+                    .as_deref()
+                    .map(|s| format!(" / {s}"))
+                    .unwrap_or_default(),
+                alert.statistic,
+                format_ms(*start),
+                end.map_or("the end (still open)".to_string(), format_ms)
+            ))
+        );
+    }
     for v in value_ticks(lo, hi) {
         let yy = y(v);
         let _ = write!(
@@ -609,30 +858,38 @@ fn render_chart(out: &mut String, chart: &Chart<'_>, from_ms: i64, to_ms: i64) {
             esc(&format_value(v))
         );
     }
-    let ticks = time_ticks(from_ms, to_ms, if chart.wide { 12 } else { 6 });
+    let ticks = time_ticks(axis.from_ms, axis.to_ms, if chart.wide { 12 } else { 7 });
+    // Times on one row, the date on a second row under the first tick of each day: a
+    // date and time on one row ran into the next label on half-hourly ticks.
     let mut last_day = String::new();
     for t in ticks {
         let xx = x(t);
-        let day = format_ms(t)[..10].to_string();
-        let label = if day != last_day {
-            format!("{} {}", &day[5..], &format_ms(t)[11..])
+        let stamp = format_ms(t);
+        let (day, time) = stamp.split_at(10.min(stamp.len()));
+        // A label at an edge would run past the plot: it ends (starts) there instead.
+        let anchor = if xx > left + plot_w - 30.0 {
+            " style=\"text-anchor:end\""
+        } else if xx < left + 30.0 {
+            " style=\"text-anchor:start\""
         } else {
-            format_ms(t)[11..].to_string()
+            ""
         };
-        last_day = day;
         let _ = write!(
             out,
-            "<line x1=\"{xx:.1}\" x2=\"{xx:.1}\" y1=\"{top}\" y2=\"{}\" class=\"grid\"/><text x=\"{xx:.1}\" y=\"{}\" class=\"xtick\"{}>{}</text>",
+            "<line x1=\"{xx:.1}\" x2=\"{xx:.1}\" y1=\"{top}\" y2=\"{}\" class=\"grid\"/><text x=\"{xx:.1}\" y=\"{}\" class=\"xtick\"{anchor}>{}</text>",
             top + plot_h,
             top + plot_h + 14.0,
-            // The last label would run past the plot's right edge: it ends there instead.
-            if xx > left + plot_w - 30.0 {
-                " style=\"text-anchor:end\""
-            } else {
-                ""
-            },
-            esc(&label)
+            esc(time.trim())
         );
+        if day != last_day {
+            let _ = write!(
+                out,
+                "<text x=\"{xx:.1}\" y=\"{}\" class=\"xdate\"{anchor}>{}</text>",
+                top + plot_h + 26.0,
+                esc(day)
+            );
+            last_day = day.to_string();
+        }
     }
     for (i, (band, label)) in chart.bands.iter().enumerate() {
         let class = if i == 0 { "warn" } else { "crit" };
@@ -699,9 +956,12 @@ fn render_chart(out: &mut String, chart: &Chart<'_>, from_ms: i64, to_ms: i64) {
         }
         flush(&mut run, out);
     }
+    for p in &chart.points {
+        point_marker(out, p.verdict, x(p.ts), y(p.value), &p.title);
+    }
     // Alerts: a tick under the axis for every alert, a line through the plot for this
     // chart's own.
-    let strip = top + plot_h + 22.0;
+    let strip = top + plot_h + 33.0;
     for m in &chart.markers {
         let color = if m.alert.state == "resolved" {
             RESOLVED
@@ -755,6 +1015,22 @@ fn render_chart(out: &mut String, chart: &Chart<'_>, from_ms: i64, to_ms: i64) {
                 esc(name)
             );
         }
+        for verdict in [
+            Verdict::Breach,
+            Verdict::NotSignificant,
+            Verdict::SignificantUnder,
+            Verdict::NotJudged,
+        ] {
+            let count = chart.points.iter().filter(|p| p.verdict == verdict).count();
+            if count > 0 {
+                let _ = write!(
+                    out,
+                    "<span><b class=\"key {}\"></b>{} ({count})</span>",
+                    verdict.class(),
+                    verdict.meaning()
+                );
+            }
+        }
         out.push_str("</div>");
     } else {
         out.push_str("<div class=\"legend empty\">no values in this range</div>");
@@ -777,10 +1053,19 @@ svg{width:100%;height:auto;display:block}
 .plot{fill:#fcfcfc;stroke:#ccc}.grid{stroke:#eee}.zero{stroke:#999}
 .warn{stroke:#e6a700;stroke-dasharray:6 3}.crit{stroke:#d62728;stroke-dasharray:6 3}
 .warntext{fill:#b38300}.crittext{fill:#d62728}
-text{font-size:11px;fill:#555}.ytick{text-anchor:end}.xtick{text-anchor:middle}.bandlabel{text-anchor:end;font-size:10px}
+text{font-size:11px;fill:#555}.ytick{text-anchor:end}.xtick,.xdate{text-anchor:middle}.xdate{fill:#888;font-size:10px}.bandlabel{text-anchor:end;font-size:10px}
 .legend{font-size:12px;color:#444;margin-top:2px}.legend span{margin-right:14px;white-space:nowrap}
 .legend i{display:inline-block;width:12px;height:3px;margin-right:4px;vertical-align:middle}
 .legend.empty{color:#999}
+.alert-span{fill:#d62728;fill-opacity:.09}
+.mark-breach{fill:#d62728;stroke:#7f1010;stroke-width:1}.mark-nosig{fill:#fff;stroke:#666;stroke-width:1.2}
+.mark-under{fill:#6a3d9a}.mark-unjudged{fill:none;stroke:#999;stroke-width:1.4}
+.key{display:inline-block;box-sizing:border-box;width:9px;height:9px;margin-right:4px;vertical-align:middle}
+.key.mark-breach{background:#d62728;border:1px solid #7f1010;border-radius:50%}
+.key.mark-nosig{background:#fff;border:1.5px solid #666;border-radius:50%}
+.key.mark-under{background:#6a3d9a;width:8px;height:8px;transform:rotate(45deg)}
+.key.mark-unjudged{width:auto;height:auto;color:#999;font-weight:700}.key.mark-unjudged::before{content:'\\00d7'}
+.key.span{width:14px;background:rgba(214,39,40,.15);border:1px solid rgba(214,39,40,.3)}
 table{border-collapse:collapse;width:100%;font-size:12.5px}
 th,td{border-bottom:1px solid #e4e4e4;padding:4px 6px;text-align:left;vertical-align:top}
 th{background:#f5f5f5;position:sticky;top:0}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}td.time{white-space:nowrap}
@@ -825,12 +1110,44 @@ fn band_lines(
     ]
 }
 
+/// The tooltip of a marked window: its value, the test and the decision.
+fn point_title(
+    ts: i64,
+    label: &str,
+    value: f64,
+    judgement: Option<&Judgement>,
+    verdict: Verdict,
+) -> String {
+    let test = match judgement.and_then(|j| j.p_corrected.zip(j.p_warning)) {
+        Some((p, warning)) => format!(
+            "; corrected test p = {} ({} {}){}",
+            format_value(p),
+            if p < warning { "<" } else { ">=" },
+            format_value(warning),
+            if judgement.is_some_and(|j| j.small) {
+                "; small window: the test decides"
+            } else {
+                ""
+            }
+        ),
+        None => String::new(),
+    };
+    format!(
+        "{} {label} = {}{test}: {}",
+        format_ms(ts),
+        format_value(value),
+        verdict.meaning()
+    )
+}
+
 /// One chart per feature of an effect-size statistic (PSI, Jensen-Shannon), with its
-/// warning and critical bands and the data-drift alerts of that feature marked.
+/// warning and critical bands, each window marked with the drift stage's decision (see
+/// [`verdict`]) and the data-drift alerts of that feature marked.
 /// `labels`: (series label, chart note, text when there are no values).
 fn feature_charts(
     out: &mut String,
     data: &ReportData,
+    axis: &TimeAxis,
     values: &BTreeMap<String, Series>,
     labels: (&str, &str, &str),
     bands: (f64, f64),
@@ -840,6 +1157,20 @@ fn feature_charts(
         let _ = write!(out, "<p class=\"muted\">{empty}</p>");
     }
     for (feature, series) in values {
+        let judgements = data.judgements.get(feature);
+        let points = series
+            .iter()
+            .filter_map(|&(ts, value)| {
+                let judgement = judgements.and_then(|j| j.get(&ts));
+                let verdict = verdict(value, bands.0, judgement);
+                (verdict != Verdict::Quiet).then(|| PointMark {
+                    ts,
+                    value,
+                    verdict,
+                    title: point_title(ts, series_label, value, judgement, verdict),
+                })
+            })
+            .collect();
         let chart = Chart {
             title: feature.clone(),
             note: note.into(),
@@ -848,15 +1179,17 @@ fn feature_charts(
             symmetric: false,
             from_zero: true,
             markers: markers(&data.alerts, |a| concerns(a, "data_drift", &[feature])),
+            points,
             wide: false,
         };
-        render_chart(out, &chart, data.from_ms, data.to_ms);
+        render_chart(out, &chart, axis);
     }
 }
 
 /// The report as one HTML document.
 pub fn render(data: &ReportData) -> String {
     let (from, to) = (data.from_ms, data.to_ms);
+    let axis = TimeAxis::fit(data);
     let mut out = String::with_capacity(64 * 1024);
     let fired = data.alerts.iter().filter(|a| a.state == "firing").count();
     let resolved = data.alerts.iter().filter(|a| a.state == "resolved").count();
@@ -879,6 +1212,14 @@ pub fn render(data: &ReportData) -> String {
         esc(&format_ms(to)),
         esc(&format_ms(chrono::Utc::now().timestamp_millis()))
     );
+    if (axis.from_ms, axis.to_ms) != (from, to) {
+        let _ = write!(
+            out,
+            "<p class=\"muted\">Data from {} to {} UTC: the time axes span the data present in the range.</p>",
+            esc(&format_ms(axis.from_ms)),
+            esc(&format_ms(axis.to_ms))
+        );
+    }
     let _ = write!(
         out,
         "<div class=\"summary\"><div><b>{}</b>windows with drift statistics</div><div><b>{fired}</b>alerts fired</div><div><b>{resolved}</b>alerts resolved</div><div><b>{open}</b>open at the end</div><div><b>{}</b>features monitored</div></div>",
@@ -888,16 +1229,29 @@ pub fn render(data: &ReportData) -> String {
     let shift_min = data.metrics_shift_ms / 60_000;
     let _ = write!(
         out,
-        "<p class=\"muted\">Time axes show the event time of the impressions each value describes. Values computed from matured examples (item features, labels, predictions, losses, AUC) become known {shift_min} minutes later, when their labels mature. Alert markers: <span style=\"color:{FIRING}\">&#9650; firing</span>, <span style=\"color:{RESOLVED}\">&#9660; resolved</span>; a dashed line marks the plot of the alert's own feature or task, hover for details. Dashed horizontal lines are the warning (amber) and critical (red) thresholds.</p>"
+        "<p class=\"muted\">Time axes show the event time of the impressions each value describes. Values computed from matured examples (item features, labels, predictions, losses, AUC) become known {shift_min} minutes later, when their labels mature. Alert markers under every time axis: <span style=\"color:{FIRING}\">&#9650; firing</span>, <span style=\"color:{RESOLVED}\">&#9660; resolved</span> (hover for details). On the chart of the alert's own feature, label or task, <b class=\"key span\"></b>a shaded span runs from the first window of its breach streak to the window that resolved it (to the right edge while it is open), with dashed lines at the firing and resolved events. Dashed horizontal lines are the warning (amber) and critical (red) thresholds.</p>"
     );
 
     let b = data.bands;
     out.push_str(
-        "<h2>Data drift: continuous features (PSI against the reference)</h2><p class=\"muted\">PSI and Jensen-Shannon are effect sizes and read high on small windows (a few hundred values spread over many bins or categories). Windows with fewer values than drift.small_sample are decided by the KS or chi-squared test instead, corrected for clustering; the bands apply to larger windows, where a value over a band counts only if that test is significant too. Device and new_user count each user once per window.</p><div class=\"grid2\">",
+        "<h2>Data drift: continuous features (PSI against the reference)</h2><p class=\"muted\">PSI and Jensen-Shannon are effect sizes and read high on small windows (a few hundred values spread over many bins or categories). Windows with fewer values than drift.small_sample are decided by the KS or chi-squared test instead, corrected for clustering; the bands apply to larger windows, where a value over a band counts only if that test is significant too. Device and new_user count each user once per window.</p>",
+    );
+    let _ = write!(
+        out,
+        "<p class=\"muted\">Every window is marked with the drift stage's decision, so the picture agrees with the alerts (K windows in breach in a row fire one): <b class=\"key {}\"></b>{}; <b class=\"key {}\"></b>{}; <b class=\"key {}\"></b>{}; <b class=\"key {}\"></b>{} (the first windows of a run). Windows without a marker are under the warning line and not significant. Windows under drift.small_sample values are decided by the test alone: there a value above the line without a significant test is no breach, and a significant test is one below the line.</p><div class=\"grid2\">",
+        Verdict::Breach.class(),
+        Verdict::Breach.meaning(),
+        Verdict::NotSignificant.class(),
+        Verdict::NotSignificant.meaning(),
+        Verdict::SignificantUnder.class(),
+        Verdict::SignificantUnder.meaning(),
+        Verdict::NotJudged.class(),
+        Verdict::NotJudged.meaning(),
     );
     feature_charts(
         &mut out,
         data,
+        &axis,
         &data.psi,
         (
             "PSI",
@@ -914,6 +1268,7 @@ pub fn render(data: &ReportData) -> String {
     feature_charts(
         &mut out,
         data,
+        &axis,
         &data.js,
         (
             "JS distance",
@@ -935,9 +1290,10 @@ pub fn render(data: &ReportData) -> String {
         markers: markers(&data.alerts, |a| {
             a.kind == "label_drift" && a.subject != EARLY_CTR
         }),
+        points: Vec::new(),
         wide: false,
     };
-    render_chart(&mut out, &label, from, to);
+    render_chart(&mut out, &label, &axis);
     let early = Chart {
         title: "Early click rate vs reference".into(),
         note: "click events per impression on arrival; z as above".into(),
@@ -947,7 +1303,7 @@ pub fn render(data: &ReportData) -> String {
         }),
         ..label.clone()
     };
-    render_chart(&mut out, &early, from, to);
+    render_chart(&mut out, &early, &axis);
     let gap = Chart {
         title: "Calibration gap".into(),
         note: "z of observed minus predicted clicks".into(),
@@ -956,9 +1312,10 @@ pub fn render(data: &ReportData) -> String {
         symmetric: true,
         from_zero: false,
         markers: markers(&data.alerts, |a| a.kind == "prediction_drift"),
+        points: Vec::new(),
         wide: false,
     };
-    render_chart(&mut out, &gap, from, to);
+    render_chart(&mut out, &gap, &axis);
     out.push_str("</div>");
 
     out.push_str(
@@ -972,9 +1329,10 @@ pub fn render(data: &ReportData) -> String {
         symmetric: false,
         from_zero: false,
         markers: markers(&data.alerts, |a| a.kind == "model_quality"),
+        points: Vec::new(),
         wide: false,
     };
-    render_chart(&mut out, &auc, from, to);
+    render_chart(&mut out, &auc, &axis);
     let loss = Chart {
         title: "Log loss".into(),
         note: "mean per example".into(),
@@ -982,7 +1340,7 @@ pub fn render(data: &ReportData) -> String {
         from_zero: true,
         ..auc
     };
-    render_chart(&mut out, &loss, from, to);
+    render_chart(&mut out, &loss, &axis);
     out.push_str("</div>");
 
     let _ = write!(out, "<h2>Alert events ({})</h2>", data.alerts.len());
@@ -1098,6 +1456,147 @@ mod tests {
         assert!(html.contains("<b>0</b>open at the end"));
     }
 
+    /// The x coordinates of the first polyline after `anchor` in `html`.
+    fn polyline_xs(html: &str, anchor: &str) -> Vec<f64> {
+        let from = html.find(anchor).expect("anchor");
+        let start = html[from..].find("<polyline points=\"").expect("polyline") + from + 18;
+        let end = html[start..].find('"').expect("end of points") + start;
+        html[start..end]
+            .split(' ')
+            .map(|p| p.split(',').next().expect("x").parse().expect("number"))
+            .collect()
+    }
+
+    #[test]
+    fn the_time_axis_spans_the_data_not_the_requested_range() {
+        // 3.5 h of windows, 2 h into a requested day.
+        let start = T0 + 2 * HOUR_MS;
+        let line: Series = (0..210).map(|i| (start + i * MIN, 0.05)).collect();
+        let mut d = ReportData {
+            from_ms: T0,
+            to_ms: T0 + 24 * HOUR_MS,
+            drift_windows: 210,
+            ..ReportData::default()
+        };
+        d.psi.insert("price".into(), line.clone());
+        d.auc.insert("ctr".into(), line);
+        let html = render(&d);
+        // Half-width charts: plot from x = 58 to 58 + 456.
+        let (left, right) = (58.0, 58.0 + 456.0);
+        for anchor in ["aria-label=\"price\"", "aria-label=\"AUC\""] {
+            let xs = polyline_xs(&html, anchor);
+            assert_eq!(xs.len(), 210);
+            let (first, last) = (xs[0], xs[xs.len() - 1]);
+            assert!(
+                first - left < 0.02 * 456.0,
+                "{anchor}: first point at x = {first}"
+            );
+            assert!(
+                right - last < 0.02 * 456.0,
+                "{anchor}: last point at x = {last}"
+            );
+        }
+        // Readable ticks: half-hourly or hourly, a handful per chart, not 24 crammed
+        // into the left 15 %.
+        let price = &html[html.find("aria-label=\"price\"").expect("price")..];
+        let price = &price[..price.find("</svg>").expect("svg end")];
+        let ticks = price.matches("class=\"xtick\"").count();
+        assert!((3..=8).contains(&ticks), "{ticks} ticks");
+        assert!(html.contains("Data from 2026-01-05 02:00 to 2026-01-05 05:29"));
+        // Still clipped to the requested range: an alert streak that began before it.
+        d.alerts = vec![alert(T0 + 3 * HOUR_MS, "firing", "data_drift", "price")];
+        d.alerts[0].first_ms = T0 - HOUR_MS;
+        let axis = TimeAxis::fit(&d);
+        assert_eq!((axis.from_ms, axis.to_ms), (T0, start + 209 * MIN));
+    }
+
+    #[test]
+    fn markers_say_which_windows_breached_and_which_tests_were_significant() {
+        let mut d = ReportData {
+            from_ms: T0,
+            to_ms: T0 + 10 * MIN,
+            drift_windows: 6,
+            ..ReportData::default()
+        };
+        let large = |p: Option<f64>| Judgement {
+            small: false,
+            p_corrected: p,
+            p_warning: Some(0.01),
+        };
+        // (JS, judgement) per window; warning line 0.1, critical 0.2.
+        let windows = [
+            (0.25, large(Some(0.3))),   // over both lines, test not significant
+            (0.25, large(Some(0.001))), // over the line and significant: breach
+            (0.05, large(Some(0.001))), // significant, under the line
+            (0.25, large(None)),        // test not calibrated yet
+            (0.05, large(Some(0.5))),   // nothing to mark
+            (
+                0.05, // small window: the significant test decides alone
+                Judgement {
+                    small: true,
+                    ..large(Some(0.002))
+                },
+            ),
+        ];
+        d.js.insert(
+            "item_category".into(),
+            (0..6)
+                .map(|i| (T0 + i * MIN, windows[i as usize].0))
+                .collect(),
+        );
+        d.judgements.insert(
+            "item_category".into(),
+            (0..6)
+                .map(|i| (T0 + i * MIN, windows[i as usize].1))
+                .collect(),
+        );
+        let html = render(&d);
+        let chart = &html[html.find("aria-label=\"item_category\"").expect("chart")..];
+        let chart = &chart[..chart.find("</figure>").expect("figure end")];
+        let svg = &chart[..chart.find("</svg>").expect("svg end")];
+        assert_eq!(svg.matches("class=\"mark-breach\"").count(), 2, "{svg}");
+        assert_eq!(svg.matches("class=\"mark-nosig\"").count(), 1);
+        assert_eq!(svg.matches("class=\"mark-under\"").count(), 1);
+        assert_eq!(svg.matches("class=\"mark-unjudged\"").count(), 1);
+        // The not significant window over the line says why it is no breach.
+        assert!(svg.contains(
+            "2026-01-05 00:00 JS distance = 0.25; corrected test p = 0.3 (&gt;= 0.01): above the line but test not significant: no breach"
+        ));
+        // The first breach is window 1 of 0..=5: a fifth across the 456 px plot.
+        let breach = svg.find("class=\"mark-breach\"").expect("breach marker");
+        assert!(svg[..breach].contains("<circle cx=\"149.2\""), "{svg}");
+        // The legend explains the markers with their counts.
+        assert!(chart.contains("above the line but test not significant: no breach (1)"));
+        assert!(chart.contains("breached (test significant): counts towards an alert (2)"));
+        assert_eq!(
+            verdict(0.25, 0.1, Some(&large(Some(0.01)))),
+            Verdict::NotSignificant
+        );
+        assert_eq!(
+            verdict(0.1, 0.1, Some(&large(Some(0.0)))),
+            Verdict::SignificantUnder
+        );
+        assert_eq!(verdict(0.05, 0.1, None), Verdict::Quiet);
+    }
+
+    #[test]
+    fn an_alert_is_a_span_on_its_own_chart() {
+        let html = render(&sample());
+        // price fired at +62 min (streak from +60) and resolved at +90: one span, on
+        // price's chart only.
+        assert_eq!(html.matches("class=\"alert-span\"").count(), 1);
+        let price = &html[html.find("aria-label=\"price\"").expect("price")..];
+        let price = &price[..price.find("</svg>").expect("svg end")];
+        assert!(
+            price.contains("alert price (ks): breach from 2026-01-05 01:00 to 2026-01-05 01:30")
+        );
+        // An open alert runs to the right edge.
+        let mut open = sample();
+        open.alerts.truncate(1);
+        let html = render(&open);
+        assert!(html.contains("to the end (still open)"));
+    }
+
     #[test]
     fn a_gap_in_the_data_breaks_the_line() {
         let mut d = sample();
@@ -1116,9 +1615,14 @@ mod tests {
             symmetric: false,
             from_zero: true,
             markers: Vec::new(),
+            points: Vec::new(),
             wide: false,
         };
-        render_chart(&mut out, &chart, d.from_ms, d.to_ms);
+        let axis = TimeAxis {
+            from_ms: d.from_ms,
+            to_ms: d.to_ms,
+        };
+        render_chart(&mut out, &chart, &axis);
         assert_eq!(out.matches("<polyline").count(), 2, "{out}");
     }
 
@@ -1155,7 +1659,7 @@ mod tests {
         let offsets = BTreeMap::new();
         for i in 0..90 {
             let ts = T0 + i * MIN;
-            let rows = vec![DriftRow {
+            let psi = DriftRow {
                 ts_ms: ts,
                 reported_ms: ts,
                 evidence: Evidence::Arrival,
@@ -1167,7 +1671,15 @@ mod tests {
                 threshold: Some(0.15),
                 critical: Some(0.3),
                 n: 500,
-            }];
+            };
+            let p = DriftRow {
+                statistic: "ks_p_corrected",
+                value: 0.5,
+                threshold: Some(0.01),
+                critical: Some(0.001),
+                ..psi.clone()
+            };
+            let rows = vec![psi, p];
             let batch = drift_batch(&rows).expect("batch");
             store
                 .write("drift", &format!("window-{ts}"), &batch, &none, &offsets)
@@ -1211,12 +1723,22 @@ mod tests {
             from_ms: T0 + 10 * MIN,
             to_ms: T0 + 70 * MIN,
             metrics_shift_ms: 20 * MIN,
+            small_sample: 1000,
         };
         let data = load(&options).expect("load");
         assert_eq!(data.drift_windows, 60);
         let psi = &data.psi["price"];
         assert_eq!(psi.first(), Some(&(T0 + 10 * MIN, 0.1)));
         assert_eq!(data.bands.psi, (0.15, 0.3));
+        // 500 values < small_sample: the test decides; its corrected p-value is kept.
+        assert_eq!(
+            data.judgements["price"].get(&(T0 + 10 * MIN)),
+            Some(&Judgement {
+                small: true,
+                p_corrected: Some(0.5),
+                p_warning: Some(0.01),
+            })
+        );
         // Metrics rows at ts are drawn at ts - 20 min: rows 30..90 fall in the range.
         let auc = &data.auc["ctr"];
         assert_eq!(auc.len(), 60);
