@@ -377,7 +377,7 @@ pub async fn run_observed(
         cleaner: Cleaner::new(clean_limits(config)),
         checkpoints,
         consumer_lag,
-        window_time: Default::default(),
+        window_time: crate::latency::Histogram::new(crate::latency::WINDOW_PROCESSING_BOUNDS),
         committer: &committer,
         windows_total: 0,
         checkpoint_due: false,
@@ -411,7 +411,7 @@ pub async fn run_observed(
         drained_once: false,
         compacted_hours: None,
         started,
-        latency: Default::default(),
+        latency: crate::latency::Histogram::new(crate::latency::PREDICTION_LATENCY_BOUNDS),
         held: BTreeMap::new(),
     };
     if let Some(state) = restored {
@@ -992,6 +992,8 @@ impl Processor<'_> {
                 ready,
                 drift,
                 consumer_lag,
+                prediction_latency: self.latency.clone(),
+                window_processing: self.window_time.clone(),
             };
             let _ = self.telemetry.send(Arc::new(telemetry));
         }

@@ -51,10 +51,15 @@ async fn run_live_until(config: &Config, expected: u64) -> RunSummary {
             "shopstream_dead_lettered_total{reason=",
             "shopstream_late_total",
             "shopstream_watermark_seconds",
-            "shopstream_prediction_latency_seconds{quantile=\"0.99\"}",
+            "# TYPE shopstream_prediction_latency_seconds histogram",
+            "shopstream_prediction_latency_seconds_bucket{le=\"0.0001\"}",
+            "shopstream_prediction_latency_seconds_bucket{le=\"+Inf\"}",
+            "shopstream_prediction_latency_seconds_sum",
             "shopstream_model_prequential_auc{task=\"ctr\"}",
             "shopstream_windows_closed_total",
-            "shopstream_window_processing_seconds{quantile=\"0.99\"}",
+            "# TYPE shopstream_window_processing_seconds histogram",
+            "shopstream_window_processing_seconds_bucket{le=\"+Inf\"}",
+            "shopstream_build_info{version=",
             "# TYPE shopstream_consumer_lag_messages gauge",
             "shopstream_feature_psi",
             "shopstream_alerts_firing",
@@ -64,7 +69,24 @@ async fn run_live_until(config: &Config, expected: u64) -> RunSummary {
                 "{family} missing from /metrics:\n{body}"
             );
         }
+        // Every impression so far was timed, and every closed window.
+        let timed = support::metric(&body, "shopstream_prediction_latency_seconds_count");
+        assert!(timed > 0, "{body}");
+        assert_eq!(
+            support::metric(
+                &body,
+                "shopstream_prediction_latency_seconds_bucket{le=\"+Inf\"}"
+            ),
+            timed
+        );
+        assert_eq!(
+            support::metric(&body, "shopstream_window_processing_seconds_count"),
+            support::metric(&body, "shopstream_windows_closed_total")
+        );
+        assert!(!body.contains("shopstream_examples_per_second"));
         assert_eq!(get("/healthz").await.unwrap().0, "HTTP/1.1 200 OK");
+        // The query string does not change the route.
+        assert_eq!(get("/metrics?x=1").await.unwrap().0, "HTTP/1.1 200 OK");
         assert_eq!(
             get("/readyz").await.unwrap().0,
             "HTTP/1.1 200 OK",
