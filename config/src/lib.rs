@@ -9,10 +9,12 @@
 //! Start from [`Config::default`] in code, or from `config/shopstream.example.toml`, which
 //! documents every key.
 
+pub mod kafka_properties;
 mod layering;
 mod sections;
 mod validate;
 
+pub use kafka_properties::{MANAGED_PROPERTIES, ManagedProperty, PropertyPolicy, managed_property};
 pub use layering::ENV_PREFIX;
 pub use sections::{
     CalibrationHistory, CheckpointConfig, Config, DriftConfig, DriftReference, KafkaConfig,
