@@ -52,6 +52,87 @@ fn check_config_prints_the_effective_config_with_env_overrides() {
 }
 
 #[test]
+fn check_config_refuses_kafka_properties_shopstream_needs_and_honours_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("properties.toml");
+    std::fs::write(
+        &path,
+        r#"[kafka]
+brokers = "127.0.0.1:9092"
+
+[kafka.properties]
+"acks" = "1"
+"message.timeout.ms" = "5000"
+"auto.offset.reset" = "latest"
+"partition.assignment.strategy" = "roundrobin"
+"enable.partition.eof" = "true"
+"statistics.interval.ms" = "0"
+"linger.ms" = "20"
+"message.max.bytes" = "2000000"
+"#,
+    )
+    .unwrap();
+    let output = shopstream()
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("6 problem(s)"), "{stderr}");
+    for (key, reason) in [
+        ("acks", "an acknowledged message can be lost"),
+        ("message.timeout.ms", "set kafka.produce_timeout_ms"),
+        ("auto.offset.reset", "--reset-offsets --to-latest"),
+        ("partition.assignment.strategy", "co-partitioned"),
+        ("enable.partition.eof", "--stop-at-end"),
+        (
+            "statistics.interval.ms",
+            "consumer lag on /metrics and /readyz",
+        ),
+    ] {
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(&format!("kafka.properties.\"{key}\"")))
+            .unwrap_or_else(|| panic!("{key} missing from: {stderr}"));
+        assert!(line.contains(reason), "{key}: {line}");
+    }
+    assert!(!stderr.contains("linger.ms"), "{stderr}");
+    assert!(!stderr.contains("message.max.bytes"), "{stderr}");
+
+    // The honoured ones, from the file and the environment, are printed as given.
+    std::fs::write(
+        &path,
+        "[kafka]\nbrokers = \"127.0.0.1:9092\"\n[kafka.properties]\n\"acks\" = \"all\"\n\"message.max.bytes\" = \"2000000\"\n",
+    )
+    .unwrap();
+    let output = shopstream()
+        .arg("check-config")
+        .arg(&path)
+        .env("SHOPSTREAM__KAFKA__PROPERTIES__LINGER_MS", "20")
+        .env(
+            "SHOPSTREAM__KAFKA__PROPERTIES__STATISTICS_INTERVAL_MS",
+            "1000",
+        )
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for line in [
+        "acks = \"all\"",
+        "\"linger.ms\" = \"20\"",
+        "\"message.max.bytes\" = \"2000000\"",
+        "\"statistics.interval.ms\" = \"1000\"",
+    ] {
+        assert!(stdout.contains(line), "{line} missing from: {stdout}");
+    }
+}
+
+#[test]
 fn every_command_explains_itself() {
     for command in [
         "run",

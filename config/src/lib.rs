@@ -12,10 +12,12 @@
 /// Directory below `store.path` that holds the checkpoints unless `checkpoint.dir` is set.
 pub const DEFAULT_CHECKPOINT_DIR: &str = "_checkpoints";
 
+pub mod kafka_properties;
 mod layering;
 mod sections;
 mod validate;
 
+pub use kafka_properties::{MANAGED_PROPERTIES, ManagedProperty, PropertyPolicy, managed_property};
 pub use layering::ENV_PREFIX;
 pub use sections::{
     CalibrationHistory, CheckpointConfig, Config, DriftConfig, DriftReference, KafkaConfig,

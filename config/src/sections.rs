@@ -124,8 +124,10 @@ pub struct KafkaConfig {
     /// Extra librdkafka client properties, passed through unchanged to every consumer,
     /// producer and admin client (for example `"security.protocol" = "SASL_SSL"`,
     /// `"sasl.mechanisms" = "PLAIN"`, `"sasl.username"`, `"sasl.password"`,
-    /// `"ssl.ca.location"`). Properties that shopstream manages itself
-    /// (`bootstrap.servers`, `group.id`, `enable.auto.commit`) are rejected here.
+    /// `"ssl.ca.location"`). Of the properties shopstream sets itself
+    /// ([`crate::MANAGED_PROPERTIES`]), some take the user's value here (`acks` = `all`,
+    /// `linger.ms`, `message.max.bytes`, `statistics.interval.ms` > 0) and the others are
+    /// refused by validation with the reason and what to set instead.
     pub properties: BTreeMap<String, String>,
 }
 

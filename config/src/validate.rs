@@ -29,21 +29,6 @@ impl fmt::Display for Problem {
     }
 }
 
-/// Librdkafka properties that shopstream sets itself; a pass-through value would silently
-/// break offset handling or group membership.
-const MANAGED_PROPERTIES: [(&str, &str); 4] = [
-    ("bootstrap.servers", "set kafka.brokers instead"),
-    ("group.id", "set kafka.group_id instead"),
-    (
-        "enable.auto.commit",
-        "shopstream commits offsets itself after data is durable",
-    ),
-    (
-        "enable.auto.offset.store",
-        "shopstream stores offsets itself",
-    ),
-];
-
 /// Returns every semantic problem of `config` (empty when valid).
 pub(crate) fn validate(config: &Config) -> Vec<Problem> {
     let mut problems = Vec::new();
@@ -84,13 +69,9 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
     if config.kafka.connect_timeout_ms == 0 {
         bad("kafka.connect_timeout_ms", "must be at least 1".into());
     }
-    for key in config.kafka.properties.keys() {
-        if let Some((_, hint)) = MANAGED_PROPERTIES.iter().find(|(k, _)| k == key) {
-            bad(
-                &format!("kafka.properties.\"{key}\""),
-                format!("is managed by shopstream: {hint}"),
-            );
-        }
+    // Properties shopstream sets itself: honoured within limits, or refused with the reason.
+    for (key, message) in crate::kafka_properties::problems(config) {
+        bad(&key, message);
     }
 
     let topics = &config.topics;

@@ -10,7 +10,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
-use shopstream_config::{KafkaConfig, TopicsConfig};
+use shopstream_config::{
+    KafkaConfig, ManagedProperty, PropertyPolicy, TopicsConfig, managed_property,
+};
 
 use crate::event::InputTopic;
 
@@ -60,6 +62,25 @@ pub enum KafkaSetupError {
         /// The configured bootstrap servers.
         brokers: String,
     },
+    /// `[kafka.properties]` sets a property shopstream must set itself. Validation refuses
+    /// such a configuration, so this is reached only when it was bypassed.
+    #[error(
+        "kafka.properties sets `{name}`, which shopstream sets itself: {reason}. Instead: {instead}"
+    )]
+    ManagedProperty {
+        /// The name the user set (the key or an alias).
+        name: String,
+        /// Why it cannot be honoured.
+        reason: &'static str,
+        /// What to set instead.
+        instead: &'static str,
+    },
+    /// Code set a property that the table in `shopstream_config::kafka_properties` does not
+    /// list, or set it through the wrong helper (internal).
+    #[error(
+        "internal error: librdkafka property `{0}` is set without a matching entry in the managed-property table"
+    )]
+    UnlistedProperty(String),
     /// A blocking metadata task panicked or was cancelled (internal).
     #[error("internal error while talking to Kafka: {0}")]
     Internal(String),
@@ -130,11 +151,66 @@ pub fn client_config(kafka: &KafkaConfig) -> Result<ClientConfig, KafkaSetupErro
         return Err(KafkaSetupError::NoBrokers);
     }
     let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", kafka.brokers.trim());
     for (key, value) in &kafka.properties {
         config.set(key, value);
     }
+    set_managed(
+        &mut config,
+        kafka,
+        "bootstrap.servers",
+        kafka.brokers.trim(),
+    )?;
     Ok(config)
+}
+
+/// Sets `key`, a [`PropertyPolicy::Default`] property of the managed-property table, to
+/// shopstream's value from the table, unless `[kafka.properties]` sets it (under its name
+/// or an alias): then the user's value, already in `config` from [`client_config`], stands.
+pub fn set_default(
+    config: &mut ClientConfig,
+    kafka: &KafkaConfig,
+    key: &str,
+) -> Result<(), KafkaSetupError> {
+    let property = listed(key)?;
+    let PropertyPolicy::Default { value, .. } = property.policy else {
+        return Err(KafkaSetupError::UnlistedProperty(key.to_string()));
+    };
+    if kafka.user_sets(property).is_none() {
+        config.set(key, value);
+    }
+    Ok(())
+}
+
+/// Sets `key`, a [`PropertyPolicy::Rejected`] property of the managed-property table, to
+/// `value`. Validation refuses these in `[kafka.properties]`; should one be there anyway
+/// (a configuration built without validation) this fails rather than replace it.
+pub fn set_managed(
+    config: &mut ClientConfig,
+    kafka: &KafkaConfig,
+    key: &str,
+    value: &str,
+) -> Result<(), KafkaSetupError> {
+    let property = listed(key)?;
+    let PropertyPolicy::Rejected { reason, instead } = property.policy else {
+        return Err(KafkaSetupError::UnlistedProperty(key.to_string()));
+    };
+    if let Some(name) = kafka.user_sets(property) {
+        return Err(KafkaSetupError::ManagedProperty {
+            name: name.to_string(),
+            reason,
+            instead,
+        });
+    }
+    config.set(key, value);
+    Ok(())
+}
+
+/// The table entry of `key`, which must be the entry's own name (not an alias), so the
+/// built configurations use one spelling per setting.
+fn listed(key: &str) -> Result<&'static ManagedProperty, KafkaSetupError> {
+    managed_property(key)
+        .filter(|p| p.key == key)
+        .ok_or_else(|| KafkaSetupError::UnlistedProperty(key.to_string()))
 }
 
 /// Partition counts of `topics` as the cluster reports them; missing topics are absent.

@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use shopstream_config::{KafkaConfig, TopicsConfig};
 
 use crate::event::InputTopic;
-use crate::kafka::{KafkaSetupError, client_config, input_topic_name};
+use crate::kafka::{KafkaSetupError, client_config, input_topic_name, set_managed};
 use crate::source::Positions;
 
 /// How each partition's start was found.
@@ -41,11 +41,7 @@ pub async fn offsets_at(
     partitions: &BTreeMap<String, i32>,
     at_ms: i64,
 ) -> Result<(Positions, SeekReport), KafkaSetupError> {
-    let mut config = client_config(kafka)?;
-    config
-        .set("group.id", format!("{}-seek", kafka.group_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true");
+    let config = seek_config(kafka)?;
     let timeout = Duration::from_millis(kafka.connect_timeout_ms);
     let mut wanted = Vec::new();
     for topic in InputTopic::ALL {
@@ -95,6 +91,23 @@ pub async fn offsets_at(
     })
     .await
     .map_err(|e| KafkaSetupError::Internal(e.to_string()))?
+}
+
+/// librdkafka settings of the seek consumer: a group of its own, so reading around the
+/// index answers never touches the job's group, and end-of-partition events, since the
+/// answer for a time after the last message is the partition's end. Set through the
+/// managed-property table (`shopstream_config::kafka_properties`).
+pub fn seek_config(kafka: &KafkaConfig) -> Result<ClientConfig, KafkaSetupError> {
+    let mut config = client_config(kafka)?;
+    set_managed(
+        &mut config,
+        kafka,
+        "group.id",
+        &format!("{}-seek", kafka.group_id),
+    )?;
+    set_managed(&mut config, kafka, "enable.auto.commit", "false")?;
+    set_managed(&mut config, kafka, "enable.partition.eof", "true")?;
+    Ok(config)
 }
 
 /// Confirms that `offset` is the first message at or after `at_ms`: the message before it

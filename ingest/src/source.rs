@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::decode::{DecodeLimits, Rejection, decode};
 use crate::event::{Event, InputTopic};
-use crate::kafka::{KafkaSetupError, client_config, input_topic_name};
+use crate::kafka::{KafkaSetupError, client_config, input_topic_name, set_default, set_managed};
 
 /// Where a record came from.
 #[derive(
@@ -318,16 +318,28 @@ impl OffsetCommitter {
     }
 }
 
-fn consumer_config(kafka: &KafkaConfig, eof: bool) -> Result<rdkafka::ClientConfig, SourceError> {
+/// librdkafka settings of the source's consumers; `eof` asks for end-of-partition events.
+/// Every property is set through the managed-property table
+/// (`shopstream_config::kafka_properties`), so none replaces a user's value silently.
+pub fn consumer_config(
+    kafka: &KafkaConfig,
+    eof: bool,
+) -> Result<rdkafka::ClientConfig, KafkaSetupError> {
     let mut config = client_config(kafka)?;
-    config
-        .set("group.id", &kafka.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", if eof { "true" } else { "false" })
-        .set("partition.assignment.strategy", "range")
-        .set("auto.offset.reset", "earliest")
-        .set("statistics.interval.ms", "5000");
+    let c = &mut config;
+    set_managed(c, kafka, "group.id", &kafka.group_id)?;
+    set_managed(c, kafka, "group.protocol", "classic")?;
+    set_managed(c, kafka, "enable.auto.commit", "false")?;
+    set_managed(c, kafka, "enable.auto.offset.store", "false")?;
+    set_managed(
+        c,
+        kafka,
+        "enable.partition.eof",
+        if eof { "true" } else { "false" },
+    )?;
+    set_managed(c, kafka, "partition.assignment.strategy", "range")?;
+    set_managed(c, kafka, "auto.offset.reset", "earliest")?;
+    set_default(c, kafka, "statistics.interval.ms")?;
     Ok(config)
 }
 

@@ -13,13 +13,16 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use shopstream_config::KafkaConfig;
 use shopstream_ingest::decode::Rejection;
-use shopstream_ingest::kafka::{KafkaSetupError, LoggingContext, client_config};
+use shopstream_ingest::kafka::{
+    KafkaSetupError, LoggingContext, client_config, set_default, set_managed,
+};
 use shopstream_ingest::source::RecordMeta;
 
 /// Why publishing failed.
@@ -87,6 +90,27 @@ impl Future for TaggedDelivery {
     }
 }
 
+/// librdkafka settings of the producer. Every property is set through the managed-property
+/// table (`shopstream_config::kafka_properties`): `acks`, `linger.ms` and
+/// `message.max.bytes` take the user's value when `[kafka.properties]` has one.
+pub fn producer_config(kafka: &KafkaConfig) -> Result<ClientConfig, KafkaSetupError> {
+    let mut config = client_config(kafka)?;
+    set_default(&mut config, kafka, "acks")?;
+    set_default(&mut config, kafka, "linger.ms")?;
+    // Dead letters carry the original bytes, which may exceed the input size limit (that
+    // is why they were rejected), hence a default far above librdkafka's; the broker's
+    // own limit still applies.
+    set_default(&mut config, kafka, "message.max.bytes")?;
+    // The publisher's own deadlines (queue full, flush) use the same number.
+    set_managed(
+        &mut config,
+        kafka,
+        "message.timeout.ms",
+        &kafka.produce_timeout_ms.to_string(),
+    )?;
+    Ok(config)
+}
+
 /// An asynchronous producer that counts acknowledged messages per tag.
 pub struct Publisher {
     producer: FutureProducer<LoggingContext>,
@@ -100,15 +124,7 @@ pub struct Publisher {
 impl Publisher {
     /// A producer for `kafka`.
     pub fn new(kafka: &KafkaConfig) -> Result<Self, PublishError> {
-        let mut config = client_config(kafka)?;
-        config
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            // Dead letters carry the original bytes, which may exceed the input size
-            // limit (that is why they were rejected); the broker's own limit still applies.
-            .set("message.max.bytes", "104857600")
-            .set("message.timeout.ms", kafka.produce_timeout_ms.to_string());
-        let producer: FutureProducer<LoggingContext> = config
+        let producer: FutureProducer<LoggingContext> = producer_config(kafka)?
             .create_with_context(LoggingContext)
             .map_err(KafkaSetupError::Client)?;
         Ok(Self {
@@ -267,4 +283,162 @@ pub fn dead_letter_headers(
         });
     }
     headers
+}
+
+#[cfg(test)]
+mod property_tests {
+    //! Every Kafka client configuration shopstream builds against the managed-property
+    //! table (`shopstream_config::kafka_properties`): the clients set exactly the table's
+    //! keys, honoured keys keep the user's value, and refused keys are never replaced.
+
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use rdkafka::ClientConfig;
+    use shopstream_config::{Config, KafkaConfig, MANAGED_PROPERTIES, PropertyPolicy};
+    use shopstream_ingest::kafka::{KafkaSetupError, client_config};
+    use shopstream_ingest::seek::seek_config;
+    use shopstream_ingest::source::consumer_config;
+
+    use super::producer_config;
+
+    type Built = Result<ClientConfig, KafkaSetupError>;
+
+    /// Every client configuration, by name.
+    fn build_all(kafka: &KafkaConfig) -> Vec<(&'static str, Built)> {
+        vec![
+            ("admin and metadata", client_config(kafka)),
+            (
+                "bounded and inventory consumer",
+                consumer_config(kafka, true),
+            ),
+            ("live group consumer", consumer_config(kafka, false)),
+            ("seek consumer", seek_config(kafka)),
+            ("producer", producer_config(kafka)),
+        ]
+    }
+
+    fn kafka_with(properties: &[(&str, &str)]) -> KafkaConfig {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            properties: properties
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..KafkaConfig::default()
+        }
+    }
+
+    fn table_keys() -> BTreeSet<&'static str> {
+        MANAGED_PROPERTIES.iter().map(|p| p.key).collect()
+    }
+
+    /// A valid value a user might choose for each honoured property, unlike shopstream's.
+    fn user_value(key: &str) -> &'static str {
+        match key {
+            "acks" => "-1",
+            "linger.ms" => "20",
+            "message.max.bytes" => "2000000",
+            "statistics.interval.ms" => "1000",
+            other => panic!("give the honoured property {other} a user value in this test"),
+        }
+    }
+
+    #[test]
+    fn the_clients_set_exactly_the_keys_of_the_table() {
+        let mut set = BTreeSet::new();
+        for (client, built) in build_all(&kafka_with(&[])) {
+            let built = built.unwrap();
+            for key in built.config_map().keys() {
+                assert!(
+                    table_keys().contains(key),
+                    "the {client} sets `{key}`, which the managed-property table does not list"
+                );
+                set.insert(key.to_string());
+            }
+        }
+        let listed: BTreeSet<String> = table_keys().iter().map(|k| k.to_string()).collect();
+        assert_eq!(set, listed, "table entries no client sets");
+    }
+
+    #[test]
+    fn honoured_keys_keep_the_user_value_from_the_file_and_the_environment() {
+        let honoured: Vec<&str> = MANAGED_PROPERTIES
+            .iter()
+            .filter(|p| matches!(p.policy, PropertyPolicy::Default { .. }))
+            .map(|p| p.key)
+            .collect();
+        assert_eq!(honoured.len(), 4, "{honoured:?}");
+        let chosen: Vec<(&str, &str)> = honoured.iter().map(|k| (*k, user_value(k))).collect();
+        // The same choices from the environment, through validation.
+        let mut env: Vec<(String, String)> = chosen
+            .iter()
+            .map(|(k, v)| {
+                let name = k.replace('.', "_").to_ascii_uppercase();
+                (
+                    format!("SHOPSTREAM__KAFKA__PROPERTIES__{name}"),
+                    v.to_string(),
+                )
+            })
+            .collect();
+        env.push(("SHOPSTREAM__KAFKA__BROKERS".into(), "127.0.0.1:9092".into()));
+        let from_env = Config::load_with_env(None, env).unwrap().kafka;
+        assert_eq!(from_env, kafka_with(&chosen));
+        for kafka in [kafka_with(&chosen), from_env] {
+            // Pass-through reaches every client; the ones that set a default must not
+            // replace it.
+            for (client, built) in build_all(&kafka) {
+                let built = built.unwrap();
+                for (key, value) in &chosen {
+                    assert_eq!(built.get(key), Some(*value), "{client}: {key}");
+                }
+            }
+        }
+        // Under an alias: the user's name is kept and shopstream's is not added beside it
+        // (librdkafka would apply the two in hash-map order).
+        let aliased = kafka_with(&[
+            ("queue.buffering.max.ms", "20"),
+            ("request.required.acks", "all"),
+        ]);
+        let producer = producer_config(&aliased).unwrap();
+        assert_eq!(producer.get("queue.buffering.max.ms"), Some("20"));
+        assert_eq!(producer.get("request.required.acks"), Some("all"));
+        assert_eq!(producer.get("linger.ms"), None);
+        assert_eq!(producer.get("acks"), None);
+    }
+
+    #[test]
+    fn refused_keys_are_never_replaced_even_without_validation() {
+        for property in MANAGED_PROPERTIES {
+            if !matches!(property.policy, PropertyPolicy::Rejected { .. }) {
+                continue;
+            }
+            for name in property.names() {
+                let refused = build_all(&kafka_with(&[(name, "user-value")]));
+                let mut failed = 0;
+                for (client, built) in refused {
+                    match built {
+                        Err(KafkaSetupError::ManagedProperty { name: named, .. }) => {
+                            assert_eq!(named, name);
+                            failed += 1;
+                        }
+                        Err(other) => panic!("{client} with {name}: {other}"),
+                        Ok(config) => {
+                            let others: BTreeMap<&str, &str> = property
+                                .names()
+                                .filter_map(|n| config.get(n).map(|v| (n, v)))
+                                .collect();
+                            assert_eq!(
+                                others,
+                                BTreeMap::from([(name, "user-value")]),
+                                "the {client} replaced {name}"
+                            );
+                        }
+                    }
+                }
+                assert!(failed > 0, "no client refuses {name}");
+            }
+        }
+    }
 }
