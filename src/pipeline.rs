@@ -1240,12 +1240,10 @@ impl Processor<'_> {
         // end on whole hours, so the partitions settled change only when the bound passes
         // an hour; in between, compaction would re-read every commit record of every
         // table to find nothing to do.
-        if let Some(settled) = self.features.settled_before() {
-            let settled_hours = settled.div_euclid(HOUR_MS);
-            if self.compacted_hours != Some(settled_hours) {
-                self.compact(Some(settled)).await?;
-                self.compacted_hours = Some(settled_hours);
-            }
+        let settled_hours = output.settled_before.div_euclid(HOUR_MS);
+        if self.compacted_hours != Some(settled_hours) {
+            self.compact(Some(output.settled_before)).await?;
+            self.compacted_hours = Some(settled_hours);
         }
         Ok(())
     }

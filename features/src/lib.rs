@@ -49,6 +49,18 @@ pub struct WindowOutput {
     pub demand_next: Vec<DemandFeatures>,
     /// The window's users at their first impression in it (for drift monitoring).
     pub users: Vec<UserArrival>,
+    /// No window after this one releases anything before this time: every row a later
+    /// window produces is an example of an impression still pending once this window was
+    /// applied (at or after the oldest one), drift evidence on the window grid of one, or
+    /// belongs to a later window. The store compacts an hour once it ends before this
+    /// bound.
+    ///
+    /// It comes from the state, not from the configured horizons: a window closes only
+    /// when it has events, so in sparse traffic labels mature long after their horizon,
+    /// into hours a bound computed from the window's time alone would call settled. And
+    /// it is taken as this window is applied: windows that close together are all applied
+    /// before the first of them is written.
+    pub settled_before: Millis,
 }
 
 /// The features stage. Serializable as a whole: a checkpoint holds it (open windows,
@@ -150,6 +162,7 @@ impl FeaturePipeline {
                         demand: Vec::new(),
                         demand_next: Vec::new(),
                         users: Vec::new(),
+                        settled_before: start,
                     });
                 }
             }
@@ -179,6 +192,12 @@ impl FeaturePipeline {
             })
             .collect();
         self.demand_snapshot = self.state.demand_snapshot(window.end);
+        // Later windows hold events at or after this window's end; one window of margin
+        // covers drift evidence, reported on the grid of windows.
+        let oldest = self
+            .state
+            .oldest_pending_ts()
+            .map_or(window.end, |ts| ts.min(window.end));
         WindowOutput {
             start: window.start,
             end: window.end,
@@ -187,30 +206,13 @@ impl FeaturePipeline {
             demand,
             demand_next: self.demand_snapshot.clone(),
             users,
+            settled_before: self.windows.start_of(oldest) - self.windows.length_ms(),
         }
     }
 
     /// Impressions waiting for their labels.
     pub fn pending_examples(&self) -> usize {
         self.state.pending_len()
-    }
-
-    /// A time before which no later window releases anything: every row a later window
-    /// produces is an example of a pending impression (at or after the oldest one), or
-    /// belongs to a window not closed yet; one window of margin covers what is reported
-    /// on the grid of windows (drift evidence). `None` until a window has closed.
-    ///
-    /// The store compacts an hour once it ends before this bound. It comes from the state,
-    /// not from the configured horizons: a window closes only when it has events, so in
-    /// sparse traffic labels mature long after their horizon, into hours a bound computed
-    /// from the closing window alone would call settled.
-    pub fn settled_before(&self) -> Option<Millis> {
-        let closed = self.windows.closed_until()?;
-        let oldest = self
-            .state
-            .oldest_pending_ts()
-            .map_or(closed, |ts| ts.min(closed));
-        Some(self.windows.start_of(oldest) - self.windows.length_ms())
     }
 
     /// The state, for inspection and memory accounting.

@@ -15,9 +15,9 @@
 //! file skipped is reported with why, so a truncated or corrupted checkpoint costs one
 //! checkpoint interval of reprocessing, not the job.
 //!
-//! MessagePack rather than JSON: the state has maps keyed by tuples and tens of millions
-//! of floats (the model's embedding and optimiser moments), which it stores exactly and
-//! compactly.
+//! MessagePack rather than JSON: the state has maps keyed by tuples and millions of
+//! floats (the model's embedding and optimiser moments), which it stores exactly and
+//! compactly; the model's arrays go in as one byte string each (little-endian f64).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

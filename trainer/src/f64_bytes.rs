@@ -8,6 +8,10 @@ use serde::{Deserializer, Serializer};
 
 /// Serializes `values` as one byte string.
 pub fn serialize<S: Serializer>(values: &[f64], serializer: S) -> Result<S::Ok, S::Error> {
+    if cfg!(target_endian = "little") {
+        // The values' own bytes, without a copy.
+        return serializer.serialize_bytes(bytemuck::cast_slice(values));
+    }
     let mut bytes = Vec::with_capacity(values.len() * 8);
     for value in values {
         bytes.extend_from_slice(&value.to_le_bytes());
@@ -32,6 +36,10 @@ impl<'de> Visitor<'de> for F64s {
     fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<Self::Value, E> {
         if bytes.len() % 8 != 0 {
             return Err(E::invalid_length(bytes.len(), &"a multiple of 8 bytes"));
+        }
+        if cfg!(target_endian = "little") {
+            // One copy into aligned memory.
+            return Ok(bytemuck::pod_collect_to_vec(bytes));
         }
         Ok(bytes
             .chunks_exact(8)
