@@ -431,6 +431,7 @@ pub async fn run_observed(
         }
     }
     if outcome.is_ok() {
+        shopstream_sinks::failpoint::hit("pipeline.model_saving");
         if let Some(path) = &config.model.path {
             processor
                 .trainer

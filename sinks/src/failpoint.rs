@@ -6,7 +6,10 @@
 //!
 //! Points: `store.temp_written` (a data file is fsynced under its temporary name, not
 //! renamed), `store.files_renamed` (a window's data files are in place, its commit record
-//! is not), `store.compaction_written` (a merged file is in place, its record is not).
+//! is not), `store.compaction_written` (a merged file is in place, its record is not),
+//! `checkpoint.temp_written` and `checkpoint.written` (around a checkpoint's rename),
+//! `pipeline.message_handled` (after each message), `pipeline.model_saving` (a run's
+//! outputs and last checkpoint are written, its model file is not).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
