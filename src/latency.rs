@@ -39,24 +39,9 @@ pub const PREDICTION_LATENCY_BOUNDS: &[Duration] = &[
 ];
 
 /// Exported bucket bounds of `shopstream_window_processing_seconds`: 1 ms .. 60 s (a
-/// window's joins, training, drift and store writes take milliseconds to seconds).
-pub const WINDOW_PROCESSING_BOUNDS: &[Duration] = &[
-    Duration::from_millis(1),
-    Duration::from_micros(2_500),
-    Duration::from_millis(5),
-    Duration::from_millis(10),
-    Duration::from_millis(25),
-    Duration::from_millis(50),
-    Duration::from_millis(100),
-    Duration::from_millis(250),
-    Duration::from_millis(500),
-    Duration::from_secs(1),
-    Duration::from_millis(2_500),
-    Duration::from_secs(5),
-    Duration::from_secs(10),
-    Duration::from_secs(30),
-    Duration::from_secs(60),
-];
+/// window's joins, training, drift and store writes take milliseconds to seconds): the
+/// prediction latency ladder from 1 ms on.
+pub const WINDOW_PROCESSING_BOUNDS: &[Duration] = PREDICTION_LATENCY_BOUNDS.split_at(3).1;
 
 /// Counts of durations per log-spaced bucket and per exported bound.
 #[derive(Debug, Clone)]

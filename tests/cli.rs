@@ -8,22 +8,33 @@ fn shopstream() -> Command {
     Command::new(env!("CARGO_BIN_EXE_shopstream"))
 }
 
-#[test]
-fn check_config_reports_three_mistakes_at_once_and_exits_2() {
+/// `shopstream check-config` on a file holding `toml`, with `env` set: (exit code,
+/// stdout, stderr).
+fn check_config(toml: &str, env: &[(&str, &str)]) -> (Option<i32>, String, String) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("broken.toml");
-    std::fs::write(
-        &path,
-        "[kafka]\nbrokres = \"localhost:9092\"\n\n[pipeline]\nwindow_secs = \"sixty\"\n\n[store]\nzstd_level = 99\n",
-    )
-    .unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, toml).unwrap();
     let output = shopstream()
         .arg("check-config")
         .arg(&path)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (
+        output.status.code(),
+        text(&output.stdout),
+        text(&output.stderr),
+    )
+}
+
+#[test]
+fn check_config_reports_three_mistakes_at_once_and_exits_2() {
+    let (code, _, stderr) = check_config(
+        "[kafka]\nbrokres = \"localhost:9092\"\n\n[pipeline]\nwindow_secs = \"sixty\"\n\n[store]\nzstd_level = 99\n",
+        &[],
+    );
+    assert_eq!(code, Some(2));
     assert!(stderr.contains("3 problem(s)"), "{stderr}");
     for key in ["kafka.brokres", "pipeline.window_secs", "store.zstd_level"] {
         assert!(stderr.contains(key), "{key} missing from: {stderr}");
@@ -32,31 +43,18 @@ fn check_config_reports_three_mistakes_at_once_and_exits_2() {
 
 #[test]
 fn check_config_prints_the_effective_config_with_env_overrides() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("ok.toml");
-    std::fs::write(&path, "[kafka]\nbrokers = \"file:9092\"\n").unwrap();
-    let output = shopstream()
-        .arg("check-config")
-        .arg(&path)
-        .env("SHOPSTREAM__PIPELINE__WINDOW_SECS", "120")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let (code, stdout, stderr) = check_config(
+        "[kafka]\nbrokers = \"file:9092\"\n",
+        &[("SHOPSTREAM__PIPELINE__WINDOW_SECS", "120")],
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("brokers = \"file:9092\""), "{stdout}");
     assert!(stdout.contains("window_secs = 120"), "{stdout}");
 }
 
 #[test]
 fn check_config_refuses_kafka_properties_shopstream_needs_and_honours_the_rest() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("properties.toml");
-    std::fs::write(
-        &path,
+    let (code, _, stderr) = check_config(
         r#"[kafka]
 brokers = "127.0.0.1:9092"
 
@@ -70,15 +68,9 @@ brokers = "127.0.0.1:9092"
 "linger.ms" = "20"
 "message.max.bytes" = "2000000"
 "#,
-    )
-    .unwrap();
-    let output = shopstream()
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+        &[],
+    );
+    assert_eq!(code, Some(2));
     assert!(stderr.contains("6 problem(s)"), "{stderr}");
     for (key, reason) in [
         ("acks", "an acknowledged message can be lost"),
@@ -101,27 +93,17 @@ brokers = "127.0.0.1:9092"
     assert!(!stderr.contains("message.max.bytes"), "{stderr}");
 
     // The honoured ones, from the file and the environment, are printed as given.
-    std::fs::write(
-        &path,
+    let (code, stdout, stderr) = check_config(
         "[kafka]\nbrokers = \"127.0.0.1:9092\"\n[kafka.properties]\n\"acks\" = \"all\"\n\"message.max.bytes\" = \"2000000\"\n",
-    )
-    .unwrap();
-    let output = shopstream()
-        .arg("check-config")
-        .arg(&path)
-        .env("SHOPSTREAM__KAFKA__PROPERTIES__LINGER_MS", "20")
-        .env(
-            "SHOPSTREAM__KAFKA__PROPERTIES__STATISTICS_INTERVAL_MS",
-            "1000",
-        )
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+        &[
+            ("SHOPSTREAM__KAFKA__PROPERTIES__LINGER_MS", "20"),
+            (
+                "SHOPSTREAM__KAFKA__PROPERTIES__STATISTICS_INTERVAL_MS",
+                "1000",
+            ),
+        ],
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(code, Some(0), "{stderr}");
     for line in [
         "acks = \"all\"",
         "\"linger.ms\" = \"20\"",

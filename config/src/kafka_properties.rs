@@ -28,6 +28,9 @@ pub enum PropertyPolicy {
         value: &'static str,
         /// Which values a user may set.
         allowed: Allowed,
+        /// Another valid value, as a user might choose it (tests set it to check that
+        /// the user's value reaches the client).
+        example: &'static str,
     },
 }
 
@@ -222,6 +225,7 @@ pub const MANAGED_PROPERTIES: &[ManagedProperty] = &[
         set_on: "the source's consumers: `5000`",
         policy: PropertyPolicy::Default {
             value: "5000",
+            example: "1000",
             allowed: Allowed::Integer {
                 min: 1,
                 max: 86_400_000,
@@ -237,6 +241,7 @@ pub const MANAGED_PROPERTIES: &[ManagedProperty] = &[
         set_on: "the producer: `all`",
         policy: PropertyPolicy::Default {
             value: "all",
+            example: "-1",
             allowed: Allowed::OneOf {
                 values: &["all", "-1"],
                 reason: "predictions and dead letters count as published once acknowledged, \
@@ -252,6 +257,7 @@ pub const MANAGED_PROPERTIES: &[ManagedProperty] = &[
         set_on: "the producer: `5`",
         policy: PropertyPolicy::Default {
             value: "5",
+            example: "20",
             allowed: Allowed::Number {
                 min: 0.0,
                 max: 900_000.0,
@@ -265,6 +271,7 @@ pub const MANAGED_PROPERTIES: &[ManagedProperty] = &[
         set_on: "the producer: `104857600`",
         policy: PropertyPolicy::Default {
             value: "104857600",
+            example: "2000000",
             allowed: Allowed::Integer {
                 min: 1000,
                 max: 1_000_000_000,
@@ -382,17 +389,6 @@ mod tests {
         text
     }
 
-    /// A valid value a user might choose for each honoured property, unlike shopstream's.
-    fn user_value(key: &str) -> &'static str {
-        match key {
-            "acks" => "-1",
-            "linger.ms" => "20",
-            "message.max.bytes" => "2000000",
-            "statistics.interval.ms" => "1000",
-            other => panic!("give the honoured property {other} a user value in this test"),
-        }
-    }
-
     #[test]
     fn every_rejected_name_is_refused_with_its_reason_and_the_rest_still_reported() {
         let rejected: Vec<(&str, &str, &str)> = MANAGED_PROPERTIES
@@ -423,9 +419,9 @@ mod tests {
     #[test]
     fn honoured_properties_take_user_values_within_their_limits() {
         for property in MANAGED_PROPERTIES {
-            if let PropertyPolicy::Default { value, .. } = property.policy {
+            if let PropertyPolicy::Default { value, example, .. } = property.policy {
                 for name in property.names() {
-                    for v in [value, user_value(property.key)] {
+                    for v in [value, example] {
                         let problems = problems_of(&with_properties(&[(name, v)]));
                         assert!(problems.is_empty(), "{name} = {v}: {problems:?}");
                     }
@@ -487,13 +483,13 @@ mod tests {
         let mut env = Vec::new();
         let mut expected = Vec::new();
         for property in MANAGED_PROPERTIES {
-            if let PropertyPolicy::Default { .. } = property.policy {
+            if let PropertyPolicy::Default { example, .. } = property.policy {
                 let name = format!(
                     "SHOPSTREAM__KAFKA__PROPERTIES__{}",
                     property.key.replace('.', "_").to_ascii_uppercase()
                 );
-                env.push((name, user_value(property.key).to_string()));
-                expected.push((property.key, user_value(property.key)));
+                env.push((name, example.to_string()));
+                expected.push((property.key, example));
             }
         }
         assert!(
@@ -547,7 +543,7 @@ mod tests {
     #[test]
     fn defaults_pass_their_own_checks() {
         for property in MANAGED_PROPERTIES {
-            if let PropertyPolicy::Default { value, allowed } = property.policy {
+            if let PropertyPolicy::Default { value, allowed, .. } = property.policy {
                 assert_eq!(allowed.check(value), Ok(()), "{}", property.key);
             }
         }

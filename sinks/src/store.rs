@@ -846,6 +846,19 @@ mod tests {
             .collect()
     }
 
+    /// A store in a new directory with [`four_windows`] written (not compacted).
+    fn store_of_four_windows() -> (tempfile::TempDir, ParquetStore, Vec<(String, RecordBatch)>) {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = open_store(dir.path());
+        let windows = four_windows();
+        for (stem, batch) in &windows {
+            store
+                .write("t", stem, batch, &BTreeMap::new(), &BTreeMap::new())
+                .expect("write");
+        }
+        (dir, store, windows)
+    }
+
     /// Guards issue 13 (2): the merged file's name and bytes depend on the windows it
     /// holds, not on how many compactions it took (a restarted job may merge an hour in
     /// more steps than a job never stopped).
@@ -904,15 +917,8 @@ mod tests {
     /// merged leaves no copy of them on disk and no record of them in the manifest.
     #[test]
     fn a_window_rewritten_after_its_compaction_leaves_nothing_behind() {
-        let dir = tempfile::tempdir().expect("dir");
-        let store = open_store(dir.path());
+        let (dir, store, windows) = store_of_four_windows();
         let (none, no_offsets) = (BTreeMap::new(), BTreeMap::new());
-        let windows = four_windows();
-        for (stem, batch) in &windows {
-            store
-                .write("t", stem, batch, &none, &no_offsets)
-                .expect("write");
-        }
         store.compact("t", None).expect("compact");
         let before = tree(dir.path());
         // A restart (a new store handle) reprocesses two windows.
@@ -931,15 +937,7 @@ mod tests {
     /// records, and temporary leftovers.
     #[test]
     fn vacuum_finishes_a_compaction_a_crash_interrupted() {
-        let dir = tempfile::tempdir().expect("dir");
-        let store = open_store(dir.path());
-        let (none, no_offsets) = (BTreeMap::new(), BTreeMap::new());
-        let windows = four_windows();
-        for (stem, batch) in &windows {
-            store
-                .write("t", stem, batch, &none, &no_offsets)
-                .expect("write");
-        }
+        let (dir, store, _) = store_of_four_windows();
         let before_compaction = tree(dir.path());
         store.compact("t", None).expect("compact");
         let compacted = tree(dir.path());
