@@ -34,7 +34,7 @@ impl<'de> Visitor<'de> for F64s {
     }
 
     fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<Self::Value, E> {
-        if bytes.len() % 8 != 0 {
+        if !bytes.len().is_multiple_of(8) {
             return Err(E::invalid_length(bytes.len(), &"a multiple of 8 bytes"));
         }
         if cfg!(target_endian = "little") {
