@@ -74,6 +74,30 @@ fn listing(root: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// Each entry that is not the same in both listings, saying how it differs (for a
+/// commit record, both contents, since those are small).
+fn differences(
+    expected: &BTreeMap<String, Vec<u8>>,
+    got: &BTreeMap<String, Vec<u8>>,
+) -> Vec<String> {
+    let names: std::collections::BTreeSet<&String> = expected.keys().chain(got.keys()).collect();
+    names
+        .into_iter()
+        .filter_map(|name| match (expected.get(name), got.get(name)) {
+            (Some(a), Some(b)) if a == b => None,
+            (Some(_), None) => Some(format!("{name}: only in the never-killed store")),
+            (None, Some(_)) => Some(format!("{name}: only in the killed store")),
+            (Some(a), Some(b)) if name.starts_with("_manifest/") => Some(format!(
+                "{name}: never killed {} / killed {}",
+                String::from_utf8_lossy(a),
+                String::from_utf8_lossy(b)
+            )),
+            (Some(a), Some(b)) => Some(format!("{name}: {} bytes / {} bytes", a.len(), b.len())),
+            (None, None) => None,
+        })
+        .collect()
+}
+
 /// Data files on disk that no commit record makes visible (what DuckDB or pyarrow would
 /// count twice or show half-written).
 fn files_outside_the_manifest(root: &Path) -> Vec<String> {
@@ -164,29 +188,47 @@ async fn random_sigkills_then_a_full_run_give_the_never_killed_store_and_model()
     );
 
     // Kill moments: uniform between 0.3 s and a tenth of the reference run after it, so
-    // that 20 kills fall all over the run rather than after its end.
+    // that 20 kills fall all over the run rather than after its end. Once a run has ended
+    // on its own (the machine may be faster now than during the reference run), later
+    // runs resume at the end and stop within seconds: their kill moments are drawn below
+    // how long that took, so that they still fall inside the run.
     let killed = Job::new(&base, dir.path(), "killed");
     let mut rng = Rng::new(seed, 0);
     let span = duration.as_secs_f64() / 10.0;
+    let mut shortest_end: Option<f64> = None;
     let (mut kills, mut finished, mut moments) = (0, 0, Vec::new());
     while kills < KILLS {
         assert!(
             kills + finished < 4 * KILLS,
             "only {kills} of {KILLS} runs could be killed before they ended"
         );
-        let delay = Duration::from_secs_f64(0.3 + rng.unit() * span);
+        let upper = shortest_end
+            .map_or(span, |end| span.min(0.9 * end))
+            .max(0.35);
+        let delay = 0.3 + rng.unit() * (upper - 0.3);
+        let started = Instant::now();
         let mut job = killed.spawn();
-        tokio::time::sleep(delay).await;
-        match job.try_wait().unwrap() {
+        let ended = loop {
+            if let Some(status) = job.try_wait().unwrap() {
+                break Some(status);
+            }
+            if started.elapsed().as_secs_f64() >= delay {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        match ended {
             Some(status) => {
                 assert!(status.success(), "run ended with {status}");
                 finished += 1;
+                let took = started.elapsed().as_secs_f64();
+                shortest_end = Some(shortest_end.map_or(took, |s| s.min(took)));
             }
             None => {
                 job.kill().unwrap(); // SIGKILL
                 job.wait().unwrap();
                 kills += 1;
-                moments.push(format!("{:.2}", delay.as_secs_f64()));
+                moments.push(format!("{delay:.2}"));
             }
         }
     }
@@ -199,14 +241,13 @@ async fn random_sigkills_then_a_full_run_give_the_never_killed_store_and_model()
         "files no commit names are left on disk"
     );
     let got = listing(store);
-    let differing: Vec<&String> = expected
-        .keys()
-        .chain(got.keys())
-        .filter(|name| expected.get(*name) != got.get(*name))
-        .collect();
+    let differences = differences(&expected, &got);
     assert!(
-        differing.is_empty(),
-        "seed {seed}: the store differs from the never-killed one at {differing:?}"
+        differences.is_empty(),
+        "seed {seed}: the store differs from the never-killed one in {} entries; the \
+         first ones:\n{}",
+        differences.len(),
+        differences[..differences.len().min(6)].join("\n")
     );
     assert!(
         killed.model() == reference.model(),
