@@ -80,7 +80,7 @@ def duckdb_rows(root):
     query = (
         "import duckdb,sys; print(duckdb.sql(\"SELECT count(*), count(DISTINCT event_id) "
         "FROM read_parquet('\" + sys.argv[1] + \"/examples/**/*.parquet', "
-        "hive_partitioning=true)\").fetchone())"
+        "hive_partitioning=true)\").fetchall()[0])"
     )
     out = subprocess.run([str(python), "-c", query, str(root)], capture_output=True, text=True)
     return out.stdout.strip() or out.stderr.strip()
