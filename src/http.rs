@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::latency::{Histogram, PREDICTION_LATENCY_BOUNDS, WINDOW_PROCESSING_BOUNDS};
-use crate::pipeline::RunSummary;
+use crate::summary::RunSummary;
 
 /// What the endpoints report; the processor publishes a fresh one as it goes.
 #[derive(Debug, Clone)]

@@ -5,6 +5,8 @@
 //! - [`generate`]: publishing synthetic traffic (`shopstream generate`).
 //! - [`demo`]: generate, run, and summarise on an embedded cluster (`shopstream demo`).
 //! - [`recovery`]: what a checkpoint of the job holds and how a restart uses it.
+//! - [`summary`]: what a run did ([`summary::RunSummary`]), reported at its end and on
+//!   `/metrics` ([`http`]).
 //! - [`drift`]: the job's drift stage (monitors, `drift` and `alerts` rows, gauges);
 //!   [`webhook`]: posting alert events; [`drift_report`]: the HTML drift report.
 //!
@@ -19,6 +21,7 @@ pub mod http;
 pub mod latency;
 pub mod pipeline;
 pub mod recovery;
+pub mod summary;
 pub mod webhook;
 
 /// Seconds of configuration as epoch milliseconds, saturating.

@@ -19,6 +19,7 @@
 
 mod atomic;
 pub mod checkpoint;
+mod error;
 pub mod failpoint;
 pub mod kafka_out;
 pub mod manifest;

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::atomic::write_atomic;
-use crate::store::{StoreError, io_err};
+use crate::error::{StoreError, io_err};
 
 /// Directory below the store root that holds the commit records.
 pub const MANIFEST_DIR: &str = "_manifest";

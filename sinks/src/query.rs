@@ -11,8 +11,8 @@ use polars::prelude::*;
 use polars::sql::SQLContext;
 use polars_core::query_result::QueryResult;
 
+use crate::error::StoreError;
 use crate::manifest;
-use crate::store::StoreError;
 
 /// Why a query failed.
 #[derive(Debug, thiserror::Error)]

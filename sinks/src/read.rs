@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use arrow::array::{Array, BooleanArray, RecordBatch, StringArray};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use crate::store::{StoreError, io_err};
+use crate::error::{StoreError, io_err};
 
 /// Files of `table` visible to readers (named by a commit, not replaced by a compaction),
 /// sorted by path. Files present on disk but never committed (a crash mid-window) are not

@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Import circles between the top-level modules of each crate of the workspace.
+
+A module `a` uses `b` when its non-test code (before `#[cfg(test)]`, comments left out)
+names `crate::b`. Prints each crate's strongly connected groups of two or more modules
+and exits 1 when any crate has one.
+
+usage: scripts/module-cycles.py
+"""
+
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CRATES = ["src", "config/src", "ingest/src", "features/src", "trainer/src", "sinks/src"]
+
+
+def uses(src):
+    """module -> the modules of the same crate it names."""
+    graph = {}
+    for path in sorted(src.rglob("*.rs")):
+        module = path.relative_to(src).parts[0].removesuffix(".rs")
+        if module in ("lib", "main"):
+            continue
+        text = path.read_text().split("#[cfg(test)]")[0]
+        code = "\n".join(l for l in text.splitlines() if not l.strip().startswith("//"))
+        named = set(re.findall(r"crate::([a-z_0-9]+)", code)) - {module}
+        graph.setdefault(module, set()).update(named)
+    return graph
+
+
+def circles(graph):
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in graph:
+                continue
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def main():
+    bad = 0
+    for crate in CRATES:
+        src = ROOT / crate
+        if not src.is_dir():
+            continue
+        found = circles(uses(src))
+        bad += len(found)
+        print(f"{crate}: {'no import circles' if not found else found}")
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+//! The store's error type, shared by the writer, the manifest and the readers.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::atomic::IoError;
+
+/// Why a store write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file system refused (permissions, full disk). External.
+    #[error(
+        "cannot write {path}: {source}; check that store.path is writable and the disk has room"
+    )]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// Parquet encoding failed. Internal.
+    #[error("cannot encode Parquet file {path}: {source}")]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// The encoder's error.
+        source: parquet::errors::ParquetError,
+    },
+    /// The batch lacks the `ts` column the partitioning needs. Internal.
+    #[error("batch for table {table} has no UTC microsecond `ts` column")]
+    NoTimestamp {
+        /// The table.
+        table: String,
+    },
+    /// A file of the store lacks a column the reader needs (written by another version?).
+    #[error("{path} has no column `{column}`")]
+    MissingColumn {
+        /// The file.
+        path: PathBuf,
+        /// The column.
+        column: String,
+    },
+    /// Arrow kernel failure. Internal.
+    #[error("cannot split or sort batch: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// A commit record cannot be read. The store was damaged outside shopstream, or was
+    /// written by an incompatible version.
+    #[error(
+        "commit record {path} is unreadable: {message}; restore it from a backup or delete it and reprocess its window"
+    )]
+    CorruptCommit {
+        /// The record.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A bug. Internal.
+    #[error("internal store error: {0}")]
+    Internal(String),
+}
+
+impl IoError for StoreError {
+    fn io(path: &Path, source: io::Error) -> Self {
+        StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Maps an I/O error on `path` to [`StoreError::Io`] (for `map_err`).
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::io(path, source)
+}
