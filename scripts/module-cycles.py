@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CRATES = ["src", "config/src", "ingest/src", "features/src", "trainer/src", "sinks/src"]
+CRATES = ["src", "config/src", "ingest/src", "kafka/src", "features/src", "trainer/src", "sinks/src"]
 
 
 def uses(src):

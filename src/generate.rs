@@ -8,7 +8,7 @@ use shopstream_config::Config;
 use shopstream_ingest::generator::{
     GeneratedMessage, Generator, GeneratorOptions, GeneratorReport, TruthRow,
 };
-use shopstream_ingest::kafka::{KafkaSetupError, ensure_topics, input_topic_name};
+use shopstream_kafka::client::{KafkaSetupError, ensure_topics, input_topic_name};
 use shopstream_sinks::kafka_out::{PublishError, Publisher};
 
 /// Why generation failed.

@@ -23,8 +23,8 @@ use shopstream_features::{FeaturePipeline, WindowOutput, examples_batch, example
 use shopstream_ingest::clean::{Admission, CleanLimits, Cleaner, Resolution};
 use shopstream_ingest::decode::{DecodeLimits, Reason, Rejection};
 use shopstream_ingest::event::InputTopic;
-use shopstream_ingest::kafka::{KafkaSetupError, ensure_topics, input_topic_name};
-use shopstream_ingest::source::{
+use shopstream_kafka::client::{KafkaSetupError, ensure_topics, input_topic_name};
+use shopstream_kafka::source::{
     KafkaSource, Positions, RecordMeta, SharedPositions, SourceError, SourceMessage, SourceOptions,
 };
 use shopstream_sinks::kafka_out::{PublishError, Publisher, dead_letter_headers};
@@ -199,7 +199,7 @@ pub async fn run_observed(
         // Start each partition at the warm-up bound when the broker's time index can be
         // trusted; events before it are skipped either way.
         let (positions, report) =
-            shopstream_ingest::seek::offsets_at(&config.kafka, topics, &partitions, warmup_from)
+            shopstream_kafka::seek::offsets_at(&config.kafka, topics, &partitions, warmup_from)
                 .await?;
         tracing::info!(
             confirmed = report.confirmed,
@@ -451,11 +451,11 @@ struct Processor<'a> {
     /// Checkpointing (off in replays and when disabled).
     checkpoints: Option<CheckpointPlan>,
     /// Consumer lag per partition, from the source.
-    consumer_lag: shopstream_ingest::source::SharedLag,
+    consumer_lag: shopstream_kafka::source::SharedLag,
     /// Time spent on each closed window (features, training, store writes).
     window_time: crate::latency::Histogram,
     /// Commits offsets after each checkpoint (for lag monitoring).
-    committer: &'a shopstream_ingest::source::OffsetCommitter,
+    committer: &'a shopstream_kafka::source::OffsetCommitter,
     /// Windows closed since the job's first start (checkpoints carry it on).
     windows_total: u64,
     /// A checkpoint is due once the current message is handled.

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use shopstream_features::FeaturePipeline;
 use shopstream_ingest::clean::Cleaner;
 use shopstream_ingest::event::{Event, InputTopic};
-use shopstream_ingest::source::{Positions, RecordMeta};
+use shopstream_kafka::source::{Positions, RecordMeta};
 use shopstream_trainer::Trainer;
 
 /// Version of the checkpoint contents (the file format has its own, in the sinks crate).

@@ -14,7 +14,7 @@ use shopstream_ingest::event::InputTopic;
 use shopstream_ingest::generator::{
     DEFAULT_START_MS, Generator, GeneratorOptions, world::WorldSize,
 };
-use shopstream_ingest::kafka::input_topic_name;
+use shopstream_kafka::client::input_topic_name;
 use shopstream_sinks::kafka_out::Publisher;
 use support::{Broker, read_topic};
 
@@ -288,7 +288,7 @@ async fn hostile_corpus_and_noisy_traffic_reconcile_one_for_one() {
     config.kafka.topic_partitions = 2;
     let topic_name = |t: InputTopic| input_topic_name(&config.topics, t).to_string();
     let inputs: Vec<String> = InputTopic::ALL.into_iter().map(topic_name).collect();
-    shopstream_ingest::kafka::ensure_topics(&config.kafka, &inputs)
+    shopstream_kafka::client::ensure_topics(&config.kafka, &inputs)
         .await
         .unwrap();
 

@@ -3,7 +3,7 @@
 //!
 //! Every property the Kafka clients set (in `shopstream-ingest` and `shopstream-sinks`)
 //! has one entry in [`MANAGED_PROPERTIES`], and the clients set them only through that
-//! table (`shopstream_ingest::kafka::set_default` and `set_managed`), so a user's value is
+//! table (`shopstream_kafka::client::set_default` and `set_managed`), so a user's value is
 //! never replaced without a word: either it is honoured, or validation refuses it and
 //! says why and what to set instead. Aliases count as the same property: librdkafka maps
 //! `linger.ms` and `queue.buffering.max.ms` to one setting, and when both reach it the

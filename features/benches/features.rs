@@ -13,7 +13,7 @@ use shopstream_features::{FeaturePipeline, examples_batch};
 use shopstream_ingest::decode::{DecodeLimits, decode};
 use shopstream_ingest::event::{Event, InputTopic};
 use shopstream_ingest::generator::{Generator, GeneratorOptions, world::WorldSize};
-use shopstream_ingest::source::RecordMeta;
+use shopstream_ingest::record::RecordMeta;
 
 const PARTITIONS: u64 = 4;
 

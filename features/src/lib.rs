@@ -30,7 +30,7 @@ pub use window::{Buffered, ClosedWindow, Windows};
 
 use shopstream_config::PipelineConfig;
 use shopstream_ingest::event::{ClickKind, Event, InputTopic, Millis};
-use shopstream_ingest::source::RecordMeta;
+use shopstream_ingest::record::RecordMeta;
 
 /// Examples that matured when a window closed.
 #[derive(Debug, Clone)]

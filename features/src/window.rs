@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use shopstream_ingest::event::{Event, Millis};
-use shopstream_ingest::source::RecordMeta;
+use shopstream_ingest::record::RecordMeta;
 
 /// An event with its origin, as buffered in a window.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

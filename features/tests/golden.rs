@@ -11,7 +11,7 @@ use shopstream_config::PipelineConfig;
 use shopstream_features::{Example, FeaturePipeline, examples_batch, examples_schema};
 use shopstream_ingest::decode::{DecodeLimits, decode};
 use shopstream_ingest::event::InputTopic;
-use shopstream_ingest::source::RecordMeta;
+use shopstream_ingest::record::RecordMeta;
 
 fn events() -> Vec<(RecordMeta, shopstream_ingest::event::Event)> {
     let text = include_str!("golden/events.jsonl");

@@ -9,7 +9,7 @@ use shopstream_features::{Example, FeaturePipeline};
 use shopstream_ingest::event::{
     ClickEvent, ClickKind, Event, InputTopic, OrderEvent, OrderLine, OrderStatus, Scenario,
 };
-use shopstream_ingest::source::RecordMeta;
+use shopstream_ingest::record::RecordMeta;
 
 const T0: i64 = 1_767_571_200_000;
 const PARTITIONS: usize = 3;

@@ -1,27 +1,22 @@
-//! Ingest: the v1 topic contract, decoding and validation, the Kafka source, and the
-//! synthetic traffic generator.
+//! Ingest: the v1 topic contract, decoding and validation, and the synthetic traffic
+//! generator. Nothing here links Kafka (the clients are in `shopstream-kafka`), so every
+//! stage that only needs the events builds without librdkafka.
 //!
 //! - [`event`]: typed events of `shop.clicks`, `shop.orders`, `shop.inventory`.
+//! - [`record`]: where a record came from (topic, partition, offset).
 //! - [`decode`]: bytes -> [`event::Event`] or a [`decode::Rejection`] with a reason code
 //!   for the dead-letter topic. Nothing is dropped without a reason.
 //! - [`clean`]: per-partition stateful checks: duplicates within an event-time horizon and
 //!   timestamps far ahead of their own stream.
-//! - [`kafka`]: client configuration from `shopstream-config`, topic creation, reachability
-//!   checks.
-//! - [`source`]: the consuming side: a bounded stream of decoded records with their
-//!   partition and offset, and end-of-input detection for batch runs.
-//! - [`seek`]: start offsets by time for replays, each checked by reading around it, with
-//!   a scan from the beginning when the broker's time index cannot be trusted.
 //! - [`generator`]: deterministic synthetic traffic from a latent ground-truth model.
+//! - [`import`]: the public Taobao UserBehavior log as contract events, for replays.
 
 pub mod clean;
 pub mod decode;
 pub mod event;
 pub mod generator;
 pub mod import;
-pub mod kafka;
-pub mod seek;
-pub mod source;
+pub mod record;
 
 /// serde helper for maps with non-string keys (JSON objects need string keys): the map is
 /// written as a list of `[key, value]` pairs. Use with `#[serde(with = "...")]`.

@@ -331,7 +331,7 @@ mod tests {
         use shopstream_features::FeaturePipeline;
         use shopstream_ingest::decode::{DecodeLimits, decode};
         use shopstream_ingest::generator::{Generator, GeneratorOptions, world::WorldSize};
-        use shopstream_ingest::source::RecordMeta;
+        use shopstream_ingest::record::RecordMeta;
         use shopstream_trainer::Trainer;
 
         #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -414,7 +414,7 @@ mod tests {
         use shopstream_ingest::decode::{DecodeLimits, decode};
         use shopstream_ingest::event::InputTopic;
         use shopstream_ingest::generator::{Generator, GeneratorOptions, world::WorldSize};
-        use shopstream_ingest::source::RecordMeta;
+        use shopstream_ingest::record::RecordMeta;
 
         let generated: Vec<_> = Generator::new(GeneratorOptions {
             seed: 22,

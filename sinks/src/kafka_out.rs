@@ -20,10 +20,10 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use shopstream_config::KafkaConfig;
 use shopstream_ingest::decode::Rejection;
-use shopstream_ingest::kafka::{
+use shopstream_ingest::record::RecordMeta;
+use shopstream_kafka::client::{
     KafkaSetupError, LoggingContext, client_config, set_default, set_managed,
 };
-use shopstream_ingest::source::RecordMeta;
 
 /// Why publishing failed.
 #[derive(Debug, thiserror::Error)]
@@ -297,9 +297,9 @@ mod property_tests {
 
     use rdkafka::ClientConfig;
     use shopstream_config::{Config, KafkaConfig, MANAGED_PROPERTIES, PropertyPolicy};
-    use shopstream_ingest::kafka::{KafkaSetupError, client_config};
-    use shopstream_ingest::seek::seek_config;
-    use shopstream_ingest::source::consumer_config;
+    use shopstream_kafka::client::{KafkaSetupError, client_config};
+    use shopstream_kafka::seek::seek_config;
+    use shopstream_kafka::source::consumer_config;
 
     use super::producer_config;
 

@@ -11,7 +11,7 @@ use shopstream_config::{ModelConfig, PipelineConfig};
 use shopstream_features::{Example, FeaturePipeline};
 use shopstream_ingest::decode::{DecodeLimits, decode};
 use shopstream_ingest::generator::{Generator, GeneratorOptions};
-use shopstream_ingest::source::RecordMeta;
+use shopstream_ingest::record::RecordMeta;
 use shopstream_trainer::Trainer;
 
 fn examples(n: usize) -> Vec<Example> {

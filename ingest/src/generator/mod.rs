@@ -24,7 +24,7 @@ use crate::event::{
     ClickEvent, ClickKind, Event, InputTopic, InventoryEvent, InventoryKind, Millis, OrderEvent,
     OrderLine, OrderStatus, Scenario,
 };
-use crate::source::RecordMeta;
+use crate::record::RecordMeta;
 use rng::{Rng, Weighted};
 use world::{DEVICES, SCENARIOS, World, WorldSize};
 

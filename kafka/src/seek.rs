@@ -17,9 +17,9 @@ use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use shopstream_config::{KafkaConfig, TopicsConfig};
 
-use crate::event::InputTopic;
-use crate::kafka::{KafkaSetupError, client_config, input_topic_name, set_managed};
+use crate::client::{KafkaSetupError, client_config, input_topic_name, set_managed};
 use crate::source::Positions;
+use shopstream_ingest::event::InputTopic;
 
 /// How each partition's start was found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

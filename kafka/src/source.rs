@@ -34,22 +34,11 @@ use shopstream_config::{KafkaConfig, TopicsConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::decode::{DecodeLimits, Rejection, decode};
-use crate::event::{Event, InputTopic};
-use crate::kafka::{KafkaSetupError, client_config, input_topic_name, set_default, set_managed};
+use crate::client::{KafkaSetupError, client_config, input_topic_name, set_default, set_managed};
+use shopstream_ingest::decode::{DecodeLimits, Rejection, decode};
+use shopstream_ingest::event::{Event, InputTopic};
 
-/// Where a record came from.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-pub struct RecordMeta {
-    /// Input topic.
-    pub topic: InputTopic,
-    /// Partition.
-    pub partition: i32,
-    /// Offset within the partition.
-    pub offset: i64,
-}
+pub use shopstream_ingest::record::RecordMeta;
 
 /// What the source hands to the processor.
 #[derive(Debug)]
@@ -190,11 +179,11 @@ impl ClientContext for SourceContext {
     }
 
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
-        crate::kafka::log_client_message(level, fac, log_message);
+        crate::client::log_client_message(level, fac, log_message);
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        crate::kafka::log_client_error(&error, reason);
+        crate::client::log_client_error(&error, reason);
     }
 }
 

@@ -14,7 +14,7 @@ use shopstream_config::{
     KafkaConfig, ManagedProperty, PropertyPolicy, TopicsConfig, managed_property,
 };
 
-use crate::event::InputTopic;
+use shopstream_ingest::event::InputTopic;
 
 /// Why Kafka could not be set up. `NoBrokers` is a user error, `Unreachable` and
 /// `CreateTopic` are external (the cluster), `Client` is usually a bad pass-through property.

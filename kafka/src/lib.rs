@@ -1,0 +1,15 @@
+//! Kafka clients: everything of shopstream that links librdkafka on the input side. The
+//! event contract they decode into is `shopstream-ingest`, which builds without Kafka, so
+//! the features, trainer and drift code do too.
+//!
+//! - [`client`]: client configuration from `shopstream-config` (through the managed
+//!   property table), reachability checks, topic creation, librdkafka logs to `tracing`.
+//! - [`source`]: the consuming side: a bounded stream of decoded records with their
+//!   partition and offset, offsets committed only when the pipeline says so, and
+//!   end-of-input detection for batch runs.
+//! - [`seek`]: start offsets by time for replays, each checked by reading around it, with
+//!   a scan from the beginning when the broker's time index cannot be trusted.
+
+pub mod client;
+pub mod seek;
+pub mod source;
