@@ -41,11 +41,6 @@ use shopstream_trainer::drift::{
 };
 use shopstream_trainer::joint::Output;
 
-/// Store table of per-window drift statistics.
-pub const DRIFT_TABLE: &str = shopstream_sinks::tables::DRIFT;
-/// Store table of alert events.
-pub const ALERTS_TABLE: &str = shopstream_sinks::tables::ALERTS;
-
 /// The features taken from matured examples: those that come from the item's state. The
 /// others are measured on arrival (`price`, `position`, `scenario` per impression;
 /// `device` and `new_user` once per user and window, see [`DriftStage::window_closed`]).

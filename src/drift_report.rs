@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use arrow::array::{Array, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
 use arrow::record_batch::RecordBatch;
 use shopstream_sinks::store::{StoreError, partition_start_ms};
+use shopstream_sinks::tables;
 use shopstream_trainer::drift::EARLY_CTR;
 
 /// What to read.
@@ -356,7 +357,7 @@ pub fn load(options: &ReportOptions) -> Result<ReportData, ReportError> {
     let in_range = |ts: i64| (from..to).contains(&ts);
     let small_sample = i64::try_from(options.small_sample).unwrap_or(i64::MAX);
 
-    let (drift, drift_span) = read_range(root, crate::drift::DRIFT_TABLE, from, to)?;
+    let (drift, drift_span) = read_range(root, tables::DRIFT, from, to)?;
     let mut windows = BTreeSet::new();
     let mut bands_seen = BTreeSet::new();
     for (path, batch) in &drift {
@@ -427,7 +428,7 @@ pub fn load(options: &ReportOptions) -> Result<ReportData, ReportError> {
     data.drift_windows = windows.len();
 
     let shift = options.metrics_shift_ms;
-    let (metrics, metrics_span) = read_range(root, "metrics", from + shift, to + shift)?;
+    let (metrics, metrics_span) = read_range(root, tables::METRICS, from + shift, to + shift)?;
     for (path, batch) in &metrics {
         let c = Columns { path, batch };
         let (ts, task, scenario) = (c.ts("ts")?, c.text("task")?, c.text("scenario")?);
@@ -451,7 +452,7 @@ pub fn load(options: &ReportOptions) -> Result<ReportData, ReportError> {
         }
     }
 
-    let (alerts, alerts_span) = read_range(root, crate::drift::ALERTS_TABLE, from, to)?;
+    let (alerts, alerts_span) = read_range(root, tables::ALERTS, from, to)?;
     for (path, batch) in &alerts {
         let c = Columns { path, batch };
         let (ts, reported, first) = (c.ts("ts")?, c.ts("reported_at")?, c.ts("first_window")?);
@@ -506,9 +507,9 @@ pub fn load(options: &ReportOptions) -> Result<ReportData, ReportError> {
     let nothing = data.drift_windows == 0 && data.auc.is_empty() && data.log_loss.is_empty();
     if nothing && data.alerts.is_empty() {
         let spans: Vec<String> = [
-            ("drift", drift_span),
-            ("metrics", metrics_span),
-            ("alerts", alerts_span),
+            (tables::DRIFT, drift_span),
+            (tables::METRICS, metrics_span),
+            (tables::ALERTS, alerts_span),
         ]
         .into_iter()
         .filter_map(|(t, s)| {

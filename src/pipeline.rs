@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::drift::{ALERTS_TABLE, Arrival, DRIFT_TABLE, DriftStage, alerts_batch, drift_batch};
+use crate::drift::{Arrival, DriftStage, alerts_batch, drift_batch};
 use crate::http::Telemetry;
 use crate::ms;
 pub use crate::summary::{Quality, RunSummary};
@@ -1164,7 +1164,7 @@ impl Processor<'_> {
         let rows = stage.rows(&drifts);
         if write && !rows.is_empty() {
             let batch = drift_batch(&rows)?;
-            self.write_table(DRIFT_TABLE, output.start, batch, BTreeMap::new())
+            self.write_table(tables::DRIFT, output.start, batch, BTreeMap::new())
                 .await?;
         }
         if drifts.alerts.is_empty() {
@@ -1172,7 +1172,7 @@ impl Processor<'_> {
         }
         if write {
             let batch = alerts_batch(output.start, &drifts.alerts)?;
-            self.write_table(ALERTS_TABLE, output.start, batch, BTreeMap::new())
+            self.write_table(tables::ALERTS, output.start, batch, BTreeMap::new())
                 .await?;
         }
         for alert in &drifts.alerts {

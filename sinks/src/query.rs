@@ -265,7 +265,7 @@ pub fn training_set(
     spine: LazyFrame,
     options: &TrainingSetOptions,
 ) -> Result<DataFrame, QueryError> {
-    let Some((examples, _)) = scan_table(root, "examples")? else {
+    let Some((examples, _)) = scan_table(root, crate::tables::EXAMPLES)? else {
         return Err(QueryError::EmptyStore {
             root: root.to_path_buf(),
         });

@@ -60,7 +60,7 @@ pub struct ScenarioSummary {
 /// Reads every committed `examples` file and counts rows and clicks per scenario.
 pub fn scenario_summary(root: &Path) -> Result<ScenarioSummary, StoreError> {
     let mut summary = ScenarioSummary::default();
-    for path in table_files(root, "examples")? {
+    for path in table_files(root, crate::tables::EXAMPLES)? {
         summary.files += 1;
         let parquet_err = |source| StoreError::Parquet {
             path: path.clone(),
