@@ -27,7 +27,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::ms;
 use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::error::ArrowError;
@@ -226,8 +225,8 @@ impl DriftStage {
     pub fn new(settings: &DriftSettings, pipeline: &PipelineConfig) -> Self {
         let config = DriftConfig::from_settings(settings);
         Self {
-            window_ms: ms(pipeline.window_secs).max(1),
-            maturity_ms: ms(pipeline.label_maturity_secs()),
+            window_ms: pipeline.window_ms().max(1),
+            maturity_ms: pipeline.label_maturity_ms(),
             arrival: DriftMonitor::new(config.clone()),
             matured: DriftMonitor::new(config),
             pending: BTreeMap::new(),

@@ -8,7 +8,6 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use shopstream::drift::{Arrival, DriftStage};
 use shopstream::drift_report::{self, ReportOptions, format_ms};
-use shopstream::ms;
 use shopstream_config::Config;
 use shopstream_features::FeaturePipeline;
 use shopstream_ingest::event::Millis;
@@ -85,7 +84,7 @@ pub fn report_cmd(config: &Config, args: ReportArgs) -> Result<()> {
         root: root.clone(),
         from_ms: args.from,
         to_ms: args.to,
-        metrics_shift_ms: ms(config.pipeline.label_maturity_secs()),
+        metrics_shift_ms: config.pipeline.label_maturity_ms(),
         small_sample: config.drift.small_sample,
     };
     let data = drift_report::load(&options)
@@ -297,7 +296,7 @@ pub fn bench_cmd(config: &Config, args: BenchArgs) -> Result<()> {
     if args.seeds.is_empty() {
         bail!("give at least one --seed");
     }
-    let window_ms = ms(config.pipeline.window_secs).max(1);
+    let window_ms = config.pipeline.window_ms().max(1);
     let kinds: Vec<DriftKind> = if args.kinds.is_empty() {
         DriftKind::ALL.to_vec()
     } else {

@@ -24,11 +24,6 @@ pub mod recovery;
 pub mod summary;
 pub mod webhook;
 
-/// Seconds of configuration as epoch milliseconds, saturating.
-pub fn ms(secs: u64) -> i64 {
-    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
-}
-
 /// Completes on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

@@ -37,7 +37,6 @@ use tokio::sync::mpsc;
 
 use crate::drift::{Arrival, DriftStage, alerts_batch, drift_batch};
 use crate::http::Telemetry;
-use crate::ms;
 pub use crate::summary::{Quality, RunSummary};
 use crate::webhook::{Webhook, WebhookOptions};
 use shopstream_trainer::drift::AlertState;
@@ -282,8 +281,8 @@ pub async fn run_observed(
         replay: options.replay.map(|range| ReplayState {
             range,
             stop_ms: range.to_ms
-                + ms(config.pipeline.allowed_lateness_secs)
-                + 2 * ms(config.pipeline.window_secs),
+                + config.pipeline.allowed_lateness_ms()
+                + 2 * config.pipeline.window_ms(),
             done: Default::default(),
         }),
         last_seen: BTreeMap::new(),
@@ -367,9 +366,9 @@ fn bump(counts: &mut BTreeMap<String, u64>, key: &str) {
 
 fn clean_limits(config: &Config) -> CleanLimits {
     CleanLimits {
-        dedupe_horizon_ms: ms(config.pipeline.dedupe_horizon_secs),
+        dedupe_horizon_ms: config.pipeline.dedupe_horizon_ms(),
         max_keys: config.pipeline.dedupe_max_keys,
-        max_future_skew_ms: ms(config.pipeline.max_future_skew_secs),
+        max_future_skew_ms: config.pipeline.max_future_skew_ms(),
     }
 }
 

@@ -21,7 +21,7 @@ pub use kafka_properties::{MANAGED_PROPERTIES, ManagedProperty, PropertyPolicy, 
 pub use layering::ENV_PREFIX;
 pub use sections::{
     CalibrationHistory, CheckpointConfig, Config, DriftConfig, DriftReference, KafkaConfig,
-    ModelConfig, PipelineConfig, StoreConfig, TopicsConfig,
+    ModelConfig, PipelineConfig, StoreConfig, TopicsConfig, secs_to_ms,
 };
 pub use validate::Problem;
 
@@ -140,6 +140,20 @@ mod tests {
 
     fn no_env() -> Vec<(String, String)> {
         Vec::new()
+    }
+
+    /// Guards the one seconds-to-milliseconds conversion: exact for configured values,
+    /// saturating instead of wrapping for absurd ones.
+    #[test]
+    fn pipeline_durations_in_ms_are_exact_and_saturate() {
+        let pipeline = PipelineConfig::default();
+        assert_eq!(pipeline.window_ms(), 60_000);
+        assert_eq!(
+            pipeline.label_maturity_ms(),
+            secs_to_ms(pipeline.click_window_secs + pipeline.attribution_window_secs)
+        );
+        assert_eq!(secs_to_ms(u64::MAX), i64::MAX);
+        assert_eq!(secs_to_ms(u64::MAX / 1000), i64::MAX);
     }
 
     #[test]

@@ -239,6 +239,52 @@ impl PipelineConfig {
         self.click_window_secs
             .saturating_add(self.attribution_window_secs)
     }
+
+    /// [`Self::label_maturity_secs`] in milliseconds.
+    pub fn label_maturity_ms(&self) -> i64 {
+        secs_to_ms(self.label_maturity_secs())
+    }
+
+    /// The event-time window length in milliseconds.
+    pub fn window_ms(&self) -> i64 {
+        secs_to_ms(self.window_secs)
+    }
+
+    /// The allowed lateness in milliseconds.
+    pub fn allowed_lateness_ms(&self) -> i64 {
+        secs_to_ms(self.allowed_lateness_secs)
+    }
+
+    /// The click window in milliseconds.
+    pub fn click_window_ms(&self) -> i64 {
+        secs_to_ms(self.click_window_secs)
+    }
+
+    /// The order attribution window in milliseconds.
+    pub fn attribution_window_ms(&self) -> i64 {
+        secs_to_ms(self.attribution_window_secs)
+    }
+
+    /// The feature time-to-live in milliseconds.
+    pub fn feature_ttl_ms(&self) -> i64 {
+        secs_to_ms(self.feature_ttl_secs)
+    }
+
+    /// The duplicate-detection horizon in milliseconds.
+    pub fn dedupe_horizon_ms(&self) -> i64 {
+        secs_to_ms(self.dedupe_horizon_secs)
+    }
+
+    /// The largest accepted clock skew ahead of a stream, in milliseconds.
+    pub fn max_future_skew_ms(&self) -> i64 {
+        secs_to_ms(self.max_future_skew_secs)
+    }
+}
+
+/// Configured seconds as milliseconds of event time, saturating at `i64::MAX`. The one
+/// conversion: durations are configured in seconds and computed with in epoch ms.
+pub fn secs_to_ms(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
 impl Default for PipelineConfig {

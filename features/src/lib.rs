@@ -77,14 +77,13 @@ pub struct FeaturePipeline {
 impl FeaturePipeline {
     /// A stage configured by `config`.
     pub fn new(config: &PipelineConfig) -> Self {
-        let ms = |s: u64| Millis::try_from(s.saturating_mul(1000)).unwrap_or(Millis::MAX);
         Self {
-            windows: Windows::new(ms(config.window_secs)),
-            watermark: Watermark::new(ms(config.allowed_lateness_secs)),
+            windows: Windows::new(config.window_ms()),
+            watermark: Watermark::new(config.allowed_lateness_ms()),
             state: FeatureState::new(StateLimits {
-                click_window_ms: ms(config.click_window_secs),
-                attribution_ms: ms(config.attribution_window_secs),
-                ttl_ms: ms(config.feature_ttl_secs),
+                click_window_ms: config.click_window_ms(),
+                attribution_ms: config.attribution_window_ms(),
+                ttl_ms: config.feature_ttl_ms(),
             }),
             demand_snapshot: Vec::new(),
         }
