@@ -83,17 +83,16 @@ fn differences(
     let names: std::collections::BTreeSet<&String> = expected.keys().chain(got.keys()).collect();
     names
         .into_iter()
-        .filter_map(|name| match (expected.get(name), got.get(name)) {
-            (Some(a), Some(b)) if a == b => None,
-            (Some(_), None) => Some(format!("{name}: only in the never-killed store")),
-            (None, Some(_)) => Some(format!("{name}: only in the killed store")),
-            (Some(a), Some(b)) if name.starts_with("_manifest/") => Some(format!(
+        .filter(|name| expected.get(*name) != got.get(*name))
+        .map(|name| match (expected.get(name), got.get(name)) {
+            (Some(a), Some(b)) if name.starts_with("_manifest/") => format!(
                 "{name}: never killed {} / killed {}",
                 String::from_utf8_lossy(a),
                 String::from_utf8_lossy(b)
-            )),
-            (Some(a), Some(b)) => Some(format!("{name}: {} bytes / {} bytes", a.len(), b.len())),
-            (None, None) => None,
+            ),
+            (Some(a), Some(b)) => format!("{name}: {} bytes / {} bytes", a.len(), b.len()),
+            (Some(_), None) => format!("{name}: only in the never-killed store"),
+            (None, _) => format!("{name}: only in the killed store"),
         })
         .collect()
 }

@@ -264,12 +264,14 @@ impl ParquetStore {
             crate::failpoint::hit("store.compaction_written");
             manifest::write_commit(&self.root, &commit)?;
             self.note_replaced(table, &commit.replaces)?;
+            self.remove_files(table, &commit.replaces)?;
+            made.push(commit);
+        }
+        if !made.is_empty() {
             // A window record can name files in two hours (rows late for the earlier
             // one): it is left without a visible file only once both are merged, so
-            // the test is against everything ever replaced, not this compaction alone.
-            let replaced_so_far = self.replaced_paths(table)?;
-            self.remove_replaced(table, &commit.replaces, &replaced_so_far, &commits)?;
-            made.push(commit);
+            // the test is against everything ever replaced, not these compactions alone.
+            self.remove_emptied_records(table, &self.replaced_paths(table)?, &commits)?;
         }
         Ok(made)
     }
@@ -287,7 +289,8 @@ impl ParquetStore {
             .map(|f| f.path)
             .collect();
         let replaced: BTreeSet<String> = commits.iter().flat_map(|c| c.replaces.clone()).collect();
-        let mut removed = self.remove_replaced(table, &replaced, &replaced, &commits)?;
+        let mut removed = self.remove_files(table, &replaced)?;
+        self.remove_emptied_records(table, &replaced, &commits)?;
         let mut stack = vec![self.root.join(table)];
         while let Some(dir) = stack.pop() {
             let entries = match std::fs::read_dir(&dir) {
@@ -321,21 +324,29 @@ impl ParquetStore {
         Ok(removed)
     }
 
-    /// Deletes the files `to_delete` and, among `commits`, the window records left
-    /// without a visible file (every file they name is in `replaced`, all the paths
-    /// compactions of the table replaced). Returns the data files that were still there.
-    fn remove_replaced<'a>(
+    /// Deletes the data files `paths` (relative to the table directory) of `table`.
+    /// Returns how many were still there.
+    fn remove_files<'a>(
         &self,
         table: &str,
-        to_delete: impl IntoIterator<Item = &'a String>,
-        replaced: &BTreeSet<String>,
-        commits: &[Commit],
+        paths: impl IntoIterator<Item = &'a String>,
     ) -> Result<usize, StoreError> {
         let table_dir = self.root.join(table);
         let mut removed = 0;
-        for relative in to_delete {
+        for relative in paths {
             removed += usize::from(remove_if_exists(&table_dir.join(relative))?);
         }
+        Ok(removed)
+    }
+
+    /// Deletes, among `commits`, the window records left without a visible file: every
+    /// file they name is in `replaced` (all the paths compactions of `table` replaced).
+    fn remove_emptied_records(
+        &self,
+        table: &str,
+        replaced: &BTreeSet<String>,
+        commits: &[Commit],
+    ) -> Result<(), StoreError> {
         for commit in commits {
             let all_replaced = commit.files.iter().all(|f| replaced.contains(&f.path));
             if commit.id.starts_with(WINDOW_PREFIX) && !commit.files.is_empty() && all_replaced {
@@ -344,7 +355,7 @@ impl ParquetStore {
                 )?;
             }
         }
-        Ok(removed)
+        Ok(())
     }
 
     /// Writes `batch` to `path` through a hidden temporary file; returns the size in bytes.
