@@ -1,12 +1,12 @@
-"""Reference vectors for the drift statistics in trainer/src/drift, computed by independent
-implementations (numpy, scipy and river), written to trainer/tests/data/drift_reference.json.
+"""Reference vectors for the drift statistics in drift/src, computed by independent
+implementations (numpy, scipy and river), written to drift/tests/data/drift_reference.json.
 
 usage: python scripts/make_drift_vectors.py [OUT.json]
 Needs `pip install numpy scipy river` (made with numpy 2.4.6, scipy 1.17.1, river 0.26.1 on
 CPython 3.11; the exact versions used are recorded in the file's "how_made" key). Every
 sample comes from numpy.random.default_rng(20260105 + case number), so re-running the script
 with the same versions gives a byte-identical file. The Rust test
-trainer/tests/drift_reference.rs loads the file and checks every value to 1e-9.
+drift/tests/drift_reference.rs loads the file and checks every value to 1e-9.
 
 What each expected value is, exactly:
 
@@ -279,7 +279,7 @@ def detector_cases():
 
 
 def main():
-    out_path = sys.argv[1] if len(sys.argv) > 1 else "trainer/tests/data/drift_reference.json"
+    out_path = sys.argv[1] if len(sys.argv) > 1 else "drift/tests/data/drift_reference.json"
     data = {
         "how_made": {
             "script": "scripts/make_drift_vectors.py (see its docstring for the exact definitions)",

@@ -7,11 +7,11 @@
 mod support;
 
 use arrow::array::{Array, StringArray, TimestampMicrosecondArray};
-use shopstream::generate::publish_traffic;
+use shopstream_drift::{AlertEvent, AlertState, DriftKind as AlertKind};
 use shopstream_ingest::generator::{
     DEFAULT_START_MS, DriftKind, GeneratorOptions, world::WorldSize,
 };
-use shopstream_trainer::drift::{AlertEvent, AlertState, DriftKind as AlertKind};
+use shopstream_job::generate::publish_traffic;
 use support::receiver::receiver;
 use support::{Broker, read_table, read_topic, run_to_end};
 

@@ -8,9 +8,9 @@ mod support;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use arrow::array::{Array, BooleanArray, StringArray};
-use shopstream::generate::publish_traffic;
-use shopstream::pipeline::{RunOptions, run};
 use shopstream_ingest::generator::{GeneratorOptions, world::WorldSize};
+use shopstream_job::generate::publish_traffic;
+use shopstream_job::pipeline::{RunOptions, run};
 use support::{Broker, read_table, read_topic};
 
 fn small_traffic(seed: u64, events: u64, malformed_fraction: f64) -> GeneratorOptions {

@@ -11,8 +11,8 @@ mod support;
 use std::path::Path;
 
 use arrow::array::{Array, BooleanArray};
-use shopstream::generate::publish_messages;
 use shopstream_ingest::import::import_taobao;
+use shopstream_job::generate::publish_messages;
 use support::{Broker, read_table, run_to_end};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

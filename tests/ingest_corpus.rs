@@ -8,14 +8,14 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use shopstream::generate::publish_traffic;
 use shopstream_ingest::decode::Reason;
 use shopstream_ingest::event::InputTopic;
 use shopstream_ingest::generator::{
     DEFAULT_START_MS, Generator, GeneratorOptions, world::WorldSize,
 };
+use shopstream_job::generate::publish_traffic;
 use shopstream_kafka::client::input_topic_name;
-use shopstream_sinks::kafka_out::Publisher;
+use shopstream_kafka::sink::Publisher;
 use support::{Broker, read_topic};
 
 /// What the pipeline must do with a corpus message.

@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shopstream::generate::publish_traffic;
 use shopstream_config::Config;
 use shopstream_ingest::generator::GeneratorOptions;
 use shopstream_ingest::generator::rng::Rng;
 use shopstream_ingest::generator::world::WorldSize;
+use shopstream_job::generate::publish_traffic;
 use support::Broker;
 
 /// Kills before the run that is let finish.

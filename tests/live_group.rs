@@ -6,10 +6,10 @@
 
 mod support;
 
-use shopstream::generate::publish_traffic;
-use shopstream::pipeline::{Progress, RunOptions, RunSummary, run_observed};
 use shopstream_config::Config;
 use shopstream_ingest::generator::{DEFAULT_START_MS, GeneratorOptions, world::WorldSize};
+use shopstream_job::generate::publish_traffic;
+use shopstream_job::pipeline::{Progress, RunOptions, RunSummary, run_observed};
 use support::{Broker, read_table};
 
 fn traffic(seed: u64, start_ms: i64) -> GeneratorOptions {

@@ -11,8 +11,8 @@ use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shopstream::generate::publish_messages;
 use shopstream_ingest::generator::{Generator, GeneratorOptions, world::WorldSize};
+use shopstream_job::generate::publish_messages;
 use support::{Broker, http_get, read_table, read_topic, wait_consumed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,7 +117,7 @@ async fn a_thirty_second_broker_outage_loses_nothing() {
         predictions.len(),
         logged
             .lines()
-            .filter(|l| l.contains("shopstream::kafka"))
+            .filter(|l| l.contains("shopstream_job::kafka"))
             .count()
     );
     if let Some(line) = logged.lines().find(|l| l.contains("unreachable")) {

@@ -11,8 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, StringArray};
-use shopstream::generate::publish_traffic;
 use shopstream_ingest::generator::{GeneratorOptions, world::WorldSize};
+use shopstream_job::generate::publish_traffic;
 use support::{Broker, http_get, metric, read_table};
 
 /// The `event_id`s of the examples visible in the store, and the number of rows.

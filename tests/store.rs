@@ -11,10 +11,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use shopstream::generate::publish_traffic;
-use shopstream::pipeline::{ReplayRange, RunOptions, run, run_observed};
 use shopstream_config::Config;
 use shopstream_ingest::generator::{GeneratorOptions, GeneratorReport, world::WorldSize};
+use shopstream_job::generate::publish_traffic;
+use shopstream_job::pipeline::{ReplayRange, RunOptions, run, run_observed};
 use shopstream_sinks::store::ParquetStore;
 use support::{Broker, store_files};
 
@@ -39,7 +39,7 @@ async fn live_run(config: &Config, total: u64) {
     let (progress, mut watch) = tokio::sync::watch::channel(Default::default());
     let consumed_all = async move {
         let _ = watch
-            .wait_for(|p: &shopstream::pipeline::Progress| p.consumed >= total)
+            .wait_for(|p: &shopstream_job::pipeline::Progress| p.consumed >= total)
             .await;
         // Let the last partitions' idle release and the final windows settle like a
         // real SIGTERM some time later would.

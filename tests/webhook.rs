@@ -7,8 +7,8 @@ mod support;
 
 use std::time::Duration;
 
-use shopstream::webhook::{Webhook, WebhookOptions};
-use shopstream_trainer::drift::{AlertEvent, AlertState, DriftKind, Severity};
+use shopstream_drift::webhook::{Webhook, WebhookOptions};
+use shopstream_drift::{AlertEvent, AlertState, DriftKind, Severity};
 use support::receiver::receiver;
 
 fn event(id: &str) -> AlertEvent {

@@ -3,16 +3,14 @@
 
 use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, StringArray,
-    TimestampMicrosecondArray,
-};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 use shopstream_ingest::event::{Millis, Scenario};
 
+use crate::arrow_time::{utc_micros, utc_micros_type};
 use crate::rolling::{HORIZONS, Horizons, Totals};
 
 /// Version of the examples schema, written into the store's file metadata.
@@ -229,15 +227,11 @@ fn f(r: &Example) -> &Features {
 
 /// Builds a record batch of `rows`; the column list here *is* the schema.
 pub fn examples_batch(rows: &[Example]) -> Result<RecordBatch, ArrowError> {
-    let ts_type = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
     let mut cols: Vec<Column> = vec![
         utf8("event_id", false, rows, |r| Some(r.event_id.as_str())),
         (
-            Field::new("ts", ts_type, false),
-            Arc::new(
-                TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.ts * 1_000))
-                    .with_timezone("UTC"),
-            ),
+            Field::new("ts", utc_micros_type(), false),
+            utc_micros(rows.iter().map(|r| r.ts)),
         ),
         utf8("user_id", false, rows, |r| Some(r.user_id.as_str())),
         utf8("item_id", false, rows, |r| Some(r.item_id.as_str())),

@@ -13,7 +13,12 @@
 //! Examples depend only on the input events, never on arrival order: state changes only
 //! when whole windows close, and label maturity is judged against window boundaries. The
 //! joins and the state are described in [`state`]; the columns in `docs/feature-schema.md`.
+//!
+//! Two things every later stage shares live here too: [`WindowGrid`], the one tumbling
+//! window grid (the drift stage, the store's per-window files and `drift bench` place
+//! times on it), and [`arrow_time`], the store's UTC-microsecond timestamp columns.
 
+pub mod arrow_time;
 mod example;
 pub mod rolling;
 pub mod state;
@@ -26,7 +31,7 @@ pub use example::{
 };
 pub use state::{DemandFeatures, DemandRow, FeatureState, StateLimits, UserArrival};
 pub use watermark::Watermark;
-pub use window::{Buffered, ClosedWindow, Windows};
+pub use window::{Buffered, ClosedWindow, WindowGrid, Windows};
 
 use shopstream_config::PipelineConfig;
 use shopstream_ingest::event::{ClickKind, Event, InputTopic, Millis};

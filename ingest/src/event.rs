@@ -12,6 +12,17 @@ use serde::{Deserialize, Serialize};
 /// Event time in milliseconds since the Unix epoch, UTC.
 pub type Millis = i64;
 
+/// Epoch microseconds of `ms`, the unit of every timestamp the store writes (saturating:
+/// no event time is near the bounds). The one place milliseconds become microseconds.
+pub const fn ms_to_micros(ms: Millis) -> i64 {
+    ms.saturating_mul(1000)
+}
+
+/// Epoch milliseconds of `micros` (rounded down), reading store timestamps back.
+pub const fn micros_to_ms(micros: i64) -> Millis {
+    micros.div_euclid(1000)
+}
+
 /// Which input topic an event came from. The order of the variants is the tie-break order
 /// used when events with the same timestamp are applied (clicks, then orders, then
 /// inventory).
@@ -371,4 +382,17 @@ fn de_opt_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error
         }
     }
     d.deserialize_option(OptIdVisitor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn milliseconds_and_microseconds_convert_both_ways() {
+        assert_eq!(ms_to_micros(1_767_571_200_000), 1_767_571_200_000_000);
+        assert_eq!(micros_to_ms(1_767_571_200_000_999), 1_767_571_200_000);
+        assert_eq!(micros_to_ms(-1), -1, "rounds down before the epoch");
+        assert_eq!(ms_to_micros(i64::MAX), i64::MAX, "saturates");
+    }
 }

@@ -2,7 +2,8 @@
 //! generator. Nothing here links Kafka (the clients are in `shopstream-kafka`), so every
 //! stage that only needs the events builds without librdkafka.
 //!
-//! - [`event`]: typed events of `shop.clicks`, `shop.orders`, `shop.inventory`.
+//! - [`event`]: typed events of `shop.clicks`, `shop.orders`, `shop.inventory`, and event
+//!   time ([`event::Millis`], with the one ms -> µs conversion the store uses).
 //! - [`record`]: where a record came from (topic, partition, offset).
 //! - [`decode`]: bytes -> [`event::Event`] or a [`decode::Rejection`] with a reason code
 //!   for the dead-letter topic. Nothing is dropped without a reason.

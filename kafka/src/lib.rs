@@ -1,4 +1,4 @@
-//! Kafka clients: everything of shopstream that links librdkafka on the input side. The
+//! Kafka clients: everything of shopstream that links librdkafka, in and out. The
 //! event contract they decode into is `shopstream-ingest`, which builds without Kafka, so
 //! the features, trainer and drift code do too.
 //!
@@ -9,7 +9,11 @@
 //!   end-of-input detection for batch runs.
 //! - [`seek`]: start offsets by time for replays, each checked by reading around it, with
 //!   a scan from the beginning when the broker's time index cannot be trusted.
+//! - [`sink`]: asynchronous producers with delivery tracking (predictions, alerts, dead
+//!   letters, generated traffic): a message only counts as published once the broker
+//!   acknowledged it.
 
 pub mod client;
 pub mod seek;
+pub mod sink;
 pub mod source;

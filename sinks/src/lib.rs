@@ -1,13 +1,11 @@
-//! Sinks: the Parquet feature store and the Kafka producers for predictions and dead
-//! letters.
+//! Sinks: the Parquet feature store (the Kafka producers are in `shopstream-kafka`, so
+//! this crate builds without librdkafka).
 //!
 //! - [`store`]: writes record batches as zstd Parquet files with UTC microsecond timestamps
 //!   into hive partitions `TABLE/date=YYYY-MM-DD/hour=HH/`. File names are deterministic
 //!   per (table, window), and each file is written to a hidden temporary name, fsynced and
 //!   renamed, so readers never see a partial file and reprocessing overwrites instead of
 //!   duplicating.
-//! - [`kafka_out`]: asynchronous producers with delivery tracking: a message only counts as
-//!   published once the broker acknowledged it.
 //! - [`manifest`]: commit records; a file is visible to readers only once a commit names
 //!   it, and compaction replaces many small files of an hour by one.
 //! - [`checkpoint`]: versioned, checksummed checkpoint files written atomically, the last
@@ -21,7 +19,6 @@ mod atomic;
 pub mod checkpoint;
 mod error;
 pub mod failpoint;
-pub mod kafka_out;
 pub mod manifest;
 pub mod query;
 pub mod read;

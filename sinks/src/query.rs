@@ -11,6 +11,8 @@ use polars::prelude::*;
 use polars::sql::SQLContext;
 use polars_core::query_result::QueryResult;
 
+use shopstream_ingest::event::ms_to_micros;
+
 use crate::error::StoreError;
 use crate::manifest;
 
@@ -45,6 +47,15 @@ pub enum QueryError {
     /// Writing the result failed. External.
     #[error("cannot write the result: {0}")]
     Output(String),
+    /// A training-set spine file could not be read (wrong kind of file, unreadable).
+    /// User.
+    #[error("cannot read the spine {path}: {message}")]
+    Spine {
+        /// The spine file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 /// How results are printed.
@@ -255,6 +266,27 @@ pub struct TrainingSetOptions {
     pub max_age_ms: i64,
 }
 
+/// Reads a training-set spine lazily: a `.csv` file (with a header; date-like columns
+/// parsed) or a `.parquet` file.
+pub fn read_spine(path: &Path) -> Result<LazyFrame, QueryError> {
+    let text = path.display().to_string();
+    let spine_error = |message: String| QueryError::Spine {
+        path: path.to_path_buf(),
+        message,
+    };
+    let lf = match path.extension().and_then(|e| e.to_str()) {
+        Some("parquet") => {
+            LazyFrame::scan_parquet(PlRefPath::new(text.clone()), ScanArgsParquet::default())
+        }
+        Some("csv") => LazyCsvReader::new(PlRefPath::new(text.clone()))
+            .with_has_header(true)
+            .with_try_parse_dates(true)
+            .finish(),
+        _ => return Err(spine_error("it must be a .csv or .parquet file".into())),
+    };
+    lf.map_err(|e| spine_error(e.to_string()))
+}
+
 /// Point-in-time join: for each spine row (key, ts[, label, …]) the latest feature
 /// snapshot of that key taken strictly before `ts` (the `user_*` or `item_*` columns of the
 /// `examples` table, as served at the key's last impression), no older than
@@ -300,7 +332,7 @@ pub fn training_set(
             message: "the spine has no rows with a timestamp".to_string(),
         });
     };
-    let lo = lo - options.max_age_ms * 1000;
+    let lo = lo - ms_to_micros(options.max_age_ms);
     let mut schema = examples.clone();
     let columns: Vec<Expr> = schema
         .collect_schema()

@@ -1,5 +1,18 @@
 //! The store's tables: one list for the job that writes them, the maintenance commands and
 //! the demo's clean-up, so a new table cannot be forgotten by one of them.
+//!
+//! Each table's schema lives with the crate that owns its rows, and one place writes
+//! them all (the job's global stage, once per closed window):
+//!
+//! | table | schema | rows from |
+//! |---|---|---|
+//! | `examples` | `shopstream_features::examples_batch` | the features stage |
+//! | `metrics` | `shopstream_trainer::metrics::metrics_batch` | the model's prequential scores |
+//! | `item_demand` | `shopstream_trainer::metrics::demand_batch` | the demand head |
+//! | `drift` | `shopstream_drift::tables::drift_batch` | the drift stage |
+//! | `alerts` | `shopstream_drift::tables::alerts_batch` | the drift stage's alert lifecycle |
+//!
+//! Their time columns are UTC microseconds through `shopstream_features::arrow_time`.
 
 /// Matured impressions with their features as served and their labels.
 pub const EXAMPLES: &str = "examples";

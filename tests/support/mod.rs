@@ -257,12 +257,12 @@ pub fn read_table(root: &Path, table: &str) -> Vec<RecordBatch> {
 }
 
 /// Runs the pipeline in bounded mode until it has caught up with its input.
-pub async fn run_to_end(config: &Config) -> shopstream::pipeline::RunSummary {
-    let options = shopstream::pipeline::RunOptions {
+pub async fn run_to_end(config: &Config) -> shopstream_job::pipeline::RunSummary {
+    let options = shopstream_job::pipeline::RunOptions {
         stop_at_end: true,
         ..Default::default()
     };
-    shopstream::pipeline::run(config, options, std::future::pending())
+    shopstream_job::pipeline::run(config, options, std::future::pending())
         .await
         .expect("pipeline run")
 }

@@ -4,8 +4,8 @@
 //! - [`joint`]: the network (shared embeddings and layers, scenario scaling, CTR, CVR
 //!   (ESMM) and value heads), its losses, Adam, gradient checks.
 //! - [`metrics`]: AUC, log loss, calibration.
-//! - [`drift`]: data, label, prediction and model-quality drift statistics, detectors
-//!   (ADWIN, Page-Hinkley) and the alert lifecycle, fed once per closed window.
+//! - [`prequential`]: the in-process loop events -> features -> score, then train, per
+//!   closed window (`model quality`, `drift bench`).
 //! - [`Trainer`]: turns feature rows into model inputs, predicts serving rows on arrival,
 //!   and on each closed window predicts first, then trains (prequential evaluation).
 //!
@@ -13,11 +13,11 @@
 //! runs over the same examples give bit-identical models.
 
 pub mod baselines;
-pub mod drift;
 mod f64_bytes;
 pub mod joint;
 pub mod metrics;
 pub mod model_file;
+pub mod prequential;
 pub mod quality;
 
 use std::collections::BTreeMap;

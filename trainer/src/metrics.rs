@@ -91,10 +91,10 @@ pub fn metrics_batch(
 ) -> Result<arrow::record_batch::RecordBatch, arrow::error::ArrowError> {
     use std::sync::Arc;
 
-    use arrow::array::{
-        ArrayRef, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray, UInt64Array,
-    };
-    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use shopstream_features::arrow_time::{utc_micros, utc_micros_type};
+
+    use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray, UInt64Array};
+    use arrow::datatypes::{DataType, Field, Schema};
 
     let mut rows: Vec<(&str, &str, &BinaryMetrics)> = vec![
         ("ctr", "all", &m.ctr),
@@ -117,7 +117,7 @@ pub fn metrics_batch(
         rows.push(("demand", "all", d));
     }
     let n = rows.len();
-    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let ts = utc_micros_type();
     let schema = Schema::new(vec![
         Field::new("ts", ts.clone(), false),
         Field::new("window_end", ts, false),
@@ -132,12 +132,8 @@ pub fn metrics_batch(
         Field::new("value_rmse", DataType::Float64, true),
     ]);
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(
-            TimestampMicrosecondArray::from(vec![window_start_ms * 1000; n]).with_timezone("UTC"),
-        ),
-        Arc::new(
-            TimestampMicrosecondArray::from(vec![window_end_ms * 1000; n]).with_timezone("UTC"),
-        ),
+        utc_micros(std::iter::repeat_n(window_start_ms, n)),
+        utc_micros(std::iter::repeat_n(window_end_ms, n)),
         Arc::new(UInt64Array::from(vec![model_version; n])),
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
@@ -172,18 +168,15 @@ pub fn demand_batch(
 ) -> Result<arrow::record_batch::RecordBatch, arrow::error::ArrowError> {
     use std::sync::Arc;
 
+    use shopstream_features::arrow_time::{utc_micros, utc_micros_type};
+
     use arrow::array::{
-        ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray,
-        UInt64Array,
+        ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray, UInt64Array,
     };
-    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use arrow::datatypes::{DataType, Field, Schema};
 
     let schema = Schema::new(vec![
-        Field::new(
-            "ts",
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            false,
-        ),
+        Field::new("ts", utc_micros_type(), false),
         Field::new("item_id", DataType::Utf8, false),
         Field::new("forecast_units", DataType::Float64, false),
         Field::new("on_hand", DataType::Int64, true),
@@ -191,12 +184,7 @@ pub fn demand_batch(
         Field::new("model_version", DataType::UInt64, false),
     ]);
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(
-            TimestampMicrosecondArray::from_iter_values(
-                forecasts.iter().map(|f| f.window_start * 1000),
-            )
-            .with_timezone("UTC"),
-        ),
+        utc_micros(forecasts.iter().map(|f| f.window_start)),
         Arc::new(StringArray::from_iter_values(
             forecasts.iter().map(|f| f.item_id.as_str()),
         )),

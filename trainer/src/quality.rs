@@ -6,16 +6,16 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use serde::Serialize;
 use shopstream_config::{ModelConfig, PipelineConfig};
-use shopstream_features::{Example, FeaturePipeline};
-use shopstream_ingest::event::Scenario;
+use shopstream_features::Example;
+use shopstream_ingest::event::{Event, Scenario};
 use shopstream_ingest::generator::{Generator, GeneratorOptions};
 
 use crate::baselines::{BaselineConfig, Baselines};
 use crate::metrics::auc;
+use crate::prequential::{Observer, Prequential, ScoredWindow};
 use crate::{Trainer, dense_inputs, targets_of};
 
 /// What to run.
@@ -76,33 +76,36 @@ struct Scored {
     baseline: [f64; 3],
 }
 
-/// Runs the benchmark.
-pub fn run_quality(options: &QualityOptions) -> std::io::Result<QualityReport> {
-    let mut generator = Generator::new(options.generator.clone());
-    let mut pipeline = FeaturePipeline::new(&options.pipeline);
-    let mut trainer = Trainer::new(&options.model);
-    let mut baselines = Baselines::new(options.baselines);
-    let mut vw = match &options.vw_out {
-        Some(path) => Some(std::io::BufWriter::new(std::fs::File::create(path)?)),
-        None => None,
-    };
-    let mut scored: Vec<Scored> = Vec::new();
-    let mut joint_secs = 0.0;
-    let mut handle = |examples: Vec<Example>,
-                      scored: &mut Vec<Scored>,
-                      vw: &mut Option<std::io::BufWriter<std::fs::File>>|
-     -> std::io::Result<()> {
+/// The benchmark's side of the prequential loop: the baselines score each window before
+/// they learn from it, as the joint model does.
+struct Scoring {
+    baselines: Baselines,
+    vw: Option<std::io::BufWriter<std::fs::File>>,
+    scored: Vec<Scored>,
+    joint_secs: f64,
+}
+
+impl Observer for Scoring {
+    type Note = ();
+    type Error = std::io::Error;
+
+    fn note(&mut self, _: &Event) -> Option<()> {
+        None
+    }
+
+    fn admitted(&mut self, (): ()) {}
+
+    fn window(&mut self, scored: ScoredWindow, _: &Trainer) -> std::io::Result<()> {
+        let examples = &scored.window.examples;
         if examples.is_empty() {
             return Ok(());
         }
-        let base: Vec<_> = examples.iter().map(|e| baselines.predict(e)).collect();
-        let started = Instant::now();
-        let (_, outputs) = trainer.train_window_scored(&examples);
-        joint_secs += started.elapsed().as_secs_f64();
-        baselines.observe(&examples);
-        for ((e, o), b) in examples.iter().zip(&outputs).zip(&base) {
+        let base: Vec<_> = examples.iter().map(|e| self.baselines.predict(e)).collect();
+        self.joint_secs += scored.model_secs;
+        self.baselines.observe(examples);
+        for ((e, o), b) in examples.iter().zip(&scored.outputs).zip(&base) {
             let t = targets_of(e);
-            scored.push(Scored {
+            self.scored.push(Scored {
                 event_id: e.event_id.clone(),
                 scenario: e.features.scenario,
                 clicked: t.clicked,
@@ -110,23 +113,34 @@ pub fn run_quality(options: &QualityOptions) -> std::io::Result<QualityReport> {
                 joint: [o.p_click, o.p_cvr, o.p_ctcvr],
                 baseline: [b.p_click, b.p_cvr, b.p_click * b.p_cvr],
             });
-            if let Some(out) = vw.as_mut() {
+            if let Some(out) = self.vw.as_mut() {
                 write_vw(out, e)?;
             }
         }
         Ok(())
+    }
+}
+
+/// Runs the benchmark.
+pub fn run_quality(options: &QualityOptions) -> std::io::Result<QualityReport> {
+    let mut generator = Generator::new(options.generator.clone());
+    let vw = match &options.vw_out {
+        Some(path) => Some(std::io::BufWriter::new(std::fs::File::create(path)?)),
+        None => None,
     };
-    for (meta, event) in generator.decoded() {
-        if pipeline.ingest(meta, event).is_err() {
-            continue;
-        }
-        for window in pipeline.close_ready() {
-            handle(window.examples, &mut scored, &mut vw)?;
-        }
-    }
-    for window in pipeline.finish() {
-        handle(window.examples, &mut scored, &mut vw)?;
-    }
+    let mut scoring = Scoring {
+        baselines: Baselines::new(options.baselines),
+        vw,
+        scored: Vec::new(),
+        joint_secs: 0.0,
+    };
+    Prequential::new(&options.pipeline, &options.model).run(generator.decoded(), &mut scoring)?;
+    let Scoring {
+        baselines,
+        vw,
+        scored,
+        joint_secs,
+    } = scoring;
     if let Some(mut out) = vw {
         out.flush()?;
     }

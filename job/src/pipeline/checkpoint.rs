@@ -1,0 +1,96 @@
+//! Checkpoints of the job: when they are taken, what goes in (the shard's cleaner,
+//! windows and held events, the global stage's model and drift monitors, the input
+//! positions), and how a restart takes them over. The format is [`crate::recovery`]'s.
+
+use shopstream_config::Config;
+use shopstream_drift::stage::DriftStage;
+
+use super::PipelineError;
+use crate::recovery::{JobStateRef, STATE_VERSION};
+
+/// Where and how often checkpoints are taken.
+pub(super) struct CheckpointPlan {
+    dir: std::path::PathBuf,
+    every: u64,
+    min_interval: std::time::Duration,
+    keep: usize,
+    /// When the last checkpoint was written.
+    last: Option<std::time::Instant>,
+}
+
+/// The job state of a checkpoint, as read back.
+pub(super) type JobState = crate::recovery::JobState<DriftStage>;
+
+impl CheckpointPlan {
+    /// The plan of `[checkpoint]`, or `None` when checkpoints are off (and in replays,
+    /// which never checkpoint).
+    pub(super) fn of(config: &Config, replay: bool) -> Option<Self> {
+        (config.checkpoint.enabled && !replay).then(|| Self {
+            dir: config.checkpoint.dir_for(&config.store.path),
+            every: config.checkpoint.every_windows.max(1),
+            min_interval: std::time::Duration::from_secs(config.checkpoint.min_interval_secs),
+            keep: config.checkpoint.keep.max(1),
+            last: None,
+        })
+    }
+
+    /// Whether the `windows_total`-th closed window calls for a checkpoint (every
+    /// `every_windows`, unless one was written less than `min_interval_secs` ago).
+    pub(super) fn due_after(&self, windows_total: u64) -> bool {
+        let recent = self.last.is_some_and(|at| at.elapsed() < self.min_interval);
+        windows_total.is_multiple_of(self.every) && !recent
+    }
+
+    /// Writes `state` as the checkpoint of the `windows_total`-th window (named after it,
+    /// so a restarted job's checkpoint of the same point replaces, rather than sits beside,
+    /// the one taken before the crash), keeping the last `keep`.
+    pub(super) fn write(
+        &mut self,
+        state: &JobStateRef<'_, DriftStage>,
+        windows_total: u64,
+    ) -> Result<(), PipelineError> {
+        let started = std::time::Instant::now();
+        let (path, bytes) =
+            shopstream_sinks::checkpoint::write(&self.dir, windows_total, state, self.keep)?;
+        self.last = Some(std::time::Instant::now());
+        shopstream_sinks::failpoint::hit("checkpoint.written");
+        tracing::debug!(
+            path = %path.display(),
+            bytes,
+            millis = started.elapsed().as_millis() as u64,
+            "checkpoint written"
+        );
+        Ok(())
+    }
+
+    /// Loads the newest usable checkpoint, saying which one and what was skipped.
+    pub(super) fn restore(&self) -> Result<Option<JobState>, PipelineError> {
+        let Some(loaded) = shopstream_sinks::checkpoint::load_latest::<JobState>(&self.dir)? else {
+            tracing::info!(dir = %self.dir.display(), "no checkpoint: starting with empty state");
+            return Ok(None);
+        };
+        for skipped in &loaded.skipped {
+            tracing::warn!(
+                path = %skipped.path.display(),
+                reason = %skipped.reason,
+                "checkpoint unusable; falling back to the one before"
+            );
+        }
+        if loaded.state.version != STATE_VERSION {
+            return Err(PipelineError::Internal(format!(
+                "checkpoint {} holds state version {}, this build reads {}; move {} away to start from the committed offsets",
+                loaded.path.display(),
+                loaded.state.version,
+                STATE_VERSION,
+                self.dir.display()
+            )));
+        }
+        tracing::info!(
+            path = %loaded.path.display(),
+            windows_closed = loaded.state.windows_closed,
+            positions = ?crate::recovery::describe(&loaded.state.positions),
+            "resuming from checkpoint"
+        );
+        Ok(Some(loaded.state))
+    }
+}

@@ -1,0 +1,45 @@
+//! Why the job stops with an error.
+
+use shopstream_kafka::client::KafkaSetupError;
+use shopstream_kafka::sink::PublishError;
+use shopstream_kafka::source::SourceError;
+use shopstream_sinks::store::StoreError;
+
+/// Why the job stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Kafka set-up failed (unreachable broker, missing topic, bad properties).
+    #[error(transparent)]
+    Kafka(#[from] KafkaSetupError),
+    /// The source failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// Publishing predictions or dead letters failed.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// Writing the store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Writing or reading a checkpoint failed.
+    #[error(transparent)]
+    Checkpoint(#[from] shopstream_sinks::checkpoint::CheckpointError),
+    /// Building a record batch failed (internal).
+    #[error("cannot build the examples batch: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// The alert webhook could not be set up.
+    #[error(transparent)]
+    Webhook(#[from] shopstream_drift::webhook::WebhookError),
+    /// The HTTP endpoints could not listen (user: http.listen; or the port is taken).
+    #[error(
+        "cannot serve HTTP on {listen}: {source}; change http.listen or set http.enabled = false"
+    )]
+    Http {
+        /// The configured address.
+        listen: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A task panicked (internal).
+    #[error("internal error: {0}")]
+    Internal(String),
+}

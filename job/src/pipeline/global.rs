@@ -1,0 +1,318 @@
+//! The global stage: what needs every partition's examples of a window, once per closed
+//! window and in window order. The item-demand head, the prequential score-then-train
+//! step of the joint model, the drift stage, and the store writes of the window's tables
+//! (`item_demand`, `examples`, `metrics`, `drift`, `alerts`), then compaction of the
+//! hours no later window can touch.
+
+use std::collections::BTreeMap;
+
+use arrow::record_batch::RecordBatch;
+use shopstream_config::Config;
+use shopstream_drift::AlertState;
+use shopstream_drift::stage::{Arrival, DriftGauges, DriftStage};
+use shopstream_drift::tables::{alerts_batch, drift_batch};
+use shopstream_drift::webhook::{Webhook, WebhookOptions};
+use shopstream_features::{WindowOutput, examples_batch, examples_metadata};
+use shopstream_sinks::store::{ParquetStore, StoreError, WrittenFile};
+use shopstream_sinks::tables;
+use shopstream_trainer::Trainer;
+use shopstream_trainer::joint::Output;
+
+use super::PipelineError;
+use super::outputs::Outputs;
+use crate::summary::RunSummary;
+
+const HOUR_MS: i64 = 3_600_000;
+
+/// The model, the drift stage and the store.
+pub(super) struct GlobalStage {
+    pub(super) trainer: Trainer,
+    /// Drift monitors (`drift.enabled`).
+    pub(super) drift: Option<DriftStage>,
+    /// Alert webhook (`drift.webhook_url`, live runs only).
+    pub(super) webhook: Option<Webhook>,
+    store: ParquetStore,
+    /// Hour (since the epoch) of the last `settled` bound compacted up to.
+    compacted_hours: Option<i64>,
+}
+
+/// What a window close writes with and counts into.
+pub(super) struct WindowContext<'a> {
+    /// Whether the window's tables are written (a replay writes only its range).
+    pub(super) write: bool,
+    /// Input offsets consumed so far, by `topic/partition`: they go into the commit
+    /// record, not the file, since files must be byte-identical however the input was
+    /// interleaved (live run vs replay).
+    pub(super) offsets: BTreeMap<String, i64>,
+    pub(super) summary: &'a mut RunSummary,
+    pub(super) outputs: &'a mut Outputs,
+}
+
+impl GlobalStage {
+    /// A fresh model and drift stage; the webhook only in live runs (a replay rebuilds
+    /// tables: the live run posted its alerts already).
+    pub(super) fn new(
+        config: &Config,
+        store: ParquetStore,
+        live: bool,
+    ) -> Result<Self, PipelineError> {
+        Ok(Self {
+            trainer: Trainer::new(&config.model),
+            drift: config
+                .drift
+                .enabled
+                .then(|| DriftStage::new(&config.drift, &config.pipeline)),
+            webhook: match WebhookOptions::from_settings(&config.drift) {
+                Some(hook) if config.drift.enabled && live => Some(Webhook::spawn(hook)?),
+                _ => None,
+            },
+            store,
+            compacted_hours: None,
+        })
+    }
+
+    /// Takes over a checkpoint's model and drift stage.
+    pub(super) fn resume(&mut self, config: &Config, trainer: Trainer, drift: Option<DriftStage>) {
+        self.trainer = trainer;
+        if self.drift.is_some() {
+            // Drift detection switched on since the checkpoint starts fresh; a restored
+            // stage takes the [drift] settings the job runs with now.
+            self.drift = drift.or_else(|| self.drift.take());
+            if let Some(stage) = self.drift.as_mut() {
+                stage.reconfigure(&config.drift);
+            }
+        }
+    }
+
+    /// An admitted event's evidence for the arrival monitor.
+    pub(super) fn on_arrival(&mut self, arrival: &Arrival) {
+        if let Some(stage) = self.drift.as_mut() {
+            stage.on_arrival(arrival);
+        }
+    }
+
+    /// The drift gauges with the counters kept outside the drift stage filled in.
+    pub(super) fn drift_gauges(&self, alerts_published: u64) -> DriftGauges {
+        let Some(stage) = &self.drift else {
+            return Default::default();
+        };
+        let mut gauges = stage.gauges().clone();
+        gauges.alerts_published = alerts_published;
+        if let Some(webhook) = &self.webhook {
+            gauges.webhook_delivered = webhook.delivered();
+            gauges.webhook_failures = webhook.failures();
+        }
+        gauges
+    }
+
+    /// Closes the webhook, giving queued alert events `grace`; its counts go into the
+    /// drift gauges.
+    pub(super) async fn close_webhook(&mut self, grace: std::time::Duration) {
+        if let Some(webhook) = self.webhook.take() {
+            let (delivered, failures) = webhook.close(grace).await;
+            if let Some(stage) = self.drift.as_mut() {
+                let g = stage.gauges_mut();
+                g.webhook_delivered = delivered;
+                g.webhook_failures = failures;
+            }
+        }
+    }
+
+    /// One closed window: demand, score then train, drift, the window's tables, and
+    /// compaction of the hours it settled.
+    pub(super) async fn window_closed(
+        &mut self,
+        output: WindowOutput,
+        cx: WindowContext<'_>,
+    ) -> Result<(), PipelineError> {
+        let WindowContext {
+            write,
+            offsets,
+            summary,
+            outputs,
+        } = cx;
+        // Item demand: score and train on what sold in this window, forecast the next.
+        let demand = self.trainer.train_demand(&output.demand);
+        let forecasts = self.trainer.forecast(&output.demand_next);
+        if !forecasts.is_empty() {
+            summary.demand_forecasts += forecasts.len() as u64;
+            summary.stockout_risks += forecasts.iter().filter(|f| f.stockout_risk).count() as u64;
+            if write {
+                let batch = shopstream_trainer::metrics::demand_batch(&forecasts)?;
+                self.write_table(
+                    tables::ITEM_DEMAND,
+                    output.end,
+                    batch,
+                    BTreeMap::new(),
+                    &offsets,
+                )
+                .await?;
+            }
+        }
+        // Prequential: the window's examples are scored before the model trains on them;
+        // the drift monitors see those scores.
+        let (mut metrics, scores) = self.trainer.train_window_scored(&output.examples);
+        self.observe_drift(&output, &scores, write, &offsets, outputs)
+            .await?;
+        if output.examples.is_empty() {
+            return Ok(());
+        }
+        metrics.demand = demand;
+        summary.quality.add(&metrics);
+        if !write {
+            self.trainer.record_window(metrics);
+            return Ok(());
+        }
+        let batch = examples_batch(&output.examples)?;
+        let metadata = examples_metadata(output.start, output.end);
+        let written = self
+            .write_table(tables::EXAMPLES, output.start, batch, metadata, &offsets)
+            .await?;
+        for file in written {
+            summary.examples_written += file.rows as u64;
+            summary.files_written += 1;
+        }
+        // The prequential metrics of the window go to the store's `metrics` table.
+        let metrics_batch = shopstream_trainer::metrics::metrics_batch(
+            output.start,
+            output.end,
+            self.trainer.version(),
+            &metrics,
+        )?;
+        self.write_table(
+            tables::METRICS,
+            output.start,
+            metrics_batch,
+            BTreeMap::new(),
+            &offsets,
+        )
+        .await?;
+        tracing::debug!(
+            window_start = output.start,
+            events = output.events,
+            examples = metrics.examples,
+            log_loss = metrics.log_loss,
+            "window closed"
+        );
+        self.trainer.record_window(metrics);
+        // Hours that no later window can add rows to (see `settled_before`). Partitions
+        // end on whole hours, so the partitions settled change only when the bound passes
+        // an hour; in between, compaction would re-read every commit record of every
+        // table to find nothing to do.
+        let settled_hours = output.settled_before.div_euclid(HOUR_MS);
+        if self.compacted_hours != Some(settled_hours) {
+            self.compact(Some(output.settled_before), summary).await?;
+            self.compacted_hours = Some(settled_hours);
+        }
+        Ok(())
+    }
+
+    /// Writes `batch` to `table` as the files of the window starting at `window_ms`
+    /// (deterministic names), with `metadata` plus the window start in each file.
+    async fn write_table(
+        &self,
+        table: &'static str,
+        window_ms: i64,
+        batch: RecordBatch,
+        mut metadata: BTreeMap<String, String>,
+        offsets: &BTreeMap<String, i64>,
+    ) -> Result<Vec<WrittenFile>, PipelineError> {
+        let store = self.store.clone();
+        let stem = format!("window-{window_ms}");
+        metadata.insert(
+            "shopstream.window_start_ms".to_string(),
+            window_ms.to_string(),
+        );
+        let offsets = offsets.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            store.write(table, &stem, &batch, &metadata, &offsets)
+        })
+        .await
+        .map_err(|e| PipelineError::Internal(format!("store writer: {e}")))??;
+        Ok(written)
+    }
+
+    /// Feeds the drift monitors with a closed window; writes the `drift` and `alerts`
+    /// rows (when the window is written), and, in a live run, publishes each alert event
+    /// to the alerts topic and hands it to the webhook.
+    async fn observe_drift(
+        &mut self,
+        output: &WindowOutput,
+        scores: &[Output],
+        write: bool,
+        offsets: &BTreeMap<String, i64>,
+        outputs: &mut Outputs,
+    ) -> Result<(), PipelineError> {
+        let Some(stage) = self.drift.as_mut() else {
+            return Ok(());
+        };
+        let drifts = stage
+            .window_closed(output.start, &output.users, &output.examples, scores)
+            .map_err(|e| PipelineError::Internal(format!("drift monitor: {e}")))?;
+        let rows = stage.rows(&drifts);
+        if write && !rows.is_empty() {
+            let batch = drift_batch(&rows)?;
+            self.write_table(tables::DRIFT, output.start, batch, BTreeMap::new(), offsets)
+                .await?;
+        }
+        if drifts.alerts.is_empty() {
+            return Ok(());
+        }
+        if write {
+            let batch = alerts_batch(output.start, &drifts.alerts)?;
+            self.write_table(
+                tables::ALERTS,
+                output.start,
+                batch,
+                BTreeMap::new(),
+                offsets,
+            )
+            .await?;
+        }
+        for alert in &drifts.alerts {
+            let scenario = alert.scenario.as_deref().unwrap_or("-");
+            let (id, subject, statistic) = (&alert.id, &alert.subject, &alert.statistic);
+            let (kind, value, threshold) = (alert.kind.as_str(), alert.value, alert.threshold);
+            match alert.state {
+                AlertState::Firing => tracing::warn!(
+                    %id, severity = ?alert.severity, kind, %subject, scenario, %statistic,
+                    value, threshold, "drift alert firing"
+                ),
+                AlertState::Resolved => tracing::info!(
+                    %id, kind, %subject, scenario, %statistic, value, threshold,
+                    "drift alert resolved"
+                ),
+            }
+            outputs.alert(alert).await?;
+            // (A replay has no webhook: the live run posted its alerts.)
+            if let Some(webhook) = &self.webhook {
+                webhook.post(alert);
+            }
+        }
+        Ok(())
+    }
+
+    /// Compacts every table's hour partitions that end at or before `before_ms` (all with
+    /// `None`), when `store.compact_closed_hours` is on.
+    pub(super) async fn compact(
+        &self,
+        before_ms: Option<i64>,
+        summary: &mut RunSummary,
+    ) -> Result<(), PipelineError> {
+        if !self.store.compacts_closed_hours() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let made = tokio::task::spawn_blocking(move || {
+            let mut made = 0;
+            for table in tables::ALL {
+                made += store.compact(table, before_ms)?.len();
+            }
+            Ok::<_, StoreError>(made)
+        })
+        .await
+        .map_err(|e| PipelineError::Internal(format!("store compaction: {e}")))??;
+        summary.compactions += made as u64;
+        Ok(())
+    }
+}

@@ -1,0 +1,258 @@
+//! The long-running job, split by role:
+//!
+//! ```text
+//! KafkaSource --(bounded channel)--> source loop
+//!    source_loop.rs      message by message; checkpoints when due
+//!      -> shard.rs       partition-scoped: clean (dedupe, skew holds), windows,
+//!                        features, a prediction per impression on arrival
+//!      -> outputs.rs     shop.predictions, shop.dead-letter, shop.alerts
+//!      -> global.rs      per closed window, in order: demand, score then train, drift,
+//!                        the window's store tables (examples, metrics, item_demand,
+//!                        drift, alerts), compaction
+//!    replay.rs           rebuilding a range of the store from the topics
+//!    checkpoint.rs       when to checkpoint, what goes in, how a restart resumes
+//!    telemetry.rs        progress, /metrics and the run summary
+//! ```
+//!
+//! The source runs as its own task; the processor runs in the caller's task. Both share a
+//! `CancellationToken`: the shutdown future, a failure of either side, or (with
+//! `stop_at_end`) the end of the input stops both. Offsets are committed only after the
+//! examples they produced are durable in the store and every output message is
+//! acknowledged by the broker.
+
+mod checkpoint;
+mod error;
+mod global;
+mod outputs;
+mod replay;
+mod shard;
+mod source_loop;
+mod telemetry;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use shopstream_config::Config;
+use shopstream_ingest::decode::DecodeLimits;
+use shopstream_kafka::client::ensure_topics;
+use shopstream_kafka::source::{KafkaSource, Positions, SharedPositions, SourceOptions};
+use shopstream_sinks::store::ParquetStore;
+use shopstream_sinks::tables;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use crate::summary::{Quality, RunSummary};
+pub use error::PipelineError;
+pub use replay::ReplayRange;
+
+use crate::http::Telemetry;
+use checkpoint::CheckpointPlan;
+use global::GlobalStage;
+use outputs::Outputs;
+use replay::ReplayState;
+use shard::ShardStage;
+use source_loop::Processor;
+use telemetry::Reporter;
+
+/// Options of one run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Stop once all input present at start has been processed (demo, tests, backfills).
+    pub stop_at_end: bool,
+    /// Rebuild the store for a historical range instead of running the live job.
+    pub replay: Option<ReplayRange>,
+}
+
+/// Runs the job until `shutdown` completes, a stage fails, or (with
+/// [`RunOptions::stop_at_end`]) the input is exhausted.
+pub async fn run(
+    config: &Config,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunSummary, PipelineError> {
+    let (progress, _) = tokio::sync::watch::channel(Progress::default());
+    run_observed(config, options, shutdown, progress).await
+}
+
+/// Live counters of a run, published through a `watch` channel (tests and, later, the
+/// metrics endpoint read them while the job runs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Messages consumed from all input topics.
+    pub consumed: u64,
+    /// Impressions predicted.
+    pub impressions: u64,
+    /// Windows closed.
+    pub windows_closed: u64,
+    /// Where the HTTP endpoints listen, when enabled.
+    pub http_addr: Option<std::net::SocketAddr>,
+}
+
+/// Like [`run`], publishing [`Progress`] to `progress` as the job goes.
+pub async fn run_observed(
+    config: &Config,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()>,
+    progress: tokio::sync::watch::Sender<Progress>,
+) -> Result<RunSummary, PipelineError> {
+    let started = std::time::Instant::now();
+    let store = ParquetStore::open(&config.store)?;
+    for table in tables::ALL {
+        let removed = store.vacuum(table)?;
+        if removed > 0 {
+            tracing::info!(
+                table,
+                removed,
+                "deleted uncommitted files left by an earlier run"
+            );
+        }
+    }
+    let topics = &config.topics;
+    let all_topics: Vec<String> = topics
+        .inputs()
+        .into_iter()
+        .chain(topics.outputs())
+        .map(str::to_string)
+        .collect();
+    let partitions = ensure_topics(&config.kafka, &all_topics).await?;
+    // Start positions: the checkpoint's, when there is one (a replay never uses them);
+    // partitions it does not name start at the group's committed offsets.
+    let checkpoints = CheckpointPlan::of(config, options.replay.is_some());
+    let restored = match &checkpoints {
+        Some(plan) => plan.restore()?,
+        None => None,
+    };
+    let start: SharedPositions = Default::default();
+    if let Some(state) = &restored
+        && let Ok(mut start) = start.lock()
+    {
+        start.clone_from(&state.positions);
+    }
+    if let Some(range) = options.replay
+        && let Some(warmup_from) = range.warmup_from_ms
+    {
+        // Start each partition at the warm-up bound when the broker's time index can be
+        // trusted; events before it are skipped either way.
+        let (positions, report) =
+            shopstream_kafka::seek::offsets_at(&config.kafka, topics, &partitions, warmup_from)
+                .await?;
+        tracing::info!(
+            confirmed = report.confirmed,
+            scanned = report.scanned,
+            reasons = ?report.reasons,
+            "replay start offsets by time"
+        );
+        if let Ok(mut start) = start.lock() {
+            *start = positions;
+        }
+    }
+    let replay_kafka;
+    let kafka = match options.replay {
+        // A group of its own that never commits: the live job's offsets stay untouched and
+        // every partition is read from its beginning.
+        Some(_) => {
+            let mut kafka = config.kafka.clone();
+            kafka.group_id = format!(
+                "{}-replay-{}-{}",
+                config.kafka.group_id,
+                std::process::id(),
+                chrono::Utc::now().timestamp_millis()
+            );
+            replay_kafka = kafka;
+            &replay_kafka
+        }
+        None => &config.kafka,
+    };
+    let stop_at_end = options.stop_at_end || options.replay.is_some();
+    let (source, committer) =
+        KafkaSource::connect(kafka, topics, &partitions, start, stop_at_end).await?;
+
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let (telemetry_tx, telemetry_rx) = tokio::sync::watch::channel(Arc::new(Telemetry::default()));
+    let http_addr = if config.http.enabled {
+        let (addr, _task) = crate::http::serve(&config.http.listen, telemetry_rx, cancel.clone())
+            .await
+            .map_err(|source| PipelineError::Http {
+                listen: config.http.listen.clone(),
+                source,
+            })?;
+        tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+        Some(addr)
+    } else {
+        None
+    };
+    let (tx, rx) = mpsc::channel(config.pipeline.channel_capacity);
+    let source_options = SourceOptions {
+        stop_at_end,
+        limits: DecodeLimits {
+            max_message_bytes: config.pipeline.max_message_bytes,
+        },
+    };
+    let consumer_lag = source.lag();
+    let source_cancel = cancel.clone();
+    let source_task = tracker.spawn(async move {
+        let result = source.run(tx, source_cancel.clone(), source_options).await;
+        if result.is_err() {
+            // Any task failure stops the rest.
+            source_cancel.cancel();
+        }
+        result
+    });
+    tracker.close();
+
+    let mut processor = Processor {
+        config,
+        shard: ShardStage::new(config),
+        global: GlobalStage::new(config, store, options.replay.is_none())?,
+        outputs: Outputs::new(config, options.replay.is_some())?,
+        checkpoints,
+        committer: &committer,
+        consumer_lag,
+        positions: Positions::new(),
+        windows_total: 0,
+        checkpoint_due: false,
+        bounded: stop_at_end,
+        replay: options.replay.map(|range| ReplayState::new(range, config)),
+        last_seen: BTreeMap::new(),
+        summary: RunSummary::default(),
+        reporter: Reporter::new(progress, telemetry_tx, http_addr, started),
+        effects: Vec::new(),
+    };
+    if let Some(state) = restored {
+        processor.resume(state);
+    }
+    let outcome = processor.process(rx, &cancel, shutdown).await;
+    // Queued alert events get a bounded grace period; the rest are counted as failed.
+    let grace = std::time::Duration::from_millis(config.drift.webhook_timeout_ms)
+        .saturating_mul(2)
+        .min(std::time::Duration::from_secs(10));
+    processor.global.close_webhook(grace).await;
+    if outcome.is_ok() {
+        shopstream_sinks::failpoint::hit("pipeline.model_saving");
+        if let Some(path) = &config.model.path {
+            let trainer = &processor.global.trainer;
+            trainer
+                .save(path)
+                .map_err(|e| PipelineError::Internal(e.to_string()))?;
+            tracing::info!(path = %path.display(), version = trainer.version(), "model written");
+        }
+        // Everything consumed is now reflected in durable outputs (and the checkpoint):
+        // commit, while the source still serves its consumers (a stopped group member may
+        // be evicted). A replay's group is throw-away: it commits nothing.
+        if options.replay.is_none() {
+            committer.commit(&processor.positions).await?;
+        }
+    }
+    cancel.cancel();
+    tracker.wait().await;
+    let source_result = source_task
+        .await
+        .map_err(|e| PipelineError::Internal(format!("source task: {e}")))?;
+    outcome?;
+    source_result?;
+    let summary = processor.snapshot();
+    Ok(summary)
+}

@@ -1,0 +1,140 @@
+//! The job's Kafka outputs: predictions, alert events and dead letters, each counted
+//! under a tag once the broker acknowledged it. A replay publishes nothing (not even the
+//! encoding runs): the live run published what the output topics hold.
+
+use shopstream_config::{Config, TopicsConfig};
+use shopstream_drift::AlertEvent;
+use shopstream_ingest::decode::Rejection;
+use shopstream_kafka::client::input_topic_name;
+use shopstream_kafka::sink::{Publisher, dead_letter_headers};
+use shopstream_kafka::source::RecordMeta;
+use shopstream_trainer::Prediction;
+
+use super::PipelineError;
+
+/// Tags under which the publisher counts acknowledged messages.
+const TAG_PREDICTION: &str = "prediction";
+const TAG_DEAD_LETTER: &str = "dead_letter";
+const TAG_ALERT: &str = "alert";
+
+/// The producer and where each kind of message goes.
+pub(super) struct Outputs {
+    publisher: Publisher,
+    topics: TopicsConfig,
+    /// A replay: publish nothing.
+    replay: bool,
+}
+
+impl Outputs {
+    /// A producer for the job's cluster.
+    pub(super) fn new(config: &Config, replay: bool) -> Result<Self, PipelineError> {
+        Ok(Self {
+            publisher: Publisher::new(&config.kafka)?,
+            topics: config.topics.clone(),
+            replay,
+        })
+    }
+
+    /// A prediction served on arrival, keyed by its event id.
+    pub(super) async fn prediction(&mut self, p: &Prediction) -> Result<(), PipelineError> {
+        let topic = &self.topics.predictions;
+        publish_json(
+            &mut self.publisher,
+            self.replay,
+            TAG_PREDICTION,
+            topic,
+            p.event_id.as_bytes(),
+            p,
+            p.ts,
+        )
+        .await
+    }
+
+    /// An alert event, keyed by its id, timestamped with its evidence window.
+    pub(super) async fn alert(&mut self, a: &AlertEvent) -> Result<(), PipelineError> {
+        let topic = &self.topics.alerts;
+        publish_json(
+            &mut self.publisher,
+            self.replay,
+            TAG_ALERT,
+            topic,
+            a.id.as_bytes(),
+            a,
+            a.window_start_ms,
+        )
+        .await
+    }
+
+    /// The original bytes of a refused message, with the reason in its headers.
+    pub(super) async fn dead_letter(
+        &mut self,
+        meta: RecordMeta,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        rejection: &Rejection,
+    ) -> Result<(), PipelineError> {
+        if self.replay {
+            // The live run dead-lettered it already.
+            return Ok(());
+        }
+        let headers =
+            dead_letter_headers(input_topic_name(&self.topics, meta.topic), &meta, rejection);
+        self.publisher
+            .send(
+                TAG_DEAD_LETTER,
+                &self.topics.dead_letter,
+                key.unwrap_or_default(),
+                payload,
+                None,
+                Some(headers),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Waits until every message sent so far is acknowledged.
+    pub(super) async fn flush(&mut self) -> Result<(), PipelineError> {
+        Ok(self.publisher.flush().await?)
+    }
+
+    fn delivered(&self, tag: &str) -> u64 {
+        self.publisher.delivered().get(tag).copied().unwrap_or(0)
+    }
+
+    /// Predictions acknowledged.
+    pub(super) fn predictions_delivered(&self) -> u64 {
+        self.delivered(TAG_PREDICTION)
+    }
+
+    /// Dead letters acknowledged.
+    pub(super) fn dead_letters_delivered(&self) -> u64 {
+        self.delivered(TAG_DEAD_LETTER)
+    }
+
+    /// Alert events acknowledged.
+    pub(super) fn alerts_delivered(&self) -> u64 {
+        self.delivered(TAG_ALERT)
+    }
+}
+
+/// Publishes `value` as JSON to `topic`, keyed by `key`, with timestamp `ts_ms` (nothing
+/// in a replay).
+async fn publish_json(
+    publisher: &mut Publisher,
+    replay: bool,
+    tag: &'static str,
+    topic: &str,
+    key: &[u8],
+    value: &impl serde::Serialize,
+    ts_ms: i64,
+) -> Result<(), PipelineError> {
+    if replay {
+        return Ok(());
+    }
+    let json = serde_json::to_vec(value)
+        .map_err(|e| PipelineError::Internal(format!("{tag} JSON: {e}")))?;
+    publisher
+        .send(tag, topic, key, &json, Some(ts_ms), None)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,310 @@
+//! The shard stage: the part of the job whose state belongs to the input partitions it
+//! reads. Cleaning (dedupe, clock-skew holds), event-time windows and the features
+//! stage, and serving a prediction for each impression on arrival.
+//!
+//! It does no I/O and never waits: [`ShardStage::on_event`] returns what should happen
+//! outside it as [`Effect`]s, in order, and closed windows come out of
+//! [`ShardStage::close_ready`] for the global stage. That is the seam scale-out needs: a
+//! shard can run on another thread or in another instance as long as its effects and
+//! windows reach the outputs and the global stage in the order it produced them. The
+//! model it serves from is only read.
+
+use std::collections::BTreeMap;
+
+use shopstream_config::Config;
+use shopstream_drift::stage::Arrival;
+use shopstream_features::{FeaturePipeline, WindowOutput};
+use shopstream_ingest::clean::{Admission, CleanLimits, Cleaner, Resolution};
+use shopstream_ingest::decode::{Reason, Rejection};
+use shopstream_ingest::event::{Event, InputTopic, Millis};
+use shopstream_kafka::source::RecordMeta;
+use shopstream_trainer::{Prediction, Trainer};
+
+use super::PipelineError;
+use crate::recovery::HeldEvent;
+
+/// A consumed event on its way through the shard.
+#[derive(Debug)]
+pub(super) struct Consumed {
+    pub(super) meta: RecordMeta,
+    pub(super) event: Event,
+    pub(super) key: Option<Vec<u8>>,
+    pub(super) payload: Vec<u8>,
+    /// When the source received it (prediction latency).
+    pub(super) received: std::time::Instant,
+}
+
+/// What the shard decided about an event, for the outputs and the global stage.
+#[derive(Debug)]
+pub(super) enum Effect {
+    /// A duplicate of an event already admitted: counted, nothing else.
+    Duplicate(InputTopic),
+    /// Refused (bad clock, late for its window): to the dead-letter topic with the reason.
+    DeadLetter {
+        meta: RecordMeta,
+        key: Option<Vec<u8>>,
+        payload: Vec<u8>,
+        rejection: Rejection,
+    },
+    /// A prediction served for an impression, to the predictions topic.
+    Predicted {
+        prediction: Prediction,
+        received: std::time::Instant,
+    },
+    /// Admitted into its window; `arrival` is what the drift stage takes from it.
+    Admitted {
+        topic: InputTopic,
+        arrival: Option<Arrival>,
+    },
+}
+
+/// Cleaner, held events and features stage of the partitions a job reads.
+pub(super) struct ShardStage {
+    cleaner: Cleaner,
+    features: FeaturePipeline,
+    /// Events held for a clock-skew decision, per partition.
+    held: BTreeMap<(InputTopic, i32), Consumed>,
+    /// Whether admitted events carry their [`Arrival`] (drift detection is on).
+    arrivals: bool,
+}
+
+fn clean_limits(config: &Config) -> CleanLimits {
+    CleanLimits {
+        dedupe_horizon_ms: config.pipeline.dedupe_horizon_ms(),
+        max_keys: config.pipeline.dedupe_max_keys,
+        max_future_skew_ms: config.pipeline.max_future_skew_ms(),
+    }
+}
+
+impl ShardStage {
+    /// An empty shard for the job's configuration.
+    pub(super) fn new(config: &Config) -> Self {
+        Self {
+            cleaner: Cleaner::new(clean_limits(config)),
+            features: FeaturePipeline::new(&config.pipeline),
+            held: BTreeMap::new(),
+            arrivals: config.drift.enabled,
+        }
+    }
+
+    /// Takes over a checkpoint's shard state.
+    pub(super) fn resume(
+        &mut self,
+        features: FeaturePipeline,
+        cleaner: Cleaner,
+        held: Vec<HeldEvent>,
+    ) {
+        self.features = features;
+        self.cleaner = cleaner;
+        self.held = crate::recovery::held_by_partition(held)
+            .into_iter()
+            .map(|(key, h)| {
+                (
+                    key,
+                    Consumed {
+                        meta: h.meta,
+                        event: h.event,
+                        key: h.key,
+                        payload: h.payload,
+                        received: std::time::Instant::now(),
+                    },
+                )
+            })
+            .collect();
+    }
+
+    /// The features stage (for checkpoints).
+    pub(super) fn features(&self) -> &FeaturePipeline {
+        &self.features
+    }
+
+    /// The cleaner (for checkpoints).
+    pub(super) fn cleaner(&self) -> &Cleaner {
+        &self.cleaner
+    }
+
+    /// The held events, in partition order (for checkpoints).
+    pub(super) fn held_events(&self) -> Vec<HeldEvent> {
+        self.held
+            .values()
+            .map(|c| HeldEvent {
+                meta: c.meta,
+                event: c.event.clone(),
+                key: c.key.clone(),
+                payload: c.payload.clone(),
+            })
+            .collect()
+    }
+
+    /// The event-time watermark.
+    pub(super) fn watermark(&self) -> Option<Millis> {
+        self.features.watermark()
+    }
+
+    /// Examples waiting for their labels to mature.
+    pub(super) fn pending_examples(&self) -> usize {
+        self.features.pending_examples()
+    }
+
+    /// A partition was assigned: it holds the watermark back until it delivers or ends.
+    pub(super) fn register_partition(&mut self, topic: InputTopic, partition: i32) {
+        self.features.register_partition(topic, partition);
+    }
+
+    /// A partition ended (or went idle, or was revoked): it no longer holds the
+    /// watermark back.
+    pub(super) fn partition_at_end(&mut self, topic: InputTopic, partition: i32) {
+        self.features.partition_at_end(topic, partition);
+    }
+
+    /// Windows the watermark has passed, in order.
+    pub(super) fn close_ready(&mut self) -> Vec<WindowOutput> {
+        self.features.close_ready()
+    }
+
+    /// Every open window, as final (end of input).
+    pub(super) fn finish(&mut self) -> Vec<WindowOutput> {
+        self.features.finish()
+    }
+
+    /// One consumed event: first decides the event held on its partition (this one's
+    /// time confirms or contradicts the jump), then admits it.
+    pub(super) fn on_event(
+        &mut self,
+        m: Consumed,
+        model: &Trainer,
+        fx: &mut Vec<Effect>,
+    ) -> Result<(), PipelineError> {
+        let partition = (m.meta.topic, m.meta.partition);
+        if let Some(held) = self.held.remove(&partition) {
+            self.resolve_held(held, Some(m.event.ts()), model, fx)?;
+        }
+        self.admit(m, model, fx);
+        Ok(())
+    }
+
+    /// Dedupe and skew checks, then prediction and windowing of one consumed event.
+    fn admit(&mut self, m: Consumed, model: &Trainer, fx: &mut Vec<Effect>) {
+        let Consumed {
+            meta,
+            event,
+            key,
+            payload,
+            received,
+        } = m;
+        match self.cleaner.admit(meta.topic, meta.partition, &event) {
+            Admission::Accept => {}
+            Admission::Duplicate => {
+                fx.push(Effect::Duplicate(meta.topic));
+                return;
+            }
+            Admission::Reject(rejection) => {
+                fx.push(Effect::DeadLetter {
+                    meta,
+                    key,
+                    payload,
+                    rejection,
+                });
+                return;
+            }
+            Admission::Hold => {
+                let held = Consumed {
+                    meta,
+                    event,
+                    key,
+                    payload,
+                    received,
+                };
+                self.held.insert((meta.topic, meta.partition), held);
+                return;
+            }
+        }
+        if let Some(row) = self.features.serving_row(&meta, &event) {
+            let prediction = model.predict(&row, self.features.watermark());
+            fx.push(Effect::Predicted {
+                prediction,
+                received,
+            });
+        }
+        // Taken before the event moves into the features stage; counted once it is in.
+        let arrival = if self.arrivals {
+            Arrival::of(&event)
+        } else {
+            None
+        };
+        if let Err(late) = self.features.ingest(meta, event) {
+            let rejection = Rejection {
+                reason: Reason::Late,
+                field: Some("ts".to_string()),
+                message: format!(
+                    "event time {} is behind the closed windows (watermark {:?})",
+                    late.event.ts(),
+                    self.features.watermark()
+                ),
+            };
+            fx.push(Effect::DeadLetter {
+                meta,
+                key,
+                payload,
+                rejection,
+            });
+        } else {
+            fx.push(Effect::Admitted {
+                topic: meta.topic,
+                arrival,
+            });
+        }
+    }
+
+    /// Decides about a held event: admitted when `next_ts` confirms the jump (or there is
+    /// no next event), dead-lettered when it contradicts it.
+    fn resolve_held(
+        &mut self,
+        held: Consumed,
+        next_ts: Option<i64>,
+        model: &Trainer,
+        fx: &mut Vec<Effect>,
+    ) -> Result<(), PipelineError> {
+        let (topic, partition) = (held.meta.topic, held.meta.partition);
+        match self.cleaner.resolve_held(topic, partition, next_ts) {
+            Some(Resolution::Confirm) => {
+                self.admit(held, model, fx);
+                Ok(())
+            }
+            Some(Resolution::Reject(rejection)) => {
+                fx.push(Effect::DeadLetter {
+                    meta: held.meta,
+                    key: held.key,
+                    payload: held.payload,
+                    rejection,
+                });
+                Ok(())
+            }
+            None => Err(PipelineError::Internal(format!(
+                "held event of {topic:?}/{partition} unknown to the cleaner"
+            ))),
+        }
+    }
+
+    /// Decides every held event whose partition has no next event (end of input, or of a
+    /// partition in bounded mode): nothing contradicts them, so they are admitted.
+    pub(super) fn resolve_all_held(
+        &mut self,
+        only: Option<(InputTopic, i32)>,
+        model: &Trainer,
+        fx: &mut Vec<Effect>,
+    ) -> Result<(), PipelineError> {
+        let keys: Vec<(InputTopic, i32)> = self
+            .held
+            .keys()
+            .copied()
+            .filter(|k| only.is_none_or(|o| o == *k))
+            .collect();
+        for key in keys {
+            if let Some(held) = self.held.remove(&key) {
+                self.resolve_held(held, None, model, fx)?;
+            }
+        }
+        Ok(())
+    }
+}

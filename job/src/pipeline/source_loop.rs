@@ -1,0 +1,459 @@
+//! The source loop: takes the source's messages one by one, hands events to the shard
+//! stage, carries out its effects through the outputs and the global stage, closes the
+//! windows the watermark passed, and takes checkpoints when they are due.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use shopstream_config::Config;
+use shopstream_features::WindowOutput;
+use shopstream_ingest::decode::Rejection;
+use shopstream_ingest::event::InputTopic;
+use shopstream_kafka::client::input_topic_name;
+use shopstream_kafka::source::{OffsetCommitter, Positions, RecordMeta, SharedLag, SourceMessage};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::PipelineError;
+use super::checkpoint::{CheckpointPlan, JobState};
+use super::global::{GlobalStage, WindowContext};
+use super::outputs::Outputs;
+use super::replay::{ReplayState, ReplayStep};
+use super::shard::{Consumed, Effect, ShardStage};
+use super::telemetry::{JobView, Reporter};
+use crate::recovery::{JobStateRef, STATE_VERSION};
+use crate::summary::RunSummary;
+
+/// Whether the processor goes on after a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Counts one more under `key`, allocating the key only the first time it is seen
+/// (these counters are bumped for every consumed message).
+pub(super) fn bump(counts: &mut BTreeMap<String, u64>, key: &str) {
+    match counts.get_mut(key) {
+        Some(count) => *count += 1,
+        None => {
+            counts.insert(key.to_string(), 1);
+        }
+    }
+}
+
+/// What the reporter sees of the job (the parts, so the reporter itself can be borrowed
+/// mutably beside them).
+fn job_view<'a>(
+    summary: &'a RunSummary,
+    shard: &ShardStage,
+    global: &'a GlobalStage,
+    outputs: &Outputs,
+) -> JobView<'a> {
+    JobView {
+        summary,
+        trainer: &global.trainer,
+        predictions_delivered: outputs.predictions_delivered(),
+        dead_letters_delivered: outputs.dead_letters_delivered(),
+        drift: global.drift_gauges(outputs.alerts_delivered()),
+        watermark_ms: shard.watermark(),
+        pending_examples: shard.pending_examples(),
+    }
+}
+
+/// The job between its source and its outputs.
+pub(super) struct Processor<'a> {
+    pub(super) config: &'a Config,
+    pub(super) shard: ShardStage,
+    pub(super) global: GlobalStage,
+    pub(super) outputs: Outputs,
+    /// Checkpointing (off in replays and when disabled).
+    pub(super) checkpoints: Option<CheckpointPlan>,
+    /// Commits offsets after each checkpoint (for lag monitoring).
+    pub(super) committer: &'a OffsetCommitter,
+    /// Consumer lag per partition, from the source.
+    pub(super) consumer_lag: SharedLag,
+    /// Next offset to read per input partition.
+    pub(super) positions: Positions,
+    /// Windows closed since the job's first start (checkpoints carry it on).
+    pub(super) windows_total: u64,
+    /// A checkpoint is due once the current message is handled.
+    pub(super) checkpoint_due: bool,
+    /// Bounded mode: partitions release the watermark at their end, not by idleness.
+    pub(super) bounded: bool,
+    /// Replay mode: the range and its progress.
+    pub(super) replay: Option<ReplayState>,
+    /// Live mode: when each assigned partition last delivered something.
+    pub(super) last_seen: BTreeMap<(InputTopic, i32), tokio::time::Instant>,
+    pub(super) summary: RunSummary,
+    pub(super) reporter: Reporter,
+    /// The shard's effects of the message at hand (kept to reuse the allocation).
+    pub(super) effects: Vec<Effect>,
+}
+
+impl Processor<'_> {
+    /// Handles messages until the input ends, `shutdown` completes or `cancel` fires; then
+    /// either checkpoints the open state (a job that checkpoints) or flushes it as final.
+    pub(super) async fn process(
+        &mut self,
+        mut rx: mpsc::Receiver<SourceMessage>,
+        cancel: &CancellationToken,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), PipelineError> {
+        tokio::pin!(shutdown);
+        let idle_timeout =
+            std::time::Duration::from_secs(self.config.pipeline.idle_partition_timeout_secs);
+        let mut idle_check = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            let message = tokio::select! {
+                _ = &mut shutdown => {
+                    tracing::info!("shutdown requested; draining");
+                    break;
+                }
+                _ = cancel.cancelled() => break,
+                _ = idle_check.tick(), if !self.bounded => {
+                    self.release_idle(idle_timeout).await?;
+                    continue;
+                }
+                m = rx.recv() => m,
+            };
+            let Some(message) = message else { break };
+            let result = self.handle(message).await?;
+            shopstream_sinks::failpoint::hit("pipeline.message_handled");
+            if self.checkpoint_due {
+                self.checkpoint().await?;
+            }
+            self.publish_progress(rx.is_empty());
+            if result == Flow::Stop {
+                break;
+            }
+        }
+        if self.checkpoints.is_some() && !self.summary.reached_end && self.replay.is_none() {
+            // Shutdown of a job that checkpoints: the open windows and pending labels go
+            // into the checkpoint and continue after the restart; flushing them as final
+            // would write immature labels the restart could not take back. Events held for
+            // a clock-skew decision are accepted now, as at any end of input: left held,
+            // the windows after them could close before the restart decides.
+            self.resolve_all_held(None).await?;
+            self.outputs.flush().await?;
+            return self.checkpoint().await;
+        }
+        self.resolve_all_held(None).await?;
+        // Input exhausted or shutdown: emit what remains. Until checkpoints exist, pending
+        // state is flushed as final rather than lost.
+        for output in self.shard.finish() {
+            self.window_closed(output).await?;
+        }
+        // Nothing more will be written this run: merge what remains.
+        self.global.compact(None, &mut self.summary).await?;
+        self.outputs.flush().await?;
+        if self.checkpoints.is_some() {
+            // The end of a bounded run: what follows continues after everything above.
+            self.checkpoint().await?;
+        }
+        Ok(())
+    }
+
+    /// Takes over a checkpoint's state.
+    pub(super) fn resume(&mut self, state: JobState) {
+        self.windows_total = state.windows_closed;
+        self.shard.resume(state.features, state.cleaner, state.held);
+        self.global.resume(self.config, state.trainer, state.drift);
+        self.positions = state.positions;
+    }
+
+    /// Writes a checkpoint of everything consumed so far, then commits those offsets.
+    /// Callers make sure the outputs that depend on them are durable first: windows are
+    /// written before this runs, and the producer is flushed here.
+    pub(super) async fn checkpoint(&mut self) -> Result<(), PipelineError> {
+        self.checkpoint_due = false;
+        if self.checkpoints.is_none() {
+            return Ok(());
+        }
+        // Every prediction and dead letter so far acknowledged: a restart from here does
+        // not need to publish them again.
+        self.outputs.flush().await?;
+        let state = JobStateRef {
+            version: STATE_VERSION,
+            windows_closed: self.windows_total,
+            positions: &self.positions,
+            features: self.shard.features(),
+            cleaner: self.shard.cleaner(),
+            held: self.shard.held_events(),
+            trainer: &self.global.trainer,
+            drift: self.global.drift.as_ref(),
+        };
+        if let Some(plan) = self.checkpoints.as_mut() {
+            plan.write(&state, self.windows_total)?;
+        }
+        self.summary.checkpoints += 1;
+        // For lag monitoring only: restarts seek to the checkpoint's positions.
+        self.committer.commit(&self.positions).await?;
+        Ok(())
+    }
+
+    /// Publishes progress and telemetry every 1024 consumed messages and whenever the
+    /// input is drained.
+    fn publish_progress(&mut self, drained: bool) {
+        let consumed: u64 = self.summary.consumed.values().sum();
+        if self.reporter.due(drained, consumed) {
+            let view = job_view(&self.summary, &self.shard, &self.global, &self.outputs);
+            self.reporter.publish(
+                consumed,
+                view,
+                &self.consumer_lag,
+                self.config.http.ready_max_lag,
+            );
+        }
+    }
+
+    /// The run summary as of now.
+    pub(super) fn snapshot(&self) -> RunSummary {
+        let view = job_view(&self.summary, &self.shard, &self.global, &self.outputs);
+        self.reporter.snapshot(&view)
+    }
+
+    /// Handles one message from the source.
+    async fn handle(&mut self, message: SourceMessage) -> Result<Flow, PipelineError> {
+        match message {
+            SourceMessage::Assigned(partitions) => {
+                for (topic, partition) in partitions {
+                    self.shard.register_partition(topic, partition);
+                    self.last_seen
+                        .insert((topic, partition), tokio::time::Instant::now());
+                }
+            }
+            SourceMessage::Revoked(partitions) => {
+                // Their state stays until checkpoints can hand it over; they no longer
+                // hold the watermark back.
+                for (topic, partition) in partitions {
+                    self.shard.partition_at_end(topic, partition);
+                    self.last_seen.remove(&(topic, partition));
+                }
+                self.close_ready().await?;
+            }
+            SourceMessage::PartitionEof { topic, partition } => {
+                if self.bounded {
+                    self.partition_ended(topic, partition).await?;
+                }
+            }
+            SourceMessage::CaughtUp => {
+                self.summary.reached_end = true;
+                return Ok(Flow::Stop);
+            }
+            SourceMessage::Rejected {
+                meta,
+                key,
+                payload,
+                rejection,
+            } => {
+                self.consumed(meta);
+                self.dead_letter(meta, key.as_deref(), &payload, &rejection)
+                    .await?;
+            }
+            SourceMessage::Event {
+                meta,
+                event,
+                key,
+                payload,
+                received,
+            } => {
+                self.consumed(meta);
+                if self.replay_skips(meta, event.ts()).await? {
+                    return Ok(Flow::Continue);
+                }
+                let message = Consumed {
+                    meta,
+                    event,
+                    key,
+                    payload,
+                    received,
+                };
+                let mut effects = std::mem::take(&mut self.effects);
+                let shard = self
+                    .shard
+                    .on_event(message, &self.global.trainer, &mut effects);
+                let applied = self.apply(&mut effects).await;
+                self.effects = effects;
+                shard?;
+                applied?;
+                self.close_ready().await?;
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Carries out the shard's effects, in the order it produced them.
+    async fn apply(&mut self, effects: &mut Vec<Effect>) -> Result<(), PipelineError> {
+        for effect in effects.drain(..) {
+            match effect {
+                Effect::Duplicate(topic) => bump(&mut self.summary.duplicates, topic.as_str()),
+                Effect::DeadLetter {
+                    meta,
+                    key,
+                    payload,
+                    rejection,
+                } => {
+                    self.dead_letter(meta, key.as_deref(), &payload, &rejection)
+                        .await?;
+                }
+                Effect::Predicted {
+                    prediction,
+                    received,
+                } => {
+                    self.summary.impressions += 1;
+                    self.outputs.prediction(&prediction).await?;
+                    self.reporter.latency.record(received.elapsed());
+                }
+                Effect::Admitted { topic, arrival } => {
+                    bump(&mut self.summary.valid, topic.as_str());
+                    if let Some(arrival) = arrival {
+                        self.global.on_arrival(&arrival);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides the held events of one partition (`None`: of all) and carries out what
+    /// that produced.
+    async fn resolve_all_held(
+        &mut self,
+        only: Option<(InputTopic, i32)>,
+    ) -> Result<(), PipelineError> {
+        let mut effects = std::mem::take(&mut self.effects);
+        let shard = self
+            .shard
+            .resolve_all_held(only, &self.global.trainer, &mut effects);
+        let applied = self.apply(&mut effects).await;
+        self.effects = effects;
+        shard?;
+        applied
+    }
+
+    /// A partition has nothing more (bounded mode, or a replay past its range): its held
+    /// event is decided, it stops holding the watermark back, and windows close.
+    async fn partition_ended(
+        &mut self,
+        topic: InputTopic,
+        partition: i32,
+    ) -> Result<(), PipelineError> {
+        self.resolve_all_held(Some((topic, partition))).await?;
+        self.shard.partition_at_end(topic, partition);
+        self.close_ready().await
+    }
+
+    /// Replay: whether this event lies outside what the replay processes (before the
+    /// warm-up bound, or on a partition past the end bound, which it then finishes).
+    async fn replay_skips(&mut self, meta: RecordMeta, ts: i64) -> Result<bool, PipelineError> {
+        let Some(replay) = &mut self.replay else {
+            return Ok(false);
+        };
+        match replay.step((meta.topic, meta.partition), ts) {
+            ReplayStep::Process => Ok(false),
+            ReplayStep::Ignore => Ok(true),
+            ReplayStep::Skip => {
+                bump(&mut self.summary.replay_skipped, meta.topic.as_str());
+                Ok(true)
+            }
+            ReplayStep::Finish => {
+                bump(&mut self.summary.replay_skipped, meta.topic.as_str());
+                self.partition_ended(meta.topic, meta.partition).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    fn consumed(&mut self, meta: RecordMeta) {
+        bump(&mut self.summary.consumed, meta.topic.as_str());
+        self.positions
+            .insert((meta.topic, meta.partition), meta.offset + 1);
+        if !self.bounded {
+            self.last_seen
+                .insert((meta.topic, meta.partition), tokio::time::Instant::now());
+        }
+    }
+
+    /// Live mode: partitions silent for longer than `timeout` stop holding the watermark.
+    async fn release_idle(&mut self, timeout: std::time::Duration) -> Result<(), PipelineError> {
+        let now = tokio::time::Instant::now();
+        let idle: Vec<(InputTopic, i32)> = self
+            .last_seen
+            .iter()
+            .filter(|(_, seen)| now.duration_since(**seen) >= timeout)
+            .map(|(key, _)| *key)
+            .collect();
+        if idle.is_empty() {
+            return Ok(());
+        }
+        for (topic, partition) in idle {
+            self.shard.partition_at_end(topic, partition);
+            self.last_seen.remove(&(topic, partition));
+        }
+        self.close_ready().await
+    }
+
+    /// Counts a refused message and sends it to the dead-letter topic.
+    async fn dead_letter(
+        &mut self,
+        meta: RecordMeta,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        rejection: &Rejection,
+    ) -> Result<(), PipelineError> {
+        bump(&mut self.summary.dead_lettered, rejection.reason.as_str());
+        bump(
+            &mut self.summary.dead_lettered_per_topic,
+            meta.topic.as_str(),
+        );
+        tracing::debug!(topic = meta.topic.as_str(), partition = meta.partition, offset = meta.offset, %rejection, "dead-lettered");
+        self.outputs
+            .dead_letter(meta, key, payload, rejection)
+            .await
+    }
+
+    async fn close_ready(&mut self) -> Result<(), PipelineError> {
+        for output in self.shard.close_ready() {
+            self.window_closed(output).await?;
+        }
+        Ok(())
+    }
+
+    /// Hands a closed window to the global stage, timed; counts it and decides whether a
+    /// checkpoint is due.
+    async fn window_closed(&mut self, output: WindowOutput) -> Result<(), PipelineError> {
+        let started = std::time::Instant::now();
+        self.summary.windows_closed += 1;
+        self.windows_total += 1;
+        if let Some(plan) = &self.checkpoints {
+            self.checkpoint_due |= plan.due_after(self.windows_total);
+        }
+        // Replay: windows outside the range still train the model (later windows depend
+        // on it) but write nothing.
+        let write = self
+            .replay
+            .as_ref()
+            .is_none_or(|r| r.range.writes(output.start));
+        let topics = &self.config.topics;
+        let offsets = self
+            .positions
+            .iter()
+            .map(|((topic, partition), offset)| {
+                (
+                    format!("{}/{partition}", input_topic_name(topics, *topic)),
+                    *offset,
+                )
+            })
+            .collect();
+        let cx = WindowContext {
+            write,
+            offsets,
+            summary: &mut self.summary,
+            outputs: &mut self.outputs,
+        };
+        let result = self.global.window_closed(output, cx).await;
+        self.reporter.window_time.record(started.elapsed());
+        result
+    }
+}

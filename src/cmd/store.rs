@@ -1,0 +1,239 @@
+//! The store commands of the CLI: `query`, `training-set`, `replay` and `store compact`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use shopstream_config::Config;
+use shopstream_ingest::event::Millis;
+use shopstream_job::pipeline;
+use shopstream_sinks::query::{self, OutputFormat, QueryContext, TrainingSetOptions};
+use shopstream_sinks::store::ParquetStore;
+
+#[derive(Args, Debug)]
+pub struct QueryArgs {
+    /// The SQL (polars dialect). Tables: examples, metrics, item_demand (those with
+    /// committed files); hive columns `date` (a date) and `hour` (an integer) prune whole
+    /// files, for example `WHERE date = '2026-01-05' AND hour = 3`.
+    pub sql: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Print the optimized plan (which files and columns are read, which filters are
+    /// pushed into the scan) instead of running the query.
+    #[arg(long)]
+    pub explain: bool,
+    /// Write the result to this file instead of standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Store root (default: store.path of the configuration).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    /// Aligned text (long results are abbreviated; POLARS_FMT_MAX_ROWS=-1 shows all).
+    Table,
+    /// CSV with a header.
+    Csv,
+    /// JSON lines.
+    Json,
+    /// Parquet (use --out).
+    Parquet,
+}
+
+impl From<Format> for OutputFormat {
+    fn from(f: Format) -> Self {
+        match f {
+            Format::Table => OutputFormat::Table,
+            Format::Csv => OutputFormat::Csv,
+            Format::Json => OutputFormat::Json,
+            Format::Parquet => OutputFormat::Parquet,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct TrainingSetArgs {
+    /// The spine: CSV (with a header) or Parquet with the key column, a `ts` column
+    /// (RFC 3339 text, or a timestamp) and any other columns (labels), kept as they are.
+    #[arg(long)]
+    pub spine: PathBuf,
+    /// Output file: `.parquet` or `.csv`.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Entity key of the spine: user_id (user_* features) or item_id (item_* features).
+    #[arg(long, default_value = "user_id")]
+    pub key: String,
+    /// Ignore feature snapshots older than this before a spine row (for example 7d).
+    #[arg(long, default_value = "7d", value_parser = super::parse::parse_duration_ms)]
+    pub max_age: Millis,
+    /// Store root (default: store.path of the configuration).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    /// First window start to rebuild: RFC 3339 or epoch ms.
+    #[arg(long, value_parser = super::parse::parse_ts_ms)]
+    pub from: Millis,
+    /// End of the range (exclusive): RFC 3339 or epoch ms.
+    #[arg(long, value_parser = super::parse::parse_ts_ms)]
+    pub to: Millis,
+    /// Write into this store instead of store.path (to compare with, or to swap in for,
+    /// the live store).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// Only process events from this long before --from (for example 7d, the longest
+    /// feature horizon). Faster on long topics, but the model then starts untrained at
+    /// the warm-up start, so prediction-dependent columns (the metrics table) differ from
+    /// the live run's. Default: everything from the beginning of the topics, which gives
+    /// files identical to the live run's.
+    #[arg(long, value_parser = super::parse::parse_duration_ms)]
+    pub warmup: Option<Millis>,
+    /// Also write the run summary as JSON to this file.
+    #[arg(long)]
+    pub summary_json: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Merge each hour partition's files into one (what store.compact_closed_hours does
+    /// as the job goes), for every table or one; first delete files no commit names
+    /// (left by a crash). Do not run it while a job writes to the same store.
+    Compact(CompactArgs),
+    /// List the tables with their committed files and rows.
+    Tables(TablesArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CompactArgs {
+    /// Only this table.
+    #[arg(long)]
+    pub table: Option<String>,
+    /// Store root (default: store.path of the configuration).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct TablesArgs {
+    /// Store root (default: store.path of the configuration).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+}
+
+pub(crate) fn root(config: &Config, store: Option<PathBuf>) -> PathBuf {
+    store.unwrap_or_else(|| config.store.path.clone())
+}
+
+fn output(out: Option<&Path>) -> Result<Box<dyn Write>> {
+    Ok(match out {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    })
+}
+
+pub fn query_cmd(config: &Config, args: QueryArgs) -> Result<()> {
+    let root = root(config, args.store);
+    let mut ctx = QueryContext::open(&root)?;
+    let mut out = output(args.out.as_deref())?;
+    if args.explain {
+        let plan = ctx.explain(&args.sql)?;
+        writeln!(out, "{plan}")?;
+    } else {
+        if matches!(args.format, Format::Parquet) && args.out.is_none() {
+            bail!("--format parquet writes binary data: give --out FILE");
+        }
+        let mut df = ctx.run(&args.sql)?;
+        query::write_output(&mut df, args.format.into(), &mut out)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+pub fn tables_cmd(config: &Config, args: TablesArgs) -> Result<()> {
+    let root = root(config, args.store);
+    let ctx = QueryContext::open(&root)?;
+    println!("{:<14} {:>7} {:>12}", "table", "files", "rows");
+    for table in ctx.tables() {
+        println!("{:<14} {:>7} {:>12}", table.name, table.files, table.rows);
+    }
+    Ok(())
+}
+
+pub fn training_set_cmd(config: &Config, args: TrainingSetArgs) -> Result<()> {
+    let root = root(config, args.store);
+    let spine = query::read_spine(&args.spine)?;
+    let options = TrainingSetOptions {
+        key: args.key,
+        max_age_ms: args.max_age,
+    };
+    let mut df = query::training_set(&root, spine, &options)?;
+    let format = match args.out.extension().and_then(|e| e.to_str()) {
+        Some("parquet") => OutputFormat::Parquet,
+        Some("csv") => OutputFormat::Csv,
+        _ => bail!("--out {} must end in .parquet or .csv", args.out.display()),
+    };
+    let mut out = output(Some(&args.out))?;
+    query::write_output(&mut df, format, &mut out)?;
+    out.flush()?;
+    let matched = df
+        .column("features_ts")
+        .map(|c| c.len() - c.null_count())
+        .unwrap_or(0);
+    eprintln!(
+        "training set: {} spine rows, {matched} with features, written to {}",
+        df.height(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+pub async fn replay_cmd(mut config: Config, args: ReplayArgs) -> Result<()> {
+    if args.to <= args.from {
+        bail!("--to must be after --from");
+    }
+    if let Some(store) = args.store {
+        config.store.path = store;
+    }
+    let options = pipeline::RunOptions {
+        stop_at_end: true,
+        replay: Some(pipeline::ReplayRange {
+            from_ms: args.from,
+            to_ms: args.to,
+            warmup_from_ms: args.warmup.map(|w| args.from - w),
+        }),
+    };
+    let summary = pipeline::run(&config, options, shopstream_job::shutdown_signal()).await?;
+    super::run::print_summary(&summary, args.summary_json.as_deref())
+}
+
+pub fn compact_cmd(config: &Config, args: CompactArgs) -> Result<()> {
+    let mut store_config = config.store.clone();
+    store_config.path = root(config, args.store);
+    let store = ParquetStore::open(&store_config)?;
+    let tables = match args.table {
+        Some(table) => vec![table],
+        None => shopstream_sinks::manifest::tables(&store_config.path)?,
+    };
+    for table in tables {
+        let removed = store.vacuum(&table)?;
+        if removed > 0 {
+            println!("{table}: {removed} uncommitted file(s) deleted");
+        }
+        let commits = store.compact(&table, None)?;
+        let replaced: usize = commits.iter().map(|c| c.replaces.len()).sum();
+        println!(
+            "{table}: {} hour partition(s) compacted, {replaced} file(s) merged",
+            commits.len()
+        );
+    }
+    Ok(())
+}
