@@ -7,11 +7,10 @@
 
 use std::path::{Path, PathBuf};
 
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
 use serde::Serialize;
 use shopstream_config::Config;
 use shopstream_ingest::generator::{GeneratorOptions, GeneratorReport};
+use shopstream_kafka::embedded::EmbeddedCluster;
 use shopstream_sinks::read::{ScenarioSummary, scenario_summary};
 use shopstream_sinks::store::StoreError;
 use shopstream_sinks::tables;
@@ -101,19 +100,18 @@ pub async fn demo(
         return Err(DemoError::LiveNeedsBroker);
     }
     clear_previous_store(&config.store.path)?;
-    let mut _cluster: Option<MockCluster<'static, DefaultProducerContext>> = None;
+    let mut _cluster: Option<EmbeddedCluster> = None;
     let embedded = config.kafka.brokers.trim().is_empty();
     if embedded {
-        let cluster = MockCluster::new(1).map_err(|e| DemoError::Cluster(e.to_string()))?;
         let topics = config.topics.clone();
         // librdkafka's mock broker keeps at most 5 MiB or 100,000 messages per partition
         // and deletes older ones; more partitions give the demo room (checked below).
         config.kafka.topic_partitions = config.kafka.topic_partitions.max(EMBEDDED_PARTITIONS);
-        for topic in topics.inputs().into_iter().chain(topics.outputs()) {
-            cluster
-                .create_topic(topic, config.kafka.topic_partitions, 1)
-                .map_err(|e| DemoError::Cluster(format!("creating {topic}: {e}")))?;
-        }
+        let cluster = EmbeddedCluster::start(
+            topics.inputs().into_iter().chain(topics.outputs()),
+            config.kafka.topic_partitions,
+        )
+        .map_err(|e| DemoError::Cluster(e.to_string()))?;
         config.kafka.brokers = cluster.bootstrap_servers();
         // The mock cluster has no admin API; its topics were created above.
         config.kafka.create_topics = false;

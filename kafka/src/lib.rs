@@ -9,11 +9,13 @@
 //!   end-of-input detection for batch runs.
 //! - [`seek`]: start offsets by time for replays, each checked by reading around it, with
 //!   a scan from the beginning when the broker's time index cannot be trusted.
+//! - [`embedded`]: librdkafka's in-process mock cluster, for the demo without a broker.
 //! - [`sink`]: asynchronous producers with delivery tracking (predictions, alerts, dead
 //!   letters, generated traffic): a message only counts as published once the broker
 //!   acknowledged it.
 
 pub mod client;
+pub mod embedded;
 pub mod seek;
 pub mod sink;
 pub mod source;
