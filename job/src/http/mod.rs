@@ -480,7 +480,7 @@ mod tests {
             .filter_map(|l| l.split(['{', ' ']).next())
             .map(str::to_string)
             .collect();
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
         let dashboard = read(&root, "grafana/shopstream.json");
         let json: serde_json::Value = serde_json::from_str(&dashboard).expect("valid JSON");
         let panels = json["panels"].as_array().expect("panels");
