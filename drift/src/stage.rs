@@ -1,6 +1,7 @@
-//! Drift detection inside the job: feeds the drift monitors of `shopstream_trainer::drift`
+//! Drift detection inside the job: feeds the drift monitors ([`crate::DriftMonitor`])
 //! once per closed window and turns what they measure into store rows, alert events and
-//! gauges. Kafka, the webhook and the store writes themselves stay in [`crate::pipeline`].
+//! gauges. Kafka and the store writes themselves stay in the job's global stage
+//! (`shopstream-job`); the webhook is [`crate::webhook`].
 //!
 //! Two monitors, because two kinds of evidence become known at different times:
 //!

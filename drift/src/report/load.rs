@@ -47,7 +47,7 @@ pub type Series = Vec<(i64, f64)>;
 
 /// What the drift stage knew about one window of a feature besides its effect size (PSI
 /// or JS): the `drift` table records no breach flag, so the report rebuilds the decision
-/// from the rows (see `trainer/src/drift/monitor.rs`, `feature_decision`).
+/// from the rows (see `drift/src/monitor.rs`, `feature_decision`).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Judgement {
     /// Fewer values than `drift.small_sample`: the corrected test alone decides.
