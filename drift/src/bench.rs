@@ -56,9 +56,13 @@ pub enum BenchError {
     Drift(#[from] DriftError),
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BenchError {
-    let what = what.into();
-    move |source| BenchError::Io { what, source }
+/// Maps an I/O error on `what` (named only when it happens: the rows are written one
+/// line at a time).
+fn io(what: &str) -> impl FnOnce(std::io::Error) -> BenchError + '_ {
+    move |source| BenchError::Io {
+        what: what.to_string(),
+        source,
+    }
 }
 
 /// `writeln!` to the progress output, failing the bench with a [`BenchError::Io`].
@@ -203,7 +207,7 @@ impl Observer for Watch<'_> {
                     r.critical.map(|t| t.to_string()).unwrap_or_default(),
                     r.n
                 )
-                .map_err(io(self.rows_name.clone()))?;
+                .map_err(io(&self.rows_name))?;
             }
         }
         self.run
@@ -233,7 +237,7 @@ fn run_one(
             out,
             "ts,reported_at,evidence,kind,subject,scenario,statistic,value,threshold,critical,n"
         )
-        .map_err(io(rows_name.clone()))?;
+        .map_err(io(&rows_name))?;
     }
     let generator_options = GeneratorOptions {
         seed,
@@ -260,7 +264,7 @@ fn run_one(
     Prequential::new(&config.pipeline, &config.model).run(generator.decoded(), &mut watch)?;
     let run = watch.run;
     if let Some(out) = csv.as_mut() {
-        out.flush().map_err(io(rows_name))?;
+        out.flush().map_err(io(&rows_name))?;
     }
     Ok(run)
 }
@@ -271,9 +275,9 @@ fn rows_file(
     name: &str,
 ) -> Result<Option<std::io::BufWriter<std::fs::File>>, BenchError> {
     let Some(dir) = dir else { return Ok(None) };
-    std::fs::create_dir_all(dir).map_err(io(dir.display().to_string()))?;
+    std::fs::create_dir_all(dir).map_err(io(&dir.display().to_string()))?;
     let path = dir.join(format!("{name}.csv"));
-    let file = std::fs::File::create(&path).map_err(io(path.display().to_string()))?;
+    let file = std::fs::File::create(&path).map_err(io(&path.display().to_string()))?;
     Ok(Some(std::io::BufWriter::new(file)))
 }
 

@@ -473,6 +473,9 @@ fn compaction_prefix(partition: &str) -> String {
     format!("compact-{}-", partition.replace('/', "-"))
 }
 
+/// Length of a store partition (`date=YYYY-MM-DD/hour=HH`): one hour, in ms.
+pub const PARTITION_MS: i64 = 3_600_000;
+
 /// Start of the hour partition a path relative to a table directory lies in, in epoch
 /// ms (UTC): its first two `/`-separated segments must be `date=YYYY-MM-DD` and
 /// `hour=HH`; anything after them (the file name) is ignored. `None` when they are not.
@@ -500,7 +503,7 @@ fn partition_end_ms(partition: &str) -> Option<i64> {
     if partition.matches('/').count() != 1 {
         return None;
     }
-    Some(partition_start_ms(partition)? + 3_600_000)
+    Some(partition_start_ms(partition)? + PARTITION_MS)
 }
 
 /// Metadata of a merged file: the schema version kept, the window range widened.

@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::load::{AlertRow, HOUR_MS, ReportData, Series, Verdict, format_ms};
+use super::load::{AlertRow, ReportData, Series, Verdict, format_ms};
+
+/// One hour in ms (tick steps and marker spans).
+pub(super) const HOUR_MS: i64 = 3_600_000;
 
 /// HTML-escapes text.
 pub(super) fn esc(text: &str) -> String {

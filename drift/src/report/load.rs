@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use arrow::array::{Array, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
 use arrow::record_batch::RecordBatch;
 use shopstream_ingest::event::micros_to_ms;
-use shopstream_sinks::store::partition_start_ms;
+use shopstream_sinks::store::{PARTITION_MS, partition_start_ms};
 use shopstream_sinks::tables;
 
 use super::{ReportError, ReportOptions};
@@ -182,8 +182,6 @@ pub struct ReportData {
     pub drift_windows: usize,
 }
 
-pub(super) const HOUR_MS: i64 = 3_600_000;
-
 /// Record batches with the file they came from.
 pub(super) type Batches = Vec<(PathBuf, RecordBatch)>;
 
@@ -201,7 +199,7 @@ pub(super) fn read_range(
         let start = partition_start_ms(&file.relative);
         if let Some(s) = start {
             span = Some(span.map_or((s, s), |(a, b)| (a.min(s), b.max(s))));
-            if s + HOUR_MS <= lo || s >= hi {
+            if s + PARTITION_MS <= lo || s >= hi {
                 continue;
             }
         }
@@ -435,7 +433,13 @@ pub fn load(options: &ReportOptions) -> Result<ReportData, ReportError> {
         ]
         .into_iter()
         .filter_map(|(t, s)| {
-            s.map(|(a, b)| format!("{t} from {} to {}", format_ms(a), format_ms(b + HOUR_MS)))
+            s.map(|(a, b)| {
+                format!(
+                    "{t} from {} to {}",
+                    format_ms(a),
+                    format_ms(b + PARTITION_MS)
+                )
+            })
         })
         .collect();
         let hint = if spans.is_empty() {

@@ -5,6 +5,7 @@
 //! hours no later window can touch.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
 use shopstream_config::Config;
@@ -13,7 +14,7 @@ use shopstream_drift::stage::{Arrival, DriftGauges, DriftStage};
 use shopstream_drift::tables::{alerts_batch, drift_batch};
 use shopstream_drift::webhook::{Webhook, WebhookOptions};
 use shopstream_features::{WindowOutput, examples_batch, examples_metadata};
-use shopstream_sinks::store::{ParquetStore, StoreError, WrittenFile};
+use shopstream_sinks::store::{PARTITION_MS, ParquetStore, StoreError, WrittenFile};
 use shopstream_sinks::tables;
 use shopstream_trainer::Trainer;
 use shopstream_trainer::joint::Output;
@@ -21,8 +22,6 @@ use shopstream_trainer::joint::Output;
 use super::PipelineError;
 use super::outputs::Outputs;
 use crate::summary::RunSummary;
-
-const HOUR_MS: i64 = 3_600_000;
 
 /// The model, the drift stage and the store.
 pub(super) struct GlobalStage {
@@ -43,7 +42,7 @@ pub(super) struct WindowContext<'a> {
     /// Input offsets consumed so far, by `topic/partition`: they go into the commit
     /// record, not the file, since files must be byte-identical however the input was
     /// interleaved (live run vs replay).
-    pub(super) offsets: BTreeMap<String, i64>,
+    pub(super) offsets: Arc<BTreeMap<String, i64>>,
     pub(super) summary: &'a mut RunSummary,
     pub(super) outputs: &'a mut Outputs,
 }
@@ -199,7 +198,7 @@ impl GlobalStage {
         // end on whole hours, so the partitions settled change only when the bound passes
         // an hour; in between, compaction would re-read every commit record of every
         // table to find nothing to do.
-        let settled_hours = output.settled_before.div_euclid(HOUR_MS);
+        let settled_hours = output.settled_before.div_euclid(PARTITION_MS);
         if self.compacted_hours != Some(settled_hours) {
             self.compact(Some(output.settled_before), summary).await?;
             self.compacted_hours = Some(settled_hours);
@@ -215,7 +214,7 @@ impl GlobalStage {
         window_ms: i64,
         batch: RecordBatch,
         mut metadata: BTreeMap<String, String>,
-        offsets: &BTreeMap<String, i64>,
+        offsets: &Arc<BTreeMap<String, i64>>,
     ) -> Result<Vec<WrittenFile>, PipelineError> {
         let store = self.store.clone();
         let stem = format!("window-{window_ms}");
@@ -223,7 +222,7 @@ impl GlobalStage {
             "shopstream.window_start_ms".to_string(),
             window_ms.to_string(),
         );
-        let offsets = offsets.clone();
+        let offsets = Arc::clone(offsets);
         let written = tokio::task::spawn_blocking(move || {
             store.write(table, &stem, &batch, &metadata, &offsets)
         })
@@ -240,7 +239,7 @@ impl GlobalStage {
         output: &WindowOutput,
         scores: &[Output],
         write: bool,
-        offsets: &BTreeMap<String, i64>,
+        offsets: &Arc<BTreeMap<String, i64>>,
         outputs: &mut Outputs,
     ) -> Result<(), PipelineError> {
         let Some(stage) = self.drift.as_mut() else {

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 
 use shopstream_config::Config;
 use shopstream_features::WindowOutput;
@@ -435,20 +436,25 @@ impl Processor<'_> {
             .replay
             .as_ref()
             .is_none_or(|r| r.range.writes(output.start));
-        let topics = &self.config.topics;
-        let offsets = self
-            .positions
-            .iter()
-            .map(|((topic, partition), offset)| {
-                (
-                    format!("{}/{partition}", input_topic_name(topics, *topic)),
-                    *offset,
-                )
-            })
-            .collect();
+        // Offsets go into the commit records of the files written (none outside a
+        // replay's range); shared by the window's tables.
+        let offsets = if write {
+            let topics = &self.config.topics;
+            self.positions
+                .iter()
+                .map(|((topic, partition), offset)| {
+                    (
+                        format!("{}/{partition}", input_topic_name(topics, *topic)),
+                        *offset,
+                    )
+                })
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
         let cx = WindowContext {
             write,
-            offsets,
+            offsets: Arc::new(offsets),
             summary: &mut self.summary,
             outputs: &mut self.outputs,
         };
