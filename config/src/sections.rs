@@ -214,6 +214,13 @@ pub struct PipelineConfig {
     /// Capacity of the bounded channel between the Kafka source and the processor, in
     /// messages. A full channel pauses consumption (backpressure).
     pub channel_capacity: usize,
+    /// Threads of the processing path; 0 means one per available core. With 1 the whole
+    /// job runs on one task. With 2 or more the global stage (training, item demand,
+    /// drift, store writes, checkpoints) runs on a thread of its own, fed in window order,
+    /// while the shard stage (cleaning, windows, features, serving) goes on; predictions
+    /// are then served by the newest model the global stage has published (see
+    /// docs/operations.md, "Workers"). Outputs do not depend on it.
+    pub workers: usize,
     /// How long an event id is remembered for duplicate suppression, in seconds of event
     /// time after the newest event of its partition.
     pub dedupe_horizon_secs: u64,
@@ -243,6 +250,14 @@ impl PipelineConfig {
     /// [`Self::label_maturity_secs`] in milliseconds.
     pub fn label_maturity_ms(&self) -> i64 {
         secs_to_ms(self.label_maturity_secs())
+    }
+
+    /// Threads of the processing path: `workers`, or the available cores when 0.
+    pub fn worker_threads(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => n,
+        }
     }
 
     /// The event-time window length in milliseconds.
@@ -297,6 +312,7 @@ impl Default for PipelineConfig {
             feature_ttl_secs: 8 * 86_400,
             max_message_bytes: 1_048_576,
             channel_capacity: 8_192,
+            workers: 0,
             dedupe_horizon_secs: 3_600,
             shutdown_timeout_secs: 60,
             dedupe_max_keys: 200_000,

@@ -147,6 +147,15 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
     if p.channel_capacity == 0 {
         bad("pipeline.channel_capacity", "must be at least 1".into());
     }
+    if p.workers > 256 {
+        bad(
+            "pipeline.workers",
+            format!(
+                "{} is more threads than any machine here has; use 0 for one per core",
+                p.workers
+            ),
+        );
+    }
 
     if config.store.path.as_os_str().is_empty() {
         bad("store.path", "must not be empty".into());

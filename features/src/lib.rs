@@ -94,9 +94,19 @@ impl FeaturePipeline {
         }
     }
 
-    /// Buffers `event`. Returns it back when it is late (its window already closed); the
-    /// caller dead-letters it with reason `late`.
+    /// Buffers `event`. Returns it back when it is late; the caller dead-letters it with
+    /// reason `late`.
+    ///
+    /// Late means: its window is one its own partition's watermark has passed (the
+    /// partition's newest event time - allowed lateness), a rule that depends on that
+    /// partition's events alone, however the partitions interleaved; or, for a partition
+    /// that no longer held the watermark back (read to its end, idle, revoked), a window
+    /// already closed.
     pub fn ingest(&mut self, meta: RecordMeta, event: Event) -> Result<(), Box<Buffered>> {
+        let own = self.watermark.of_partition(meta.topic, meta.partition);
+        if own.is_some_and(|w| event.ts() < self.windows.start_of(w)) {
+            return Err(Box::new(Buffered { meta, event }));
+        }
         self.watermark
             .observe(meta.topic, meta.partition, event.ts());
         self.windows.push(Buffered { meta, event })
@@ -432,6 +442,68 @@ mod tests {
             .map(|e| (e.event_id.as_str(), e.labels.clicked))
             .collect();
         assert_eq!(labels, vec![("imp1", false), ("imp2", true)]);
+    }
+
+    /// Regression: lateness was judged against the windows already closed, which depend
+    /// on how far the *other* partitions had been read, so one event could be late in one
+    /// interleaving and admitted in another (and different instances or threads reading
+    /// the partitions would write different stores).
+    #[test]
+    fn lateness_depends_on_the_events_own_partition_only() {
+        let config = PipelineConfig::default();
+        let window_ms = config.window_ms();
+        let lateness_ms = config.allowed_lateness_ms();
+        // Partition 0: steady traffic over ten windows. Partition 1: a jump, then an event
+        // from before the jump by more than the allowed lateness and a window.
+        let p0: Vec<(RecordMeta, Event)> = (0..40)
+            .map(|i| {
+                (
+                    meta(InputTopic::Clicks, 0, i),
+                    click(
+                        &format!("a{i}"),
+                        T0 + i * window_ms / 4,
+                        ClickKind::Impression,
+                        "i1",
+                    ),
+                )
+            })
+            .collect();
+        let jump = T0 + 3 * window_ms + lateness_ms;
+        let p1: Vec<(RecordMeta, Event)> = [(0, T0 + 1), (1, jump), (2, T0 + 2)]
+            .into_iter()
+            .map(|(offset, ts)| {
+                (
+                    meta(InputTopic::Clicks, 1, offset),
+                    click(&format!("b{offset}"), ts, ClickKind::Impression, "i2"),
+                )
+            })
+            .collect();
+        let late_ids = |first: &[(RecordMeta, Event)], second: &[(RecordMeta, Event)]| {
+            let mut pipeline = FeaturePipeline::new(&config);
+            pipeline.register_partition(InputTopic::Clicks, 0);
+            pipeline.register_partition(InputTopic::Clicks, 1);
+            let mut late = Vec::new();
+            let mut examples = Vec::new();
+            for (m, e) in first.iter().chain(second).cloned() {
+                if let Err(b) = pipeline.ingest(m, e) {
+                    let Event::Click(c) = &b.event else {
+                        unreachable!()
+                    };
+                    late.push(c.event_id.clone());
+                }
+                examples.extend(pipeline.close_ready().into_iter().flat_map(|w| w.examples));
+            }
+            examples.extend(pipeline.finish().into_iter().flat_map(|w| w.examples));
+            (late, examples)
+        };
+        let p0_first = late_ids(&p0, &p1);
+        let p1_first = late_ids(&p1, &p0);
+        assert_eq!(
+            p0_first.0,
+            vec!["b2".to_string()],
+            "behind its own partition"
+        );
+        assert_eq!(p0_first, p1_first);
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! Event-time watermark: the minimum over input partitions of (newest event time seen -
-//! allowed lateness). An event older than the end of an already closed window is late.
+//! allowed lateness), which closes windows. Lateness is judged per partition, by the
+//! partition's own watermark (its newest event time - allowed lateness), so whether an
+//! event is late never depends on how fast other partitions (read by other threads or
+//! instances) were consumed.
 
 use std::collections::BTreeMap;
 
@@ -37,6 +40,16 @@ impl Watermark {
     pub fn observe(&mut self, topic: InputTopic, partition: i32, ts: Millis) {
         let newest = self.newest.entry((topic, partition)).or_insert(Some(ts));
         *newest = Some(newest.map_or(ts, |n| n.max(ts)));
+    }
+
+    /// The watermark of one partition alone: its newest event time - allowed lateness
+    /// (none before its first event).
+    pub fn of_partition(&self, topic: InputTopic, partition: i32) -> Option<Millis> {
+        self.newest
+            .get(&(topic, partition))
+            .copied()
+            .flatten()
+            .map(|n| n - self.lateness_ms)
     }
 
     /// The current watermark: none while a registered partition has not been read yet.

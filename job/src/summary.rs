@@ -66,6 +66,20 @@ pub struct RunSummary {
     pub window_processing: crate::latency::Percentiles,
 }
 
+impl RunSummary {
+    /// Takes the counters only the global stage moves from `global` (its own summary):
+    /// examples and files written, compactions, checkpoints, item demand and quality.
+    pub(crate) fn absorb_global(&mut self, global: &RunSummary) {
+        self.examples_written = global.examples_written;
+        self.files_written = global.files_written;
+        self.compactions = global.compactions;
+        self.checkpoints = global.checkpoints;
+        self.demand_forecasts = global.demand_forecasts;
+        self.stockout_risks = global.stockout_risks;
+        self.quality = global.quality.clone();
+    }
+}
+
 /// Prequential quality over a run: example-weighted means of the per-window metrics
 /// (each window scored by the model before it trained on that window).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

@@ -55,6 +55,10 @@ pub struct Telemetry {
     pub pending_examples: usize,
     /// The input backlog has been drained at least once.
     pub ready: bool,
+    /// Version of the model predictions are served with: the trained model's, or with
+    /// the global stage on its own thread, the newest it published (one or a few
+    /// windows behind).
+    pub serving_model_version: u64,
     /// Latest drift statistics and alert counters (empty when `drift.enabled` is off).
     pub drift: shopstream_drift::stage::DriftGauges,
     /// Messages behind each input partition's high watermark (librdkafka statistics,
@@ -76,6 +80,7 @@ impl Default for Telemetry {
             acknowledged: (0, 0),
             pending_examples: 0,
             ready: false,
+            serving_model_version: 0,
             drift: Default::default(),
             consumer_lag: BTreeMap::new(),
             prediction_latency: Histogram::new(PREDICTION_LATENCY_BOUNDS),

@@ -130,6 +130,18 @@ pub fn render(t: &Telemetry) -> String {
         "Windows the model has trained on.",
         one(s.model_version as f64),
     );
+    family(
+        "shopstream_serving_model_version",
+        "gauge",
+        "Version of the model predictions are served with (with pipeline.workers >= 2, the newest the global stage published).",
+        one(t.serving_model_version as f64),
+    );
+    family(
+        "shopstream_serving_model_lag_windows",
+        "gauge",
+        "Windows the serving model is behind the trained one: the model broadcast delay.",
+        one(s.model_version.saturating_sub(t.serving_model_version) as f64),
+    );
     let q = &s.quality;
     family(
         "shopstream_model_prequential_auc",

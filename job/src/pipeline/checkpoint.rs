@@ -8,7 +8,9 @@ use shopstream_drift::stage::DriftStage;
 use super::PipelineError;
 use crate::recovery::{JobStateRef, STATE_VERSION};
 
-/// Where and how often checkpoints are taken.
+/// Where and how often checkpoints are taken. The source loop keeps a copy to decide when
+/// one is due; the global stage's copy writes them.
+#[derive(Clone)]
 pub(super) struct CheckpointPlan {
     dir: std::path::PathBuf,
     every: u64,
@@ -39,6 +41,11 @@ impl CheckpointPlan {
     pub(super) fn due_after(&self, windows_total: u64) -> bool {
         let recent = self.last.is_some_and(|at| at.elapsed() < self.min_interval);
         windows_total.is_multiple_of(self.every) && !recent
+    }
+
+    /// Notes that a checkpoint was asked for now (the copy that decides when one is due).
+    pub(super) fn requested(&mut self) {
+        self.last = Some(std::time::Instant::now());
     }
 
     /// Writes `state` as the checkpoint of the `windows_total`-th window (named after it,

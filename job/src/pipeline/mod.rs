@@ -9,12 +9,15 @@
 //!      -> global.rs      per closed window, in order: demand, score then train, drift,
 //!                        the window's store tables (examples, metrics, item_demand,
 //!                        drift, alerts), compaction
+//!         global_worker.rs  where the global stage runs: inline (pipeline.workers = 1)
+//!                        or on a thread of its own, fed in order through a channel
 //!    replay.rs           rebuilding a range of the store from the topics
 //!    checkpoint.rs       when to checkpoint, what goes in, how a restart resumes
 //!    telemetry.rs        progress, /metrics and the run summary
 //! ```
 //!
-//! The source runs as its own task; the processor runs in the caller's task. Both share a
+//! The source runs as its own task; the processor runs in the caller's task, and the global
+//! stage in it too or on a thread of its own (`pipeline.workers`). All share a
 //! `CancellationToken`: the shutdown future, a failure of either side, or (with
 //! `stop_at_end`) the end of the input stops both. Offsets are committed only after the
 //! examples they produced are durable in the store and every output message is
@@ -23,6 +26,7 @@
 mod checkpoint;
 mod error;
 mod global;
+mod global_worker;
 mod outputs;
 mod replay;
 mod shard;
@@ -50,6 +54,7 @@ pub use replay::ReplayRange;
 use crate::http::Telemetry;
 use checkpoint::CheckpointPlan;
 use global::GlobalStage;
+use global_worker::{GlobalHandle, GlobalWorker};
 use outputs::Outputs;
 use replay::ReplayState;
 use shard::ShardStage;
@@ -203,13 +208,43 @@ pub async fn run_observed(
     });
     tracker.close();
 
+    // The global stage takes its part of the checkpoint before it may move to its thread.
+    let mut global = GlobalStage::new(config, store, options.replay.is_none())?;
+    let shard_state = restored.map(|state| {
+        global.resume(config, state.trainer, state.drift);
+        (
+            state.windows_closed,
+            state.positions,
+            state.features,
+            state.cleaner,
+            state.held,
+        )
+    });
+    let worker = GlobalWorker::new(
+        config,
+        global,
+        checkpoints.clone(),
+        committer.clone(),
+        options.replay.is_some(),
+    )?;
+    let threads = config.pipeline.worker_threads();
+    let global = GlobalHandle::start(
+        worker,
+        threads,
+        tokio::runtime::Handle::current(),
+        cancel.clone(),
+    )?;
+    tracing::info!(
+        workers = threads,
+        global_stage = if threads > 1 { "own thread" } else { "inline" },
+        "processing path"
+    );
     let mut processor = Processor {
         config,
         shard: ShardStage::new(config),
-        global: GlobalStage::new(config, store, options.replay.is_none())?,
+        global,
         outputs: Outputs::new(config, options.replay.is_some())?,
         checkpoints,
-        committer: &committer,
         consumer_lag,
         positions: Positions::new(),
         windows_total: 0,
@@ -221,19 +256,32 @@ pub async fn run_observed(
         reporter: Reporter::new(progress, telemetry_tx, http_addr, started),
         effects: Vec::new(),
     };
-    if let Some(state) = restored {
-        processor.resume(state);
+    if let Some((windows_closed, positions, features, cleaner, held)) = shard_state {
+        processor.resume(windows_closed, positions, features, cleaner, held);
     }
     let outcome = processor.process(rx, &cancel, shutdown).await;
+    // Every window and checkpoint handed to the global stage carried out (its thread, if
+    // any, ends); its own error counts when the processor had none.
+    let joined = processor.global.join().await;
+    let outcome = outcome.and(joined);
+    let Some(worker) = processor.global.inline() else {
+        return Err(outcome.err().unwrap_or_else(|| {
+            PipelineError::Internal("the global stage did not come back from its thread".into())
+        }));
+    };
     // Queued alert events get a bounded grace period; the rest are counted as failed.
     let grace = std::time::Duration::from_millis(config.drift.webhook_timeout_ms)
         .saturating_mul(2)
         .min(std::time::Duration::from_secs(10));
-    processor.global.close_webhook(grace).await;
+    worker.stage.close_webhook(grace).await;
+    let outcome = match outcome {
+        Ok(()) => worker.flush().await,
+        Err(e) => Err(e),
+    };
     if outcome.is_ok() {
         shopstream_sinks::failpoint::hit("pipeline.model_saving");
         if let Some(path) = &config.model.path {
-            let trainer = &processor.global.trainer;
+            let trainer = &worker.stage.trainer;
             trainer
                 .save(path)
                 .map_err(|e| PipelineError::Internal(e.to_string()))?;

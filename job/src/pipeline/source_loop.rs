@@ -11,18 +11,18 @@ use shopstream_features::WindowOutput;
 use shopstream_ingest::decode::Rejection;
 use shopstream_ingest::event::InputTopic;
 use shopstream_kafka::client::input_topic_name;
-use shopstream_kafka::source::{OffsetCommitter, Positions, RecordMeta, SharedLag, SourceMessage};
+use shopstream_kafka::source::{Positions, RecordMeta, SharedLag, SourceMessage};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::PipelineError;
-use super::checkpoint::{CheckpointPlan, JobState};
-use super::global::{GlobalStage, WindowContext};
+use super::checkpoint::CheckpointPlan;
+use super::global_worker::{GlobalHandle, ShardParts};
 use super::outputs::Outputs;
 use super::replay::{ReplayState, ReplayStep};
 use super::shard::{Consumed, Effect, ShardStage};
 use super::telemetry::{JobView, Reporter};
-use crate::recovery::{JobStateRef, STATE_VERSION};
+use crate::recovery::HeldEvent;
 use crate::summary::RunSummary;
 
 /// Whether the processor goes on after a message.
@@ -48,15 +48,15 @@ pub(super) fn bump(counts: &mut BTreeMap<String, u64>, key: &str) {
 fn job_view<'a>(
     summary: &'a RunSummary,
     shard: &ShardStage,
-    global: &'a GlobalStage,
+    global: &GlobalHandle,
     outputs: &Outputs,
 ) -> JobView<'a> {
     JobView {
         summary,
-        trainer: &global.trainer,
+        global: global.view(),
+        serving_model_version: global.serving_version(),
         predictions_delivered: outputs.predictions_delivered(),
         dead_letters_delivered: outputs.dead_letters_delivered(),
-        drift: global.drift_gauges(outputs.alerts_delivered()),
         watermark_ms: shard.watermark(),
         pending_examples: shard.pending_examples(),
     }
@@ -66,12 +66,13 @@ fn job_view<'a>(
 pub(super) struct Processor<'a> {
     pub(super) config: &'a Config,
     pub(super) shard: ShardStage,
-    pub(super) global: GlobalStage,
+    /// The global stage, inline or on its own thread.
+    pub(super) global: GlobalHandle,
+    /// Predictions and dead letters.
     pub(super) outputs: Outputs,
-    /// Checkpointing (off in replays and when disabled).
+    /// When checkpoints are due (off in replays and when disabled); the global stage
+    /// writes them.
     pub(super) checkpoints: Option<CheckpointPlan>,
-    /// Commits offsets after each checkpoint (for lag monitoring).
-    pub(super) committer: &'a OffsetCommitter,
     /// Consumer lag per partition, from the source.
     pub(super) consumer_lag: SharedLag,
     /// Next offset to read per input partition.
@@ -146,7 +147,7 @@ impl Processor<'_> {
             self.window_closed(output).await?;
         }
         // Nothing more will be written this run: merge what remains.
-        self.global.compact(None, &mut self.summary).await?;
+        self.global.compact_all().await?;
         self.outputs.flush().await?;
         if self.checkpoints.is_some() {
             // The end of a bounded run: what follows continues after everything above.
@@ -155,42 +156,41 @@ impl Processor<'_> {
         Ok(())
     }
 
-    /// Takes over a checkpoint's state.
-    pub(super) fn resume(&mut self, state: JobState) {
-        self.windows_total = state.windows_closed;
-        self.shard.resume(state.features, state.cleaner, state.held);
-        self.global.resume(self.config, state.trainer, state.drift);
-        self.positions = state.positions;
+    /// Takes over a checkpoint's shard-side state (the global stage took its part).
+    pub(super) fn resume(
+        &mut self,
+        windows_closed: u64,
+        positions: Positions,
+        features: shopstream_features::FeaturePipeline,
+        cleaner: shopstream_ingest::clean::Cleaner,
+        held: Vec<HeldEvent>,
+    ) {
+        self.windows_total = windows_closed;
+        self.shard.resume(features, cleaner, held);
+        self.positions = positions;
     }
 
-    /// Writes a checkpoint of everything consumed so far, then commits those offsets.
+    /// Checkpoints everything consumed so far; the global stage writes it with its own
+    /// state once it has carried out every window before, then commits those offsets.
     /// Callers make sure the outputs that depend on them are durable first: windows are
-    /// written before this runs, and the producer is flushed here.
+    /// written before the checkpoint, and the producer is flushed here.
     pub(super) async fn checkpoint(&mut self) -> Result<(), PipelineError> {
         self.checkpoint_due = false;
-        if self.checkpoints.is_none() {
+        let Some(plan) = self.checkpoints.as_mut() else {
             return Ok(());
-        }
+        };
+        plan.requested();
         // Every prediction and dead letter so far acknowledged: a restart from here does
         // not need to publish them again.
         self.outputs.flush().await?;
-        let state = JobStateRef {
-            version: STATE_VERSION,
+        let shard = ShardParts {
             windows_closed: self.windows_total,
             positions: &self.positions,
             features: self.shard.features(),
             cleaner: self.shard.cleaner(),
             held: self.shard.held_events(),
-            trainer: &self.global.trainer,
-            drift: self.global.drift.as_ref(),
         };
-        if let Some(plan) = self.checkpoints.as_mut() {
-            plan.write(&state, self.windows_total)?;
-        }
-        self.summary.checkpoints += 1;
-        // For lag monitoring only: restarts seek to the checkpoint's positions.
-        self.committer.commit(&self.positions).await?;
-        Ok(())
+        self.global.checkpoint(shard).await
     }
 
     /// Publishes progress and telemetry every 1024 consumed messages and whenever the
@@ -273,7 +273,7 @@ impl Processor<'_> {
                 let mut effects = std::mem::take(&mut self.effects);
                 let shard = self
                     .shard
-                    .on_event(message, &self.global.trainer, &mut effects);
+                    .on_event(message, self.global.serving_model(), &mut effects);
                 let applied = self.apply(&mut effects).await;
                 self.effects = effects;
                 shard?;
@@ -309,7 +309,7 @@ impl Processor<'_> {
                 Effect::Admitted { topic, arrival } => {
                     bump(&mut self.summary.valid, topic.as_str());
                     if let Some(arrival) = arrival {
-                        self.global.on_arrival(&arrival);
+                        self.global.arrival(arrival).await?;
                     }
                 }
             }
@@ -326,7 +326,7 @@ impl Processor<'_> {
         let mut effects = std::mem::take(&mut self.effects);
         let shard = self
             .shard
-            .resolve_all_held(only, &self.global.trainer, &mut effects);
+            .resolve_all_held(only, self.global.serving_model(), &mut effects);
         let applied = self.apply(&mut effects).await;
         self.effects = effects;
         shard?;
@@ -421,10 +421,9 @@ impl Processor<'_> {
         Ok(())
     }
 
-    /// Hands a closed window to the global stage, timed; counts it and decides whether a
+    /// Hands a closed window to the global stage; counts it and decides whether a
     /// checkpoint is due.
     async fn window_closed(&mut self, output: WindowOutput) -> Result<(), PipelineError> {
-        let started = std::time::Instant::now();
         self.summary.windows_closed += 1;
         self.windows_total += 1;
         if let Some(plan) = &self.checkpoints {
@@ -452,14 +451,6 @@ impl Processor<'_> {
         } else {
             BTreeMap::new()
         };
-        let cx = WindowContext {
-            write,
-            offsets: Arc::new(offsets),
-            summary: &mut self.summary,
-            outputs: &mut self.outputs,
-        };
-        let result = self.global.window_closed(output, cx).await;
-        self.reporter.window_time.record(started.elapsed());
-        result
+        self.global.window(output, write, Arc::new(offsets)).await
     }
 }

@@ -3,28 +3,27 @@
 
 use std::sync::Arc;
 
-use shopstream_drift::stage::DriftGauges;
 use shopstream_kafka::source::SharedLag;
-use shopstream_trainer::Trainer;
 use tokio::sync::watch;
 
 use super::Progress;
+use super::global_worker::GlobalView;
 use crate::http::Telemetry;
-use crate::latency::{Histogram, PREDICTION_LATENCY_BOUNDS, WINDOW_PROCESSING_BOUNDS};
+use crate::latency::{Histogram, PREDICTION_LATENCY_BOUNDS};
 use crate::summary::RunSummary;
 
 /// The rest of the job as the reporter sees it at one moment.
 pub(super) struct JobView<'a> {
-    /// The run's counters.
+    /// The shard side's counters.
     pub(super) summary: &'a RunSummary,
-    /// The model (version, examples trained, last window's metrics).
-    pub(super) trainer: &'a Trainer,
+    /// The global stage: its counters, the model, drift gauges, window times.
+    pub(super) global: GlobalView,
+    /// Version of the model predictions are served with.
+    pub(super) serving_model_version: u64,
     /// Predictions acknowledged by the broker.
     pub(super) predictions_delivered: u64,
     /// Dead letters acknowledged by the broker.
     pub(super) dead_letters_delivered: u64,
-    /// The drift gauges, with the counters kept outside the drift stage filled in.
-    pub(super) drift: DriftGauges,
     /// The event-time watermark.
     pub(super) watermark_ms: Option<i64>,
     /// Examples waiting for their labels.
@@ -42,8 +41,6 @@ pub(super) struct Reporter {
     started: std::time::Instant,
     /// From receipt of an impression to its prediction handed to the producer.
     pub(super) latency: Histogram,
-    /// Time spent on each closed window (features, training, store writes).
-    pub(super) window_time: Histogram,
 }
 
 impl Reporter {
@@ -61,7 +58,6 @@ impl Reporter {
             drained_once: false,
             started,
             latency: Histogram::new(PREDICTION_LATENCY_BOUNDS),
-            window_time: Histogram::new(WINDOW_PROCESSING_BOUNDS),
         }
     }
 
@@ -109,10 +105,11 @@ impl Reporter {
             summary,
             pending_examples: view.pending_examples,
             ready,
-            drift: view.drift,
+            serving_model_version: view.serving_model_version,
+            drift: view.global.drift.clone(),
             consumer_lag,
             prediction_latency: self.latency.clone(),
-            window_processing: self.window_time.clone(),
+            window_processing: view.global.window_time.clone(),
         };
         let _ = self.telemetry.send(Arc::new(telemetry));
     }
@@ -120,17 +117,18 @@ impl Reporter {
     /// The run summary as of now: the counters plus the figures kept elsewhere (latency,
     /// model, broker acknowledgements, elapsed time).
     pub(super) fn snapshot(&self, view: &JobView<'_>) -> RunSummary {
-        let trainer = view.trainer;
+        let global = &view.global;
         let mut summary = view.summary.clone();
+        summary.absorb_global(&global.summary);
         summary.prediction_latency = self.latency.percentiles();
-        summary.window_processing = self.window_time.percentiles();
+        summary.window_processing = global.window_time.percentiles();
         summary.elapsed_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        summary.model_version = trainer.version();
-        summary.trained_examples = trainer.trained_examples();
-        summary.last_window_metrics = trainer.last_window().cloned();
+        summary.model_version = global.model_version;
+        summary.trained_examples = global.trained_examples;
+        summary.last_window_metrics = global.last_window.clone();
         summary.predictions_published = view.predictions_delivered;
         summary.dead_letters_published = view.dead_letters_delivered;
-        summary.drift = view.drift.summary();
+        summary.drift = global.drift.summary();
         summary
     }
 }

@@ -1,0 +1,141 @@
+//! Scale-out inside one instance, against a real broker: the global stage on a thread of
+//! its own (`pipeline.workers = 2`) writes the same store and model bytes as the whole job
+//! on one task (`pipeline.workers = 1`), also when the run is stopped and restarted from
+//! its checkpoint in between.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use shopstream_config::Config;
+use shopstream_ingest::generator::{GeneratorOptions, world::WorldSize};
+use shopstream_job::generate::publish_traffic;
+use shopstream_job::pipeline::{RunOptions, RunSummary, run_observed};
+use support::{Broker, run_to_end, store_files};
+
+/// About 20,000 messages over a little more than an hour of event time, some malformed.
+fn traffic() -> GeneratorOptions {
+    GeneratorOptions {
+        seed: 15,
+        max_events: Some(20_000),
+        sessions_per_sec: 0.6,
+        size: WorldSize {
+            users: 600,
+            items: 500,
+            categories: 12,
+        },
+        malformed_fraction: 0.01,
+        ..GeneratorOptions::default()
+    }
+}
+
+/// `base` reading the same topics as a new consumer group, with `workers` threads, into
+/// `store` (model file beside it).
+fn run_config(base: &Config, name: &str, workers: usize, store: &Path) -> (Config, PathBuf) {
+    let mut config = base.clone();
+    config.kafka.group_id = format!("{}-{name}", base.kafka.group_id);
+    config.pipeline.workers = workers;
+    config.store.path = store.to_path_buf();
+    let model = store.with_extension("ssm");
+    config.model.path = Some(model.clone());
+    (config, model)
+}
+
+/// A live run stopped (like SIGTERM) once it has consumed `at_least` messages.
+async fn stopped_after(config: &Config, at_least: u64) -> RunSummary {
+    let (progress, mut watch) = tokio::sync::watch::channel(Default::default());
+    let shutdown = async move {
+        let _ = watch
+            .wait_for(|p: &shopstream_job::pipeline::Progress| p.consumed >= at_least)
+            .await;
+    };
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        run_observed(config, RunOptions::default(), shutdown, progress),
+    )
+    .await
+    .expect("stopped run within 120 s")
+    .expect("stopped run")
+}
+
+fn assert_same_outputs(
+    what: &str,
+    (store, model): (&Path, &Path),
+    (other_store, other_model): (&Path, &Path),
+) {
+    let files = store_files(store);
+    let other = store_files(other_store);
+    assert_eq!(
+        files.keys().collect::<Vec<_>>(),
+        other.keys().collect::<Vec<_>>(),
+        "{what}: same file names"
+    );
+    for (name, bytes) in &files {
+        assert!(other[name] == *bytes, "{what}: {name} differs");
+    }
+    assert!(
+        std::fs::read(model).unwrap() == std::fs::read(other_model).unwrap(),
+        "{what}: model files differ"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_and_two_workers_write_the_same_store_and_model() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let base = broker.config("scale-out", &dir.path().join("unused"));
+    let report = publish_traffic(&base, traffic(), None, None).await.unwrap();
+    let messages = report.valid_total + report.malformed_total;
+    assert!(messages > 19_000, "{report:?}");
+
+    let (one, one_model) = run_config(&base, "one", 1, &dir.path().join("one"));
+    let single = run_to_end(&one).await;
+    let (two, two_model) = run_config(&base, "two", 2, &dir.path().join("two"));
+    let threaded = run_to_end(&two).await;
+
+    for summary in [&single, &threaded] {
+        assert_eq!(summary.consumed.values().sum::<u64>(), messages);
+        assert_eq!(
+            summary.dead_lettered.values().sum::<u64>(),
+            report.malformed_total
+        );
+        assert_eq!(summary.examples_written, report.impressions);
+    }
+    assert!(
+        single.windows_closed > 60,
+        "{} windows",
+        single.windows_closed
+    );
+    assert_eq!(single.windows_closed, threaded.windows_closed);
+    assert_eq!(single.model_version, threaded.model_version);
+    assert_eq!(single.quality, threaded.quality);
+    assert!(threaded.checkpoints > 0, "the thread wrote checkpoints");
+    assert_same_outputs(
+        "1 worker vs 2 workers",
+        (&one.store.path, &one_model),
+        (&two.store.path, &two_model),
+    );
+
+    // Two workers, stopped part way (the global thread writes the shutdown checkpoint)
+    // and restarted from that checkpoint: still the same bytes.
+    let (restarted, restarted_model) = run_config(&base, "restart", 2, &dir.path().join("restart"));
+    let first = stopped_after(&restarted, messages / 2).await;
+    assert!(
+        first.consumed.values().sum::<u64>() < messages,
+        "stopped before the end"
+    );
+    assert!(first.checkpoints > 0);
+    let second = run_to_end(&restarted).await;
+    assert!(
+        second.consumed.values().sum::<u64>() < messages,
+        "resumed, not re-read"
+    );
+    assert_same_outputs(
+        "1 worker vs 2 workers stopped and restarted",
+        (&one.store.path, &one_model),
+        (&restarted.store.path, &restarted_model),
+    );
+}
