@@ -115,6 +115,8 @@ impl Processor<'_> {
                 _ = cancel.cancelled() => break,
                 _ = idle_check.tick(), if !self.bounded => {
                     self.release_idle(idle_timeout).await?;
+                    // Also shows what the global stage finished since the last message.
+                    self.publish_progress(rx.is_empty());
                     continue;
                 }
                 m = rx.recv() => m,

@@ -1,0 +1,241 @@
+//! Throughput of the job against a bare consumer on the same topics (issue 15).
+//!
+//! Publishes generated traffic once to a running broker, then, in rounds, reads it:
+//! - `bare`: a librdkafka consumer with the job's consumer settings, assigned every input
+//!   partition, counting messages to the end (no decoding);
+//! - `workers=1` and `workers=2`: `run --stop-at-end` of the job, each run its own
+//!   consumer group and store.
+//!
+//! Prints one line per run (seconds, messages/s, ratio to the round's bare read,
+//! prediction latency, window time) and the process's peak memory.
+//!
+//! Then serving latency live: the job with 2 workers runs in live mode while traffic is
+//! published at `RATE` messages/s (default 3,000) for 60 s on topics of its own; prints
+//! the prediction latency percentiles (consumed -> handed to the producer).
+//!
+//! Use `scripts/bench-scale.sh`, which starts tansu and builds in release mode.
+//!
+//! usage: throughput BROKERS [EVENTS] [ROUNDS] [RATE]
+
+#![allow(missing_docs)]
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Offset, TopicPartitionList};
+use shopstream_config::Config;
+use shopstream_ingest::generator::GeneratorOptions;
+use shopstream_job::generate::publish_traffic;
+use shopstream_job::pipeline::{RunOptions, run};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(brokers) = args.first() else {
+        bail!("usage: throughput BROKERS [EVENTS] [ROUNDS]");
+    };
+    let events: u64 = args.get(1).map_or(Ok(200_000), |s| s.parse())?;
+    let rounds: usize = args.get(2).map_or(Ok(2), |s| s.parse())?;
+    let rate: f64 = args.get(3).map_or(Ok(3_000.0), |s| s.parse())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        bench(brokers, events, rounds).await?;
+        live(brokers, rate).await
+    })
+}
+
+/// A configuration for `brokers` with topics of its own under `prefix`.
+fn config_for(brokers: &str, prefix: &str) -> Config {
+    let mut config = Config::default();
+    config.kafka.brokers = brokers.to_string();
+    config.kafka.seek_back_messages = 10_000;
+    for (topic, name) in [
+        (&mut config.topics.clicks, "clicks"),
+        (&mut config.topics.orders, "orders"),
+        (&mut config.topics.inventory, "inventory"),
+        (&mut config.topics.predictions, "predictions"),
+        (&mut config.topics.dead_letter, "dead-letter"),
+        (&mut config.topics.alerts, "alerts"),
+    ] {
+        *topic = format!("{prefix}.{name}");
+    }
+    config.http.enabled = false;
+    config
+}
+
+async fn bench(brokers: &str, events: u64, rounds: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let prefix = format!("bench-{}", std::process::id());
+    let config = config_for(brokers, &prefix);
+    let options = GeneratorOptions {
+        seed: 1,
+        max_events: Some(events),
+        ..GeneratorOptions::default()
+    };
+    let started = Instant::now();
+    let report = publish_traffic(&config, options, None, None).await?;
+    let messages = report.valid_total + report.malformed_total;
+    println!(
+        "published {messages} messages ({} impressions) in {:.1} s",
+        report.impressions,
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "{:<10} {:>8} {:>10} {:>9} {:>12} {:>12} {:>12}",
+        "run", "seconds", "msg/s", "vs bare", "pred p50 us", "pred p99 us", "window p99 us"
+    );
+    for round in 0..rounds {
+        let bare = bare_read(&config, round, messages)?;
+        let bare_rate = messages as f64 / bare;
+        println!(
+            "{:<10} {bare:>8.2} {bare_rate:>10.0} {:>9} {:>12} {:>12} {:>12}",
+            "bare", "1.00", "-", "-", "-"
+        );
+        for workers in [1, 2] {
+            let mut run_config = config.clone();
+            run_config.kafka.group_id = format!("{prefix}-w{workers}-r{round}");
+            run_config.pipeline.workers = workers;
+            run_config.store.path = dir.path().join(format!("store-w{workers}-r{round}"));
+            run_config.checkpoint.enabled = true;
+            let started = Instant::now();
+            let options = RunOptions {
+                stop_at_end: true,
+                ..RunOptions::default()
+            };
+            let summary = run(&run_config, options, std::future::pending())
+                .await
+                .with_context(|| format!("job run with {workers} workers"))?;
+            let seconds = started.elapsed().as_secs_f64();
+            let consumed: u64 = summary.consumed.values().sum();
+            if consumed != messages {
+                bail!("the job consumed {consumed} of {messages} messages");
+            }
+            let rate = messages as f64 / seconds;
+            println!(
+                "{:<10} {seconds:>8.2} {rate:>10.0} {:>9.2} {:>12} {:>12} {:>12}",
+                format!("workers={workers}"),
+                rate / bare_rate,
+                summary.prediction_latency.p50_us,
+                summary.prediction_latency.p99_us,
+                summary.window_processing.p99_us,
+            );
+        }
+    }
+    let peak = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM"))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
+        })
+        .unwrap_or_else(|| "?".to_string());
+    println!("peak resident memory of the process: {peak} kB");
+    Ok(())
+}
+
+/// Prediction latency of a live job with 2 workers while traffic arrives at `rate`
+/// messages/s for about 60 s.
+async fn live(brokers: &str, rate: f64) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let prefix = format!("live-{}", std::process::id());
+    let mut config = config_for(brokers, &prefix);
+    config.kafka.group_id = format!("{prefix}-group");
+    config.pipeline.workers = 2;
+    config.store.path = dir.path().join("store");
+    let total = (rate * 60.0) as u64;
+    let options = GeneratorOptions {
+        seed: 2,
+        max_events: Some(total),
+        ..GeneratorOptions::default()
+    };
+    // Topics first, so the job's group starts at their beginning.
+    shopstream_kafka::client::ensure_topics(
+        &config.kafka,
+        &config
+            .topics
+            .inputs()
+            .into_iter()
+            .chain(config.topics.outputs())
+            .map(str::to_string)
+            .collect::<Vec<_>>(),
+    )
+    .await?;
+    let (progress, mut watch) = tokio::sync::watch::channel(Default::default());
+    let publisher_config = config.clone();
+    let publisher =
+        tokio::spawn(
+            async move { publish_traffic(&publisher_config, options, Some(rate), None).await },
+        );
+    let job_config = config.clone();
+    let job = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = watch
+                .wait_for(|p: &shopstream_job::pipeline::Progress| p.consumed >= total)
+                .await;
+        };
+        shopstream_job::pipeline::run_observed(
+            &job_config,
+            RunOptions::default(),
+            shutdown,
+            progress,
+        )
+        .await
+    });
+    let report = publisher.await??;
+    let summary = job.await??;
+    let l = &summary.prediction_latency;
+    println!(
+        "live, 2 workers, {} messages at {rate:.0} msg/s: prediction latency p50 {} us, p99 {} us, max {} us over {} impressions",
+        report.valid_total + report.malformed_total,
+        l.p50_us,
+        l.p99_us,
+        l.max_us,
+        l.count,
+    );
+    Ok(())
+}
+
+/// Seconds a bare consumer takes to read every input message from the beginning.
+fn bare_read(config: &Config, round: usize, expected: u64) -> anyhow::Result<f64> {
+    let mut kafka = config.kafka.clone();
+    kafka.group_id = format!(
+        "{}-bare-{round}-{}",
+        config.topics.clicks,
+        std::process::id()
+    );
+    let started = Instant::now();
+    let consumer: BaseConsumer = shopstream_kafka::source::consumer_config(&kafka, true)?
+        .create()
+        .context("bare consumer")?;
+    let mut list = TopicPartitionList::new();
+    let mut partitions = 0;
+    for topic in [
+        &config.topics.clicks,
+        &config.topics.orders,
+        &config.topics.inventory,
+    ] {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        for p in metadata.topics()[0].partitions() {
+            list.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+            partitions += 1;
+        }
+    }
+    consumer.assign(&list)?;
+    let (mut read, mut ended) = (0u64, 0);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while ended < partitions && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(_)) => read += 1,
+            Some(Err(KafkaError::PartitionEOF(_))) => ended += 1,
+            Some(Err(e)) => bail!("bare consumer: {e}"),
+            None => {}
+        }
+    }
+    if read < expected {
+        bail!("the bare consumer read {read} of {expected} messages");
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
