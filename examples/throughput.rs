@@ -15,7 +15,8 @@
 //!
 //! Use `scripts/bench-scale.sh`, which starts tansu and builds in release mode.
 //!
-//! usage: throughput BROKERS [EVENTS] [ROUNDS] [RATE]
+//! usage: throughput BROKERS [EVENTS] [ROUNDS] [RATE]   (RATE 0 skips the live part;
+//! THROUGHPUT_WORKERS=2 runs only the job with 2 workers, e.g. under perf)
 
 #![allow(missing_docs)]
 
@@ -43,7 +44,10 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         bench(brokers, events, rounds).await?;
-        live(brokers, rate).await
+        if rate > 0.0 {
+            live(brokers, rate).await?;
+        }
+        Ok(())
     })
 }
 
@@ -94,7 +98,7 @@ async fn bench(brokers: &str, events: u64, rounds: usize) -> anyhow::Result<()> 
             "{:<10} {bare:>8.2} {bare_rate:>10.0} {:>9} {:>12} {:>12} {:>12}",
             "bare", "1.00", "-", "-", "-"
         );
-        for workers in [1, 2] {
+        for workers in worker_counts() {
             let mut run_config = config.clone();
             run_config.kafka.group_id = format!("{prefix}-w{workers}-r{round}");
             run_config.pipeline.workers = workers;
@@ -196,6 +200,15 @@ async fn live(brokers: &str, rate: f64) -> anyhow::Result<()> {
         l.count,
     );
     Ok(())
+}
+
+/// The worker counts to run: `THROUGHPUT_WORKERS` (comma-separated, for profiling one),
+/// else 1 and 2.
+fn worker_counts() -> Vec<usize> {
+    std::env::var("THROUGHPUT_WORKERS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 2])
 }
 
 /// Seconds a bare consumer takes to read every input message from the beginning.
