@@ -3,8 +3,14 @@
 //! step of the joint model, the drift stage, and the store writes of the window's tables
 //! (`item_demand`, `examples`, `metrics`, `drift`, `alerts`), then compaction of the
 //! hours no later window can touch.
+//!
+//! Store writes run on the blocking pool while the stage goes on with the next window (at
+//! most [`MAX_WRITES_IN_FLIGHT`] at once). Each file has its own name and commit record, so
+//! they do not depend on each other; what depends on them waits with
+//! [`GlobalStage::settle_writes`]: compaction, every checkpoint (whose offsets must not be
+//! committed before the files they produced are durable), and the end of the run.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
@@ -33,6 +39,18 @@ pub(super) struct GlobalStage {
     store: ParquetStore,
     /// Hour (since the epoch) of the last `settled` bound compacted up to.
     compacted_hours: Option<i64>,
+    /// Store writes started and not yet awaited, oldest first.
+    writes: VecDeque<PendingWrite>,
+}
+
+/// Store writes running at once before the stage waits for the oldest.
+pub(super) const MAX_WRITES_IN_FLIGHT: usize = 16;
+
+/// A store write running on the blocking pool.
+struct PendingWrite {
+    /// Its rows count as examples written (the `examples` table).
+    examples: bool,
+    task: tokio::task::JoinHandle<Result<Vec<WrittenFile>, StoreError>>,
 }
 
 /// What a window close writes with and counts into.
@@ -67,6 +85,7 @@ impl GlobalStage {
             },
             store,
             compacted_hours: None,
+            writes: VecDeque::new(),
         })
     }
 
@@ -144,6 +163,7 @@ impl GlobalStage {
                     batch,
                     BTreeMap::new(),
                     &offsets,
+                    summary,
                 )
                 .await?;
             }
@@ -151,7 +171,7 @@ impl GlobalStage {
         // Prequential: the window's examples are scored before the model trains on them;
         // the drift monitors see those scores.
         let (mut metrics, scores) = self.trainer.train_window_scored(&output.examples);
-        self.observe_drift(&output, &scores, write, &offsets, outputs)
+        self.observe_drift(&output, &scores, write, &offsets, outputs, summary)
             .await?;
         if output.examples.is_empty() {
             return Ok(());
@@ -164,13 +184,15 @@ impl GlobalStage {
         }
         let batch = examples_batch(&output.examples)?;
         let metadata = examples_metadata(output.start, output.end);
-        let written = self
-            .write_table(tables::EXAMPLES, output.start, batch, metadata, &offsets)
-            .await?;
-        for file in written {
-            summary.examples_written += file.rows as u64;
-            summary.files_written += 1;
-        }
+        self.write_table(
+            tables::EXAMPLES,
+            output.start,
+            batch,
+            metadata,
+            &offsets,
+            summary,
+        )
+        .await?;
         // The prequential metrics of the window go to the store's `metrics` table.
         let metrics_batch = shopstream_trainer::metrics::metrics_batch(
             output.start,
@@ -184,6 +206,7 @@ impl GlobalStage {
             metrics_batch,
             BTreeMap::new(),
             &offsets,
+            summary,
         )
         .await?;
         tracing::debug!(
@@ -206,16 +229,21 @@ impl GlobalStage {
         Ok(())
     }
 
-    /// Writes `batch` to `table` as the files of the window starting at `window_ms`
-    /// (deterministic names), with `metadata` plus the window start in each file.
+    /// Starts writing `batch` to `table` as the files of the window starting at
+    /// `window_ms` (deterministic names), with `metadata` plus the window start in each
+    /// file; first waits for the oldest write when [`MAX_WRITES_IN_FLIGHT`] are running.
     async fn write_table(
-        &self,
+        &mut self,
         table: &'static str,
         window_ms: i64,
         batch: RecordBatch,
         mut metadata: BTreeMap<String, String>,
         offsets: &Arc<BTreeMap<String, i64>>,
-    ) -> Result<Vec<WrittenFile>, PipelineError> {
+        summary: &mut RunSummary,
+    ) -> Result<(), PipelineError> {
+        while self.writes.len() >= MAX_WRITES_IN_FLIGHT {
+            self.settle_oldest(summary).await?;
+        }
         let store = self.store.clone();
         let stem = format!("window-{window_ms}");
         metadata.insert(
@@ -223,12 +251,43 @@ impl GlobalStage {
             window_ms.to_string(),
         );
         let offsets = Arc::clone(offsets);
-        let written = tokio::task::spawn_blocking(move || {
+        let task = tokio::task::spawn_blocking(move || {
             store.write(table, &stem, &batch, &metadata, &offsets)
-        })
-        .await
-        .map_err(|e| PipelineError::Internal(format!("store writer: {e}")))??;
-        Ok(written)
+        });
+        self.writes.push_back(PendingWrite {
+            examples: table == tables::EXAMPLES,
+            task,
+        });
+        Ok(())
+    }
+
+    /// Waits for the oldest running store write and counts what it wrote.
+    async fn settle_oldest(&mut self, summary: &mut RunSummary) -> Result<(), PipelineError> {
+        let Some(write) = self.writes.pop_front() else {
+            return Ok(());
+        };
+        let written = write
+            .task
+            .await
+            .map_err(|e| PipelineError::Internal(format!("store writer: {e}")))??;
+        if write.examples {
+            for file in written {
+                summary.examples_written += file.rows as u64;
+                summary.files_written += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every store write started is durable (or one failed).
+    pub(super) async fn settle_writes(
+        &mut self,
+        summary: &mut RunSummary,
+    ) -> Result<(), PipelineError> {
+        while !self.writes.is_empty() {
+            self.settle_oldest(summary).await?;
+        }
+        Ok(())
     }
 
     /// Feeds the drift monitors with a closed window; writes the `drift` and `alerts`
@@ -241,6 +300,7 @@ impl GlobalStage {
         write: bool,
         offsets: &Arc<BTreeMap<String, i64>>,
         outputs: &mut Outputs,
+        summary: &mut RunSummary,
     ) -> Result<(), PipelineError> {
         let Some(stage) = self.drift.as_mut() else {
             return Ok(());
@@ -251,8 +311,15 @@ impl GlobalStage {
         let rows = stage.rows(&drifts);
         if write && !rows.is_empty() {
             let batch = drift_batch(&rows)?;
-            self.write_table(tables::DRIFT, output.start, batch, BTreeMap::new(), offsets)
-                .await?;
+            self.write_table(
+                tables::DRIFT,
+                output.start,
+                batch,
+                BTreeMap::new(),
+                offsets,
+                summary,
+            )
+            .await?;
         }
         if drifts.alerts.is_empty() {
             return Ok(());
@@ -265,6 +332,7 @@ impl GlobalStage {
                 batch,
                 BTreeMap::new(),
                 offsets,
+                summary,
             )
             .await?;
         }
@@ -294,13 +362,15 @@ impl GlobalStage {
     /// Compacts every table's hour partitions that end at or before `before_ms` (all with
     /// `None`), when `store.compact_closed_hours` is on.
     pub(super) async fn compact(
-        &self,
+        &mut self,
         before_ms: Option<i64>,
         summary: &mut RunSummary,
     ) -> Result<(), PipelineError> {
         if !self.store.compacts_closed_hours() {
             return Ok(());
         }
+        // Compaction reads the commit records of the hours it merges.
+        self.settle_writes(summary).await?;
         let store = self.store.clone();
         let made = tokio::task::spawn_blocking(move || {
             let mut made = 0;

@@ -11,7 +11,8 @@
 //! The worker sees the same messages in the same order either way, so the store, the
 //! checkpoints and the model are the same. What differs is serving: on its own thread the
 //! worker publishes the model after each window, and the shard predicts with the newest
-//! one it has received (at most [`QUEUED_MESSAGES`] windows behind; the lag is a metric).
+//! one it has received: behind by the windows queued (at most [`QUEUED_MESSAGES`]) and, while
+//! they queue, by at most [`PUBLISH_EVERY`] of wall time. The lag is a metric.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -36,6 +37,10 @@ use crate::summary::RunSummary;
 /// Messages queued between the shard side and a global stage on its own thread. Windows
 /// are the large ones; arrivals travel in batches of [`ARRIVAL_BATCH`].
 pub(super) const QUEUED_MESSAGES: usize = 8;
+
+/// While windows queue up, the model is published for serving (and the view refreshed)
+/// at most this often; at once when the thread has caught up.
+const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Drift evidence of this many admitted events goes to the global thread in one message.
 const ARRIVAL_BATCH: usize = 4_096;
@@ -174,6 +179,8 @@ impl GlobalWorker {
     /// then commits its positions (for lag monitoring: restarts seek to the checkpoint's).
     /// The shard side flushed its outputs before; the alert events are flushed here.
     pub(super) async fn checkpoint(&mut self, shard: ShardParts<'_>) -> Result<(), PipelineError> {
+        // The files of every window the checkpoint covers are durable before it is.
+        self.stage.settle_writes(&mut self.summary).await?;
         let Some(plan) = self.checkpoints.as_mut() else {
             return Ok(());
         };
@@ -199,8 +206,10 @@ impl GlobalWorker {
         self.stage.compact(None, &mut self.summary).await
     }
 
-    /// Waits until every alert event sent is acknowledged.
+    /// Waits until every store write started is durable and every alert event sent is
+    /// acknowledged.
     pub(super) async fn flush(&mut self) -> Result<(), PipelineError> {
+        self.stage.settle_writes(&mut self.summary).await?;
         self.outputs.flush().await
     }
 
@@ -261,13 +270,21 @@ impl GlobalHandle {
             .name("shopstream-global".to_string())
             .spawn(move || {
                 let mut worker = worker;
+                let mut published = None;
                 while let Some(message) = rx.blocking_recv() {
                     let window = matches!(message, ToGlobal::Window { .. });
                     if let Err(e) = runtime.block_on(worker.handle(message)) {
                         cancel.cancel();
                         return Err(e);
                     }
-                    if window {
+                    // The model (tens of MB with its embedding table) and the view are
+                    // copied when the thread has caught up, and otherwise at most every
+                    // PUBLISH_EVERY: a backfill closes windows far faster than that.
+                    let due = rx.is_empty()
+                        || published
+                            .is_none_or(|at: std::time::Instant| at.elapsed() >= PUBLISH_EVERY);
+                    if window && due {
+                        published = Some(std::time::Instant::now());
                         let version = worker.stage.trainer.version();
                         if models_tx.borrow().version() != version {
                             let _ = models_tx.send(Arc::new(worker.stage.trainer.clone()));
