@@ -63,6 +63,13 @@ async fn run_live_until(config: &Config, expected: u64) -> RunSummary {
             "# TYPE shopstream_consumer_lag_messages gauge",
             "shopstream_feature_psi",
             "shopstream_alerts_firing",
+            // Per instance: the partitions it owns, its roles, the model it serves with.
+            "shopstream_partition_owned{topic=\"clicks\",partition=\"0\"} 1",
+            "shopstream_partition_owned{topic=\"inventory\",partition=\"2\"} 1",
+            "shopstream_role{role=\"shard\"} 1",
+            "shopstream_role{role=\"global\",threads=\"own\"} 1",
+            "shopstream_serving_model_version",
+            "shopstream_serving_model_lag_windows",
         ] {
             assert!(
                 body.contains(family),
@@ -135,6 +142,8 @@ async fn live_job_reads_through_the_group_and_resumes_after_committed_offsets() 
     let store = tempfile::tempdir().unwrap();
     let mut config = broker.config("live", store.path());
     config.kafka.topic_partitions = 3;
+    // The global stage on a thread of its own, whatever the machine's core count.
+    config.pipeline.workers = 2;
     // Long enough that a partition waiting behind another's backlog is not released as
     // idle (its later events would be late): after the restart the restored watermark
     // makes windows close as soon as every partition has delivered.

@@ -59,6 +59,10 @@ pub struct Telemetry {
     /// the global stage on its own thread, the newest it published (one or a few
     /// windows behind).
     pub serving_model_version: u64,
+    /// Input partitions this instance is assigned.
+    pub owned_partitions: Vec<(shopstream_ingest::event::InputTopic, i32)>,
+    /// How the global stage runs: `inline` (one worker) or `own` (a thread of its own).
+    pub global_stage_threads: &'static str,
     /// Latest drift statistics and alert counters (empty when `drift.enabled` is off).
     pub drift: shopstream_drift::stage::DriftGauges,
     /// Messages behind each input partition's high watermark (librdkafka statistics,
@@ -81,6 +85,8 @@ impl Default for Telemetry {
             pending_examples: 0,
             ready: false,
             serving_model_version: 0,
+            owned_partitions: Vec::new(),
+            global_stage_threads: "inline",
             drift: Default::default(),
             consumer_lag: BTreeMap::new(),
             prediction_latency: Histogram::new(PREDICTION_LATENCY_BOUNDS),

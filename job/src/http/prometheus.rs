@@ -111,6 +111,32 @@ pub fn render(t: &Telemetry) -> String {
         histogram(&t.window_processing),
     );
     family(
+        "shopstream_partition_owned",
+        "gauge",
+        "1 for each input partition this instance is assigned (consumer-group ownership).",
+        t.owned_partitions
+            .iter()
+            .map(|(topic, partition)| {
+                (
+                    format!("{{topic=\"{}\",partition=\"{partition}\"}}", topic.as_str()),
+                    1.0,
+                )
+            })
+            .collect(),
+    );
+    family(
+        "shopstream_role",
+        "gauge",
+        "1 for each role this instance holds: shard (its partitions) and global (training, drift, store files); `threads` says how the global stage runs.",
+        vec![
+            ("{role=\"shard\"}".to_string(), 1.0),
+            (
+                format!("{{role=\"global\",threads=\"{}\"}}", t.global_stage_threads),
+                1.0,
+            ),
+        ],
+    );
+    family(
         "shopstream_consumer_lag_messages",
         "gauge",
         "Messages behind the partition's high watermark (from the consumer's statistics).",

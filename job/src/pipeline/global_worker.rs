@@ -389,6 +389,14 @@ impl GlobalHandle {
         }
     }
 
+    /// How the global stage runs: `inline` or `own` (its own thread).
+    pub(super) fn mode(&self) -> &'static str {
+        match self {
+            Self::Inline(_) => "inline",
+            Self::Thread(_) => "own",
+        }
+    }
+
     /// Version of the model predictions are served with.
     pub(super) fn serving_version(&self) -> u64 {
         match self {

@@ -251,6 +251,7 @@ pub async fn run_observed(
         checkpoint_due: false,
         bounded: stop_at_end,
         replay: options.replay.map(|range| ReplayState::new(range, config)),
+        owned: Default::default(),
         last_seen: BTreeMap::new(),
         summary: RunSummary::default(),
         reporter: Reporter::new(progress, telemetry_tx, http_addr, started),

@@ -2,7 +2,7 @@
 //! stage, carries out its effects through the outputs and the global stage, closes the
 //! windows the watermark passed, and takes checkpoints when they are due.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -50,11 +50,14 @@ fn job_view<'a>(
     shard: &ShardStage,
     global: &GlobalHandle,
     outputs: &Outputs,
+    owned: &BTreeSet<(InputTopic, i32)>,
 ) -> JobView<'a> {
     JobView {
         summary,
         global: global.view(),
         serving_model_version: global.serving_version(),
+        owned_partitions: owned.iter().copied().collect(),
+        global_stage_threads: global.mode(),
         predictions_delivered: outputs.predictions_delivered(),
         dead_letters_delivered: outputs.dead_letters_delivered(),
         watermark_ms: shard.watermark(),
@@ -85,6 +88,8 @@ pub(super) struct Processor<'a> {
     pub(super) bounded: bool,
     /// Replay mode: the range and its progress.
     pub(super) replay: Option<ReplayState>,
+    /// Input partitions assigned to this instance now.
+    pub(super) owned: BTreeSet<(InputTopic, i32)>,
     /// Live mode: when each assigned partition last delivered something.
     pub(super) last_seen: BTreeMap<(InputTopic, i32), tokio::time::Instant>,
     pub(super) summary: RunSummary,
@@ -200,7 +205,13 @@ impl Processor<'_> {
     fn publish_progress(&mut self, drained: bool) {
         let consumed: u64 = self.summary.consumed.values().sum();
         if self.reporter.due(drained, consumed) {
-            let view = job_view(&self.summary, &self.shard, &self.global, &self.outputs);
+            let view = job_view(
+                &self.summary,
+                &self.shard,
+                &self.global,
+                &self.outputs,
+                &self.owned,
+            );
             self.reporter.publish(
                 consumed,
                 view,
@@ -212,7 +223,13 @@ impl Processor<'_> {
 
     /// The run summary as of now.
     pub(super) fn snapshot(&self) -> RunSummary {
-        let view = job_view(&self.summary, &self.shard, &self.global, &self.outputs);
+        let view = job_view(
+            &self.summary,
+            &self.shard,
+            &self.global,
+            &self.outputs,
+            &self.owned,
+        );
         self.reporter.snapshot(&view)
     }
 
@@ -221,6 +238,7 @@ impl Processor<'_> {
         match message {
             SourceMessage::Assigned(partitions) => {
                 for (topic, partition) in partitions {
+                    self.owned.insert((topic, partition));
                     self.shard.register_partition(topic, partition);
                     self.last_seen
                         .insert((topic, partition), tokio::time::Instant::now());
@@ -230,6 +248,7 @@ impl Processor<'_> {
                 // Their state stays until checkpoints can hand it over; they no longer
                 // hold the watermark back.
                 for (topic, partition) in partitions {
+                    self.owned.remove(&(topic, partition));
                     self.shard.partition_at_end(topic, partition);
                     self.last_seen.remove(&(topic, partition));
                 }

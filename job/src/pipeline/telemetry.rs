@@ -20,6 +20,10 @@ pub(super) struct JobView<'a> {
     pub(super) global: GlobalView,
     /// Version of the model predictions are served with.
     pub(super) serving_model_version: u64,
+    /// Input partitions assigned to this instance.
+    pub(super) owned_partitions: Vec<(shopstream_ingest::event::InputTopic, i32)>,
+    /// How the global stage runs (`inline` or `own` thread).
+    pub(super) global_stage_threads: &'static str,
     /// Predictions acknowledged by the broker.
     pub(super) predictions_delivered: u64,
     /// Dead letters acknowledged by the broker.
@@ -106,6 +110,8 @@ impl Reporter {
             pending_examples: view.pending_examples,
             ready,
             serving_model_version: view.serving_model_version,
+            owned_partitions: view.owned_partitions.clone(),
+            global_stage_threads: view.global_stage_threads,
             drift: view.global.drift.clone(),
             consumer_lag,
             prediction_latency: self.latency.clone(),
