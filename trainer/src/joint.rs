@@ -398,6 +398,30 @@ impl JointModel {
         &self.config
     }
 
+    /// A copy that predicts exactly like this model, without the optimiser state (two
+    /// thirds of the memory). Predicting needs only the parameters, embedding table,
+    /// demand head and normalisers; training the copy would be wrong, so it is meant to
+    /// be shared immutably (the serving side of the job never trains).
+    pub fn serving_copy(&self) -> Self {
+        Self {
+            config: self.config,
+            layout: self.layout,
+            params: self.params.clone(),
+            embedding: self.embedding.clone(),
+            adam_m: Vec::new(),
+            adam_v: Vec::new(),
+            emb_m: Vec::new(),
+            emb_v: Vec::new(),
+            normaliser: self.normaliser.clone(),
+            steps: self.steps,
+            demand: self.demand.clone(),
+            demand_m: Vec::new(),
+            demand_v: Vec::new(),
+            demand_normaliser: self.demand_normaliser.clone(),
+            demand_steps: self.demand_steps,
+        }
+    }
+
     /// Rows of the embedding table (for hashing ids into it).
     pub fn embedding_rows(&self) -> usize {
         1 << self.config.embedding_bits

@@ -260,6 +260,18 @@ impl Trainer {
         }
     }
 
+    /// A copy for serving: predicts exactly like this trainer (same version), without the
+    /// optimiser state. Share it immutably (`Arc`): training it would be wrong.
+    pub fn serving_copy(&self) -> Self {
+        Self {
+            model: self.model.serving_copy(),
+            batch_size: self.batch_size,
+            version: self.version,
+            trained_examples: self.trained_examples,
+            last_window: self.last_window.clone(),
+        }
+    }
+
     /// The model version: the number of windows trained on.
     pub fn version(&self) -> u64 {
         self.version
@@ -543,6 +555,27 @@ mod tests {
             "{buyer:?} {clicker:?}"
         );
         assert!((buyer.expected_revenue - 30.0).abs() < 10.0, "{buyer:?}");
+    }
+
+    #[test]
+    fn a_serving_copy_predicts_exactly_like_its_trainer() {
+        let mut trainer = Trainer::new(&small());
+        let data: Vec<Example> = (0..100)
+            .flat_map(|_| [example("clicker", true), example("buyer", true)])
+            .collect();
+        trainer.train_window(&data);
+        let copy = trainer.serving_copy();
+        for user in ["clicker", "buyer", "stranger"] {
+            let row = ServingRow {
+                event_id: "x".into(),
+                ts: 2,
+                user_id: user.into(),
+                item_id: "sku".into(),
+                features: example(user, false).features,
+            };
+            assert_eq!(copy.predict(&row, Some(7)), trainer.predict(&row, Some(7)));
+        }
+        assert_eq!(copy.version(), trainer.version());
     }
 
     #[test]

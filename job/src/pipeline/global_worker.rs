@@ -11,8 +11,8 @@
 //! The worker sees the same messages in the same order either way, so the store, the
 //! checkpoints and the model are the same. What differs is serving: on its own thread the
 //! worker publishes the model after each window, and the shard predicts with the newest
-//! one it has received: behind by the windows queued (at most [`QUEUED_MESSAGES`]) and, while
-//! they queue, by at most [`PUBLISH_EVERY`] of wall time. The lag is a metric.
+//! one it has received: behind by the windows queued (at most [`QUEUED_MESSAGES`]) and by
+//! at most [`PUBLISH_EVERY`] of wall time. The lag is a metric.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -38,8 +38,8 @@ use crate::summary::RunSummary;
 /// are the large ones; arrivals travel in batches of [`ARRIVAL_BATCH`].
 pub(super) const QUEUED_MESSAGES: usize = 8;
 
-/// While windows queue up, the model is published for serving (and the view refreshed)
-/// at most this often; at once when the thread has caught up.
+/// The model is published for serving (and the view refreshed) after a window, at most
+/// this often.
 const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Drift evidence of this many admitted events goes to the global thread in one message.
@@ -261,7 +261,7 @@ impl GlobalHandle {
         if threads <= 1 {
             return Ok(Self::Inline(Box::new(worker)));
         }
-        let serving = Arc::new(worker.stage.trainer.clone());
+        let serving = Arc::new(worker.stage.trainer.serving_copy());
         let (models_tx, models) = watch::channel(Arc::clone(&serving));
         let view = Arc::new(Mutex::new(worker.view()));
         let (tx, mut rx) = mpsc::channel::<ToGlobal>(QUEUED_MESSAGES);
@@ -270,28 +270,41 @@ impl GlobalHandle {
             .name("shopstream-global".to_string())
             .spawn(move || {
                 let mut worker = worker;
-                let mut published = None;
-                while let Some(message) = rx.blocking_recv() {
-                    let window = matches!(message, ToGlobal::Window { .. });
+                // The model (16 MB of embedding table even without the optimiser state)
+                // and the view are copied after a window at most every PUBLISH_EVERY (a
+                // backfill closes windows far faster than that, a live job with 60 s
+                // windows far slower), and at the latest PUBLISH_EVERY after the last one.
+                let mut published: Option<std::time::Instant> = None;
+                let mut unpublished = false;
+                loop {
+                    let message = if unpublished {
+                        let since = published.map_or(PUBLISH_EVERY, |at| at.elapsed());
+                        let wait = PUBLISH_EVERY.saturating_sub(since);
+                        // (The timer is made inside the runtime's context.)
+                        let next = async { tokio::time::timeout(wait, rx.recv()).await };
+                        match runtime.block_on(next) {
+                            Ok(message) => message,
+                            Err(_) => {
+                                publish(&worker, &models_tx, &thread_view);
+                                published = Some(std::time::Instant::now());
+                                unpublished = false;
+                                continue;
+                            }
+                        }
+                    } else {
+                        rx.blocking_recv()
+                    };
+                    let Some(message) = message else { break };
+                    unpublished |= matches!(message, ToGlobal::Window { .. });
                     if let Err(e) = runtime.block_on(worker.handle(message)) {
                         cancel.cancel();
                         return Err(e);
                     }
-                    // The model (tens of MB with its embedding table) and the view are
-                    // copied when the thread has caught up, and otherwise at most every
-                    // PUBLISH_EVERY: a backfill closes windows far faster than that.
-                    let due = rx.is_empty()
-                        || published
-                            .is_none_or(|at: std::time::Instant| at.elapsed() >= PUBLISH_EVERY);
-                    if window && due {
+                    let due = published.is_none_or(|at| at.elapsed() >= PUBLISH_EVERY);
+                    if unpublished && due {
+                        publish(&worker, &models_tx, &thread_view);
                         published = Some(std::time::Instant::now());
-                        let version = worker.stage.trainer.version();
-                        if models_tx.borrow().version() != version {
-                            let _ = models_tx.send(Arc::new(worker.stage.trainer.clone()));
-                        }
-                        if let Ok(mut shown) = thread_view.lock() {
-                            *shown = worker.view();
-                        }
+                        unpublished = false;
                     }
                 }
                 Ok(worker)
@@ -475,6 +488,17 @@ impl GlobalHandle {
                 "the global thread ended while the job still ran".into(),
             )),
         }
+    }
+}
+
+/// Publishes the worker's model for serving (when it changed) and its view.
+fn publish(worker: &GlobalWorker, models: &watch::Sender<Arc<Trainer>>, view: &Mutex<GlobalView>) {
+    let version = worker.stage.trainer.version();
+    if models.borrow().version() != version {
+        let _ = models.send(Arc::new(worker.stage.trainer.serving_copy()));
+    }
+    if let Ok(mut shown) = view.lock() {
+        *shown = worker.view();
     }
 }
 
