@@ -3,20 +3,19 @@
 # same topics (issue 15; figures in BENCHMARKS.md). Starts its own tansu broker (memory
 # storage) on a free port, builds in release mode, and runs examples/throughput.rs.
 #
-# usage: scripts/bench-scale.sh [EVENTS] [ROUNDS]     (default 200000 2)
+# usage: scripts/bench-scale.sh [EVENTS] [ROUNDS] [RATE]   (default 200000 2 3000;
+#        RATE 0 skips the live serving-latency part)
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 root="${SHOPSTREAM_TOOLS:-$HOME/.cache/shopstream/tools}"
 "$here/install-tansu.sh" "$root"
-tansu="$root/bin/tansu"
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-url="tcp://127.0.0.1:$port"
 
 cd "$here/.."
 cargo build --release --locked --example throughput
-"$tansu" broker --listener-url "$url" --advertised-listener-url "$url" \
-    --storage-engine "memory://tansu/" >/dev/null 2>&1 &
+# scripts/broker.sh runs tansu in memory and stops it when it is stopped itself.
+PORT="$port" SHOPSTREAM_TOOLS="$root" "$here/broker.sh" >/dev/null 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null' EXIT INT TERM
 for _ in $(seq 1 100); do
@@ -24,4 +23,4 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 SHOPSTREAM_LOG="${SHOPSTREAM_LOG:-warn}" \
-    "${CARGO_TARGET_DIR:-target}/release/examples/throughput" "127.0.0.1:$port" "${1:-200000}" "${2:-2}"
+    "${CARGO_TARGET_DIR:-target}/release/examples/throughput" "127.0.0.1:$port" "${1:-200000}" "${2:-2}" "${3:-3000}"

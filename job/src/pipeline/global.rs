@@ -157,15 +157,9 @@ impl GlobalStage {
             summary.stockout_risks += forecasts.iter().filter(|f| f.stockout_risk).count() as u64;
             if write {
                 let batch = shopstream_trainer::metrics::demand_batch(&forecasts)?;
-                self.write_table(
-                    tables::ITEM_DEMAND,
-                    output.end,
-                    batch,
-                    BTreeMap::new(),
-                    &offsets,
-                    summary,
-                )
-                .await?;
+                let cx = (&offsets, &mut *summary);
+                self.write_plain(tables::ITEM_DEMAND, output.end, batch, cx)
+                    .await?;
             }
         }
         // Prequential: the window's examples are scored before the model trains on them;
@@ -200,15 +194,9 @@ impl GlobalStage {
             self.trainer.version(),
             &metrics,
         )?;
-        self.write_table(
-            tables::METRICS,
-            output.start,
-            metrics_batch,
-            BTreeMap::new(),
-            &offsets,
-            summary,
-        )
-        .await?;
+        let cx = (&offsets, &mut *summary);
+        self.write_plain(tables::METRICS, output.start, metrics_batch, cx)
+            .await?;
         tracing::debug!(
             window_start = output.start,
             events = output.events,
@@ -261,6 +249,18 @@ impl GlobalStage {
         Ok(())
     }
 
+    /// [`GlobalStage::write_table`] without file metadata beyond the window start.
+    async fn write_plain(
+        &mut self,
+        table: &'static str,
+        window_ms: i64,
+        batch: RecordBatch,
+        (offsets, summary): (&Arc<BTreeMap<String, i64>>, &mut RunSummary),
+    ) -> Result<(), PipelineError> {
+        self.write_table(table, window_ms, batch, BTreeMap::new(), offsets, summary)
+            .await
+    }
+
     /// Waits for the oldest running store write and counts what it wrote.
     async fn settle_oldest(&mut self, summary: &mut RunSummary) -> Result<(), PipelineError> {
         let Some(write) = self.writes.pop_front() else {
@@ -311,30 +311,18 @@ impl GlobalStage {
         let rows = stage.rows(&drifts);
         if write && !rows.is_empty() {
             let batch = drift_batch(&rows)?;
-            self.write_table(
-                tables::DRIFT,
-                output.start,
-                batch,
-                BTreeMap::new(),
-                offsets,
-                summary,
-            )
-            .await?;
+            let cx = (offsets, &mut *summary);
+            self.write_plain(tables::DRIFT, output.start, batch, cx)
+                .await?;
         }
         if drifts.alerts.is_empty() {
             return Ok(());
         }
         if write {
             let batch = alerts_batch(output.start, &drifts.alerts)?;
-            self.write_table(
-                tables::ALERTS,
-                output.start,
-                batch,
-                BTreeMap::new(),
-                offsets,
-                summary,
-            )
-            .await?;
+            let cx = (offsets, &mut *summary);
+            self.write_plain(tables::ALERTS, output.start, batch, cx)
+                .await?;
         }
         for alert in &drifts.alerts {
             let scenario = alert.scenario.as_deref().unwrap_or("-");

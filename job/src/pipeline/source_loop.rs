@@ -43,28 +43,6 @@ pub(super) fn bump(counts: &mut BTreeMap<String, u64>, key: &str) {
     }
 }
 
-/// What the reporter sees of the job (the parts, so the reporter itself can be borrowed
-/// mutably beside them).
-fn job_view<'a>(
-    summary: &'a RunSummary,
-    shard: &ShardStage,
-    global: &GlobalHandle,
-    outputs: &Outputs,
-    owned: &BTreeSet<(InputTopic, i32)>,
-) -> JobView<'a> {
-    JobView {
-        summary,
-        global: global.view(),
-        serving_model_version: global.serving_version(),
-        owned_partitions: owned.iter().copied().collect(),
-        global_stage_threads: global.mode(),
-        predictions_delivered: outputs.predictions_delivered(),
-        dead_letters_delivered: outputs.dead_letters_delivered(),
-        watermark_ms: shard.watermark(),
-        pending_examples: shard.pending_examples(),
-    }
-}
-
 /// The job between its source and its outputs.
 pub(super) struct Processor<'a> {
     pub(super) config: &'a Config,
@@ -205,13 +183,7 @@ impl Processor<'_> {
     fn publish_progress(&mut self, drained: bool) {
         let consumed: u64 = self.summary.consumed.values().sum();
         if self.reporter.due(drained, consumed) {
-            let view = job_view(
-                &self.summary,
-                &self.shard,
-                &self.global,
-                &self.outputs,
-                &self.owned,
-            );
+            let view = self.view();
             self.reporter.publish(
                 consumed,
                 view,
@@ -223,14 +195,22 @@ impl Processor<'_> {
 
     /// The run summary as of now.
     pub(super) fn snapshot(&self) -> RunSummary {
-        let view = job_view(
-            &self.summary,
-            &self.shard,
-            &self.global,
-            &self.outputs,
-            &self.owned,
-        );
-        self.reporter.snapshot(&view)
+        self.reporter.snapshot(&self.view())
+    }
+
+    /// What the reporter sees of the job now.
+    fn view(&self) -> JobView<'_> {
+        JobView {
+            summary: &self.summary,
+            global: self.global.view(),
+            serving_model_version: self.global.serving_version(),
+            owned_partitions: self.owned.iter().copied().collect(),
+            global_stage_threads: self.global.mode(),
+            predictions_delivered: self.outputs.predictions_delivered(),
+            dead_letters_delivered: self.outputs.dead_letters_delivered(),
+            watermark_ms: self.shard.watermark(),
+            pending_examples: self.shard.pending_examples(),
+        }
     }
 
     /// Handles one message from the source.

@@ -76,7 +76,7 @@ impl Reporter {
     /// consumer lag is within `ready_max_lag` (the lag comes from the consumer's
     /// statistics every few seconds; none yet counts as 0).
     pub(super) fn publish(
-        &mut self,
+        &self,
         consumed: u64,
         view: JobView<'_>,
         consumer_lag: &SharedLag,
