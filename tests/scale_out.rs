@@ -14,7 +14,7 @@ use shopstream_config::Config;
 use shopstream_ingest::generator::{GeneratorOptions, world::WorldSize};
 use shopstream_job::generate::publish_traffic;
 use shopstream_job::pipeline::{RunOptions, RunSummary, run_observed};
-use support::{Broker, run_to_end, store_files};
+use support::{Broker, run_to_end};
 
 /// About 20,000 messages over a little more than an hour of event time, some malformed.
 fn traffic() -> GeneratorOptions {
@@ -66,16 +66,7 @@ fn assert_same_outputs(
     (store, model): (&Path, &Path),
     (other_store, other_model): (&Path, &Path),
 ) {
-    let files = store_files(store);
-    let other = store_files(other_store);
-    assert_eq!(
-        files.keys().collect::<Vec<_>>(),
-        other.keys().collect::<Vec<_>>(),
-        "{what}: same file names"
-    );
-    for (name, bytes) in &files {
-        assert!(other[name] == *bytes, "{what}: {name} differs");
-    }
+    support::assert_same_store(what, store, other_store);
     assert!(
         std::fs::read(model).unwrap() == std::fs::read(other_model).unwrap(),
         "{what}: model files differ"

@@ -113,15 +113,7 @@ async fn replay_of_the_live_range_writes_byte_identical_files() {
         },
     )
     .await;
-    let full_files = store_files(&full);
-    assert_eq!(
-        full_files.keys().collect::<Vec<_>>(),
-        live_files.keys().collect::<Vec<_>>(),
-        "same file names"
-    );
-    for (name, bytes) in &live_files {
-        assert!(full_files[name] == *bytes, "{name} differs");
-    }
+    support::assert_same_store("replay of the whole range", &live, &full);
 
     // A sub-range: exactly the live run's files of the windows starting in it, same bytes.
     let (from, to) = (report.first_ts + 1_200_000, report.first_ts + 2_400_000);

@@ -103,12 +103,14 @@ impl FeaturePipeline {
     /// that no longer held the watermark back (read to its end, idle, revoked), a window
     /// already closed.
     pub fn ingest(&mut self, meta: RecordMeta, event: Event) -> Result<(), Box<Buffered>> {
-        let own = self.watermark.of_partition(meta.topic, meta.partition);
+        // A late event is older than the partition's newest, so observing it first
+        // changes nothing for it.
+        let own = self
+            .watermark
+            .observe(meta.topic, meta.partition, event.ts());
         if own.is_some_and(|w| event.ts() < self.windows.start_of(w)) {
             return Err(Box::new(Buffered { meta, event }));
         }
-        self.watermark
-            .observe(meta.topic, meta.partition, event.ts());
         self.windows.push(Buffered { meta, event })
     }
 

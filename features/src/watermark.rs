@@ -36,20 +36,14 @@ impl Watermark {
         self.newest.remove(&(topic, partition));
     }
 
-    /// Records an event of `partition` at `ts`.
-    pub fn observe(&mut self, topic: InputTopic, partition: i32, ts: Millis) {
-        let newest = self.newest.entry((topic, partition)).or_insert(Some(ts));
-        *newest = Some(newest.map_or(ts, |n| n.max(ts)));
-    }
-
-    /// The watermark of one partition alone: its newest event time - allowed lateness
-    /// (none before its first event).
-    pub fn of_partition(&self, topic: InputTopic, partition: i32) -> Option<Millis> {
-        self.newest
-            .get(&(topic, partition))
-            .copied()
-            .flatten()
-            .map(|n| n - self.lateness_ms)
+    /// Records an event of `partition` at `ts`. Returns the partition's own watermark
+    /// before it (its newest event time - allowed lateness; none before its first event),
+    /// which decides whether the event is late.
+    pub fn observe(&mut self, topic: InputTopic, partition: i32, ts: Millis) -> Option<Millis> {
+        let newest = self.newest.entry((topic, partition)).or_insert(None);
+        let before = *newest;
+        *newest = Some(before.map_or(ts, |n| n.max(ts)));
+        before.map(|n| n - self.lateness_ms)
     }
 
     /// The current watermark: none while a registered partition has not been read yet.

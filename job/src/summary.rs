@@ -66,10 +66,22 @@ pub struct RunSummary {
     pub window_processing: crate::latency::Percentiles,
 }
 
+/// The counters the global stage moves (inline or on its own thread); the run summary
+/// takes them over with [`RunSummary::absorb_global`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct GlobalCounters {
+    pub(crate) examples_written: u64,
+    pub(crate) files_written: u64,
+    pub(crate) compactions: u64,
+    pub(crate) checkpoints: u64,
+    pub(crate) demand_forecasts: u64,
+    pub(crate) stockout_risks: u64,
+    pub(crate) quality: Quality,
+}
+
 impl RunSummary {
-    /// Takes the counters only the global stage moves from `global` (its own summary):
-    /// examples and files written, compactions, checkpoints, item demand and quality.
-    pub(crate) fn absorb_global(&mut self, global: &RunSummary) {
+    /// Takes over the global stage's counters.
+    pub(crate) fn absorb_global(&mut self, global: &GlobalCounters) {
         self.examples_written = global.examples_written;
         self.files_written = global.files_written;
         self.compactions = global.compactions;

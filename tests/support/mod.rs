@@ -309,6 +309,21 @@ pub fn store_files(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     files
 }
 
+/// Asserts that two stores hold the same files (commit records and checkpoints left out,
+/// see [`store_files`]) with the same bytes; `what` names the comparison.
+pub fn assert_same_store(what: &str, store: &Path, other: &Path) {
+    let files = store_files(store);
+    let other = store_files(other);
+    assert_eq!(
+        files.keys().collect::<Vec<_>>(),
+        other.keys().collect::<Vec<_>>(),
+        "{what}: same file names"
+    );
+    for (name, bytes) in &files {
+        assert!(other[name] == *bytes, "{what}: {name} differs");
+    }
+}
+
 /// Sums the samples of metric `name` in a Prometheus text body.
 pub fn metric(body: &str, name: &str) -> u64 {
     body.lines()

@@ -508,6 +508,17 @@ mod tests {
         }
     }
 
+    /// An impression of `user` on the `example` item, to predict.
+    fn serving_row(user: &str) -> ServingRow {
+        ServingRow {
+            event_id: "x".into(),
+            ts: 2,
+            user_id: user.into(),
+            item_id: "sku".into(),
+            features: example(user, false).features,
+        }
+    }
+
     fn small() -> ModelConfig {
         ModelConfig {
             embedding_bits: 10,
@@ -536,16 +547,9 @@ mod tests {
         }
         assert_eq!(a.model_bytes(), b.model_bytes());
         assert_eq!(a.version(), 10);
-        let row = |user: &str| ServingRow {
-            event_id: "x".into(),
-            ts: 2,
-            user_id: user.into(),
-            item_id: "sku".into(),
-            features: example(user, false).features,
-        };
-        let clicker = a.predict(&row("clicker"), None);
-        let ignorer = a.predict(&row("ignorer"), None);
-        let buyer = a.predict(&row("buyer"), None);
+        let clicker = a.predict(&serving_row("clicker"), None);
+        let ignorer = a.predict(&serving_row("ignorer"), None);
+        let buyer = a.predict(&serving_row("buyer"), None);
         assert!(
             clicker.p_click > 0.8 && ignorer.p_click < 0.2,
             "{clicker:?} {ignorer:?}"
@@ -566,13 +570,7 @@ mod tests {
         trainer.train_window(&data);
         let copy = trainer.serving_copy();
         for user in ["clicker", "buyer", "stranger"] {
-            let row = ServingRow {
-                event_id: "x".into(),
-                ts: 2,
-                user_id: user.into(),
-                item_id: "sku".into(),
-                features: example(user, false).features,
-            };
+            let row = serving_row(user);
             assert_eq!(copy.predict(&row, Some(7)), trainer.predict(&row, Some(7)));
         }
         assert_eq!(copy.version(), trainer.version());

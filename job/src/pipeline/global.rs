@@ -27,7 +27,7 @@ use shopstream_trainer::joint::Output;
 
 use super::PipelineError;
 use super::outputs::Outputs;
-use crate::summary::RunSummary;
+use crate::summary::GlobalCounters;
 
 /// The model, the drift stage and the store.
 pub(super) struct GlobalStage {
@@ -61,7 +61,7 @@ pub(super) struct WindowContext<'a> {
     /// record, not the file, since files must be byte-identical however the input was
     /// interleaved (live run vs replay).
     pub(super) offsets: Arc<BTreeMap<String, i64>>,
-    pub(super) summary: &'a mut RunSummary,
+    pub(super) counters: &'a mut GlobalCounters,
     pub(super) outputs: &'a mut Outputs,
 }
 
@@ -146,18 +146,18 @@ impl GlobalStage {
         let WindowContext {
             write,
             offsets,
-            summary,
+            counters,
             outputs,
         } = cx;
         // Item demand: score and train on what sold in this window, forecast the next.
         let demand = self.trainer.train_demand(&output.demand);
         let forecasts = self.trainer.forecast(&output.demand_next);
         if !forecasts.is_empty() {
-            summary.demand_forecasts += forecasts.len() as u64;
-            summary.stockout_risks += forecasts.iter().filter(|f| f.stockout_risk).count() as u64;
+            counters.demand_forecasts += forecasts.len() as u64;
+            counters.stockout_risks += forecasts.iter().filter(|f| f.stockout_risk).count() as u64;
             if write {
                 let batch = shopstream_trainer::metrics::demand_batch(&forecasts)?;
-                let cx = (&offsets, &mut *summary);
+                let cx = (&offsets, &mut *counters);
                 self.write_plain(tables::ITEM_DEMAND, output.end, batch, cx)
                     .await?;
             }
@@ -165,13 +165,13 @@ impl GlobalStage {
         // Prequential: the window's examples are scored before the model trains on them;
         // the drift monitors see those scores.
         let (mut metrics, scores) = self.trainer.train_window_scored(&output.examples);
-        self.observe_drift(&output, &scores, write, &offsets, outputs, summary)
+        self.observe_drift(&output, &scores, write, &offsets, outputs, counters)
             .await?;
         if output.examples.is_empty() {
             return Ok(());
         }
         metrics.demand = demand;
-        summary.quality.add(&metrics);
+        counters.quality.add(&metrics);
         if !write {
             self.trainer.record_window(metrics);
             return Ok(());
@@ -184,7 +184,7 @@ impl GlobalStage {
             batch,
             metadata,
             &offsets,
-            summary,
+            counters,
         )
         .await?;
         // The prequential metrics of the window go to the store's `metrics` table.
@@ -194,7 +194,7 @@ impl GlobalStage {
             self.trainer.version(),
             &metrics,
         )?;
-        let cx = (&offsets, &mut *summary);
+        let cx = (&offsets, &mut *counters);
         self.write_plain(tables::METRICS, output.start, metrics_batch, cx)
             .await?;
         tracing::debug!(
@@ -211,7 +211,7 @@ impl GlobalStage {
         // table to find nothing to do.
         let settled_hours = output.settled_before.div_euclid(PARTITION_MS);
         if self.compacted_hours != Some(settled_hours) {
-            self.compact(Some(output.settled_before), summary).await?;
+            self.compact(Some(output.settled_before), counters).await?;
             self.compacted_hours = Some(settled_hours);
         }
         Ok(())
@@ -227,10 +227,10 @@ impl GlobalStage {
         batch: RecordBatch,
         mut metadata: BTreeMap<String, String>,
         offsets: &Arc<BTreeMap<String, i64>>,
-        summary: &mut RunSummary,
+        counters: &mut GlobalCounters,
     ) -> Result<(), PipelineError> {
         while self.writes.len() >= MAX_WRITES_IN_FLIGHT {
-            self.settle_oldest(summary).await?;
+            self.settle_oldest(counters).await?;
         }
         let store = self.store.clone();
         let stem = format!("window-{window_ms}");
@@ -255,14 +255,14 @@ impl GlobalStage {
         table: &'static str,
         window_ms: i64,
         batch: RecordBatch,
-        (offsets, summary): (&Arc<BTreeMap<String, i64>>, &mut RunSummary),
+        (offsets, counters): (&Arc<BTreeMap<String, i64>>, &mut GlobalCounters),
     ) -> Result<(), PipelineError> {
-        self.write_table(table, window_ms, batch, BTreeMap::new(), offsets, summary)
+        self.write_table(table, window_ms, batch, BTreeMap::new(), offsets, counters)
             .await
     }
 
     /// Waits for the oldest running store write and counts what it wrote.
-    async fn settle_oldest(&mut self, summary: &mut RunSummary) -> Result<(), PipelineError> {
+    async fn settle_oldest(&mut self, counters: &mut GlobalCounters) -> Result<(), PipelineError> {
         let Some(write) = self.writes.pop_front() else {
             return Ok(());
         };
@@ -272,8 +272,8 @@ impl GlobalStage {
             .map_err(|e| PipelineError::Internal(format!("store writer: {e}")))??;
         if write.examples {
             for file in written {
-                summary.examples_written += file.rows as u64;
-                summary.files_written += 1;
+                counters.examples_written += file.rows as u64;
+                counters.files_written += 1;
             }
         }
         Ok(())
@@ -282,10 +282,10 @@ impl GlobalStage {
     /// Waits until every store write started is durable (or one failed).
     pub(super) async fn settle_writes(
         &mut self,
-        summary: &mut RunSummary,
+        counters: &mut GlobalCounters,
     ) -> Result<(), PipelineError> {
         while !self.writes.is_empty() {
-            self.settle_oldest(summary).await?;
+            self.settle_oldest(counters).await?;
         }
         Ok(())
     }
@@ -300,7 +300,7 @@ impl GlobalStage {
         write: bool,
         offsets: &Arc<BTreeMap<String, i64>>,
         outputs: &mut Outputs,
-        summary: &mut RunSummary,
+        counters: &mut GlobalCounters,
     ) -> Result<(), PipelineError> {
         let Some(stage) = self.drift.as_mut() else {
             return Ok(());
@@ -311,7 +311,7 @@ impl GlobalStage {
         let rows = stage.rows(&drifts);
         if write && !rows.is_empty() {
             let batch = drift_batch(&rows)?;
-            let cx = (offsets, &mut *summary);
+            let cx = (offsets, &mut *counters);
             self.write_plain(tables::DRIFT, output.start, batch, cx)
                 .await?;
         }
@@ -320,7 +320,7 @@ impl GlobalStage {
         }
         if write {
             let batch = alerts_batch(output.start, &drifts.alerts)?;
-            let cx = (offsets, &mut *summary);
+            let cx = (offsets, &mut *counters);
             self.write_plain(tables::ALERTS, output.start, batch, cx)
                 .await?;
         }
@@ -352,13 +352,13 @@ impl GlobalStage {
     pub(super) async fn compact(
         &mut self,
         before_ms: Option<i64>,
-        summary: &mut RunSummary,
+        counters: &mut GlobalCounters,
     ) -> Result<(), PipelineError> {
         if !self.store.compacts_closed_hours() {
             return Ok(());
         }
         // Compaction reads the commit records of the hours it merges.
-        self.settle_writes(summary).await?;
+        self.settle_writes(counters).await?;
         let store = self.store.clone();
         let made = tokio::task::spawn_blocking(move || {
             let mut made = 0;
@@ -369,7 +369,7 @@ impl GlobalStage {
         })
         .await
         .map_err(|e| PipelineError::Internal(format!("store compaction: {e}")))??;
-        summary.compactions += made as u64;
+        counters.compactions += made as u64;
         Ok(())
     }
 }

@@ -14,6 +14,7 @@
 //! one it has received: behind by the windows queued (at most [`QUEUED_MESSAGES`]) and by
 //! at most [`PUBLISH_EVERY`] of wall time. The lag is a metric.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -32,7 +33,7 @@ use super::global::{GlobalStage, WindowContext};
 use super::outputs::Outputs;
 use crate::latency::{Histogram, WINDOW_PROCESSING_BOUNDS};
 use crate::recovery::{HeldEvent, JobStateRef, STATE_VERSION};
-use crate::summary::RunSummary;
+use crate::summary::GlobalCounters;
 
 /// Messages queued between the shard side and a global stage on its own thread. Windows
 /// are the large ones; arrivals travel in batches of [`ARRIVAL_BATCH`].
@@ -58,37 +59,31 @@ pub(super) enum ToGlobal {
         offsets: Arc<BTreeMap<String, i64>>,
     },
     /// The shard side's state at a checkpoint: the global stage adds its own and writes it.
-    Checkpoint(Box<ShardSnapshot>),
+    Checkpoint(Box<ShardParts<'static>>),
     /// The end of a bounded run: merge whatever remains in the store.
     CompactAll,
 }
 
-/// The shard side's part of a checkpoint, owned (it crosses to the global thread).
-pub(super) struct ShardSnapshot {
-    pub(super) windows_closed: u64,
-    pub(super) positions: Positions,
-    pub(super) features: FeaturePipeline,
-    pub(super) cleaner: Cleaner,
-    pub(super) held: Vec<HeldEvent>,
-}
-
-/// The shard side's part of a checkpoint, borrowed or from a [`ShardSnapshot`].
+/// The shard side's part of a checkpoint: borrowed when the global stage runs inline,
+/// owned (`'static`) when it crosses to the global thread or comes from a restored
+/// checkpoint.
 pub(super) struct ShardParts<'a> {
     pub(super) windows_closed: u64,
-    pub(super) positions: &'a Positions,
-    pub(super) features: &'a FeaturePipeline,
-    pub(super) cleaner: &'a Cleaner,
+    pub(super) positions: Cow<'a, Positions>,
+    pub(super) features: Cow<'a, FeaturePipeline>,
+    pub(super) cleaner: Cow<'a, Cleaner>,
     pub(super) held: Vec<HeldEvent>,
 }
 
-impl ShardSnapshot {
-    fn parts(&mut self) -> ShardParts<'_> {
+impl ShardParts<'_> {
+    /// The same parts, owned.
+    fn into_owned(self) -> ShardParts<'static> {
         ShardParts {
             windows_closed: self.windows_closed,
-            positions: &self.positions,
-            features: &self.features,
-            cleaner: &self.cleaner,
-            held: std::mem::take(&mut self.held),
+            positions: Cow::Owned(self.positions.into_owned()),
+            features: Cow::Owned(self.features.into_owned()),
+            cleaner: Cow::Owned(self.cleaner.into_owned()),
+            held: self.held,
         }
     }
 }
@@ -96,9 +91,8 @@ impl ShardSnapshot {
 /// What the reporter shows of the global stage.
 #[derive(Debug, Clone)]
 pub(super) struct GlobalView {
-    /// The counters the global stage moves (quality, files, demand, compactions,
-    /// checkpoints); the others stay at zero.
-    pub(super) summary: RunSummary,
+    /// The counters the global stage moves.
+    pub(super) counters: GlobalCounters,
     pub(super) model_version: u64,
     pub(super) trained_examples: u64,
     pub(super) last_window: Option<WindowMetrics>,
@@ -114,7 +108,7 @@ pub(super) struct GlobalWorker {
     outputs: Outputs,
     checkpoints: Option<CheckpointPlan>,
     committer: OffsetCommitter,
-    summary: RunSummary,
+    counters: GlobalCounters,
     window_time: Histogram,
 }
 
@@ -132,7 +126,7 @@ impl GlobalWorker {
             outputs: Outputs::new(config, replay)?,
             checkpoints,
             committer,
-            summary: RunSummary::default(),
+            counters: GlobalCounters::default(),
             window_time: Histogram::new(WINDOW_PROCESSING_BOUNDS),
         })
     }
@@ -151,7 +145,7 @@ impl GlobalWorker {
                 write,
                 offsets,
             } => self.window(output, write, offsets).await,
-            ToGlobal::Checkpoint(mut snapshot) => self.checkpoint(snapshot.parts()).await,
+            ToGlobal::Checkpoint(shard) => self.checkpoint(*shard).await,
             ToGlobal::CompactAll => self.compact_all().await,
         }
     }
@@ -167,7 +161,7 @@ impl GlobalWorker {
         let cx = WindowContext {
             write,
             offsets,
-            summary: &mut self.summary,
+            counters: &mut self.counters,
             outputs: &mut self.outputs,
         };
         let result = self.stage.window_closed(output, cx).await;
@@ -180,7 +174,7 @@ impl GlobalWorker {
     /// The shard side flushed its outputs before; the alert events are flushed here.
     pub(super) async fn checkpoint(&mut self, shard: ShardParts<'_>) -> Result<(), PipelineError> {
         // The files of every window the checkpoint covers are durable before it is.
-        self.stage.settle_writes(&mut self.summary).await?;
+        self.stage.settle_writes(&mut self.counters).await?;
         let Some(plan) = self.checkpoints.as_mut() else {
             return Ok(());
         };
@@ -188,28 +182,28 @@ impl GlobalWorker {
         let state = JobStateRef {
             version: STATE_VERSION,
             windows_closed: shard.windows_closed,
-            positions: shard.positions,
-            features: shard.features,
-            cleaner: shard.cleaner,
+            positions: &shard.positions,
+            features: &shard.features,
+            cleaner: &shard.cleaner,
             held: shard.held,
             trainer: &self.stage.trainer,
             drift: self.stage.drift.as_ref(),
         };
         plan.write(&state, shard.windows_closed)?;
-        self.summary.checkpoints += 1;
-        self.committer.commit(shard.positions).await?;
+        self.counters.checkpoints += 1;
+        self.committer.commit(&shard.positions).await?;
         Ok(())
     }
 
     /// Merges whatever remains in the store (end of a bounded run).
     pub(super) async fn compact_all(&mut self) -> Result<(), PipelineError> {
-        self.stage.compact(None, &mut self.summary).await
+        self.stage.compact(None, &mut self.counters).await
     }
 
     /// Waits until every store write started is durable and every alert event sent is
     /// acknowledged.
     pub(super) async fn flush(&mut self) -> Result<(), PipelineError> {
-        self.stage.settle_writes(&mut self.summary).await?;
+        self.stage.settle_writes(&mut self.counters).await?;
         self.outputs.flush().await
     }
 
@@ -217,7 +211,7 @@ impl GlobalWorker {
     pub(super) fn view(&self) -> GlobalView {
         let trainer = &self.stage.trainer;
         GlobalView {
-            summary: self.summary.clone(),
+            counters: self.counters.clone(),
             model_version: trainer.version(),
             trained_examples: trainer.trained_examples(),
             last_window: trainer.last_window().cloned(),
@@ -251,7 +245,7 @@ pub(super) enum GlobalHandle {
 impl GlobalHandle {
     /// Runs `worker` inline (`threads` = 1) or on a thread of its own. The thread carries
     /// out messages through `runtime`; when one fails it cancels `cancel` and ends with the
-    /// error, which the next send (or [`GlobalHandle::finish`]) returns.
+    /// error, which the next send (or [`GlobalHandle::join`]) returns.
     pub(super) fn start(
         worker: GlobalWorker,
         threads: usize,
@@ -378,15 +372,9 @@ impl GlobalHandle {
         match self {
             Self::Inline(worker) => worker.checkpoint(shard).await,
             Self::Thread(_) => {
-                let snapshot = ShardSnapshot {
-                    windows_closed: shard.windows_closed,
-                    positions: shard.positions.clone(),
-                    features: shard.features.clone(),
-                    cleaner: shard.cleaner.clone(),
-                    held: shard.held,
-                };
+                let owned = Box::new(shard.into_owned());
                 self.send_arrivals().await?;
-                self.send(ToGlobal::Checkpoint(Box::new(snapshot))).await
+                self.send(ToGlobal::Checkpoint(owned)).await
             }
         }
     }
@@ -434,16 +422,11 @@ impl GlobalHandle {
     /// job's task (the thread ends), so the end of the run reaches it inline. Returns the
     /// thread's error if it failed.
     pub(super) async fn join(&mut self) -> Result<(), PipelineError> {
+        // A failed send joins the thread already and returns its error.
+        self.send_arrivals().await?;
         let Self::Thread(thread) = self else {
             return Ok(());
         };
-        let arrivals = std::mem::take(&mut thread.arrivals);
-        if !arrivals.is_empty()
-            && let Some(tx) = &thread.tx
-        {
-            // A failed send means the thread ended: its join below says why.
-            let _ = tx.send(ToGlobal::Arrivals(arrivals)).await;
-        }
         thread.tx = None;
         let worker = join(thread.thread.take()).await?;
         *self = Self::Inline(Box::new(worker));

@@ -33,6 +33,7 @@ mod shard;
 mod source_loop;
 mod telemetry;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -54,7 +55,7 @@ pub use replay::ReplayRange;
 use crate::http::Telemetry;
 use checkpoint::CheckpointPlan;
 use global::GlobalStage;
-use global_worker::{GlobalHandle, GlobalWorker};
+use global_worker::{GlobalHandle, GlobalWorker, ShardParts};
 use outputs::Outputs;
 use replay::ReplayState;
 use shard::ShardStage;
@@ -212,13 +213,13 @@ pub async fn run_observed(
     let mut global = GlobalStage::new(config, store, options.replay.is_none())?;
     let shard_state = restored.map(|state| {
         global.resume(config, state.trainer, state.drift);
-        (
-            state.windows_closed,
-            state.positions,
-            state.features,
-            state.cleaner,
-            state.held,
-        )
+        ShardParts {
+            windows_closed: state.windows_closed,
+            positions: Cow::Owned(state.positions),
+            features: Cow::Owned(state.features),
+            cleaner: Cow::Owned(state.cleaner),
+            held: state.held,
+        }
     });
     let worker = GlobalWorker::new(
         config,
@@ -236,7 +237,7 @@ pub async fn run_observed(
     )?;
     tracing::info!(
         workers = threads,
-        global_stage = if threads > 1 { "own thread" } else { "inline" },
+        global_stage = global.mode(),
         "processing path"
     );
     let mut processor = Processor {
@@ -257,8 +258,8 @@ pub async fn run_observed(
         reporter: Reporter::new(progress, telemetry_tx, http_addr, started),
         effects: Vec::new(),
     };
-    if let Some((windows_closed, positions, features, cleaner, held)) = shard_state {
-        processor.resume(windows_closed, positions, features, cleaner, held);
+    if let Some(state) = shard_state {
+        processor.resume(state);
     }
     let outcome = processor.process(rx, &cancel, shutdown).await;
     // Every window and checkpoint handed to the global stage carried out (its thread, if

@@ -2,6 +2,7 @@
 //! stage, carries out its effects through the outputs and the global stage, closes the
 //! windows the watermark passed, and takes checkpoints when they are due.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
@@ -22,7 +23,6 @@ use super::outputs::Outputs;
 use super::replay::{ReplayState, ReplayStep};
 use super::shard::{Consumed, Effect, ShardStage};
 use super::telemetry::{JobView, Reporter};
-use crate::recovery::HeldEvent;
 use crate::summary::RunSummary;
 
 /// Whether the processor goes on after a message.
@@ -142,17 +142,14 @@ impl Processor<'_> {
     }
 
     /// Takes over a checkpoint's shard-side state (the global stage took its part).
-    pub(super) fn resume(
-        &mut self,
-        windows_closed: u64,
-        positions: Positions,
-        features: shopstream_features::FeaturePipeline,
-        cleaner: shopstream_ingest::clean::Cleaner,
-        held: Vec<HeldEvent>,
-    ) {
-        self.windows_total = windows_closed;
-        self.shard.resume(features, cleaner, held);
-        self.positions = positions;
+    pub(super) fn resume(&mut self, state: ShardParts<'static>) {
+        self.windows_total = state.windows_closed;
+        self.shard.resume(
+            state.features.into_owned(),
+            state.cleaner.into_owned(),
+            state.held,
+        );
+        self.positions = state.positions.into_owned();
     }
 
     /// Checkpoints everything consumed so far; the global stage writes it with its own
@@ -170,9 +167,9 @@ impl Processor<'_> {
         self.outputs.flush().await?;
         let shard = ShardParts {
             windows_closed: self.windows_total,
-            positions: &self.positions,
-            features: self.shard.features(),
-            cleaner: self.shard.cleaner(),
+            positions: Cow::Borrowed(&self.positions),
+            features: Cow::Borrowed(self.shard.features()),
+            cleaner: Cow::Borrowed(self.shard.cleaner()),
             held: self.shard.held_events(),
         };
         self.global.checkpoint(shard).await

@@ -125,7 +125,7 @@ impl Reporter {
     pub(super) fn snapshot(&self, view: &JobView<'_>) -> RunSummary {
         let global = &view.global;
         let mut summary = view.summary.clone();
-        summary.absorb_global(&global.summary);
+        summary.absorb_global(&global.counters);
         summary.prediction_latency = self.latency.percentiles();
         summary.window_processing = global.window_time.percentiles();
         summary.elapsed_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
