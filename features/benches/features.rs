@@ -77,8 +77,8 @@ fn run_with(events: Vec<(RecordMeta, Event)>, measure_state: bool, arrow: bool) 
         }
     }
     if measure_state {
-        let (users, items) = pipeline.state().key_counts();
-        let memory = pipeline.state().approx_bytes();
+        let (users, items) = pipeline.key_counts();
+        let memory = pipeline.approx_bytes();
         let pending = pipeline.pending_examples();
         eprintln!(
             "state: {users} active users, {items} (partition, item) entries, {pending} pending examples; \

@@ -13,6 +13,8 @@
 //! Examples depend only on the input events, never on arrival order: state changes only
 //! when whole windows close, and label maturity is judged against window boundaries. The
 //! joins and the state are described in [`state`]; the columns in `docs/feature-schema.md`.
+//! The state is split into one [`Shard`] per partition number (clicks and orders are
+//! co-partitioned by user) plus one for the inventory, which every shard joins.
 //!
 //! Two things every later stage shares live here too: [`WindowGrid`], the one tumbling
 //! window grid (the drift stage, the store's per-window files and `drift bench` place
@@ -21,6 +23,7 @@
 pub mod arrow_time;
 mod example;
 pub mod rolling;
+mod shard;
 pub mod state;
 mod watermark;
 mod window;
@@ -29,9 +32,12 @@ pub use example::{
     EXAMPLES_SCHEMA_VERSION, Example, Features, Labels, ServingRow, examples_batch,
     examples_metadata, examples_schema,
 };
-pub use state::{DemandFeatures, DemandRow, FeatureState, StateLimits, UserArrival};
+pub use shard::{JoinedEvents, Shard, ShardWindow};
+pub use state::{DemandFeatures, DemandRow, FeatureState, StateBytes, StateLimits, UserArrival};
 pub use watermark::Watermark;
 pub use window::{Buffered, ClosedWindow, WindowGrid, Windows};
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use shopstream_config::PipelineConfig;
 use shopstream_ingest::event::{ClickKind, Event, InputTopic, Millis};
@@ -70,11 +76,24 @@ pub struct WindowOutput {
 
 /// The features stage. Serializable as a whole: a checkpoint holds it (open windows,
 /// watermark, keyed state, pending labels).
+///
+/// Inside, it is one [`Shard`] per partition number of the clicks and orders topics, and
+/// one for the inventory (whose events every shard joins, and from which the demand rows
+/// come). Which windows close, and when, is decided here for all shards at once; each
+/// shard applies them to its own events and the parts are merged in a fixed order, so the
+/// outputs are what one state applying every event in (ts, topic, partition, offset)
+/// order would give.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FeaturePipeline {
-    windows: Windows,
+    grid: WindowGrid,
     watermark: Watermark,
-    state: FeatureState,
+    /// A shard per partition number of clicks and orders.
+    shards: BTreeMap<i32, Shard>,
+    /// The inventory's events and state: demand rows, and the replica a new shard starts
+    /// from.
+    inventory: Shard,
+    /// Everything before this time is closed.
+    closed_until: Option<Millis>,
     /// Demand features taken when the previous window closed.
     demand_snapshot: Vec<DemandFeatures>,
 }
@@ -82,14 +101,18 @@ pub struct FeaturePipeline {
 impl FeaturePipeline {
     /// A stage configured by `config`.
     pub fn new(config: &PipelineConfig) -> Self {
+        let grid = WindowGrid::of(config);
+        let state = FeatureState::new(StateLimits {
+            click_window_ms: config.click_window_ms(),
+            attribution_ms: config.attribution_window_ms(),
+            ttl_ms: config.feature_ttl_ms(),
+        });
         Self {
-            windows: Windows::new(config.window_ms()),
+            grid,
             watermark: Watermark::new(config.allowed_lateness_ms()),
-            state: FeatureState::new(StateLimits {
-                click_window_ms: config.click_window_ms(),
-                attribution_ms: config.attribution_window_ms(),
-                ttl_ms: config.feature_ttl_ms(),
-            }),
+            shards: BTreeMap::new(),
+            inventory: Shard::new(Windows::new(grid.length_ms()), state, None),
+            closed_until: None,
             demand_snapshot: Vec::new(),
         }
     }
@@ -108,10 +131,28 @@ impl FeaturePipeline {
         let own = self
             .watermark
             .observe(meta.topic, meta.partition, event.ts());
-        if own.is_some_and(|w| event.ts() < self.windows.start_of(w)) {
+        if own.is_some_and(|w| event.ts() < self.grid.start_of(w)) {
             return Err(Box::new(Buffered { meta, event }));
         }
-        self.windows.push(Buffered { meta, event })
+        let buffered = Buffered { meta, event };
+        match meta.topic {
+            InputTopic::Inventory => self.inventory.push(buffered),
+            InputTopic::Clicks | InputTopic::Orders => self.shard(meta.partition).push(buffered),
+        }
+    }
+
+    /// The shard of partition number `partition`, started (with the inventory as it is
+    /// now) on its first event.
+    fn shard(&mut self, partition: i32) -> &mut Shard {
+        let (grid, closed_until) = (self.grid, self.closed_until);
+        let inventory = &self.inventory;
+        self.shards.entry(partition).or_insert_with(|| {
+            Shard::new(
+                Windows::new(grid.length_ms()),
+                FeatureState::replica_of(inventory.state()),
+                closed_until,
+            )
+        })
     }
 
     /// Makes the watermark wait for a partition known to hold unread data.
@@ -134,13 +175,22 @@ impl FeaturePipeline {
     /// Features for an impression read from `meta`'s partition, from the state as it is.
     pub fn serving_row(&self, meta: &RecordMeta, event: &Event) -> Option<ServingRow> {
         match event {
-            Event::Click(c) if c.kind == ClickKind::Impression => Some(ServingRow {
-                event_id: c.event_id.clone(),
-                ts: c.ts,
-                user_id: c.user_id.clone(),
-                item_id: c.item_id.clone()?,
-                features: self.state.features_of(meta.partition, c),
-            }),
+            Event::Click(c) if c.kind == ClickKind::Impression => {
+                // Before a partition's first event its shard does not exist: the
+                // inventory's state knows no user either, and the same inventory.
+                let state = self
+                    .shards
+                    .get(&meta.partition)
+                    .unwrap_or(&self.inventory)
+                    .state();
+                Some(ServingRow {
+                    event_id: c.event_id.clone(),
+                    ts: c.ts,
+                    user_id: c.user_id.clone(),
+                    item_id: c.item_id.clone()?,
+                    features: state.features_of(meta.partition, c),
+                })
+            }
             _ => None,
         }
     }
@@ -150,16 +200,35 @@ impl FeaturePipeline {
         let Some(watermark) = self.watermark.current() else {
             return Vec::new();
         };
-        let closed = self.windows.close_until(watermark);
-        closed.into_iter().map(|w| self.apply_window(w)).collect()
+        let boundary = self.grid.start_of(watermark);
+        if self.closed_until.is_some_and(|c| c >= boundary) {
+            // Every open window ends after the closed bound: nothing can close.
+            return Vec::new();
+        }
+        self.closed_until = Some(boundary);
+        let inventory = self.inventory.take_closed(boundary);
+        let own: Vec<JoinedEvents> = self
+            .shards
+            .values_mut()
+            .map(|s| s.take_closed(boundary))
+            .collect();
+        self.apply_windows(inventory, own)
     }
 
     /// Closes all windows and matures all pending examples (end of input).
     pub fn finish(&mut self) -> Vec<WindowOutput> {
-        let closed = self.windows.close_all();
-        let mut outputs: Vec<WindowOutput> =
-            closed.into_iter().map(|w| self.apply_window(w)).collect();
-        let rest = self.state.mature_all();
+        let inventory = self.inventory.take_all();
+        let own: Vec<JoinedEvents> = self.shards.values_mut().map(Shard::take_all).collect();
+        let mut outputs = self.apply_windows(inventory, own);
+        if let Some(last) = outputs.last() {
+            self.closed_until = Some(last.end);
+        }
+        let rest = merge_examples(
+            self.shards
+                .iter_mut()
+                .map(|(p, s)| (*p, s.mature_all()))
+                .collect(),
+        );
         if !rest.is_empty() {
             match outputs.last_mut() {
                 Some(last) => last.examples.extend(rest),
@@ -167,9 +236,8 @@ impl FeaturePipeline {
                     // Every window was closed already: report the rest under the next,
                     // never-used window start so no earlier window's file is overwritten.
                     let start = self
-                        .windows
-                        .closed_until()
-                        .unwrap_or_else(|| rest.first().map_or(0, |e| self.windows.start_of(e.ts)));
+                        .closed_until
+                        .unwrap_or_else(|| rest.first().map_or(0, |e| self.grid.start_of(e.ts)));
                     outputs.push(WindowOutput {
                         start,
                         end: start,
@@ -186,55 +254,135 @@ impl FeaturePipeline {
         outputs
     }
 
-    fn apply_window(&mut self, window: ClosedWindow) -> WindowOutput {
-        let events = window.events.len();
-        for group in window.events.chunk_by(|a, b| a.event.ts() == b.event.ts()) {
-            let group: Vec<(InputTopic, i32, &Event)> = group
-                .iter()
-                .map(|b| (b.meta.topic, b.meta.partition, &b.event))
-                .collect();
-            self.state.apply_same_ts(&group);
+    /// Applies, in order, every window that holds events of any shard (`inventory`, and
+    /// `own` per shard in partition order) to every shard, and merges their parts.
+    fn apply_windows(
+        &mut self,
+        inventory: JoinedEvents,
+        own: Vec<JoinedEvents>,
+    ) -> Vec<WindowOutput> {
+        let starts: BTreeSet<Millis> = inventory
+            .keys()
+            .chain(own.iter().flat_map(BTreeMap::keys))
+            .copied()
+            .collect();
+        if starts.is_empty() {
+            return Vec::new();
         }
-        let users = self.state.take_window_users();
-        let examples = self.state.mature_before(window.end);
+        let empty = Vec::new();
+        let joined = |start: &Millis| inventory.get(start).unwrap_or(&empty);
+        // Each shard on its own, all its windows in order.
+        let parts: Vec<(i32, Vec<ShardWindow>)> = self
+            .shards
+            .iter_mut()
+            .zip(&own)
+            .map(|((partition, shard), own)| {
+                let windows = starts
+                    .iter()
+                    .map(|start| {
+                        let mine = own.get(start).unwrap_or(&empty);
+                        shard.apply(*start, mine, joined(start))
+                    })
+                    .collect();
+                (*partition, windows)
+            })
+            .collect();
+        let mut parts: Vec<(i32, std::vec::IntoIter<ShardWindow>)> = parts
+            .into_iter()
+            .map(|(p, windows)| (p, windows.into_iter()))
+            .collect();
+        starts
+            .iter()
+            .map(|&start| {
+                let inventory_part = self.inventory.apply(start, joined(&start), &[]);
+                let window: Vec<(i32, ShardWindow)> = parts
+                    .iter_mut()
+                    .filter_map(|(p, windows)| Some((*p, windows.next()?)))
+                    .collect();
+                self.merge_window(start, inventory_part, window)
+            })
+            .collect()
+    }
+
+    /// One window's output from the parts of the inventory and of every shard.
+    fn merge_window(
+        &mut self,
+        start: Millis,
+        inventory: ShardWindow,
+        parts: Vec<(i32, ShardWindow)>,
+    ) -> WindowOutput {
+        let end = start + self.grid.length_ms();
+        let events = inventory.events + parts.iter().map(|(_, w)| w.events).sum::<usize>();
+        let oldest = parts.iter().filter_map(|(_, w)| w.oldest_pending).min();
+        let mut users: Vec<(Millis, i32, UserArrival)> = Vec::new();
+        let mut examples = Vec::with_capacity(parts.iter().map(|(_, w)| w.examples.len()).sum());
+        for (partition, part) in parts {
+            users.extend(part.users.into_iter().map(|(ts, u)| (ts, partition, u)));
+            examples.push((partition, part.examples));
+        }
+        // Stable: a shard's users of one millisecond stay in its order.
+        users.sort_by_key(|(ts, partition, _)| (*ts, *partition));
         // Demand: the snapshot taken at this window's start, labelled with what sold in it.
-        let sold = self.state.take_window_units();
+        let state = self.inventory.state_mut();
+        let sold = state.take_window_units();
         let demand = std::mem::take(&mut self.demand_snapshot)
             .into_iter()
-            .filter(|f| f.at == window.start)
+            .filter(|f| f.at == start)
             .map(|features| DemandRow {
                 units: sold.get(&features.item_id).copied().unwrap_or(0),
                 features,
             })
             .collect();
-        self.demand_snapshot = self.state.demand_snapshot(window.end);
+        self.demand_snapshot = state.demand_snapshot(end);
         // Later windows hold events at or after this window's end; one window of margin
         // covers drift evidence, reported on the grid of windows.
-        let oldest = self
-            .state
-            .oldest_pending_ts()
-            .map_or(window.end, |ts| ts.min(window.end));
+        let oldest = oldest.map_or(end, |ts| ts.min(end));
         WindowOutput {
-            start: window.start,
-            end: window.end,
+            start,
+            end,
             events,
-            examples,
+            examples: merge_examples(examples),
             demand,
             demand_next: self.demand_snapshot.clone(),
-            users,
-            settled_before: self.windows.start_of(oldest) - self.windows.length_ms(),
+            users: users.into_iter().map(|(_, _, u)| u).collect(),
+            settled_before: self.grid.start_of(oldest) - self.grid.length_ms(),
         }
     }
 
     /// Impressions waiting for their labels.
     pub fn pending_examples(&self) -> usize {
-        self.state.pending_len()
+        self.shards.values().map(|s| s.state().pending_len()).sum()
     }
 
-    /// The state, for inspection and memory accounting.
-    pub fn state(&self) -> &FeatureState {
-        &self.state
+    /// Users and (partition, item) entries with state, for memory accounting.
+    pub fn key_counts(&self) -> (usize, usize) {
+        self.shards.values().fold((0, 0), |(u, i), s| {
+            let (users, items) = s.state().key_counts();
+            (u + users, i + items)
+        })
     }
+
+    /// Approximate bytes held by every shard's state (each holds a replica of the
+    /// inventory), for the memory benchmark.
+    pub fn approx_bytes(&self) -> StateBytes {
+        self.shards
+            .values()
+            .chain([&self.inventory])
+            .map(|s| s.state().approx_bytes())
+            .fold(StateBytes::default(), |a, b| a + b)
+    }
+}
+
+/// Examples of one window from every shard (each in its own order), in (ts, partition,
+/// application order) order.
+fn merge_examples(parts: Vec<(i32, Vec<Example>)>) -> Vec<Example> {
+    let mut tagged: Vec<(i32, Example)> = parts
+        .into_iter()
+        .flat_map(|(p, examples)| examples.into_iter().map(move |e| (p, e)))
+        .collect();
+    // Stable: a shard's examples of one millisecond stay in its order.
+    tagged.sort_by_key(|(partition, e)| (e.ts, *partition));
+    tagged.into_iter().map(|(_, e)| e).collect()
 }
 
 #[cfg(test)]

@@ -181,10 +181,18 @@ pub struct FeatureState {
     /// [`FeatureState::take_window_users`] when the window's output is made, so empty in
     /// the job's checkpoints, which are taken between windows).
     #[serde(default)]
-    window_users: Vec<UserArrival>,
+    window_users: Vec<(Millis, UserArrival)>,
     /// Each user with an event in the window being applied (see [`WindowUser`]).
     #[serde(default)]
     window_user_state: HashMap<String, WindowUser>,
+    /// Whether inventory sales are counted (for item demand). A shard's replica of the
+    /// inventory needs only what features join (on hand, price, category).
+    #[serde(default = "counts_sales")]
+    counts_sales: bool,
+}
+
+fn counts_sales() -> bool {
+    true
 }
 
 /// A user of the window being applied.
@@ -219,6 +227,31 @@ impl FeatureState {
             inventory: HashMap::default(),
             window_users: Vec::new(),
             window_user_state: HashMap::default(),
+            counts_sales: true,
+        }
+    }
+
+    /// Empty keyed state joined with a copy of `other`'s inventory: the state of a shard
+    /// that starts while the job runs. It does not count sales (demand is made once, from
+    /// the state of the inventory itself).
+    pub fn replica_of(other: &FeatureState) -> Self {
+        let inventory = other
+            .inventory
+            .iter()
+            .map(|(item, row)| {
+                let row = InventoryRow {
+                    on_hand: row.on_hand,
+                    price: row.price,
+                    category: row.category.clone(),
+                    ..InventoryRow::default()
+                };
+                (item.clone(), row)
+            })
+            .collect();
+        Self {
+            inventory,
+            counts_sales: false,
+            ..Self::new(other.limits)
         }
     }
 
@@ -275,11 +308,12 @@ impl FeatureState {
                 let (first, known) = (!user.listed, user.known);
                 user.listed = true;
                 if first {
-                    self.window_users.push(UserArrival {
+                    let arrival = UserArrival {
                         user_id: c.user_id.clone(),
                         device: c.device.clone(),
                         new_user: !known,
-                    });
+                    };
+                    self.window_users.push((c.ts, arrival));
                 }
                 new_pending.push((*partition, example, c.session_id.clone()));
             }
@@ -342,7 +376,7 @@ impl FeatureState {
                 if let Some(category) = &e.category {
                     row.category = Some(category.clone());
                 }
-                if e.kind == InventoryKind::Sale {
+                if e.kind == InventoryKind::Sale && self.counts_sales {
                     let units = e.delta.map_or(0, |d| -d).max(0);
                     row.sales.add(
                         e.ts,
@@ -418,9 +452,9 @@ impl FeatureState {
         rows
     }
 
-    /// Users of the window just applied, in the order of their first impression in it
-    /// (resets the list).
-    pub fn take_window_users(&mut self) -> Vec<UserArrival> {
+    /// Users of the window just applied, with the time of their first impression in it,
+    /// in that order (resets the list).
+    pub fn take_window_users(&mut self) -> Vec<(Millis, UserArrival)> {
         self.window_user_state.clear();
         std::mem::take(&mut self.window_users)
     }
@@ -533,7 +567,7 @@ impl FeatureState {
 }
 
 /// Approximate memory of the feature state, by kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StateBytes {
     /// Per-user, per-item, inventory and join indexes (clicks, orders).
     pub keyed: usize,
@@ -543,6 +577,19 @@ pub struct StateBytes {
     pub items: usize,
     /// Impressions waiting for their labels, and their click-join index.
     pub pending: usize,
+}
+
+impl std::ops::Add for StateBytes {
+    type Output = StateBytes;
+
+    fn add(self, other: StateBytes) -> StateBytes {
+        StateBytes {
+            keyed: self.keyed + other.keyed,
+            users: self.users + other.users,
+            items: self.items + other.items,
+            pending: self.pending + other.pending,
+        }
+    }
 }
 
 fn affinity(user: &UserState, category: &str) -> f64 {

@@ -117,6 +117,11 @@ impl Windows {
         self.closed_until
     }
 
+    /// Starts of the windows holding events, oldest first.
+    pub fn open_starts(&self) -> impl Iterator<Item = Millis> + '_ {
+        self.open.keys().copied()
+    }
+
     /// Buffers an event; gives it back if its window is already closed (late).
     pub fn push(&mut self, item: Buffered) -> Result<(), Box<Buffered>> {
         if self.closed_until.is_some_and(|c| item.event.ts() < c) {

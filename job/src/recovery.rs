@@ -27,7 +27,7 @@ use shopstream_kafka::source::{Positions, RecordMeta};
 use shopstream_trainer::Trainer;
 
 /// Version of the checkpoint contents (the file format has its own, in the sinks crate).
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 
 /// An event held for a clock-skew decision.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,137 @@
+//! One partition's share of the features stage.
+//!
+//! Clicks and orders are co-partitioned by user, so the events of partition number `p` of
+//! both topics touch only `p`'s keyed state. A [`Shard`] holds that state, the open
+//! windows of its own events, and a replica of the inventory, which every shard joins as
+//! of event time. It applies a window when told the window closes (the job closes a
+//! window for every shard at once, also for shards with no event in it, so that labels
+//! mature in the same window whoever holds the partition), and returns its part of the
+//! window: the examples that matured, the users it saw, the oldest impression still
+//! pending. The features stage merges the parts of all shards in a fixed order.
+//!
+//! A shard's work depends only on its own events, the inventory events and the list of
+//! windows that close, so shards can be applied in any order, on any thread.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use shopstream_ingest::event::{Event, InputTopic, Millis};
+
+use crate::example::Example;
+use crate::state::{FeatureState, UserArrival};
+use crate::window::{Buffered, ClosedWindow, Windows};
+
+/// The state and open windows of one partition number (or of the inventory).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Shard {
+    windows: Windows,
+    state: FeatureState,
+}
+
+/// A shard's part of one closed window.
+#[derive(Debug, Clone, Default)]
+pub struct ShardWindow {
+    /// Events of the shard's own partitions in the window.
+    pub events: usize,
+    /// Examples whose labels matured, in (ts, application order) order.
+    pub examples: Vec<Example>,
+    /// Users at their first impression in the window, with its time, in that order.
+    pub users: Vec<(Millis, UserArrival)>,
+    /// Event time of the oldest impression still waiting for labels after the window.
+    pub oldest_pending: Option<Millis>,
+}
+
+/// Events of the inventory by window start: what every shard joins.
+pub type JoinedEvents = BTreeMap<Millis, Vec<Buffered>>;
+
+impl Shard {
+    /// A shard with `state`, whose windows before `closed_until` are closed already.
+    pub fn new(windows: Windows, state: FeatureState, closed_until: Option<Millis>) -> Self {
+        let mut shard = Self { windows, state };
+        if let Some(closed) = closed_until {
+            // Nothing is open: this only moves the closed bound.
+            let none = shard.windows.close_until(closed);
+            debug_assert!(none.is_empty());
+        }
+        shard
+    }
+
+    /// Buffers one of the shard's own events; gives it back when its window is closed.
+    pub fn push(&mut self, event: Buffered) -> Result<(), Box<Buffered>> {
+        self.windows.push(event)
+    }
+
+    /// Starts of the windows holding events of this shard, oldest first.
+    pub fn open_starts(&self) -> impl Iterator<Item = Millis> + '_ {
+        self.windows.open_starts()
+    }
+
+    /// The keyed state.
+    pub fn state(&self) -> &FeatureState {
+        &self.state
+    }
+
+    /// Takes the shard's own events of every window ending at or before `boundary`,
+    /// sorted, by window start; everything before `boundary` is closed from now on.
+    pub fn take_closed(&mut self, boundary: Millis) -> JoinedEvents {
+        collect(self.windows.close_until(boundary))
+    }
+
+    /// Takes the shard's own events of every open window (end of input).
+    pub fn take_all(&mut self) -> JoinedEvents {
+        collect(self.windows.close_all())
+    }
+
+    /// Applies the window starting at `start`: the shard's `own` events merged with the
+    /// `joined` (inventory) events, both sorted, in (ts, topic, partition, offset) order;
+    /// then matures the examples whose labels can no longer change.
+    pub fn apply(&mut self, start: Millis, own: &[Buffered], joined: &[Buffered]) -> ShardWindow {
+        let end = start + self.windows.length_ms();
+        let merged = merge(own, joined);
+        for group in merged.chunk_by(|a, b| a.event.ts() == b.event.ts()) {
+            let group: Vec<(InputTopic, i32, &Event)> = group
+                .iter()
+                .map(|b| (b.meta.topic, b.meta.partition, &b.event))
+                .collect();
+            self.state.apply_same_ts(&group);
+        }
+        ShardWindow {
+            events: own.len(),
+            users: self.state.take_window_users(),
+            examples: self.state.mature_before(end),
+            oldest_pending: self.state.oldest_pending_ts(),
+        }
+    }
+
+    /// Every example still pending (end of input).
+    pub fn mature_all(&mut self) -> Vec<Example> {
+        self.state.mature_all()
+    }
+
+    /// The state, to make demand rows from (the inventory's shard only).
+    pub(crate) fn state_mut(&mut self) -> &mut FeatureState {
+        &mut self.state
+    }
+}
+
+fn collect(closed: Vec<ClosedWindow>) -> JoinedEvents {
+    closed.into_iter().map(|w| (w.start, w.events)).collect()
+}
+
+/// Two sorted event lists as one, in processing order.
+fn merge<'a>(a: &'a [Buffered], b: &'a [Buffered]) -> Vec<&'a Buffered> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        if b[j].order_key() < a[i].order_key() {
+            out.push(&b[j]);
+            j += 1;
+        } else {
+            out.push(&a[i]);
+            i += 1;
+        }
+    }
+    out.extend(&a[i..]);
+    out.extend(&b[j..]);
+    out
+}
