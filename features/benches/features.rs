@@ -54,12 +54,19 @@ fn traffic(events: u64) -> Vec<(RecordMeta, Event)> {
 }
 
 fn run(events: Vec<(RecordMeta, Event)>, measure_state: bool) -> usize {
-    run_with(events, measure_state, true)
+    run_with(events, measure_state, true, 1)
 }
 
-/// `arrow`: also build the Arrow batches (else only count the examples), to split the cost.
-fn run_with(events: Vec<(RecordMeta, Event)>, measure_state: bool, arrow: bool) -> usize {
+/// `arrow`: also build the Arrow batches (else only count the examples), to split the cost;
+/// `threads`: the partition shards are applied on this many threads.
+fn run_with(
+    events: Vec<(RecordMeta, Event)>,
+    measure_state: bool,
+    arrow: bool,
+    threads: usize,
+) -> usize {
     let mut pipeline = FeaturePipeline::new(&PipelineConfig::default());
+    pipeline.set_threads(threads);
     for topic in InputTopic::ALL {
         for p in 0..PARTITIONS as i32 {
             pipeline.register_partition(topic, p);
@@ -115,7 +122,16 @@ fn bench(c: &mut Criterion) {
     group.bench_function("events_to_examples_without_arrow", |b| {
         b.iter_batched(
             || events.clone(),
-            |ev| black_box(run_with(ev, false, false)),
+            |ev| black_box(run_with(ev, false, false, 1)),
+            BatchSize::LargeInput,
+        )
+    });
+    // The same with the 4 partition shards on 2 threads (the ratio to the line above is
+    // what a second core buys the features path).
+    group.bench_function("events_to_examples_without_arrow_2_threads", |b| {
+        b.iter_batched(
+            || events.clone(),
+            |ev| black_box(run_with(ev, false, false, 2)),
             BatchSize::LargeInput,
         )
     });

@@ -44,7 +44,7 @@ use shopstream_ingest::event::{ClickKind, Event, InputTopic, Millis};
 use shopstream_ingest::record::RecordMeta;
 
 /// Examples that matured when a window closed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WindowOutput {
     /// Start of the window (inclusive).
     pub start: Millis,
@@ -96,9 +96,58 @@ pub struct FeaturePipeline {
     closed_until: Option<Millis>,
     /// Demand features taken when the previous window closed.
     demand_snapshot: Vec<DemandFeatures>,
+    /// Threads the shards may be applied on (a setting, not state: never checkpointed).
+    #[serde(skip, default = "one_thread")]
+    threads: usize,
+}
+
+fn one_thread() -> usize {
+    1
+}
+
+/// Fewer events than this in the windows closing at once are applied on one thread: a
+/// thread costs tens of microseconds to start, more than a small window's work.
+const PARALLEL_MIN_EVENTS: usize = 2_048;
+
+/// `work` split into `threads` runs of consecutive items, each run on a thread of its own
+/// (the first on this one); the results in `work`'s order. A panic in a thread is raised
+/// again here, as if the work had run on this thread.
+fn on_threads<T: Send, R: Send>(
+    mut work: Vec<T>,
+    threads: usize,
+    f: &(impl Fn(T) -> R + Sync),
+) -> Vec<R> {
+    let per_thread = work.len().div_ceil(threads.max(1));
+    let mut runs: Vec<Vec<T>> = Vec::new();
+    while work.len() > per_thread {
+        let rest = work.split_off(per_thread);
+        runs.push(std::mem::replace(&mut work, rest));
+    }
+    runs.push(work);
+    let mut runs = runs.into_iter();
+    let first = runs.next().unwrap_or_default();
+    std::thread::scope(|scope| {
+        let others: Vec<_> = runs
+            .map(|run| scope.spawn(move || run.into_iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        let mut out: Vec<R> = first.into_iter().map(f).collect();
+        for thread in others {
+            match thread.join() {
+                Ok(results) => out.extend(results),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        out
+    })
 }
 
 impl FeaturePipeline {
+    /// Lets the shards be applied on up to `threads` threads (the default is one). The
+    /// outputs are the same for any number.
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.max(1);
+    }
+
     /// A stage configured by `config`.
     pub fn new(config: &PipelineConfig) -> Self {
         let grid = WindowGrid::of(config);
@@ -114,6 +163,7 @@ impl FeaturePipeline {
             inventory: Shard::new(Windows::new(grid.length_ms()), state, None),
             closed_until: None,
             demand_snapshot: Vec::new(),
+            threads: 1,
         }
     }
 
@@ -269,24 +319,39 @@ impl FeaturePipeline {
         if starts.is_empty() {
             return Vec::new();
         }
+        let threads = self.threads;
         let empty = Vec::new();
         let joined = |start: &Millis| inventory.get(start).unwrap_or(&empty);
-        // Each shard on its own, all its windows in order.
-        let parts: Vec<(i32, Vec<ShardWindow>)> = self
+        // Each shard on its own, all its windows in order; shards on several threads when
+        // the windows are worth it (the parts are merged in partition order either way).
+        let apply = |(partition, shard, own): (i32, &mut Shard, &JoinedEvents)| {
+            let windows: Vec<ShardWindow> = starts
+                .iter()
+                .map(|start| {
+                    let mine = own.get(start).unwrap_or(&empty);
+                    shard.apply(*start, mine, joined(start))
+                })
+                .collect();
+            (partition, windows)
+        };
+        let work: Vec<(i32, &mut Shard, &JoinedEvents)> = self
             .shards
             .iter_mut()
             .zip(&own)
-            .map(|((partition, shard), own)| {
-                let windows = starts
-                    .iter()
-                    .map(|start| {
-                        let mine = own.get(start).unwrap_or(&empty);
-                        shard.apply(*start, mine, joined(start))
-                    })
-                    .collect();
-                (*partition, windows)
-            })
+            .map(|((partition, shard), own)| (*partition, shard, own))
             .collect();
+        let events: usize = own
+            .iter()
+            .chain([&inventory])
+            .flat_map(BTreeMap::values)
+            .map(Vec::len)
+            .sum();
+        let parts: Vec<(i32, Vec<ShardWindow>)> =
+            if threads > 1 && work.len() > 1 && events >= PARALLEL_MIN_EVENTS {
+                on_threads(work, threads, &apply)
+            } else {
+                work.into_iter().map(&apply).collect()
+            };
         let mut parts: Vec<(i32, std::vec::IntoIter<ShardWindow>)> = parts
             .into_iter()
             .map(|(p, windows)| (p, windows.into_iter()))

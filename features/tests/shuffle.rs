@@ -5,7 +5,7 @@
 
 use proptest::prelude::*;
 use shopstream_config::PipelineConfig;
-use shopstream_features::{Example, FeaturePipeline};
+use shopstream_features::{Example, FeaturePipeline, WindowOutput};
 use shopstream_ingest::event::{
     ClickEvent, ClickKind, Event, InputTopic, OrderEvent, OrderLine, OrderStatus, Scenario,
 };
@@ -79,7 +79,16 @@ fn partitions(steps: &[Step]) -> Vec<Vec<(RecordMeta, Event)>> {
 }
 
 fn run(arrival: Vec<(RecordMeta, Event)>) -> Vec<Example> {
+    run_windows(arrival, 1)
+        .into_iter()
+        .flat_map(|w| w.examples)
+        .collect()
+}
+
+/// Every window output, with the partition shards applied on `threads` threads.
+fn run_windows(arrival: Vec<(RecordMeta, Event)>, threads: usize) -> Vec<WindowOutput> {
     let mut pipeline = FeaturePipeline::new(&PipelineConfig::default());
+    pipeline.set_threads(threads);
     for topic in [InputTopic::Clicks, InputTopic::Orders] {
         for p in 0..PARTITIONS as i32 {
             pipeline.register_partition(topic, p);
@@ -90,9 +99,9 @@ fn run(arrival: Vec<(RecordMeta, Event)>) -> Vec<Example> {
         pipeline
             .ingest(meta, e)
             .expect("per-partition order is never late");
-        out.extend(pipeline.close_ready().into_iter().flat_map(|w| w.examples));
+        out.extend(pipeline.close_ready());
     }
-    out.extend(pipeline.finish().into_iter().flat_map(|w| w.examples));
+    out.extend(pipeline.finish());
     out
 }
 
@@ -127,5 +136,22 @@ proptest! {
         let impressions = steps.iter().filter(|s| s.2 < 2).count();
         prop_assert_eq!(a.len(), impressions);
         prop_assert_eq!(a, b);
+    }
+}
+
+proptest! {
+    // Enough events per close (thousands, in few windows) for the shards to go on threads.
+    #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
+
+    #[test]
+    fn shard_threads_do_not_change_any_window_output(
+        steps in prop::collection::vec((0u8..60, 0u8..40, 0u8..5, 0u32..120), 6_000..9_000),
+        choices in prop::collection::vec(any::<u8>(), 0..2_000),
+        threads in 2usize..5,
+    ) {
+        let one = run_windows(interleave(partitions(&steps), &choices), 1);
+        let many = run_windows(interleave(partitions(&steps), &choices), threads);
+        prop_assert!(one.iter().any(|w| w.events >= 2_048), "some close is big enough for threads");
+        prop_assert_eq!(one, many);
     }
 }

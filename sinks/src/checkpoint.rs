@@ -145,12 +145,26 @@ pub fn write<T: Serialize>(
     state: &T,
     keep: usize,
 ) -> Result<(PathBuf, u64), CheckpointError> {
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    write_encoded(dir, seq, &encode(state)?, keep)
+}
+
+/// `state` encoded as a checkpoint holds it: the part of [`write`] that needs the state,
+/// so that the rest (compression, the file) can happen elsewhere while the state moves on.
+pub fn encode<T: Serialize>(state: &T) -> Result<Vec<u8>, CheckpointError> {
     // Named fields: several contract types skip empty optional fields when serializing,
     // which the positional (array) encoding cannot represent.
-    let packed =
-        rmp_serde::to_vec_named(state).map_err(|e| CheckpointError::Encode(e.to_string()))?;
-    let payload = zstd::bulk::compress(&packed, 3).map_err(io_err(dir))?;
+    rmp_serde::to_vec_named(state).map_err(|e| CheckpointError::Encode(e.to_string()))
+}
+
+/// Writes checkpoint `seq` from its [`encode`]d state, like [`write`].
+pub fn write_encoded(
+    dir: &Path,
+    seq: u64,
+    packed: &[u8],
+    keep: usize,
+) -> Result<(PathBuf, u64), CheckpointError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let payload = zstd::bulk::compress(packed, 3).map_err(io_err(dir))?;
     let header = format!(
         "{MAGIC} {FORMAT}\n{seq} {} {:016x}\n",
         payload.len(),

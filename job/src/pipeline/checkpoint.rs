@@ -6,7 +6,7 @@ use shopstream_config::Config;
 use shopstream_drift::stage::DriftStage;
 
 use super::PipelineError;
-use crate::recovery::{JobStateRef, STATE_VERSION};
+use crate::recovery::STATE_VERSION;
 
 /// Where and how often checkpoints are taken. The source loop keeps a copy to decide when
 /// one is due; the global stage's copy writes them.
@@ -48,26 +48,30 @@ impl CheckpointPlan {
         self.last = Some(std::time::Instant::now());
     }
 
-    /// Writes `state` as the checkpoint of the `windows_total`-th window (named after it,
-    /// so a restarted job's checkpoint of the same point replaces, rather than sits beside,
-    /// the one taken before the crash), keeping the last `keep`.
-    pub(super) fn write(
+    /// The write of an encoded state as the checkpoint of the `windows_total`-th window
+    /// (named after it, so a restarted job's checkpoint of the same point replaces, rather
+    /// than sits beside, the one taken before the crash), keeping the last `keep`; to run
+    /// on the blocking pool.
+    pub(super) fn write_job(
         &mut self,
-        state: &JobStateRef<'_, DriftStage>,
+        packed: Vec<u8>,
         windows_total: u64,
-    ) -> Result<(), PipelineError> {
-        let started = std::time::Instant::now();
-        let (path, bytes) =
-            shopstream_sinks::checkpoint::write(&self.dir, windows_total, state, self.keep)?;
+    ) -> impl FnOnce() -> Result<(), PipelineError> + Send + 'static {
         self.last = Some(std::time::Instant::now());
-        shopstream_sinks::failpoint::hit("checkpoint.written");
-        tracing::debug!(
-            path = %path.display(),
-            bytes,
-            millis = started.elapsed().as_millis() as u64,
-            "checkpoint written"
-        );
-        Ok(())
+        let (dir, keep) = (self.dir.clone(), self.keep);
+        move || {
+            let started = std::time::Instant::now();
+            let (path, bytes) =
+                shopstream_sinks::checkpoint::write_encoded(&dir, windows_total, &packed, keep)?;
+            shopstream_sinks::failpoint::hit("checkpoint.written");
+            tracing::debug!(
+                path = %path.display(),
+                bytes,
+                millis = started.elapsed().as_millis() as u64,
+                "checkpoint written"
+            );
+            Ok(())
+        }
     }
 
     /// Loads the newest usable checkpoint, saying which one and what was skipped.

@@ -108,6 +108,9 @@ pub(super) struct GlobalWorker {
     outputs: Outputs,
     checkpoints: Option<CheckpointPlan>,
     committer: OffsetCommitter,
+    /// The checkpoint being compressed and written on the blocking pool, then its
+    /// positions committed; the next checkpoint and the end of the run wait for it.
+    persisting: Option<tokio::task::JoinHandle<Result<(), PipelineError>>>,
     counters: GlobalCounters,
     window_time: Histogram,
 }
@@ -126,6 +129,7 @@ impl GlobalWorker {
             outputs: Outputs::new(config, replay)?,
             checkpoints,
             committer,
+            persisting: None,
             counters: GlobalCounters::default(),
             window_time: Histogram::new(WINDOW_PROCESSING_BOUNDS),
         })
@@ -169,15 +173,20 @@ impl GlobalWorker {
         result
     }
 
-    /// Writes a checkpoint of the shard side's `shard` and the global stage as they are,
+    /// Takes a checkpoint of the shard side's `shard` and the global stage as they are,
     /// then commits its positions (for lag monitoring: restarts seek to the checkpoint's).
     /// The shard side flushed its outputs before; the alert events are flushed here.
+    ///
+    /// The state is encoded here, as it is now; compressing and writing the file, then
+    /// the commit, run on the blocking pool while the next windows train. They are
+    /// settled before the next checkpoint and at the end of the run, so checkpoints are
+    /// written, and offsets committed, in order and only once durable.
     pub(super) async fn checkpoint(&mut self, shard: ShardParts<'_>) -> Result<(), PipelineError> {
         // The files of every window the checkpoint covers are durable before it is.
         self.stage.settle_writes(&mut self.counters).await?;
-        let Some(plan) = self.checkpoints.as_mut() else {
+        if self.checkpoints.is_none() {
             return Ok(());
-        };
+        }
         self.outputs.flush().await?;
         let state = JobStateRef {
             version: STATE_VERSION,
@@ -189,9 +198,32 @@ impl GlobalWorker {
             trainer: &self.stage.trainer,
             drift: self.stage.drift.as_ref(),
         };
-        plan.write(&state, shard.windows_closed)?;
+        let packed = shopstream_sinks::checkpoint::encode(&state)?;
+        self.settle_checkpoint().await?;
+        let Some(plan) = self.checkpoints.as_mut() else {
+            return Ok(());
+        };
+        let write = plan.write_job(packed, shard.windows_closed);
+        let positions = shard.positions.into_owned();
+        let committer = self.committer.clone();
+        self.persisting = Some(tokio::spawn(async move {
+            tokio::task::spawn_blocking(write)
+                .await
+                .map_err(|e| PipelineError::Internal(format!("checkpoint write task: {e}")))??;
+            committer.commit(&positions).await?;
+            Ok(())
+        }));
+        Ok(())
+    }
+
+    /// Waits for the checkpoint being written, if any, and its commit.
+    async fn settle_checkpoint(&mut self) -> Result<(), PipelineError> {
+        let Some(task) = self.persisting.take() else {
+            return Ok(());
+        };
+        task.await
+            .map_err(|e| PipelineError::Internal(format!("checkpoint task: {e}")))??;
         self.counters.checkpoints += 1;
-        self.committer.commit(&shard.positions).await?;
         Ok(())
     }
 
@@ -204,6 +236,7 @@ impl GlobalWorker {
     /// acknowledged.
     pub(super) async fn flush(&mut self) -> Result<(), PipelineError> {
         self.stage.settle_writes(&mut self.counters).await?;
+        self.settle_checkpoint().await?;
         self.outputs.flush().await
     }
 

@@ -66,6 +66,8 @@ pub(super) struct ShardStage {
     held: BTreeMap<(InputTopic, i32), Consumed>,
     /// Whether admitted events carry their [`Arrival`] (drift detection is on).
     arrivals: bool,
+    /// Threads the features stage applies its partition shards on (`pipeline.workers`).
+    threads: usize,
 }
 
 fn clean_limits(config: &Config) -> CleanLimits {
@@ -79,11 +81,15 @@ fn clean_limits(config: &Config) -> CleanLimits {
 impl ShardStage {
     /// An empty shard for the job's configuration.
     pub(super) fn new(config: &Config) -> Self {
+        let threads = config.pipeline.worker_threads();
+        let mut features = FeaturePipeline::new(&config.pipeline);
+        features.set_threads(threads);
         Self {
             cleaner: Cleaner::new(clean_limits(config)),
-            features: FeaturePipeline::new(&config.pipeline),
+            features,
             held: BTreeMap::new(),
             arrivals: config.drift.enabled,
+            threads,
         }
     }
 
@@ -95,6 +101,7 @@ impl ShardStage {
         held: Vec<HeldEvent>,
     ) {
         self.features = features;
+        self.features.set_threads(self.threads);
         self.cleaner = cleaner;
         self.held = crate::recovery::held_by_partition(held)
             .into_iter()
