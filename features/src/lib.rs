@@ -21,6 +21,7 @@
 //! times on it), and [`arrow_time`], the store's UTC-microsecond timestamp columns.
 
 pub mod arrow_time;
+mod coordinator;
 mod example;
 pub mod rolling;
 mod shard;
@@ -28,6 +29,7 @@ pub mod state;
 mod watermark;
 mod window;
 
+pub use coordinator::{Close, Coordinator, Part};
 pub use example::{
     EXAMPLES_SCHEMA_VERSION, Example, Features, Labels, ServingRow, examples_batch,
     examples_metadata, examples_schema,
@@ -37,7 +39,7 @@ pub use state::{DemandFeatures, DemandRow, FeatureState, StateBytes, StateLimits
 pub use watermark::Watermark;
 pub use window::{Buffered, ClosedWindow, WindowGrid, Windows};
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use shopstream_config::PipelineConfig;
 use shopstream_ingest::event::{ClickKind, Event, InputTopic, Millis};
@@ -77,25 +79,16 @@ pub struct WindowOutput {
 /// The features stage. Serializable as a whole: a checkpoint holds it (open windows,
 /// watermark, keyed state, pending labels).
 ///
-/// Inside, it is one [`Shard`] per partition number of the clicks and orders topics, and
-/// one for the inventory (whose events every shard joins, and from which the demand rows
-/// come). Which windows close, and when, is decided here for all shards at once; each
-/// shard applies them to its own events and the parts are merged in a fixed order, so the
-/// outputs are what one state applying every event in (ts, topic, partition, offset)
-/// order would give.
+/// Inside, a [`Coordinator`] sees every event (lateness, which windows close, the
+/// inventory, the demand rows) and one [`Shard`] per partition number of the clicks and
+/// orders topics holds their keyed state. They talk through [`Close`] and [`Part`] only;
+/// here both sides run in this value, the shards of a close on up to
+/// [`FeaturePipeline::set_threads`] threads.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FeaturePipeline {
-    grid: WindowGrid,
-    watermark: Watermark,
+    coordinator: Coordinator,
     /// A shard per partition number of clicks and orders.
     shards: BTreeMap<i32, Shard>,
-    /// The inventory's events and state: demand rows, and the replica a new shard starts
-    /// from.
-    inventory: Shard,
-    /// Everything before this time is closed.
-    closed_until: Option<Millis>,
-    /// Demand features taken when the previous window closed.
-    demand_snapshot: Vec<DemandFeatures>,
     /// Threads the shards may be applied on (a setting, not state: never checkpointed).
     #[serde(skip, default = "one_thread")]
     threads: usize,
@@ -142,84 +135,58 @@ fn on_threads<T: Send, R: Send>(
 }
 
 impl FeaturePipeline {
-    /// Lets the shards be applied on up to `threads` threads (the default is one). The
-    /// outputs are the same for any number.
-    pub fn set_threads(&mut self, threads: usize) {
-        self.threads = threads.max(1);
-    }
-
     /// A stage configured by `config`.
     pub fn new(config: &PipelineConfig) -> Self {
-        let grid = WindowGrid::of(config);
         let state = FeatureState::new(StateLimits {
             click_window_ms: config.click_window_ms(),
             attribution_ms: config.attribution_window_ms(),
             ttl_ms: config.feature_ttl_ms(),
         });
         Self {
-            grid,
-            watermark: Watermark::new(config.allowed_lateness_ms()),
+            coordinator: Coordinator::new(
+                WindowGrid::of(config),
+                config.allowed_lateness_ms(),
+                state,
+            ),
             shards: BTreeMap::new(),
-            inventory: Shard::new(Windows::new(grid.length_ms()), state, None),
-            closed_until: None,
-            demand_snapshot: Vec::new(),
             threads: 1,
         }
     }
 
-    /// Buffers `event`. Returns it back when it is late; the caller dead-letters it with
-    /// reason `late`.
-    ///
-    /// Late means: its window is one its own partition's watermark has passed (the
-    /// partition's newest event time - allowed lateness), a rule that depends on that
-    /// partition's events alone, however the partitions interleaved; or, for a partition
-    /// that no longer held the watermark back (read to its end, idle, revoked), a window
-    /// already closed.
-    pub fn ingest(&mut self, meta: RecordMeta, event: Event) -> Result<(), Box<Buffered>> {
-        // A late event is older than the partition's newest, so observing it first
-        // changes nothing for it.
-        let own = self
-            .watermark
-            .observe(meta.topic, meta.partition, event.ts());
-        if own.is_some_and(|w| event.ts() < self.grid.start_of(w)) {
-            return Err(Box::new(Buffered { meta, event }));
-        }
-        let buffered = Buffered { meta, event };
-        match meta.topic {
-            InputTopic::Inventory => self.inventory.push(buffered),
-            InputTopic::Clicks | InputTopic::Orders => self.shard(meta.partition).push(buffered),
-        }
+    /// Lets the shards be applied on up to `threads` threads (the default is one). The
+    /// outputs are the same for any number.
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.max(1);
     }
 
-    /// The shard of partition number `partition`, started (with the inventory as it is
-    /// now) on its first event.
-    fn shard(&mut self, partition: i32) -> &mut Shard {
-        let (grid, closed_until) = (self.grid, self.closed_until);
-        let inventory = &self.inventory;
-        self.shards.entry(partition).or_insert_with(|| {
-            Shard::new(
-                Windows::new(grid.length_ms()),
-                FeatureState::replica_of(inventory.state()),
-                closed_until,
-            )
-        })
+    /// Buffers `event`. Returns it back when it is late; the caller dead-letters it with
+    /// reason `late` (the rule: [`Coordinator::admit`]).
+    pub fn ingest(&mut self, meta: RecordMeta, event: Event) -> Result<(), Box<Buffered>> {
+        let Some(own) = self.coordinator.admit(meta, event)? else {
+            return Ok(());
+        };
+        let coordinator = &self.coordinator;
+        self.shards
+            .entry(meta.partition)
+            .or_insert_with(|| coordinator.new_shard())
+            .push(own)
     }
 
     /// Makes the watermark wait for a partition known to hold unread data.
     pub fn register_partition(&mut self, topic: InputTopic, partition: i32) {
-        self.watermark.register(topic, partition);
+        self.coordinator.register_partition(topic, partition);
     }
 
     /// A partition has been read to its end: it no longer holds the watermark back until
     /// its next event arrives. (Its future events must then keep within the allowed
     /// lateness of the other partitions.)
     pub fn partition_at_end(&mut self, topic: InputTopic, partition: i32) {
-        self.watermark.release(topic, partition);
+        self.coordinator.partition_at_end(topic, partition);
     }
 
     /// The current watermark.
     pub fn watermark(&self) -> Option<Millis> {
-        self.watermark.current()
+        self.coordinator.watermark()
     }
 
     /// Features for an impression read from `meta`'s partition, from the state as it is.
@@ -231,7 +198,7 @@ impl FeaturePipeline {
                 let state = self
                     .shards
                     .get(&meta.partition)
-                    .unwrap_or(&self.inventory)
+                    .unwrap_or(self.coordinator.inventory())
                     .state();
                 Some(ServingRow {
                     event_id: c.event_id.clone(),
@@ -247,171 +214,35 @@ impl FeaturePipeline {
 
     /// Closes every window the watermark has passed.
     pub fn close_ready(&mut self) -> Vec<WindowOutput> {
-        let Some(watermark) = self.watermark.current() else {
-            return Vec::new();
-        };
-        let boundary = self.grid.start_of(watermark);
-        if self.closed_until.is_some_and(|c| c >= boundary) {
-            // Every open window ends after the closed bound: nothing can close.
-            return Vec::new();
+        match self.coordinator.close_ready() {
+            Some(close) => self.apply(close),
+            None => Vec::new(),
         }
-        self.closed_until = Some(boundary);
-        let inventory = self.inventory.take_closed(boundary);
-        let own: Vec<JoinedEvents> = self
-            .shards
-            .values_mut()
-            .map(|s| s.take_closed(boundary))
-            .collect();
-        self.apply_windows(inventory, own)
     }
 
     /// Closes all windows and matures all pending examples (end of input).
     pub fn finish(&mut self) -> Vec<WindowOutput> {
-        let inventory = self.inventory.take_all();
-        let own: Vec<JoinedEvents> = self.shards.values_mut().map(Shard::take_all).collect();
-        let mut outputs = self.apply_windows(inventory, own);
-        if let Some(last) = outputs.last() {
-            self.closed_until = Some(last.end);
-        }
-        let rest = merge_examples(
-            self.shards
-                .iter_mut()
-                .map(|(p, s)| (*p, s.mature_all()))
-                .collect(),
-        );
-        if !rest.is_empty() {
-            match outputs.last_mut() {
-                Some(last) => last.examples.extend(rest),
-                None => {
-                    // Every window was closed already: report the rest under the next,
-                    // never-used window start so no earlier window's file is overwritten.
-                    let start = self
-                        .closed_until
-                        .unwrap_or_else(|| rest.first().map_or(0, |e| self.grid.start_of(e.ts)));
-                    outputs.push(WindowOutput {
-                        start,
-                        end: start,
-                        events: 0,
-                        examples: rest,
-                        demand: Vec::new(),
-                        demand_next: Vec::new(),
-                        users: Vec::new(),
-                        settled_before: start,
-                    });
-                }
-            }
-        }
-        outputs
+        let close = self.coordinator.finish();
+        self.apply(close)
     }
 
-    /// Applies, in order, every window that holds events of any shard (`inventory`, and
-    /// `own` per shard in partition order) to every shard, and merges their parts.
-    fn apply_windows(
-        &mut self,
-        inventory: JoinedEvents,
-        own: Vec<JoinedEvents>,
-    ) -> Vec<WindowOutput> {
-        let starts: BTreeSet<Millis> = inventory
-            .keys()
-            .chain(own.iter().flat_map(BTreeMap::keys))
-            .copied()
-            .collect();
-        if starts.is_empty() {
+    /// `close` applied by every shard (on threads when the windows are worth it), and
+    /// merged.
+    fn apply(&mut self, close: Close) -> Vec<WindowOutput> {
+        if close.windows.is_empty() && !close.is_final() {
+            // Only the closed bound moved: no shard holds events before it.
             return Vec::new();
         }
-        let threads = self.threads;
-        let empty = Vec::new();
-        let joined = |start: &Millis| inventory.get(start).unwrap_or(&empty);
-        // Each shard on its own, all its windows in order; shards on several threads when
-        // the windows are worth it (the parts are merged in partition order either way).
-        let apply = |(partition, shard, own): (i32, &mut Shard, &JoinedEvents)| {
-            let windows: Vec<ShardWindow> = starts
-                .iter()
-                .map(|start| {
-                    let mine = own.get(start).unwrap_or(&empty);
-                    shard.apply(*start, mine, joined(start))
-                })
-                .collect();
-            (partition, windows)
+        let events: usize = close.windows.iter().map(|(_, e)| e.len()).sum::<usize>()
+            + self.shards.values().map(Shard::buffered).sum::<usize>();
+        let work: Vec<(i32, &mut Shard)> = self.shards.iter_mut().map(|(p, s)| (*p, s)).collect();
+        let apply = |(partition, shard): (i32, &mut Shard)| shard.on_close(partition, &close);
+        let parts = if self.threads > 1 && work.len() > 1 && events >= PARALLEL_MIN_EVENTS {
+            on_threads(work, self.threads, &apply)
+        } else {
+            work.into_iter().map(&apply).collect()
         };
-        let work: Vec<(i32, &mut Shard, &JoinedEvents)> = self
-            .shards
-            .iter_mut()
-            .zip(&own)
-            .map(|((partition, shard), own)| (*partition, shard, own))
-            .collect();
-        let events: usize = own
-            .iter()
-            .chain([&inventory])
-            .flat_map(BTreeMap::values)
-            .map(Vec::len)
-            .sum();
-        let parts: Vec<(i32, Vec<ShardWindow>)> =
-            if threads > 1 && work.len() > 1 && events >= PARALLEL_MIN_EVENTS {
-                on_threads(work, threads, &apply)
-            } else {
-                work.into_iter().map(&apply).collect()
-            };
-        let mut parts: Vec<(i32, std::vec::IntoIter<ShardWindow>)> = parts
-            .into_iter()
-            .map(|(p, windows)| (p, windows.into_iter()))
-            .collect();
-        starts
-            .iter()
-            .map(|&start| {
-                let inventory_part = self.inventory.apply(start, joined(&start), &[]);
-                let window: Vec<(i32, ShardWindow)> = parts
-                    .iter_mut()
-                    .filter_map(|(p, windows)| Some((*p, windows.next()?)))
-                    .collect();
-                self.merge_window(start, inventory_part, window)
-            })
-            .collect()
-    }
-
-    /// One window's output from the parts of the inventory and of every shard.
-    fn merge_window(
-        &mut self,
-        start: Millis,
-        inventory: ShardWindow,
-        parts: Vec<(i32, ShardWindow)>,
-    ) -> WindowOutput {
-        let end = start + self.grid.length_ms();
-        let events = inventory.events + parts.iter().map(|(_, w)| w.events).sum::<usize>();
-        let oldest = parts.iter().filter_map(|(_, w)| w.oldest_pending).min();
-        let mut users: Vec<(Millis, i32, UserArrival)> = Vec::new();
-        let mut examples = Vec::with_capacity(parts.iter().map(|(_, w)| w.examples.len()).sum());
-        for (partition, part) in parts {
-            users.extend(part.users.into_iter().map(|(ts, u)| (ts, partition, u)));
-            examples.push((partition, part.examples));
-        }
-        // Stable: a shard's users of one millisecond stay in its order.
-        users.sort_by_key(|(ts, partition, _)| (*ts, *partition));
-        // Demand: the snapshot taken at this window's start, labelled with what sold in it.
-        let state = self.inventory.state_mut();
-        let sold = state.take_window_units();
-        let demand = std::mem::take(&mut self.demand_snapshot)
-            .into_iter()
-            .filter(|f| f.at == start)
-            .map(|features| DemandRow {
-                units: sold.get(&features.item_id).copied().unwrap_or(0),
-                features,
-            })
-            .collect();
-        self.demand_snapshot = state.demand_snapshot(end);
-        // Later windows hold events at or after this window's end; one window of margin
-        // covers drift evidence, reported on the grid of windows.
-        let oldest = oldest.map_or(end, |ts| ts.min(end));
-        WindowOutput {
-            start,
-            end,
-            events,
-            examples: merge_examples(examples),
-            demand,
-            demand_next: self.demand_snapshot.clone(),
-            users: users.into_iter().map(|(_, _, u)| u).collect(),
-            settled_before: self.grid.start_of(oldest) - self.grid.length_ms(),
-        }
+        self.coordinator.merge(&close, parts)
     }
 
     /// Impressions waiting for their labels.
@@ -432,22 +263,10 @@ impl FeaturePipeline {
     pub fn approx_bytes(&self) -> StateBytes {
         self.shards
             .values()
-            .chain([&self.inventory])
+            .chain([self.coordinator.inventory()])
             .map(|s| s.state().approx_bytes())
             .fold(StateBytes::default(), |a, b| a + b)
     }
-}
-
-/// Examples of one window from every shard (each in its own order), in (ts, partition,
-/// application order) order.
-fn merge_examples(parts: Vec<(i32, Vec<Example>)>) -> Vec<Example> {
-    let mut tagged: Vec<(i32, Example)> = parts
-        .into_iter()
-        .flat_map(|(p, examples)| examples.into_iter().map(move |e| (p, e)))
-        .collect();
-    // Stable: a shard's examples of one millisecond stay in its order.
-    tagged.sort_by_key(|(partition, e)| (e.ts, *partition));
-    tagged.into_iter().map(|(_, e)| e).collect()
 }
 
 #[cfg(test)]

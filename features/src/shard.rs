@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use shopstream_ingest::event::{Event, InputTopic, Millis};
 
+use crate::coordinator::{Close, Part};
 use crate::example::Example;
 use crate::state::{FeatureState, UserArrival};
 use crate::window::{Buffered, ClosedWindow, Windows};
@@ -66,6 +67,11 @@ impl Shard {
         self.windows.open_starts()
     }
 
+    /// Events buffered in the shard's open windows.
+    pub fn buffered(&self) -> usize {
+        self.windows.buffered()
+    }
+
     /// The keyed state.
     pub fn state(&self) -> &FeatureState {
         &self.state
@@ -103,9 +109,35 @@ impl Shard {
         }
     }
 
-    /// Every example still pending (end of input).
-    pub fn mature_all(&mut self) -> Vec<Example> {
-        self.state.mature_all()
+    /// Applies `close` to the shard of partition number `partition`: every closing window
+    /// in order, each with the shard's own events in it (if any) and the inventory's.
+    pub fn on_close(&mut self, partition: i32, close: &Close) -> Part {
+        let mut own = match close.boundary {
+            Some(boundary) => self.take_closed(boundary),
+            None => self.take_all(),
+        };
+        let windows = close
+            .windows
+            .iter()
+            .map(|(start, inventory)| {
+                let mine = own.remove(start).unwrap_or_default();
+                self.apply(*start, &mine, inventory)
+            })
+            .collect();
+        debug_assert!(
+            own.is_empty(),
+            "every window of the shard closes with the others"
+        );
+        let rest = if close.is_final() {
+            self.state.mature_all()
+        } else {
+            Vec::new()
+        };
+        Part {
+            partition,
+            windows,
+            rest,
+        }
     }
 
     /// The state, to make demand rows from (the inventory's shard only).

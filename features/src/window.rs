@@ -122,6 +122,11 @@ impl Windows {
         self.open.keys().copied()
     }
 
+    /// Events buffered in all open windows.
+    pub fn buffered(&self) -> usize {
+        self.open.values().map(Vec::len).sum()
+    }
+
     /// Buffers an event; gives it back if its window is already closed (late).
     pub fn push(&mut self, item: Buffered) -> Result<(), Box<Buffered>> {
         if self.closed_until.is_some_and(|c| item.event.ts() < c) {

@@ -1,0 +1,296 @@
+//! The part of the features stage that sees every partition: lateness, which windows
+//! close and when, the inventory, and the merge of the shards' parts into window outputs.
+//!
+//! It talks to the shards only through two values, so that shards can live on other
+//! threads or in other instances (docs/scale-out.md):
+//! - a [`Close`], which every shard applies: the windows that close, in order, each with
+//!   the inventory's events in it (shards never read the inventory topic themselves);
+//! - a [`Part`], each shard's answer: what its partitions contributed to those windows.
+//!
+//! Merging the parts of every shard in partition order gives exactly what one state
+//! applying every event in (ts, topic, partition, offset) order would.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use shopstream_ingest::event::{Event, InputTopic, Millis};
+use shopstream_ingest::record::RecordMeta;
+
+use crate::WindowOutput;
+use crate::example::Example;
+use crate::shard::{Shard, ShardWindow};
+use crate::state::{DemandFeatures, DemandRow, FeatureState, UserArrival};
+use crate::watermark::Watermark;
+use crate::window::{Buffered, WindowGrid, Windows};
+
+/// Windows that close, for every shard to apply in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Close {
+    /// Everything before this time is closed once it is applied; `None` closes every
+    /// open window and matures every pending example (end of input).
+    pub boundary: Option<Millis>,
+    /// The closing windows' starts, oldest first, each with the inventory's events in it
+    /// in processing order.
+    pub windows: Vec<(Millis, Vec<Buffered>)>,
+}
+
+impl Close {
+    /// Whether this is the end of input.
+    pub fn is_final(&self) -> bool {
+        self.boundary.is_none()
+    }
+}
+
+/// One shard's answer to a [`Close`].
+#[derive(Debug, Clone, Default)]
+pub struct Part {
+    /// The shard's partition number.
+    pub partition: i32,
+    /// Its part of each closing window, in the close's order.
+    pub windows: Vec<ShardWindow>,
+    /// At the end of input: every example still pending, in (ts, application order).
+    pub rest: Vec<Example>,
+}
+
+/// Lateness, window closing, the inventory and the merge (see the module doc).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Coordinator {
+    grid: WindowGrid,
+    watermark: Watermark,
+    /// Starts of the windows holding an admitted event of any partition.
+    open: BTreeSet<Millis>,
+    /// Everything before this time is closed.
+    closed_until: Option<Millis>,
+    /// The inventory's events and state: demand rows, and the replica a new shard starts
+    /// from.
+    inventory: Shard,
+    /// Demand features taken when the previous window closed.
+    demand_snapshot: Vec<DemandFeatures>,
+}
+
+impl Coordinator {
+    /// A coordinator on `grid`, with `lateness_ms` of allowed lateness per partition and
+    /// `state` (empty) for the inventory.
+    pub fn new(grid: WindowGrid, lateness_ms: Millis, state: FeatureState) -> Self {
+        Self {
+            grid,
+            watermark: Watermark::new(lateness_ms),
+            open: BTreeSet::new(),
+            closed_until: None,
+            inventory: Shard::new(Windows::new(grid.length_ms()), state, None),
+            demand_snapshot: Vec::new(),
+        }
+    }
+
+    /// Admits an event: gives it back when it is late, keeps it when it is the
+    /// inventory's, and returns it for the shard of its partition otherwise.
+    ///
+    /// Late means: its window is one its own partition's watermark has passed (the
+    /// partition's newest event time - allowed lateness), a rule that depends on that
+    /// partition's events alone, however the partitions interleaved; or, for a partition
+    /// that no longer held the watermark back (read to its end, idle, revoked), a window
+    /// already closed.
+    pub fn admit(
+        &mut self,
+        meta: RecordMeta,
+        event: Event,
+    ) -> Result<Option<Buffered>, Box<Buffered>> {
+        let ts = event.ts();
+        // A late event is older than the partition's newest, so observing it first
+        // changes nothing for it.
+        let own = self.watermark.observe(meta.topic, meta.partition, ts);
+        let behind_own = own.is_some_and(|w| ts < self.grid.start_of(w));
+        let behind_closed = self.closed_until.is_some_and(|c| ts < c);
+        let buffered = Buffered { meta, event };
+        if behind_own || behind_closed {
+            return Err(Box::new(buffered));
+        }
+        self.open.insert(self.grid.start_of(ts));
+        match meta.topic {
+            InputTopic::Inventory => {
+                self.inventory.push(buffered)?;
+                Ok(None)
+            }
+            InputTopic::Clicks | InputTopic::Orders => Ok(Some(buffered)),
+        }
+    }
+
+    /// An empty shard that starts now: the inventory as it is, the windows closed so far.
+    pub fn new_shard(&self) -> Shard {
+        Shard::new(
+            Windows::new(self.grid.length_ms()),
+            FeatureState::replica_of(self.inventory.state()),
+            self.closed_until,
+        )
+    }
+
+    /// The inventory's shard (its state serves features before a partition's first
+    /// event).
+    pub fn inventory(&self) -> &Shard {
+        &self.inventory
+    }
+
+    /// Makes the watermark wait for a partition known to hold unread data.
+    pub fn register_partition(&mut self, topic: InputTopic, partition: i32) {
+        self.watermark.register(topic, partition);
+    }
+
+    /// A partition no longer holds the watermark back (see
+    /// [`crate::FeaturePipeline::partition_at_end`]).
+    pub fn partition_at_end(&mut self, topic: InputTopic, partition: i32) {
+        self.watermark.release(topic, partition);
+    }
+
+    /// The current watermark.
+    pub fn watermark(&self) -> Option<Millis> {
+        self.watermark.current()
+    }
+
+    /// The windows the watermark has passed, if any can close.
+    pub fn close_ready(&mut self) -> Option<Close> {
+        let boundary = self.grid.start_of(self.watermark.current()?);
+        if self.closed_until.is_some_and(|c| c >= boundary) {
+            // Every open window ends after the closed bound: nothing can close.
+            return None;
+        }
+        self.closed_until = Some(boundary);
+        let length = self.grid.length_ms();
+        let mut starts = Vec::new();
+        while let Some(start) = self.open.first().copied() {
+            if start + length > boundary {
+                break;
+            }
+            self.open.pop_first();
+            starts.push(start);
+        }
+        let mut inventory = self.inventory.take_closed(boundary);
+        let windows = starts
+            .into_iter()
+            .map(|start| (start, inventory.remove(&start).unwrap_or_default()))
+            .collect();
+        Some(Close {
+            boundary: Some(boundary),
+            windows,
+        })
+    }
+
+    /// Every open window (end of input).
+    pub fn finish(&mut self) -> Close {
+        let mut inventory = self.inventory.take_all();
+        let windows: Vec<(Millis, Vec<Buffered>)> = std::mem::take(&mut self.open)
+            .into_iter()
+            .map(|start| (start, inventory.remove(&start).unwrap_or_default()))
+            .collect();
+        if let Some((last, _)) = windows.last() {
+            self.closed_until = Some(last + self.grid.length_ms());
+        }
+        Close {
+            boundary: None,
+            windows,
+        }
+    }
+
+    /// The window outputs of `close` from every shard's part (`parts` in partition order,
+    /// one per shard).
+    pub fn merge(&mut self, close: &Close, parts: Vec<Part>) -> Vec<WindowOutput> {
+        let mut rest = Vec::new();
+        let mut windows: Vec<(i32, std::vec::IntoIter<ShardWindow>)> = Vec::new();
+        for part in parts {
+            rest.push((part.partition, part.rest));
+            windows.push((part.partition, part.windows.into_iter()));
+        }
+        let mut outputs: Vec<WindowOutput> = close
+            .windows
+            .iter()
+            .map(|(start, events)| {
+                let inventory = self.inventory.apply(*start, events, &[]);
+                let parts: Vec<(i32, ShardWindow)> = windows
+                    .iter_mut()
+                    .filter_map(|(p, windows)| Some((*p, windows.next()?)))
+                    .collect();
+                self.merge_window(*start, inventory, parts)
+            })
+            .collect();
+        let rest = merge_examples(rest);
+        if !rest.is_empty() {
+            match outputs.last_mut() {
+                Some(last) => last.examples.extend(rest),
+                None => {
+                    // Every window was closed already: report the rest under the next,
+                    // never-used window start so no earlier window's file is overwritten.
+                    let start = self
+                        .closed_until
+                        .unwrap_or_else(|| rest.first().map_or(0, |e| self.grid.start_of(e.ts)));
+                    outputs.push(WindowOutput {
+                        start,
+                        end: start,
+                        events: 0,
+                        examples: rest,
+                        demand: Vec::new(),
+                        demand_next: Vec::new(),
+                        users: Vec::new(),
+                        settled_before: start,
+                    });
+                }
+            }
+        }
+        outputs
+    }
+
+    /// One window's output from the parts of the inventory and of every shard.
+    fn merge_window(
+        &mut self,
+        start: Millis,
+        inventory: ShardWindow,
+        parts: Vec<(i32, ShardWindow)>,
+    ) -> WindowOutput {
+        let end = start + self.grid.length_ms();
+        let events = inventory.events + parts.iter().map(|(_, w)| w.events).sum::<usize>();
+        let oldest = parts.iter().filter_map(|(_, w)| w.oldest_pending).min();
+        let mut users: Vec<(Millis, i32, UserArrival)> = Vec::new();
+        let mut examples = Vec::with_capacity(parts.iter().map(|(_, w)| w.examples.len()).sum());
+        for (partition, part) in parts {
+            users.extend(part.users.into_iter().map(|(ts, u)| (ts, partition, u)));
+            examples.push((partition, part.examples));
+        }
+        // Stable: a shard's users of one millisecond stay in its order.
+        users.sort_by_key(|(ts, partition, _)| (*ts, *partition));
+        // Demand: the snapshot taken at this window's start, labelled with what sold in it.
+        let state = self.inventory.state_mut();
+        let sold = state.take_window_units();
+        let demand = std::mem::take(&mut self.demand_snapshot)
+            .into_iter()
+            .filter(|f| f.at == start)
+            .map(|features| DemandRow {
+                units: sold.get(&features.item_id).copied().unwrap_or(0),
+                features,
+            })
+            .collect();
+        self.demand_snapshot = state.demand_snapshot(end);
+        // Later windows hold events at or after this window's end; one window of margin
+        // covers drift evidence, reported on the grid of windows.
+        let oldest = oldest.map_or(end, |ts| ts.min(end));
+        WindowOutput {
+            start,
+            end,
+            events,
+            examples: merge_examples(examples),
+            demand,
+            demand_next: self.demand_snapshot.clone(),
+            users: users.into_iter().map(|(_, _, u)| u).collect(),
+            settled_before: self.grid.start_of(oldest) - self.grid.length_ms(),
+        }
+    }
+}
+
+/// Examples of one window from every shard (each in its own order), in (ts, partition,
+/// application order) order.
+fn merge_examples(parts: Vec<(i32, Vec<Example>)>) -> Vec<Example> {
+    let mut tagged: Vec<(i32, Example)> = parts
+        .into_iter()
+        .flat_map(|(p, examples)| examples.into_iter().map(move |e| (p, e)))
+        .collect();
+    // Stable: a shard's examples of one millisecond stay in its order.
+    tagged.sort_by_key(|(partition, e)| (e.ts, *partition));
+    tagged.into_iter().map(|(_, e)| e).collect()
+}
