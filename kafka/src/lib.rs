@@ -10,12 +10,15 @@
 //! - [`seek`]: start offsets by time for replays, each checked by reading around it, with
 //!   a scan from the beginning when the broker's time index cannot be trusted.
 //! - [`embedded`]: librdkafka's in-process mock cluster, for the demo without a broker.
+//! - [`lease`]: a role held by one member of a consumer group at a time (the owner of a
+//!   one-partition topic's partition), for the trainer of several instances.
 //! - [`sink`]: asynchronous producers with delivery tracking (predictions, alerts, dead
 //!   letters, generated traffic): a message only counts as published once the broker
 //!   acknowledged it.
 
 pub mod client;
 pub mod embedded;
+pub mod lease;
 pub mod seek;
 pub mod sink;
 pub mod source;
