@@ -101,8 +101,10 @@ struct InventoryRow {
     on_hand: Option<i64>,
     price: Option<f64>,
     category: Option<String>,
-    /// Units sold (inventory `sale` events), rolling over 1 h / 24 h / 7 d.
-    sales: Rolling,
+    /// Units sold (inventory `sale` events), rolling over 1 h / 24 h / 7 d; boxed and
+    /// absent until the item's first sale (most items of a catalogue, and every row of a
+    /// shard's replica, which counts no sales, do without its 37 buckets).
+    sales: Option<Box<Rolling>>,
     /// Time of the latest sale.
     last_sale: Option<Millis>,
     /// Units sold in the window being applied.
@@ -378,7 +380,7 @@ impl FeatureState {
                 }
                 if e.kind == InventoryKind::Sale && self.counts_sales {
                     let units = e.delta.map_or(0, |d| -d).max(0);
-                    row.sales.add(
+                    row.sales.get_or_insert_default().add(
                         e.ts,
                         Counts {
                             units: u16::try_from(units).unwrap_or(u16::MAX),
@@ -443,7 +445,11 @@ impl FeatureState {
             .map(|(item, r)| DemandFeatures {
                 item_id: item.clone(),
                 at,
-                sales: r.sales.totals(at - 1),
+                sales: r
+                    .sales
+                    .as_ref()
+                    .map(|sales| sales.totals(at - 1))
+                    .unwrap_or_default(),
                 on_hand: r.on_hand,
                 price: r.price,
             })
@@ -555,6 +561,7 @@ impl FeatureState {
                 k.len()
                     + size_of::<(String, InventoryRow)>()
                     + r.category.as_ref().map_or(0, String::len)
+                    + r.sales.as_ref().map_or(0, |_| size_of::<Rolling>())
             })
             .sum::<usize>();
         StateBytes {
