@@ -42,7 +42,7 @@ impl Close {
 }
 
 /// One shard's answer to a [`Close`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Part {
     /// The shard's partition number.
     pub partition: i32,

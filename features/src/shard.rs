@@ -30,7 +30,7 @@ pub struct Shard {
 }
 
 /// A shard's part of one closed window.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ShardWindow {
     /// Events of the shard's own partitions in the window.
     pub events: usize,
@@ -60,11 +60,6 @@ impl Shard {
     /// Buffers one of the shard's own events; gives it back when its window is closed.
     pub fn push(&mut self, event: Buffered) -> Result<(), Box<Buffered>> {
         self.windows.push(event)
-    }
-
-    /// Starts of the windows holding events of this shard, oldest first.
-    pub fn open_starts(&self) -> impl Iterator<Item = Millis> + '_ {
-        self.windows.open_starts()
     }
 
     /// Events buffered in the shard's open windows.

@@ -117,11 +117,6 @@ impl Windows {
         self.closed_until
     }
 
-    /// Starts of the windows holding events, oldest first.
-    pub fn open_starts(&self) -> impl Iterator<Item = Millis> + '_ {
-        self.open.keys().copied()
-    }
-
     /// Events buffered in all open windows.
     pub fn buffered(&self) -> usize {
         self.open.values().map(Vec::len).sum()

@@ -16,7 +16,8 @@ pub(super) struct CheckpointPlan {
     every: u64,
     min_interval: std::time::Duration,
     keep: usize,
-    /// When the last checkpoint was written.
+    /// When a checkpoint was last asked for (the source loop's copy decides from it
+    /// whether the next one is due).
     last: Option<std::time::Instant>,
 }
 
@@ -53,11 +54,10 @@ impl CheckpointPlan {
     /// than sits beside, the one taken before the crash), keeping the last `keep`; to run
     /// on the blocking pool.
     pub(super) fn write_job(
-        &mut self,
+        &self,
         packed: Vec<u8>,
         windows_total: u64,
     ) -> impl FnOnce() -> Result<(), PipelineError> + Send + 'static {
-        self.last = Some(std::time::Instant::now());
         let (dir, keep) = (self.dir.clone(), self.keep);
         move || {
             let started = std::time::Instant::now();

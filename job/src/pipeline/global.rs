@@ -157,8 +157,7 @@ impl GlobalStage {
             counters.stockout_risks += forecasts.iter().filter(|f| f.stockout_risk).count() as u64;
             if write {
                 let batch = shopstream_trainer::metrics::demand_batch(&forecasts)?;
-                let cx = (&offsets, &mut *counters);
-                self.write_plain(tables::ITEM_DEMAND, output.end, batch, cx)
+                self.write_plain(tables::ITEM_DEMAND, output.end, batch, &offsets, counters)
                     .await?;
             }
         }
@@ -194,9 +193,14 @@ impl GlobalStage {
             self.trainer.version(),
             &metrics,
         )?;
-        let cx = (&offsets, &mut *counters);
-        self.write_plain(tables::METRICS, output.start, metrics_batch, cx)
-            .await?;
+        self.write_plain(
+            tables::METRICS,
+            output.start,
+            metrics_batch,
+            &offsets,
+            counters,
+        )
+        .await?;
         tracing::debug!(
             window_start = output.start,
             events = output.events,
@@ -255,7 +259,8 @@ impl GlobalStage {
         table: &'static str,
         window_ms: i64,
         batch: RecordBatch,
-        (offsets, counters): (&Arc<BTreeMap<String, i64>>, &mut GlobalCounters),
+        offsets: &Arc<BTreeMap<String, i64>>,
+        counters: &mut GlobalCounters,
     ) -> Result<(), PipelineError> {
         self.write_table(table, window_ms, batch, BTreeMap::new(), offsets, counters)
             .await
@@ -311,8 +316,7 @@ impl GlobalStage {
         let rows = stage.rows(&drifts);
         if write && !rows.is_empty() {
             let batch = drift_batch(&rows)?;
-            let cx = (offsets, &mut *counters);
-            self.write_plain(tables::DRIFT, output.start, batch, cx)
+            self.write_plain(tables::DRIFT, output.start, batch, offsets, counters)
                 .await?;
         }
         if drifts.alerts.is_empty() {
@@ -320,8 +324,7 @@ impl GlobalStage {
         }
         if write {
             let batch = alerts_batch(output.start, &drifts.alerts)?;
-            let cx = (offsets, &mut *counters);
-            self.write_plain(tables::ALERTS, output.start, batch, cx)
+            self.write_plain(tables::ALERTS, output.start, batch, offsets, counters)
                 .await?;
         }
         for alert in &drifts.alerts {

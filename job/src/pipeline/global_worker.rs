@@ -184,9 +184,9 @@ impl GlobalWorker {
     pub(super) async fn checkpoint(&mut self, shard: ShardParts<'_>) -> Result<(), PipelineError> {
         // The files of every window the checkpoint covers are durable before it is.
         self.stage.settle_writes(&mut self.counters).await?;
-        if self.checkpoints.is_none() {
+        let Some(plan) = &self.checkpoints else {
             return Ok(());
-        }
+        };
         self.outputs.flush().await?;
         let state = JobStateRef {
             version: STATE_VERSION,
@@ -199,11 +199,8 @@ impl GlobalWorker {
             drift: self.stage.drift.as_ref(),
         };
         let packed = shopstream_sinks::checkpoint::encode(&state)?;
-        self.settle_checkpoint().await?;
-        let Some(plan) = self.checkpoints.as_mut() else {
-            return Ok(());
-        };
         let write = plan.write_job(packed, shard.windows_closed);
+        self.settle_checkpoint().await?;
         let positions = shard.positions.into_owned();
         let committer = self.committer.clone();
         self.persisting = Some(tokio::spawn(async move {

@@ -110,12 +110,12 @@ impl Reporter {
             pending_examples: view.pending_examples,
             ready,
             serving_model_version: view.serving_model_version,
-            owned_partitions: view.owned_partitions.clone(),
+            owned_partitions: view.owned_partitions,
             global_stage_threads: view.global_stage_threads,
-            drift: view.global.drift.clone(),
+            drift: view.global.drift,
             consumer_lag,
             prediction_latency: self.latency.clone(),
-            window_processing: view.global.window_time.clone(),
+            window_processing: view.global.window_time,
         };
         let _ = self.telemetry.send(Arc::new(telemetry));
     }
