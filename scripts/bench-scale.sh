@@ -17,7 +17,7 @@ cargo build --release --locked --example throughput
 # scripts/broker.sh runs tansu in memory and stops it when it is stopped itself.
 PORT="$port" SHOPSTREAM_TOOLS="$root" "$here/broker.sh" >/dev/null 2>&1 &
 pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null' EXIT INT TERM
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT INT TERM
 for _ in $(seq 1 100); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
     sleep 0.1

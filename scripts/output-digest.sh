@@ -9,11 +9,12 @@
 # Left out: `_checkpoints/`, whose number and sequence follow the wall clock
 # (checkpoint.min_interval_secs); the model file holds the state they would.
 #
-# usage: scripts/output-digest.sh [--bin PATH] [--keep DIR]        print the digest
-#        scripts/output-digest.sh [--bin PATH] --check FILE        compare with FILE
+# usage: scripts/output-digest.sh [--bin PATH] [--keep DIR] [--workers N]   print the digest
+#        scripts/output-digest.sh [--bin PATH] --check FILE [--workers N]  compare with FILE
 #
 # --bin defaults to target/release/shopstream (built with `cargo build --release --locked`
-# when missing). Lines of FILE starting with '#' are comments. --check prints each
+# when missing). --workers sets the demo's pipeline.workers (default: one per core); the
+# digest must not depend on it. Lines of FILE starting with '#' are comments. --check prints each
 # differing line and exits 1 when anything differs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,12 +22,14 @@ cd "$(dirname "$0")/.."
 bin=target/release/shopstream
 check=""
 keep=""
+workers=""
 while [ $# -gt 0 ]; do
     case "$1" in
     --bin) bin="$2"; shift 2 ;;
     --check) check="$2"; shift 2 ;;
     --keep) keep="$2"; shift 2 ;;
-    -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --workers) workers="$2"; shift 2 ;;
+    -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -48,6 +51,7 @@ fi
 unset SHOPSTREAM_CONFIG
 while IFS= read -r name; do unset "$name"; done < <(env | sed -n 's/^\(SHOPSTREAM__[^=]*\)=.*/\1/p')
 
+[ -n "$workers" ] && export SHOPSTREAM__PIPELINE__WORKERS="$workers"
 SHOPSTREAM__MODEL__PATH="$work/model.ssm" \
     "$bin" demo --events 100000 --seed 1 --store "$work/store" >"$work/demo.log" 2>&1 ||
     { echo "the demo failed; its output: $work/demo.log" >&2; tail -20 "$work/demo.log" >&2; exit 2; }

@@ -116,7 +116,8 @@ async fn one_worker_and_two_workers_write_the_same_store_and_model() {
     let first = stopped_after(&restarted, messages / 2).await;
     assert!(
         first.consumed.values().sum::<u64>() < messages,
-        "stopped before the end"
+        "stopped before the end: consumed {:?} of {messages}",
+        first.consumed
     );
     assert!(first.checkpoints > 0);
     let second = run_to_end(&restarted).await;

@@ -124,6 +124,30 @@ impl Coordinator {
         )
     }
 
+    /// Takes what a [`crate::ShardSet`] reports: its partitions' newest event times and
+    /// the windows its admitted events fall in.
+    pub fn observe(&mut self, report: &crate::Report) {
+        for ((topic, partition), ts) in &report.newest {
+            self.watermark.observe(*topic, *partition, *ts);
+        }
+        self.open.extend(report.starts.iter().copied());
+    }
+
+    /// The window grid.
+    pub fn grid(&self) -> WindowGrid {
+        self.grid
+    }
+
+    /// Every partition's newest event time (the lateness of a shard set starts from it).
+    pub fn partition_watermarks(&self) -> &Watermark {
+        &self.watermark
+    }
+
+    /// Everything before this time is closed.
+    pub fn closed_until(&self) -> Option<Millis> {
+        self.closed_until
+    }
+
     /// The inventory's shard (its state serves features before a partition's first
     /// event).
     pub fn inventory(&self) -> &Shard {
@@ -148,13 +172,29 @@ impl Coordinator {
 
     /// The windows the watermark has passed, if any can close.
     pub fn close_ready(&mut self) -> Option<Close> {
-        let boundary = self.grid.start_of(self.watermark.current()?);
+        self.close_ready_at_most(usize::MAX)
+    }
+
+    /// Like [`Coordinator::close_ready`], closing at most `max_windows` windows (the rest
+    /// come with the next call). Outputs are the same however the windows are grouped;
+    /// the job uses it to take checkpoints at the windows they are due after.
+    pub fn close_ready_at_most(&mut self, max_windows: usize) -> Option<Close> {
+        let mut boundary = self.grid.start_of(self.watermark.current()?);
         if self.closed_until.is_some_and(|c| c >= boundary) {
             // Every open window ends after the closed bound: nothing can close.
             return None;
         }
-        self.closed_until = Some(boundary);
         let length = self.grid.length_ms();
+        if let Some(next) = self
+            .open
+            .iter()
+            .take_while(|start| **start + length <= boundary)
+            .nth(max_windows.max(1))
+        {
+            // Closed up to the first window left open.
+            boundary = *next;
+        }
+        self.closed_until = Some(boundary);
         let mut starts = Vec::new();
         while let Some(start) = self.open.first().copied() {
             if start + length > boundary {

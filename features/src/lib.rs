@@ -25,6 +25,7 @@ mod coordinator;
 mod example;
 pub mod rolling;
 mod shard;
+mod shard_set;
 pub mod state;
 mod watermark;
 mod window;
@@ -35,6 +36,7 @@ pub use example::{
     examples_metadata, examples_schema,
 };
 pub use shard::{JoinedEvents, Shard, ShardWindow};
+pub use shard_set::{Report, ShardSet};
 pub use state::{DemandFeatures, DemandRow, FeatureState, StateBytes, StateLimits, UserArrival};
 pub use watermark::Watermark;
 pub use window::{Buffered, ClosedWindow, WindowGrid, Windows};
@@ -96,6 +98,25 @@ pub struct FeaturePipeline {
 
 fn one_thread() -> usize {
     1
+}
+
+/// Features of an impression (`None` for any other event) from `state`, the shard of
+/// `partition`.
+pub(crate) fn serving_row_of(
+    state: &FeatureState,
+    partition: i32,
+    event: &Event,
+) -> Option<ServingRow> {
+    match event {
+        Event::Click(c) if c.kind == ClickKind::Impression => Some(ServingRow {
+            event_id: c.event_id.clone(),
+            ts: c.ts,
+            user_id: c.user_id.clone(),
+            item_id: c.item_id.clone()?,
+            features: state.features_of(partition, c),
+        }),
+        _ => None,
+    }
 }
 
 /// Fewer events than this in the windows closing at once are applied on one thread: a
@@ -191,24 +212,29 @@ impl FeaturePipeline {
 
     /// Features for an impression read from `meta`'s partition, from the state as it is.
     pub fn serving_row(&self, meta: &RecordMeta, event: &Event) -> Option<ServingRow> {
-        match event {
-            Event::Click(c) if c.kind == ClickKind::Impression => {
-                // Before a partition's first event its shard does not exist: the
-                // inventory's state knows no user either, and the same inventory.
-                let state = self
-                    .shards
-                    .get(&meta.partition)
-                    .unwrap_or(self.coordinator.inventory())
-                    .state();
-                Some(ServingRow {
-                    event_id: c.event_id.clone(),
-                    ts: c.ts,
-                    user_id: c.user_id.clone(),
-                    item_id: c.item_id.clone()?,
-                    features: state.features_of(meta.partition, c),
-                })
-            }
-            _ => None,
+        // Before a partition's first event its shard does not exist: the inventory's state
+        // knows no user either, and the same inventory.
+        let state = self
+            .shards
+            .get(&meta.partition)
+            .unwrap_or(self.coordinator.inventory())
+            .state();
+        serving_row_of(state, meta.partition, event)
+    }
+
+    /// The coordinator and the shards, to run apart ([`ShardSet`]).
+    pub fn into_parts(self) -> (Coordinator, BTreeMap<i32, Shard>) {
+        (self.coordinator, self.shards)
+    }
+
+    /// The stage made of a coordinator and the shards of every partition number (a
+    /// checkpoint of a stage that ran apart, taken when every report had reached the
+    /// coordinator).
+    pub fn from_parts(coordinator: Coordinator, shards: BTreeMap<i32, Shard>) -> Self {
+        Self {
+            coordinator,
+            shards,
+            threads: 1,
         }
     }
 

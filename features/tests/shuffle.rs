@@ -5,9 +5,14 @@
 
 use proptest::prelude::*;
 use shopstream_config::PipelineConfig;
-use shopstream_features::{Example, FeaturePipeline, WindowOutput};
+use std::collections::BTreeMap;
+
+use shopstream_features::{
+    Close, Coordinator, Example, FeaturePipeline, Part, ShardSet, WindowOutput,
+};
 use shopstream_ingest::event::{
-    ClickEvent, ClickKind, Event, InputTopic, OrderEvent, OrderLine, OrderStatus, Scenario,
+    ClickEvent, ClickKind, Event, InputTopic, InventoryEvent, InventoryKind, OrderEvent, OrderLine,
+    OrderStatus, Scenario,
 };
 use shopstream_ingest::record::RecordMeta;
 
@@ -20,6 +25,19 @@ type Step = (u8, u8, u8, u32);
 fn event(user: u8, item: u8, kind: u8, ts: i64, n: usize) -> (InputTopic, Event) {
     let user_id = format!("u{user}");
     let item_id = format!("i{item}");
+    if kind == 5 {
+        let stock = InventoryEvent {
+            event_id: format!("v{n}"),
+            ts,
+            item_id,
+            kind: InventoryKind::Snapshot,
+            on_hand: Some(i64::from(user) * 3 % 11),
+            delta: None,
+            price: Some(4.0 + f64::from(user % 3)),
+            category: None,
+        };
+        return (InputTopic::Inventory, Event::Inventory(stock));
+    }
     if kind == 4 {
         let order = OrderEvent {
             order_id: format!("o{n}"),
@@ -153,5 +171,128 @@ proptest! {
         let many = run_windows(interleave(partitions(&steps), &choices), threads);
         prop_assert!(one.iter().any(|w| w.events >= 2_048), "some close is big enough for threads");
         prop_assert_eq!(one, many);
+    }
+}
+
+/// Every window output with the shards split over `sets` [`ShardSet`]s apart from the
+/// coordinator, which takes their reports only when `deliver` says so (late, as from
+/// other threads or instances) and closes a few windows at a time or all at once.
+fn run_split(
+    arrival: Vec<(RecordMeta, Event)>,
+    sets: usize,
+    deliver: &[u8],
+    register: bool,
+) -> (Vec<WindowOutput>, Vec<i64>) {
+    let mut pipeline = FeaturePipeline::new(&PipelineConfig::default());
+    if register {
+        for topic in [InputTopic::Clicks, InputTopic::Orders] {
+            for p in 0..PARTITIONS as i32 {
+                pipeline.register_partition(topic, p);
+            }
+        }
+    }
+    let (mut coordinator, shards) = pipeline.into_parts();
+    assert!(shards.is_empty());
+    let mut sets: Vec<ShardSet> = (0..sets)
+        .map(|_| ShardSet::new(&coordinator, BTreeMap::new()))
+        .collect();
+    let apply = |coordinator: &mut Coordinator, sets: &mut Vec<ShardSet>, close: Close| {
+        let mut parts: Vec<Part> = sets.iter_mut().flat_map(|s| s.on_close(&close)).collect();
+        if close.windows.is_empty() && !close.is_final() {
+            return Vec::new();
+        }
+        parts.sort_by_key(|p| p.partition);
+        coordinator.merge(&close, parts)
+    };
+    let mut out = Vec::new();
+    let mut late = Vec::new();
+    let count = sets.len();
+    for (i, (meta, e)) in arrival.into_iter().enumerate() {
+        if meta.topic == InputTopic::Inventory {
+            match coordinator.admit(meta, e) {
+                Ok(own) => assert!(
+                    own.is_none(),
+                    "the coordinator keeps the inventory's events"
+                ),
+                Err(refused) => late.push(refused.event.ts()),
+            }
+        } else {
+            let set = meta.partition as usize % count;
+            if let Err(refused) = sets[set].admit(meta, e) {
+                late.push(refused.event.ts());
+            }
+        }
+        if deliver.get(i).is_none_or(|d| d % 4 == 0) {
+            for set in &mut sets {
+                coordinator.observe(&set.take_report());
+            }
+            // Closes of one to three windows, or of all that can close.
+            let most = deliver.get(i).map_or(usize::MAX, |d| match d % 16 {
+                0 => usize::MAX,
+                d => usize::from(d % 3 + 1),
+            });
+            while let Some(close) = coordinator.close_ready_at_most(most) {
+                out.extend(apply(&mut coordinator, &mut sets, close));
+            }
+        }
+    }
+    for set in &mut sets {
+        coordinator.observe(&set.take_report());
+    }
+    while let Some(close) = coordinator.close_ready() {
+        out.extend(apply(&mut coordinator, &mut sets, close));
+    }
+    let close = coordinator.finish();
+    out.extend(apply(&mut coordinator, &mut sets, close));
+    (out, late)
+}
+
+/// Every window output of the whole stage, and the times of the events refused as late,
+/// without registering the partitions first (windows close before some partition's first
+/// event, whose shard then starts from the inventory as it is).
+fn run_unregistered(arrival: Vec<(RecordMeta, Event)>) -> (Vec<WindowOutput>, Vec<i64>) {
+    let mut pipeline = FeaturePipeline::new(&PipelineConfig::default());
+    let (mut out, mut late) = (Vec::new(), Vec::new());
+    for (meta, e) in arrival {
+        if let Err(refused) = pipeline.ingest(meta, e) {
+            late.push(refused.event.ts());
+        }
+        out.extend(pipeline.close_ready());
+    }
+    out.extend(pipeline.finish());
+    (out, late)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Guards the shard workers (and the instances of docs/scale-out.md): shards apart
+    /// from the coordinator, reporting late, write the windows of the whole stage.
+    #[test]
+    fn shard_sets_reporting_late_write_the_same_windows(
+        // Kind 5: inventory snapshots, which reach the sets' shards through the closes.
+        steps in prop::collection::vec((0u8..12, 0u8..6, 0u8..6, 0u32..40_000), 1..600),
+        choices in prop::collection::vec(any::<u8>(), 0..1_200),
+        deliver in prop::collection::vec(any::<u8>(), 0..1_200),
+        sets in 1usize..4,
+    ) {
+        let whole = run_windows(interleave(partitions(&steps), &choices), 1);
+        let (split, late) = run_split(interleave(partitions(&steps), &choices), sets, &deliver, true);
+        prop_assert!(late.is_empty());
+        prop_assert_eq!(whole, split);
+    }
+
+    /// Guards the inventory a shard starts from when its partition's first event comes
+    /// after windows closed (reports reach the coordinator at once here: a set judges a
+    /// partition that holds nothing back by the closes it has applied).
+    #[test]
+    fn shard_sets_start_new_shards_from_the_inventory_as_closed(
+        steps in prop::collection::vec((0u8..12, 0u8..6, 0u8..6, 0u32..40_000), 1..600),
+        choices in prop::collection::vec(any::<u8>(), 0..1_200),
+        sets in 1usize..4,
+    ) {
+        let whole = run_unregistered(interleave(partitions(&steps), &choices));
+        let split = run_split(interleave(partitions(&steps), &choices), sets, &[], false);
+        prop_assert_eq!(whole, split);
     }
 }

@@ -131,6 +131,27 @@ impl Cleaner {
         }
     }
 
+    /// Moves the state of the partitions `take` selects into a cleaner of their own (a
+    /// thread or instance that reads only those); the evictions counted so far stay here.
+    pub fn split_off(&mut self, take: impl Fn(InputTopic, i32) -> bool) -> Cleaner {
+        let (taken, kept) = std::mem::take(&mut self.partitions)
+            .into_iter()
+            .partition(|((topic, partition), _)| take(*topic, *partition));
+        self.partitions = kept;
+        Self {
+            limits: self.limits,
+            partitions: taken,
+            evicted: 0,
+        }
+    }
+
+    /// Takes over the partitions (and the eviction count) of `other`, which must not
+    /// share a partition with this one.
+    pub fn absorb(&mut self, other: Cleaner) {
+        self.partitions.extend(other.partitions);
+        self.evicted += other.evicted;
+    }
+
     /// Decides about `event`, read from `partition` of `topic`, and records it.
     pub fn admit(&mut self, topic: InputTopic, partition: i32, event: &Event) -> Admission {
         let limits = self.limits;

@@ -44,6 +44,13 @@ impl CheckpointPlan {
         windows_total.is_multiple_of(self.every) && !recent
     }
 
+    /// Windows from the `windows_total`-th closed window to the next one a checkpoint may
+    /// be due after.
+    pub(super) fn windows_until_due(&self, windows_total: u64) -> usize {
+        let left = self.every - windows_total % self.every;
+        usize::try_from(left).unwrap_or(usize::MAX)
+    }
+
     /// Notes that a checkpoint was asked for now (the copy that decides when one is due).
     pub(super) fn requested(&mut self) {
         self.last = Some(std::time::Instant::now());

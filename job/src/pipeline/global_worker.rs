@@ -358,6 +358,14 @@ impl GlobalHandle {
         }
     }
 
+    /// The models the global thread publishes for serving (none when it runs inline).
+    pub(super) fn models(&self) -> Option<watch::Receiver<Arc<Trainer>>> {
+        match self {
+            Self::Inline(_) => None,
+            Self::Thread(thread) => Some(thread.models.clone()),
+        }
+    }
+
     /// An admitted event's drift evidence.
     pub(super) async fn arrival(&mut self, arrival: Arrival) -> Result<(), PipelineError> {
         match self {

@@ -5,6 +5,9 @@
 //!    source_loop.rs      message by message; checkpoints when due
 //!      -> shard.rs       partition-scoped: clean (dedupe, skew holds), windows,
 //!                        features, a prediction per impression on arrival
+//!         stages.rs      on the loop's task (pipeline.workers = 1), or the clicks and
+//!         shard_workers.rs  orders of partition p on shard worker p % workers, with
+//!         coordinate.rs  the loop as coordinator (inventory, closes, merge)
 //!      -> outputs.rs     shop.predictions, shop.dead-letter, shop.alerts
 //!      -> global.rs      per closed window, in order: demand, score then train, drift,
 //!                        the window's store tables (examples, metrics, item_demand,
@@ -24,16 +27,18 @@
 //! acknowledged by the broker.
 
 mod checkpoint;
+mod coordinate;
 mod error;
 mod global;
 mod global_worker;
 mod outputs;
 mod replay;
 mod shard;
+mod shard_workers;
 mod source_loop;
+mod stages;
 mod telemetry;
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -55,11 +60,11 @@ pub use replay::ReplayRange;
 use crate::http::Telemetry;
 use checkpoint::CheckpointPlan;
 use global::GlobalStage;
-use global_worker::{GlobalHandle, GlobalWorker, ShardParts};
+use global_worker::{GlobalHandle, GlobalWorker};
 use outputs::Outputs;
 use replay::ReplayState;
-use shard::ShardStage;
 use source_loop::Processor;
+use stages::{Resumed, Stages};
 use telemetry::Reporter;
 
 /// Options of one run.
@@ -211,16 +216,17 @@ pub async fn run_observed(
 
     // The global stage takes its part of the checkpoint before it may move to its thread.
     let mut global = GlobalStage::new(config, store, options.replay.is_none())?;
-    let shard_state = restored.map(|state| {
+    let mut resumed = None;
+    let mut resumed_counters = None;
+    if let Some(state) = restored {
         global.resume(config, state.trainer, state.drift);
-        ShardParts {
-            windows_closed: state.windows_closed,
-            positions: Cow::Owned(state.positions),
-            features: Cow::Owned(state.features),
-            cleaner: Cow::Owned(state.cleaner),
+        resumed_counters = Some((state.windows_closed, state.positions));
+        resumed = Some(Resumed {
+            features: state.features,
+            cleaner: state.cleaner,
             held: state.held,
-        }
-    });
+        });
+    }
     let worker = GlobalWorker::new(
         config,
         global,
@@ -235,14 +241,16 @@ pub async fn run_observed(
         tokio::runtime::Handle::current(),
         cancel.clone(),
     )?;
+    let stages = Stages::new(config, resumed, global.models())?;
     tracing::info!(
         workers = threads,
         global_stage = global.mode(),
+        shards = stages.mode(),
         "processing path"
     );
     let mut processor = Processor {
         config,
-        shard: ShardStage::new(config),
+        stages,
         global,
         outputs: Outputs::new(config, options.replay.is_some())?,
         checkpoints,
@@ -258,10 +266,12 @@ pub async fn run_observed(
         reporter: Reporter::new(progress, telemetry_tx, http_addr, started),
         effects: Vec::new(),
     };
-    if let Some(state) = shard_state {
-        processor.resume(state);
+    if let Some((windows_closed, positions)) = resumed_counters {
+        processor.resume(windows_closed, positions);
     }
     let outcome = processor.process(rx, &cancel, shutdown).await;
+    // The shard workers (if any) hand nothing more on.
+    processor.stages.stop().await;
     // Every window and checkpoint handed to the global stage carried out (its thread, if
     // any, ends); its own error counts when the processor had none.
     let joined = processor.global.join().await;

@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 
 use shopstream_config::Config;
 use shopstream_drift::stage::Arrival;
-use shopstream_features::{FeaturePipeline, WindowOutput};
+use shopstream_features::{
+    Buffered, Coordinator, FeaturePipeline, ServingRow, ShardSet, WindowOutput,
+};
 use shopstream_ingest::clean::{Admission, CleanLimits, Cleaner, Resolution};
 use shopstream_ingest::decode::{Reason, Rejection};
 use shopstream_ingest::event::{Event, InputTopic, Millis};
@@ -58,10 +60,64 @@ pub(super) enum Effect {
     },
 }
 
+/// Where admitted events go: the whole features stage (one thread), the shards of some
+/// partitions (a shard worker), or the coordinator (the inventory, when the shards run on
+/// worker threads).
+pub(super) trait Windowing {
+    /// Buffers `event` in its window, or gives it back when it is late.
+    fn ingest(&mut self, meta: RecordMeta, event: Event) -> Result<(), Box<Buffered>>;
+    /// Features for an impression (`None` for other events).
+    fn serving_row(&self, meta: &RecordMeta, event: &Event) -> Option<ServingRow>;
+    /// The event-time watermark these events are judged by.
+    fn watermark(&self) -> Option<Millis>;
+}
+
+impl Windowing for FeaturePipeline {
+    fn ingest(&mut self, meta: RecordMeta, event: Event) -> Result<(), Box<Buffered>> {
+        FeaturePipeline::ingest(self, meta, event)
+    }
+    fn serving_row(&self, meta: &RecordMeta, event: &Event) -> Option<ServingRow> {
+        FeaturePipeline::serving_row(self, meta, event)
+    }
+    fn watermark(&self) -> Option<Millis> {
+        FeaturePipeline::watermark(self)
+    }
+}
+
+impl Windowing for ShardSet {
+    fn ingest(&mut self, meta: RecordMeta, event: Event) -> Result<(), Box<Buffered>> {
+        self.admit(meta, event)
+    }
+    fn serving_row(&self, meta: &RecordMeta, event: &Event) -> Option<ServingRow> {
+        ShardSet::serving_row(self, meta, event)
+    }
+    fn watermark(&self) -> Option<Millis> {
+        ShardSet::watermark(self)
+    }
+}
+
+/// The coordinator admits only the inventory's events here: the processor sends clicks
+/// and orders to the shard workers.
+impl Windowing for Coordinator {
+    fn ingest(&mut self, meta: RecordMeta, event: Event) -> Result<(), Box<Buffered>> {
+        match self.admit(meta, event)? {
+            None => Ok(()),
+            // Not reached (see above); refused rather than lost if it ever were.
+            Some(own) => Err(Box::new(own)),
+        }
+    }
+    fn serving_row(&self, _: &RecordMeta, _: &Event) -> Option<ServingRow> {
+        None
+    }
+    fn watermark(&self) -> Option<Millis> {
+        Coordinator::watermark(self)
+    }
+}
+
 /// Cleaner, held events and features stage of the partitions a job reads.
-pub(super) struct ShardStage {
+pub(super) struct ShardStage<F = FeaturePipeline> {
     cleaner: Cleaner,
-    features: FeaturePipeline,
+    features: F,
     /// Events held for a clock-skew decision, per partition.
     held: BTreeMap<(InputTopic, i32), Consumed>,
     /// Whether admitted events carry their [`Arrival`] (drift detection is on).
@@ -70,7 +126,7 @@ pub(super) struct ShardStage {
     threads: usize,
 }
 
-fn clean_limits(config: &Config) -> CleanLimits {
+pub(super) fn clean_limits(config: &Config) -> CleanLimits {
     CleanLimits {
         dedupe_horizon_ms: config.pipeline.dedupe_horizon_ms(),
         max_keys: config.pipeline.dedupe_max_keys,
@@ -102,50 +158,12 @@ impl ShardStage {
     ) {
         self.features = features;
         self.features.set_threads(self.threads);
-        self.cleaner = cleaner;
-        self.held = crate::recovery::held_by_partition(held)
-            .into_iter()
-            .map(|(key, h)| {
-                (
-                    key,
-                    Consumed {
-                        meta: h.meta,
-                        event: h.event,
-                        key: h.key,
-                        payload: h.payload,
-                        received: std::time::Instant::now(),
-                    },
-                )
-            })
-            .collect();
+        self.resume_cleaning(cleaner, held);
     }
 
     /// The features stage (for checkpoints).
     pub(super) fn features(&self) -> &FeaturePipeline {
         &self.features
-    }
-
-    /// The cleaner (for checkpoints).
-    pub(super) fn cleaner(&self) -> &Cleaner {
-        &self.cleaner
-    }
-
-    /// The held events, in partition order (for checkpoints).
-    pub(super) fn held_events(&self) -> Vec<HeldEvent> {
-        self.held
-            .values()
-            .map(|c| HeldEvent {
-                meta: c.meta,
-                event: c.event.clone(),
-                key: c.key.clone(),
-                payload: c.payload.clone(),
-            })
-            .collect()
-    }
-
-    /// The event-time watermark.
-    pub(super) fn watermark(&self) -> Option<Millis> {
-        self.features.watermark()
     }
 
     /// Examples waiting for their labels to mature.
@@ -172,6 +190,72 @@ impl ShardStage {
     /// Every open window, as final (end of input).
     pub(super) fn finish(&mut self) -> Vec<WindowOutput> {
         self.features.finish()
+    }
+}
+
+impl<F: Windowing> ShardStage<F> {
+    /// A stage of `features` with an empty cleaner.
+    pub(super) fn with(config: &Config, features: F) -> Self {
+        Self {
+            cleaner: Cleaner::new(clean_limits(config)),
+            features,
+            held: BTreeMap::new(),
+            arrivals: config.drift.enabled,
+            threads: 1,
+        }
+    }
+
+    /// The windowing side.
+    pub(super) fn windowing(&self) -> &F {
+        &self.features
+    }
+
+    /// The windowing side, to change.
+    pub(super) fn windowing_mut(&mut self) -> &mut F {
+        &mut self.features
+    }
+
+    /// Takes over a cleaner and held events (of a checkpoint, or split from one).
+    pub(super) fn resume_cleaning(&mut self, cleaner: Cleaner, held: Vec<HeldEvent>) {
+        self.cleaner = cleaner;
+        self.held = crate::recovery::held_by_partition(held)
+            .into_iter()
+            .map(|(key, h)| {
+                (
+                    key,
+                    Consumed {
+                        meta: h.meta,
+                        event: h.event,
+                        key: h.key,
+                        payload: h.payload,
+                        received: std::time::Instant::now(),
+                    },
+                )
+            })
+            .collect();
+    }
+
+    /// The event-time watermark.
+    pub(super) fn watermark(&self) -> Option<Millis> {
+        self.features.watermark()
+    }
+
+    /// The cleaner (for checkpoints).
+    pub(super) fn cleaner(&self) -> &Cleaner {
+        &self.cleaner
+    }
+
+    /// The held events, in partition order (for checkpoints).
+    pub(super) fn held_events(&self) -> Vec<HeldEvent> {
+        self.held
+            .values()
+            .map(|c| HeldEvent {
+                meta: c.meta,
+                event: c.event.clone(),
+                key: c.key.clone(),
+                payload: c.payload.clone(),
+            })
+            .collect()
     }
 
     /// One consumed event: first decides the event held on its partition (this one's

@@ -21,9 +21,19 @@ use super::checkpoint::CheckpointPlan;
 use super::global_worker::{GlobalHandle, ShardParts};
 use super::outputs::Outputs;
 use super::replay::{ReplayState, ReplayStep};
-use super::shard::{Consumed, Effect, ShardStage};
+use super::shard::{Consumed, Effect};
+use super::shard_workers::{FromShard, ToShard};
+use super::stages::{self, Stages};
 use super::telemetry::{JobView, Reporter};
 use crate::summary::RunSummary;
+
+/// What the loop waits for next.
+enum Next {
+    Shutdown,
+    IdleCheck,
+    Source(Option<SourceMessage>),
+    Worker(Option<(usize, FromShard)>),
+}
 
 /// Whether the processor goes on after a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +56,8 @@ pub(super) fn bump(counts: &mut BTreeMap<String, u64>, key: &str) {
 /// The job between its source and its outputs.
 pub(super) struct Processor<'a> {
     pub(super) config: &'a Config,
-    pub(super) shard: ShardStage,
+    /// The partition-scoped stages: on this task, or the shards on worker threads.
+    pub(super) stages: Stages,
     /// The global stage, inline or on its own thread.
     pub(super) global: GlobalHandle,
     /// Predictions and dead letters.
@@ -90,22 +101,46 @@ impl Processor<'_> {
             std::time::Duration::from_secs(self.config.pipeline.idle_partition_timeout_secs);
         let mut idle_check = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
-            let message = tokio::select! {
-                _ = &mut shutdown => {
+            let split = self.stages.workers().is_some();
+            let next = {
+                let workers = self.stages.workers();
+                // In this order: the workers' answers come before more input, so what is in
+                // flight stays within their queues (their answers travel unbounded).
+                tokio::select! {
+                    biased;
+                    _ = &mut shutdown => Next::Shutdown,
+                    _ = cancel.cancelled() => Next::Source(None),
+                    reply = async { match workers { Some(w) => w.recv().await, None => None } }, if split => {
+                        Next::Worker(reply)
+                    }
+                    _ = idle_check.tick(), if !self.bounded => Next::IdleCheck,
+                    m = rx.recv() => Next::Source(m),
+                }
+            };
+            let result = match next {
+                Next::Shutdown => {
                     tracing::info!("shutdown requested; draining");
                     break;
                 }
-                _ = cancel.cancelled() => break,
-                _ = idle_check.tick(), if !self.bounded => {
+                Next::IdleCheck => {
                     self.release_idle(idle_timeout).await?;
                     // Also shows what the global stage finished since the last message.
                     self.publish_progress(rx.is_empty());
                     continue;
                 }
-                m = rx.recv() => m,
+                Next::Worker(None) => {
+                    return Err(PipelineError::Internal(
+                        "every shard worker stopped while the job ran".into(),
+                    ));
+                }
+                Next::Worker(Some((_, reply))) => {
+                    self.on_reply(reply).await?;
+                    self.close_ready().await?;
+                    Flow::Continue
+                }
+                Next::Source(None) => break,
+                Next::Source(Some(message)) => self.handle(message).await?,
             };
-            let Some(message) = message else { break };
-            let result = self.handle(message).await?;
             shopstream_sinks::failpoint::hit("pipeline.message_handled");
             if self.checkpoint_due {
                 self.checkpoint().await?;
@@ -126,9 +161,11 @@ impl Processor<'_> {
             return self.checkpoint().await;
         }
         self.resolve_all_held(None).await?;
+        // Every event handed to a worker is reported: what they allow closes first.
+        self.close_ready().await?;
         // Input exhausted or shutdown: emit what remains. Until checkpoints exist, pending
         // state is flushed as final rather than lost.
-        for output in self.shard.finish() {
+        for output in self.finish().await? {
             self.window_closed(output).await?;
         }
         // Nothing more will be written this run: merge what remains.
@@ -141,15 +178,10 @@ impl Processor<'_> {
         Ok(())
     }
 
-    /// Takes over a checkpoint's shard-side state (the global stage took its part).
-    pub(super) fn resume(&mut self, state: ShardParts<'static>) {
-        self.windows_total = state.windows_closed;
-        self.shard.resume(
-            state.features.into_owned(),
-            state.cleaner.into_owned(),
-            state.held,
-        );
-        self.positions = state.positions.into_owned();
+    /// Takes over a checkpoint's counters and positions (the stages took the state).
+    pub(super) fn resume(&mut self, windows_closed: u64, positions: Positions) {
+        self.windows_total = windows_closed;
+        self.positions = positions;
     }
 
     /// Checkpoints everything consumed so far; the global stage writes it with its own
@@ -165,12 +197,41 @@ impl Processor<'_> {
         // Every prediction and dead letter so far acknowledged: a restart from here does
         // not need to publish them again.
         self.outputs.flush().await?;
+        if self.stages.workers().is_some() {
+            let snapshots = self
+                .ask_workers(|| ToShard::Snapshot)
+                .await?
+                .into_iter()
+                .filter_map(|answer| match answer {
+                    FromShard::Snapshot(snapshot) => Some(*snapshot),
+                    _ => None,
+                })
+                .collect();
+            // Snapshots come after the batches before them: the outputs of those are
+            // in flight again.
+            self.outputs.flush().await?;
+            let Stages::Split { coordinator, .. } = &self.stages else {
+                return Err(PipelineError::Internal("shard workers vanished".into()));
+            };
+            let (features, cleaner, held) = stages::assemble(coordinator, snapshots);
+            let shard = ShardParts {
+                windows_closed: self.windows_total,
+                positions: Cow::Borrowed(&self.positions),
+                features: Cow::Owned(features),
+                cleaner: Cow::Owned(cleaner),
+                held,
+            };
+            return self.global.checkpoint(shard).await;
+        }
+        let Stages::Whole(stage) = &self.stages else {
+            return Err(PipelineError::Internal("no stage to checkpoint".into()));
+        };
         let shard = ShardParts {
             windows_closed: self.windows_total,
             positions: Cow::Borrowed(&self.positions),
-            features: Cow::Borrowed(self.shard.features()),
-            cleaner: Cow::Borrowed(self.shard.cleaner()),
-            held: self.shard.held_events(),
+            features: Cow::Borrowed(stage.features()),
+            cleaner: Cow::Borrowed(stage.cleaner()),
+            held: stage.held_events(),
         };
         self.global.checkpoint(shard).await
     }
@@ -205,8 +266,8 @@ impl Processor<'_> {
             global_stage_threads: self.global.mode(),
             predictions_delivered: self.outputs.predictions_delivered(),
             dead_letters_delivered: self.outputs.dead_letters_delivered(),
-            watermark_ms: self.shard.watermark(),
-            pending_examples: self.shard.pending_examples(),
+            watermark_ms: self.stages.watermark(),
+            pending_examples: self.stages.pending_examples(),
         }
     }
 
@@ -216,7 +277,7 @@ impl Processor<'_> {
             SourceMessage::Assigned(partitions) => {
                 for (topic, partition) in partitions {
                     self.owned.insert((topic, partition));
-                    self.shard.register_partition(topic, partition);
+                    self.stages.register_partition(topic, partition);
                     self.last_seen
                         .insert((topic, partition), tokio::time::Instant::now());
                 }
@@ -226,7 +287,7 @@ impl Processor<'_> {
                 // hold the watermark back.
                 for (topic, partition) in partitions {
                     self.owned.remove(&(topic, partition));
-                    self.shard.partition_at_end(topic, partition);
+                    self.release(topic, partition, false).await?;
                     self.last_seen.remove(&(topic, partition));
                 }
                 self.close_ready().await?;
@@ -257,9 +318,14 @@ impl Processor<'_> {
                 payload,
                 received,
             } => {
-                self.consumed(meta);
+                let routed = self.stages.worker_for(meta.topic, meta.partition);
+                self.read(meta);
                 if self.replay_skips(meta, event.ts()).await? {
+                    bump(&mut self.summary.consumed, meta.topic.as_str());
                     return Ok(Flow::Continue);
+                }
+                if routed.is_none() {
+                    bump(&mut self.summary.consumed, meta.topic.as_str());
                 }
                 let message = Consumed {
                     meta,
@@ -268,10 +334,19 @@ impl Processor<'_> {
                     payload,
                     received,
                 };
+                if let Some(worker) = self.stages.worker_for(meta.topic, meta.partition)
+                    && let Some(workers) = self.stages.workers()
+                {
+                    // Its effects and report come back in a batch.
+                    workers.send(worker, ToShard::Event(message)).await?;
+                    return Ok(Flow::Continue);
+                }
                 let mut effects = std::mem::take(&mut self.effects);
-                let shard = self
-                    .shard
-                    .on_event(message, self.global.serving_model(), &mut effects);
+                let shard = self.stages.local().on_event(
+                    message,
+                    self.global.serving_model(),
+                    &mut effects,
+                );
                 let applied = self.apply(&mut effects).await;
                 self.effects = effects;
                 shard?;
@@ -283,7 +358,7 @@ impl Processor<'_> {
     }
 
     /// Carries out the shard's effects, in the order it produced them.
-    async fn apply(&mut self, effects: &mut Vec<Effect>) -> Result<(), PipelineError> {
+    pub(super) async fn apply(&mut self, effects: &mut Vec<Effect>) -> Result<(), PipelineError> {
         for effect in effects.drain(..) {
             match effect {
                 Effect::Duplicate(topic) => bump(&mut self.summary.duplicates, topic.as_str()),
@@ -317,18 +392,23 @@ impl Processor<'_> {
 
     /// Decides the held events of one partition (`None`: of all) and carries out what
     /// that produced.
-    async fn resolve_all_held(
+    pub(super) async fn resolve_all_held(
         &mut self,
         only: Option<(InputTopic, i32)>,
     ) -> Result<(), PipelineError> {
         let mut effects = std::mem::take(&mut self.effects);
-        let shard = self
-            .shard
-            .resolve_all_held(only, self.global.serving_model(), &mut effects);
+        let shard =
+            self.stages
+                .local()
+                .resolve_all_held(only, self.global.serving_model(), &mut effects);
         let applied = self.apply(&mut effects).await;
         self.effects = effects;
         shard?;
-        applied
+        applied?;
+        if only.is_none() && self.stages.workers().is_some() {
+            self.ask_workers(|| ToShard::ResolveAll).await?;
+        }
+        Ok(())
     }
 
     /// A partition has nothing more (bounded mode, or a replay past its range): its held
@@ -338,9 +418,7 @@ impl Processor<'_> {
         topic: InputTopic,
         partition: i32,
     ) -> Result<(), PipelineError> {
-        self.resolve_all_held(Some((topic, partition))).await?;
-        self.shard.partition_at_end(topic, partition);
-        self.close_ready().await
+        self.release(topic, partition, true).await
     }
 
     /// Replay: whether this event lies outside what the replay processes (before the
@@ -364,8 +442,15 @@ impl Processor<'_> {
         }
     }
 
+    /// A message was read: counted as consumed, and its position noted.
     fn consumed(&mut self, meta: RecordMeta) {
         bump(&mut self.summary.consumed, meta.topic.as_str());
+        self.read(meta);
+    }
+
+    /// A message was read: its position noted (a shard worker counts it as consumed once
+    /// it has handled it, so that the count never runs ahead of the effects).
+    fn read(&mut self, meta: RecordMeta) {
         self.positions
             .insert((meta.topic, meta.partition), meta.offset + 1);
         if !self.bounded {
@@ -387,10 +472,10 @@ impl Processor<'_> {
             return Ok(());
         }
         for (topic, partition) in idle {
-            self.shard.partition_at_end(topic, partition);
+            self.release(topic, partition, false).await?;
             self.last_seen.remove(&(topic, partition));
         }
-        self.close_ready().await
+        Ok(())
     }
 
     /// Counts a refused message and sends it to the dead-letter topic.
@@ -412,11 +497,47 @@ impl Processor<'_> {
             .await
     }
 
-    async fn close_ready(&mut self) -> Result<(), PipelineError> {
-        for output in self.shard.close_ready() {
-            self.window_closed(output).await?;
+    /// Windows the watermark passed, closed and handed on.
+    pub(super) async fn close_ready(&mut self) -> Result<(), PipelineError> {
+        if let Stages::Whole(stage) = &mut self.stages {
+            for output in stage.close_ready() {
+                self.window_closed(output).await?;
+            }
+            return Ok(());
+        }
+        // Answers to a close may carry reports that let more windows close. A close ends
+        // at the window a checkpoint is due after (the workers' state is then the state
+        // as of that window), as one task would take it.
+        loop {
+            let max_windows = self.checkpoints.as_ref().map_or(usize::MAX, |plan| {
+                plan.windows_until_due(self.windows_total)
+            });
+            let Some(close) = self
+                .stages
+                .coordinator()
+                .and_then(|c| c.close_ready_at_most(max_windows))
+            else {
+                break;
+            };
+            for output in self.apply_close(close).await? {
+                self.window_closed(output).await?;
+            }
+            if self.checkpoint_due {
+                self.checkpoint().await?;
+            }
         }
         Ok(())
+    }
+
+    /// Every open window, as final (end of input).
+    async fn finish(&mut self) -> Result<Vec<WindowOutput>, PipelineError> {
+        match &mut self.stages {
+            Stages::Whole(stage) => Ok(stage.finish()),
+            Stages::Split { coordinator, .. } => {
+                let close = coordinator.windowing_mut().finish();
+                self.apply_close(close).await
+            }
+        }
     }
 
     /// Hands a closed window to the global stage; counts it and decides whether a

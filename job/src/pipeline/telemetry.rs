@@ -41,6 +41,8 @@ pub(super) struct Reporter {
     http_addr: Option<std::net::SocketAddr>,
     /// The input backlog has been drained at least once.
     drained_once: bool,
+    /// Messages consumed when [`Reporter::due`] was last asked.
+    due_at: u64,
     /// When the run started.
     started: std::time::Instant,
     /// From receipt of an impression to its prediction handed to the producer.
@@ -60,6 +62,7 @@ impl Reporter {
             telemetry,
             http_addr,
             drained_once: false,
+            due_at: 0,
             started,
             latency: Histogram::new(PREDICTION_LATENCY_BOUNDS),
         }
@@ -69,7 +72,10 @@ impl Reporter {
     /// is drained (`drained`, which is also remembered for readiness).
     pub(super) fn due(&mut self, drained: bool, consumed: u64) -> bool {
         self.drained_once |= drained;
-        drained || consumed.is_multiple_of(1024)
+        // Crossing a multiple, not landing on one: shard workers' counts come in batches.
+        let crossed = consumed / 1024 != self.due_at / 1024;
+        self.due_at = consumed;
+        drained || crossed
     }
 
     /// Publishes progress and telemetry. Ready: the backlog has been drained once and the
