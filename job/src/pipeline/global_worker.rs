@@ -436,11 +436,12 @@ impl GlobalHandle {
         }
     }
 
-    /// Version of the model predictions are served with.
+    /// Version of the model predictions are served with: the newest the thread published
+    /// (shard workers take it up with their next event).
     pub(super) fn serving_version(&self) -> u64 {
         match self {
             Self::Inline(worker) => worker.stage.trainer.version(),
-            Self::Thread(thread) => thread.serving.version(),
+            Self::Thread(thread) => thread.models.borrow().version(),
         }
     }
 
