@@ -215,11 +215,11 @@ pub struct PipelineConfig {
     /// messages. A full channel pauses consumption (backpressure).
     pub channel_capacity: usize,
     /// Threads of the processing path; 0 means one per available core. With 1 the whole
-    /// job runs on one task. With 2 or more the global stage (training, item demand,
-    /// drift, store writes, checkpoints) runs on a thread of its own, fed in window order,
-    /// while the shard stage (cleaning, windows, features, serving) goes on; predictions
-    /// are then served by the newest model the global stage has published (see
-    /// docs/operations.md, "Workers"). Outputs do not depend on it.
+    /// job runs on one task. With `n` >= 2 the global stage (training, item demand, drift,
+    /// store writes, checkpoints) runs on a thread of its own, fed in window order, and
+    /// the clicks and orders of partition `p` are cleaned, windowed and served on shard
+    /// worker `p % n`; predictions are then served by the newest model the global stage
+    /// has published (see docs/operations.md, "Workers"). Outputs do not depend on it.
     pub workers: usize,
     /// How long an event id is remembered for duplicate suppression, in seconds of event
     /// time after the newest event of its partition.
