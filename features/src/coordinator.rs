@@ -50,6 +50,10 @@ pub struct Part {
     pub windows: Vec<ShardWindow>,
     /// At the end of input: every example still pending, in (ts, application order).
     pub rest: Vec<Example>,
+    /// Own events of windows the close passed without listing them: the coordinator
+    /// closed their window before it learned of them (possible only for a partition that
+    /// held nothing back, when the shards run apart). Late, as one task judges them.
+    pub refused: Vec<Buffered>,
 }
 
 /// Lateness, window closing, the inventory and the merge (see the module doc).
@@ -130,7 +134,15 @@ impl Coordinator {
         for ((topic, partition), ts) in &report.newest {
             self.watermark.observe(*topic, *partition, *ts);
         }
-        self.open.extend(report.starts.iter().copied());
+        // A start already closed belongs to events their shard refuses at that close.
+        let closed = self.closed_until;
+        self.open.extend(
+            report
+                .starts
+                .iter()
+                .copied()
+                .filter(|start| closed.is_none_or(|c| *start >= c)),
+        );
     }
 
     /// The window grid.

@@ -11,7 +11,10 @@
 //! [`crate::FeaturePipeline::ingest`] does, with one difference: an event of a partition
 //! that stopped holding the watermark back (read to its end, idle, revoked) is judged
 //! against the windows this set has applied, which may be fewer than the coordinator has
-//! decided. A bounded run never meets it (such a partition has no later event).
+//! decided. An event of such a partition may then be admitted into a window the
+//! coordinator has closed already: the shard refuses it when that close arrives
+//! ([`Part::refused`]), and the job dead-letters it as late, as one task would have. A
+//! bounded run never meets it (such a partition has no later event).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -58,12 +61,19 @@ pub struct ShardSet {
 }
 
 impl ShardSet {
-    /// The set holding `shards`, as `coordinator` has them now (a start, or a checkpoint
-    /// taken when every report had reached the coordinator).
-    pub fn new(coordinator: &Coordinator, shards: BTreeMap<i32, Shard>) -> Self {
+    /// The set holding `shards` of the partitions `owns` selects, as `coordinator` has
+    /// them now (a start, or a checkpoint taken when every report had reached the
+    /// coordinator).
+    pub fn new(
+        coordinator: &Coordinator,
+        shards: BTreeMap<i32, Shard>,
+        owns: impl Fn(InputTopic, i32) -> bool,
+    ) -> Self {
+        let mut watermark = coordinator.partition_watermarks().clone();
+        watermark.retain(owns);
         Self {
             length_ms: coordinator.grid().length_ms(),
-            watermark: coordinator.partition_watermarks().clone(),
+            watermark,
             closed_until: coordinator.closed_until(),
             template: coordinator.new_shard(),
             shards,
@@ -168,5 +178,89 @@ impl ShardSet {
     /// The shards (for checkpoints).
     pub fn shards(&self) -> &BTreeMap<i32, Shard> {
         &self.shards
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coordinator::Coordinator;
+    use crate::state::{FeatureState, StateLimits};
+    use crate::window::WindowGrid;
+    use shopstream_config::PipelineConfig;
+    use shopstream_ingest::event::{ClickEvent, ClickKind, Scenario};
+
+    const T0: Millis = 1_767_571_200_000;
+
+    fn impression(partition: i32, offset: i64, ts: Millis) -> (RecordMeta, Event) {
+        let meta = RecordMeta {
+            topic: InputTopic::Clicks,
+            partition,
+            offset,
+        };
+        let event = Event::Click(ClickEvent {
+            event_id: format!("e{partition}-{offset}"),
+            ts,
+            user_id: format!("u{partition}"),
+            session_id: "s".to_string(),
+            kind: ClickKind::Impression,
+            item_id: Some("i1".to_string()),
+            scenario: Scenario::HomeFeed,
+            position: Some(0),
+            device: None,
+            price: Some(5.0),
+            query: None,
+        });
+        (meta, event)
+    }
+
+    /// Regression (review of the shard workers): a partition that held nothing back
+    /// (idle in live mode) delivered an event into a window the coordinator closed before
+    /// the event's report arrived. The shard dropped it silently at that close, and the
+    /// late report reopened the window, which then closed a second time.
+    #[test]
+    fn an_event_admitted_into_a_window_closed_meanwhile_is_refused_not_lost() {
+        let config = PipelineConfig::default();
+        let window = config.window_ms();
+        let state = FeatureState::new(StateLimits {
+            click_window_ms: config.click_window_ms(),
+            attribution_ms: config.attribution_window_ms(),
+            ttl_ms: config.feature_ttl_ms(),
+        });
+        let mut coordinator =
+            Coordinator::new(WindowGrid::of(&config), config.allowed_lateness_ms(), state);
+        let mut a = ShardSet::new(&coordinator, BTreeMap::new(), |_, p| p == 0);
+        let mut b = ShardSet::new(&coordinator, BTreeMap::new(), |_, p| p == 1);
+        let (m, e) = impression(0, 0, T0);
+        a.admit(m, e).expect("first event");
+        coordinator.observe(&a.take_report());
+        // Partition 0 goes idle and is released; partition 1 runs ahead.
+        a.release(InputTopic::Clicks, 0);
+        coordinator.partition_at_end(InputTopic::Clicks, 0);
+        let (m, e) = impression(1, 0, T0 + 6 * window);
+        b.admit(m, e).expect("first event");
+        coordinator.observe(&b.take_report());
+        let close = coordinator
+            .close_ready()
+            .expect("partition 1 passed window 0");
+        let boundary = close.boundary.expect("not final");
+        assert!(boundary > T0 + 2 * window);
+        // Before the close reaches partition 0's set, an event of a closed window arrives.
+        let (m, e) = impression(0, 1, T0 + 2 * window);
+        a.admit(m, e)
+            .expect("the set has not applied the close yet");
+        coordinator.observe(&a.take_report());
+        let parts = a.on_close(&close);
+        assert_eq!(parts.len(), 1);
+        let refused: Vec<Millis> = parts[0].refused.iter().map(|b| b.event.ts()).collect();
+        assert_eq!(refused, vec![T0 + 2 * window], "refused, not dropped");
+        assert_eq!(parts[0].windows.len(), 1, "window 0 applied");
+        // The late report did not reopen the closed window.
+        let finish = coordinator.finish();
+        assert!(
+            finish.windows.iter().all(|(start, _)| *start >= boundary),
+            "{:?}",
+            finish.windows.iter().map(|(s, _)| s).collect::<Vec<_>>()
+        );
     }
 }

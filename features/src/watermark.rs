@@ -36,6 +36,13 @@ impl Watermark {
         self.newest.remove(&(topic, partition));
     }
 
+    /// Keeps only the partitions `keep` selects (a copy for the partitions one worker
+    /// reads).
+    pub fn retain(&mut self, keep: impl Fn(InputTopic, i32) -> bool) {
+        self.newest
+            .retain(|(topic, partition), _| keep(*topic, *partition));
+    }
+
     /// Records an event of `partition` at `ts`. Returns the partition's own watermark
     /// before it (its newest event time - allowed lateness; none before its first event),
     /// which decides whether the event is late.

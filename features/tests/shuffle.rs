@@ -194,7 +194,7 @@ fn run_split(
     let (mut coordinator, shards) = pipeline.into_parts();
     assert!(shards.is_empty());
     let mut sets: Vec<ShardSet> = (0..sets)
-        .map(|_| ShardSet::new(&coordinator, BTreeMap::new()))
+        .map(|_| ShardSet::new(&coordinator, BTreeMap::new(), |_, _| true))
         .collect();
     let apply = |coordinator: &mut Coordinator, sets: &mut Vec<ShardSet>, close: Close| {
         let mut parts: Vec<Part> = sets.iter_mut().flat_map(|s| s.on_close(&close)).collect();

@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use shopstream_features::{Close, WindowOutput};
+use shopstream_features::{Buffered, Close, WindowOutput};
+use shopstream_ingest::decode::{Reason, Rejection};
 use shopstream_ingest::event::InputTopic;
 
 use super::PipelineError;
@@ -36,8 +37,14 @@ impl Processor<'_> {
                 applied
             }
             FromShard::Ended(topic, partition) => {
+                let reassigned = self.ending.remove(&(topic, partition)) == Some(true);
                 if let Some(coordinator) = self.stages.coordinator() {
                     coordinator.partition_at_end(topic, partition);
+                    if reassigned {
+                        // Assigned again while its end was on the way: it holds the
+                        // watermark back again, as one task would have it.
+                        coordinator.register_partition(topic, partition);
+                    }
                 }
                 Ok(())
             }
@@ -96,10 +103,38 @@ impl Processor<'_> {
         let answers = self
             .ask_workers(|| ToShard::Close(Arc::clone(&close)))
             .await?;
-        match self.stages.coordinator() {
-            Some(coordinator) => Ok(stages::merge(coordinator, &close, answers)),
-            None => Err(PipelineError::Internal("no coordinator to merge".into())),
+        let Some(coordinator) = self.stages.coordinator() else {
+            return Err(PipelineError::Internal("no coordinator to merge".into()));
+        };
+        let (outputs, refused) = stages::merge(coordinator, &close, answers);
+        for late in refused {
+            self.refused_late(late, &close).await?;
         }
+        Ok(outputs)
+    }
+
+    /// An event a shard admitted into a window the coordinator had closed before it
+    /// learned of it: no longer valid, dead-lettered as late. Its original bytes are gone
+    /// with the shard's buffer; the dead letter carries the event re-encoded as JSON.
+    async fn refused_late(&mut self, late: Buffered, close: &Close) -> Result<(), PipelineError> {
+        let topic = late.meta.topic.as_str();
+        if let Some(valid) = self.summary.valid.get_mut(topic) {
+            *valid = valid.saturating_sub(1);
+        }
+        let payload = serde_json::to_vec(&late.event)
+            .map_err(|e| PipelineError::Internal(format!("re-encoding a late event: {e}")))?;
+        let rejection = Rejection {
+            reason: Reason::Late,
+            field: Some("ts".to_string()),
+            message: format!(
+                "event time {} fell in a window closed while its partition held nothing back \
+                 (closed up to {:?})",
+                late.event.ts(),
+                close.boundary
+            ),
+        };
+        self.dead_letter(late.meta, None, &payload, &rejection)
+            .await
     }
 
     /// A partition stops holding the watermark back (its end in bounded mode, idle,
@@ -114,9 +149,11 @@ impl Processor<'_> {
         if let Some(worker) = self.stages.worker_for(topic, partition)
             && let Some(workers) = self.stages.workers()
         {
-            return workers
+            workers
                 .send(worker, ToShard::End(topic, partition, resolve_held))
-                .await;
+                .await?;
+            self.ending.insert((topic, partition), false);
+            return Ok(());
         }
         if resolve_held {
             self.resolve_all_held(Some((topic, partition))).await?;

@@ -122,10 +122,11 @@ impl ShardWorkers {
                 shards = rest;
                 mine
             };
-            let mut stage = ShardStage::with(config, ShardSet::new(coordinator, mine));
-            let own_cleaner = cleaner.split_off(|topic, partition| {
+            let owns = |topic: InputTopic, partition: i32| {
                 topic != InputTopic::Inventory && worker_of(partition, count) == index
-            });
+            };
+            let mut stage = ShardStage::with(config, ShardSet::new(coordinator, mine, owns));
+            let own_cleaner = cleaner.split_off(owns);
             stage.resume_cleaning(own_cleaner, held);
             let (tx, rx) = mpsc::channel(QUEUED);
             let worker = Worker {
@@ -135,6 +136,7 @@ impl ShardWorkers {
                 replies: reply_tx.clone(),
                 models: models.clone(),
                 handled: BTreeMap::new(),
+                pending_sent: 0,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shopstream-shard-{index}"))
@@ -223,6 +225,8 @@ struct Worker {
     models: watch::Receiver<Arc<Trainer>>,
     /// Events handled since the last batch, per topic.
     handled: BTreeMap<InputTopic, u64>,
+    /// Pending examples as last sent.
+    pending_sent: usize,
 }
 
 impl Worker {
@@ -265,14 +269,17 @@ impl Worker {
     /// Sends the effects and report gathered so far, if any.
     fn flush(&mut self, effects: &mut Vec<Effect>) {
         let report = self.stage.windowing_mut().take_report();
-        if effects.is_empty() && report.is_empty() && self.handled.is_empty() {
+        let pending = self.stage.windowing().pending_examples();
+        let unchanged = pending == self.pending_sent;
+        if effects.is_empty() && report.is_empty() && self.handled.is_empty() && unchanged {
             return;
         }
+        self.pending_sent = pending;
         let batch = FromShard::Batch {
             handled: std::mem::take(&mut self.handled),
             effects: std::mem::take(effects),
             report,
-            pending_examples: self.stage.windowing().pending_examples(),
+            pending_examples: pending,
         };
         let _ = self.replies.send((self.index, batch));
     }
@@ -312,6 +319,8 @@ impl Worker {
                 let parts = self.stage.windowing_mut().on_close(&close);
                 if !empty {
                     self.reply(effects, FromShard::Parts(parts));
+                    // The close matured examples: the gauge follows.
+                    self.flush(effects);
                 }
             }
             ToShard::Snapshot => {

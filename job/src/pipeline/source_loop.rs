@@ -85,6 +85,9 @@ pub(super) struct Processor<'a> {
     pub(super) reporter: Reporter,
     /// The shard's effects of the message at hand (kept to reuse the allocation).
     pub(super) effects: Vec<Effect>,
+    /// Partitions whose end a shard worker has not confirmed yet, and whether they were
+    /// assigned again meanwhile.
+    pub(super) ending: BTreeMap<(InputTopic, i32), bool>,
 }
 
 impl Processor<'_> {
@@ -278,6 +281,9 @@ impl Processor<'_> {
                 for (topic, partition) in partitions {
                     self.owned.insert((topic, partition));
                     self.stages.register_partition(topic, partition);
+                    if let Some(reassigned) = self.ending.get_mut(&(topic, partition)) {
+                        *reassigned = true;
+                    }
                     self.last_seen
                         .insert((topic, partition), tokio::time::Instant::now());
                 }
@@ -479,7 +485,7 @@ impl Processor<'_> {
     }
 
     /// Counts a refused message and sends it to the dead-letter topic.
-    async fn dead_letter(
+    pub(super) async fn dead_letter(
         &mut self,
         meta: RecordMeta,
         key: Option<&[u8]>,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use shopstream_config::Config;
-use shopstream_features::{Coordinator, FeaturePipeline, Part, WindowOutput};
+use shopstream_features::{Buffered, Coordinator, FeaturePipeline, Part, WindowOutput};
 use shopstream_ingest::clean::Cleaner;
 use shopstream_ingest::event::{InputTopic, Millis};
 use shopstream_trainer::Trainer;
@@ -223,13 +223,19 @@ pub(super) fn assemble(
     (features, cleaner, held)
 }
 
-/// The merged windows of a close the workers answered.
+/// The merged windows of a close the workers answered, and the events their shards
+/// refused as late (see `Part::refused`).
 pub(super) fn merge(
     coordinator: &mut Coordinator,
     close: &shopstream_features::Close,
     answers: Vec<FromShard>,
-) -> Vec<WindowOutput> {
-    coordinator.merge(close, parts_in_order(answers))
+) -> (Vec<WindowOutput>, Vec<Buffered>) {
+    let mut parts = parts_in_order(answers);
+    let refused = parts
+        .iter_mut()
+        .flat_map(|part| std::mem::take(&mut part.refused))
+        .collect();
+    (coordinator.merge(close, parts), refused)
 }
 
 /// A request every worker answers, and how to recognise the answer.
