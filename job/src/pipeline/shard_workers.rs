@@ -164,15 +164,30 @@ impl ShardWorkers {
     }
 
     /// Sends `message` to worker `index`.
-    pub(super) async fn send(&self, index: usize, message: ToShard) -> Result<(), PipelineError> {
-        self.senders[index]
-            .send(message)
-            .await
-            .map_err(|_| PipelineError::Internal(format!("shard worker {index} stopped")))
+    pub(super) async fn send(
+        &mut self,
+        index: usize,
+        message: ToShard,
+    ) -> Result<(), PipelineError> {
+        if self.senders[index].send(message).await.is_ok() {
+            return Ok(());
+        }
+        // The worker stopped, so it failed: its own error says why.
+        while let Ok((from, reply)) = self.replies.try_recv() {
+            if let (true, FromShard::Failed(e)) = (from == index, reply) {
+                return Err(e);
+            }
+        }
+        Err(PipelineError::Internal(format!(
+            "shard worker {index} stopped"
+        )))
     }
 
     /// Sends a copy of `make()` to every worker.
-    pub(super) async fn broadcast(&self, make: impl Fn() -> ToShard) -> Result<(), PipelineError> {
+    pub(super) async fn broadcast(
+        &mut self,
+        make: impl Fn() -> ToShard,
+    ) -> Result<(), PipelineError> {
         for index in 0..self.count() {
             self.send(index, make()).await?;
         }
@@ -245,10 +260,17 @@ impl Worker {
                 }));
                 let result = match outcome {
                     Ok(result) => result,
-                    Err(_) => Err(PipelineError::Internal(format!(
-                        "shard worker {} panicked",
-                        self.index
-                    ))),
+                    Err(panic) => {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| (*s).to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        Err(PipelineError::Internal(format!(
+                            "shard worker {} panicked: {what}",
+                            self.index
+                        )))
+                    }
                 };
                 if let Err(e) = result {
                     let _ = self.replies.send((self.index, FromShard::Failed(e)));
