@@ -39,6 +39,12 @@ impl Close {
     pub fn is_final(&self) -> bool {
         self.boundary.is_none()
     }
+
+    /// Whether it closes no window: only the closed bound moves, no shard holds events
+    /// before it, and nobody needs to answer.
+    pub fn is_empty(&self) -> bool {
+        self.windows.is_empty() && !self.is_final()
+    }
 }
 
 /// One shard's answer to a [`Close`].
@@ -103,10 +109,8 @@ impl Coordinator {
         // A late event is older than the partition's newest, so observing it first
         // changes nothing for it.
         let own = self.watermark.observe(meta.topic, meta.partition, ts);
-        let behind_own = own.is_some_and(|w| ts < self.grid.start_of(w));
-        let behind_closed = self.closed_until.is_some_and(|c| ts < c);
         let buffered = Buffered { meta, event };
-        if behind_own || behind_closed {
+        if is_late(self.grid, own, self.closed_until, ts) {
             return Err(Box::new(buffered));
         }
         self.open.insert(self.grid.start_of(ts));
@@ -121,11 +125,7 @@ impl Coordinator {
 
     /// An empty shard that starts now: the inventory as it is, the windows closed so far.
     pub fn new_shard(&self) -> Shard {
-        Shard::new(
-            Windows::new(self.grid.length_ms()),
-            FeatureState::replica_of(self.inventory.state()),
-            self.closed_until,
-        )
+        self.inventory.replica(self.closed_until)
     }
 
     /// Takes what a [`crate::ShardSet`] reports: its partitions' newest event times and
@@ -333,6 +333,17 @@ impl Coordinator {
             settled_before: self.grid.start_of(oldest) - self.grid.length_ms(),
         }
     }
+}
+
+/// The lateness rule: an event is late when its window is one its own partition's
+/// watermark (`own`, before the event) has passed, or is before `closed_until`.
+pub(crate) fn is_late(
+    grid: WindowGrid,
+    own: Option<Millis>,
+    closed_until: Option<Millis>,
+    ts: Millis,
+) -> bool {
+    own.is_some_and(|w| ts < grid.start_of(w)) || closed_until.is_some_and(|c| ts < c)
 }
 
 /// Examples of one window from every shard (each in its own order), in (ts, partition,

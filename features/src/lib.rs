@@ -255,8 +255,7 @@ impl FeaturePipeline {
     /// `close` applied by every shard (on threads when the windows are worth it), and
     /// merged.
     fn apply(&mut self, close: Close) -> Vec<WindowOutput> {
-        if close.windows.is_empty() && !close.is_final() {
-            // Only the closed bound moved: no shard holds events before it.
+        if close.is_empty() {
             return Vec::new();
         }
         let events: usize = close.windows.iter().map(|(_, e)| e.len()).sum::<usize>()

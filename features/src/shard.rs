@@ -57,6 +57,16 @@ impl Shard {
         shard
     }
 
+    /// An empty shard whose state replicates this one's inventory (it counts no sales),
+    /// with every window before `closed_until` closed.
+    pub fn replica(&self, closed_until: Option<Millis>) -> Shard {
+        Shard::new(
+            Windows::new(self.windows.length_ms()),
+            FeatureState::replica_of(&self.state),
+            closed_until,
+        )
+    }
+
     /// Buffers one of the shard's own events; gives it back when its window is closed.
     pub fn push(&mut self, event: Buffered) -> Result<(), Box<Buffered>> {
         self.windows.push(event)

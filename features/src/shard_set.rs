@@ -21,13 +21,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use shopstream_ingest::event::{Event, InputTopic, Millis};
 use shopstream_ingest::record::RecordMeta;
 
-use crate::coordinator::{Close, Coordinator, Part};
+use crate::coordinator::{Close, Coordinator, Part, is_late};
 use crate::example::ServingRow;
 use crate::serving_row_of;
 use crate::shard::Shard;
-use crate::state::FeatureState;
 use crate::watermark::Watermark;
-use crate::window::{Buffered, Windows};
+use crate::window::{Buffered, WindowGrid};
 
 /// What the coordinator learns from a shard set's admitted events since the last report.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -48,8 +47,7 @@ impl Report {
 /// The shards of some partition numbers (see the module doc).
 #[derive(Debug, Clone)]
 pub struct ShardSet {
-    /// Window length.
-    length_ms: Millis,
+    grid: WindowGrid,
     /// Own partitions' newest event times (lateness).
     watermark: Watermark,
     /// Everything before this time is closed (by the closes applied here).
@@ -72,7 +70,7 @@ impl ShardSet {
         let mut watermark = coordinator.partition_watermarks().clone();
         watermark.retain(owns);
         Self {
-            length_ms: coordinator.grid().length_ms(),
+            grid: coordinator.grid(),
             watermark,
             closed_until: coordinator.closed_until(),
             template: coordinator.new_shard(),
@@ -86,36 +84,22 @@ impl ShardSet {
     pub fn admit(&mut self, meta: RecordMeta, event: Event) -> Result<(), Box<Buffered>> {
         let ts = event.ts();
         let own = self.watermark.observe(meta.topic, meta.partition, ts);
-        let newest = self
-            .report
+        self.report
             .newest
             .entry((meta.topic, meta.partition))
+            .and_modify(|newest| *newest = (*newest).max(ts))
             .or_insert(ts);
-        *newest = (*newest).max(ts);
-        let behind_own = own.is_some_and(|w| ts < self.start_of(w));
-        let behind_closed = self.closed_until.is_some_and(|c| ts < c);
         let buffered = Buffered { meta, event };
-        if behind_own || behind_closed {
+        if is_late(self.grid, own, self.closed_until, ts) {
             return Err(Box::new(buffered));
         }
-        let start = self.start_of(ts);
-        let (template, closed_until, length) = (&self.template, self.closed_until, self.length_ms);
+        let (template, closed_until) = (&self.template, self.closed_until);
         self.shards
             .entry(meta.partition)
-            .or_insert_with(|| {
-                Shard::new(
-                    Windows::new(length),
-                    FeatureState::replica_of(template.state()),
-                    closed_until,
-                )
-            })
+            .or_insert_with(|| template.replica(closed_until))
             .push(buffered)?;
-        self.report.starts.insert(start);
+        self.report.starts.insert(self.grid.start_of(ts));
         Ok(())
-    }
-
-    fn start_of(&self, ts: Millis) -> Millis {
-        ts.div_euclid(self.length_ms) * self.length_ms
     }
 
     /// A partition no longer holds the watermark back: its next event counts from scratch
@@ -147,7 +131,7 @@ impl ShardSet {
     /// Applies `close` to every shard (and the inventory template); their parts in
     /// partition order.
     pub fn on_close(&mut self, close: &Close) -> Vec<Part> {
-        if close.windows.is_empty() && !close.is_final() {
+        if close.is_empty() {
             if let Some(boundary) = close.boundary {
                 self.closed_until = Some(boundary);
             }
@@ -164,7 +148,7 @@ impl ShardSet {
             None => close
                 .windows
                 .last()
-                .map(|(start, _)| start + self.length_ms)
+                .map(|(start, _)| start + self.grid.length_ms())
                 .or(self.closed_until),
         };
         parts

@@ -198,7 +198,7 @@ fn run_split(
         .collect();
     let apply = |coordinator: &mut Coordinator, sets: &mut Vec<ShardSet>, close: Close| {
         let mut parts: Vec<Part> = sets.iter_mut().flat_map(|s| s.on_close(&close)).collect();
-        if close.windows.is_empty() && !close.is_final() {
+        if close.is_empty() {
             return Vec::new();
         }
         parts.sort_by_key(|p| p.partition);

@@ -10,7 +10,7 @@ use shopstream_ingest::event::InputTopic;
 
 use super::PipelineError;
 use super::shard_workers::{FromShard, ToShard};
-use super::source_loop::Processor;
+use super::source_loop::{Processor, bump_by};
 use super::stages::{self, Stages};
 
 impl Processor<'_> {
@@ -24,11 +24,7 @@ impl Processor<'_> {
                 ..
             } => {
                 for (topic, count) in handled {
-                    *self
-                        .summary
-                        .consumed
-                        .entry(topic.as_str().to_string())
-                        .or_default() += count;
+                    bump_by(&mut self.summary.consumed, topic.as_str(), count);
                 }
                 let applied = self.apply(&mut effects).await;
                 if let Some(coordinator) = self.stages.coordinator() {
@@ -91,7 +87,7 @@ impl Processor<'_> {
         close: Close,
     ) -> Result<Vec<WindowOutput>, PipelineError> {
         let close = Arc::new(close);
-        if close.windows.is_empty() && !close.is_final() {
+        if close.is_empty() {
             // Only the closed bound moved; no worker answers.
             if let Some(workers) = self.stages.workers() {
                 workers

@@ -122,8 +122,6 @@ pub(super) struct ShardStage<F = FeaturePipeline> {
     held: BTreeMap<(InputTopic, i32), Consumed>,
     /// Whether admitted events carry their [`Arrival`] (drift detection is on).
     arrivals: bool,
-    /// Threads the features stage applies its partition shards on (`pipeline.workers`).
-    threads: usize,
 }
 
 pub(super) fn clean_limits(config: &Config) -> CleanLimits {
@@ -135,18 +133,10 @@ pub(super) fn clean_limits(config: &Config) -> CleanLimits {
 }
 
 impl ShardStage {
-    /// An empty shard for the job's configuration.
+    /// An empty shard for the job's configuration (one worker: with more, the shards run
+    /// on shard workers instead).
     pub(super) fn new(config: &Config) -> Self {
-        let threads = config.pipeline.worker_threads();
-        let mut features = FeaturePipeline::new(&config.pipeline);
-        features.set_threads(threads);
-        Self {
-            cleaner: Cleaner::new(clean_limits(config)),
-            features,
-            held: BTreeMap::new(),
-            arrivals: config.drift.enabled,
-            threads,
-        }
+        Self::with(config, FeaturePipeline::new(&config.pipeline))
     }
 
     /// Takes over a checkpoint's shard state.
@@ -157,7 +147,6 @@ impl ShardStage {
         held: Vec<HeldEvent>,
     ) {
         self.features = features;
-        self.features.set_threads(self.threads);
         self.resume_cleaning(cleaner, held);
     }
 
@@ -201,7 +190,6 @@ impl<F: Windowing> ShardStage<F> {
             features,
             held: BTreeMap::new(),
             arrivals: config.drift.enabled,
-            threads: 1,
         }
     }
 

@@ -100,7 +100,7 @@ impl ShardWorkers {
         config: &Config,
         count: usize,
         coordinator: &Coordinator,
-        mut shards: BTreeMap<i32, Shard>,
+        shards: BTreeMap<i32, Shard>,
         cleaner: &mut Cleaner,
         held: Vec<HeldEvent>,
         models: watch::Receiver<Arc<Trainer>>,
@@ -111,17 +111,14 @@ impl ShardWorkers {
         for h in held {
             held_by_worker[worker_of(h.meta.partition, count)].push(h);
         }
+        let mut shards_by_worker: Vec<BTreeMap<i32, Shard>> = vec![BTreeMap::new(); count];
+        for (partition, shard) in shards {
+            shards_by_worker[worker_of(partition, count)].insert(partition, shard);
+        }
         let mut senders = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
-        for (index, held) in held_by_worker.into_iter().enumerate() {
-            let mine: BTreeMap<i32, Shard> = {
-                let all = std::mem::take(&mut shards);
-                let (mine, rest) = all
-                    .into_iter()
-                    .partition(|(p, _)| worker_of(*p, count) == index);
-                shards = rest;
-                mine
-            };
+        let by_worker = held_by_worker.into_iter().zip(shards_by_worker);
+        for (index, (held, mine)) in by_worker.enumerate() {
             let owns = |topic: InputTopic, partition: i32| {
                 topic != InputTopic::Inventory && worker_of(partition, count) == index
             };
@@ -328,7 +325,6 @@ impl Worker {
                     self.stage
                         .resolve_all_held(Some((topic, partition)), model, effects)?;
                 }
-                self.flush(effects);
                 self.stage.windowing_mut().release(topic, partition);
                 self.reply(effects, FromShard::Ended(topic, partition));
             }
@@ -337,12 +333,10 @@ impl Worker {
                 self.reply(effects, FromShard::Resolved);
             }
             ToShard::Close(close) => {
-                let empty = close.windows.is_empty() && !close.is_final();
                 let parts = self.stage.windowing_mut().on_close(&close);
-                if !empty {
+                if !close.is_empty() {
+                    // (The batch before the parts carries the pending examples it left.)
                     self.reply(effects, FromShard::Parts(parts));
-                    // The close matured examples: the gauge follows.
-                    self.flush(effects);
                 }
             }
             ToShard::Snapshot => {

@@ -22,7 +22,7 @@ use super::global_worker::{GlobalHandle, ShardParts};
 use super::outputs::Outputs;
 use super::replay::{ReplayState, ReplayStep};
 use super::shard::{Consumed, Effect};
-use super::shard_workers::{FromShard, ToShard};
+use super::shard_workers::{FromShard, ToShard, WorkerSnapshot};
 use super::stages::{self, Stages};
 use super::telemetry::{JobView, Reporter};
 use crate::summary::RunSummary;
@@ -45,10 +45,15 @@ enum Flow {
 /// Counts one more under `key`, allocating the key only the first time it is seen
 /// (these counters are bumped for every consumed message).
 pub(super) fn bump(counts: &mut BTreeMap<String, u64>, key: &str) {
+    bump_by(counts, key, 1);
+}
+
+/// Counts `n` more under `key` (see [`bump`]).
+pub(super) fn bump_by(counts: &mut BTreeMap<String, u64>, key: &str, n: u64) {
     match counts.get_mut(key) {
-        Some(count) => *count += 1,
+        Some(count) => *count += n,
         None => {
-            counts.insert(key.to_string(), 1);
+            counts.insert(key.to_string(), n);
         }
     }
 }
@@ -197,44 +202,37 @@ impl Processor<'_> {
             return Ok(());
         };
         plan.requested();
+        // The workers' copies come after their batches before them, whose outputs are then
+        // in flight too.
+        let snapshots: Vec<WorkerSnapshot> = self
+            .ask_workers(|| ToShard::Snapshot)
+            .await?
+            .into_iter()
+            .filter_map(|answer| match answer {
+                FromShard::Snapshot(snapshot) => Some(*snapshot),
+                _ => None,
+            })
+            .collect();
         // Every prediction and dead letter so far acknowledged: a restart from here does
         // not need to publish them again.
         self.outputs.flush().await?;
-        if self.stages.workers().is_some() {
-            let snapshots = self
-                .ask_workers(|| ToShard::Snapshot)
-                .await?
-                .into_iter()
-                .filter_map(|answer| match answer {
-                    FromShard::Snapshot(snapshot) => Some(*snapshot),
-                    _ => None,
-                })
-                .collect();
-            // Snapshots come after the batches before them: the outputs of those are
-            // in flight again.
-            self.outputs.flush().await?;
-            let Stages::Split { coordinator, .. } = &self.stages else {
-                return Err(PipelineError::Internal("shard workers vanished".into()));
-            };
-            let (features, cleaner, held) = stages::assemble(coordinator, snapshots);
-            let shard = ShardParts {
-                windows_closed: self.windows_total,
-                positions: Cow::Borrowed(&self.positions),
-                features: Cow::Owned(features),
-                cleaner: Cow::Owned(cleaner),
-                held,
-            };
-            return self.global.checkpoint(shard).await;
-        }
-        let Stages::Whole(stage) = &self.stages else {
-            return Err(PipelineError::Internal("no stage to checkpoint".into()));
+        let (features, cleaner, held) = match &self.stages {
+            Stages::Whole(stage) => (
+                Cow::Borrowed(stage.features()),
+                Cow::Borrowed(stage.cleaner()),
+                stage.held_events(),
+            ),
+            Stages::Split { coordinator, .. } => {
+                let (features, cleaner, held) = stages::assemble(coordinator, snapshots);
+                (Cow::Owned(features), Cow::Owned(cleaner), held)
+            }
         };
         let shard = ShardParts {
             windows_closed: self.windows_total,
             positions: Cow::Borrowed(&self.positions),
-            features: Cow::Borrowed(stage.features()),
-            cleaner: Cow::Borrowed(stage.cleaner()),
-            held: stage.held_events(),
+            features,
+            cleaner,
+            held,
         };
         self.global.checkpoint(shard).await
     }
@@ -300,7 +298,7 @@ impl Processor<'_> {
             }
             SourceMessage::PartitionEof { topic, partition } => {
                 if self.bounded {
-                    self.partition_ended(topic, partition).await?;
+                    self.release(topic, partition, true).await?;
                 }
             }
             SourceMessage::CaughtUp => {
@@ -340,7 +338,7 @@ impl Processor<'_> {
                     payload,
                     received,
                 };
-                if let Some(worker) = self.stages.worker_for(meta.topic, meta.partition)
+                if let Some(worker) = routed
                     && let Some(workers) = self.stages.workers()
                 {
                     // Its effects and report come back in a batch.
@@ -417,16 +415,6 @@ impl Processor<'_> {
         Ok(())
     }
 
-    /// A partition has nothing more (bounded mode, or a replay past its range): its held
-    /// event is decided, it stops holding the watermark back, and windows close.
-    async fn partition_ended(
-        &mut self,
-        topic: InputTopic,
-        partition: i32,
-    ) -> Result<(), PipelineError> {
-        self.release(topic, partition, true).await
-    }
-
     /// Replay: whether this event lies outside what the replay processes (before the
     /// warm-up bound, or on a partition past the end bound, which it then finishes).
     async fn replay_skips(&mut self, meta: RecordMeta, ts: i64) -> Result<bool, PipelineError> {
@@ -442,7 +430,7 @@ impl Processor<'_> {
             }
             ReplayStep::Finish => {
                 bump(&mut self.summary.replay_skipped, meta.topic.as_str());
-                self.partition_ended(meta.topic, meta.partition).await?;
+                self.release(meta.topic, meta.partition, true).await?;
                 Ok(true)
             }
         }

@@ -45,7 +45,9 @@ impl Stages {
         models: Option<watch::Receiver<Arc<Trainer>>>,
     ) -> Result<Self, PipelineError> {
         let threads = config.pipeline.worker_threads();
-        let Some(models) = models.filter(|_| threads > 1) else {
+        // The global stage publishes models from a thread of its own exactly when there
+        // is more than one worker.
+        let Some(models) = models else {
             let mut stage = ShardStage::new(config);
             if let Some(r) = resumed {
                 stage.resume(r.features, r.cleaner, r.held);
@@ -191,19 +193,6 @@ impl LocalStage<'_> {
     }
 }
 
-/// What the coordinator gathered from every worker for one request.
-pub(super) fn parts_in_order(answers: Vec<FromShard>) -> Vec<Part> {
-    let mut parts: Vec<Part> = answers
-        .into_iter()
-        .flat_map(|answer| match answer {
-            FromShard::Parts(parts) => parts,
-            _ => Vec::new(),
-        })
-        .collect();
-    parts.sort_by_key(|p| p.partition);
-    parts
-}
-
 /// The whole features stage, cleaner and held events of a split run, for a checkpoint:
 /// the coordinator's side with every worker's snapshot.
 pub(super) fn assemble(
@@ -230,7 +219,14 @@ pub(super) fn merge(
     close: &shopstream_features::Close,
     answers: Vec<FromShard>,
 ) -> (Vec<WindowOutput>, Vec<Buffered>) {
-    let mut parts = parts_in_order(answers);
+    let mut parts: Vec<Part> = answers
+        .into_iter()
+        .flat_map(|answer| match answer {
+            FromShard::Parts(parts) => parts,
+            _ => Vec::new(),
+        })
+        .collect();
+    parts.sort_by_key(|p| p.partition);
     let refused = parts
         .iter_mut()
         .flat_map(|part| std::mem::take(&mut part.refused))
