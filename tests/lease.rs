@@ -82,6 +82,51 @@ async fn one_member_holds_the_lease_and_it_moves_when_the_holder_leaves() {
     other.leave().await;
 }
 
+/// Guards the trainer's stability: a role that moved on every join would fail the
+/// coordinator over each time an instance is added (docs/scale-out.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_holder_keeps_the_lease_when_members_join() {
+    let broker = Broker::start();
+    let store = tempfile::tempdir().unwrap();
+    let kafka = broker.config("lease-sticky", store.path()).kafka;
+    let options = options(&kafka);
+    let first = Lease::join(&kafka, &options).await.unwrap();
+    wait_until(
+        "the only member holds the lease",
+        Duration::from_secs(60),
+        || first.is_held(),
+    )
+    .await;
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut joined = Vec::new();
+    for n in 1..=3 {
+        let lease = Lease::join(&kafka, &options).await.unwrap();
+        // Whether the new member ever holds the lease, at any instant.
+        let mut held = lease.held();
+        let taken_by_it = std::sync::Arc::clone(&taken);
+        tokio::spawn(async move {
+            if held.wait_for(|h| *h).await.is_ok() {
+                taken_by_it.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        joined.push(lease);
+        // Long enough for the group to rebalance for the new member.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(
+            first.is_held(),
+            "the first member still holds the lease after {n} joined"
+        );
+        assert!(
+            !taken.load(std::sync::atomic::Ordering::SeqCst),
+            "no member that joined took the lease ({n} joined)"
+        );
+    }
+    for lease in joined {
+        lease.leave().await;
+    }
+    first.leave().await;
+}
+
 /// One member of the lease group in a process of its own (started by the test below with
 /// `SHOPSTREAM_LEASE_CHILD="brokers group_id"`): prints `JOINED`, then `HELD` or `LOST` on
 /// every change, until it is killed.

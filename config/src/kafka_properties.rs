@@ -193,7 +193,7 @@ pub const MANAGED_PROPERTIES: &[ManagedProperty] = &[
     ManagedProperty {
         key: "partition.assignment.strategy",
         aliases: &[],
-        set_on: "the source's consumers: `range`",
+        set_on: "the source's consumers: `range`; the trainer lease: `cooperative-sticky`",
         policy: PropertyPolicy::Rejected {
             reason: "clicks and orders are co-partitioned by user and the state of partition \
                      i holds both topics (click labels, order attribution); `range` gives \

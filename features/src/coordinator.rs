@@ -48,7 +48,7 @@ impl Close {
 }
 
 /// One shard's answer to a [`Close`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Part {
     /// The shard's partition number.
     pub partition: i32,
@@ -60,6 +60,21 @@ pub struct Part {
     /// closed their window before it learned of them (possible only for a partition that
     /// held nothing back, when the shards run apart). Late, as one task judges them.
     pub refused: Vec<Buffered>,
+}
+
+impl Part {
+    /// Whether it contributes nothing to a merge (no event in the windows, nothing
+    /// pending, matured or refused): present or absent, the merged windows are the same.
+    pub fn is_empty(&self) -> bool {
+        self.rest.is_empty()
+            && self.refused.is_empty()
+            && self.windows.iter().all(|w| {
+                w.events == 0
+                    && w.examples.is_empty()
+                    && w.users.is_empty()
+                    && w.oldest_pending.is_none()
+            })
+    }
 }
 
 /// Lateness, window closing, the inventory and the merge (see the module doc).

@@ -23,6 +23,9 @@
 pub mod arrow_time;
 mod coordinator;
 mod example;
+mod follower;
+mod merge_queue;
+pub mod protocol;
 pub mod rolling;
 mod shard;
 mod shard_set;
@@ -35,6 +38,8 @@ pub use example::{
     EXAMPLES_SCHEMA_VERSION, Example, Features, Labels, ServingRow, examples_batch,
     examples_metadata, examples_schema,
 };
+pub use follower::Follower;
+pub use merge_queue::{MergeQueue, MergeQueueError};
 pub use shard::{JoinedEvents, Shard, ShardWindow};
 pub use shard_set::{Report, ShardSet};
 pub use state::{DemandFeatures, DemandRow, FeatureState, StateBytes, StateLimits, UserArrival};

@@ -30,7 +30,7 @@ pub struct Shard {
 }
 
 /// A shard's part of one closed window.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShardWindow {
     /// Events of the shard's own partitions in the window.
     pub events: usize,

@@ -29,7 +29,7 @@ use crate::watermark::Watermark;
 use crate::window::{Buffered, WindowGrid};
 
 /// What the coordinator learns from a shard set's admitted events since the last report.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Report {
     /// Each partition's newest event time seen (late events included).
     pub newest: BTreeMap<(InputTopic, i32), Millis>,
@@ -152,6 +152,19 @@ impl ShardSet {
                 .or(self.closed_until),
         };
         parts
+    }
+
+    /// Whether `close` can be applied by a set that reads its partitions from behind (a
+    /// new owner catching up after a handover): every own partition's watermark has
+    /// passed its boundary, so every own event of its windows that is not late has been
+    /// admitted. That is when the coordinator, which decided it from the partitions'
+    /// reports, could decide it at the earliest. The final close, and every close once the
+    /// set has read as far as its previous owner had, is applied without this test.
+    pub fn is_due(&self, close: &Close) -> bool {
+        match (close.boundary, self.watermark.current()) {
+            (Some(boundary), Some(watermark)) => boundary <= watermark,
+            _ => false,
+        }
     }
 
     /// Impressions waiting for their labels.

@@ -7,8 +7,10 @@ use proptest::prelude::*;
 use shopstream_config::PipelineConfig;
 use std::collections::BTreeMap;
 
+use shopstream_features::protocol::{self, SequencedClose, ToCoordinator};
 use shopstream_features::{
-    Close, Coordinator, Example, FeaturePipeline, Part, ShardSet, WindowOutput,
+    Close, Coordinator, Example, FeaturePipeline, Follower, MergeQueue, Part, Report, ShardSet,
+    WindowOutput,
 };
 use shopstream_ingest::event::{
     ClickEvent, ClickKind, Event, InputTopic, InventoryEvent, InventoryKind, OrderEvent, OrderLine,
@@ -174,15 +176,67 @@ proptest! {
     }
 }
 
+/// `report` as the topic transport carries it (encoded and decoded).
+fn through_the_wire_report(report: Report) -> Report {
+    let sent = ToCoordinator::Progress {
+        report,
+        released: Vec::new(),
+    };
+    match protocol::decode(&protocol::encode(&sent).unwrap()).unwrap() {
+        ToCoordinator::Progress { report, .. } => report,
+        ToCoordinator::Parts { .. } => panic!("a progress message came back as parts"),
+    }
+}
+
+/// `close` as the topic transport carries it.
+fn through_the_wire_close(close: Close) -> Close {
+    let sent = SequencedClose { seq: 3, close };
+    let back: SequencedClose = protocol::decode(&protocol::encode(&sent).unwrap()).unwrap();
+    assert_eq!(back, sent);
+    back.close
+}
+
+/// `parts` as the topic transport carries them.
+fn through_the_wire_parts(parts: Vec<Part>) -> Vec<Part> {
+    let covers = parts.iter().map(|p| p.partition).collect();
+    let sent = ToCoordinator::Parts {
+        seq: 3,
+        covers,
+        parts,
+    };
+    let back: ToCoordinator = protocol::decode(&protocol::encode(&sent).unwrap()).unwrap();
+    assert_eq!(back, sent);
+    match back {
+        ToCoordinator::Parts { parts, .. } => parts,
+        ToCoordinator::Progress { .. } => panic!("parts came back as progress"),
+    }
+}
+
 /// Every window output with the shards split over `sets` [`ShardSet`]s apart from the
 /// coordinator, which takes their reports only when `deliver` says so (late, as from
-/// other threads or instances) and closes a few windows at a time or all at once.
+/// other threads or instances) and closes a few windows at a time or all at once. Every
+/// report, close and part goes through the topic transport's encoding on the way.
 fn run_split(
     arrival: Vec<(RecordMeta, Event)>,
     sets: usize,
     deliver: &[u8],
     register: bool,
 ) -> (Vec<WindowOutput>, Vec<i64>) {
+    let (out, late, _) = run_split_logged(arrival, sets, deliver, register);
+    (out, late)
+}
+
+/// Every close with the parts the sets answered (the closes log and what the coordinator
+/// merged from it).
+type ClosesLog = Vec<(Close, Vec<Part>)>;
+
+/// [`run_split`], with the closes log.
+fn run_split_logged(
+    arrival: Vec<(RecordMeta, Event)>,
+    sets: usize,
+    deliver: &[u8],
+    register: bool,
+) -> (Vec<WindowOutput>, Vec<i64>, ClosesLog) {
     let mut pipeline = FeaturePipeline::new(&PipelineConfig::default());
     if register {
         for topic in [InputTopic::Clicks, InputTopic::Orders] {
@@ -196,12 +250,18 @@ fn run_split(
     let mut sets: Vec<ShardSet> = (0..sets)
         .map(|_| ShardSet::new(&coordinator, BTreeMap::new(), |_, _| true))
         .collect();
-    let apply = |coordinator: &mut Coordinator, sets: &mut Vec<ShardSet>, close: Close| {
-        let mut parts: Vec<Part> = sets.iter_mut().flat_map(|s| s.on_close(&close)).collect();
+    let mut log = ClosesLog::new();
+    let mut apply = |coordinator: &mut Coordinator, sets: &mut Vec<ShardSet>, close: Close| {
+        let close = through_the_wire_close(close);
+        let mut parts: Vec<Part> = sets
+            .iter_mut()
+            .flat_map(|s| through_the_wire_parts(s.on_close(&close)))
+            .collect();
+        parts.sort_by_key(|p| p.partition);
+        log.push((close.clone(), parts.clone()));
         if close.is_empty() {
             return Vec::new();
         }
-        parts.sort_by_key(|p| p.partition);
         coordinator.merge(&close, parts)
     };
     let mut out = Vec::new();
@@ -224,7 +284,7 @@ fn run_split(
         }
         if deliver.get(i).is_none_or(|d| d % 4 == 0) {
             for set in &mut sets {
-                coordinator.observe(&set.take_report());
+                coordinator.observe(&through_the_wire_report(set.take_report()));
             }
             // Closes of one to three windows, or of all that can close.
             let most = deliver.get(i).map_or(usize::MAX, |d| match d % 16 {
@@ -237,14 +297,55 @@ fn run_split(
         }
     }
     for set in &mut sets {
-        coordinator.observe(&set.take_report());
+        coordinator.observe(&through_the_wire_report(set.take_report()));
     }
     while let Some(close) = coordinator.close_ready() {
         out.extend(apply(&mut coordinator, &mut sets, close));
     }
     let close = coordinator.finish();
     out.extend(apply(&mut coordinator, &mut sets, close));
-    (out, late)
+    (out, late, log)
+}
+
+/// Partition `p`'s parts of every close in `log`, from a new owner that reads `p`'s
+/// events from the start with the whole closes log already read (the handover of
+/// docs/scale-out.md, at its hardest: every close comes before the events it covers).
+fn replay_partition(p: i32, events: &[(RecordMeta, Event)], log: &ClosesLog) -> Vec<Vec<Part>> {
+    let mut pipeline = FeaturePipeline::new(&PipelineConfig::default());
+    for topic in [InputTopic::Clicks, InputTopic::Orders] {
+        for q in 0..PARTITIONS as i32 {
+            pipeline.register_partition(topic, q);
+        }
+    }
+    let (coordinator, _) = pipeline.into_parts();
+    let set = ShardSet::new(&coordinator, BTreeMap::new(), |_, q| q == p);
+    let mut follower = Follower::new(set, 0, false);
+    for (seq, (close, _)) in log.iter().enumerate() {
+        follower.push_close(SequencedClose {
+            seq: seq as u64,
+            close: close.clone(),
+        });
+    }
+    let mut parts = Vec::new();
+    for (meta, e) in events
+        .iter()
+        .filter(|(m, _)| m.topic != InputTopic::Inventory)
+    {
+        follower
+            .admit(*meta, e.clone())
+            .expect("per-partition order is never late");
+        parts.extend(follower.apply_due());
+    }
+    follower.caught_up();
+    parts.extend(follower.apply_due());
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, (seq, parts))| {
+            assert_eq!(seq, i as u64, "closes applied in order");
+            parts
+        })
+        .collect()
 }
 
 /// Every window output of the whole stage, and the times of the events refused as late,
@@ -294,5 +395,46 @@ proptest! {
         let whole = run_unregistered(interleave(partitions(&steps), &choices));
         let split = run_split(interleave(partitions(&steps), &choices), sets, &[], false);
         prop_assert_eq!(whole, split);
+    }
+
+    /// Guards the handover of a partition to a new owner (docs/scale-out.md): replayed
+    /// from its first event with the closes log, applying each close once the partition's
+    /// watermark has passed it, a partition answers every close as its first owner did
+    /// (up to parts that contribute nothing), so the coordinator can take either copy.
+    #[test]
+    fn a_partition_replayed_with_the_closes_log_answers_every_close_the_same(
+        steps in prop::collection::vec((0u8..12, 0u8..6, 0u8..6, 0u32..40_000), 1..600),
+        choices in prop::collection::vec(any::<u8>(), 0..1_200),
+        deliver in prop::collection::vec(any::<u8>(), 0..1_200),
+        sets in 1usize..4,
+    ) {
+        let by_partition = partitions(&steps);
+        let (_, _, log) = run_split_logged(interleave(by_partition.clone(), &choices), sets, &deliver, true);
+        let all: Vec<i32> = (0..PARTITIONS as i32).collect();
+        let mut queue = MergeQueue::new(all.clone(), 0);
+        for (p, events) in by_partition.iter().enumerate() {
+            let p = p as i32;
+            let replayed = replay_partition(p, events, &log);
+            prop_assert_eq!(replayed.len(), log.len());
+            for (seq, ((close, first), again)) in log.iter().zip(&replayed).enumerate() {
+                let first: Vec<&Part> = first.iter().filter(|q| q.partition == p && !q.is_empty()).collect();
+                let kept: Vec<&Part> = again.iter().filter(|q| !q.is_empty()).collect();
+                prop_assert_eq!(first, kept, "partition {} close {} {:?}", p, seq, close.boundary);
+                // The new owner's answer reaches the coordinator first for some closes.
+                if seq % 2 == p as usize % 2 {
+                    queue.offer(seq as u64, &[p], again.clone()).unwrap();
+                }
+            }
+        }
+        // The first owners' answers, then every replayed answer again: each close merges
+        // the first owners' parts.
+        for (seq, (_, first)) in log.iter().enumerate() {
+            queue.offer(seq as u64, &all, first.clone()).unwrap();
+            let (merged, parts) = queue.pop_ready().unwrap();
+            prop_assert_eq!(merged, seq as u64);
+            let first: Vec<Part> = first.iter().filter(|q| !q.is_empty()).cloned().collect();
+            prop_assert_eq!(parts, first);
+        }
+        prop_assert!(queue.pop_ready().is_none());
     }
 }

@@ -136,6 +136,9 @@ impl rdkafka::ClientContext for LoggingContext {
     }
 }
 
+/// For consumers that are assigned their partitions (no group rebalances to handle).
+impl rdkafka::consumer::ConsumerContext for LoggingContext {}
+
 /// The configured name of an input topic.
 pub fn input_topic_name(topics: &TopicsConfig, topic: InputTopic) -> &str {
     match topic {

@@ -82,7 +82,8 @@ impl ConsumerContext for LeaseContext {
         let names_the_topic = tpl.elements().iter().any(|e| e.topic() == self.topic);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                if let Err(e) = consumer.assign(tpl) {
+                // Cooperative: only what changes is named, and the rest stays assigned.
+                if let Err(e) = consumer.incremental_assign(tpl) {
                     tracing::error!(error = %e, topic = %self.topic, "assigning the lease partition failed");
                     return;
                 }
@@ -97,12 +98,12 @@ impl ConsumerContext for LeaseContext {
                     self.held.send_replace(false);
                     tracing::info!(topic = %self.topic, "lease lost");
                 }
-                let _ = consumer.unassign();
+                let _ = consumer.incremental_unassign(tpl);
             }
             other => {
                 self.held.send_replace(false);
                 tracing::error!(error = ?other, topic = %self.topic, "lease rebalance error; not holding it");
-                let _ = consumer.unassign();
+                let _ = consumer.incremental_unassign(tpl);
             }
         }
     }
@@ -128,7 +129,14 @@ impl Lease {
         set_managed(c, kafka, "group.id", &options.group)?;
         set_managed(c, kafka, "group.protocol", "classic")?;
         set_managed(c, kafka, "enable.auto.commit", "false")?;
-        set_managed(c, kafka, "partition.assignment.strategy", "range")?;
+        // Sticky: a member that joins does not take the lease from its holder (with
+        // `range` it goes to the first member id in sort order, so joins would move it).
+        set_managed(
+            c,
+            kafka,
+            "partition.assignment.strategy",
+            "cooperative-sticky",
+        )?;
         // The lease's own timing, unless `[kafka.properties]` sets it for every client.
         if !kafka.properties.contains_key("session.timeout.ms") {
             c.set("session.timeout.ms", options.session_timeout_ms.to_string());

@@ -12,6 +12,8 @@
 //! - [`embedded`]: librdkafka's in-process mock cluster, for the demo without a broker.
 //! - [`lease`]: a role held by one member of a consumer group at a time (the owner of a
 //!   one-partition topic's partition), for the trainer of several instances.
+//! - [`log`]: an internal one-partition topic as an ordered log of messages of any size
+//!   (split into fragments and put together again), the topic transport of scale-out.
 //! - [`sink`]: asynchronous producers with delivery tracking (predictions, alerts, dead
 //!   letters, generated traffic): a message only counts as published once the broker
 //!   acknowledged it.
@@ -19,6 +21,7 @@
 pub mod client;
 pub mod embedded;
 pub mod lease;
+pub mod log;
 pub mod seek;
 pub mod sink;
 pub mod source;

@@ -1,0 +1,126 @@
+//! The scale-out protocol's messages as bytes, for the topic transport
+//! (docs/scale-out.md): what shards send the coordinator ([`ToCoordinator`]) and what
+//! the coordinator sends every shard ([`SequencedClose`]).
+//!
+//! The values inside are the ones the shard workers exchange through channels
+//! ([`Report`], [`Close`], [`Part`]), so a message read back is the message sent: the
+//! property tests of `tests/shuffle.rs` pass every one of them through [`encode`] and
+//! [`decode`] and still write the windows of the whole stage.
+//!
+//! Encoding: one version byte, then MessagePack with field names (like the checkpoints),
+//! so a reader meets an unknown version with a clear error instead of misreading it.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use shopstream_ingest::event::InputTopic;
+
+use crate::coordinator::{Close, Part};
+use crate::shard_set::Report;
+
+/// The encoding's version (the first byte of every message).
+pub const VERSION: u8 = 1;
+
+/// What a shard side sends the coordinator (`<prefix>.progress` and `<prefix>.parts`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ToCoordinator {
+    /// What the coordinator needs to decide closes, since the sender's last progress.
+    Progress {
+        /// Newest event times and the windows that received events.
+        report: Report,
+        /// Partitions that stopped holding the watermark back (read to their end, idle,
+        /// revoked), after every event they delivered is in `report` or an earlier one.
+        released: Vec<(InputTopic, i32)>,
+    },
+    /// The sender's answer to close `seq` for the partition numbers it holds.
+    Parts {
+        /// The close answered.
+        seq: u64,
+        /// Every partition number the answer is for, also those with no shard yet (no
+        /// event so far, nothing to contribute): the coordinator merges a close once
+        /// every partition number is covered.
+        covers: Vec<i32>,
+        /// The parts of the shards among them, in partition order.
+        parts: Vec<Part>,
+    },
+}
+
+/// A close with its place in the coordinator's sequence (`<prefix>.closes`): shards apply
+/// closes in `seq` order and skip a `seq` they have applied (a log read again).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SequencedClose {
+    /// 0 for the first close of a run, then one more for each.
+    pub seq: u64,
+    /// The close.
+    pub close: Close,
+}
+
+/// Why a message could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// Encoding failed (a bug: every value here encodes).
+    #[error("encoding a scale-out message: {0}")]
+    Encode(String),
+    /// The bytes are not a message of this version.
+    #[error(
+        "decoding a scale-out message of {bytes} bytes: {what}; every instance of one group \
+         must run the same shopstream version"
+    )]
+    Decode {
+        /// The message's size.
+        bytes: usize,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// `message` as bytes: [`VERSION`], then MessagePack.
+pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, ProtocolError> {
+    let mut bytes = vec![VERSION];
+    rmp_serde::encode::write_named(&mut bytes, message)
+        .map_err(|e| ProtocolError::Encode(e.to_string()))?;
+    Ok(bytes)
+}
+
+/// The message `bytes` encode.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
+    let failed = |what: String| ProtocolError::Decode {
+        bytes: bytes.len(),
+        what,
+    };
+    match bytes.split_first() {
+        Some((&VERSION, body)) => rmp_serde::from_slice(body).map_err(|e| failed(e.to_string())),
+        Some((version, _)) => Err(failed(format!(
+            "version {version}, this build reads version {VERSION}"
+        ))),
+        None => Err(failed("empty".to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_of_another_version_is_refused_with_both_versions_named() {
+        let close = SequencedClose {
+            seq: 7,
+            close: Close {
+                boundary: Some(60_000),
+                windows: Vec::new(),
+            },
+        };
+        let mut bytes = encode(&close).unwrap_or_default();
+        assert_eq!(decode::<SequencedClose>(&bytes).ok(), Some(close));
+        bytes[0] = VERSION + 1;
+        let error = decode::<SequencedClose>(&bytes)
+            .err()
+            .map(|e| e.to_string());
+        let error = error.unwrap_or_default();
+        assert!(
+            error.contains("version 2, this build reads version 1"),
+            "{error}"
+        );
+        assert!(decode::<SequencedClose>(&[]).is_err());
+        assert!(decode::<SequencedClose>(&[VERSION, 0xc1]).is_err());
+    }
+}
