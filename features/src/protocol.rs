@@ -20,9 +20,12 @@ use crate::shard_set::Report;
 /// The encoding's version (the first byte of every message).
 pub const VERSION: u8 = 1;
 
-/// What a shard side sends the coordinator (`<prefix>.progress` and `<prefix>.parts`).
+/// What a shard side sends the coordinator, all on one topic (`<prefix>.shards`) so that
+/// a sender's progress reaches the coordinator before the parts that depend on it.
+/// `A` is what the global stage takes from each admitted event (the job's drift
+/// arrivals), which this crate does not know.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum ToCoordinator {
+pub enum ToCoordinator<A = ()> {
     /// What the coordinator needs to decide closes, since the sender's last progress.
     Progress {
         /// Newest event times and the windows that received events.
@@ -30,6 +33,8 @@ pub enum ToCoordinator {
         /// Partitions that stopped holding the watermark back (read to their end, idle,
         /// revoked), after every event they delivered is in `report` or an earlier one.
         released: Vec<(InputTopic, i32)>,
+        /// What the global stage takes from the admitted events, in admission order.
+        arrivals: Vec<A>,
     },
     /// The sender's answer to close `seq` for the partition numbers it holds.
     Parts {

@@ -178,11 +178,12 @@ proptest! {
 
 /// `report` as the topic transport carries it (encoded and decoded).
 fn through_the_wire_report(report: Report) -> Report {
-    let sent = ToCoordinator::Progress {
+    let sent: ToCoordinator = ToCoordinator::Progress {
         report,
         released: Vec::new(),
+        arrivals: Vec::new(),
     };
-    match protocol::decode(&protocol::encode(&sent).unwrap()).unwrap() {
+    match protocol::decode::<ToCoordinator>(&protocol::encode(&sent).unwrap()).unwrap() {
         ToCoordinator::Progress { report, .. } => report,
         ToCoordinator::Parts { .. } => panic!("a progress message came back as parts"),
     }
@@ -199,7 +200,7 @@ fn through_the_wire_close(close: Close) -> Close {
 /// `parts` as the topic transport carries them.
 fn through_the_wire_parts(parts: Vec<Part>) -> Vec<Part> {
     let covers = parts.iter().map(|p| p.partition).collect();
-    let sent = ToCoordinator::Parts {
+    let sent: ToCoordinator = ToCoordinator::Parts {
         seq: 3,
         covers,
         parts,
