@@ -12,6 +12,8 @@
 //! - [`embedded`]: librdkafka's in-process mock cluster, for the demo without a broker.
 //! - [`lease`]: a role held by one member of a consumer group at a time (the owner of a
 //!   one-partition topic's partition), for the trainer of several instances.
+//! - [`membership`]: a group member that is only told its partitions (read by directly
+//!   assigned consumers): the lease's election and an instance's share of the input.
 //! - [`log`]: an internal one-partition topic as an ordered log of messages of any size
 //!   (split into fragments and put together again), the topic transport of scale-out.
 //! - [`sink`]: asynchronous producers with delivery tracking (predictions, alerts, dead
@@ -22,6 +24,7 @@ pub mod client;
 pub mod embedded;
 pub mod lease;
 pub mod log;
+pub mod membership;
 pub mod seek;
 pub mod sink;
 pub mod source;

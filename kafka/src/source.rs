@@ -15,6 +15,13 @@
 //!   end. (ListOffsets end offsets cannot be used for this: the development broker answers
 //!   them wrongly.)
 //!
+//! - **Group** (instances of one group sharing the work, docs/scale-out.md): a
+//!   [`Membership`] of the group on clicks and orders (range) says which partitions this
+//!   instance holds, and one consumer per topic is assigned exactly those, with
+//!   end-of-partition events, so a bounded run knows when each one is read. It follows
+//!   every assignment change (`Assigned`, `Revoked`) and never stops by itself: the
+//!   instance decides when the run is over. The inventory is not read here.
+//!
 //! Offsets are never auto-committed: the pipeline commits through [`OffsetCommitter`] only
 //! after what depends on them is durable. The start position of each partition comes from
 //! a [`StartPositions`] answer (the checkpoint, once one exists) and otherwise from the
@@ -35,6 +42,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{KafkaSetupError, client_config, input_topic_name, set_default, set_managed};
+use crate::membership::{Assigned, Membership, MembershipOptions};
 use shopstream_ingest::decode::{DecodeLimits, Rejection, decode};
 use shopstream_ingest::event::{Event, InputTopic};
 
@@ -88,6 +96,9 @@ pub enum SourceMessage {
 /// Why the source failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// Group mode: the group could not be joined or the membership ended.
+    #[error("group membership of the source: {0}")]
+    Group(String),
     /// Set-up failed (no brokers, unreachable cluster, bad properties).
     #[error(transparent)]
     Setup(#[from] KafkaSetupError),
@@ -258,6 +269,17 @@ pub struct KafkaSource {
     resume_from: Positions,
     /// Consumer lag per partition.
     lag: SharedLag,
+    /// Group mode: the membership and what it had assigned when last applied.
+    group: Option<GroupShare>,
+}
+
+/// Group mode's view of the partitions this instance holds.
+struct GroupShare {
+    /// Held for the source's lifetime: dropping it leaves the group.
+    _membership: Membership,
+    assigned: tokio::sync::watch::Receiver<Assigned>,
+    kafka: KafkaConfig,
+    start: SharedPositions,
 }
 
 /// Where to point the consumer to resume at `position`: `seek_back` messages earlier,
@@ -419,11 +441,174 @@ impl KafkaSource {
                 at_end,
                 resume_from,
                 lag,
+                group: None,
             },
             OffsetCommitter {
                 consumers: committer,
             },
         ))
+    }
+
+    /// Connects in group mode (see the module doc): joins `kafka.group_id` on clicks and
+    /// orders and reads the partitions it is assigned, each from its entry in `start` if
+    /// any, else the group's committed offset, else the beginning.
+    pub async fn connect_group(
+        kafka: &KafkaConfig,
+        topics: &TopicsConfig,
+        start: SharedPositions,
+    ) -> Result<(KafkaSource, OffsetCommitter), SourceError> {
+        let named = InputTopic::ALL.map(|t| (t, input_topic_name(topics, t).to_string()));
+        let names: BTreeMap<String, InputTopic> =
+            named.iter().map(|(t, n)| (n.clone(), *t)).collect();
+        let resume_from = start.lock().map(|s| s.clone()).unwrap_or_default();
+        let lag = SharedLag::default();
+        let mut consumers = Vec::new();
+        let mut committer = Vec::new();
+        for (topic, name) in &named[..2] {
+            let context = SourceContext {
+                names: names.clone(),
+                lag: Arc::clone(&lag),
+                start: Arc::clone(&start),
+                seek_back: kafka.seek_back_messages,
+                changes: std::sync::Mutex::new(Vec::new()),
+            };
+            let consumer: Inner = consumer_config(kafka, true)?
+                .create_with_context(context)
+                .map_err(KafkaSetupError::Client)?;
+            let consumer = Arc::new(consumer);
+            committer.push((vec![(*topic, name.clone())], Arc::clone(&consumer)));
+            consumers.push(SourceConsumer {
+                consumer,
+                single_topic: Some(*topic),
+            });
+        }
+        let membership = Membership::join(
+            kafka,
+            &MembershipOptions {
+                group: kafka.group_id.clone(),
+                topics: named[..2].iter().map(|(_, n)| n.clone()).collect(),
+                strategy: "range",
+                session_timeout_ms: None,
+            },
+        )
+        .await
+        .map_err(|e| SourceError::Group(e.to_string()))?;
+        let assigned = membership.assigned();
+        tracing::info!(group = %kafka.group_id, "kafka source joined the group");
+        Ok((
+            KafkaSource {
+                consumers,
+                names,
+                at_end: BTreeMap::new(),
+                resume_from,
+                lag,
+                group: Some(GroupShare {
+                    _membership: membership,
+                    assigned,
+                    kafka: kafka.clone(),
+                    start,
+                }),
+            },
+            OffsetCommitter {
+                consumers: committer,
+            },
+        ))
+    }
+
+    /// Group mode: makes the topic consumers read what the membership assigns now, and
+    /// reports the changes.
+    async fn follow_assignment(
+        &mut self,
+        tx: &mpsc::Sender<SourceMessage>,
+    ) -> Result<(), SourceError> {
+        let Some(group) = &mut self.group else {
+            return Ok(());
+        };
+        let wanted: Vec<(InputTopic, i32)> = group
+            .assigned
+            .borrow_and_update()
+            .iter()
+            .filter_map(|(name, p)| self.names.get(name).map(|t| (*t, *p)))
+            .collect();
+        let held: Vec<(InputTopic, i32)> = self.at_end.keys().copied().collect();
+        let revoked: Vec<(InputTopic, i32)> = held
+            .iter()
+            .filter(|k| !wanted.contains(k))
+            .copied()
+            .collect();
+        let added: Vec<(InputTopic, i32)> = wanted
+            .iter()
+            .filter(|k| !held.contains(k))
+            .copied()
+            .collect();
+        for consumer in &self.consumers {
+            let Some(topic) = consumer.single_topic else {
+                continue;
+            };
+            let name = self
+                .names
+                .iter()
+                .find(|(_, t)| **t == topic)
+                .map(|(n, _)| n.clone())
+                .unwrap_or_default();
+            let gone: Vec<i32> = revoked
+                .iter()
+                .filter(|(t, _)| *t == topic)
+                .map(|(_, p)| *p)
+                .collect();
+            if !gone.is_empty() {
+                let mut list = TopicPartitionList::new();
+                for p in &gone {
+                    list.add_partition(&name, *p);
+                }
+                consumer
+                    .consumer
+                    .incremental_unassign(&list)
+                    .map_err(|source| SourceError::Consumer {
+                        what: format!("giving up partitions {gone:?} of {name}"),
+                        source,
+                    })?;
+            }
+            let new: Vec<i32> = added
+                .iter()
+                .filter(|(t, _)| *t == topic)
+                .map(|(_, p)| *p)
+                .collect();
+            if !new.is_empty() {
+                let positions = group.start.lock().map(|s| s.clone()).unwrap_or_default();
+                let list = start_offsets(
+                    &consumer.consumer,
+                    &group.kafka,
+                    topic,
+                    &name,
+                    &new,
+                    &positions,
+                )
+                .await?;
+                consumer
+                    .consumer
+                    .incremental_assign(&list)
+                    .map_err(|source| SourceError::Consumer {
+                        what: format!("taking partitions {new:?} of {name}"),
+                        source,
+                    })?;
+            }
+        }
+        for key in &revoked {
+            self.at_end.remove(key);
+        }
+        for key in &added {
+            self.at_end.insert(*key, false);
+        }
+        if !revoked.is_empty() {
+            tracing::info!(partitions = ?revoked, "partitions revoked");
+            let _ = tx.send(SourceMessage::Revoked(revoked)).await;
+        }
+        if !added.is_empty() {
+            tracing::info!(partitions = ?added, "partitions assigned");
+            let _ = tx.send(SourceMessage::Assigned(added)).await;
+        }
+        Ok(())
     }
 
     /// Consumes until cancelled (or, in bounded mode, until every partition is at its end),
@@ -444,13 +629,26 @@ impl KafkaSource {
                     }
                 }
             }
-            if options.stop_at_end && self.at_end.values().all(|e| *e) {
+            if options.stop_at_end && self.group.is_none() && self.at_end.values().all(|e| *e) {
                 let _ = tx.send(SourceMessage::CaughtUp).await;
                 return Ok(stats);
             }
             let c = &self.consumers;
+            let changed = async {
+                match &mut self.group {
+                    Some(group) => group.assigned.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
             let (index, received) = tokio::select! {
                 _ = cancel.cancelled() => return Ok(stats),
+                still = changed => {
+                    if !still {
+                        return Err(SourceError::Group("the group membership ended".into()));
+                    }
+                    self.follow_assignment(&tx).await?;
+                    continue;
+                }
                 m = async { (0, c[0].consumer.recv().await) }, if !c.is_empty() => m,
                 m = async { (1, c[1].consumer.recv().await) }, if c.len() > 1 => m,
                 m = async { (2, c[2].consumer.recv().await) }, if c.len() > 2 => m,
@@ -531,15 +729,36 @@ async fn assign_all(
     partitions: i32,
     start: &Positions,
 ) -> Result<(), SourceError> {
+    let all: Vec<i32> = (0..partitions).collect();
+    let list = start_offsets(consumer, kafka, topic, name, &all, start).await?;
+    consumer
+        .assign(&list)
+        .map_err(|source| SourceError::Consumer {
+            what: "assigning partitions".into(),
+            source,
+        })
+}
+
+/// `partitions` of one topic, each at its start: its entry in `start` if any (moved back
+/// by `kafka.seek_back_messages`), else the group's committed offset, else the beginning.
+async fn start_offsets(
+    consumer: &Arc<Inner>,
+    kafka: &KafkaConfig,
+    topic: InputTopic,
+    name: &str,
+    partitions: &[i32],
+    start: &Positions,
+) -> Result<TopicPartitionList, SourceError> {
     let timeout = Duration::from_millis(kafka.connect_timeout_ms);
     let blocking = Arc::clone(consumer);
     let name = name.to_string();
     let start = start.clone();
     let seek_back = kafka.seek_back_messages;
-    let list = tokio::task::spawn_blocking(move || {
+    let partitions = partitions.to_vec();
+    tokio::task::spawn_blocking(move || {
         let mut wanted = TopicPartitionList::new();
-        for p in 0..partitions {
-            wanted.add_partition(&name, p);
+        for p in &partitions {
+            wanted.add_partition(&name, *p);
         }
         let committed = blocking
             .committed_offsets(wanted, timeout)
@@ -548,7 +767,7 @@ async fn assign_all(
                 source,
             })?;
         let mut list = TopicPartitionList::new();
-        for p in 0..partitions {
+        for p in partitions {
             let committed_offset =
                 committed
                     .find_partition(&name, p)
@@ -570,11 +789,5 @@ async fn assign_all(
         Ok::<_, SourceError>(list)
     })
     .await
-    .map_err(|e| SourceError::Setup(KafkaSetupError::Internal(e.to_string())))??;
-    consumer
-        .assign(&list)
-        .map_err(|source| SourceError::Consumer {
-            what: "assigning partitions".into(),
-            source,
-        })
+    .map_err(|e| SourceError::Setup(KafkaSetupError::Internal(e.to_string())))?
 }

@@ -1,0 +1,182 @@
+//! The source in group mode (`KafkaSource::connect_group`) against a real broker: two
+//! instances of one group split the click and order partitions, partition *i* of both
+//! topics on one instance, each reads what it holds to the end (end-of-partition events
+//! name their topic), and the partitions move when an instance joins or leaves.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use shopstream_config::Config;
+use shopstream_ingest::decode::DecodeLimits;
+use shopstream_ingest::event::InputTopic;
+use shopstream_kafka::client::ensure_topics;
+use shopstream_kafka::source::{KafkaSource, SourceMessage, SourceOptions};
+use support::Broker;
+use tokio_util::sync::CancellationToken;
+
+const PARTITIONS: i32 = 4;
+const PER_PARTITION: i64 = 25;
+
+/// What one instance's source told it.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Partitions held now.
+    held: BTreeSet<(InputTopic, i32)>,
+    /// Offsets read since each partition was last assigned.
+    read: BTreeMap<(InputTopic, i32), BTreeSet<i64>>,
+    /// Partitions at their end since last assigned.
+    at_end: BTreeSet<(InputTopic, i32)>,
+}
+
+impl Seen {
+    /// Whether every held partition was read whole, to its end.
+    fn read_all_held(&self) -> bool {
+        !self.held.is_empty()
+            && self.held.iter().all(|k| {
+                self.at_end.contains(k)
+                    && self.read.get(k).is_some_and(|o| {
+                        o.len() as i64 == PER_PARTITION && o.iter().copied().eq(0..PER_PARTITION)
+                    })
+            })
+    }
+
+    /// The partition numbers held, checked to be the same for clicks and orders.
+    fn numbers(&self) -> BTreeSet<i32> {
+        let of = |topic| -> BTreeSet<i32> {
+            self.held
+                .iter()
+                .filter(|(t, _)| *t == topic)
+                .map(|(_, p)| *p)
+                .collect()
+        };
+        let clicks = of(InputTopic::Clicks);
+        assert_eq!(clicks, of(InputTopic::Orders), "co-partitioned: {self:?}");
+        clicks
+    }
+}
+
+/// One instance's source, running until `cancel`, recording into the returned [`Seen`].
+async fn instance(config: &Config, cancel: CancellationToken) -> Arc<Mutex<Seen>> {
+    let (source, _committer) =
+        KafkaSource::connect_group(&config.kafka, &config.topics, Default::default())
+            .await
+            .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+    let options = SourceOptions {
+        stop_at_end: true,
+        limits: DecodeLimits {
+            max_message_bytes: 1 << 20,
+        },
+    };
+    tokio::spawn(source.run(tx, cancel, options));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let record = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Some(message) = rx.recv().await {
+            let mut seen = record.lock().unwrap();
+            match message {
+                SourceMessage::Assigned(partitions) => {
+                    for key in partitions {
+                        seen.held.insert(key);
+                        seen.read.remove(&key);
+                        seen.at_end.remove(&key);
+                    }
+                }
+                SourceMessage::Revoked(partitions) => {
+                    for key in partitions {
+                        seen.held.remove(&key);
+                    }
+                }
+                SourceMessage::PartitionEof { topic, partition } => {
+                    seen.at_end.insert((topic, partition));
+                }
+                SourceMessage::Event { meta, .. } | SourceMessage::Rejected { meta, .. } => {
+                    let key = (meta.topic, meta.partition);
+                    assert!(seen.held.contains(&key), "read {key:?} without holding it");
+                    seen.read.entry(key).or_default().insert(meta.offset);
+                }
+                SourceMessage::CaughtUp => panic!("a group source never stops by itself"),
+            }
+        }
+    });
+    seen
+}
+
+async fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} within 90 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_of_a_group_split_co_partitioned_topics_and_read_them_to_the_end() {
+    let broker = Broker::start();
+    let store = tempfile::tempdir().unwrap();
+    let config = broker.config("group-source", store.path());
+    let inputs: Vec<String> = [&config.topics.clicks, &config.topics.orders]
+        .map(String::clone)
+        .to_vec();
+    let counts = ensure_topics(&config.kafka, &inputs).await.unwrap();
+    assert!(counts.values().all(|c| *c == PARTITIONS), "{counts:?}");
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .create()
+        .unwrap();
+    for topic in &inputs {
+        for p in 0..PARTITIONS {
+            for _ in 0..PER_PARTITION {
+                let record = FutureRecord::to(topic)
+                    .key("k")
+                    .payload("not an event")
+                    .partition(p);
+                producer
+                    .send(record, Duration::from_secs(30))
+                    .await
+                    .map_err(|(e, _)| e)
+                    .unwrap();
+            }
+        }
+    }
+
+    let first_cancel = CancellationToken::new();
+    let first = instance(&config, first_cancel.clone()).await;
+    wait_until("the only instance holds and reads all 8 partitions", || {
+        let seen = first.lock().unwrap();
+        seen.held.len() == 8 && seen.read_all_held()
+    })
+    .await;
+
+    let second_cancel = CancellationToken::new();
+    let second = instance(&config, second_cancel.clone()).await;
+    wait_until(
+        "two instances hold 2 partition numbers each, each read whole to its end",
+        || {
+            let (a, b) = (first.lock().unwrap(), second.lock().unwrap());
+            a.held.len() == 4 && b.held.len() == 4 && a.read_all_held() && b.read_all_held()
+        },
+    )
+    .await;
+    let (a, b) = (
+        first.lock().unwrap().numbers(),
+        second.lock().unwrap().numbers(),
+    );
+    assert!(a.is_disjoint(&b), "{a:?} and {b:?}");
+    assert_eq!(a.union(&b).count(), PARTITIONS as usize);
+
+    // The second instance leaves: the first takes its partitions back and reads them again.
+    second_cancel.cancel();
+    wait_until("the first instance holds and reads all 8 again", || {
+        let seen = first.lock().unwrap();
+        seen.held.len() == 8 && seen.read_all_held()
+    })
+    .await;
+    first_cancel.cancel();
+}
