@@ -131,3 +131,93 @@ async fn one_worker_and_two_workers_write_the_same_store_and_model() {
         (&restarted.store.path, &restarted_model),
     );
 }
+
+/// Three instances of one group (`pipeline.instances = "group"`) in a bounded run with
+/// partitions moving: the first instance runs alone (and takes the trainer lease) until
+/// it has closed windows, then two more join and the group moves partitions to them
+/// (they replay them from the start), then one of them stops abruptly (its future
+/// dropped) and its partitions move back. The store and the model are those of one
+/// instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_whose_partitions_move_writes_the_store_and_model_of_one_instance() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let base = broker.config("group-run", &dir.path().join("unused"));
+    let traffic = GeneratorOptions {
+        max_events: Some(150_000),
+        ..traffic()
+    };
+    let report = publish_traffic(&base, traffic, None, None).await.unwrap();
+    let messages = report.valid_total + report.malformed_total;
+
+    let (one, one_model) = run_config(&base, "one", 1, &dir.path().join("one"));
+    let single = run_to_end(&one).await;
+
+    let (mut group, group_model) = run_config(&base, "group", 2, &dir.path().join("group"));
+    group.pipeline.instances = shopstream_config::Instances::Group;
+    let start = |config: Config| {
+        let (progress, watch) = tokio::sync::watch::channel(Default::default());
+        let options = RunOptions {
+            stop_at_end: true,
+            ..RunOptions::default()
+        };
+        let task = tokio::spawn(async move {
+            run_observed(&config, options, std::future::pending(), progress).await
+        });
+        (task, watch)
+    };
+    let wait = |mut watch: tokio::sync::watch::Receiver<shopstream_job::pipeline::Progress>,
+                what: &'static str,
+                ready: fn(&shopstream_job::pipeline::Progress) -> bool| async move {
+        tokio::time::timeout(Duration::from_secs(300), watch.wait_for(ready))
+            .await
+            .unwrap_or_else(|_| panic!("{what} within 300 s"))
+            .map(|_| ())
+            .unwrap_or_else(|_| panic!("{what}: the instance ended first"));
+    };
+    let (first, first_progress) = start(group.clone());
+    wait(first_progress, "the first instance closes windows", |p| {
+        p.windows_closed >= 5
+    })
+    .await;
+    let joined = std::time::Instant::now();
+    let (second, second_progress) = start(group.clone());
+    let (third, _) = start(group.clone());
+    wait(second_progress, "the second instance reads", |p| {
+        p.consumed >= 500
+    })
+    .await;
+    eprintln!(
+        "the second instance read 500 messages {:?} after it started",
+        joined.elapsed()
+    );
+    // Stopped without a goodbye beyond leaving the group: what it sent stays valid.
+    second.abort();
+    let (first, third) = tokio::time::timeout(Duration::from_secs(600), async {
+        tokio::join!(first, third)
+    })
+    .await
+    .expect("the instances end within 600 s");
+    let (first, third) = (first.unwrap().unwrap(), third.unwrap().unwrap());
+    for (name, s) in [("first", &first), ("third", &third)] {
+        eprintln!(
+            "{name}: consumed {:?}, impressions {}, windows {}",
+            s.consumed, s.impressions, s.windows_closed
+        );
+    }
+    assert_eq!(third.windows_closed, 0, "the first instance coordinated");
+    assert_eq!(first.windows_closed, single.windows_closed);
+    assert_eq!(first.model_version, single.model_version);
+    assert_eq!(first.examples_written, report.impressions);
+    assert!(
+        third.consumed.values().sum::<u64>() > 0,
+        "partitions moved to the third instance"
+    );
+    let consumed = first.consumed.values().sum::<u64>() + third.consumed.values().sum::<u64>();
+    assert!(consumed >= messages - 1_000, "{consumed} of {messages}");
+    assert_same_outputs(
+        "1 instance vs a group whose partitions moved",
+        (&one.store.path, &one_model),
+        (&group.store.path, &group_model),
+    );
+}

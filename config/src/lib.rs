@@ -20,8 +20,8 @@ mod validate;
 pub use kafka_properties::{MANAGED_PROPERTIES, ManagedProperty, PropertyPolicy, managed_property};
 pub use layering::ENV_PREFIX;
 pub use sections::{
-    CalibrationHistory, CheckpointConfig, Config, DriftConfig, DriftReference, KafkaConfig,
-    ModelConfig, PipelineConfig, StoreConfig, TopicsConfig, secs_to_ms,
+    CalibrationHistory, CheckpointConfig, Config, DriftConfig, DriftReference, Instances,
+    KafkaConfig, ModelConfig, PipelineConfig, StoreConfig, TopicsConfig, secs_to_ms,
 };
 pub use validate::Problem;
 

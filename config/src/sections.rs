@@ -221,6 +221,15 @@ pub struct PipelineConfig {
     /// worker `p % n`; predictions are then served by the newest model the global stage
     /// has published (see docs/operations.md, "Workers"). Outputs do not depend on it.
     pub workers: usize,
+    /// How this instance shares the work with the others of its `kafka.group_id`. `one`
+    /// (the default): it reads every input partition and runs every stage. `group`
+    /// (`run --stop-at-end` only, so far): it holds the click and order partitions the
+    /// group assigns it, and the instance that holds the trainer lease also reads the
+    /// inventory, decides which windows close, trains and writes the store and the model,
+    /// from what the others send on the internal topics `<group>.shards` and
+    /// `<group>.closes` (docs/scale-out.md). Outputs are the same; each bounded run in
+    /// group mode needs a group id of its own.
+    pub instances: Instances,
     /// How long an event id is remembered for duplicate suppression, in seconds of event
     /// time after the newest event of its partition.
     pub dedupe_horizon_secs: u64,
@@ -313,6 +322,7 @@ impl Default for PipelineConfig {
             max_message_bytes: 1_048_576,
             channel_capacity: 8_192,
             workers: 0,
+            instances: Instances::One,
             dedupe_horizon_secs: 3_600,
             shutdown_timeout_secs: 60,
             dedupe_max_keys: 200_000,
@@ -391,6 +401,18 @@ impl Default for ModelConfig {
             path: None,
         }
     }
+}
+
+/// How an instance shares the work with the others of its group
+/// (`pipeline.instances`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Instances {
+    /// This instance reads every input partition and runs every stage.
+    One,
+    /// Instances of one group share the partitions; the trainer lease's holder runs the
+    /// global stages.
+    Group,
 }
 
 /// Which past windows each window is compared with.

@@ -48,7 +48,7 @@ pub const MATURED_FEATURES: FeatureSelection<'static> = FeatureSelection {
 
 /// What the arrival monitor takes from an impression or a click (taken before the event
 /// moves into the features stage, counted once the stage accepted it).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Arrival {
     /// An impression.
     Impression(Impression),
@@ -78,7 +78,7 @@ impl Arrival {
 }
 
 /// What the arrival monitor takes from an impression.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Impression {
     /// Event time.
     pub ts: i64,

@@ -1,6 +1,6 @@
 //! The scale-out protocol's messages as bytes, for the topic transport
 //! (docs/scale-out.md): what shards send the coordinator ([`ToCoordinator`]) and what
-//! the coordinator sends every shard ([`SequencedClose`]).
+//! the coordinator sends every shard ([`ToShards`], mostly [`SequencedClose`]s).
 //!
 //! The values inside are the ones the shard workers exchange through channels
 //! ([`Report`], [`Close`], [`Part`]), so a message read back is the message sent: the
@@ -46,6 +46,26 @@ pub enum ToCoordinator<A = ()> {
         covers: Vec<i32>,
         /// The parts of the shards among them, in partition order.
         parts: Vec<Part>,
+    },
+}
+
+/// What the coordinator sends every shard (`<prefix>.closes`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ToShards {
+    /// A coordinator starts: the first message of a run's log. A coordinator that reads
+    /// anything before its own start knows the log holds an earlier coordinator's closes,
+    /// which it would contradict.
+    Start {
+        /// The coordinator's writer name.
+        coordinator: String,
+    },
+    /// The next close.
+    Close(SequencedClose),
+    /// The coordinator stopped the run (it failed, or found an earlier run's log): every
+    /// instance stops with this reason instead of waiting for closes that never come.
+    Stop {
+        /// Why.
+        reason: String,
     },
 }
 

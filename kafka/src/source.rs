@@ -488,7 +488,8 @@ impl KafkaSource {
                 group: kafka.group_id.clone(),
                 topics: named[..2].iter().map(|(_, n)| n.clone()).collect(),
                 strategy: "range",
-                session_timeout_ms: None,
+                // A joining instance is noticed at the next heartbeat: every second.
+                session_timeout_ms: Some(10_000),
             },
         )
         .await

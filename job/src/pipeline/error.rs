@@ -39,7 +39,34 @@ pub enum PipelineError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// Group mode: an internal topic could not be written or read.
+    #[error(transparent)]
+    InternalTopic(Box<shopstream_kafka::log::LogError>),
+    /// Group mode: the trainer lease could not be joined.
+    #[error(transparent)]
+    Lease(Box<shopstream_kafka::lease::LeaseError>),
+    /// Group mode: a message between instances could not be encoded or read.
+    #[error(transparent)]
+    Protocol(#[from] shopstream_features::protocol::ProtocolError),
+    /// Group mode: two instances answered a close differently (internal).
+    #[error(transparent)]
+    Merge(#[from] shopstream_features::MergeQueueError),
+    /// A setting the run cannot work with (user).
+    #[error("{0}")]
+    Unsupported(String),
     /// A task panicked (internal).
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<shopstream_kafka::log::LogError> for PipelineError {
+    fn from(e: shopstream_kafka::log::LogError) -> Self {
+        Self::InternalTopic(Box::new(e))
+    }
+}
+
+impl From<shopstream_kafka::lease::LeaseError> for PipelineError {
+    fn from(e: shopstream_kafka::lease::LeaseError) -> Self {
+        Self::Lease(Box::new(e))
+    }
 }

@@ -31,6 +31,7 @@ mod coordinate;
 mod error;
 mod global;
 mod global_worker;
+mod group;
 mod outputs;
 mod replay;
 mod shard;
@@ -108,6 +109,10 @@ pub async fn run_observed(
     shutdown: impl Future<Output = ()>,
     progress: tokio::sync::watch::Sender<Progress>,
 ) -> Result<RunSummary, PipelineError> {
+    if config.pipeline.instances == shopstream_config::Instances::Group {
+        // The instances of the group share the run (docs/scale-out.md).
+        return group::run(config, options, shutdown, progress).await;
+    }
     let started = std::time::Instant::now();
     let store = ParquetStore::open(&config.store)?;
     for table in tables::ALL {

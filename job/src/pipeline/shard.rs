@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use shopstream_config::Config;
 use shopstream_drift::stage::Arrival;
 use shopstream_features::{
-    Buffered, Coordinator, FeaturePipeline, ServingRow, ShardSet, WindowOutput,
+    Buffered, Coordinator, FeaturePipeline, Follower, ServingRow, ShardSet, WindowOutput,
 };
 use shopstream_ingest::clean::{Admission, CleanLimits, Cleaner, Resolution};
 use shopstream_ingest::decode::{Reason, Rejection};
@@ -93,6 +93,19 @@ impl Windowing for ShardSet {
     }
     fn watermark(&self) -> Option<Millis> {
         ShardSet::watermark(self)
+    }
+}
+
+/// The shards of one partition number in group mode, following the closes log.
+impl Windowing for Follower {
+    fn ingest(&mut self, meta: RecordMeta, event: Event) -> Result<(), Box<Buffered>> {
+        self.admit(meta, event)
+    }
+    fn serving_row(&self, meta: &RecordMeta, event: &Event) -> Option<ServingRow> {
+        self.set().serving_row(meta, event)
+    }
+    fn watermark(&self) -> Option<Millis> {
+        self.set().watermark()
     }
 }
 

@@ -1,0 +1,206 @@
+//! Group mode (`pipeline.instances = "group"`): instances of one `kafka.group_id` share
+//! a bounded run (docs/scale-out.md).
+//!
+//! Every instance runs a [`shard_side`]: it holds the click and order partitions the
+//! group assigns it, cleans, windows and serves their events, reports its progress and
+//! answers the closes. The instance that holds the trainer lease also runs the
+//! [`coordinator_side`]: it reads the inventory, decides the closes, merges the answers of
+//! every partition and runs the global stage (training, demand, drift, the store, the
+//! model). The two talk only through the internal topics `<group>.shards` and
+//! `<group>.closes`, also inside one instance, so that an instance's own partitions are
+//! treated like any other's.
+//!
+//! Not built yet (steps 3 and 4 of docs/scale-out.md): live runs, checkpoints and offset
+//! commits (a bounded group run starts from the beginning of the topics, so each needs a
+//! group id of its own), failover of the lease, the model broadcast (instances other than
+//! the lease holder serve with the initial model), and the HTTP endpoints.
+
+mod coordinator_side;
+mod shard_side;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use shopstream_config::{Config, KafkaConfig};
+use shopstream_drift::stage::Arrival;
+use shopstream_features::protocol::ToCoordinator;
+use shopstream_kafka::client::ensure_topics;
+use shopstream_kafka::lease::{Lease, LeaseOptions};
+use shopstream_kafka::log::{DEFAULT_FRAGMENT_BYTES, LogOptions};
+use shopstream_trainer::Trainer;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{PipelineError, Progress, RunOptions, RunSummary};
+
+/// Drift arrivals of partition number `partition`, numbered from `first` in the order the
+/// partition's owner admitted them. A new owner that replays the partition sends them
+/// again with the same numbers; the coordinator takes each number once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Arrivals {
+    partition: i32,
+    first: u64,
+    arrivals: Vec<Arrival>,
+}
+
+/// What the shard side sends the coordinator.
+pub(super) type ShardMessage = ToCoordinator<Arrivals>;
+
+/// The internal topics of a group.
+#[derive(Debug, Clone)]
+pub(super) struct GroupTopics {
+    /// Progress and parts, shards to coordinator.
+    shards: String,
+    /// Closes, coordinator to shards.
+    closes: String,
+    /// The trainer lease.
+    lease: String,
+}
+
+impl GroupTopics {
+    fn of(kafka: &KafkaConfig) -> Self {
+        let group = &kafka.group_id;
+        Self {
+            shards: format!("{group}.shards"),
+            closes: format!("{group}.closes"),
+            lease: format!("{group}.lease"),
+        }
+    }
+}
+
+/// A writer's options on `topic`: named after this process, so that a restarted
+/// instance never continues a message it did not finish.
+fn log_options(topic: &str, role: &str) -> LogOptions {
+    LogOptions {
+        topic: topic.to_string(),
+        writer: format!(
+            "{role}-{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        ),
+        fragment_bytes: DEFAULT_FRAGMENT_BYTES,
+    }
+}
+
+/// Runs this instance's share of a bounded group run until the coordinator's final close
+/// is answered (and, in the lease holder, merged and written).
+pub(super) async fn run(
+    config: &Config,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()>,
+    progress: watch::Sender<Progress>,
+) -> Result<RunSummary, PipelineError> {
+    if !options.stop_at_end || options.replay.is_some() {
+        return Err(PipelineError::Unsupported(
+            "pipeline.instances = \"group\" runs only with `run --stop-at-end` so far (live \
+             group runs need per-partition checkpoints, docs/scale-out.md step 3); use \
+             pipeline.instances = \"one\""
+                .to_string(),
+        ));
+    }
+    let started = std::time::Instant::now();
+    let topics = GroupTopics::of(&config.kafka);
+    let all: Vec<String> = config
+        .topics
+        .inputs()
+        .into_iter()
+        .chain(config.topics.outputs())
+        .map(str::to_string)
+        .collect();
+    let partitions = ensure_topics(&config.kafka, &all).await?;
+    let lease = Lease::join(
+        &config.kafka,
+        &LeaseOptions {
+            topic: topics.lease.clone(),
+            group: format!("{}.trainer", config.kafka.group_id),
+            session_timeout_ms: 10_000,
+        },
+    )
+    .await?;
+    tracing::info!(group = %config.kafka.group_id, "group run: joined the trainer lease");
+
+    let cancel = CancellationToken::new();
+    // Both sides count into it: the messages this instance consumed, the windows it wrote.
+    let progress = Arc::new(progress);
+    // Every instance serves with the initial model; the lease holder's shard side takes
+    // each model its global stage publishes.
+    let (models_tx, models) = watch::channel(Arc::new(Trainer::new(&config.model)));
+    let shard_done = CancellationToken::new();
+    let shard = {
+        let cancel = cancel.clone();
+        let shard_done = shard_done.clone();
+        let topics = topics.clone();
+        let progress = Arc::clone(&progress);
+        async move {
+            let result = shard_side::run(
+                config,
+                &topics,
+                &partitions,
+                models,
+                progress,
+                cancel.clone(),
+            )
+            .await;
+            if result.is_err() {
+                cancel.cancel();
+            }
+            shard_done.cancel();
+            result
+        }
+    };
+    let coordinator = {
+        let cancel = cancel.clone();
+        let topics = topics.clone();
+        let progress = Arc::clone(&progress);
+        let mut held = lease.held();
+        async move {
+            loop {
+                if *held.borrow_and_update() {
+                    break;
+                }
+                tokio::select! {
+                    changed = held.changed() => {
+                        if changed.is_err() {
+                            return Ok(None);
+                        }
+                    }
+                    // Not the trainer: nothing to do once this instance's part is done.
+                    _ = shard_done.cancelled() => return Ok(None),
+                    _ = cancel.cancelled() => return Ok(None),
+                }
+            }
+            tracing::info!("this instance holds the trainer lease: coordinating the group");
+            let result =
+                coordinator_side::run(config, &topics, held, models_tx, progress, cancel.clone())
+                    .await;
+            if result.is_err() {
+                cancel.cancel();
+            }
+            result.map(Some)
+        }
+    };
+    let stop = {
+        let cancel = cancel.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutdown requested; a bounded group run stops without finishing");
+            cancel.cancel();
+        }
+    };
+    let work = async { tokio::join!(shard, coordinator) };
+    let (shard, coordinator) = tokio::select! {
+        both = work => both,
+        () = stop => return Err(PipelineError::Unsupported(
+            "the bounded group run was stopped before its end; rerun it with a new kafka.group_id".into(),
+        )),
+    };
+    lease.leave().await;
+    let mut summary = shard?;
+    if let Some(global) = coordinator? {
+        global.add_to(&mut summary);
+    }
+    summary.reached_end = true;
+    summary.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    Ok(summary)
+}

@@ -1,0 +1,405 @@
+//! Every instance's part of a group run: the click and order partitions the group assigns
+//! it, one [`Follower`] per partition number, talking to the coordinator only through the
+//! internal topics.
+//!
+//! A partition number's stage starts from scratch whenever it is assigned (this instance
+//! at start, or a new owner after a rebalance): it reads the partition from its beginning
+//! and applies the closes read so far as they come due, then every close once both of its
+//! topics are read to their end. Its answers are the first owner's (the property test
+//! `a_partition_replayed_with_the_closes_log_answers_every_close_the_same`); the
+//! coordinator keeps the first copy. Its predictions and dead letters are published again
+//! (at least once, as after a crash).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use shopstream_config::Config;
+use shopstream_features::protocol::{self, SequencedClose, ToCoordinator, ToShards};
+use shopstream_features::{Coordinator, FeaturePipeline, Follower, Report, ShardSet};
+use shopstream_ingest::decode::DecodeLimits;
+use shopstream_ingest::event::InputTopic;
+use shopstream_kafka::log::{LogReader, LogWriter};
+use shopstream_kafka::source::{KafkaSource, SourceMessage, SourceOptions};
+use shopstream_trainer::Trainer;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::super::outputs::Outputs;
+use super::super::shard::{Consumed, Effect, ShardStage};
+use super::super::source_loop::bump;
+use super::super::{PipelineError, Progress, RunSummary};
+use super::{Arrivals, GroupTopics, ShardMessage, log_options};
+
+/// Source messages handled before progress is sent even if more are queued.
+const PROGRESS_EVERY: usize = 1_024;
+
+/// One partition number held: its stage and what it has sent.
+struct Held {
+    stage: ShardStage<Follower>,
+    /// Drift arrivals produced so far (the number of the next one).
+    arrivals: u64,
+    /// Arrivals not sent yet.
+    unsent: Vec<shopstream_drift::stage::Arrival>,
+    /// Its topics read to their end.
+    at_end: BTreeSet<InputTopic>,
+}
+
+struct ShardSide<'a> {
+    config: &'a Config,
+    /// The features stage as a run starts: every new stage starts from it.
+    initial: Coordinator,
+    held: BTreeMap<i32, Held>,
+    /// Every close read so far, for stages that start later.
+    closes: Vec<SequencedClose>,
+    /// The final close's number, once read.
+    final_seq: Option<u64>,
+    /// Partitions read to their end since the last progress.
+    released: Vec<(InputTopic, i32)>,
+    /// Answers not sent yet, in order.
+    answers: Vec<ShardMessage>,
+    outputs: Outputs,
+    log: LogWriter,
+    models: watch::Receiver<Arc<Trainer>>,
+    serving: Arc<Trainer>,
+    effects: Vec<Effect>,
+    summary: RunSummary,
+    /// The instance's live counters.
+    progress: Arc<watch::Sender<Progress>>,
+}
+
+/// Runs the shard side until the final close is answered for every partition held.
+pub(super) async fn run(
+    config: &Config,
+    topics: &GroupTopics,
+    partitions: &BTreeMap<String, i32>,
+    mut models: watch::Receiver<Arc<Trainer>>,
+    progress: Arc<watch::Sender<Progress>>,
+    cancel: CancellationToken,
+) -> Result<RunSummary, PipelineError> {
+    let mut pipeline = FeaturePipeline::new(&config.pipeline);
+    for topic in [InputTopic::Clicks, InputTopic::Orders] {
+        let name = shopstream_kafka::client::input_topic_name(&config.topics, topic);
+        for p in 0..partitions.get(name).copied().unwrap_or(0) {
+            pipeline.register_partition(topic, p);
+        }
+    }
+    let (initial, _) = pipeline.into_parts();
+    let log = LogWriter::create(&config.kafka, log_options(&topics.shards, "shards")).await?;
+    let mut closes = LogReader::open(&config.kafka, &topics.closes, 0).await?;
+    let (source, _committer) =
+        KafkaSource::connect_group(&config.kafka, &config.topics, Default::default()).await?;
+    let (tx, mut rx) = mpsc::channel(config.pipeline.channel_capacity);
+    let source_options = SourceOptions {
+        stop_at_end: true,
+        limits: DecodeLimits {
+            max_message_bytes: config.pipeline.max_message_bytes,
+        },
+    };
+    let source_cancel = cancel.child_token();
+    let source_task = tokio::spawn(source.run(tx, source_cancel.clone(), source_options));
+    let serving = Arc::clone(&models.borrow_and_update());
+    let mut side = ShardSide {
+        config,
+        initial,
+        held: BTreeMap::new(),
+        closes: Vec::new(),
+        final_seq: None,
+        released: Vec::new(),
+        answers: Vec::new(),
+        outputs: Outputs::new(config, false)?,
+        log,
+        models,
+        serving,
+        effects: Vec::new(),
+        summary: RunSummary::default(),
+        progress,
+    };
+    let mut since_progress = 0usize;
+    let outcome = loop {
+        if side.is_done() {
+            break side.send().await;
+        }
+        tokio::select! {
+            () = cancel.cancelled() => break Err(PipelineError::Internal("the group run was cancelled".into())),
+            entry = closes.next() => {
+                let step = match entry {
+                    Ok(entry) => match protocol::decode::<ToShards>(&entry.payload) {
+                        Ok(ToShards::Close(close)) => {
+                            side.on_close(close);
+                            Ok(())
+                        }
+                        Ok(ToShards::Start { .. }) => Ok(()),
+                        Ok(ToShards::Stop { reason }) => Err(PipelineError::Unsupported(format!(
+                            "the coordinating instance stopped the group run: {reason}"
+                        ))),
+                        Err(e) => Err(e.into()),
+                    },
+                    Err(e) => Err(e.into()),
+                };
+                if let Err(e) = step {
+                    break Err(e);
+                }
+                if let Err(e) = side.send().await {
+                    break Err(e);
+                }
+            }
+            message = rx.recv() => {
+                let Some(message) = message else {
+                    break Err(PipelineError::Internal("the group source stopped".into()));
+                };
+                if let Err(e) = side.on_message(message).await {
+                    break Err(e);
+                }
+                since_progress += 1;
+                if rx.is_empty() || since_progress >= PROGRESS_EVERY {
+                    since_progress = 0;
+                    if let Err(e) = side.send().await {
+                        break Err(e);
+                    }
+                }
+            }
+        }
+    };
+    source_cancel.cancel();
+    // Dropped first: a source blocked on a full channel then ends too.
+    drop(rx);
+    let _ = source_task.await;
+    outcome?;
+    side.outputs.flush().await?;
+    side.summary.predictions_published = side.outputs.predictions_delivered();
+    side.summary.dead_letters_published = side.outputs.dead_letters_delivered();
+    Ok(side.summary)
+}
+
+impl ShardSide<'_> {
+    /// Whether every partition held has answered the final close.
+    fn is_done(&self) -> bool {
+        self.final_seq.is_some_and(|last| {
+            self.held
+                .values()
+                .all(|h| h.stage.windowing().next_seq() > last)
+        }) && self.answers.is_empty()
+    }
+
+    /// A stage for partition number `p`, with every close read so far.
+    fn stage_of(&self, p: i32) -> Held {
+        let set = ShardSet::new(&self.initial, BTreeMap::new(), move |_, q| q == p);
+        let mut follower = Follower::new(set, 0, false);
+        for close in &self.closes {
+            follower.push_close(close.clone());
+        }
+        Held {
+            stage: ShardStage::with(self.config, follower),
+            arrivals: 0,
+            unsent: Vec::new(),
+            at_end: BTreeSet::new(),
+        }
+    }
+
+    fn on_close(&mut self, close: SequencedClose) {
+        if close.close.is_final() {
+            self.final_seq = Some(close.seq);
+        }
+        self.closes.push(close.clone());
+        let numbers: Vec<i32> = self.held.keys().copied().collect();
+        for p in numbers {
+            if let Some(held) = self.held.get_mut(&p) {
+                held.stage.windowing_mut().push_close(close.clone());
+            }
+            self.answer(p);
+        }
+    }
+
+    /// Applies the closes partition number `p` can apply now and queues its answers.
+    fn answer(&mut self, p: i32) {
+        let Some(held) = self.held.get_mut(&p) else {
+            return;
+        };
+        for (seq, parts) in held.stage.windowing_mut().apply_due() {
+            self.answers.push(ToCoordinator::Parts {
+                seq,
+                covers: vec![p],
+                parts,
+            });
+        }
+    }
+
+    async fn on_message(&mut self, message: SourceMessage) -> Result<(), PipelineError> {
+        if self.models.has_changed().unwrap_or(false) {
+            self.serving = Arc::clone(&self.models.borrow_and_update());
+        }
+        match message {
+            SourceMessage::Assigned(partitions) => {
+                for (topic, p) in partitions {
+                    if !self.held.contains_key(&p) {
+                        let held = self.stage_of(p);
+                        self.held.insert(p, held);
+                    }
+                    if let Some(held) = self.held.get_mut(&p) {
+                        held.at_end.remove(&topic);
+                    }
+                }
+            }
+            SourceMessage::Revoked(partitions) => {
+                // The new owner replays them; what this instance sent stays valid.
+                for (_, p) in partitions {
+                    self.held.remove(&p);
+                }
+            }
+            SourceMessage::Event {
+                meta,
+                event,
+                key,
+                payload,
+                received,
+            } => {
+                bump(&mut self.summary.consumed, meta.topic.as_str());
+                let Some(held) = self.held.get_mut(&meta.partition) else {
+                    // Read just before its revocation reached this loop: its new owner
+                    // reads it.
+                    return Ok(());
+                };
+                let consumed = Consumed {
+                    meta,
+                    event,
+                    key,
+                    payload,
+                    received,
+                };
+                let mut effects = std::mem::take(&mut self.effects);
+                let handled = held.stage.on_event(consumed, &self.serving, &mut effects);
+                let applied = self.apply(meta.partition, &mut effects).await;
+                self.effects = effects;
+                handled?;
+                applied?;
+                self.answer(meta.partition);
+            }
+            SourceMessage::Rejected {
+                meta,
+                key,
+                payload,
+                rejection,
+            } => {
+                bump(&mut self.summary.consumed, meta.topic.as_str());
+                if self.held.contains_key(&meta.partition) {
+                    self.dead_letter(meta, key.as_deref(), &payload, &rejection)
+                        .await?;
+                }
+            }
+            SourceMessage::PartitionEof { topic, partition } => {
+                let Some(held) = self.held.get_mut(&partition) else {
+                    return Ok(());
+                };
+                let mut effects = std::mem::take(&mut self.effects);
+                let handled = held.stage.resolve_all_held(
+                    Some((topic, partition)),
+                    &self.serving,
+                    &mut effects,
+                );
+                held.stage
+                    .windowing_mut()
+                    .set_mut()
+                    .release(topic, partition);
+                held.at_end.insert(topic);
+                if held.at_end.len() == 2 {
+                    // Read as far as any earlier owner: every close read so far applies.
+                    held.stage.windowing_mut().caught_up();
+                }
+                let applied = self.apply(partition, &mut effects).await;
+                self.effects = effects;
+                handled?;
+                applied?;
+                self.released.push((topic, partition));
+                self.answer(partition);
+            }
+            SourceMessage::CaughtUp => {}
+        }
+        Ok(())
+    }
+
+    /// Carries out a stage's effects: outputs now, arrivals with the next progress.
+    async fn apply(&mut self, p: i32, effects: &mut Vec<Effect>) -> Result<(), PipelineError> {
+        for effect in effects.drain(..) {
+            match effect {
+                Effect::Duplicate(topic) => bump(&mut self.summary.duplicates, topic.as_str()),
+                Effect::DeadLetter {
+                    meta,
+                    key,
+                    payload,
+                    rejection,
+                } => {
+                    self.dead_letter(meta, key.as_deref(), &payload, &rejection)
+                        .await?;
+                }
+                Effect::Predicted { prediction, .. } => {
+                    self.summary.impressions += 1;
+                    self.outputs.prediction(&prediction).await?;
+                }
+                Effect::Admitted { topic, arrival } => {
+                    bump(&mut self.summary.valid, topic.as_str());
+                    if let (Some(arrival), Some(held)) = (arrival, self.held.get_mut(&p)) {
+                        held.unsent.push(arrival);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &mut self,
+        meta: shopstream_kafka::source::RecordMeta,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        rejection: &shopstream_ingest::decode::Rejection,
+    ) -> Result<(), PipelineError> {
+        bump(&mut self.summary.dead_lettered, rejection.reason.as_str());
+        bump(
+            &mut self.summary.dead_lettered_per_topic,
+            meta.topic.as_str(),
+        );
+        self.outputs
+            .dead_letter(meta, key, payload, rejection)
+            .await
+    }
+
+    /// Sends the progress since the last one, then the answers queued after it.
+    async fn send(&mut self) -> Result<(), PipelineError> {
+        let mut report = Report::default();
+        let mut arrivals = Vec::new();
+        for (p, held) in &mut self.held {
+            let own = held.stage.windowing_mut().set_mut().take_report();
+            report.newest.extend(own.newest);
+            report.starts.extend(own.starts);
+            if !held.unsent.is_empty() {
+                let sent = std::mem::take(&mut held.unsent);
+                let first = held.arrivals;
+                held.arrivals += sent.len() as u64;
+                arrivals.push(Arrivals {
+                    partition: *p,
+                    first,
+                    arrivals: sent,
+                });
+            }
+        }
+        let consumed = self.summary.consumed.values().sum();
+        let impressions = self.summary.impressions;
+        self.progress.send_modify(|p| {
+            p.consumed = consumed;
+            p.impressions = impressions;
+        });
+        let released = std::mem::take(&mut self.released);
+        if !report.is_empty() || !released.is_empty() || !arrivals.is_empty() {
+            let progress: ShardMessage = ToCoordinator::Progress {
+                report,
+                released,
+                arrivals,
+            };
+            self.log.append(&protocol::encode(&progress)?).await?;
+        }
+        for answer in std::mem::take(&mut self.answers) {
+            self.log.append(&protocol::encode(&answer)?).await?;
+        }
+        Ok(())
+    }
+}
