@@ -1,0 +1,156 @@
+//! A bounded group run on the real binary (`pipeline.instances = "group"`): three
+//! `shopstream run --stop-at-end` processes of one group, one of them SIGKILLed mid-run
+//! and not restarted. The group notices its silence after the session timeout and gives
+//! its partitions to the others, which replay them; the store and the model are those
+//! of one instance.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod support;
+
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use shopstream_config::{Config, Instances};
+use shopstream_ingest::generator::GeneratorOptions;
+use shopstream_ingest::generator::world::WorldSize;
+use shopstream_job::generate::publish_traffic;
+use support::{Broker, run_to_end};
+
+fn traffic() -> GeneratorOptions {
+    GeneratorOptions {
+        seed: 21,
+        max_events: Some(100_000),
+        sessions_per_sec: 0.6,
+        size: WorldSize {
+            users: 600,
+            items: 500,
+            categories: 12,
+        },
+        malformed_fraction: 0.01,
+        ..GeneratorOptions::default()
+    }
+}
+
+/// Instances killed when dropped (also when an assertion fails).
+struct Instances3(Vec<Child>);
+
+impl Drop for Instances3 {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts an instance with `config_path`; its log lines go to `lines` tagged `index`.
+fn spawn(index: usize, config_path: &Path, lines: mpsc::Sender<(usize, String)>) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shopstream"))
+        .args(["run", "--stop-at-end", "--config"])
+        .arg(config_path)
+        .env("SHOPSTREAM_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if lines.send((index, line)).is_err() {
+                break;
+            }
+        }
+    });
+    child
+}
+
+/// Waits for a line of instance `index` containing `needle`.
+fn wait_for(lines: &mpsc::Receiver<(usize, String)>, index: usize, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok((i, line)) if i == index && line.contains(needle) => return,
+            Ok(_) => {}
+            Err(_) => panic!("instance {index} logged {needle:?} within 120 s"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_run_with_an_instance_sigkilled_writes_the_store_and_model_of_one() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let base = broker.config("group-kill", &dir.path().join("unused"));
+    publish_traffic(&base, traffic(), None, None).await.unwrap();
+
+    let mut one: Config = base.clone();
+    one.kafka.group_id = format!("{}-one", base.kafka.group_id);
+    one.pipeline.workers = 1;
+    one.store.path = dir.path().join("one");
+    one.model.path = Some(dir.path().join("one.ssm"));
+    run_to_end(&one).await;
+
+    let mut group = base.clone();
+    group.kafka.group_id = format!("{}-group", base.kafka.group_id);
+    group.pipeline.workers = 2;
+    group.pipeline.instances = Instances::Group;
+    group.store.path = dir.path().join("group");
+    group.model.path = Some(dir.path().join("group.ssm"));
+    let config_path = dir.path().join("group.toml");
+    std::fs::write(&config_path, toml::to_string(&group).unwrap()).unwrap();
+
+    let (tx, lines) = mpsc::channel();
+    let mut instances = Instances3(vec![spawn(0, &config_path, tx.clone())]);
+    wait_for(&lines, 0, "holds the trainer lease");
+    instances.0.push(spawn(1, &config_path, tx.clone()));
+    instances.0.push(spawn(2, &config_path, tx));
+    wait_for(&lines, 1, "partitions assigned");
+    // SIGKILL: no goodbye; the group notices after the session timeout.
+    instances.0[1].kill().unwrap();
+    instances.0[1].wait().unwrap();
+    let killed = Instant::now();
+    // Its partitions go to a survivor once the session times out.
+    let mut taken_over = false;
+    // The survivors finish (the log lines are drained so their pipes never fill).
+    let deadline = Instant::now() + Duration::from_secs(600);
+    for index in [0, 2] {
+        loop {
+            while let Ok((i, line)) = lines.try_recv() {
+                taken_over |= i != 1 && line.contains("partitions assigned");
+            }
+            if let Some(status) = instances.0[index].try_wait().unwrap() {
+                assert!(status.success(), "instance {index} failed: {status}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "instance {index} ends within 600 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    eprintln!(
+        "the survivors ended {:?} after the SIGKILL",
+        killed.elapsed()
+    );
+    assert!(
+        taken_over,
+        "a survivor was assigned partitions after the SIGKILL"
+    );
+    support::assert_same_store(
+        "1 instance vs a group with an instance SIGKILLed",
+        &one.store.path,
+        &group.store.path,
+    );
+    assert!(
+        std::fs::read(one.model.path.as_ref().unwrap()).unwrap()
+            == std::fs::read(group.model.path.as_ref().unwrap()).unwrap(),
+        "model files differ"
+    );
+}
