@@ -4,7 +4,9 @@
 //! - `bare`: a librdkafka consumer with the job's consumer settings, assigned every input
 //!   partition, counting messages to the end (no decoding);
 //! - `workers=1` and `workers=2`: `run --stop-at-end` of the job, each run its own
-//!   consumer group and store.
+//!   consumer group and store;
+//! - `group x1` and `group x2`: the same as a bounded group run (`pipeline.instances =
+//!   "group"`, one worker each) of 1 and 2 instances in this process, sharing its cores.
 //!
 //! Prints one line per run (seconds, messages/s, ratio to the round's bare read,
 //! prediction latency, window time) and the process's peak memory.
@@ -16,7 +18,8 @@
 //! Use `scripts/bench-scale.sh`, which starts tansu and builds in release mode.
 //!
 //! usage: throughput BROKERS [EVENTS] [ROUNDS] [RATE]   (RATE 0 skips the live part;
-//! THROUGHPUT_WORKERS=2 runs only the job with 2 workers, e.g. under perf)
+//! THROUGHPUT_WORKERS=2 runs only the job with 2 workers, e.g. under perf;
+//! THROUGHPUT_GROUPS=2 only the group of 2 instances)
 
 #![allow(missing_docs)]
 
@@ -127,6 +130,47 @@ async fn bench(brokers: &str, events: u64, rounds: usize) -> anyhow::Result<()> 
                 summary.window_processing.p99_us,
             );
         }
+        for instances in group_sizes() {
+            let mut run_config = config.clone();
+            run_config.kafka.group_id = format!("{prefix}-g{instances}-r{round}");
+            run_config.pipeline.workers = 1;
+            run_config.pipeline.instances = shopstream_config::Instances::Group;
+            run_config.store.path = dir.path().join(format!("store-g{instances}-r{round}"));
+            let started = Instant::now();
+            let options = RunOptions {
+                stop_at_end: true,
+                ..RunOptions::default()
+            };
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..instances {
+                let config = run_config.clone();
+                tasks.spawn(async move { run(&config, options, std::future::pending()).await });
+            }
+            let mut summaries = Vec::new();
+            while let Some(joined) = tasks.join_next().await {
+                let summary = joined
+                    .context("a group instance's task")?
+                    .with_context(|| format!("group run with {instances} instances"))?;
+                summaries.push(summary);
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            let consumed: u64 = summaries
+                .iter()
+                .map(|s| s.consumed.values().sum::<u64>())
+                .sum();
+            if consumed < messages {
+                bail!("the group consumed {consumed} of {messages} messages");
+            }
+            let rate = messages as f64 / seconds;
+            println!(
+                "{:<10} {seconds:>8.2} {rate:>10.0} {:>9.2} {:>12} {:>12} {:>12}",
+                format!("group x{instances}"),
+                rate / bare_rate,
+                "-",
+                "-",
+                "-",
+            );
+        }
     }
     let peak = std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -206,6 +250,16 @@ async fn live(brokers: &str, rate: f64) -> anyhow::Result<()> {
 /// else 1 and 2.
 fn worker_counts() -> Vec<usize> {
     std::env::var("THROUGHPUT_WORKERS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 2])
+}
+
+/// Instances of the bounded group runs (`pipeline.instances = "group"`, one worker each,
+/// all in this process): `THROUGHPUT_GROUPS` (comma-separated; empty for none), else 1
+/// and 2.
+fn group_sizes() -> Vec<usize> {
+    std::env::var("THROUGHPUT_GROUPS")
         .ok()
         .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 2])

@@ -1,8 +1,8 @@
 //! A bounded group run on the real binary (`pipeline.instances = "group"`): three
-//! `shopstream run --stop-at-end` processes of one group, one of them SIGKILLed mid-run
-//! and not restarted. The group notices its silence after the session timeout and gives
-//! its partitions to the others, which replay them; the store and the model are those
-//! of one instance.
+//! `shopstream run --stop-at-end` processes of one group; one is SIGKILLed mid-run and not
+//! restarted, then another is SIGTERMed (it leaves the run and exits 0). The group gives
+//! their partitions to the instance left, which replays them; the store and the model are
+//! those of one instance.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -83,7 +83,8 @@ fn wait_for(lines: &mpsc::Receiver<(usize, String)>, index: usize, needle: &str)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_group_run_with_an_instance_sigkilled_writes_the_store_and_model_of_one() {
+async fn a_group_run_with_one_instance_sigkilled_and_one_sigtermed_writes_the_store_and_model_of_one()
+ {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let base = broker.config("group-kill", &dir.path().join("unused"));
@@ -115,28 +116,34 @@ async fn a_group_run_with_an_instance_sigkilled_writes_the_store_and_model_of_on
     instances.0[1].kill().unwrap();
     instances.0[1].wait().unwrap();
     let killed = Instant::now();
-    // Its partitions go to a survivor once the session times out.
+    // Its partitions go to a survivor once the session times out: only lines from now on.
+    while lines.try_recv().is_ok() {}
     let mut taken_over = false;
-    // The survivors finish (the log lines are drained so their pipes never fill).
+    // SIGTERM: this one leaves the run (not the coordinator: the first instance is).
+    support::sigterm(&instances.0[2]);
+    let status = instances.0[2].wait().unwrap();
+    assert!(
+        status.success(),
+        "a SIGTERMed instance leaves with 0: {status}"
+    );
+    // The first instance finishes alone (its log lines drained so its pipe never fills).
     let deadline = Instant::now() + Duration::from_secs(600);
-    for index in [0, 2] {
-        loop {
-            while let Ok((i, line)) = lines.try_recv() {
-                taken_over |= i != 1 && line.contains("partitions assigned");
-            }
-            if let Some(status) = instances.0[index].try_wait().unwrap() {
-                assert!(status.success(), "instance {index} failed: {status}");
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "instance {index} ends within 600 s"
-            );
-            std::thread::sleep(Duration::from_millis(200));
+    loop {
+        while let Ok((i, line)) = lines.try_recv() {
+            taken_over |= i == 0 && line.contains("partitions assigned");
         }
+        if let Some(status) = instances.0[0].try_wait().unwrap() {
+            assert!(status.success(), "the first instance failed: {status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first instance ends within 600 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
     eprintln!(
-        "the survivors ended {:?} after the SIGKILL",
+        "the first instance ended {:?} after the SIGKILL",
         killed.elapsed()
     );
     assert!(
@@ -144,7 +151,7 @@ async fn a_group_run_with_an_instance_sigkilled_writes_the_store_and_model_of_on
         "a survivor was assigned partitions after the SIGKILL"
     );
     support::assert_same_store(
-        "1 instance vs a group with an instance SIGKILLed",
+        "1 instance vs a group with instances SIGKILLed and SIGTERMed",
         &one.store.path,
         &group.store.path,
     );

@@ -224,7 +224,10 @@ pub(super) async fn run(
             break Ok(());
         }
         let step = tokio::select! {
-            () = cancel.cancelled() => Err(PipelineError::Internal("the group run was cancelled".into())),
+            () = cancel.cancelled() => Err(PipelineError::Unsupported(
+                "the coordinating instance was stopped before the end of the bounded group run \
+                 (failover is not built yet); run it again with a new kafka.group_id".into(),
+            )),
             changed = held.changed() => match changed {
                 Ok(()) if *held.borrow_and_update() => Ok(()),
                 _ => Err(PipelineError::Unsupported(

@@ -10,6 +10,10 @@
 //! `<group>.closes`, also inside one instance, so that an instance's own partitions are
 //! treated like any other's.
 //!
+//! Shutdown (SIGTERM) of an instance that does not coordinate leaves the run: it stops,
+//! leaves the group (its partitions move to the others) and exits 0. Shutdown of the
+//! coordinating instance stops the run on every instance.
+//!
 //! Not built yet (steps 3 and 4 of docs/scale-out.md): live runs, checkpoints and offset
 //! commits (a bounded group run starts from the beginning of the topics, so each needs a
 //! group id of its own), failover of the lease, the model broadcast (instances other than
@@ -20,6 +24,7 @@ mod shard_side;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 use shopstream_config::{Config, KafkaConfig};
@@ -149,7 +154,9 @@ pub(super) async fn run(
             result
         }
     };
+    let coordinating = Arc::new(AtomicBool::new(false));
     let coordinator = {
+        let coordinating = Arc::clone(&coordinating);
         let cancel = cancel.clone();
         let topics = topics.clone();
         let progress = Arc::clone(&progress);
@@ -171,6 +178,7 @@ pub(super) async fn run(
                 }
             }
             tracing::info!("this instance holds the trainer lease: coordinating the group");
+            coordinating.store(true, Ordering::SeqCst);
             let result =
                 coordinator_side::run(config, &topics, held, models_tx, progress, cancel.clone())
                     .await;
@@ -180,27 +188,34 @@ pub(super) async fn run(
             result.map(Some)
         }
     };
-    let stop = {
-        let cancel = cancel.clone();
-        async move {
-            shutdown.await;
-            tracing::info!("shutdown requested; a bounded group run stops without finishing");
-            cancel.cancel();
-        }
-    };
     let work = async { tokio::join!(shard, coordinator) };
+    tokio::pin!(work);
+    let mut stopped = false;
     let (shard, coordinator) = tokio::select! {
-        both = work => both,
-        () = stop => return Err(PipelineError::Unsupported(
-            "the bounded group run was stopped before its end; rerun it with a new kafka.group_id".into(),
-        )),
+        both = &mut work => both,
+        () = shutdown => {
+            stopped = true;
+            if coordinating.load(Ordering::SeqCst) {
+                tracing::warn!(
+                    "shutdown of the coordinating instance: the group run stops on every instance \
+                     (failover is not built yet)"
+                );
+            } else {
+                tracing::info!(
+                    "shutdown: leaving the group run; the other instances take over this \
+                     instance's partitions"
+                );
+            }
+            cancel.cancel();
+            work.await
+        }
     };
     lease.leave().await;
     let mut summary = shard?;
     if let Some(global) = coordinator? {
         global.add_to(&mut summary);
     }
-    summary.reached_end = true;
+    summary.reached_end = !stopped;
     summary.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     Ok(summary)
 }

@@ -120,7 +120,9 @@ pub(super) async fn run(
             break side.send().await;
         }
         tokio::select! {
-            () = cancel.cancelled() => break Err(PipelineError::Internal("the group run was cancelled".into())),
+            // Shutdown, or this instance's coordinator failed (its error is the run's):
+            // what this side did so far is its summary.
+            () = cancel.cancelled() => break Ok(()),
             entry = closes.next() => {
                 let step = match entry {
                     Ok(entry) => match protocol::decode::<ToShards>(&entry.payload) {
