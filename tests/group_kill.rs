@@ -122,9 +122,17 @@ async fn a_group_run_with_one_instance_sigkilled_and_one_sigtermed_writes_the_st
     // SIGTERM: this one leaves the run (not the coordinator: the first instance is).
     support::sigterm(&instances.0[2]);
     let status = instances.0[2].wait().unwrap();
+    let mut said = Vec::new();
+    for (i, line) in lines.try_iter() {
+        taken_over |= i == 0 && line.contains("partitions assigned");
+        if i == 2 {
+            said.push(line);
+        }
+    }
     assert!(
         status.success(),
-        "a SIGTERMed instance leaves with 0: {status}"
+        "a SIGTERMed instance leaves with 0: {status}; its last lines: {:?}",
+        &said[said.len().saturating_sub(5)..]
     );
     // The first instance finishes alone (its log lines drained so its pipe never fills).
     let deadline = Instant::now() + Duration::from_secs(600);

@@ -116,17 +116,7 @@ pub async fn run_observed(
         return group::run(config, options, shutdown, progress).await;
     }
     let started = std::time::Instant::now();
-    let store = ParquetStore::open(&config.store)?;
-    for table in tables::ALL {
-        let removed = store.vacuum(table)?;
-        if removed > 0 {
-            tracing::info!(
-                table,
-                removed,
-                "deleted uncommitted files left by an earlier run"
-            );
-        }
-    }
+    let store = open_store(config)?;
     let topics = &config.topics;
     let all_topics: Vec<String> = topics
         .inputs()
@@ -323,4 +313,20 @@ pub async fn run_observed(
     source_result?;
     let summary = processor.snapshot();
     Ok(summary)
+}
+
+/// The store of `config`, with the uncommitted files an earlier run left deleted.
+pub(super) fn open_store(config: &Config) -> Result<ParquetStore, PipelineError> {
+    let store = ParquetStore::open(&config.store)?;
+    for table in tables::ALL {
+        let removed = store.vacuum(table)?;
+        if removed > 0 {
+            tracing::info!(
+                table,
+                removed,
+                "deleted uncommitted files left by an earlier run"
+            );
+        }
+    }
+    Ok(store)
 }

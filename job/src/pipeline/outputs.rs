@@ -10,7 +10,8 @@ use shopstream_kafka::sink::{Publisher, dead_letter_headers};
 use shopstream_kafka::source::RecordMeta;
 use shopstream_trainer::Prediction;
 
-use super::PipelineError;
+use super::source_loop::bump;
+use super::{PipelineError, RunSummary};
 
 /// Tags under which the publisher counts acknowledged messages.
 const TAG_PREDICTION: &str = "prediction";
@@ -63,6 +64,22 @@ impl Outputs {
             a.window_start_ms,
         )
         .await
+    }
+
+    /// Counts a refused message in `summary` (per reason and per topic) and sends it to
+    /// the dead-letter topic.
+    pub(super) async fn counted_dead_letter(
+        &mut self,
+        summary: &mut RunSummary,
+        meta: RecordMeta,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        rejection: &Rejection,
+    ) -> Result<(), PipelineError> {
+        bump(&mut summary.dead_lettered, rejection.reason.as_str());
+        bump(&mut summary.dead_lettered_per_topic, meta.topic.as_str());
+        tracing::debug!(topic = meta.topic.as_str(), partition = meta.partition, offset = meta.offset, %rejection, "dead-lettered");
+        self.dead_letter(meta, key, payload, rejection).await
     }
 
     /// The original bytes of a refused message, with the reason in its headers.

@@ -480,14 +480,8 @@ impl Processor<'_> {
         payload: &[u8],
         rejection: &Rejection,
     ) -> Result<(), PipelineError> {
-        bump(&mut self.summary.dead_lettered, rejection.reason.as_str());
-        bump(
-            &mut self.summary.dead_lettered_per_topic,
-            meta.topic.as_str(),
-        );
-        tracing::debug!(topic = meta.topic.as_str(), partition = meta.partition, offset = meta.offset, %rejection, "dead-lettered");
         self.outputs
-            .dead_letter(meta, key, payload, rejection)
+            .counted_dead_letter(&mut self.summary, meta, key, payload, rejection)
             .await
     }
 

@@ -15,15 +15,13 @@ use std::sync::Arc;
 use shopstream_config::Config;
 use shopstream_features::protocol::{self, SequencedClose, ToCoordinator, ToShards};
 use shopstream_features::{Close, Coordinator, FeaturePipeline, MergeQueue, WindowOutput};
-use shopstream_ingest::decode::{DecodeLimits, Reason, Rejection};
+use shopstream_ingest::decode::{Reason, Rejection};
 use shopstream_ingest::event::InputTopic;
 use shopstream_kafka::client::{ensure_topics, input_topic_name};
 use shopstream_kafka::log::{LogReader, LogWriter};
-use shopstream_kafka::source::{KafkaSource, SourceMessage, SourceOptions};
-use shopstream_sinks::store::ParquetStore;
-use shopstream_sinks::tables;
+use shopstream_kafka::source::{KafkaSource, SourceMessage};
 use shopstream_trainer::Trainer;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::super::global::GlobalStage;
@@ -113,17 +111,7 @@ pub(super) async fn run(
     progress: Arc<watch::Sender<Progress>>,
     cancel: CancellationToken,
 ) -> Result<CoordinatorSummary, PipelineError> {
-    let store = ParquetStore::open(&config.store)?;
-    for table in tables::ALL {
-        let removed = store.vacuum(table)?;
-        if removed > 0 {
-            tracing::info!(
-                table,
-                removed,
-                "deleted uncommitted files left by an earlier run"
-            );
-        }
-    }
+    let store = super::super::open_store(config)?;
     let names: Vec<String> = config
         .topics
         .inputs()
@@ -151,15 +139,7 @@ pub(super) async fn run(
         true,
     )
     .await?;
-    let (tx, mut rx) = mpsc::channel(config.pipeline.channel_capacity);
-    let source_options = SourceOptions {
-        stop_at_end: true,
-        limits: DecodeLimits {
-            max_message_bytes: config.pipeline.max_message_bytes,
-        },
-    };
-    let source_cancel = cancel.child_token();
-    let source_task = tokio::spawn(source.run(tx, source_cancel.clone(), source_options));
+    let (mut rx, source_task, source_cancel) = super::start_source(config, source, &cancel);
 
     let global_stage = GlobalStage::new(config, store, true)?;
     let worker = GlobalWorker::new(config, global_stage, None, committer, false)?;
@@ -224,10 +204,7 @@ pub(super) async fn run(
             break Ok(());
         }
         let step = tokio::select! {
-            () = cancel.cancelled() => Err(PipelineError::Unsupported(
-                "the coordinating instance was stopped before the end of the bounded group run \
-                 (failover is not built yet); run it again with a new kafka.group_id".into(),
-            )),
+            () = cancel.cancelled() => Err(stopped()),
             changed = held.changed() => match changed {
                 Ok(()) if *held.borrow_and_update() => Ok(()),
                 _ => Err(PipelineError::Unsupported(
@@ -245,6 +222,8 @@ pub(super) async fn run(
             },
             message = rx.recv(), if !side.inventory_done => match message {
                 Some(message) => side.on_inventory(message).await,
+                // Ended with the run, maybe before this loop saw the cancellation.
+                None if cancel.is_cancelled() => Err(stopped()),
                 None => Err(PipelineError::Internal("the inventory source stopped".into())),
             },
         };
@@ -264,6 +243,15 @@ pub(super) async fn run(
         return Err(e);
     }
     side.finish().await
+}
+
+/// Why a coordinator that was cancelled stopped.
+fn stopped() -> PipelineError {
+    PipelineError::Unsupported(
+        "the coordinating instance was stopped before the end of the bounded group run \
+         (failover is not built yet); run it again with a new kafka.group_id"
+            .into(),
+    )
 }
 
 /// Starts the closes log of this coordinator: its start must be the log's first message.
@@ -402,13 +390,8 @@ impl CoordinatorSide<'_> {
         payload: &[u8],
         rejection: &Rejection,
     ) -> Result<(), PipelineError> {
-        bump(&mut self.summary.dead_lettered, rejection.reason.as_str());
-        bump(
-            &mut self.summary.dead_lettered_per_topic,
-            meta.topic.as_str(),
-        );
         self.outputs
-            .dead_letter(meta, key, payload, rejection)
+            .counted_dead_letter(&mut self.summary, meta, key, payload, rejection)
             .await
     }
 

@@ -30,11 +30,15 @@ use serde::{Deserialize, Serialize};
 use shopstream_config::{Config, KafkaConfig};
 use shopstream_drift::stage::Arrival;
 use shopstream_features::protocol::ToCoordinator;
+use shopstream_ingest::decode::DecodeLimits;
 use shopstream_kafka::client::ensure_topics;
 use shopstream_kafka::lease::{Lease, LeaseOptions};
 use shopstream_kafka::log::{DEFAULT_FRAGMENT_BYTES, LogOptions};
+use shopstream_kafka::source::{
+    KafkaSource, SourceError, SourceMessage, SourceOptions, SourceStats,
+};
 use shopstream_trainer::Trainer;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{PipelineError, Progress, RunOptions, RunSummary};
@@ -86,6 +90,29 @@ fn log_options(topic: &str, role: &str) -> LogOptions {
         ),
         fragment_bytes: DEFAULT_FRAGMENT_BYTES,
     }
+}
+
+/// Runs `source` on a task of its own until `cancel` (or the child token returned) fires:
+/// its messages, the task, the token that stops it.
+fn start_source(
+    config: &Config,
+    source: KafkaSource,
+    cancel: &CancellationToken,
+) -> (
+    mpsc::Receiver<SourceMessage>,
+    tokio::task::JoinHandle<Result<SourceStats, SourceError>>,
+    CancellationToken,
+) {
+    let (tx, rx) = mpsc::channel(config.pipeline.channel_capacity);
+    let options = SourceOptions {
+        stop_at_end: true,
+        limits: DecodeLimits {
+            max_message_bytes: config.pipeline.max_message_bytes,
+        },
+    };
+    let stop = cancel.child_token();
+    let task = tokio::spawn(source.run(tx, stop.clone(), options));
+    (rx, task, stop)
 }
 
 /// Runs this instance's share of a bounded group run until the coordinator's final close

@@ -16,12 +16,11 @@ use std::sync::Arc;
 use shopstream_config::Config;
 use shopstream_features::protocol::{self, SequencedClose, ToCoordinator, ToShards};
 use shopstream_features::{Coordinator, FeaturePipeline, Follower, Report, ShardSet};
-use shopstream_ingest::decode::DecodeLimits;
 use shopstream_ingest::event::InputTopic;
 use shopstream_kafka::log::{LogReader, LogWriter};
-use shopstream_kafka::source::{KafkaSource, SourceMessage, SourceOptions};
+use shopstream_kafka::source::{KafkaSource, SourceMessage};
 use shopstream_trainer::Trainer;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::super::outputs::Outputs;
@@ -88,15 +87,7 @@ pub(super) async fn run(
     let mut closes = LogReader::open(&config.kafka, &topics.closes, 0).await?;
     let (source, _committer) =
         KafkaSource::connect_group(&config.kafka, &config.topics, Default::default()).await?;
-    let (tx, mut rx) = mpsc::channel(config.pipeline.channel_capacity);
-    let source_options = SourceOptions {
-        stop_at_end: true,
-        limits: DecodeLimits {
-            max_message_bytes: config.pipeline.max_message_bytes,
-        },
-    };
-    let source_cancel = cancel.child_token();
-    let source_task = tokio::spawn(source.run(tx, source_cancel.clone(), source_options));
+    let (mut rx, source_task, source_cancel) = super::start_source(config, source, &cancel);
     let serving = Arc::clone(&models.borrow_and_update());
     let mut side = ShardSide {
         config,
@@ -147,6 +138,10 @@ pub(super) async fn run(
             }
             message = rx.recv() => {
                 let Some(message) = message else {
+                    if cancel.is_cancelled() {
+                        // The source ended with the run, maybe before this loop saw it.
+                        break Ok(());
+                    }
                     break Err(PipelineError::Internal("the group source stopped".into()));
                 };
                 if let Err(e) = side.on_message(message).await {
@@ -355,13 +350,8 @@ impl ShardSide<'_> {
         payload: &[u8],
         rejection: &shopstream_ingest::decode::Rejection,
     ) -> Result<(), PipelineError> {
-        bump(&mut self.summary.dead_lettered, rejection.reason.as_str());
-        bump(
-            &mut self.summary.dead_lettered_per_topic,
-            meta.topic.as_str(),
-        );
         self.outputs
-            .dead_letter(meta, key, payload, rejection)
+            .counted_dead_letter(&mut self.summary, meta, key, payload, rejection)
             .await
     }
 
