@@ -66,11 +66,6 @@ impl Follower {
         self.live = true;
     }
 
-    /// Whether the set still reads from behind.
-    pub fn is_catching_up(&self) -> bool {
-        !self.live
-    }
-
     /// Applies the closes that can be applied now, in `seq` order: each one's parts.
     pub fn apply_due(&mut self) -> Vec<(u64, Vec<Part>)> {
         let mut answers = Vec::new();

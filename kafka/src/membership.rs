@@ -222,11 +222,6 @@ impl Membership {
         })
     }
 
-    /// The partitions assigned to this member now.
-    pub fn assigned_now(&self) -> Assigned {
-        self.assigned.borrow().clone()
-    }
-
     /// Follows the partitions assigned to this member.
     pub fn assigned(&self) -> watch::Receiver<Assigned> {
         self.assigned.clone()

@@ -151,6 +151,22 @@ pub struct SourceContext {
 }
 
 impl SourceContext {
+    /// A context for a consumer of the source; they share the lag and start positions.
+    fn new(
+        names: &BTreeMap<String, InputTopic>,
+        lag: &SharedLag,
+        start: &SharedPositions,
+        kafka: &KafkaConfig,
+    ) -> Self {
+        Self {
+            names: names.clone(),
+            lag: Arc::clone(lag),
+            start: Arc::clone(start),
+            seek_back: kafka.seek_back_messages,
+            changes: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
     fn partitions(&self, tpl: &TopicPartitionList) -> Vec<(InputTopic, i32)> {
         tpl.elements()
             .iter()
@@ -370,18 +386,10 @@ impl KafkaSource {
         start: SharedPositions,
         bounded: bool,
     ) -> Result<(KafkaSource, OffsetCommitter), SourceError> {
-        let named = InputTopic::ALL.map(|t| (t, input_topic_name(topics, t).to_string()));
-        let names: BTreeMap<String, InputTopic> =
-            named.iter().map(|(t, n)| (n.clone(), *t)).collect();
+        let (named, names) = topic_names(topics);
         let resume_from = start.lock().map(|s| s.clone()).unwrap_or_default();
         let lag = SharedLag::default();
-        let context = || SourceContext {
-            names: names.clone(),
-            lag: Arc::clone(&lag),
-            start: Arc::clone(&start),
-            seek_back: kafka.seek_back_messages,
-            changes: std::sync::Mutex::new(Vec::new()),
-        };
+        let context = || SourceContext::new(&names, &lag, &start, kafka);
         let mut consumers = Vec::new();
         let mut committer = Vec::new();
         let mut at_end = BTreeMap::new();
@@ -457,23 +465,14 @@ impl KafkaSource {
         topics: &TopicsConfig,
         start: SharedPositions,
     ) -> Result<(KafkaSource, OffsetCommitter), SourceError> {
-        let named = InputTopic::ALL.map(|t| (t, input_topic_name(topics, t).to_string()));
-        let names: BTreeMap<String, InputTopic> =
-            named.iter().map(|(t, n)| (n.clone(), *t)).collect();
+        let (named, names) = topic_names(topics);
         let resume_from = start.lock().map(|s| s.clone()).unwrap_or_default();
         let lag = SharedLag::default();
         let mut consumers = Vec::new();
         let mut committer = Vec::new();
         for (topic, name) in &named[..2] {
-            let context = SourceContext {
-                names: names.clone(),
-                lag: Arc::clone(&lag),
-                start: Arc::clone(&start),
-                seek_back: kafka.seek_back_messages,
-                changes: std::sync::Mutex::new(Vec::new()),
-            };
             let consumer: Inner = consumer_config(kafka, true)?
-                .create_with_context(context)
+                .create_with_context(SourceContext::new(&names, &lag, &start, kafka))
                 .map_err(KafkaSetupError::Client)?;
             let consumer = Arc::new(consumer);
             committer.push((vec![(*topic, name.clone())], Arc::clone(&consumer)));
@@ -719,6 +718,13 @@ impl KafkaSource {
             }
         }
     }
+}
+
+/// Each input topic with its name, and the topic of each name.
+fn topic_names(topics: &TopicsConfig) -> ([(InputTopic, String); 3], BTreeMap<String, InputTopic>) {
+    let named = InputTopic::ALL.map(|t| (t, input_topic_name(topics, t).to_string()));
+    let names = named.iter().map(|(t, n)| (n.clone(), *t)).collect();
+    (named, names)
 }
 
 /// Assigns every partition of one topic at its start position.

@@ -262,6 +262,7 @@ pub async fn run_observed(
         summary: RunSummary::default(),
         reporter: Reporter::new(progress, telemetry_tx, http_addr, started),
         effects: Vec::new(),
+        arrivals: Vec::new(),
         ending: BTreeMap::new(),
     };
     if let Some((windows_closed, positions)) = resumed_counters {

@@ -10,8 +10,11 @@ use shopstream_kafka::sink::{Publisher, dead_letter_headers};
 use shopstream_kafka::source::RecordMeta;
 use shopstream_trainer::Prediction;
 
+use super::shard::Effect;
 use super::source_loop::bump;
 use super::{PipelineError, RunSummary};
+use crate::latency::Histogram;
+use shopstream_drift::stage::Arrival;
 
 /// Tags under which the publisher counts acknowledged messages.
 const TAG_PREDICTION: &str = "prediction";
@@ -64,6 +67,48 @@ impl Outputs {
             a.window_start_ms,
         )
         .await
+    }
+
+    /// Carries out a shard's effects in the order it produced them: counts in `summary`,
+    /// predictions and dead letters published, each prediction's latency into `latency`
+    /// when kept, and the drift arrivals appended to `arrivals` in order (the caller hands
+    /// them on).
+    pub(super) async fn apply_effects(
+        &mut self,
+        summary: &mut RunSummary,
+        effects: &mut Vec<Effect>,
+        mut latency: Option<&mut Histogram>,
+        arrivals: &mut Vec<Arrival>,
+    ) -> Result<(), PipelineError> {
+        for effect in effects.drain(..) {
+            match effect {
+                Effect::Duplicate(topic) => bump(&mut summary.duplicates, topic.as_str()),
+                Effect::DeadLetter {
+                    meta,
+                    key,
+                    payload,
+                    rejection,
+                } => {
+                    self.counted_dead_letter(summary, meta, key.as_deref(), &payload, &rejection)
+                        .await?;
+                }
+                Effect::Predicted {
+                    prediction,
+                    received,
+                } => {
+                    summary.impressions += 1;
+                    self.prediction(&prediction).await?;
+                    if let Some(latency) = latency.as_deref_mut() {
+                        latency.record(received.elapsed());
+                    }
+                }
+                Effect::Admitted { topic, arrival } => {
+                    bump(&mut summary.valid, topic.as_str());
+                    arrivals.extend(arrival);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Counts a refused message in `summary` (per reason and per topic) and sends it to

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 
-use shopstream_config::Config;
+use shopstream_config::{Config, TopicsConfig};
 use shopstream_features::WindowOutput;
 use shopstream_ingest::decode::Rejection;
 use shopstream_ingest::event::InputTopic;
@@ -90,6 +90,8 @@ pub(super) struct Processor<'a> {
     pub(super) reporter: Reporter,
     /// The shard's effects of the message at hand (kept to reuse the allocation).
     pub(super) effects: Vec<Effect>,
+    /// Drift arrivals of the effects at hand (kept to reuse the allocation).
+    pub(super) arrivals: Vec<shopstream_drift::stage::Arrival>,
     /// Partitions whose end a shard worker has not confirmed yet, and whether they were
     /// assigned again meanwhile.
     pub(super) ending: BTreeMap<(InputTopic, i32), bool>,
@@ -363,35 +365,24 @@ impl Processor<'_> {
 
     /// Carries out the shard's effects, in the order it produced them.
     pub(super) async fn apply(&mut self, effects: &mut Vec<Effect>) -> Result<(), PipelineError> {
-        for effect in effects.drain(..) {
-            match effect {
-                Effect::Duplicate(topic) => bump(&mut self.summary.duplicates, topic.as_str()),
-                Effect::DeadLetter {
-                    meta,
-                    key,
-                    payload,
-                    rejection,
-                } => {
-                    self.dead_letter(meta, key.as_deref(), &payload, &rejection)
-                        .await?;
-                }
-                Effect::Predicted {
-                    prediction,
-                    received,
-                } => {
-                    self.summary.impressions += 1;
-                    self.outputs.prediction(&prediction).await?;
-                    self.reporter.latency.record(received.elapsed());
-                }
-                Effect::Admitted { topic, arrival } => {
-                    bump(&mut self.summary.valid, topic.as_str());
-                    if let Some(arrival) = arrival {
-                        self.global.arrival(arrival).await?;
-                    }
-                }
+        let mut arrivals = std::mem::take(&mut self.arrivals);
+        let applied = self
+            .outputs
+            .apply_effects(
+                &mut self.summary,
+                effects,
+                Some(&mut self.reporter.latency),
+                &mut arrivals,
+            )
+            .await;
+        let mut handed = Ok(());
+        for arrival in arrivals.drain(..) {
+            if handed.is_ok() {
+                handed = self.global.arrival(arrival).await;
             }
         }
-        Ok(())
+        self.arrivals = arrivals;
+        applied.and(handed)
     }
 
     /// Decides the held events of one partition (`None`: of all) and carries out what
@@ -545,19 +536,26 @@ impl Processor<'_> {
         // Offsets go into the commit records of the files written (none outside a
         // replay's range); shared by the window's tables.
         let offsets = if write {
-            let topics = &self.config.topics;
-            self.positions
-                .iter()
-                .map(|((topic, partition), offset)| {
-                    (
-                        format!("{}/{partition}", input_topic_name(topics, *topic)),
-                        *offset,
-                    )
-                })
-                .collect()
+            commit_offsets(&self.config.topics, &self.positions)
         } else {
             BTreeMap::new()
         };
         self.global.window(output, write, Arc::new(offsets)).await
     }
+}
+
+/// `positions` as the commit records of a window's files name them: `topic/partition`.
+pub(super) fn commit_offsets(
+    topics: &TopicsConfig,
+    positions: &Positions,
+) -> BTreeMap<String, i64> {
+    positions
+        .iter()
+        .map(|((topic, partition), offset)| {
+            (
+                format!("{}/{partition}", input_topic_name(topics, *topic)),
+                *offset,
+            )
+        })
+        .collect()
 }

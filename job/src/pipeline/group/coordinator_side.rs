@@ -19,7 +19,7 @@ use shopstream_ingest::decode::{Reason, Rejection};
 use shopstream_ingest::event::InputTopic;
 use shopstream_kafka::client::{ensure_topics, input_topic_name};
 use shopstream_kafka::log::{LogReader, LogWriter};
-use shopstream_kafka::source::{KafkaSource, SourceMessage};
+use shopstream_kafka::source::{KafkaSource, Positions, SourceMessage};
 use shopstream_trainer::Trainer;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -28,7 +28,7 @@ use super::super::global::GlobalStage;
 use super::super::global_worker::{GlobalHandle, GlobalView, GlobalWorker};
 use super::super::outputs::Outputs;
 use super::super::shard::{Consumed, Effect, ShardStage};
-use super::super::source_loop::bump;
+use super::super::source_loop::{bump, commit_offsets};
 use super::super::{PipelineError, Progress, RunSummary};
 use super::{GroupTopics, ShardMessage, log_options};
 
@@ -89,12 +89,9 @@ struct CoordinatorSide<'a> {
     inventory_done: bool,
     /// The final close's number, once published.
     final_seq: Option<u64>,
-    merged_final: bool,
     /// Next offset per inventory partition (the commit records' offsets).
-    positions: BTreeMap<String, i64>,
+    positions: Positions,
     windows_closed: u64,
-    /// Unused for serving (the inventory has no impressions).
-    model: Trainer,
     effects: Vec<Effect>,
     summary: RunSummary,
     /// The instance's live counters.
@@ -191,16 +188,14 @@ pub(super) async fn run(
         inputs,
         inventory_done: false,
         final_seq: None,
-        merged_final: false,
-        positions: BTreeMap::new(),
+        positions: Positions::new(),
         windows_closed: 0,
-        model: Trainer::new(&config.model),
         effects: Vec::new(),
         summary: RunSummary::default(),
         progress,
     };
     let outcome = loop {
-        if side.merged_final {
+        if side.merged_final() {
             break Ok(());
         }
         let step = tokio::select! {
@@ -299,6 +294,12 @@ async fn stop_run(closes: &mut LogWriter, error: &PipelineError) {
 }
 
 impl CoordinatorSide<'_> {
+    /// Whether the final close has been merged.
+    fn merged_final(&self) -> bool {
+        self.final_seq
+            .is_some_and(|last| self.queue.next_seq() > last)
+    }
+
     async fn on_inventory(&mut self, message: SourceMessage) -> Result<(), PipelineError> {
         match message {
             SourceMessage::Assigned(partitions) => {
@@ -314,10 +315,8 @@ impl CoordinatorSide<'_> {
                 received,
             } => {
                 bump(&mut self.summary.consumed, meta.topic.as_str());
-                self.positions.insert(
-                    format!("{}/{}", self.config.topics.inventory, meta.partition),
-                    meta.offset + 1,
-                );
+                self.positions
+                    .insert((meta.topic, meta.partition), meta.offset + 1);
                 let consumed = Consumed {
                     meta,
                     event,
@@ -326,7 +325,9 @@ impl CoordinatorSide<'_> {
                     received,
                 };
                 let mut effects = std::mem::take(&mut self.effects);
-                let handled = self.stage.on_event(consumed, &self.model, &mut effects);
+                // The inventory has no impressions: the model is never used here.
+                let model = self.global.serving_model();
+                let handled = self.stage.on_event(consumed, model, &mut effects);
                 let applied = self.apply(&mut effects).await;
                 self.effects = effects;
                 handled?;
@@ -346,7 +347,7 @@ impl CoordinatorSide<'_> {
                 let mut effects = std::mem::take(&mut self.effects);
                 let handled = self.stage.resolve_all_held(
                     Some((topic, partition)),
-                    &self.model,
+                    self.global.serving_model(),
                     &mut effects,
                 );
                 let applied = self.apply(&mut effects).await;
@@ -363,24 +364,12 @@ impl CoordinatorSide<'_> {
         Ok(())
     }
 
+    /// Carries out the inventory's effects (it has no impressions, so no arrivals).
     async fn apply(&mut self, effects: &mut Vec<Effect>) -> Result<(), PipelineError> {
-        for effect in effects.drain(..) {
-            match effect {
-                Effect::Duplicate(topic) => bump(&mut self.summary.duplicates, topic.as_str()),
-                Effect::DeadLetter {
-                    meta,
-                    key,
-                    payload,
-                    rejection,
-                } => {
-                    self.dead_letter(meta, key.as_deref(), &payload, &rejection)
-                        .await?;
-                }
-                Effect::Admitted { topic, .. } => bump(&mut self.summary.valid, topic.as_str()),
-                Effect::Predicted { .. } => {}
-            }
-        }
-        Ok(())
+        let mut none = Vec::new();
+        self.outputs
+            .apply_effects(&mut self.summary, effects, None, &mut none)
+            .await
     }
 
     async fn dead_letter(
@@ -471,9 +460,6 @@ impl CoordinatorSide<'_> {
                     self.window_closed(output).await?;
                 }
             }
-            if Some(seq) == self.final_seq {
-                self.merged_final = true;
-            }
         }
         Ok(())
     }
@@ -494,7 +480,7 @@ impl CoordinatorSide<'_> {
         self.windows_closed += 1;
         let windows = self.windows_closed;
         self.progress.send_modify(|p| p.windows_closed = windows);
-        let offsets = Arc::new(self.positions.clone());
+        let offsets = Arc::new(commit_offsets(&self.config.topics, &self.positions));
         self.global.window(output, true, offsets).await
     }
 

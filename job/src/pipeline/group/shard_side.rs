@@ -316,31 +316,15 @@ impl ShardSide<'_> {
 
     /// Carries out a stage's effects: outputs now, arrivals with the next progress.
     async fn apply(&mut self, p: i32, effects: &mut Vec<Effect>) -> Result<(), PipelineError> {
-        for effect in effects.drain(..) {
-            match effect {
-                Effect::Duplicate(topic) => bump(&mut self.summary.duplicates, topic.as_str()),
-                Effect::DeadLetter {
-                    meta,
-                    key,
-                    payload,
-                    rejection,
-                } => {
-                    self.dead_letter(meta, key.as_deref(), &payload, &rejection)
-                        .await?;
-                }
-                Effect::Predicted { prediction, .. } => {
-                    self.summary.impressions += 1;
-                    self.outputs.prediction(&prediction).await?;
-                }
-                Effect::Admitted { topic, arrival } => {
-                    bump(&mut self.summary.valid, topic.as_str());
-                    if let (Some(arrival), Some(held)) = (arrival, self.held.get_mut(&p)) {
-                        held.unsent.push(arrival);
-                    }
-                }
-            }
-        }
-        Ok(())
+        let mut none = Vec::new();
+        let arrivals = match self.held.get_mut(&p) {
+            Some(held) => &mut held.unsent,
+            // (Not reached: effects come from a held stage.)
+            None => &mut none,
+        };
+        self.outputs
+            .apply_effects(&mut self.summary, effects, None, arrivals)
+            .await
     }
 
     async fn dead_letter(
