@@ -63,6 +63,15 @@ impl Seen {
 
 /// One instance's source, running until `cancel`, recording into the returned [`Seen`].
 async fn instance(config: &Config, cancel: CancellationToken) -> Arc<Mutex<Seen>> {
+    instance_with_processor(config, cancel).await.0
+}
+
+/// [`instance`], with the task that processes (records) the source's messages: aborting
+/// it drops the source's receiver.
+async fn instance_with_processor(
+    config: &Config,
+    cancel: CancellationToken,
+) -> (Arc<Mutex<Seen>>, tokio::task::JoinHandle<()>) {
     let (source, _committer) =
         KafkaSource::connect_group(&config.kafka, &config.topics, Default::default())
             .await
@@ -77,7 +86,7 @@ async fn instance(config: &Config, cancel: CancellationToken) -> Arc<Mutex<Seen>
     tokio::spawn(source.run(tx, cancel, options));
     let seen = Arc::new(Mutex::new(Seen::default()));
     let record = Arc::clone(&seen);
-    tokio::spawn(async move {
+    let processor = tokio::spawn(async move {
         while let Some(message) = rx.recv().await {
             let mut seen = record.lock().unwrap();
             match message {
@@ -105,7 +114,7 @@ async fn instance(config: &Config, cancel: CancellationToken) -> Arc<Mutex<Seen>
             }
         }
     });
-    seen
+    (seen, processor)
 }
 
 async fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
@@ -116,11 +125,12 @@ async fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn instances_of_a_group_split_co_partitioned_topics_and_read_them_to_the_end() {
+/// Starts a broker with the click and order topics of `name`, [`PER_PARTITION`]
+/// undecodable messages in each partition.
+async fn broker_with_inputs(name: &str) -> (Broker, tempfile::TempDir, Config) {
     let broker = Broker::start();
     let store = tempfile::tempdir().unwrap();
-    let config = broker.config("group-source", store.path());
+    let config = broker.config(name, store.path());
     let inputs: Vec<String> = [&config.topics.clicks, &config.topics.orders]
         .map(String::clone)
         .to_vec();
@@ -145,6 +155,13 @@ async fn instances_of_a_group_split_co_partitioned_topics_and_read_them_to_the_e
             }
         }
     }
+
+    (broker, store, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_of_a_group_split_co_partitioned_topics_and_read_them_to_the_end() {
+    let (_broker, _store, config) = broker_with_inputs("group-source").await;
 
     let first_cancel = CancellationToken::new();
     let first = instance(&config, first_cancel.clone()).await;
@@ -179,4 +196,39 @@ async fn instances_of_a_group_split_co_partitioned_topics_and_read_them_to_the_e
     })
     .await;
     first_cancel.cancel();
+}
+
+/// Regression: a group source stopped only by its processor going away (the run's task
+/// aborted, no cancel) while every partition it held was read to its end waited for the
+/// next message forever, holding its partitions in the group; a bounded group run then
+/// never finished (seen in CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_whose_processor_is_gone_leaves_the_group_even_when_idle() {
+    let (_broker, _store, config) = broker_with_inputs("group-source-gone").await;
+    let first_cancel = CancellationToken::new();
+    let first = instance(&config, first_cancel.clone()).await;
+    wait_until("the only instance holds and reads all 8 partitions", || {
+        let seen = first.lock().unwrap();
+        seen.held.len() == 8 && seen.read_all_held()
+    })
+    .await;
+    let never = CancellationToken::new();
+    let (second, processor) = instance_with_processor(&config, never.clone()).await;
+    wait_until(
+        "the second instance reads its partitions to their end",
+        || {
+            let (a, b) = (first.lock().unwrap(), second.lock().unwrap());
+            a.held.len() == 4 && b.held.len() == 4 && a.read_all_held() && b.read_all_held()
+        },
+    )
+    .await;
+    // Idle now: nothing more to read. Its processor goes; the source is never cancelled.
+    processor.abort();
+    wait_until("the first instance holds and reads all 8 again", || {
+        let seen = first.lock().unwrap();
+        seen.held.len() == 8 && seen.read_all_held()
+    })
+    .await;
+    first_cancel.cancel();
+    drop(never);
 }

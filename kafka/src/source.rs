@@ -642,6 +642,9 @@ impl KafkaSource {
             };
             let (index, received) = tokio::select! {
                 _ = cancel.cancelled() => return Ok(stats),
+                // The processor is gone (stopped or dropped): so is the reason to hold
+                // partitions. An idle source would otherwise never notice.
+                () = tx.closed() => return Ok(stats),
                 still = changed => {
                     if !still {
                         return Err(SourceError::Group("the group membership ended".into()));

@@ -178,6 +178,8 @@ pub async fn run_observed(
         KafkaSource::connect(kafka, topics, &partitions, start, stop_at_end).await?;
 
     let cancel = CancellationToken::new();
+    // A run dropped without a shutdown (its task aborted) still stops what it spawned.
+    let _stop_on_drop = cancel.clone().drop_guard();
     let tracker = TaskTracker::new();
     let (telemetry_tx, telemetry_rx) = tokio::sync::watch::channel(Arc::new(Telemetry::default()));
     let http_addr = if config.http.enabled {

@@ -153,6 +153,9 @@ pub(super) async fn run(
     tracing::info!(group = %config.kafka.group_id, "group run: joined the trainer lease");
 
     let cancel = CancellationToken::new();
+    // A run dropped without a shutdown (its task aborted) still stops the tasks it
+    // spawned: a source left running would keep its partitions in the group forever.
+    let _stop_on_drop = cancel.clone().drop_guard();
     // Both sides count into it: the messages this instance consumed, the windows it wrote.
     let progress = Arc::new(progress);
     // Every instance serves with the initial model; the lease holder's shard side takes
