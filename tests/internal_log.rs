@@ -191,3 +191,35 @@ async fn a_record_no_writer_wrote_is_an_error_naming_its_offset() {
         other => panic!("expected a foreign-record error at offset 1, got {other:?}"),
     }
 }
+
+/// The model broadcast's topic (`shopstream_kafka::latest`): created compacted with one
+/// partition, a reader opened late reads every value from the start in order, and one
+/// opened early sees values as they come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latest_value_topic_gives_every_reader_the_values_in_order() {
+    use shopstream_kafka::latest::{LatestReader, LatestWriter};
+    let broker = Broker::start();
+    let store = tempfile::tempdir().unwrap();
+    let kafka = broker.config("latest", store.path()).kafka;
+    let topic = format!("{}.model", kafka.group_id);
+    let writer = LatestWriter::create(&kafka, &topic, "model").await.unwrap();
+    let mut early = LatestReader::open(&kafka, &topic).await.unwrap();
+    for value in [b"v1", b"v2"] {
+        writer.publish(value).await.unwrap();
+    }
+    let mut late = LatestReader::open(&kafka, &topic).await.unwrap();
+    writer.publish(b"v3").await.unwrap();
+    for reader in [&mut early, &mut late] {
+        for expected in [b"v1", b"v2", b"v3"] {
+            let value = tokio::time::timeout(Duration::from_secs(60), reader.next())
+                .await
+                .expect("a value within 60 s")
+                .unwrap();
+            assert_eq!(value, expected);
+        }
+    }
+    let counts = shopstream_kafka::client::partition_counts(&kafka, std::slice::from_ref(&topic))
+        .await
+        .unwrap();
+    assert_eq!(counts.get(&topic), Some(&1), "one partition");
+}

@@ -140,6 +140,11 @@ async fn one_worker_and_two_workers_write_the_same_store_and_model() {
 /// instance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_whose_partitions_move_writes_the_store_and_model_of_one_instance() {
+    // On failure, what the instances logged (the model broadcast at debug) is in the output.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("shopstream_job=info,shopstream_job::pipeline::group=debug")
+        .with_test_writer()
+        .try_init();
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let base = broker.config("group-run", &dir.path().join("unused"));
@@ -176,13 +181,14 @@ async fn a_group_whose_partitions_move_writes_the_store_and_model_of_one_instanc
             .unwrap_or_else(|_| panic!("{what}: the instance ended first"));
     };
     let (first, first_progress) = start(group.clone());
+    let first_watch = first_progress.clone();
     wait(first_progress, "the first instance closes windows", |p| {
         p.windows_closed >= 5
     })
     .await;
     let joined = std::time::Instant::now();
     let (second, second_progress) = start(group.clone());
-    let (third, _) = start(group.clone());
+    let (third, third_progress) = start(group.clone());
     wait(second_progress, "the second instance reads", |p| {
         p.consumed >= 500
     })
@@ -193,6 +199,71 @@ async fn a_group_whose_partitions_move_writes_the_store_and_model_of_one_instanc
     );
     // Stopped without a goodbye beyond leaving the group: what it sent stays valid.
     second.abort();
+    // The model broadcast reaches an instance that does not train, and each instance's
+    // endpoints show its role, its partitions and the model it serves with.
+    let third_watch = third_progress.clone();
+    wait(
+        third_progress,
+        "the third instance serves a broadcast model",
+        |p| p.serving_model_version > 0,
+    )
+    .await;
+    let scrape = |watch: &tokio::sync::watch::Receiver<shopstream_job::pipeline::Progress>| {
+        let addr = watch
+            .borrow()
+            .http_addr
+            .expect("group instances serve HTTP");
+        async move {
+            // (A blocking read on a runtime thread could starve the server it waits for.)
+            let (status, body) =
+                tokio::task::spawn_blocking(move || support::http_get(addr, "/metrics"))
+                    .await
+                    .unwrap();
+            assert!(status.contains("200"), "{status}");
+            body
+        }
+    };
+    let (coordinating, other) = (scrape(&first_watch).await, scrape(&third_watch).await);
+    assert!(
+        coordinating.contains("shopstream_role{role=\"global\""),
+        "{coordinating}"
+    );
+    assert!(
+        !other.contains("shopstream_role{role=\"global\""),
+        "{other}"
+    );
+    assert!(other.contains("shopstream_role{role=\"shard\"}"), "{other}");
+    assert!(
+        support::metric(&other, "shopstream_serving_model_version") > 0,
+        "{other}"
+    );
+    assert!(
+        other.contains("shopstream_model_broadcast_delay_seconds "),
+        "{other}"
+    );
+    // Ownership settles after the abort's rebalance: the two hold every click and order
+    // partition, none twice.
+    let owned = |body: &str| -> std::collections::BTreeSet<String> {
+        body.lines()
+            .filter(|l| l.starts_with("shopstream_partition_owned{"))
+            .map(|l| l.split(' ').next().unwrap_or_default().to_string())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (a, b) = (
+            owned(&scrape(&first_watch).await),
+            owned(&scrape(&third_watch).await),
+        );
+        if a.is_disjoint(&b) && a.len() + b.len() == 8 && !b.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ownership settles within 60 s: {a:?} {b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let (first, third) = tokio::time::timeout(Duration::from_secs(600), async {
         tokio::join!(first, third)
     })

@@ -227,8 +227,10 @@ pub struct PipelineConfig {
     /// group assigns it, and the instance that holds the trainer lease also reads the
     /// inventory, decides which windows close, trains and writes the store and the model,
     /// from what the others send on the internal topics `<group>.shards` and
-    /// `<group>.closes` (docs/scale-out.md). Outputs are the same; each bounded run in
-    /// group mode needs a group id of its own.
+    /// `<group>.closes` (docs/scale-out.md). It broadcasts each model (by reference on
+    /// `<group>.model`, files under the checkpoint directory, which every instance must
+    /// reach) and every instance serves with the newest. Outputs are the same; each
+    /// bounded run in group mode needs a group id of its own.
     pub instances: Instances,
     /// How long an event id is remembered for duplicate suppression, in seconds of event
     /// time after the newest event of its partition.

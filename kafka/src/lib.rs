@@ -16,12 +16,15 @@
 //!   assigned consumers): the lease's election and an instance's share of the input.
 //! - [`log`]: an internal one-partition topic as an ordered log of messages of any size
 //!   (split into fragments and put together again), the topic transport of scale-out.
+//! - [`latest`]: a compacted one-partition internal topic holding the latest value of one
+//!   key, the model broadcast of scale-out.
 //! - [`sink`]: asynchronous producers with delivery tracking (predictions, alerts, dead
 //!   letters, generated traffic): a message only counts as published once the broker
 //!   acknowledged it.
 
 pub mod client;
 pub mod embedded;
+pub mod latest;
 pub mod lease;
 pub mod log;
 pub mod membership;

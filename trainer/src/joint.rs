@@ -665,8 +665,27 @@ impl JointModel {
     /// `None` when a block is missing or has the wrong length for `config`.
     pub fn from_blocks(
         config: JointConfig,
+        blocks: std::collections::BTreeMap<String, Vec<f64>>,
+        counters: (u64, u64, f64, f64),
+    ) -> Option<Self> {
+        Self::build_from_blocks(config, blocks, counters, false)
+    }
+
+    /// Like [`JointModel::from_blocks`] for a [`JointModel::serving_copy`]'s blocks (its
+    /// optimiser blocks empty): a model to predict with, never to train.
+    pub fn serving_from_blocks(
+        config: JointConfig,
+        blocks: std::collections::BTreeMap<String, Vec<f64>>,
+        counters: (u64, u64, f64, f64),
+    ) -> Option<Self> {
+        Self::build_from_blocks(config, blocks, counters, true)
+    }
+
+    fn build_from_blocks(
+        config: JointConfig,
         mut blocks: std::collections::BTreeMap<String, Vec<f64>>,
         counters: (u64, u64, f64, f64),
+        serving: bool,
     ) -> Option<Self> {
         let mut model = JointModel::new(config);
         let mut take = |name: &str, len: usize| -> Option<Vec<f64>> {
@@ -677,17 +696,19 @@ impl JointModel {
             model.embedding.len(),
             model.demand.len(),
         );
+        // A serving copy's optimiser blocks are empty.
+        let (op, oe, od) = if serving { (0, 0, 0) } else { (p, e, d) };
         model.params = take("params", p)?;
         model.embedding = take("embedding", e)?;
-        model.adam_m = take("adam_m", p)?;
-        model.adam_v = take("adam_v", p)?;
-        model.emb_m = take("emb_m", e)?;
-        model.emb_v = take("emb_v", e)?;
+        model.adam_m = take("adam_m", op)?;
+        model.adam_v = take("adam_v", op)?;
+        model.emb_m = take("emb_m", oe)?;
+        model.emb_v = take("emb_v", oe)?;
         model.normaliser.mean = take("normaliser_mean", DENSE)?;
         model.normaliser.m2 = take("normaliser_m2", DENSE)?;
         model.demand = take("demand", d)?;
-        model.demand_m = take("demand_m", d)?;
-        model.demand_v = take("demand_v", d)?;
+        model.demand_m = take("demand_m", od)?;
+        model.demand_v = take("demand_v", od)?;
         model.demand_normaliser.mean = take("demand_normaliser_mean", DEMAND_DENSE)?;
         model.demand_normaliser.m2 = take("demand_normaliser_m2", DEMAND_DENSE)?;
         (

@@ -113,6 +113,16 @@ impl Trainer {
 
     /// Reads a model file written by [`Trainer::save`].
     pub fn load(path: &Path) -> Result<(Trainer, ModelHeader), ModelFileError> {
+        Self::load_as(path, false)
+    }
+
+    /// Reads a model file written by [`Trainer::save`] of a [`Trainer::serving_copy`]
+    /// (no optimiser state): a model to serve with, never to train.
+    pub fn load_serving(path: &Path) -> Result<(Trainer, ModelHeader), ModelFileError> {
+        Self::load_as(path, true)
+    }
+
+    fn load_as(path: &Path, serving: bool) -> Result<(Trainer, ModelHeader), ModelFileError> {
         let file = std::fs::File::open(path).map_err(io(path))?;
         let mut input = BufReader::new(file);
         let header = read_header_from(path, &mut input)?;
@@ -134,8 +144,12 @@ impl Trainer {
             header.normaliser_counts.0,
             header.normaliser_counts.1,
         );
-        let model = JointModel::from_blocks(header.config, blocks, counters)
-            .ok_or_else(|| format(path, "blocks do not match the configuration"))?;
+        let model = if serving {
+            JointModel::serving_from_blocks(header.config, blocks, counters)
+        } else {
+            JointModel::from_blocks(header.config, blocks, counters)
+        }
+        .ok_or_else(|| format(path, "blocks do not match the configuration"))?;
         let trainer = Trainer::from_model(
             model,
             header.model_version,
@@ -187,5 +201,22 @@ mod tests {
         assert!(err.to_string().contains("truncated"), "{err}");
         std::fs::write(&path, b"hello\n").expect("write");
         assert!(Trainer::load(&path).is_err());
+    }
+
+    #[test]
+    fn a_serving_copy_loads_only_as_a_serving_model() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("serving.bin");
+        let serving = Trainer::new(&ModelConfig {
+            embedding_bits: 8,
+            ..ModelConfig::default()
+        })
+        .serving_copy();
+        serving.save(&path).expect("save");
+        let (loaded, _) = Trainer::load_serving(&path).expect("load as serving");
+        assert_eq!(loaded.model_bytes(), serving.model_bytes());
+        // Without optimiser state it must never be trained: the training load refuses it.
+        let err = Trainer::load(&path).expect_err("a serving copy is not a training model");
+        assert!(err.to_string().contains("blocks do not match"), "{err}");
     }
 }

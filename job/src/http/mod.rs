@@ -63,6 +63,12 @@ pub struct Telemetry {
     pub owned_partitions: Vec<(shopstream_ingest::event::InputTopic, i32)>,
     /// How the global stage runs: `inline` (one worker) or `own` (a thread of its own).
     pub global_stage_threads: &'static str,
+    /// Whether this instance runs the global stage: always with `pipeline.instances =
+    /// "one"`; in a group, only the instance holding the trainer lease.
+    pub global_role: bool,
+    /// In a group: delay between the coordinator broadcasting the model this instance
+    /// serves with and this instance taking it, ms (none before the first broadcast).
+    pub model_broadcast_delay_ms: Option<i64>,
     /// Latest drift statistics and alert counters (empty when `drift.enabled` is off).
     pub drift: shopstream_drift::stage::DriftGauges,
     /// Messages behind each input partition's high watermark (librdkafka statistics,
@@ -87,6 +93,8 @@ impl Default for Telemetry {
             serving_model_version: 0,
             owned_partitions: Vec::new(),
             global_stage_threads: "inline",
+            global_role: true,
+            model_broadcast_delay_ms: None,
             drift: Default::default(),
             consumer_lag: BTreeMap::new(),
             prediction_latency: Histogram::new(PREDICTION_LATENCY_BOUNDS),

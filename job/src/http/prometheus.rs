@@ -127,15 +127,24 @@ pub fn render(t: &Telemetry) -> String {
     family(
         "shopstream_role",
         "gauge",
-        "1 for each role this instance holds: shard (its partitions) and global (training, drift, store files); `threads` says how the global stage runs.",
-        vec![
-            ("{role=\"shard\"}".to_string(), 1.0),
-            (
-                format!("{{role=\"global\",threads=\"{}\"}}", t.global_stage_threads),
-                1.0,
-            ),
-        ],
+        "1 for each role this instance holds: shard (its partitions) and global (training, drift, store files; in a group, only the trainer lease holder); `threads` says how the global stage runs.",
+        std::iter::once(("{role=\"shard\"}".to_string(), 1.0))
+            .chain(t.global_role.then(|| {
+                (
+                    format!("{{role=\"global\",threads=\"{}\"}}", t.global_stage_threads),
+                    1.0,
+                )
+            }))
+            .collect(),
     );
+    if let Some(delay) = t.model_broadcast_delay_ms {
+        family(
+            "shopstream_model_broadcast_delay_seconds",
+            "gauge",
+            "In a group: time from the coordinator broadcasting the serving model to this instance taking it (the model broadcast delay).",
+            one(delay as f64 / 1_000.0),
+        );
+    }
     family(
         "shopstream_consumer_lag_messages",
         "gauge",

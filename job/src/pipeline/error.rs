@@ -42,6 +42,9 @@ pub enum PipelineError {
     /// Group mode: an internal topic could not be written or read.
     #[error(transparent)]
     InternalTopic(Box<shopstream_kafka::log::LogError>),
+    /// Group mode: the model broadcast topic could not be written or read.
+    #[error(transparent)]
+    ModelBroadcast(Box<shopstream_kafka::latest::LatestError>),
     /// Group mode: the trainer lease could not be joined.
     #[error(transparent)]
     Lease(Box<shopstream_kafka::lease::LeaseError>),
@@ -62,6 +65,12 @@ pub enum PipelineError {
 impl From<shopstream_kafka::log::LogError> for PipelineError {
     fn from(e: shopstream_kafka::log::LogError) -> Self {
         Self::InternalTopic(Box::new(e))
+    }
+}
+
+impl From<shopstream_kafka::latest::LatestError> for PipelineError {
+    fn from(e: shopstream_kafka::latest::LatestError) -> Self {
+        Self::ModelBroadcast(Box::new(e))
     }
 }
 

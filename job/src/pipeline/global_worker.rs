@@ -41,7 +41,7 @@ pub(super) const QUEUED_MESSAGES: usize = 8;
 
 /// The model is published for serving (and the view refreshed) after a window, at most
 /// this often.
-const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+pub(super) const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Drift evidence of this many admitted events goes to the global thread in one message.
 const ARRIVAL_BATCH: usize = 4_096;

@@ -102,6 +102,8 @@ pub struct Progress {
     pub windows_closed: u64,
     /// Where the HTTP endpoints listen, when enabled.
     pub http_addr: Option<std::net::SocketAddr>,
+    /// Version of the model predictions are served with (group runs; 0: the initial).
+    pub serving_model_version: u64,
 }
 
 /// Like [`run`], publishing [`Progress`] to `progress` as the job goes.

@@ -99,6 +99,7 @@ impl Reporter {
             impressions: view.summary.impressions,
             windows_closed: view.summary.windows_closed,
             http_addr: self.http_addr,
+            serving_model_version: view.serving_model_version,
         };
         self.progress.send_if_modified(|p| {
             let changed = *p != progress;
@@ -118,6 +119,8 @@ impl Reporter {
             serving_model_version: view.serving_model_version,
             owned_partitions: view.owned_partitions,
             global_stage_threads: view.global_stage_threads,
+            global_role: true,
+            model_broadcast_delay_ms: None,
             drift: view.global.drift,
             consumer_lag,
             prediction_latency: self.latency.clone(),

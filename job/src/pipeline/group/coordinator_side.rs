@@ -25,12 +25,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::super::global::GlobalStage;
-use super::super::global_worker::{GlobalHandle, GlobalView, GlobalWorker};
+use super::super::global_worker::{GlobalHandle, GlobalView, GlobalWorker, PUBLISH_EVERY};
 use super::super::outputs::Outputs;
 use super::super::shard::{Consumed, Effect, ShardStage};
 use super::super::source_loop::{bump, commit_offsets};
 use super::super::{PipelineError, Progress, RunSummary};
-use super::{GroupTopics, ShardMessage, log_options};
+use super::{GroupTopics, ShardMessage, SharedStatus, log_options, model_broadcast, update_status};
 
 /// What the coordinator adds to the instance's run summary.
 pub(super) struct CoordinatorSummary {
@@ -96,6 +96,12 @@ struct CoordinatorSide<'a> {
     summary: RunSummary,
     /// The instance's live counters.
     progress: Arc<watch::Sender<Progress>>,
+    /// The models this instance serves with (and broadcasts): with the global stage
+    /// inline, this side publishes them, at most every [`PUBLISH_EVERY`].
+    models: watch::Sender<Arc<Trainer>>,
+    published: Option<std::time::Instant>,
+    /// What the instance's endpoints show.
+    status: SharedStatus,
 }
 
 /// Runs the coordinator until the final close is merged and the store and model are
@@ -106,6 +112,7 @@ pub(super) async fn run(
     mut held: watch::Receiver<bool>,
     models_tx: watch::Sender<Arc<Trainer>>,
     progress: Arc<watch::Sender<Progress>>,
+    status: SharedStatus,
     cancel: CancellationToken,
 ) -> Result<CoordinatorSummary, PipelineError> {
     let store = super::super::open_store(config)?;
@@ -148,6 +155,7 @@ pub(super) async fn run(
     )?;
     if let Some(mut models) = global.models() {
         // This instance's shards serve with each model the global stage publishes.
+        let models_tx = models_tx.clone();
         tokio::spawn(async move {
             while models.changed().await.is_ok() {
                 let newest = Arc::clone(&models.borrow_and_update());
@@ -157,6 +165,22 @@ pub(super) async fn run(
             }
         });
     }
+    // Every other instance gets them through the broadcast; it ends with this side.
+    let broadcast = cancel.child_token();
+    let _stop_broadcast = broadcast.clone().drop_guard();
+    tokio::spawn({
+        let publish = model_broadcast::publish(
+            config.clone(),
+            topics.model.clone(),
+            models_tx.subscribe(),
+            broadcast,
+        );
+        async move {
+            if let Err(e) = publish.await {
+                tracing::error!(error = %e, "model broadcast: cannot publish; the other instances serve with the models they have");
+            }
+        }
+    });
     let mut pipeline = FeaturePipeline::new(&config.pipeline);
     let mut inputs = BTreeSet::new();
     for topic in [InputTopic::Clicks, InputTopic::Orders] {
@@ -193,6 +217,9 @@ pub(super) async fn run(
         effects: Vec::new(),
         summary: RunSummary::default(),
         progress,
+        models: models_tx,
+        published: None,
+        status,
     };
     let outcome = loop {
         if side.merged_final() {
@@ -358,7 +385,10 @@ impl CoordinatorSide<'_> {
                     .windowing_mut()
                     .partition_at_end(topic, partition);
             }
-            SourceMessage::CaughtUp => self.inventory_done = true,
+            SourceMessage::CaughtUp => {
+                self.inventory_done = true;
+                update_status(&self.status, |s| s.coordinator_ready = true);
+            }
             SourceMessage::Revoked(_) => {}
         }
         Ok(())
@@ -481,7 +511,20 @@ impl CoordinatorSide<'_> {
         let windows = self.windows_closed;
         self.progress.send_modify(|p| p.windows_closed = windows);
         let offsets = Arc::new(commit_offsets(&self.config.topics, &self.positions));
-        self.global.window(output, true, offsets).await
+        self.global.window(output, true, offsets).await?;
+        let due = self
+            .published
+            .is_none_or(|at| at.elapsed() >= PUBLISH_EVERY);
+        if self.global.models().is_none() && due {
+            // Inline: no thread publishes the model, so this side does (a copy per
+            // interval, not per window).
+            let model = self.global.serving_model();
+            if model.version() > self.models.borrow().version() {
+                self.models.send_replace(Arc::new(model.serving_copy()));
+            }
+            self.published = Some(std::time::Instant::now());
+        }
+        Ok(())
     }
 
     /// The end of the run: the store compacted, every write durable, the model written.

@@ -14,23 +14,27 @@
 //! leaves the group (its partitions move to the others) and exits 0. Shutdown of the
 //! coordinating instance stops the run on every instance.
 //!
-//! Not built yet (steps 3 and 4 of docs/scale-out.md): live runs, checkpoints and offset
-//! commits (a bounded group run starts from the beginning of the topics, so each needs a
-//! group id of its own), failover of the lease, the model broadcast (instances other than
-//! the lease holder serve with the initial model), and the HTTP endpoints.
+//! Every instance serves with the newest model the coordinator broadcasts
+//! ([`model_broadcast`]) and serves `/metrics` and `/readyz` for its roles.
+//!
+//! Not built yet (step 3 of docs/scale-out.md): live runs, checkpoints and offset commits
+//! (a bounded group run starts from the beginning of the topics, so each needs a group id
+//! of its own), and failover of the lease.
 
 mod coordinator_side;
+mod model_broadcast;
 mod shard_side;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use shopstream_config::{Config, KafkaConfig};
 use shopstream_drift::stage::Arrival;
 use shopstream_features::protocol::ToCoordinator;
 use shopstream_ingest::decode::DecodeLimits;
+use shopstream_ingest::event::InputTopic;
 use shopstream_kafka::client::ensure_topics;
 use shopstream_kafka::lease::{Lease, LeaseOptions};
 use shopstream_kafka::log::{DEFAULT_FRAGMENT_BYTES, LogOptions};
@@ -42,6 +46,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{PipelineError, Progress, RunOptions, RunSummary};
+use crate::http::Telemetry;
 
 /// Drift arrivals of partition number `partition`, numbered from `first` in the order the
 /// partition's owner admitted them. A new owner that replays the partition sends them
@@ -56,6 +61,107 @@ pub(super) struct Arrivals {
 /// What the shard side sends the coordinator.
 pub(super) type ShardMessage = ToCoordinator<Arrivals>;
 
+/// What an instance's endpoints show in a group run, kept up to date by both sides.
+#[derive(Debug, Default)]
+pub(super) struct Status {
+    /// The click and order partitions this instance holds.
+    owned: Vec<(InputTopic, i32)>,
+    /// The shard role is ready: it holds partitions and has read each to its end since
+    /// it was assigned (a partition that moves here is replayed first).
+    shard_ready: bool,
+    /// The coordinator role is ready: it has read the inventory to its end.
+    coordinator_ready: bool,
+    /// The shard side's counters.
+    shard: RunSummary,
+}
+
+/// [`Status`], shared by the sides and the telemetry task.
+pub(super) type SharedStatus = Arc<std::sync::Mutex<Status>>;
+
+/// Runs `f` on the shared status (a poisoned lock only means a panicked side; its run
+/// fails on its own).
+pub(super) fn update_status(status: &SharedStatus, f: impl FnOnce(&mut Status)) {
+    if let Ok(mut status) = status.lock() {
+        f(&mut status);
+    }
+}
+
+/// How often the endpoints' telemetry is refreshed in a group run.
+const TELEMETRY_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// What feeds an instance's endpoints in a group run.
+struct TelemetrySources {
+    status: SharedStatus,
+    progress: watch::Receiver<Progress>,
+    models: watch::Receiver<Arc<Trainer>>,
+    coordinating: Arc<AtomicBool>,
+    broadcast_delay_ms: Arc<AtomicI64>,
+    global_stage_threads: &'static str,
+}
+
+impl TelemetrySources {
+    /// The telemetry as of now. Ready: the shard role is, and so is the coordinator role
+    /// when this instance holds it.
+    fn snapshot(&self) -> Telemetry {
+        let coordinating = self.coordinating.load(Ordering::SeqCst);
+        let (owned, shard_ready, coordinator_ready, mut summary) = match self.status.lock() {
+            Ok(s) => (
+                s.owned.clone(),
+                s.shard_ready,
+                s.coordinator_ready,
+                s.shard.clone(),
+            ),
+            Err(_) => Default::default(),
+        };
+        let progress = *self.progress.borrow();
+        let serving = self.models.borrow().version();
+        summary.windows_closed = progress.windows_closed;
+        summary.model_version = serving;
+        let delay = self.broadcast_delay_ms.load(Ordering::Relaxed);
+        Telemetry {
+            summary,
+            ready: shard_ready && (!coordinating || coordinator_ready),
+            serving_model_version: serving,
+            owned_partitions: owned,
+            global_stage_threads: self.global_stage_threads,
+            global_role: coordinating,
+            model_broadcast_delay_ms: (delay >= 0).then_some(delay),
+            ..Telemetry::default()
+        }
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` for this instance (when `http.enabled`)
+/// until `cancel`, refreshing the telemetry every [`TELEMETRY_EVERY`].
+async fn serve_http(
+    config: &Config,
+    sources: TelemetrySources,
+    cancel: &CancellationToken,
+) -> Result<Option<std::net::SocketAddr>, PipelineError> {
+    if !config.http.enabled {
+        return Ok(None);
+    }
+    let (tx, rx) = watch::channel(Arc::new(sources.snapshot()));
+    let (addr, _task) = crate::http::serve(&config.http.listen, rx, cancel.clone())
+        .await
+        .map_err(|source| PipelineError::Http {
+            listen: config.http.listen.clone(),
+            source,
+        })?;
+    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    let cancel = cancel.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(TELEMETRY_EVERY) => {}
+            }
+            tx.send_replace(Arc::new(sources.snapshot()));
+        }
+    });
+    Ok(Some(addr))
+}
+
 /// The internal topics of a group.
 #[derive(Debug, Clone)]
 pub(super) struct GroupTopics {
@@ -65,6 +171,8 @@ pub(super) struct GroupTopics {
     closes: String,
     /// The trainer lease.
     lease: String,
+    /// The model broadcast (compacted): references to the newest model.
+    model: String,
 }
 
 impl GroupTopics {
@@ -74,6 +182,7 @@ impl GroupTopics {
             shards: format!("{group}.shards"),
             closes: format!("{group}.closes"),
             lease: format!("{group}.lease"),
+            model: format!("{group}.model"),
         }
     }
 }
@@ -158,15 +267,53 @@ pub(super) async fn run(
     let _stop_on_drop = cancel.clone().drop_guard();
     // Both sides count into it: the messages this instance consumed, the windows it wrote.
     let progress = Arc::new(progress);
-    // Every instance serves with the initial model; the lease holder's shard side takes
-    // each model its global stage publishes.
+    // Every instance serves with the newest model it has: the lease holder's shard side
+    // takes each model its global stage publishes, every instance each model broadcast.
     let (models_tx, models) = watch::channel(Arc::new(Trainer::new(&config.model)));
+    let broadcast_delay_ms = Arc::new(AtomicI64::new(-1));
+    tokio::spawn({
+        let follow = model_broadcast::follow(
+            config.clone(),
+            topics.model.clone(),
+            models_tx.clone(),
+            Arc::clone(&broadcast_delay_ms),
+            cancel.child_token(),
+        );
+        async move {
+            if let Err(e) = follow.await {
+                // Serving goes on with the model this instance has; the outputs do not
+                // depend on it.
+                tracing::error!(error = %e, "model broadcast: cannot follow; serving with the model held");
+            }
+        }
+    });
+    let status = SharedStatus::default();
+    let coordinating = Arc::new(AtomicBool::new(false));
+    let http_addr = serve_http(
+        config,
+        TelemetrySources {
+            status: Arc::clone(&status),
+            progress: progress.subscribe(),
+            models: models.clone(),
+            coordinating: Arc::clone(&coordinating),
+            broadcast_delay_ms: Arc::clone(&broadcast_delay_ms),
+            global_stage_threads: if config.pipeline.worker_threads() > 1 {
+                "own"
+            } else {
+                "inline"
+            },
+        },
+        &cancel,
+    )
+    .await?;
+    progress.send_modify(|p| p.http_addr = http_addr);
     let shard_done = CancellationToken::new();
     let shard = {
         let cancel = cancel.clone();
         let shard_done = shard_done.clone();
         let topics = topics.clone();
         let progress = Arc::clone(&progress);
+        let status = Arc::clone(&status);
         async move {
             let result = shard_side::run(
                 config,
@@ -174,6 +321,7 @@ pub(super) async fn run(
                 &partitions,
                 models,
                 progress,
+                status,
                 cancel.clone(),
             )
             .await;
@@ -184,12 +332,12 @@ pub(super) async fn run(
             result
         }
     };
-    let coordinating = Arc::new(AtomicBool::new(false));
     let coordinator = {
         let coordinating = Arc::clone(&coordinating);
         let cancel = cancel.clone();
         let topics = topics.clone();
         let progress = Arc::clone(&progress);
+        let status = Arc::clone(&status);
         let mut held = lease.held();
         async move {
             loop {
@@ -209,9 +357,16 @@ pub(super) async fn run(
             }
             tracing::info!("this instance holds the trainer lease: coordinating the group");
             coordinating.store(true, Ordering::SeqCst);
-            let result =
-                coordinator_side::run(config, &topics, held, models_tx, progress, cancel.clone())
-                    .await;
+            let result = coordinator_side::run(
+                config,
+                &topics,
+                held,
+                models_tx,
+                progress,
+                status,
+                cancel.clone(),
+            )
+            .await;
             if result.is_err() {
                 cancel.cancel();
             }
@@ -248,4 +403,49 @@ pub(super) async fn run(
     summary.reached_end = !stopped;
     summary.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources(status: Status, coordinating: bool) -> TelemetrySources {
+        let (_progress_tx, progress) = watch::channel(Progress::default());
+        let model = Trainer::new(&shopstream_config::ModelConfig {
+            embedding_bits: 4,
+            ..Default::default()
+        });
+        let (_models_tx, models) = watch::channel(Arc::new(model));
+        TelemetrySources {
+            status: Arc::new(std::sync::Mutex::new(status)),
+            progress,
+            models,
+            coordinating: Arc::new(AtomicBool::new(coordinating)),
+            broadcast_delay_ms: Arc::new(AtomicI64::new(-1)),
+            global_stage_threads: "own",
+        }
+    }
+
+    #[test]
+    fn readiness_is_per_role_and_the_global_role_shows_only_on_the_lease_holder() {
+        let shard_ready = || Status {
+            owned: vec![(InputTopic::Clicks, 0), (InputTopic::Orders, 0)],
+            shard_ready: true,
+            ..Status::default()
+        };
+        let shard = sources(shard_ready(), false).snapshot();
+        assert!(shard.ready && !shard.global_role);
+        assert_eq!(shard.owned_partitions.len(), 2);
+        assert_eq!(shard.model_broadcast_delay_ms, None);
+        // The lease holder also waits for the inventory.
+        let coordinator = sources(shard_ready(), true).snapshot();
+        assert!(!coordinator.ready && coordinator.global_role);
+        let both = Status {
+            coordinator_ready: true,
+            ..shard_ready()
+        };
+        assert!(sources(both, true).snapshot().ready);
+        // Partitions still replaying (or none held yet): not ready.
+        assert!(!sources(Status::default(), false).snapshot().ready);
+    }
 }

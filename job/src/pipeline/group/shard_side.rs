@@ -27,10 +27,14 @@ use super::super::outputs::Outputs;
 use super::super::shard::{Consumed, Effect, ShardStage};
 use super::super::source_loop::bump;
 use super::super::{PipelineError, Progress, RunSummary};
-use super::{Arrivals, GroupTopics, ShardMessage, log_options};
+use super::{Arrivals, GroupTopics, ShardMessage, SharedStatus, log_options, update_status};
 
 /// Source messages handled before progress is sent even if more are queued.
 const PROGRESS_EVERY: usize = 1_024;
+
+/// The endpoints' status (a copy of the counters) is refreshed at most this often: the
+/// endpoints refresh every 500 ms, and progress goes out far more often than that.
+const STATUS_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// One partition number held: its stage and what it has sent.
 struct Held {
@@ -64,6 +68,9 @@ struct ShardSide<'a> {
     summary: RunSummary,
     /// The instance's live counters.
     progress: Arc<watch::Sender<Progress>>,
+    /// What the instance's endpoints show, and when it was last updated.
+    status: SharedStatus,
+    status_at: Option<std::time::Instant>,
 }
 
 /// Runs the shard side until the final close is answered for every partition held.
@@ -73,6 +80,7 @@ pub(super) async fn run(
     partitions: &BTreeMap<String, i32>,
     mut models: watch::Receiver<Arc<Trainer>>,
     progress: Arc<watch::Sender<Progress>>,
+    status: SharedStatus,
     cancel: CancellationToken,
 ) -> Result<RunSummary, PipelineError> {
     let mut pipeline = FeaturePipeline::new(&config.pipeline);
@@ -104,6 +112,8 @@ pub(super) async fn run(
         effects: Vec::new(),
         summary: RunSummary::default(),
         progress,
+        status,
+        status_at: None,
     };
     let mut since_progress = 0usize;
     let outcome = loop {
@@ -221,10 +231,15 @@ impl ShardSide<'_> {
         }
     }
 
-    async fn on_message(&mut self, message: SourceMessage) -> Result<(), PipelineError> {
+    /// Serves with the newest model this instance holds.
+    fn take_newest_model(&mut self) {
         if self.models.has_changed().unwrap_or(false) {
             self.serving = Arc::clone(&self.models.borrow_and_update());
         }
+    }
+
+    async fn on_message(&mut self, message: SourceMessage) -> Result<(), PipelineError> {
+        self.take_newest_model();
         match message {
             SourceMessage::Assigned(partitions) => {
                 for (topic, p) in partitions {
@@ -358,12 +373,30 @@ impl ShardSide<'_> {
                 });
             }
         }
+        // (Also when no message came: a side waiting for closes reports what it serves.)
+        self.take_newest_model();
         let consumed = self.summary.consumed.values().sum();
         let impressions = self.summary.impressions;
+        let serving = self.serving.version();
         self.progress.send_modify(|p| {
             p.consumed = consumed;
             p.impressions = impressions;
+            p.serving_model_version = serving;
         });
+        if self.status_at.is_none_or(|at| at.elapsed() >= STATUS_EVERY) {
+            self.status_at = Some(std::time::Instant::now());
+            let owned = self
+                .held
+                .keys()
+                .flat_map(|p| [(InputTopic::Clicks, *p), (InputTopic::Orders, *p)])
+                .collect();
+            let ready = !self.held.is_empty() && self.held.values().all(|h| h.at_end.len() == 2);
+            update_status(&self.status, |s| {
+                s.owned = owned;
+                s.shard_ready = ready;
+                s.shard.clone_from(&self.summary);
+            });
+        }
         let released = std::mem::take(&mut self.released);
         if !report.is_empty() || !released.is_empty() || !arrivals.is_empty() {
             let progress: ShardMessage = ToCoordinator::Progress {
