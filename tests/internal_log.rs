@@ -222,4 +222,19 @@ async fn a_latest_value_topic_gives_every_reader_the_values_in_order() {
         .await
         .unwrap();
     assert_eq!(counts.get(&topic), Some(&1), "one partition");
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &kafka.brokers)
+            .create()
+            .unwrap();
+    let described = admin
+        .describe_configs(
+            [&rdkafka::admin::ResourceSpecifier::Topic(&topic)],
+            &rdkafka::admin::AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    let resource = described.into_iter().next().unwrap().unwrap();
+    let policy = resource.get("cleanup.policy").and_then(|e| e.value.clone());
+    assert_eq!(policy.as_deref(), Some("compact"), "{:?}", resource.entries);
 }

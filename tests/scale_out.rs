@@ -223,7 +223,21 @@ async fn a_group_whose_partitions_move_writes_the_store_and_model_of_one_instanc
             body
         }
     };
-    let (coordinating, other) = (scrape(&first_watch).await, scrape(&third_watch).await);
+    // The endpoints refresh every 500 ms: poll until they show the broadcast model.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (coordinating, other) = loop {
+        let (coordinating, other) = (scrape(&first_watch).await, scrape(&third_watch).await);
+        if support::metric(&other, "shopstream_serving_model_version") > 0
+            && other.contains("shopstream_model_broadcast_delay_seconds ")
+        {
+            break (coordinating, other);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the endpoints show the broadcast model within 60 s: {other}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     assert!(
         coordinating.contains("shopstream_role{role=\"global\""),
         "{coordinating}"

@@ -79,7 +79,8 @@ pub struct HttpConfig {
     /// `host:port` to listen on; loopback by default. Port 0 picks a free port (logged).
     pub listen: String,
     /// `/readyz` answers 200 once the backlog has been drained and the consumer lag summed
-    /// over all input partitions is at most this many messages.
+    /// over all input partitions is at most this many messages (one instance; a group
+    /// run's readiness is per role, docs/operations.md "Instances").
     pub ready_max_lag: u64,
 }
 

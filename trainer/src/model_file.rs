@@ -124,11 +124,18 @@ impl Trainer {
 
     fn load_as(path: &Path, serving: bool) -> Result<(Trainer, ModelHeader), ModelFileError> {
         let file = std::fs::File::open(path).map_err(io(path))?;
+        let size = file.metadata().map_err(io(path))?.len();
         let mut input = BufReader::new(file);
         let header = read_header_from(path, &mut input)?;
         let mut blocks = BTreeMap::new();
         for (name, len) in &header.blocks {
-            let mut bytes = vec![0u8; len * 8];
+            // The header's lengths are checked against the file before anything is
+            // allocated for them: a damaged header is an error, not an abort.
+            let bytes_len = len
+                .checked_mul(8)
+                .filter(|n| u64::try_from(*n).is_ok_and(|n| n <= size))
+                .ok_or_else(|| format(path, format!("block {name} is truncated")))?;
+            let mut bytes = vec![0u8; bytes_len];
             input
                 .read_exact(&mut bytes)
                 .map_err(|_| format(path, format!("block {name} is truncated")))?;
@@ -201,6 +208,33 @@ mod tests {
         assert!(err.to_string().contains("truncated"), "{err}");
         std::fs::write(&path, b"hello\n").expect("write");
         assert!(Trainer::load(&path).is_err());
+    }
+
+    #[test]
+    fn a_header_claiming_huge_blocks_is_an_error_not_an_abort() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.ssm");
+        Trainer::new(&ModelConfig {
+            embedding_bits: 4,
+            ..ModelConfig::default()
+        })
+        .save(&path)
+        .expect("save");
+        let text = String::from_utf8_lossy(&std::fs::read(&path).expect("read")).into_owned();
+        let start = text
+            .find("[\"params\",")
+            .expect("params block in the header")
+            + 10;
+        let end = start + text[start..].find(']').expect("end of the pair");
+        let mut bytes = std::fs::read(&path).expect("read");
+        let huge = usize::MAX / 4;
+        let patched = format!("{huge}");
+        bytes.splice(start..end, patched.bytes());
+        std::fs::write(&path, &bytes).expect("write");
+        for load in [Trainer::load, Trainer::load_serving] {
+            let err = load(&path).expect_err("a damaged header must fail");
+            assert!(err.to_string().contains("truncated"), "{err}");
+        }
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! - `/metrics`: Prometheus text format, rendered from the latest [`Telemetry`];
 //! - `/healthz`: 200 while the process serves requests;
 //! - `/readyz`: 200 once the job has drained its input backlog at least once and its
-//!   consumer lag is within `http.ready_max_lag`, else 503.
+//!   consumer lag is within `http.ready_max_lag`, else 503. In a group run
+//!   (`pipeline.instances = "group"`) readiness is per role instead: every partition this
+//!   instance holds read to its end since it was assigned, and on the trainer lease
+//!   holder the inventory too (docs/operations.md, "Instances").
 //!
 //! Routing looks at the path only (a query string is ignored). `GET` and `HEAD` are
 //! allowed (`HEAD` gets the headers of `GET`, `Content-Length` included, and no body);

@@ -174,7 +174,7 @@ pub fn render(t: &Telemetry) -> String {
     family(
         "shopstream_serving_model_lag_windows",
         "gauge",
-        "Windows the serving model is behind the trained one: the model broadcast delay.",
+        "Windows the serving model is behind the trained one: the model broadcast delay (0 on a group instance that does not train; see shopstream_model_broadcast_delay_seconds).",
         one(s.model_version.saturating_sub(t.serving_model_version) as f64),
     );
     let q = &s.quality;
@@ -228,7 +228,7 @@ pub fn render(t: &Telemetry) -> String {
     family(
         "shopstream_ready",
         "gauge",
-        "1 once the input backlog has been drained.",
+        "1 when /readyz answers 200: the input backlog drained (one instance), or in a group every partition held read to its end (and the inventory, on the lease holder).",
         one(f64::from(u8::from(t.ready))),
     );
     render_drift(&t.drift, &mut family);

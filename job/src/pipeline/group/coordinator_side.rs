@@ -99,6 +99,7 @@ struct CoordinatorSide<'a> {
     /// The models this instance serves with (and broadcasts): with the global stage
     /// inline, this side publishes them, at most every [`PUBLISH_EVERY`].
     models: watch::Sender<Arc<Trainer>>,
+    /// When the model and the endpoints' view were last published.
     published: Option<std::time::Instant>,
     /// What the instance's endpoints show.
     status: SharedStatus,
@@ -515,14 +516,19 @@ impl CoordinatorSide<'_> {
         let due = self
             .published
             .is_none_or(|at| at.elapsed() >= PUBLISH_EVERY);
-        if self.global.models().is_none() && due {
-            // Inline: no thread publishes the model, so this side does (a copy per
-            // interval, not per window).
-            let model = self.global.serving_model();
-            if model.version() > self.models.borrow().version() {
-                self.models.send_replace(Arc::new(model.serving_copy()));
-            }
+        if due {
             self.published = Some(std::time::Instant::now());
+            // What the endpoints show of the global stage (as of its last window).
+            let view = self.global.view();
+            update_status(&self.status, |s| s.global = Some(view));
+            if self.global.models().is_none() {
+                // Inline: no thread publishes the model, so this side does (a copy per
+                // interval, not per window).
+                let model = self.global.serving_model();
+                if model.version() > self.models.borrow().version() {
+                    self.models.send_replace(Arc::new(model.serving_copy()));
+                }
+            }
         }
         Ok(())
     }

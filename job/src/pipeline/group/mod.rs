@@ -45,6 +45,7 @@ use shopstream_trainer::Trainer;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::global_worker::GlobalView;
 use super::{PipelineError, Progress, RunOptions, RunSummary};
 use crate::http::Telemetry;
 
@@ -73,6 +74,8 @@ pub(super) struct Status {
     coordinator_ready: bool,
     /// The shard side's counters.
     shard: RunSummary,
+    /// The global stage's figures, on the lease holder.
+    global: Option<GlobalView>,
 }
 
 /// [`Status`], shared by the sides and the telemetry task.
@@ -104,19 +107,31 @@ impl TelemetrySources {
     /// when this instance holds it.
     fn snapshot(&self) -> Telemetry {
         let coordinating = self.coordinating.load(Ordering::SeqCst);
-        let (owned, shard_ready, coordinator_ready, mut summary) = match self.status.lock() {
+        let (owned, shard_ready, coordinator_ready, mut summary, global) = match self.status.lock()
+        {
             Ok(s) => (
                 s.owned.clone(),
                 s.shard_ready,
                 s.coordinator_ready,
                 s.shard.clone(),
+                s.global.clone(),
             ),
             Err(_) => Default::default(),
         };
         let progress = *self.progress.borrow();
         let serving = self.models.borrow().version();
         summary.windows_closed = progress.windows_closed;
+        // An instance that does not train knows only the model it serves.
         summary.model_version = serving;
+        let mut telemetry = Telemetry::default();
+        if let Some(view) = global.filter(|_| coordinating) {
+            summary.absorb_global(&view.counters);
+            summary.model_version = view.model_version;
+            summary.trained_examples = view.trained_examples;
+            summary.last_window_metrics = view.last_window;
+            telemetry.drift = view.drift;
+            telemetry.window_processing = view.window_time;
+        }
         let delay = self.broadcast_delay_ms.load(Ordering::Relaxed);
         Telemetry {
             summary,
@@ -126,7 +141,7 @@ impl TelemetrySources {
             global_stage_threads: self.global_stage_threads,
             global_role: coordinating,
             model_broadcast_delay_ms: (delay >= 0).then_some(delay),
-            ..Telemetry::default()
+            ..telemetry
         }
     }
 }
@@ -250,16 +265,6 @@ pub(super) async fn run(
         .map(str::to_string)
         .collect();
     let partitions = ensure_topics(&config.kafka, &all).await?;
-    let lease = Lease::join(
-        &config.kafka,
-        &LeaseOptions {
-            topic: topics.lease.clone(),
-            group: format!("{}.trainer", config.kafka.group_id),
-            session_timeout_ms: 10_000,
-        },
-    )
-    .await?;
-    tracing::info!(group = %config.kafka.group_id, "group run: joined the trainer lease");
 
     let cancel = CancellationToken::new();
     // A run dropped without a shutdown (its task aborted) still stops the tasks it
@@ -307,6 +312,17 @@ pub(super) async fn run(
     )
     .await?;
     progress.send_modify(|p| p.http_addr = http_addr);
+    // (After the endpoints: /healthz answers while the group is joined.)
+    let lease = Lease::join(
+        &config.kafka,
+        &LeaseOptions {
+            topic: topics.lease.clone(),
+            group: format!("{}.trainer", config.kafka.group_id),
+            session_timeout_ms: 10_000,
+        },
+    )
+    .await?;
+    tracing::info!(group = %config.kafka.group_id, "group run: joined the trainer lease");
     let shard_done = CancellationToken::new();
     let shard = {
         let cancel = cancel.clone();

@@ -2,18 +2,20 @@
 //! coordinator trained, not only the coordinator.
 //!
 //! The model (16 MB of embedding table) goes by reference. The coordinator writes each
-//! model it publishes for serving to `models/model-v<version>.bin` in the checkpoint
-//! directory (default `<store.path>/_checkpoints`, which every instance of a group
-//! reaches) and then publishes a small
-//! [`ModelReference`] on the compacted internal topic `<group>.model`. Every instance
-//! follows that topic and loads the newest model it names. Between a window closing and
-//! an instance serving its model lie at most [`BROADCAST_EVERY`] plus the global stage's
-//! own publication interval (1 s) plus the time to write and load the file; each
-//! instance exports the delay it saw (`shopstream_model_broadcast_delay_seconds`).
+//! model it publishes for serving to `models/<group id>/model-v<version>.bin` in the
+//! checkpoint directory (default `<store.path>/_checkpoints`, which every instance of a
+//! group reaches; it keeps its newest 4 and deletes its files at the end) and then
+//! publishes a small [`ModelReference`] on the compacted internal topic `<group>.model`.
+//! Every instance follows that topic and loads the newest model it names. Between a
+//! window closing and an instance serving its model lie at most the global stage's own
+//! publication interval (1 s) plus [`BROADCAST_EVERY`] plus the time to write and load the
+//! file; each instance exports the part from the coordinator taking the model to itself
+//! serving it (`shopstream_model_broadcast_delay_seconds`).
 //!
 //! Serving never changes the store or the model (predictions are published, not stored),
 //! so which model an instance serves with leaves the outputs of a run as they are.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -22,7 +24,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use shopstream_config::Config;
 use shopstream_features::protocol;
-use shopstream_kafka::latest::{LatestReader, LatestWriter};
+use shopstream_kafka::latest::{LatestError, LatestReader, LatestWriter};
 use shopstream_trainer::Trainer;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -46,17 +48,41 @@ pub(super) struct ModelReference {
     /// Its file, relative to the broadcast directory (each instance may mount the shared
     /// directory elsewhere).
     pub file: String,
-    /// When it was published, epoch ms (for the broadcast delay).
-    pub published_ms: i64,
+    /// When the coordinator took it for broadcast, epoch ms (for the broadcast delay,
+    /// which so includes writing the file).
+    pub taken_ms: i64,
 }
 
-/// The directory of broadcast models: `models/` in the checkpoint directory, state that
-/// every instance of a group reaches and that is not part of the store's data.
+/// The directory of a group's broadcast models: `models/<group id>/` in the checkpoint
+/// directory, state that every instance of the group reaches, not part of the store's
+/// data. One per group, so that groups sharing a checkpoint directory (or a new run of a
+/// backfill) never see each other's files.
 fn models_dir(config: &Config) -> PathBuf {
     config
         .checkpoint
         .dir_for(&config.store.path)
         .join(MODELS_DIR)
+        .join(path_component(&config.kafka.group_id))
+}
+
+/// `name` as one path component: characters other than letters, digits, `.`, `_` and
+/// `-` become `_`, and `.` or `..` get a leading `_`.
+fn path_component(name: &str) -> String {
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if safe.is_empty() || safe == "." || safe == ".." {
+        format!("_{safe}")
+    } else {
+        safe
+    }
 }
 
 /// The directory of broadcast models inside the checkpoint directory.
@@ -73,7 +99,8 @@ fn now_ms() -> i64 {
 /// The coordinator's side: broadcasts each model `models` receives (the models its global
 /// stage publishes for serving), at most every [`BROADCAST_EVERY`], until `cancel`. A
 /// model that cannot be written or published is reported and skipped: the next one is
-/// tried, and serving goes on with the model each instance has.
+/// tried, and serving goes on with the model each instance has. At the end it deletes the
+/// files it wrote.
 pub(super) async fn publish(
     config: Config,
     topic: String,
@@ -88,12 +115,15 @@ pub(super) async fn publish(
             dir.display()
         ))
     })?;
+    // Only the files this publisher wrote are ever deleted (another group, or an earlier
+    // run's leftovers, are not its to touch).
+    let mut written: VecDeque<PathBuf> = VecDeque::new();
     let mut last = 0;
     loop {
         tokio::select! {
-            () = cancel.cancelled() => return Ok(()),
+            () = cancel.cancelled() => break,
             changed = models.changed() => if changed.is_err() {
-                return Ok(());
+                break;
             },
         }
         let model = Arc::clone(&models.borrow_and_update());
@@ -101,66 +131,83 @@ pub(super) async fn publish(
             continue;
         }
         match broadcast(&writer, &dir, model).await {
-            Ok(version) => last = version,
+            Ok((version, path)) => {
+                last = version;
+                written.push_back(path);
+                while written.len() > KEEP_FILES {
+                    if let Some(old) = written.pop_front() {
+                        remove_if_present(&old);
+                    }
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "model broadcast failed; trying the next model"),
         }
         tokio::select! {
-            () = cancel.cancelled() => return Ok(()),
+            () = cancel.cancelled() => break,
             () = tokio::time::sleep(BROADCAST_EVERY) => {}
+        }
+    }
+    for path in written {
+        remove_if_present(&path);
+    }
+    // Gone when empty (the last publisher of the group); kept otherwise.
+    let _ = std::fs::remove_dir(&dir);
+    Ok(())
+}
+
+/// Deletes `path`; one already gone is fine, another failure is reported.
+fn remove_if_present(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(error = %e, path = %path.display(), "could not delete an old broadcast model")
         }
     }
 }
 
-/// Writes `model` to its file, publishes its reference and prunes old files.
+/// Writes `model` to its file and publishes its reference: the version and the file.
 async fn broadcast(
     writer: &LatestWriter,
     dir: &Path,
     model: Arc<Trainer>,
-) -> Result<u64, PipelineError> {
+) -> Result<(u64, PathBuf), PipelineError> {
+    let taken_ms = now_ms();
     let version = model.version();
     let file = file_name(version);
     let path = dir.join(&file);
-    let written = {
-        let dir = dir.to_path_buf();
-        tokio::task::spawn_blocking(move || -> Result<(), String> {
-            model.save(&path).map_err(|e| e.to_string())?;
-            prune(&dir, KEEP_FILES).map_err(|e| format!("pruning {}: {e}", dir.display()))
-        })
-        .await
-        .map_err(|e| PipelineError::Internal(format!("model broadcast task: {e}")))?
+    let saved = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || model.save(&path).map_err(|e| e.to_string()))
+            .await
+            .map_err(|e| PipelineError::Internal(format!("model broadcast task: {e}")))?
     };
-    written.map_err(PipelineError::Internal)?;
+    saved.map_err(PipelineError::Internal)?;
     let reference = ModelReference {
         version,
         file,
-        published_ms: now_ms(),
+        taken_ms,
     };
     writer.publish(&protocol::encode(&reference)?).await?;
     tracing::debug!(version, "model broadcast");
-    Ok(version)
+    Ok((version, path))
 }
 
-/// Deletes all but the newest `keep` model files of `dir` (names sort by version).
-fn prune(dir: &Path, keep: usize) -> std::io::Result<()> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("model-v") && n.ends_with(".bin"))
-        })
-        .collect();
-    files.sort();
-    let old = files.len().saturating_sub(keep);
-    for path in &files[..old] {
-        std::fs::remove_file(path)?;
-    }
-    Ok(())
+/// Whether `file` names a file directly inside the broadcast directory (a reference from
+/// the topic never reaches outside it).
+fn is_plain_file_name(file: &str) -> bool {
+    !file.is_empty()
+        && file != "."
+        && file != ".."
+        && !file.contains(['/', '\\'])
+        && Path::new(file).file_name().is_some_and(|n| n == file)
 }
 
 /// Every instance's side: follows `<group>.model` and hands each model newer than the one
 /// served to `models` until `cancel`. `delay_ms` is set to the delay of the last model
-/// taken (published to loaded).
+/// taken (from the coordinator taking it for broadcast to this instance serving it).
+/// Nothing read from the topic stops it: a record it cannot use, a file it cannot load or
+/// a read error is reported, and it goes on with the next (serving keeps the model held).
 pub(super) async fn follow(
     config: Config,
     topic: String,
@@ -170,45 +217,76 @@ pub(super) async fn follow(
 ) -> Result<(), PipelineError> {
     let mut reader = LatestReader::open(&config.kafka, &topic).await?;
     let dir = models_dir(&config);
+    let mut newest: Option<ModelReference> = None;
     loop {
         let value = tokio::select! {
             () = cancel.cancelled() => return Ok(()),
-            value = reader.next() => value?,
+            value = reader.next() => value,
         };
-        let mut newest: ModelReference = protocol::decode(&value)?;
-        // A reader behind (at start, the whole topic) loads only the newest queued.
-        while let Ok(value) = tokio::time::timeout(Duration::ZERO, reader.next()).await {
-            let reference: ModelReference = protocol::decode(&value?)?;
-            if reference.version > newest.version {
-                newest = reference;
+        let mut take = |value: Result<Vec<u8>, LatestError>| match value
+            .map_err(PipelineError::from)
+            .and_then(|v| protocol::decode::<ModelReference>(&v).map_err(PipelineError::from))
+        {
+            Ok(reference) if is_plain_file_name(&reference.file) => {
+                if newest
+                    .as_ref()
+                    .is_none_or(|n| reference.version > n.version)
+                {
+                    newest = Some(reference);
+                }
+                true
             }
-        }
-        if newest.version <= models.borrow().version() {
+            Ok(reference) => {
+                tracing::warn!(file = %reference.file, "model broadcast: ignoring a reference outside the broadcast directory");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "model broadcast: cannot read a reference; going on");
+                false
+            }
+        };
+        if !take(value) {
+            // (A read error: do not spin on it.)
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
             continue;
         }
-        let path = dir.join(&newest.file);
+        // A reader behind (at start, the whole topic) loads only the newest queued.
+        while let Ok(value) = tokio::time::timeout(Duration::ZERO, reader.next()).await {
+            take(value);
+        }
+        let Some(reference) = newest.take() else {
+            continue;
+        };
+        if reference.version <= models.borrow().version() {
+            continue;
+        }
+        let path = dir.join(&reference.file);
         let loaded = tokio::task::spawn_blocking(move || Trainer::load_serving(&path))
             .await
             .map_err(|e| PipelineError::Internal(format!("model load task: {e}")))?;
         match loaded {
             Ok((trainer, _)) => {
                 let version = trainer.version();
-                let taken = models.send_if_modified(|current| {
-                    let newer = version > current.version();
-                    if newer {
-                        *current = Arc::new(trainer);
-                    }
-                    newer
-                });
-                if taken {
-                    delay_ms.store(now_ms() - newest.published_ms, Ordering::Relaxed);
+                if version > models.borrow().version() {
+                    // Set first: whoever sees the new model sees its delay.
+                    delay_ms.store((now_ms() - reference.taken_ms).max(0), Ordering::Relaxed);
+                    models.send_if_modified(|current| {
+                        let newer = version > current.version();
+                        if newer {
+                            *current = Arc::new(trainer);
+                        }
+                        newer
+                    });
                     tracing::debug!(version, "serving the broadcast model");
                 }
             }
-            // Pruned already (this instance fell behind): the next reference names a newer.
+            // Deleted already (this instance fell behind): the next reference names a newer.
             Err(e) => tracing::warn!(
                 error = %e,
-                version = newest.version,
+                version = reference.version,
                 "could not load a broadcast model; waiting for the next"
             ),
         }
@@ -220,19 +298,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pruning_keeps_the_newest_model_files_and_nothing_else_is_touched() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        for version in [3_u64, 10, 1, 200, 7] {
-            std::fs::write(dir.path().join(file_name(version)), b"m").expect("write");
+    fn only_plain_file_names_are_loaded() {
+        assert!(is_plain_file_name(&file_name(7)));
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x.bin",
+            "/etc/passwd",
+            "a/b.bin",
+            "a\\b.bin",
+        ] {
+            assert!(!is_plain_file_name(bad), "{bad}");
         }
-        std::fs::write(dir.path().join("notes.txt"), b"x").expect("write");
-        prune(dir.path(), 2).expect("prune");
-        let mut left: Vec<String> = std::fs::read_dir(dir.path())
-            .expect("list")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
-        assert_eq!(left, [file_name(10), file_name(200), "notes.txt".into()]);
+    }
+
+    #[test]
+    fn each_group_has_a_directory_of_its_own_inside_the_checkpoint_directory() {
+        let mut config = Config::default();
+        config.store.path = PathBuf::from("/data/store");
+        config.kafka.group_id = "backfill/../2026".to_string();
+        let dir = models_dir(&config);
+        assert_eq!(
+            dir,
+            PathBuf::from("/data/store/_checkpoints/models/backfill_.._2026")
+        );
+        config.kafka.group_id = "..".to_string();
+        assert_eq!(models_dir(&config).file_name().unwrap_or_default(), "_..");
     }
 
     #[test]
@@ -240,7 +332,7 @@ mod tests {
         let reference = ModelReference {
             version: 42,
             file: file_name(42),
-            published_ms: 1_700_000_000_000,
+            taken_ms: 1_700_000_000_000,
         };
         let bytes = protocol::encode(&reference).expect("encode");
         assert_eq!(

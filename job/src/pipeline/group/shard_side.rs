@@ -32,8 +32,8 @@ use super::{Arrivals, GroupTopics, ShardMessage, SharedStatus, log_options, upda
 /// Source messages handled before progress is sent even if more are queued.
 const PROGRESS_EVERY: usize = 1_024;
 
-/// The endpoints' status (a copy of the counters) is refreshed at most this often: the
-/// endpoints refresh every 500 ms, and progress goes out far more often than that.
+/// The endpoints' copy of the counters is refreshed at most this often: the endpoints
+/// refresh every 500 ms, and progress goes out far more often than that.
 const STATUS_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// One partition number held: its stage and what it has sent.
@@ -383,20 +383,26 @@ impl ShardSide<'_> {
             p.impressions = impressions;
             p.serving_model_version = serving;
         });
-        if self.status_at.is_none_or(|at| at.elapsed() >= STATUS_EVERY) {
+        let owned: Vec<_> = self
+            .held
+            .keys()
+            .flat_map(|p| [(InputTopic::Clicks, *p), (InputTopic::Orders, *p)])
+            .collect();
+        let ready = !self.held.is_empty() && self.held.values().all(|h| h.at_end.len() == 2);
+        // Ownership and readiness always; the counters' copy at most every STATUS_EVERY.
+        let copy = self.status_at.is_none_or(|at| at.elapsed() >= STATUS_EVERY);
+        if copy {
             self.status_at = Some(std::time::Instant::now());
-            let owned = self
-                .held
-                .keys()
-                .flat_map(|p| [(InputTopic::Clicks, *p), (InputTopic::Orders, *p)])
-                .collect();
-            let ready = !self.held.is_empty() && self.held.values().all(|h| h.at_end.len() == 2);
-            update_status(&self.status, |s| {
-                s.owned = owned;
-                s.shard_ready = ready;
-                s.shard.clone_from(&self.summary);
-            });
         }
+        update_status(&self.status, |s| {
+            if s.owned != owned {
+                s.owned = owned;
+            }
+            s.shard_ready = ready;
+            if copy {
+                s.shard.clone_from(&self.summary);
+            }
+        });
         let released = std::mem::take(&mut self.released);
         if !report.is_empty() || !released.is_empty() || !arrivals.is_empty() {
             let progress: ShardMessage = ToCoordinator::Progress {
