@@ -159,28 +159,38 @@ async fn broker_with_inputs(name: &str) -> (Broker, tempfile::TempDir, Config) {
     (broker, store, config)
 }
 
+/// Waits until `instance` alone holds all 8 partitions and has read each to its end.
+async fn wait_holds_all(what: &str, instance: &Arc<Mutex<Seen>>) {
+    wait_until(what, || {
+        let seen = instance.lock().unwrap();
+        seen.held.len() == 8 && seen.read_all_held()
+    })
+    .await;
+}
+
+/// Waits until `a` and `b` hold 2 partition numbers each and have read them to the end.
+async fn wait_split(a: &Arc<Mutex<Seen>>, b: &Arc<Mutex<Seen>>) {
+    wait_until(
+        "two instances hold 2 partition numbers each, each read whole to its end",
+        || {
+            let (a, b) = (a.lock().unwrap(), b.lock().unwrap());
+            a.held.len() == 4 && b.held.len() == 4 && a.read_all_held() && b.read_all_held()
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_of_a_group_split_co_partitioned_topics_and_read_them_to_the_end() {
     let (_broker, _store, config) = broker_with_inputs("group-source").await;
 
     let first_cancel = CancellationToken::new();
     let first = instance(&config, first_cancel.clone()).await;
-    wait_until("the only instance holds and reads all 8 partitions", || {
-        let seen = first.lock().unwrap();
-        seen.held.len() == 8 && seen.read_all_held()
-    })
-    .await;
+    wait_holds_all("the only instance holds and reads all 8 partitions", &first).await;
 
     let second_cancel = CancellationToken::new();
     let second = instance(&config, second_cancel.clone()).await;
-    wait_until(
-        "two instances hold 2 partition numbers each, each read whole to its end",
-        || {
-            let (a, b) = (first.lock().unwrap(), second.lock().unwrap());
-            a.held.len() == 4 && b.held.len() == 4 && a.read_all_held() && b.read_all_held()
-        },
-    )
-    .await;
+    wait_split(&first, &second).await;
     let (a, b) = (
         first.lock().unwrap().numbers(),
         second.lock().unwrap().numbers(),
@@ -190,11 +200,7 @@ async fn instances_of_a_group_split_co_partitioned_topics_and_read_them_to_the_e
 
     // The second instance leaves: the first takes its partitions back and reads them again.
     second_cancel.cancel();
-    wait_until("the first instance holds and reads all 8 again", || {
-        let seen = first.lock().unwrap();
-        seen.held.len() == 8 && seen.read_all_held()
-    })
-    .await;
+    wait_holds_all("the first instance holds and reads all 8 again", &first).await;
     first_cancel.cancel();
 }
 
@@ -207,28 +213,13 @@ async fn a_source_whose_processor_is_gone_leaves_the_group_even_when_idle() {
     let (_broker, _store, config) = broker_with_inputs("group-source-gone").await;
     let first_cancel = CancellationToken::new();
     let first = instance(&config, first_cancel.clone()).await;
-    wait_until("the only instance holds and reads all 8 partitions", || {
-        let seen = first.lock().unwrap();
-        seen.held.len() == 8 && seen.read_all_held()
-    })
-    .await;
+    wait_holds_all("the only instance holds and reads all 8 partitions", &first).await;
     let never = CancellationToken::new();
     let (second, processor) = instance_with_processor(&config, never.clone()).await;
-    wait_until(
-        "the second instance reads its partitions to their end",
-        || {
-            let (a, b) = (first.lock().unwrap(), second.lock().unwrap());
-            a.held.len() == 4 && b.held.len() == 4 && a.read_all_held() && b.read_all_held()
-        },
-    )
-    .await;
+    wait_split(&first, &second).await;
     // Idle now: nothing more to read. Its processor goes; the source is never cancelled.
     processor.abort();
-    wait_until("the first instance holds and reads all 8 again", || {
-        let seen = first.lock().unwrap();
-        seen.held.len() == 8 && seen.read_all_held()
-    })
-    .await;
+    wait_holds_all("the first instance holds and reads all 8 again", &first).await;
     first_cancel.cancel();
     drop(never);
 }

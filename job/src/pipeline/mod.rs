@@ -106,6 +106,26 @@ pub struct Progress {
     pub serving_model_version: u64,
 }
 
+/// Serves `/metrics`, `/healthz` and `/readyz` from `telemetry` until `cancel`, when
+/// `http.enabled`: the bound address.
+async fn serve_endpoints(
+    config: &Config,
+    telemetry: tokio::sync::watch::Receiver<Arc<Telemetry>>,
+    cancel: &CancellationToken,
+) -> Result<Option<std::net::SocketAddr>, PipelineError> {
+    if !config.http.enabled {
+        return Ok(None);
+    }
+    let (addr, _task) = crate::http::serve(&config.http.listen, telemetry, cancel.clone())
+        .await
+        .map_err(|source| PipelineError::Http {
+            listen: config.http.listen.clone(),
+            source,
+        })?;
+    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    Ok(Some(addr))
+}
+
 /// Like [`run`], publishing [`Progress`] to `progress` as the job goes.
 pub async fn run_observed(
     config: &Config,
@@ -184,18 +204,7 @@ pub async fn run_observed(
     let _stop_on_drop = cancel.clone().drop_guard();
     let tracker = TaskTracker::new();
     let (telemetry_tx, telemetry_rx) = tokio::sync::watch::channel(Arc::new(Telemetry::default()));
-    let http_addr = if config.http.enabled {
-        let (addr, _task) = crate::http::serve(&config.http.listen, telemetry_rx, cancel.clone())
-            .await
-            .map_err(|source| PipelineError::Http {
-                listen: config.http.listen.clone(),
-                source,
-            })?;
-        tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
-        Some(addr)
-    } else {
-        None
-    };
+    let http_addr = serve_endpoints(config, telemetry_rx, &cancel).await?;
     let (tx, rx) = mpsc::channel(config.pipeline.channel_capacity);
     let source_options = SourceOptions {
         stop_at_end,

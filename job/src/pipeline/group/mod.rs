@@ -153,17 +153,10 @@ async fn serve_http(
     sources: TelemetrySources,
     cancel: &CancellationToken,
 ) -> Result<Option<std::net::SocketAddr>, PipelineError> {
-    if !config.http.enabled {
-        return Ok(None);
-    }
     let (tx, rx) = watch::channel(Arc::new(sources.snapshot()));
-    let (addr, _task) = crate::http::serve(&config.http.listen, rx, cancel.clone())
-        .await
-        .map_err(|source| PipelineError::Http {
-            listen: config.http.listen.clone(),
-            source,
-        })?;
-    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    let Some(addr) = super::serve_endpoints(config, rx, cancel).await? else {
+        return Ok(None);
+    };
     let cancel = cancel.clone();
     tokio::spawn(async move {
         loop {
