@@ -67,6 +67,10 @@ pub enum ToShards {
         /// Why.
         reason: String,
     },
+    /// The final close is merged: no more answers are needed, and every instance's shard
+    /// side ends. Until then an instance stays in the group even when it holds nothing,
+    /// since a rebalance may hand it partitions to replay and answer.
+    Merged,
 }
 
 /// A close with its place in the coordinator's sequence (`<prefix>.closes`): shards apply

@@ -265,6 +265,16 @@ pub(super) async fn run(
         stop_run(&mut side.closes, &e).await;
         return Err(e);
     }
+    // Every instance's shard side ends now (none ends before: see `ToShards::Merged`).
+    if let Err(e) = side
+        .closes
+        .append(&protocol::encode(&ToShards::Merged)?)
+        .await
+    {
+        let e = PipelineError::from(e);
+        stop_run(&mut side.closes, &e).await;
+        return Err(e);
+    }
     side.finish().await
 }
 

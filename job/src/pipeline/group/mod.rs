@@ -233,7 +233,7 @@ fn start_source(
 }
 
 /// Runs this instance's share of a bounded group run until the coordinator's final close
-/// is answered (and, in the lease holder, merged and written).
+/// is merged (and, in the lease holder, written).
 pub(super) async fn run(
     config: &Config,
     options: RunOptions,

@@ -54,8 +54,6 @@ struct ShardSide<'a> {
     held: BTreeMap<i32, Held>,
     /// Every close read so far, for stages that start later.
     closes: Vec<SequencedClose>,
-    /// The final close's number, once read.
-    final_seq: Option<u64>,
     /// Partitions read to their end since the last progress.
     released: Vec<(InputTopic, i32)>,
     /// Answers not sent yet, in order.
@@ -73,7 +71,7 @@ struct ShardSide<'a> {
     status_at: Option<std::time::Instant>,
 }
 
-/// Runs the shard side until the final close is answered for every partition held.
+/// Runs the shard side until the coordinator says the final close is merged.
 pub(super) async fn run(
     config: &Config,
     topics: &GroupTopics,
@@ -102,7 +100,6 @@ pub(super) async fn run(
         initial,
         held: BTreeMap::new(),
         closes: Vec::new(),
-        final_seq: None,
         released: Vec::new(),
         answers: Vec::new(),
         outputs: Outputs::new(config, false)?,
@@ -116,8 +113,13 @@ pub(super) async fn run(
         status_at: None,
     };
     let mut since_progress = 0usize;
+    // Set when the coordinator has merged the final close: only then is this side done.
+    // (Done when every partition held had answered the final close was wrong: a
+    // rebalance as another instance left could revoke them all just before, and the
+    // partitions handed back were never answered.)
+    let mut merged = false;
     let outcome = loop {
-        if side.is_done() {
+        if merged {
             break side.send().await;
         }
         tokio::select! {
@@ -132,6 +134,10 @@ pub(super) async fn run(
                             Ok(())
                         }
                         Ok(ToShards::Start { .. }) => Ok(()),
+                        Ok(ToShards::Merged) => {
+                            merged = true;
+                            Ok(())
+                        }
                         Ok(ToShards::Stop { reason }) => Err(PipelineError::Unsupported(format!(
                             "the coordinating instance stopped the group run: {reason}"
                         ))),
@@ -179,15 +185,6 @@ pub(super) async fn run(
 }
 
 impl ShardSide<'_> {
-    /// Whether every partition held has answered the final close.
-    fn is_done(&self) -> bool {
-        self.final_seq.is_some_and(|last| {
-            self.held
-                .values()
-                .all(|h| h.stage.windowing().next_seq() > last)
-        }) && self.answers.is_empty()
-    }
-
     /// A stage for partition number `p`, with every close read so far.
     fn stage_of(&self, p: i32) -> Held {
         let set = ShardSet::new(&self.initial, BTreeMap::new(), move |_, q| q == p);
@@ -204,9 +201,6 @@ impl ShardSide<'_> {
     }
 
     fn on_close(&mut self, close: SequencedClose) {
-        if close.close.is_final() {
-            self.final_seq = Some(close.seq);
-        }
         self.closes.push(close.clone());
         let numbers: Vec<i32> = self.held.keys().copied().collect();
         for p in numbers {
