@@ -180,13 +180,19 @@ async fn wait_split(a: &Arc<Mutex<Seen>>, b: &Arc<Mutex<Seen>>) {
     .await;
 }
 
+/// The first instance, alone in the group until it holds and has read all 8 partitions.
+async fn first_alone(config: &Config) -> (Arc<Mutex<Seen>>, CancellationToken) {
+    let cancel = CancellationToken::new();
+    let first = instance(config, cancel.clone()).await;
+    wait_holds_all("the only instance holds and reads all 8 partitions", &first).await;
+    (first, cancel)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_of_a_group_split_co_partitioned_topics_and_read_them_to_the_end() {
     let (_broker, _store, config) = broker_with_inputs("group-source").await;
 
-    let first_cancel = CancellationToken::new();
-    let first = instance(&config, first_cancel.clone()).await;
-    wait_holds_all("the only instance holds and reads all 8 partitions", &first).await;
+    let (first, first_cancel) = first_alone(&config).await;
 
     let second_cancel = CancellationToken::new();
     let second = instance(&config, second_cancel.clone()).await;
@@ -211,15 +217,12 @@ async fn instances_of_a_group_split_co_partitioned_topics_and_read_them_to_the_e
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_whose_processor_is_gone_leaves_the_group_even_when_idle() {
     let (_broker, _store, config) = broker_with_inputs("group-source-gone").await;
-    let first_cancel = CancellationToken::new();
-    let first = instance(&config, first_cancel.clone()).await;
-    wait_holds_all("the only instance holds and reads all 8 partitions", &first).await;
-    let never = CancellationToken::new();
-    let (second, processor) = instance_with_processor(&config, never.clone()).await;
+    let (first, first_cancel) = first_alone(&config).await;
+    // Its source's token is never cancelled.
+    let (second, processor) = instance_with_processor(&config, CancellationToken::new()).await;
     wait_split(&first, &second).await;
     // Idle now: nothing more to read. Its processor goes; the source is never cancelled.
     processor.abort();
     wait_holds_all("the first instance holds and reads all 8 again", &first).await;
     first_cancel.cancel();
-    drop(never);
 }

@@ -248,12 +248,52 @@ pub async fn partition_counts(
     .map_err(|e| KafkaSetupError::Internal(e.to_string()))?
 }
 
+/// Client settings of a consumer that is assigned its partitions and never joins nor
+/// commits: a group id of its own (`<group_id>-<role>`, so it never touches the job's
+/// group) and no automatic commits. Set through the managed-property table.
+pub fn assigned_reader_config(
+    kafka: &KafkaConfig,
+    role: &str,
+) -> Result<ClientConfig, KafkaSetupError> {
+    let mut config = client_config(kafka)?;
+    set_managed(
+        &mut config,
+        kafka,
+        "group.id",
+        &format!("{}-{role}", kafka.group_id),
+    )?;
+    set_managed(&mut config, kafka, "enable.auto.commit", "false")?;
+    Ok(config)
+}
+
 /// Makes sure every topic in `topics` exists, creating missing ones with
 /// `kafka.topic_partitions` partitions when `kafka.create_topics` is set. Returns the
 /// partition count of each topic.
 pub async fn ensure_topics(
     kafka: &KafkaConfig,
     topics: &[String],
+) -> Result<BTreeMap<String, i32>, KafkaSetupError> {
+    ensure_topics_with(kafka, topics, kafka.topic_partitions, &[]).await
+}
+
+/// Makes sure the internal topic `topic` exists, creating it with one partition (its
+/// order is the log's) and the topic settings `configs` when missing and
+/// `kafka.create_topics` is set.
+pub async fn ensure_internal_topic(
+    kafka: &KafkaConfig,
+    topic: &str,
+    configs: &[(&str, &str)],
+) -> Result<(), KafkaSetupError> {
+    ensure_topics_with(kafka, &[topic.to_string()], 1, configs).await?;
+    Ok(())
+}
+
+/// [`ensure_topics`] with the partition count and topic settings of missing topics.
+async fn ensure_topics_with(
+    kafka: &KafkaConfig,
+    topics: &[String],
+    partitions: i32,
+    configs: &[(&str, &str)],
 ) -> Result<BTreeMap<String, i32>, KafkaSetupError> {
     let existing = partition_counts(kafka, topics).await?;
     let missing: Vec<&String> = topics
@@ -275,10 +315,9 @@ pub async fn ensure_topics(
     let new_topics: Vec<NewTopic<'_>> = missing
         .iter()
         .map(|t| {
-            NewTopic::new(
-                t.as_str(),
-                kafka.topic_partitions,
-                TopicReplication::Fixed(1),
+            configs.iter().fold(
+                NewTopic::new(t.as_str(), partitions, TopicReplication::Fixed(1)),
+                |topic, (key, value)| topic.set(key, value),
             )
         })
         .collect();

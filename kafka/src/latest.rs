@@ -13,16 +13,13 @@ use std::time::Duration;
 
 use rdkafka::Message;
 use rdkafka::TopicPartitionList;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::types::RDKafkaErrorCode;
 use shopstream_config::KafkaConfig;
 
 use crate::client::{
-    KafkaSetupError, LoggingContext, client_config, partition_counts, set_managed,
+    KafkaSetupError, LoggingContext, assigned_reader_config, ensure_internal_topic,
 };
 use crate::sink::producer_config;
 
@@ -32,19 +29,6 @@ pub enum LatestError {
     /// The client or the topic could not be set up.
     #[error(transparent)]
     Setup(#[from] KafkaSetupError),
-    /// The topic could not be created.
-    #[error(
-        "creating compacted internal topic {topic} on {brokers}: {message}; create it with one \
-         partition and cleanup.policy=compact, or allow kafka.create_topics"
-    )]
-    Create {
-        /// The topic.
-        topic: String,
-        /// The brokers asked.
-        brokers: String,
-        /// What the broker or client said.
-        message: String,
-    },
     /// The broker did not take a value.
     #[error("publishing to internal topic {topic}: {source}")]
     Publish {
@@ -66,35 +50,8 @@ pub enum LatestError {
 }
 
 /// Creates `topic` with one partition and `cleanup.policy=compact` when it is missing.
-pub async fn ensure_compacted_topic(kafka: &KafkaConfig, topic: &str) -> Result<(), LatestError> {
-    let name = [topic.to_string()];
-    if partition_counts(kafka, &name).await?.contains_key(topic) {
-        return Ok(());
-    }
-    let create = |message: String| LatestError::Create {
-        topic: topic.to_string(),
-        brokers: kafka.brokers.clone(),
-        message,
-    };
-    if !kafka.create_topics {
-        return Err(create("it does not exist".into()));
-    }
-    let admin: AdminClient<DefaultClientContext> = client_config(kafka)?
-        .create()
-        .map_err(KafkaSetupError::Client)?;
-    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(1)).set("cleanup.policy", "compact");
-    let options = AdminOptions::new()
-        .operation_timeout(Some(Duration::from_millis(kafka.connect_timeout_ms)));
-    let results = admin
-        .create_topics([&new], &options)
-        .await
-        .map_err(|e| create(e.to_string()))?;
-    for result in results {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, code)) => return Err(create(code.to_string())),
-        }
-    }
+async fn ensure_compacted_topic(kafka: &KafkaConfig, topic: &str) -> Result<(), LatestError> {
+    ensure_internal_topic(kafka, topic, &[("cleanup.policy", "compact")]).await?;
     Ok(())
 }
 
@@ -149,15 +106,8 @@ impl LatestReader {
     /// A reader of `topic` from its start (created compacted when missing).
     pub async fn open(kafka: &KafkaConfig, topic: &str) -> Result<Self, LatestError> {
         ensure_compacted_topic(kafka, topic).await?;
-        let mut config = client_config(kafka)?;
         // Assigned, never joined nor committed: every reader reads the whole topic.
-        set_managed(
-            &mut config,
-            kafka,
-            "group.id",
-            &format!("{}-latest", kafka.group_id),
-        )?;
-        set_managed(&mut config, kafka, "enable.auto.commit", "false")?;
+        let config = assigned_reader_config(kafka, "latest")?;
         let consumer: StreamConsumer<LoggingContext> = config
             .create_with_context(LoggingContext)
             .map_err(KafkaSetupError::Client)?;

@@ -15,7 +15,7 @@
 use shopstream_config::KafkaConfig;
 use tokio::sync::watch;
 
-use crate::client::{KafkaSetupError, ensure_topics};
+use crate::client::{KafkaSetupError, ensure_internal_topic};
 use crate::membership::{Membership, MembershipError, MembershipOptions};
 
 /// Why a lease could not be joined.
@@ -54,9 +54,7 @@ impl Lease {
     /// when it is missing). Whether this member holds the lease shows in
     /// [`Lease::held`] once the group has settled.
     pub async fn join(kafka: &KafkaConfig, options: &LeaseOptions) -> Result<Lease, LeaseError> {
-        let mut one_partition = kafka.clone();
-        one_partition.topic_partitions = 1;
-        ensure_topics(&one_partition, std::slice::from_ref(&options.topic)).await?;
+        ensure_internal_topic(kafka, &options.topic, &[]).await?;
         let membership = Membership::join(
             kafka,
             &MembershipOptions {

@@ -26,7 +26,9 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use shopstream_config::KafkaConfig;
 
-use crate::client::{KafkaSetupError, LoggingContext, client_config, ensure_topics, set_managed};
+use crate::client::{
+    KafkaSetupError, LoggingContext, assigned_reader_config, ensure_internal_topic,
+};
 use crate::sink::producer_config;
 
 /// The header naming a record's fragment: `index/count`, from `0/1` for a whole message.
@@ -102,7 +104,7 @@ pub struct LogWriter {
 impl LogWriter {
     /// A writer of `options.topic` (created with one partition when missing).
     pub async fn create(kafka: &KafkaConfig, options: LogOptions) -> Result<Self, LogError> {
-        ensure_log_topic(kafka, &options.topic).await?;
+        ensure_internal_topic(kafka, &options.topic, &[]).await?;
         let mut config = producer_config(kafka)?;
         // One request at a time keeps the log in the order messages were appended, also
         // when a request is retried.
@@ -191,17 +193,10 @@ impl LogReader {
     /// A reader of `topic` from `offset` (0 for the whole log; the topic is created with
     /// one partition when missing).
     pub async fn open(kafka: &KafkaConfig, topic: &str, offset: i64) -> Result<Self, LogError> {
-        ensure_log_topic(kafka, topic).await?;
-        let mut config = client_config(kafka)?;
+        ensure_internal_topic(kafka, topic, &[]).await?;
         // Never joined nor committed: the reader is assigned its partition and keeps its
         // position in whatever checkpoint it belongs to.
-        set_managed(
-            &mut config,
-            kafka,
-            "group.id",
-            &format!("{}-log", kafka.group_id),
-        )?;
-        set_managed(&mut config, kafka, "enable.auto.commit", "false")?;
+        let config = assigned_reader_config(kafka, "log")?;
         let consumer: StreamConsumer<LoggingContext> = config
             .create_with_context(LoggingContext)
             .map_err(KafkaSetupError::Client)?;
@@ -319,14 +314,6 @@ impl LogReader {
             .min()
             .unwrap_or(self.next_offset)
     }
-}
-
-/// Creates `topic` with one partition when missing.
-async fn ensure_log_topic(kafka: &KafkaConfig, topic: &str) -> Result<(), KafkaSetupError> {
-    let mut one_partition = kafka.clone();
-    one_partition.topic_partitions = 1;
-    ensure_topics(&one_partition, &[topic.to_string()]).await?;
-    Ok(())
 }
 
 /// `index/count` with `index < count`.

@@ -17,7 +17,7 @@ use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use shopstream_config::{KafkaConfig, TopicsConfig};
 
-use crate::client::{KafkaSetupError, client_config, input_topic_name, set_managed};
+use crate::client::{KafkaSetupError, assigned_reader_config, input_topic_name, set_managed};
 use crate::source::Positions;
 use shopstream_ingest::event::InputTopic;
 
@@ -98,14 +98,7 @@ pub async fn offsets_at(
 /// answer for a time after the last message is the partition's end. Set through the
 /// managed-property table (`shopstream_config::kafka_properties`).
 pub fn seek_config(kafka: &KafkaConfig) -> Result<ClientConfig, KafkaSetupError> {
-    let mut config = client_config(kafka)?;
-    set_managed(
-        &mut config,
-        kafka,
-        "group.id",
-        &format!("{}-seek", kafka.group_id),
-    )?;
-    set_managed(&mut config, kafka, "enable.auto.commit", "false")?;
+    let mut config = assigned_reader_config(kafka, "seek")?;
     set_managed(&mut config, kafka, "enable.partition.eof", "true")?;
     Ok(config)
 }

@@ -154,6 +154,8 @@ pub(super) async fn run(
         tokio::runtime::Handle::current(),
         cancel.clone(),
     )?;
+    let mode = global.mode();
+    update_status(&status, |s| s.global_stage_threads = Some(mode));
     if let Some(mut models) = global.models() {
         // This instance's shards serve with each model the global stage publishes.
         let models_tx = models_tx.clone();
@@ -531,10 +533,10 @@ impl CoordinatorSide<'_> {
             // What the endpoints show of the global stage (as of its last window).
             let view = self.global.view();
             update_status(&self.status, |s| s.global = Some(view));
-            if self.global.models().is_none() {
+            if let Some(worker) = self.global.inline() {
                 // Inline: no thread publishes the model, so this side does (a copy per
                 // interval, not per window).
-                let model = self.global.serving_model();
+                let model = &worker.stage.trainer;
                 if model.version() > self.models.borrow().version() {
                     self.models.send_replace(Arc::new(model.serving_copy()));
                 }

@@ -76,6 +76,8 @@ pub(super) struct Status {
     shard: RunSummary,
     /// The global stage's figures, on the lease holder.
     global: Option<GlobalView>,
+    /// How the lease holder's global stage runs (`GlobalHandle::mode`).
+    global_stage_threads: Option<&'static str>,
 }
 
 /// [`Status`], shared by the sides and the telemetry task.
@@ -99,7 +101,6 @@ struct TelemetrySources {
     models: watch::Receiver<Arc<Trainer>>,
     coordinating: Arc<AtomicBool>,
     broadcast_delay_ms: Arc<AtomicI64>,
-    global_stage_threads: &'static str,
 }
 
 impl TelemetrySources {
@@ -107,23 +108,27 @@ impl TelemetrySources {
     /// when this instance holds it.
     fn snapshot(&self) -> Telemetry {
         let coordinating = self.coordinating.load(Ordering::SeqCst);
-        let (owned, shard_ready, coordinator_ready, mut summary, global) = match self.status.lock()
-        {
-            Ok(s) => (
-                s.owned.clone(),
-                s.shard_ready,
-                s.coordinator_ready,
-                s.shard.clone(),
-                s.global.clone(),
-            ),
-            Err(_) => Default::default(),
-        };
+        let (owned, shard_ready, coordinator_ready, mut summary, global, threads) =
+            match self.status.lock() {
+                Ok(s) => (
+                    s.owned.clone(),
+                    s.shard_ready,
+                    s.coordinator_ready,
+                    s.shard.clone(),
+                    s.global.clone(),
+                    s.global_stage_threads,
+                ),
+                Err(_) => Default::default(),
+            };
         let progress = *self.progress.borrow();
         let serving = self.models.borrow().version();
         summary.windows_closed = progress.windows_closed;
         // An instance that does not train knows only the model it serves.
         summary.model_version = serving;
         let mut telemetry = Telemetry::default();
+        if let Some(threads) = threads {
+            telemetry.global_stage_threads = threads;
+        }
         if let Some(view) = global.filter(|_| coordinating) {
             summary.absorb_global(&view.counters);
             summary.model_version = view.model_version;
@@ -138,7 +143,6 @@ impl TelemetrySources {
             ready: shard_ready && (!coordinating || coordinator_ready),
             serving_model_version: serving,
             owned_partitions: owned,
-            global_stage_threads: self.global_stage_threads,
             global_role: coordinating,
             model_broadcast_delay_ms: (delay >= 0).then_some(delay),
             ..telemetry
@@ -295,11 +299,6 @@ pub(super) async fn run(
             models: models.clone(),
             coordinating: Arc::clone(&coordinating),
             broadcast_delay_ms: Arc::clone(&broadcast_delay_ms),
-            global_stage_threads: if config.pipeline.worker_threads() > 1 {
-                "own"
-            } else {
-                "inline"
-            },
         },
         &cancel,
     )
@@ -431,7 +430,6 @@ mod tests {
             models,
             coordinating: Arc::new(AtomicBool::new(coordinating)),
             broadcast_delay_ms: Arc::new(AtomicI64::new(-1)),
-            global_stage_threads: "own",
         }
     }
 

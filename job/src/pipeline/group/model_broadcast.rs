@@ -196,11 +196,8 @@ async fn broadcast(
 /// Whether `file` names a file directly inside the broadcast directory (a reference from
 /// the topic never reaches outside it).
 fn is_plain_file_name(file: &str) -> bool {
-    !file.is_empty()
-        && file != "."
-        && file != ".."
-        && !file.contains(['/', '\\'])
-        && Path::new(file).file_name().is_some_and(|n| n == file)
+    // (`file_name` is none for "", "." and ".."; a backslash separates only on Windows.)
+    !file.contains('\\') && Path::new(file).file_name().is_some_and(|n| n == file)
 }
 
 /// Every instance's side: follows `<group>.model` and hands each model newer than the one

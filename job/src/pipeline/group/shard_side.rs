@@ -66,7 +66,8 @@ struct ShardSide<'a> {
     summary: RunSummary,
     /// The instance's live counters.
     progress: Arc<watch::Sender<Progress>>,
-    /// What the instance's endpoints show, and when it was last updated.
+    /// What the instance's endpoints show, and when its copy of the counters was last
+    /// updated.
     status: SharedStatus,
     status_at: Option<std::time::Instant>,
 }
@@ -225,6 +226,21 @@ impl ShardSide<'_> {
         }
     }
 
+    /// Shows the partitions held and whether each is read to its end on the endpoints
+    /// (called when either changes: an assignment, a revocation, a partition caught up).
+    fn show_ownership(&self) {
+        let owned = self
+            .held
+            .keys()
+            .flat_map(|p| [(InputTopic::Clicks, *p), (InputTopic::Orders, *p)])
+            .collect();
+        let ready = !self.held.is_empty() && self.held.values().all(|h| h.at_end.len() == 2);
+        update_status(&self.status, |s| {
+            s.owned = owned;
+            s.shard_ready = ready;
+        });
+    }
+
     /// Serves with the newest model this instance holds.
     fn take_newest_model(&mut self) {
         if self.models.has_changed().unwrap_or(false) {
@@ -245,12 +261,14 @@ impl ShardSide<'_> {
                         held.at_end.remove(&topic);
                     }
                 }
+                self.show_ownership();
             }
             SourceMessage::Revoked(partitions) => {
                 // The new owner replays them; what this instance sent stays valid.
                 for (_, p) in partitions {
                     self.held.remove(&p);
                 }
+                self.show_ownership();
             }
             SourceMessage::Event {
                 meta,
@@ -310,6 +328,7 @@ impl ShardSide<'_> {
                 if held.at_end.len() == 2 {
                     // Read as far as any earlier owner: every close read so far applies.
                     held.stage.windowing_mut().caught_up();
+                    self.show_ownership();
                 }
                 let applied = self.apply(partition, &mut effects).await;
                 self.effects = effects;
@@ -377,26 +396,10 @@ impl ShardSide<'_> {
             p.impressions = impressions;
             p.serving_model_version = serving;
         });
-        let owned: Vec<_> = self
-            .held
-            .keys()
-            .flat_map(|p| [(InputTopic::Clicks, *p), (InputTopic::Orders, *p)])
-            .collect();
-        let ready = !self.held.is_empty() && self.held.values().all(|h| h.at_end.len() == 2);
-        // Ownership and readiness always; the counters' copy at most every STATUS_EVERY.
-        let copy = self.status_at.is_none_or(|at| at.elapsed() >= STATUS_EVERY);
-        if copy {
+        if self.status_at.is_none_or(|at| at.elapsed() >= STATUS_EVERY) {
             self.status_at = Some(std::time::Instant::now());
+            update_status(&self.status, |s| s.shard.clone_from(&self.summary));
         }
-        update_status(&self.status, |s| {
-            if s.owned != owned {
-                s.owned = owned;
-            }
-            s.shard_ready = ready;
-            if copy {
-                s.shard.clone_from(&self.summary);
-            }
-        });
         let released = std::mem::take(&mut self.released);
         if !report.is_empty() || !released.is_empty() || !arrivals.is_empty() {
             let progress: ShardMessage = ToCoordinator::Progress {
