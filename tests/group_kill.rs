@@ -1,15 +1,15 @@
-//! A bounded group run on the real binary (`pipeline.instances = "group"`): three
-//! `shopstream run --stop-at-end` processes of one group; one is SIGKILLed mid-run and not
-//! restarted, then another is SIGTERMed (it leaves the run and exits 0). The group gives
-//! their partitions to the instance left, which replays them; the store and the model are
-//! those of one instance.
+//! Bounded group runs on the real binary (`pipeline.instances = "group"`): three
+//! `shopstream run --stop-at-end` processes of one group, some of them SIGKILLed or
+//! SIGTERMed mid-run and not restarted. The group gives their partitions to the instances
+//! left, which replay them, and when the lease holder goes the next one takes the run over
+//! from the closes log; the store and the model are those of one instance.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod support;
 
 use std::io::BufRead;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -82,13 +82,14 @@ fn wait_for(lines: &mpsc::Receiver<(usize, String)>, index: usize, needle: &str)
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_group_run_with_one_instance_sigkilled_and_one_sigtermed_writes_the_store_and_model_of_one()
- {
+/// The single-instance reference run and a group's config file: (broker, directory,
+/// reference config, group config, group config file).
+async fn setup(name: &str, seed: u64) -> (Broker, tempfile::TempDir, Config, Config, PathBuf) {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
-    let base = broker.config("group-kill", &dir.path().join("unused"));
-    publish_traffic(&base, traffic(), None, None).await.unwrap();
+    let base = broker.config(name, &dir.path().join("unused"));
+    let traffic = GeneratorOptions { seed, ..traffic() };
+    publish_traffic(&base, traffic, None, None).await.unwrap();
 
     let mut one: Config = base.clone();
     one.kafka.group_id = format!("{}-one", base.kafka.group_id);
@@ -105,13 +106,86 @@ async fn a_group_run_with_one_instance_sigkilled_and_one_sigtermed_writes_the_st
     group.model.path = Some(dir.path().join("group.ssm"));
     let config_path = dir.path().join("group.toml");
     std::fs::write(&config_path, toml::to_string(&group).unwrap()).unwrap();
+    (broker, dir, one, group, config_path)
+}
 
+/// The group's store and model are byte-identical to the single instance's.
+fn assert_same_outputs(what: &str, one: &Config, group: &Config) {
+    support::assert_same_store(what, &one.store.path, &group.store.path);
+    assert!(
+        std::fs::read(one.model.path.as_ref().unwrap()).unwrap()
+            == std::fs::read(group.model.path.as_ref().unwrap()).unwrap(),
+        "{what}: model files differ"
+    );
+}
+
+/// Waits until every instance in `indices` has exited with success, handing each log
+/// line to `seen` meanwhile (which also keeps the pipes from filling).
+fn wait_all_succeed(
+    instances: &mut Instances3,
+    indices: &[usize],
+    lines: &mpsc::Receiver<(usize, String)>,
+    mut seen: impl FnMut(usize, &str),
+) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut left: Vec<usize> = indices.to_vec();
+    // Each instance's last lines, for the failure messages.
+    let mut tails: Vec<std::collections::VecDeque<String>> = vec![Default::default(); 3];
+    while !left.is_empty() {
+        while let Ok((i, line)) = lines.try_recv() {
+            seen(i, &line);
+            if let Some(tail) = tails.get_mut(i) {
+                if tail.len() == 20 {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+        }
+        let mut still = Vec::new();
+        for i in left {
+            match instances.0[i].try_wait().unwrap() {
+                Some(status) => assert!(
+                    status.success(),
+                    "instance {i} failed: {status}; its last lines: {:#?}",
+                    tails[i]
+                ),
+                None => still.push(i),
+            }
+        }
+        left = still;
+        assert!(
+            Instant::now() < deadline,
+            "instances {left:?} end within 600 s; their last lines: {:#?}",
+            left.iter().map(|i| &tails[*i]).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Starts instance 0 and, once it holds the trainer lease, instances 1 and 2; returns
+/// when instance 1 holds partitions. The lines of every instance come tagged.
+fn start_three(config_path: &Path) -> (Instances3, mpsc::Receiver<(usize, String)>) {
     let (tx, lines) = mpsc::channel();
-    let mut instances = Instances3(vec![spawn(0, &config_path, tx.clone())]);
+    let mut instances = Instances3(vec![spawn(0, config_path, tx.clone())]);
     wait_for(&lines, 0, "holds the trainer lease");
-    instances.0.push(spawn(1, &config_path, tx.clone()));
-    instances.0.push(spawn(2, &config_path, tx));
+    instances.0.push(spawn(1, config_path, tx.clone()));
+    instances.0.push(spawn(2, config_path, tx));
     wait_for(&lines, 1, "partitions assigned");
+    (instances, lines)
+}
+
+/// Commit records of the examples table so far: windows the lease holder has written.
+fn windows_written(store: &Path) -> usize {
+    std::fs::read_dir(store.join("_manifest").join("examples"))
+        .map(|entries| entries.filter(|e| e.is_ok()).count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_run_with_one_instance_sigkilled_and_one_sigtermed_writes_the_store_and_model_of_one()
+ {
+    let (_broker, _dir, one, group, config_path) = setup("group-kill", 21).await;
+    let (mut instances, lines) = start_three(&config_path);
     // SIGKILL: no goodbye; the group notices after the session timeout.
     instances.0[1].kill().unwrap();
     instances.0[1].wait().unwrap();
@@ -134,22 +208,10 @@ async fn a_group_run_with_one_instance_sigkilled_and_one_sigtermed_writes_the_st
         "a SIGTERMed instance leaves with 0: {status}; its last lines: {:?}",
         &said[said.len().saturating_sub(5)..]
     );
-    // The first instance finishes alone (its log lines drained so its pipe never fills).
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        while let Ok((i, line)) = lines.try_recv() {
-            taken_over |= i == 0 && line.contains("partitions assigned");
-        }
-        if let Some(status) = instances.0[0].try_wait().unwrap() {
-            assert!(status.success(), "the first instance failed: {status}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the first instance ends within 600 s"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    // The first instance finishes alone.
+    wait_all_succeed(&mut instances, &[0], &lines, |i, line| {
+        taken_over |= i == 0 && line.contains("partitions assigned");
+    });
     eprintln!(
         "the first instance ended {:?} after the SIGKILL",
         killed.elapsed()
@@ -158,14 +220,94 @@ async fn a_group_run_with_one_instance_sigkilled_and_one_sigtermed_writes_the_st
         taken_over,
         "a survivor was assigned partitions after the SIGKILL"
     );
-    support::assert_same_store(
+    assert_same_outputs(
         "1 instance vs a group with instances SIGKILLed and SIGTERMed",
-        &one.store.path,
-        &group.store.path,
+        &one,
+        &group,
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_run_whose_lease_holders_are_sigtermed_then_sigkilled_is_taken_over_and_writes_the_store_and_model_of_one()
+ {
+    let (_broker, _dir, one, group, config_path) = setup("trainer-failover", 23).await;
+    let (mut instances, lines) = start_three(&config_path);
+    // Mid-run: the lease holder has merged and written some windows, not all.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while windows_written(&group.store.path) < 3 {
+        assert!(Instant::now() < deadline, "3 windows written within 300 s");
+        while lines.try_recv().is_ok() {}
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(
-        std::fs::read(one.model.path.as_ref().unwrap()).unwrap()
-            == std::fs::read(group.model.path.as_ref().unwrap()).unwrap(),
-        "model files differ"
+        instances.0[0].try_wait().unwrap().is_none(),
+        "the lease holder is still running when it is stopped"
     );
+    eprintln!(
+        "SIGTERM to the lease holder after {} windows written",
+        windows_written(&group.store.path)
+    );
+    // SIGTERM: it leaves with 0, and the lease moves at once.
+    support::sigterm(&instances.0[0]);
+    let stopped = Instant::now();
+    assert!(
+        instances.0[0].wait().unwrap().success(),
+        "a SIGTERMed lease holder exits 0"
+    );
+    // The next holder adopts the closes; once it is under way it is SIGKILLed in turn.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (second, after) = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok((i, line)) if line.contains("taking over a group run under way") => {
+                break (i, stopped.elapsed());
+            }
+            Ok(_) => {}
+            Err(_) => panic!("no instance took the run over within 120 s of the SIGTERM"),
+        }
+    };
+    eprintln!("instance {second} took the run over {after:?} after the SIGTERM");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        instances.0[second].try_wait().unwrap().is_none(),
+        "the second lease holder is still running when it is killed"
+    );
+    instances.0[second].kill().unwrap();
+    instances.0[second].wait().unwrap();
+    let killed = Instant::now();
+    let last = 3 - second;
+    let mut took_over = None;
+    wait_all_succeed(&mut instances, &[last], &lines, |i, line| {
+        if i == last && line.contains("taking over a group run under way") {
+            took_over.get_or_insert(killed.elapsed());
+        }
+        if line.contains("joining the trainer lease group again") {
+            eprintln!(
+                "instance {i}, {:?} after the SIGKILL: {line}",
+                killed.elapsed()
+            );
+        }
+    });
+    let after = took_over.expect("the last instance took the run over after the SIGKILL");
+    eprintln!(
+        "instance {last} took the run over {after:?} after the SIGKILL; the run ended {:?} after it",
+        killed.elapsed()
+    );
+    assert_same_outputs(
+        "1 instance vs a group whose lease holders were SIGTERMed, then SIGKILLed",
+        &one,
+        &group,
+    );
+    // The SIGKILLed holder's broadcast files went with the end of the run.
+    let models = group.store.path.join("_checkpoints").join("models");
+    let left: Vec<_> = std::fs::read_dir(&models)
+        .map(|groups| {
+            groups
+                .flatten()
+                .flat_map(|g| std::fs::read_dir(g.path()).into_iter().flatten().flatten())
+                .map(|f| f.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "broadcast files left behind: {left:?}");
 }

@@ -230,8 +230,9 @@ pub struct PipelineConfig {
     /// from what the others send on the internal topics `<group>.shards` and
     /// `<group>.closes` (docs/scale-out.md). It broadcasts each model (by reference on
     /// `<group>.model`, files under the checkpoint directory, which every instance must
-    /// reach) and every instance serves with the newest. Outputs are the same; each
-    /// bounded run in group mode needs a group id of its own.
+    /// reach) and every instance serves with the newest. When the lease holder stops or
+    /// dies, the next one takes the run over from the closes topic. Outputs are the same;
+    /// each bounded run in group mode needs a group id of its own.
     pub instances: Instances,
     /// How long an event id is remembered for duplicate suppression, in seconds of event
     /// time after the newest event of its partition.

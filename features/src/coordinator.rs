@@ -91,6 +91,10 @@ pub struct Coordinator {
     inventory: Shard,
     /// Demand features taken when the previous window closed.
     demand_snapshot: Vec<DemandFeatures>,
+    /// Set by [`Coordinator::adopt`]: inventory events before this time are in the closes
+    /// an earlier coordinator decided (or were late by their own partition's rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    adopted_until: Option<Millis>,
 }
 
 impl Coordinator {
@@ -104,6 +108,7 @@ impl Coordinator {
             closed_until: None,
             inventory: Shard::new(Windows::new(grid.length_ms()), state, None),
             demand_snapshot: Vec::new(),
+            adopted_until: None,
         }
     }
 
@@ -125,6 +130,15 @@ impl Coordinator {
         // changes nothing for it.
         let own = self.watermark.observe(meta.topic, meta.partition, ts);
         let buffered = Buffered { meta, event };
+        if meta.topic == InputTopic::Inventory && self.adopted_until.is_some_and(|a| ts < a) {
+            // Read again after a failover: the adopted closes carry it, unless its own
+            // partition's rule made it late (as the earlier coordinator judged it too).
+            return if is_late(self.grid, own, None, ts) {
+                Err(Box::new(buffered))
+            } else {
+                Ok(None)
+            };
+        }
         if is_late(self.grid, own, self.closed_until, ts) {
             return Err(Box::new(buffered));
         }
@@ -255,6 +269,37 @@ impl Coordinator {
             boundary: None,
             windows,
         }
+    }
+
+    /// Takes a close that an earlier coordinator decided and published, in place of
+    /// deciding it (the failover of docs/scale-out.md): its windows are closed as if this
+    /// coordinator had closed them, and [`Coordinator::merge`] takes the inventory's
+    /// events of those windows from the close itself. So the inventory, read again from its
+    /// start, skips its events before the close's boundary: on input that is all there
+    /// (a bounded run), each one not late by its own partition's rule was in one of the
+    /// closes, since a partition that was not read to its end held the watermark, and so
+    /// every boundary, behind its next event. Closes are adopted in order, before this
+    /// coordinator decides any.
+    pub fn adopt(&mut self, close: &Close) {
+        let length = self.grid.length_ms();
+        let until = match close.boundary {
+            Some(boundary) => boundary,
+            // The end of input: every window is closed; nothing read again counts.
+            None => Millis::MAX,
+        };
+        match close.boundary {
+            Some(boundary) => {
+                self.closed_until = Some(self.closed_until.map_or(boundary, |c| c.max(boundary)));
+                self.open.retain(|start| *start >= boundary);
+            }
+            None => {
+                self.open.clear();
+                if let Some((last, _)) = close.windows.last() {
+                    self.closed_until = Some(last + length);
+                }
+            }
+        }
+        self.adopted_until = Some(self.adopted_until.map_or(until, |a| a.max(until)));
     }
 
     /// The window outputs of `close` from every shard's part (`parts` in partition order,

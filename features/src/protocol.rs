@@ -52,9 +52,9 @@ pub enum ToCoordinator<A = ()> {
 /// What the coordinator sends every shard (`<prefix>.closes`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToShards {
-    /// A coordinator starts: the first message of a run's log. A coordinator that reads
-    /// anything before its own start knows the log holds an earlier coordinator's closes,
-    /// which it would contradict.
+    /// A coordinator starts: from here on only its messages count (a lease holder that
+    /// lost the lease may still write). A coordinator that takes over a run adopts the
+    /// closes before its start and numbers on from them.
     Start {
         /// The coordinator's writer name.
         coordinator: String,
@@ -71,6 +71,10 @@ pub enum ToShards {
     /// side ends. Until then an instance stays in the group even when it holds nothing,
     /// since a rebalance may hand it partitions to replay and answer.
     Merged,
+    /// The coordinator is at work, sent every few seconds: an instance waiting for the
+    /// lease tells a coordinator that is busy (replaying, say) from an election that
+    /// left nobody holding the lease, and joins the lease group again only then.
+    Alive,
 }
 
 /// A close with its place in the coordinator's sequence (`<prefix>.closes`): shards apply

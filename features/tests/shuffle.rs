@@ -238,6 +238,11 @@ fn run_split_logged(
     deliver: &[u8],
     register: bool,
 ) -> (Vec<WindowOutput>, Vec<i64>, ClosesLog) {
+    run_split_failing_over(arrival, sets, deliver, register, None)
+}
+
+/// A coordinator as a run starts.
+fn new_coordinator(register: bool) -> Coordinator {
     let mut pipeline = FeaturePipeline::new(&PipelineConfig::default());
     if register {
         for topic in [InputTopic::Clicks, InputTopic::Orders] {
@@ -246,30 +251,79 @@ fn run_split_logged(
             }
         }
     }
-    let (mut coordinator, shards) = pipeline.into_parts();
+    let (coordinator, shards) = pipeline.into_parts();
     assert!(shards.is_empty());
+    coordinator
+}
+
+/// Sends `close` to every set, logs it with their parts and merges them.
+fn apply_close(
+    coordinator: &mut Coordinator,
+    sets: &mut [ShardSet],
+    log: &mut ClosesLog,
+    close: Close,
+) -> Vec<WindowOutput> {
+    let close = through_the_wire_close(close);
+    let mut parts: Vec<Part> = sets
+        .iter_mut()
+        .flat_map(|s| through_the_wire_parts(s.on_close(&close)))
+        .collect();
+    parts.sort_by_key(|p| p.partition);
+    log.push((close.clone(), parts.clone()));
+    if close.is_empty() {
+        return Vec::new();
+    }
+    coordinator.merge(&close, parts)
+}
+
+/// [`run_split_logged`]; with `fail_at`, the coordinator is replaced by a new one before
+/// arrival `fail_at`, as a new lease holder takes over in a group run (docs/scale-out.md):
+/// it adopts every close published so far, reads the inventory and every report again
+/// from the start, merges the adopted closes from the answers logged, and goes on
+/// deciding. The outputs are the new coordinator's (it writes every window again).
+fn run_split_failing_over(
+    arrival: Vec<(RecordMeta, Event)>,
+    sets: usize,
+    deliver: &[u8],
+    register: bool,
+    fail_at: Option<usize>,
+) -> (Vec<WindowOutput>, Vec<i64>, ClosesLog) {
+    let mut coordinator = new_coordinator(register);
     let mut sets: Vec<ShardSet> = (0..sets)
         .map(|_| ShardSet::new(&coordinator, BTreeMap::new(), |_, _| true))
         .collect();
     let mut log = ClosesLog::new();
-    let mut apply = |coordinator: &mut Coordinator, sets: &mut Vec<ShardSet>, close: Close| {
-        let close = through_the_wire_close(close);
-        let mut parts: Vec<Part> = sets
-            .iter_mut()
-            .flat_map(|s| through_the_wire_parts(s.on_close(&close)))
-            .collect();
-        parts.sort_by_key(|p| p.partition);
-        log.push((close.clone(), parts.clone()));
-        if close.is_empty() {
-            return Vec::new();
-        }
-        coordinator.merge(&close, parts)
-    };
+    // What a new coordinator reads again: the inventory and the shards' reports.
+    let mut inventory_read = Vec::new();
+    let mut reports = Vec::new();
     let mut out = Vec::new();
     let mut late = Vec::new();
     let count = sets.len();
     for (i, (meta, e)) in arrival.into_iter().enumerate() {
+        if fail_at == Some(i) {
+            coordinator = new_coordinator(register);
+            for (close, _) in &log {
+                coordinator.adopt(close);
+            }
+            late.clear();
+            out.clear();
+            for (meta, e) in inventory_read.iter().cloned() {
+                match coordinator.admit(meta, e) {
+                    Ok(own) => assert!(own.is_none()),
+                    Err(refused) => late.push(refused.event.ts()),
+                }
+            }
+            for report in &reports {
+                coordinator.observe(report);
+            }
+            for (close, parts) in &log {
+                if !close.is_empty() {
+                    out.extend(coordinator.merge(close, parts.clone()));
+                }
+            }
+        }
         if meta.topic == InputTopic::Inventory {
+            inventory_read.push((meta, e.clone()));
             match coordinator.admit(meta, e) {
                 Ok(own) => assert!(
                     own.is_none(),
@@ -285,7 +339,9 @@ fn run_split_logged(
         }
         if deliver.get(i).is_none_or(|d| d % 4 == 0) {
             for set in &mut sets {
-                coordinator.observe(&through_the_wire_report(set.take_report()));
+                let report = through_the_wire_report(set.take_report());
+                coordinator.observe(&report);
+                reports.push(report);
             }
             // Closes of one to three windows, or of all that can close.
             let most = deliver.get(i).map_or(usize::MAX, |d| match d % 16 {
@@ -293,7 +349,7 @@ fn run_split_logged(
                 d => usize::from(d % 3 + 1),
             });
             while let Some(close) = coordinator.close_ready_at_most(most) {
-                out.extend(apply(&mut coordinator, &mut sets, close));
+                out.extend(apply_close(&mut coordinator, &mut sets, &mut log, close));
             }
         }
     }
@@ -301,10 +357,10 @@ fn run_split_logged(
         coordinator.observe(&through_the_wire_report(set.take_report()));
     }
     while let Some(close) = coordinator.close_ready() {
-        out.extend(apply(&mut coordinator, &mut sets, close));
+        out.extend(apply_close(&mut coordinator, &mut sets, &mut log, close));
     }
     let close = coordinator.finish();
-    out.extend(apply(&mut coordinator, &mut sets, close));
+    out.extend(apply_close(&mut coordinator, &mut sets, &mut log, close));
     (out, late, log)
 }
 
@@ -437,5 +493,25 @@ proptest! {
             prop_assert_eq!(parts, first);
         }
         prop_assert!(queue.pop_ready().is_none());
+    }
+
+    /// Guards the failover of the coordinator (docs/scale-out.md): a new coordinator that
+    /// adopts the closes its predecessor published, reads the inventory and the reports
+    /// again from the start and merges the answers logged writes every window of the
+    /// whole stage, whenever the old one stopped.
+    #[test]
+    fn a_coordinator_taking_over_the_closes_log_writes_the_same_windows(
+        steps in prop::collection::vec((0u8..12, 0u8..6, 0u8..6, 0u32..40_000), 1..600),
+        choices in prop::collection::vec(any::<u8>(), 0..1_200),
+        deliver in prop::collection::vec(any::<u8>(), 0..1_200),
+        sets in 1usize..4,
+        fail_at in 0usize..600,
+    ) {
+        let whole = run_windows(interleave(partitions(&steps), &choices), 1);
+        let (taken_over, late, _) = run_split_failing_over(
+            interleave(partitions(&steps), &choices), sets, &deliver, true, Some(fail_at % steps.len()),
+        );
+        prop_assert!(late.is_empty());
+        prop_assert_eq!(whole, taken_over);
     }
 }

@@ -105,8 +105,20 @@ struct CoordinatorSide<'a> {
     status: SharedStatus,
 }
 
+/// How a coordinator's turn ended without an error.
+pub(super) enum Turn {
+    /// The final close is merged and the store and model are written.
+    Finished(Box<CoordinatorSummary>),
+    /// This instance stopped coordinating before the end (shutdown, or the lease moved):
+    /// the next lease holder takes over from the closes log.
+    HandedOver,
+}
+
 /// Runs the coordinator until the final close is merged and the store and model are
-/// written; fails when the lease is lost (failover is not built yet).
+/// written, or until this instance no longer holds the lease or shuts down. A coordinator
+/// that takes over a run under way adopts the closes its predecessors published
+/// ([`take_over_closes_log`]) and reads the inventory and the shards topic again from
+/// their start, so it merges and writes every window again (the same bytes).
 pub(super) async fn run(
     config: &Config,
     topics: &GroupTopics,
@@ -115,7 +127,7 @@ pub(super) async fn run(
     progress: Arc<watch::Sender<Progress>>,
     status: SharedStatus,
     cancel: CancellationToken,
-) -> Result<CoordinatorSummary, PipelineError> {
+) -> Result<Turn, PipelineError> {
     let store = super::super::open_store(config)?;
     let names: Vec<String> = config
         .topics
@@ -192,13 +204,33 @@ pub(super) async fn run(
             inputs.insert((topic, p));
         }
     }
-    let (coordinator, _) = pipeline.into_parts();
+    let (mut coordinator, _) = pipeline.into_parts();
     let options = log_options(&topics.closes, "closes");
     let me = options.writer.clone();
     let mut closes = LogWriter::create(&config.kafka, options).await?;
-    if let Err(e) = start_closes_log(config, topics, &mut closes, &me).await {
-        stop_run(&mut closes, &e).await;
-        return Err(e);
+    let adopted = match take_over_closes_log(config, topics, &mut closes, &me).await {
+        Ok(adopted) => adopted,
+        Err(e) => {
+            stop_run(&mut closes, &e).await;
+            return Err(e);
+        }
+    };
+    let mut decided = BTreeMap::new();
+    let mut final_seq = None;
+    for close in &adopted {
+        coordinator.adopt(&close.close);
+        if close.close.is_final() {
+            final_seq = Some(close.seq);
+        }
+        decided.insert(close.seq, close.close.clone());
+    }
+    let next_seq = adopted.len() as u64;
+    if next_seq > 0 {
+        tracing::info!(
+            adopted = next_seq,
+            "taking over a group run under way: adopted the closes published so far; reading \
+             the inventory and the shards topic again from their start"
+        );
     }
     let mut shards = LogReader::open(&config.kafka, &topics.shards, 0).await?;
     let mut side = CoordinatorSide {
@@ -208,13 +240,13 @@ pub(super) async fn run(
         outputs: Outputs::new(config, false)?,
         closes,
         queue: MergeQueue::new(0..count_of(InputTopic::Clicks), 0),
-        decided: BTreeMap::new(),
-        next_seq: 0,
+        decided,
+        next_seq,
         arrivals: BTreeMap::new(),
         released: BTreeSet::new(),
         inputs,
         inventory_done: false,
-        final_seq: None,
+        final_seq,
         positions: Positions::new(),
         windows_closed: 0,
         effects: Vec::new(),
@@ -224,19 +256,28 @@ pub(super) async fn run(
         published: None,
         status,
     };
+    let mut alive = tokio::time::interval(super::ALIVE_EVERY);
+    alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Ok(true): the final close is merged; Ok(false): handed over.
     let outcome = loop {
         if side.merged_final() {
-            break Ok(());
+            break Ok(true);
         }
         let step = tokio::select! {
-            () = cancel.cancelled() => Err(stopped()),
+            () = cancel.cancelled() => break Ok(false),
+            _ = alive.tick() => match protocol::encode(&ToShards::Alive) {
+                Ok(bytes) => side.closes.append(&bytes).await.map(|_| ()).map_err(Into::into),
+                Err(e) => Err(e.into()),
+            },
             changed = held.changed() => match changed {
                 Ok(()) if *held.borrow_and_update() => Ok(()),
-                _ => Err(PipelineError::Unsupported(
-                    "this instance lost the trainer lease during a bounded group run; \
-                     failover is not built yet (docs/scale-out.md step 3): rerun with a new \
-                     kafka.group_id".into(),
-                )),
+                _ => {
+                    tracing::warn!(
+                        "this instance lost the trainer lease: it stops coordinating; the \
+                         next lease holder takes over from the closes log"
+                    );
+                    break Ok(false);
+                }
             },
             entry = shards.next() => match entry {
                 Ok(entry) => match protocol::decode::<ShardMessage>(&entry.payload) {
@@ -248,7 +289,7 @@ pub(super) async fn run(
             message = rx.recv(), if !side.inventory_done => match message {
                 Some(message) => side.on_inventory(message).await,
                 // Ended with the run, maybe before this loop saw the cancellation.
-                None if cancel.is_cancelled() => Err(stopped()),
+                None if cancel.is_cancelled() => break Ok(false),
                 None => Err(PipelineError::Internal("the inventory source stopped".into())),
             },
         };
@@ -263,9 +304,14 @@ pub(super) async fn run(
     // Dropped first: a source blocked on a full channel then ends too.
     drop(rx);
     let _ = source_task.await;
-    if let Err(e) = outcome {
-        stop_run(&mut side.closes, &e).await;
-        return Err(e);
+    match outcome {
+        Ok(true) => {}
+        // Nothing to tell the others: the closes log is the next coordinator's to go on.
+        Ok(false) => return Ok(Turn::HandedOver),
+        Err(e) => {
+            stop_run(&mut side.closes, &e).await;
+            return Err(e);
+        }
     }
     // Every instance's shard side ends now (none ends before: see `ToShards::Merged`).
     if let Err(e) = side
@@ -277,46 +323,97 @@ pub(super) async fn run(
         stop_run(&mut side.closes, &e).await;
         return Err(e);
     }
-    side.finish().await
+    side.finish()
+        .await
+        .map(|summary| Turn::Finished(Box::new(summary)))
 }
 
-/// Why a coordinator that was cancelled stopped.
-fn stopped() -> PipelineError {
-    PipelineError::Unsupported(
-        "the coordinating instance was stopped before the end of the bounded group run \
-         (failover is not built yet); run it again with a new kafka.group_id"
-            .into(),
-    )
-}
+/// How long a new coordinator waits to read its own start back on the closes log.
+const TAKE_OVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Starts the closes log of this coordinator: its start must be the log's first message.
-/// Anything before it is an earlier coordinator's (a run already under way whose lease
-/// moved, or an earlier run of the same group), whose closes this one would contradict.
-async fn start_closes_log(
+/// Starts this coordinator's turn on the closes log and returns the closes its
+/// predecessors published (none when it is the run's first), in order.
+///
+/// The log is read from its start up to this coordinator's `Start`. Each `Start` names the
+/// coordinator whose messages count from there on; messages of any other writer (a lease
+/// holder that lost the lease and has not noticed yet) are ignored, by the shards as here.
+/// A predecessor's `Stop` or `Merged` means the run is over (or the group id is an
+/// earlier run's): that is an error, not something to take over.
+async fn take_over_closes_log(
     config: &Config,
     topics: &GroupTopics,
     closes: &mut LogWriter,
     me: &str,
-) -> Result<(), PipelineError> {
+) -> Result<Vec<SequencedClose>, PipelineError> {
     let start = ToShards::Start {
         coordinator: me.to_string(),
     };
     closes.append(&protocol::encode(&start)?).await?;
     let mut reader = LogReader::open(&config.kafka, &topics.closes, 0).await?;
-    let first = tokio::time::timeout(std::time::Duration::from_secs(60), reader.next())
+    let mut log = ClosesLog::default();
+    let read_to_own_start = async {
+        loop {
+            let entry = reader.next().await?;
+            let message = protocol::decode::<ToShards>(&entry.payload)?;
+            if log.take(&entry.writer, message) == Some(me) {
+                return Ok::<_, PipelineError>(());
+            }
+        }
+    };
+    tokio::time::timeout(TAKE_OVER_TIMEOUT, read_to_own_start)
         .await
         .map_err(|_| {
             PipelineError::Internal(format!(
-                "reading back the start of internal topic {} timed out after 60 s",
-                topics.closes
+                "reading internal topic {} back to this coordinator's start timed out after \
+                 {} s",
+                topics.closes,
+                TAKE_OVER_TIMEOUT.as_secs()
             ))
         })??;
-    match protocol::decode::<ToShards>(&first.payload)? {
-        ToShards::Start { coordinator } if coordinator == me => Ok(()),
-        _ => Err(PipelineError::Unsupported(format!(
-            "internal topic {} already holds another coordinator's messages: the trainer              lease moved during the run (failover is not built yet, docs/scale-out.md              step 3) or an earlier run used this group; run again with a new kafka.group_id",
+    if let Some(end) = log.ended {
+        return Err(PipelineError::Unsupported(format!(
+            "internal topic {} holds a group run that has ended ({end}): a bounded group run \
+             needs a kafka.group_id of its own; run again with a new one",
             topics.closes
-        ))),
+        )));
+    }
+    Ok(log.closes)
+}
+
+/// The closes log as read up to a new coordinator's start.
+#[derive(Debug, Default)]
+struct ClosesLog {
+    /// The writer of the newest `Start`: only its messages count.
+    coordinator: Option<String>,
+    /// The closes that count, in order.
+    closes: Vec<SequencedClose>,
+    /// Why the run is over, when a coordinator ended it.
+    ended: Option<String>,
+}
+
+impl ClosesLog {
+    /// Takes one message of `writer`; returns the coordinator a `Start` names.
+    fn take(&mut self, writer: &str, message: ToShards) -> Option<&str> {
+        if let ToShards::Start { coordinator } = message {
+            self.coordinator = Some(coordinator);
+            return self.coordinator.as_deref();
+        }
+        if self.coordinator.as_deref() != Some(writer) {
+            return None;
+        }
+        match message {
+            ToShards::Close(close) => {
+                // A coordinator numbers on from the closes it adopted, so these are
+                // consecutive; one that is not is dropped rather than merged twice.
+                if close.seq == self.closes.len() as u64 {
+                    self.closes.push(close);
+                }
+            }
+            ToShards::Stop { reason } => self.ended = Some(format!("stopped: {reason}")),
+            ToShards::Merged => self.ended = Some("its final close was merged".into()),
+            ToShards::Start { .. } | ToShards::Alive => {}
+        }
+        None
     }
 }
 
@@ -574,5 +671,72 @@ impl CoordinatorSide<'_> {
             windows_closed: self.windows_closed,
             inventory: self.summary,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(seq: u64, boundary: Option<i64>) -> ToShards {
+        ToShards::Close(SequencedClose {
+            seq,
+            close: Close {
+                boundary,
+                windows: Vec::new(),
+            },
+        })
+    }
+
+    fn start(coordinator: &str) -> ToShards {
+        ToShards::Start {
+            coordinator: coordinator.into(),
+        }
+    }
+
+    #[test]
+    fn a_new_coordinator_adopts_the_closes_of_each_coordinator_after_its_start() {
+        let mut log = ClosesLog::default();
+        assert_eq!(log.take("a", start("a")), Some("a"));
+        assert_eq!(log.take("a", close(0, Some(60_000))), None);
+        assert_eq!(log.take("a", ToShards::Alive), None);
+        assert_eq!(log.take("a", close(1, Some(120_000))), None);
+        // b took over after close 1 and numbers on; a, which lost the lease without
+        // noticing, still writes a close 2 of its own: ignored.
+        log.take("b", start("b"));
+        log.take("a", close(2, Some(999_000)));
+        log.take("b", close(2, Some(180_000)));
+        // A copy of a number already taken is not adopted twice.
+        log.take("b", close(2, Some(180_000)));
+        assert_eq!(log.take("c", start("c")), Some("c"));
+        let boundaries: Vec<_> = log.closes.iter().map(|c| c.close.boundary).collect();
+        assert_eq!(boundaries, [Some(60_000), Some(120_000), Some(180_000)]);
+        assert!(log.ended.is_none());
+    }
+
+    #[test]
+    fn a_log_whose_run_was_stopped_or_merged_is_not_taken_over() {
+        let mut stopped = ClosesLog::default();
+        stopped.take("a", start("a"));
+        stopped.take(
+            "a",
+            ToShards::Stop {
+                reason: "disk full".into(),
+            },
+        );
+        assert!(
+            stopped
+                .ended
+                .as_deref()
+                .is_some_and(|e| e.contains("disk full"))
+        );
+        let mut merged = ClosesLog::default();
+        merged.take("a", start("a"));
+        merged.take("a", close(0, None));
+        // Another writer's end does not count.
+        merged.take("z", ToShards::Merged);
+        assert!(merged.ended.is_none());
+        merged.take("a", ToShards::Merged);
+        assert!(merged.ended.is_some());
     }
 }

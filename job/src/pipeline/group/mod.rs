@@ -10,16 +10,17 @@
 //! `<group>.closes`, also inside one instance, so that an instance's own partitions are
 //! treated like any other's.
 //!
-//! Shutdown (SIGTERM) of an instance that does not coordinate leaves the run: it stops,
-//! leaves the group (its partitions move to the others) and exits 0. Shutdown of the
-//! coordinating instance stops the run on every instance.
+//! Shutdown (SIGTERM) of an instance leaves the run: it stops, leaves the group (its
+//! partitions move to the others) and exits 0. When it held the trainer lease, the lease
+//! moves too, and the next holder takes the run over from the closes log (adopting the
+//! closes published, reading the inventory and the shards topic again from their start).
 //!
 //! Every instance serves with the newest model the coordinator broadcasts
 //! ([`model_broadcast`]) and serves `/metrics` and `/readyz` for its roles.
 //!
 //! Not built yet (step 3 of docs/scale-out.md): live runs, checkpoints and offset commits
 //! (a bounded group run starts from the beginning of the topics, so each needs a group id
-//! of its own), and failover of the lease.
+//! of its own).
 
 mod coordinator_side;
 mod model_broadcast;
@@ -78,6 +79,9 @@ pub(super) struct Status {
     global: Option<GlobalView>,
     /// How the lease holder's global stage runs (`GlobalHandle::mode`).
     global_stage_threads: Option<&'static str>,
+    /// When this instance last read a message of the coordinator (its start, closes or
+    /// `Alive`) or joined the lease group, in ms since the epoch.
+    coordinator_seen_ms: i64,
 }
 
 /// [`Status`], shared by the sides and the telemetry task.
@@ -89,6 +93,23 @@ pub(super) fn update_status(status: &SharedStatus, f: impl FnOnce(&mut Status)) 
     if let Ok(mut status) = status.lock() {
         f(&mut status);
     }
+}
+
+/// The trainer lease's session: a holder that dies loses it after this long.
+const LEASE_SESSION_MS: u64 = 10_000;
+
+/// How often the coordinator says it is at work on the closes topic (`ToShards::Alive`),
+/// and how often a waiting instance checks.
+pub(super) const ALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// An instance that has read nothing of a coordinator for this long while it waits for
+/// the lease joins the lease group again (3 sessions: a dead holder's lease has moved
+/// long before).
+const LEASE_STALL_MS: i64 = 30_000;
+
+/// Now, in ms since the epoch.
+pub(super) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 /// How often the endpoints' telemetry is refreshed in a group run.
@@ -305,16 +326,14 @@ pub(super) async fn run(
     .await?;
     progress.send_modify(|p| p.http_addr = http_addr);
     // (After the endpoints: /healthz answers while the group is joined.)
-    let lease = Lease::join(
-        &config.kafka,
-        &LeaseOptions {
-            topic: topics.lease.clone(),
-            group: format!("{}.trainer", config.kafka.group_id),
-            session_timeout_ms: 10_000,
-        },
-    )
-    .await?;
+    let lease_options = LeaseOptions {
+        topic: topics.lease.clone(),
+        group: format!("{}.trainer", config.kafka.group_id),
+        session_timeout_ms: LEASE_SESSION_MS,
+    };
+    let mut lease = Lease::join(&config.kafka, &lease_options).await?;
     tracing::info!(group = %config.kafka.group_id, "group run: joined the trainer lease");
+    update_status(&status, |s| s.coordinator_seen_ms = now_ms());
     let shard_done = CancellationToken::new();
     let shard = {
         let cancel = cancel.clone();
@@ -346,39 +365,96 @@ pub(super) async fn run(
         let topics = topics.clone();
         let progress = Arc::clone(&progress);
         let status = Arc::clone(&status);
-        let mut held = lease.held();
         async move {
-            loop {
-                if *held.borrow_and_update() {
-                    break;
-                }
-                tokio::select! {
-                    changed = held.changed() => {
-                        if changed.is_err() {
-                            return Ok(None);
+            let mut held = lease.held();
+            // A turn per time this instance holds the lease: one that loses it goes back to
+            // waiting, and may take over again later.
+            let outcome = loop {
+                let mut check = tokio::time::interval(ALIVE_EVERY);
+                check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let waited = loop {
+                    if *held.borrow_and_update() {
+                        break true;
+                    }
+                    tokio::select! {
+                        changed = held.changed() => {
+                            if changed.is_err() {
+                                break false;
+                            }
+                        }
+                        // Not the trainer: nothing to do once this instance's part is done.
+                        _ = shard_done.cancelled() => break false,
+                        _ = cancel.cancelled() => break false,
+                        _ = check.tick() => {
+                            let seen = status.lock().map_or(i64::MAX, |s| s.coordinator_seen_ms);
+                            let silent_ms = now_ms().saturating_sub(seen);
+                            if silent_ms >= LEASE_STALL_MS {
+                                // No coordinator for that long: the election may have
+                                // left nobody holding the lease (tansu can, when the
+                                // member that was to assign it dies mid-rebalance:
+                                // docs/operations.md, "Against tansu"). Joining again
+                                // as a new member makes the group assign it again.
+                                tracing::warn!(
+                                    silent_secs = silent_ms / 1000,
+                                    "no coordinator message on the closes topic for that long: \
+                                     joining the trainer lease group again"
+                                );
+                                lease.leave().await;
+                                update_status(&status, |s| s.coordinator_seen_ms = now_ms());
+                                match Lease::join(&config.kafka, &lease_options).await {
+                                    Ok(joined) => {
+                                        lease = joined;
+                                        held = lease.held();
+                                    }
+                                    Err(e) => {
+                                        cancel.cancel();
+                                        return Err(PipelineError::from(e));
+                                    }
+                                }
+                            }
                         }
                     }
-                    // Not the trainer: nothing to do once this instance's part is done.
-                    _ = shard_done.cancelled() => return Ok(None),
-                    _ = cancel.cancelled() => return Ok(None),
+                };
+                if !waited {
+                    break Ok(None);
                 }
-            }
-            tracing::info!("this instance holds the trainer lease: coordinating the group");
-            coordinating.store(true, Ordering::SeqCst);
-            let result = coordinator_side::run(
-                config,
-                &topics,
-                held,
-                models_tx,
-                progress,
-                status,
-                cancel.clone(),
-            )
-            .await;
-            if result.is_err() {
-                cancel.cancel();
-            }
-            result.map(Some)
+                tracing::info!("this instance holds the trainer lease: coordinating the group");
+                coordinating.store(true, Ordering::SeqCst);
+                let turn = coordinator_side::run(
+                    config,
+                    &topics,
+                    held.clone(),
+                    models_tx.clone(),
+                    Arc::clone(&progress),
+                    Arc::clone(&status),
+                    cancel.clone(),
+                )
+                .await;
+                coordinating.store(false, Ordering::SeqCst);
+                match turn {
+                    Ok(coordinator_side::Turn::Finished(summary)) => {
+                        model_broadcast::remove_leftovers(config);
+                        break Ok(Some(*summary));
+                    }
+                    Ok(coordinator_side::Turn::HandedOver) if cancel.is_cancelled() => {
+                        break Ok(None);
+                    }
+                    Ok(coordinator_side::Turn::HandedOver) => {
+                        update_status(&status, |s| {
+                            s.global = None;
+                            s.global_stage_threads = None;
+                            s.coordinator_ready = false;
+                        });
+                        update_status(&status, |s| s.coordinator_seen_ms = now_ms());
+                    }
+                    Err(e) => {
+                        cancel.cancel();
+                        break Err(e);
+                    }
+                }
+            };
+            lease.leave().await;
+            outcome
         }
     };
     let work = async { tokio::join!(shard, coordinator) };
@@ -389,9 +465,9 @@ pub(super) async fn run(
         () = shutdown => {
             stopped = true;
             if coordinating.load(Ordering::SeqCst) {
-                tracing::warn!(
-                    "shutdown of the coordinating instance: the group run stops on every instance \
-                     (failover is not built yet)"
+                tracing::info!(
+                    "shutdown of the coordinating instance: leaving the group run; the next \
+                     lease holder takes over from the closes log"
                 );
             } else {
                 tracing::info!(
@@ -403,7 +479,6 @@ pub(super) async fn run(
             work.await
         }
     };
-    lease.leave().await;
     let mut summary = shard?;
     if let Some(global) = coordinator? {
         global.add_to(&mut summary);

@@ -30,6 +30,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::super::PipelineError;
+use super::now_ms;
 
 /// The key of the broadcast's records (one key: compaction keeps the newest).
 const KEY: &str = "model";
@@ -92,10 +93,6 @@ fn file_name(version: u64) -> String {
     format!("model-v{version:012}.bin")
 }
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
 /// The coordinator's side: broadcasts each model `models` receives (the models its global
 /// stage publishes for serving), at most every [`BROADCAST_EVERY`], until `cancel`. A
 /// model that cannot be written or published is reported and skipped: the next one is
@@ -150,9 +147,30 @@ pub(super) async fn publish(
     for path in written {
         remove_if_present(&path);
     }
-    // Gone when empty (the last publisher of the group); kept otherwise.
+    // Gone when empty (the last publisher of the group); kept otherwise (files of a
+    // lease holder that died go with `remove_leftovers` when the run finishes).
     let _ = std::fs::remove_dir(&dir);
     Ok(())
+}
+
+/// At the end of a run, by the lease holder that finished it: deletes the broadcast
+/// files every publisher of the group left behind (a lease holder that died deleted none
+/// of its own) and the group's directory. Only names this module writes are touched.
+pub(super) fn remove_leftovers(config: &Config) {
+    let dir = models_dir(config);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let ours = name
+            .to_str()
+            .is_some_and(|n| n.starts_with("model-v") && n.ends_with(".bin"));
+        if ours {
+            remove_if_present(&entry.path());
+        }
+    }
+    let _ = std::fs::remove_dir(&dir);
 }
 
 /// Deletes `path`; one already gone is fine, another failure is reported.
@@ -322,6 +340,28 @@ mod tests {
         );
         config.kafka.group_id = "..".to_string();
         assert_eq!(models_dir(&config).file_name().unwrap_or_default(), "_..");
+    }
+
+    #[test]
+    fn the_lease_holder_that_finishes_removes_every_publishers_leftovers_and_nothing_else() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::default();
+        config.store.path = root.path().join("store");
+        let dir = models_dir(&config);
+        std::fs::create_dir_all(&dir).expect("models dir");
+        // A dead lease holder's files, and a file that is not the broadcast's.
+        for name in [file_name(3), file_name(9), "notes.txt".to_string()] {
+            std::fs::write(dir.join(name), b"x").expect("write");
+        }
+        remove_leftovers(&config);
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .expect("dir kept: it is not empty")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(left, ["notes.txt"]);
+        std::fs::remove_file(dir.join("notes.txt")).expect("remove");
+        remove_leftovers(&config);
+        assert!(!dir.exists(), "an emptied directory goes");
     }
 
     #[test]

@@ -27,7 +27,9 @@ use super::super::outputs::Outputs;
 use super::super::shard::{Consumed, Effect, ShardStage};
 use super::super::source_loop::bump;
 use super::super::{PipelineError, Progress, RunSummary};
-use super::{Arrivals, GroupTopics, ShardMessage, SharedStatus, log_options, update_status};
+use super::{
+    Arrivals, GroupTopics, ShardMessage, SharedStatus, log_options, now_ms, update_status,
+};
 
 /// Source messages handled before progress is sent even if more are queued.
 const PROGRESS_EVERY: usize = 1_024;
@@ -119,6 +121,9 @@ pub(super) async fn run(
     // rebalance as another instance left could revoke them all just before, and the
     // partitions handed back were never answered.)
     let mut merged = false;
+    // The coordinator whose closes count: the one that started last on the closes log (a
+    // new lease holder takes over the run from there, docs/scale-out.md).
+    let mut coordinator: Option<String> = None;
     let outcome = loop {
         if merged {
             break side.send().await;
@@ -130,11 +135,23 @@ pub(super) async fn run(
             entry = closes.next() => {
                 let step = match entry {
                     Ok(entry) => match protocol::decode::<ToShards>(&entry.payload) {
+                        Ok(ToShards::Start { coordinator: starts }) => {
+                            coordinator = Some(starts);
+                            side.coordinator_seen();
+                            Ok(())
+                        }
+                        // A lease holder that lost the lease and has not noticed yet:
+                        // its successor numbers on from the closes before its start.
+                        Ok(_) if coordinator.as_deref() != Some(entry.writer.as_str()) => Ok(()),
+                        Ok(ToShards::Alive) => {
+                            side.coordinator_seen();
+                            Ok(())
+                        }
                         Ok(ToShards::Close(close)) => {
+                            side.coordinator_seen();
                             side.on_close(close);
                             Ok(())
                         }
-                        Ok(ToShards::Start { .. }) => Ok(()),
                         Ok(ToShards::Merged) => {
                             merged = true;
                             Ok(())
@@ -239,6 +256,12 @@ impl ShardSide<'_> {
             s.owned = owned;
             s.shard_ready = ready;
         });
+    }
+
+    /// Notes, for the lease watchdog, that a message of the coordinator was just read.
+    fn coordinator_seen(&self) {
+        let now = now_ms();
+        update_status(&self.status, |s| s.coordinator_seen_ms = now);
     }
 
     /// Serves with the newest model this instance holds.
