@@ -40,6 +40,10 @@ pub enum ToCoordinator<A = ()> {
     Parts {
         /// The close answered.
         seq: u64,
+        /// Who published it (its writer on the closes log). A coordinator takes only
+        /// answers to its own closes and to those it adopted, never answers to another
+        /// coordinator's close of the same number (one that lost the lease unnoticed).
+        author: String,
         /// Every partition number the answer is for, also those with no shard yet (no
         /// event so far, nothing to contribute): the coordinator merges a close once
         /// every partition number is covered.

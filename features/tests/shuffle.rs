@@ -202,6 +202,7 @@ fn through_the_wire_parts(parts: Vec<Part>) -> Vec<Part> {
     let covers = parts.iter().map(|p| p.partition).collect();
     let sent: ToCoordinator = ToCoordinator::Parts {
         seq: 3,
+        author: "closes-1".into(),
         covers,
         parts,
     };

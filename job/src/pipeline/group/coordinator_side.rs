@@ -73,12 +73,17 @@ struct CoordinatorSide<'a> {
     /// The inventory's cleaning and the coordinator.
     stage: ShardStage<Coordinator>,
     global: GlobalHandle,
+    /// This coordinator's writer name on the closes log.
+    me: String,
     /// The inventory's dead letters.
     outputs: Outputs,
     closes: LogWriter,
     queue: MergeQueue,
     /// Closes published and not merged yet.
     decided: BTreeMap<u64, Close>,
+    /// Who published each close this coordinator knows (its own and those it adopted):
+    /// only answers to these are merged.
+    authors: BTreeMap<u64, String>,
     next_seq: u64,
     /// Arrivals taken per partition number (the number of the next one).
     arrivals: BTreeMap<i32, u64>,
@@ -208,21 +213,24 @@ pub(super) async fn run(
     let options = log_options(&topics.closes, "closes");
     let me = options.writer.clone();
     let mut closes = LogWriter::create(&config.kafka, options).await?;
-    let adopted = match take_over_closes_log(config, topics, &mut closes, &me).await {
-        Ok(adopted) => adopted,
-        Err(e) => {
-            stop_run(&mut closes, &e).await;
-            return Err(e);
-        }
-    };
+    let (adopted, mut closes_read) =
+        match take_over_closes_log(config, topics, &mut closes, &me).await {
+            Ok(taken) => taken,
+            Err(e) => {
+                stop_run(&mut closes, &e).await;
+                return Err(e);
+            }
+        };
     let mut decided = BTreeMap::new();
+    let mut authors = BTreeMap::new();
     let mut final_seq = None;
-    for close in &adopted {
+    for (author, close) in &adopted {
         coordinator.adopt(&close.close);
         if close.close.is_final() {
             final_seq = Some(close.seq);
         }
         decided.insert(close.seq, close.close.clone());
+        authors.insert(close.seq, author.clone());
     }
     let next_seq = adopted.len() as u64;
     if next_seq > 0 {
@@ -241,6 +249,8 @@ pub(super) async fn run(
         closes,
         queue: MergeQueue::new(0..count_of(InputTopic::Clicks), 0),
         decided,
+        authors,
+        me: me.clone(),
         next_seq,
         arrivals: BTreeMap::new(),
         released: BTreeSet::new(),
@@ -265,6 +275,24 @@ pub(super) async fn run(
         }
         let step = tokio::select! {
             () = cancel.cancelled() => break Ok(false),
+            // A newer start than this coordinator's: a holder that lost the lease started
+            // late. Shards follow it, not this one, so this turn ends; while this instance
+            // still holds the lease, its next turn starts after it and adopts its closes.
+            entry = closes_read.next() => match entry {
+                Ok(entry) => match protocol::decode::<ToShards>(&entry.payload) {
+                    Ok(ToShards::Start { coordinator }) if coordinator != me => {
+                        tracing::warn!(
+                            %coordinator,
+                            "another coordinator started on the closes topic after this one: \
+                             ending this turn"
+                        );
+                        break Ok(false);
+                    }
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e.into()),
+                },
+                Err(e) => Err(e.into()),
+            },
             _ = alive.tick() => match protocol::encode(&ToShards::Alive) {
                 Ok(bytes) => side.closes.append(&bytes).await.map(|_| ()).map_err(Into::into),
                 Err(e) => Err(e.into()),
@@ -304,6 +332,13 @@ pub(super) async fn run(
     // Dropped first: a source blocked on a full channel then ends too.
     drop(rx);
     let _ = source_task.await;
+    // A turn that ends early first waits for the windows its global stage has queued:
+    // nothing of this turn is written after it, and a global stage that failed (which
+    // cancels the run) stops the run with its error instead of handing it over.
+    let outcome = match outcome {
+        Ok(false) => side.global.join().await.map(|()| false),
+        other => other,
+    };
     match outcome {
         Ok(true) => {}
         // Nothing to tell the others: the closes log is the next coordinator's to go on.
@@ -328,7 +363,8 @@ pub(super) async fn run(
         .map(|summary| Turn::Finished(Box::new(summary)))
 }
 
-/// How long a new coordinator waits to read its own start back on the closes log.
+/// How long a new coordinator waits for the next message while it reads the closes log
+/// back to its own start.
 const TAKE_OVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Starts this coordinator's turn on the closes log and returns the closes its
@@ -344,32 +380,30 @@ async fn take_over_closes_log(
     topics: &GroupTopics,
     closes: &mut LogWriter,
     me: &str,
-) -> Result<Vec<SequencedClose>, PipelineError> {
+) -> Result<(Vec<(String, SequencedClose)>, LogReader), PipelineError> {
     let start = ToShards::Start {
         coordinator: me.to_string(),
     };
     closes.append(&protocol::encode(&start)?).await?;
     let mut reader = LogReader::open(&config.kafka, &topics.closes, 0).await?;
     let mut log = ClosesLog::default();
-    let read_to_own_start = async {
-        loop {
-            let entry = reader.next().await?;
-            let message = protocol::decode::<ToShards>(&entry.payload)?;
-            if log.take(&entry.writer, message) == Some(me) {
-                return Ok::<_, PipelineError>(());
-            }
+    // (The timeout is per message: a long log takes as long as it takes.)
+    loop {
+        let entry = tokio::time::timeout(TAKE_OVER_TIMEOUT, reader.next())
+            .await
+            .map_err(|_| {
+                PipelineError::Internal(format!(
+                    "reading internal topic {} back to this coordinator's start: no message \
+                     for {} s",
+                    topics.closes,
+                    TAKE_OVER_TIMEOUT.as_secs()
+                ))
+            })??;
+        let message = protocol::decode::<ToShards>(&entry.payload)?;
+        if log.take(&entry.writer, message) == Some(me) {
+            break;
         }
-    };
-    tokio::time::timeout(TAKE_OVER_TIMEOUT, read_to_own_start)
-        .await
-        .map_err(|_| {
-            PipelineError::Internal(format!(
-                "reading internal topic {} back to this coordinator's start timed out after \
-                 {} s",
-                topics.closes,
-                TAKE_OVER_TIMEOUT.as_secs()
-            ))
-        })??;
+    }
     if let Some(end) = log.ended {
         return Err(PipelineError::Unsupported(format!(
             "internal topic {} holds a group run that has ended ({end}): a bounded group run \
@@ -377,7 +411,7 @@ async fn take_over_closes_log(
             topics.closes
         )));
     }
-    Ok(log.closes)
+    Ok((log.closes, reader))
 }
 
 /// The closes log as read up to a new coordinator's start.
@@ -385,8 +419,8 @@ async fn take_over_closes_log(
 struct ClosesLog {
     /// The writer of the newest `Start`: only its messages count.
     coordinator: Option<String>,
-    /// The closes that count, in order.
-    closes: Vec<SequencedClose>,
+    /// The closes that count, in order, each with its author.
+    closes: Vec<(String, SequencedClose)>,
     /// Why the run is over, when a coordinator ended it.
     ended: Option<String>,
 }
@@ -406,7 +440,7 @@ impl ClosesLog {
                 // A coordinator numbers on from the closes it adopted, so these are
                 // consecutive; one that is not is dropped rather than merged twice.
                 if close.seq == self.closes.len() as u64 {
-                    self.closes.push(close);
+                    self.closes.push((writer.to_string(), close));
                 }
             }
             ToShards::Stop { reason } => self.ended = Some(format!("stopped: {reason}")),
@@ -547,8 +581,19 @@ impl CoordinatorSide<'_> {
                     self.released.insert((topic, p));
                 }
             }
-            ToCoordinator::Parts { seq, covers, parts } => {
-                self.queue.offer(seq, &covers, parts)?;
+            ToCoordinator::Parts {
+                seq,
+                author,
+                covers,
+                parts,
+            } => {
+                // An answer to another coordinator's close of this number (one that lost
+                // the lease unnoticed, or its successor) is not this close's.
+                if self.authors.get(&seq).is_some_and(|known| *known != author) {
+                    tracing::debug!(seq, %author, "an answer to another coordinator's close: ignored");
+                } else {
+                    self.queue.offer(seq, &covers, parts)?;
+                }
             }
         }
         Ok(())
@@ -613,6 +658,7 @@ impl CoordinatorSide<'_> {
         });
         self.closes.append(&protocol::encode(&message)?).await?;
         self.decided.insert(seq, close);
+        self.authors.insert(seq, self.me.clone());
         Ok(())
     }
 
@@ -709,7 +755,9 @@ mod tests {
         // A copy of a number already taken is not adopted twice.
         log.take("b", close(2, Some(180_000)));
         assert_eq!(log.take("c", start("c")), Some("c"));
-        let boundaries: Vec<_> = log.closes.iter().map(|c| c.close.boundary).collect();
+        let boundaries: Vec<_> = log.closes.iter().map(|(_, c)| c.close.boundary).collect();
+        let authors: Vec<_> = log.closes.iter().map(|(a, _)| a.as_str()).collect();
+        assert_eq!(authors, ["a", "a", "b"]);
         assert_eq!(boundaries, [Some(60_000), Some(120_000), Some(180_000)]);
         assert!(log.ended.is_none());
     }

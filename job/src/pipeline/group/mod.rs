@@ -388,7 +388,8 @@ pub(super) async fn run(
                         _ = check.tick() => {
                             let seen = status.lock().map_or(i64::MAX, |s| s.coordinator_seen_ms);
                             let silent_ms = now_ms().saturating_sub(seen);
-                            if silent_ms >= LEASE_STALL_MS {
+                            // (The lease may have come just now: then it is taken.)
+                            if silent_ms >= LEASE_STALL_MS && !*held.borrow() {
                                 // No coordinator for that long: the election may have
                                 // left nobody holding the lease (tansu can, when the
                                 // member that was to assign it dies mid-rebalance:
@@ -401,7 +402,11 @@ pub(super) async fn run(
                                 );
                                 lease.leave().await;
                                 update_status(&status, |s| s.coordinator_seen_ms = now_ms());
-                                match Lease::join(&config.kafka, &lease_options).await {
+                                let joined = tokio::select! {
+                                    joined = Lease::join(&config.kafka, &lease_options) => joined,
+                                    _ = cancel.cancelled() => return Ok(None),
+                                };
+                                match joined {
                                     Ok(joined) => {
                                         lease = joined;
                                         held = lease.held();

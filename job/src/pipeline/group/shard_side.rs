@@ -56,6 +56,8 @@ struct ShardSide<'a> {
     held: BTreeMap<i32, Held>,
     /// Every close read so far, for stages that start later.
     closes: Vec<SequencedClose>,
+    /// Who published each close (by number), for the answers.
+    authors: BTreeMap<u64, String>,
     /// Partitions read to their end since the last progress.
     released: Vec<(InputTopic, i32)>,
     /// Answers not sent yet, in order.
@@ -103,6 +105,7 @@ pub(super) async fn run(
         initial,
         held: BTreeMap::new(),
         closes: Vec::new(),
+        authors: BTreeMap::new(),
         released: Vec::new(),
         answers: Vec::new(),
         outputs: Outputs::new(config, false)?,
@@ -149,7 +152,7 @@ pub(super) async fn run(
                         }
                         Ok(ToShards::Close(close)) => {
                             side.coordinator_seen();
-                            side.on_close(close);
+                            side.on_close(close, entry.writer);
                             Ok(())
                         }
                         Ok(ToShards::Merged) => {
@@ -218,7 +221,8 @@ impl ShardSide<'_> {
         }
     }
 
-    fn on_close(&mut self, close: SequencedClose) {
+    fn on_close(&mut self, close: SequencedClose, author: String) {
+        self.authors.insert(close.seq, author);
         self.closes.push(close.clone());
         let numbers: Vec<i32> = self.held.keys().copied().collect();
         for p in numbers {
@@ -235,8 +239,10 @@ impl ShardSide<'_> {
             return;
         };
         for (seq, parts) in held.stage.windowing_mut().apply_due() {
+            let author = self.authors.get(&seq).cloned().unwrap_or_default();
             self.answers.push(ToCoordinator::Parts {
                 seq,
+                author,
                 covers: vec![p],
                 parts,
             });
