@@ -176,7 +176,7 @@ fn start_three(config_path: &Path) -> (Instances3, mpsc::Receiver<(usize, String
 
 /// Commit records of the examples table so far: windows the lease holder has written.
 fn windows_written(store: &Path) -> usize {
-    std::fs::read_dir(store.join("_manifest").join("examples"))
+    std::fs::read_dir(shopstream_sinks::manifest::commit_dir(store, "examples"))
         .map(|entries| entries.filter(|e| e.is_ok()).count())
         .unwrap_or(0)
 }

@@ -281,24 +281,21 @@ impl Coordinator {
     /// every boundary, behind its next event. Closes are adopted in order, before this
     /// coordinator decides any.
     pub fn adopt(&mut self, close: &Close) {
-        let length = self.grid.length_ms();
         let until = match close.boundary {
-            Some(boundary) => boundary,
-            // The end of input: every window is closed; nothing read again counts.
-            None => Millis::MAX,
-        };
-        match close.boundary {
             Some(boundary) => {
                 self.closed_until = Some(self.closed_until.map_or(boundary, |c| c.max(boundary)));
                 self.open.retain(|start| *start >= boundary);
+                boundary
             }
+            // The end of input: every window is closed; nothing read again counts.
             None => {
                 self.open.clear();
                 if let Some((last, _)) = close.windows.last() {
-                    self.closed_until = Some(last + length);
+                    self.closed_until = Some(last + self.grid.length_ms());
                 }
+                Millis::MAX
             }
-        }
+        };
         self.adopted_until = Some(self.adopted_until.map_or(until, |a| a.max(until)));
     }
 

@@ -81,6 +81,32 @@ pub enum ToShards {
     Alive,
 }
 
+/// Which messages of the closes log count: those of the coordinator whose `Start` came
+/// last. A new lease holder starts after its predecessors and numbers on from their
+/// closes; a holder that lost the lease without noticing may still write, and is ignored.
+/// The shards and a coordinator taking a run over read the log by this one rule.
+#[derive(Debug, Clone, Default)]
+pub struct CurrentCoordinator {
+    writer: Option<String>,
+}
+
+impl CurrentCoordinator {
+    /// Whether `message`, written by `writer`, counts. A `Start` always does, and names
+    /// the coordinator whose messages count from there on.
+    pub fn counts(&mut self, writer: &str, message: &ToShards) -> bool {
+        if let ToShards::Start { coordinator } = message {
+            self.writer = Some(coordinator.clone());
+            return true;
+        }
+        self.writer.as_deref() == Some(writer)
+    }
+
+    /// The coordinator whose messages count, once a `Start` was read.
+    pub fn writer(&self) -> Option<&str> {
+        self.writer.as_deref()
+    }
+}
+
 /// A close with its place in the coordinator's sequence (`<prefix>.closes`): shards apply
 /// closes in `seq` order and skip a `seq` they have applied (a log read again).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,6 +162,22 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_messages_of_the_coordinator_that_started_last_count() {
+        let start = |c: &str| ToShards::Start {
+            coordinator: c.into(),
+        };
+        let mut current = CurrentCoordinator::default();
+        // Nothing counts before a start.
+        assert!(!current.counts("a", &ToShards::Alive));
+        assert!(current.counts("a", &start("a")));
+        assert!(current.counts("a", &ToShards::Merged));
+        assert!(current.counts("b", &start("b")));
+        assert_eq!(current.writer(), Some("b"));
+        assert!(!current.counts("a", &ToShards::Alive));
+        assert!(current.counts("b", &ToShards::Alive));
+    }
 
     #[test]
     fn a_message_of_another_version_is_refused_with_both_versions_named() {

@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use shopstream_config::Config;
-use shopstream_features::protocol::{self, SequencedClose, ToCoordinator, ToShards};
+use shopstream_features::protocol::{
+    self, CurrentCoordinator, SequencedClose, ToCoordinator, ToShards,
+};
 use shopstream_features::{Close, Coordinator, FeaturePipeline, MergeQueue, WindowOutput};
 use shopstream_ingest::decode::{Reason, Rejection};
 use shopstream_ingest::event::InputTopic;
@@ -224,15 +226,15 @@ pub(super) async fn run(
     let mut decided = BTreeMap::new();
     let mut authors = BTreeMap::new();
     let mut final_seq = None;
-    for (author, close) in &adopted {
+    let next_seq = adopted.len() as u64;
+    for (author, close) in adopted {
         coordinator.adopt(&close.close);
         if close.close.is_final() {
             final_seq = Some(close.seq);
         }
-        decided.insert(close.seq, close.close.clone());
-        authors.insert(close.seq, author.clone());
+        decided.insert(close.seq, close.close);
+        authors.insert(close.seq, author);
     }
-    let next_seq = adopted.len() as u64;
     if next_seq > 0 {
         tracing::info!(
             adopted = next_seq,
@@ -279,8 +281,10 @@ pub(super) async fn run(
             // late. Shards follow it, not this one, so this turn ends; while this instance
             // still holds the lease, its next turn starts after it and adopts its closes.
             entry = closes_read.next() => match entry {
+                // Its own messages (closes with their inventory events) need no decoding.
+                Ok(entry) if entry.writer == me => Ok(()),
                 Ok(entry) => match protocol::decode::<ToShards>(&entry.payload) {
-                    Ok(ToShards::Start { coordinator }) if coordinator != me => {
+                    Ok(ToShards::Start { coordinator }) => {
                         tracing::warn!(
                             %coordinator,
                             "another coordinator started on the closes topic after this one: \
@@ -417,8 +421,8 @@ async fn take_over_closes_log(
 /// The closes log as read up to a new coordinator's start.
 #[derive(Debug, Default)]
 struct ClosesLog {
-    /// The writer of the newest `Start`: only its messages count.
-    coordinator: Option<String>,
+    /// Whose messages count.
+    current: CurrentCoordinator,
     /// The closes that count, in order, each with its author.
     closes: Vec<(String, SequencedClose)>,
     /// Why the run is over, when a coordinator ended it.
@@ -428,14 +432,11 @@ struct ClosesLog {
 impl ClosesLog {
     /// Takes one message of `writer`; returns the coordinator a `Start` names.
     fn take(&mut self, writer: &str, message: ToShards) -> Option<&str> {
-        if let ToShards::Start { coordinator } = message {
-            self.coordinator = Some(coordinator);
-            return self.coordinator.as_deref();
-        }
-        if self.coordinator.as_deref() != Some(writer) {
+        if !self.current.counts(writer, &message) {
             return None;
         }
         match message {
+            ToShards::Start { .. } => return self.current.writer(),
             ToShards::Close(close) => {
                 // A coordinator numbers on from the closes it adopted, so these are
                 // consecutive; one that is not is dropped rather than merged twice.
@@ -445,7 +446,7 @@ impl ClosesLog {
             }
             ToShards::Stop { reason } => self.ended = Some(format!("stopped: {reason}")),
             ToShards::Merged => self.ended = Some("its final close was merged".into()),
-            ToShards::Start { .. } | ToShards::Alive => {}
+            ToShards::Alive => {}
         }
         None
     }

@@ -449,8 +449,8 @@ pub(super) async fn run(
                             s.global = None;
                             s.global_stage_threads = None;
                             s.coordinator_ready = false;
+                            s.coordinator_seen_ms = now_ms();
                         });
-                        update_status(&status, |s| s.coordinator_seen_ms = now_ms());
                     }
                     Err(e) => {
                         cancel.cancel();

@@ -93,6 +93,11 @@ fn file_name(version: u64) -> String {
     format!("model-v{version:012}.bin")
 }
 
+/// Whether `name` is one of [`file_name`]'s.
+fn is_broadcast_file(name: &str) -> bool {
+    name.starts_with("model-v") && name.ends_with(".bin")
+}
+
 /// The coordinator's side: broadcasts each model `models` receives (the models its global
 /// stage publishes for serving), at most every [`BROADCAST_EVERY`], until `cancel`. A
 /// model that cannot be written or published is reported and skipped: the next one is
@@ -162,11 +167,7 @@ pub(super) fn remove_leftovers(config: &Config) {
         return;
     };
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let ours = name
-            .to_str()
-            .is_some_and(|n| n.starts_with("model-v") && n.ends_with(".bin"));
-        if ours {
+        if entry.file_name().to_str().is_some_and(is_broadcast_file) {
             remove_if_present(&entry.path());
         }
     }

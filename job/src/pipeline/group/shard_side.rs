@@ -14,7 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use shopstream_config::Config;
-use shopstream_features::protocol::{self, SequencedClose, ToCoordinator, ToShards};
+use shopstream_features::protocol::{
+    self, CurrentCoordinator, SequencedClose, ToCoordinator, ToShards,
+};
 use shopstream_features::{Coordinator, FeaturePipeline, Follower, Report, ShardSet};
 use shopstream_ingest::event::InputTopic;
 use shopstream_kafka::log::{LogReader, LogWriter};
@@ -124,9 +126,9 @@ pub(super) async fn run(
     // rebalance as another instance left could revoke them all just before, and the
     // partitions handed back were never answered.)
     let mut merged = false;
-    // The coordinator whose closes count: the one that started last on the closes log (a
-    // new lease holder takes over the run from there, docs/scale-out.md).
-    let mut coordinator: Option<String> = None;
+    // Whose closes count: the coordinator that started last on the closes log (a new
+    // lease holder takes over the run from there, docs/scale-out.md).
+    let mut current = CurrentCoordinator::default();
     let outcome = loop {
         if merged {
             break side.send().await;
@@ -138,15 +140,10 @@ pub(super) async fn run(
             entry = closes.next() => {
                 let step = match entry {
                     Ok(entry) => match protocol::decode::<ToShards>(&entry.payload) {
-                        Ok(ToShards::Start { coordinator: starts }) => {
-                            coordinator = Some(starts);
-                            side.coordinator_seen();
-                            Ok(())
-                        }
                         // A lease holder that lost the lease and has not noticed yet:
                         // its successor numbers on from the closes before its start.
-                        Ok(_) if coordinator.as_deref() != Some(entry.writer.as_str()) => Ok(()),
-                        Ok(ToShards::Alive) => {
+                        Ok(message) if !current.counts(&entry.writer, &message) => Ok(()),
+                        Ok(ToShards::Start { .. } | ToShards::Alive) => {
                             side.coordinator_seen();
                             Ok(())
                         }
