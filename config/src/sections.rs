@@ -248,7 +248,10 @@ pub struct PipelineConfig {
     /// dead-lettered as `out_of_range` (a producer with a broken clock), in seconds.
     pub max_future_skew_secs: u64,
     /// In the long-running job, a partition that delivered nothing for this long stops
-    /// holding the watermark back until its next event, in seconds.
+    /// holding the watermark back until its next event, in seconds; only once nothing of
+    /// it is left to read (librdkafka's statistics show it fetched to its end, every
+    /// `statistics.interval.ms`, and the job handled all of it), so a partition queued
+    /// behind others during a catch-up is not taken for idle.
     pub idle_partition_timeout_secs: u64,
 }
 

@@ -14,6 +14,8 @@
 //!   one-partition topic's partition), for the trainer of several instances.
 //! - [`membership`]: a group member that is only told its partitions (read by directly
 //!   assigned consumers): the lease's election and an instance's share of the input.
+//! - [`read_progress`]: how far each input partition is read (fetched, handed on), so
+//!   the live job tells a silent partition with nothing left from one still queued.
 //! - [`log`]: an internal one-partition topic as an ordered log of messages of any size
 //!   (split into fragments and put together again), the topic transport of scale-out.
 //! - [`latest`]: a compacted one-partition internal topic holding the latest value of one
@@ -28,6 +30,7 @@ pub mod latest;
 pub mod lease;
 pub mod log;
 pub mod membership;
+pub mod read_progress;
 pub mod seek;
 pub mod sink;
 pub mod source;

@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{KafkaSetupError, client_config, input_topic_name, set_default, set_managed};
 use crate::membership::{Assigned, Membership, MembershipOptions};
+use crate::read_progress::ReadProgress;
 use shopstream_ingest::decode::{DecodeLimits, Rejection, decode};
 use shopstream_ingest::event::{Event, InputTopic};
 
@@ -144,6 +145,8 @@ pub struct SourceContext {
     names: BTreeMap<String, InputTopic>,
     /// Filled from librdkafka's statistics.
     lag: SharedLag,
+    /// Also from the statistics: which partitions are fetched to their end.
+    progress: ReadProgress,
     start: SharedPositions,
     /// `kafka.seek_back_messages`.
     seek_back: u64,
@@ -155,12 +158,14 @@ impl SourceContext {
     fn new(
         names: &BTreeMap<String, InputTopic>,
         lag: &SharedLag,
+        progress: &ReadProgress,
         start: &SharedPositions,
         kafka: &KafkaConfig,
     ) -> Self {
         Self {
             names: names.clone(),
             lag: Arc::clone(lag),
+            progress: progress.clone(),
             start: Arc::clone(start),
             seek_back: kafka.seek_back_messages,
             changes: std::sync::Mutex::new(Vec::new()),
@@ -198,9 +203,13 @@ impl ClientContext for SourceContext {
                 continue;
             };
             for (partition, stats) in &topic.partitions {
-                if *partition >= 0 && stats.consumer_lag >= 0 {
+                if *partition < 0 {
+                    continue;
+                }
+                if stats.consumer_lag >= 0 {
                     lag.insert((*input, *partition), stats.consumer_lag);
                 }
+                self.progress.record_statistics((*input, *partition), stats);
             }
         }
     }
@@ -243,11 +252,13 @@ impl ConsumerContext for SourceContext {
                     tracing::error!(error = %e, "assigning partitions failed");
                 }
                 tracing::info!(partitions = ?assigned, "partitions assigned");
+                self.progress.forget(&assigned);
                 self.push(SourceMessage::Assigned(assigned));
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let revoked = self.partitions(tpl);
                 tracing::info!(partitions = ?revoked, "partitions revoked");
+                self.progress.forget(&revoked);
                 if let Err(e) = consumer.unassign() {
                     tracing::error!(error = %e, "unassigning partitions failed");
                 }
@@ -285,6 +296,8 @@ pub struct KafkaSource {
     resume_from: Positions,
     /// Consumer lag per partition.
     lag: SharedLag,
+    /// How far each partition is read.
+    progress: ReadProgress,
     /// Group mode: the membership and what it had assigned when last applied.
     group: Option<GroupShare>,
 }
@@ -376,6 +389,12 @@ impl KafkaSource {
         Arc::clone(&self.lag)
     }
 
+    /// How far each partition is read, updated as the source runs (the live job's
+    /// idleness rule).
+    pub fn progress(&self) -> ReadProgress {
+        self.progress.clone()
+    }
+
     /// Connects to the input topics (`partitions` gives their partition counts by name).
     /// A partition starts at its entry in `start` if any, else at the group's committed
     /// offset, else at the beginning. `bounded` selects bounded mode (see the module doc).
@@ -389,7 +408,8 @@ impl KafkaSource {
         let (named, names) = topic_names(topics);
         let resume_from = start.lock().map(|s| s.clone()).unwrap_or_default();
         let lag = SharedLag::default();
-        let context = || SourceContext::new(&names, &lag, &start, kafka);
+        let progress = ReadProgress::default();
+        let context = || SourceContext::new(&names, &lag, &progress, &start, kafka);
         let mut consumers = Vec::new();
         let mut committer = Vec::new();
         let mut at_end = BTreeMap::new();
@@ -449,6 +469,7 @@ impl KafkaSource {
                 at_end,
                 resume_from,
                 lag,
+                progress,
                 group: None,
             },
             OffsetCommitter {
@@ -468,11 +489,12 @@ impl KafkaSource {
         let (named, names) = topic_names(topics);
         let resume_from = start.lock().map(|s| s.clone()).unwrap_or_default();
         let lag = SharedLag::default();
+        let progress = ReadProgress::default();
         let mut consumers = Vec::new();
         let mut committer = Vec::new();
         for (topic, name) in &named[..2] {
             let consumer: Inner = consumer_config(kafka, true)?
-                .create_with_context(SourceContext::new(&names, &lag, &start, kafka))
+                .create_with_context(SourceContext::new(&names, &lag, &progress, &start, kafka))
                 .map_err(KafkaSetupError::Client)?;
             let consumer = Arc::new(consumer);
             committer.push((vec![(*topic, name.clone())], Arc::clone(&consumer)));
@@ -502,6 +524,7 @@ impl KafkaSource {
                 at_end: BTreeMap::new(),
                 resume_from,
                 lag,
+                progress,
                 group: Some(GroupShare {
                     _membership: membership,
                     assigned,
@@ -594,6 +617,8 @@ impl KafkaSource {
                     })?;
             }
         }
+        self.progress.forget(&revoked);
+        self.progress.forget(&added);
         for key in &revoked {
             self.at_end.remove(key);
         }
@@ -681,6 +706,8 @@ impl KafkaSource {
                         continue;
                     }
                     *stats.consumed.entry(topic).or_default() += 1;
+                    self.progress
+                        .handed_on((topic, meta.partition), meta.offset);
                     if let Some(end) = self.at_end.get_mut(&(topic, meta.partition)) {
                         *end = false;
                     }

@@ -1,14 +1,17 @@
 //! Crash points for tests: `SHOPSTREAM_FAILPOINT=NAME:N` makes the N-th arrival at the
 //! point NAME print `failpoint NAME reached` on stderr and then stop the thread there
 //! (sleeping), so a test can SIGKILL the process at exactly that moment: half-way through
-//! a Parquet write, between the data files and their commit record, and so on. Without
-//! the variable every point is a counter check and nothing else.
+//! a Parquet write, between the data files and their commit record, and so on.
+//! `NAME:N:MS` pauses the thread there for MS milliseconds instead and goes on (a stalled
+//! stage, for tests of what happens around it). Without the variable every point is a
+//! counter check and nothing else.
 //!
 //! Points: `store.temp_written` (a data file is fsynced under its temporary name, not
 //! renamed), `store.files_renamed` (a window's data files are in place, its commit record
 //! is not), `store.compaction_written` (a merged file is in place, its record is not),
 //! `checkpoint.temp_written` and `checkpoint.written` (around a checkpoint's rename),
-//! `pipeline.message_handled` (after each message), `pipeline.model_saving` (a run's
+//! `pipeline.message_handled` (after each message), `pipeline.partitions_assigned` (the
+//! job took partitions: once at start, then at each assignment), `pipeline.model_saving` (a run's
 //! outputs and last checkpoint are written, its model file is not).
 
 use std::sync::OnceLock;
@@ -17,6 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 struct Armed {
     name: String,
     nth: u64,
+    /// Pause this long and go on; `None`: stop for good.
+    pause_ms: Option<u64>,
     seen: AtomicU64,
 }
 
@@ -25,10 +30,14 @@ fn armed() -> Option<&'static Armed> {
     ARMED
         .get_or_init(|| {
             let value = std::env::var("SHOPSTREAM_FAILPOINT").ok()?;
-            let (name, nth) = value.rsplit_once(':').unwrap_or((&value, "1"));
+            let mut parts = value.split(':');
+            let name = parts.next().unwrap_or_default();
+            let nth = parts.next().and_then(|n| n.parse().ok()).unwrap_or(1);
+            let pause_ms = parts.next().and_then(|ms| ms.parse().ok());
             Some(Armed {
                 name: name.to_string(),
-                nth: nth.parse().unwrap_or(1),
+                nth,
+                pause_ms,
                 seen: AtomicU64::new(0),
             })
         })
@@ -42,6 +51,11 @@ pub fn hit(name: &str) {
         return;
     }
     if armed.seen.fetch_add(1, Ordering::SeqCst) + 1 == armed.nth {
+        if let Some(ms) = armed.pause_ms {
+            eprintln!("failpoint {name} pausing for {ms} ms");
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            return;
+        }
         eprintln!("failpoint {name} reached");
         loop {
             std::thread::sleep(std::time::Duration::from_secs(3600));

@@ -213,6 +213,7 @@ pub async fn run_observed(
         },
     };
     let consumer_lag = source.lag();
+    let read_progress = source.progress();
     let source_cancel = cancel.clone();
     let source_task = tracker.spawn(async move {
         let result = source.run(tx, source_cancel.clone(), source_options).await;
@@ -265,6 +266,7 @@ pub async fn run_observed(
         outputs: Outputs::new(config, options.replay.is_some())?,
         checkpoints,
         consumer_lag,
+        read_progress,
         positions: Positions::new(),
         windows_total: 0,
         checkpoint_due: false,

@@ -12,6 +12,7 @@ use shopstream_features::WindowOutput;
 use shopstream_ingest::decode::Rejection;
 use shopstream_ingest::event::InputTopic;
 use shopstream_kafka::client::input_topic_name;
+use shopstream_kafka::read_progress::ReadProgress;
 use shopstream_kafka::source::{Positions, RecordMeta, SharedLag, SourceMessage};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -72,6 +73,9 @@ pub(super) struct Processor<'a> {
     pub(super) checkpoints: Option<CheckpointPlan>,
     /// Consumer lag per partition, from the source.
     pub(super) consumer_lag: SharedLag,
+    /// How far the source read each partition: a silent partition is only idle once
+    /// nothing of it waits to be read.
+    pub(super) read_progress: ReadProgress,
     /// Next offset to read per input partition.
     pub(super) positions: Positions,
     /// Windows closed since the job's first start (checkpoints carry it on).
@@ -287,6 +291,7 @@ impl Processor<'_> {
                     self.last_seen
                         .insert((topic, partition), tokio::time::Instant::now());
                 }
+                shopstream_sinks::failpoint::hit("pipeline.partitions_assigned");
             }
             SourceMessage::Revoked(partitions) => {
                 // Their state stays until checkpoints can hand it over; they no longer
@@ -444,13 +449,21 @@ impl Processor<'_> {
         }
     }
 
-    /// Live mode: partitions silent for longer than `timeout` stop holding the watermark.
+    /// Live mode: partitions silent for longer than `timeout` with nothing of them left to
+    /// read (fetched to their end and all of it handled) stop holding the watermark. A
+    /// silent partition whose messages still wait behind other partitions' holds it: its
+    /// events would otherwise be late when they come.
     async fn release_idle(&mut self, timeout: std::time::Duration) -> Result<(), PipelineError> {
         let now = tokio::time::Instant::now();
         let idle: Vec<(InputTopic, i32)> = self
             .last_seen
             .iter()
-            .filter(|(_, seen)| now.duration_since(**seen) >= timeout)
+            .filter(|(key, seen)| {
+                now.duration_since(**seen) >= timeout
+                    && self
+                        .read_progress
+                        .drained(**key, self.positions.get(*key).copied())
+            })
             .map(|(key, _)| *key)
             .collect();
         if idle.is_empty() {
