@@ -13,13 +13,18 @@
 //!
 //! Then serving latency live: the job with 2 workers runs in live mode while traffic is
 //! published at `RATE` messages/s (default 3,000) for 60 s on topics of its own; prints
-//! the prediction latency percentiles (consumed -> handed to the producer).
+//! the prediction latency percentiles (consumed -> handed to the producer). Twice: with
+//! the generator's default shop (5,000 users, 1.5 sessions per second of event time), whose
+//! event time then runs about 230 times faster than the wall clock, so the job closes
+//! about four 60 s windows a second; and with a shop whose event time keeps pace with the
+//! wall clock (as a real shop's traffic at that rate: one window a minute), for 180 s.
 //!
 //! Use `scripts/bench-scale.sh`, which starts tansu and builds in release mode.
 //!
 //! usage: throughput BROKERS [EVENTS] [ROUNDS] [RATE]   (RATE 0 skips the live part;
 //! THROUGHPUT_WORKERS=2 runs only the job with 2 workers, e.g. under perf;
-//! THROUGHPUT_GROUPS=2 only the group of 2 instances)
+//! THROUGHPUT_GROUPS=2 only the group of 2 instances; THROUGHPUT_PACE=wall only the live
+//! part at the wall clock's pace)
 
 #![allow(missing_docs)]
 
@@ -30,7 +35,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 use shopstream_config::Config;
-use shopstream_ingest::generator::GeneratorOptions;
+use shopstream_ingest::generator::world::WorldSize;
+use shopstream_ingest::generator::{Generator, GeneratorOptions};
 use shopstream_job::generate::publish_traffic;
 use shopstream_job::pipeline::{RunOptions, run};
 
@@ -48,7 +54,10 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         bench(brokers, events, rounds).await?;
         if rate > 0.0 {
-            live(brokers, rate).await?;
+            if std::env::var("THROUGHPUT_PACE").as_deref() != Ok("wall") {
+                live(brokers, rate, Pace::Compressed).await?;
+            }
+            live(brokers, rate, Pace::WallClock).await?;
         }
         Ok(())
     })
@@ -184,21 +193,63 @@ async fn bench(brokers: &str, events: u64, rounds: usize) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Prediction latency of a live job with 2 workers while traffic arrives at `rate`
-/// messages/s for about 60 s.
-async fn live(brokers: &str, rate: f64) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let prefix = format!("live-{}", std::process::id());
-    let mut config = config_for(brokers, &prefix);
-    config.kafka.group_id = format!("{prefix}-group");
-    config.pipeline.workers = 2;
-    config.store.path = dir.path().join("store");
-    let total = (rate * 60.0) as u64;
+/// How the generated traffic's event time relates to the wall clock in the live part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    /// The default shop: event time far ahead of the wall clock at the rate.
+    Compressed,
+    /// A shop large enough that its event time keeps pace with the wall clock.
+    WallClock,
+}
+
+/// Generator options for `total` messages at `rate` messages/s with the given pace.
+fn live_traffic(total: u64, rate: f64, pace: Pace) -> GeneratorOptions {
     let options = GeneratorOptions {
         seed: 2,
         max_events: Some(total),
         ..GeneratorOptions::default()
     };
+    if pace == Pace::Compressed {
+        return options;
+    }
+    // Messages per second of event time at the default session rate, measured on the
+    // generator itself between the 10th and 90th percentile of event time (orders and
+    // cancellations trail the last session by up to hours); sessions then scale so that
+    // `rate` messages span one second.
+    let mut ts: Vec<i64> = Generator::new(GeneratorOptions {
+        max_events: Some(20_000),
+        ..options.clone()
+    })
+    .map(|m| m.ts)
+    .collect();
+    ts.sort_unstable();
+    let (low, high) = (ts[ts.len() / 10], ts[ts.len() * 9 / 10]);
+    let span_secs = ((high - low) as f64 / 1000.0).max(1.0);
+    let scale = rate / ((ts.len() * 8 / 10) as f64 / span_secs);
+    GeneratorOptions {
+        sessions_per_sec: options.sessions_per_sec * scale,
+        size: WorldSize {
+            users: 200_000,
+            items: 20_000,
+            categories: 200,
+        },
+        ..options
+    }
+}
+
+/// Prediction latency of a live job with 2 workers while traffic arrives at `rate`
+/// messages/s for about 60 s.
+async fn live(brokers: &str, rate: f64, pace: Pace) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let prefix = format!("live-{}-{pace:?}", std::process::id()).to_lowercase();
+    let mut config = config_for(brokers, &prefix);
+    config.kafka.group_id = format!("{prefix}-group");
+    config.pipeline.workers = 2;
+    config.store.path = dir.path().join("store");
+    // At the wall clock's pace, 60 s hold a single 60 s window: run three minutes.
+    let seconds = if pace == Pace::WallClock { 180.0 } else { 60.0 };
+    let total = (rate * seconds) as u64;
+    let options = live_traffic(total, rate, pace);
     // Topics first, so the job's group starts at their beginning.
     shopstream_kafka::client::ensure_topics(
         &config.kafka,
@@ -211,6 +262,7 @@ async fn live(brokers: &str, rate: f64) -> anyhow::Result<()> {
             .collect::<Vec<_>>(),
     )
     .await?;
+    let started = Instant::now();
     let (progress, mut watch) = tokio::sync::watch::channel(Default::default());
     let publisher_config = config.clone();
     let publisher =
@@ -235,9 +287,14 @@ async fn live(brokers: &str, rate: f64) -> anyhow::Result<()> {
     let report = publisher.await??;
     let summary = job.await??;
     let l = &summary.prediction_latency;
+    let messages = report.valid_total + report.malformed_total;
+    let event_secs = (report.last_ts - report.first_ts) as f64 / 1000.0;
+    let wall_secs = started.elapsed().as_secs_f64();
     println!(
-        "live, 2 workers, {} messages at {rate:.0} msg/s: prediction latency p50 {} us, p99 {} us, max {} us over {} impressions",
-        report.valid_total + report.malformed_total,
+        "live, 2 workers, {pace:?} pace, {messages} messages at {rate:.0} msg/s in {wall_secs:.0} s, event time spanning {event_secs:.0} s (orders trail the last session), {} windows closed (processing max {} us), {} checkpoints: prediction latency p50 {} us, p99 {} us, max {} us over {} impressions",
+        summary.windows_closed,
+        summary.window_processing.max_us,
+        summary.checkpoints,
         l.p50_us,
         l.p99_us,
         l.max_us,
