@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use shopstream_ingest::event::{ClickEvent, ClickKind, InputTopic, Scenario};
-use shopstream_ingest::generator::{GeneratedMessage, GeneratorOptions, world::WorldSize};
-use shopstream_job::generate::{publish_messages, publish_traffic};
+use shopstream_ingest::generator::GeneratedMessage;
+use shopstream_job::generate::publish_messages;
 use support::{Broker, http_get, metric};
 
 /// Guards "a partition queued behind others is not taken for idle": the job stalls for
@@ -36,21 +36,8 @@ async fn a_stalled_job_does_not_take_partitions_queued_behind_others_for_idle() 
         .kafka
         .properties
         .insert("statistics.interval.ms".into(), "500".into());
-    let options = GeneratorOptions {
-        seed: 23,
-        max_events: Some(6_000),
-        sessions_per_sec: 0.12,
-        size: WorldSize {
-            users: 150,
-            items: 200,
-            categories: 8,
-        },
-        ..GeneratorOptions::default()
-    };
-    let report = publish_traffic(&config, options, None, None).await.unwrap();
-    let produced = report.valid_total + report.malformed_total;
-    let config_path = dir.path().join("job.toml");
-    std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
+    let (report, produced, config_path) =
+        support::publish_for_binary(&config, support::small_shop(23, 6_000), dir.path()).await;
     let log_path = dir.path().join("job.log");
 
     // The first assignment is the inventory's at start, the second the group's.

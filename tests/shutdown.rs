@@ -11,8 +11,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, StringArray};
-use shopstream_ingest::generator::{GeneratorOptions, world::WorldSize};
-use shopstream_job::generate::publish_traffic;
 use support::{Broker, http_get, metric, read_table};
 
 /// The `event_id`s of the examples visible in the store, and the number of rows.
@@ -47,21 +45,8 @@ async fn sigterm_checkpoints_commits_and_exits_zero_then_restart_writes_each_row
     config.http.listen = format!("127.0.0.1:{port}");
     config.pipeline.idle_partition_timeout_secs = 1;
     config.pipeline.shutdown_timeout_secs = 20;
-    let options = GeneratorOptions {
-        seed: 8,
-        max_events: Some(5_000),
-        sessions_per_sec: 0.12,
-        size: WorldSize {
-            users: 150,
-            items: 200,
-            categories: 8,
-        },
-        ..GeneratorOptions::default()
-    };
-    let report = publish_traffic(&config, options, None, None).await.unwrap();
-    let produced = report.valid_total + report.malformed_total;
-    let config_path = dir.path().join("job.toml");
-    std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
+    let (report, produced, config_path) =
+        support::publish_for_binary(&config, support::small_shop(8, 5_000), dir.path()).await;
 
     let mut job = Command::new(env!("CARGO_BIN_EXE_shopstream"))
         .args(["run", "--config"])

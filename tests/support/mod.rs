@@ -361,3 +361,36 @@ pub async fn wait_consumed(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A small shop's traffic (150 users, 200 items, 8 categories), sparse enough in event time
+/// that about 75 minutes pass in 5,000 events: labels mature within a test's run.
+pub fn small_shop(seed: u64, max_events: u64) -> shopstream_ingest::generator::GeneratorOptions {
+    shopstream_ingest::generator::GeneratorOptions {
+        seed,
+        max_events: Some(max_events),
+        sessions_per_sec: 0.12,
+        size: shopstream_ingest::generator::world::WorldSize {
+            users: 150,
+            items: 200,
+            categories: 8,
+        },
+        ..Default::default()
+    }
+}
+
+/// Publishes `options`' traffic to `config`'s topics and writes `config` to
+/// `dir/job.toml` for the binary: the generator's report, the number of messages
+/// published (valid and malformed) and the config file.
+pub async fn publish_for_binary(
+    config: &Config,
+    options: shopstream_ingest::generator::GeneratorOptions,
+    dir: &Path,
+) -> (shopstream_ingest::generator::GeneratorReport, u64, PathBuf) {
+    let report = shopstream_job::generate::publish_traffic(config, options, None, None)
+        .await
+        .unwrap();
+    let produced = report.valid_total + report.malformed_total;
+    let config_path = dir.join("job.toml");
+    std::fs::write(&config_path, toml::to_string(config).unwrap()).unwrap();
+    (report, produced, config_path)
+}
