@@ -48,13 +48,16 @@ async fn sigterm_checkpoints_commits_and_exits_zero_then_restart_writes_each_row
     let (report, produced, config_path) =
         support::publish_for_binary(&config, support::small_shop(8, 5_000), dir.path()).await;
 
+    let first_log = dir.path().join("first.log");
+    let second_log = dir.path().join("second.log");
+    let logs = || support::log_tails(&[&first_log, &second_log], 40);
     let mut job = Command::new(env!("CARGO_BIN_EXE_shopstream"))
         .args(["run", "--config"])
         .arg(&config_path)
         .arg("--summary-json")
         .arg(dir.path().join("first.json"))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&first_log).unwrap())
         .spawn()
         .unwrap();
     // Wait for the first committed examples.
@@ -87,7 +90,7 @@ async fn sigterm_checkpoints_commits_and_exits_zero_then_restart_writes_each_row
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
+    assert_eq!(status.code(), Some(0), "SIGTERM exits 0{}", logs());
     let summary = |name: &str| -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(dir.path().join(name)).unwrap()).unwrap()
     };
@@ -102,7 +105,11 @@ async fn sigterm_checkpoints_commits_and_exits_zero_then_restart_writes_each_row
         0 < written_at_stop && written_at_stop < report.impressions,
         "rows written before SIGTERM: {first}"
     );
-    assert!(first["checkpoints"].as_u64().unwrap() >= 1, "{first}");
+    assert!(
+        first["checkpoints"].as_u64().unwrap() >= 1,
+        "{first}{}",
+        logs()
+    );
     let (before, rows_before) = example_ids(&store);
     assert_eq!(rows_before as u64, written_at_stop);
     assert_eq!(before.len(), rows_before, "duplicates before the restart");
@@ -115,20 +122,22 @@ async fn sigterm_checkpoints_commits_and_exits_zero_then_restart_writes_each_row
         .arg("--summary-json")
         .arg(dir.path().join("second.json"))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&second_log).unwrap())
         .status()
         .unwrap();
-    assert!(status.success());
+    assert!(status.success(), "the restart failed{}", logs());
     let second = summary("second.json");
     assert_eq!(
         consumed(&first) + consumed(&second),
         produced,
-        "every message consumed once: {first} {second}"
+        "every message consumed once: {first} {second}{}",
+        logs()
     );
     assert_eq!(
         second["examples_written"].as_u64(),
         Some(report.impressions - written_at_stop),
-        "{second}"
+        "{first} {second}{}",
+        logs()
     );
     let (after, rows_after) = example_ids(&store);
     assert_eq!(

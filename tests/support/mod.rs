@@ -394,3 +394,21 @@ pub async fn publish_for_binary(
     std::fs::write(&config_path, toml::to_string(config).unwrap()).unwrap();
     (report, produced, config_path)
 }
+
+/// The last `lines` lines of each log in `paths` (a job's stderr), headed by its path, for
+/// failure messages: what the job said is often the only clue to a failure seen in CI.
+pub fn log_tails(paths: &[&Path], lines: usize) -> String {
+    let mut out = String::new();
+    for path in paths {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        let tail = &all[all.len().saturating_sub(lines)..];
+        out.push_str(&format!(
+            "\n--- {} (last {} lines)\n",
+            path.display(),
+            tail.len()
+        ));
+        out.push_str(&tail.join("\n"));
+    }
+    out
+}

@@ -470,6 +470,12 @@ impl Processor<'_> {
             return Ok(());
         }
         for (topic, partition) in idle {
+            tracing::info!(
+                topic = topic.as_str(),
+                partition,
+                silent_secs = timeout.as_secs(),
+                "partition idle with nothing left to read; it no longer holds the watermark back"
+            );
             self.release(topic, partition, false).await?;
             self.last_seen.remove(&(topic, partition));
         }
