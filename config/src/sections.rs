@@ -249,9 +249,9 @@ pub struct PipelineConfig {
     pub max_future_skew_secs: u64,
     /// In the long-running job, a partition that delivered nothing for this long stops
     /// holding the watermark back until its next event, in seconds; only once nothing of
-    /// it is left to read (librdkafka's statistics show it fetched to its end, every
-    /// `statistics.interval.ms`, and the job handled all of it), so a partition queued
-    /// behind others during a catch-up is not taken for idle.
+    /// it is left to read (librdkafka's statistics, every `statistics.interval.ms`, taken
+    /// since it fell silent show it fetched to its end, and the job handled all of it), so
+    /// a partition queued behind others during a catch-up is not taken for idle.
     pub idle_partition_timeout_secs: u64,
 }
 

@@ -184,6 +184,20 @@ pub fn set_default(
     Ok(())
 }
 
+/// The value the clients use for `key`, a [`PropertyPolicy::Default`] property of the
+/// managed-property table: the user's (under any of its names), else shopstream's default.
+pub fn default_property_value(kafka: &KafkaConfig, key: &str) -> Result<String, KafkaSetupError> {
+    let property = listed(key)?;
+    let PropertyPolicy::Default { value, .. } = property.policy else {
+        return Err(KafkaSetupError::UnlistedProperty(key.to_string()));
+    };
+    Ok(kafka
+        .user_sets(property)
+        .and_then(|name| kafka.properties.get(name))
+        .cloned()
+        .unwrap_or_else(|| value.to_string()))
+}
+
 /// Sets `key`, a [`PropertyPolicy::Rejected`] property of the managed-property table, to
 /// `value`. Validation refuses these in `[kafka.properties]`; should one be there anyway
 /// (a configuration built without validation) this fails rather than replace it.

@@ -4,48 +4,61 @@
 //! holding the watermark back. Silence alone does not show idleness: a partition whose
 //! messages wait in librdkafka's queue or in the source's channel behind other partitions'
 //! (a job catching up, a loaded machine) is silent too, and releasing it would make its
-//! waiting events late. So a partition only counts as drained when librdkafka's latest
-//! statistics show it fetched to the end of the log and every fetched message handed to
-//! the source, and the pipeline has read everything the source handed on.
+//! waiting events late. So a partition only counts as drained when statistics from
+//! librdkafka taken after it fell silent, and recent enough, show it fetched to the end of
+//! the log with nothing of it left to hand over, and the pipeline has read everything the
+//! source handed on.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use shopstream_ingest::event::InputTopic;
 
 /// What is known of one partition.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default)]
 struct PartitionProgress {
-    /// librdkafka's latest statistics: fetched to the end and all of it handed over.
-    fetched_to_end: bool,
+    /// librdkafka's latest statistics of it, and when they were recorded.
+    statistics: Option<(Instant, EndOffsets)>,
     /// The offset after the last message the source handed on (0 before any).
     handed_on_up_to: i64,
 }
 
 /// Read progress per partition, shared by the source (which records it) and the pipeline
 /// (which asks whether a silent partition is drained). Cloning shares it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ReadProgress {
     partitions: Arc<Mutex<BTreeMap<(InputTopic, i32), PartitionProgress>>>,
+    /// Statistics older than this say nothing (they stop while the source is blocked on a
+    /// full channel): twice the statistics interval.
+    max_age: Duration,
 }
 
 impl ReadProgress {
-    /// Records a partition's statistics from librdkafka (see [`fetched_to_end`]).
+    /// Progress whose statistics arrive every `statistics_interval`.
+    pub fn new(statistics_interval: Duration) -> Self {
+        Self {
+            partitions: Arc::default(),
+            max_age: statistics_interval.saturating_mul(2),
+        }
+    }
+
+    /// Records a partition's statistics from librdkafka.
     pub fn record_statistics(
         &self,
         key: (InputTopic, i32),
         statistics: &rdkafka::statistics::Partition,
     ) {
-        let done = fetched_to_end(&EndOffsets {
+        let offsets = EndOffsets {
             high_watermark: statistics.hi_offset,
             last_stable: statistics.ls_offset,
             next_fetch: statistics.next_offset,
             handed_over_up_to: statistics.app_offset,
             queued: statistics.fetchq_cnt,
             fetched_messages: statistics.rxmsgs,
-        });
+        };
         if let Ok(mut partitions) = self.partitions.lock() {
-            partitions.entry(key).or_default().fetched_to_end = done;
+            partitions.entry(key).or_default().statistics = Some((Instant::now(), offsets));
         }
     }
 
@@ -53,7 +66,7 @@ impl ReadProgress {
     pub fn handed_on(&self, key: (InputTopic, i32), offset: i64) {
         if let Ok(mut partitions) = self.partitions.lock() {
             let entry = partitions.entry(key).or_default();
-            entry.handed_on_up_to = entry.handed_on_up_to.max(offset + 1);
+            entry.handed_on_up_to = entry.handed_on_up_to.max(offset.saturating_add(1));
         }
     }
 
@@ -67,22 +80,38 @@ impl ReadProgress {
         }
     }
 
-    /// Whether nothing of the partition waits to be read by a pipeline whose next offset
-    /// for it is `read_up_to` (`None`: it read nothing of it): fetched to the end, handed
-    /// over by librdkafka, and read from the source's channel. Unknown counts as not
-    /// drained (no statistics yet: they come every `statistics.interval.ms`).
-    pub fn drained(&self, key: (InputTopic, i32), read_up_to: Option<i64>) -> bool {
+    /// Whether nothing of a partition silent since `silent_since` waits to be read by a
+    /// pipeline whose next offset for it is `read_up_to` (`None`: it read nothing of it).
+    /// It needs statistics recorded after `silent_since` and at most twice the statistics
+    /// interval old (so a snapshot from before new messages came, or one left over while
+    /// the source was blocked, does not count) that show nothing left (see
+    /// [`nothing_left`]), and everything the source handed on read. Unknown counts as not
+    /// drained.
+    pub fn drained(
+        &self,
+        key: (InputTopic, i32),
+        read_up_to: Option<i64>,
+        silent_since: Instant,
+    ) -> bool {
         let Ok(partitions) = self.partitions.lock() else {
             return false;
         };
-        partitions
-            .get(&key)
-            .is_some_and(|p| p.fetched_to_end && read_up_to.unwrap_or(0) >= p.handed_on_up_to)
+        let Some(progress) = partitions.get(&key) else {
+            return false;
+        };
+        let Some((recorded, offsets)) = progress.statistics else {
+            return false;
+        };
+        let read_up_to = read_up_to.unwrap_or(0);
+        recorded >= silent_since
+            && recorded.elapsed() <= self.max_age
+            && read_up_to >= progress.handed_on_up_to
+            && nothing_left(&offsets, read_up_to)
     }
 }
 
 /// The offsets of one partition in librdkafka's statistics (`-1001`: not known).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct EndOffsets {
     /// The partition's high watermark, from the last fetch response.
     high_watermark: i64,
@@ -100,12 +129,13 @@ struct EndOffsets {
     fetched_messages: u64,
 }
 
-/// Whether librdkafka has fetched the partition to its end and handed over all it
-/// fetched: the fetch position is at the end, and the application got everything up to
-/// it (transaction markers included), or nothing of it was ever fetched, or nothing at
-/// all waits in the consumer's queue. (A partition with nothing to read since its
-/// assignment has handed nothing over, so the first test alone would hold it forever.)
-fn fetched_to_end(offsets: &EndOffsets) -> bool {
+/// Whether nothing of the partition is left for a pipeline whose next offset is
+/// `read_up_to`: librdkafka's fetch position is at the end, and the pipeline read up to
+/// it, or librdkafka handed over everything up to it (transaction markers included), or
+/// nothing of it was ever fetched, or nothing at all waits in the consumer's queue. (A
+/// partition with nothing to read since its assignment has handed nothing over, so the
+/// handed-over test alone would hold it forever.)
+fn nothing_left(offsets: &EndOffsets, read_up_to: i64) -> bool {
     let end = if offsets.last_stable >= 0 {
         offsets.last_stable
     } else {
@@ -113,7 +143,8 @@ fn fetched_to_end(offsets: &EndOffsets) -> bool {
     };
     end >= 0
         && offsets.next_fetch >= end
-        && (offsets.handed_over_up_to >= end
+        && (read_up_to >= end
+            || offsets.handed_over_up_to >= end
             || offsets.fetched_messages == 0
             || offsets.queued == 0)
 }
@@ -136,25 +167,28 @@ mod tests {
     }
 
     #[test]
-    fn a_partition_is_fetched_to_its_end_only_when_all_of_it_was_handed_over() {
+    fn nothing_is_left_only_when_all_of_the_partition_was_handed_over_or_read() {
         // Everything up to the end handed over, other partitions' messages queued.
-        assert!(fetched_to_end(&offsets(500, 500, 500, 40)));
+        assert!(nothing_left(&offsets(500, 500, 500, 40), 0));
         // Fetched to the end, but its last 20 messages still queued.
-        assert!(!fetched_to_end(&offsets(500, 500, 480, 20)));
+        assert!(!nothing_left(&offsets(500, 500, 480, 20), 480));
         // Fetched to the end, none handed over yet: queued behind other partitions.
-        assert!(!fetched_to_end(&offsets(500, 500, UNKNOWN, 500)));
+        assert!(!nothing_left(&offsets(500, 500, UNKNOWN, 500), 0));
         // Nothing to read since the assignment: nothing handed over, nothing queued.
-        assert!(fetched_to_end(&offsets(500, 500, UNKNOWN, 0)));
+        assert!(nothing_left(&offsets(500, 500, UNKNOWN, 0), 0));
         // Likewise with other partitions' messages queued: it never fetched any.
         let never_fetched = EndOffsets {
             fetched_messages: 0,
             ..offsets(500, 500, UNKNOWN, 70)
         };
-        assert!(fetched_to_end(&never_fetched));
+        assert!(nothing_left(&never_fetched, 0));
+        // Assigned again at its end after a rebalance: nothing handed over since, other
+        // partitions' messages queued, but the pipeline read it to the end before.
+        assert!(nothing_left(&offsets(500, 500, UNKNOWN, 70), 500));
         // Not fetched to the end (a catch-up in progress).
-        assert!(!fetched_to_end(&offsets(500, 300, 300, 0)));
+        assert!(!nothing_left(&offsets(500, 300, 300, 0), 300));
         // No fetch response yet.
-        assert!(!fetched_to_end(&offsets(UNKNOWN, UNKNOWN, UNKNOWN, 0)));
+        assert!(!nothing_left(&offsets(UNKNOWN, UNKNOWN, UNKNOWN, 0), 0));
     }
 
     #[test]
@@ -168,43 +202,72 @@ mod tests {
             queued: 0,
             fetched_messages: 480,
         };
-        assert!(fetched_to_end(&open));
+        assert!(nothing_left(&open, 480));
         let no_stable = EndOffsets {
             last_stable: UNKNOWN,
             ..open
         };
-        assert!(!fetched_to_end(&no_stable));
+        assert!(!nothing_left(&no_stable, 480));
+    }
+
+    fn caught_up(end: i64) -> rdkafka::statistics::Partition {
+        rdkafka::statistics::Partition {
+            hi_offset: end,
+            ls_offset: end,
+            next_offset: end,
+            app_offset: end,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn a_silent_partition_is_drained_only_once_the_pipeline_read_what_was_handed_on() {
-        let progress = ReadProgress::default();
+        let progress = ReadProgress::new(Duration::from_secs(5));
         let key = (InputTopic::Clicks, 3);
-        assert!(!progress.drained(key, Some(100)), "no statistics yet");
-        let mut statistics = rdkafka::statistics::Partition {
-            hi_offset: 100,
-            ls_offset: 100,
-            next_offset: 100,
-            app_offset: 100,
-            ..Default::default()
-        };
-        progress.record_statistics(key, &statistics);
+        let silent_since = Instant::now();
+        assert!(
+            !progress.drained(key, Some(100), silent_since),
+            "no statistics yet"
+        );
+        progress.record_statistics(key, &caught_up(100));
         progress.handed_on(key, 99);
         assert!(
-            !progress.drained(key, Some(60)),
+            !progress.drained(key, Some(60), silent_since),
             "40 messages in the channel"
         );
-        assert!(!progress.drained(key, None));
-        assert!(progress.drained(key, Some(100)));
+        assert!(!progress.drained(key, None, silent_since));
+        assert!(progress.drained(key, Some(100), silent_since));
         // New messages arrive: the next statistics show them unfetched.
-        statistics.hi_offset = 150;
-        statistics.ls_offset = 150;
-        progress.record_statistics(key, &statistics);
-        assert!(!progress.drained(key, Some(100)));
+        progress.record_statistics(
+            key,
+            &rdkafka::statistics::Partition {
+                hi_offset: 150,
+                ls_offset: 150,
+                ..caught_up(100)
+            },
+        );
+        assert!(!progress.drained(key, Some(100), silent_since));
+        progress.record_statistics(key, &caught_up(150));
         progress.forget(&[key]);
         assert!(
-            !progress.drained(key, Some(150)),
+            !progress.drained(key, Some(150), silent_since),
             "forgotten on reassignment"
         );
+    }
+
+    #[test]
+    fn statistics_from_before_the_silence_or_too_old_say_nothing() {
+        let key = (InputTopic::Orders, 0);
+        let progress = ReadProgress::new(Duration::from_millis(5));
+        progress.record_statistics(key, &caught_up(100));
+        // Recorded before the partition's last message: new ones may have come since.
+        let later = Instant::now() + Duration::from_millis(1);
+        assert!(!progress.drained(key, Some(100), later));
+        // Recorded after it, but older than twice the interval (a blocked source).
+        let silent_since = Instant::now() - Duration::from_secs(1);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!progress.drained(key, Some(100), silent_since));
+        progress.record_statistics(key, &caught_up(100));
+        assert!(progress.drained(key, Some(100), silent_since));
     }
 }

@@ -41,7 +41,10 @@ use shopstream_config::{KafkaConfig, TopicsConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{KafkaSetupError, client_config, input_topic_name, set_default, set_managed};
+use crate::client::{
+    KafkaSetupError, client_config, default_property_value, input_topic_name, set_default,
+    set_managed,
+};
 use crate::membership::{Assigned, Membership, MembershipOptions};
 use crate::read_progress::ReadProgress;
 use shopstream_ingest::decode::{DecodeLimits, Rejection, decode};
@@ -311,6 +314,18 @@ struct GroupShare {
     start: SharedPositions,
 }
 
+/// How often librdkafka reports statistics to the source's consumers
+/// (`statistics.interval.ms`), which the idleness rule's freshness depends on.
+fn statistics_interval(kafka: &KafkaConfig) -> Result<Duration, KafkaSetupError> {
+    let value = default_property_value(kafka, "statistics.interval.ms")?;
+    let ms: u64 = value.trim().parse().map_err(|_| {
+        KafkaSetupError::Internal(format!(
+            "statistics.interval.ms = {value:?} is not a whole number of milliseconds"
+        ))
+    })?;
+    Ok(Duration::from_millis(ms))
+}
+
 /// Where to point the consumer to resume at `position`: `seek_back` messages earlier,
 /// because some brokers (tansu 0.6) answer a fetch at an offset inside a record batch with
 /// the *next* batch, silently skipping the rest of the batch; the messages before
@@ -408,7 +423,7 @@ impl KafkaSource {
         let (named, names) = topic_names(topics);
         let resume_from = start.lock().map(|s| s.clone()).unwrap_or_default();
         let lag = SharedLag::default();
-        let progress = ReadProgress::default();
+        let progress = ReadProgress::new(statistics_interval(kafka)?);
         let context = || SourceContext::new(&names, &lag, &progress, &start, kafka);
         let mut consumers = Vec::new();
         let mut committer = Vec::new();
@@ -489,7 +504,7 @@ impl KafkaSource {
         let (named, names) = topic_names(topics);
         let resume_from = start.lock().map(|s| s.clone()).unwrap_or_default();
         let lag = SharedLag::default();
-        let progress = ReadProgress::default();
+        let progress = ReadProgress::new(statistics_interval(kafka)?);
         let mut consumers = Vec::new();
         let mut committer = Vec::new();
         for (topic, name) in &named[..2] {

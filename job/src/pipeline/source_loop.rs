@@ -460,9 +460,11 @@ impl Processor<'_> {
             .iter()
             .filter(|(key, seen)| {
                 now.duration_since(**seen) >= timeout
-                    && self
-                        .read_progress
-                        .drained(**key, self.positions.get(*key).copied())
+                    && self.read_progress.drained(
+                        **key,
+                        self.positions.get(*key).copied(),
+                        seen.into_std(),
+                    )
             })
             .map(|(key, _)| *key)
             .collect();
