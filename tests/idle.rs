@@ -29,8 +29,7 @@ async fn a_stalled_job_does_not_take_partitions_queued_behind_others_for_idle() 
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let mut config = broker.config("idle-stall", &store);
-    let port = support::free_port();
-    config.http.listen = format!("127.0.0.1:{port}");
+    let addr = support::serve_on_free_port(&mut config);
     config.pipeline.idle_partition_timeout_secs = 1;
     config
         .kafka
@@ -54,7 +53,6 @@ async fn a_stalled_job_does_not_take_partitions_queued_behind_others_for_idle() 
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
     support::wait_consumed(addr, produced, &mut job, Duration::from_secs(120)).await;
 
     // Everything is read: every partition is idle now (the first idle checks release

@@ -20,8 +20,7 @@ async fn a_thirty_second_broker_outage_loses_nothing() {
     let (broker, proxy) = Broker::start_behind_proxy();
     let dir = tempfile::tempdir().unwrap();
     let mut config = broker.config("outage", &dir.path().join("store"));
-    let port = support::free_port();
-    config.http.listen = format!("127.0.0.1:{port}");
+    let addr = support::serve_on_free_port(&mut config);
     // Predictions wait out the outage in the producer's queue instead of failing.
     config.kafka.produce_timeout_ms = 120_000;
     config.pipeline.idle_partition_timeout_secs = 120;
@@ -55,7 +54,6 @@ async fn a_thirty_second_broker_outage_loses_nothing() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
     wait_consumed(addr, first_count, &mut job, Duration::from_secs(90)).await;
 
     proxy.cut();

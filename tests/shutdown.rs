@@ -41,8 +41,7 @@ async fn sigterm_checkpoints_commits_and_exits_zero_then_restart_writes_each_row
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let mut config = broker.config("sigterm", &store);
-    let port = support::free_port();
-    config.http.listen = format!("127.0.0.1:{port}");
+    let addr = support::serve_on_free_port(&mut config);
     config.pipeline.idle_partition_timeout_secs = 1;
     config.pipeline.shutdown_timeout_secs = 20;
     let (report, produced, config_path) =
@@ -61,7 +60,6 @@ async fn sigterm_checkpoints_commits_and_exits_zero_then_restart_writes_each_row
         .spawn()
         .unwrap();
     // Wait for the first committed examples.
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         assert!(Instant::now() < deadline, "no examples written in 90 s");

@@ -174,10 +174,7 @@ pub fn set_default(
     kafka: &KafkaConfig,
     key: &str,
 ) -> Result<(), KafkaSetupError> {
-    let property = listed(key)?;
-    let PropertyPolicy::Default { value, .. } = property.policy else {
-        return Err(KafkaSetupError::UnlistedProperty(key.to_string()));
-    };
+    let (property, value) = listed_default(key)?;
     if kafka.user_sets(property).is_none() {
         config.set(key, value);
     }
@@ -187,15 +184,22 @@ pub fn set_default(
 /// The value the clients use for `key`, a [`PropertyPolicy::Default`] property of the
 /// managed-property table: the user's (under any of its names), else shopstream's default.
 pub fn default_property_value(kafka: &KafkaConfig, key: &str) -> Result<String, KafkaSetupError> {
-    let property = listed(key)?;
-    let PropertyPolicy::Default { value, .. } = property.policy else {
-        return Err(KafkaSetupError::UnlistedProperty(key.to_string()));
-    };
+    let (property, value) = listed_default(key)?;
     Ok(kafka
         .user_sets(property)
         .and_then(|name| kafka.properties.get(name))
-        .cloned()
-        .unwrap_or_else(|| value.to_string()))
+        .map_or(value, String::as_str)
+        .to_string())
+}
+
+/// The table entry of `key`, a [`PropertyPolicy::Default`] property, and shopstream's
+/// value for it.
+fn listed_default(key: &str) -> Result<(&'static ManagedProperty, &'static str), KafkaSetupError> {
+    let property = listed(key)?;
+    match property.policy {
+        PropertyPolicy::Default { value, .. } => Ok((property, value)),
+        _ => Err(KafkaSetupError::UnlistedProperty(key.to_string())),
+    }
 }
 
 /// Sets `key`, a [`PropertyPolicy::Rejected`] property of the managed-property table, to

@@ -412,3 +412,11 @@ pub fn log_tails(paths: &[&Path], lines: usize) -> String {
     }
     out
 }
+
+/// Points `config`'s HTTP endpoints at a free port on 127.0.0.1 and returns their address,
+/// for a test that spawns the binary and reads its `/metrics`.
+pub fn serve_on_free_port(config: &mut Config) -> std::net::SocketAddr {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    config.http.listen = addr.to_string();
+    addr
+}
