@@ -100,15 +100,28 @@ async fn bench(brokers: &str, events: u64, rounds: usize) -> anyhow::Result<()> 
         started.elapsed().as_secs_f64()
     );
     println!(
-        "{:<10} {:>8} {:>10} {:>9} {:>12} {:>12} {:>12}",
-        "run", "seconds", "msg/s", "vs bare", "pred p50 us", "pred p99 us", "window p99 us"
+        "{:<10} {:>8} {:>10} {:>9} {:>8} {:>12} {:>12} {:>12}",
+        "run",
+        "seconds",
+        "msg/s",
+        "vs bare",
+        "cpu s",
+        "pred p50 us",
+        "pred p99 us",
+        "window p99 us"
     );
     for round in 0..rounds {
+        let cpu = process_cpu_secs();
         let bare = bare_read(&config, round, messages)?;
         let bare_rate = messages as f64 / bare;
         println!(
-            "{:<10} {bare:>8.2} {bare_rate:>10.0} {:>9} {:>12} {:>12} {:>12}",
-            "bare", "1.00", "-", "-", "-"
+            "{:<10} {bare:>8.2} {bare_rate:>10.0} {:>9} {:>8.2} {:>12} {:>12} {:>12}",
+            "bare",
+            "1.00",
+            process_cpu_secs() - cpu,
+            "-",
+            "-",
+            "-"
         );
         for workers in worker_counts() {
             let mut run_config = config.clone();
@@ -117,6 +130,7 @@ async fn bench(brokers: &str, events: u64, rounds: usize) -> anyhow::Result<()> 
             run_config.store.path = dir.path().join(format!("store-w{workers}-r{round}"));
             run_config.checkpoint.enabled = true;
             let started = Instant::now();
+            let cpu = process_cpu_secs();
             let options = RunOptions {
                 stop_at_end: true,
                 ..RunOptions::default()
@@ -131,12 +145,20 @@ async fn bench(brokers: &str, events: u64, rounds: usize) -> anyhow::Result<()> 
             }
             let rate = messages as f64 / seconds;
             println!(
-                "{:<10} {seconds:>8.2} {rate:>10.0} {:>9.2} {:>12} {:>12} {:>12}",
+                "{:<10} {seconds:>8.2} {rate:>10.0} {:>9.2} {:>8.2} {:>12} {:>12} {:>12}",
                 format!("workers={workers}"),
                 rate / bare_rate,
+                process_cpu_secs() - cpu,
                 summary.prediction_latency.p50_us,
                 summary.prediction_latency.p99_us,
                 summary.window_processing.p99_us,
+            );
+            println!(
+                "           {} windows closed, {} example files, {} compactions, {} checkpoints",
+                summary.windows_closed,
+                summary.files_written,
+                summary.compactions,
+                summary.checkpoints,
             );
         }
         for instances in group_sizes() {
@@ -146,6 +168,7 @@ async fn bench(brokers: &str, events: u64, rounds: usize) -> anyhow::Result<()> 
             run_config.pipeline.instances = shopstream_config::Instances::Group;
             run_config.store.path = dir.path().join(format!("store-g{instances}-r{round}"));
             let started = Instant::now();
+            let cpu = process_cpu_secs();
             let options = RunOptions {
                 stop_at_end: true,
                 ..RunOptions::default()
@@ -172,9 +195,10 @@ async fn bench(brokers: &str, events: u64, rounds: usize) -> anyhow::Result<()> 
             }
             let rate = messages as f64 / seconds;
             println!(
-                "{:<10} {seconds:>8.2} {rate:>10.0} {:>9.2} {:>12} {:>12} {:>12}",
+                "{:<10} {seconds:>8.2} {rate:>10.0} {:>9.2} {:>8.2} {:>12} {:>12} {:>12}",
                 format!("group x{instances}"),
                 rate / bare_rate,
+                process_cpu_secs() - cpu,
                 "-",
                 "-",
                 "-",
@@ -320,6 +344,25 @@ fn group_sizes() -> Vec<usize> {
         .ok()
         .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 2])
+}
+
+/// CPU time (user + system) this process has used so far, in seconds (Linux; 0 elsewhere):
+/// the bench's own figure that the machine's noise moves less than the wall clock. The
+/// broker runs in a process of its own and is not counted.
+fn process_cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces, so split after its ')'):
+    // utime and stime are the 12th and 13th, in clock ticks of 1/100 s.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|t| t.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / 100.0
 }
 
 /// Seconds a bare consumer takes to read every input message from the beginning.

@@ -22,5 +22,6 @@ pub mod failpoint;
 pub mod manifest;
 pub mod query;
 pub mod read;
+mod recent;
 pub mod store;
 pub mod tables;

@@ -18,6 +18,7 @@ use crate::atomic::{IoError, write_atomic};
 pub use crate::error::StoreError;
 use crate::error::io_err;
 use crate::manifest::{self, Commit, CommittedFile};
+use crate::recent::{FileContents, RECENT_BYTES_MAX, RecentFiles};
 
 /// Deletes `path`; a file that is already gone is no error. Whether it was there.
 fn remove_if_exists(path: &Path) -> Result<bool, StoreError> {
@@ -52,6 +53,9 @@ pub struct ParquetStore {
     /// read from the manifest on first use and kept up to date by [`ParquetStore::compact`]
     /// (shared by the clones that write from blocking tasks).
     replaced: Arc<Mutex<BTreeMap<String, BTreeSet<String>>>>,
+    /// The files written lately, which compaction merges from memory instead of reading
+    /// them back (kept only when `compact_closed_hours`; shared like `replaced`).
+    recent: Arc<Mutex<RecentFiles>>,
 }
 
 impl ParquetStore {
@@ -64,6 +68,7 @@ impl ParquetStore {
             zstd_level: config.zstd_level,
             compact_closed_hours: config.compact_closed_hours,
             replaced: Arc::default(),
+            recent: Arc::new(Mutex::new(RecentFiles::with_limit(RECENT_BYTES_MAX))),
         })
     }
 
@@ -175,6 +180,20 @@ impl ParquetStore {
         Ok(())
     }
 
+    /// The metadata and rows of the data file at `path`: from memory when this store
+    /// wrote it lately, else read back.
+    fn contents(&self, path: &Path) -> Result<FileContents, StoreError> {
+        let held = self
+            .recent
+            .lock()
+            .ok()
+            .and_then(|mut recent| recent.take(path));
+        match held {
+            Some(contents) => Ok(contents),
+            None => crate::read::read_file(path),
+        }
+    }
+
     /// Writes one data file (not yet committed) at `relative` below the table directory.
     fn write_one(
         &self,
@@ -186,6 +205,11 @@ impl ParquetStore {
         let path = self.root.join(table).join(relative);
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         let bytes = self.write_file(&dir, &path, batch, metadata)?;
+        if self.compact_closed_hours
+            && let Ok(mut recent) = self.recent.lock()
+        {
+            recent.remember(&path, metadata, batch);
+        }
         Ok(WrittenFile {
             path,
             relative: relative.to_string(),
@@ -242,7 +266,7 @@ impl ParquetStore {
             let mut batches = Vec::new();
             let mut metadata = BTreeMap::new();
             for (_, file) in &files {
-                let (schema_meta, mut read) = crate::read::read_file(&file.path)?;
+                let (schema_meta, mut read) = self.contents(&file.path)?;
                 batches.append(&mut read);
                 merge_window_metadata(&mut metadata, schema_meta);
             }
@@ -334,7 +358,11 @@ impl ParquetStore {
         let table_dir = self.root.join(table);
         let mut removed = 0;
         for relative in paths {
-            removed += usize::from(remove_if_exists(&table_dir.join(relative))?);
+            let path = table_dir.join(relative);
+            if let Ok(mut recent) = self.recent.lock() {
+                recent.forget(&path);
+            }
+            removed += usize::from(remove_if_exists(&path)?);
         }
         Ok(removed)
     }

@@ -9,6 +9,8 @@
 //! they do not depend on each other; what depends on them waits with
 //! [`GlobalStage::settle_writes`]: compaction, every checkpoint (whose offsets must not be
 //! committed before the files they produced are durable), and the end of the run.
+//! Compaction of the settled hours runs on the blocking pool too, while later windows are
+//! written (they never touch those hours); `settle_writes` waits for it as well.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -41,6 +43,8 @@ pub(super) struct GlobalStage {
     compacted_hours: Option<i64>,
     /// Store writes started and not yet awaited, oldest first.
     writes: VecDeque<PendingWrite>,
+    /// The compaction running, if any: how many hour partitions it merges.
+    compacting: Option<tokio::task::JoinHandle<Result<usize, StoreError>>>,
 }
 
 /// Store writes running at once before the stage waits for the oldest.
@@ -86,6 +90,7 @@ impl GlobalStage {
             store,
             compacted_hours: None,
             writes: VecDeque::new(),
+            compacting: None,
         })
     }
 
@@ -284,13 +289,19 @@ impl GlobalStage {
         Ok(())
     }
 
-    /// Waits until every store write started is durable (or one failed).
+    /// Waits until every store write and compaction started is durable (or one failed).
     pub(super) async fn settle_writes(
         &mut self,
         counters: &mut GlobalCounters,
     ) -> Result<(), PipelineError> {
         while !self.writes.is_empty() {
             self.settle_oldest(counters).await?;
+        }
+        if let Some(task) = self.compacting.take() {
+            let made = task
+                .await
+                .map_err(|e| PipelineError::Internal(format!("store compaction: {e}")))??;
+            counters.compactions += made as u64;
         }
         Ok(())
     }
@@ -350,8 +361,10 @@ impl GlobalStage {
         Ok(())
     }
 
-    /// Compacts every table's hour partitions that end at or before `before_ms` (all with
-    /// `None`), when `store.compact_closed_hours` is on.
+    /// Compacts every table's hour partitions that end at or before `before_ms`, when
+    /// `store.compact_closed_hours` is on: started on the blocking pool, settled by the
+    /// next [`GlobalStage::settle_writes`]. With `None` (the end of a bounded run) it
+    /// compacts everything and returns once done.
     pub(super) async fn compact(
         &mut self,
         before_ms: Option<i64>,
@@ -360,19 +373,20 @@ impl GlobalStage {
         if !self.store.compacts_closed_hours() {
             return Ok(());
         }
-        // Compaction reads the commit records of the hours it merges.
+        // Compaction reads the commit records of the hours it merges (and one compaction
+        // at a time: the next may merge the file the last one wrote).
         self.settle_writes(counters).await?;
         let store = self.store.clone();
-        let made = tokio::task::spawn_blocking(move || {
+        self.compacting = Some(tokio::task::spawn_blocking(move || {
             let mut made = 0;
             for table in tables::ALL {
                 made += store.compact(table, before_ms)?.len();
             }
             Ok::<_, StoreError>(made)
-        })
-        .await
-        .map_err(|e| PipelineError::Internal(format!("store compaction: {e}")))??;
-        counters.compactions += made as u64;
+        }));
+        if before_ms.is_none() {
+            self.settle_writes(counters).await?;
+        }
         Ok(())
     }
 }
