@@ -18,9 +18,14 @@ cargo build --release --locked --example throughput
 PORT="$port" SHOPSTREAM_TOOLS="$root" "$here/broker.sh" >/dev/null 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT INT TERM
-for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+up=""
+for _ in $(seq 1 300); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then up=1; break; fi
     sleep 0.1
 done
+if [ -z "$up" ]; then
+    echo "bench-scale: the broker did not listen on 127.0.0.1:$port within 30 s" >&2
+    exit 1
+fi
 SHOPSTREAM_LOG="${SHOPSTREAM_LOG:-warn}" \
     "${CARGO_TARGET_DIR:-target}/release/examples/throughput" "127.0.0.1:$port" "${1:-200000}" "${2:-2}" "${3:-3000}"
