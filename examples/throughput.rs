@@ -40,10 +40,6 @@ use shopstream_ingest::generator::{Generator, GeneratorOptions};
 use shopstream_job::generate::publish_traffic;
 use shopstream_job::pipeline::{RunOptions, run};
 
-/// The allocator of the `shopstream` binary, so that the bench measures what it runs.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(brokers) = args.first() else {

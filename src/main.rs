@@ -12,12 +12,6 @@ use shopstream_config::{Config, ConfigError};
 
 mod cmd;
 
-/// mimalloc rather than glibc's malloc: the job allocates per event and per window (rows,
-/// Arrow arrays, Parquet pages), and glibc's malloc and free took 14 % of the job's CPU
-/// in the throughput bench, mimalloc 5 % (BENCHMARKS.md, "The allocator").
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use cmd::{check_config, demo, drift, generate, import, model, run, store};
 
 #[derive(Parser, Debug)]
