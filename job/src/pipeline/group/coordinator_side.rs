@@ -336,11 +336,13 @@ pub(super) async fn run(
     // Dropped first: a source blocked on a full channel then ends too.
     drop(rx);
     let _ = source_task.await;
-    // A turn that ends early first waits for the windows its global stage has queued:
-    // nothing of this turn is written after it, and a global stage that failed (which
-    // cancels the run) stops the run with its error instead of handing it over.
+    // A turn that ends early first waits for the windows its global stage has queued,
+    // and for their store writes and compaction: nothing of this turn is written after it
+    // (a next turn in this process may write the same files), and a global stage that
+    // failed (which cancels the run) stops the run with its error instead of handing it
+    // over.
     let outcome = match outcome {
-        Ok(false) => side.global.join().await.map(|()| false),
+        Ok(false) => side.settle_global().await.map(|()| false),
         other => other,
     };
     match outcome {
@@ -687,6 +689,16 @@ impl CoordinatorSide<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Waits for the global stage's queued windows, then for every store write,
+    /// compaction and checkpoint it started.
+    async fn settle_global(&mut self) -> Result<(), PipelineError> {
+        self.global.join().await?;
+        match self.global.inline() {
+            Some(worker) => worker.flush().await,
+            None => Ok(()),
+        }
     }
 
     /// The end of the run: the store compacted, every write durable, the model written.
