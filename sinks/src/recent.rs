@@ -9,7 +9,7 @@
 //! A file's name fixes its bytes (the store's rule), so an entry never goes stale; a job
 //! restarted with an empty cache reads the files instead.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -27,8 +27,10 @@ pub(crate) type FileContents = (BTreeMap<String, String>, Vec<RecordBatch>);
 #[derive(Debug, Default)]
 pub(crate) struct RecentFiles {
     by_path: HashMap<PathBuf, Entry>,
-    /// Paths in the order they were remembered (may name entries already taken).
-    order: VecDeque<PathBuf>,
+    /// The paths held, by the order they were remembered in (the oldest go first).
+    order: BTreeMap<u64, PathBuf>,
+    /// The number the next entry is remembered under.
+    next: u64,
     /// Memory of the entries held.
     bytes: usize,
     /// Limit on `bytes`.
@@ -40,6 +42,8 @@ struct Entry {
     metadata: BTreeMap<String, String>,
     batch: RecordBatch,
     bytes: usize,
+    /// Its key in `order`.
+    number: u64,
 }
 
 impl RecentFiles {
@@ -51,53 +55,54 @@ impl RecentFiles {
         }
     }
 
-    /// Keeps the file written at `path` from `batch` with key-value `metadata`, dropping
-    /// the oldest entries beyond the limit (a batch larger than the limit is not kept).
+    /// Keeps the file written at `path` from `batch` with key-value `metadata` (in place
+    /// of what was held for that path), dropping the oldest entries beyond the limit (a
+    /// batch larger than the limit is not kept).
     pub(crate) fn remember(
         &mut self,
         path: &Path,
         metadata: &BTreeMap<String, String>,
         batch: &RecordBatch,
     ) {
-        self.forget(path);
+        self.remove(path);
         let bytes = batch.get_array_memory_size();
         if bytes > self.max_bytes {
             return;
         }
         while self.bytes + bytes > self.max_bytes {
-            let Some(oldest) = self.order.pop_front() else {
+            let Some((_, oldest)) = self.order.pop_first() else {
                 break;
             };
-            self.forget(&oldest);
+            self.remove(&oldest);
         }
-        let batch = as_read_back(batch);
+        let number = self.next;
+        self.next += 1;
         self.by_path.insert(
             path.to_path_buf(),
             Entry {
                 metadata: metadata.clone(),
-                batch,
+                batch: as_read_back(batch),
                 bytes,
+                number,
             },
         );
-        self.order.push_back(path.to_path_buf());
+        self.order.insert(number, path.to_path_buf());
         self.bytes += bytes;
     }
 
     /// The file at `path` as read back, if held; it is no longer held afterwards (a
     /// merged file is replaced, never merged again).
     pub(crate) fn take(&mut self, path: &Path) -> Option<FileContents> {
-        let entry = self.by_path.remove(path)?;
-        self.bytes -= entry.bytes;
-        self.order.retain(|p| p != path);
-        Some((entry.metadata, vec![entry.batch]))
+        self.remove(path)
+            .map(|entry| (entry.metadata, vec![entry.batch]))
     }
 
-    /// Drops the entry of `path`, if any.
-    pub(crate) fn forget(&mut self, path: &Path) {
-        if let Some(entry) = self.by_path.remove(path) {
-            self.bytes -= entry.bytes;
-            self.order.retain(|p| p != path);
-        }
+    /// Drops the entry of `path`, if any, and returns it.
+    fn remove(&mut self, path: &Path) -> Option<Entry> {
+        let entry = self.by_path.remove(path)?;
+        self.order.remove(&entry.number);
+        self.bytes -= entry.bytes;
+        Some(entry)
     }
 
     /// Memory of the entries held.

@@ -358,11 +358,7 @@ impl ParquetStore {
         let table_dir = self.root.join(table);
         let mut removed = 0;
         for relative in paths {
-            let path = table_dir.join(relative);
-            if let Ok(mut recent) = self.recent.lock() {
-                recent.forget(&path);
-            }
-            removed += usize::from(remove_if_exists(&path)?);
+            removed += usize::from(remove_if_exists(&table_dir.join(relative))?);
         }
         Ok(removed)
     }
