@@ -111,14 +111,14 @@ async fn bench(brokers: &str, events: u64, rounds: usize) -> anyhow::Result<()> 
         "window p99 us"
     );
     for round in 0..rounds {
-        let cpu = process_cpu_secs();
+        let watch = Stopwatch::start();
         let bare = bare_read(&config, round, messages)?;
         let bare_rate = messages as f64 / bare;
         println!(
             "{:<10} {bare:>8.2} {bare_rate:>10.0} {:>9} {:>8.2} {:>12} {:>12} {:>12}",
             "bare",
             "1.00",
-            process_cpu_secs() - cpu,
+            watch.cpu_secs(),
             "-",
             "-",
             "-"
@@ -129,8 +129,7 @@ async fn bench(brokers: &str, events: u64, rounds: usize) -> anyhow::Result<()> 
             run_config.pipeline.workers = workers;
             run_config.store.path = dir.path().join(format!("store-w{workers}-r{round}"));
             run_config.checkpoint.enabled = true;
-            let started = Instant::now();
-            let cpu = process_cpu_secs();
+            let watch = Stopwatch::start();
             let options = RunOptions {
                 stop_at_end: true,
                 ..RunOptions::default()
@@ -138,7 +137,7 @@ async fn bench(brokers: &str, events: u64, rounds: usize) -> anyhow::Result<()> 
             let summary = run(&run_config, options, std::future::pending())
                 .await
                 .with_context(|| format!("job run with {workers} workers"))?;
-            let seconds = started.elapsed().as_secs_f64();
+            let seconds = watch.wall_secs();
             let consumed: u64 = summary.consumed.values().sum();
             if consumed != messages {
                 bail!("the job consumed {consumed} of {messages} messages");
@@ -148,7 +147,7 @@ async fn bench(brokers: &str, events: u64, rounds: usize) -> anyhow::Result<()> 
                 "{:<10} {seconds:>8.2} {rate:>10.0} {:>9.2} {:>8.2} {:>12} {:>12} {:>12}",
                 format!("workers={workers}"),
                 rate / bare_rate,
-                process_cpu_secs() - cpu,
+                watch.cpu_secs(),
                 summary.prediction_latency.p50_us,
                 summary.prediction_latency.p99_us,
                 summary.window_processing.p99_us,
@@ -167,8 +166,7 @@ async fn bench(brokers: &str, events: u64, rounds: usize) -> anyhow::Result<()> 
             run_config.pipeline.workers = 1;
             run_config.pipeline.instances = shopstream_config::Instances::Group;
             run_config.store.path = dir.path().join(format!("store-g{instances}-r{round}"));
-            let started = Instant::now();
-            let cpu = process_cpu_secs();
+            let watch = Stopwatch::start();
             let options = RunOptions {
                 stop_at_end: true,
                 ..RunOptions::default()
@@ -185,7 +183,7 @@ async fn bench(brokers: &str, events: u64, rounds: usize) -> anyhow::Result<()> 
                     .with_context(|| format!("group run with {instances} instances"))?;
                 summaries.push(summary);
             }
-            let seconds = started.elapsed().as_secs_f64();
+            let seconds = watch.wall_secs();
             let consumed: u64 = summaries
                 .iter()
                 .map(|s| s.consumed.values().sum::<u64>())
@@ -198,7 +196,7 @@ async fn bench(brokers: &str, events: u64, rounds: usize) -> anyhow::Result<()> 
                 "{:<10} {seconds:>8.2} {rate:>10.0} {:>9.2} {:>8.2} {:>12} {:>12} {:>12}",
                 format!("group x{instances}"),
                 rate / bare_rate,
-                process_cpu_secs() - cpu,
+                watch.cpu_secs(),
                 "-",
                 "-",
                 "-",
@@ -344,6 +342,31 @@ fn group_sizes() -> Vec<usize> {
         .ok()
         .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 2])
+}
+
+/// Wall-clock and CPU time of one run of the bench.
+struct Stopwatch {
+    wall: Instant,
+    cpu_secs: f64,
+}
+
+impl Stopwatch {
+    fn start() -> Self {
+        Self {
+            wall: Instant::now(),
+            cpu_secs: process_cpu_secs(),
+        }
+    }
+
+    /// Wall-clock seconds since the start.
+    fn wall_secs(&self) -> f64 {
+        self.wall.elapsed().as_secs_f64()
+    }
+
+    /// CPU seconds this process used since the start.
+    fn cpu_secs(&self) -> f64 {
+        process_cpu_secs() - self.cpu_secs
+    }
 }
 
 /// CPU time (user + system) this process has used so far, in seconds (Linux; 0 elsewhere):
