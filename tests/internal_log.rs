@@ -238,3 +238,38 @@ async fn a_latest_value_topic_gives_every_reader_the_values_in_order() {
     let policy = resource.get("cleanup.policy").and_then(|e| e.value.clone());
     assert_eq!(policy.as_deref(), Some("compact"), "{:?}", resource.entries);
 }
+
+/// Guards "a log keeps every message": a coordinator that takes a run over reads the
+/// closes log from its start, so the log topics are created without time or size
+/// retention.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_topic_is_created_to_keep_every_message() {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let broker = Broker::start();
+    let config = broker.config("log-retention", std::path::Path::new("unused"));
+    let topic = format!("{}.closes", config.kafka.group_id);
+    LogWriter::create(&config.kafka, options(&topic, "w", DEFAULT_FRAGMENT_BYTES))
+        .await
+        .unwrap();
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .create()
+        .unwrap();
+    let described = admin
+        .describe_configs(
+            &[ResourceSpecifier::Topic(&topic)],
+            &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .unwrap();
+    let resource = described.into_iter().next().unwrap().unwrap();
+    for key in ["retention.ms", "retention.bytes"] {
+        let value = resource.get(key).and_then(|e| e.value.clone());
+        assert_eq!(
+            value.as_deref(),
+            Some("-1"),
+            "{key} of {topic}: {resource:?}"
+        );
+    }
+}

@@ -306,3 +306,166 @@ async fn a_group_whose_partitions_move_writes_the_store_and_model_of_one_instanc
         (&group.store.path, &group_model),
     );
 }
+
+/// Guards live group runs (`pipeline.instances = "group"` without `--stop-at-end`): one
+/// instance runs alone on the first part of the input until it has closed windows, a
+/// second joins (partitions move to it), the rest of the input arrives while both run, and
+/// the first, which coordinates, is shut down mid-stream (SIGTERM's path): the second
+/// takes over its partitions and the run from the closes log. Once it has closed every
+/// window the input allows, it is shut down too. The windows written and the model left
+/// at shutdown are those of one live instance on the whole input: nothing lost or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_group_that_an_instance_joins_and_its_coordinator_leaves_writes_what_one_live_instance_writes()
+ {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("shopstream_job=info")
+        .with_test_writer()
+        .try_init();
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut base = broker.config("live-group", &dir.path().join("unused"));
+    // Windows close only as every partition's watermark passes them (a live group run
+    // does not release idle partitions yet, docs/scale-out.md).
+    base.pipeline.idle_partition_timeout_secs = 86_400;
+    let mut generator = shopstream_ingest::generator::Generator::new(traffic());
+    let mut messages: Vec<_> = generator.by_ref().collect();
+    let last = messages.split_off(messages.len() * 4 / 5);
+    let later = messages.split_off(messages.len() / 2);
+    let total = (messages.len() + later.len()) as u64;
+    let last_count = last.len() as u64;
+    shopstream_job::generate::publish_messages(&base, messages, None)
+        .await
+        .unwrap();
+
+    let (mut group, group_model) = run_config(&base, "group", 2, &dir.path().join("group"));
+    group.pipeline.instances = shopstream_config::Instances::Group;
+    let start = |config: Config| {
+        let (progress, watch) = tokio::sync::watch::channel(Default::default());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let shutdown = stop.clone().cancelled_owned();
+        let task = tokio::spawn(async move {
+            run_observed(&config, RunOptions::default(), shutdown, progress).await
+        });
+        (task, watch, stop)
+    };
+    let wait =
+        |mut watch: tokio::sync::watch::Receiver<shopstream_job::pipeline::Progress>,
+         what: &'static str,
+         ready: Box<dyn Fn(&shopstream_job::pipeline::Progress) -> bool + Send>| async move {
+            tokio::time::timeout(Duration::from_secs(300), watch.wait_for(|p| ready(p)))
+                .await
+                .unwrap_or_else(|_| panic!("{what} within 300 s"))
+                .map(|_| ())
+                .unwrap_or_else(|_| panic!("{what}: the instance ended first"));
+        };
+    let (first, first_progress, stop_first) = start(group.clone());
+    wait(
+        first_progress,
+        "the first instance closes windows",
+        Box::new(|p| p.windows_closed >= 5),
+    )
+    .await;
+    let (second, second_progress, stop_second) = start(group.clone());
+    wait(
+        second_progress.clone(),
+        "the second instance reads",
+        Box::new(|p| p.consumed >= 500),
+    )
+    .await;
+    // The rest of the input arrives while both run; the coordinator stops part way.
+    let publishing = {
+        let base = base.clone();
+        tokio::spawn(async move {
+            shopstream_job::generate::publish_messages(&base, later, Some(6_000.0)).await
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop_first.cancel();
+    let first = tokio::time::timeout(Duration::from_secs(120), first)
+        .await
+        .expect("the first instance stops within 120 s")
+        .unwrap()
+        .unwrap();
+    assert!(!first.reached_end, "a live run ends only by shutdown");
+    publishing.await.unwrap().unwrap();
+
+    // One live instance on the whole input (beside the group's second instance).
+    let (one, one_model) = run_config(&base, "one", 1, &dir.path().join("one"));
+    let single = stopped_after(&one, total).await;
+    assert_eq!(single.consumed.values().sum::<u64>(), total);
+    // (The last windows stay open.)
+    assert!(
+        single.windows_closed > 30,
+        "{} windows",
+        single.windows_closed
+    );
+
+    let windows = single.windows_closed;
+    wait(
+        second_progress.clone(),
+        "the second instance, coordinating now, closes every window",
+        Box::new(move |p| p.windows_closed >= windows),
+    )
+    .await;
+    // Everything is read: no close beyond those comes (the store comparison would show it).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(second_progress.borrow().windows_closed, windows);
+    stop_second.cancel();
+    let second = tokio::time::timeout(Duration::from_secs(120), second)
+        .await
+        .expect("the second instance stops within 120 s")
+        .unwrap()
+        .unwrap();
+    eprintln!(
+        "first: consumed {:?}, windows {}; second: consumed {:?}, windows {}",
+        first.consumed, first.windows_closed, second.consumed, second.windows_closed
+    );
+    assert!(
+        first.windows_closed < windows,
+        "the first instance stopped part way: {} of {windows} windows",
+        first.windows_closed
+    );
+    assert_eq!(second.windows_closed, windows, "the coordinator's summary");
+    assert_eq!(second.model_version, single.model_version);
+    assert_same_outputs(
+        "1 live instance vs a live group that an instance joined and its coordinator left",
+        (&one.store.path, &one_model),
+        (&group.store.path, &group_model),
+    );
+
+    // Every instance stopped, then more input and a new instance: it takes the run over
+    // where it stood. The one instance resumes from its checkpoint.
+    shopstream_job::generate::publish_messages(&base, last, None)
+        .await
+        .unwrap();
+    let resumed = stopped_after(&one, last_count).await;
+    assert_eq!(resumed.consumed.values().sum::<u64>(), last_count);
+    assert_eq!(
+        single.impressions + resumed.impressions,
+        generator.report().impressions,
+        "every impression predicted once"
+    );
+    let windows = single.windows_closed + resumed.windows_closed;
+    assert!(resumed.windows_closed > 5, "{resumed:?}");
+    let (third, third_progress, stop_third) = start(group.clone());
+    wait(
+        third_progress.clone(),
+        "a restarted group closes every window",
+        Box::new(move |p| p.windows_closed >= windows),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(third_progress.borrow().windows_closed, windows);
+    stop_third.cancel();
+    let third = tokio::time::timeout(Duration::from_secs(120), third)
+        .await
+        .expect("the restarted instance stops within 120 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(third.model_version, resumed.model_version);
+    assert_same_outputs(
+        "1 live instance restarted vs a live group restarted",
+        (&one.store.path, &one_model),
+        (&group.store.path, &group_model),
+    );
+}

@@ -138,6 +138,45 @@ pub fn is_secret_property(key: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// The `shopstream.toml` of each ConfigMap in `deploy/kubernetes/`, by file name.
+    fn kubernetes_configs() -> Vec<(String, String)> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
+        let mut configs = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("deploy/kubernetes") {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path).expect("example");
+            let mut lines = text
+                .lines()
+                .skip_while(|l| !l.ends_with("shopstream.toml: |"));
+            if lines.next().is_none() {
+                continue;
+            }
+            let toml: String = lines
+                .take_while(|l| l.is_empty() || l.starts_with("    "))
+                .map(|l| format!("{}\n", l.get(4..).unwrap_or_default()))
+                .collect();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            configs.push((name.into_owned(), toml));
+        }
+        configs
+    }
+
+    #[test]
+    fn the_kubernetes_examples_hold_valid_configurations() {
+        let configs = kubernetes_configs();
+        assert!(configs.len() >= 3, "{configs:?}");
+        for (file, toml) in configs {
+            let config = Config::from_toml_str(&toml)
+                .unwrap_or_else(|e| panic!("deploy/kubernetes/{file}: {e}\n{toml}"));
+            // The group examples are the ones whose pods share a run.
+            assert_eq!(
+                config.pipeline.instances == Instances::Group,
+                file.contains("group") || file.contains("backfill"),
+                "{file}"
+            );
+        }
+    }
+
     fn no_env() -> Vec<(String, String)> {
         Vec::new()
     }

@@ -224,7 +224,7 @@ pub struct PipelineConfig {
     pub workers: usize,
     /// How this instance shares the work with the others of its `kafka.group_id`. `one`
     /// (the default): it reads every input partition and runs every stage. `group`
-    /// (`run --stop-at-end` only, so far): it holds the click and order partitions the
+    /// (live, or `run --stop-at-end`): it holds the click and order partitions the
     /// group assigns it, and the instance that holds the trainer lease also reads the
     /// inventory, decides which windows close, trains and writes the store and the model,
     /// from what the others send on the internal topics `<group>.shards` and
@@ -232,7 +232,8 @@ pub struct PipelineConfig {
     /// `<group>.model`, files under the checkpoint directory, which every instance must
     /// reach) and every instance serves with the newest. When the lease holder stops or
     /// dies, the next one takes the run over from the closes topic. Outputs are the same;
-    /// each bounded run in group mode needs a group id of its own.
+    /// each bounded run in group mode needs a group id of its own, and a live one does
+    /// not yet release idle partitions (docs/operations.md, "Instances").
     pub instances: Instances,
     /// How long an event id is remembered for duplicate suppression, in seconds of event
     /// time after the newest event of its partition.

@@ -101,10 +101,15 @@ pub struct LogWriter {
     timeout: Duration,
 }
 
+/// Settings of a log topic the job creates: it keeps every message. A reader that takes
+/// a run over reads the log from its start (the closes decided, every answer), so a log
+/// whose head was deleted would be taken over wrongly.
+const LOG_TOPIC_CONFIGS: &[(&str, &str)] = &[("retention.ms", "-1"), ("retention.bytes", "-1")];
+
 impl LogWriter {
     /// A writer of `options.topic` (created with one partition when missing).
     pub async fn create(kafka: &KafkaConfig, options: LogOptions) -> Result<Self, LogError> {
-        ensure_internal_topic(kafka, &options.topic, &[]).await?;
+        ensure_internal_topic(kafka, &options.topic, LOG_TOPIC_CONFIGS).await?;
         let mut config = producer_config(kafka)?;
         // One request at a time keeps the log in the order messages were appended, also
         // when a request is retried.
@@ -193,7 +198,7 @@ impl LogReader {
     /// A reader of `topic` from `offset` (0 for the whole log; the topic is created with
     /// one partition when missing).
     pub async fn open(kafka: &KafkaConfig, topic: &str, offset: i64) -> Result<Self, LogError> {
-        ensure_internal_topic(kafka, topic, &[]).await?;
+        ensure_internal_topic(kafka, topic, LOG_TOPIC_CONFIGS).await?;
         // Never joined nor committed: the reader is assigned its partition and keeps its
         // position in whatever checkpoint it belongs to.
         let config = assigned_reader_config(kafka, "log")?;

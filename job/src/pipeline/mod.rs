@@ -14,8 +14,8 @@
 //!                        drift, alerts), compaction
 //!         global_worker.rs  where the global stage runs: inline (pipeline.workers = 1)
 //!                        or on a thread of its own, fed in order through a channel
-//!    group/              pipeline.instances = "group": a bounded run shared by the
-//!                        instances of a consumer group through internal topics
+//!    group/              pipeline.instances = "group": a run (live or bounded) shared by
+//!                        the instances of a consumer group through internal topics
 //!    replay.rs           rebuilding a range of the store from the topics
 //!    checkpoint.rs       when to checkpoint, what goes in, how a restart resumes
 //!    telemetry.rs        progress, /metrics and the run summary

@@ -32,7 +32,9 @@ use super::super::outputs::Outputs;
 use super::super::shard::{Consumed, Effect, ShardStage};
 use super::super::source_loop::{bump, commit_offsets};
 use super::super::{PipelineError, Progress, RunSummary};
-use super::{GroupTopics, ShardMessage, SharedStatus, log_options, model_broadcast, update_status};
+use super::{
+    GroupRun, GroupTopics, ShardMessage, SharedStatus, log_options, model_broadcast, update_status,
+};
 
 /// What the coordinator adds to the instance's run summary.
 pub(super) struct CoordinatorSummary {
@@ -72,6 +74,9 @@ impl CoordinatorSummary {
 
 struct CoordinatorSide<'a> {
     config: &'a Config,
+    /// A bounded run: the final close follows once every input is read to its end. A
+    /// live run has none; windows close only as the watermark passes them.
+    bounded: bool,
     /// The inventory's cleaning and the coordinator.
     stage: ShardStage<Coordinator>,
     global: GlobalHandle,
@@ -94,6 +99,9 @@ struct CoordinatorSide<'a> {
     /// Every click and order partition.
     inputs: BTreeSet<(InputTopic, i32)>,
     inventory_done: bool,
+    /// Each inventory partition, and whether it has been read to where it stands (a live
+    /// run's readiness).
+    inventory_caught_up: BTreeMap<i32, bool>,
     /// The final close's number, once published.
     final_seq: Option<u64>,
     /// Next offset per inventory partition (the commit records' offsets).
@@ -116,25 +124,33 @@ struct CoordinatorSide<'a> {
 pub(super) enum Turn {
     /// The final close is merged and the store and model are written.
     Finished(Box<CoordinatorSummary>),
+    /// A live run's coordinator shut down: every window merged is written, and so is the
+    /// model as it stands; the next lease holder takes over from the closes log.
+    Stopped(Box<CoordinatorSummary>),
     /// This instance stopped coordinating before the end (shutdown, or the lease moved):
     /// the next lease holder takes over from the closes log.
     HandedOver,
 }
 
 /// Runs the coordinator until the final close is merged and the store and model are
-/// written, or until this instance no longer holds the lease or shuts down. A coordinator
+/// written (bounded), or until this instance no longer holds the lease or shuts down (a
+/// live run's coordinator that shuts down writes the model as it stands first). A coordinator
 /// that takes over a run under way adopts the closes its predecessors published
 /// ([`take_over_closes_log`]) and reads the inventory and the shards topic again from
 /// their start, so it merges and writes every window again (the same bytes).
 pub(super) async fn run(
-    config: &Config,
-    topics: &GroupTopics,
+    run: &GroupRun<'_>,
     mut held: watch::Receiver<bool>,
     models_tx: watch::Sender<Arc<Trainer>>,
     progress: Arc<watch::Sender<Progress>>,
     status: SharedStatus,
     cancel: CancellationToken,
 ) -> Result<Turn, PipelineError> {
+    let GroupRun {
+        config,
+        topics,
+        bounded,
+    } = *run;
     let store = super::super::open_store(config)?;
     let names: Vec<String> = config
         .topics
@@ -163,7 +179,8 @@ pub(super) async fn run(
         true,
     )
     .await?;
-    let (mut rx, source_task, source_cancel) = super::start_source(config, source, &cancel);
+    let (mut rx, source_task, source_cancel) =
+        super::start_source(config, source, bounded, &cancel);
 
     let global_stage = GlobalStage::new(config, store, true)?;
     let worker = GlobalWorker::new(config, global_stage, None, committer, false)?;
@@ -245,6 +262,7 @@ pub(super) async fn run(
     let mut shards = LogReader::open(&config.kafka, &topics.shards, 0).await?;
     let mut side = CoordinatorSide {
         config,
+        bounded,
         stage: ShardStage::with(config, coordinator),
         global,
         outputs: Outputs::new(config, false)?,
@@ -258,6 +276,7 @@ pub(super) async fn run(
         released: BTreeSet::new(),
         inputs,
         inventory_done: false,
+        inventory_caught_up: BTreeMap::new(),
         final_seq,
         positions: Positions::new(),
         windows_closed: 0,
@@ -347,6 +366,15 @@ pub(super) async fn run(
     };
     match outcome {
         Ok(true) => {}
+        // A live run's coordinator that shuts down leaves the model as it stands, as the
+        // job of one instance does at shutdown: trained on every window merged so far.
+        // (One that lost the lease does not: the holder now writes it.)
+        Ok(false) if !bounded && cancel.is_cancelled() => {
+            return side
+                .finish(false)
+                .await
+                .map(|summary| Turn::Stopped(Box::new(summary)));
+        }
         // Nothing to tell the others: the closes log is the next coordinator's to go on.
         Ok(false) => return Ok(Turn::HandedOver),
         Err(e) => {
@@ -364,7 +392,7 @@ pub(super) async fn run(
         stop_run(&mut side.closes, &e).await;
         return Err(e);
     }
-    side.finish()
+    side.finish(true)
         .await
         .map(|summary| Turn::Finished(Box::new(summary)))
 }
@@ -479,6 +507,7 @@ impl CoordinatorSide<'_> {
             SourceMessage::Assigned(partitions) => {
                 for (topic, p) in partitions {
                     self.stage.windowing_mut().register_partition(topic, p);
+                    self.inventory_caught_up.entry(p).or_insert(false);
                 }
             }
             SourceMessage::Event {
@@ -516,6 +545,13 @@ impl CoordinatorSide<'_> {
                 bump(&mut self.summary.consumed, meta.topic.as_str());
                 self.dead_letter(meta, key.as_deref(), &payload, &rejection)
                     .await?;
+            }
+            SourceMessage::PartitionEof { partition, .. } if !self.bounded => {
+                // Only where the partition stands: it still holds the watermark back.
+                self.inventory_caught_up.insert(partition, true);
+                if self.inventory_caught_up.values().all(|read| *read) {
+                    update_status(&self.status, |s| s.coordinator_ready = true);
+                }
             }
             SourceMessage::PartitionEof { topic, partition } => {
                 let mut effects = std::mem::take(&mut self.effects);
@@ -701,9 +737,12 @@ impl CoordinatorSide<'_> {
         }
     }
 
-    /// The end of the run: the store compacted, every write durable, the model written.
-    async fn finish(mut self) -> Result<CoordinatorSummary, PipelineError> {
-        self.global.compact_all().await?;
+    /// The end of a turn that writes the model: with `compact` (the end of a bounded run)
+    /// the store compacted, then every write durable and the model written.
+    async fn finish(mut self, compact: bool) -> Result<CoordinatorSummary, PipelineError> {
+        if compact {
+            self.global.compact_all().await?;
+        }
         self.outputs.flush().await?;
         self.global.join().await?;
         let Some(worker) = self.global.inline() else {

@@ -1,5 +1,5 @@
 //! Group mode (`pipeline.instances = "group"`): instances of one `kafka.group_id` share
-//! a bounded run (docs/scale-out.md).
+//! a run (docs/scale-out.md): bounded (`run --stop-at-end`) or live.
 //!
 //! Every instance runs a [`shard_side`]: it holds the click and order partitions the
 //! group assigns it, cleans, windows and serves their events, reports its progress and
@@ -18,9 +18,15 @@
 //! Every instance serves with the newest model the coordinator broadcasts
 //! ([`model_broadcast`]) and serves `/metrics` and `/readyz` for its roles.
 //!
-//! Not built yet (step 3 of docs/scale-out.md): live runs, checkpoints and offset commits
-//! (a bounded group run starts from the beginning of the topics, so each needs a group id
-//! of its own).
+//! A live group run never ends by itself: windows close as every partition's watermark
+//! passes them, and the run goes on until every instance has stopped. Starting instances
+//! of that group again takes the run over where it stood (the closes log says which
+//! windows closed; the store and model are written again, the same bytes).
+//!
+//! Not built yet (step 3 of docs/scale-out.md): per-partition checkpoints and offset
+//! commits (a partition that moves, and a run taken over, are read again from the
+//! beginning of the topics, so a bounded run needs a group id of its own), and the release
+//! of idle partitions in live runs (a silent partition holds every close back).
 
 mod coordinator_side;
 mod model_broadcast;
@@ -220,6 +226,15 @@ impl GroupTopics {
     }
 }
 
+/// What both sides of an instance run for: the job's configuration, the group's
+/// internal topics, and whether the run is bounded (`run --stop-at-end`) or live.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct GroupRun<'a> {
+    config: &'a Config,
+    topics: &'a GroupTopics,
+    bounded: bool,
+}
+
 /// A writer's options on `topic`: named after this process, so that a restarted
 /// instance never continues a message it did not finish.
 fn log_options(topic: &str, role: &str) -> LogOptions {
@@ -234,11 +249,13 @@ fn log_options(topic: &str, role: &str) -> LogOptions {
     }
 }
 
-/// Runs `source` on a task of its own until `cancel` (or the child token returned) fires:
-/// its messages, the task, the token that stops it.
+/// Runs `source` on a task of its own until `cancel` (or the child token returned) fires,
+/// or (`bounded`, an assigning source) its partitions are read to their end: its messages,
+/// the task, the token that stops it.
 fn start_source(
     config: &Config,
     source: KafkaSource,
+    bounded: bool,
     cancel: &CancellationToken,
 ) -> (
     mpsc::Receiver<SourceMessage>,
@@ -247,7 +264,7 @@ fn start_source(
 ) {
     let (tx, rx) = mpsc::channel(config.pipeline.channel_capacity);
     let options = SourceOptions {
-        stop_at_end: true,
+        stop_at_end: bounded,
         limits: DecodeLimits {
             max_message_bytes: config.pipeline.max_message_bytes,
         },
@@ -257,22 +274,22 @@ fn start_source(
     (rx, task, stop)
 }
 
-/// Runs this instance's share of a bounded group run until the coordinator's final close
-/// is merged (and, in the lease holder, written).
+/// Runs this instance's share of a group run: a bounded one until the coordinator's final
+/// close is merged (and, in the lease holder, written), a live one until `shutdown`.
 pub(super) async fn run(
     config: &Config,
     options: RunOptions,
     shutdown: impl Future<Output = ()>,
     progress: watch::Sender<Progress>,
 ) -> Result<RunSummary, PipelineError> {
-    if !options.stop_at_end || options.replay.is_some() {
+    if options.replay.is_some() {
         return Err(PipelineError::Unsupported(
-            "pipeline.instances = \"group\" runs only with `run --stop-at-end` so far (live \
-             group runs need per-partition checkpoints, docs/scale-out.md step 3); use \
-             pipeline.instances = \"one\""
+            "pipeline.instances = \"group\" does not replay yet (docs/scale-out.md); run \
+             `replay` with pipeline.instances = \"one\""
                 .to_string(),
         ));
     }
+    let bounded = options.stop_at_end;
     let started = std::time::Instant::now();
     let topics = GroupTopics::of(&config.kafka);
     let all: Vec<String> = config
@@ -343,8 +360,11 @@ pub(super) async fn run(
         let status = Arc::clone(&status);
         async move {
             let result = shard_side::run(
-                config,
-                &topics,
+                &GroupRun {
+                    config,
+                    topics: &topics,
+                    bounded,
+                },
                 &partitions,
                 models,
                 progress,
@@ -426,8 +446,11 @@ pub(super) async fn run(
                 tracing::info!("this instance holds the trainer lease: coordinating the group");
                 coordinating.store(true, Ordering::SeqCst);
                 let turn = coordinator_side::run(
-                    config,
-                    &topics,
+                    &GroupRun {
+                        config,
+                        topics: &topics,
+                        bounded,
+                    },
                     held.clone(),
                     models_tx.clone(),
                     Arc::clone(&progress),
@@ -441,6 +464,8 @@ pub(super) async fn run(
                         model_broadcast::remove_leftovers(config);
                         break Ok(Some(*summary));
                     }
+                    // (Its broadcast models stay: the run goes on when instances start.)
+                    Ok(coordinator_side::Turn::Stopped(summary)) => break Ok(Some(*summary)),
                     Ok(coordinator_side::Turn::HandedOver) if cancel.is_cancelled() => {
                         break Ok(None);
                     }

@@ -5,7 +5,8 @@
 //! A partition number's stage starts from scratch whenever it is assigned (this instance
 //! at start, or a new owner after a rebalance): it reads the partition from its beginning
 //! and applies the closes read so far as they come due, then every close once both of its
-//! topics are read to their end. Its answers are the first owner's (the property test
+//! topics are read to their end (in a live run, to where they are: the closes come from
+//! reports of no more than that). Its answers are the first owner's (the property test
 //! `a_partition_replayed_with_the_closes_log_answers_every_close_the_same`); the
 //! coordinator keeps the first copy. Its predictions and dead letters are published again
 //! (at least once, as after a crash).
@@ -29,9 +30,7 @@ use super::super::outputs::Outputs;
 use super::super::shard::{Consumed, Effect, ShardStage};
 use super::super::source_loop::bump;
 use super::super::{PipelineError, Progress, RunSummary};
-use super::{
-    Arrivals, GroupTopics, ShardMessage, SharedStatus, log_options, now_ms, update_status,
-};
+use super::{Arrivals, GroupRun, ShardMessage, SharedStatus, log_options, now_ms, update_status};
 
 /// Source messages handled before progress is sent even if more are queued.
 const PROGRESS_EVERY: usize = 1_024;
@@ -53,6 +52,10 @@ struct Held {
 
 struct ShardSide<'a> {
     config: &'a Config,
+    /// A bounded run: the end of a partition is the end of its input (held events are
+    /// decided, and the partition no longer holds closes back). In a live run it is only
+    /// where the partition stands now.
+    bounded: bool,
     /// The features stage as a run starts: every new stage starts from it.
     initial: Coordinator,
     held: BTreeMap<i32, Held>,
@@ -78,16 +81,21 @@ struct ShardSide<'a> {
     status_at: Option<std::time::Instant>,
 }
 
-/// Runs the shard side until the coordinator says the final close is merged.
+/// Runs the shard side until the coordinator says the final close is merged (bounded), or
+/// until `cancel`.
 pub(super) async fn run(
-    config: &Config,
-    topics: &GroupTopics,
+    run: &GroupRun<'_>,
     partitions: &BTreeMap<String, i32>,
     mut models: watch::Receiver<Arc<Trainer>>,
     progress: Arc<watch::Sender<Progress>>,
     status: SharedStatus,
     cancel: CancellationToken,
 ) -> Result<RunSummary, PipelineError> {
+    let GroupRun {
+        config,
+        topics,
+        bounded,
+    } = *run;
     let mut pipeline = FeaturePipeline::new(&config.pipeline);
     for topic in [InputTopic::Clicks, InputTopic::Orders] {
         let name = shopstream_kafka::client::input_topic_name(&config.topics, topic);
@@ -100,10 +108,12 @@ pub(super) async fn run(
     let mut closes = LogReader::open(&config.kafka, &topics.closes, 0).await?;
     let (source, _committer) =
         KafkaSource::connect_group(&config.kafka, &config.topics, Default::default()).await?;
-    let (mut rx, source_task, source_cancel) = super::start_source(config, source, &cancel);
+    let (mut rx, source_task, source_cancel) =
+        super::start_source(config, source, bounded, &cancel);
     let serving = Arc::clone(&models.borrow_and_update());
     let mut side = ShardSide {
         config,
+        bounded,
         initial,
         held: BTreeMap::new(),
         closes: Vec::new(),
@@ -340,6 +350,16 @@ impl ShardSide<'_> {
                 let Some(held) = self.held.get_mut(&partition) else {
                     return Ok(());
                 };
+                if !self.bounded {
+                    // Read as far as it is written: further than any earlier owner, so
+                    // every close read so far applies (each came from reports of no more).
+                    if held.at_end.insert(topic) && held.at_end.len() == 2 {
+                        held.stage.windowing_mut().caught_up();
+                        self.show_ownership();
+                    }
+                    self.answer(partition);
+                    return Ok(());
+                }
                 let mut effects = std::mem::take(&mut self.effects);
                 let handled = held.stage.resolve_all_held(
                     Some((topic, partition)),
