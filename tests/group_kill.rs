@@ -193,12 +193,16 @@ async fn a_group_run_with_one_instance_sigkilled_and_one_sigtermed_writes_the_st
     // Its partitions go to a survivor once the session times out: only lines from now on.
     while lines.try_recv().is_ok() {}
     let mut taken_over = false;
+    // A SIGTERMed instance checkpoints its partitions as it leaves: the first goes on
+    // from those checkpoints instead of replaying them.
+    let mut resumed = false;
     // SIGTERM: this one leaves the run (not the coordinator: the first instance is).
     support::sigterm(&instances.0[2]);
     let status = instances.0[2].wait().unwrap();
     let mut said = Vec::new();
     for (i, line) in lines.try_iter() {
         taken_over |= i == 0 && line.contains("partitions assigned");
+        resumed |= i == 0 && line.contains("resuming a partition from its checkpoint");
         if i == 2 {
             said.push(line);
         }
@@ -211,6 +215,7 @@ async fn a_group_run_with_one_instance_sigkilled_and_one_sigtermed_writes_the_st
     // The first instance finishes alone.
     wait_all_succeed(&mut instances, &[0], &lines, |i, line| {
         taken_over |= i == 0 && line.contains("partitions assigned");
+        resumed |= i == 0 && line.contains("resuming a partition from its checkpoint");
     });
     eprintln!(
         "the first instance ended {:?} after the SIGKILL",
@@ -219,6 +224,19 @@ async fn a_group_run_with_one_instance_sigkilled_and_one_sigtermed_writes_the_st
     assert!(
         taken_over,
         "a survivor was assigned partitions after the SIGKILL"
+    );
+    assert!(
+        resumed,
+        "the survivor resumed partitions from the SIGTERMed instance's checkpoints"
+    );
+    // The lease holder that finished the run deleted the partition checkpoints.
+    let shards = group.store.path.join("_checkpoints").join("shards");
+    let left: Vec<_> = std::fs::read_dir(&shards)
+        .map(|groups| groups.flatten().map(|g| g.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "partition checkpoints left behind: {left:?}"
     );
     assert_same_outputs(
         "1 instance vs a group with instances SIGKILLed and SIGTERMed",

@@ -160,6 +160,11 @@ async fn a_group_whose_partitions_move_writes_the_store_and_model_of_one_instanc
 
     let (mut group, group_model) = run_config(&base, "group", 2, &dir.path().join("group"));
     group.pipeline.instances = shopstream_config::Instances::Group;
+    // Without partition checkpoints: every partition that moves is replayed from its start
+    // (with them, the instances that join resume near the end and the run is over before
+    // they have read anything; the group_kill tests and the live group test below cover
+    // resumes).
+    group.checkpoint.enabled = false;
     let start = |config: Config| {
         let (progress, watch) = tokio::sync::watch::channel(Default::default());
         let options = RunOptions {
@@ -298,7 +303,9 @@ async fn a_group_whose_partitions_move_writes_the_store_and_model_of_one_instanc
         third.consumed.values().sum::<u64>() > 0,
         "partitions moved to the third instance"
     );
-    let consumed = first.consumed.values().sum::<u64>() + third.consumed.values().sum::<u64>();
+    // What the survivors read: handled, or skipped as held by a partition checkpoint.
+    let read = |s: &RunSummary| s.consumed.values().sum::<u64>() + s.checkpoint_skipped;
+    let consumed = read(&first) + read(&third);
     assert!(consumed >= messages - 1_000, "{consumed} of {messages}");
     assert_same_outputs(
         "1 instance vs a group whose partitions moved",
@@ -314,6 +321,9 @@ async fn a_group_whose_partitions_move_writes_the_store_and_model_of_one_instanc
 /// takes over its partitions and the run from the closes log. Once it has closed every
 /// window the input allows, it is shut down too. The windows written and the model left
 /// at shutdown are those of one live instance on the whole input: nothing lost or doubled.
+/// Partitions that move go on from their checkpoints when those were written in time.
+/// Then the whole group is started again on more input: every partition goes on from the
+/// checkpoint written as it stopped, and the run from the closes log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_group_that_an_instance_joins_and_its_coordinator_leaves_writes_what_one_live_instance_writes()
  {
@@ -339,6 +349,8 @@ async fn a_live_group_that_an_instance_joins_and_its_coordinator_leaves_writes_w
 
     let (mut group, group_model) = run_config(&base, "group", 2, &dir.path().join("group"));
     group.pipeline.instances = shopstream_config::Instances::Group;
+    // A partition checkpoint every 5 closes applied, whatever the wall time.
+    group.checkpoint.min_interval_secs = 0;
     let start = |config: Config| {
         let (progress, watch) = tokio::sync::watch::channel(Default::default());
         let stop = tokio_util::sync::CancellationToken::new();
@@ -366,12 +378,28 @@ async fn a_live_group_that_an_instance_joins_and_its_coordinator_leaves_writes_w
     )
     .await;
     let (second, second_progress, stop_second) = start(group.clone());
+    // Ready: it holds partitions and has read each to its end (what their checkpoints
+    // hold is skipped, not counted as consumed).
     wait(
         second_progress.clone(),
-        "the second instance reads",
-        Box::new(|p| p.consumed >= 500),
+        "the second instance serves its endpoints",
+        Box::new(|p| p.http_addr.is_some()),
     )
     .await;
+    let addr = second_progress.borrow().http_addr.expect("http");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while tokio::task::spawn_blocking(move || support::http_get(addr, "/readyz"))
+        .await
+        .unwrap()
+        .0
+        != "HTTP/1.1 200 OK"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second instance is ready within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     // The rest of the input arrives while both run; the coordinator stops part way.
     let publishing = {
         let base = base.clone();
@@ -417,9 +445,19 @@ async fn a_live_group_that_an_instance_joins_and_its_coordinator_leaves_writes_w
         .unwrap()
         .unwrap();
     eprintln!(
-        "first: consumed {:?}, windows {}; second: consumed {:?}, windows {}",
-        first.consumed, first.windows_closed, second.consumed, second.windows_closed
+        "first: consumed {:?}, windows {}, partition checkpoints {}, resumed {}; second: \
+         consumed {:?}, windows {}, partition checkpoints {}, resumed {} (skipped {})",
+        first.consumed,
+        first.windows_closed,
+        first.partition_checkpoints,
+        first.partitions_resumed,
+        second.consumed,
+        second.windows_closed,
+        second.partition_checkpoints,
+        second.partitions_resumed,
+        second.checkpoint_skipped,
     );
+    assert!(first.partition_checkpoints > 0, "{first:?}");
     assert!(
         first.windows_closed < windows,
         "the first instance stopped part way: {} of {windows} windows",
@@ -463,6 +501,21 @@ async fn a_live_group_that_an_instance_joins_and_its_coordinator_leaves_writes_w
         .unwrap()
         .unwrap();
     assert_eq!(third.model_version, resumed.model_version);
+    // Every partition number goes on from the checkpoint the second instance wrote as it
+    // stopped, not from its start.
+    eprintln!(
+        "restarted: resumed {}, handled {:?}, skipped {}",
+        third.partitions_resumed, third.consumed, third.checkpoint_skipped
+    );
+    assert_eq!(third.partitions_resumed, 4, "{third:?}");
+    let clicks = |s: &RunSummary| s.consumed.get("clicks").copied().unwrap_or_default();
+    assert!(
+        clicks(&third) < clicks(&single) + clicks(&resumed),
+        "the restarted instance handled {} clicks, the one instance {} + {}",
+        clicks(&third),
+        clicks(&single),
+        clicks(&resumed)
+    );
     assert_same_outputs(
         "1 live instance restarted vs a live group restarted",
         (&one.store.path, &one_model),

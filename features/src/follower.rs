@@ -22,7 +22,11 @@ use crate::shard_set::ShardSet;
 use crate::window::Buffered;
 
 /// A shard set and the closes it has not applied yet (see the module doc).
-#[derive(Debug, Clone)]
+///
+/// Serializable for per-partition checkpoints: whoever loads one reads the set's
+/// partitions from the checkpoint's positions, behind where the closes were decided, so
+/// `live` is not kept (it comes back false).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Follower {
     set: ShardSet,
     /// Closes read and not applied, by `seq`.
@@ -30,6 +34,7 @@ pub struct Follower {
     /// The next close to apply.
     next_seq: u64,
     /// Whether the set has read as far as its partitions' previous owner.
+    #[serde(skip)]
     live: bool,
 }
 

@@ -44,8 +44,9 @@ impl Report {
     }
 }
 
-/// The shards of some partition numbers (see the module doc).
-#[derive(Debug, Clone)]
+/// The shards of some partition numbers (see the module doc). Serializable: the state of
+/// a partition number in a group run's per-partition checkpoint.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ShardSet {
     grid: WindowGrid,
     /// Own partitions' newest event times (lateness).

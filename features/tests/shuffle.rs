@@ -368,7 +368,15 @@ fn run_split_failing_over(
 /// Partition `p`'s parts of every close in `log`, from a new owner that reads `p`'s
 /// events from the start with the whole closes log already read (the handover of
 /// docs/scale-out.md, at its hardest: every close comes before the events it covers).
-fn replay_partition(p: i32, events: &[(RecordMeta, Event)], log: &ClosesLog) -> Vec<Vec<Part>> {
+/// Partition `p` replayed from its first event with the closes `log`: the answer to each
+/// close. With `resume_at`, its follower is written as a checkpoint after that many events
+/// and read back as a new owner would (behind, with the closes log pushed again).
+fn replay_partition(
+    p: i32,
+    events: &[(RecordMeta, Event)],
+    log: &ClosesLog,
+    resume_at: Option<usize>,
+) -> Vec<Vec<Part>> {
     let mut pipeline = FeaturePipeline::new(&PipelineConfig::default());
     for topic in [InputTopic::Clicks, InputTopic::Orders] {
         for q in 0..PARTITIONS as i32 {
@@ -385,10 +393,21 @@ fn replay_partition(p: i32, events: &[(RecordMeta, Event)], log: &ClosesLog) -> 
         });
     }
     let mut parts = Vec::new();
-    for (meta, e) in events
+    for (i, (meta, e)) in events
         .iter()
         .filter(|(m, _)| m.topic != InputTopic::Inventory)
+        .enumerate()
     {
+        if resume_at == Some(i) {
+            let bytes = rmp_serde::to_vec_named(&follower).expect("encode");
+            follower = rmp_serde::from_slice(&bytes).expect("decode");
+            for (seq, (close, _)) in log.iter().enumerate() {
+                follower.push_close(SequencedClose {
+                    seq: seq as u64,
+                    close: close.clone(),
+                });
+            }
+        }
         follower
             .admit(*meta, e.clone())
             .expect("per-partition order is never late");
@@ -472,7 +491,7 @@ proptest! {
         let mut queue = MergeQueue::new(all.clone(), 0);
         for (p, events) in by_partition.iter().enumerate() {
             let p = p as i32;
-            let replayed = replay_partition(p, events, &log);
+            let replayed = replay_partition(p, events, &log, None);
             prop_assert_eq!(replayed.len(), log.len());
             for (seq, ((close, first), again)) in log.iter().zip(&replayed).enumerate() {
                 let first: Vec<&Part> = first.iter().filter(|q| q.partition == p && !q.is_empty()).collect();
@@ -494,6 +513,33 @@ proptest! {
             prop_assert_eq!(parts, first);
         }
         prop_assert!(queue.pop_ready().is_none());
+    }
+
+    /// Guards per-partition checkpoints (docs/scale-out.md): a partition whose follower is
+    /// written as a checkpoint at any point of its input and read back by a new owner,
+    /// which goes on from there with the closes log, answers every close as its first
+    /// owner did.
+    #[test]
+    fn a_partition_resumed_from_its_checkpoint_answers_every_close_the_same(
+        steps in prop::collection::vec((0u8..12, 0u8..6, 0u8..6, 0u32..40_000), 1..600),
+        choices in prop::collection::vec(any::<u8>(), 0..1_200),
+        deliver in prop::collection::vec(any::<u8>(), 0..1_200),
+        sets in 1usize..4,
+        cut in 0usize..600,
+    ) {
+        let by_partition = partitions(&steps);
+        let (_, _, log) = run_split_logged(interleave(by_partition.clone(), &choices), sets, &deliver, true);
+        for (p, events) in by_partition.iter().enumerate() {
+            let p = p as i32;
+            let own = events.iter().filter(|(m, _)| m.topic != InputTopic::Inventory).count();
+            let resumed = replay_partition(p, events, &log, Some(cut % own.max(1)));
+            prop_assert_eq!(resumed.len(), log.len());
+            for (seq, ((close, first), again)) in log.iter().zip(&resumed).enumerate() {
+                let first: Vec<&Part> = first.iter().filter(|q| q.partition == p && !q.is_empty()).collect();
+                let kept: Vec<&Part> = again.iter().filter(|q| !q.is_empty()).collect();
+                prop_assert_eq!(first, kept, "partition {} close {} {:?}", p, seq, close.boundary);
+            }
+        }
     }
 
     /// Guards the failover of the coordinator (docs/scale-out.md): a new coordinator that

@@ -38,6 +38,17 @@ pub struct RunSummary {
     pub compactions: u64,
     /// Checkpoints written.
     pub checkpoints: u64,
+    /// Group runs: checkpoints of partition numbers written by this instance.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub partition_checkpoints: u64,
+    /// Group runs: partition numbers this instance took over from a checkpoint instead of
+    /// reading them from their start.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub partitions_resumed: u64,
+    /// Group runs: messages read again that a partition's checkpoint already held (not
+    /// handled, not counted as consumed).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub checkpoint_skipped: u64,
     /// Windows closed.
     pub windows_closed: u64,
     /// Item demand forecasts written to the store's `item_demand` table.
@@ -133,4 +144,9 @@ impl Quality {
             }
         }
     }
+}
+
+/// Whether a count is zero (left out of the JSON summary).
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

@@ -23,13 +23,16 @@
 //! of that group again takes the run over where it stood (the closes log says which
 //! windows closed; the store and model are written again, the same bytes).
 //!
-//! Not built yet (step 3 of docs/scale-out.md): per-partition checkpoints and offset
-//! commits (a partition that moves, and a run taken over, are read again from the
-//! beginning of the topics, so a bounded run needs a group id of its own), and the release
-//! of idle partitions in live runs (a silent partition holds every close back).
+//! A partition that moves goes on from its checkpoint ([`partition_checkpoint`]).
+//!
+//! Not built yet (step 3 of docs/scale-out.md): a checkpoint of the coordinator and offset
+//! commits (a run taken over is read again from the beginning of the topics, so a bounded
+//! run needs a group id of its own), and the release of idle partitions in live runs (a
+//! silent partition holds every close back).
 
 mod coordinator_side;
 mod model_broadcast;
+mod partition_checkpoint;
 mod shard_side;
 
 use std::future::Future;
@@ -55,6 +58,7 @@ use tokio_util::sync::CancellationToken;
 use super::global_worker::GlobalView;
 use super::{PipelineError, Progress, RunOptions, RunSummary};
 use crate::http::Telemetry;
+use partition_checkpoint::PartitionCheckpoints;
 
 /// Drift arrivals of partition number `partition`, numbered from `first` in the order the
 /// partition's owner admitted them. A new owner that replays the partition sends them
@@ -462,6 +466,9 @@ pub(super) async fn run(
                 match turn {
                     Ok(coordinator_side::Turn::Finished(summary)) => {
                         model_broadcast::remove_leftovers(config);
+                        if let Some(checkpoints) = PartitionCheckpoints::of(config) {
+                            checkpoints.remove_all();
+                        }
                         break Ok(Some(*summary));
                     }
                     // (Its broadcast models stay: the run goes on when instances start.)

@@ -68,7 +68,7 @@ fn models_dir(config: &Config) -> PathBuf {
 
 /// `name` as one path component: characters other than letters, digits, `.`, `_` and
 /// `-` become `_`, and `.` or `..` get a leading `_`.
-fn path_component(name: &str) -> String {
+pub(super) fn path_component(name: &str) -> String {
     let safe: String = name
         .chars()
         .map(|c| {

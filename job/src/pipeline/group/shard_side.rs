@@ -2,14 +2,20 @@
 //! it, one [`Follower`] per partition number, talking to the coordinator only through the
 //! internal topics.
 //!
-//! A partition number's stage starts from scratch whenever it is assigned (this instance
-//! at start, or a new owner after a rebalance): it reads the partition from its beginning
-//! and applies the closes read so far as they come due, then every close once both of its
-//! topics are read to their end (in a live run, to where they are: the closes come from
-//! reports of no more than that). Its answers are the first owner's (the property test
+//! A partition number's stage starts from its newest checkpoint whenever it is assigned
+//! (this instance at start, or a new owner after a rebalance), or from scratch when it has
+//! none ([`partition_checkpoint`](super::partition_checkpoint)). It skips what the
+//! checkpoint holds, reads the rest of the partition and applies the closes read so far
+//! as they come due, then every close once both of its topics are read to their end (in a
+//! live run, to where they are: the closes come from reports of no more than that). Its
+//! answers are the first owner's (the property test
 //! `a_partition_replayed_with_the_closes_log_answers_every_close_the_same`); the
-//! coordinator keeps the first copy. Its predictions and dead letters are published again
-//! (at least once, as after a crash).
+//! coordinator keeps the first copy. Predictions and dead letters of what it reads again
+//! are published again (at least once, as after a crash).
+//!
+//! A partition is checkpointed every `checkpoint.every_windows` closes applied (at most
+//! once per `checkpoint.min_interval_secs`), when it is revoked, and when the instance
+//! stops, each time once what the checkpoint covers has been sent to the coordinator.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -21,7 +27,7 @@ use shopstream_features::protocol::{
 use shopstream_features::{Coordinator, FeaturePipeline, Follower, Report, ShardSet};
 use shopstream_ingest::event::InputTopic;
 use shopstream_kafka::log::{LogReader, LogWriter};
-use shopstream_kafka::source::{KafkaSource, SourceMessage};
+use shopstream_kafka::source::{KafkaSource, Seeker, SourceMessage};
 use shopstream_trainer::Trainer;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +36,7 @@ use super::super::outputs::Outputs;
 use super::super::shard::{Consumed, Effect, ShardStage};
 use super::super::source_loop::bump;
 use super::super::{PipelineError, Progress, RunSummary};
+use super::partition_checkpoint::{PartitionCheckpoints, PartitionStateRef, STATE_VERSION};
 use super::{Arrivals, GroupRun, ShardMessage, SharedStatus, log_options, now_ms, update_status};
 
 /// Source messages handled before progress is sent even if more are queued.
@@ -48,6 +55,14 @@ struct Held {
     unsent: Vec<shopstream_drift::stage::Arrival>,
     /// Its topics read to their end.
     at_end: BTreeSet<InputTopic>,
+    /// Next offset per topic of the messages handled, from the checkpoint the stage
+    /// started from on (a checkpoint's positions): a message below it is skipped (held by
+    /// the checkpoint, or fetched again after the source was asked to seek).
+    positions: BTreeMap<InputTopic, i64>,
+    /// The positions of the checkpoint the stage started from (for the seek).
+    resume_from: BTreeMap<InputTopic, i64>,
+    /// Closes applied when the stage was last checkpointed (or started), and when.
+    checkpointed: (u64, Option<std::time::Instant>),
 }
 
 struct ShardSide<'a> {
@@ -69,6 +84,17 @@ struct ShardSide<'a> {
     answers: Vec<ShardMessage>,
     outputs: Outputs,
     log: LogWriter,
+    /// Per-partition checkpoints (none when `checkpoint.enabled` is off).
+    checkpoints: Option<PartitionCheckpoints>,
+    /// Asks the source to read a partition resumed from a checkpoint from its offsets.
+    seeker: Option<Seeker>,
+    /// `Assigned` messages received from the source (see [`Seeker::seek`]).
+    assignments_seen: u64,
+    /// The coordinator has merged the final close (a bounded run is over): only then is
+    /// this side done. (Done when every partition held had answered the final close was
+    /// wrong: a rebalance as another instance left could revoke them all just before, and
+    /// the partitions handed back were never answered.)
+    merged: bool,
     models: watch::Receiver<Arc<Trainer>>,
     serving: Arc<Trainer>,
     effects: Vec<Effect>,
@@ -108,8 +134,13 @@ pub(super) async fn run(
     let mut closes = LogReader::open(&config.kafka, &topics.closes, 0).await?;
     let (source, _committer) =
         KafkaSource::connect_group(&config.kafka, &config.topics, Default::default()).await?;
+    let seeker = source.seeker();
+    // Not stopped by the run's cancellation: at shutdown the partitions held are
+    // checkpointed first, and only then does the source leave the group (which moves
+    // them). A side dropped without that (its task aborted) drops the receiver, and the
+    // source leaves then.
     let (mut rx, source_task, source_cancel) =
-        super::start_source(config, source, bounded, &cancel);
+        super::start_source(config, source, bounded, &CancellationToken::new());
     let serving = Arc::clone(&models.borrow_and_update());
     let mut side = ShardSide {
         config,
@@ -122,6 +153,10 @@ pub(super) async fn run(
         answers: Vec::new(),
         outputs: Outputs::new(config, false)?,
         log,
+        checkpoints: PartitionCheckpoints::of(config),
+        merged: false,
+        seeker,
+        assignments_seen: 0,
         models,
         serving,
         effects: Vec::new(),
@@ -131,16 +166,11 @@ pub(super) async fn run(
         status_at: None,
     };
     let mut since_progress = 0usize;
-    // Set when the coordinator has merged the final close: only then is this side done.
-    // (Done when every partition held had answered the final close was wrong: a
-    // rebalance as another instance left could revoke them all just before, and the
-    // partitions handed back were never answered.)
-    let mut merged = false;
     // Whose closes count: the coordinator that started last on the closes log (a new
     // lease holder takes over the run from there, docs/scale-out.md).
     let mut current = CurrentCoordinator::default();
     let outcome = loop {
-        if merged {
+        if side.merged {
             break side.send().await;
         }
         tokio::select! {
@@ -163,7 +193,7 @@ pub(super) async fn run(
                             Ok(())
                         }
                         Ok(ToShards::Merged) => {
-                            merged = true;
+                            side.merged = true;
                             Ok(())
                         }
                         Ok(ToShards::Stop { reason }) => Err(PipelineError::Unsupported(format!(
@@ -201,6 +231,11 @@ pub(super) async fn run(
             }
         }
     };
+    // Stopped (or done): what it holds goes on from here wherever it moves.
+    let outcome = match outcome {
+        Ok(()) if !side.merged => side.checkpoint_all().await,
+        other => other,
+    };
     source_cancel.cancel();
     // Dropped first: a source blocked on a full channel then ends too.
     drop(rx);
@@ -212,20 +247,118 @@ pub(super) async fn run(
     Ok(side.summary)
 }
 
+impl Held {
+    /// Whether the message at `meta` is to be handled: neither in the checkpoint the stage
+    /// started from nor handled already (a seek fetches again what was fetched before it).
+    /// It is then noted as read (the next checkpoint's position).
+    fn handles(&mut self, meta: shopstream_kafka::source::RecordMeta) -> bool {
+        if self
+            .positions
+            .get(&meta.topic)
+            .is_some_and(|next| meta.offset < *next)
+        {
+            return false;
+        }
+        self.positions.insert(meta.topic, meta.offset + 1);
+        true
+    }
+}
+
 impl ShardSide<'_> {
-    /// A stage for partition number `p`, with every close read so far.
-    fn stage_of(&self, p: i32) -> Held {
-        let set = ShardSet::new(&self.initial, BTreeMap::new(), move |_, q| q == p);
-        let mut follower = Follower::new(set, 0, false);
+    /// A stage for partition number `p`, from its newest checkpoint if it has one, with
+    /// every close read so far.
+    async fn stage_of(&mut self, p: i32) -> Held {
+        let loaded = match &self.checkpoints {
+            Some(checkpoints) => checkpoints.load(p).await,
+            None => None,
+        };
+        let mut held = match loaded {
+            Some(state) => {
+                self.summary.partitions_resumed += 1;
+                let mut stage = ShardStage::with(self.config, state.follower);
+                stage.resume_cleaning(state.cleaner, state.held);
+                let applied = stage.windowing().next_seq();
+                Held {
+                    stage,
+                    arrivals: state.arrivals,
+                    unsent: Vec::new(),
+                    at_end: BTreeSet::new(),
+                    positions: state.positions.clone(),
+                    resume_from: state.positions,
+                    checkpointed: (applied, Some(std::time::Instant::now())),
+                }
+            }
+            None => {
+                let set = ShardSet::new(&self.initial, BTreeMap::new(), move |_, q| q == p);
+                Held {
+                    stage: ShardStage::with(self.config, Follower::new(set, 0, false)),
+                    arrivals: 0,
+                    unsent: Vec::new(),
+                    at_end: BTreeSet::new(),
+                    positions: BTreeMap::new(),
+                    resume_from: BTreeMap::new(),
+                    checkpointed: (0, None),
+                }
+            }
+        };
         for close in &self.closes {
-            follower.push_close(close.clone());
+            held.stage.windowing_mut().push_close(close.clone());
         }
-        Held {
-            stage: ShardStage::with(self.config, follower),
-            arrivals: 0,
-            unsent: Vec::new(),
-            at_end: BTreeSet::new(),
+        held
+    }
+
+    /// Writes partition number `p`'s checkpoint (once [`ShardSide::send`] has sent what
+    /// it covers).
+    async fn checkpoint(&mut self, p: i32) -> Result<(), PipelineError> {
+        let (Some(checkpoints), Some(held)) = (&self.checkpoints, self.held.get_mut(&p)) else {
+            return Ok(());
+        };
+        let applied = held.stage.windowing().next_seq();
+        let state = PartitionStateRef {
+            version: STATE_VERSION,
+            partition: p,
+            follower: held.stage.windowing(),
+            cleaner: held.stage.cleaner(),
+            held: held.stage.held_events(),
+            arrivals: held.arrivals,
+            positions: &held.positions,
+        };
+        checkpoints.write(&state, applied).await?;
+        held.checkpointed = (applied, Some(std::time::Instant::now()));
+        self.summary.partition_checkpoints += 1;
+        Ok(())
+    }
+
+    /// Sends what is pending, then checkpoints every partition held (at shutdown, before
+    /// the source leaves the group).
+    async fn checkpoint_all(&mut self) -> Result<(), PipelineError> {
+        self.send().await?;
+        let numbers: Vec<i32> = self.held.keys().copied().collect();
+        for p in numbers {
+            self.checkpoint(p).await?;
         }
+        Ok(())
+    }
+
+    /// Checkpoints the partitions due for one (after [`ShardSide::send`]; none once the
+    /// run is merged, when the lease holder deletes them).
+    async fn checkpoint_due(&mut self) -> Result<(), PipelineError> {
+        let Some(checkpoints) = self.checkpoints.as_ref().filter(|_| !self.merged) else {
+            return Ok(());
+        };
+        let due: Vec<i32> = self
+            .held
+            .iter()
+            .filter(|(_, held)| {
+                let (last, at) = held.checkpointed;
+                checkpoints.due(held.stage.windowing().next_seq(), last, at)
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for p in due {
+            self.checkpoint(p).await?;
+        }
+        Ok(())
     }
 
     fn on_close(&mut self, close: SequencedClose, author: String) {
@@ -288,9 +421,16 @@ impl ShardSide<'_> {
         self.take_newest_model();
         match message {
             SourceMessage::Assigned(partitions) => {
+                self.assignments_seen += 1;
                 for (topic, p) in partitions {
                     if !self.held.contains_key(&p) {
-                        let held = self.stage_of(p);
+                        let held = self.stage_of(p).await;
+                        // Read from the checkpoint's offsets rather than skip up to them.
+                        if let Some(seeker) = &self.seeker {
+                            for (topic, offset) in &held.resume_from {
+                                seeker.seek(*topic, p, *offset, self.assignments_seen);
+                            }
+                        }
                         self.held.insert(p, held);
                     }
                     if let Some(held) = self.held.get_mut(&p) {
@@ -300,8 +440,13 @@ impl ShardSide<'_> {
                 self.show_ownership();
             }
             SourceMessage::Revoked(partitions) => {
-                // The new owner replays them; what this instance sent stays valid.
-                for (_, p) in partitions {
+                // The new owner goes on from their checkpoints (written here once what
+                // they cover is sent: it may load an older one if it is quicker, which
+                // only costs it more reading); what this instance sent stays valid.
+                self.send().await?;
+                let numbers: BTreeSet<i32> = partitions.iter().map(|(_, p)| *p).collect();
+                for p in numbers {
+                    self.checkpoint(p).await?;
                     self.held.remove(&p);
                 }
                 self.show_ownership();
@@ -313,12 +458,17 @@ impl ShardSide<'_> {
                 payload,
                 received,
             } => {
-                bump(&mut self.summary.consumed, meta.topic.as_str());
                 let Some(held) = self.held.get_mut(&meta.partition) else {
                     // Read just before its revocation reached this loop: its new owner
                     // reads it.
+                    bump(&mut self.summary.consumed, meta.topic.as_str());
                     return Ok(());
                 };
+                if !held.handles(meta) {
+                    self.summary.checkpoint_skipped += 1;
+                    return Ok(());
+                }
+                bump(&mut self.summary.consumed, meta.topic.as_str());
                 let consumed = Consumed {
                     meta,
                     event,
@@ -340,8 +490,13 @@ impl ShardSide<'_> {
                 payload,
                 rejection,
             } => {
+                let handled = self.held.get_mut(&meta.partition).map(|h| h.handles(meta));
+                if handled == Some(false) {
+                    self.summary.checkpoint_skipped += 1;
+                    return Ok(());
+                }
                 bump(&mut self.summary.consumed, meta.topic.as_str());
-                if self.held.contains_key(&meta.partition) {
+                if handled == Some(true) {
                     self.dead_letter(meta, key.as_deref(), &payload, &rejection)
                         .await?;
                 }
@@ -458,6 +613,7 @@ impl ShardSide<'_> {
         for answer in std::mem::take(&mut self.answers) {
             self.log.append(&protocol::encode(&answer)?).await?;
         }
-        Ok(())
+        // Everything the checkpoints cover has reached the coordinator.
+        self.checkpoint_due().await
     }
 }

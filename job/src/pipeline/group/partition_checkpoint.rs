@@ -1,0 +1,187 @@
+//! Per-partition checkpoints of a group run: the shard side's state of one partition
+//! number (its [`Follower`]: open windows, features, pending labels, the closes it has
+//! applied; its cleaner's dedupe state; its events held for a clock-skew decision; the
+//! number of drift arrivals it sent) with the offsets of clicks `p` and orders `p` it was
+//! read to. A new owner of the partition loads the newest one and goes on from there
+//! instead of replaying the partition from its start (docs/scale-out.md, "Checkpoints per
+//! partition").
+//!
+//! Files: `<checkpoint dir>/shards/<group id>/<p>/checkpoint-<n>.ckpt`, in the format of
+//! [`shopstream_sinks::checkpoint`] (atomic, checksummed, the newest `checkpoint.keep`
+//! kept), `n` the number of closes the state has applied. A checkpoint is written only
+//! once everything it covers has reached the coordinator (the progress, drift arrivals
+//! and answers sent before it), so a new owner never needs to send any of that again.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use shopstream_config::Config;
+use shopstream_features::Follower;
+use shopstream_ingest::clean::Cleaner;
+use shopstream_ingest::event::InputTopic;
+
+use super::super::PipelineError;
+use crate::recovery::HeldEvent;
+
+/// Version of the state inside a partition checkpoint (the file format has its own).
+pub(super) const STATE_VERSION: u32 = 1;
+
+/// Directory of the partition checkpoints under the checkpoint directory.
+const SHARDS_DIR: &str = "shards";
+
+/// A partition number's state, borrowed for writing.
+#[derive(Serialize)]
+pub(super) struct PartitionStateRef<'a> {
+    pub(super) version: u32,
+    pub(super) partition: i32,
+    pub(super) follower: &'a Follower,
+    pub(super) cleaner: &'a Cleaner,
+    pub(super) held: Vec<HeldEvent>,
+    pub(super) arrivals: u64,
+    pub(super) positions: &'a BTreeMap<InputTopic, i64>,
+}
+
+/// A partition number's state, as read back (the fields of [`PartitionStateRef`]).
+#[derive(Deserialize)]
+pub(super) struct PartitionState {
+    version: u32,
+    partition: i32,
+    /// Its windows and features, and the closes it applied (`next_seq`).
+    pub(super) follower: Follower,
+    /// Its dedupe and skew state.
+    pub(super) cleaner: Cleaner,
+    /// Its events held for a clock-skew decision.
+    pub(super) held: Vec<HeldEvent>,
+    /// Drift arrivals sent so far (the number of the next one).
+    pub(super) arrivals: u64,
+    /// Next offset of clicks `p` and orders `p`: what is below is in the state.
+    pub(super) positions: BTreeMap<InputTopic, i64>,
+}
+
+/// Where and how often the partition checkpoints of one group are taken.
+#[derive(Debug, Clone)]
+pub(super) struct PartitionCheckpoints {
+    root: PathBuf,
+    every: u64,
+    min_interval: Duration,
+    keep: usize,
+}
+
+impl PartitionCheckpoints {
+    /// The plan of `[checkpoint]` for the group of `config`, or `None` when checkpoints
+    /// are off.
+    pub(super) fn of(config: &Config) -> Option<Self> {
+        config.checkpoint.enabled.then(|| Self {
+            root: config
+                .checkpoint
+                .dir_for(&config.store.path)
+                .join(SHARDS_DIR)
+                .join(super::model_broadcast::path_component(
+                    &config.kafka.group_id,
+                )),
+            every: config.checkpoint.every_windows.max(1),
+            min_interval: Duration::from_secs(config.checkpoint.min_interval_secs),
+            keep: config.checkpoint.keep.max(1),
+        })
+    }
+
+    /// At the end of a bounded run, by the lease holder that finished it: deletes the
+    /// group's partition checkpoints (a bounded run's group is never run again).
+    pub(super) fn remove_all(&self) {
+        match std::fs::remove_dir_all(&self.root) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(
+                error = %e,
+                dir = %self.root.display(),
+                "could not delete the partition checkpoints of a finished run"
+            ),
+        }
+    }
+
+    fn dir(&self, partition: i32) -> PathBuf {
+        self.root.join(partition.to_string())
+    }
+
+    /// Whether a partition that has applied `applied` closes, and was last checkpointed
+    /// after `last` of them (at `at`), is due for one: every `checkpoint.every_windows`
+    /// closes, at most once per `checkpoint.min_interval_secs`.
+    pub(super) fn due(&self, applied: u64, last: u64, at: Option<Instant>) -> bool {
+        applied >= last.saturating_add(self.every)
+            && at.is_none_or(|at| at.elapsed() >= self.min_interval)
+    }
+
+    /// Writes `state` as the checkpoint of its partition after `applied` closes, then
+    /// deletes all but the newest `keep`. Encoded here, written on the blocking pool.
+    pub(super) async fn write(
+        &self,
+        state: &PartitionStateRef<'_>,
+        applied: u64,
+    ) -> Result<(), PipelineError> {
+        let packed = shopstream_sinks::checkpoint::encode(state)?;
+        let (dir, keep) = (self.dir(state.partition), self.keep);
+        let started = Instant::now();
+        let (path, bytes) = tokio::task::spawn_blocking(move || {
+            shopstream_sinks::checkpoint::write_encoded(&dir, applied, &packed, keep)
+        })
+        .await
+        .map_err(|e| PipelineError::Internal(format!("partition checkpoint task: {e}")))??;
+        tracing::debug!(
+            path = %path.display(),
+            bytes,
+            millis = started.elapsed().as_millis() as u64,
+            "partition checkpoint written"
+        );
+        Ok(())
+    }
+
+    /// The newest usable checkpoint of `partition`, if any. One that cannot be used is
+    /// reported and the partition replayed from its start instead (the same outputs,
+    /// more work).
+    pub(super) async fn load(&self, partition: i32) -> Option<PartitionState> {
+        let dir = self.dir(partition);
+        let loaded = tokio::task::spawn_blocking(move || {
+            shopstream_sinks::checkpoint::load_latest::<PartitionState>(&dir)
+        })
+        .await;
+        let loaded = match loaded {
+            Ok(Ok(Some(loaded))) => loaded,
+            Ok(Ok(None)) => return None,
+            Ok(Err(e)) => {
+                tracing::warn!(partition, error = %e, "no usable partition checkpoint; replaying the partition from its start");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "loading a partition checkpoint failed; replaying the partition from its start");
+                return None;
+            }
+        };
+        for skipped in &loaded.skipped {
+            tracing::warn!(
+                path = %skipped.path.display(),
+                reason = %skipped.reason,
+                "partition checkpoint unusable; falling back to the one before"
+            );
+        }
+        let state = loaded.state;
+        if state.version != STATE_VERSION || state.partition != partition {
+            tracing::warn!(
+                path = %loaded.path.display(),
+                version = state.version,
+                partition = state.partition,
+                "a partition checkpoint of another version or partition; replaying the partition from its start"
+            );
+            return None;
+        }
+        tracing::info!(
+            path = %loaded.path.display(),
+            partition,
+            closes_applied = loaded.seq,
+            positions = ?state.positions,
+            "resuming a partition from its checkpoint"
+        );
+        Some(state)
+    }
+}
