@@ -8,6 +8,7 @@
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -174,6 +175,22 @@ fn start_three(config_path: &Path) -> (Instances3, mpsc::Receiver<(usize, String
     (instances, lines)
 }
 
+/// The partition numbers a line names: `partitions=[(Clicks, 2), (Orders, 2)]` (assigned,
+/// revoked) or `partition=2` (resumed).
+fn partitions_named(line: &str) -> BTreeSet<i32> {
+    if let Some(list) = line.split("partitions=").nth(1) {
+        return list
+            .split(')')
+            .filter_map(|item| item.rsplit(", ").next()?.trim().parse().ok())
+            .collect();
+    }
+    line.split(" partition=")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .into_iter()
+        .collect()
+}
+
 /// Commit records of the examples table so far: windows the lease holder has written.
 fn windows_written(store: &Path) -> usize {
     std::fs::read_dir(shopstream_sinks::manifest::commit_dir(store, "examples"))
@@ -190,20 +207,36 @@ async fn a_group_run_with_one_instance_sigkilled_and_one_sigtermed_writes_the_st
     instances.0[1].kill().unwrap();
     instances.0[1].wait().unwrap();
     let killed = Instant::now();
+    // The partition numbers the third instance holds, from its lines so far.
+    let mut third_holds = BTreeSet::new();
+    let mut follow_third = |i: usize, line: &str| {
+        if i == 2 && line.contains("partitions assigned") {
+            third_holds.extend(partitions_named(line));
+        } else if i == 2 && line.contains("partitions revoked") {
+            for p in partitions_named(line) {
+                third_holds.remove(&p);
+            }
+        }
+    };
     // Its partitions go to a survivor once the session times out: only lines from now on.
-    while lines.try_recv().is_ok() {}
+    while let Ok((i, line)) = lines.try_recv() {
+        follow_third(i, &line);
+    }
     let mut taken_over = false;
     // A SIGTERMed instance checkpoints its partitions as it leaves: the first goes on
     // from those checkpoints instead of replaying them.
-    let mut resumed = false;
+    let mut resumed = BTreeSet::new();
     // SIGTERM: this one leaves the run (not the coordinator: the first instance is).
     support::sigterm(&instances.0[2]);
     let status = instances.0[2].wait().unwrap();
     let mut said = Vec::new();
     for (i, line) in lines.try_iter() {
         taken_over |= i == 0 && line.contains("partitions assigned");
-        resumed |= i == 0 && line.contains("resuming a partition from its checkpoint");
+        if i == 0 && line.contains("resuming a partition from its checkpoint") {
+            resumed.extend(partitions_named(&line));
+        }
         if i == 2 {
+            follow_third(i, &line);
             said.push(line);
         }
     }
@@ -215,7 +248,9 @@ async fn a_group_run_with_one_instance_sigkilled_and_one_sigtermed_writes_the_st
     // The first instance finishes alone.
     wait_all_succeed(&mut instances, &[0], &lines, |i, line| {
         taken_over |= i == 0 && line.contains("partitions assigned");
-        resumed |= i == 0 && line.contains("resuming a partition from its checkpoint");
+        if i == 0 && line.contains("resuming a partition from its checkpoint") {
+            resumed.extend(partitions_named(line));
+        }
     });
     eprintln!(
         "the first instance ended {:?} after the SIGKILL",
@@ -226,8 +261,9 @@ async fn a_group_run_with_one_instance_sigkilled_and_one_sigtermed_writes_the_st
         "a survivor was assigned partitions after the SIGKILL"
     );
     assert!(
-        resumed,
-        "the survivor resumed partitions from the SIGTERMed instance's checkpoints"
+        !third_holds.is_empty() && third_holds.iter().any(|p| resumed.contains(p)),
+        "the survivor resumed a partition the SIGTERMed instance held ({third_holds:?}) from \
+         a checkpoint; it resumed {resumed:?}"
     );
     // The lease holder that finished the run deleted the partition checkpoints.
     let shards = group.store.path.join("_checkpoints").join("shards");

@@ -414,7 +414,6 @@ async fn a_live_group_that_an_instance_joins_and_its_coordinator_leaves_writes_w
         .expect("the first instance stops within 120 s")
         .unwrap()
         .unwrap();
-    assert!(!first.reached_end, "a live run ends only by shutdown");
     publishing.await.unwrap().unwrap();
 
     // One live instance on the whole input (beside the group's second instance).

@@ -312,42 +312,6 @@ struct GroupShare {
     assigned: tokio::sync::watch::Receiver<Assigned>,
     kafka: KafkaConfig,
     start: SharedPositions,
-    /// Seeks asked for through [`Seeker`]s (and a sender to hand out more).
-    seeks: mpsc::UnboundedReceiver<Seek>,
-    seek_tx: mpsc::UnboundedSender<Seek>,
-    /// `Assigned` messages sent so far: a seek asked for before the latest is dropped.
-    assignments_sent: u64,
-}
-
-/// A request to read a partition from `offset` on (see [`Seeker::seek`]).
-#[derive(Debug)]
-struct Seek {
-    topic: InputTopic,
-    partition: i32,
-    offset: i64,
-    after_assignments: u64,
-}
-
-/// Asks a group-mode source to read a partition it holds from a later offset: the
-/// processor resumed it from a checkpoint and would only skip what comes before.
-#[derive(Debug, Clone)]
-pub struct Seeker(mpsc::UnboundedSender<Seek>);
-
-impl Seeker {
-    /// Asks the source to read `partition` of `topic` from `offset` on. `after_assignments`
-    /// is how many `Assigned` messages the processor had received when it decided this:
-    /// the source carries the seek out only if it has sent no other since (so a seek meant
-    /// for an earlier holding of the partition never applies to a later one). Best effort:
-    /// the processor must still skip what lies before `offset` (messages fetched before
-    /// the seek, or a seek dropped).
-    pub fn seek(&self, topic: InputTopic, partition: i32, offset: i64, after_assignments: u64) {
-        let _ = self.0.send(Seek {
-            topic,
-            partition,
-            offset,
-            after_assignments,
-        });
-    }
 }
 
 /// How often librdkafka reports statistics to the source's consumers
@@ -567,7 +531,6 @@ impl KafkaSource {
         .await
         .map_err(|e| SourceError::Group(e.to_string()))?;
         let assigned = membership.assigned();
-        let (seek_tx, seeks) = mpsc::unbounded_channel();
         tracing::info!(group = %kafka.group_id, "kafka source joined the group");
         Ok((
             KafkaSource {
@@ -582,9 +545,6 @@ impl KafkaSource {
                     assigned,
                     kafka: kafka.clone(),
                     start,
-                    seeks,
-                    seek_tx,
-                    assignments_sent: 0,
                 }),
             },
             OffsetCommitter {
@@ -686,63 +646,9 @@ impl KafkaSource {
         }
         if !added.is_empty() {
             tracing::info!(partitions = ?added, "partitions assigned");
-            group.assignments_sent += 1;
             let _ = tx.send(SourceMessage::Assigned(added)).await;
         }
         Ok(())
-    }
-
-    /// Group mode: a handle to ask this source to read a partition from a later offset.
-    pub fn seeker(&self) -> Option<Seeker> {
-        self.group.as_ref().map(|g| Seeker(g.seek_tx.clone()))
-    }
-
-    /// Carries out a seek when no assignment came after it was asked for and the
-    /// partition is still held: the partition is given up and taken again at `offset`.
-    /// A failure is reported, not fatal (the processor skips what it does not need).
-    fn seek(&mut self, seek: &Seek) {
-        let Some(group) = &self.group else {
-            return;
-        };
-        let key = (seek.topic, seek.partition);
-        if seek.after_assignments != group.assignments_sent || !self.at_end.contains_key(&key) {
-            return;
-        }
-        let Some(consumer) = self
-            .consumers
-            .iter()
-            .find(|c| c.single_topic == Some(seek.topic))
-        else {
-            return;
-        };
-        let Some(name) = self
-            .names
-            .iter()
-            .find(|(_, t)| **t == seek.topic)
-            .map(|(n, _)| n.clone())
-        else {
-            return;
-        };
-        let mut gone = TopicPartitionList::new();
-        gone.add_partition(&name, seek.partition);
-        let mut again = TopicPartitionList::new();
-        let reassigned = again
-            .add_partition_offset(&name, seek.partition, Offset::Offset(seek.offset))
-            .and_then(|()| consumer.consumer.incremental_unassign(&gone))
-            .and_then(|()| consumer.consumer.incremental_assign(&again));
-        match reassigned {
-            Ok(()) => {
-                self.at_end.insert(key, false);
-                tracing::debug!(topic = %name, partition = seek.partition, offset = seek.offset, "partition read from its checkpoint's offset");
-            }
-            Err(e) => tracing::warn!(
-                topic = %name,
-                partition = seek.partition,
-                offset = seek.offset,
-                error = %e,
-                "could not read a partition from its checkpoint's offset; reading on"
-            ),
-        }
     }
 
     /// Consumes until cancelled (or, in bounded mode, until every partition is at its end),
@@ -768,19 +674,9 @@ impl KafkaSource {
                 return Ok(stats);
             }
             let c = &self.consumers;
-            let (assigned, seeks) = match &mut self.group {
-                Some(group) => (Some(&mut group.assigned), Some(&mut group.seeks)),
-                None => (None, None),
-            };
-            let changed = async move {
-                match assigned {
-                    Some(assigned) => assigned.changed().await.is_ok(),
-                    None => std::future::pending().await,
-                }
-            };
-            let seek = async move {
-                match seeks {
-                    Some(seeks) => seeks.recv().await,
+            let changed = async {
+                match &mut self.group {
+                    Some(group) => group.assigned.changed().await.is_ok(),
                     None => std::future::pending().await,
                 }
             };
@@ -794,10 +690,6 @@ impl KafkaSource {
                         return Err(SourceError::Group("the group membership ended".into()));
                     }
                     self.follow_assignment(&tx).await?;
-                    continue;
-                }
-                Some(seek) = seek => {
-                    self.seek(&seek);
                     continue;
                 }
                 m = async { (0, c[0].consumer.recv().await) }, if !c.is_empty() => m,

@@ -1,7 +1,8 @@
 //! Atomic file replacement, shared by the data files, the commit records and the
 //! checkpoints: write to a hidden temporary name beside the target, fsync it, rename it
 //! into place, fsync the directory. A crash leaves either the old file or the new one
-//! complete, plus at worst a `.NAME.tmp` that readers skip (they ignore dot-files).
+//! complete, plus at worst a `.NAME.<writer>.tmp` that readers skip (they ignore
+//! dot-files).
 
 use std::fs::File;
 use std::io;
@@ -13,7 +14,12 @@ pub(crate) trait IoError {
     fn io(path: &Path, source: io::Error) -> Self;
 }
 
-/// Writes `dir/name` (at `path`) atomically: creates `dir/.NAME.tmp`, lets `fill` write
+/// Temporary files written by this process so far (their names differ).
+static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Writes `dir/name` (at `path`) atomically: creates `dir/.NAME.<writer>.tmp` (a name of
+/// this write's own, so that two writers of one file, such as the old and the new owner
+/// of a partition writing its checkpoint, never write into each other's), lets `fill` write
 /// into it (`fill` also gets the temporary path, for its errors), fsyncs it, arms
 /// `failpoint` (when given) with the complete file still under its temporary name, renames
 /// it to `path` and fsyncs `dir` so that the rename is durable. `dir` must exist. Returns
@@ -26,7 +32,8 @@ pub(crate) fn write_atomic<T, E: IoError>(
     fill: impl FnOnce(&mut File, &Path) -> Result<T, E>,
 ) -> Result<T, E> {
     // Hidden while incomplete: readers (pyarrow, polars, DuckDB) skip dot-files.
-    let tmp = dir.join(format!(".{name}.tmp"));
+    let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}-{write}.tmp", std::process::id()));
     let mut file = File::create(&tmp).map_err(|e| E::io(&tmp, e))?;
     let out = fill(&mut file, &tmp)?;
     file.sync_all().map_err(|e| E::io(&tmp, e))?;

@@ -183,7 +183,11 @@ pub fn write_encoded(
         },
     )?;
     for (_, old) in list(dir)?.into_iter().skip(keep.max(1)) {
-        std::fs::remove_file(&old).map_err(io_err(&old))?;
+        match std::fs::remove_file(&old) {
+            // Another writer of this directory (a partition's old and new owner) pruned it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            other => other.map_err(io_err(&old))?,
+        }
     }
     Ok((path, (header.len() + payload.len()) as u64))
 }

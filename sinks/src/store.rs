@@ -445,7 +445,7 @@ fn committed(file: &WrittenFile) -> CommittedFile {
     }
 }
 
-/// A leftover of [`write_atomic`]: `.NAME.tmp`.
+/// A leftover of [`write_atomic`]: `.NAME.<writer>.tmp`.
 fn is_temporary(name: &str) -> bool {
     name.starts_with('.') && name.ends_with(".tmp")
 }

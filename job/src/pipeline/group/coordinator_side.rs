@@ -233,7 +233,7 @@ pub(super) async fn run(
     let me = options.writer.clone();
     let mut closes = LogWriter::create(&config.kafka, options).await?;
     let (adopted, mut closes_read) =
-        match take_over_closes_log(config, topics, &mut closes, &me).await {
+        match take_over_closes_log(config, bounded, topics, &mut closes, &me).await {
             Ok(taken) => taken,
             Err(e) => {
                 stop_run(&mut closes, &e).await;
@@ -369,7 +369,7 @@ pub(super) async fn run(
         // A live run's coordinator that shuts down leaves the model as it stands, as the
         // job of one instance does at shutdown: trained on every window merged so far.
         // (One that lost the lease does not: the holder now writes it.)
-        Ok(false) if !bounded && cancel.is_cancelled() => {
+        Ok(false) if !bounded && cancel.is_cancelled() && *held.borrow() => {
             return side
                 .finish(false)
                 .await
@@ -407,10 +407,13 @@ const TAKE_OVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60
 /// The log is read from its start up to this coordinator's `Start`. Each `Start` names the
 /// coordinator whose messages count from there on; messages of any other writer (a lease
 /// holder that lost the lease and has not noticed yet) are ignored, by the shards as here.
-/// A predecessor's `Stop` or `Merged` means the run is over (or the group id is an
-/// earlier run's): that is an error, not something to take over.
+/// A predecessor's `Merged`, or in a bounded run its `Stop`, means the run is over (or the
+/// group id is an earlier run's): that is an error, not something to take over. A live
+/// run goes on after a `Stop` (its coordinator failed; this one meets the error again if it
+/// lasts).
 async fn take_over_closes_log(
     config: &Config,
+    bounded: bool,
     topics: &GroupTopics,
     closes: &mut LogWriter,
     me: &str,
@@ -438,12 +441,18 @@ async fn take_over_closes_log(
             break;
         }
     }
-    if let Some(end) = log.ended {
+    if let Some(end) = log.over(bounded) {
         return Err(PipelineError::Unsupported(format!(
             "internal topic {} holds a group run that has ended ({end}): a bounded group run \
              needs a kafka.group_id of its own; run again with a new one",
             topics.closes
         )));
+    }
+    if let Some(reason) = &log.stopped {
+        tracing::warn!(
+            %reason,
+            "a coordinator of this live run stopped with an error; taking the run over"
+        );
     }
     Ok((log.closes, reader))
 }
@@ -455,11 +464,22 @@ struct ClosesLog {
     current: CurrentCoordinator,
     /// The closes that count, in order, each with its author.
     closes: Vec<(String, SequencedClose)>,
-    /// Why the run is over, when a coordinator ended it.
+    /// Why the run is over, when a coordinator ended it (`Merged`).
     ended: Option<String>,
+    /// Why a coordinator stopped the run (`Stop`): the end of a bounded run, not of a live
+    /// one.
+    stopped: Option<String>,
 }
 
 impl ClosesLog {
+    /// Why the run cannot be taken over: it ended (`Merged`), or, bounded, a coordinator
+    /// stopped it.
+    fn over(&self, bounded: bool) -> Option<String> {
+        self.ended
+            .clone()
+            .or_else(|| self.stopped.clone().filter(|_| bounded))
+    }
+
     /// Takes one message of `writer`; returns the coordinator a `Start` names.
     fn take(&mut self, writer: &str, message: ToShards) -> Option<&str> {
         if !self.current.counts(writer, &message) {
@@ -474,7 +494,7 @@ impl ClosesLog {
                     self.closes.push((writer.to_string(), close));
                 }
             }
-            ToShards::Stop { reason } => self.ended = Some(format!("stopped: {reason}")),
+            ToShards::Stop { reason } => self.stopped = Some(format!("stopped: {reason}")),
             ToShards::Merged => self.ended = Some("its final close was merged".into()),
             ToShards::Alive => {}
         }
@@ -824,19 +844,33 @@ mod tests {
                 reason: "disk full".into(),
             },
         );
-        assert!(
-            stopped
-                .ended
-                .as_deref()
-                .is_some_and(|e| e.contains("disk full"))
-        );
+        assert!(stopped.over(true).is_some_and(|e| e.contains("disk full")));
         let mut merged = ClosesLog::default();
         merged.take("a", start("a"));
         merged.take("a", close(0, None));
         // Another writer's end does not count.
         merged.take("z", ToShards::Merged);
-        assert!(merged.ended.is_none());
+        assert!(merged.over(true).is_none());
         merged.take("a", ToShards::Merged);
-        assert!(merged.ended.is_some());
+        assert!(merged.over(true).is_some() && merged.over(false).is_some());
+    }
+
+    /// Guards "a live group keeps its group id": a coordinator that stopped with an error
+    /// (a full disk, say) does not end a live run; the next lease holder takes it over.
+    #[test]
+    fn a_live_run_whose_coordinator_stopped_is_taken_over() {
+        let mut log = ClosesLog::default();
+        log.take("a", start("a"));
+        log.take("a", close(0, Some(60_000)));
+        log.take(
+            "a",
+            ToShards::Stop {
+                reason: "disk full".into(),
+            },
+        );
+        assert_eq!(log.take("b", start("b")), Some("b"));
+        assert_eq!(log.over(false), None);
+        assert!(log.over(true).is_some());
+        assert_eq!(log.closes.len(), 1);
     }
 }

@@ -27,7 +27,7 @@ use shopstream_features::protocol::{
 use shopstream_features::{Coordinator, FeaturePipeline, Follower, Report, ShardSet};
 use shopstream_ingest::event::InputTopic;
 use shopstream_kafka::log::{LogReader, LogWriter};
-use shopstream_kafka::source::{KafkaSource, Seeker, SourceMessage};
+use shopstream_kafka::source::{KafkaSource, SourceMessage};
 use shopstream_trainer::Trainer;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -55,11 +55,11 @@ struct Held {
     unsent: Vec<shopstream_drift::stage::Arrival>,
     /// Its topics read to their end.
     at_end: BTreeSet<InputTopic>,
-    /// Next offset per topic of the messages handled, from the checkpoint the stage
-    /// started from on (a checkpoint's positions): a message below it is skipped (held by
-    /// the checkpoint, or fetched again after the source was asked to seek).
+    /// Next offset per topic of the messages handled (a checkpoint's positions).
     positions: BTreeMap<InputTopic, i64>,
-    /// The positions of the checkpoint the stage started from (for the seek).
+    /// The positions of the checkpoint the stage started from: a message below them is in
+    /// the checkpoint, and skipped. (Only those: skipping whatever is below the messages
+    /// handled would lose messages a consumer delivers out of order.)
     resume_from: BTreeMap<InputTopic, i64>,
     /// Closes applied when the stage was last checkpointed (or started), and when.
     checkpointed: (u64, Option<std::time::Instant>),
@@ -86,10 +86,6 @@ struct ShardSide<'a> {
     log: LogWriter,
     /// Per-partition checkpoints (none when `checkpoint.enabled` is off).
     checkpoints: Option<PartitionCheckpoints>,
-    /// Asks the source to read a partition resumed from a checkpoint from its offsets.
-    seeker: Option<Seeker>,
-    /// `Assigned` messages received from the source (see [`Seeker::seek`]).
-    assignments_seen: u64,
     /// The coordinator has merged the final close (a bounded run is over): only then is
     /// this side done. (Done when every partition held had answered the final close was
     /// wrong: a rebalance as another instance left could revoke them all just before, and
@@ -134,7 +130,6 @@ pub(super) async fn run(
     let mut closes = LogReader::open(&config.kafka, &topics.closes, 0).await?;
     let (source, _committer) =
         KafkaSource::connect_group(&config.kafka, &config.topics, Default::default()).await?;
-    let seeker = source.seeker();
     // Not stopped by the run's cancellation: at shutdown the partitions held are
     // checkpointed first, and only then does the source leave the group (which moves
     // them). A side dropped without that (its task aborted) drops the receiver, and the
@@ -155,8 +150,6 @@ pub(super) async fn run(
         log,
         checkpoints: PartitionCheckpoints::of(config),
         merged: false,
-        seeker,
-        assignments_seen: 0,
         models,
         serving,
         effects: Vec::new(),
@@ -194,6 +187,16 @@ pub(super) async fn run(
                         }
                         Ok(ToShards::Merged) => {
                             side.merged = true;
+                            Ok(())
+                        }
+                        // A live run goes on under the next lease holder, which meets the
+                        // error again if it lasts.
+                        Ok(ToShards::Stop { reason }) if !side.bounded => {
+                            tracing::warn!(
+                                %reason,
+                                "the coordinating instance stopped with an error; waiting for \
+                                 the next lease holder"
+                            );
                             Ok(())
                         }
                         Ok(ToShards::Stop { reason }) => Err(PipelineError::Unsupported(format!(
@@ -248,18 +251,18 @@ pub(super) async fn run(
 }
 
 impl Held {
-    /// Whether the message at `meta` is to be handled: neither in the checkpoint the stage
-    /// started from nor handled already (a seek fetches again what was fetched before it).
-    /// It is then noted as read (the next checkpoint's position).
+    /// Whether the message at `meta` is to be handled: not in the checkpoint the stage
+    /// started from. It is then noted as read (the next checkpoint's position).
     fn handles(&mut self, meta: shopstream_kafka::source::RecordMeta) -> bool {
         if self
-            .positions
+            .resume_from
             .get(&meta.topic)
-            .is_some_and(|next| meta.offset < *next)
+            .is_some_and(|from| meta.offset < *from)
         {
             return false;
         }
-        self.positions.insert(meta.topic, meta.offset + 1);
+        let next = self.positions.entry(meta.topic).or_insert(0);
+        *next = (*next).max(meta.offset + 1);
         true
     }
 }
@@ -421,16 +424,9 @@ impl ShardSide<'_> {
         self.take_newest_model();
         match message {
             SourceMessage::Assigned(partitions) => {
-                self.assignments_seen += 1;
                 for (topic, p) in partitions {
                     if !self.held.contains_key(&p) {
                         let held = self.stage_of(p).await;
-                        // Read from the checkpoint's offsets rather than skip up to them.
-                        if let Some(seeker) = &self.seeker {
-                            for (topic, offset) in &held.resume_from {
-                                seeker.seek(*topic, p, *offset, self.assignments_seen);
-                            }
-                        }
                         self.held.insert(p, held);
                     }
                     if let Some(held) = self.held.get_mut(&p) {
@@ -506,13 +502,15 @@ impl ShardSide<'_> {
                     return Ok(());
                 };
                 if !self.bounded {
-                    // Read as far as it is written: further than any earlier owner, so
-                    // every close read so far applies (each came from reports of no more).
+                    // Only where the partition stands now, which proves nothing about an
+                    // earlier owner: one that has not seen its revocation yet may still
+                    // read (and report) what is written after. So closes keep applying as
+                    // the partition's own watermark passes them (`ShardSet::is_due`),
+                    // which holds for every close decided from its reports, whoever sent
+                    // them; the end only makes the shard role ready.
                     if held.at_end.insert(topic) && held.at_end.len() == 2 {
-                        held.stage.windowing_mut().caught_up();
                         self.show_ownership();
                     }
-                    self.answer(partition);
                     return Ok(());
                 }
                 let mut effects = std::mem::take(&mut self.effects);
