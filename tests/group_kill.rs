@@ -71,13 +71,23 @@ fn spawn(index: usize, config_path: &Path, lines: mpsc::Sender<(usize, String)>)
 }
 
 /// Waits for a line of instance `index` containing `needle`.
-fn wait_for(lines: &mpsc::Receiver<(usize, String)>, index: usize, needle: &str) {
+fn wait_for(
+    lines: &mpsc::Receiver<(usize, String)>,
+    index: usize,
+    needle: &str,
+) -> Vec<(usize, String)> {
     let deadline = Instant::now() + Duration::from_secs(120);
+    let mut read = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match lines.recv_timeout(left) {
-            Ok((i, line)) if i == index && line.contains(needle) => return,
-            Ok(_) => {}
+            Ok((i, line)) => {
+                let found = i == index && line.contains(needle);
+                read.push((i, line));
+                if found {
+                    return read;
+                }
+            }
             Err(_) => panic!("instance {index} logged {needle:?} within 120 s"),
         }
     }
@@ -163,16 +173,32 @@ fn wait_all_succeed(
     }
 }
 
+/// A line an instance logged, tagged with the instance.
+type Line = (usize, String);
+
 /// Starts instance 0 and, once it holds the trainer lease, instances 1 and 2; returns
-/// when instance 1 holds partitions. The lines of every instance come tagged.
-fn start_three(config_path: &Path) -> (Instances3, mpsc::Receiver<(usize, String)>) {
+/// when instance 1 holds partitions, with the lines read since the three ran (the lines
+/// of every instance come tagged).
+fn start_three(config_path: &Path) -> (Instances3, mpsc::Receiver<Line>, Vec<Line>) {
     let (tx, lines) = mpsc::channel();
     let mut instances = Instances3(vec![spawn(0, config_path, tx.clone())]);
     wait_for(&lines, 0, "holds the trainer lease");
     instances.0.push(spawn(1, config_path, tx.clone()));
     instances.0.push(spawn(2, config_path, tx));
-    wait_for(&lines, 1, "partitions assigned");
-    (instances, lines)
+    let read = wait_for(&lines, 1, "partitions assigned");
+    (instances, lines, read)
+}
+
+/// Keeps `holds`, the partition numbers instance `index` holds, up to date with `line`
+/// of instance `i`.
+fn follow(holds: &mut BTreeSet<i32>, index: usize, i: usize, line: &str) {
+    if i == index && line.contains("partitions assigned") {
+        holds.extend(partitions_named(line));
+    } else if i == index && line.contains("partitions revoked") {
+        for p in partitions_named(line) {
+            holds.remove(&p);
+        }
+    }
 }
 
 /// The partition numbers a line names: `partitions=[(Clicks, 2), (Orders, 2)]` (assigned,
@@ -202,25 +228,26 @@ fn windows_written(store: &Path) -> usize {
 async fn a_group_run_with_one_instance_sigkilled_and_one_sigtermed_writes_the_store_and_model_of_one()
  {
     let (_broker, _dir, one, group, config_path) = setup("group-kill", 21).await;
-    let (mut instances, lines) = start_three(&config_path);
+    let (mut instances, lines, read) = start_three(&config_path);
     // SIGKILL: no goodbye; the group notices after the session timeout.
     instances.0[1].kill().unwrap();
     instances.0[1].wait().unwrap();
     let killed = Instant::now();
     // The partition numbers the third instance holds, from its lines so far.
     let mut third_holds = BTreeSet::new();
-    let mut follow_third = |i: usize, line: &str| {
-        if i == 2 && line.contains("partitions assigned") {
-            third_holds.extend(partitions_named(line));
-        } else if i == 2 && line.contains("partitions revoked") {
-            for p in partitions_named(line) {
-                third_holds.remove(&p);
-            }
-        }
-    };
     // Its partitions go to a survivor once the session times out: only lines from now on.
+    for (i, line) in read {
+        follow(&mut third_holds, 2, i, &line);
+    }
     while let Ok((i, line)) = lines.try_recv() {
-        follow_third(i, &line);
+        follow(&mut third_holds, 2, i, &line);
+    }
+    if third_holds.is_empty() {
+        // The SIGTERMed instance is to leave partitions behind: wait until it holds some
+        // (the SIGKILL rebalances nothing before the session timeout).
+        for (i, line) in wait_for(&lines, 2, "partitions assigned") {
+            follow(&mut third_holds, 2, i, &line);
+        }
     }
     let mut taken_over = false;
     // A SIGTERMed instance checkpoints its partitions as it leaves: the first goes on
@@ -236,7 +263,7 @@ async fn a_group_run_with_one_instance_sigkilled_and_one_sigtermed_writes_the_st
             resumed.extend(partitions_named(&line));
         }
         if i == 2 {
-            follow_third(i, &line);
+            follow(&mut third_holds, 2, i, &line);
             said.push(line);
         }
     }
@@ -285,7 +312,7 @@ async fn a_group_run_with_one_instance_sigkilled_and_one_sigtermed_writes_the_st
 async fn a_group_run_whose_lease_holders_are_sigtermed_then_sigkilled_is_taken_over_and_writes_the_store_and_model_of_one()
  {
     let (_broker, _dir, one, group, config_path) = setup("trainer-failover", 23).await;
-    let (mut instances, lines) = start_three(&config_path);
+    let (mut instances, lines, _) = start_three(&config_path);
     // Mid-run: the lease holder has merged and written some windows, not all.
     let deadline = Instant::now() + Duration::from_secs(300);
     while windows_written(&group.store.path) < 3 {
