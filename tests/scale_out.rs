@@ -314,6 +314,39 @@ async fn a_group_whose_partitions_move_writes_the_store_and_model_of_one_instanc
     );
 }
 
+/// A live instance started in a test: its task, its progress, what shuts it down.
+type LiveInstance = (
+    tokio::task::JoinHandle<Result<RunSummary, shopstream_job::pipeline::PipelineError>>,
+    tokio::sync::watch::Receiver<shopstream_job::pipeline::Progress>,
+    tokio_util::sync::CancellationToken,
+);
+
+/// Waits until a live instance, coordinating, has closed `windows` windows, checks that no
+/// more come (everything is read; the store comparison would show one), then shuts it
+/// down: its summary.
+async fn stopped_once_closed(
+    (task, mut progress, stop): LiveInstance,
+    windows: u64,
+    what: &str,
+) -> RunSummary {
+    tokio::time::timeout(
+        Duration::from_secs(300),
+        progress.wait_for(|p| p.windows_closed >= windows),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{what}: {windows} windows closed within 300 s"))
+    .map(|_| ())
+    .unwrap_or_else(|_| panic!("{what}: the instance ended first"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(progress.borrow().windows_closed, windows, "{what}");
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(120), task)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: stops within 120 s"))
+        .unwrap()
+        .unwrap()
+}
+
 /// Guards live group runs (`pipeline.instances = "group"` without `--stop-at-end`): one
 /// instance runs alone on the first part of the input until it has closed windows, a
 /// second joins (partitions move to it), the rest of the input arrives while both run, and
@@ -428,21 +461,12 @@ async fn a_live_group_that_an_instance_joins_and_its_coordinator_leaves_writes_w
     );
 
     let windows = single.windows_closed;
-    wait(
-        second_progress.clone(),
-        "the second instance, coordinating now, closes every window",
-        Box::new(move |p| p.windows_closed >= windows),
+    let second = stopped_once_closed(
+        (second, second_progress, stop_second),
+        windows,
+        "the second instance, coordinating now",
     )
     .await;
-    // Everything is read: no close beyond those comes (the store comparison would show it).
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(second_progress.borrow().windows_closed, windows);
-    stop_second.cancel();
-    let second = tokio::time::timeout(Duration::from_secs(120), second)
-        .await
-        .expect("the second instance stops within 120 s")
-        .unwrap()
-        .unwrap();
     eprintln!(
         "first: consumed {:?}, windows {}, partition checkpoints {}, resumed {}; second: \
          consumed {:?}, windows {}, partition checkpoints {}, resumed {} (skipped {})",
@@ -482,23 +506,13 @@ async fn a_live_group_that_an_instance_joins_and_its_coordinator_leaves_writes_w
         generator.report().impressions,
         "every impression predicted once"
     );
-    let windows = single.windows_closed + resumed.windows_closed;
     assert!(resumed.windows_closed > 5, "{resumed:?}");
-    let (third, third_progress, stop_third) = start(group.clone());
-    wait(
-        third_progress.clone(),
-        "a restarted group closes every window",
-        Box::new(move |p| p.windows_closed >= windows),
+    let third = stopped_once_closed(
+        start(group.clone()),
+        single.windows_closed + resumed.windows_closed,
+        "the restarted group",
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(third_progress.borrow().windows_closed, windows);
-    stop_third.cancel();
-    let third = tokio::time::timeout(Duration::from_secs(120), third)
-        .await
-        .expect("the restarted instance stops within 120 s")
-        .unwrap()
-        .unwrap();
     assert_eq!(third.model_version, resumed.model_version);
     // Every partition number goes on from the checkpoint the second instance wrote as it
     // stopped, not from its start.
