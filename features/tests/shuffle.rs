@@ -239,7 +239,7 @@ fn run_split_logged(
     deliver: &[u8],
     register: bool,
 ) -> (Vec<WindowOutput>, Vec<i64>, ClosesLog) {
-    run_split_failing_over(arrival, sets, deliver, register, None)
+    run_split_failing_over(arrival, sets, deliver, register, None, None)
 }
 
 /// A coordinator as a run starts.
@@ -281,13 +281,16 @@ fn apply_close(
 /// arrival `fail_at`, as a new lease holder takes over in a group run (docs/scale-out.md):
 /// it adopts every close published so far, reads the inventory and every report again
 /// from the start, merges the adopted closes from the answers logged, and goes on
-/// deciding. The outputs are the new coordinator's (it writes every window again).
+/// deciding. The outputs are the new coordinator's (it writes every window again). With
+/// `checkpoint_at`, every set is written as a checkpoint before that arrival and read back,
+/// as a partition's new owner would (reports not yet delivered included).
 fn run_split_failing_over(
     arrival: Vec<(RecordMeta, Event)>,
     sets: usize,
     deliver: &[u8],
     register: bool,
     fail_at: Option<usize>,
+    checkpoint_at: Option<usize>,
 ) -> (Vec<WindowOutput>, Vec<i64>, ClosesLog) {
     let mut coordinator = new_coordinator(register);
     let mut sets: Vec<ShardSet> = (0..sets)
@@ -301,6 +304,12 @@ fn run_split_failing_over(
     let mut late = Vec::new();
     let count = sets.len();
     for (i, (meta, e)) in arrival.into_iter().enumerate() {
+        if checkpoint_at == Some(i) {
+            for set in &mut sets {
+                let bytes = rmp_serde::to_vec_named(&*set).expect("encode");
+                *set = rmp_serde::from_slice(&bytes).expect("decode");
+            }
+        }
         if fail_at == Some(i) {
             coordinator = new_coordinator(register);
             for (close, _) in &log {
@@ -460,6 +469,26 @@ proptest! {
         prop_assert_eq!(whole, split);
     }
 
+    /// Guards per-partition checkpoints of owners that apply closes as they arrive: shard
+    /// sets written as checkpoints at any point of the input (open windows, pending
+    /// labels, reports not delivered yet) and read back write the windows of the whole
+    /// stage.
+    #[test]
+    fn shard_sets_checkpointed_at_any_point_write_the_same_windows(
+        steps in prop::collection::vec((0u8..12, 0u8..6, 0u8..6, 0u32..40_000), 1..600),
+        choices in prop::collection::vec(any::<u8>(), 0..1_200),
+        deliver in prop::collection::vec(any::<u8>(), 0..1_200),
+        sets in 1usize..4,
+        cut in 0usize..600,
+    ) {
+        let whole = run_windows(interleave(partitions(&steps), &choices), 1);
+        let (split, late, _) = run_split_failing_over(
+            interleave(partitions(&steps), &choices), sets, &deliver, true, None, Some(cut % steps.len()),
+        );
+        prop_assert!(late.is_empty());
+        prop_assert_eq!(whole, split);
+    }
+
     /// Guards the inventory a shard starts from when its partition's first event comes
     /// after windows closed (reports reach the coordinator at once here: a set judges a
     /// partition that holds nothing back by the closes it has applied).
@@ -556,7 +585,7 @@ proptest! {
     ) {
         let whole = run_windows(interleave(partitions(&steps), &choices), 1);
         let (taken_over, late, _) = run_split_failing_over(
-            interleave(partitions(&steps), &choices), sets, &deliver, true, Some(fail_at % steps.len()),
+            interleave(partitions(&steps), &choices), sets, &deliver, true, Some(fail_at % steps.len()), None,
         );
         prop_assert!(late.is_empty());
         prop_assert_eq!(whole, taken_over);
