@@ -67,16 +67,8 @@ impl CheckpointPlan {
     ) -> impl FnOnce() -> Result<(), PipelineError> + Send + 'static {
         let (dir, keep) = (self.dir.clone(), self.keep);
         move || {
-            let started = std::time::Instant::now();
-            let (path, bytes) =
-                shopstream_sinks::checkpoint::write_encoded(&dir, windows_total, &packed, keep)?;
+            write_timed(&dir, windows_total, &packed, keep)?;
             shopstream_sinks::failpoint::hit("checkpoint.written");
-            tracing::debug!(
-                path = %path.display(),
-                bytes,
-                millis = started.elapsed().as_millis() as u64,
-                "checkpoint written"
-            );
             Ok(())
         }
     }
@@ -111,4 +103,24 @@ impl CheckpointPlan {
         );
         Ok(Some(loaded.state))
     }
+}
+
+/// Writes checkpoint `seq` of an encoded state into `dir`, keeping the newest `keep`, and
+/// logs where, how large and how long it took (the job's and the group's partition
+/// checkpoints alike; blocking).
+pub(super) fn write_timed(
+    dir: &std::path::Path,
+    seq: u64,
+    packed: &[u8],
+    keep: usize,
+) -> Result<(), PipelineError> {
+    let started = std::time::Instant::now();
+    let (path, bytes) = shopstream_sinks::checkpoint::write_encoded(dir, seq, packed, keep)?;
+    tracing::debug!(
+        path = %path.display(),
+        bytes,
+        millis = started.elapsed().as_millis() as u64,
+        "checkpoint written"
+    );
+    Ok(())
 }

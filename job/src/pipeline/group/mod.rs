@@ -356,19 +356,20 @@ pub(super) async fn run(
     tracing::info!(group = %config.kafka.group_id, "group run: joined the trainer lease");
     update_status(&status, |s| s.coordinator_seen_ms = now_ms());
     let shard_done = CancellationToken::new();
+    // What both sides run for (a copy each: the sides borrow it, they do not outlive it).
+    let group_run = GroupRun {
+        config,
+        topics: &topics,
+        bounded,
+    };
     let shard = {
         let cancel = cancel.clone();
         let shard_done = shard_done.clone();
-        let topics = topics.clone();
         let progress = Arc::clone(&progress);
         let status = Arc::clone(&status);
         async move {
             let result = shard_side::run(
-                &GroupRun {
-                    config,
-                    topics: &topics,
-                    bounded,
-                },
+                &group_run,
                 &partitions,
                 models,
                 progress,
@@ -386,7 +387,6 @@ pub(super) async fn run(
     let coordinator = {
         let coordinating = Arc::clone(&coordinating);
         let cancel = cancel.clone();
-        let topics = topics.clone();
         let progress = Arc::clone(&progress);
         let status = Arc::clone(&status);
         async move {
@@ -450,11 +450,7 @@ pub(super) async fn run(
                 tracing::info!("this instance holds the trainer lease: coordinating the group");
                 coordinating.store(true, Ordering::SeqCst);
                 let turn = coordinator_side::run(
-                    &GroupRun {
-                        config,
-                        topics: &topics,
-                        bounded,
-                    },
+                    &group_run,
                     held.clone(),
                     models_tx.clone(),
                     Arc::clone(&progress),

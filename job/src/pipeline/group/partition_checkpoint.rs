@@ -23,6 +23,7 @@ use shopstream_ingest::clean::Cleaner;
 use shopstream_ingest::event::InputTopic;
 
 use super::super::PipelineError;
+use super::super::checkpoint::write_timed;
 use crate::recovery::HeldEvent;
 
 /// Version of the state inside a partition checkpoint (the file format has its own).
@@ -122,19 +123,9 @@ impl PartitionCheckpoints {
     ) -> Result<(), PipelineError> {
         let packed = shopstream_sinks::checkpoint::encode(state)?;
         let (dir, keep) = (self.dir(state.partition), self.keep);
-        let started = Instant::now();
-        let (path, bytes) = tokio::task::spawn_blocking(move || {
-            shopstream_sinks::checkpoint::write_encoded(&dir, applied, &packed, keep)
-        })
-        .await
-        .map_err(|e| PipelineError::Internal(format!("partition checkpoint task: {e}")))??;
-        tracing::debug!(
-            path = %path.display(),
-            bytes,
-            millis = started.elapsed().as_millis() as u64,
-            "partition checkpoint written"
-        );
-        Ok(())
+        tokio::task::spawn_blocking(move || write_timed(&dir, applied, &packed, keep))
+            .await
+            .map_err(|e| PipelineError::Internal(format!("partition checkpoint task: {e}")))?
     }
 
     /// The newest usable checkpoint of `partition`, if any. One that cannot be used is

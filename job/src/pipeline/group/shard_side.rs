@@ -251,6 +251,23 @@ pub(super) async fn run(
 }
 
 impl Held {
+    /// A partition number's stage, from its start or (`resumed`: the drift arrivals sent
+    /// and the positions read) from a checkpoint, which counts as its last one.
+    fn new(stage: ShardStage<Follower>, resumed: Option<(u64, BTreeMap<InputTopic, i64>)>) -> Self {
+        let applied = stage.windowing().next_seq();
+        let at = resumed.is_some().then(std::time::Instant::now);
+        let (arrivals, positions) = resumed.unwrap_or_default();
+        Self {
+            stage,
+            arrivals,
+            unsent: Vec::new(),
+            at_end: BTreeSet::new(),
+            resume_from: positions.clone(),
+            positions,
+            checkpointed: (applied, at),
+        }
+    }
+
     /// Whether the message at `meta` is to be handled: not in the checkpoint the stage
     /// started from. It is then noted as read (the next checkpoint's position).
     fn handles(&mut self, meta: shopstream_kafka::source::RecordMeta) -> bool {
@@ -280,28 +297,12 @@ impl ShardSide<'_> {
                 self.summary.partitions_resumed += 1;
                 let mut stage = ShardStage::with(self.config, state.follower);
                 stage.resume_cleaning(state.cleaner, state.held);
-                let applied = stage.windowing().next_seq();
-                Held {
-                    stage,
-                    arrivals: state.arrivals,
-                    unsent: Vec::new(),
-                    at_end: BTreeSet::new(),
-                    positions: state.positions.clone(),
-                    resume_from: state.positions,
-                    checkpointed: (applied, Some(std::time::Instant::now())),
-                }
+                Held::new(stage, Some((state.arrivals, state.positions)))
             }
             None => {
                 let set = ShardSet::new(&self.initial, BTreeMap::new(), move |_, q| q == p);
-                Held {
-                    stage: ShardStage::with(self.config, Follower::new(set, 0, false)),
-                    arrivals: 0,
-                    unsent: Vec::new(),
-                    at_end: BTreeSet::new(),
-                    positions: BTreeMap::new(),
-                    resume_from: BTreeMap::new(),
-                    checkpointed: (0, None),
-                }
+                let follower = Follower::new(set, 0, false);
+                Held::new(ShardStage::with(self.config, follower), None)
             }
         };
         for close in &self.closes {
@@ -335,7 +336,7 @@ impl ShardSide<'_> {
     /// Sends what is pending, then checkpoints every partition held (at shutdown, before
     /// the source leaves the group).
     async fn checkpoint_all(&mut self) -> Result<(), PipelineError> {
-        self.send().await?;
+        self.send_pending().await?;
         let numbers: Vec<i32> = self.held.keys().copied().collect();
         for p in numbers {
             self.checkpoint(p).await?;
@@ -439,7 +440,7 @@ impl ShardSide<'_> {
                 // The new owner goes on from their checkpoints (written here once what
                 // they cover is sent: it may load an older one if it is quicker, which
                 // only costs it more reading); what this instance sent stays valid.
-                self.send().await?;
+                self.send_pending().await?;
                 let numbers: BTreeSet<i32> = partitions.iter().map(|(_, p)| *p).collect();
                 for p in numbers {
                     self.checkpoint(p).await?;
@@ -566,8 +567,15 @@ impl ShardSide<'_> {
             .await
     }
 
-    /// Sends the progress since the last one, then the answers queued after it.
+    /// [`ShardSide::send_pending`], then the partitions due for a checkpoint.
     async fn send(&mut self) -> Result<(), PipelineError> {
+        self.send_pending().await?;
+        // Everything the checkpoints cover has reached the coordinator.
+        self.checkpoint_due().await
+    }
+
+    /// Sends the progress since the last one, then the answers queued after it.
+    async fn send_pending(&mut self) -> Result<(), PipelineError> {
         let mut report = Report::default();
         let mut arrivals = Vec::new();
         for (p, held) in &mut self.held {
@@ -611,7 +619,6 @@ impl ShardSide<'_> {
         for answer in std::mem::take(&mut self.answers) {
             self.log.append(&protocol::encode(&answer)?).await?;
         }
-        // Everything the checkpoints cover has reached the coordinator.
-        self.checkpoint_due().await
+        Ok(())
     }
 }
