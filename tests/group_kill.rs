@@ -341,6 +341,11 @@ async fn a_group_run_whose_lease_holders_are_sigtermed_then_sigkilled_is_taken_o
         let left = deadline.saturating_duration_since(Instant::now());
         match lines.recv_timeout(left) {
             Ok((i, line)) if line.contains("taking over a group run under way") => {
+                // The SIGTERMed holder left a checkpoint on its way out.
+                assert!(
+                    line.contains("from the coordinator's checkpoint"),
+                    "the second lease holder goes on from the first one's checkpoint: {line}"
+                );
                 break (i, stopped.elapsed());
             }
             Ok(_) => {}
@@ -360,7 +365,7 @@ async fn a_group_run_whose_lease_holders_are_sigtermed_then_sigkilled_is_taken_o
     let mut took_over = None;
     wait_all_succeed(&mut instances, &[last], &lines, |i, line| {
         if i == last && line.contains("taking over a group run under way") {
-            took_over.get_or_insert(killed.elapsed());
+            took_over.get_or_insert((killed.elapsed(), line.to_string()));
         }
         if line.contains("joining the trainer lease group again") {
             eprintln!(
@@ -369,7 +374,13 @@ async fn a_group_run_whose_lease_holders_are_sigtermed_then_sigkilled_is_taken_o
             );
         }
     });
-    let after = took_over.expect("the last instance took the run over after the SIGKILL");
+    let (after, line) = took_over.expect("the last instance took the run over after the SIGKILL");
+    // A SIGKILLed holder writes no checkpoint on its way out; the newest left is the
+    // first holder's (or one the second wrote), and it still belongs to the closes log.
+    assert!(
+        line.contains("from the coordinator's checkpoint"),
+        "the last lease holder goes on from a coordinator checkpoint: {line}"
+    );
     eprintln!(
         "instance {last} took the run over {after:?} after the SIGKILL; the run ended {:?} after it",
         killed.elapsed()
@@ -391,4 +402,12 @@ async fn a_group_run_whose_lease_holders_are_sigtermed_then_sigkilled_is_taken_o
         })
         .unwrap_or_default();
     assert!(left.is_empty(), "broadcast files left behind: {left:?}");
+    let coordinator = group.store.path.join("_checkpoints").join("coordinator");
+    let left: Vec<_> = std::fs::read_dir(&coordinator)
+        .map(|dirs| dirs.flatten().map(|d| d.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "coordinator checkpoints left behind: {left:?}"
+    );
 }

@@ -487,6 +487,11 @@ async fn a_live_group_that_an_instance_joins_and_its_coordinator_leaves_writes_w
         first.windows_closed
     );
     assert_eq!(second.windows_closed, windows, "the coordinator's summary");
+    // The first coordinator left a checkpoint as it stopped: the second went on from it.
+    assert_eq!(
+        second.coordinator_resumed_windows, first.windows_closed,
+        "the second coordinator resumed where the first stopped"
+    );
     assert_eq!(second.model_version, single.model_version);
     assert_same_outputs(
         "1 live instance vs a live group that an instance joined and its coordinator left",
@@ -521,6 +526,10 @@ async fn a_live_group_that_an_instance_joins_and_its_coordinator_leaves_writes_w
         third.partitions_resumed, third.consumed, third.checkpoint_skipped
     );
     assert_eq!(third.partitions_resumed, 4, "{third:?}");
+    assert_eq!(
+        third.coordinator_resumed_windows, second.windows_closed,
+        "the restarted group's coordinator resumed where the last one stopped"
+    );
     let clicks = |s: &RunSummary| s.consumed.get("clicks").copied().unwrap_or_default();
     assert!(
         clicks(&third) < clicks(&single) + clicks(&resumed),

@@ -29,7 +29,10 @@ pub struct Config {
 }
 
 /// Checkpoints: the job's whole state written at window close, so a restart resumes
-/// exactly where the last checkpoint left off.
+/// exactly where the last checkpoint left off. In a group run
+/// (`pipeline.instances = "group"`) the same settings govern the checkpoints of each
+/// partition number (`<dir>/shards/<group id>/`) and of the coordinator
+/// (`<dir>/coordinator/<group id>/`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CheckpointConfig {

@@ -41,14 +41,16 @@ pub enum MergeQueueError {
 }
 
 /// The answers gathered for one close.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Answers {
     covered: BTreeSet<i32>,
     parts: BTreeMap<i32, Part>,
 }
 
 /// Parts of closes waiting for every partition's answer (see the module doc).
-#[derive(Debug)]
+///
+/// Serialisable: a coordinator checkpoint keeps the answers it has not merged yet.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct MergeQueue {
     partitions: BTreeSet<i32>,
     next_seq: u64,

@@ -45,6 +45,10 @@ pub struct RunSummary {
     /// reading them from their start.
     #[serde(skip_serializing_if = "is_zero")]
     pub partitions_resumed: u64,
+    /// Group runs: windows closed at the coordinator checkpoint this instance's
+    /// coordinator took the run over from (0: none, it read the topics from their start).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub coordinator_resumed_windows: u64,
     /// Group runs: messages read again that a partition's checkpoint already held (not
     /// handled, not counted as consumed).
     #[serde(skip_serializing_if = "is_zero")]

@@ -37,6 +37,26 @@ impl CheckpointPlan {
         })
     }
 
+    /// The same plan writing into `sub` under its directory (a group coordinator's own
+    /// checkpoints).
+    pub(super) fn under(mut self, sub: &std::path::Path) -> Self {
+        self.dir = self.dir.join(sub);
+        self
+    }
+
+    /// Where the checkpoints go.
+    pub(super) fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Whether a checkpoint is due with `windows_total` windows closed, the last one taken
+    /// at `last_windows`: `every_windows` windows later, unless one was written less than
+    /// `min_interval_secs` ago (for closes that come several windows at a time).
+    pub(super) fn due_since(&self, windows_total: u64, last_windows: u64) -> bool {
+        let recent = self.last.is_some_and(|at| at.elapsed() < self.min_interval);
+        windows_total >= last_windows.saturating_add(self.every) && !recent
+    }
+
     /// Whether the `windows_total`-th closed window calls for a checkpoint (every
     /// `every_windows`, unless one was written less than `min_interval_secs` ago).
     pub(super) fn due_after(&self, windows_total: u64) -> bool {

@@ -30,6 +30,9 @@ use tokio_util::sync::CancellationToken;
 use super::PipelineError;
 use super::checkpoint::CheckpointPlan;
 use super::global::{GlobalStage, WindowContext};
+use super::group::coordinator_checkpoint::{
+    CoordinatorParts, CoordinatorStateRef, STATE_VERSION as COORDINATOR_STATE_VERSION,
+};
 use super::outputs::Outputs;
 use crate::latency::{Histogram, WINDOW_PROCESSING_BOUNDS};
 use crate::recovery::{HeldEvent, JobStateRef, STATE_VERSION};
@@ -60,6 +63,8 @@ pub(super) enum ToGlobal {
     },
     /// The shard side's state at a checkpoint: the global stage adds its own and writes it.
     Checkpoint(Box<ShardParts<'static>>),
+    /// A group coordinator's state at a checkpoint: likewise.
+    CoordinatorCheckpoint(Box<CoordinatorParts>),
     /// The end of a bounded run: merge whatever remains in the store.
     CompactAll,
 }
@@ -150,6 +155,7 @@ impl GlobalWorker {
                 offsets,
             } => self.window(output, write, offsets).await,
             ToGlobal::Checkpoint(shard) => self.checkpoint(*shard).await,
+            ToGlobal::CoordinatorCheckpoint(side) => self.checkpoint_coordinator(*side).await,
             ToGlobal::CompactAll => self.compact_all().await,
         }
     }
@@ -200,14 +206,50 @@ impl GlobalWorker {
         };
         let packed = shopstream_sinks::checkpoint::encode(&state)?;
         let write = plan.write_job(packed, shard.windows_closed);
-        self.settle_checkpoint().await?;
         let positions = shard.positions.into_owned();
+        self.persist(write, Some(positions)).await
+    }
+
+    /// Takes a checkpoint of a group coordinator's `side` and the global stage as they
+    /// are (group/coordinator_checkpoint.rs). Nothing is committed: the coordinator reads
+    /// the inventory by assignment, outside the group, and resumes from the checkpoint's
+    /// positions.
+    pub(super) async fn checkpoint_coordinator(
+        &mut self,
+        side: CoordinatorParts,
+    ) -> Result<(), PipelineError> {
+        self.stage.settle_writes(&mut self.counters).await?;
+        let Some(plan) = &self.checkpoints else {
+            return Ok(());
+        };
+        self.outputs.flush().await?;
+        let state = CoordinatorStateRef {
+            version: COORDINATOR_STATE_VERSION,
+            side: &side,
+            trainer: &self.stage.trainer,
+            drift: self.stage.drift.as_ref(),
+        };
+        let packed = shopstream_sinks::checkpoint::encode(&state)?;
+        let write = plan.write_job(packed, side.windows_closed);
+        self.persist(write, None).await
+    }
+
+    /// Runs `write` on the blocking pool once the checkpoint before it is settled, then
+    /// commits `positions` (when given), while the next windows train.
+    async fn persist(
+        &mut self,
+        write: impl FnOnce() -> Result<(), PipelineError> + Send + 'static,
+        positions: Option<Positions>,
+    ) -> Result<(), PipelineError> {
+        self.settle_checkpoint().await?;
         let committer = self.committer.clone();
         self.persisting = Some(tokio::spawn(async move {
             tokio::task::spawn_blocking(write)
                 .await
                 .map_err(|e| PipelineError::Internal(format!("checkpoint write task: {e}")))??;
-            committer.commit(&positions).await?;
+            if let Some(positions) = positions {
+                committer.commit(&positions).await?;
+            }
             Ok(())
         }));
         Ok(())
@@ -413,6 +455,22 @@ impl GlobalHandle {
                 let owned = Box::new(shard.into_owned());
                 self.send_arrivals().await?;
                 self.send(ToGlobal::Checkpoint(owned)).await
+            }
+        }
+    }
+
+    /// A checkpoint of a group coordinator's `side` with the global stage as it will be
+    /// once every message before this one is carried out.
+    pub(super) async fn checkpoint_coordinator(
+        &mut self,
+        side: CoordinatorParts,
+    ) -> Result<(), PipelineError> {
+        match self {
+            Self::Inline(worker) => worker.checkpoint_coordinator(side).await,
+            Self::Thread(_) => {
+                self.send_arrivals().await?;
+                self.send(ToGlobal::CoordinatorCheckpoint(Box::new(side)))
+                    .await
             }
         }
     }

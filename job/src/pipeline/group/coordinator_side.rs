@@ -26,12 +26,14 @@ use shopstream_trainer::Trainer;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::super::checkpoint::CheckpointPlan;
 use super::super::global::GlobalStage;
 use super::super::global_worker::{GlobalHandle, GlobalView, GlobalWorker, PUBLISH_EVERY};
 use super::super::outputs::Outputs;
 use super::super::shard::{Consumed, Effect, ShardStage};
 use super::super::source_loop::{bump, commit_offsets};
 use super::super::{PipelineError, Progress, RunSummary};
+use super::coordinator_checkpoint::{self, CoordinatorParts};
 use super::{
     GroupRun, GroupTopics, ShardMessage, SharedStatus, log_options, model_broadcast, update_status,
 };
@@ -48,6 +50,7 @@ impl CoordinatorSummary {
     pub(super) fn add_to(self, summary: &mut RunSummary) {
         summary.absorb_global(&self.view.counters);
         summary.windows_closed = self.windows_closed;
+        summary.coordinator_resumed_windows = self.inventory.coordinator_resumed_windows;
         summary.model_version = self.view.model_version;
         summary.trained_examples = self.view.trained_examples;
         summary.last_window_metrics = self.view.last_window;
@@ -106,6 +109,12 @@ struct CoordinatorSide<'a> {
     final_seq: Option<u64>,
     /// Next offset per inventory partition (the commit records' offsets).
     positions: Positions,
+    /// Where this turn started reading `<group>.shards`.
+    shards_offset: i64,
+    /// When coordinator checkpoints are taken (`None`: checkpoints are off).
+    checkpoints: Option<CheckpointPlan>,
+    /// Windows closed at the last checkpoint (or where this turn resumed).
+    last_checkpoint: u64,
     windows_closed: u64,
     effects: Vec<Effect>,
     summary: RunSummary,
@@ -117,6 +126,17 @@ struct CoordinatorSide<'a> {
     /// When the model and the endpoints' view were last published.
     published: Option<std::time::Instant>,
     /// What the instance's endpoints show.
+    status: SharedStatus,
+}
+
+/// What a coordinator side works with, besides its state.
+struct Wiring {
+    global: GlobalHandle,
+    closes: LogWriter,
+    me: String,
+    inputs: BTreeSet<(InputTopic, i32)>,
+    progress: Arc<watch::Sender<Progress>>,
+    models: watch::Sender<Arc<Trainer>>,
     status: SharedStatus,
 }
 
@@ -165,25 +185,57 @@ pub(super) async fn run(
             .copied()
             .unwrap_or(0)
     };
+    let options = log_options(&topics.closes, "closes");
+    let me = options.writer.clone();
+    let mut closes = LogWriter::create(&config.kafka, options).await?;
+    let (adopted, mut closes_read) =
+        match take_over_closes_log(config, bounded, topics, &mut closes, &me).await {
+            Ok(taken) => taken,
+            Err(e) => {
+                stop_run(&mut closes, &e).await;
+                return Err(e);
+            }
+        };
+    // Where this turn starts: a checkpoint of an earlier turn on the same closes log, or
+    // the start of the topics.
+    let resumed = coordinator_checkpoint::load(config, &adopted).await;
     // The inventory only: the shards read clicks and orders.
     let inventory_only: BTreeMap<String, i32> = [(
         config.topics.inventory.clone(),
         count_of(InputTopic::Inventory),
     )]
     .into();
+    let start = resumed
+        .as_ref()
+        .map(|state| state.side.positions.clone())
+        .unwrap_or_default();
     let (source, committer) = KafkaSource::connect(
         &config.kafka,
         &config.topics,
         &inventory_only,
-        Default::default(),
+        Arc::new(std::sync::Mutex::new(start)),
         true,
     )
     .await?;
     let (mut rx, source_task, source_cancel) =
         super::start_source(config, source, bounded, &cancel);
 
-    let global_stage = GlobalStage::new(config, store, true)?;
-    let worker = GlobalWorker::new(config, global_stage, None, committer, false)?;
+    let mut global_stage = GlobalStage::new(config, store, true)?;
+    let (side_state, resumed_windows) = match resumed {
+        Some(state) => {
+            global_stage.resume(config, state.trainer, state.drift);
+            let windows = state.side.windows_closed;
+            (Some(state.side), windows)
+        }
+        None => (None, 0),
+    };
+    let worker = GlobalWorker::new(
+        config,
+        global_stage,
+        coordinator_checkpoint::plan(config),
+        committer,
+        false,
+    )?;
     let global = GlobalHandle::start(
         worker,
         config.pipeline.worker_threads(),
@@ -220,73 +272,41 @@ pub(super) async fn run(
             }
         }
     });
-    let mut pipeline = FeaturePipeline::new(&config.pipeline);
     let mut inputs = BTreeSet::new();
     for topic in [InputTopic::Clicks, InputTopic::Orders] {
         for p in 0..count_of(topic) {
-            pipeline.register_partition(topic, p);
             inputs.insert((topic, p));
         }
     }
-    let (mut coordinator, _) = pipeline.into_parts();
-    let options = log_options(&topics.closes, "closes");
-    let me = options.writer.clone();
-    let mut closes = LogWriter::create(&config.kafka, options).await?;
-    let (adopted, mut closes_read) =
-        match take_over_closes_log(config, bounded, topics, &mut closes, &me).await {
-            Ok(taken) => taken,
-            Err(e) => {
-                stop_run(&mut closes, &e).await;
-                return Err(e);
+    let from_checkpoint = side_state.is_some();
+    let parts = match side_state {
+        Some(parts) => parts,
+        None => {
+            let mut pipeline = FeaturePipeline::new(&config.pipeline);
+            for &(topic, p) in &inputs {
+                pipeline.register_partition(topic, p);
             }
-        };
-    let mut decided = BTreeMap::new();
-    let mut authors = BTreeMap::new();
-    let mut final_seq = None;
-    let next_seq = adopted.len() as u64;
-    for (author, close) in adopted {
-        coordinator.adopt(&close.close);
-        if close.close.is_final() {
-            final_seq = Some(close.seq);
+            let (coordinator, _) = pipeline.into_parts();
+            CoordinatorParts::fresh(config, coordinator, count_of(InputTopic::Clicks))
         }
-        decided.insert(close.seq, close.close);
-        authors.insert(close.seq, author);
-    }
-    if next_seq > 0 {
-        tracing::info!(
-            adopted = next_seq,
-            "taking over a group run under way: adopted the closes published so far; reading \
-             the inventory and the shards topic again from their start"
-        );
-    }
-    let mut shards = LogReader::open(&config.kafka, &topics.shards, 0).await?;
-    let mut side = CoordinatorSide {
+    };
+    let mut side = CoordinatorSide::new(
         config,
         bounded,
-        stage: ShardStage::with(config, coordinator),
-        global,
-        outputs: Outputs::new(config, false)?,
-        closes,
-        queue: MergeQueue::new(0..count_of(InputTopic::Clicks), 0),
-        decided,
-        authors,
-        me: me.clone(),
-        next_seq,
-        arrivals: BTreeMap::new(),
-        released: BTreeSet::new(),
-        inputs,
-        inventory_done: false,
-        inventory_caught_up: BTreeMap::new(),
-        final_seq,
-        positions: Positions::new(),
-        windows_closed: 0,
-        effects: Vec::new(),
-        summary: RunSummary::default(),
-        progress,
-        models: models_tx,
-        published: None,
-        status,
-    };
+        parts,
+        Wiring {
+            global,
+            closes,
+            me: me.clone(),
+            inputs,
+            progress,
+            models: models_tx,
+            status,
+        },
+    )?;
+    side.summary.coordinator_resumed_windows = resumed_windows;
+    side.adopt(adopted, from_checkpoint);
+    let mut shards = LogReader::open(&config.kafka, &topics.shards, side.shards_offset).await?;
     let mut alive = tokio::time::interval(super::ALIVE_EVERY);
     alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Ok(true): the final close is merged; Ok(false): handed over.
@@ -350,6 +370,9 @@ pub(super) async fn run(
         if let Err(e) = side.decide_and_merge().await {
             break Err(e);
         }
+        if let Err(e) = side.checkpoint(shards.resume_offset(), false).await {
+            break Err(e);
+        }
     };
     source_cancel.cancel();
     // Dropped first: a source blocked on a full channel then ends too.
@@ -361,7 +384,19 @@ pub(super) async fn run(
     // failed (which cancels the run) stops the run with its error instead of handing it
     // over.
     let outcome = match outcome {
-        Ok(false) => side.settle_global().await.map(|()| false),
+        Ok(false) => {
+            // A holder that shuts down leaves a checkpoint for the next one (one that
+            // lost the lease does not: the holder now goes on from where it is).
+            let checkpointed = if cancel.is_cancelled() && *held.borrow() {
+                side.checkpoint(shards.resume_offset(), true).await
+            } else {
+                Ok(())
+            };
+            match checkpointed {
+                Ok(()) => side.settle_global().await.map(|()| false),
+                Err(e) => Err(e),
+            }
+        }
         other => other,
     };
     match outcome {
@@ -512,6 +547,117 @@ async fn stop_run(closes: &mut LogWriter, error: &PipelineError) {
         && let Err(e) = closes.append(&bytes).await
     {
         tracing::warn!(error = %e, "could not tell the other instances that the run stopped");
+    }
+}
+
+impl<'a> CoordinatorSide<'a> {
+    /// A side that goes on from `parts` (a checkpoint's, or a run's start).
+    fn new(
+        config: &'a Config,
+        bounded: bool,
+        parts: CoordinatorParts,
+        wiring: Wiring,
+    ) -> Result<Self, PipelineError> {
+        let mut stage = ShardStage::with(config, parts.coordinator);
+        stage.resume_cleaning(parts.cleaner, parts.held);
+        Ok(Self {
+            config,
+            bounded,
+            stage,
+            global: wiring.global,
+            outputs: Outputs::new(config, false)?,
+            closes: wiring.closes,
+            queue: parts.queue,
+            decided: parts.decided,
+            authors: parts.authors,
+            me: wiring.me,
+            next_seq: parts.next_seq,
+            arrivals: parts.arrivals,
+            released: parts.released,
+            inputs: wiring.inputs,
+            inventory_done: false,
+            inventory_caught_up: BTreeMap::new(),
+            final_seq: parts.final_seq,
+            positions: parts.positions,
+            shards_offset: parts.shards_offset,
+            checkpoints: coordinator_checkpoint::plan(config),
+            last_checkpoint: parts.windows_closed,
+            windows_closed: parts.windows_closed,
+            effects: Vec::new(),
+            summary: RunSummary::default(),
+            progress: wiring.progress,
+            models: wiring.models,
+            published: None,
+            status: wiring.status,
+        })
+    }
+
+    /// Adopts the closes of the log after those this side's state already follows:
+    /// published by its predecessors, to be merged by this one.
+    fn adopt(&mut self, adopted: Vec<(String, SequencedClose)>, from_checkpoint: bool) {
+        let known = self.next_seq;
+        for (author, close) in adopted {
+            if close.seq < known {
+                continue;
+            }
+            self.stage.windowing_mut().adopt(&close.close);
+            if close.close.is_final() {
+                self.final_seq = Some(close.seq);
+            }
+            self.next_seq = close.seq + 1;
+            self.decided.insert(close.seq, close.close);
+            self.authors.insert(close.seq, author);
+        }
+        if from_checkpoint {
+            tracing::info!(
+                windows_closed = self.windows_closed,
+                closes_in_checkpoint = known,
+                adopted = self.next_seq - known,
+                shards_offset = self.shards_offset,
+                "taking over a group run under way from the coordinator's checkpoint: \
+                 adopted the closes published after it"
+            );
+        } else if self.next_seq > 0 {
+            tracing::info!(
+                adopted = self.next_seq,
+                "taking over a group run under way: adopted the closes published so far; \
+                 reading the inventory and the shards topic again from their start"
+            );
+        }
+    }
+
+    /// Takes a checkpoint when `checkpoint.every_windows` windows have closed since the
+    /// last one (and `min_interval_secs` have passed), or with `now`; `shards_offset` is
+    /// where `<group>.shards` would be read again to get every message not yet taken.
+    async fn checkpoint(&mut self, shards_offset: i64, now: bool) -> Result<(), PipelineError> {
+        let Some(plan) = &mut self.checkpoints else {
+            return Ok(());
+        };
+        let due = plan.due_since(self.windows_closed, self.last_checkpoint);
+        if !(due || now && self.windows_closed > self.last_checkpoint) {
+            return Ok(());
+        }
+        plan.requested();
+        self.last_checkpoint = self.windows_closed;
+        // The inventory's dead letters before the checkpoint's positions are durable first.
+        self.outputs.flush().await?;
+        let parts = CoordinatorParts {
+            group: self.config.kafka.group_id.clone(),
+            windows_closed: self.windows_closed,
+            shards_offset,
+            positions: self.positions.clone(),
+            coordinator: self.stage.windowing().clone(),
+            cleaner: self.stage.cleaner().clone(),
+            held: self.stage.held_events(),
+            queue: self.queue.clone(),
+            decided: self.decided.clone(),
+            authors: self.authors.clone(),
+            next_seq: self.next_seq,
+            arrivals: self.arrivals.clone(),
+            released: self.released.clone(),
+            final_seq: self.final_seq,
+        };
+        self.global.checkpoint_coordinator(parts).await
     }
 }
 

@@ -30,6 +30,7 @@
 //! run needs a group id of its own), and the release of idle partitions in live runs (a
 //! silent partition holds every close back).
 
+pub(super) mod coordinator_checkpoint;
 mod coordinator_side;
 mod model_broadcast;
 mod partition_checkpoint;
@@ -465,6 +466,7 @@ pub(super) async fn run(
                         if let Some(checkpoints) = PartitionCheckpoints::of(config) {
                             checkpoints.remove_all();
                         }
+                        coordinator_checkpoint::remove_all(config);
                         break Ok(Some(*summary));
                     }
                     // (Its broadcast models stay: the run goes on when instances start.)

@@ -98,6 +98,12 @@ fn is_broadcast_file(name: &str) -> bool {
     name.starts_with("model-v") && name.ends_with(".bin")
 }
 
+/// Whether `name` is the temporary file of one of [`file_name`]'s being written (the
+/// trainer writes `<name>.tmp` and renames it): a publisher killed mid-write leaves it.
+fn is_partial_broadcast_file(name: &str) -> bool {
+    name.starts_with("model-v") && name.ends_with(".tmp")
+}
+
 /// The coordinator's side: broadcasts each model `models` receives (the models its global
 /// stage publishes for serving), at most every [`BROADCAST_EVERY`], until `cancel`. A
 /// model that cannot be written or published is reported and skipped: the next one is
@@ -160,14 +166,19 @@ pub(super) async fn publish(
 
 /// At the end of a run, by the lease holder that finished it: deletes the broadcast
 /// files every publisher of the group left behind (a lease holder that died deleted none
-/// of its own) and the group's directory. Only names this module writes are touched.
+/// of its own, and may have died writing one) and the group's directory. Only names this
+/// module writes are touched.
 pub(super) fn remove_leftovers(config: &Config) {
     let dir = models_dir(config);
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return;
     };
     for entry in entries.flatten() {
-        if entry.file_name().to_str().is_some_and(is_broadcast_file) {
+        let name = entry.file_name();
+        let ours = name
+            .to_str()
+            .is_some_and(|n| is_broadcast_file(n) || is_partial_broadcast_file(n));
+        if ours {
             remove_if_present(&entry.path());
         }
     }
@@ -350,8 +361,13 @@ mod tests {
         config.store.path = root.path().join("store");
         let dir = models_dir(&config);
         std::fs::create_dir_all(&dir).expect("models dir");
-        // A dead lease holder's files, and a file that is not the broadcast's.
-        for name in [file_name(3), file_name(9), "notes.txt".to_string()] {
+        // A dead lease holder's files (one it died writing), and a file that is not the
+        // broadcast's.
+        let partial = std::path::Path::new(&file_name(11))
+            .with_extension("tmp")
+            .display()
+            .to_string();
+        for name in [file_name(3), file_name(9), partial, "notes.txt".to_string()] {
             std::fs::write(dir.join(name), b"x").expect("write");
         }
         remove_leftovers(&config);
