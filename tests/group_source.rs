@@ -16,7 +16,7 @@ use shopstream_config::Config;
 use shopstream_ingest::decode::DecodeLimits;
 use shopstream_ingest::event::InputTopic;
 use shopstream_kafka::client::ensure_topics;
-use shopstream_kafka::source::{KafkaSource, SourceMessage, SourceOptions};
+use shopstream_kafka::source::{AssignmentStarts, KafkaSource, SourceMessage, SourceOptions};
 use support::Broker;
 use tokio_util::sync::CancellationToken;
 
@@ -63,7 +63,7 @@ impl Seen {
 
 /// One instance's source, running until `cancel`, recording into the returned [`Seen`].
 async fn instance(config: &Config, cancel: CancellationToken) -> Arc<Mutex<Seen>> {
-    instance_with_processor(config, cancel).await.0
+    instance_with_processor(config, cancel, None).await.0
 }
 
 /// [`instance`], with the task that processes (records) the source's messages: aborting
@@ -71,11 +71,11 @@ async fn instance(config: &Config, cancel: CancellationToken) -> Arc<Mutex<Seen>
 async fn instance_with_processor(
     config: &Config,
     cancel: CancellationToken,
+    starts: Option<Arc<dyn AssignmentStarts>>,
 ) -> (Arc<Mutex<Seen>>, tokio::task::JoinHandle<()>) {
-    let (source, _committer) =
-        KafkaSource::connect_group(&config.kafka, &config.topics, Default::default())
-            .await
-            .unwrap();
+    let (source, _committer) = KafkaSource::connect_group(&config.kafka, &config.topics, starts)
+        .await
+        .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel(256);
     let options = SourceOptions {
         stop_at_end: true,
@@ -219,10 +219,76 @@ async fn a_source_whose_processor_is_gone_leaves_the_group_even_when_idle() {
     let (_broker, _store, config) = broker_with_inputs("group-source-gone").await;
     let (first, first_cancel) = first_alone(&config).await;
     // Its source's token is never cancelled.
-    let (second, processor) = instance_with_processor(&config, CancellationToken::new()).await;
+    let (second, processor) =
+        instance_with_processor(&config, CancellationToken::new(), None).await;
     wait_split(&first, &second).await;
     // Idle now: nothing more to read. Its processor goes; the source is never cancelled.
     processor.abort();
     wait_holds_all("the first instance holds and reads all 8 again", &first).await;
     first_cancel.cancel();
+}
+
+/// Start offsets of a partition number: clicks at `10 + p`, orders at 5; every call
+/// recorded.
+#[derive(Default)]
+struct Starts {
+    asked: Mutex<Vec<i32>>,
+}
+
+impl AssignmentStarts for Starts {
+    fn starts(&self, partition: i32) -> BTreeMap<InputTopic, i64> {
+        self.asked.lock().unwrap().push(partition);
+        [
+            (InputTopic::Clicks, 10 + i64::from(partition)),
+            (InputTopic::Orders, 5),
+        ]
+        .into()
+    }
+}
+
+/// Guards "a resumed partition is not fetched again from its start": the source asks the
+/// job where each partition number it is assigned starts (its checkpoint's offsets), once
+/// per assignment, and reads from exactly there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_source_reads_each_assigned_partition_from_where_the_job_says() {
+    let (_broker, _store, mut config) = broker_with_inputs("group-source-starts").await;
+    // Every message here is a record batch of its own, so the broker can start a fetch
+    // at any offset (see kafka.seek_back_messages).
+    config.kafka.seek_back_messages = 0;
+    let starts = Arc::new(Starts::default());
+    let cancel = CancellationToken::new();
+    let (seen, _processor) = instance_with_processor(
+        &config,
+        cancel.clone(),
+        Some(Arc::clone(&starts) as Arc<dyn AssignmentStarts>),
+    )
+    .await;
+    wait_until(
+        "the only instance holds all 8 partitions and reads them to the end",
+        || {
+            let seen = seen.lock().unwrap();
+            seen.held.len() == 8 && seen.at_end.len() == 8
+        },
+    )
+    .await;
+    let seen = seen.lock().unwrap();
+    for p in 0..PARTITIONS {
+        let from = |topic| seen.read.get(&(topic, p)).and_then(|o| o.first()).copied();
+        let count = |topic| seen.read.get(&(topic, p)).map_or(0, BTreeSet::len);
+        assert_eq!(
+            from(InputTopic::Clicks),
+            Some(10 + i64::from(p)),
+            "clicks {p}"
+        );
+        assert_eq!(
+            count(InputTopic::Clicks) as i64,
+            PER_PARTITION - 10 - i64::from(p)
+        );
+        assert_eq!(from(InputTopic::Orders), Some(5), "orders {p}");
+        assert_eq!(count(InputTopic::Orders) as i64, PER_PARTITION - 5);
+    }
+    let mut asked = starts.asked.lock().unwrap().clone();
+    asked.sort_unstable();
+    assert_eq!(asked, [0, 1, 2, 3], "asked once per partition number");
+    cancel.cancel();
 }

@@ -27,7 +27,7 @@
 //! a [`StartPositions`] answer (the checkpoint, once one exists) and otherwise from the
 //! group's committed offset or the beginning of the partition.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -311,7 +311,20 @@ struct GroupShare {
     _membership: Membership,
     assigned: tokio::sync::watch::Receiver<Assigned>,
     kafka: KafkaConfig,
-    start: SharedPositions,
+    /// Where newly assigned partition numbers start, when the job knows.
+    starts: Option<Arc<dyn AssignmentStarts>>,
+}
+
+/// Group mode: where the source starts reading a partition number it is newly assigned.
+/// The job answers from the partition's checkpoint, which it then resumes from, so the
+/// source does not fetch again what that checkpoint holds.
+pub trait AssignmentStarts: Send + Sync {
+    /// Called once each time partition number `partition` is newly assigned, before its
+    /// topics' partitions are (on the blocking pool: it may read a file). Returns the next
+    /// offset to read per topic; a topic left out starts at the group's committed offset,
+    /// else at the beginning. Each call's answer must hold for the `Assigned` message the
+    /// source sends next for that partition number.
+    fn starts(&self, partition: i32) -> BTreeMap<InputTopic, i64>;
 }
 
 /// How often librdkafka reports statistics to the source's consumers
@@ -499,10 +512,13 @@ impl KafkaSource {
     pub async fn connect_group(
         kafka: &KafkaConfig,
         topics: &TopicsConfig,
-        start: SharedPositions,
+        starts: Option<Arc<dyn AssignmentStarts>>,
     ) -> Result<(KafkaSource, OffsetCommitter), SourceError> {
         let (named, names) = topic_names(topics);
-        let resume_from = start.lock().map(|s| s.clone()).unwrap_or_default();
+        // Where each assignment starts is decided when it comes (`starts`); nothing
+        // is skipped at the source.
+        let start = SharedPositions::default();
+        let resume_from = Positions::new();
         let lag = SharedLag::default();
         let progress = ReadProgress::new(statistics_interval(kafka)?);
         let mut consumers = Vec::new();
@@ -544,7 +560,7 @@ impl KafkaSource {
                     _membership: membership,
                     assigned,
                     kafka: kafka.clone(),
-                    start,
+                    starts,
                 }),
             },
             OffsetCommitter {
@@ -579,6 +595,25 @@ impl KafkaSource {
             .filter(|k| !held.contains(k))
             .copied()
             .collect();
+        // Asked once per partition number newly assigned, before its partitions are.
+        let numbers: BTreeSet<i32> = added.iter().map(|(_, p)| *p).collect();
+        let positions = match &group.starts {
+            Some(starts) if !numbers.is_empty() => {
+                let starts = Arc::clone(starts);
+                tokio::task::spawn_blocking(move || {
+                    let mut positions = Positions::new();
+                    for p in numbers {
+                        for (topic, offset) in starts.starts(p) {
+                            positions.insert((topic, p), offset);
+                        }
+                    }
+                    positions
+                })
+                .await
+                .map_err(|e| SourceError::Setup(KafkaSetupError::Internal(e.to_string())))?
+            }
+            _ => Positions::new(),
+        };
         for consumer in &self.consumers {
             let Some(topic) = consumer.single_topic else {
                 continue;
@@ -613,7 +648,6 @@ impl KafkaSource {
                 .map(|(_, p)| *p)
                 .collect();
             if !new.is_empty() {
-                let positions = group.start.lock().map(|s| s.clone()).unwrap_or_default();
                 let list = start_offsets(
                     &consumer.consumer,
                     &group.kafka,

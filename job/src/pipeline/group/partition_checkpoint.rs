@@ -12,8 +12,9 @@
 //! once everything it covers has reached the coordinator (the progress, drift arrivals
 //! and answers sent before it), so a new owner never needs to send any of that again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -21,6 +22,7 @@ use shopstream_config::Config;
 use shopstream_features::Follower;
 use shopstream_ingest::clean::Cleaner;
 use shopstream_ingest::event::InputTopic;
+use shopstream_kafka::source::AssignmentStarts;
 
 use super::super::PipelineError;
 use super::super::checkpoint::write_timed;
@@ -128,24 +130,29 @@ impl PartitionCheckpoints {
             .map_err(|e| PipelineError::Internal(format!("partition checkpoint task: {e}")))?
     }
 
-    /// The newest usable checkpoint of `partition`, if any. One that cannot be used is
-    /// reported and the partition replayed from its start instead (the same outputs,
-    /// more work).
+    /// [`PartitionCheckpoints::load_now`] on the blocking pool.
     pub(super) async fn load(&self, partition: i32) -> Option<PartitionState> {
-        let dir = self.dir(partition);
-        let loaded = tokio::task::spawn_blocking(move || {
-            shopstream_sinks::checkpoint::load_latest::<PartitionState>(&dir)
-        })
-        .await;
-        let loaded = match loaded {
-            Ok(Ok(Some(loaded))) => loaded,
-            Ok(Ok(None)) => return None,
-            Ok(Err(e)) => {
-                tracing::warn!(partition, error = %e, "no usable partition checkpoint; replaying the partition from its start");
-                return None;
-            }
+        let this = self.clone();
+        match tokio::task::spawn_blocking(move || this.load_now(partition)).await {
+            Ok(state) => state,
             Err(e) => {
                 tracing::warn!(partition, error = %e, "loading a partition checkpoint failed; replaying the partition from its start");
+                None
+            }
+        }
+    }
+
+    /// The newest usable checkpoint of `partition`, if any (blocking: it reads the file).
+    /// One that cannot be used is reported and the partition replayed from its start
+    /// instead (the same outputs, more work).
+    fn load_now(&self, partition: i32) -> Option<PartitionState> {
+        let loaded = match shopstream_sinks::checkpoint::load_latest::<PartitionState>(
+            &self.dir(partition),
+        ) {
+            Ok(Some(loaded)) => loaded,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "no usable partition checkpoint; replaying the partition from its start");
                 return None;
             }
         };
@@ -174,5 +181,108 @@ impl PartitionCheckpoints {
             "resuming a partition from its checkpoint"
         );
         Some(state)
+    }
+}
+
+/// The partition checkpoints the source started newly assigned partition numbers from
+/// ([`AssignmentStarts`]), kept in the order it asked, for the shard side to resume each
+/// assignment from the very checkpoint its reading started at: a newer one, written by an
+/// earlier owner in the meantime, may hold fewer messages of one topic.
+pub(super) struct ResumePoints {
+    checkpoints: PartitionCheckpoints,
+    /// Per partition number, one entry per assignment not yet taken (`None`: no
+    /// checkpoint, read from the start).
+    loaded: Mutex<BTreeMap<i32, VecDeque<Option<PartitionState>>>>,
+}
+
+impl ResumePoints {
+    pub(super) fn new(checkpoints: PartitionCheckpoints) -> Self {
+        Self {
+            checkpoints,
+            loaded: Mutex::default(),
+        }
+    }
+
+    /// The checkpoint the source started the oldest assignment of `partition` not yet
+    /// taken from: `Some(None)` when it had none, `None` when the source did not ask (it
+    /// then read from the start, and any checkpoint will do).
+    pub(super) fn take(&self, partition: i32) -> Option<Option<PartitionState>> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        loaded.get_mut(&partition).and_then(VecDeque::pop_front)
+    }
+}
+
+impl AssignmentStarts for ResumePoints {
+    fn starts(&self, partition: i32) -> BTreeMap<InputTopic, i64> {
+        let state = self.checkpoints.load_now(partition);
+        let starts = state
+            .as_ref()
+            .map(|s| s.positions.clone())
+            .unwrap_or_default();
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        loaded.entry(partition).or_default().push_back(state);
+        starts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shopstream_features::{FeaturePipeline, ShardSet};
+
+    fn written(checkpoints: &PartitionCheckpoints, applied: u64, clicks_at: i64) {
+        let config = Config::default();
+        let (coordinator, _) = FeaturePipeline::new(&config.pipeline).into_parts();
+        let set = ShardSet::new(&coordinator, BTreeMap::new(), |_, q| q == 0);
+        let follower = Follower::new(set, applied, true);
+        let cleaner = Cleaner::new(super::super::super::shard::clean_limits(&config));
+        let positions = BTreeMap::from([(InputTopic::Clicks, clicks_at)]);
+        let state = PartitionStateRef {
+            version: STATE_VERSION,
+            partition: 0,
+            follower: &follower,
+            cleaner: &cleaner,
+            held: Vec::new(),
+            arrivals: 0,
+            positions: &positions,
+        };
+        let packed = shopstream_sinks::checkpoint::encode(&state).expect("encode");
+        write_timed(&checkpoints.dir(0), applied, &packed, 4).expect("write");
+    }
+
+    /// Guards "no gap between where the source starts and what the stage holds": each
+    /// assignment resumes from the checkpoint the source started it at, even when an
+    /// earlier owner has written a newer one since (which may hold fewer messages).
+    #[test]
+    fn each_assignment_resumes_from_the_checkpoint_its_reading_started_at() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::default();
+        config.store.path = root.path().to_path_buf();
+        let checkpoints = PartitionCheckpoints::of(&config).expect("checkpoints on");
+        let points = ResumePoints::new(checkpoints.clone());
+        // Not asked: any checkpoint will do.
+        assert!(points.take(0).is_none());
+        // No checkpoint yet: the source reads from the start.
+        assert!(points.starts(0).is_empty());
+        written(&checkpoints, 2, 700);
+        assert_eq!(
+            points.starts(0),
+            BTreeMap::from([(InputTopic::Clicks, 700)])
+        );
+        // A newer checkpoint by closes applied, further back in clicks.
+        written(&checkpoints, 3, 300);
+        assert_eq!(
+            points.starts(0),
+            BTreeMap::from([(InputTopic::Clicks, 300)])
+        );
+        let positions = |taken: Option<Option<PartitionState>>| {
+            taken
+                .expect("asked")
+                .map(|s| s.positions.get(&InputTopic::Clicks).copied())
+        };
+        assert_eq!(positions(points.take(0)), None);
+        assert_eq!(positions(points.take(0)), Some(Some(700)));
+        assert_eq!(positions(points.take(0)), Some(Some(300)));
+        assert!(points.take(0).is_none());
     }
 }

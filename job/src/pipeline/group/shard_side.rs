@@ -27,7 +27,7 @@ use shopstream_features::protocol::{
 use shopstream_features::{Coordinator, FeaturePipeline, Follower, Report, ShardSet};
 use shopstream_ingest::event::InputTopic;
 use shopstream_kafka::log::{LogReader, LogWriter};
-use shopstream_kafka::source::{KafkaSource, SourceMessage};
+use shopstream_kafka::source::{AssignmentStarts, KafkaSource, SourceMessage};
 use shopstream_trainer::Trainer;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -36,7 +36,9 @@ use super::super::outputs::Outputs;
 use super::super::shard::{Consumed, Effect, ShardStage};
 use super::super::source_loop::bump;
 use super::super::{PipelineError, Progress, RunSummary};
-use super::partition_checkpoint::{PartitionCheckpoints, PartitionStateRef, STATE_VERSION};
+use super::partition_checkpoint::{
+    PartitionCheckpoints, PartitionStateRef, ResumePoints, STATE_VERSION,
+};
 use super::{Arrivals, GroupRun, ShardMessage, SharedStatus, log_options, now_ms, update_status};
 
 /// Source messages handled before progress is sent even if more are queued.
@@ -86,6 +88,8 @@ struct ShardSide<'a> {
     log: LogWriter,
     /// Per-partition checkpoints (none when `checkpoint.enabled` is off).
     checkpoints: Option<PartitionCheckpoints>,
+    /// The checkpoints the source started each assignment from.
+    resume_points: Option<Arc<ResumePoints>>,
     /// The coordinator has merged the final close (a bounded run is over): only then is
     /// this side done. (Done when every partition held had answered the final close was
     /// wrong: a rebalance as another instance left could revoke them all just before, and
@@ -128,8 +132,17 @@ pub(super) async fn run(
     let (initial, _) = pipeline.into_parts();
     let log = LogWriter::create(&config.kafka, log_options(&topics.shards, "shards")).await?;
     let mut closes = LogReader::open(&config.kafka, &topics.closes, 0).await?;
+    let checkpoints = PartitionCheckpoints::of(config);
+    // The source starts a partition number it is assigned where its checkpoint stands,
+    // and the stage resumes from that same checkpoint.
+    let resume_points = checkpoints
+        .clone()
+        .map(|checkpoints| Arc::new(ResumePoints::new(checkpoints)));
+    let starts = resume_points
+        .clone()
+        .map(|points| points as Arc<dyn AssignmentStarts>);
     let (source, _committer) =
-        KafkaSource::connect_group(&config.kafka, &config.topics, Default::default()).await?;
+        KafkaSource::connect_group(&config.kafka, &config.topics, starts).await?;
     // Not stopped by the run's cancellation: at shutdown the partitions held are
     // checkpointed first, and only then does the source leave the group (which moves
     // them). A side dropped without that (its task aborted) drops the receiver, and the
@@ -148,7 +161,8 @@ pub(super) async fn run(
         answers: Vec::new(),
         outputs: Outputs::new(config, false)?,
         log,
-        checkpoints: PartitionCheckpoints::of(config),
+        checkpoints,
+        resume_points,
         merged: false,
         models,
         serving,
@@ -288,9 +302,16 @@ impl ShardSide<'_> {
     /// A stage for partition number `p`, from its newest checkpoint if it has one, with
     /// every close read so far.
     async fn stage_of(&mut self, p: i32) -> Held {
-        let loaded = match &self.checkpoints {
-            Some(checkpoints) => checkpoints.load(p).await,
-            None => None,
+        // The checkpoint the source started this assignment's reading at; one the
+        // source did not ask for (it read from the start) may be any.
+        let taken = self
+            .resume_points
+            .as_ref()
+            .and_then(|points| points.take(p));
+        let loaded = match (taken, &self.checkpoints) {
+            (Some(state), _) => state,
+            (None, Some(checkpoints)) => checkpoints.load(p).await,
+            (None, None) => None,
         };
         let mut held = match loaded {
             Some(state) => {
