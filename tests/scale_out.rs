@@ -498,6 +498,16 @@ async fn a_live_group_that_an_instance_joins_and_its_coordinator_leaves_writes_w
         (&one.store.path, &one_model),
         (&group.store.path, &group_model),
     );
+    // The offsets of each partition checkpoint are committed to the group (for lag
+    // monitoring; a new owner starts at the checkpoint's): the second instance wrote one
+    // for every partition number as it stopped.
+    for topic in [&group.topics.clicks, &group.topics.orders] {
+        let committed =
+            support::committed_offsets(&group.kafka.brokers, &group.kafka.group_id, topic, 4);
+        eprintln!("committed offsets of {topic}: {committed:?}");
+        assert_eq!(committed.len(), 4, "{topic}: {committed:?}");
+        assert!(committed.values().all(|o| *o > 0), "{topic}: {committed:?}");
+    }
 
     // Every instance stopped, then more input and a new instance: it takes the run over
     // where it stood. The one instance resumes from its checkpoint.

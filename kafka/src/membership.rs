@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use rdkafka::ClientContext;
 use rdkafka::consumer::{
-    BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
 use rdkafka::topic_partition_list::TopicPartitionList;
@@ -148,8 +148,29 @@ impl ConsumerContext for MembershipContext {
 /// A member of a group; it leaves the group when dropped.
 pub struct Membership {
     assigned: watch::Receiver<Assigned>,
+    /// The member's consumer, for offset commits; weak, so that leaving (which drops the
+    /// consumer) is never held up by a committer.
+    consumer: std::sync::Weak<StreamConsumer<MembershipContext>>,
     stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Commits offsets as the group's member (its generation and member id), which a broker
+/// takes while the group has members, unlike commits of a consumer outside the group.
+#[derive(Clone)]
+pub struct MemberCommitter {
+    consumer: std::sync::Weak<StreamConsumer<MembershipContext>>,
+}
+
+impl MemberCommitter {
+    /// Commits `list` synchronously (blocking: run it on the blocking pool). `Ok(false)`
+    /// when the member has left the group already: nothing is committed.
+    pub fn commit(&self, list: &TopicPartitionList) -> Result<bool, KafkaError> {
+        let Some(consumer) = self.consumer.upgrade() else {
+            return Ok(false);
+        };
+        consumer.commit(list, CommitMode::Sync).map(|()| true)
+    }
 }
 
 impl Membership {
@@ -193,6 +214,7 @@ impl Membership {
                 source,
             })?;
         let consumer = Arc::new(consumer);
+        let weak = Arc::downgrade(&consumer);
         let stop = CancellationToken::new();
         // The group protocol (rebalances, heartbeats) runs while the consumer is polled;
         // its partitions are paused, so a poll only ever returns on a rebalance.
@@ -217,6 +239,7 @@ impl Membership {
         });
         Ok(Membership {
             assigned,
+            consumer: weak,
             stop,
             task: Some(task),
         })
@@ -225,6 +248,13 @@ impl Membership {
     /// Follows the partitions assigned to this member.
     pub fn assigned(&self) -> watch::Receiver<Assigned> {
         self.assigned.clone()
+    }
+
+    /// Commits offsets as this member.
+    pub fn committer(&self) -> MemberCommitter {
+        MemberCommitter {
+            consumer: self.consumer.clone(),
+        }
     }
 
     /// Leaves the group (its partitions go to other members at once).

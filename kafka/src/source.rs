@@ -23,9 +23,11 @@
 //!   instance decides when the run is over. The inventory is not read here.
 //!
 //! Offsets are never auto-committed: the pipeline commits through [`OffsetCommitter`] only
-//! after what depends on them is durable. The start position of each partition comes from
-//! a [`StartPositions`] answer (the checkpoint, once one exists) and otherwise from the
-//! group's committed offset or the beginning of the partition.
+//! after what depends on them is durable (in group mode as the group's member). The
+//! start position of each partition comes from the checkpoint's positions, once one
+//! exists, and otherwise from the group's committed offset or the beginning of the
+//! partition; in group mode from the job's [`AssignmentStarts`] answer, else the
+//! beginning (a group run's commits are for monitoring only).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -45,7 +47,7 @@ use crate::client::{
     KafkaSetupError, client_config, default_property_value, input_topic_name, set_default,
     set_managed,
 };
-use crate::membership::{Assigned, Membership, MembershipOptions};
+use crate::membership::{Assigned, MemberCommitter, Membership, MembershipOptions};
 use crate::read_progress::ReadProgress;
 use shopstream_ingest::decode::{DecodeLimits, Rejection, decode};
 use shopstream_ingest::event::{Event, InputTopic};
@@ -353,23 +355,30 @@ fn seek_target(position: i64, seek_back: u64) -> i64 {
 #[derive(Clone)]
 pub struct OffsetCommitter {
     consumers: Vec<(TopicNames, Arc<Inner>)>,
+    /// Group mode: the topics whose offsets go through the group's member instead.
+    member: Option<(TopicNames, MemberCommitter)>,
 }
 
 impl OffsetCommitter {
     /// Commits `positions` (next offsets) synchronously, each through the consumer that
-    /// reads its topic.
+    /// reads its topic (in group mode, through the group's member: nothing is committed
+    /// once it has left).
     pub async fn commit(&self, positions: &Positions) -> Result<(), SourceError> {
-        for (topics, consumer) in &self.consumers {
-            let mut list = TopicPartitionList::new();
-            for ((t, partition), next) in positions {
-                if let Some((_, name)) = topics.iter().find(|(topic, _)| topic == t) {
-                    list.add_partition_offset(name, *partition, Offset::Offset(*next))
-                        .map_err(|source| SourceError::Consumer {
-                            what: "building the commit list".into(),
-                            source,
-                        })?;
-                }
+        if let Some((topics, member)) = &self.member {
+            let list = commit_list(topics, positions)?;
+            if list.count() > 0 {
+                let member = member.clone();
+                tokio::task::spawn_blocking(move || member.commit(&list))
+                    .await
+                    .map_err(|e| SourceError::Setup(KafkaSetupError::Internal(e.to_string())))?
+                    .map_err(|source| SourceError::Consumer {
+                        what: "committing offsets as the group's member".into(),
+                        source,
+                    })?;
             }
+        }
+        for (topics, consumer) in &self.consumers {
+            let list = commit_list(topics, positions)?;
             if list.count() == 0 {
                 continue;
             }
@@ -384,6 +393,24 @@ impl OffsetCommitter {
         }
         Ok(())
     }
+}
+
+/// The entries of `positions` whose topic is one of `topics`, by name.
+fn commit_list(
+    topics: &TopicNames,
+    positions: &Positions,
+) -> Result<TopicPartitionList, SourceError> {
+    let mut list = TopicPartitionList::new();
+    for ((t, partition), next) in positions {
+        if let Some((_, name)) = topics.iter().find(|(topic, _)| topic == t) {
+            list.add_partition_offset(name, *partition, Offset::Offset(*next))
+                .map_err(|source| SourceError::Consumer {
+                    what: "building the commit list".into(),
+                    source,
+                })?;
+        }
+    }
+    Ok(list)
 }
 
 /// librdkafka settings of the source's consumers; `eof` asks for end-of-partition events.
@@ -502,13 +529,14 @@ impl KafkaSource {
             },
             OffsetCommitter {
                 consumers: committer,
+                member: None,
             },
         ))
     }
 
     /// Connects in group mode (see the module doc): joins `kafka.group_id` on clicks and
-    /// orders and reads the partitions it is assigned, each from its entry in `start` if
-    /// any, else the group's committed offset, else the beginning.
+    /// orders and reads the partitions it is assigned, each from where `starts` says, else
+    /// from the beginning. The committer commits as the group's member.
     pub async fn connect_group(
         kafka: &KafkaConfig,
         topics: &TopicsConfig,
@@ -522,13 +550,11 @@ impl KafkaSource {
         let lag = SharedLag::default();
         let progress = ReadProgress::new(statistics_interval(kafka)?);
         let mut consumers = Vec::new();
-        let mut committer = Vec::new();
-        for (topic, name) in &named[..2] {
+        for (topic, _) in &named[..2] {
             let consumer: Inner = consumer_config(kafka, true)?
                 .create_with_context(SourceContext::new(&names, &lag, &progress, &start, kafka))
                 .map_err(KafkaSetupError::Client)?;
             let consumer = Arc::new(consumer);
-            committer.push((vec![(*topic, name.clone())], Arc::clone(&consumer)));
             consumers.push(SourceConsumer {
                 consumer,
                 single_topic: Some(*topic),
@@ -547,6 +573,12 @@ impl KafkaSource {
         .await
         .map_err(|e| SourceError::Group(e.to_string()))?;
         let assigned = membership.assigned();
+        // The topic consumers read by assignment, outside the group: a broker refuses
+        // their commits while the group has members, so offsets go through the member.
+        let committer = OffsetCommitter {
+            consumers: Vec::new(),
+            member: Some((named[..2].to_vec(), membership.committer())),
+        };
         tracing::info!(group = %kafka.group_id, "kafka source joined the group");
         Ok((
             KafkaSource {
@@ -563,9 +595,7 @@ impl KafkaSource {
                     starts,
                 }),
             },
-            OffsetCommitter {
-                consumers: committer,
-            },
+            committer,
         ))
     }
 
@@ -648,6 +678,8 @@ impl KafkaSource {
                 .map(|(_, p)| *p)
                 .collect();
             if !new.is_empty() {
+                // Never the group's committed offsets: a group run resumes from its
+                // partition checkpoints (`starts`), and commits only for monitoring.
                 let list = start_offsets(
                     &consumer.consumer,
                     &group.kafka,
@@ -655,6 +687,7 @@ impl KafkaSource {
                     &name,
                     &new,
                     &positions,
+                    false,
                 )
                 .await?;
                 consumer
@@ -816,7 +849,7 @@ async fn assign_all(
     start: &Positions,
 ) -> Result<(), SourceError> {
     let all: Vec<i32> = (0..partitions).collect();
-    let list = start_offsets(consumer, kafka, topic, name, &all, start).await?;
+    let list = start_offsets(consumer, kafka, topic, name, &all, start, true).await?;
     consumer
         .assign(&list)
         .map_err(|source| SourceError::Consumer {
@@ -826,7 +859,8 @@ async fn assign_all(
 }
 
 /// `partitions` of one topic, each at its start: its entry in `start` if any (moved back
-/// by `kafka.seek_back_messages`), else the group's committed offset, else the beginning.
+/// by `kafka.seek_back_messages`), else (with `committed`) the group's committed offset,
+/// else the beginning.
 async fn start_offsets(
     consumer: &Arc<Inner>,
     kafka: &KafkaConfig,
@@ -834,7 +868,23 @@ async fn start_offsets(
     name: &str,
     partitions: &[i32],
     start: &Positions,
+    committed: bool,
 ) -> Result<TopicPartitionList, SourceError> {
+    if !committed {
+        let mut list = TopicPartitionList::new();
+        for p in partitions {
+            let from = match start.get(&(topic, *p)) {
+                Some(position) => Offset::Offset(seek_target(*position, kafka.seek_back_messages)),
+                None => Offset::Beginning,
+            };
+            list.add_partition_offset(name, *p, from)
+                .map_err(|source| SourceError::Consumer {
+                    what: "building the assignment".into(),
+                    source,
+                })?;
+        }
+        return Ok(list);
+    }
     let timeout = Duration::from_millis(kafka.connect_timeout_ms);
     let blocking = Arc::clone(consumer);
     let name = name.to_string();

@@ -27,7 +27,9 @@ use shopstream_features::protocol::{
 use shopstream_features::{Coordinator, FeaturePipeline, Follower, Report, ShardSet};
 use shopstream_ingest::event::InputTopic;
 use shopstream_kafka::log::{LogReader, LogWriter};
-use shopstream_kafka::source::{AssignmentStarts, KafkaSource, SourceMessage};
+use shopstream_kafka::source::{
+    AssignmentStarts, KafkaSource, OffsetCommitter, Positions, SourceMessage,
+};
 use shopstream_trainer::Trainer;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -90,6 +92,9 @@ struct ShardSide<'a> {
     checkpoints: Option<PartitionCheckpoints>,
     /// The checkpoints the source started each assignment from.
     resume_points: Option<Arc<ResumePoints>>,
+    /// Commits a partition checkpoint's offsets to the group once it is written, for
+    /// lag monitoring (a new owner starts at the checkpoint's, never the committed ones).
+    committer: OffsetCommitter,
     /// The coordinator has merged the final close (a bounded run is over): only then is
     /// this side done. (Done when every partition held had answered the final close was
     /// wrong: a rebalance as another instance left could revoke them all just before, and
@@ -141,7 +146,7 @@ pub(super) async fn run(
     let starts = resume_points
         .clone()
         .map(|points| points as Arc<dyn AssignmentStarts>);
-    let (source, _committer) =
+    let (source, committer) =
         KafkaSource::connect_group(&config.kafka, &config.topics, starts).await?;
     // Not stopped by the run's cancellation: at shutdown the partitions held are
     // checkpointed first, and only then does the source leave the group (which moves
@@ -163,6 +168,7 @@ pub(super) async fn run(
         log,
         checkpoints,
         resume_points,
+        committer,
         merged: false,
         models,
         serving,
@@ -351,6 +357,16 @@ impl ShardSide<'_> {
         checkpoints.write(&state, applied).await?;
         held.checkpointed = (applied, Some(std::time::Instant::now()));
         self.summary.partition_checkpoints += 1;
+        let positions: Positions = held
+            .positions
+            .iter()
+            .map(|(topic, next)| ((*topic, p), *next))
+            .collect();
+        // Monitoring only, so a failed commit (the partition moved meanwhile, say) is
+        // reported, not fatal: the next checkpoint commits again.
+        if let Err(e) = self.committer.commit(&positions).await {
+            tracing::warn!(partition = p, error = %e, "could not commit a partition checkpoint's offsets");
+        }
         Ok(())
     }
 
