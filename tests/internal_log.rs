@@ -168,6 +168,38 @@ async fn a_reader_reopened_at_its_resume_offset_loses_no_message_it_had_not_fini
     assert_eq!(next(&mut tail).await.payload, b"last");
 }
 
+/// Guards the coordinator checkpoint's shards position: a writer that died mid-message
+/// (its message never completes) must not hold the position back, and a reader reopened
+/// at its position returns exactly what the first one would have, nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_reopened_at_its_position_goes_on_past_a_writer_that_died_mid_message() {
+    let broker = Broker::start();
+    let store = tempfile::tempdir().unwrap();
+    let kafka = broker.config("log-position", store.path()).kafka;
+    let topic = format!("{}.shards", kafka.group_id);
+    let mut reader = LogReader::open(&kafka, &topic, 0).await.unwrap();
+    // Writer d dies after the first of three fragments; writer a's message straddles
+    // the point where the position is taken.
+    raw(&kafka, &topic, "d/0", Some("0/3"), b"never ").await;
+    raw(&kafka, &topic, "a/0", Some("0/2"), b"hello ").await;
+    raw(&kafka, &topic, "b/0", Some("0/1"), b"between").await;
+    let between = next(&mut reader).await;
+    assert_eq!((between.writer.as_str(), between.offset), ("b", 2));
+    let position = reader.position();
+    assert_eq!(position.next_offset(), 3);
+    // (The resume offset stays at the dead writer's fragment.)
+    assert_eq!(reader.resume_offset(), 0);
+    raw(&kafka, &topic, "a/0", Some("1/2"), b"world").await;
+    raw(&kafka, &topic, "b/1", Some("0/1"), b"last").await;
+
+    let mut reopened = LogReader::open_at(&kafka, &topic, position).await.unwrap();
+    let whole = next(&mut reopened).await;
+    assert_eq!((whole.writer.as_str(), whole.offset), ("a", 3));
+    assert_eq!(whole.payload, b"hello world");
+    assert_eq!(next(&mut reopened).await.payload, b"last");
+    assert_eq!(reopened.position().next_offset(), 5);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_no_writer_wrote_is_an_error_naming_its_offset() {
     let broker = Broker::start();

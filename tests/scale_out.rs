@@ -554,3 +554,33 @@ async fn a_live_group_that_an_instance_joins_and_its_coordinator_leaves_writes_w
         (&group.store.path, &group_model),
     );
 }
+
+/// Guards "partition p of clicks and orders move as one": a group run on topics with
+/// different partition counts stops at start with an error naming both, instead of
+/// splitting them apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_run_on_topics_not_co_partitioned_stops_at_start_naming_them() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = broker.config("group-copartition", dir.path());
+    config.pipeline.instances = shopstream_config::Instances::Group;
+    let mut two = config.kafka.clone();
+    two.topic_partitions = 2;
+    shopstream_kafka::client::ensure_topics(&two, std::slice::from_ref(&config.topics.orders))
+        .await
+        .unwrap();
+    let options = RunOptions {
+        stop_at_end: true,
+        ..Default::default()
+    };
+    let error = shopstream_job::pipeline::run(&config, options, std::future::pending())
+        .await
+        .expect_err("a group run on topics that are not co-partitioned");
+    let message = error.to_string();
+    assert!(
+        message.contains("co-partitioned")
+            && message.contains(&format!("{} has 4 partitions", config.topics.clicks))
+            && message.contains(&format!("{} has 2", config.topics.orders)),
+        "{message}"
+    );
+}

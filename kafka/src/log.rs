@@ -10,7 +10,9 @@
 //!
 //! A reader that stops and resumes must not lose a message whose first fragments it read:
 //! [`LogReader::resume_offset`] is the offset to reopen at, the first fragment of the
-//! oldest message still incomplete (or the next offset when none is).
+//! oldest message still incomplete (or the next offset when none is);
+//! [`LogReader::position`] is the exact position, incomplete fragments included, for a
+//! checkpoint to reopen with [`LogReader::open_at`].
 //!
 //! Tansu and Kafka both take the records; nothing here needs transactions or idempotent
 //! producers (one request in flight keeps a writer's order).
@@ -179,6 +181,7 @@ pub struct LogEntry {
 }
 
 /// A message whose fragments are still arriving.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Partial {
     first_offset: i64,
     fragments: Vec<Option<Vec<u8>>>,
@@ -308,6 +311,29 @@ impl LogReader {
         }
     }
 
+    /// Where this reader stands: reopened there ([`LogReader::open_at`]) it returns the
+    /// messages this one would return next, and no other. Unlike
+    /// [`LogReader::resume_offset`] it carries the fragments of incomplete messages, so a
+    /// writer that died mid-message (whose message never completes) does not hold the
+    /// position back for good.
+    pub fn position(&self) -> LogPosition {
+        LogPosition {
+            next_offset: self.next_offset,
+            partial: self.partial.clone(),
+        }
+    }
+
+    /// A reader of `topic` that goes on from `position` (of [`LogReader::position`]).
+    pub async fn open_at(
+        kafka: &KafkaConfig,
+        topic: &str,
+        position: LogPosition,
+    ) -> Result<Self, LogError> {
+        let mut reader = Self::open(kafka, topic, position.next_offset).await?;
+        reader.partial = position.partial;
+        Ok(reader)
+    }
+
     /// Where to reopen the log to read every message not yet returned: the first fragment
     /// of the oldest incomplete message, or the offset after the last record read.
     /// Messages completed after that offset come again from there; the protocol's
@@ -318,6 +344,21 @@ impl LogReader {
             .map(|p| p.first_offset)
             .min()
             .unwrap_or(self.next_offset)
+    }
+}
+
+/// Where a [`LogReader`] stands: the next offset to read and the fragments read of
+/// messages not complete yet (serialisable, for checkpoints).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LogPosition {
+    next_offset: i64,
+    partial: BTreeMap<String, Partial>,
+}
+
+impl LogPosition {
+    /// The next offset to read.
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
     }
 }
 

@@ -323,9 +323,10 @@ struct GroupShare {
 pub trait AssignmentStarts: Send + Sync {
     /// Called once each time partition number `partition` is newly assigned, before its
     /// topics' partitions are (on the blocking pool: it may read a file). Returns the next
-    /// offset to read per topic; a topic left out starts at the group's committed offset,
-    /// else at the beginning. Each call's answer must hold for the `Assigned` message the
-    /// source sends next for that partition number.
+    /// offset to read per topic; a topic left out starts at the beginning (never at the
+    /// group's committed offset: a group run commits for monitoring only). Each call's
+    /// answer holds for the `Assigned` message the source sends next for that partition
+    /// number.
     fn starts(&self, partition: i32) -> BTreeMap<InputTopic, i64>;
 }
 

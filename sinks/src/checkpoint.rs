@@ -256,9 +256,18 @@ impl Read for Decompressing<'_> {
 
 /// The newest usable checkpoint in `dir`, or `None` when there is none (a first start).
 pub fn load_latest<T: DeserializeOwned>(dir: &Path) -> Result<Option<Loaded<T>>, CheckpointError> {
+    load_latest_accepted(dir, |_: &T| Ok(()))
+}
+
+/// Like [`load_latest`], also passing over (into `skipped`, with the reason it gives)
+/// every state `accept` refuses: the newest usable one that `accept` takes.
+pub fn load_latest_accepted<T: DeserializeOwned>(
+    dir: &Path,
+    mut accept: impl FnMut(&T) -> Result<(), String>,
+) -> Result<Option<Loaded<T>>, CheckpointError> {
     let mut skipped = Vec::new();
     for (seq, path) in list(dir)? {
-        match read_one(&path, seq) {
+        match read_one(&path, seq).and_then(|state| accept(&state).map(|()| state)) {
             Ok(state) => {
                 return Ok(Some(Loaded {
                     seq,

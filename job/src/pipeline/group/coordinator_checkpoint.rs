@@ -27,6 +27,7 @@ use shopstream_features::protocol::SequencedClose;
 use shopstream_features::{Close, Coordinator, MergeQueue};
 use shopstream_ingest::clean::Cleaner;
 use shopstream_ingest::event::InputTopic;
+use shopstream_kafka::log::LogPosition;
 use shopstream_kafka::source::Positions;
 use shopstream_trainer::Trainer;
 
@@ -46,9 +47,10 @@ pub(in crate::pipeline) struct CoordinatorParts {
     pub(in crate::pipeline) group: String,
     /// Windows merged and handed to the global stage: names the checkpoint.
     pub(in crate::pipeline) windows_closed: u64,
-    /// Where to read `<group>.shards` again (`LogReader::resume_offset`): every message
-    /// before it is in this state.
-    pub(in crate::pipeline) shards_offset: i64,
+    /// Where `<group>.shards` goes on (`LogReader::position`: the next offset, with the
+    /// fragments of messages not complete yet): every message returned before it is in
+    /// this state.
+    pub(in crate::pipeline) shards: LogPosition,
     /// Next offset per inventory partition.
     pub(in crate::pipeline) positions: Positions,
     /// Watermarks, open windows' global parts, the inventory and what closes next.
@@ -84,7 +86,7 @@ impl CoordinatorParts {
         Self {
             group: config.kafka.group_id.clone(),
             windows_closed: 0,
-            shards_offset: 0,
+            shards: LogPosition::default(),
             positions: Positions::new(),
             coordinator,
             cleaner: Cleaner::new(super::super::shard::clean_limits(config)),
@@ -176,16 +178,34 @@ pub(super) fn remove_all(config: &Config) {
 }
 
 /// The newest coordinator checkpoint of `config`'s group that belongs to the closes log
-/// whose counted closes are `adopted`, if any. One that cannot be used is reported, and
-/// the run is then taken over from the start of the topics (the same outputs, more work).
+/// whose counted closes are `adopted`, if any: newer ones that cannot be used (unreadable,
+/// another version or group, closes the log does not count) are reported and passed
+/// over. Without one the run is taken over from the start of the topics (the same
+/// outputs, more work).
 pub(super) async fn load(
     config: &Config,
     adopted: &[(String, SequencedClose)],
 ) -> Option<CoordinatorState> {
     let plan = plan(config)?;
     let dir = plan.dir().to_path_buf();
+    let group = config.kafka.group_id.clone();
+    let adopted = adopted.to_vec();
     let loaded = tokio::task::spawn_blocking(move || {
-        shopstream_sinks::checkpoint::load_latest::<CoordinatorState>(&dir)
+        shopstream_sinks::checkpoint::load_latest_accepted(&dir, |state: &CoordinatorState| {
+            if state.version != STATE_VERSION {
+                Err(format!(
+                    "state version {}, this build reads {STATE_VERSION}",
+                    state.version
+                ))
+            } else if state.side.group != group {
+                Err(format!("it is group {}'s", state.side.group))
+            } else {
+                state
+                    .side
+                    .check_against(&adopted)
+                    .map_err(|why| format!("not of this closes log: {why}"))
+            }
+        })
     })
     .await;
     let replay = "taking the run over from the start of the topics";
@@ -209,25 +229,11 @@ pub(super) async fn load(
         );
     }
     let state = loaded.state;
-    let mismatch = if state.version != STATE_VERSION {
-        Err(format!(
-            "state version {}, this build reads {STATE_VERSION}",
-            state.version
-        ))
-    } else if state.side.group != config.kafka.group_id {
-        Err(format!("it is group {}'s", state.side.group))
-    } else {
-        state.side.check_against(adopted)
-    };
-    if let Err(why) = mismatch {
-        tracing::warn!(path = %loaded.path.display(), %why, "a coordinator checkpoint of another run; {replay}");
-        return None;
-    }
     tracing::info!(
         path = %loaded.path.display(),
         windows_closed = state.side.windows_closed,
         closes = state.side.next_seq,
-        shards_offset = state.side.shards_offset,
+        shards_offset = state.side.shards.next_offset(),
         "resuming the coordinator from its checkpoint"
     );
     Some(state)

@@ -20,7 +20,7 @@ use shopstream_features::{Close, Coordinator, FeaturePipeline, MergeQueue, Windo
 use shopstream_ingest::decode::{Reason, Rejection};
 use shopstream_ingest::event::InputTopic;
 use shopstream_kafka::client::{ensure_topics, input_topic_name};
-use shopstream_kafka::log::{LogReader, LogWriter};
+use shopstream_kafka::log::{LogPosition, LogReader, LogWriter};
 use shopstream_kafka::source::{KafkaSource, Positions, SourceMessage};
 use shopstream_trainer::Trainer;
 use tokio::sync::watch;
@@ -110,7 +110,7 @@ struct CoordinatorSide<'a> {
     /// Next offset per inventory partition (the commit records' offsets).
     positions: Positions,
     /// Where this turn started reading `<group>.shards`.
-    shards_offset: i64,
+    shards: LogPosition,
     /// When coordinator checkpoints are taken (`None`: checkpoints are off).
     checkpoints: Option<CheckpointPlan>,
     /// Windows closed at the last checkpoint (or where this turn resumed).
@@ -306,7 +306,7 @@ pub(super) async fn run(
     )?;
     side.summary.coordinator_resumed_windows = resumed_windows;
     side.adopt(adopted, from_checkpoint);
-    let mut shards = LogReader::open(&config.kafka, &topics.shards, side.shards_offset).await?;
+    let mut shards = LogReader::open_at(&config.kafka, &topics.shards, side.shards.clone()).await?;
     let mut alive = tokio::time::interval(super::ALIVE_EVERY);
     alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Ok(true): the final close is merged; Ok(false): handed over.
@@ -370,7 +370,7 @@ pub(super) async fn run(
         if let Err(e) = side.decide_and_merge().await {
             break Err(e);
         }
-        if let Err(e) = side.checkpoint(shards.resume_offset(), false).await {
+        if let Err(e) = side.checkpoint(shards.position(), false).await {
             break Err(e);
         }
     };
@@ -388,7 +388,7 @@ pub(super) async fn run(
             // A holder that shuts down leaves a checkpoint for the next one (one that
             // lost the lease does not: the holder now goes on from where it is).
             let checkpointed = if cancel.is_cancelled() && *held.borrow() {
-                side.checkpoint(shards.resume_offset(), true).await
+                side.checkpoint(shards.position(), true).await
             } else {
                 Ok(())
             };
@@ -579,7 +579,7 @@ impl<'a> CoordinatorSide<'a> {
             inventory_caught_up: BTreeMap::new(),
             final_seq: parts.final_seq,
             positions: parts.positions,
-            shards_offset: parts.shards_offset,
+            shards: parts.shards,
             checkpoints: coordinator_checkpoint::plan(config),
             last_checkpoint: parts.windows_closed,
             windows_closed: parts.windows_closed,
@@ -613,7 +613,7 @@ impl<'a> CoordinatorSide<'a> {
                 windows_closed = self.windows_closed,
                 closes_in_checkpoint = known,
                 adopted = self.next_seq - known,
-                shards_offset = self.shards_offset,
+                shards_offset = self.shards.next_offset(),
                 "taking over a group run under way from the coordinator's checkpoint: \
                  adopted the closes published after it"
             );
@@ -627,9 +627,9 @@ impl<'a> CoordinatorSide<'a> {
     }
 
     /// Takes a checkpoint when `checkpoint.every_windows` windows have closed since the
-    /// last one (and `min_interval_secs` have passed), or with `now`; `shards_offset` is
-    /// where `<group>.shards` would be read again to get every message not yet taken.
-    async fn checkpoint(&mut self, shards_offset: i64, now: bool) -> Result<(), PipelineError> {
+    /// last one (and `min_interval_secs` have passed), or with `now`; `shards` is where
+    /// `<group>.shards` stands.
+    async fn checkpoint(&mut self, shards: LogPosition, now: bool) -> Result<(), PipelineError> {
         let Some(plan) = &mut self.checkpoints else {
             return Ok(());
         };
@@ -644,7 +644,7 @@ impl<'a> CoordinatorSide<'a> {
         let parts = CoordinatorParts {
             group: self.config.kafka.group_id.clone(),
             windows_closed: self.windows_closed,
-            shards_offset,
+            shards,
             positions: self.positions.clone(),
             coordinator: self.stage.windowing().clone(),
             cleaner: self.stage.cleaner().clone(),
@@ -709,6 +709,9 @@ impl CoordinatorSide<'_> {
                 rejection,
             } => {
                 bump(&mut self.summary.consumed, meta.topic.as_str());
+                // Read: a checkpoint after it does not dead-letter it again.
+                self.positions
+                    .insert((meta.topic, meta.partition), meta.offset + 1);
                 self.dead_letter(meta, key.as_deref(), &payload, &rejection)
                     .await?;
             }

@@ -305,6 +305,24 @@ pub(super) async fn run(
         .map(str::to_string)
         .collect();
     let partitions = ensure_topics(&config.kafka, &all).await?;
+    let count = |topic| {
+        partitions
+            .get(shopstream_kafka::client::input_topic_name(
+                &config.topics,
+                topic,
+            ))
+            .copied()
+            .unwrap_or(0)
+    };
+    let (clicks, orders) = (count(InputTopic::Clicks), count(InputTopic::Orders));
+    if clicks != orders {
+        // Partition p of both topics moves as one (its state and checkpoint are one).
+        return Err(PipelineError::Unsupported(format!(
+            "pipeline.instances = \"group\" needs the click and order topics co-partitioned: \
+             {} has {clicks} partitions, {} has {orders}; give both the same number",
+            config.topics.clicks, config.topics.orders
+        )));
+    }
 
     let cancel = CancellationToken::new();
     // A run dropped without a shutdown (its task aborted) still stops the tasks it
