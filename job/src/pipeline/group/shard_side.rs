@@ -112,6 +112,9 @@ struct ShardSide<'a> {
     status_at: Option<std::time::Instant>,
 }
 
+/// How long the shard side waits for the commit of a checkpoint's offsets.
+const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Runs the shard side until the coordinator says the final close is merged (bounded), or
 /// until `cancel`.
 pub(super) async fn run(
@@ -363,9 +366,18 @@ impl ShardSide<'_> {
             .map(|(topic, next)| ((*topic, p), *next))
             .collect();
         // Monitoring only, so a failed commit (the partition moved meanwhile, say) is
-        // reported, not fatal: the next checkpoint commits again.
-        if let Err(e) = self.committer.commit(&positions).await {
-            tracing::warn!(partition = p, error = %e, "could not commit a partition checkpoint's offsets");
+        // reported, not fatal, and never waited for long: the next checkpoint commits
+        // again.
+        match tokio::time::timeout(COMMIT_TIMEOUT, self.committer.commit(&positions)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(partition = p, error = %e, "could not commit a partition checkpoint's offsets");
+            }
+            Err(_) => tracing::warn!(
+                partition = p,
+                timeout_secs = COMMIT_TIMEOUT.as_secs(),
+                "committing a partition checkpoint's offsets took too long; going on without"
+            ),
         }
         Ok(())
     }
