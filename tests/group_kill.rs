@@ -120,6 +120,16 @@ async fn setup(name: &str, seed: u64) -> (Broker, tempfile::TempDir, Config, Con
     (broker, dir, one, group, config_path)
 }
 
+/// Nothing is left of the group's `kind` checkpoints (`shards`, `coordinator`) under
+/// the checkpoint directory: the lease holder that finished the run deleted them.
+fn assert_no_checkpoints_left(group: &Config, kind: &str) {
+    let dir = group.store.path.join("_checkpoints").join(kind);
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .map(|groups| groups.flatten().map(|g| g.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{kind} checkpoints left behind: {left:?}");
+}
+
 /// The group's store and model are byte-identical to the single instance's.
 fn assert_same_outputs(what: &str, one: &Config, group: &Config) {
     support::assert_same_store(what, &one.store.path, &group.store.path);
@@ -292,15 +302,9 @@ async fn a_group_run_with_one_instance_sigkilled_and_one_sigtermed_writes_the_st
         "the survivor resumed a partition the SIGTERMed instance held ({third_holds:?}) from \
          a checkpoint; it resumed {resumed:?}"
     );
-    // The lease holder that finished the run deleted the partition checkpoints.
-    let shards = group.store.path.join("_checkpoints").join("shards");
-    let left: Vec<_> = std::fs::read_dir(&shards)
-        .map(|groups| groups.flatten().map(|g| g.path()).collect())
-        .unwrap_or_default();
-    assert!(
-        left.is_empty(),
-        "partition checkpoints left behind: {left:?}"
-    );
+    // The lease holder that finished the run deleted the group's checkpoints.
+    assert_no_checkpoints_left(&group, "shards");
+    assert_no_checkpoints_left(&group, "coordinator");
     assert_same_outputs(
         "1 instance vs a group with instances SIGKILLed and SIGTERMed",
         &one,
@@ -402,12 +406,6 @@ async fn a_group_run_whose_lease_holders_are_sigtermed_then_sigkilled_is_taken_o
         })
         .unwrap_or_default();
     assert!(left.is_empty(), "broadcast files left behind: {left:?}");
-    let coordinator = group.store.path.join("_checkpoints").join("coordinator");
-    let left: Vec<_> = std::fs::read_dir(&coordinator)
-        .map(|dirs| dirs.flatten().map(|d| d.path()).collect())
-        .unwrap_or_default();
-    assert!(
-        left.is_empty(),
-        "coordinator checkpoints left behind: {left:?}"
-    );
+    assert_no_checkpoints_left(&group, "shards");
+    assert_no_checkpoints_left(&group, "coordinator");
 }

@@ -350,6 +350,29 @@ mod tests {
         assert!(reasons[1].contains("checksum"), "{reasons:?}");
     }
 
+    /// Guards "a stale writer's newest checkpoint does not hide the usable ones": a state
+    /// the caller refuses is passed over, with its reason, for the one before.
+    #[test]
+    fn a_refused_checkpoint_falls_back_to_the_one_before_with_its_reason() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for seq in 1..=3 {
+            write(dir.path(), seq, &state(seq as i64), 3).expect("write");
+        }
+        let refuse_above_1 = |s: &State| match s.positions[&(0, 1)] {
+            1 => Ok(()),
+            n => Err(format!("refused {n}")),
+        };
+        let loaded: Loaded<State> = load_latest_accepted(dir.path(), refuse_above_1)
+            .expect("load")
+            .expect("some");
+        assert_eq!((loaded.seq, loaded.state), (1, state(1)));
+        let reasons: Vec<&str> = loaded.skipped.iter().map(|s| s.reason.as_str()).collect();
+        assert_eq!(reasons, ["refused 3", "refused 2"]);
+        // Every one refused: an error naming them, as when every file is unusable.
+        let none = load_latest_accepted(dir.path(), |_: &State| Err("no".to_string()));
+        assert!(matches!(none, Err(CheckpointError::AllUnusable { .. })));
+    }
+
     /// Guards restart-from-checkpoint: the whole feature stage and trainer, checkpointed
     /// mid-stream and restored, go on to produce exactly what the uninterrupted ones do.
     #[test]

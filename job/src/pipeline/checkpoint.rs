@@ -99,13 +99,7 @@ impl CheckpointPlan {
             tracing::info!(dir = %self.dir.display(), "no checkpoint: starting with empty state");
             return Ok(None);
         };
-        for skipped in &loaded.skipped {
-            tracing::warn!(
-                path = %skipped.path.display(),
-                reason = %skipped.reason,
-                "checkpoint unusable; falling back to the one before"
-            );
-        }
+        warn_skipped("checkpoint", &loaded.skipped);
         if loaded.state.version != STATE_VERSION {
             return Err(PipelineError::Internal(format!(
                 "checkpoint {} holds state version {}, this build reads {}; move {} away to start from the committed offsets",
@@ -122,6 +116,18 @@ impl CheckpointPlan {
             "resuming from checkpoint"
         );
         Ok(Some(loaded.state))
+    }
+}
+
+/// Reports each `kind` checkpoint (the job's, a partition's, the coordinator's) that a
+/// load passed over, and why.
+pub(super) fn warn_skipped(kind: &str, skipped: &[shopstream_sinks::checkpoint::Skipped]) {
+    for skipped in skipped {
+        tracing::warn!(
+            path = %skipped.path.display(),
+            reason = %skipped.reason,
+            "{kind} unusable; falling back to the one before"
+        );
     }
 }
 

@@ -31,7 +31,7 @@ use shopstream_kafka::log::LogPosition;
 use shopstream_kafka::source::Positions;
 use shopstream_trainer::Trainer;
 
-use super::super::checkpoint::CheckpointPlan;
+use super::super::checkpoint::{CheckpointPlan, warn_skipped};
 use crate::recovery::HeldEvent;
 
 /// Version of the state inside a coordinator checkpoint (the file format has its own).
@@ -221,13 +221,7 @@ pub(super) async fn load(
             return None;
         }
     };
-    for skipped in &loaded.skipped {
-        tracing::warn!(
-            path = %skipped.path.display(),
-            reason = %skipped.reason,
-            "coordinator checkpoint unusable; falling back to the one before"
-        );
-    }
+    warn_skipped("coordinator checkpoint", &loaded.skipped);
     let state = loaded.state;
     tracing::info!(
         path = %loaded.path.display(),

@@ -25,7 +25,7 @@ use shopstream_ingest::event::InputTopic;
 use shopstream_kafka::source::AssignmentStarts;
 
 use super::super::PipelineError;
-use super::super::checkpoint::write_timed;
+use super::super::checkpoint::{warn_skipped, write_timed};
 use crate::recovery::HeldEvent;
 
 /// Version of the state inside a partition checkpoint (the file format has its own).
@@ -156,13 +156,7 @@ impl PartitionCheckpoints {
                 return None;
             }
         };
-        for skipped in &loaded.skipped {
-            tracing::warn!(
-                path = %skipped.path.display(),
-                reason = %skipped.reason,
-                "partition checkpoint unusable; falling back to the one before"
-            );
-        }
+        warn_skipped("partition checkpoint", &loaded.skipped);
         let state = loaded.state;
         if state.version != STATE_VERSION || state.partition != partition {
             tracing::warn!(
