@@ -871,21 +871,6 @@ async fn start_offsets(
     start: &Positions,
     committed: bool,
 ) -> Result<TopicPartitionList, SourceError> {
-    if !committed {
-        let mut list = TopicPartitionList::new();
-        for p in partitions {
-            let from = match start.get(&(topic, *p)) {
-                Some(position) => Offset::Offset(seek_target(*position, kafka.seek_back_messages)),
-                None => Offset::Beginning,
-            };
-            list.add_partition_offset(name, *p, from)
-                .map_err(|source| SourceError::Consumer {
-                    what: "building the assignment".into(),
-                    source,
-                })?;
-        }
-        return Ok(list);
-    }
     let timeout = Duration::from_millis(kafka.connect_timeout_ms);
     let blocking = Arc::clone(consumer);
     let name = name.to_string();
@@ -893,25 +878,31 @@ async fn start_offsets(
     let seek_back = kafka.seek_back_messages;
     let partitions = partitions.to_vec();
     tokio::task::spawn_blocking(move || {
-        let mut wanted = TopicPartitionList::new();
-        for p in &partitions {
-            wanted.add_partition(&name, *p);
-        }
-        let committed = blocking
-            .committed_offsets(wanted, timeout)
-            .map_err(|source| SourceError::Consumer {
-                what: format!("reading committed offsets of {name}"),
-                source,
-            })?;
+        let committed = if committed {
+            let mut wanted = TopicPartitionList::new();
+            for p in &partitions {
+                wanted.add_partition(&name, *p);
+            }
+            Some(
+                blocking
+                    .committed_offsets(wanted, timeout)
+                    .map_err(|source| SourceError::Consumer {
+                        what: format!("reading committed offsets of {name}"),
+                        source,
+                    })?,
+            )
+        } else {
+            None
+        };
         let mut list = TopicPartitionList::new();
         for p in partitions {
-            let committed_offset =
-                committed
-                    .find_partition(&name, p)
-                    .and_then(|e| match e.offset() {
-                        Offset::Offset(o) if o >= 0 => Some(o),
-                        _ => None,
-                    });
+            let committed_offset = committed
+                .as_ref()
+                .and_then(|c| c.find_partition(&name, p))
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) if o >= 0 => Some(o),
+                    _ => None,
+                });
             let from = match (start.get(&(topic, p)).copied(), committed_offset) {
                 (Some(position), _) => Offset::Offset(seek_target(position, seek_back)),
                 (None, Some(offset)) => Offset::Offset(offset),

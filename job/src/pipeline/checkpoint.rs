@@ -49,12 +49,39 @@ impl CheckpointPlan {
         &self.dir
     }
 
+    /// How many checkpoints are kept.
+    pub(super) fn keep(&self) -> usize {
+        self.keep
+    }
+
     /// Whether a checkpoint is due with `windows_total` windows closed, the last one taken
     /// at `last_windows`: `every_windows` windows later, unless one was written less than
     /// `min_interval_secs` ago (for closes that come several windows at a time).
     pub(super) fn due_since(&self, windows_total: u64, last_windows: u64) -> bool {
-        let recent = self.last.is_some_and(|at| at.elapsed() < self.min_interval);
-        windows_total >= last_windows.saturating_add(self.every) && !recent
+        self.due_at(windows_total, last_windows, self.last)
+    }
+
+    /// Whether a checkpoint is due after `done` windows (or closes), the last one taken
+    /// after `last_done` of them at `at`: `every_windows` later, and not within
+    /// `min_interval_secs` of the last (checkpoints that keep their own time, as each
+    /// partition of a group run does).
+    pub(super) fn due_at(&self, done: u64, last_done: u64, at: Option<std::time::Instant>) -> bool {
+        done >= last_done.saturating_add(self.every)
+            && at.is_none_or(|at| at.elapsed() >= self.min_interval)
+    }
+
+    /// Deletes the directory with every checkpoint in it (the `what` checkpoints of a
+    /// finished run), reporting a failure other than its being gone already.
+    pub(super) fn remove_dir(&self, what: &str) {
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(
+                error = %e,
+                dir = %self.dir.display(),
+                "could not delete the {what} checkpoints of a finished run"
+            ),
+        }
     }
 
     /// Whether the `windows_total`-th closed window calls for a checkpoint (every

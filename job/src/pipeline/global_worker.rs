@@ -188,12 +188,9 @@ impl GlobalWorker {
     /// settled before the next checkpoint and at the end of the run, so checkpoints are
     /// written, and offsets committed, in order and only once durable.
     pub(super) async fn checkpoint(&mut self, shard: ShardParts<'_>) -> Result<(), PipelineError> {
-        // The files of every window the checkpoint covers are durable before it is.
-        self.stage.settle_writes(&mut self.counters).await?;
-        let Some(plan) = &self.checkpoints else {
+        if !self.ready_to_checkpoint().await? {
             return Ok(());
-        };
-        self.outputs.flush().await?;
+        }
         let state = JobStateRef {
             version: STATE_VERSION,
             windows_closed: shard.windows_closed,
@@ -205,9 +202,9 @@ impl GlobalWorker {
             drift: self.stage.drift.as_ref(),
         };
         let packed = shopstream_sinks::checkpoint::encode(&state)?;
-        let write = plan.write_job(packed, shard.windows_closed);
         let positions = shard.positions.into_owned();
-        self.persist(write, Some(positions)).await
+        self.persist(packed, shard.windows_closed, Some(positions))
+            .await
     }
 
     /// Takes a checkpoint of a group coordinator's `side` and the global stage as they
@@ -218,11 +215,9 @@ impl GlobalWorker {
         &mut self,
         side: CoordinatorParts,
     ) -> Result<(), PipelineError> {
-        self.stage.settle_writes(&mut self.counters).await?;
-        let Some(plan) = &self.checkpoints else {
+        if !self.ready_to_checkpoint().await? {
             return Ok(());
-        };
-        self.outputs.flush().await?;
+        }
         let state = CoordinatorStateRef {
             version: COORDINATOR_STATE_VERSION,
             side: &side,
@@ -230,17 +225,32 @@ impl GlobalWorker {
             drift: self.stage.drift.as_ref(),
         };
         let packed = shopstream_sinks::checkpoint::encode(&state)?;
-        let write = plan.write_job(packed, side.windows_closed);
-        self.persist(write, None).await
+        self.persist(packed, side.windows_closed, None).await
     }
 
-    /// Runs `write` on the blocking pool once the checkpoint before it is settled, then
-    /// commits `positions` (when given), while the next windows train.
+    /// Makes the files of every window a checkpoint covers durable before it is, then,
+    /// when checkpoints are on, the alert events sent so far; whether they are on.
+    async fn ready_to_checkpoint(&mut self) -> Result<bool, PipelineError> {
+        self.stage.settle_writes(&mut self.counters).await?;
+        if self.checkpoints.is_none() {
+            return Ok(false);
+        }
+        self.outputs.flush().await?;
+        Ok(true)
+    }
+
+    /// Writes `packed` as checkpoint `seq` on the blocking pool once the checkpoint before
+    /// it is settled, then commits `positions` (when given), while the next windows train.
     async fn persist(
         &mut self,
-        write: impl FnOnce() -> Result<(), PipelineError> + Send + 'static,
+        packed: Vec<u8>,
+        seq: u64,
         positions: Option<Positions>,
     ) -> Result<(), PipelineError> {
+        let Some(plan) = &self.checkpoints else {
+            return Ok(());
+        };
+        let write = plan.write_job(packed, seq);
         self.settle_checkpoint().await?;
         let committer = self.committer.clone();
         self.persisting = Some(tokio::spawn(async move {

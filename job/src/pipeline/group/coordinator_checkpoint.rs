@@ -165,15 +165,8 @@ pub(in crate::pipeline) fn plan(config: &Config) -> Option<CheckpointPlan> {
 /// At the end of a bounded run, by the lease holder that finished it: deletes the
 /// group's coordinator checkpoints (a bounded run's group is never run again).
 pub(super) fn remove_all(config: &Config) {
-    let Some(plan) = plan(config) else { return };
-    match std::fs::remove_dir_all(plan.dir()) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(
-            error = %e,
-            dir = %plan.dir().display(),
-            "could not delete the coordinator checkpoints of a finished run"
-        ),
+    if let Some(plan) = plan(config) {
+        plan.remove_dir("coordinator");
     }
 }
 
@@ -181,15 +174,19 @@ pub(super) fn remove_all(config: &Config) {
 /// whose counted closes are `adopted`, if any: newer ones that cannot be used (unreadable,
 /// another version or group, closes the log does not count) are reported and passed
 /// over. Without one the run is taken over from the start of the topics (the same
-/// outputs, more work).
+/// outputs, more work). `adopted` comes back as it went in (checked on the blocking pool,
+/// not copied there).
 pub(super) async fn load(
     config: &Config,
-    adopted: &[(String, SequencedClose)],
-) -> Option<CoordinatorState> {
-    let plan = plan(config)?;
+    adopted: Vec<(String, SequencedClose)>,
+) -> (Option<CoordinatorState>, Vec<(String, SequencedClose)>) {
+    let Some(plan) = plan(config) else {
+        return (None, adopted);
+    };
     let dir = plan.dir().to_path_buf();
     let group = config.kafka.group_id.clone();
-    let adopted = adopted.to_vec();
+    let shared = std::sync::Arc::new(adopted);
+    let closes = std::sync::Arc::clone(&shared);
     let loaded = tokio::task::spawn_blocking(move || {
         shopstream_sinks::checkpoint::load_latest_accepted(&dir, |state: &CoordinatorState| {
             if state.version != STATE_VERSION {
@@ -202,23 +199,25 @@ pub(super) async fn load(
             } else {
                 state
                     .side
-                    .check_against(&adopted)
+                    .check_against(&closes)
                     .map_err(|why| format!("not of this closes log: {why}"))
             }
         })
     })
     .await;
+    // The task has ended (its copy of the handle with it), so this is the only one left.
+    let adopted = std::sync::Arc::try_unwrap(shared).unwrap_or_else(|shared| (*shared).clone());
     let replay = "taking the run over from the start of the topics";
     let loaded = match loaded {
         Ok(Ok(Some(loaded))) => loaded,
-        Ok(Ok(None)) => return None,
+        Ok(Ok(None)) => return (None, adopted),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "no usable coordinator checkpoint; {replay}");
-            return None;
+            return (None, adopted);
         }
         Err(e) => {
             tracing::warn!(error = %e, "loading a coordinator checkpoint failed; {replay}");
-            return None;
+            return (None, adopted);
         }
     };
     warn_skipped("coordinator checkpoint", &loaded.skipped);
@@ -230,7 +229,7 @@ pub(super) async fn load(
         shards_offset = state.side.shards.next_offset(),
         "resuming the coordinator from its checkpoint"
     );
-    Some(state)
+    (Some(state), adopted)
 }
 
 #[cfg(test)]

@@ -109,8 +109,6 @@ struct CoordinatorSide<'a> {
     final_seq: Option<u64>,
     /// Next offset per inventory partition (the commit records' offsets).
     positions: Positions,
-    /// Where this turn started reading `<group>.shards`.
-    shards: LogPosition,
     /// When coordinator checkpoints are taken (`None`: checkpoints are off).
     checkpoints: Option<CheckpointPlan>,
     /// Windows closed at the last checkpoint (or where this turn resumed).
@@ -198,7 +196,7 @@ pub(super) async fn run(
         };
     // Where this turn starts: a checkpoint of an earlier turn on the same closes log, or
     // the start of the topics.
-    let resumed = coordinator_checkpoint::load(config, &adopted).await;
+    let (resumed, adopted) = coordinator_checkpoint::load(config, adopted).await;
     // The inventory only: the shards read clicks and orders.
     let inventory_only: BTreeMap<String, i32> = [(
         config.topics.inventory.clone(),
@@ -279,7 +277,7 @@ pub(super) async fn run(
         }
     }
     let from_checkpoint = side_state.is_some();
-    let parts = match side_state {
+    let mut parts = match side_state {
         Some(parts) => parts,
         None => {
             let mut pipeline = FeaturePipeline::new(&config.pipeline);
@@ -290,6 +288,8 @@ pub(super) async fn run(
             CoordinatorParts::fresh(config, coordinator, count_of(InputTopic::Clicks))
         }
     };
+    // Where `<group>.shards` goes on: only this turn's reader needs it.
+    let shards_position = std::mem::take(&mut parts.shards);
     let mut side = CoordinatorSide::new(
         config,
         bounded,
@@ -305,8 +305,11 @@ pub(super) async fn run(
         },
     )?;
     side.summary.coordinator_resumed_windows = resumed_windows;
-    side.adopt(adopted, from_checkpoint);
-    let mut shards = LogReader::open_at(&config.kafka, &topics.shards, side.shards.clone()).await?;
+    side.adopt(
+        adopted,
+        from_checkpoint.then(|| shards_position.next_offset()),
+    );
+    let mut shards = LogReader::open_at(&config.kafka, &topics.shards, shards_position).await?;
     let mut alive = tokio::time::interval(super::ALIVE_EVERY);
     alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Ok(true): the final close is merged; Ok(false): handed over.
@@ -579,7 +582,6 @@ impl<'a> CoordinatorSide<'a> {
             inventory_caught_up: BTreeMap::new(),
             final_seq: parts.final_seq,
             positions: parts.positions,
-            shards: parts.shards,
             checkpoints: coordinator_checkpoint::plan(config),
             last_checkpoint: parts.windows_closed,
             windows_closed: parts.windows_closed,
@@ -593,8 +595,9 @@ impl<'a> CoordinatorSide<'a> {
     }
 
     /// Adopts the closes of the log after those this side's state already follows:
-    /// published by its predecessors, to be merged by this one.
-    fn adopt(&mut self, adopted: Vec<(String, SequencedClose)>, from_checkpoint: bool) {
+    /// published by its predecessors, to be merged by this one. `resumed_at`: the offset
+    /// of `<group>.shards` a checkpoint goes on from, when this turn has one.
+    fn adopt(&mut self, adopted: Vec<(String, SequencedClose)>, resumed_at: Option<i64>) {
         let known = self.next_seq;
         for (author, close) in adopted {
             if close.seq < known {
@@ -608,12 +611,12 @@ impl<'a> CoordinatorSide<'a> {
             self.decided.insert(close.seq, close.close);
             self.authors.insert(close.seq, author);
         }
-        if from_checkpoint {
+        if let Some(shards_offset) = resumed_at {
             tracing::info!(
                 windows_closed = self.windows_closed,
                 closes_in_checkpoint = known,
                 adopted = self.next_seq - known,
-                shards_offset = self.shards.next_offset(),
+                shards_offset,
                 "taking over a group run under way from the coordinator's checkpoint: \
                  adopted the closes published after it"
             );

@@ -13,9 +13,9 @@
 //! and answers sent before it), so a new owner never needs to send any of that again.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use shopstream_config::Config;
@@ -25,7 +25,7 @@ use shopstream_ingest::event::InputTopic;
 use shopstream_kafka::source::AssignmentStarts;
 
 use super::super::PipelineError;
-use super::super::checkpoint::{warn_skipped, write_timed};
+use super::super::checkpoint::{CheckpointPlan, warn_skipped, write_timed};
 use crate::recovery::HeldEvent;
 
 /// Version of the state inside a partition checkpoint (the file format has its own).
@@ -63,57 +63,38 @@ pub(super) struct PartitionState {
     pub(super) positions: BTreeMap<InputTopic, i64>,
 }
 
-/// Where and how often the partition checkpoints of one group are taken.
-#[derive(Debug, Clone)]
+/// Where and how often the partition checkpoints of one group are taken: the job's
+/// `[checkpoint]` plan, in a directory per partition number.
+#[derive(Clone)]
 pub(super) struct PartitionCheckpoints {
-    root: PathBuf,
-    every: u64,
-    min_interval: Duration,
-    keep: usize,
+    plan: CheckpointPlan,
 }
 
 impl PartitionCheckpoints {
     /// The plan of `[checkpoint]` for the group of `config`, or `None` when checkpoints
     /// are off.
     pub(super) fn of(config: &Config) -> Option<Self> {
-        config.checkpoint.enabled.then(|| Self {
-            root: config
-                .checkpoint
-                .dir_for(&config.store.path)
-                .join(SHARDS_DIR)
-                .join(super::model_broadcast::path_component(
-                    &config.kafka.group_id,
-                )),
-            every: config.checkpoint.every_windows.max(1),
-            min_interval: Duration::from_secs(config.checkpoint.min_interval_secs),
-            keep: config.checkpoint.keep.max(1),
+        let group = super::model_broadcast::path_component(&config.kafka.group_id);
+        CheckpointPlan::of(config, false).map(|plan| Self {
+            plan: plan.under(&Path::new(SHARDS_DIR).join(group)),
         })
     }
 
     /// At the end of a bounded run, by the lease holder that finished it: deletes the
     /// group's partition checkpoints (a bounded run's group is never run again).
     pub(super) fn remove_all(&self) {
-        match std::fs::remove_dir_all(&self.root) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(
-                error = %e,
-                dir = %self.root.display(),
-                "could not delete the partition checkpoints of a finished run"
-            ),
-        }
+        self.plan.remove_dir("partition");
     }
 
     fn dir(&self, partition: i32) -> PathBuf {
-        self.root.join(partition.to_string())
+        self.plan.dir().join(partition.to_string())
     }
 
     /// Whether a partition that has applied `applied` closes, and was last checkpointed
     /// after `last` of them (at `at`), is due for one: every `checkpoint.every_windows`
     /// closes, at most once per `checkpoint.min_interval_secs`.
     pub(super) fn due(&self, applied: u64, last: u64, at: Option<Instant>) -> bool {
-        applied >= last.saturating_add(self.every)
-            && at.is_none_or(|at| at.elapsed() >= self.min_interval)
+        self.plan.due_at(applied, last, at)
     }
 
     /// Writes `state` as the checkpoint of its partition after `applied` closes, then
@@ -124,7 +105,7 @@ impl PartitionCheckpoints {
         applied: u64,
     ) -> Result<(), PipelineError> {
         let packed = shopstream_sinks::checkpoint::encode(state)?;
-        let (dir, keep) = (self.dir(state.partition), self.keep);
+        let (dir, keep) = (self.dir(state.partition), self.plan.keep());
         tokio::task::spawn_blocking(move || write_timed(&dir, applied, &packed, keep))
             .await
             .map_err(|e| PipelineError::Internal(format!("partition checkpoint task: {e}")))?
@@ -183,7 +164,8 @@ impl PartitionCheckpoints {
 /// assignment from the very checkpoint its reading started at: a newer one, written by an
 /// earlier owner in the meantime, may hold fewer messages of one topic.
 pub(super) struct ResumePoints {
-    checkpoints: PartitionCheckpoints,
+    /// The partition checkpoints (written and loaded through it).
+    pub(super) checkpoints: PartitionCheckpoints,
     /// Per partition number, one entry per assignment not yet taken (`None`: no
     /// checkpoint, read from the start).
     loaded: Mutex<BTreeMap<i32, VecDeque<Option<PartitionState>>>>,

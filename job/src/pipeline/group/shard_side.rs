@@ -88,9 +88,8 @@ struct ShardSide<'a> {
     answers: Vec<ShardMessage>,
     outputs: Outputs,
     log: LogWriter,
-    /// Per-partition checkpoints (none when `checkpoint.enabled` is off).
-    checkpoints: Option<PartitionCheckpoints>,
-    /// The checkpoints the source started each assignment from.
+    /// Per-partition checkpoints, with those the source started each assignment from
+    /// (none when `checkpoint.enabled` is off).
     resume_points: Option<Arc<ResumePoints>>,
     /// Commits a partition checkpoint's offsets to the group once it is written, for
     /// lag monitoring (a new owner starts at the checkpoint's, never the committed ones).
@@ -140,11 +139,9 @@ pub(super) async fn run(
     let (initial, _) = pipeline.into_parts();
     let log = LogWriter::create(&config.kafka, log_options(&topics.shards, "shards")).await?;
     let mut closes = LogReader::open(&config.kafka, &topics.closes, 0).await?;
-    let checkpoints = PartitionCheckpoints::of(config);
     // The source starts a partition number it is assigned where its checkpoint stands,
     // and the stage resumes from that same checkpoint.
-    let resume_points = checkpoints
-        .clone()
+    let resume_points = PartitionCheckpoints::of(config)
         .map(|checkpoints| Arc::new(ResumePoints::new(checkpoints)));
     let starts = resume_points
         .clone()
@@ -169,7 +166,6 @@ pub(super) async fn run(
         answers: Vec::new(),
         outputs: Outputs::new(config, false)?,
         log,
-        checkpoints,
         resume_points,
         committer,
         merged: false,
@@ -313,14 +309,12 @@ impl ShardSide<'_> {
     async fn stage_of(&mut self, p: i32) -> Held {
         // The checkpoint the source started this assignment's reading at; one the
         // source did not ask for (it read from the start) may be any.
-        let taken = self
-            .resume_points
-            .as_ref()
-            .and_then(|points| points.take(p));
-        let loaded = match (taken, &self.checkpoints) {
-            (Some(state), _) => state,
-            (None, Some(checkpoints)) => checkpoints.load(p).await,
-            (None, None) => None,
+        let loaded = match &self.resume_points {
+            Some(points) => match points.take(p) {
+                Some(state) => state,
+                None => points.checkpoints.load(p).await,
+            },
+            None => None,
         };
         let mut held = match loaded {
             Some(state) => {
@@ -344,7 +338,7 @@ impl ShardSide<'_> {
     /// Writes partition number `p`'s checkpoint (once [`ShardSide::send`] has sent what
     /// it covers).
     async fn checkpoint(&mut self, p: i32) -> Result<(), PipelineError> {
-        let (Some(checkpoints), Some(held)) = (&self.checkpoints, self.held.get_mut(&p)) else {
+        let (Some(points), Some(held)) = (&self.resume_points, self.held.get_mut(&p)) else {
             return Ok(());
         };
         let applied = held.stage.windowing().next_seq();
@@ -357,7 +351,7 @@ impl ShardSide<'_> {
             arrivals: held.arrivals,
             positions: &held.positions,
         };
-        checkpoints.write(&state, applied).await?;
+        points.checkpoints.write(&state, applied).await?;
         held.checkpointed = (applied, Some(std::time::Instant::now()));
         self.summary.partition_checkpoints += 1;
         let positions: Positions = held
@@ -396,7 +390,7 @@ impl ShardSide<'_> {
     /// Checkpoints the partitions due for one (after [`ShardSide::send`]; none once the
     /// run is merged, when the lease holder deletes them).
     async fn checkpoint_due(&mut self) -> Result<(), PipelineError> {
-        let Some(checkpoints) = self.checkpoints.as_ref().filter(|_| !self.merged) else {
+        let Some(points) = self.resume_points.as_ref().filter(|_| !self.merged) else {
             return Ok(());
         };
         let due: Vec<i32> = self
@@ -404,7 +398,9 @@ impl ShardSide<'_> {
             .iter()
             .filter(|(_, held)| {
                 let (last, at) = held.checkpointed;
-                checkpoints.due(held.stage.windowing().next_seq(), last, at)
+                points
+                    .checkpoints
+                    .due(held.stage.windowing().next_seq(), last, at)
             })
             .map(|(p, _)| *p)
             .collect();
