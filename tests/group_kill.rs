@@ -283,14 +283,19 @@ async fn a_group_run_with_one_instance_sigkilled_and_one_sigtermed_writes_the_st
         &said[said.len().saturating_sub(5)..]
     );
     // The first instance finishes alone.
+    // Partitions whose stage needed closes the survivor no longer kept (the SIGKILLed
+    // instance's last checkpoints, or none, are older than the survivor's own).
+    let mut rereads = 0;
     wait_all_succeed(&mut instances, &[0], &lines, |i, line| {
         taken_over |= i == 0 && line.contains("partitions assigned");
         if i == 0 && line.contains("resuming a partition from its checkpoint") {
             resumed.extend(partitions_named(line));
         }
+        rereads += usize::from(i == 0 && line.contains("reading the closes log again"));
     });
     eprintln!(
-        "the first instance ended {:?} after the SIGKILL",
+        "the first instance ended {:?} after the SIGKILL; it read the closes log again for \
+         {rereads} partitions",
         killed.elapsed()
     );
     assert!(

@@ -314,6 +314,134 @@ async fn a_group_whose_partitions_move_writes_the_store_and_model_of_one_instanc
     );
 }
 
+/// Regression test for the shard side's memory: it drops the closes older than the
+/// checkpoints of the partitions it holds, and a partition taken over from an older
+/// checkpoint reads them again from the closes log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_taken_over_from_an_older_checkpoint_reads_the_dropped_closes_again() {
+    // On failure, what the instances logged is in the output.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("shopstream_job=info")
+        .with_test_writer()
+        .try_init();
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let base = broker.config("group-reread", &dir.path().join("unused"));
+    let traffic = GeneratorOptions {
+        max_events: Some(120_000),
+        ..traffic()
+    };
+    publish_traffic(&base, traffic, None, None).await.unwrap();
+    let (one, one_model) = run_config(&base, "one", 1, &dir.path().join("one"));
+    run_to_end(&one).await;
+
+    let (mut first_config, group_model) = run_config(&base, "group", 1, &dir.path().join("group"));
+    first_config.pipeline.instances = shopstream_config::Instances::Group;
+    // The first instance checkpoints its partitions at every close, so the closes it
+    // keeps follow its newest checkpoints.
+    first_config.checkpoint.every_windows = 1;
+    first_config.checkpoint.min_interval_secs = 0;
+    // The second never checkpoints by itself: the partitions it takes over keep the
+    // checkpoints the first wrote as it handed them over.
+    let mut second_config = first_config.clone();
+    second_config.checkpoint.every_windows = 1_000_000;
+    second_config.checkpoint.min_interval_secs = 3_600;
+    let start = |config: Config| {
+        let (progress, watch) = tokio::sync::watch::channel(Default::default());
+        let options = RunOptions {
+            stop_at_end: true,
+            ..RunOptions::default()
+        };
+        let task = tokio::spawn(async move {
+            run_observed(&config, options, std::future::pending(), progress).await
+        });
+        (task, watch)
+    };
+    let wait =
+        |watch: &tokio::sync::watch::Receiver<shopstream_job::pipeline::Progress>,
+         what: &'static str,
+         ready: Box<dyn Fn(&shopstream_job::pipeline::Progress) -> bool + Send>| {
+            let mut watch = watch.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(300), watch.wait_for(|p| ready(p)))
+                    .await
+                    .unwrap_or_else(|_| panic!("{what} within 300 s"))
+                    .map(|_| ())
+                    .unwrap_or_else(|_| panic!("{what}: the instance ended first"));
+            }
+        };
+    let (first, first_progress) = start(first_config);
+    wait(
+        &first_progress,
+        "the first instance closes windows",
+        Box::new(|p| p.windows_closed >= 5),
+    )
+    .await;
+    let (second, second_progress) = start(second_config);
+    // It has taken partitions over once its endpoints show them (from the checkpoints
+    // the first wrote as it handed them over; it may have nothing left to read).
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        // (Copied out: a borrow held across the await would block the instance's
+        // progress updates.)
+        let addr = second_progress.borrow().http_addr;
+        if let Some(addr) = addr {
+            let (_, body) =
+                tokio::task::spawn_blocking(move || support::http_get(addr, "/metrics"))
+                    .await
+                    .unwrap();
+            if body.contains("shopstream_partition_owned{") {
+                break;
+            }
+        }
+        assert!(
+            !second.is_finished(),
+            "the second instance ended before it held partitions"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second instance holds partitions within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Closes go on while both read: the first instance checkpoints its own partitions
+    // past the checkpoints it handed over, and drops the closes before.
+    let closed = first_progress.borrow().windows_closed;
+    wait(
+        &first_progress,
+        "windows close while both instances read",
+        Box::new(move |p| p.windows_closed >= closed + 3),
+    )
+    .await;
+    if second.is_finished() {
+        panic!(
+            "the second instance ended before it was stopped: {:?}",
+            second.await.map(|r| r.map(|s| s.consumed))
+        );
+    }
+    // Gone without a checkpoint: its partitions go back to the first instance, whose
+    // newest checkpoints are the ones the first wrote as it handed them over.
+    second.abort();
+    let first = tokio::time::timeout(Duration::from_secs(600), first)
+        .await
+        .expect("the run ends within 600 s")
+        .unwrap()
+        .unwrap();
+    eprintln!(
+        "first: windows {}, partitions resumed {}, closes read again {}",
+        first.windows_closed, first.partitions_resumed, first.closes_reread
+    );
+    assert!(
+        first.closes_reread > 0,
+        "the partitions taken back needed closes the instance had dropped: {first:?}"
+    );
+    assert_same_outputs(
+        "1 instance vs a group that read dropped closes again",
+        (&one.store.path, &one_model),
+        (&dir.path().join("group"), &group_model),
+    );
+}
+
 /// A live instance started in a test: its task, its progress, what shuts it down.
 type LiveInstance = (
     tokio::task::JoinHandle<Result<RunSummary, shopstream_job::pipeline::PipelineError>>,

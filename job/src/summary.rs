@@ -53,6 +53,10 @@ pub struct RunSummary {
     /// handled, not counted as consumed).
     #[serde(skip_serializing_if = "is_zero")]
     pub checkpoint_skipped: u64,
+    /// Group runs: closes read again from the closes log for partitions taken over from
+    /// a checkpoint older than the closes this instance still kept.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub closes_reread: u64,
     /// Windows closed.
     pub windows_closed: u64,
     /// Item demand forecasts written to the store's `item_demand` table.

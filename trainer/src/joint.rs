@@ -457,8 +457,14 @@ impl JointModel {
     }
 
     /// Predictions for one example from the current parameters.
+    ///
+    /// Serving calls this once per impression: the activation buffers are this thread's,
+    /// reused from call to call, so that a prediction allocates nothing.
     pub fn predict(&self, input: &Input) -> Output {
-        self.predict_with(input, &mut Trace::default())
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Trace> = std::cell::RefCell::new(Trace::default());
+        }
+        SCRATCH.with(|trace| self.predict_with(input, &mut trace.borrow_mut()))
     }
 
     /// Predictions for many examples, reusing one set of activation buffers.

@@ -32,6 +32,7 @@
 
 pub(super) mod coordinator_checkpoint;
 mod coordinator_side;
+mod kept_closes;
 mod model_broadcast;
 mod partition_checkpoint;
 mod shard_side;

@@ -16,6 +16,8 @@
 //! A partition is checkpointed every `checkpoint.every_windows` closes applied (at most
 //! once per `checkpoint.min_interval_secs`), when it is revoked, and when the instance
 //! stops, each time once what the checkpoint covers has been sent to the coordinator.
+//! The side keeps the closes from the oldest checkpoint of the partitions it holds on
+//! ([`KeptCloses`]); a stage that needs older ones reads the closes log again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -38,6 +40,7 @@ use super::super::outputs::Outputs;
 use super::super::shard::{Consumed, Effect, ShardStage};
 use super::super::source_loop::bump;
 use super::super::{PipelineError, Progress, RunSummary};
+use super::kept_closes::{KeptCloses, Reread};
 use super::partition_checkpoint::{
     PartitionCheckpoints, PartitionStateRef, ResumePoints, STATE_VERSION,
 };
@@ -78,10 +81,11 @@ struct ShardSide<'a> {
     /// The features stage as a run starts: every new stage starts from it.
     initial: Coordinator,
     held: BTreeMap<i32, Held>,
-    /// Every close read so far, for stages that start later.
-    closes: Vec<SequencedClose>,
-    /// Who published each close (by number), for the answers.
-    authors: BTreeMap<u64, String>,
+    /// The closes read that a stage starting later may need, with who published each
+    /// (for the answers).
+    kept: KeptCloses,
+    /// The closes log (`<prefix>.closes`), read again for the closes `kept` dropped.
+    closes_topic: String,
     /// Partitions read to their end since the last progress.
     released: Vec<(InputTopic, i32)>,
     /// Answers not sent yet, in order.
@@ -160,8 +164,8 @@ pub(super) async fn run(
         bounded,
         initial,
         held: BTreeMap::new(),
-        closes: Vec::new(),
-        authors: BTreeMap::new(),
+        kept: KeptCloses::default(),
+        closes_topic: topics.closes.clone(),
         released: Vec::new(),
         answers: Vec::new(),
         outputs: Outputs::new(config, false)?,
@@ -201,7 +205,7 @@ pub(super) async fn run(
                         }
                         Ok(ToShards::Close(close)) => {
                             side.coordinator_seen();
-                            side.on_close(close, entry.writer);
+                            side.on_close(close, entry.writer, entry.offset);
                             Ok(())
                         }
                         Ok(ToShards::Merged) => {
@@ -305,8 +309,9 @@ impl Held {
 
 impl ShardSide<'_> {
     /// A stage for partition number `p`, from its newest checkpoint if it has one, with
-    /// every close read so far.
-    async fn stage_of(&mut self, p: i32) -> Held {
+    /// every close read so far from that checkpoint's on (those no longer kept are read
+    /// again from the closes log).
+    async fn stage_of(&mut self, p: i32) -> Result<Held, PipelineError> {
         // The checkpoint the source started this assignment's reading at; one the
         // source did not ask for (it read from the start) may be any.
         let loaded = match &self.resume_points {
@@ -329,10 +334,56 @@ impl ShardSide<'_> {
                 Held::new(ShardStage::with(self.config, follower), None)
             }
         };
-        for close in &self.closes {
+        let from = held.stage.windowing().next_seq();
+        if let Some(reread) = self.kept.reread_for(from) {
+            let closes = self.reread_closes(p, reread).await?;
+            self.kept.note_authors(&closes);
+            self.summary.closes_reread += closes.len() as u64;
+            for (close, _) in closes {
+                held.stage.windowing_mut().push_close(close);
+            }
+        }
+        for close in self.kept.iter() {
             held.stage.windowing_mut().push_close(close.clone());
         }
-        held
+        Ok(held)
+    }
+
+    /// Reads the closes log from its start again for the closes partition number `p`'s
+    /// new stage needs and the side no longer keeps.
+    async fn reread_closes(
+        &self,
+        p: i32,
+        mut reread: Reread,
+    ) -> Result<Vec<(SequencedClose, String)>, PipelineError> {
+        let range = reread.range();
+        tracing::info!(
+            partition = p,
+            from = range.start,
+            to = range.end,
+            "reading the closes log again for closes no longer kept"
+        );
+        let mut log = LogReader::open(&self.config.kafka, &self.closes_topic, 0).await?;
+        while !reread.take(&log.next().await?)? {}
+        reread.finish().map_err(|missing| {
+            PipelineError::Internal(format!(
+                "partition {p} needs close {missing} of {}, which reading the log again \
+                 did not find (closes {}..{} were read there before)",
+                self.closes_topic, range.start, range.end
+            ))
+        })
+    }
+
+    /// Drops the closes no stage held can need again: those before the oldest
+    /// checkpoint of the partitions held.
+    fn drop_unneeded_closes(&mut self) {
+        let floor = self.held.values().map(|h| h.checkpointed.0).min();
+        self.kept.drop_below(floor);
+        tracing::debug!(
+            kept = self.kept.len(),
+            from = self.kept.first(),
+            "closes kept for stages that start later"
+        );
     }
 
     /// Writes partition number `p`'s checkpoint (once [`ShardSide::send`] has sent what
@@ -373,6 +424,7 @@ impl ShardSide<'_> {
                 "committing a partition checkpoint's offsets took too long; going on without"
             ),
         }
+        self.drop_unneeded_closes();
         Ok(())
     }
 
@@ -410,9 +462,8 @@ impl ShardSide<'_> {
         Ok(())
     }
 
-    fn on_close(&mut self, close: SequencedClose, author: String) {
-        self.authors.insert(close.seq, author);
-        self.closes.push(close.clone());
+    fn on_close(&mut self, close: SequencedClose, author: String, offset: i64) {
+        self.kept.push(close.clone(), author, offset);
         let numbers: Vec<i32> = self.held.keys().copied().collect();
         for p in numbers {
             if let Some(held) = self.held.get_mut(&p) {
@@ -428,7 +479,7 @@ impl ShardSide<'_> {
             return;
         };
         for (seq, parts) in held.stage.windowing_mut().apply_due() {
-            let author = self.authors.get(&seq).cloned().unwrap_or_default();
+            let author = self.kept.author(seq).unwrap_or_default().to_string();
             self.answers.push(ToCoordinator::Parts {
                 seq,
                 author,
@@ -472,7 +523,7 @@ impl ShardSide<'_> {
             SourceMessage::Assigned(partitions) => {
                 for (topic, p) in partitions {
                     if !self.held.contains_key(&p) {
-                        let held = self.stage_of(p).await;
+                        let held = self.stage_of(p).await?;
                         self.held.insert(p, held);
                     }
                     if let Some(held) = self.held.get_mut(&p) {
@@ -491,6 +542,7 @@ impl ShardSide<'_> {
                     self.checkpoint(p).await?;
                     self.held.remove(&p);
                 }
+                self.drop_unneeded_closes();
                 self.show_ownership();
             }
             SourceMessage::Event {
