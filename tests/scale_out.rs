@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use shopstream_config::Config;
-use shopstream_ingest::generator::{GeneratorOptions, world::WorldSize};
+use shopstream_ingest::generator::{GeneratorOptions, GeneratorReport, world::WorldSize};
 use shopstream_job::generate::publish_traffic;
 use shopstream_job::pipeline::{RunOptions, RunSummary, run_observed};
 use support::{Broker, run_to_end};
@@ -138,21 +138,70 @@ async fn one_worker_and_two_workers_write_the_same_store_and_model() {
 /// (they replay them from the start), then one of them stops abruptly (its future
 /// dropped) and its partitions move back. The store and the model are those of one
 /// instance.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_group_whose_partitions_move_writes_the_store_and_model_of_one_instance() {
-    // On failure, what the instances logged (the model broadcast at debug) is in the output.
+/// A broker with `events` messages of [`traffic`] published on topics named after `name`
+/// (and what was published); the job's log lines at `log_filter` go to the test's output.
+async fn published(
+    name: &str,
+    events: u64,
+    log_filter: &str,
+) -> (Broker, tempfile::TempDir, Config, GeneratorReport) {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter("shopstream_job=info,shopstream_job::pipeline::group=debug")
+        .with_env_filter(log_filter)
         .with_test_writer()
         .try_init();
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
-    let base = broker.config("group-run", &dir.path().join("unused"));
+    let base = broker.config(name, &dir.path().join("unused"));
     let traffic = GeneratorOptions {
-        max_events: Some(150_000),
+        max_events: Some(events),
         ..traffic()
     };
     let report = publish_traffic(&base, traffic, None, None).await.unwrap();
+    (broker, dir, base, report)
+}
+
+/// A bounded group instance started in a test: its task and its progress.
+type BoundedInstance = (
+    tokio::task::JoinHandle<Result<RunSummary, shopstream_job::pipeline::PipelineError>>,
+    tokio::sync::watch::Receiver<shopstream_job::pipeline::Progress>,
+);
+
+/// Starts a `--stop-at-end` run of `config` on a task of its own.
+fn start_bounded(config: Config) -> BoundedInstance {
+    let (progress, watch) = tokio::sync::watch::channel(Default::default());
+    let options = RunOptions {
+        stop_at_end: true,
+        ..RunOptions::default()
+    };
+    let task = tokio::spawn(async move {
+        run_observed(&config, options, std::future::pending(), progress).await
+    });
+    (task, watch)
+}
+
+/// Waits up to 300 s until an instance's progress is `ready` (`what` names it).
+async fn wait_progress(
+    watch: &tokio::sync::watch::Receiver<shopstream_job::pipeline::Progress>,
+    what: &str,
+    ready: impl Fn(&shopstream_job::pipeline::Progress) -> bool,
+) {
+    let mut watch = watch.clone();
+    tokio::time::timeout(Duration::from_secs(300), watch.wait_for(|p| ready(p)))
+        .await
+        .unwrap_or_else(|_| panic!("{what} within 300 s"))
+        .map(|_| ())
+        .unwrap_or_else(|_| panic!("{what}: the instance ended first"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_whose_partitions_move_writes_the_store_and_model_of_one_instance() {
+    // On failure, what the instances logged (the model broadcast at debug) is in the output.
+    let (_broker, dir, base, report) = published(
+        "group-run",
+        150_000,
+        "shopstream_job=info,shopstream_job::pipeline::group=debug",
+    )
+    .await;
     let messages = report.valid_total + report.malformed_total;
 
     let (one, one_model) = run_config(&base, "one", 1, &dir.path().join("one"));
@@ -165,36 +214,15 @@ async fn a_group_whose_partitions_move_writes_the_store_and_model_of_one_instanc
     // they have read anything; the group_kill tests and the live group test below cover
     // resumes).
     group.checkpoint.enabled = false;
-    let start = |config: Config| {
-        let (progress, watch) = tokio::sync::watch::channel(Default::default());
-        let options = RunOptions {
-            stop_at_end: true,
-            ..RunOptions::default()
-        };
-        let task = tokio::spawn(async move {
-            run_observed(&config, options, std::future::pending(), progress).await
-        });
-        (task, watch)
-    };
-    let wait = |mut watch: tokio::sync::watch::Receiver<shopstream_job::pipeline::Progress>,
-                what: &'static str,
-                ready: fn(&shopstream_job::pipeline::Progress) -> bool| async move {
-        tokio::time::timeout(Duration::from_secs(300), watch.wait_for(ready))
-            .await
-            .unwrap_or_else(|_| panic!("{what} within 300 s"))
-            .map(|_| ())
-            .unwrap_or_else(|_| panic!("{what}: the instance ended first"));
-    };
-    let (first, first_progress) = start(group.clone());
-    let first_watch = first_progress.clone();
-    wait(first_progress, "the first instance closes windows", |p| {
+    let (first, first_watch) = start_bounded(group.clone());
+    wait_progress(&first_watch, "the first instance closes windows", |p| {
         p.windows_closed >= 5
     })
     .await;
     let joined = std::time::Instant::now();
-    let (second, second_progress) = start(group.clone());
-    let (third, third_progress) = start(group.clone());
-    wait(second_progress, "the second instance reads", |p| {
+    let (second, second_progress) = start_bounded(group.clone());
+    let (third, third_progress) = start_bounded(group.clone());
+    wait_progress(&second_progress, "the second instance reads", |p| {
         p.consumed >= 500
     })
     .await;
@@ -206,9 +234,9 @@ async fn a_group_whose_partitions_move_writes_the_store_and_model_of_one_instanc
     second.abort();
     // The model broadcast reaches an instance that does not train, and each instance's
     // endpoints show its role, its partitions and the model it serves with.
-    let third_watch = third_progress.clone();
-    wait(
-        third_progress,
+    let third_watch = third_progress;
+    wait_progress(
+        &third_watch,
         "the third instance serves a broadcast model",
         |p| p.serving_model_version > 0,
     )
@@ -320,18 +348,7 @@ async fn a_group_whose_partitions_move_writes_the_store_and_model_of_one_instanc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_taken_over_from_an_older_checkpoint_reads_the_dropped_closes_again() {
     // On failure, what the instances logged is in the output.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("shopstream_job=info")
-        .with_test_writer()
-        .try_init();
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let base = broker.config("group-reread", &dir.path().join("unused"));
-    let traffic = GeneratorOptions {
-        max_events: Some(120_000),
-        ..traffic()
-    };
-    publish_traffic(&base, traffic, None, None).await.unwrap();
+    let (_broker, dir, base, _) = published("group-reread", 120_000, "shopstream_job=info").await;
     let (one, one_model) = run_config(&base, "one", 1, &dir.path().join("one"));
     run_to_end(&one).await;
 
@@ -346,38 +363,12 @@ async fn a_partition_taken_over_from_an_older_checkpoint_reads_the_dropped_close
     let mut second_config = first_config.clone();
     second_config.checkpoint.every_windows = 1_000_000;
     second_config.checkpoint.min_interval_secs = 3_600;
-    let start = |config: Config| {
-        let (progress, watch) = tokio::sync::watch::channel(Default::default());
-        let options = RunOptions {
-            stop_at_end: true,
-            ..RunOptions::default()
-        };
-        let task = tokio::spawn(async move {
-            run_observed(&config, options, std::future::pending(), progress).await
-        });
-        (task, watch)
-    };
-    let wait =
-        |watch: &tokio::sync::watch::Receiver<shopstream_job::pipeline::Progress>,
-         what: &'static str,
-         ready: Box<dyn Fn(&shopstream_job::pipeline::Progress) -> bool + Send>| {
-            let mut watch = watch.clone();
-            async move {
-                tokio::time::timeout(Duration::from_secs(300), watch.wait_for(|p| ready(p)))
-                    .await
-                    .unwrap_or_else(|_| panic!("{what} within 300 s"))
-                    .map(|_| ())
-                    .unwrap_or_else(|_| panic!("{what}: the instance ended first"));
-            }
-        };
-    let (first, first_progress) = start(first_config);
-    wait(
-        &first_progress,
-        "the first instance closes windows",
-        Box::new(|p| p.windows_closed >= 5),
-    )
+    let (first, first_progress) = start_bounded(first_config);
+    wait_progress(&first_progress, "the first instance closes windows", |p| {
+        p.windows_closed >= 5
+    })
     .await;
-    let (second, second_progress) = start(second_config);
+    let (second, second_progress) = start_bounded(second_config);
     // It has taken partitions over once its endpoints show them (from the checkpoints
     // the first wrote as it handed them over; it may have nothing left to read).
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
@@ -407,10 +398,10 @@ async fn a_partition_taken_over_from_an_older_checkpoint_reads_the_dropped_close
     // Closes go on while both read: the first instance checkpoints its own partitions
     // past the checkpoints it handed over, and drops the closes before.
     let closed = first_progress.borrow().windows_closed;
-    wait(
+    wait_progress(
         &first_progress,
         "windows close while both instances read",
-        Box::new(move |p| p.windows_closed >= closed + 3),
+        |p| p.windows_closed >= closed + 3,
     )
     .await;
     if second.is_finished() {
