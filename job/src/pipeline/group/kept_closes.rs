@@ -79,7 +79,8 @@ impl KeptCloses {
             if close.seq >= floor {
                 break;
             }
-            self.dropped_through = Some(self.dropped_through.map_or(*offset, |d| d.max(*offset)));
+            // Closes are kept in the order read, so the last dropped is the newest.
+            self.dropped_through = Some(*offset);
             self.closes.pop_front();
         }
         self.authors = self.authors.split_off(&floor);
@@ -98,13 +99,9 @@ impl KeptCloses {
         })
     }
 
-    /// Takes in the closes read again (their authors, for the answers the stage gives).
-    pub(super) fn note_authors(&mut self, closes: &[(SequencedClose, String)]) {
-        for (close, author) in closes {
-            self.authors
-                .entry(close.seq)
-                .or_insert_with(|| author.clone());
-        }
+    /// Takes in the author of close `seq`, read again (for the answers the stage gives).
+    pub(super) fn note_author(&mut self, seq: u64, author: String) {
+        self.authors.entry(seq).or_insert(author);
     }
 
     /// The number of closes kept (for tests and logs).
@@ -284,7 +281,9 @@ mod tests {
             [(1, "a"), (2, "a"), (3, "b")]
         );
         assert_eq!(found[2].0, close(3), "b's close 3, not a's stale one");
-        kept.note_authors(&found);
+        for (c, w) in found {
+            kept.note_author(c.seq, w);
+        }
         assert_eq!(kept.author(3), Some("b"));
     }
 

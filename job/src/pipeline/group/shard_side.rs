@@ -337,9 +337,9 @@ impl ShardSide<'_> {
         let from = held.stage.windowing().next_seq();
         if let Some(reread) = self.kept.reread_for(from) {
             let closes = self.reread_closes(p, reread).await?;
-            self.kept.note_authors(&closes);
             self.summary.closes_reread += closes.len() as u64;
-            for (close, _) in closes {
+            for (close, author) in closes {
+                self.kept.note_author(close.seq, author);
                 held.stage.windowing_mut().push_close(close);
             }
         }
@@ -463,12 +463,13 @@ impl ShardSide<'_> {
     }
 
     fn on_close(&mut self, close: SequencedClose, author: String, offset: i64) {
-        self.kept.push(close.clone(), author, offset);
+        for held in self.held.values_mut() {
+            held.stage.windowing_mut().push_close(close.clone());
+        }
+        // Kept before the answers, which name its author.
+        self.kept.push(close, author, offset);
         let numbers: Vec<i32> = self.held.keys().copied().collect();
         for p in numbers {
-            if let Some(held) = self.held.get_mut(&p) {
-                held.stage.windowing_mut().push_close(close.clone());
-            }
             self.answer(p);
         }
     }
