@@ -22,6 +22,7 @@
 //! Use `scripts/bench-scale.sh`, which starts tansu and builds in release mode.
 //!
 //! usage: throughput BROKERS [EVENTS] [ROUNDS] [RATE]   (RATE 0 skips the live part;
+//! THROUGHPUT_FILE_SPAN_SECS=0 sets `store.file_span_secs` (0: a file per window);
 //! THROUGHPUT_WORKERS=2 runs only the job with 2 workers, e.g. under perf;
 //! THROUGHPUT_GROUPS=2 only the group of 2 instances; THROUGHPUT_PACE=wall only the live
 //! part at the wall clock's pace)
@@ -79,6 +80,12 @@ fn config_for(brokers: &str, prefix: &str) -> Config {
         *topic = format!("{prefix}.{name}");
     }
     config.http.enabled = false;
+    if let Some(secs) = std::env::var("THROUGHPUT_FILE_SPAN_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.store.file_span_secs = secs;
+    }
     config
 }
 

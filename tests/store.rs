@@ -83,8 +83,10 @@ async fn replay_of_the_live_range_writes_byte_identical_files() {
     let dir = tempfile::tempdir().unwrap();
     let live = dir.path().join("live");
     let mut config = broker.config("replay", &live);
-    // Compared window file by window file first; compaction is compared after.
+    // Compared window file by window file first (a file per window, none merged);
+    // compaction is compared after.
     config.store.compact_closed_hours = false;
+    config.store.file_span_secs = 0;
     config.pipeline.idle_partition_timeout_secs = 30;
     let report = publish_traffic(&config, traffic(21), None, None)
         .await
@@ -177,6 +179,76 @@ async fn replay_of_the_live_range_writes_byte_identical_files() {
     println!(
         "replay: {examples} example files byte-identical (full range), {} in the sub-range, {compacted} after compaction, {rows} rows",
         part_files.len()
+    );
+}
+
+/// Guards the store's file spans (`store.file_span_secs`): a live job stopped part way keeps
+/// the rows of the span it was in in its checkpoint (with its open windows), and the run
+/// after it writes the files, names and bytes, of a job never stopped. Compaction is off,
+/// so no merge hides a difference, and there are fewer files than windows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_stopped_mid_span_writes_the_files_of_one_never_stopped() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let stopped = dir.path().join("stopped");
+    let mut config = broker.config("spans", &stopped);
+    config.store.compact_closed_hours = false;
+    config.pipeline.idle_partition_timeout_secs = 30;
+    assert_eq!(config.store.file_span_secs, 600, "the default span");
+    let report = publish_traffic(&config, traffic(22), None, None)
+        .await
+        .unwrap();
+    let total = report.valid_total + report.malformed_total;
+
+    // Stopped once about half the input is consumed, as SIGTERM would.
+    let (progress, mut watch) = tokio::sync::watch::channel(Default::default());
+    let half = async move {
+        let _ = watch
+            .wait_for(|p: &shopstream_job::pipeline::Progress| p.consumed >= total / 2)
+            .await;
+    };
+    let first = tokio::time::timeout(
+        Duration::from_secs(120),
+        run_observed(&config, RunOptions::default(), half, progress),
+    )
+    .await
+    .expect("stopped run within 120 s")
+    .expect("stopped run");
+    assert!(
+        first.examples_written < report.impressions,
+        "the first run stopped part way: {} of {} examples",
+        first.examples_written,
+        report.impressions
+    );
+    let end = support::run_to_end(&config).await;
+    assert_eq!(
+        first.examples_written + end.examples_written,
+        report.impressions,
+        "every example written once across the stop"
+    );
+
+    let mut never = config.clone();
+    never.store.path = dir.path().join("never-stopped");
+    never.kafka.group_id = format!("{}-never", config.kafka.group_id);
+    let whole = support::run_to_end(&never).await;
+    assert_eq!(whole.examples_written, report.impressions);
+    support::assert_same_store(
+        "stopped mid-span vs never stopped",
+        &stopped,
+        &never.store.path,
+    );
+    let files = store_files(&stopped)
+        .keys()
+        .filter(|k| k.starts_with("examples/"))
+        .count() as u64;
+    assert!(
+        files < whole.windows_closed / 2,
+        "{files} example files for {} windows",
+        whole.windows_closed
+    );
+    println!(
+        "file spans: {files} example files for {} windows; the stopped run wrote {} of {} examples",
+        whole.windows_closed, first.examples_written, report.impressions
     );
 }
 
@@ -275,11 +347,12 @@ async fn sigkill_at_eight_points_then_restart_gives_the_never_killed_store_and_m
     for (n, point) in [
         "pipeline.message_handled:4600",
         "store.temp_written:7",
-        "store.files_renamed:60",
+        // (Windows are written a file span at a time: about 8 spans of 5 tables here.)
+        "store.files_renamed:15",
         "checkpoint.temp_written:4",
         "checkpoint.written:9",
         "store.compaction_written:1",
-        "store.temp_written:120",
+        "store.temp_written:20",
         // After the last checkpoint, before the model file: the restart resumes at the
         // end and must write the model file of the run never killed (issue 13, 3).
         "pipeline.model_saving:1",

@@ -359,6 +359,14 @@ pub struct StoreConfig {
     /// count stays at about one per table and hour. `shopstream store compact` does the
     /// same on demand.
     pub compact_closed_hours: bool,
+    /// Event time the files written as windows close span, in seconds: a window's rows are
+    /// held in memory (and in checkpoints) until the window that starts the next span of
+    /// this length (aligned to the epoch) closes, or an hour is compacted, or a bounded
+    /// run ends; then one file per table and hour holds them all. Fewer, larger files
+    /// cost less to write and to compact; rows become visible to readers up to this much
+    /// event time later. The spans follow event time only, so a restarted job writes the
+    /// same files. 0 writes one file per window. Must divide 3600.
+    pub file_span_secs: u64,
 }
 
 impl Default for StoreConfig {
@@ -368,6 +376,7 @@ impl Default for StoreConfig {
             row_group_rows: 65_536,
             zstd_level: 3,
             compact_closed_hours: true,
+            file_span_secs: 600,
         }
     }
 }

@@ -169,6 +169,13 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
     if config.store.row_group_rows == 0 {
         bad("store.row_group_rows", "must be at least 1".into());
     }
+    let span = config.store.file_span_secs;
+    if span > 0 && 3_600 % span != 0 {
+        bad(
+            "store.file_span_secs",
+            format!("{span} does not divide an hour (3600 s); use 0 or a divisor such as 600"),
+        );
+    }
     if !(1..=22).contains(&config.store.zstd_level) {
         bad(
             "store.zstd_level",

@@ -26,8 +26,10 @@ use shopstream_ingest::event::{Event, InputTopic};
 use shopstream_kafka::source::{Positions, RecordMeta};
 use shopstream_trainer::Trainer;
 
+use crate::pipeline::held_rows::HeldState;
+
 /// Version of the checkpoint contents (the file format has its own, in the sinks crate).
-pub const STATE_VERSION: u32 = 2;
+pub const STATE_VERSION: u32 = 3;
 
 /// An event held for a clock-skew decision.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +63,8 @@ pub struct JobStateRef<'a, D: Serialize> {
     pub trainer: &'a Trainer,
     /// The drift monitors (absent when drift detection is off).
     pub drift: Option<&'a D>,
+    /// The rows of closed windows the store has not been written yet.
+    pub(crate) store_rows: &'a HeldState,
 }
 
 /// The job's state, as read back.
@@ -82,6 +86,8 @@ pub struct JobState<D> {
     pub trainer: Trainer,
     /// The drift monitors.
     pub drift: Option<D>,
+    /// The rows of closed windows the store has not been written yet.
+    pub(crate) store_rows: HeldState,
 }
 
 /// Positions as the `topic/partition -> offset` map logged and reported.

@@ -11,6 +11,7 @@
 //! - [`checkpoint`]: versioned, checksummed checkpoint files written atomically, the last
 //!   K kept; loading skips damaged ones.
 //! - [`failpoint`]: named crash points for the kill tests (inert unless armed).
+//! - `held`: serde for the rows of windows a job holds before writing them (checkpoints).
 //! - [`read`]: reading the store back (summaries, tests).
 //! - [`query`]: SQL over the store on polars, and point-in-time training sets.
 //! - [`tables`]: the names of the store's tables, in one place.
@@ -19,6 +20,7 @@ mod atomic;
 pub mod checkpoint;
 mod error;
 pub mod failpoint;
+mod held;
 pub mod manifest;
 pub mod query;
 pub mod read;

@@ -42,6 +42,22 @@ pub struct WrittenFile {
     pub bytes: u64,
 }
 
+/// The rows of one hour partition from each window of a span: (window ms, rows, metadata).
+type HourParts<'a> = Vec<(i64, RecordBatch, &'a BTreeMap<String, String>)>;
+
+/// One window's rows of a table, waiting to be written with the windows next to it
+/// ([`ParquetStore::write_windows`]).
+#[derive(Debug, Clone)]
+pub struct WindowRows {
+    /// The time that names the window's files (epoch ms): its start, or for tables named
+    /// after the window's end, its end.
+    pub window_ms: i64,
+    /// The rows, in any order.
+    pub batch: RecordBatch,
+    /// Key-value metadata of the window's files.
+    pub metadata: BTreeMap<String, String>,
+}
+
 /// Writes tables below one root directory.
 #[derive(Debug, Clone)]
 pub struct ParquetStore {
@@ -120,6 +136,115 @@ impl ParquetStore {
             files.push(committed(&file));
             written.push(file);
         }
+        self.commit_written(table, file_stem, files, written, source_offsets)
+    }
+
+    /// Writes the rows of consecutive windows of `table` (in window order) as one file per
+    /// hour partition, then commits them under one record, with `source_offsets`. A
+    /// single window is written exactly as [`ParquetStore::write`] writes it (stem
+    /// `window-<ms>`). For several, an hour holding rows of one window gets that window's
+    /// file, and an hour holding rows of several gets `compact-<first>-<last>`: the file,
+    /// name and bytes alike, that [`ParquetStore::compact`] makes of their window files
+    /// (the rows of the windows in order, stably sorted; their metadata merged). The
+    /// record is `window-<first>-<last>` over the windows with rows.
+    ///
+    /// So a run that writes a few windows at a time ends, once an hour is compacted, with
+    /// the files of a run that wrote one window at a time. Windows with no rows are
+    /// skipped. Returns the files written.
+    pub fn write_windows(
+        &self,
+        table: &str,
+        windows: &[WindowRows],
+        source_offsets: &BTreeMap<String, i64>,
+    ) -> Result<Vec<WrittenFile>, StoreError> {
+        let windows: Vec<&WindowRows> = windows.iter().filter(|w| w.batch.num_rows() > 0).collect();
+        match windows.as_slice() {
+            [] => return Ok(Vec::new()),
+            [one] => {
+                let stem = format!("{WINDOW_PREFIX}{}", one.window_ms);
+                return self.write(table, &stem, &one.batch, &one.metadata, source_offsets);
+            }
+            _ => {}
+        }
+        let mut by_hour: BTreeMap<String, HourParts<'_>> = BTreeMap::new();
+        for window in &windows {
+            for (partition, part) in split_by_hour(table, &window.batch)? {
+                by_hour.entry(partition).or_default().push((
+                    window.window_ms,
+                    part,
+                    &window.metadata,
+                ));
+            }
+        }
+        let span = WindowSpan {
+            first: windows
+                .iter()
+                .map(|w| w.window_ms)
+                .min()
+                .unwrap_or_default(),
+            last: windows
+                .iter()
+                .map(|w| w.window_ms)
+                .max()
+                .unwrap_or_default(),
+        };
+        let id = format!("{WINDOW_PREFIX}{}", span.id_suffix());
+        let replaced = self.replaced_paths(table)?;
+        let mut files = Vec::new();
+        let mut written = Vec::new();
+        for (partition, parts) in by_hour {
+            let (relative, batch, metadata) = match parts.as_slice() {
+                [(ms, part, metadata)] => (
+                    format!("{partition}/{WINDOW_PREFIX}{ms}.parquet"),
+                    sort_for_readers(part)?,
+                    (*metadata).clone(),
+                ),
+                _ => {
+                    let hour_span = WindowSpan {
+                        first: parts.iter().map(|p| p.0).min().unwrap_or_default(),
+                        last: parts.iter().map(|p| p.0).max().unwrap_or_default(),
+                    };
+                    let mut metadata = BTreeMap::new();
+                    for (_, _, from) in &parts {
+                        merge_window_metadata(&mut metadata, (*from).clone());
+                    }
+                    let batches: Vec<RecordBatch> = parts.iter().map(|p| p.1.clone()).collect();
+                    let merged = arrow::compute::concat_batches(&batches[0].schema(), &batches)?;
+                    (
+                        format!("{partition}/{}.parquet", hour_span.file_stem()),
+                        sort_for_readers(&merged)?,
+                        metadata,
+                    )
+                }
+            };
+            if replaced.contains(&relative) {
+                // As in `write`: a compaction holds these rows already.
+                let bytes = self.committed_bytes(table, &id, &relative)?;
+                files.push(CommittedFile {
+                    path: relative,
+                    rows: batch.num_rows() as u64,
+                    bytes,
+                });
+                continue;
+            }
+            let file = self.write_one(table, &relative, &batch, &metadata)?;
+            files.push(committed(&file));
+            written.push(file);
+        }
+        self.commit_written(table, &id, files, written, source_offsets)
+    }
+
+    /// Commits `files` of `table` under the record `id`, with `source_offsets`, when any
+    /// of them was `written` now (none: the compaction that replaced them holds their
+    /// rows, and its record stands). Returns `written`.
+    fn commit_written(
+        &self,
+        table: &str,
+        id: &str,
+        files: Vec<CommittedFile>,
+        written: Vec<WrittenFile>,
+        source_offsets: &BTreeMap<String, i64>,
+    ) -> Result<Vec<WrittenFile>, StoreError> {
         if written.is_empty() {
             return Ok(written);
         }
@@ -129,7 +254,7 @@ impl ParquetStore {
             &Commit {
                 format: manifest::COMMIT_FORMAT,
                 table: table.to_string(),
-                id: file_stem.to_string(),
+                id: id.to_string(),
                 files,
                 replaces: Vec::new(),
                 source_offsets: source_offsets.clone(),
@@ -830,6 +955,97 @@ mod tests {
                 .expect("write");
         }
         (dir, store, windows)
+    }
+
+    /// The windows of [`four_windows`] with their metadata, plus a fifth window whose
+    /// rows fall into the next hour too (rows late for the first).
+    fn five_window_rows() -> Vec<WindowRows> {
+        let mut rows: Vec<WindowRows> = four_windows()
+            .into_iter()
+            .map(|(stem, batch)| {
+                let ms: i64 = stem["window-".len()..].parse().expect("ms");
+                WindowRows {
+                    window_ms: ms,
+                    batch,
+                    metadata: BTreeMap::from([
+                        ("shopstream.window_start_ms".to_string(), ms.to_string()),
+                        (
+                            "shopstream.window_end_ms".to_string(),
+                            (ms + 60_000).to_string(),
+                        ),
+                        ("shopstream.schema".to_string(), "1".to_string()),
+                    ]),
+                }
+            })
+            .collect();
+        let ms = H0 + 3_600_000;
+        rows.push(WindowRows {
+            window_ms: ms,
+            batch: keyed(&[("u3", ms + 1, "w4-0"), ("u1", H0 + 2_000, "w4-late")]),
+            metadata: BTreeMap::from([("shopstream.window_start_ms".to_string(), ms.to_string())]),
+        });
+        rows
+    }
+
+    /// Guards the store's file spans: windows written a few at a time end, once their
+    /// hours are compacted, with the files (names and bytes) of windows written one at a
+    /// time, however the windows were grouped.
+    #[test]
+    fn windows_written_together_compact_to_the_files_of_windows_written_one_by_one() {
+        let data = |root: &Path| -> BTreeMap<String, Vec<u8>> {
+            tree(root)
+                .into_iter()
+                .filter(|(name, _)| name.starts_with("t/"))
+                .collect()
+        };
+        let windows = five_window_rows();
+        let none = BTreeMap::new();
+        let one_by_one = tempfile::tempdir().expect("dir");
+        let store = open_store(one_by_one.path());
+        for window in &windows {
+            let stem = format!("window-{}", window.window_ms);
+            store
+                .write("t", &stem, &window.batch, &window.metadata, &none)
+                .expect("write");
+        }
+        store.compact("t", None).expect("compact");
+        let expected = data(one_by_one.path());
+        for groups in [vec![5], vec![2, 3], vec![1, 3, 1], vec![4, 1]] {
+            let dir = tempfile::tempdir().expect("dir");
+            let store = open_store(dir.path());
+            let mut at = 0;
+            for n in &groups {
+                let written = store
+                    .write_windows("t", &windows[at..at + n], &none)
+                    .expect("write windows");
+                assert!(!written.is_empty(), "{groups:?}");
+                at += n;
+            }
+            store.compact("t", None).expect("compact");
+            let got = data(dir.path());
+            assert_eq!(
+                got.keys().collect::<Vec<_>>(),
+                expected.keys().collect::<Vec<_>>(),
+                "groups {groups:?}: same file names"
+            );
+            assert!(got == expected, "groups {groups:?}: same bytes");
+        }
+        // Written at once, an hour with rows of one window keeps that window's name, one
+        // with several gets the merged file's, and one record names them.
+        let dir = tempfile::tempdir().expect("dir");
+        let store = open_store(dir.path());
+        let written = store.write_windows("t", &windows, &none).expect("write");
+        let names: Vec<&str> = written.iter().map(|f| f.relative.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "date=2026-01-05/hour=00/compact-1767571200000-1767574800000.parquet",
+                "date=2026-01-05/hour=01/window-1767574800000.parquet"
+            ]
+        );
+        let commits = manifest::read_commits(dir.path(), "t").expect("records");
+        let ids: Vec<&str> = commits.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["window-1767571200000-1767574800000"]);
     }
 
     /// Guards issue 13 (2): the merged file's name and bytes depend on the windows it

@@ -4,11 +4,14 @@
 //! (`item_demand`, `examples`, `metrics`, `drift`, `alerts`), then compaction of the
 //! hours no later window can touch.
 //!
-//! Store writes run on the blocking pool while the stage goes on with the next window (at
-//! most [`MAX_WRITES_IN_FLIGHT`] at once). Each file has its own name and commit record, so
-//! they do not depend on each other; what depends on them waits with
+//! A window's tables are held in memory until their file span ends (`store.file_span_secs`,
+//! [`HeldRows`]), then written together. Store writes run on the blocking pool while the
+//! stage goes on with the next window (at most [`MAX_WRITES_IN_FLIGHT`] at once). Each
+//! file has its own name and commit record, so they do not depend on each other; what
+//! depends on them waits with
 //! [`GlobalStage::settle_writes`]: compaction, every checkpoint (whose offsets must not be
-//! committed before the files they produced are durable), and the end of the run.
+//! committed before the files they produced are durable; the rows still held go into
+//! the checkpoint), and the end of the run.
 //! Compaction of the settled hours runs on the blocking pool too, while later windows are
 //! written (they never touch those hours); `settle_writes` waits for it as well.
 
@@ -22,12 +25,13 @@ use shopstream_drift::stage::{Arrival, DriftGauges, DriftStage};
 use shopstream_drift::tables::{alerts_batch, drift_batch};
 use shopstream_drift::webhook::{Webhook, WebhookOptions};
 use shopstream_features::{WindowOutput, examples_batch, examples_metadata};
-use shopstream_sinks::store::{PARTITION_MS, ParquetStore, StoreError, WrittenFile};
+use shopstream_sinks::store::{PARTITION_MS, ParquetStore, StoreError, WindowRows, WrittenFile};
 use shopstream_sinks::tables;
 use shopstream_trainer::Trainer;
 use shopstream_trainer::joint::Output;
 
 use super::PipelineError;
+use super::held_rows::{HeldRows, HeldState};
 use super::outputs::Outputs;
 use crate::summary::GlobalCounters;
 
@@ -39,8 +43,8 @@ pub(super) struct GlobalStage {
     /// Alert webhook (`drift.webhook_url`, live runs only).
     pub(super) webhook: Option<Webhook>,
     store: ParquetStore,
-    /// Hour (since the epoch) of the last `settled` bound compacted up to.
-    compacted_hours: Option<i64>,
+    /// The rows of closed windows not written yet, and where compaction stands.
+    held: HeldRows,
     /// Store writes started and not yet awaited, oldest first.
     writes: VecDeque<PendingWrite>,
     /// The compaction running, if any: how many hour partitions it merges.
@@ -88,15 +92,22 @@ impl GlobalStage {
                 _ => None,
             },
             store,
-            compacted_hours: None,
+            held: HeldRows::new(config.store.file_span_secs),
             writes: VecDeque::new(),
             compacting: None,
         })
     }
 
-    /// Takes over a checkpoint's model and drift stage.
-    pub(super) fn resume(&mut self, config: &Config, trainer: Trainer, drift: Option<DriftStage>) {
+    /// Takes over a checkpoint's model, drift stage and held rows.
+    pub(super) fn resume(
+        &mut self,
+        config: &Config,
+        trainer: Trainer,
+        drift: Option<DriftStage>,
+        held: HeldState,
+    ) {
         self.trainer = trainer;
+        self.held.resume(held);
         if self.drift.is_some() {
             // Drift detection switched on since the checkpoint starts fresh; a restored
             // stage takes the [drift] settings the job runs with now.
@@ -105,6 +116,11 @@ impl GlobalStage {
                 stage.reconfigure(&config.drift);
             }
         }
+    }
+
+    /// The rows held for the store, as a checkpoint keeps them.
+    pub(super) fn held_rows(&self) -> &HeldState {
+        self.held.state()
     }
 
     /// An admitted event's evidence for the arrival monitor.
@@ -141,8 +157,8 @@ impl GlobalStage {
         }
     }
 
-    /// One closed window: demand, score then train, drift, the window's tables, and
-    /// compaction of the hours it settled.
+    /// One closed window: demand, score then train, drift, the window's tables (held
+    /// until their file span ends), and compaction of the hours it settled.
     pub(super) async fn window_closed(
         &mut self,
         output: WindowOutput,
@@ -154,6 +170,40 @@ impl GlobalStage {
             counters,
             outputs,
         } = cx;
+        if self.held.span_ends_before(output.start) {
+            self.write_held(counters).await?;
+        }
+        let settled = self
+            .train_and_hold(&output, write, &offsets, outputs, counters)
+            .await?;
+        if self.held.per_window() {
+            self.write_held(counters).await?;
+        }
+        let Some(settled_before) = settled else {
+            return Ok(());
+        };
+        // Hours that no later window can add rows to (see `settled_before`). Partitions
+        // end on whole hours, so the partitions settled change only when the bound passes
+        // an hour; in between, compaction would re-read every commit record of every
+        // table to find nothing to do.
+        let settled_hours = settled_before.div_euclid(PARTITION_MS);
+        if self.held.compacted_hours() != Some(settled_hours) {
+            self.compact(Some(settled_before), counters).await?;
+            self.held.set_compacted_hours(settled_hours);
+        }
+        Ok(())
+    }
+
+    /// The window's model and drift steps, its tables held; the bound of the hours its
+    /// close settled when it had examples to write.
+    async fn train_and_hold(
+        &mut self,
+        output: &WindowOutput,
+        write: bool,
+        offsets: &BTreeMap<String, i64>,
+        outputs: &mut Outputs,
+        counters: &mut GlobalCounters,
+    ) -> Result<Option<i64>, PipelineError> {
         // Item demand: score and train on what sold in this window, forecast the next.
         let demand = self.trainer.train_demand(&output.demand);
         let forecasts = self.trainer.forecast(&output.demand_next);
@@ -162,35 +212,30 @@ impl GlobalStage {
             counters.stockout_risks += forecasts.iter().filter(|f| f.stockout_risk).count() as u64;
             if write {
                 let batch = shopstream_trainer::metrics::demand_batch(&forecasts)?;
-                self.write_plain(tables::ITEM_DEMAND, output.end, batch, &offsets, counters)
-                    .await?;
+                let rows = window_rows(output.end, batch, BTreeMap::new());
+                self.held
+                    .hold(output.start, tables::ITEM_DEMAND, rows, offsets);
             }
         }
         // Prequential: the window's examples are scored before the model trains on them;
         // the drift monitors see those scores.
         let (mut metrics, scores) = self.trainer.train_window_scored(&output.examples);
-        self.observe_drift(&output, &scores, write, &offsets, outputs, counters)
+        self.observe_drift(output, &scores, write, offsets, outputs)
             .await?;
         if output.examples.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         metrics.demand = demand;
         counters.quality.add(&metrics);
         if !write {
             self.trainer.record_window(metrics);
-            return Ok(());
+            return Ok(None);
         }
         let batch = examples_batch(&output.examples)?;
         let metadata = examples_metadata(output.start, output.end);
-        self.write_table(
-            tables::EXAMPLES,
-            output.start,
-            batch,
-            metadata,
-            &offsets,
-            counters,
-        )
-        .await?;
+        let rows = window_rows(output.start, batch, metadata);
+        self.held
+            .hold(output.start, tables::EXAMPLES, rows, offsets);
         // The prequential metrics of the window go to the store's `metrics` table.
         let metrics_batch = shopstream_trainer::metrics::metrics_batch(
             output.start,
@@ -198,14 +243,8 @@ impl GlobalStage {
             self.trainer.version(),
             &metrics,
         )?;
-        self.write_plain(
-            tables::METRICS,
-            output.start,
-            metrics_batch,
-            &offsets,
-            counters,
-        )
-        .await?;
+        let rows = window_rows(output.start, metrics_batch, BTreeMap::new());
+        self.held.hold(output.start, tables::METRICS, rows, offsets);
         tracing::debug!(
             window_start = output.start,
             events = output.events,
@@ -214,61 +253,27 @@ impl GlobalStage {
             "window closed"
         );
         self.trainer.record_window(metrics);
-        // Hours that no later window can add rows to (see `settled_before`). Partitions
-        // end on whole hours, so the partitions settled change only when the bound passes
-        // an hour; in between, compaction would re-read every commit record of every
-        // table to find nothing to do.
-        let settled_hours = output.settled_before.div_euclid(PARTITION_MS);
-        if self.compacted_hours != Some(settled_hours) {
-            self.compact(Some(output.settled_before), counters).await?;
-            self.compacted_hours = Some(settled_hours);
-        }
-        Ok(())
+        Ok(Some(output.settled_before))
     }
 
-    /// Starts writing `batch` to `table` as the files of the window starting at
-    /// `window_ms` (deterministic names), with `metadata` plus the window start in each
-    /// file; first waits for the oldest write when [`MAX_WRITES_IN_FLIGHT`] are running.
-    async fn write_table(
-        &mut self,
-        table: &'static str,
-        window_ms: i64,
-        batch: RecordBatch,
-        mut metadata: BTreeMap<String, String>,
-        offsets: &Arc<BTreeMap<String, i64>>,
-        counters: &mut GlobalCounters,
-    ) -> Result<(), PipelineError> {
-        while self.writes.len() >= MAX_WRITES_IN_FLIGHT {
-            self.settle_oldest(counters).await?;
+    /// Starts writing every row held, one write per table (see
+    /// [`ParquetStore::write_windows`]); first waits for the oldest write when
+    /// [`MAX_WRITES_IN_FLIGHT`] are running.
+    async fn write_held(&mut self, counters: &mut GlobalCounters) -> Result<(), PipelineError> {
+        let (tables, offsets) = self.held.take();
+        for (table, windows) in tables {
+            while self.writes.len() >= MAX_WRITES_IN_FLIGHT {
+                self.settle_oldest(counters).await?;
+            }
+            let store = self.store.clone();
+            let offsets = Arc::clone(&offsets);
+            let examples = table == tables::EXAMPLES;
+            let task = tokio::task::spawn_blocking(move || {
+                store.write_windows(&table, &windows, &offsets)
+            });
+            self.writes.push_back(PendingWrite { examples, task });
         }
-        let store = self.store.clone();
-        let stem = format!("window-{window_ms}");
-        metadata.insert(
-            "shopstream.window_start_ms".to_string(),
-            window_ms.to_string(),
-        );
-        let offsets = Arc::clone(offsets);
-        let task = tokio::task::spawn_blocking(move || {
-            store.write(table, &stem, &batch, &metadata, &offsets)
-        });
-        self.writes.push_back(PendingWrite {
-            examples: table == tables::EXAMPLES,
-            task,
-        });
         Ok(())
-    }
-
-    /// [`GlobalStage::write_table`] without file metadata beyond the window start.
-    async fn write_plain(
-        &mut self,
-        table: &'static str,
-        window_ms: i64,
-        batch: RecordBatch,
-        offsets: &Arc<BTreeMap<String, i64>>,
-        counters: &mut GlobalCounters,
-    ) -> Result<(), PipelineError> {
-        self.write_table(table, window_ms, batch, BTreeMap::new(), offsets, counters)
-            .await
     }
 
     /// Waits for the oldest running store write and counts what it wrote.
@@ -306,17 +311,16 @@ impl GlobalStage {
         Ok(())
     }
 
-    /// Feeds the drift monitors with a closed window; writes the `drift` and `alerts`
-    /// rows (when the window is written), and, in a live run, publishes each alert event
-    /// to the alerts topic and hands it to the webhook.
+    /// Feeds the drift monitors with a closed window; holds the `drift` and `alerts`
+    /// rows (when the window is written), and, in a live run, queues each alert event
+    /// for the alerts topic and hands it to the webhook.
     async fn observe_drift(
         &mut self,
         output: &WindowOutput,
         scores: &[Output],
         write: bool,
-        offsets: &Arc<BTreeMap<String, i64>>,
+        offsets: &BTreeMap<String, i64>,
         outputs: &mut Outputs,
-        counters: &mut GlobalCounters,
     ) -> Result<(), PipelineError> {
         let Some(stage) = self.drift.as_mut() else {
             return Ok(());
@@ -327,16 +331,16 @@ impl GlobalStage {
         let rows = stage.rows(&drifts);
         if write && !rows.is_empty() {
             let batch = drift_batch(&rows)?;
-            self.write_plain(tables::DRIFT, output.start, batch, offsets, counters)
-                .await?;
+            let rows = window_rows(output.start, batch, BTreeMap::new());
+            self.held.hold(output.start, tables::DRIFT, rows, offsets);
         }
         if drifts.alerts.is_empty() {
             return Ok(());
         }
         if write {
             let batch = alerts_batch(output.start, &drifts.alerts)?;
-            self.write_plain(tables::ALERTS, output.start, batch, offsets, counters)
-                .await?;
+            let rows = window_rows(output.start, batch, BTreeMap::new());
+            self.held.hold(output.start, tables::ALERTS, rows, offsets);
         }
         for alert in &drifts.alerts {
             let scenario = alert.scenario.as_deref().unwrap_or("-");
@@ -363,14 +367,19 @@ impl GlobalStage {
 
     /// Compacts every table's hour partitions that end at or before `before_ms`, when
     /// `store.compact_closed_hours` is on: started on the blocking pool, settled by the
-    /// next [`GlobalStage::settle_writes`]. With `None` (the end of a bounded run) it
-    /// compacts everything and returns once done.
+    /// next [`GlobalStage::settle_writes`]. The rows held are written first (they may
+    /// belong to those hours). With `None` (the end of a bounded run) it writes what is
+    /// held and compacts everything, and returns once done.
     pub(super) async fn compact(
         &mut self,
         before_ms: Option<i64>,
         counters: &mut GlobalCounters,
     ) -> Result<(), PipelineError> {
-        if !self.store.compacts_closed_hours() {
+        let compacts = self.store.compacts_closed_hours();
+        if compacts || before_ms.is_none() {
+            self.write_held(counters).await?;
+        }
+        if !compacts {
             return Ok(());
         }
         // Compaction reads the commit records of the hours it merges (and one compaction
@@ -388,5 +397,23 @@ impl GlobalStage {
             self.settle_writes(counters).await?;
         }
         Ok(())
+    }
+}
+
+/// A window's rows of one table, its files named after `window_ms` (which also goes into
+/// their metadata, beside `metadata`).
+fn window_rows(
+    window_ms: i64,
+    batch: RecordBatch,
+    mut metadata: BTreeMap<String, String>,
+) -> WindowRows {
+    metadata.insert(
+        "shopstream.window_start_ms".to_string(),
+        window_ms.to_string(),
+    );
+    WindowRows {
+        window_ms,
+        batch,
+        metadata,
     }
 }

@@ -200,6 +200,7 @@ impl GlobalWorker {
             held: shard.held,
             trainer: &self.stage.trainer,
             drift: self.stage.drift.as_ref(),
+            store_rows: self.stage.held_rows(),
         };
         let packed = shopstream_sinks::checkpoint::encode(&state)?;
         let positions = shard.positions.into_owned();
@@ -223,6 +224,7 @@ impl GlobalWorker {
             side: &side,
             trainer: &self.stage.trainer,
             drift: self.stage.drift.as_ref(),
+            store_rows: self.stage.held_rows(),
         };
         let packed = shopstream_sinks::checkpoint::encode(&state)?;
         self.persist(packed, side.windows_closed, None).await

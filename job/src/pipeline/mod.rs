@@ -34,6 +34,7 @@ mod error;
 mod global;
 mod global_worker;
 mod group;
+pub(crate) mod held_rows;
 mod outputs;
 mod replay;
 mod shard;
@@ -230,7 +231,7 @@ pub async fn run_observed(
     let mut resumed = None;
     let mut resumed_counters = None;
     if let Some(state) = restored {
-        global.resume(config, state.trainer, state.drift);
+        global.resume(config, state.trainer, state.drift, state.store_rows);
         resumed_counters = Some((state.windows_closed, state.positions));
         resumed = Some(Resumed {
             features: state.features,

@@ -32,10 +32,11 @@ use shopstream_kafka::source::Positions;
 use shopstream_trainer::Trainer;
 
 use super::super::checkpoint::{CheckpointPlan, warn_skipped};
+use super::super::held_rows::HeldState;
 use crate::recovery::HeldEvent;
 
 /// Version of the state inside a coordinator checkpoint (the file format has its own).
-pub(in crate::pipeline) const STATE_VERSION: u32 = 1;
+pub(in crate::pipeline) const STATE_VERSION: u32 = 2;
 
 /// Directory of the coordinator checkpoints under the checkpoint directory.
 const COORDINATOR_DIR: &str = "coordinator";
@@ -140,6 +141,7 @@ pub(in crate::pipeline) struct CoordinatorStateRef<'a> {
     pub(in crate::pipeline) side: &'a CoordinatorParts,
     pub(in crate::pipeline) trainer: &'a Trainer,
     pub(in crate::pipeline) drift: Option<&'a DriftStage>,
+    pub(in crate::pipeline) store_rows: &'a HeldState,
 }
 
 /// A coordinator checkpoint, as read back (the fields of [`CoordinatorStateRef`]).
@@ -152,6 +154,8 @@ pub(in crate::pipeline) struct CoordinatorState {
     pub(in crate::pipeline) trainer: Trainer,
     /// The drift monitors.
     pub(in crate::pipeline) drift: Option<DriftStage>,
+    /// The rows of closed windows the store has not been written yet.
+    pub(in crate::pipeline) store_rows: HeldState,
 }
 
 /// The plan of the coordinator checkpoints of `config`'s group, or `None` when

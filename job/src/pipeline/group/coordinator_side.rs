@@ -221,7 +221,7 @@ pub(super) async fn run(
     let mut global_stage = GlobalStage::new(config, store, true)?;
     let (side_state, resumed_windows) = match resumed {
         Some(state) => {
-            global_stage.resume(config, state.trainer, state.drift);
+            global_stage.resume(config, state.trainer, state.drift, state.store_rows);
             let windows = state.side.windows_closed;
             (Some(state.side), windows)
         }
