@@ -45,6 +45,13 @@ pub struct WrittenFile {
 /// The rows of one hour partition from each window of a span: (window ms, rows, metadata).
 type HourParts<'a> = Vec<(i64, RecordBatch, &'a BTreeMap<String, String>)>;
 
+/// The files of one commit record: all it names, and those of them written now.
+#[derive(Default)]
+struct Placed {
+    files: Vec<CommittedFile>,
+    written: Vec<WrittenFile>,
+}
+
 /// One window's rows of a table, waiting to be written with the windows next to it
 /// ([`ParquetStore::write_windows`]).
 #[derive(Debug, Clone)]
@@ -116,27 +123,20 @@ impl ParquetStore {
         }
         let batch = sort_for_readers(batch)?;
         let replaced = self.replaced_paths(table)?;
-        let mut files = Vec::new();
-        let mut written = Vec::new();
+        let mut placed = Placed::default();
         for (partition, part) in split_by_hour(table, &batch)? {
             let relative = format!("{partition}/{file_stem}.parquet");
-            if replaced.contains(&relative) {
-                // Its rows are in the merged file already. The record still names the
-                // path, as the record of a run never restarted does (sizes as it had
-                // them: the file is gone).
-                let bytes = self.committed_bytes(table, file_stem, &relative)?;
-                files.push(CommittedFile {
-                    path: relative,
-                    rows: part.num_rows() as u64,
-                    bytes,
-                });
-                continue;
-            }
-            let file = self.write_one(table, &relative, &part, metadata)?;
-            files.push(committed(&file));
-            written.push(file);
+            self.place(
+                table,
+                file_stem,
+                relative,
+                &part,
+                metadata,
+                &replaced,
+                &mut placed,
+            )?;
         }
-        self.commit_written(table, file_stem, files, written, source_offsets)
+        self.commit_written(table, file_stem, placed, source_offsets)
     }
 
     /// Writes the rows of consecutive windows of `table` (in window order) as one file per
@@ -176,22 +176,10 @@ impl ParquetStore {
                 ));
             }
         }
-        let span = WindowSpan {
-            first: windows
-                .iter()
-                .map(|w| w.window_ms)
-                .min()
-                .unwrap_or_default(),
-            last: windows
-                .iter()
-                .map(|w| w.window_ms)
-                .max()
-                .unwrap_or_default(),
-        };
+        let span = WindowSpan::covering(windows.iter().map(|w| WindowSpan::of(w.window_ms)));
         let id = format!("{WINDOW_PREFIX}{}", span.id_suffix());
         let replaced = self.replaced_paths(table)?;
-        let mut files = Vec::new();
-        let mut written = Vec::new();
+        let mut placed = Placed::default();
         for (partition, parts) in by_hour {
             let (relative, batch, metadata) = match parts.as_slice() {
                 [(ms, part, metadata)] => (
@@ -200,51 +188,73 @@ impl ParquetStore {
                     (*metadata).clone(),
                 ),
                 _ => {
-                    let hour_span = WindowSpan {
-                        first: parts.iter().map(|p| p.0).min().unwrap_or_default(),
-                        last: parts.iter().map(|p| p.0).max().unwrap_or_default(),
-                    };
+                    let hour_span = WindowSpan::covering(parts.iter().map(|p| WindowSpan::of(p.0)));
                     let mut metadata = BTreeMap::new();
                     for (_, _, from) in &parts {
                         merge_window_metadata(&mut metadata, (*from).clone());
                     }
                     let batches: Vec<RecordBatch> = parts.iter().map(|p| p.1.clone()).collect();
-                    let merged = arrow::compute::concat_batches(&batches[0].schema(), &batches)?;
                     (
                         format!("{partition}/{}.parquet", hour_span.file_stem()),
-                        sort_for_readers(&merged)?,
+                        merged_for_readers(&batches)?,
                         metadata,
                     )
                 }
             };
-            if replaced.contains(&relative) {
-                // As in `write`: a compaction holds these rows already.
-                let bytes = self.committed_bytes(table, &id, &relative)?;
-                files.push(CommittedFile {
-                    path: relative,
-                    rows: batch.num_rows() as u64,
-                    bytes,
-                });
-                continue;
-            }
-            let file = self.write_one(table, &relative, &batch, &metadata)?;
-            files.push(committed(&file));
-            written.push(file);
+            self.place(
+                table,
+                &id,
+                relative,
+                &batch,
+                &metadata,
+                &replaced,
+                &mut placed,
+            )?;
         }
-        self.commit_written(table, &id, files, written, source_offsets)
+        self.commit_written(table, &id, placed, source_offsets)
     }
 
-    /// Commits `files` of `table` under the record `id`, with `source_offsets`, when any
-    /// of them was `written` now (none: the compaction that replaced them holds their
-    /// rows, and its record stands). Returns `written`.
+    /// Writes `batch` as the file `relative` of `table` into `placed`, unless a compaction
+    /// replaced that path already: its rows are in the merged file then, and the record
+    /// `id` still names the path, as the record of a run never restarted does (sizes as
+    /// it had them: the file is gone).
+    #[allow(clippy::too_many_arguments)]
+    fn place(
+        &self,
+        table: &str,
+        id: &str,
+        relative: String,
+        batch: &RecordBatch,
+        metadata: &BTreeMap<String, String>,
+        replaced: &BTreeSet<String>,
+        placed: &mut Placed,
+    ) -> Result<(), StoreError> {
+        if replaced.contains(&relative) {
+            let bytes = self.committed_bytes(table, id, &relative)?;
+            placed.files.push(CommittedFile {
+                path: relative,
+                rows: batch.num_rows() as u64,
+                bytes,
+            });
+            return Ok(());
+        }
+        let file = self.write_one(table, &relative, batch, metadata)?;
+        placed.files.push(committed(&file));
+        placed.written.push(file);
+        Ok(())
+    }
+
+    /// Commits the files `placed` of `table` under the record `id`, with
+    /// `source_offsets`, when any of them was written now (none: the compaction that
+    /// replaced them holds their rows, and its record stands). Returns those written.
     fn commit_written(
         &self,
         table: &str,
         id: &str,
-        files: Vec<CommittedFile>,
-        written: Vec<WrittenFile>,
+        placed: Placed,
         source_offsets: &BTreeMap<String, i64>,
     ) -> Result<Vec<WrittenFile>, StoreError> {
+        let Placed { files, written } = placed;
         if written.is_empty() {
             return Ok(written);
         }
@@ -384,10 +394,7 @@ impl ParquetStore {
             // Window order, so that the stable sort breaks ties among equal keys the same
             // way whether the hour is merged in one step or in several.
             files.sort_by(|a, b| (a.0, &a.1.relative).cmp(&(b.0, &b.1.relative)));
-            let span = WindowSpan {
-                first: files.iter().map(|(s, _)| s.first).min().unwrap_or_default(),
-                last: files.iter().map(|(s, _)| s.last).max().unwrap_or_default(),
-            };
+            let span = WindowSpan::covering(files.iter().map(|(s, _)| *s));
             let mut batches = Vec::new();
             let mut metadata = BTreeMap::new();
             for (_, file) in &files {
@@ -395,11 +402,10 @@ impl ParquetStore {
                 batches.append(&mut read);
                 merge_window_metadata(&mut metadata, schema_meta);
             }
-            let Some(first) = batches.first() else {
+            if batches.is_empty() {
                 continue;
-            };
-            let merged = arrow::compute::concat_batches(&first.schema(), &batches)?;
-            let merged = sort_for_readers(&merged)?;
+            }
+            let merged = merged_for_readers(&batches)?;
             let relative = format!("{partition}/{}.parquet", span.file_stem());
             let written = self.write_one(table, &relative, &merged, &metadata)?;
             let commit = Commit {
@@ -593,17 +599,31 @@ impl WindowSpan {
     fn of_file_name(name: &str) -> Option<Self> {
         let stem = name.strip_suffix(".parquet")?;
         if let Some(ms) = stem.strip_prefix(WINDOW_PREFIX) {
-            let ms = ms.parse().ok()?;
-            return Some(Self {
-                first: ms,
-                last: ms,
-            });
+            return Some(Self::of(ms.parse().ok()?));
         }
         let (first, last) = stem.strip_prefix(COMPACT_PREFIX)?.split_once('-')?;
         Some(Self {
             first: first.parse().ok()?,
             last: last.parse().ok()?,
         })
+    }
+
+    /// The span of one window.
+    fn of(window_ms: i64) -> Self {
+        Self {
+            first: window_ms,
+            last: window_ms,
+        }
+    }
+
+    /// The span from the first to the last of `spans` (empty: 0-0).
+    fn covering(spans: impl Iterator<Item = Self>) -> Self {
+        spans
+            .reduce(|a, b| Self {
+                first: a.first.min(b.first),
+                last: a.last.max(b.last),
+            })
+            .unwrap_or(Self { first: 0, last: 0 })
     }
 
     /// `<first>-<last>`, as merged files and their records are named.
@@ -703,6 +723,13 @@ fn sort_for_readers(batch: &RecordBatch) -> Result<RecordBatch, StoreError> {
     // `sort_by` is stable (arrow's lexsort is not).
     indices.sort_by(|a, b| comparator.compare(*a as usize, *b as usize));
     Ok(take_record_batch(batch, &UInt32Array::from(indices))?)
+}
+
+/// The rows of `batches` (not empty) in one batch, sorted like any file
+/// ([`sort_for_readers`]): the rows of merged files, taken in window order.
+fn merged_for_readers(batches: &[RecordBatch]) -> Result<RecordBatch, StoreError> {
+    let merged = arrow::compute::concat_batches(&batches[0].schema(), batches)?;
+    sort_for_readers(&merged)
 }
 
 /// Splits a batch by the UTC hour of its `ts` column: (`date=YYYY-MM-DD/hour=HH`, rows).
