@@ -101,8 +101,16 @@ fn differences(
 /// count twice or show half-written).
 fn files_outside_the_manifest(root: &Path) -> Vec<String> {
     let mut live = std::collections::BTreeSet::new();
-    for table in shopstream_sinks::manifest::tables(root).unwrap() {
-        for file in shopstream_sinks::manifest::live_files(root, &table).unwrap() {
+    for table in
+        shopstream_sinks::manifest::tables(&shopstream_sinks::storage::Storage::local(root))
+            .unwrap()
+    {
+        for file in shopstream_sinks::manifest::live_files(
+            &shopstream_sinks::storage::Storage::local(root),
+            &table,
+        )
+        .unwrap()
+        {
             live.insert(format!("{table}/{}", file.relative));
         }
     }

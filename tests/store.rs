@@ -157,7 +157,10 @@ async fn replay_of_the_live_range_writes_byte_identical_files() {
         let mut store_config = config.store.clone();
         store_config.path = root.to_path_buf();
         let store = ParquetStore::open(&store_config).unwrap();
-        for table in shopstream_sinks::manifest::tables(root).unwrap() {
+        for table in
+            shopstream_sinks::manifest::tables(&shopstream_sinks::storage::Storage::local(root))
+                .unwrap()
+        {
             store.compact(&table, None).unwrap();
         }
     };
@@ -170,11 +173,14 @@ async fn replay_of_the_live_range_writes_byte_identical_files() {
         .filter(|k| k.starts_with("examples/"))
         .count();
     assert!(compacted <= 2, "{compacted} example files after compaction");
-    let rows: u64 = shopstream_sinks::manifest::live_files(&live, "examples")
-        .unwrap()
-        .iter()
-        .map(|f| f.rows)
-        .sum();
+    let rows: u64 = shopstream_sinks::manifest::live_files(
+        &shopstream_sinks::storage::Storage::local(&live),
+        "examples",
+    )
+    .unwrap()
+    .iter()
+    .map(|f| f.rows)
+    .sum();
     assert_eq!(rows, report.impressions);
     println!(
         "replay: {examples} example files byte-identical (full range), {} in the sub-range, {compacted} after compaction, {rows} rows",
@@ -315,8 +321,16 @@ async fn sigkill_at_eight_points_then_restart_gives_the_never_killed_store_and_m
     // Every visible file of every table, with its bytes.
     let visible = |root: &Path| -> Vec<(String, Vec<u8>)> {
         let mut files = Vec::new();
-        for table in shopstream_sinks::manifest::tables(root).unwrap() {
-            for f in shopstream_sinks::manifest::live_files(root, &table).unwrap() {
+        for table in
+            shopstream_sinks::manifest::tables(&shopstream_sinks::storage::Storage::local(root))
+                .unwrap()
+        {
+            for f in shopstream_sinks::manifest::live_files(
+                &shopstream_sinks::storage::Storage::local(root),
+                &table,
+            )
+            .unwrap()
+            {
                 files.push((
                     format!("{table}/{}", f.relative),
                     std::fs::read(&f.path).unwrap(),
@@ -388,7 +402,11 @@ async fn sigkill_at_eight_points_then_restart_gives_the_never_killed_store_and_m
             assert!(rows < report.impressions, "{point}: killed before the end");
         }
         // Every visible file is complete: its rows equal its commit record's.
-        for file in shopstream_sinks::manifest::live_files(&config.store.path, "examples").unwrap()
+        for file in shopstream_sinks::manifest::live_files(
+            &shopstream_sinks::storage::Storage::local(&config.store.path),
+            "examples",
+        )
+        .unwrap()
         {
             let (_, batches) = shopstream_sinks::read::read_file(&file.path).unwrap();
             let read: usize = batches.iter().map(|b| b.num_rows()).sum();

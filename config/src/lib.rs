@@ -116,8 +116,31 @@ impl Config {
                 *value = "********".to_string();
             }
         }
+        for (key, value) in shown.store.options.iter_mut() {
+            if is_secret_store_option(key) {
+                *value = "********".to_string();
+            }
+        }
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
+}
+
+/// Whether a `store.options` key (object_store's) names a secret that must never be
+/// printed or logged: keys, tokens, passwords, SAS, service-account credentials.
+pub fn is_secret_store_option(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "secret",
+        "token",
+        "password",
+        "access_key",
+        "account_key",
+        "service_account",
+        "sas",
+        "credential",
+    ]
+    .iter()
+    .any(|needle| key.contains(needle))
 }
 
 /// Whether a librdkafka property carries a secret that must never be printed or logged.
@@ -286,8 +309,18 @@ mod tests {
             .kafka
             .properties
             .insert("sasl.password".into(), "hunter2".into());
+        config
+            .store
+            .options
+            .insert("aws_secret_access_key".into(), "wJalrXUtnFEMI".into());
+        config
+            .store
+            .options
+            .insert("aws_endpoint".into(), "http://127.0.0.1:9000".into());
         let shown = config.to_toml_masked();
         assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("wJalrXUtnFEMI"), "{shown}");
+        assert!(shown.contains("http://127.0.0.1:9000"), "{shown}");
         assert!(shown.contains("********"), "{shown}");
     }
 

@@ -344,11 +344,14 @@ impl Default for PipelineConfig {
 }
 
 /// Parquet feature store settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// Root directory of the store; tables live below it in hive partitions
-    /// (`examples/date=YYYY-MM-DD/hour=HH/`).
+    /// Root of the store: a local directory (a path or `file:///…`), or a bucket and
+    /// prefix, `s3://BUCKET/PREFIX`, `gs://…` or `az://…`, reached with the standard
+    /// credentials of the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_REGION`, `AWS_ENDPOINT_URL`, instance profiles; `GOOGLE_*`, `AZURE_*`). Tables
+    /// live below it in hive partitions (`examples/date=YYYY-MM-DD/hour=HH/`).
     pub path: PathBuf,
     /// Maximum rows per Parquet row group.
     pub row_group_rows: usize,
@@ -367,6 +370,44 @@ pub struct StoreConfig {
     /// event time later. The spans follow event time only, so a restarted job writes the
     /// same files. 0 writes one file per window. Must divide 3600.
     pub file_span_secs: u64,
+    /// How long a request to a bucket store is retried (with backoff) while the store is
+    /// unreachable or overloaded, in seconds; then the job stops with exit code 1, naming
+    /// the endpoint and the object. Nothing is acknowledged meanwhile: input offsets only
+    /// advance past what the store holds.
+    pub retry_timeout_secs: u64,
+    /// Options of the bucket's client, with `object_store`'s keys for its provider (for
+    /// S3: `aws_endpoint`, `aws_region`, `aws_allow_http`, `aws_access_key_id`,
+    /// `aws_secret_access_key`, …); they override the environment. Values of keys that
+    /// name secrets are masked when the configuration is printed.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+}
+
+/// Debug output masks the values of secret options (it may end up in a log).
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let options: BTreeMap<&str, &str> = self
+            .options
+            .iter()
+            .map(|(key, value)| {
+                let shown = if crate::is_secret_store_option(key) {
+                    "********"
+                } else {
+                    value.as_str()
+                };
+                (key.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("StoreConfig")
+            .field("path", &self.path)
+            .field("row_group_rows", &self.row_group_rows)
+            .field("zstd_level", &self.zstd_level)
+            .field("compact_closed_hours", &self.compact_closed_hours)
+            .field("file_span_secs", &self.file_span_secs)
+            .field("retry_timeout_secs", &self.retry_timeout_secs)
+            .field("options", &options)
+            .finish()
+    }
 }
 
 impl Default for StoreConfig {
@@ -377,6 +418,8 @@ impl Default for StoreConfig {
             zstd_level: 3,
             compact_closed_hours: true,
             file_span_secs: 600,
+            retry_timeout_secs: 120,
+            options: BTreeMap::new(),
         }
     }
 }

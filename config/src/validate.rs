@@ -160,6 +160,26 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
     if config.store.path.as_os_str().is_empty() {
         bad("store.path", "must not be empty".into());
     }
+    let store_path = config.store.path.to_string_lossy();
+    if let Some((scheme, rest)) = store_path.split_once("://") {
+        let scheme = scheme.to_ascii_lowercase();
+        if !["file", "s3", "s3a", "gs", "az", "abfs", "abfss", "azure"].contains(&scheme.as_str()) {
+            bad(
+                "store.path",
+                format!(
+                    "the scheme {scheme}:// is not supported; use a local path, file://, s3://, gs:// or az://"
+                ),
+            );
+        } else if scheme != "file" && rest.trim_matches('/').is_empty() {
+            bad("store.path", format!("`{store_path}` names no bucket"));
+        }
+    }
+    if config.store.retry_timeout_secs == 0 {
+        bad(
+            "store.retry_timeout_secs",
+            "must be at least 1 (a store outage of a moment would stop the job)".into(),
+        );
+    }
     if config.checkpoint.every_windows == 0 {
         bad("checkpoint.every_windows", "must be at least 1".into());
     }

@@ -143,7 +143,7 @@ pub async fn demo(
     if consumed != produced {
         return Err(DemoError::Lost { produced, consumed });
     }
-    let query = scenario_summary(&config.store.path)?;
+    let query = scenario_summary(&shopstream_sinks::store::open_storage(&config.store)?)?;
     Ok(DemoReport {
         brokers: config.kafka.brokers.clone(),
         embedded_cluster: embedded,

@@ -48,3 +48,33 @@ pub(crate) fn write_atomic<T, E: IoError>(
         .map_err(|e| E::io(dir, e))?;
     Ok(out)
 }
+
+/// Creates `dir/name` (at `path`) holding `bytes` only if nothing has that name: writes
+/// and fsyncs a temporary file as [`write_atomic`] does, then links it to `path`, which
+/// the OS refuses when `path` exists (so of two writers exactly one creates it, and a
+/// reader never sees a part). Whether this call created it.
+pub(crate) fn create_new<E: IoError>(
+    dir: &Path,
+    path: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> Result<bool, E> {
+    use std::io::Write;
+    let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}-{write}.tmp", std::process::id()));
+    let mut file = File::create(&tmp).map_err(|e| E::io(&tmp, e))?;
+    file.write_all(bytes).map_err(|e| E::io(&tmp, e))?;
+    file.sync_all().map_err(|e| E::io(&tmp, e))?;
+    drop(file);
+    let linked = std::fs::hard_link(&tmp, path);
+    std::fs::remove_file(&tmp).map_err(|e| E::io(&tmp, e))?;
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(E::io(path, e)),
+    }
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| E::io(dir, e))?;
+    Ok(true)
+}

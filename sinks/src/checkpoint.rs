@@ -9,7 +9,8 @@
 //! payload                         zstd( MessagePack( state ) )
 //! ```
 //!
-//! Written to a hidden temporary name, fsynced, renamed, directory fsynced: a crash leaves
+//! The directory is a [`Storage`]: locally, a file is written to a hidden temporary name,
+//! fsynced, renamed, directory fsynced; in a bucket, it is one upload. A crash leaves
 //! either the previous set or the new file complete. Loading walks from the newest file
 //! down and uses the first one whose header, length, checksum and decoding all hold; every
 //! file skipped is reported with why, so a truncated or corrupted checkpoint costs one
@@ -19,13 +20,15 @@
 //! floats (the model's embedding and optimiser moments), which it stores exactly and
 //! compactly; the model's arrays go in as one byte string each (little-endian f64).
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::atomic::{IoError, write_atomic};
+use crate::atomic::IoError;
+use crate::error::StoreError;
+use crate::storage::Storage;
 
 /// First line of every checkpoint file.
 const MAGIC: &str = "SHOPSTREAM-CHECKPOINT";
@@ -59,6 +62,9 @@ pub enum CheckpointError {
     /// The state could not be encoded. Internal.
     #[error("cannot encode the checkpoint state: {0}")]
     Encode(String),
+    /// The checkpoint directory (a bucket) could not be read or written. External.
+    #[error("checkpoint storage: {0}")]
+    Store(#[from] StoreError),
 }
 
 /// A checkpoint file that was not used, and why.
@@ -92,10 +98,6 @@ impl IoError for CheckpointError {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::io(path, source)
-}
-
 fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
@@ -109,38 +111,35 @@ fn file_name(seq: u64) -> String {
     format!("checkpoint-{seq:020}.ckpt")
 }
 
-/// Checkpoint files in `dir`, newest first: (seq, path).
-fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, CheckpointError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(CheckpointError::Io {
-                path: dir.to_path_buf(),
-                source,
-            });
-        }
-    };
+/// Checkpoint files in `dir`, newest first: (seq, key).
+fn list_keys(dir: &Storage) -> Result<Vec<(u64, String)>, CheckpointError> {
     let mut files = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(io_err(dir))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(seq) = name
+    for listed in dir.list("")? {
+        if let Some(seq) = listed
+            .key
             .strip_prefix("checkpoint-")
             .and_then(|s| s.strip_suffix(".ckpt"))
             .and_then(|s| s.parse::<u64>().ok())
         {
-            files.push((seq, entry.path()));
+            files.push((seq, listed.key));
         }
     }
     files.sort_by_key(|f| std::cmp::Reverse(f.0));
     Ok(files)
 }
 
+/// Checkpoint files in `dir`, newest first: (seq, location).
+pub fn list(dir: &Storage) -> Result<Vec<(u64, PathBuf)>, CheckpointError> {
+    Ok(list_keys(dir)?
+        .into_iter()
+        .map(|(seq, key)| (seq, dir.location(&key)))
+        .collect())
+}
+
 /// Writes checkpoint `seq` of `state` into `dir` atomically, then deletes all but the
 /// newest `keep` checkpoints. Returns the file and its size.
 pub fn write<T: Serialize>(
-    dir: &Path,
+    dir: &Storage,
     seq: u64,
     state: &T,
     keep: usize,
@@ -158,43 +157,38 @@ pub fn encode<T: Serialize>(state: &T) -> Result<Vec<u8>, CheckpointError> {
 
 /// Writes checkpoint `seq` from its [`encode`]d state, like [`write`].
 pub fn write_encoded(
-    dir: &Path,
+    dir: &Storage,
     seq: u64,
     packed: &[u8],
     keep: usize,
 ) -> Result<(PathBuf, u64), CheckpointError> {
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let payload = zstd::bulk::compress(packed, 3).map_err(io_err(dir))?;
+    let payload = zstd::bulk::compress(packed, 3)
+        .map_err(|e| CheckpointError::Encode(format!("compress: {e}")))?;
     let header = format!(
         "{MAGIC} {FORMAT}\n{seq} {} {:016x}\n",
         payload.len(),
         fnv1a(&payload)
     );
     let name = file_name(seq);
-    let path = dir.join(&name);
-    write_atomic(
-        dir,
-        &path,
-        &name,
-        Some("checkpoint.temp_written"),
-        |file, tmp| {
-            file.write_all(header.as_bytes()).map_err(io_err(tmp))?;
-            file.write_all(&payload).map_err(io_err(tmp))
-        },
-    )?;
-    for (_, old) in list(dir)?.into_iter().skip(keep.max(1)) {
-        match std::fs::remove_file(&old) {
-            // Another writer of this directory (a partition's old and new owner) pruned it.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            other => other.map_err(io_err(&old))?,
-        }
+    let mut file = Vec::with_capacity(header.len() + payload.len());
+    file.extend_from_slice(header.as_bytes());
+    file.extend_from_slice(&payload);
+    let size = file.len() as u64;
+    dir.put(&name, file.into(), Some("checkpoint.temp_written"))?;
+    // Another writer of this directory (a partition's old and new owner) may have pruned
+    // one already: deleting what is gone is no error.
+    for (_, old) in list_keys(dir)?.into_iter().skip(keep.max(1)) {
+        dir.delete(&old)?;
     }
-    Ok((path, (header.len() + payload.len()) as u64))
+    Ok((dir.location(&name), size))
 }
 
 /// Reads one checkpoint file.
-fn read_one<T: DeserializeOwned>(path: &Path, seq: u64) -> Result<T, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+fn read_one<T: DeserializeOwned>(dir: &Storage, key: &str, seq: u64) -> Result<T, String> {
+    let bytes = dir
+        .get(key)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "deleted while being read".to_string())?;
     let mut lines = bytes.splitn(3, |b| *b == b'\n');
     let magic = lines.next().unwrap_or_default();
     let meta = lines.next().unwrap_or_default();
@@ -255,19 +249,22 @@ impl Read for Decompressing<'_> {
 }
 
 /// The newest usable checkpoint in `dir`, or `None` when there is none (a first start).
-pub fn load_latest<T: DeserializeOwned>(dir: &Path) -> Result<Option<Loaded<T>>, CheckpointError> {
+pub fn load_latest<T: DeserializeOwned>(
+    dir: &Storage,
+) -> Result<Option<Loaded<T>>, CheckpointError> {
     load_latest_accepted(dir, |_: &T| Ok(()))
 }
 
 /// Like [`load_latest`], also passing over (into `skipped`, with the reason it gives)
 /// every state `accept` refuses: the newest usable one that `accept` takes.
 pub fn load_latest_accepted<T: DeserializeOwned>(
-    dir: &Path,
+    dir: &Storage,
     mut accept: impl FnMut(&T) -> Result<(), String>,
 ) -> Result<Option<Loaded<T>>, CheckpointError> {
     let mut skipped = Vec::new();
-    for (seq, path) in list(dir)? {
-        match read_one(&path, seq).and_then(|state| accept(&state).map(|()| state)) {
+    for (seq, key) in list_keys(dir)? {
+        let path = dir.location(&key);
+        match read_one(dir, &key, seq).and_then(|state| accept(&state).map(|()| state)) {
             Ok(state) => {
                 return Ok(Some(Loaded {
                     seq,
@@ -285,7 +282,7 @@ pub fn load_latest_accepted<T: DeserializeOwned>(
     // Every file is unusable: starting from nothing would silently reprocess (or, past
     // committed offsets, lose) everything, so the operator decides.
     Err(CheckpointError::AllUnusable {
-        dir: dir.to_path_buf(),
+        dir: PathBuf::from(dir.root_display()),
         reasons: skipped
             .iter()
             .map(|s| format!("{}: {}", s.path.display(), s.reason))
@@ -316,15 +313,17 @@ mod tests {
     fn round_trips_exactly_and_keeps_the_last_k() {
         let dir = tempfile::tempdir().expect("tempdir");
         for seq in 1..=5 {
-            write(dir.path(), seq, &state(seq as i64), 3).expect("write");
+            write(&Storage::local(dir.path()), seq, &state(seq as i64), 3).expect("write");
         }
-        let seqs: Vec<u64> = list(dir.path())
+        let seqs: Vec<u64> = list(&Storage::local(dir.path()))
             .expect("list")
             .iter()
             .map(|f| f.0)
             .collect();
         assert_eq!(seqs, vec![5, 4, 3]);
-        let loaded: Loaded<State> = load_latest(dir.path()).expect("load").expect("some");
+        let loaded: Loaded<State> = load_latest(&Storage::local(dir.path()))
+            .expect("load")
+            .expect("some");
         assert_eq!((loaded.seq, loaded.state), (5, state(5)));
         assert!(loaded.skipped.is_empty());
     }
@@ -333,9 +332,9 @@ mod tests {
     fn a_truncated_or_corrupted_checkpoint_falls_back_to_the_previous_one() {
         let dir = tempfile::tempdir().expect("tempdir");
         for seq in 1..=3 {
-            write(dir.path(), seq, &state(seq as i64), 3).expect("write");
+            write(&Storage::local(dir.path()), seq, &state(seq as i64), 3).expect("write");
         }
-        let files = list(dir.path()).expect("list");
+        let files = list(&Storage::local(dir.path())).expect("list");
         // Newest truncated, the one before corrupted in its payload.
         let newest = std::fs::read(&files[0].1).expect("read");
         std::fs::write(&files[0].1, &newest[..newest.len() - 7]).expect("truncate");
@@ -343,7 +342,9 @@ mod tests {
         let last = middle.len() - 1;
         middle[last] ^= 0x55;
         std::fs::write(&files[1].1, &middle).expect("corrupt");
-        let loaded: Loaded<State> = load_latest(dir.path()).expect("load").expect("some");
+        let loaded: Loaded<State> = load_latest(&Storage::local(dir.path()))
+            .expect("load")
+            .expect("some");
         assert_eq!((loaded.seq, loaded.state), (1, state(1)));
         let reasons: Vec<&str> = loaded.skipped.iter().map(|s| s.reason.as_str()).collect();
         assert!(reasons[0].starts_with("truncated"), "{reasons:?}");
@@ -356,20 +357,23 @@ mod tests {
     fn a_refused_checkpoint_falls_back_to_the_one_before_with_its_reason() {
         let dir = tempfile::tempdir().expect("tempdir");
         for seq in 1..=3 {
-            write(dir.path(), seq, &state(seq as i64), 3).expect("write");
+            write(&Storage::local(dir.path()), seq, &state(seq as i64), 3).expect("write");
         }
         let refuse_above_1 = |s: &State| match s.positions[&(0, 1)] {
             1 => Ok(()),
             n => Err(format!("refused {n}")),
         };
-        let loaded: Loaded<State> = load_latest_accepted(dir.path(), refuse_above_1)
-            .expect("load")
-            .expect("some");
+        let loaded: Loaded<State> =
+            load_latest_accepted(&Storage::local(dir.path()), refuse_above_1)
+                .expect("load")
+                .expect("some");
         assert_eq!((loaded.seq, loaded.state), (1, state(1)));
         let reasons: Vec<&str> = loaded.skipped.iter().map(|s| s.reason.as_str()).collect();
         assert_eq!(reasons, ["refused 3", "refused 2"]);
         // Every one refused: an error naming them, as when every file is unusable.
-        let none = load_latest_accepted(dir.path(), |_: &State| Err("no".to_string()));
+        let none = load_latest_accepted(&Storage::local(dir.path()), |_: &State| {
+            Err("no".to_string())
+        });
         assert!(matches!(none, Err(CheckpointError::AllUnusable { .. })));
     }
 
@@ -444,8 +448,10 @@ mod tests {
             job.features.partition_at_end(topic, 3);
         }
         let dir = tempfile::tempdir().expect("tempdir");
-        write(dir.path(), 1, &job, 2).expect("write");
-        let mut restored: Loaded<Job> = load_latest(dir.path()).expect("load").expect("some");
+        write(&Storage::local(dir.path()), 1, &job, 2).expect("write");
+        let mut restored: Loaded<Job> = load_latest(&Storage::local(dir.path()))
+            .expect("load")
+            .expect("some");
         assert!(restored.state == job, "restored state differs");
         let expected = step(&mut job, half, events.len());
         let got = step(&mut restored.state, half, events.len());
@@ -531,8 +537,8 @@ mod tests {
             examples += feed(&mut f, &slow[..cut]);
             if checkpoint_at.is_some() {
                 let dir = tempfile::tempdir().expect("tempdir");
-                write(dir.path(), 1, &f, 1).expect("write");
-                f = load_latest::<FeaturePipeline>(dir.path())
+                write(&Storage::local(dir.path()), 1, &f, 1).expect("write");
+                f = load_latest::<FeaturePipeline>(&Storage::local(dir.path()))
                     .expect("load")
                     .expect("some")
                     .state;
@@ -561,9 +567,13 @@ mod tests {
     #[test]
     fn no_checkpoint_is_none_and_only_unusable_ones_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert!(load_latest::<State>(dir.path()).expect("load").is_none());
+        assert!(
+            load_latest::<State>(&Storage::local(dir.path()))
+                .expect("load")
+                .is_none()
+        );
         std::fs::write(dir.path().join(file_name(9)), b"hello\n").expect("write");
-        let err = load_latest::<State>(dir.path()).expect_err("unusable");
+        let err = load_latest::<State>(&Storage::local(dir.path())).expect_err("unusable");
         assert!(err.to_string().contains("bad magic"), "{err}");
     }
 }

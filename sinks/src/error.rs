@@ -54,6 +54,48 @@ pub enum StoreError {
         /// What is wrong.
         message: String,
     },
+    /// A store location (`store.path`) or its options are wrong. User.
+    #[error("store location {location}: {message}")]
+    Location {
+        /// The location as given.
+        location: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A request to the store's bucket failed: for good (`transient` false: missing
+    /// bucket, wrong credentials, no permission), or after retrying for
+    /// `store.retry_timeout_secs`. External.
+    #[error(
+        "object store request for {object} at {endpoint} failed after {tries} tries in {secs} s: {message}; {}",
+        if *transient {
+            "the store stayed unreachable past store.retry_timeout_secs: check the endpoint and the network, then restart (nothing past the last commit was acknowledged)"
+        } else {
+            "check the bucket name, the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or store.options) and the endpoint"
+        }
+    )]
+    Remote {
+        /// The object (URL), or the store root for a listing.
+        object: String,
+        /// The endpoint the requests went to.
+        endpoint: String,
+        /// Requests made.
+        tries: u32,
+        /// Seconds from the first to the last.
+        secs: u64,
+        /// Whether the last failure was of a kind that may pass.
+        transient: bool,
+        /// The client's error.
+        message: String,
+    },
+    /// A create-only object (a commit record) exists with other contents than this
+    /// writer's: another writer committed the same record differently. External.
+    #[error(
+        "{path} already exists with other contents than this writer's; another job writes this store (two jobs with one store.path and different input?). Stop one of them"
+    )]
+    Conflict {
+        /// The object.
+        path: PathBuf,
+    },
     /// A bug. Internal.
     #[error("internal store error: {0}")]
     Internal(String),

@@ -5,7 +5,7 @@
 //! committed) stays invisible until the window is reprocessed and committed. Records live
 //! in `ROOT/_manifest/TABLE/ID.json`, outside the table directories, so engines that read
 //! the hive layout directly (pyarrow, DuckDB, polars) are not confused by them; each record
-//! is written to a hidden temporary name, fsynced and renamed, like the data files.
+//! is created once and never overwritten (see [`write_commit`]).
 //!
 //! Two kinds of records exist:
 //! - a window commit (`window-<start_ms>`) names the files one window wrote into a table;
@@ -16,13 +16,12 @@
 //!   would duplicate them (a restarted job does not even write them again).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::atomic::write_atomic;
-use crate::error::{StoreError, io_err};
+use crate::error::StoreError;
+use crate::storage::{Created, Storage};
 
 /// Directory below the store root that holds the commit records.
 pub const MANIFEST_DIR: &str = "_manifest";
@@ -68,46 +67,70 @@ pub struct Commit {
 pub struct LiveFile {
     /// Path relative to the table directory.
     pub relative: String,
-    /// Absolute path.
+    /// Key of the object, relative to the store root (`TABLE/RELATIVE`).
+    pub key: String,
+    /// Where it is: a path below a local store, a URL below a bucket.
     pub path: PathBuf,
     /// Rows, as committed.
     pub rows: u64,
 }
 
-/// Directory of `table`'s commit records.
+/// Directory of `table`'s commit records in a local store at `root`.
 pub fn commit_dir(root: &Path, table: &str) -> PathBuf {
     root.join(MANIFEST_DIR).join(table)
 }
 
-/// Writes `commit` atomically (temporary name, fsync, rename, fsync of the directory).
-pub fn write_commit(root: &Path, commit: &Commit) -> Result<(), StoreError> {
-    let dir = commit_dir(root, &commit.table);
-    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let name = format!("{}.json", commit.id);
+/// Key (below the store root) of `table`'s commit records' "directory", ending in `/`.
+pub fn commit_prefix(table: &str) -> String {
+    format!("{MANIFEST_DIR}/{table}/")
+}
+
+/// Key (below the store root) of the commit record `id` of `table`.
+pub fn commit_key(table: &str, id: &str) -> String {
+    format!("{MANIFEST_DIR}/{table}/{id}.json")
+}
+
+/// Writes `commit`, create-only: a record is never overwritten (a conditional put on a
+/// bucket, a link that fails on an existing name locally), so two writers of one record
+/// never replace each other's. When the record exists already (a restarted job, or a
+/// second instance, committing a window again), it is accepted if it commits the same
+/// thing: the same files (paths, rows, bytes) replacing the same paths; the first
+/// writer's record stays, `source_offsets` included (they tell how far the input was
+/// read when the window closed, which differs from run to run). Any other difference is
+/// [`StoreError::Conflict`]: two jobs with different input write one store.
+pub fn write_commit(storage: &Storage, commit: &Commit) -> Result<(), StoreError> {
+    let key = commit_key(&commit.table, &commit.id);
     let bytes = serde_json::to_vec_pretty(commit)
         .map_err(|e| StoreError::Internal(format!("cannot encode commit {}: {e}", commit.id)))?;
-    write_atomic(&dir, &dir.join(&name), &name, None, |file, tmp| {
-        file.write_all(&bytes).map_err(io_err(tmp))
-    })
+    match storage.put_new(&key, bytes.into())? {
+        Created::New => Ok(()),
+        Created::Existing(existing) => {
+            let path = storage.location(&key);
+            let existing = parse_commit(&path, &existing)?;
+            if existing.files == commit.files
+                && existing.replaces == commit.replaces
+                && existing.table == commit.table
+            {
+                Ok(())
+            } else {
+                Err(StoreError::Conflict { path })
+            }
+        }
+    }
 }
 
 /// Every commit record of `table`, sorted by id.
-pub fn read_commits(root: &Path, table: &str) -> Result<Vec<Commit>, StoreError> {
-    let dir = commit_dir(root, table);
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(_) if !dir.exists() => return Ok(Vec::new()),
-        Err(source) => return Err(StoreError::Io { path: dir, source }),
-    };
+pub fn read_commits(storage: &Storage, table: &str) -> Result<Vec<Commit>, StoreError> {
+    let prefix = commit_prefix(table);
     let mut commits = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(io_err(&dir))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with('.') || !name.ends_with(".json") {
+    for listed in storage.list(&prefix)? {
+        let Some(name) = listed.key.strip_prefix(&prefix) else {
+            continue;
+        };
+        if name.contains('/') || name.starts_with('.') || !name.ends_with(".json") {
             continue;
         }
-        if let Some(commit) = read_commit(&entry.path())? {
+        if let Some(commit) = read_commit(storage, &listed.key)? {
             commits.push(commit);
         }
     }
@@ -115,14 +138,17 @@ pub fn read_commits(root: &Path, table: &str) -> Result<Vec<Commit>, StoreError>
     Ok(commits)
 }
 
-/// Reads one commit record; `None` when it does not exist.
-pub fn read_commit(path: &Path) -> Result<Option<Commit>, StoreError> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(io_err(path)(source)),
+/// Reads the commit record at `key`; `None` when it does not exist.
+pub fn read_commit(storage: &Storage, key: &str) -> Result<Option<Commit>, StoreError> {
+    let Some(bytes) = storage.get(key)? else {
+        return Ok(None);
     };
-    let commit: Commit = serde_json::from_slice(&bytes).map_err(|e| StoreError::CorruptCommit {
+    parse_commit(&storage.location(key), &bytes).map(Some)
+}
+
+/// A commit record from its bytes (read from `path`, for errors).
+fn parse_commit(path: &Path, bytes: &[u8]) -> Result<Commit, StoreError> {
+    let commit: Commit = serde_json::from_slice(bytes).map_err(|e| StoreError::CorruptCommit {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
@@ -135,18 +161,18 @@ pub fn read_commit(path: &Path) -> Result<Option<Commit>, StoreError> {
             ),
         });
     }
-    Ok(Some(commit))
+    Ok(commit)
 }
 
 /// The files of `table` visible to readers: named by a commit and not replaced by a
 /// compaction. Sorted by relative path.
-pub fn live_files(root: &Path, table: &str) -> Result<Vec<LiveFile>, StoreError> {
-    let commits = read_commits(root, table)?;
-    Ok(live_of(root, table, &commits))
+pub fn live_files(storage: &Storage, table: &str) -> Result<Vec<LiveFile>, StoreError> {
+    let commits = read_commits(storage, table)?;
+    Ok(live_of(storage, table, &commits))
 }
 
 /// [`live_files`] over already-read commits.
-pub fn live_of(root: &Path, table: &str, commits: &[Commit]) -> Vec<LiveFile> {
+pub fn live_of(storage: &Storage, table: &str, commits: &[Commit]) -> Vec<LiveFile> {
     let replaced: BTreeSet<&str> = commits
         .iter()
         .flat_map(|c| c.replaces.iter().map(String::as_str))
@@ -159,33 +185,22 @@ pub fn live_of(root: &Path, table: &str, commits: &[Commit]) -> Vec<LiveFile> {
             }
         }
     }
-    let table_dir = root.join(table);
     live.into_iter()
-        .map(|(relative, rows)| LiveFile {
-            relative: relative.to_string(),
-            path: table_dir.join(relative),
-            rows,
+        .map(|(relative, rows)| {
+            let key = format!("{table}/{relative}");
+            LiveFile {
+                relative: relative.to_string(),
+                path: storage.location(&key),
+                key,
+                rows,
+            }
         })
         .collect()
 }
 
 /// Tables that have commits.
-pub fn tables(root: &Path) -> Result<Vec<String>, StoreError> {
-    let dir = root.join(MANIFEST_DIR);
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(_) if !dir.exists() => return Ok(Vec::new()),
-        Err(source) => return Err(StoreError::Io { path: dir, source }),
-    };
-    let mut names = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(io_err(&dir))?;
-        if entry.path().is_dir() {
-            names.push(entry.file_name().to_string_lossy().into_owned());
-        }
-    }
-    names.sort();
-    Ok(names)
+pub fn tables(storage: &Storage) -> Result<Vec<String>, StoreError> {
+    storage.list_dirs(&format!("{MANIFEST_DIR}/"))
 }
 
 #[cfg(test)]
@@ -213,7 +228,7 @@ mod tests {
     #[test]
     fn replaced_files_stay_invisible_even_when_recommitted() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path();
+        let root = &Storage::local(dir.path());
         write_commit(root, &commit("window-1", &["h=0/window-1.parquet"], &[])).expect("w1");
         write_commit(root, &commit("window-2", &["h=0/window-2.parquet"], &[])).expect("w2");
         write_commit(
@@ -241,7 +256,8 @@ mod tests {
         let commits = commit_dir(dir.path(), "t");
         std::fs::create_dir_all(&commits).expect("mkdir");
         std::fs::write(commits.join("window-1.json"), b"{\"format\": 1, \"tab").expect("write");
-        let err = live_files(dir.path(), "t").expect_err("corrupt");
+        let storage = Storage::local(dir.path());
+        let err = live_files(&storage, "t").expect_err("corrupt");
         assert!(err.to_string().contains("window-1.json"), "{err}");
     }
 
@@ -252,6 +268,33 @@ mod tests {
         std::fs::create_dir_all(&commits).expect("mkdir");
         // A record killed mid-write never has its final name.
         std::fs::write(commits.join(".window-9.json.tmp"), b"{").expect("write");
-        assert!(live_files(dir.path(), "t").expect("live").is_empty());
+        let storage = Storage::local(dir.path());
+        assert!(live_files(&storage, "t").expect("live").is_empty());
+    }
+
+    /// Guards issue 16: commit records are create-only. The same commit again (a
+    /// restart, a second instance) goes on and keeps the first record, offsets included;
+    /// a record committing other files is refused with an error naming it.
+    #[test]
+    fn a_second_writer_of_a_record_keeps_the_first_or_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::local(dir.path());
+        let mut first = commit("window-1", &["h=0/window-1.parquet"], &[]);
+        first.source_offsets.insert("clicks/0".to_string(), 10);
+        write_commit(&storage, &first).expect("first");
+        let mut again = first.clone();
+        again.source_offsets.insert("clicks/0".to_string(), 12);
+        write_commit(&storage, &again).expect("the same commit goes on");
+        let key = commit_key("t", "window-1");
+        let kept = read_commit(&storage, &key).expect("read").expect("there");
+        assert_eq!(kept, first, "the first record stays");
+        let other = commit("window-1", &["h=0/other.parquet"], &[]);
+        let err = write_commit(&storage, &other).expect_err("conflict");
+        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+        assert!(err.to_string().contains("window-1.json"), "{err}");
+        assert_eq!(
+            read_commit(&storage, &key).expect("read").expect("there"),
+            first
+        );
     }
 }

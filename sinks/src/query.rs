@@ -2,7 +2,8 @@
 //! lazy Parquet scan of exactly the files its manifest makes visible, with the hive columns
 //! `date` (a date) and `hour` (an integer) parsed from the paths, so a filter on them skips
 //! whole files and a filter on `ts` or `user_id` skips row groups by their statistics.
-//! Also the point-in-time training-set join ([`training_set`]).
+//! Also the point-in-time training-set join ([`training_set`]). A bucket store is read
+//! through [`crate::mirror::ReadableStore`], a local copy of its committed state.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use shopstream_ingest::event::ms_to_micros;
 
 use crate::error::StoreError;
 use crate::manifest;
+use crate::storage::Storage;
 
 /// Why a query failed.
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +103,7 @@ impl std::fmt::Debug for QueryContext {
 
 /// A lazy scan of `table`'s visible files, with hive columns; `None` when it has none.
 pub fn scan_table(root: &Path, table: &str) -> Result<Option<(LazyFrame, TableInfo)>, QueryError> {
-    let files = manifest::live_files(root, table)?;
+    let files = manifest::live_files(&Storage::local(root), table)?;
     if files.is_empty() {
         return Ok(None);
     }
@@ -138,7 +140,7 @@ impl QueryContext {
     pub fn open(root: &Path) -> Result<Self, QueryError> {
         let ctx = SQLContext::new();
         let mut tables = Vec::new();
-        for name in manifest::tables(root)? {
+        for name in manifest::tables(&Storage::local(root))? {
             if let Some((mut lf, mut info)) = scan_table(root, &name)? {
                 let schema = lf.collect_schema().map_err(|e| QueryError::Invalid {
                     message: format!("cannot read the schema of table {name}: {e}"),

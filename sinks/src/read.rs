@@ -3,31 +3,58 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use arrow::array::{Array, BooleanArray, RecordBatch, StringArray};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::file::reader::ChunkReader;
 
 use crate::error::{StoreError, io_err};
+use crate::manifest::LiveFile;
+use crate::storage::Storage;
 
 /// Files of `table` visible to readers (named by a commit, not replaced by a compaction),
-/// sorted by path. Files present on disk but never committed (a crash mid-window) are not
+/// sorted by path. Files present but never committed (a crash mid-window) are not
 /// included.
-pub fn table_files(root: &Path, table: &str) -> Result<Vec<PathBuf>, StoreError> {
-    Ok(crate::manifest::live_files(root, table)?
-        .into_iter()
-        .map(|f| f.path)
-        .collect())
+pub fn table_files(storage: &Storage, table: &str) -> Result<Vec<LiveFile>, StoreError> {
+    crate::manifest::live_files(storage, table)
 }
 
-/// Reads one Parquet file: its key-value metadata and its record batches.
-pub fn read_file(path: &Path) -> Result<(BTreeMap<String, String>, Vec<RecordBatch>), StoreError> {
+/// A file's key-value metadata and record batches.
+pub type FileContents = (BTreeMap<String, String>, Vec<RecordBatch>);
+
+/// Reads one local Parquet file: its key-value metadata and its record batches.
+pub fn read_file(path: &Path) -> Result<FileContents, StoreError> {
+    let file = File::open(path).map_err(io_err(path))?;
+    read_parquet(path, file)
+}
+
+/// Reads the Parquet object `key` of `storage`: its key-value metadata and its record
+/// batches.
+pub fn read_object(storage: &Storage, key: &str) -> Result<FileContents, StoreError> {
+    let path = storage.location(key);
+    let Some(bytes) = storage.get(key)? else {
+        return Err(StoreError::Io {
+            path,
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "a committed file is missing (deleted outside shopstream?)",
+            ),
+        });
+    };
+    read_parquet(&path, bytes)
+}
+
+/// Reads Parquet from `source` (read from `path`, for errors).
+fn read_parquet<R: ChunkReader + 'static>(
+    path: &Path,
+    source: R,
+) -> Result<FileContents, StoreError> {
     let parquet_err = |source| StoreError::Parquet {
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(io_err(path))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_err)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(source).map_err(parquet_err)?;
     let metadata = builder
         .metadata()
         .file_metadata()
@@ -58,21 +85,13 @@ pub struct ScenarioSummary {
 }
 
 /// Reads every committed `examples` file and counts rows and clicks per scenario.
-pub fn scenario_summary(root: &Path) -> Result<ScenarioSummary, StoreError> {
+pub fn scenario_summary(storage: &Storage) -> Result<ScenarioSummary, StoreError> {
     let mut summary = ScenarioSummary::default();
-    for path in table_files(root, crate::tables::EXAMPLES)? {
+    for file in table_files(storage, crate::tables::EXAMPLES)? {
         summary.files += 1;
-        let parquet_err = |source| StoreError::Parquet {
-            path: path.clone(),
-            source,
-        };
-        let file = File::open(&path).map_err(io_err(&path))?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(parquet_err)?
-            .build()
-            .map_err(parquet_err)?;
-        for batch in reader {
-            let batch = batch.map_err(StoreError::Arrow)?;
+        let path = file.path;
+        let (_, batches) = read_object(storage, &file.key)?;
+        for batch in batches {
             let scenario = batch
                 .column_by_name("scenario")
                 .and_then(|c| c.as_any().downcast_ref::<StringArray>());

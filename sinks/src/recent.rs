@@ -21,7 +21,7 @@ use arrow::datatypes::Schema;
 pub(crate) const RECENT_BYTES_MAX: usize = 256 << 20;
 
 /// A file as read back: its key-value metadata and its rows.
-pub(crate) type FileContents = (BTreeMap<String, String>, Vec<RecordBatch>);
+pub(crate) use crate::read::FileContents;
 
 /// Files written lately, by path, oldest first.
 #[derive(Debug, Default)]

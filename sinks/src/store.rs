@@ -1,9 +1,9 @@
 //! The Parquet feature store (write side).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arrow::array::{Array, RecordBatch, TimestampMicrosecondArray, UInt32Array};
 use arrow::compute::{LexicographicalComparator, SortColumn, take_record_batch};
@@ -14,25 +14,15 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use shopstream_config::StoreConfig;
 
-use crate::atomic::{IoError, write_atomic};
 pub use crate::error::StoreError;
-use crate::error::io_err;
 use crate::manifest::{self, Commit, CommittedFile};
 use crate::recent::{FileContents, RECENT_BYTES_MAX, RecentFiles};
-
-/// Deletes `path`; a file that is already gone is no error. Whether it was there.
-fn remove_if_exists(path: &Path) -> Result<bool, StoreError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(source) => Err(StoreError::io(path, source)),
-    }
-}
+use crate::storage::Storage;
 
 /// A written file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WrittenFile {
-    /// Path of the committed file.
+    /// Where the file is: a path below a local store, a URL below a bucket.
     pub path: PathBuf,
     /// Path relative to the table directory.
     pub relative: String,
@@ -65,10 +55,10 @@ pub struct WindowRows {
     pub metadata: BTreeMap<String, String>,
 }
 
-/// Writes tables below one root directory.
+/// Writes tables below one root: a local directory or a bucket prefix.
 #[derive(Debug, Clone)]
 pub struct ParquetStore {
-    root: PathBuf,
+    storage: Storage,
     row_group_rows: usize,
     zstd_level: i32,
     compact_closed_hours: bool,
@@ -82,17 +72,30 @@ pub struct ParquetStore {
 }
 
 impl ParquetStore {
-    /// A store rooted at `config.path` (created when missing).
+    /// A store rooted at `config.path`: a local directory (created when missing) or a
+    /// bucket URL, which is contacted once here so that a missing bucket, wrong
+    /// credentials or an unreachable endpoint fail at start-up.
     pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(&config.path).map_err(io_err(&config.path))?;
-        Ok(Self {
-            root: config.path.clone(),
+        let storage = open_storage(config)?;
+        storage.check()?;
+        Ok(Self::on(storage, config))
+    }
+
+    /// A store on `storage` (already opened) with the settings of `config`.
+    pub fn on(storage: Storage, config: &StoreConfig) -> Self {
+        Self {
+            storage,
             row_group_rows: config.row_group_rows,
             zstd_level: config.zstd_level,
             compact_closed_hours: config.compact_closed_hours,
             replaced: Arc::default(),
             recent: Arc::new(Mutex::new(RecentFiles::with_limit(RECENT_BYTES_MAX))),
-        })
+        }
+    }
+
+    /// Where the store's objects are.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
     }
 
     /// Whether closed hours are compacted as the job goes (`store.compact_closed_hours`).
@@ -260,7 +263,7 @@ impl ParquetStore {
         }
         crate::failpoint::hit("store.files_renamed");
         manifest::write_commit(
-            &self.root,
+            &self.storage,
             &Commit {
                 format: manifest::COMMIT_FORMAT,
                 table: table.to_string(),
@@ -282,7 +285,7 @@ impl ParquetStore {
         if let Some(paths) = cache.get(table) {
             return Ok(paths.clone());
         }
-        let paths: BTreeSet<String> = manifest::read_commits(&self.root, table)?
+        let paths: BTreeSet<String> = manifest::read_commits(&self.storage, table)?
             .into_iter()
             .flat_map(|c| c.replaces)
             .collect();
@@ -292,8 +295,8 @@ impl ParquetStore {
 
     /// The size the record `id` of `table` gives for `relative` (0 when it has none).
     fn committed_bytes(&self, table: &str, id: &str, relative: &str) -> Result<u64, StoreError> {
-        let path = manifest::commit_dir(&self.root, table).join(format!("{id}.json"));
-        let Some(commit) = manifest::read_commit(&path)? else {
+        let key = manifest::commit_key(table, id);
+        let Some(commit) = manifest::read_commit(&self.storage, &key)? else {
             return Ok(0);
         };
         Ok(commit
@@ -315,17 +318,17 @@ impl ParquetStore {
         Ok(())
     }
 
-    /// The metadata and rows of the data file at `path`: from memory when this store
-    /// wrote it lately, else read back.
-    fn contents(&self, path: &Path) -> Result<FileContents, StoreError> {
+    /// The metadata and rows of the data file `key`: from memory when this store wrote
+    /// it lately, else read back.
+    fn contents(&self, key: &str) -> Result<FileContents, StoreError> {
         let held = self
             .recent
             .lock()
             .ok()
-            .and_then(|mut recent| recent.take(path));
+            .and_then(|mut recent| recent.take(Path::new(key)));
         match held {
             Some(contents) => Ok(contents),
-            None => crate::read::read_file(path),
+            None => crate::read::read_object(&self.storage, key),
         }
     }
 
@@ -337,16 +340,15 @@ impl ParquetStore {
         batch: &RecordBatch,
         metadata: &BTreeMap<String, String>,
     ) -> Result<WrittenFile, StoreError> {
-        let path = self.root.join(table).join(relative);
-        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
-        let bytes = self.write_file(&dir, &path, batch, metadata)?;
+        let key = format!("{table}/{relative}");
+        let bytes = self.write_file(&key, batch, metadata)?;
         if self.compact_closed_hours
             && let Ok(mut recent) = self.recent.lock()
         {
-            recent.remember(&path, metadata, batch);
+            recent.remember(Path::new(&key), metadata, batch);
         }
         Ok(WrittenFile {
-            path,
+            path: self.storage.location(&key),
             relative: relative.to_string(),
             rows: batch.num_rows(),
             bytes,
@@ -369,8 +371,8 @@ impl ParquetStore {
     /// old files; after it, the merged one. Deleting the replaced files comes last and is
     /// idempotent ([`ParquetStore::vacuum`] finishes it after a crash).
     pub fn compact(&self, table: &str, before_ms: Option<i64>) -> Result<Vec<Commit>, StoreError> {
-        let commits = manifest::read_commits(&self.root, table)?;
-        let live = manifest::live_of(&self.root, table, &commits);
+        let commits = manifest::read_commits(&self.storage, table)?;
+        let live = manifest::live_of(&self.storage, table, &commits);
         let mut by_hour: BTreeMap<&str, Vec<(WindowSpan, &manifest::LiveFile)>> = BTreeMap::new();
         for file in &live {
             let Some((partition, name)) = file.relative.rsplit_once('/') else {
@@ -398,7 +400,7 @@ impl ParquetStore {
             let mut batches = Vec::new();
             let mut metadata = BTreeMap::new();
             for (_, file) in &files {
-                let (schema_meta, mut read) = self.contents(&file.path)?;
+                let (schema_meta, mut read) = self.contents(&file.key)?;
                 batches.append(&mut read);
                 merge_window_metadata(&mut metadata, schema_meta);
             }
@@ -417,7 +419,7 @@ impl ParquetStore {
                 source_offsets: BTreeMap::new(),
             };
             crate::failpoint::hit("store.compaction_written");
-            manifest::write_commit(&self.root, &commit)?;
+            manifest::write_commit(&self.storage, &commit)?;
             self.note_replaced(table, &commit.replaces)?;
             self.remove_files(table, &commit.replaces)?;
             made.push(commit);
@@ -438,42 +440,25 @@ impl ParquetStore {
     /// and DuckDB globs) see what `shopstream query` sees. Run at job start, before
     /// anything is written. Returns the data files deleted.
     pub fn vacuum(&self, table: &str) -> Result<usize, StoreError> {
-        let commits = manifest::read_commits(&self.root, table)?;
-        let live: BTreeSet<PathBuf> = manifest::live_of(&self.root, table, &commits)
+        let commits = manifest::read_commits(&self.storage, table)?;
+        let live: BTreeSet<String> = manifest::live_of(&self.storage, table, &commits)
             .into_iter()
-            .map(|f| f.path)
+            .map(|f| f.key)
             .collect();
         let replaced: BTreeSet<String> = commits.iter().flat_map(|c| c.replaces.clone()).collect();
         let mut removed = self.remove_files(table, &replaced)?;
         self.remove_emptied_records(table, &replaced, &commits)?;
-        let mut stack = vec![self.root.join(table)];
-        while let Some(dir) = stack.pop() {
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(source) => return Err(StoreError::Io { path: dir, source }),
-            };
-            for entry in entries {
-                let entry = entry.map_err(io_err(&dir))?;
-                let path = entry.path();
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if path.is_dir() {
-                    stack.push(path);
-                } else if (name.ends_with(".parquet") && !live.contains(&path))
-                    || is_temporary(&name)
-                {
-                    std::fs::remove_file(&path).map_err(io_err(&path))?;
-                    removed += 1;
-                }
+        for listed in self.storage.list(&format!("{table}/"))? {
+            let name = listed.key.rsplit('/').next().unwrap_or(&listed.key);
+            if (name.ends_with(".parquet") && !live.contains(&listed.key)) || is_temporary(name) {
+                removed += usize::from(self.storage.delete(&listed.key)?);
             }
         }
-        // Commit records killed half-way through their write.
-        let records = manifest::commit_dir(&self.root, table);
-        if let Ok(entries) = std::fs::read_dir(&records) {
-            for entry in entries.flatten() {
-                if is_temporary(&entry.file_name().to_string_lossy()) {
-                    remove_if_exists(&entry.path())?;
-                }
+        // Commit records killed half-way through their write (local stores).
+        for listed in self.storage.list(&manifest::commit_prefix(table))? {
+            let name = listed.key.rsplit('/').next().unwrap_or(&listed.key);
+            if is_temporary(name) {
+                self.storage.delete(&listed.key)?;
             }
         }
         Ok(removed)
@@ -486,10 +471,9 @@ impl ParquetStore {
         table: &str,
         paths: impl IntoIterator<Item = &'a String>,
     ) -> Result<usize, StoreError> {
-        let table_dir = self.root.join(table);
         let mut removed = 0;
         for relative in paths {
-            removed += usize::from(remove_if_exists(&table_dir.join(relative))?);
+            removed += usize::from(self.storage.delete(&format!("{table}/{relative}"))?);
         }
         Ok(removed)
     }
@@ -505,27 +489,21 @@ impl ParquetStore {
         for commit in commits {
             let all_replaced = commit.files.iter().all(|f| replaced.contains(&f.path));
             if commit.id.starts_with(WINDOW_PREFIX) && !commit.files.is_empty() && all_replaced {
-                remove_if_exists(
-                    &manifest::commit_dir(&self.root, table).join(format!("{}.json", commit.id)),
-                )?;
+                self.storage
+                    .delete(&manifest::commit_key(table, &commit.id))?;
             }
         }
         Ok(())
     }
 
-    /// Writes `batch` to `path` through a hidden temporary file; returns the size in bytes.
+    /// Writes `batch` as the object `key` (whole or not at all); returns its size in
+    /// bytes.
     fn write_file(
         &self,
-        dir: &Path,
-        path: &Path,
+        key: &str,
         batch: &RecordBatch,
         metadata: &BTreeMap<String, String>,
     ) -> Result<u64, StoreError> {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("part.parquet");
         let properties = WriterProperties::builder()
             .set_compression(Compression::ZSTD(
                 ZstdLevel::try_new(self.zstd_level).unwrap_or_default(),
@@ -540,17 +518,28 @@ impl ParquetStore {
             .set_created_by(created_by())
             .build();
         let parquet_err = |source| StoreError::Parquet {
-            path: path.to_path_buf(),
+            path: self.storage.location(key),
             source,
         };
-        write_atomic(dir, path, name, Some("store.temp_written"), |file, tmp| {
-            let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(properties))
-                .map_err(parquet_err)?;
-            writer.write(batch).map_err(parquet_err)?;
-            let file = writer.into_inner().map_err(parquet_err)?;
-            Ok(file.metadata().map_err(io_err(tmp))?.len())
-        })
+        let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(properties))
+            .map_err(parquet_err)?;
+        writer.write(batch).map_err(parquet_err)?;
+        let bytes = writer.into_inner().map_err(parquet_err)?;
+        let size = bytes.len() as u64;
+        self.storage
+            .put(key, bytes.into(), Some("store.temp_written"))?;
+        Ok(size)
     }
+}
+
+/// Opens where `config.path` points (see [`Storage::open`]), with `store.options` and
+/// `store.retry_timeout_secs`; does not contact a bucket.
+pub fn open_storage(config: &StoreConfig) -> Result<Storage, StoreError> {
+    Storage::open(
+        &config.path,
+        &config.options,
+        Duration::from_secs(config.retry_timeout_secs),
+    )
 }
 
 /// The `created_by` of every file: `shopstream version X.Y.Z (build parquet-rs A.B.C)`.
@@ -576,7 +565,7 @@ fn committed(file: &WrittenFile) -> CommittedFile {
     }
 }
 
-/// A leftover of [`write_atomic`]: `.NAME.<writer>.tmp`.
+/// A leftover of a local store's atomic write: `.NAME.<writer>.tmp`.
 fn is_temporary(name: &str) -> bool {
     name.starts_with('.') && name.ends_with(".tmp")
 }
@@ -1070,7 +1059,7 @@ mod tests {
                 "date=2026-01-05/hour=01/window-1767574800000.parquet"
             ]
         );
-        let commits = manifest::read_commits(dir.path(), "t").expect("records");
+        let commits = manifest::read_commits(&Storage::local(dir.path()), "t").expect("records");
         let ids: Vec<&str> = commits.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(ids, ["window-1767571200000-1767574800000"]);
     }

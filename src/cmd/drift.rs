@@ -34,7 +34,8 @@ pub struct ReportArgs {
     /// The HTML file to write.
     #[arg(long)]
     pub out: PathBuf,
-    /// Store root (default: store.path of the configuration).
+    /// Store root: a directory or a bucket URL such as s3://bucket/prefix (default:
+    /// store.path of the configuration).
     #[arg(long)]
     pub store: Option<PathBuf>,
 }
@@ -75,9 +76,10 @@ pub struct BenchArgs {
 }
 
 pub fn report_cmd(config: &Config, args: ReportArgs) -> Result<()> {
-    let root = super::store::root(config, args.store);
+    let root = super::store::root(config, args.store.clone());
+    let store = super::store::readable(config, args.store)?;
     let options = ReportOptions {
-        root: root.clone(),
+        root: store.root().to_path_buf(),
         from_ms: args.from,
         to_ms: args.to,
         metrics_shift_ms: config.pipeline.label_maturity_ms(),

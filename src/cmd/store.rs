@@ -8,8 +8,9 @@ use clap::{Args, Subcommand, ValueEnum};
 use shopstream_config::Config;
 use shopstream_ingest::event::Millis;
 use shopstream_job::pipeline;
+use shopstream_sinks::mirror::ReadableStore;
 use shopstream_sinks::query::{self, OutputFormat, QueryContext, TrainingSetOptions};
-use shopstream_sinks::store::ParquetStore;
+use shopstream_sinks::store::{ParquetStore, open_storage};
 
 #[derive(Args, Debug)]
 pub struct QueryArgs {
@@ -27,7 +28,8 @@ pub struct QueryArgs {
     /// Write the result to this file instead of standard output.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Store root (default: store.path of the configuration).
+    /// Store root: a directory or a bucket URL such as s3://bucket/prefix (default:
+    /// store.path of the configuration).
     #[arg(long)]
     pub store: Option<PathBuf>,
 }
@@ -70,7 +72,8 @@ pub struct TrainingSetArgs {
     /// Ignore feature snapshots older than this before a spine row (for example 7d).
     #[arg(long, default_value = "7d", value_parser = super::parse::parse_duration_ms)]
     pub max_age: Millis,
-    /// Store root (default: store.path of the configuration).
+    /// Store root: a directory or a bucket URL such as s3://bucket/prefix (default:
+    /// store.path of the configuration).
     #[arg(long)]
     pub store: Option<PathBuf>,
 }
@@ -114,20 +117,34 @@ pub struct CompactArgs {
     /// Only this table.
     #[arg(long)]
     pub table: Option<String>,
-    /// Store root (default: store.path of the configuration).
+    /// Store root: a directory or a bucket URL such as s3://bucket/prefix (default:
+    /// store.path of the configuration).
     #[arg(long)]
     pub store: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
 pub struct TablesArgs {
-    /// Store root (default: store.path of the configuration).
+    /// Store root: a directory or a bucket URL such as s3://bucket/prefix (default:
+    /// store.path of the configuration).
     #[arg(long)]
     pub store: Option<PathBuf>,
 }
 
 pub(crate) fn root(config: &Config, store: Option<PathBuf>) -> PathBuf {
     store.unwrap_or_else(|| config.store.path.clone())
+}
+
+/// The store at `--store` (or `store.path`) as local files for the readers: its
+/// directory, or a temporary copy of a bucket store's committed state (`store.options`
+/// and the environment give the bucket's credentials).
+pub(crate) fn readable(config: &Config, store: Option<PathBuf>) -> Result<ReadableStore> {
+    let mut store_config = config.store.clone();
+    store_config.path = root(config, store);
+    let storage = open_storage(&store_config)
+        .with_context(|| format!("cannot open the store {}", store_config.path.display()))?;
+    storage.check()?;
+    Ok(ReadableStore::of(&storage)?)
 }
 
 fn output(out: Option<&Path>) -> Result<Box<dyn Write>> {
@@ -141,8 +158,8 @@ fn output(out: Option<&Path>) -> Result<Box<dyn Write>> {
 }
 
 pub fn query_cmd(config: &Config, args: QueryArgs) -> Result<()> {
-    let root = root(config, args.store);
-    let mut ctx = QueryContext::open(&root)?;
+    let store = readable(config, args.store)?;
+    let mut ctx = QueryContext::open(store.root())?;
     let mut out = output(args.out.as_deref())?;
     if args.explain {
         let plan = ctx.explain(&args.sql)?;
@@ -159,8 +176,8 @@ pub fn query_cmd(config: &Config, args: QueryArgs) -> Result<()> {
 }
 
 pub fn tables_cmd(config: &Config, args: TablesArgs) -> Result<()> {
-    let root = root(config, args.store);
-    let ctx = QueryContext::open(&root)?;
+    let store = readable(config, args.store)?;
+    let ctx = QueryContext::open(store.root())?;
     println!("{:<14} {:>7} {:>12}", "table", "files", "rows");
     for table in ctx.tables() {
         println!("{:<14} {:>7} {:>12}", table.name, table.files, table.rows);
@@ -169,13 +186,13 @@ pub fn tables_cmd(config: &Config, args: TablesArgs) -> Result<()> {
 }
 
 pub fn training_set_cmd(config: &Config, args: TrainingSetArgs) -> Result<()> {
-    let root = root(config, args.store);
+    let store = readable(config, args.store)?;
     let spine = query::read_spine(&args.spine)?;
     let options = TrainingSetOptions {
         key: args.key,
         max_age_ms: args.max_age,
     };
-    let mut df = query::training_set(&root, spine, &options)?;
+    let mut df = query::training_set(store.root(), spine, &options)?;
     let format = match args.out.extension().and_then(|e| e.to_str()) {
         Some("parquet") => OutputFormat::Parquet,
         Some("csv") => OutputFormat::Csv,
@@ -221,7 +238,7 @@ pub fn compact_cmd(config: &Config, args: CompactArgs) -> Result<()> {
     let store = ParquetStore::open(&store_config)?;
     let tables = match args.table {
         Some(table) => vec![table],
-        None => shopstream_sinks::manifest::tables(&store_config.path)?,
+        None => shopstream_sinks::manifest::tables(store.storage())?,
     };
     for table in tables {
         let removed = store.vacuum(&table)?;

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
@@ -21,6 +20,7 @@ use shopstream_config::{Config, TopicsConfig};
 
 pub mod proxy;
 pub mod receiver;
+pub mod s3;
 
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
@@ -241,17 +241,23 @@ pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<Record> {
     records
 }
 
-/// Every batch of every committed Parquet file of `table`.
+/// Every batch of every committed Parquet file of `table` of the local store at `root`.
 pub fn read_table(root: &Path, table: &str) -> Vec<RecordBatch> {
-    shopstream_sinks::read::table_files(root, table)
+    read_table_of(&shopstream_sinks::storage::Storage::local(root), table)
+}
+
+/// Every batch of every committed Parquet file of `table` of `storage` (local or bucket).
+pub fn read_table_of(
+    storage: &shopstream_sinks::storage::Storage,
+    table: &str,
+) -> Vec<RecordBatch> {
+    shopstream_sinks::read::table_files(storage, table)
         .unwrap()
         .into_iter()
-        .flat_map(|path| {
-            let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
+        .flat_map(|file| {
+            shopstream_sinks::read::read_object(storage, &file.key)
                 .unwrap()
-                .build()
-                .unwrap();
-            reader.map(Result::unwrap).collect::<Vec<_>>()
+                .1
         })
         .collect()
 }

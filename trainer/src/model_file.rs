@@ -7,10 +7,12 @@
 //! <for each header.blocks entry, in order: len x f64 little-endian>
 //! ```
 //!
-//! Written to a temporary name, fsynced and renamed, so a reader never sees half a file.
+//! Written to a temporary name, fsynced and renamed, so a reader never sees half a file
+//! ([`Trainer::save`]); [`Trainer::model_file_bytes`] and [`Trainer::load_bytes`] are the same
+//! file as bytes, for a bucket.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -80,6 +82,24 @@ fn format(path: &Path, reason: impl Into<String>) -> ModelFileError {
 impl Trainer {
     /// Writes the model atomically to `path`.
     pub fn save(&self, path: &Path) -> Result<(), ModelFileError> {
+        let tmp = path.with_extension("tmp");
+        let file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        let out = self.write_model(std::io::BufWriter::new(file), &tmp)?;
+        let file = out.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
+        file.sync_all().map_err(io(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io(path))
+    }
+
+    /// The bytes of the model file (what [`Trainer::save`] writes), for storage that
+    /// takes whole objects (a bucket).
+    pub fn model_file_bytes(&self) -> Result<Vec<u8>, ModelFileError> {
+        self.write_model(Vec::new(), Path::new("<model in memory>"))
+    }
+
+    /// Writes the model file into `out` (`label` names it in errors); returns `out`.
+    fn write_model<W: Write>(&self, mut out: W, label: &Path) -> Result<W, ModelFileError> {
+        let tmp = label;
+        let path = label;
         let model = self.model();
         let (steps, demand_steps, c1, c2) = model.counters();
         let blocks = model.blocks();
@@ -96,19 +116,14 @@ impl Trainer {
                 .map(|(n, b)| (n.to_string(), b.len()))
                 .collect(),
         };
-        let tmp = path.with_extension("tmp");
-        let file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        let mut out = std::io::BufWriter::new(file);
         let json = serde_json::to_string(&header).map_err(|e| format(path, e.to_string()))?;
-        writeln!(out, "{MAGIC}\n{json}").map_err(io(&tmp))?;
+        writeln!(out, "{MAGIC}\n{json}").map_err(io(tmp))?;
         for (_, block) in &blocks {
             for v in *block {
-                out.write_all(&v.to_le_bytes()).map_err(io(&tmp))?;
+                out.write_all(&v.to_le_bytes()).map_err(io(tmp))?;
             }
         }
-        let file = out.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
-        file.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io(path))
+        Ok(out)
     }
 
     /// Reads a model file written by [`Trainer::save`].
@@ -122,10 +137,28 @@ impl Trainer {
         Self::load_as(path, true)
     }
 
+    /// Reads a model from the bytes of a model file (read from `path`, for errors); a
+    /// serving copy when `serving`.
+    pub fn load_bytes(
+        bytes: &[u8],
+        path: &Path,
+        serving: bool,
+    ) -> Result<(Trainer, ModelHeader), ModelFileError> {
+        Self::load_from(path, bytes, bytes.len() as u64, serving)
+    }
+
     fn load_as(path: &Path, serving: bool) -> Result<(Trainer, ModelHeader), ModelFileError> {
         let file = std::fs::File::open(path).map_err(io(path))?;
         let size = file.metadata().map_err(io(path))?.len();
-        let mut input = BufReader::new(file);
+        Self::load_from(path, BufReader::new(file), size, serving)
+    }
+
+    fn load_from(
+        path: &Path,
+        mut input: impl BufRead,
+        size: u64,
+        serving: bool,
+    ) -> Result<(Trainer, ModelHeader), ModelFileError> {
         let header = read_header_from(path, &mut input)?;
         let mut blocks = BTreeMap::new();
         for (name, len) in &header.blocks {

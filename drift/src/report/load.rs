@@ -195,7 +195,10 @@ pub(super) fn read_range(
 ) -> Result<(Batches, Option<(i64, i64)>), ReportError> {
     let mut out = Vec::new();
     let mut span: Option<(i64, i64)> = None;
-    for file in shopstream_sinks::manifest::live_files(root, table)? {
+    for file in shopstream_sinks::manifest::live_files(
+        &shopstream_sinks::storage::Storage::local(root),
+        table,
+    )? {
         let start = partition_start_ms(&file.relative);
         if let Some(s) = start {
             span = Some(span.map_or((s, s), |(a, b)| (a.min(s), b.max(s))));

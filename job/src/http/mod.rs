@@ -5,7 +5,8 @@
 //!   consumer lag is within `http.ready_max_lag`, else 503. In a group run
 //!   (`pipeline.instances = "group"`) readiness is per role instead: every partition this
 //!   instance holds read to its end since it was assigned, and on the trainer lease
-//!   holder the inventory too (docs/operations.md, "Instances").
+//!   holder the inventory too (docs/operations.md, "Instances"). While a request to a
+//!   bucket store fails and is being retried, `/readyz` is 503 "store unreachable".
 //!
 //! Routing looks at the path only (a query string is ignored). `GET` and `HEAD` are
 //! allowed (`HEAD` gets the headers of `GET`, `Content-Length` included, and no body);
@@ -267,6 +268,12 @@ fn route(path: &str, t: &Telemetry) -> (StatusCode, &'static str, String) {
             render(t),
         ),
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        // A bucket store failing its requests: the job holds everything and retries.
+        "/readyz" if shopstream_sinks::storage::retrying_now() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "store unreachable, retrying\n".to_string(),
+        ),
         "/readyz" if t.ready => (StatusCode::OK, "text/plain", "ready\n".to_string()),
         "/readyz" => (
             StatusCode::SERVICE_UNAVAILABLE,

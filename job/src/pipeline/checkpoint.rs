@@ -4,6 +4,7 @@
 
 use shopstream_config::Config;
 use shopstream_drift::stage::DriftStage;
+use shopstream_sinks::storage::Storage;
 
 use super::PipelineError;
 use crate::recovery::STATE_VERSION;
@@ -12,7 +13,8 @@ use crate::recovery::STATE_VERSION;
 /// one is due; the global stage's copy writes them.
 #[derive(Clone)]
 pub(super) struct CheckpointPlan {
-    dir: std::path::PathBuf,
+    /// The checkpoint directory: local, or below a bucket prefix.
+    dir: Storage,
     every: u64,
     min_interval: std::time::Duration,
     keep: usize,
@@ -26,26 +28,36 @@ pub(super) type JobState = crate::recovery::JobState<DriftStage>;
 
 impl CheckpointPlan {
     /// The plan of `[checkpoint]`, or `None` when checkpoints are off (and in replays,
-    /// which never checkpoint).
-    pub(super) fn of(config: &Config, replay: bool) -> Option<Self> {
-        (config.checkpoint.enabled && !replay).then(|| Self {
-            dir: config.checkpoint.dir_for(&config.store.path),
+    /// which never checkpoint). The directory may be a bucket URL (by default it is
+    /// `_checkpoints` below `store.path`); it is reached with `store.options`.
+    pub(super) fn of(config: &Config, replay: bool) -> Result<Option<Self>, PipelineError> {
+        if !config.checkpoint.enabled || replay {
+            return Ok(None);
+        }
+        let dir = Storage::open(
+            &config.checkpoint.dir_for(&config.store.path),
+            &config.store.options,
+            std::time::Duration::from_secs(config.store.retry_timeout_secs),
+        )
+        .map_err(shopstream_sinks::checkpoint::CheckpointError::from)?;
+        Ok(Some(Self {
+            dir,
             every: config.checkpoint.every_windows.max(1),
             min_interval: std::time::Duration::from_secs(config.checkpoint.min_interval_secs),
             keep: config.checkpoint.keep.max(1),
             last: None,
-        })
+        }))
     }
 
-    /// The same plan writing into `sub` under its directory (a group coordinator's own
-    /// checkpoints).
-    pub(super) fn under(mut self, sub: &std::path::Path) -> Self {
-        self.dir = self.dir.join(sub);
+    /// The same plan writing into `sub` (`/`-separated) under its directory (a group
+    /// coordinator's own checkpoints).
+    pub(super) fn under(mut self, sub: &str) -> Self {
+        self.dir = self.dir.child(sub);
         self
     }
 
     /// Where the checkpoints go.
-    pub(super) fn dir(&self) -> &std::path::Path {
+    pub(super) fn dir(&self) -> &Storage {
         &self.dir
     }
 
@@ -73,14 +85,12 @@ impl CheckpointPlan {
     /// Deletes the directory with every checkpoint in it (the `what` checkpoints of a
     /// finished run), reporting a failure other than its being gone already.
     pub(super) fn remove_dir(&self, what: &str) {
-        match std::fs::remove_dir_all(&self.dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(
+        if let Err(e) = self.dir.delete_all() {
+            tracing::warn!(
                 error = %e,
-                dir = %self.dir.display(),
+                dir = %self.dir.root_display(),
                 "could not delete the {what} checkpoints of a finished run"
-            ),
+            );
         }
     }
 
@@ -123,7 +133,7 @@ impl CheckpointPlan {
     /// Loads the newest usable checkpoint, saying which one and what was skipped.
     pub(super) fn restore(&self) -> Result<Option<JobState>, PipelineError> {
         let Some(loaded) = shopstream_sinks::checkpoint::load_latest::<JobState>(&self.dir)? else {
-            tracing::info!(dir = %self.dir.display(), "no checkpoint: starting with empty state");
+            tracing::info!(dir = %self.dir.root_display(), "no checkpoint: starting with empty state");
             return Ok(None);
         };
         warn_skipped("checkpoint", &loaded.skipped);
@@ -133,7 +143,7 @@ impl CheckpointPlan {
                 loaded.path.display(),
                 loaded.state.version,
                 STATE_VERSION,
-                self.dir.display()
+                self.dir.root_display()
             )));
         }
         tracing::info!(
@@ -162,7 +172,7 @@ pub(super) fn warn_skipped(kind: &str, skipped: &[shopstream_sinks::checkpoint::
 /// logs where, how large and how long it took (the job's and the group's partition
 /// checkpoints alike; blocking).
 pub(super) fn write_timed(
-    dir: &std::path::Path,
+    dir: &Storage,
     seq: u64,
     packed: &[u8],
     keep: usize,

@@ -150,7 +150,7 @@ pub async fn run_observed(
     let partitions = ensure_topics(&config.kafka, &all_topics).await?;
     // Start positions: the checkpoint's, when there is one (a replay never uses them);
     // partitions it does not name start at the group's committed offsets.
-    let checkpoints = CheckpointPlan::of(config, options.replay.is_some());
+    let checkpoints = CheckpointPlan::of(config, options.replay.is_some())?;
     let restored = match &checkpoints {
         Some(plan) => plan.restore()?,
         None => None,
@@ -307,13 +307,7 @@ pub async fn run_observed(
     };
     if outcome.is_ok() {
         shopstream_sinks::failpoint::hit("pipeline.model_saving");
-        if let Some(path) = &config.model.path {
-            let trainer = &worker.stage.trainer;
-            trainer
-                .save(path)
-                .map_err(|e| PipelineError::Internal(e.to_string()))?;
-            tracing::info!(path = %path.display(), version = trainer.version(), "model written");
-        }
+        save_model(config, &worker.stage.trainer)?;
         // Everything consumed is now reflected in durable outputs (and the checkpoint):
         // commit, while the source still serves its consumers (a stopped group member may
         // be evicted). A replay's group is throw-away: it commits nothing.
@@ -346,4 +340,37 @@ pub(super) fn open_store(config: &Config) -> Result<ParquetStore, PipelineError>
         }
     }
     Ok(store)
+}
+
+/// Writes the model file to `model.path` when it is set: a local path (temporary name,
+/// fsync, rename), or a bucket URL such as `s3://bucket/models/shop.ssm` (one upload,
+/// through `store.options` and the environment's credentials).
+pub(crate) fn save_model(
+    config: &Config,
+    trainer: &shopstream_trainer::Trainer,
+) -> Result<(), PipelineError> {
+    use shopstream_sinks::storage::{Location, Storage};
+    let Some(path) = &config.model.path else {
+        return Ok(());
+    };
+    let internal = |e: &dyn std::fmt::Display| PipelineError::Internal(format!("model file: {e}"));
+    match Location::parse(path).map_err(|e| internal(&e))? {
+        Location::Local(path) => trainer.save(&path).map_err(|e| internal(&e))?,
+        Location::Bucket(url) => {
+            let Some((parent, name)) = url.rsplit_once('/') else {
+                return Err(internal(&format!("{url} names no object")));
+            };
+            let dir = Storage::open(
+                std::path::Path::new(parent),
+                &config.store.options,
+                std::time::Duration::from_secs(config.store.retry_timeout_secs),
+            )
+            .map_err(|e| internal(&e))?;
+            let bytes = trainer.model_file_bytes().map_err(|e| internal(&e))?;
+            dir.put(name, bytes.into(), None)
+                .map_err(|e| internal(&e))?;
+        }
+    }
+    tracing::info!(path = %path.display(), version = trainer.version(), "model written");
+    Ok(())
 }

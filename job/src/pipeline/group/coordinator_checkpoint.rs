@@ -17,8 +17,8 @@
 //! over and the run replayed from the start of the topics instead (the same bytes, more
 //! work).
 
+use crate::pipeline::PipelineError;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use shopstream_config::Config;
@@ -160,17 +160,21 @@ pub(in crate::pipeline) struct CoordinatorState {
 
 /// The plan of the coordinator checkpoints of `config`'s group, or `None` when
 /// checkpoints are off.
-pub(in crate::pipeline) fn plan(config: &Config) -> Option<CheckpointPlan> {
+pub(in crate::pipeline) fn plan(config: &Config) -> Result<Option<CheckpointPlan>, PipelineError> {
     let group = super::model_broadcast::path_component(&config.kafka.group_id);
-    CheckpointPlan::of(config, false)
-        .map(|plan| plan.under(&Path::new(COORDINATOR_DIR).join(group)))
+    Ok(CheckpointPlan::of(config, false)?
+        .map(|plan| plan.under(&format!("{COORDINATOR_DIR}/{group}"))))
 }
 
 /// At the end of a bounded run, by the lease holder that finished it: deletes the
 /// group's coordinator checkpoints (a bounded run's group is never run again).
 pub(super) fn remove_all(config: &Config) {
-    if let Some(plan) = plan(config) {
-        plan.remove_dir("coordinator");
+    match plan(config) {
+        Ok(Some(plan)) => plan.remove_dir("coordinator"),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "could not delete the coordinator checkpoints of a finished run")
+        }
     }
 }
 
@@ -184,10 +188,10 @@ pub(super) async fn load(
     config: &Config,
     adopted: Vec<(String, SequencedClose)>,
 ) -> (Option<CoordinatorState>, Vec<(String, SequencedClose)>) {
-    let Some(plan) = plan(config) else {
+    let Ok(Some(plan)) = plan(config) else {
         return (None, adopted);
     };
-    let dir = plan.dir().to_path_buf();
+    let dir = plan.dir().clone();
     let group = config.kafka.group_id.clone();
     let shared = std::sync::Arc::new(adopted);
     let closes = std::sync::Arc::clone(&shared);

@@ -230,7 +230,7 @@ pub(super) async fn run(
     let worker = GlobalWorker::new(
         config,
         global_stage,
-        coordinator_checkpoint::plan(config),
+        coordinator_checkpoint::plan(config)?,
         committer,
         false,
     )?;
@@ -582,7 +582,7 @@ impl<'a> CoordinatorSide<'a> {
             inventory_caught_up: BTreeMap::new(),
             final_seq: parts.final_seq,
             positions: parts.positions,
-            checkpoints: coordinator_checkpoint::plan(config),
+            checkpoints: coordinator_checkpoint::plan(config)?,
             last_checkpoint: parts.windows_closed,
             windows_closed: parts.windows_closed,
             effects: Vec::new(),
@@ -927,13 +927,7 @@ impl CoordinatorSide<'_> {
             .min(std::time::Duration::from_secs(10));
         worker.stage.close_webhook(grace).await;
         worker.flush().await?;
-        if let Some(path) = &self.config.model.path {
-            let trainer = &worker.stage.trainer;
-            trainer
-                .save(path)
-                .map_err(|e| PipelineError::Internal(e.to_string()))?;
-            tracing::info!(path = %path.display(), version = trainer.version(), "model written");
-        }
+        crate::pipeline::save_model(&self.config, &worker.stage.trainer)?;
         let view = worker.view();
         self.summary.dead_letters_published = self.outputs.dead_letters_delivered();
         Ok(CoordinatorSummary {

@@ -482,7 +482,7 @@ pub(super) async fn run(
                 match turn {
                     Ok(coordinator_side::Turn::Finished(summary)) => {
                         model_broadcast::remove_leftovers(config);
-                        if let Some(checkpoints) = PartitionCheckpoints::of(config) {
+                        if let Ok(Some(checkpoints)) = PartitionCheckpoints::of(config) {
                             checkpoints.remove_all();
                         }
                         coordinator_checkpoint::remove_all(config);

@@ -17,6 +17,8 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+
+use shopstream_sinks::storage::Storage;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -58,12 +60,23 @@ pub(super) struct ModelReference {
 /// directory, state that every instance of the group reaches, not part of the store's
 /// data. One per group, so that groups sharing a checkpoint directory (or a new run of a
 /// backfill) never see each other's files.
-fn models_dir(config: &Config) -> PathBuf {
+fn models_path(config: &Config) -> PathBuf {
     config
         .checkpoint
         .dir_for(&config.store.path)
         .join(MODELS_DIR)
         .join(path_component(&config.kafka.group_id))
+}
+
+/// [`models_path`] opened: a local directory, or a prefix in the bucket of a bucket
+/// checkpoint directory (reached with `store.options`).
+fn models_dir(config: &Config) -> Result<Storage, PipelineError> {
+    Storage::open(
+        &models_path(config),
+        &config.store.options,
+        Duration::from_secs(config.store.retry_timeout_secs),
+    )
+    .map_err(|e| PipelineError::Internal(format!("the model broadcast directory: {e}")))
 }
 
 /// `name` as one path component: characters other than letters, digits, `.`, `_` and
@@ -98,10 +111,11 @@ fn is_broadcast_file(name: &str) -> bool {
     name.starts_with("model-v") && name.ends_with(".bin")
 }
 
-/// Whether `name` is the temporary file of one of [`file_name`]'s being written (the
-/// trainer writes `<name>.tmp` and renames it): a publisher killed mid-write leaves it.
+/// Whether `name` is the temporary file of one of [`file_name`]'s being written (a local
+/// write goes to `.<name>.<writer>.tmp` and is renamed; older builds wrote
+/// `model-v….tmp`): a publisher killed mid-write leaves it.
 fn is_partial_broadcast_file(name: &str) -> bool {
-    name.starts_with("model-v") && name.ends_with(".tmp")
+    (name.starts_with("model-v") || name.starts_with(".model-v")) && name.ends_with(".tmp")
 }
 
 /// The coordinator's side: broadcasts each model `models` receives (the models its global
@@ -116,16 +130,10 @@ pub(super) async fn publish(
     cancel: CancellationToken,
 ) -> Result<(), PipelineError> {
     let writer = LatestWriter::create(&config.kafka, &topic, KEY).await?;
-    let dir = models_dir(&config);
-    std::fs::create_dir_all(&dir).map_err(|e| {
-        PipelineError::Internal(format!(
-            "creating the model broadcast directory {}: {e}",
-            dir.display()
-        ))
-    })?;
+    let dir = models_dir(&config)?;
     // Only the files this publisher wrote are ever deleted (another group, or an earlier
     // run's leftovers, are not its to touch).
-    let mut written: VecDeque<PathBuf> = VecDeque::new();
+    let mut written: VecDeque<String> = VecDeque::new();
     let mut last = 0;
     loop {
         tokio::select! {
@@ -144,7 +152,7 @@ pub(super) async fn publish(
                 written.push_back(path);
                 while written.len() > KEEP_FILES {
                     if let Some(old) = written.pop_front() {
-                        remove_if_present(&old);
+                        remove_if_present(&dir, &old);
                     }
                 }
             }
@@ -155,12 +163,14 @@ pub(super) async fn publish(
             () = tokio::time::sleep(BROADCAST_EVERY) => {}
         }
     }
-    for path in written {
-        remove_if_present(&path);
+    for file in written {
+        remove_if_present(&dir, &file);
     }
     // Gone when empty (the last publisher of the group); kept otherwise (files of a
     // lease holder that died go with `remove_leftovers` when the run finishes).
-    let _ = std::fs::remove_dir(&dir);
+    if let Some(local) = dir.local_root() {
+        let _ = std::fs::remove_dir(local);
+    }
     Ok(())
 }
 
@@ -169,58 +179,60 @@ pub(super) async fn publish(
 /// of its own, and may have died writing one) and the group's directory. Only names this
 /// module writes are touched.
 pub(super) fn remove_leftovers(config: &Config) {
-    let dir = models_dir(config);
-    let Ok(entries) = std::fs::read_dir(&dir) else {
+    let Ok(dir) = models_dir(config) else {
         return;
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let ours = name
-            .to_str()
-            .is_some_and(|n| is_broadcast_file(n) || is_partial_broadcast_file(n));
+    let Ok(listed) = dir.list("") else {
+        return;
+    };
+    for object in listed {
+        // Only names directly in the directory, and only the broadcast's.
+        let ours = !object.key.contains('/')
+            && (is_broadcast_file(&object.key) || is_partial_broadcast_file(&object.key));
         if ours {
-            remove_if_present(&entry.path());
+            remove_if_present(&dir, &object.key);
         }
     }
-    let _ = std::fs::remove_dir(&dir);
+    if let Some(local) = dir.local_root() {
+        let _ = std::fs::remove_dir(local);
+    }
 }
 
-/// Deletes `path`; one already gone is fine, another failure is reported.
-fn remove_if_present(path: &Path) {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            tracing::warn!(error = %e, path = %path.display(), "could not delete an old broadcast model")
-        }
+/// Deletes `file` of `dir`; one already gone is fine, another failure is reported.
+fn remove_if_present(dir: &Storage, file: &str) {
+    if let Err(e) = dir.delete(file) {
+        tracing::warn!(error = %e, path = %dir.location(file).display(), "could not delete an old broadcast model");
     }
 }
 
 /// Writes `model` to its file and publishes its reference: the version and the file.
 async fn broadcast(
     writer: &LatestWriter,
-    dir: &Path,
+    dir: &Storage,
     model: Arc<Trainer>,
-) -> Result<(u64, PathBuf), PipelineError> {
+) -> Result<(u64, String), PipelineError> {
     let taken_ms = now_ms();
     let version = model.version();
     let file = file_name(version);
-    let path = dir.join(&file);
     let saved = {
-        let path = path.clone();
-        tokio::task::spawn_blocking(move || model.save(&path).map_err(|e| e.to_string()))
-            .await
-            .map_err(|e| PipelineError::Internal(format!("model broadcast task: {e}")))?
+        let (dir, file) = (dir.clone(), file.clone());
+        tokio::task::spawn_blocking(move || {
+            let bytes = model.model_file_bytes().map_err(|e| e.to_string())?;
+            dir.put(&file, bytes.into(), None)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| PipelineError::Internal(format!("model broadcast task: {e}")))?
     };
     saved.map_err(PipelineError::Internal)?;
     let reference = ModelReference {
         version,
-        file,
+        file: file.clone(),
         taken_ms,
     };
     writer.publish(&protocol::encode(&reference)?).await?;
     tracing::debug!(version, "model broadcast");
-    Ok((version, path))
+    Ok((version, file))
 }
 
 /// Whether `file` names a file directly inside the broadcast directory (a reference from
@@ -243,7 +255,7 @@ pub(super) async fn follow(
     cancel: CancellationToken,
 ) -> Result<(), PipelineError> {
     let mut reader = LatestReader::open(&config.kafka, &topic).await?;
-    let dir = models_dir(&config);
+    let dir = models_dir(&config)?;
     let mut newest: Option<ModelReference> = None;
     loop {
         let value = tokio::select! {
@@ -290,10 +302,17 @@ pub(super) async fn follow(
         if reference.version <= models.borrow().version() {
             continue;
         }
-        let path = dir.join(&reference.file);
-        let loaded = tokio::task::spawn_blocking(move || Trainer::load_serving(&path))
-            .await
-            .map_err(|e| PipelineError::Internal(format!("model load task: {e}")))?;
+        let (from, file) = (dir.clone(), reference.file.clone());
+        let loaded = tokio::task::spawn_blocking(move || {
+            let path = from.location(&file);
+            let bytes = from
+                .get(&file)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("{} is gone", path.display()))?;
+            Trainer::load_bytes(&bytes, &path, true).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| PipelineError::Internal(format!("model load task: {e}")))?;
         match loaded {
             Ok((trainer, _)) => {
                 let version = trainer.version();
@@ -345,13 +364,13 @@ mod tests {
         let mut config = Config::default();
         config.store.path = PathBuf::from("/data/store");
         config.kafka.group_id = "backfill/../2026".to_string();
-        let dir = models_dir(&config);
+        let dir = models_path(&config);
         assert_eq!(
             dir,
             PathBuf::from("/data/store/_checkpoints/models/backfill_.._2026")
         );
         config.kafka.group_id = "..".to_string();
-        assert_eq!(models_dir(&config).file_name().unwrap_or_default(), "_..");
+        assert_eq!(models_path(&config).file_name().unwrap_or_default(), "_..");
     }
 
     #[test]
@@ -359,7 +378,7 @@ mod tests {
         let root = tempfile::tempdir().expect("temp dir");
         let mut config = Config::default();
         config.store.path = root.path().join("store");
-        let dir = models_dir(&config);
+        let dir = models_path(&config);
         std::fs::create_dir_all(&dir).expect("models dir");
         // A dead lease holder's files (one it died writing), and a file that is not the
         // broadcast's.

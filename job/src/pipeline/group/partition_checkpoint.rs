@@ -12,8 +12,8 @@
 //! once everything it covers has reached the coordinator (the progress, drift arrivals
 //! and answers sent before it), so a new owner never needs to send any of that again.
 
+use shopstream_sinks::storage::Storage;
 use std::collections::{BTreeMap, VecDeque};
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -73,11 +73,11 @@ pub(super) struct PartitionCheckpoints {
 impl PartitionCheckpoints {
     /// The plan of `[checkpoint]` for the group of `config`, or `None` when checkpoints
     /// are off.
-    pub(super) fn of(config: &Config) -> Option<Self> {
+    pub(super) fn of(config: &Config) -> Result<Option<Self>, PipelineError> {
         let group = super::model_broadcast::path_component(&config.kafka.group_id);
-        CheckpointPlan::of(config, false).map(|plan| Self {
-            plan: plan.under(&Path::new(SHARDS_DIR).join(group)),
-        })
+        Ok(CheckpointPlan::of(config, false)?.map(|plan| Self {
+            plan: plan.under(&format!("{SHARDS_DIR}/{group}")),
+        }))
     }
 
     /// At the end of a bounded run, by the lease holder that finished it: deletes the
@@ -86,8 +86,8 @@ impl PartitionCheckpoints {
         self.plan.remove_dir("partition");
     }
 
-    fn dir(&self, partition: i32) -> PathBuf {
-        self.plan.dir().join(partition.to_string())
+    fn dir(&self, partition: i32) -> Storage {
+        self.plan.dir().child(&partition.to_string())
     }
 
     /// Whether a partition that has applied `applied` closes, and was last checkpointed
@@ -234,7 +234,9 @@ mod tests {
         let root = tempfile::tempdir().expect("temp dir");
         let mut config = Config::default();
         config.store.path = root.path().to_path_buf();
-        let checkpoints = PartitionCheckpoints::of(&config).expect("checkpoints on");
+        let checkpoints = PartitionCheckpoints::of(&config)
+            .expect("plan")
+            .expect("checkpoints on");
         let points = ResumePoints::new(checkpoints.clone());
         // Not asked: any checkpoint will do.
         assert!(points.take(0).is_none());

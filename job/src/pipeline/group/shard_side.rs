@@ -145,7 +145,7 @@ pub(super) async fn run(
     let mut closes = LogReader::open(&config.kafka, &topics.closes, 0).await?;
     // The source starts a partition number it is assigned where its checkpoint stands,
     // and the stage resumes from that same checkpoint.
-    let resume_points = PartitionCheckpoints::of(config)
+    let resume_points = PartitionCheckpoints::of(config)?
         .map(|checkpoints| Arc::new(ResumePoints::new(checkpoints)));
     let starts = resume_points
         .clone()
