@@ -3,20 +3,22 @@
 #   make test   formatting, lints, unit tests and end-to-end tests against a real broker
 #
 # Tools that are missing are installed on first use, outside the clone:
-#   TOOLS_DIR (default ~/.cache/shopstream/tools) holds the tansu broker binary.
+#   TOOLS_DIR (default ~/.cache/shopstream/tools) holds the tansu broker binary, and moto's
+#   S3 server in a venv when the machine has none (scripts/install-moto.sh).
 
 SHELL := /bin/bash
 TOOLS_DIR ?= $(HOME)/.cache/shopstream/tools
 TANSU := $(TOOLS_DIR)/bin/tansu
 CARGO ?= cargo
 
-.PHONY: demo test tansu broker check-store bench fuzz help
+.PHONY: demo test tansu broker check-store bench bench-store-s3 fuzz help
 
 help:
 	@echo "make demo         run the pipeline end to end on an embedded cluster (no installs beyond cargo)"
 	@echo "make test         fmt + clippy + unit + end-to-end tests (installs tansu on first run, ~20 min)"
 	@echo "make broker       start a local tansu broker on 127.0.0.1:9092 with the shop.* topics"
-	@echo "make check-store  open the demo store with pyarrow (installs pyarrow into a venv)"
+	@echo "make check-store  read a store (STORE=DIR or s3://…) with pyarrow and DuckDB (installs them into a venv)"
+	@echo "make bench-store-s3  store writes and queries, local disk vs S3 (moto), one run"
 	@echo "make bench        criterion benchmarks (figures go to BENCHMARKS.md)"
 	@echo "make fuzz         fuzz the decoder for FUZZ_SECS seconds (default 600; installs cargo-fuzz)"
 
@@ -27,11 +29,13 @@ test: tansu
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	@# nextest (on the machine image) runs each test in its own process and closes with
-	@# a summary line; plain cargo test is the fallback.
+	@# a summary line; plain cargo test is the fallback. The store tests on S3 run
+	@# against moto's server, found (or installed) once here.
+	moto="$$(scripts/install-moto.sh "$(TOOLS_DIR)")"; \
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		SHOPSTREAM_TANSU=$(TANSU) $(CARGO) nextest run --workspace --locked --no-fail-fast; \
+		SHOPSTREAM_TANSU=$(TANSU) SHOPSTREAM_MOTO_SERVER="$$moto" $(CARGO) nextest run --workspace --locked --no-fail-fast; \
 	else \
-		SHOPSTREAM_TANSU=$(TANSU) $(CARGO) test --workspace --locked --no-fail-fast; \
+		SHOPSTREAM_TANSU=$(TANSU) SHOPSTREAM_MOTO_SERVER="$$moto" $(CARGO) test --workspace --locked --no-fail-fast; \
 	fi
 
 tansu:
@@ -40,8 +44,12 @@ tansu:
 broker: tansu
 	SHOPSTREAM_TOOLS=$(TOOLS_DIR) scripts/broker.sh
 
+STORE ?= demo-store
 check-store:
-	@scripts/check-store.sh demo-store
+	@scripts/check-store.sh "$(STORE)"
+
+bench-store-s3:
+	@scripts/bench-store-s3.sh
 
 bench:
 	$(CARGO) bench --locked -p shopstream-ingest --bench decode

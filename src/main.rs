@@ -34,7 +34,8 @@ struct Cli {
     config: Option<PathBuf>,
 
     /// Log format on stderr. The level comes from SHOPSTREAM_LOG (for example `debug` or
-    /// `shopstream=debug,rdkafka=warn`), default `info`.
+    /// `shopstream=debug,rdkafka=warn`), default `info,object_store=warn` (the object
+    /// store client logs each retried request at info; shopstream warns once per request).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
@@ -128,7 +129,7 @@ fn error_text(error: &anyhow::Error) -> String {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHOPSTREAM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,object_store=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -15,7 +15,9 @@ use shopstream_config::Config;
 use shopstream_ingest::generator::{GeneratorOptions, GeneratorReport, world::WorldSize};
 use shopstream_job::generate::publish_traffic;
 use shopstream_job::pipeline::{ReplayRange, RunOptions, run, run_observed};
+use shopstream_sinks::storage::Storage;
 use shopstream_sinks::store::ParquetStore;
+use support::s3::S3Server;
 use support::{Broker, store_files};
 
 /// About 75 minutes of event time (two hour partitions) in 5,000 events.
@@ -55,9 +57,9 @@ async fn live_run(config: &Config, total: u64) {
     assert_eq!(summary.consumed.values().sum::<u64>(), total);
 }
 
-async fn replay(config: &Config, store: &Path, range: ReplayRange) {
+async fn replay(config: &Config, store: &shopstream_config::StoreConfig, range: ReplayRange) {
     let mut config = config.clone();
-    config.store.path = store.to_path_buf();
+    config.store = store.clone();
     let options = RunOptions {
         stop_at_end: true,
         replay: Some(range),
@@ -79,6 +81,19 @@ fn window_of(relative: &str) -> Option<i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_of_the_live_range_writes_byte_identical_files() {
+    replay_identical(None).await;
+}
+
+/// Guards issue 16: [`replay_of_the_live_range_writes_byte_identical_files`] with the
+/// replays written to, and compacted in, S3 buckets (moto).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_into_s3_writes_the_live_runs_files_byte_for_byte() {
+    let s3 = S3Server::start();
+    replay_identical(Some(&s3)).await;
+}
+
+/// The replay test; the replays go into directories, or into buckets of `s3`.
+async fn replay_identical(s3: Option<&S3Server>) {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let live = dir.path().join("live");
@@ -96,15 +111,35 @@ async fn replay_of_the_live_range_writes_byte_identical_files() {
     // resumes from there and writes them (as a backfill would), so the live store is
     // complete for the comparison.
     support::run_to_end(&config).await;
-    let live_files = store_files(&live);
+    let live_store = config.store.clone();
+    let files_of = |store: &shopstream_config::StoreConfig| {
+        support::objects(&shopstream_sinks::store::open_storage(store).unwrap())
+    };
+    let live_files = files_of(&live_store);
+    assert!(
+        live_files == store_files(&live),
+        "objects are the directory's files"
+    );
     let examples = live_files
         .keys()
         .filter(|k| k.starts_with("examples/"))
         .count();
     assert!(examples > 20, "{examples} example files");
+    // Where a replay writes: a directory, or a new bucket.
+    let target = |name: &str| {
+        let mut store = config.store.clone();
+        match s3 {
+            None => store.path = dir.path().join(name),
+            Some(s3) => {
+                store.path = format!("s3://{}/store", s3.bucket(name)).into();
+                store.options = s3.options();
+            }
+        }
+        store
+    };
 
-    // The whole range, into a second path.
-    let full = dir.path().join("replay-full");
+    // The whole range, into a second store.
+    let full = target("replay-full");
     replay(
         &config,
         &full,
@@ -115,11 +150,22 @@ async fn replay_of_the_live_range_writes_byte_identical_files() {
         },
     )
     .await;
-    support::assert_same_store("replay of the whole range", &live, &full);
+    let full_files = files_of(&full);
+    assert_eq!(
+        live_files.keys().collect::<Vec<_>>(),
+        full_files.keys().collect::<Vec<_>>(),
+        "replay of the whole range: same file names"
+    );
+    for (name, bytes) in &live_files {
+        assert!(
+            full_files[name] == *bytes,
+            "replay of the whole range: {name} differs"
+        );
+    }
 
     // A sub-range: exactly the live run's files of the windows starting in it, same bytes.
     let (from, to) = (report.first_ts + 1_200_000, report.first_ts + 2_400_000);
-    let part = dir.path().join("replay-part");
+    let part = target("replay-part");
     replay(
         &config,
         &part,
@@ -130,7 +176,7 @@ async fn replay_of_the_live_range_writes_byte_identical_files() {
         },
     )
     .await;
-    let part_files = store_files(&part);
+    let part_files = files_of(&part);
     let expected: Vec<&String> = live_files
         .keys()
         .filter(|name| {
@@ -153,37 +199,31 @@ async fn replay_of_the_live_range_writes_byte_identical_files() {
     }
 
     // Compaction is deterministic too, and loses no row.
-    let compact = |root: &Path| {
-        let mut store_config = config.store.clone();
-        store_config.path = root.to_path_buf();
-        let store = ParquetStore::open(&store_config).unwrap();
-        for table in
-            shopstream_sinks::manifest::tables(&shopstream_sinks::storage::Storage::local(root))
-                .unwrap()
-        {
+    let compact = |store_config: &shopstream_config::StoreConfig| {
+        let store = ParquetStore::open(store_config).unwrap();
+        for table in shopstream_sinks::manifest::tables(store.storage()).unwrap() {
             store.compact(&table, None).unwrap();
         }
     };
-    compact(&live);
+    compact(&live_store);
     compact(&full);
-    let (live_files, full_files) = (store_files(&live), store_files(&full));
+    let (live_files, full_files) = (files_of(&live_store), files_of(&full));
     assert_eq!(live_files, full_files, "compacted stores differ");
     let compacted = live_files
         .keys()
         .filter(|k| k.starts_with("examples/"))
         .count();
     assert!(compacted <= 2, "{compacted} example files after compaction");
-    let rows: u64 = shopstream_sinks::manifest::live_files(
-        &shopstream_sinks::storage::Storage::local(&live),
-        "examples",
-    )
-    .unwrap()
-    .iter()
-    .map(|f| f.rows)
-    .sum();
+    let storage = shopstream_sinks::store::open_storage(&full).unwrap();
+    let rows: u64 = shopstream_sinks::manifest::live_files(&storage, "examples")
+        .unwrap()
+        .iter()
+        .map(|f| f.rows)
+        .sum();
     assert_eq!(rows, report.impressions);
     println!(
-        "replay: {examples} example files byte-identical (full range), {} in the sub-range, {compacted} after compaction, {rows} rows",
+        "replay{}: {examples} example files byte-identical (full range), {} in the sub-range, {compacted} after compaction, {rows} rows",
+        if s3.is_some() { " into S3" } else { "" },
         part_files.len()
     );
 }
@@ -289,6 +329,20 @@ fn visible_examples(config_path: &Path) -> (u64, u64) {
 /// for file, to a run never killed, and so is the model file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_eight_points_then_restart_gives_the_never_killed_store_and_model() {
+    sigkill_then_restart(None).await;
+}
+
+/// Guards issue 16: [`sigkill_at_eight_points_then_restart_gives_the_never_killed_store_and_model`]
+/// with the store, the checkpoints and the model file in an S3 bucket (moto).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_eight_points_with_the_store_on_s3_gives_the_never_killed_store_and_model() {
+    let s3 = S3Server::start();
+    sigkill_then_restart(Some(&s3)).await;
+}
+
+/// The kill test, with the store (checkpoints and model included) in a directory, or in
+/// a bucket of `s3`.
+async fn sigkill_then_restart(s3: Option<&S3Server>) {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let base = broker.config("kill", &dir.path().join("unused"));
@@ -299,12 +353,39 @@ async fn sigkill_at_eight_points_then_restart_gives_the_never_killed_store_and_m
     let job_config = |name: &str| {
         let mut config = base.clone();
         config.kafka.group_id = format!("{}-{name}", base.kafka.group_id);
-        config.store.path = dir.path().join(name);
-        config.model.path = Some(dir.path().join(format!("{name}.ssm")));
+        match s3 {
+            None => {
+                config.store.path = dir.path().join(name);
+                config.model.path = Some(dir.path().join(format!("{name}.ssm")));
+            }
+            Some(s3) => {
+                let bucket = s3.bucket(name);
+                config.store.path = format!("s3://{bucket}/store").into();
+                config.store.options = s3.options();
+                config.model.path = Some(format!("s3://{bucket}/model.ssm").into());
+            }
+        }
         config.model.embedding_bits = 12;
         let path = dir.path().join(format!("{name}.toml"));
         std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
         (config, path)
+    };
+    let storage = |config: &Config| shopstream_sinks::store::open_storage(&config.store).unwrap();
+    // The model file's bytes, wherever it is.
+    let model_of = |config: &Config| -> Vec<u8> {
+        let path = config.model.path.as_ref().unwrap();
+        match path.to_string_lossy().rsplit_once('/') {
+            Some((parent, name)) if parent.starts_with("s3://") => {
+                let dir = Storage::open(
+                    Path::new(parent),
+                    &config.store.options,
+                    Duration::from_secs(30),
+                )
+                .unwrap();
+                dir.get(name).unwrap().expect("model file").to_vec()
+            }
+            _ => std::fs::read(path).unwrap(),
+        }
     };
     let run_job = |config_path: &Path, failpoint: Option<&str>| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_shopstream"));
@@ -319,22 +400,12 @@ async fn sigkill_at_eight_points_then_restart_gives_the_never_killed_store_and_m
         command.spawn().unwrap()
     };
     // Every visible file of every table, with its bytes.
-    let visible = |root: &Path| -> Vec<(String, Vec<u8>)> {
+    let visible = |store: &Storage| -> Vec<(String, Vec<u8>)> {
         let mut files = Vec::new();
-        for table in
-            shopstream_sinks::manifest::tables(&shopstream_sinks::storage::Storage::local(root))
-                .unwrap()
-        {
-            for f in shopstream_sinks::manifest::live_files(
-                &shopstream_sinks::storage::Storage::local(root),
-                &table,
-            )
-            .unwrap()
-            {
-                files.push((
-                    format!("{table}/{}", f.relative),
-                    std::fs::read(&f.path).unwrap(),
-                ));
+        for table in shopstream_sinks::manifest::tables(store).unwrap() {
+            for f in shopstream_sinks::manifest::live_files(store, &table).unwrap() {
+                let bytes = store.get(&f.key).unwrap().expect("committed file").to_vec();
+                files.push((f.key, bytes));
             }
         }
         files.sort();
@@ -353,8 +424,8 @@ async fn sigkill_at_eight_points_then_restart_gives_the_never_killed_store_and_m
         visible_examples(&reference_path),
         (report.impressions, report.impressions)
     );
-    let reference_model = std::fs::read(reference.model.path.as_ref().unwrap()).unwrap();
-    let reference_files = visible(&reference.store.path);
+    let reference_model = model_of(&reference);
+    let reference_files = visible(&storage(&reference));
     let total: u64 = report.valid_per_topic.values().sum();
 
     let mut partial_seen = false;
@@ -402,13 +473,9 @@ async fn sigkill_at_eight_points_then_restart_gives_the_never_killed_store_and_m
             assert!(rows < report.impressions, "{point}: killed before the end");
         }
         // Every visible file is complete: its rows equal its commit record's.
-        for file in shopstream_sinks::manifest::live_files(
-            &shopstream_sinks::storage::Storage::local(&config.store.path),
-            "examples",
-        )
-        .unwrap()
-        {
-            let (_, batches) = shopstream_sinks::read::read_file(&file.path).unwrap();
+        let store = storage(&config);
+        for file in shopstream_sinks::manifest::live_files(&store, "examples").unwrap() {
+            let (_, batches) = shopstream_sinks::read::read_object(&store, &file.key).unwrap();
             let read: usize = batches.iter().map(|b| b.num_rows()).sum();
             assert_eq!(read as u64, file.rows, "{point}: {}", file.relative);
         }
@@ -439,8 +506,8 @@ async fn sigkill_at_eight_points_then_restart_gives_the_never_killed_store_and_m
             "{point}: after the restart"
         );
         // No file outside the manifest is left for directory-scanning engines.
-        let on_disk: Vec<String> = store_files(&config.store.path).into_keys().collect();
-        let files = visible(&config.store.path);
+        let on_disk: Vec<String> = support::objects(&store).into_keys().collect();
+        let files = visible(&store);
         let committed: Vec<&String> = files.iter().map(|(name, _)| name).collect();
         assert_eq!(
             on_disk.iter().collect::<Vec<_>>(),
@@ -452,11 +519,12 @@ async fn sigkill_at_eight_points_then_restart_gives_the_never_killed_store_and_m
             "{point}: the restarted store differs from the never-killed one"
         );
         assert!(
-            std::fs::read(config.model.path.as_ref().unwrap()).unwrap() == reference_model,
+            model_of(&config) == reference_model,
             "{point}: the model differs from the never-killed one"
         );
         println!(
-            "kill at {point}: {rows} rows visible after the kill; restart {} and read {consumed} of {total} messages; store and model identical to the never-killed run",
+            "{}kill at {point}: {rows} rows visible after the kill; restart {} and read {consumed} of {total} messages; store and model identical to the never-killed run",
+            if s3.is_some() { "S3 store: " } else { "" },
             if resumed {
                 "resumed from a checkpoint"
             } else {

@@ -7,6 +7,8 @@
 mod support;
 
 use std::collections::BTreeMap;
+
+use arrow::array::Array;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,27 +19,11 @@ use shopstream_sinks::manifest::{self, Commit, CommittedFile};
 use shopstream_sinks::storage::{Created, Storage};
 use shopstream_sinks::store::StoreError;
 use support::s3::S3Server;
-use support::{Broker, read_table_of};
+use support::{Broker, objects, read_table_of};
 
 /// The store of `config` (local or bucket).
 fn storage_of(config: &Config) -> Storage {
     shopstream_sinks::store::open_storage(&config.store).unwrap()
-}
-
-/// Every object of a store but its commit records and checkpoints, with its bytes: what
-/// a directory-scanning engine sees.
-pub fn objects(storage: &Storage) -> BTreeMap<String, Vec<u8>> {
-    storage
-        .list("")
-        .unwrap()
-        .into_iter()
-        .filter(|o| !o.key.starts_with("_manifest/") && !o.key.starts_with("_checkpoints/"))
-        .filter(|o| !o.key.ends_with(".ssm"))
-        .map(|o| {
-            let bytes = storage.get(&o.key).unwrap().unwrap().to_vec();
-            (o.key, bytes)
-        })
-        .collect()
 }
 
 /// `config` with its store in a new bucket of `s3`.
@@ -244,10 +230,260 @@ async fn a_job_writes_to_s3_the_bytes_it_writes_to_a_local_store() {
         Some(format!("{0},{0}", report.impressions).as_str()),
         "{text}"
     );
+    // Other engines read the bucket too: pyarrow and DuckDB agree with the manifest
+    // (scripts/check-store.sh installs them into a venv outside the clone once).
+    let check = std::process::Command::new("scripts/check-store.sh")
+        .arg(remote.store.path.display().to_string())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("AWS_ENDPOINT_URL", format!("http://{}", s3.endpoint))
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    let checked = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "check-store on S3: {checked}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        checked.contains(&format!(
+            "examples: files {}",
+            local_objects
+                .keys()
+                .filter(|k| k.starts_with("examples/"))
+                .count()
+        )),
+        "{checked}"
+    );
+    println!("check-store on S3:\n{checked}");
     println!(
         "S3 end to end: {} objects identical to the local store's, {rows} example rows, {} checkpoint objects and the model ({} bytes, identical) in the bucket, query over s3:// agrees",
         remote_objects.len(),
         checkpoints.len(),
         model.len()
+    );
+}
+
+/// A live job on generated traffic whose store (checkpoints included) is in a bucket
+/// reached through `proxy`: its config file, endpoints, log and the traffic's report.
+struct LiveOnS3 {
+    config: Config,
+    config_path: PathBuf,
+    addr: std::net::SocketAddr,
+    log: PathBuf,
+    job: std::process::Child,
+    messages: Vec<shopstream_ingest::generator::GeneratedMessage>,
+    report: shopstream_ingest::generator::GeneratorReport,
+}
+
+/// Publishes the first half of 3,000 generated events and starts the live job on them
+/// with its store in a new bucket of `s3`, a file per window (so that windows closing
+/// during an outage write), and `retry_timeout_secs`.
+async fn start_live_on_s3(
+    broker: &Broker,
+    s3: &S3Server,
+    dir: &Path,
+    retry_timeout_secs: u64,
+) -> LiveOnS3 {
+    let base = broker.config("s3outage", &dir.join("unused"));
+    let mut config = on_s3(&base, s3, "outage");
+    let addr = support::serve_on_free_port(&mut config);
+    config.store.file_span_secs = 0;
+    config.store.retry_timeout_secs = retry_timeout_secs;
+    // Offsets are committed after each checkpoint: take one every window.
+    config.checkpoint.every_windows = 1;
+    config.kafka.produce_timeout_ms = 120_000;
+    config.pipeline.idle_partition_timeout_secs = 120;
+    let config_path = dir.join("job.toml");
+    std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
+    let mut generator = shopstream_ingest::generator::Generator::new(GeneratorOptions {
+        seed: 12,
+        max_events: Some(3_000),
+        size: WorldSize {
+            users: 150,
+            items: 200,
+            categories: 8,
+        },
+        ..GeneratorOptions::default()
+    });
+    let messages: Vec<_> = generator.by_ref().collect();
+    let report = generator.report().clone();
+    let first = messages[..messages.len() / 2].to_vec();
+    let first_count = shopstream_job::generate::publish_messages(&config, first, None)
+        .await
+        .unwrap();
+    let log = dir.join("job.log");
+    let mut job = std::process::Command::new(env!("CARGO_BIN_EXE_shopstream"))
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    support::wait_consumed(addr, first_count, &mut job, Duration::from_secs(90)).await;
+    LiveOnS3 {
+        config,
+        config_path,
+        addr,
+        log,
+        job,
+        messages,
+        report,
+    }
+}
+
+/// Guards issue 16's store outage: S3 unreachable for 30 s (the connection cut through a
+/// proxy) while windows close. The job keeps running and retries with backoff, `/readyz`
+/// says the store is unreachable, no input offset is committed meanwhile, and once the
+/// store is back nothing is lost or doubled: every impression is one row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thirty_second_s3_outage_loses_nothing() {
+    let broker = Broker::start();
+    let (s3, proxy) = S3Server::start_behind_proxy();
+    let dir = tempfile::tempdir().unwrap();
+    let mut live = start_live_on_s3(&broker, &s3, dir.path(), 120).await;
+    let committed = || {
+        support::committed_offsets(
+            &broker.bootstrap,
+            &live.config.kafka.group_id,
+            &live.config.topics.clicks,
+            live.config.kafka.topic_partitions,
+        )
+    };
+
+    proxy.cut();
+    let cut_at = std::time::Instant::now();
+    // The rest of the traffic arrives during the outage: its windows close and want
+    // writing.
+    let second = live.messages[live.messages.len() / 2..].to_vec();
+    shopstream_job::generate::publish_messages(&live.config, second, None)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let committed_early = committed();
+    let mut unready_seen = None;
+    while cut_at.elapsed() < Duration::from_secs(30) {
+        assert!(
+            live.job.try_wait().unwrap().is_none(),
+            "the job exited during the outage: {}",
+            std::fs::read_to_string(&live.log).unwrap_or_default()
+        );
+        let (status, body) = support::http_get(live.addr, "/readyz");
+        if status.contains("503") && body.contains("store unreachable") {
+            unready_seen.get_or_insert(cut_at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let committed_late = committed();
+    assert_eq!(
+        committed_early, committed_late,
+        "offsets advanced while the store was unreachable"
+    );
+    let unready_after = unready_seen.expect("/readyz never said the store was unreachable");
+    proxy.restore();
+    support::wait_consumed(
+        live.addr,
+        live.report.valid_total,
+        &mut live.job,
+        Duration::from_secs(120),
+    )
+    .await;
+    support::sigterm(&live.job);
+    let status = live.job.wait().unwrap();
+    let logged = std::fs::read_to_string(&live.log).unwrap();
+    assert_eq!(status.code(), Some(0), "{logged}");
+    assert!(
+        logged.contains("store request failed; retrying"),
+        "the outage was not logged: {logged}"
+    );
+    // Shutdown checkpointed what was still open; a bounded run resumes and writes it.
+    let end = std::process::Command::new(env!("CARGO_BIN_EXE_shopstream"))
+        .args(["run", "--stop-at-end", "--config"])
+        .arg(&live.config_path)
+        .output()
+        .unwrap();
+    assert!(
+        end.status.success(),
+        "{}",
+        String::from_utf8_lossy(&end.stderr)
+    );
+    let committed_end = committed();
+    assert!(
+        committed_end.values().sum::<i64>() > committed_late.values().sum::<i64>(),
+        "offsets never advanced after the outage: {committed_late:?} -> {committed_end:?}"
+    );
+    let bucket = storage_of(&live.config);
+    let batches = read_table_of(&bucket, "examples");
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let mut ids = std::collections::HashSet::new();
+    for batch in &batches {
+        let column = batch.column_by_name("event_id").unwrap();
+        let strings = column
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        for i in 0..strings.len() {
+            ids.insert(strings.value(i).to_string());
+        }
+    }
+    assert_eq!(rows as u64, live.report.impressions, "store rows");
+    assert_eq!(ids.len(), rows, "duplicates");
+    // Every committed file is whole: its rows are its record's.
+    for file in manifest::live_files(&bucket, "examples").unwrap() {
+        let (_, read) = shopstream_sinks::read::read_object(&bucket, &file.key).unwrap();
+        let n: usize = read.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(n as u64, file.rows, "{}", file.key);
+    }
+    println!(
+        "S3 outage: 30 s cut, {} connections refused; /readyz said \"store unreachable\" {:.1} s into it; clicks offsets committed 5 s and 30 s into it equal (sum {}, {} after it); {} impressions -> {rows} rows, {} distinct",
+        proxy.refused.load(std::sync::atomic::Ordering::SeqCst),
+        unready_after.as_secs_f64(),
+        committed_late.values().sum::<i64>(),
+        committed_end.values().sum::<i64>(),
+        live.report.impressions,
+        ids.len()
+    );
+}
+
+/// Guards issue 16's longer outage: with the store unreachable past
+/// `store.retry_timeout_secs` the job exits 1, naming the endpoint and the object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_longer_s3_outage_exits_1_naming_the_endpoint_and_the_object() {
+    let broker = Broker::start();
+    let (s3, proxy) = S3Server::start_behind_proxy();
+    let dir = tempfile::tempdir().unwrap();
+    let mut live = start_live_on_s3(&broker, &s3, dir.path(), 5).await;
+    proxy.cut();
+    let cut_at = std::time::Instant::now();
+    let second = live.messages[live.messages.len() / 2..].to_vec();
+    shopstream_job::generate::publish_messages(&live.config, second, None)
+        .await
+        .unwrap();
+    let status = loop {
+        if let Some(status) = live.job.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(120),
+            "the job still runs 120 s into the outage: {}",
+            std::fs::read_to_string(&live.log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let logged = std::fs::read_to_string(&live.log).unwrap();
+    assert_eq!(status.code(), Some(1), "{logged}");
+    let endpoint = format!("http://{}", s3.endpoint);
+    let store = live.config.store.path.display().to_string();
+    let last = logged.lines().last().unwrap_or_default();
+    assert!(
+        logged.contains(&endpoint) && logged.contains(&store),
+        "the error names neither the endpoint {endpoint} nor an object of {store}: {logged}"
+    );
+    assert!(logged.contains("store.retry_timeout_secs"), "{logged}");
+    println!(
+        "S3 longer outage: exit 1 after {:.1} s (retry_timeout_secs = 5); last log line: {last}",
+        cut_at.elapsed().as_secs_f64()
     );
 }

@@ -241,6 +241,22 @@ pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<Record> {
     records
 }
 
+/// Every object of a store (local or bucket) but its commit records, checkpoints and model
+/// files, with its bytes: what a directory-scanning engine sees.
+pub fn objects(storage: &shopstream_sinks::storage::Storage) -> BTreeMap<String, Vec<u8>> {
+    storage
+        .list("")
+        .unwrap()
+        .into_iter()
+        .filter(|o| !o.key.starts_with("_manifest/") && !o.key.starts_with("_checkpoints/"))
+        .filter(|o| !o.key.ends_with(".ssm"))
+        .map(|o| {
+            let bytes = storage.get(&o.key).unwrap().unwrap().to_vec();
+            (o.key, bytes)
+        })
+        .collect()
+}
+
 /// Every batch of every committed Parquet file of `table` of the local store at `root`.
 pub fn read_table(root: &Path, table: &str) -> Vec<RecordBatch> {
     read_table_of(&shopstream_sinks::storage::Storage::local(root), table)

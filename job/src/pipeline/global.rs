@@ -49,6 +49,10 @@ pub(super) struct GlobalStage {
     writes: VecDeque<PendingWrite>,
     /// The compaction running, if any: how many hour partitions it merges.
     compacting: Option<tokio::task::JoinHandle<Result<usize, StoreError>>>,
+    /// Cancelled when a store write or compaction fails, so that the run stops (and
+    /// reports the error) at once rather than when it next waits for its writes, which
+    /// a live job with no new input would not do.
+    on_store_failure: Option<tokio_util::sync::CancellationToken>,
 }
 
 /// Store writes running at once before the stage waits for the oldest.
@@ -95,7 +99,13 @@ impl GlobalStage {
             held: HeldRows::new(config.store.file_span_secs),
             writes: VecDeque::new(),
             compacting: None,
+            on_store_failure: None,
         })
+    }
+
+    /// Cancels `run` when a store write or compaction fails (see `on_store_failure`).
+    pub(super) fn stop_on_store_failure(&mut self, run: tokio_util::sync::CancellationToken) {
+        self.on_store_failure = Some(run);
     }
 
     /// Takes over a checkpoint's model, drift stage and held rows.
@@ -268,8 +278,13 @@ impl GlobalStage {
             let store = self.store.clone();
             let offsets = Arc::clone(&offsets);
             let examples = table == tables::EXAMPLES;
+            let on_failure = self.on_store_failure.clone();
             let task = tokio::task::spawn_blocking(move || {
-                store.write_windows(&table, &windows, &offsets)
+                let written = store.write_windows(&table, &windows, &offsets);
+                if let (Err(_), Some(run)) = (&written, on_failure) {
+                    run.cancel();
+                }
+                written
             });
             self.writes.push_back(PendingWrite { examples, task });
         }
@@ -386,12 +401,20 @@ impl GlobalStage {
         // at a time: the next may merge the file the last one wrote).
         self.settle_writes(counters).await?;
         let store = self.store.clone();
+        let on_failure = self.on_store_failure.clone();
         self.compacting = Some(tokio::task::spawn_blocking(move || {
-            let mut made = 0;
-            for table in tables::ALL {
-                made += store.compact(table, before_ms)?.len();
+            let compact = || {
+                let mut made = 0;
+                for table in tables::ALL {
+                    made += store.compact(table, before_ms)?.len();
+                }
+                Ok::<_, StoreError>(made)
+            };
+            let made = compact();
+            if let (Err(_), Some(run)) = (&made, on_failure) {
+                run.cancel();
             }
-            Ok::<_, StoreError>(made)
+            made
         }));
         if before_ms.is_none() {
             self.settle_writes(counters).await?;

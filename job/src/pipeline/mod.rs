@@ -228,6 +228,7 @@ pub async fn run_observed(
 
     // The global stage takes its part of the checkpoint before it may move to its thread.
     let mut global = GlobalStage::new(config, store, options.replay.is_none())?;
+    global.stop_on_store_failure(cancel.clone());
     let mut resumed = None;
     let mut resumed_counters = None;
     if let Some(state) = restored {

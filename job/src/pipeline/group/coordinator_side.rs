@@ -219,6 +219,7 @@ pub(super) async fn run(
         super::start_source(config, source, bounded, &cancel);
 
     let mut global_stage = GlobalStage::new(config, store, true)?;
+    global_stage.stop_on_store_failure(cancel.clone());
     let (side_state, resumed_windows) = match resumed {
         Some(state) => {
             global_stage.resume(config, state.trainer, state.drift, state.store_rows);
