@@ -1,4 +1,5 @@
-//! `shopstream check-config`: the effective configuration, or every problem in it.
+//! `shopstream check-config`: the effective configuration, or every problem in it; for a
+//! store in a bucket, also whether its options are valid and the bucket can be reached.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,11 +21,47 @@ pub(crate) fn check_config(file: &Path) -> ExitCode {
                 file.display()
             );
             print!("{}", config.to_toml_masked());
-            ExitCode::SUCCESS
+            check_bucket(&config)
         }
         Err(error) => {
             eprintln!("error: {error}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// For a store in a bucket: builds its client (unknown option keys and malformed URLs are
+/// configuration errors, exit 2) and lists its root once, retrying for at most 10 s (a
+/// missing bucket, wrong credentials or an unreachable endpoint: exit 1, saying which). A
+/// local store is not touched.
+fn check_bucket(config: &Config) -> ExitCode {
+    use shopstream_sinks::storage::{Location, Storage};
+    if !matches!(Location::parse(&config.store.path), Ok(Location::Bucket(_))) {
+        return ExitCode::SUCCESS;
+    }
+    let timeout = std::time::Duration::from_secs(config.store.retry_timeout_secs.min(10));
+    let storage = match Storage::open(&config.store.path, &config.store.options, timeout) {
+        Ok(storage) => storage,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let started = std::time::Instant::now();
+    match storage.check() {
+        Ok(()) => {
+            println!(
+                "# store {}: reachable (listed in {} ms)",
+                storage.root_display(),
+                started.elapsed().as_millis()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!(
+                "error: the configuration is valid, but the store cannot be reached: {error}"
+            );
+            ExitCode::from(1)
         }
     }
 }

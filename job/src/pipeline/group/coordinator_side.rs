@@ -928,7 +928,7 @@ impl CoordinatorSide<'_> {
             .min(std::time::Duration::from_secs(10));
         worker.stage.close_webhook(grace).await;
         worker.flush().await?;
-        crate::pipeline::save_model(&self.config, &worker.stage.trainer)?;
+        crate::pipeline::save_model(self.config, &worker.stage.trainer)?;
         let view = worker.view();
         self.summary.dead_letters_published = self.outputs.dead_letters_delivered();
         Ok(CoordinatorSummary {
