@@ -139,6 +139,27 @@ pub(crate) fn root(config: &Config, store: Option<PathBuf>) -> PathBuf {
 /// directory, or a temporary copy of a bucket store's committed state (`store.options`
 /// and the environment give the bucket's credentials).
 pub(crate) fn readable(config: &Config, store: Option<PathBuf>) -> Result<ReadableStore> {
+    Ok(readable_shown(config, store)?.0)
+}
+
+/// [`readable`], and the store's location as the user gave it (for messages: a bucket's
+/// copy lives in a temporary directory).
+fn readable_shown(config: &Config, store: Option<PathBuf>) -> Result<(ReadableStore, PathBuf)> {
+    let shown = root(config, store.clone());
+    Ok((readable_inner(config, store)?, shown))
+}
+
+/// The store opened for SQL; an empty store is reported at the location given.
+fn open_query(store: &ReadableStore, shown: &Path) -> Result<QueryContext, query::QueryError> {
+    QueryContext::open(store.root()).map_err(|e| match e {
+        query::QueryError::EmptyStore { .. } => query::QueryError::EmptyStore {
+            root: shown.to_path_buf(),
+        },
+        other => other,
+    })
+}
+
+fn readable_inner(config: &Config, store: Option<PathBuf>) -> Result<ReadableStore> {
     let mut store_config = config.store.clone();
     store_config.path = root(config, store);
     let storage = open_storage(&store_config)
@@ -158,8 +179,8 @@ fn output(out: Option<&Path>) -> Result<Box<dyn Write>> {
 }
 
 pub fn query_cmd(config: &Config, args: QueryArgs) -> Result<()> {
-    let store = readable(config, args.store)?;
-    let mut ctx = QueryContext::open(store.root())?;
+    let (store, shown) = readable_shown(config, args.store)?;
+    let mut ctx = open_query(&store, &shown)?;
     let mut out = output(args.out.as_deref())?;
     if args.explain {
         let plan = ctx.explain(&args.sql)?;
@@ -176,8 +197,8 @@ pub fn query_cmd(config: &Config, args: QueryArgs) -> Result<()> {
 }
 
 pub fn tables_cmd(config: &Config, args: TablesArgs) -> Result<()> {
-    let store = readable(config, args.store)?;
-    let ctx = QueryContext::open(store.root())?;
+    let (store, shown) = readable_shown(config, args.store)?;
+    let ctx = open_query(&store, &shown)?;
     println!("{:<14} {:>7} {:>12}", "table", "files", "rows");
     for table in ctx.tables() {
         println!("{:<14} {:>7} {:>12}", table.name, table.files, table.rows);
