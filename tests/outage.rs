@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shopstream_ingest::generator::{Generator, GeneratorOptions, world::WorldSize};
+use shopstream_ingest::generator::Generator;
 use shopstream_job::generate::publish_messages;
 use support::{Broker, http_get, read_table, read_topic, wait_consumed};
 
@@ -27,16 +27,7 @@ async fn a_thirty_second_broker_outage_loses_nothing() {
     let config_path = dir.path().join("job.toml");
     std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
 
-    let mut generator = Generator::new(GeneratorOptions {
-        seed: 12,
-        max_events: Some(3_000),
-        size: WorldSize {
-            users: 150,
-            items: 200,
-            categories: 8,
-        },
-        ..GeneratorOptions::default()
-    });
+    let mut generator = Generator::new(support::small_shop_at_default_rate(12, 3_000));
     let messages: Vec<_> = generator.by_ref().collect();
     let report = generator.report().clone();
     let (first, second) = messages.split_at(messages.len() / 2);

@@ -12,28 +12,13 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use shopstream_config::Config;
-use shopstream_ingest::generator::{GeneratorOptions, GeneratorReport, world::WorldSize};
+use shopstream_ingest::generator::GeneratorReport;
 use shopstream_job::generate::publish_traffic;
 use shopstream_job::pipeline::{ReplayRange, RunOptions, run, run_observed};
 use shopstream_sinks::storage::Storage;
 use shopstream_sinks::store::ParquetStore;
 use support::s3::S3Server;
 use support::{Broker, store_files};
-
-/// About 75 minutes of event time (two hour partitions) in 5,000 events.
-fn traffic(seed: u64) -> GeneratorOptions {
-    GeneratorOptions {
-        seed,
-        max_events: Some(5_000),
-        sessions_per_sec: 0.12,
-        size: WorldSize {
-            users: 250,
-            items: 300,
-            categories: 10,
-        },
-        ..GeneratorOptions::default()
-    }
-}
 
 /// The live job (consumer group, idle-partition release, no end-of-input stop) until it
 /// has consumed `total` messages, then a shutdown like SIGTERM's.
@@ -103,7 +88,7 @@ async fn replay_identical(s3: Option<&S3Server>) {
     config.store.compact_closed_hours = false;
     config.store.file_span_secs = 0;
     config.pipeline.idle_partition_timeout_secs = 30;
-    let report = publish_traffic(&config, traffic(21), None, None)
+    let report = publish_traffic(&config, support::two_hour_traffic(21), None, None)
         .await
         .unwrap();
     live_run(&config, report.valid_total).await;
@@ -241,7 +226,7 @@ async fn a_job_stopped_mid_span_writes_the_files_of_one_never_stopped() {
     config.store.compact_closed_hours = false;
     config.pipeline.idle_partition_timeout_secs = 30;
     assert_eq!(config.store.file_span_secs, 600, "the default span");
-    let report = publish_traffic(&config, traffic(22), None, None)
+    let report = publish_traffic(&config, support::two_hour_traffic(22), None, None)
         .await
         .unwrap();
     let total = report.valid_total + report.malformed_total;
@@ -346,7 +331,7 @@ async fn sigkill_then_restart(s3: Option<&S3Server>) {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let base = broker.config("kill", &dir.path().join("unused"));
-    let report: GeneratorReport = publish_traffic(&base, traffic(22), None, None)
+    let report: GeneratorReport = publish_traffic(&base, support::two_hour_traffic(22), None, None)
         .await
         .unwrap();
 
@@ -548,7 +533,7 @@ async fn unwritable_store_exits_non_zero_naming_the_path_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let config = broker.config("unwritable", &store);
-    let report = publish_traffic(&config, traffic(23), None, None)
+    let report = publish_traffic(&config, support::two_hour_traffic(23), None, None)
         .await
         .unwrap();
     let config_path = dir.path().join("job.toml");

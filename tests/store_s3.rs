@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use shopstream_config::Config;
-use shopstream_ingest::generator::{GeneratorOptions, world::WorldSize};
 use shopstream_job::generate::publish_traffic;
 use shopstream_sinks::manifest::{self, Commit, CommittedFile};
 use shopstream_sinks::storage::{Created, Storage};
@@ -33,20 +32,6 @@ fn on_s3(config: &Config, s3: &S3Server, name: &str) -> Config {
     config.store.path = PathBuf::from(format!("s3://{bucket}/shop"));
     config.store.options = s3.options();
     config
-}
-
-fn traffic(seed: u64) -> GeneratorOptions {
-    GeneratorOptions {
-        seed,
-        max_events: Some(5_000),
-        sessions_per_sec: 0.12,
-        size: WorldSize {
-            users: 250,
-            items: 300,
-            categories: 10,
-        },
-        ..GeneratorOptions::default()
-    }
 }
 
 fn commit(id: &str, file: &str) -> Commit {
@@ -161,7 +146,7 @@ async fn a_job_writes_to_s3_the_bytes_it_writes_to_a_local_store() {
     let dir = tempfile::tempdir().unwrap();
     let mut local = broker.config("s3e2e", &dir.path().join("local"));
     local.model.path = Some(dir.path().join("model.ssm"));
-    let report = publish_traffic(&local, traffic(31), None, None)
+    let report = publish_traffic(&local, support::two_hour_traffic(31), None, None)
         .await
         .unwrap();
     let summary = support::run_to_end(&local).await;
@@ -298,16 +283,9 @@ async fn start_live_on_s3(
     config.pipeline.idle_partition_timeout_secs = 120;
     let config_path = dir.join("job.toml");
     std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
-    let mut generator = shopstream_ingest::generator::Generator::new(GeneratorOptions {
-        seed: 12,
-        max_events: Some(3_000),
-        size: WorldSize {
-            users: 150,
-            items: 200,
-            categories: 8,
-        },
-        ..GeneratorOptions::default()
-    });
+    let mut generator = shopstream_ingest::generator::Generator::new(
+        support::small_shop_at_default_rate(12, 3_000),
+    );
     let messages: Vec<_> = generator.by_ref().collect();
     let report = generator.report().clone();
     let first = messages[..messages.len() / 2].to_vec();

@@ -122,16 +122,23 @@ pub fn write_commit(storage: &Storage, commit: &Commit) -> Result<(), StoreError
 /// Every commit record of `table`, sorted by id.
 pub fn read_commits(storage: &Storage, table: &str) -> Result<Vec<Commit>, StoreError> {
     let prefix = commit_prefix(table);
+    let keys: Vec<String> = storage
+        .list(&prefix)?
+        .into_iter()
+        .map(|listed| listed.key)
+        .filter(|key| {
+            key.strip_prefix(&prefix).is_some_and(|name| {
+                !name.contains('/') && !name.starts_with('.') && name.ends_with(".json")
+            })
+        })
+        .collect();
+    // A bucket's records are fetched concurrently: one request each, and a store holds
+    // a record per window or compacted hour.
     let mut commits = Vec::new();
-    for listed in storage.list(&prefix)? {
-        let Some(name) = listed.key.strip_prefix(&prefix) else {
-            continue;
-        };
-        if name.contains('/') || name.starts_with('.') || !name.ends_with(".json") {
-            continue;
-        }
-        if let Some(commit) = read_commit(storage, &listed.key)? {
-            commits.push(commit);
+    for (key, bytes) in keys.iter().zip(storage.get_all(&keys)?) {
+        // Gone between the listing and the read: vacuumed by a compaction.
+        if let Some(bytes) = bytes {
+            commits.push(parse_commit(&storage.location(key), &bytes)?);
         }
     }
     commits.sort_by(|a, b| a.id.cmp(&b.id));

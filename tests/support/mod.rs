@@ -388,13 +388,40 @@ pub async fn wait_consumed(
 /// that about 75 minutes pass in 5,000 events: labels mature within a test's run.
 pub fn small_shop(seed: u64, max_events: u64) -> shopstream_ingest::generator::GeneratorOptions {
     shopstream_ingest::generator::GeneratorOptions {
+        sessions_per_sec: 0.12,
+        ..small_shop_at_default_rate(seed, max_events)
+    }
+}
+
+/// The small shop of [`small_shop`] at the generator's default session rate: dense in
+/// event time, for tests that need input rather than mature labels.
+pub fn small_shop_at_default_rate(
+    seed: u64,
+    max_events: u64,
+) -> shopstream_ingest::generator::GeneratorOptions {
+    shopstream_ingest::generator::GeneratorOptions {
         seed,
         max_events: Some(max_events),
-        sessions_per_sec: 0.12,
         size: shopstream_ingest::generator::world::WorldSize {
             users: 150,
             items: 200,
             categories: 8,
+        },
+        ..Default::default()
+    }
+}
+
+/// About 75 minutes of event time (two hour partitions) in 5,000 events of a shop with
+/// 250 users, 300 items and 10 categories.
+pub fn two_hour_traffic(seed: u64) -> shopstream_ingest::generator::GeneratorOptions {
+    shopstream_ingest::generator::GeneratorOptions {
+        seed,
+        max_events: Some(5_000),
+        sessions_per_sec: 0.12,
+        size: shopstream_ingest::generator::world::WorldSize {
+            users: 250,
+            items: 300,
+            categories: 10,
         },
         ..Default::default()
     }

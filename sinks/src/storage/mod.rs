@@ -326,13 +326,7 @@ impl Storage {
                 let path = bucket.object_path(key);
                 bucket.retrying(key, || {
                     let (store, path) = (store.clone(), path.clone());
-                    async move {
-                        match store.get(&path).await {
-                            Ok(got) => got.bytes().await.map(Some),
-                            Err(object_store::Error::NotFound { .. }) => Ok(None),
-                            Err(e) => Err(e),
-                        }
-                    }
+                    async move { get_if_present(&*store, &path).await }
                 })
             }
         }
@@ -353,13 +347,7 @@ impl Storage {
                 futures::stream::iter(paths)
                     .map(|path| {
                         let store = store.clone();
-                        async move {
-                            match store.get(&path).await {
-                                Ok(got) => got.bytes().await.map(Some),
-                                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                                Err(e) => Err(e),
-                            }
-                        }
+                        async move { get_if_present(&*store, &path).await }
                     })
                     .buffered(16)
                     .try_collect::<Vec<_>>()
@@ -474,6 +462,18 @@ impl Storage {
 }
 
 /// The last `/`-separated part of `key`.
+/// The bytes at `path`, `None` when there is no such object.
+async fn get_if_present(
+    store: &dyn object_store::ObjectStore,
+    path: &ObjectPath,
+) -> object_store::Result<Option<Bytes>> {
+    match store.get(path).await {
+        Ok(got) => got.bytes().await.map(Some),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 fn file_name(key: &str) -> &str {
     key.rsplit('/').next().unwrap_or(key)
 }
