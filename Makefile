@@ -11,7 +11,7 @@ TOOLS_DIR ?= $(HOME)/.cache/shopstream/tools
 TANSU := $(TOOLS_DIR)/bin/tansu
 CARGO ?= cargo
 
-.PHONY: demo test tansu broker check-store bench bench-store-s3 fuzz help
+.PHONY: demo test tansu broker check-store bench bench-e2e bench-store-s3 fuzz help
 
 help:
 	@echo "make demo         run the pipeline end to end on an embedded cluster (no installs beyond cargo)"
@@ -20,6 +20,8 @@ help:
 	@echo "make check-store  read a store (STORE=DIR or s3://…) with pyarrow and DuckDB (installs them into a venv)"
 	@echo "make bench-store-s3  store writes and queries, local disk vs S3 (moto), one run"
 	@echo "make bench        criterion benchmarks (figures go to BENCHMARKS.md)"
+	@echo "make bench-e2e    the whole job vs a bare librdkafka consumer on the same topics, one run"
+	@echo "                  (EVENTS=200000 ROUNDS=1; starts its own broker; scripts/bench-scale.sh)"
 	@echo "make fuzz         fuzz the decoder for FUZZ_SECS seconds (default 600; installs cargo-fuzz)"
 
 demo:
@@ -53,6 +55,13 @@ bench-store-s3:
 
 bench:
 	$(CARGO) bench --locked -p shopstream-ingest --bench decode
+
+# One instance with 1 and 2 workers against a bare consumer, without the group and live
+# parts (scripts/bench-scale.sh runs those too when called directly).
+EVENTS ?= 200000
+ROUNDS ?= 1
+bench-e2e:
+	@THROUGHPUT_GROUPS= scripts/bench-scale.sh $(EVENTS) $(ROUNDS) 0
 
 FUZZ_SECS ?= 600
 fuzz:

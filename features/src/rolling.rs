@@ -3,8 +3,8 @@
 //!
 //! A horizon's value at time `t` is the sum of the buckets that overlap `(t - horizon, t]`,
 //! so the oldest bucket may reach up to one bucket width further back than the horizon
-//! (the price of bounded memory: 37 buckets of 12 bytes per key, whatever the traffic).
-//! Counters saturate at 65,535 per bucket.
+//! (the price of bounded memory: at most 37 buckets per key). Only buckets that counted
+//! something are stored. Counters saturate at 65,535 per bucket.
 
 use serde::{Deserialize, Serialize};
 use shopstream_ingest::event::Millis;
@@ -59,62 +59,34 @@ impl Totals {
     }
 }
 
-/// Adds `delta` to the ring `slots` whose newest bucket is `*newest`, at `bucket`.
-fn ring_add(slots: &mut [Counts], newest: &mut i64, bucket: i64, delta: Counts) {
-    let n = slots.len() as i64;
-    if *newest == i64::MIN || bucket - *newest >= n {
-        slots.iter_mut().for_each(|c| *c = Counts::default());
-        *newest = bucket;
-    } else if bucket > *newest {
-        for b in (*newest + 1)..=bucket {
-            slots[b.rem_euclid(n) as usize] = Counts::default();
-        }
-        *newest = bucket;
-    } else if *newest - bucket >= n {
-        // Older than the ring reaches: cannot happen for events applied in time order.
-        return;
-    }
-    slots[bucket.rem_euclid(n) as usize].add(delta);
-}
-
-/// Sums the buckets of a ring that overlap the horizon ending at `bucket`.
-fn ring_totals(slots: &[Counts], newest: i64, bucket: i64) -> Totals {
-    let mut totals = Totals::default();
-    let n = slots.len() as i64;
-    if newest == i64::MIN {
-        return totals;
-    }
-    let oldest = (bucket - n + 1).max(newest - n + 1);
-    for b in oldest..=newest.min(bucket) {
-        totals.add(&slots[b.rem_euclid(n) as usize]);
-    }
-    totals
-}
-
 const TEN_MINUTES: Millis = 600_000;
 const HOUR: Millis = 3_600_000;
 const DAY: Millis = 86_400_000;
 
-/// Rolling counters of one key (a user or an item) over 1 h, 24 h and 7 d: 37 buckets
-/// inline, no allocation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Rolling {
-    /// Newest bucket number written, per ring (hour, day, week).
-    newest: [i64; 3],
-    hour: [Counts; 6],
-    day: [Counts; 24],
-    week: [Counts; 7],
+/// The rings, shortest first: (bucket width, buckets kept).
+const RINGS: [(Millis, i64); 3] = [(TEN_MINUTES, 6), (HOUR, 24), (DAY, 7)];
+
+/// One non-empty bucket of a ring.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Bucket {
+    /// Which ring (an index into [`RINGS`]).
+    ring: u8,
+    /// Bucket number: event time divided by the ring's bucket width.
+    number: i64,
+    counts: Counts,
 }
 
-impl Default for Rolling {
-    fn default() -> Self {
-        Self {
-            newest: [i64::MIN; 3],
-            hour: Default::default(),
-            day: Default::default(),
-            week: Default::default(),
-        }
-    }
+/// Rolling counters of one key (a user or an item) over 1 h, 24 h and 7 d.
+///
+/// Only buckets that counted something are kept: most keys are seen in a few buckets,
+/// and a dense ring costs 37 buckets of 12 bytes per key whatever the traffic. The sums
+/// are the dense rings' exactly (buckets added in bucket order; an absent bucket is the
+/// dense ring's zero bucket).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rolling {
+    /// Sorted by (ring, number). A ring's buckets lie within its reach of its newest:
+    /// older ones are dropped when a newer bucket arrives.
+    buckets: Vec<Bucket>,
 }
 
 /// The three horizons' totals, shortest first.
@@ -124,35 +96,74 @@ pub type Horizons = [Totals; 3];
 pub const HORIZONS: [&str; 3] = ["1h", "24h", "7d"];
 
 impl Rolling {
-    /// Adds `delta` at event time `ts`.
+    /// Adds `delta` at event time `ts`. A bucket older than its ring reaches (behind the
+    /// ring's newest by its length or more) is not counted: events apply in time order,
+    /// so that does not happen.
     pub fn add(&mut self, ts: Millis, delta: Counts) {
-        ring_add(
-            &mut self.hour,
-            &mut self.newest[0],
-            ts.div_euclid(TEN_MINUTES),
-            delta,
-        );
-        ring_add(
-            &mut self.day,
-            &mut self.newest[1],
-            ts.div_euclid(HOUR),
-            delta,
-        );
-        ring_add(
-            &mut self.week,
-            &mut self.newest[2],
-            ts.div_euclid(DAY),
-            delta,
-        );
+        if self.buckets.capacity() == 0 {
+            // A key's first event fills one bucket per ring.
+            self.buckets.reserve_exact(RINGS.len());
+        }
+        for (ring, &(width, length)) in RINGS.iter().enumerate() {
+            let number = ts.div_euclid(width);
+            let (from, to) = self.ring_range(ring);
+            match self.buckets[from..to].last().map(|b| b.number) {
+                Some(newest) if newest.saturating_sub(number) >= length => continue,
+                Some(newest) if number > newest => {
+                    // The ring moves on: drop what leaves its reach.
+                    let reach_from = number.saturating_sub(length - 1);
+                    let kept =
+                        from + self.buckets[from..to].partition_point(|b| b.number < reach_from);
+                    self.buckets.drain(from..kept);
+                    let at = to - (kept - from);
+                    self.buckets.insert(at, Bucket::new(ring, number, delta));
+                }
+                _ => {
+                    let at = from + self.buckets[from..to].partition_point(|b| b.number < number);
+                    match self.buckets.get_mut(at) {
+                        Some(b) if at < to && b.number == number => b.counts.add(delta),
+                        _ => self.buckets.insert(at, Bucket::new(ring, number, delta)),
+                    }
+                }
+            }
+        }
     }
 
     /// Totals over each horizon as of `ts`.
     pub fn totals(&self, ts: Millis) -> Horizons {
-        [
-            ring_totals(&self.hour, self.newest[0], ts.div_euclid(TEN_MINUTES)),
-            ring_totals(&self.day, self.newest[1], ts.div_euclid(HOUR)),
-            ring_totals(&self.week, self.newest[2], ts.div_euclid(DAY)),
-        ]
+        let mut horizons = Horizons::default();
+        for b in &self.buckets {
+            let (width, length) = RINGS[usize::from(b.ring)];
+            let number = ts.div_euclid(width);
+            if b.number <= number && b.number > number.saturating_sub(length) {
+                horizons[usize::from(b.ring)].add(&b.counts);
+            }
+        }
+        horizons
+    }
+
+    /// Bytes on the heap (the buckets' capacity).
+    pub fn heap_bytes(&self) -> usize {
+        self.buckets.capacity() * std::mem::size_of::<Bucket>()
+    }
+
+    /// The index range of `ring`'s buckets.
+    fn ring_range(&self, ring: usize) -> (usize, usize) {
+        let from = self.buckets.partition_point(|b| usize::from(b.ring) < ring);
+        let to = from + self.buckets[from..].partition_point(|b| usize::from(b.ring) == ring);
+        (from, to)
+    }
+}
+
+impl Bucket {
+    fn new(ring: usize, number: i64, delta: Counts) -> Self {
+        let mut counts = Counts::default();
+        counts.add(delta);
+        Self {
+            ring: ring as u8,
+            number,
+            counts,
+        }
     }
 }
 
@@ -180,6 +191,85 @@ mod tests {
         // Both clicks fell in the first hour bucket, which the 24 h ring has left by now.
         assert_eq!(at(25 * HOUR), [0, 0, 3]);
         assert_eq!(at(8 * DAY), [0, 0, 0]);
+    }
+
+    /// The dense rings the sparse buckets replaced: 37 buckets per key, a slot cleared
+    /// when its ring moves past it. The reference for the property test below.
+    #[derive(Default)]
+    struct DenseRings {
+        newest: [Option<i64>; 3],
+        slots: [Vec<Counts>; 3],
+    }
+
+    impl DenseRings {
+        fn add(&mut self, ts: Millis, delta: Counts) {
+            for (ring, &(width, n)) in RINGS.iter().enumerate() {
+                let slots = &mut self.slots[ring];
+                if slots.is_empty() {
+                    *slots = vec![Counts::default(); n as usize];
+                }
+                let bucket = ts.div_euclid(width);
+                match self.newest[ring] {
+                    Some(newest) if newest - bucket >= n => continue,
+                    Some(newest) if bucket > newest && bucket - newest < n => {
+                        for b in (newest + 1)..=bucket {
+                            slots[b.rem_euclid(n) as usize] = Counts::default();
+                        }
+                        self.newest[ring] = Some(bucket);
+                    }
+                    Some(newest) if bucket <= newest => {}
+                    _ => {
+                        slots.iter_mut().for_each(|c| *c = Counts::default());
+                        self.newest[ring] = Some(bucket);
+                    }
+                }
+                slots[bucket.rem_euclid(n) as usize].add(delta);
+            }
+        }
+
+        fn totals(&self, ts: Millis) -> Horizons {
+            let mut horizons = Horizons::default();
+            for (ring, &(width, n)) in RINGS.iter().enumerate() {
+                let Some(newest) = self.newest[ring] else {
+                    continue;
+                };
+                let bucket = ts.div_euclid(width);
+                for b in (bucket - n + 1).max(newest - n + 1)..=newest.min(bucket) {
+                    horizons[ring].add(&self.slots[ring][b.rem_euclid(n) as usize]);
+                }
+            }
+            horizons
+        }
+    }
+
+    proptest::proptest! {
+        /// Guards the sparse buckets: for any events (mostly in time order, some late),
+        /// the totals at any later time are the dense rings' totals, bit for bit.
+        #[test]
+        fn sparse_buckets_sum_exactly_as_dense_rings(
+            steps in proptest::collection::vec((-2 * HOUR..3 * DAY, 0u16..40_000, -5.0f32..500.0), 1..60),
+            probes in proptest::collection::vec(0..10 * DAY, 1..8),
+        ) {
+            let t0 = 1_767_571_200_000;
+            let (mut sparse, mut dense) = (Rolling::default(), DenseRings::default());
+            let mut t = t0;
+            for (step, n, spend) in steps {
+                // Mostly forward in time; a negative step is a late event.
+                t = (t + step).max(t0);
+                let delta = Counts { impressions: n, clicks: n / 2, carts: 1, units: n % 7, spend };
+                sparse.add(t, delta);
+                dense.add(t, delta);
+                for probe in &probes {
+                    let at = t + probe;
+                    let (a, b) = (sparse.totals(at), dense.totals(at));
+                    proptest::prop_assert_eq!(a, b);
+                    for (x, y) in a.iter().zip(&b) {
+                        proptest::prop_assert_eq!(x.spend.to_bits(), y.spend.to_bits());
+                    }
+                }
+            }
+            proptest::prop_assert!(sparse.buckets.len() <= 37);
+        }
     }
 
     #[test]

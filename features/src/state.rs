@@ -511,6 +511,7 @@ impl FeatureState {
                 .map(|(k, u)| {
                     k.len()
                         + size_of::<(String, UserState)>()
+                        + u.rolling.heap_bytes()
                         + u.categories
                             .iter()
                             .map(|(c, _)| c.len() + size_of::<(String, f32)>())
@@ -519,8 +520,8 @@ impl FeatureState {
                 .sum::<usize>();
             items += s
                 .items
-                .keys()
-                .map(|k| k.len() + size_of::<(String, ItemState)>())
+                .iter()
+                .map(|(k, i)| k.len() + size_of::<(String, ItemState)>() + i.rolling.heap_bytes())
                 .sum::<usize>();
             keyed += s
                 .clicks
@@ -561,7 +562,9 @@ impl FeatureState {
                 k.len()
                     + size_of::<(String, InventoryRow)>()
                     + r.category.as_ref().map_or(0, String::len)
-                    + r.sales.as_ref().map_or(0, |_| size_of::<Rolling>())
+                    + r.sales
+                        .as_ref()
+                        .map_or(0, |r| size_of::<Rolling>() + r.heap_bytes())
             })
             .sum::<usize>();
         StateBytes {

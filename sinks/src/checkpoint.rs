@@ -4,7 +4,7 @@
 //! File `DIR/checkpoint-<seq:020>.ckpt`:
 //!
 //! ```text
-//! SHOPSTREAM-CHECKPOINT 1\n      magic and format version
+//! SHOPSTREAM-CHECKPOINT 2\n      magic and format version
 //! <seq> <payload bytes> <fnv1a-64 of payload, hex>\n
 //! payload                         zstd( MessagePack( state ) )
 //! ```
@@ -32,8 +32,9 @@ use crate::storage::Storage;
 
 /// First line of every checkpoint file.
 const MAGIC: &str = "SHOPSTREAM-CHECKPOINT";
-/// Format version written (and the only one read).
-const FORMAT: u32 = 1;
+/// Format version written (and the only one read). 2: rolling counters keep only the
+/// buckets that counted something (the feature state's encoding changed).
+const FORMAT: u32 = 2;
 
 /// Why a checkpoint could not be written or read.
 #[derive(Debug, thiserror::Error)]
