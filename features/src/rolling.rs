@@ -131,12 +131,18 @@ impl Rolling {
 
     /// Totals over each horizon as of `ts`.
     pub fn totals(&self, ts: Millis) -> Horizons {
+        // Each ring's reach as of `ts`: one division per ring (with the constant widths
+        // unrolled), not one per bucket.
+        let reach = RINGS.map(|(width, length)| {
+            let number = ts.div_euclid(width);
+            (number.saturating_sub(length), number)
+        });
         let mut horizons = Horizons::default();
         for b in &self.buckets {
-            let (width, length) = RINGS[usize::from(b.ring)];
-            let number = ts.div_euclid(width);
-            if b.number <= number && b.number > number.saturating_sub(length) {
-                horizons[usize::from(b.ring)].add(&b.counts);
+            let ring = usize::from(b.ring);
+            let (after, upto) = reach[ring];
+            if b.number <= upto && b.number > after {
+                horizons[ring].add(&b.counts);
             }
         }
         horizons
