@@ -10,22 +10,14 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="${SHOPSTREAM_TOOLS:-$HOME/.cache/shopstream/tools}"
 "$here/install-tansu.sh" "$root"
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+# shellcheck source=scripts/local-broker.sh
+source "$here/local-broker.sh"
 
 cd "$here/.."
 cargo build --release --locked --example throughput
-# scripts/broker.sh runs tansu in memory and stops it when it is stopped itself.
-PORT="$port" SHOPSTREAM_TOOLS="$root" "$here/broker.sh" >/dev/null 2>&1 &
-pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT INT TERM
-up=""
-for _ in $(seq 1 300); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then up=1; break; fi
-    sleep 0.1
-done
-if [ -z "$up" ]; then
-    echo "bench-scale: the broker did not listen on 127.0.0.1:$port within 30 s" >&2
-    exit 1
-fi
+export SHOPSTREAM_TOOLS="$root"
+broker_log="$(mktemp)"
+trap 'stop_local_broker; rm -f "$broker_log"' EXIT INT TERM
+start_local_broker "$broker_log" || exit 1
 SHOPSTREAM_LOG="${SHOPSTREAM_LOG:-warn}" \
-    "${CARGO_TARGET_DIR:-target}/release/examples/throughput" "127.0.0.1:$port" "${1:-200000}" "${2:-2}" "${3:-3000}"
+    "${CARGO_TARGET_DIR:-target}/release/examples/throughput" "127.0.0.1:$BROKER_PORT" "${1:-200000}" "${2:-2}" "${3:-3000}"

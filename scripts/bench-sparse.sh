@@ -25,8 +25,10 @@ cd "$here/.."
 cargo build --release --locked --bin shopstream
 bin="${CARGO_TARGET_DIR:-target}/release/shopstream"
 work="$(mktemp -d)"
-broker_pid=""
-trap '[ -n "$broker_pid" ] && kill $broker_pid 2>/dev/null; rm -rf "$work"' EXIT INT TERM
+# shellcheck source=scripts/local-broker.sh
+source "$here/local-broker.sh"
+export SHOPSTREAM_TOOLS="$root"
+trap 'stop_local_broker; rm -rf "$work"' EXIT INT TERM
 
 awk -F, -v copies="$copies" '{ rows[NR] = $0 } END {
     for (k = 0; k < copies; k++) for (i = 1; i <= NR; i++) {
@@ -39,20 +41,8 @@ messages=""
 # run KIND ROUND: publishes KIND's input to a fresh broker, runs the job to the end; prints
 # the run's line and sets $rate.
 run() {
-    local port
-    port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-    PORT="$port" SHOPSTREAM_TOOLS="$root" "$here/broker.sh" >"$work/broker.log" 2>&1 &
-    broker_pid=$!
-    for _ in $(seq 1 300); do
-        grep -q "tansu listening" "$work/broker.log" 2>/dev/null && break
-        sleep 0.1
-    done
-    if ! grep -q "tansu listening" "$work/broker.log"; then
-        echo "bench-sparse: the broker did not start within 30 s:" >&2
-        cat "$work/broker.log" >&2
-        exit 1
-    fi
-    export SHOPSTREAM__KAFKA__BROKERS="127.0.0.1:$port" SHOPSTREAM__STORE__PATH="$work/store-$1"
+    start_local_broker "$work/broker.log" || exit 1
+    export SHOPSTREAM__KAFKA__BROKERS="127.0.0.1:$BROKER_PORT" SHOPSTREAM__STORE__PATH="$work/store-$1"
     rm -rf "$work/store-$1"
     if [ "$1" = sparse ]; then
         "$bin" import taobao "$work/taobao.csv" >"$work/input.log"
@@ -63,8 +53,7 @@ run() {
         tail -20 "$work/run.log" >&2
         exit 1
     }
-    kill "$broker_pid"; wait "$broker_pid" 2>/dev/null || true
-    broker_pid=""
+    stop_local_broker
     read -r n rate line < <(python3 - "$work/$1.json" "$1" "$2" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))

@@ -104,11 +104,14 @@ impl Rolling {
             // A key's first event fills one bucket per ring.
             self.buckets.reserve_exact(RINGS.len());
         }
+        // The rings lie one after the other: each starts where the one before ended.
+        let mut from = 0;
         for (ring, &(width, length)) in RINGS.iter().enumerate() {
             let number = ts.div_euclid(width);
-            let (from, to) = self.ring_range(ring);
+            let to = from + self.buckets[from..].partition_point(|b| usize::from(b.ring) == ring);
+            let len = self.buckets.len();
             match self.buckets[from..to].last().map(|b| b.number) {
-                Some(newest) if newest.saturating_sub(number) >= length => continue,
+                Some(newest) if newest.saturating_sub(number) >= length => {}
                 Some(newest) if number > newest => {
                     // The ring moves on: drop what leaves its reach.
                     let reach_from = number.saturating_sub(length - 1);
@@ -126,6 +129,8 @@ impl Rolling {
                     }
                 }
             }
+            // This ring's end after what was dropped and inserted.
+            from = to + self.buckets.len() - len;
         }
     }
 
@@ -152,17 +157,12 @@ impl Rolling {
     pub fn heap_bytes(&self) -> usize {
         self.buckets.capacity() * std::mem::size_of::<Bucket>()
     }
-
-    /// The index range of `ring`'s buckets.
-    fn ring_range(&self, ring: usize) -> (usize, usize) {
-        let from = self.buckets.partition_point(|b| usize::from(b.ring) < ring);
-        let to = from + self.buckets[from..].partition_point(|b| usize::from(b.ring) == ring);
-        (from, to)
-    }
 }
 
 impl Bucket {
     fn new(ring: usize, number: i64, delta: Counts) -> Self {
+        // Added to zero, as the dense rings added to a cleared slot (a spend of -0.0
+        // becomes 0.0).
         let mut counts = Counts::default();
         counts.add(delta);
         Self {

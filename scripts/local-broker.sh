@@ -1,0 +1,28 @@
+# Sourced by the bench scripts (not run): a tansu broker for one measurement.
+#
+# start_local_broker LOG   starts scripts/broker.sh (memory storage, the shop.* topics) on a
+#                          free 127.0.0.1 port, logging to LOG; returns once its topics
+#                          exist, with BROKER_PORT and BROKER_PID set (1 after 30 s without)
+# stop_local_broker        stops it (and its data with it); does nothing when none runs
+
+start_local_broker() {
+    local log="$1" dir
+    dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+    BROKER_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+    PORT="$BROKER_PORT" "$dir/broker.sh" >"$log" 2>&1 &
+    BROKER_PID=$!
+    for _ in $(seq 1 300); do
+        grep -q "tansu listening" "$log" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "$(basename "$0"): the broker did not start on 127.0.0.1:$BROKER_PORT within 30 s:" >&2
+    cat "$log" >&2
+    return 1
+}
+
+stop_local_broker() {
+    [ -n "${BROKER_PID:-}" ] || return 0
+    kill "$BROKER_PID" 2>/dev/null
+    wait "$BROKER_PID" 2>/dev/null || true
+    BROKER_PID=""
+}
