@@ -20,6 +20,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::kernels::{Adam, adam, axpy, axpy_rows, dense_layer, dot};
+
 /// Categorical fields hashed into the embedding table.
 pub const FIELDS: usize = 8;
 /// Dense inputs.
@@ -238,6 +240,8 @@ struct Trace {
     dz2: Vec<f64>,
     da1: Vec<f64>,
     dx: Vec<f64>,
+    /// (gradient, row) of the units with a non-zero gradient, for [`axpy_rows`].
+    active: Vec<(f64, usize)>,
 }
 
 /// Model parameters, optimiser state and normaliser: everything a checkpoint holds.
@@ -370,24 +374,28 @@ impl JointModel {
             rows.push((row, self.demand[..d].iter().map(|w| dz * w).collect()));
         }
         self.demand_steps += 1;
-        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
-        let t = self.demand_steps as f64;
-        let lr = self.config.learning_rate * (1.0 - b2.powf(t)).sqrt() / (1.0 - b1.powf(t));
-        for (i, g) in grad.iter().enumerate() {
-            let g = g / n;
-            self.demand_m[i] = b1 * self.demand_m[i] + (1.0 - b1) * g;
-            self.demand_v[i] = b2 * self.demand_v[i] + (1.0 - b2) * g * g;
-            self.demand[i] -= lr * self.demand_m[i] / (self.demand_v[i].sqrt() + eps);
-        }
+        let step = Adam::at_step(self.config.learning_rate, self.demand_steps as f64);
+        adam(
+            step,
+            &mut self.demand,
+            &mut self.demand_m,
+            &mut self.demand_v,
+            &grad,
+            n,
+        );
         rows.sort_by_key(|(row, _)| *row);
         for group in rows.chunk_by(|a, b| a.0 == b.0) {
             let row = group[0].0;
             for k in 0..d {
-                let g = group.iter().map(|(_, v)| v[k]).sum::<f64>() / n;
+                let g = group.iter().map(|(_, v)| v[k]).sum::<f64>();
                 let at = row * d + k;
-                self.emb_m[at] = b1 * self.emb_m[at] + (1.0 - b1) * g;
-                self.emb_v[at] = b2 * self.emb_v[at] + (1.0 - b2) * g * g;
-                self.embedding[at] -= lr * self.emb_m[at] / (self.emb_v[at].sqrt() + eps);
+                step.update(
+                    &mut self.embedding[at],
+                    &mut self.emb_m[at],
+                    &mut self.emb_v[at],
+                    g,
+                    n,
+                );
             }
         }
         loss / n
@@ -544,6 +552,8 @@ impl JointModel {
         let da1 = &mut t.da1;
         da1.clear();
         da1.resize(c.hidden1, 0.0);
+        let active = &mut t.active;
+        active.clear();
         for (k, dz) in dz2.iter().enumerate() {
             if *dz == 0.0 {
                 continue;
@@ -551,12 +561,14 @@ impl JointModel {
             g.params[l.b2 + k] += dz;
             let row = l.w2 + k * c.hidden1;
             axpy(*dz, &t.a1, &mut g.params[row..row + c.hidden1]);
-            axpy(*dz, &p[row..row + c.hidden1], da1);
+            active.push((*dz, k));
         }
+        axpy_rows(active, &p[l.w2..l.b2], da1);
         // First layer.
         let dx = &mut t.dx;
         dx.clear();
         dx.resize(l.input, 0.0);
+        active.clear();
         for (j, da) in da1.iter().enumerate() {
             let dz = if t.z1[j] > 0.0 { *da } else { 0.0 };
             if dz == 0.0 {
@@ -565,8 +577,9 @@ impl JointModel {
             g.params[l.b1 + j] += dz;
             let row = l.w1 + j * l.input;
             axpy(dz, &t.x, &mut g.params[row..row + l.input]);
-            axpy(dz, &p[row..row + l.input], dx);
+            active.push((dz, j));
         }
+        axpy_rows(active, &p[l.w1..l.b1], dx);
         // Embedding rows (the dense inputs' gradient stops at the normaliser).
         let d = c.embedding_dim;
         for (f, id) in input.ids.iter().enumerate() {
@@ -597,15 +610,15 @@ impl JointModel {
         }
         let n = batch.len() as f64;
         self.steps += 1;
-        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
-        let lr = self.config.learning_rate * (1.0 - b2.powf(self.steps as f64)).sqrt()
-            / (1.0 - b1.powf(self.steps as f64));
-        for i in 0..self.params.len() {
-            let grad = g.params[i] / n;
-            self.adam_m[i] = b1 * self.adam_m[i] + (1.0 - b1) * grad;
-            self.adam_v[i] = b2 * self.adam_v[i] + (1.0 - b2) * grad * grad;
-            self.params[i] -= lr * self.adam_m[i] / (self.adam_v[i].sqrt() + eps);
-        }
+        let step = Adam::at_step(self.config.learning_rate, self.steps as f64);
+        adam(
+            step,
+            &mut self.params,
+            &mut self.adam_m,
+            &mut self.adam_v,
+            &g.params,
+            n,
+        );
         // Lazy Adam for embeddings: sum the batch's gradient per row, update those rows.
         let mut uses: Vec<(usize, usize)> = g
             .rows
@@ -627,13 +640,15 @@ impl JointModel {
                 }
                 i += 1;
             }
-            for (k, grad) in sum.iter().enumerate() {
-                let at = row * d + k;
-                let grad = grad / n;
-                self.emb_m[at] = b1 * self.emb_m[at] + (1.0 - b1) * grad;
-                self.emb_v[at] = b2 * self.emb_v[at] + (1.0 - b2) * grad * grad;
-                self.embedding[at] -= lr * self.emb_m[at] / (self.emb_v[at].sqrt() + eps);
-            }
+            let at = row * d..(row + 1) * d;
+            adam(
+                step,
+                &mut self.embedding[at.clone()],
+                &mut self.emb_m[at.clone()],
+                &mut self.emb_v[at],
+                &sum,
+                n,
+            );
         }
         loss / n
     }
@@ -752,39 +767,6 @@ impl JointModel {
 }
 
 /// y += a x (slices of equal length; written so the compiler vectorises it).
-fn axpy(a: f64, x: &[f64], y: &mut [f64]) {
-    for (y, x) in y.iter_mut().zip(x) {
-        *y += a * x;
-    }
-}
-
-/// Dot product with four independent accumulators, so the additions pipeline (a single
-/// running sum is one long dependency chain).
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    let n = a.len().min(b.len());
-    let mut acc = [0.0f64; 4];
-    let (a4, b4) = (a[..n].chunks_exact(4), b[..n].chunks_exact(4));
-    let (ra, rb) = (a4.remainder(), b4.remainder());
-    for (x, y) in a4.zip(b4) {
-        for k in 0..4 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    let tail: f64 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
-    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
-}
-
-/// out = W x + b, with W row-major (out.len() rows of x.len()).
-fn dense_layer(w: &[f64], b: &[f64], x: &[f64], out: &mut Vec<f64>) {
-    out.clear();
-    let cols = x.len();
-    out.extend(
-        b.iter()
-            .enumerate()
-            .map(|(r, bias)| bias + dot(&w[r * cols..(r + 1) * cols], x)),
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,8 @@
 //!
 //! - [`joint`]: the network (shared embeddings and layers, scenario scaling, CTR, CVR
 //!   (ESMM) and value heads), its losses, Adam, gradient checks.
+//! - `kernels`: the network's dot products, dense layers, axpy and Adam, each adding in
+//!   the same order as the plain loop it stands for (models stay byte-identical).
 //! - [`metrics`]: AUC, log loss, calibration.
 //! - [`prequential`]: the in-process loop events -> features -> score, then train, per
 //!   closed window (`model quality`, `drift bench`).
@@ -15,6 +17,7 @@
 pub mod baselines;
 mod f64_bytes;
 pub mod joint;
+mod kernels;
 pub mod metrics;
 pub mod model_file;
 pub mod prequential;
