@@ -12,7 +12,7 @@ use shopstream_config::{Config, ConfigError};
 
 mod cmd;
 
-use cmd::{check_config, demo, drift, generate, import, model, run, store};
+use cmd::{check_config, demo, drift, generate, import, model, progress, run, store};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -67,9 +67,9 @@ enum Command {
     /// Work with the model offline.
     #[command(subcommand)]
     Model(model::ModelCommand),
-    /// Publish an external event log onto the input topics as contract events.
-    #[command(subcommand)]
-    Import(import::ImportCommand),
+    /// Publish an external event log (CSV or JSON lines) onto the input topics as contract
+    /// events, through a declarative mapping (docs/mappings.md).
+    Import(import::ImportArgs),
     /// SQL over the Parquet store (polars): every table with committed files, hive
     /// partition columns date and hour, output as a table, CSV, JSON lines or Parquet.
     Query(store::QueryArgs),
@@ -104,7 +104,11 @@ fn main() -> ExitCode {
                             | shopstream_sinks::query::QueryError::Store(_)
                     )
                 });
-            if error.downcast_ref::<ConfigError>().is_some() || user_query_error {
+            let user_error = error.downcast_ref::<ConfigError>().is_some()
+                || error
+                    .downcast_ref::<shopstream_ingest::mapping::MappingError>()
+                    .is_some();
+            if user_error || user_query_error {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE
@@ -145,6 +149,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         return Ok(check_config::check_config(&args.file));
     }
     let config = Config::load(cli.config.as_deref())?;
+    // Progress bars of long commands: on a terminal, with text logs.
+    let bar = progress::bar_allowed(matches!(cli.log_format, LogFormat::Text));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -154,18 +160,20 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Command::Run(args) => run::run(config, args).await,
             Command::Generate(args) => generate::generate_cmd(config, args).await,
             Command::Demo(args) => demo::demo_cmd(config, args).await,
-            Command::Model(model::ModelCommand::Quality(args)) => model::quality_cmd(config, args),
-            Command::Model(model::ModelCommand::Inspect(args)) => model::inspect_cmd(&args.file),
-            Command::Import(import::ImportCommand::Taobao(args)) => {
-                import::import_cmd(config, args).await
+            Command::Model(model::ModelCommand::Quality(args)) => {
+                model::quality_cmd(config, args, bar)
             }
+            Command::Model(model::ModelCommand::Inspect(args)) => model::inspect_cmd(&args.file),
+            Command::Import(args) => import::import_cmd(config, args, bar).await,
             Command::Query(args) => store::query_cmd(&config, args),
             Command::TrainingSet(args) => store::training_set_cmd(&config, args),
-            Command::Replay(args) => store::replay_cmd(config, args).await,
+            Command::Replay(args) => store::replay_cmd(config, args, bar).await,
             Command::Store(store::StoreCommand::Compact(args)) => store::compact_cmd(&config, args),
             Command::Store(store::StoreCommand::Tables(args)) => store::tables_cmd(&config, args),
             Command::Drift(drift::DriftCommand::Report(args)) => drift::report_cmd(&config, args),
-            Command::Drift(drift::DriftCommand::Bench(args)) => drift::bench_cmd(&config, args),
+            Command::Drift(drift::DriftCommand::Bench(args)) => {
+                drift::bench_cmd(&config, args, bar)
+            }
             Command::CheckConfig(_) => unreachable!("handled above"),
         }
     })?;

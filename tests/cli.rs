@@ -124,6 +124,7 @@ fn every_command_explains_itself() {
         "query",
         "training-set",
         "replay",
+        "import",
     ] {
         let output = shopstream().args([command, "--help"]).output().unwrap();
         assert!(output.status.success());
@@ -183,4 +184,60 @@ fn query_on_an_empty_store_says_what_to_do() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("has no tables yet"), "{stderr}");
+}
+
+#[test]
+fn import_lists_every_problem_of_a_mapping_at_once_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let mapping = dir.path().join("bad.toml");
+    std::fs::write(
+        &mapping,
+        "[source]\nformat = \"csv\"\n[fields]\ntime = { path = \"t\", type = \"datetime\" }\n\
+         user_id = \"u\"\nkind = \"k\"\n[events]\nview = [{ emit = \"click\" }]\n",
+    )
+    .unwrap();
+    let out = shopstream()
+        .args(["import", "--check", "--mapping"])
+        .arg(&mapping)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("3 problem(s)"), "{stderr}");
+    for needle in [
+        "needs a `format`",
+        "`columns` list",
+        "fields.item_id is not mapped",
+    ] {
+        assert!(stderr.contains(needle), "{needle} missing from: {stderr}");
+    }
+    let out = shopstream()
+        .args(["import", "--check", "--mapping", "rees46"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
+#[test]
+fn a_live_mapping_that_cannot_serve_its_topic_fails_check_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let mapping = dir.path().join("orders.toml");
+    std::fs::write(
+        &mapping,
+        "[source]\nformat = \"jsonl\"\n[fields]\ntime = { path = \"t\", type = \"epoch_ms\" }\n\
+         user_id = \"u\"\nkind = \"k\"\nitem_id = \"i\"\n[events]\nview = [{ emit = \"impression\" }]\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = check_config(
+        &format!(
+            "[input.mapping]\norders = {:?}\n",
+            mapping.display().to_string()
+        ),
+        &[],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("`impression` is not an event of the orders topic"),
+        "{stderr}"
+    );
 }

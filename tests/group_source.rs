@@ -82,6 +82,7 @@ async fn instance_with_processor(
         limits: DecodeLimits {
             max_message_bytes: 1 << 20,
         },
+        mappings: Default::default(),
     };
     tokio::spawn(source.run(tx, cancel, options));
     let seen = Arc::new(Mutex::new(Seen::default()));

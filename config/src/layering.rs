@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
 use crate::sections::{
-    CheckpointConfig, Config, DriftConfig, HttpConfig, KafkaConfig, ModelConfig, PipelineConfig,
-    StoreConfig, TopicsConfig,
+    CheckpointConfig, Config, DriftConfig, HttpConfig, InputConfig, KafkaConfig, ModelConfig,
+    PipelineConfig, StoreConfig, TopicsConfig,
 };
 use crate::{ConfigError, Problem};
 
@@ -19,7 +19,7 @@ use crate::{ConfigError, Problem};
 /// `SHOPSTREAM__SECTION__KEY`.
 pub const ENV_PREFIX: &str = "SHOPSTREAM__";
 
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "kafka",
     "topics",
     "pipeline",
@@ -28,6 +28,7 @@ const SECTIONS: [&str; 8] = [
     "http",
     "drift",
     "checkpoint",
+    "input",
 ];
 
 pub(crate) fn parse_file(path: &Path, text: &str) -> Result<Table, ConfigError> {
@@ -136,6 +137,7 @@ pub(crate) fn deserialize_reporting_all(table: &Table) -> (Config, Vec<Problem>)
             "http" => check_keys::<HttpConfig>(section, keys, &mut problems),
             "drift" => check_keys::<DriftConfig>(section, keys, &mut problems),
             "checkpoint" => check_keys::<CheckpointConfig>(section, keys, &mut problems),
+            "input" => check_keys::<InputConfig>(section, keys, &mut problems),
             _ => check_keys::<ModelConfig>(section, keys, &mut problems),
         };
         good.insert(section.to_string(), Value::Table(kept));

@@ -20,8 +20,9 @@ mod validate;
 pub use kafka_properties::{MANAGED_PROPERTIES, ManagedProperty, PropertyPolicy, managed_property};
 pub use layering::ENV_PREFIX;
 pub use sections::{
-    CalibrationHistory, CheckpointConfig, Config, DriftConfig, DriftReference, Instances,
-    KafkaConfig, ModelConfig, PipelineConfig, StoreConfig, TopicsConfig, secs_to_ms,
+    CalibrationHistory, CheckpointConfig, Config, DriftConfig, DriftReference, InputConfig,
+    InputMappingConfig, Instances, KafkaConfig, ModelConfig, PipelineConfig, StoreConfig,
+    TopicsConfig, secs_to_ms,
 };
 pub use validate::Problem;
 
@@ -387,8 +388,11 @@ mod tests {
             for key in keys.keys() {
                 let needle = format!("\n{key} =");
                 let commented = format!("\n# {key} =");
+                let sub_table = format!("\n[{section}.{key}]");
                 assert!(
-                    text.contains(&needle) || text.contains(&commented),
+                    text.contains(&needle)
+                        || text.contains(&commented)
+                        || text.contains(&sub_table),
                     "example config does not document {section}.{key}"
                 );
             }

@@ -26,6 +26,28 @@ pub struct Config {
     pub drift: DriftConfig,
     /// Checkpoints of the job's state, for restarts (see `docs/operations.md`).
     pub checkpoint: CheckpointConfig,
+    /// How the input topics are read (see `docs/mappings.md`).
+    pub input: InputConfig,
+}
+
+/// How the input topics are read.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InputConfig {
+    /// Mappings that decode a shop's own JSON on an input topic, instead of contract v1.
+    pub mapping: InputMappingConfig,
+}
+
+/// A mapping file (docs/mappings.md) per input topic; unset: the topic carries contract v1
+/// events. Each message is one JSON object and becomes one event of its topic; a message
+/// the mapping cannot convert goes to the dead-letter topic with the reason and the field.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InputMappingConfig {
+    /// Mapping of the clicks topic (its events must all be click kinds).
+    pub clicks: Option<PathBuf>,
+    /// Mapping of the orders topic (its events must all be `order`).
+    pub orders: Option<PathBuf>,
 }
 
 /// Checkpoints: the job's whole state written at window close, so a restart resumes

@@ -301,6 +301,16 @@ pub fn run(
     options: &BenchOptions,
     out: &mut dyn Write,
 ) -> Result<Vec<RunResult>, BenchError> {
+    run_with_progress(config, options, out, &mut |_, _| {})
+}
+
+/// Like [`run`], calling `progress(runs done, runs in all)` before each run and at the end.
+pub fn run_with_progress(
+    config: &Config,
+    options: &BenchOptions,
+    out: &mut dyn Write,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Vec<RunResult>, BenchError> {
     let args = options;
     if args.seeds.is_empty() {
         return Err(BenchError::Options("give at least one --seed".into()));
@@ -325,8 +335,11 @@ pub fn run(
         config.drift.fire_after_windows,
         config.pipeline.label_maturity_secs() / 60
     );
+    let total =
+        (args.seeds.len() * (kinds.len() + usize::from(args.stationary_ms.is_some()))) as u64;
     for &seed in &args.seeds {
         for &kind in kinds {
+            progress(results.len() as u64, total);
             let onset = DEFAULT_START_MS + args.onset_ms;
             let onset_window = grid.start_of(onset);
             let duration = args.onset_ms + args.after_ms;
@@ -438,6 +451,7 @@ pub fn run(
             });
         }
         if let Some(stationary) = args.stationary_ms {
+            progress(results.len() as u64, total);
             let run = run_one(
                 config,
                 options,

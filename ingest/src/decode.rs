@@ -69,7 +69,7 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(reason: Reason, field: Option<&str>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(reason: Reason, field: Option<&str>, message: impl Into<String>) -> Self {
         Self {
             reason,
             field: field.map(str::to_string),

@@ -10,13 +10,16 @@
 //! - [`clean`]: per-partition stateful checks: duplicates within an event-time horizon and
 //!   timestamps far ahead of their own stream.
 //! - [`generator`]: deterministic synthetic traffic from a latent ground-truth model.
-//! - [`import`]: the public Taobao UserBehavior log as contract events, for replays.
+//! - [`mapping`]: declarative mappings (TOML) from a shop's own event format to the
+//!   contract; built-in ones for the public Taobao UserBehavior and REES46 logs.
+//! - [`import`]: streaming import of a CSV or JSON-lines log through a mapping.
 
 pub mod clean;
 pub mod decode;
 pub mod event;
 pub mod generator;
 pub mod import;
+pub mod mapping;
 pub mod record;
 
 /// serde helper for maps with non-string keys (JSON objects need string keys): the map is

@@ -51,6 +51,7 @@ use crate::membership::{Assigned, MemberCommitter, Membership, MembershipOptions
 use crate::read_progress::ReadProgress;
 use shopstream_ingest::decode::{DecodeLimits, Rejection, decode};
 use shopstream_ingest::event::{Event, InputTopic};
+use shopstream_ingest::mapping::LiveMapping;
 
 pub use shopstream_ingest::record::RecordMeta;
 
@@ -130,12 +131,15 @@ pub type SharedLag = Arc<std::sync::Mutex<BTreeMap<(InputTopic, i32), i64>>>;
 pub type SharedPositions = Arc<std::sync::Mutex<Positions>>;
 
 /// Options of a source run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SourceOptions {
     /// Bounded mode: stop once every partition has been read to its end.
     pub stop_at_end: bool,
     /// Decoding limits.
     pub limits: DecodeLimits,
+    /// Topics whose messages a mapping decodes (`[input.mapping]`); the others carry
+    /// contract v1.
+    pub mappings: Arc<BTreeMap<InputTopic, LiveMapping>>,
 }
 
 /// Counters of a source run.
@@ -796,7 +800,17 @@ impl KafkaSource {
                     }
                     let payload = message.payload().unwrap_or_default();
                     let key = message.key().map(<[u8]>::to_vec);
-                    match decode(topic, key.as_deref(), payload, options.limits) {
+                    let decoded = match options.mappings.get(&topic) {
+                        Some(mapping) => mapping.decode(
+                            meta.partition,
+                            meta.offset,
+                            key.as_deref(),
+                            payload,
+                            options.limits,
+                        ),
+                        None => decode(topic, key.as_deref(), payload, options.limits),
+                    };
+                    match decoded {
                         Ok(event) => SourceMessage::Event {
                             meta,
                             event,

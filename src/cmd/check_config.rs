@@ -21,6 +21,10 @@ pub(crate) fn check_config(file: &Path) -> ExitCode {
                 file.display()
             );
             print!("{}", config.to_toml_masked());
+            if let Err(error) = check_mappings(&config) {
+                eprintln!("error: {error}");
+                return ExitCode::from(2);
+            }
             check_bucket(&config)
         }
         Err(error) => {
@@ -28,6 +32,24 @@ pub(crate) fn check_config(file: &Path) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Reads and validates the mapping files of `[input.mapping]`, reporting every problem.
+fn check_mappings(config: &Config) -> Result<(), shopstream_ingest::mapping::MappingError> {
+    use shopstream_ingest::event::InputTopic;
+    let mapped = &config.input.mapping;
+    let files: Vec<(InputTopic, &Path)> = [
+        (InputTopic::Clicks, &mapped.clicks),
+        (InputTopic::Orders, &mapped.orders),
+    ]
+    .into_iter()
+    .filter_map(|(topic, path)| Some((topic, path.as_deref()?)))
+    .collect();
+    let loaded = shopstream_ingest::mapping::load_live_mappings(&files)?;
+    for (topic, _) in loaded {
+        println!("# input.mapping.{}: valid", topic.as_str());
+    }
+    Ok(())
 }
 
 /// For a store in a bucket: builds its client (unknown option keys and malformed URLs are

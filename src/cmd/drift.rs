@@ -103,7 +103,7 @@ pub fn report_cmd(config: &Config, args: ReportArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn bench_cmd(config: &Config, args: BenchArgs) -> Result<()> {
+pub fn bench_cmd(config: &Config, args: BenchArgs, bar: bool) -> Result<()> {
     let options = BenchOptions {
         stationary_ms: (!args.no_stationary).then_some(args.stationary),
         onset_ms: args.onset,
@@ -117,7 +117,19 @@ pub fn bench_cmd(config: &Config, args: BenchArgs) -> Result<()> {
         },
         rows_dir: args.rows_dir,
     };
-    let results = bench::run(config, &options, &mut std::io::stdout().lock())?;
+    let mut line = super::progress::ProgressLine::new("drift bench", bar);
+    let results = bench::run_with_progress(
+        config,
+        &options,
+        &mut std::io::stdout().lock(),
+        &mut |done, total| {
+            line.update("running", done, "runs", Some(done as f64 / total as f64));
+            // The bench prints its findings on stdout between runs: keep the bar on a
+            // line of its own.
+            line.finish();
+        },
+    )?;
+    line.finish();
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&results)?)
             .with_context(|| format!("cannot write {}", path.display()))?;

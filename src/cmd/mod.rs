@@ -8,5 +8,6 @@ pub(crate) mod generate;
 pub(crate) mod import;
 pub(crate) mod model;
 pub(crate) mod parse;
+pub(crate) mod progress;
 pub(crate) mod run;
 pub(crate) mod store;

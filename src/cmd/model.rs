@@ -41,7 +41,7 @@ pub(crate) struct QualityArgs {
     pub(crate) vw_out: Option<PathBuf>,
 }
 
-pub(crate) fn quality_cmd(config: Config, args: QualityArgs) -> Result<()> {
+pub(crate) fn quality_cmd(config: Config, args: QualityArgs, bar: bool) -> Result<()> {
     let options = shopstream_trainer::quality::QualityOptions {
         generator: GeneratorOptions {
             seed: args.seed,
@@ -54,8 +54,13 @@ pub(crate) fn quality_cmd(config: Config, args: QualityArgs) -> Result<()> {
         vw_out: args.vw_out.clone(),
     };
     let started = std::time::Instant::now();
-    let report = shopstream_trainer::quality::run_quality(&options)
-        .with_context(|| format!("writing {:?}", args.vw_out))?;
+    let mut line = super::progress::ProgressLine::new("model quality", bar);
+    let target = args.impressions.max(1) as f64;
+    let report = shopstream_trainer::quality::run_quality_with_progress(&options, &mut |n| {
+        line.update("scoring", n, "impressions", Some(n as f64 / target));
+    })
+    .with_context(|| format!("writing {:?}", args.vw_out))?;
+    line.finish();
     print!("{}", report.render());
     println!("wall time {:.1} s", started.elapsed().as_secs_f64());
     if let Some(path) = &args.json {

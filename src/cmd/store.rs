@@ -234,7 +234,7 @@ pub fn training_set_cmd(config: &Config, args: TrainingSetArgs) -> Result<()> {
     Ok(())
 }
 
-pub async fn replay_cmd(mut config: Config, args: ReplayArgs) -> Result<()> {
+pub async fn replay_cmd(mut config: Config, args: ReplayArgs, bar: bool) -> Result<()> {
     if args.to <= args.from {
         bail!("--to must be after --from");
     }
@@ -249,8 +249,24 @@ pub async fn replay_cmd(mut config: Config, args: ReplayArgs) -> Result<()> {
             warmup_from_ms: args.warmup.map(|w| args.from - w),
         }),
     };
-    let summary = pipeline::run(&config, options, shopstream_job::shutdown_signal()).await?;
-    super::run::print_summary(&summary, args.summary_json.as_deref())
+    let (progress, mut watched) = tokio::sync::watch::channel(pipeline::Progress::default());
+    let display = tokio::spawn(async move {
+        let mut line = super::progress::ProgressLine::new("replay", bar);
+        while watched.changed().await.is_ok() {
+            let consumed = watched.borrow_and_update().consumed;
+            line.update("reading", consumed, "messages", None);
+        }
+        line.finish();
+    });
+    let summary = pipeline::run_observed(
+        &config,
+        options,
+        shopstream_job::shutdown_signal(),
+        progress,
+    )
+    .await;
+    let _ = display.await;
+    super::run::print_summary(&summary?, args.summary_json.as_deref())
 }
 
 pub fn compact_cmd(config: &Config, args: CompactArgs) -> Result<()> {

@@ -78,14 +78,15 @@ struct Scored {
 
 /// The benchmark's side of the prequential loop: the baselines score each window before
 /// they learn from it, as the joint model does.
-struct Scoring {
+struct Scoring<'p> {
     baselines: Baselines,
     vw: Option<std::io::BufWriter<std::fs::File>>,
     scored: Vec<Scored>,
     joint_secs: f64,
+    progress: &'p mut dyn FnMut(u64),
 }
 
-impl Observer for Scoring {
+impl Observer for Scoring<'_> {
     type Note = ();
     type Error = std::io::Error;
 
@@ -117,12 +118,22 @@ impl Observer for Scoring {
                 write_vw(out, e)?;
             }
         }
+        (self.progress)(self.scored.len() as u64);
         Ok(())
     }
 }
 
 /// Runs the benchmark.
 pub fn run_quality(options: &QualityOptions) -> std::io::Result<QualityReport> {
+    run_quality_with_progress(options, &mut |_| {})
+}
+
+/// Runs the benchmark, calling `progress` with the number of impressions scored after
+/// each window.
+pub fn run_quality_with_progress(
+    options: &QualityOptions,
+    progress: &mut dyn FnMut(u64),
+) -> std::io::Result<QualityReport> {
     let mut generator = Generator::new(options.generator.clone());
     let vw = match &options.vw_out {
         Some(path) => Some(std::io::BufWriter::new(std::fs::File::create(path)?)),
@@ -133,6 +144,7 @@ pub fn run_quality(options: &QualityOptions) -> std::io::Result<QualityReport> {
         vw,
         scored: Vec::new(),
         joint_secs: 0.0,
+        progress,
     };
     Prequential::new(&options.pipeline, &options.model).run(generator.decoded(), &mut scoring)?;
     let Scoring {
@@ -140,6 +152,7 @@ pub fn run_quality(options: &QualityOptions) -> std::io::Result<QualityReport> {
         vw,
         scored,
         joint_secs,
+        ..
     } = scoring;
     if let Some(mut out) = vw {
         out.flush()?;

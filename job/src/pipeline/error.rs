@@ -54,6 +54,9 @@ pub enum PipelineError {
     /// Group mode: two instances answered a close differently (internal).
     #[error(transparent)]
     Merge(#[from] shopstream_features::MergeQueueError),
+    /// An input mapping file is unreadable or invalid (user).
+    #[error(transparent)]
+    Mapping(#[from] shopstream_ingest::mapping::MappingError),
     /// A setting the run cannot work with (user).
     #[error("{0}")]
     Unsupported(String),

@@ -127,6 +127,30 @@ async fn serve_endpoints(
     Ok(Some(addr))
 }
 
+/// The source's options: bounded or not, the decoding limits, and the mappings of
+/// `[input.mapping]` (read and validated here).
+pub(crate) fn source_options(
+    config: &Config,
+    stop_at_end: bool,
+) -> Result<SourceOptions, PipelineError> {
+    let mapped = &config.input.mapping;
+    use shopstream_ingest::event::InputTopic;
+    let files: Vec<(InputTopic, &std::path::Path)> = [
+        (InputTopic::Clicks, &mapped.clicks),
+        (InputTopic::Orders, &mapped.orders),
+    ]
+    .into_iter()
+    .filter_map(|(topic, path)| Some((topic, path.as_deref()?)))
+    .collect();
+    Ok(SourceOptions {
+        stop_at_end,
+        limits: DecodeLimits {
+            max_message_bytes: config.pipeline.max_message_bytes,
+        },
+        mappings: Arc::new(shopstream_ingest::mapping::load_live_mappings(&files)?),
+    })
+}
+
 /// Like [`run`], publishing [`Progress`] to `progress` as the job goes.
 pub async fn run_observed(
     config: &Config,
@@ -134,6 +158,8 @@ pub async fn run_observed(
     shutdown: impl Future<Output = ()>,
     progress: tokio::sync::watch::Sender<Progress>,
 ) -> Result<RunSummary, PipelineError> {
+    // A bad mapping is a user error: report it before connecting to anything.
+    source_options(config, false)?;
     if config.pipeline.instances == shopstream_config::Instances::Group {
         // The instances of the group share the run (docs/scale-out.md).
         return group::run(config, options, shutdown, progress).await;
@@ -207,12 +233,7 @@ pub async fn run_observed(
     let (telemetry_tx, telemetry_rx) = tokio::sync::watch::channel(Arc::new(Telemetry::default()));
     let http_addr = serve_endpoints(config, telemetry_rx, &cancel).await?;
     let (tx, rx) = mpsc::channel(config.pipeline.channel_capacity);
-    let source_options = SourceOptions {
-        stop_at_end,
-        limits: DecodeLimits {
-            max_message_bytes: config.pipeline.max_message_bytes,
-        },
-    };
+    let source_options = source_options(config, stop_at_end)?;
     let consumer_lag = source.lag();
     let read_progress = source.progress();
     let source_cancel = cancel.clone();

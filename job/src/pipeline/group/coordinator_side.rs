@@ -216,7 +216,7 @@ pub(super) async fn run(
     )
     .await?;
     let (mut rx, source_task, source_cancel) =
-        super::start_source(config, source, bounded, &cancel);
+        super::start_source(config, source, bounded, &cancel)?;
 
     let mut global_stage = GlobalStage::new(config, store, true)?;
     global_stage.stop_on_store_failure(cancel.clone());

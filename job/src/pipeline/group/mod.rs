@@ -45,14 +45,11 @@ use serde::{Deserialize, Serialize};
 use shopstream_config::{Config, KafkaConfig};
 use shopstream_drift::stage::Arrival;
 use shopstream_features::protocol::ToCoordinator;
-use shopstream_ingest::decode::DecodeLimits;
 use shopstream_ingest::event::InputTopic;
 use shopstream_kafka::client::ensure_topics;
 use shopstream_kafka::lease::{Lease, LeaseOptions};
 use shopstream_kafka::log::{DEFAULT_FRAGMENT_BYTES, LogOptions};
-use shopstream_kafka::source::{
-    KafkaSource, SourceError, SourceMessage, SourceOptions, SourceStats,
-};
+use shopstream_kafka::source::{KafkaSource, SourceError, SourceMessage, SourceStats};
 use shopstream_trainer::Trainer;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -255,6 +252,13 @@ fn log_options(topic: &str, role: &str) -> LogOptions {
     }
 }
 
+/// A source's messages, its task, and the token that stops it.
+type StartedSource = (
+    mpsc::Receiver<SourceMessage>,
+    tokio::task::JoinHandle<Result<SourceStats, SourceError>>,
+    CancellationToken,
+);
+
 /// Runs `source` on a task of its own until `cancel` (or the child token returned) fires,
 /// or (`bounded`, an assigning source) its partitions are read to their end: its messages,
 /// the task, the token that stops it.
@@ -263,21 +267,12 @@ fn start_source(
     source: KafkaSource,
     bounded: bool,
     cancel: &CancellationToken,
-) -> (
-    mpsc::Receiver<SourceMessage>,
-    tokio::task::JoinHandle<Result<SourceStats, SourceError>>,
-    CancellationToken,
-) {
+) -> Result<StartedSource, PipelineError> {
     let (tx, rx) = mpsc::channel(config.pipeline.channel_capacity);
-    let options = SourceOptions {
-        stop_at_end: bounded,
-        limits: DecodeLimits {
-            max_message_bytes: config.pipeline.max_message_bytes,
-        },
-    };
+    let options = super::source_options(config, bounded)?;
     let stop = cancel.child_token();
     let task = tokio::spawn(source.run(tx, stop.clone(), options));
-    (rx, task, stop)
+    Ok((rx, task, stop))
 }
 
 /// Runs this instance's share of a group run: a bounded one until the coordinator's final

@@ -157,7 +157,7 @@ pub(super) async fn run(
     // them). A side dropped without that (its task aborted) drops the receiver, and the
     // source leaves then.
     let (mut rx, source_task, source_cancel) =
-        super::start_source(config, source, bounded, &CancellationToken::new());
+        super::start_source(config, source, bounded, &CancellationToken::new())?;
     let serving = Arc::clone(&models.borrow_and_update());
     let mut side = ShardSide {
         config,
