@@ -23,16 +23,7 @@ use shopstream_job::generate::publish_messages;
 use support::{Broker, read_table, run_to_end};
 
 fn shared_sample(name: &str) -> PathBuf {
-    let sample = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data")
-        .join(name);
-    assert!(
-        sample.exists(),
-        "{} is missing: the reference data lives beside the repository in ../shared/data \
-         (see its README); check out the project next to it",
-        sample.display()
-    );
-    sample
+    shopstream_ingest::import::reference_log(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn true_count(batches: &[RecordBatch], name: &str) -> usize {

@@ -27,6 +27,23 @@ use crate::mapping::spec::{Format, SnapshotMode};
 use crate::mapping::{Emitter, Mapping, Row, header_index, snapshot};
 use sort::{RunWriter, Sorted, Staged};
 
+/// Where a reference log of `../shared/data` (beside the repository; see its README) is,
+/// for tests and benchmarks; the error says where it looked and what to do.
+pub fn reference_log(name: &str) -> Result<PathBuf, String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data")
+        .join(name);
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} is missing: the reference data lives beside the repository in ../shared/data \
+             (see its README); check out the project next to it",
+            path.display()
+        ))
+    }
+}
+
 /// Rejected rows kept with their reason in the report (all are counted).
 pub const MAX_REJECTED_SHOWN: usize = 1000;
 
@@ -259,27 +276,11 @@ impl<'m> Importer<'m> {
                         }
                     }
                 }
-                if rows.is_multiple_of(PROGRESS_EVERY_ROWS)
-                    && let Some(p) = &mut progress
-                {
-                    p(Progress {
-                        phase: "scanning",
-                        rows,
-                        bytes: lines.bytes(),
-                        total_bytes,
-                        total_rows: None,
-                    });
+                if rows.is_multiple_of(PROGRESS_EVERY_ROWS) {
+                    scanned(&mut progress, rows, lines.bytes(), total_bytes);
                 }
             }
-            if let Some(p) = &mut progress {
-                p(Progress {
-                    phase: "scanning",
-                    rows,
-                    bytes: lines.bytes(),
-                    total_bytes,
-                    total_rows: None,
-                });
-            }
+            scanned(&mut progress, rows, lines.bytes(), total_bytes);
             report.items = items.len() as u64;
             for (n, (item, first)) in items.into_iter().enumerate() {
                 pending.push_back(snapshot(
@@ -428,6 +429,19 @@ impl Iterator for Importer<'_> {
             self.emitter.emit(&row, &mut self.scratch);
             self.pending.extend(self.scratch.drain(..));
         }
+    }
+}
+
+/// Reports the first pass's progress.
+fn scanned(progress: &mut Option<ProgressFn<'_>>, rows: u64, bytes: u64, total_bytes: u64) {
+    if let Some(p) = progress {
+        p(Progress {
+            phase: "scanning",
+            rows,
+            bytes,
+            total_bytes,
+            total_rows: None,
+        });
     }
 }
 

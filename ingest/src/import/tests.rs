@@ -33,16 +33,7 @@ fn file(text: &str) -> tempfile::NamedTempFile {
 }
 
 fn shared_sample(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: the reference data lives beside the repository in ../shared/data \
-         (see its README); check out the project next to it",
-        path.display()
-    );
-    path
+    reference_log(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn same_messages(got: &[GeneratedMessage], want: &[GeneratedMessage]) {

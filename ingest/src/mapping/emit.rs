@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use super::Mapping;
 use super::record::Row;
-use super::spec::{EmitKind, SnapshotMode};
+use super::spec::{EmitKind, SnapshotMode, click_names};
 use crate::event::{
     ClickEvent, ClickKind, InputTopic, InventoryEvent, InventoryKind, Millis, OrderEvent,
     OrderLine, OrderStatus,
@@ -75,12 +75,7 @@ impl<'a> Emitter<'a> {
         for e in emits {
             let ts = row.ts + e.after_ms;
             let kind = match e.emit {
-                EmitKind::Impression => (ClickKind::Impression, "i"),
-                EmitKind::Click => (ClickKind::Click, "c"),
-                EmitKind::AddToCart => (ClickKind::AddToCart, "a"),
-                EmitKind::RemoveFromCart => (ClickKind::RemoveFromCart, "r"),
-                EmitKind::Favorite => (ClickKind::Favorite, "f"),
-                EmitKind::Search => (ClickKind::Search, "s"),
+                EmitKind::Click(kind) => (kind, click_names(kind).1),
                 EmitKind::Order => {
                     let order = OrderEvent {
                         order_id: row

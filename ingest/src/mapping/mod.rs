@@ -27,7 +27,7 @@ pub use emit::Emitter;
 pub(crate) use emit::snapshot;
 pub use live::{LiveMapping, load_live_mappings};
 pub use record::{Record, Row, RowError, header_index, split_csv};
-use spec::{Conversion, EmitKind, FieldSpec, Format, MappingSpec, Paths, SnapshotMode};
+use spec::{Conversion, FieldSpec, Format, MappingSpec, Paths, SnapshotMode};
 
 /// The mappings that ship with shopstream, by name.
 pub const BUILTIN: [(&str, &str); 2] = [
@@ -187,7 +187,7 @@ impl Mapping {
             if emits.is_empty() {
                 problems.push(format!("events.{value:?} lists no event"));
             }
-            if let Some(e) = emits.iter().find(|e| e.emit != EmitKind::Search)
+            if let Some(e) = emits.iter().find(|e| !e.emit.is_search())
                 && !has(OptionalField::ItemId)
             {
                 problems.push(format!(

@@ -322,7 +322,7 @@ impl Mapping {
         if row.item_id.is_none()
             && let Some(e) = self.spec.events[&row.kind]
                 .iter()
-                .find(|e| e.emit != super::spec::EmitKind::Search)
+                .find(|e| !e.emit.is_search())
         {
             let field = self.optional(OptionalField::ItemId);
             let message = format!(

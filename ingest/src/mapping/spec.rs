@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::event::Scenario;
+use crate::event::{ClickKind, Scenario};
 
 /// A mapping from an external event log to topic contract v1 events.
 #[derive(Debug, Clone, Deserialize)]
@@ -237,40 +237,44 @@ pub struct EmitSpec {
     pub scenario: Option<Scenario>,
 }
 
-/// The contract event a row becomes. Click kinds go to the clicks topic with event id
-/// `<prefix><line><suffix>` (suffixes i, c, a, r, f, s); `order` is a placed one-line
-/// order on the orders topic.
+/// The contract event a row becomes: `order` (a placed one-line order of the row's item
+/// at its price, on the orders topic) or a contract click type (`impression`, `click`,
+/// `add_to_cart`, `remove_from_cart`, `favorite`, `search`) on the clicks topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EmitKind {
-    /// An impression.
-    Impression,
-    /// A click.
-    Click,
-    /// Added to the cart.
-    AddToCart,
-    /// Removed from the cart.
-    RemoveFromCart,
-    /// Marked as favourite.
-    Favorite,
-    /// A search (`query`).
-    Search,
-    /// A placed order of the row's item at its price.
+    /// A placed one-line order.
     Order,
+    /// A click event of this type.
+    #[serde(untagged)]
+    Click(ClickKind),
 }
 
 impl EmitKind {
     /// The spelling in mapping files.
     pub fn as_str(self) -> &'static str {
         match self {
-            EmitKind::Impression => "impression",
-            EmitKind::Click => "click",
-            EmitKind::AddToCart => "add_to_cart",
-            EmitKind::RemoveFromCart => "remove_from_cart",
-            EmitKind::Favorite => "favorite",
-            EmitKind::Search => "search",
             EmitKind::Order => "order",
+            EmitKind::Click(kind) => click_names(kind).0,
         }
+    }
+
+    /// A search: the one click type without an item.
+    pub fn is_search(self) -> bool {
+        self == EmitKind::Click(ClickKind::Search)
+    }
+}
+
+/// A click type's spelling and the suffix of the event ids a mapping derives for it
+/// (`<prefix><line><suffix>`).
+pub(crate) fn click_names(kind: ClickKind) -> (&'static str, &'static str) {
+    match kind {
+        ClickKind::Impression => ("impression", "i"),
+        ClickKind::Click => ("click", "c"),
+        ClickKind::AddToCart => ("add_to_cart", "a"),
+        ClickKind::RemoveFromCart => ("remove_from_cart", "r"),
+        ClickKind::Favorite => ("favorite", "f"),
+        ClickKind::Search => ("search", "s"),
     }
 }
 
