@@ -241,3 +241,28 @@ fn a_live_mapping_that_cannot_serve_its_topic_fails_check_config() {
         "{stderr}"
     );
 }
+
+#[test]
+fn an_import_that_cannot_sort_on_disk_says_where_and_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("log.csv");
+    std::fs::write(&data, "1,2,3,pv,1511544070\n1,2,3,pv,1511544000\n").unwrap();
+    let mapping = dir.path().join("taobao-small-runs.toml");
+    let taobao = shopstream_ingest::mapping::builtin("taobao").unwrap();
+    std::fs::write(
+        &mapping,
+        taobao.replace("sorted = false", "sorted = false\nsort_run_rows = 1"),
+    )
+    .unwrap();
+    let out = shopstream()
+        .args(["import", "--output", "/dev/null", "--mapping"])
+        .arg(&mapping)
+        .arg(&data)
+        .env("TMPDIR", dir.path().join("no-such-dir"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot sort"), "{stderr}");
+    assert!(stderr.contains("set TMPDIR"), "{stderr}");
+}

@@ -58,6 +58,19 @@ pub enum ImportError {
         /// Why.
         source: std::io::Error,
     },
+    /// Sorting the rows on disk failed (full disk, unwritable temporary directory).
+    #[error(
+        "cannot sort {path} in runs on disk under {tmp}: {source}; set TMPDIR to a directory \
+         with room (about the size of the log), or sort the log and set source.sorted = true"
+    )]
+    Sort {
+        /// The file being sorted.
+        path: PathBuf,
+        /// The temporary directory.
+        tmp: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The CSV header lacks columns the mapping reads.
     #[error(
         "{path}: the header has no column {missing}; the header is {header:?} (fix the mapping's \
@@ -454,11 +467,9 @@ struct ItemFirst {
 }
 
 fn sort_error(path: &Path, e: std::io::Error) -> ImportError {
-    ImportError::Io {
-        path: std::env::temp_dir().join(format!(
-            "shopstream-import-* (sorting {}; set TMPDIR to a disk with room)",
-            path.display()
-        )),
+    ImportError::Sort {
+        path: path.to_path_buf(),
+        tmp: std::env::temp_dir(),
         source: e,
     }
 }
