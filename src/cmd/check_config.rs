@@ -36,17 +36,7 @@ pub(crate) fn check_config(file: &Path) -> ExitCode {
 
 /// Reads and validates the mapping files of `[input.mapping]`, reporting every problem.
 fn check_mappings(config: &Config) -> Result<(), shopstream_ingest::mapping::MappingError> {
-    use shopstream_ingest::event::InputTopic;
-    let mapped = &config.input.mapping;
-    let files: Vec<(InputTopic, &Path)> = [
-        (InputTopic::Clicks, &mapped.clicks),
-        (InputTopic::Orders, &mapped.orders),
-    ]
-    .into_iter()
-    .filter_map(|(topic, path)| Some((topic, path.as_deref()?)))
-    .collect();
-    let loaded = shopstream_ingest::mapping::load_live_mappings(&files)?;
-    for (topic, _) in loaded {
+    for topic in shopstream_job::pipeline::input_mappings(config)?.keys() {
         println!("# input.mapping.{}: valid", topic.as_str());
     }
     Ok(())

@@ -105,8 +105,6 @@ pub struct ImportReport {
     pub first_ts: Millis,
     /// Latest row time.
     pub last_ts: Millis,
-    #[serde(skip)]
-    any_accepted: bool,
 }
 
 impl ImportReport {
@@ -118,10 +116,14 @@ impl ImportReport {
     }
 
     fn accept(&mut self, row: &Row) {
-        *self.per_behavior.entry(row.kind.clone()).or_default() += 1;
-        if !self.any_accepted {
-            self.any_accepted = true;
+        if self.per_behavior.is_empty() {
             (self.first_ts, self.last_ts) = (row.ts, row.ts);
+        }
+        match self.per_behavior.get_mut(&row.kind) {
+            Some(n) => *n += 1,
+            None => {
+                self.per_behavior.insert(row.kind.clone(), 1);
+            }
         }
         self.first_ts = self.first_ts.min(row.ts);
         self.last_ts = self.last_ts.max(row.ts);
@@ -263,20 +265,19 @@ impl<'m> Importer<'m> {
                     Ok(row) => {
                         report.accept(&row);
                         if tracks_items && let Some(item) = &row.item_id {
-                            let first = ItemFirst {
+                            let first = || ItemFirst {
                                 ts: row.ts,
                                 line,
                                 category: row.category.clone(),
                                 price: row.price,
                             };
-                            items
-                                .entry(item.clone())
-                                .and_modify(|f| {
-                                    if (first.ts, first.line) < (f.ts, f.line) {
-                                        *f = first.clone();
-                                    }
-                                })
-                                .or_insert(first);
+                            match items.get_mut(item) {
+                                Some(f) if (row.ts, line) < (f.ts, f.line) => *f = first(),
+                                Some(_) => {}
+                                None => {
+                                    items.insert(item.clone(), first());
+                                }
+                            }
                         }
                         if let Some(runs) = &mut runs {
                             let text = text.to_string();
@@ -350,10 +351,13 @@ impl<'m> Importer<'m> {
     /// The next row to publish, or `None` at the end (or after an error).
     fn next_row(&mut self) -> Option<Row> {
         loop {
-            let source = self.source.as_mut()?;
-            let next = match source {
+            // Parsed where the source holds the text: no copy of the line.
+            let next = match self.source.as_mut()? {
                 RowSource::File(lines) => match lines.next_line() {
-                    Ok(Some((line, text))) => Some((line, text.to_string(), lines.bytes())),
+                    Ok(Some((line, text))) => {
+                        let parsed = parse(self.mapping, &self.columns, line, text);
+                        Some((line, parsed, lines.bytes()))
+                    }
                     Ok(None) => None,
                     Err(e) => {
                         self.fail(e);
@@ -361,7 +365,11 @@ impl<'m> Importer<'m> {
                     }
                 },
                 RowSource::Sorted(sorted) => match sorted.next_row() {
-                    Ok(Some(s)) => Some((s.line, s.text, 0)),
+                    Ok(Some(s)) => Some((
+                        s.line,
+                        parse(self.mapping, &self.columns, s.line, &s.text),
+                        0,
+                    )),
                     Ok(None) => None,
                     Err(e) => {
                         self.error = Some(sort_error(&self.path, e));
@@ -370,14 +378,13 @@ impl<'m> Importer<'m> {
                     }
                 },
             };
-            let Some((line, text, bytes)) = next else {
+            let Some((line, parsed, bytes)) = next else {
                 self.report_progress(0, true);
                 self.source = None;
                 return None;
             };
             self.rows_published += 1;
             self.report_progress(bytes, false);
-            let parsed = parse(self.mapping, &self.columns, line, &text);
             if self.scanned {
                 // Counted and rejected in the first pass already.
                 if let Ok(row) = parsed {
@@ -458,7 +465,7 @@ fn scanned(progress: &mut Option<ProgressFn<'_>>, rows: u64, bytes: u64, total_b
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct ItemFirst {
     ts: Millis,
     line: u64,

@@ -49,23 +49,25 @@ impl<'a> Emitter<'a> {
         if spec.inventory.snapshots == SnapshotMode::OnChange
             && let Some(item) = &row.item_id
         {
+            // What the row says, a missing value keeping the last known one; compared
+            // before anything is copied (most rows change nothing).
             let previous = self.items.get(item);
-            let state = (
-                row.category
-                    .clone()
-                    .or_else(|| previous.and_then(|p| p.0.clone())),
-                row.price.or_else(|| previous.and_then(|p| p.1)),
-            );
-            let changed = previous.is_none_or(|p| *p != state);
-            if changed && (state.0.is_some() || state.1.is_some()) {
-                out.push(snapshot(
-                    format!("{prefix}v{}", row.line),
-                    row.ts - 1,
-                    item,
-                    &state,
-                ));
-            }
+            let category = row
+                .category
+                .as_ref()
+                .or_else(|| previous.and_then(|p| p.0.as_ref()));
+            let price = row.price.or_else(|| previous.and_then(|p| p.1));
+            let changed = previous.is_none_or(|p| p.0.as_ref() != category || p.1 != price);
             if changed {
+                let state = (category.cloned(), price);
+                if state.0.is_some() || state.1.is_some() {
+                    out.push(snapshot(
+                        format!("{prefix}v{}", row.line),
+                        row.ts - 1,
+                        item,
+                        &state,
+                    ));
+                }
                 self.items.insert(item.clone(), state);
             }
         }
@@ -102,9 +104,10 @@ impl<'a> Emitter<'a> {
                 }
             };
             let search = kind.0 == ClickKind::Search;
-            let clicks = emits.iter().filter(|e| e.emit != EmitKind::Order).count();
             let event_id = match &row.event_id {
-                Some(id) if clicks == 1 => id.clone(),
+                Some(id) if emits.iter().filter(|e| e.emit != EmitKind::Order).count() == 1 => {
+                    id.clone()
+                }
                 Some(id) => format!("{id}{}", kind.1),
                 None => format!("{prefix}{}{}", row.line, kind.1),
             };

@@ -49,6 +49,8 @@ use std::sync::Arc;
 
 use shopstream_config::Config;
 use shopstream_ingest::decode::DecodeLimits;
+use shopstream_ingest::event::InputTopic;
+use shopstream_ingest::mapping::{LiveMapping, MappingError};
 use shopstream_kafka::client::ensure_topics;
 use shopstream_kafka::source::{KafkaSource, Positions, SharedPositions, SourceOptions};
 use shopstream_sinks::store::ParquetStore;
@@ -127,14 +129,12 @@ async fn serve_endpoints(
     Ok(Some(addr))
 }
 
-/// The source's options: bounded or not, the decoding limits, and the mappings of
-/// `[input.mapping]` (read and validated here).
-pub(crate) fn source_options(
+/// The mappings of `[input.mapping]`, read and validated (every problem of every file at
+/// once).
+pub fn input_mappings(
     config: &Config,
-    stop_at_end: bool,
-) -> Result<SourceOptions, PipelineError> {
+) -> Result<std::collections::BTreeMap<InputTopic, LiveMapping>, MappingError> {
     let mapped = &config.input.mapping;
-    use shopstream_ingest::event::InputTopic;
     let files: Vec<(InputTopic, &std::path::Path)> = [
         (InputTopic::Clicks, &mapped.clicks),
         (InputTopic::Orders, &mapped.orders),
@@ -142,12 +142,17 @@ pub(crate) fn source_options(
     .into_iter()
     .filter_map(|(topic, path)| Some((topic, path.as_deref()?)))
     .collect();
+    shopstream_ingest::mapping::load_live_mappings(&files)
+}
+
+/// The source's options: bounded or not, the decoding limits, and the input mappings.
+fn source_options(config: &Config, stop_at_end: bool) -> Result<SourceOptions, PipelineError> {
     Ok(SourceOptions {
         stop_at_end,
         limits: DecodeLimits {
             max_message_bytes: config.pipeline.max_message_bytes,
         },
-        mappings: Arc::new(shopstream_ingest::mapping::load_live_mappings(&files)?),
+        mappings: Arc::new(input_mappings(config)?),
     })
 }
 
@@ -158,11 +163,12 @@ pub async fn run_observed(
     shutdown: impl Future<Output = ()>,
     progress: tokio::sync::watch::Sender<Progress>,
 ) -> Result<RunSummary, PipelineError> {
-    // A bad mapping is a user error: report it before connecting to anything.
-    source_options(config, false)?;
+    // Read once, before connecting to anything: a bad mapping is a user error.
+    let stop_at_end = options.stop_at_end || options.replay.is_some();
+    let source_options = source_options(config, stop_at_end)?;
     if config.pipeline.instances == shopstream_config::Instances::Group {
         // The instances of the group share the run (docs/scale-out.md).
-        return group::run(config, options, shutdown, progress).await;
+        return group::run(config, options, &source_options, shutdown, progress).await;
     }
     let started = std::time::Instant::now();
     let store = open_store(config)?;
@@ -222,7 +228,6 @@ pub async fn run_observed(
         }
         None => &config.kafka,
     };
-    let stop_at_end = options.stop_at_end || options.replay.is_some();
     let (source, committer) =
         KafkaSource::connect(kafka, topics, &partitions, start, stop_at_end).await?;
 
@@ -233,7 +238,6 @@ pub async fn run_observed(
     let (telemetry_tx, telemetry_rx) = tokio::sync::watch::channel(Arc::new(Telemetry::default()));
     let http_addr = serve_endpoints(config, telemetry_rx, &cancel).await?;
     let (tx, rx) = mpsc::channel(config.pipeline.channel_capacity);
-    let source_options = source_options(config, stop_at_end)?;
     let consumer_lag = source.lag();
     let read_progress = source.progress();
     let source_cancel = cancel.clone();

@@ -167,8 +167,9 @@ pub(super) async fn run(
     let GroupRun {
         config,
         topics,
-        bounded,
+        source_options,
     } = *run;
+    let bounded = source_options.stop_at_end;
     let store = super::super::open_store(config)?;
     let names: Vec<String> = config
         .topics
@@ -216,7 +217,7 @@ pub(super) async fn run(
     )
     .await?;
     let (mut rx, source_task, source_cancel) =
-        super::start_source(config, source, bounded, &cancel)?;
+        super::start_source(config, source, source_options, &cancel);
 
     let mut global_stage = GlobalStage::new(config, store, true)?;
     global_stage.stop_on_store_failure(cancel.clone());

@@ -49,7 +49,9 @@ use shopstream_ingest::event::InputTopic;
 use shopstream_kafka::client::ensure_topics;
 use shopstream_kafka::lease::{Lease, LeaseOptions};
 use shopstream_kafka::log::{DEFAULT_FRAGMENT_BYTES, LogOptions};
-use shopstream_kafka::source::{KafkaSource, SourceError, SourceMessage, SourceStats};
+use shopstream_kafka::source::{
+    KafkaSource, SourceError, SourceMessage, SourceOptions, SourceStats,
+};
 use shopstream_trainer::Trainer;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -230,12 +232,13 @@ impl GroupTopics {
 }
 
 /// What both sides of an instance run for: the job's configuration, the group's
-/// internal topics, and whether the run is bounded (`run --stop-at-end`) or live.
+/// internal topics, and how their sources read: bounded (`run --stop-at-end`) or live,
+/// decoding limits, input mappings.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct GroupRun<'a> {
     config: &'a Config,
     topics: &'a GroupTopics,
-    bounded: bool,
+    source_options: &'a SourceOptions,
 }
 
 /// A writer's options on `topic`: named after this process, so that a restarted
@@ -252,27 +255,23 @@ fn log_options(topic: &str, role: &str) -> LogOptions {
     }
 }
 
-/// A source's messages, its task, and the token that stops it.
-type StartedSource = (
-    mpsc::Receiver<SourceMessage>,
-    tokio::task::JoinHandle<Result<SourceStats, SourceError>>,
-    CancellationToken,
-);
-
 /// Runs `source` on a task of its own until `cancel` (or the child token returned) fires,
-/// or (`bounded`, an assigning source) its partitions are read to their end: its messages,
-/// the task, the token that stops it.
+/// or (a bounded run, an assigning source) its partitions are read to their end: its
+/// messages, the task, the token that stops it.
 fn start_source(
     config: &Config,
     source: KafkaSource,
-    bounded: bool,
+    options: &SourceOptions,
     cancel: &CancellationToken,
-) -> Result<StartedSource, PipelineError> {
+) -> (
+    mpsc::Receiver<SourceMessage>,
+    tokio::task::JoinHandle<Result<SourceStats, SourceError>>,
+    CancellationToken,
+) {
     let (tx, rx) = mpsc::channel(config.pipeline.channel_capacity);
-    let options = super::source_options(config, bounded)?;
     let stop = cancel.child_token();
-    let task = tokio::spawn(source.run(tx, stop.clone(), options));
-    Ok((rx, task, stop))
+    let task = tokio::spawn(source.run(tx, stop.clone(), options.clone()));
+    (rx, task, stop)
 }
 
 /// Runs this instance's share of a group run: a bounded one until the coordinator's final
@@ -280,6 +279,7 @@ fn start_source(
 pub(super) async fn run(
     config: &Config,
     options: RunOptions,
+    source_options: &SourceOptions,
     shutdown: impl Future<Output = ()>,
     progress: watch::Sender<Progress>,
 ) -> Result<RunSummary, PipelineError> {
@@ -290,7 +290,6 @@ pub(super) async fn run(
                 .to_string(),
         ));
     }
-    let bounded = options.stop_at_end;
     let started = std::time::Instant::now();
     let topics = GroupTopics::of(&config.kafka);
     let all: Vec<String> = config
@@ -375,7 +374,7 @@ pub(super) async fn run(
     let group_run = GroupRun {
         config,
         topics: &topics,
-        bounded,
+        source_options,
     };
     let shard = {
         let cancel = cancel.clone();

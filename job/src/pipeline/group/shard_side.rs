@@ -131,8 +131,9 @@ pub(super) async fn run(
     let GroupRun {
         config,
         topics,
-        bounded,
+        source_options,
     } = *run;
+    let bounded = source_options.stop_at_end;
     let mut pipeline = FeaturePipeline::new(&config.pipeline);
     for topic in [InputTopic::Clicks, InputTopic::Orders] {
         let name = shopstream_kafka::client::input_topic_name(&config.topics, topic);
@@ -157,7 +158,7 @@ pub(super) async fn run(
     // them). A side dropped without that (its task aborted) drops the receiver, and the
     // source leaves then.
     let (mut rx, source_task, source_cancel) =
-        super::start_source(config, source, bounded, &CancellationToken::new())?;
+        super::start_source(config, source, source_options, &CancellationToken::new());
     let serving = Arc::clone(&models.borrow_and_update());
     let mut side = ShardSide {
         config,
