@@ -175,6 +175,56 @@ async fn rees46_sample_imports_by_the_binary_and_reconciles_row_for_row() {
         rows.len(),
         report["messages"]
     );
+
+    // `model evaluate` scores every stored example once, and its VW stream carries the
+    // same examples with the conversion label, tagged scenario/clicked/window.
+    let (json, vw) = (store.path().join("eval.json"), store.path().join("eval.vw"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shopstream"))
+        .args(["model", "evaluate", "--config"])
+        .arg(&config_path)
+        .arg("--json")
+        .arg(&json)
+        .arg("--vw-out")
+        .arg(&vw)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("{examples} examples in")),
+        "{stdout}"
+    );
+    let evaluated: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(evaluated["examples"], examples);
+    let cvr_all = evaluated["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["task"] == "cvr" && r["scenario"] == "all")
+        .unwrap();
+    assert_eq!(cvr_all["n"], examples, "every view is a clicked impression");
+    assert_eq!(cvr_all["positives"], converted);
+    assert!(
+        cvr_all["joint"]
+            .as_f64()
+            .is_some_and(|auc| (0.0..=1.0).contains(&auc))
+    );
+    let lines = std::fs::read_to_string(&vw).unwrap();
+    assert_eq!(lines.lines().count(), examples);
+    assert_eq!(
+        lines.lines().filter(|l| l.starts_with("1 ")).count() as u64,
+        converted
+    );
+    assert!(
+        lines.lines().all(|l| l.contains(" 'product_detail/1/")),
+        "{}",
+        &lines[..200]
+    );
 }
 
 fn rees46_rows(sample: &Path) -> Vec<LogRow> {

@@ -23,6 +23,7 @@
 pub mod arrow_time;
 mod coordinator;
 mod example;
+mod example_read;
 mod follower;
 mod merge_queue;
 pub mod protocol;
@@ -38,6 +39,7 @@ pub use example::{
     EXAMPLES_SCHEMA_VERSION, Example, Features, Labels, ServingRow, examples_batch,
     examples_metadata, examples_schema,
 };
+pub use example_read::{ExampleReadError, examples_from_batch};
 pub use follower::Follower;
 pub use merge_queue::{MergeQueue, MergeQueueError};
 pub use shard::{JoinedEvents, Shard, ShardWindow};

@@ -1,11 +1,19 @@
-//! `shopstream model`: the quality benchmark and model-file inspection.
+//! `shopstream model`: the quality benchmark, evaluation on a store's examples and
+//! model-file inspection.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use shopstream_config::Config;
+use shopstream_features::{Example, examples_from_batch};
 use shopstream_ingest::generator::GeneratorOptions;
+use shopstream_sinks::manifest::LiveFile;
+use shopstream_sinks::read;
+use shopstream_sinks::storage::Storage;
+use shopstream_sinks::store::open_storage;
+use shopstream_trainer::VwLabel;
+use shopstream_trainer::evaluate::{EvaluateOptions, evaluate};
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum ModelCommand {
@@ -13,6 +21,11 @@ pub(crate) enum ModelCommand {
     /// single-task smartcore baselines, all prequential (predict, then train), compared with
     /// the generator's true probabilities; prints AUC per task and scenario.
     Quality(QualityArgs),
+    /// Prequential evaluation on a store's `examples` table (an imported real log, say):
+    /// a fresh joint model and the smartcore baselines score each training window before
+    /// they learn from it, in the groups and order the job trained them; prints AUC per
+    /// task and scenario. `--vw-out` writes the same examples for scripts/vw-compare.sh.
+    Evaluate(EvaluateArgs),
     /// Print a model file's header: version, sizes, training counts and the last window's
     /// prequential metrics (the file is written at stop when model.path is set).
     Inspect(InspectArgs),
@@ -22,6 +35,35 @@ pub(crate) enum ModelCommand {
 pub(crate) struct InspectArgs {
     /// The model file.
     pub(crate) file: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct EvaluateArgs {
+    /// Store root: a directory or a bucket URL such as s3://bucket/prefix (default:
+    /// store.path of the configuration). The model and the window settings are the
+    /// configuration's (`[model]`, `[pipeline]`).
+    #[arg(long)]
+    pub(crate) store: Option<PathBuf>,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    pub(crate) json: Option<PathBuf>,
+    /// Also write the examples in Vowpal Wabbit text format here, in the order evaluated
+    /// (for scripts/vw-compare.sh).
+    #[arg(long)]
+    pub(crate) vw_out: Option<PathBuf>,
+    /// The label of the `--vw-out` stream.
+    #[arg(long, value_enum, default_value_t = VwLabelArg::Conversion)]
+    pub(crate) vw_label: VwLabelArg,
+}
+
+/// The label of a Vowpal Wabbit stream.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub(crate) enum VwLabelArg {
+    /// Clicked (compare with the ctr rows).
+    Click,
+    /// Converted, over every impression (compare with the ctcvr rows; on clicked lines
+    /// alone, with the cvr rows).
+    Conversion,
 }
 
 #[derive(Args, Debug)]
@@ -68,6 +110,94 @@ pub(crate) fn quality_cmd(config: Config, args: QualityArgs, bar: bool) -> Resul
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
+}
+
+pub(crate) fn evaluate_cmd(config: Config, args: EvaluateArgs, bar: bool) -> Result<()> {
+    let mut store_config = config.store.clone();
+    store_config.path = super::store::root(&config, args.store.clone());
+    let shown = store_config.path.display().to_string();
+    let storage =
+        open_storage(&store_config).with_context(|| format!("cannot open the store {shown}"))?;
+    storage.check()?;
+    let files = read::table_files(&storage, "examples")?;
+    if files.is_empty() {
+        bail!(
+            "the store {shown} has no committed `examples` files: run the job on the log first \
+             (`shopstream import` then `shopstream run --stop-at-end`)"
+        );
+    }
+    let total: u64 = files.iter().map(|f| f.rows).sum();
+    let options = EvaluateOptions {
+        model: config.model.clone(),
+        pipeline: config.pipeline.clone(),
+        baselines: Default::default(),
+        vw_out: args.vw_out.clone().map(|path| {
+            let label = match args.vw_label {
+                VwLabelArg::Click => VwLabel::Click,
+                VwLabelArg::Conversion => VwLabel::Conversion,
+            };
+            (path, label)
+        }),
+    };
+    let started = std::time::Instant::now();
+    let mut line = super::progress::ProgressLine::new("model evaluate", bar);
+    let report = evaluate(
+        examples_in_time_order(&storage, &files),
+        &options,
+        &mut |n| {
+            line.update(
+                "scoring",
+                n,
+                "examples",
+                Some(n as f64 / total.max(1) as f64),
+            );
+        },
+    )?;
+    line.finish();
+    println!("store {shown}: {} examples in {} files", total, files.len());
+    print!("{}", report.render());
+    println!("wall time {:.1} s", started.elapsed().as_secs_f64());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The examples of `files`, an hour partition at a time (partitions are hours of event
+/// time, and their paths sort in time order), each hour sorted by (ts, event_id): the
+/// store keeps a file's rows sorted by user for readers, not in the order they were
+/// trained.
+fn examples_in_time_order<'a>(
+    storage: &'a Storage,
+    files: &'a [LiveFile],
+) -> impl Iterator<Item = Result<Example>> + 'a {
+    let hour = |f: &LiveFile| {
+        f.relative
+            .rsplit_once('/')
+            .map_or(String::new(), |(dir, _)| dir.to_string())
+    };
+    files
+        .chunk_by(move |a, b| hour(a) == hour(b))
+        .flat_map(move |partition| match read_hour(storage, partition) {
+            Ok(rows) => rows.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
+        })
+}
+
+fn read_hour(storage: &Storage, files: &[LiveFile]) -> Result<Vec<Example>> {
+    let mut rows = Vec::new();
+    for file in files {
+        let (_, batches) = read::read_object(storage, &file.key)?;
+        for batch in &batches {
+            rows.extend(
+                examples_from_batch(batch)
+                    .with_context(|| format!("reading {}", file.path.display()))?,
+            );
+        }
+    }
+    rows.sort_by(|a, b| (a.ts, &a.event_id).cmp(&(b.ts, &b.event_id)));
+    Ok(rows)
 }
 
 pub(crate) fn inspect_cmd(file: &Path) -> Result<()> {

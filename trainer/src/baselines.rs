@@ -84,6 +84,9 @@ pub struct Baselines {
     config: BaselineConfig,
     rows: VecDeque<Row>,
     since_fit: usize,
+    /// A first fit was tried (it may have failed: a log where every impression is a
+    /// click has no CTR fit, and trying again every window would cost a fit each).
+    tried: bool,
     ctr: Option<Linear>,
     cvr: Option<Linear>,
     value: Option<Linear>,
@@ -173,6 +176,7 @@ impl Baselines {
             config,
             rows: VecDeque::new(),
             since_fit: 0,
+            tried: false,
             ctr: None,
             cvr: None,
             value: None,
@@ -205,10 +209,9 @@ impl Baselines {
             }
         }
         self.since_fit += examples.len();
-        if self.since_fit >= self.config.refit_every
-            || (self.ctr.is_none() && self.rows.len() >= 2_000)
-        {
+        if self.since_fit >= self.config.refit_every || (!self.tried && self.rows.len() >= 2_000) {
             self.since_fit = 0;
+            self.tried = true;
             self.refit();
         }
     }
@@ -241,6 +244,60 @@ mod tests {
             converted: false,
             log_revenue: 0.0,
         }
+    }
+
+    fn clicked_example(i: usize) -> Example {
+        Example {
+            event_id: format!("e{i}"),
+            ts: i as i64,
+            user_id: format!("u{}", i % 50),
+            item_id: format!("i{}", i % 70),
+            features: Features {
+                scenario: Scenario::ProductDetail,
+                device: None,
+                position: None,
+                price: Some((i % 13) as f64),
+                hour_of_day: (i % 24) as u8,
+                day_of_week: 0,
+                user: Default::default(),
+                user_recency_secs: None,
+                user_category_affinity: 0.0,
+                item: Default::default(),
+                item_category: None,
+                item_price: None,
+                item_on_hand: None,
+            },
+            labels: shopstream_features::Labels {
+                clicked: true,
+                converted: i.is_multiple_of(9),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Regression: on a log where every impression is a click (Taobao's pv) the CTR fit
+    /// always fails, and the baselines refitted after every window once they held 2,000
+    /// rows: `model evaluate` spent 57 s of 57 in smartcore on a 3,926-example store.
+    #[test]
+    fn a_failed_first_fit_waits_for_the_next_refit_instead_of_retrying_every_window() {
+        let mut baselines = Baselines::new(BaselineConfig {
+            trailing: 30_000,
+            refit_every: 30_000,
+        });
+        let examples: Vec<Example> = (0..2_000).map(clicked_example).collect();
+        baselines.observe(&examples);
+        assert_eq!(
+            baselines.failed_fits, 1,
+            "the CTR fit fails, CVR and value fit"
+        );
+        for window in 0..20 {
+            let examples: Vec<Example> = (0..10)
+                .map(|i| clicked_example(2_000 + window * 10 + i))
+                .collect();
+            baselines.observe(&examples);
+        }
+        assert_eq!(baselines.failed_fits, 1, "no refit before refit_every");
+        assert!(baselines.cvr.is_some());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - `kernels`: the network's dot products, dense layers, axpy and Adam, each adding in
 //!   the same order as the plain loop it stands for (models stay byte-identical).
 //! - [`metrics`]: AUC, log loss, calibration.
+//! - [`evaluate`]: the same prequential scoring over a store's examples (real logs).
 //! - [`prequential`]: the in-process loop events -> features -> score, then train, per
 //!   closed window (`model quality`, `drift bench`).
 //! - [`Trainer`]: turns feature rows into model inputs, predicts serving rows on arrival,
@@ -15,6 +16,7 @@
 //! runs over the same examples give bit-identical models.
 
 pub mod baselines;
+pub mod evaluate;
 mod f64_bytes;
 pub mod joint;
 mod kernels;
@@ -22,6 +24,9 @@ pub mod metrics;
 pub mod model_file;
 pub mod prequential;
 pub mod quality;
+mod scoring;
+
+pub use scoring::VwLabel;
 
 use std::collections::BTreeMap;
 

@@ -4,19 +4,18 @@
 //! measures the model and nothing else. `shopstream model quality` prints it.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::PathBuf;
 
 use serde::Serialize;
 use shopstream_config::{ModelConfig, PipelineConfig};
-use shopstream_features::Example;
-use shopstream_ingest::event::{Event, Scenario};
+use shopstream_ingest::event::Event;
 use shopstream_ingest::generator::{Generator, GeneratorOptions};
 
-use crate::baselines::{BaselineConfig, Baselines};
-use crate::metrics::auc;
+use crate::Trainer;
+use crate::baselines::BaselineConfig;
 use crate::prequential::{Observer, Prequential, ScoredWindow};
-use crate::{Trainer, dense_inputs, targets_of};
+pub use crate::scoring::TaskRow;
+use crate::scoring::{Scored, Scoring, VwLabel, render_rows, task_rows};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -31,25 +30,6 @@ pub struct QualityOptions {
     pub baselines: BaselineConfig,
     /// Also write the example stream in Vowpal Wabbit's text format here (CTR labels).
     pub vw_out: Option<PathBuf>,
-}
-
-/// AUC of one task on one slice.
-#[derive(Debug, Clone, Serialize)]
-pub struct TaskRow {
-    /// ctr, cvr or ctcvr.
-    pub task: &'static str,
-    /// A scenario, or `all`.
-    pub scenario: &'static str,
-    /// Examples in the slice (clicked impressions for cvr).
-    pub n: usize,
-    /// Positives in the slice.
-    pub positives: usize,
-    /// Joint model AUC.
-    pub joint: Option<f64>,
-    /// Single-task smartcore baseline AUC.
-    pub baseline: Option<f64>,
-    /// Oracle AUC (the generator's true probabilities).
-    pub oracle: Option<f64>,
 }
 
 /// The benchmark's result.
@@ -67,26 +47,10 @@ pub struct QualityReport {
     pub baseline_failed_fits: u64,
 }
 
-struct Scored {
-    event_id: String,
-    scenario: Scenario,
-    clicked: bool,
-    converted: bool,
-    joint: [f64; 3],
-    baseline: [f64; 3],
-}
+/// The benchmark's side of the prequential loop.
+struct Observed<'p>(Scoring<'p>);
 
-/// The benchmark's side of the prequential loop: the baselines score each window before
-/// they learn from it, as the joint model does.
-struct Scoring<'p> {
-    baselines: Baselines,
-    vw: Option<std::io::BufWriter<std::fs::File>>,
-    scored: Vec<Scored>,
-    joint_secs: f64,
-    progress: &'p mut dyn FnMut(u64),
-}
-
-impl Observer for Scoring<'_> {
+impl Observer for Observed<'_> {
     type Note = ();
     type Error = std::io::Error;
 
@@ -97,29 +61,8 @@ impl Observer for Scoring<'_> {
     fn admitted(&mut self, (): ()) {}
 
     fn window(&mut self, scored: ScoredWindow, _: &Trainer) -> std::io::Result<()> {
-        let examples = &scored.window.examples;
-        if examples.is_empty() {
-            return Ok(());
-        }
-        let base: Vec<_> = examples.iter().map(|e| self.baselines.predict(e)).collect();
-        self.joint_secs += scored.model_secs;
-        self.baselines.observe(examples);
-        for ((e, o), b) in examples.iter().zip(&scored.outputs).zip(&base) {
-            let t = targets_of(e);
-            self.scored.push(Scored {
-                event_id: e.event_id.clone(),
-                scenario: e.features.scenario,
-                clicked: t.clicked,
-                converted: t.converted,
-                joint: [o.p_click, o.p_cvr, o.p_ctcvr],
-                baseline: [b.p_click, b.p_cvr, b.p_click * b.p_cvr],
-            });
-            if let Some(out) = self.vw.as_mut() {
-                write_vw(out, e)?;
-            }
-        }
-        (self.progress)(self.scored.len() as u64);
-        Ok(())
+        self.0
+            .window(&scored.window.examples, &scored.outputs, scored.model_secs)
     }
 }
 
@@ -135,28 +78,10 @@ pub fn run_quality_with_progress(
     progress: &mut dyn FnMut(u64),
 ) -> std::io::Result<QualityReport> {
     let mut generator = Generator::new(options.generator.clone());
-    let vw = match &options.vw_out {
-        Some(path) => Some(std::io::BufWriter::new(std::fs::File::create(path)?)),
-        None => None,
-    };
-    let mut scoring = Scoring {
-        baselines: Baselines::new(options.baselines),
-        vw,
-        scored: Vec::new(),
-        joint_secs: 0.0,
-        progress,
-    };
-    Prequential::new(&options.pipeline, &options.model).run(generator.decoded(), &mut scoring)?;
-    let Scoring {
-        baselines,
-        vw,
-        scored,
-        joint_secs,
-        ..
-    } = scoring;
-    if let Some(mut out) = vw {
-        out.flush()?;
-    }
+    let vw = options.vw_out.as_deref().map(|p| (p, VwLabel::Click));
+    let mut observed = Observed(Scoring::new(options.baselines, vw, progress)?);
+    Prequential::new(&options.pipeline, &options.model).run(generator.decoded(), &mut observed)?;
+    let (scored, joint_secs, failed_fits) = observed.0.finish()?;
     let truth: HashMap<&str, (f64, f64)> = generator
         .truth()
         .iter()
@@ -171,63 +96,14 @@ pub fn run_quality_with_progress(
                 _ => c * v,
             })
     };
-    let mut rows = Vec::new();
-    let slices: Vec<(&'static str, Option<Scenario>)> = std::iter::once(("all", None))
-        .chain(Scenario::ALL.iter().map(|s| (s.as_str(), Some(*s))))
-        .collect();
-    for (task, name) in ["ctr", "cvr", "ctcvr"].into_iter().enumerate() {
-        for (slice, scenario) in &slices {
-            let members: Vec<&Scored> = scored
-                .iter()
-                .filter(|s| scenario.is_none_or(|sc| s.scenario == sc))
-                .filter(|s| task != 1 || s.clicked)
-                .collect();
-            let label = |s: &&Scored| if task == 0 { s.clicked } else { s.converted };
-            let labels: Vec<bool> = members.iter().map(label).collect();
-            let column = |f: &dyn Fn(&Scored) -> f64| -> Option<f64> {
-                let scores: Vec<f64> = members.iter().map(|s| f(s)).collect();
-                auc(&scores, &labels)
-            };
-            rows.push(TaskRow {
-                task: name,
-                scenario: slice,
-                n: members.len(),
-                positives: labels.iter().filter(|y| **y).count(),
-                joint: column(&|s| s.joint[task]),
-                baseline: column(&|s| s.baseline[task]),
-                oracle: column(&|s| oracle(s, task)),
-            });
-        }
-    }
+    let rows = task_rows(&scored, Some(&oracle));
     Ok(QualityReport {
         examples: scored.len(),
         rows,
         joint_secs,
         joint_examples_per_sec: scored.len() as f64 / joint_secs.max(1e-9),
-        baseline_failed_fits: baselines.failed_fits,
+        baseline_failed_fits: failed_fits,
     })
-}
-
-/// One example in Vowpal Wabbit's text format: the same ids as namespaces and the same
-/// dense inputs as numeric features, CTR label as 1 / -1.
-fn write_vw(out: &mut impl Write, e: &Example) -> std::io::Result<()> {
-    let f = &e.features;
-    let clean = |s: &str| s.replace([' ', '|', ':'], "_");
-    write!(
-        out,
-        "{} |u u{} |i i{} |c c{} |s {} |d d{} |p p{} |n",
-        if e.labels.clicked { 1 } else { -1 },
-        clean(&e.user_id),
-        clean(&e.item_id),
-        clean(f.item_category.as_deref().unwrap_or("none")),
-        f.scenario.as_str(),
-        clean(f.device.as_deref().unwrap_or("none")),
-        f.position.map_or(99, |p| p.min(30)),
-    )?;
-    for (k, v) in dense_inputs(f).iter().enumerate() {
-        write!(out, " x{k}:{v:.6}")?;
-    }
-    writeln!(out)
 }
 
 impl QualityReport {
@@ -235,44 +111,12 @@ impl QualityReport {
     pub fn render(&self) -> String {
         use std::fmt::Write;
         let mut s = String::new();
-        let f = |x: Option<f64>| x.map_or("   -  ".to_string(), |v| format!("{v:.4}"));
         let _ = writeln!(
             s,
             "prequential AUC over {} impressions (joint model: {:.0} examples/s predict+train)",
             self.examples, self.joint_examples_per_sec
         );
-        let _ = writeln!(
-            s,
-            "{:<6} {:<15} {:>9} {:>8} {:>7} {:>8} {:>7} {:>10} {:>11}",
-            "task",
-            "scenario",
-            "n",
-            "pos",
-            "joint",
-            "baseline",
-            "oracle",
-            "joint-base",
-            "oracle-joint"
-        );
-        for r in &self.rows {
-            let diff = |a: Option<f64>, b: Option<f64>| {
-                a.zip(b)
-                    .map_or("    -".to_string(), |(a, b)| format!("{:+.4}", a - b))
-            };
-            let _ = writeln!(
-                s,
-                "{:<6} {:<15} {:>9} {:>8} {:>7} {:>8} {:>7} {:>10} {:>11}",
-                r.task,
-                r.scenario,
-                r.n,
-                r.positives,
-                f(r.joint),
-                f(r.baseline),
-                f(r.oracle),
-                diff(r.joint, r.baseline),
-                diff(r.oracle, r.joint)
-            );
-        }
+        render_rows(&self.rows, &mut s);
         s
     }
 }

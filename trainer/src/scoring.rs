@@ -1,0 +1,232 @@
+//! What `model quality` and `model evaluate` share: scoring each window with the joint
+//! model and the smartcore baselines before either learns from it, the AUC table per task
+//! and scenario, and the same examples in Vowpal Wabbit's text format.
+
+use std::io::Write;
+
+use serde::Serialize;
+use shopstream_features::Example;
+use shopstream_ingest::event::Scenario;
+
+use crate::baselines::{BaselineConfig, Baselines};
+use crate::joint::Output;
+use crate::metrics::auc;
+use crate::{dense_inputs, targets_of};
+
+/// AUC of one task on one slice.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskRow {
+    /// ctr, cvr or ctcvr.
+    pub task: &'static str,
+    /// A scenario, or `all`.
+    pub scenario: &'static str,
+    /// Examples in the slice (clicked impressions for cvr).
+    pub n: usize,
+    /// Positives in the slice.
+    pub positives: usize,
+    /// Joint model AUC.
+    pub joint: Option<f64>,
+    /// Single-task smartcore baseline AUC.
+    pub baseline: Option<f64>,
+    /// Oracle AUC (the generator's true probabilities; absent for a real log).
+    pub oracle: Option<f64>,
+}
+
+/// Which label the Vowpal Wabbit stream carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VwLabel {
+    /// Clicked (CTR).
+    #[default]
+    Click,
+    /// Converted and not cancelled, over every impression (CTCVR; on clicked impressions
+    /// alone, CVR).
+    Conversion,
+}
+
+/// One scored impression.
+pub(crate) struct Scored {
+    pub(crate) event_id: String,
+    pub(crate) scenario: Scenario,
+    pub(crate) clicked: bool,
+    pub(crate) converted: bool,
+    /// p_click, p_cvr, p_ctcvr of the joint model ...
+    pub(crate) joint: [f64; 3],
+    /// ... and of the baselines.
+    pub(crate) baseline: [f64; 3],
+}
+
+/// Scores windows, in order, with the baselines next to the joint model's scores.
+pub(crate) struct Scoring<'p> {
+    baselines: Baselines,
+    vw: Option<(std::io::BufWriter<std::fs::File>, VwLabel)>,
+    pub(crate) scored: Vec<Scored>,
+    pub(crate) joint_secs: f64,
+    /// Windows scored so far.
+    windows: u64,
+    progress: &'p mut dyn FnMut(u64),
+}
+
+impl<'p> Scoring<'p> {
+    /// Scoring with fresh baselines; the examples also go to `vw` when set.
+    pub(crate) fn new(
+        baselines: BaselineConfig,
+        vw: Option<(&std::path::Path, VwLabel)>,
+        progress: &'p mut dyn FnMut(u64),
+    ) -> std::io::Result<Self> {
+        let vw = match vw {
+            Some((path, label)) => {
+                Some((std::io::BufWriter::new(std::fs::File::create(path)?), label))
+            }
+            None => None,
+        };
+        Ok(Self {
+            baselines: Baselines::new(baselines),
+            vw,
+            scored: Vec::new(),
+            joint_secs: 0.0,
+            windows: 0,
+            progress,
+        })
+    }
+
+    /// A window's examples with the joint model's scores of them (made before it trained
+    /// on them): the baselines score them, then learn from them.
+    pub(crate) fn window(
+        &mut self,
+        examples: &[Example],
+        outputs: &[Output],
+        model_secs: f64,
+    ) -> std::io::Result<()> {
+        if examples.is_empty() {
+            return Ok(());
+        }
+        let base: Vec<_> = examples.iter().map(|e| self.baselines.predict(e)).collect();
+        self.joint_secs += model_secs;
+        self.baselines.observe(examples);
+        for ((e, o), b) in examples.iter().zip(outputs).zip(&base) {
+            let t = targets_of(e);
+            self.scored.push(Scored {
+                event_id: e.event_id.clone(),
+                scenario: e.features.scenario,
+                clicked: t.clicked,
+                converted: t.converted,
+                joint: [o.p_click, o.p_cvr, o.p_ctcvr],
+                baseline: [b.p_click, b.p_cvr, b.p_click * b.p_cvr],
+            });
+            if let Some((out, label)) = self.vw.as_mut() {
+                write_vw(out, e, *label, self.windows)?;
+            }
+        }
+        self.windows += 1;
+        (self.progress)(self.scored.len() as u64);
+        Ok(())
+    }
+
+    /// Flushes the VW stream; the scored impressions and the baselines' failed fits.
+    pub(crate) fn finish(self) -> std::io::Result<(Vec<Scored>, f64, u64)> {
+        if let Some((mut out, _)) = self.vw {
+            out.flush()?;
+        }
+        Ok((self.scored, self.joint_secs, self.baselines.failed_fits))
+    }
+}
+
+/// An impression's true probability of a task (0 ctr, 1 cvr, 2 ctcvr), when known.
+pub(crate) type Oracle<'a> = &'a dyn Fn(&Scored, usize) -> f64;
+
+/// AUCs per task (ctr, cvr over clicked impressions, ctcvr) and slice (all, then each
+/// scenario); `oracle` gives an impression's true probability of a task, when known.
+pub(crate) fn task_rows(scored: &[Scored], oracle: Option<Oracle<'_>>) -> Vec<TaskRow> {
+    let mut rows = Vec::new();
+    let slices: Vec<(&'static str, Option<Scenario>)> = std::iter::once(("all", None))
+        .chain(Scenario::ALL.iter().map(|s| (s.as_str(), Some(*s))))
+        .collect();
+    for (task, name) in ["ctr", "cvr", "ctcvr"].into_iter().enumerate() {
+        for (slice, scenario) in &slices {
+            let members: Vec<&Scored> = scored
+                .iter()
+                .filter(|s| scenario.is_none_or(|sc| s.scenario == sc))
+                .filter(|s| task != 1 || s.clicked)
+                .collect();
+            let label = |s: &&Scored| if task == 0 { s.clicked } else { s.converted };
+            let labels: Vec<bool> = members.iter().map(label).collect();
+            let column = |f: &dyn Fn(&Scored) -> f64| -> Option<f64> {
+                let scores: Vec<f64> = members.iter().map(|s| f(s)).collect();
+                auc(&scores, &labels)
+            };
+            rows.push(TaskRow {
+                task: name,
+                scenario: slice,
+                n: members.len(),
+                positives: labels.iter().filter(|y| **y).count(),
+                joint: column(&|s| s.joint[task]),
+                baseline: column(&|s| s.baseline[task]),
+                oracle: oracle.and_then(|o| column(&|s| o(s, task))),
+            });
+        }
+    }
+    rows
+}
+
+/// One example in Vowpal Wabbit's text format: the same ids as namespaces and the same
+/// dense inputs as numeric features, the label as 1 / -1. The tag is
+/// `SCENARIO/CLICKED/WINDOW` (clicked 0 or 1; the window's number in the run), so that the
+/// comparison script can slice as [`task_rows`] does, and can also learn a window at a
+/// time as the joint model does.
+fn write_vw(out: &mut impl Write, e: &Example, label: VwLabel, window: u64) -> std::io::Result<()> {
+    let f = &e.features;
+    let t = targets_of(e);
+    let positive = match label {
+        VwLabel::Click => t.clicked,
+        VwLabel::Conversion => t.converted,
+    };
+    let clean = |s: &str| s.replace([' ', '|', ':'], "_");
+    write!(
+        out,
+        "{} '{}/{}/{} |u u{} |i i{} |c c{} |s {} |d d{} |p p{} |n",
+        if positive { 1 } else { -1 },
+        f.scenario.as_str(),
+        u8::from(t.clicked),
+        window,
+        clean(&e.user_id),
+        clean(&e.item_id),
+        clean(f.item_category.as_deref().unwrap_or("none")),
+        f.scenario.as_str(),
+        clean(f.device.as_deref().unwrap_or("none")),
+        f.position.map_or(99, |p| p.min(30)),
+    )?;
+    for (k, v) in dense_inputs(f).iter().enumerate() {
+        write!(out, " x{k}:{v:.6}")?;
+    }
+    writeln!(out)
+}
+
+/// The AUC table for people.
+pub(crate) fn render_rows(rows: &[TaskRow], out: &mut String) {
+    use std::fmt::Write;
+    let f = |x: Option<f64>| x.map_or("   -  ".to_string(), |v| format!("{v:.4}"));
+    let _ = writeln!(
+        out,
+        "{:<6} {:<15} {:>9} {:>8} {:>7} {:>8} {:>7} {:>10} {:>11}",
+        "task", "scenario", "n", "pos", "joint", "baseline", "oracle", "joint-base", "oracle-joint"
+    );
+    for r in rows {
+        let diff = |a: Option<f64>, b: Option<f64>| {
+            a.zip(b)
+                .map_or("    -".to_string(), |(a, b)| format!("{:+.4}", a - b))
+        };
+        let _ = writeln!(
+            out,
+            "{:<6} {:<15} {:>9} {:>8} {:>7} {:>8} {:>7} {:>10} {:>11}",
+            r.task,
+            r.scenario,
+            r.n,
+            r.positives,
+            f(r.joint),
+            f(r.baseline),
+            f(r.oracle),
+            diff(r.joint, r.baseline),
+            diff(r.oracle, r.joint)
+        );
+    }
+}
