@@ -14,6 +14,7 @@ use shopstream_sinks::storage::Storage;
 use shopstream_sinks::store::open_storage;
 use shopstream_trainer::VwLabel;
 use shopstream_trainer::evaluate::{EvaluateOptions, evaluate};
+use shopstream_trainer::quality::QualityReport;
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum ModelCommand {
@@ -103,10 +104,20 @@ pub(crate) fn quality_cmd(config: Config, args: QualityArgs, bar: bool) -> Resul
     })
     .with_context(|| format!("writing {:?}", args.vw_out))?;
     line.finish();
+    print_report(&report, started, args.json.as_deref())
+}
+
+/// Prints a quality table and the wall time since `started`; also writes it as JSON to
+/// `json` when given.
+fn print_report(
+    report: &QualityReport,
+    started: std::time::Instant,
+    json: Option<&Path>,
+) -> Result<()> {
     print!("{}", report.render());
     println!("wall time {:.1} s", started.elapsed().as_secs_f64());
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
@@ -155,13 +166,7 @@ pub(crate) fn evaluate_cmd(config: Config, args: EvaluateArgs, bar: bool) -> Res
     )?;
     line.finish();
     println!("store {shown}: {} examples in {} files", total, files.len());
-    print!("{}", report.render());
-    println!("wall time {:.1} s", started.elapsed().as_secs_f64());
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    Ok(())
+    print_report(&report, started, args.json.as_deref())
 }
 
 /// The examples of `files`, an hour partition at a time (partitions are hours of event
