@@ -27,6 +27,20 @@ pub fn auc(scores: &[f64], labels: &[bool]) -> Option<f64> {
     Some((rank_sum - positives * (positives + 1.0) / 2.0) / (positives * negatives))
 }
 
+/// Standard error of an AUC of `auc` over `positives` and `negatives` (Hanley and McNeil,
+/// 1982): what the AUC of a sample this size varies by. `None` without both classes.
+pub fn auc_standard_error(auc: f64, positives: usize, negatives: usize) -> Option<f64> {
+    if positives == 0 || negatives == 0 {
+        return None;
+    }
+    let (p, n) = (positives as f64, negatives as f64);
+    let q1 = auc / (2.0 - auc);
+    let q2 = 2.0 * auc * auc / (1.0 + auc);
+    let variance =
+        (auc * (1.0 - auc) + (p - 1.0) * (q1 - auc * auc) + (n - 1.0) * (q2 - auc * auc)) / (p * n);
+    Some(variance.max(0.0).sqrt())
+}
+
 /// Log loss of one probability `p` (clamped to [1e-15, 1 - 1e-15]) for label `y`.
 pub fn example_log_loss(p: f64, y: bool) -> f64 {
     let p = p.clamp(1e-15, 1.0 - 1e-15);
@@ -204,6 +218,18 @@ pub fn demand_batch(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn auc_standard_error_matches_hanley_mcneil_and_shrinks_with_the_sample() {
+        // AUC 0.8, 50 and 50 cases: Q1 = 0.8 / 1.2, Q2 = 1.28 / 1.8, so the variance is
+        // (0.16 + 49 (Q1 - 0.64) + 49 (Q2 - 0.64)) / 2500 = 0.0019804, an SE of 0.04450.
+        let se = super::auc_standard_error(0.8, 50, 50).expect("both classes");
+        assert!((se - 0.04450).abs() < 1e-5, "{se}");
+        let small = super::auc_standard_error(0.6, 27, 3_899).expect("both classes");
+        let large = super::auc_standard_error(0.6, 2_700, 389_900).expect("both classes");
+        assert!(small > 0.05 && large < 0.006, "{small} {large}");
+        assert_eq!(super::auc_standard_error(0.6, 0, 10), None);
+    }
+
     use super::*;
 
     #[test]

@@ -10,7 +10,7 @@ use shopstream_ingest::event::Scenario;
 
 use crate::baselines::{BaselineConfig, Baselines};
 use crate::joint::Output;
-use crate::metrics::auc;
+use crate::metrics::{auc, auc_standard_error};
 use crate::{dense_inputs, targets_of};
 
 /// AUC of one task on one slice.
@@ -26,6 +26,9 @@ pub struct TaskRow {
     pub positives: usize,
     /// Joint model AUC.
     pub joint: Option<f64>,
+    /// Its standard error (Hanley-McNeil): AUC differences well below about twice this
+    /// are noise of the sample's size.
+    pub joint_se: Option<f64>,
     /// Single-task smartcore baseline AUC.
     pub baseline: Option<f64>,
     /// Oracle AUC (the generator's true probabilities; absent for a real log).
@@ -154,12 +157,16 @@ pub(crate) fn task_rows(scored: &[Scored], oracle: Option<Oracle<'_>>) -> Vec<Ta
                 let scores: Vec<f64> = members.iter().map(|s| f(s)).collect();
                 auc(&scores, &labels)
             };
+            let positives = labels.iter().filter(|y| **y).count();
+            let joint = column(&|s| s.joint[task]);
             rows.push(TaskRow {
                 task: name,
                 scenario: slice,
                 n: members.len(),
-                positives: labels.iter().filter(|y| **y).count(),
-                joint: column(&|s| s.joint[task]),
+                positives,
+                joint,
+                joint_se: joint
+                    .and_then(|a| auc_standard_error(a, positives, members.len() - positives)),
                 baseline: column(&|s| s.baseline[task]),
                 oracle: oracle.and_then(|o| column(&|s| o(s, task))),
             });
@@ -207,8 +214,17 @@ pub(crate) fn render_rows(rows: &[TaskRow], out: &mut String) {
     let f = |x: Option<f64>| x.map_or("   -  ".to_string(), |v| format!("{v:.4}"));
     let _ = writeln!(
         out,
-        "{:<6} {:<15} {:>9} {:>8} {:>7} {:>8} {:>7} {:>10} {:>11}",
-        "task", "scenario", "n", "pos", "joint", "baseline", "oracle", "joint-base", "oracle-joint"
+        "{:<6} {:<15} {:>9} {:>8} {:>7} {:>7} {:>8} {:>7} {:>10} {:>11}",
+        "task",
+        "scenario",
+        "n",
+        "pos",
+        "joint",
+        "+-se",
+        "baseline",
+        "oracle",
+        "joint-base",
+        "oracle-joint"
     );
     for r in rows {
         let diff = |a: Option<f64>, b: Option<f64>| {
@@ -217,12 +233,14 @@ pub(crate) fn render_rows(rows: &[TaskRow], out: &mut String) {
         };
         let _ = writeln!(
             out,
-            "{:<6} {:<15} {:>9} {:>8} {:>7} {:>8} {:>7} {:>10} {:>11}",
+            "{:<6} {:<15} {:>9} {:>8} {:>7} {:>7} {:>8} {:>7} {:>10} {:>11}",
             r.task,
             r.scenario,
             r.n,
             r.positives,
             f(r.joint),
+            r.joint_se
+                .map_or("   -".to_string(), |se| format!("{se:.4}")),
             f(r.baseline),
             f(r.oracle),
             diff(r.joint, r.baseline),
