@@ -276,6 +276,20 @@ mod tests {
     }
 
     #[test]
+    fn a_retention_of_zero_days_or_without_compaction_is_refused() {
+        let err = Config::from_toml_str("[store]\nretention_days = 0\n").expect_err("0 days");
+        assert!(err.to_string().contains("store.retention_days"), "{err}");
+        let text = "[store]\nretention_days = 30\ncompact_closed_hours = false\n";
+        let err = Config::from_toml_str(text).expect_err("no compaction");
+        assert!(
+            err.to_string().contains("compact_closed_hours = true"),
+            "{err}"
+        );
+        let config = Config::from_toml_str("[store]\nretention_days = 30\n").expect("valid");
+        assert_eq!(config.store.retention_days, Some(30));
+    }
+
+    #[test]
     fn unknown_section_is_reported_with_the_known_ones() {
         let err = Config::from_toml_str("[kafak]\nbrokers = \"x\"\n").expect_err("unknown");
         let text = err.to_string();

@@ -397,6 +397,12 @@ pub struct StoreConfig {
     /// the endpoint and the object. Nothing is acknowledged meanwhile: input offsets only
     /// advance past what the store holds.
     pub retry_timeout_secs: u64,
+    /// Hour partitions whose end lies more than this many days before the newest hour the
+    /// job has settled (event time) are expired: removed for readers through a commit
+    /// record, then deleted (docs/operations.md, "Retention"). Unset keeps everything.
+    /// `shopstream store expire` applies it on demand, by wall-clock time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u32>,
     /// Options of the bucket's client, with `object_store`'s keys for its provider (for
     /// S3: `aws_endpoint`, `aws_region`, `aws_allow_http`, `aws_access_key_id`,
     /// `aws_secret_access_key`, …); they override the environment. Values of keys that
@@ -427,6 +433,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("compact_closed_hours", &self.compact_closed_hours)
             .field("file_span_secs", &self.file_span_secs)
             .field("retry_timeout_secs", &self.retry_timeout_secs)
+            .field("retention_days", &self.retention_days)
             .field("options", &options)
             .finish()
     }
@@ -441,6 +448,7 @@ impl Default for StoreConfig {
             compact_closed_hours: true,
             file_span_secs: 600,
             retry_timeout_secs: 120,
+            retention_days: None,
             options: BTreeMap::new(),
         }
     }

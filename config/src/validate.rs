@@ -196,6 +196,20 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
             format!("{span} does not divide an hour (3600 s); use 0 or a divisor such as 600"),
         );
     }
+    if config.store.retention_days.is_some() && !config.store.compact_closed_hours {
+        bad(
+            "store.retention_days",
+            "needs store.compact_closed_hours = true: the job expires hours as it settles them \
+             (or leave it unset and run `shopstream store expire --days N`)"
+                .into(),
+        );
+    }
+    if config.store.retention_days == Some(0) {
+        bad(
+            "store.retention_days",
+            "0 would expire every settled hour; use at least 1, or leave it unset to keep everything".into(),
+        );
+    }
     if !(1..=22).contains(&config.store.zstd_level) {
         bad(
             "store.zstd_level",

@@ -10,6 +10,8 @@
 //!   `gs://`, `az://`) through `object_store`, with create-only writes and retries.
 //! - [`manifest`]: commit records; a file is visible to readers only once a commit names
 //!   it, and compaction replaces many small files of an hour by one.
+//! - [`retention`]: hour partitions past `store.retention_days` leave through the
+//!   manifest (`shopstream store expire`, and the job as hours settle).
 //! - [`checkpoint`]: versioned, checksummed checkpoint files written atomically, the last
 //!   K kept; loading skips damaged ones.
 //! - [`failpoint`]: named crash points for the kill tests (inert unless armed).
@@ -30,6 +32,7 @@ pub mod mirror;
 pub mod query;
 pub mod read;
 mod recent;
+pub mod retention;
 pub mod storage;
 pub mod store;
 pub mod tables;

@@ -62,6 +62,8 @@ pub struct ParquetStore {
     row_group_rows: usize,
     zstd_level: i32,
     compact_closed_hours: bool,
+    /// `store.retention_days`.
+    retention_days: Option<u32>,
     /// Per table, the paths (relative to the table directory) that compactions replaced,
     /// read from the manifest on first use and kept up to date by [`ParquetStore::compact`]
     /// (shared by the clones that write from blocking tasks).
@@ -88,9 +90,15 @@ impl ParquetStore {
             row_group_rows: config.row_group_rows,
             zstd_level: config.zstd_level,
             compact_closed_hours: config.compact_closed_hours,
+            retention_days: config.retention_days,
             replaced: Arc::default(),
             recent: Arc::new(Mutex::new(RecentFiles::with_limit(RECENT_BYTES_MAX))),
         }
+    }
+
+    /// `store.retention_days`: hours older than this are expired (see [`crate::retention`]).
+    pub fn retention_days(&self) -> Option<u32> {
+        self.retention_days
     }
 
     /// Where the store's objects are.
@@ -277,7 +285,7 @@ impl ParquetStore {
     }
 
     /// The paths of `table` that compactions replaced (read from the manifest once).
-    fn replaced_paths(&self, table: &str) -> Result<BTreeSet<String>, StoreError> {
+    pub(crate) fn replaced_paths(&self, table: &str) -> Result<BTreeSet<String>, StoreError> {
         let mut cache = self
             .replaced
             .lock()
@@ -307,7 +315,7 @@ impl ParquetStore {
     }
 
     /// Notes the paths a compaction of `table` replaced.
-    fn note_replaced(&self, table: &str, paths: &[String]) -> Result<(), StoreError> {
+    pub(crate) fn note_replaced(&self, table: &str, paths: &[String]) -> Result<(), StoreError> {
         let mut cache = self
             .replaced
             .lock()
@@ -466,7 +474,7 @@ impl ParquetStore {
 
     /// Deletes the data files `paths` (relative to the table directory) of `table`.
     /// Returns how many were still there.
-    fn remove_files<'a>(
+    pub(crate) fn remove_files<'a>(
         &self,
         table: &str,
         paths: impl IntoIterator<Item = &'a String>,
@@ -480,7 +488,7 @@ impl ParquetStore {
 
     /// Deletes, among `commits`, the window records left without a visible file: every
     /// file they name is in `replaced` (all the paths compactions of `table` replaced).
-    fn remove_emptied_records(
+    pub(crate) fn remove_emptied_records(
         &self,
         table: &str,
         replaced: &BTreeSet<String>,

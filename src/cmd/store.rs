@@ -110,6 +110,32 @@ pub enum StoreCommand {
     Compact(CompactArgs),
     /// List the tables with their committed files and rows.
     Tables(TablesArgs),
+    /// Expire whole hour partitions past the retention horizon: a commit record hides
+    /// each from readers, then its files are deleted (crash-safe: rerun, or the job's
+    /// start, finishes an interrupted expiry). The job does the same by event time as
+    /// hours settle when store.retention_days is set.
+    Expire(ExpireArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExpireArgs {
+    /// Keep this many days before --as-of (default: store.retention_days).
+    #[arg(long)]
+    pub days: Option<u32>,
+    /// The time the horizon counts back from: RFC 3339 with zone, or epoch ms (default:
+    /// now, wall clock).
+    #[arg(long, value_parser = super::parse::parse_ts_ms)]
+    pub as_of: Option<Millis>,
+    /// Only list the partitions that would be expired.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Only this table.
+    #[arg(long)]
+    pub table: Option<String>,
+    /// Store root: a directory or a bucket URL such as s3://bucket/prefix (default:
+    /// store.path of the configuration).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -267,6 +293,51 @@ pub async fn replay_cmd(mut config: Config, args: ReplayArgs, bar: bool) -> Resu
     .await;
     let _ = display.await;
     super::run::print_summary(&summary?, args.summary_json.as_deref())
+}
+
+pub fn expire_cmd(config: &Config, args: ExpireArgs) -> Result<()> {
+    let Some(days) = args.days.or(config.store.retention_days) else {
+        bail!("no retention: give --days N or set store.retention_days in the configuration");
+    };
+    if days == 0 {
+        bail!("--days 0 would expire every hour up to --as-of; give at least 1");
+    }
+    let as_of = args
+        .as_of
+        .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+    let horizon = as_of.saturating_sub(i64::from(days) * 86_400_000);
+    let mut store_config = config.store.clone();
+    store_config.path = root(config, args.store);
+    let store = ParquetStore::open(&store_config)?;
+    let tables = match args.table {
+        Some(table) => vec![table],
+        None => shopstream_sinks::manifest::tables(store.storage())?,
+    };
+    let rfc3339 = |ms: Millis| {
+        chrono::DateTime::from_timestamp_millis(ms).map_or(ms.to_string(), |t| t.to_rfc3339())
+    };
+    let verb = if args.dry_run {
+        "would expire"
+    } else {
+        "expired"
+    };
+    let (mut partitions, mut rows) = (0, 0);
+    for table in tables {
+        for p in store.expire(&table, horizon, args.dry_run)? {
+            println!(
+                "{table} {}: {verb} {} file(s), {} row(s)",
+                p.partition, p.files, p.rows
+            );
+            partitions += 1;
+            rows += p.rows;
+        }
+    }
+    println!(
+        "{verb} {partitions} hour partition(s), {rows} row(s): the hours ending at or before {} ({days} day(s) before {})",
+        rfc3339(horizon),
+        rfc3339(as_of)
+    );
+    Ok(())
 }
 
 pub fn compact_cmd(config: &Config, args: CompactArgs) -> Result<()> {

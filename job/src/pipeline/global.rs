@@ -407,6 +407,18 @@ impl GlobalStage {
                 let mut made = 0;
                 for table in tables::ALL {
                     made += store.compact(table, before_ms)?.len();
+                    // Retention by event time: a replay expires the same hours.
+                    if let Some(settled) = before_ms {
+                        for expired in store.expire_past_retention(table, settled)? {
+                            tracing::info!(
+                                table = expired.table,
+                                partition = expired.partition,
+                                files = expired.files,
+                                rows = expired.rows,
+                                "partition expired (store.retention_days)"
+                            );
+                        }
+                    }
                 }
                 Ok::<_, StoreError>(made)
             };
