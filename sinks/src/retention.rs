@@ -127,14 +127,11 @@ impl ParquetStore {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use std::sync::Arc;
-
-    use arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
-    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     use shopstream_config::StoreConfig;
 
     use super::*;
     use crate::read;
+    use crate::store::tests::keyed;
 
     const HOUR0: i64 = 1_767_571_200_000; // 2026-01-05T00:00:00Z
 
@@ -151,24 +148,7 @@ mod tests {
     fn write_windows(store: &ParquetStore) {
         for minute in [5, 50, 65, 130] {
             let ms = HOUR0 + minute * 60_000;
-            let schema = Arc::new(Schema::new(vec![
-                Field::new("user_id", DataType::Utf8, false),
-                Field::new(
-                    "ts",
-                    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-                    false,
-                ),
-                Field::new("n", DataType::Int64, false),
-            ]));
-            let batch = RecordBatch::try_new(
-                schema,
-                vec![
-                    Arc::new(StringArray::from(vec![format!("u{minute}")])),
-                    Arc::new(TimestampMicrosecondArray::from(vec![ms * 1000]).with_timezone("UTC")),
-                    Arc::new(Int64Array::from(vec![minute])),
-                ],
-            )
-            .unwrap();
+            let batch = keyed(&[(&format!("u{minute}"), ms, "x")]);
             store
                 .write(
                     "t",

@@ -766,7 +766,7 @@ fn split_by_hour(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use arrow::array::StringArray;
     use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
@@ -896,7 +896,7 @@ mod tests {
     }
 
     /// Rows (user_id, ts ms, id) as a batch.
-    fn keyed(rows: &[(&str, i64, &str)]) -> RecordBatch {
+    pub(crate) fn keyed(rows: &[(&str, i64, &str)]) -> RecordBatch {
         let schema = Schema::new(vec![
             Field::new("user_id", DataType::Utf8, false),
             Field::new(
