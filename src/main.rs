@@ -166,6 +166,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Command::Model(model::ModelCommand::Evaluate(args)) => {
                 model::evaluate_cmd(config, args, bar)
             }
+            Command::Model(model::ModelCommand::Explain(args)) => model::explain_cmd(config, args),
             Command::Model(model::ModelCommand::Inspect(args)) => model::inspect_cmd(&args.file),
             Command::Import(args) => import::import_cmd(config, args, bar).await,
             Command::Query(args) => store::query_cmd(&config, args),

@@ -7,13 +7,15 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use shopstream_config::Config;
 use shopstream_features::{Example, examples_from_batch};
+use shopstream_ingest::event::Scenario;
 use shopstream_ingest::generator::GeneratorOptions;
 use shopstream_sinks::manifest::LiveFile;
 use shopstream_sinks::read;
 use shopstream_sinks::storage::Storage;
 use shopstream_sinks::store::open_storage;
 use shopstream_trainer::VwLabel;
-use shopstream_trainer::evaluate::{EvaluateOptions, evaluate};
+use shopstream_trainer::evaluate::{EvaluateOptions, evaluate, train_holding_out};
+use shopstream_trainer::explain::{self, permutation_importance};
 use shopstream_trainer::quality::QualityReport;
 
 #[derive(Subcommand, Debug)]
@@ -27,6 +29,11 @@ pub(crate) enum ModelCommand {
     /// they learn from it, in the groups and order the job trained them; prints AUC per
     /// task and scenario. `--vw-out` writes the same examples for scripts/vw-compare.sh.
     Evaluate(EvaluateArgs),
+    /// Permutation importance on a store's examples: a fresh model trains on all but the
+    /// last training windows, then each input (id field or dense input) is shuffled over
+    /// those held-out windows with a seeded shuffle; prints the AUC each task loses, over
+    /// all impressions and per scenario (`scenario` includes the scenario conditioning).
+    Explain(ExplainArgs),
     /// Print a model file's header: version, sizes, training counts and the last window's
     /// prequential metrics (the file is written at stop when model.path is set).
     Inspect(InspectArgs),
@@ -55,6 +62,23 @@ pub(crate) struct EvaluateArgs {
     /// The label of the `--vw-out` stream.
     #[arg(long, value_enum, default_value_t = VwLabelArg::Conversion)]
     pub(crate) vw_label: VwLabelArg,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ExplainArgs {
+    /// Store root: a directory or a bucket URL such as s3://bucket/prefix (default:
+    /// store.path of the configuration). The model settings are the configuration's.
+    #[arg(long)]
+    pub(crate) store: Option<PathBuf>,
+    /// Training windows held out at the end of the store and measured on.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) windows: usize,
+    /// Seed of the shuffles.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+    /// Also write every figure (input, task, scenario, n, AUC, drop) as JSON here.
+    #[arg(long)]
+    pub(crate) json: Option<PathBuf>,
 }
 
 /// The label of a Vowpal Wabbit stream.
@@ -124,19 +148,7 @@ fn print_report(
 }
 
 pub(crate) fn evaluate_cmd(config: Config, args: EvaluateArgs, bar: bool) -> Result<()> {
-    let mut store_config = config.store.clone();
-    store_config.path = super::store::root(&config, args.store.clone());
-    let shown = store_config.path.display().to_string();
-    let storage =
-        open_storage(&store_config).with_context(|| format!("cannot open the store {shown}"))?;
-    storage.check()?;
-    let files = read::table_files(&storage, "examples")?;
-    if files.is_empty() {
-        bail!(
-            "the store {shown} has no committed `examples` files: run the job on the log first \
-             (`shopstream import` then `shopstream run --stop-at-end`)"
-        );
-    }
+    let (storage, files, shown) = examples_files(&config, args.store.clone())?;
     let total: u64 = files.iter().map(|f| f.rows).sum();
     let options = EvaluateOptions {
         model: config.model.clone(),
@@ -167,6 +179,66 @@ pub(crate) fn evaluate_cmd(config: Config, args: EvaluateArgs, bar: bool) -> Res
     line.finish();
     println!("store {shown}: {} examples in {} files", total, files.len());
     print_report(&report, started, args.json.as_deref())
+}
+
+pub(crate) fn explain_cmd(config: Config, args: ExplainArgs) -> Result<()> {
+    let (storage, files, shown) = examples_files(&config, args.store.clone())?;
+    let options = EvaluateOptions {
+        model: config.model.clone(),
+        pipeline: config.pipeline.clone(),
+        baselines: Default::default(),
+        vw_out: None,
+    };
+    let held_out = args.windows.max(1);
+    let (trainer, sample) =
+        train_holding_out(examples_in_time_order(&storage, &files), &options, held_out)?;
+    if trainer.trained_examples() == 0 {
+        bail!(
+            "every training window of the store {shown} is among the last --windows {held_out}: \
+             nothing is left to train on; give a smaller --windows"
+        );
+    }
+    let rows = permutation_importance(&trainer, &sample, args.seed);
+    println!(
+        "store {shown}: model trained on {} examples; importance on the last {held_out} \
+         training window(s), {} examples (seed {})",
+        trainer.trained_examples(),
+        sample.len(),
+        args.seed
+    );
+    for task in ["ctr", "cvr", "ctcvr"] {
+        print!("{}", explain::render(&rows, task, "all"));
+    }
+    for scenario in Scenario::ALL {
+        print!("{}", explain::render(&rows, "ctr", scenario.as_str()));
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The store at `store` (or `store.path`), its committed `examples` files and its
+/// location for messages; an error that says what to do when there are none.
+fn examples_files(
+    config: &Config,
+    store: Option<PathBuf>,
+) -> Result<(Storage, Vec<LiveFile>, String)> {
+    let mut store_config = config.store.clone();
+    store_config.path = super::store::root(config, store);
+    let shown = store_config.path.display().to_string();
+    let storage =
+        open_storage(&store_config).with_context(|| format!("cannot open the store {shown}"))?;
+    storage.check()?;
+    let files = read::table_files(&storage, "examples")?;
+    if files.is_empty() {
+        bail!(
+            "the store {shown} has no committed `examples` files: run the job on the log first \
+             (`shopstream import` then `shopstream run --stop-at-end`)"
+        );
+    }
+    Ok((storage, files, shown))
 }
 
 /// The examples of `files`, an hour partition at a time (partitions are hours of event

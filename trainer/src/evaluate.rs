@@ -81,6 +81,32 @@ pub fn evaluate<E: From<std::io::Error>>(
     })
 }
 
+/// Trains a fresh model on `examples` (in stored order) in the job's training windows,
+/// except the last `held_out` windows, which it returns unseen: the sample `model explain`
+/// measures on.
+pub fn train_holding_out<E>(
+    examples: impl IntoIterator<Item = Result<Example, E>>,
+    options: &EvaluateOptions,
+    held_out: usize,
+) -> Result<(Trainer, Vec<Example>), E> {
+    let horizon = options.pipeline.click_window_ms() + options.pipeline.attribution_window_ms();
+    let length = options.pipeline.window_ms().max(1);
+    let examples = examples.into_iter().collect::<Result<Vec<_>, E>>()?;
+    let mut windows: Vec<&[Example]> = examples
+        .chunk_by(|a, b| {
+            training_window(a.ts, horizon, length) == training_window(b.ts, horizon, length)
+        })
+        .collect();
+    let sample = windows
+        .split_off(windows.len().saturating_sub(held_out))
+        .concat();
+    let mut trainer = Trainer::new(&options.model);
+    for window in windows {
+        trainer.train_window(window);
+    }
+    Ok((trainer, sample))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -17,6 +17,7 @@
 
 pub mod baselines;
 pub mod evaluate;
+pub mod explain;
 mod f64_bytes;
 pub mod joint;
 mod kernels;
