@@ -4,21 +4,13 @@
 
 use std::process::Command;
 
+mod support;
+
 #[test]
 fn model_explain_ranks_every_input_per_task_and_scenario_and_says_when_nothing_is_left_to_train() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let demo = Command::new(env!("CARGO_BIN_EXE_shopstream"))
-        .args(["demo", "--events", "60000", "--store"])
-        .arg(&store)
-        .env("SHOPSTREAM_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        demo.status.success(),
-        "{}",
-        String::from_utf8_lossy(&demo.stderr)
-    );
+    support::demo_store(&store, 60_000);
     let json = dir.path().join("explain.json");
     let explain = |windows: &str| {
         Command::new(env!("CARGO_BIN_EXE_shopstream"))

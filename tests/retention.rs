@@ -7,6 +7,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+mod support;
+
 fn shopstream(args: &[&str], store: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_shopstream"))
         .args(args)
@@ -70,13 +72,7 @@ fn store_expire_removes_whole_hours_through_the_manifest_and_a_dry_run_changes_n
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     // About 70 minutes of event time from 2026-01-05T00:00Z: hours 00 and 01.
-    let demo = Command::new(env!("CARGO_BIN_EXE_shopstream"))
-        .args(["demo", "--events", "60000", "--store"])
-        .arg(&store)
-        .env("SHOPSTREAM_LOG", "warn")
-        .output()
-        .unwrap();
-    stdout_of(&demo);
+    support::demo_store(&store, 60_000);
     let hour0 = "date=2026-01-05/hour=00";
     let hour1 = "date=2026-01-05/hour=01";
     assert!(

@@ -500,3 +500,22 @@ pub fn committed_offsets(
         })
         .collect()
 }
+
+/// Runs `shopstream demo --events EVENTS --store STORE` (the embedded mock cluster, no
+/// broker to start, no HTTP endpoint) and asserts it succeeded: a store of generator
+/// traffic to read.
+pub fn demo_store(store: &Path, events: u32) {
+    let demo = Command::new(env!("CARGO_BIN_EXE_shopstream"))
+        .args(["demo", "--events", &events.to_string(), "--store"])
+        .arg(store)
+        .env("SHOPSTREAM_LOG", "warn")
+        // Tests run side by side: no two may serve the default 127.0.0.1:9464.
+        .env("SHOPSTREAM__HTTP__ENABLED", "false")
+        .output()
+        .unwrap();
+    assert!(
+        demo.status.success(),
+        "{}",
+        String::from_utf8_lossy(&demo.stderr)
+    );
+}
