@@ -665,7 +665,7 @@ pub fn partition_start_ms(relative: &str) -> Option<i64> {
 
 /// End of the hour partition `date=YYYY-MM-DD/hour=HH` (exactly these two segments),
 /// epoch ms.
-fn partition_end_ms(partition: &str) -> Option<i64> {
+pub(crate) fn partition_end_ms(partition: &str) -> Option<i64> {
     if partition.matches('/').count() != 1 {
         return None;
     }

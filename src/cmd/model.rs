@@ -256,9 +256,13 @@ fn examples_in_time_order<'a>(
     };
     files
         .chunk_by(move |a, b| hour(a) == hour(b))
-        .flat_map(move |partition| match read_hour(storage, partition) {
-            Ok(rows) => rows.into_iter().map(Ok).collect::<Vec<_>>(),
-            Err(e) => vec![Err(e)],
+        .flat_map(move |partition| {
+            // The hour's rows, or its error, without copying them into another vector.
+            let (rows, error) = match read_hour(storage, partition) {
+                Ok(rows) => (rows, None),
+                Err(e) => (Vec::new(), Some(e)),
+            };
+            rows.into_iter().map(Ok).chain(error.map(Err))
         })
 }
 

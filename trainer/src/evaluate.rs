@@ -19,7 +19,7 @@ use shopstream_ingest::event::Millis;
 use crate::Trainer;
 use crate::baselines::BaselineConfig;
 use crate::quality::QualityReport;
-use crate::scoring::{Scoring, VwLabel, task_rows};
+use crate::scoring::{Scoring, VwLabel};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -34,9 +34,28 @@ pub struct EvaluateOptions {
     pub vw_out: Option<(PathBuf, VwLabel)>,
 }
 
-/// The training window an example of time `ts` belongs to.
-fn training_window(ts: Millis, horizon: Millis, length: Millis) -> Millis {
-    ts.saturating_add(horizon).div_euclid(length)
+/// How the job groups matured examples into training windows: an example of time `ts`
+/// trains at the first window end after `ts + horizon`.
+#[derive(Debug, Clone, Copy)]
+struct TrainingWindows {
+    /// Click window + attribution window.
+    horizon: Millis,
+    /// Window length.
+    length: Millis,
+}
+
+impl TrainingWindows {
+    fn of(pipeline: &PipelineConfig) -> Self {
+        Self {
+            horizon: pipeline.click_window_ms() + pipeline.attribution_window_ms(),
+            length: pipeline.window_ms().max(1),
+        }
+    }
+
+    /// The training window of an example of time `ts`.
+    fn of_ts(self, ts: Millis) -> Millis {
+        ts.saturating_add(self.horizon).div_euclid(self.length)
+    }
 }
 
 /// Runs the evaluation over `examples` in their stored order; `progress` is called with
@@ -46,12 +65,12 @@ pub fn evaluate<E: From<std::io::Error>>(
     options: &EvaluateOptions,
     progress: &mut dyn FnMut(u64),
 ) -> Result<QualityReport, E> {
-    let horizon = options.pipeline.click_window_ms() + options.pipeline.attribution_window_ms();
-    let length = options.pipeline.window_ms().max(1);
+    let windows = TrainingWindows::of(&options.pipeline);
     let vw = options.vw_out.as_ref().map(|(p, l)| (p.as_path(), *l));
     let mut scoring = Scoring::new(options.baselines, vw, progress)?;
     let mut trainer = Trainer::new(&options.model);
     let mut window: Vec<Example> = Vec::new();
+    let mut current = None;
     let mut train = |window: &mut Vec<Example>, scoring: &mut Scoring| -> std::io::Result<()> {
         let started = Instant::now();
         let (_, outputs) = trainer.train_window_scored(window);
@@ -61,24 +80,15 @@ pub fn evaluate<E: From<std::io::Error>>(
     };
     for example in examples {
         let example = example?;
-        let key = training_window(example.ts, horizon, length);
-        if window
-            .last()
-            .is_some_and(|last| training_window(last.ts, horizon, length) != key)
-        {
+        let key = windows.of_ts(example.ts);
+        if current.is_some_and(|c| c != key) {
             train(&mut window, &mut scoring)?;
         }
+        current = Some(key);
         window.push(example);
     }
     train(&mut window, &mut scoring)?;
-    let (scored, joint_secs, failed_fits) = scoring.finish()?;
-    Ok(QualityReport {
-        examples: scored.len(),
-        rows: task_rows(&scored, None),
-        joint_secs,
-        joint_examples_per_sec: scored.len() as f64 / joint_secs.max(1e-9),
-        baseline_failed_fits: failed_fits,
-    })
+    Ok(scoring.finish(None)?)
 }
 
 /// Trains a fresh model on `examples` (in stored order) in the job's training windows,
@@ -89,13 +99,10 @@ pub fn train_holding_out<E>(
     options: &EvaluateOptions,
     held_out: usize,
 ) -> Result<(Trainer, Vec<Example>), E> {
-    let horizon = options.pipeline.click_window_ms() + options.pipeline.attribution_window_ms();
-    let length = options.pipeline.window_ms().max(1);
+    let grid = TrainingWindows::of(&options.pipeline);
     let examples = examples.into_iter().collect::<Result<Vec<_>, E>>()?;
     let mut windows: Vec<&[Example]> = examples
-        .chunk_by(|a, b| {
-            training_window(a.ts, horizon, length) == training_window(b.ts, horizon, length)
-        })
+        .chunk_by(|a, b| grid.of_ts(a.ts) == grid.of_ts(b.ts))
         .collect();
     let sample = windows
         .split_off(windows.len().saturating_sub(held_out))
@@ -164,7 +171,7 @@ mod tests {
             let (_, outputs) = trainer.train_window_scored(examples);
             by_window.window(examples, &outputs, 0.0).unwrap();
         }
-        let expected = task_rows(&by_window.finish().unwrap().0, None);
+        let expected = by_window.finish(None).unwrap().rows;
         let options = EvaluateOptions {
             model: model(),
             pipeline,
@@ -192,8 +199,12 @@ mod tests {
     #[test]
     fn training_windows_split_where_the_horizon_crosses_a_window_end() {
         let (h, w) = (90_000, 60_000);
-        assert_eq!(training_window(29_999, h, w), 1);
-        assert_eq!(training_window(30_000, h, w), 2);
-        assert_eq!(training_window(-h - 1, h, w), -1);
+        let windows = TrainingWindows {
+            horizon: h,
+            length: w,
+        };
+        assert_eq!(windows.of_ts(29_999), 1);
+        assert_eq!(windows.of_ts(30_000), 2);
+        assert_eq!(windows.of_ts(-h - 1), -1);
     }
 }

@@ -10,11 +10,10 @@
 
 use serde::Serialize;
 use shopstream_features::Example;
-use shopstream_ingest::event::Scenario;
 use shopstream_ingest::generator::rng::Rng;
 
 use crate::joint::{DENSE, FIELDS, Input};
-use crate::metrics::auc;
+use crate::scoring::{TASKS, slices};
 use crate::{Trainer, input_of, targets_of};
 
 /// Names of the id fields, in the model's order.
@@ -43,9 +42,6 @@ pub const DENSE_NAMES: [&str; DENSE] = [
     "user_recency",
 ];
 
-/// The tasks, as `model quality` names them.
-const TASKS: [&str; 3] = ["ctr", "cvr", "ctcvr"];
-
 /// One input's importance on one task and slice.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Importance {
@@ -70,29 +66,6 @@ enum Column {
     Dense(usize),
 }
 
-/// AUC per (task, slice) of `p` = (p_click, p_cvr, p_ctcvr) per example.
-fn aucs(examples: &[Example], p: &[[f64; 3]]) -> Vec<(usize, &'static str, usize, Option<f64>)> {
-    let mut out = Vec::new();
-    let slices: Vec<(&'static str, Option<Scenario>)> = std::iter::once(("all", None))
-        .chain(Scenario::ALL.iter().map(|s| (s.as_str(), Some(*s))))
-        .collect();
-    for task in 0..TASKS.len() {
-        for (name, scenario) in &slices {
-            let (mut scores, mut labels) = (Vec::new(), Vec::new());
-            for (e, p) in examples.iter().zip(p) {
-                let t = targets_of(e);
-                if scenario.is_some_and(|s| e.features.scenario != s) || (task == 1 && !t.clicked) {
-                    continue;
-                }
-                scores.push(p[task]);
-                labels.push(if task == 0 { t.clicked } else { t.converted });
-            }
-            out.push((task, *name, scores.len(), auc(&scores, &labels)));
-        }
-    }
-    out
-}
-
 fn predict(trainer: &Trainer, inputs: &[Input]) -> Vec<[f64; 3]> {
     trainer
         .model()
@@ -115,7 +88,14 @@ pub fn permutation_importance(
         .iter()
         .map(|e| input_of(&e.user_id, &e.item_id, &e.features, rows))
         .collect();
-    let base = aucs(examples, &predict(trainer, &inputs));
+    let slices = slices(examples, |e| {
+        let t = targets_of(e);
+        (e.features.scenario, t.clicked, t.converted)
+    });
+    let aucs = |p: &[[f64; 3]]| -> Vec<Option<f64>> {
+        slices.iter().map(|s| s.auc(|i| p[i][s.task])).collect()
+    };
+    let base = aucs(&predict(trainer, &inputs));
     let columns = (0..FIELDS)
         .map(|f| (FIELD_NAMES[f], Column::Field(f)))
         .chain((0..DENSE).map(|k| (DENSE_NAMES[k], Column::Dense(k))));
@@ -144,13 +124,13 @@ pub fn permutation_importance(
                 input
             })
             .collect();
-        let permuted = aucs(examples, &predict(trainer, &shuffled));
-        for ((task, scenario, n, auc), (_, _, _, after)) in base.iter().zip(permuted) {
+        let permuted = aucs(&predict(trainer, &shuffled));
+        for ((slice, auc), after) in slices.iter().zip(&base).zip(permuted) {
             out.push(Importance {
                 feature: name,
-                task: TASKS[*task],
-                scenario,
-                n: *n,
+                task: TASKS[slice.task],
+                scenario: slice.scenario,
+                n: slice.members.len(),
                 auc: *auc,
                 drop: auc.zip(after).map(|(a, b)| a - b),
             });

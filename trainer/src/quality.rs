@@ -15,7 +15,7 @@ use crate::Trainer;
 use crate::baselines::BaselineConfig;
 use crate::prequential::{Observer, Prequential, ScoredWindow};
 pub use crate::scoring::TaskRow;
-use crate::scoring::{Scored, Scoring, VwLabel, render_rows, task_rows};
+use crate::scoring::{Scored, Scoring, VwLabel, render_rows};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -81,7 +81,6 @@ pub fn run_quality_with_progress(
     let vw = options.vw_out.as_deref().map(|p| (p, VwLabel::Click));
     let mut observed = Observed(Scoring::new(options.baselines, vw, progress)?);
     Prequential::new(&options.pipeline, &options.model).run(generator.decoded(), &mut observed)?;
-    let (scored, joint_secs, failed_fits) = observed.0.finish()?;
     let truth: HashMap<&str, (f64, f64)> = generator
         .truth()
         .iter()
@@ -96,14 +95,7 @@ pub fn run_quality_with_progress(
                 _ => c * v,
             })
     };
-    let rows = task_rows(&scored, Some(&oracle));
-    Ok(QualityReport {
-        examples: scored.len(),
-        rows,
-        joint_secs,
-        joint_examples_per_sec: scored.len() as f64 / joint_secs.max(1e-9),
-        baseline_failed_fits: failed_fits,
-    })
+    observed.0.finish(Some(&oracle))
 }
 
 impl QualityReport {

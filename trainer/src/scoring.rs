@@ -11,6 +11,7 @@ use shopstream_ingest::event::Scenario;
 use crate::baselines::{BaselineConfig, Baselines};
 use crate::joint::Output;
 use crate::metrics::{auc, auc_standard_error};
+use crate::quality::QualityReport;
 use crate::{dense_inputs, targets_of};
 
 /// AUC of one task on one slice.
@@ -62,8 +63,8 @@ pub(crate) struct Scored {
 pub(crate) struct Scoring<'p> {
     baselines: Baselines,
     vw: Option<(std::io::BufWriter<std::fs::File>, VwLabel)>,
-    pub(crate) scored: Vec<Scored>,
-    pub(crate) joint_secs: f64,
+    scored: Vec<Scored>,
+    joint_secs: f64,
     /// Windows scored so far.
     windows: u64,
     progress: &'p mut dyn FnMut(u64),
@@ -125,54 +126,104 @@ impl<'p> Scoring<'p> {
         Ok(())
     }
 
-    /// Flushes the VW stream; the scored impressions and the baselines' failed fits.
-    pub(crate) fn finish(self) -> std::io::Result<(Vec<Scored>, f64, u64)> {
+    /// Flushes the VW stream; the report over every impression scored, with `oracle`'s
+    /// AUCs when given.
+    pub(crate) fn finish(self, oracle: Option<Oracle<'_>>) -> std::io::Result<QualityReport> {
         if let Some((mut out, _)) = self.vw {
             out.flush()?;
         }
-        Ok((self.scored, self.joint_secs, self.baselines.failed_fits))
+        let examples = self.scored.len();
+        Ok(QualityReport {
+            examples,
+            rows: task_rows(&self.scored, oracle),
+            joint_secs: self.joint_secs,
+            joint_examples_per_sec: examples as f64 / self.joint_secs.max(1e-9),
+            baseline_failed_fits: self.baselines.failed_fits,
+        })
     }
 }
 
 /// An impression's true probability of a task (0 ctr, 1 cvr, 2 ctcvr), when known.
 pub(crate) type Oracle<'a> = &'a dyn Fn(&Scored, usize) -> f64;
 
-/// AUCs per task (ctr, cvr over clicked impressions, ctcvr) and slice (all, then each
-/// scenario); `oracle` gives an impression's true probability of a task, when known.
-pub(crate) fn task_rows(scored: &[Scored], oracle: Option<Oracle<'_>>) -> Vec<TaskRow> {
-    let mut rows = Vec::new();
-    let slices: Vec<(&'static str, Option<Scenario>)> = std::iter::once(("all", None))
+/// The tasks, in report order: ctr over impressions, cvr over clicked impressions, ctcvr
+/// over impressions.
+pub(crate) const TASKS: [&str; 3] = ["ctr", "cvr", "ctcvr"];
+
+/// The impressions of one task and slice: those a report row is computed over.
+pub(crate) struct Slice {
+    /// Index into [`TASKS`].
+    pub(crate) task: usize,
+    /// A scenario, or `all`.
+    pub(crate) scenario: &'static str,
+    /// Indices of the impressions in it ...
+    pub(crate) members: Vec<usize>,
+    /// ... and their labels for the task.
+    pub(crate) labels: Vec<bool>,
+}
+
+impl Slice {
+    /// AUC of `score` (of an impression's index) over the slice.
+    pub(crate) fn auc(&self, score: impl Fn(usize) -> f64) -> Option<f64> {
+        let scores: Vec<f64> = self.members.iter().map(|&i| score(i)).collect();
+        auc(&scores, &self.labels)
+    }
+
+    pub(crate) fn positives(&self) -> usize {
+        self.labels.iter().filter(|y| **y).count()
+    }
+}
+
+/// Every task's slices (all, then each scenario) of impressions whose `outcome` is
+/// (scenario, clicked, converted), in report order.
+pub(crate) fn slices<T>(items: &[T], outcome: impl Fn(&T) -> (Scenario, bool, bool)) -> Vec<Slice> {
+    let outcomes: Vec<(Scenario, bool, bool)> = items.iter().map(outcome).collect();
+    let scenarios: Vec<(&'static str, Option<Scenario>)> = std::iter::once(("all", None))
         .chain(Scenario::ALL.iter().map(|s| (s.as_str(), Some(*s))))
         .collect();
-    for (task, name) in ["ctr", "cvr", "ctcvr"].into_iter().enumerate() {
-        for (slice, scenario) in &slices {
-            let members: Vec<&Scored> = scored
-                .iter()
-                .filter(|s| scenario.is_none_or(|sc| s.scenario == sc))
-                .filter(|s| task != 1 || s.clicked)
-                .collect();
-            let label = |s: &&Scored| if task == 0 { s.clicked } else { s.converted };
-            let labels: Vec<bool> = members.iter().map(label).collect();
-            let column = |f: &dyn Fn(&Scored) -> f64| -> Option<f64> {
-                let scores: Vec<f64> = members.iter().map(|s| f(s)).collect();
-                auc(&scores, &labels)
-            };
-            let positives = labels.iter().filter(|y| **y).count();
-            let joint = column(&|s| s.joint[task]);
-            rows.push(TaskRow {
-                task: name,
-                scenario: slice,
-                n: members.len(),
-                positives,
-                joint,
-                joint_se: joint
-                    .and_then(|a| auc_standard_error(a, positives, members.len() - positives)),
-                baseline: column(&|s| s.baseline[task]),
-                oracle: oracle.and_then(|o| column(&|s| o(s, task))),
+    let mut out = Vec::new();
+    for task in 0..TASKS.len() {
+        for (name, scenario) in &scenarios {
+            let (mut members, mut labels) = (Vec::new(), Vec::new());
+            for (i, (at, clicked, converted)) in outcomes.iter().enumerate() {
+                if scenario.is_some_and(|s| s != *at) || (task == 1 && !clicked) {
+                    continue;
+                }
+                members.push(i);
+                labels.push(if task == 0 { *clicked } else { *converted });
+            }
+            out.push(Slice {
+                task,
+                scenario: name,
+                members,
+                labels,
             });
         }
     }
-    rows
+    out
+}
+
+/// AUCs per task and slice; `oracle` gives an impression's true probability of a task,
+/// when known.
+pub(crate) fn task_rows(scored: &[Scored], oracle: Option<Oracle<'_>>) -> Vec<TaskRow> {
+    slices(scored, |s| (s.scenario, s.clicked, s.converted))
+        .into_iter()
+        .map(|slice| {
+            let task = slice.task;
+            let (n, positives) = (slice.members.len(), slice.positives());
+            let joint = slice.auc(|i| scored[i].joint[task]);
+            TaskRow {
+                task: TASKS[task],
+                scenario: slice.scenario,
+                n,
+                positives,
+                joint,
+                joint_se: joint.and_then(|a| auc_standard_error(a, positives, n - positives)),
+                baseline: slice.auc(|i| scored[i].baseline[task]),
+                oracle: oracle.and_then(|o| slice.auc(|i| o(&scored[i], task))),
+            }
+        })
+        .collect()
 }
 
 /// One example in Vowpal Wabbit's text format: the same ids as namespaces and the same
