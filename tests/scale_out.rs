@@ -7,6 +7,7 @@
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -290,7 +291,7 @@ async fn a_group_whose_partitions_move_writes_the_store_and_model_of_one_instanc
     );
     // Ownership settles after the abort's rebalance: the two hold every click and order
     // partition, none twice.
-    let owned = |body: &str| -> std::collections::BTreeSet<String> {
+    let owned = |body: &str| -> BTreeSet<String> {
         body.lines()
             .filter(|l| l.starts_with("shopstream_partition_owned{"))
             .map(|l| l.split(' ').next().unwrap_or_default().to_string())
@@ -364,15 +365,19 @@ async fn a_partition_taken_over_from_an_older_checkpoint_reads_the_dropped_close
     second_config.checkpoint.every_windows = 1_000_000;
     second_config.checkpoint.min_interval_secs = 3_600;
     let (first, first_progress) = start_bounded(first_config);
-    wait_progress(&first_progress, "the first instance closes windows", |p| {
-        p.windows_closed >= 5
+    // The second joins early, while most of every partition is still to read: the first
+    // reads far ahead of its closes, and what the second has left to read is the margin
+    // of this test (a second that read its partitions to the end before it is stopped
+    // has answered every close, and nothing is taken back).
+    wait_progress(&first_progress, "the first instance reads", |p| {
+        p.consumed >= 5_000
     })
     .await;
     let (second, second_progress) = start_bounded(second_config);
     // It has taken partitions over once its endpoints show them (from the checkpoints
-    // the first wrote as it handed them over; it may have nothing left to read).
+    // the first wrote as it handed them over).
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
+    let taken: BTreeSet<i32> = loop {
         // (Copied out: a borrow held across the await would block the instance's
         // progress updates.)
         let addr = second_progress.borrow().http_addr;
@@ -381,8 +386,9 @@ async fn a_partition_taken_over_from_an_older_checkpoint_reads_the_dropped_close
                 tokio::task::spawn_blocking(move || support::http_get(addr, "/metrics"))
                     .await
                     .unwrap();
-            if body.contains("shopstream_partition_owned{") {
-                break;
+            let owned = owned_partitions(&body);
+            if !owned.is_empty() {
+                break owned;
             }
         }
         assert!(
@@ -393,23 +399,38 @@ async fn a_partition_taken_over_from_an_older_checkpoint_reads_the_dropped_close
             std::time::Instant::now() < deadline,
             "the second instance holds partitions within 120 s"
         );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    // Closes go on while both read: the first instance checkpoints its own partitions
-    // past the checkpoints it handed over, and drops the closes before.
-    let closed = first_progress.borrow().windows_closed;
-    wait_progress(
-        &first_progress,
-        "windows close while both instances read",
-        |p| p.windows_closed >= closed + 3,
-    )
-    .await;
-    if second.is_finished() {
-        panic!(
-            "the second instance ended before it was stopped: {:?}",
-            second.await.map(|r| r.map(|s| s.consumed))
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Closes go on while both read: once the first has checkpointed every partition it
+    // kept a few closes past the checkpoints it handed over, it has dropped the closes
+    // between, and the second is stopped at once.
+    let shards = dir.path().join("group/_checkpoints/shards");
+    let handed_over = taken
+        .iter()
+        .filter_map(|p| newest_partition_checkpoint(&shards, *p))
+        .max()
+        .expect("the first instance checkpointed the partitions it handed over");
+    let kept: Vec<i32> = (0..4).filter(|p| !taken.contains(p)).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while !kept
+        .iter()
+        .all(|p| newest_partition_checkpoint(&shards, *p).is_some_and(|c| c >= handed_over + 3))
+    {
+        assert!(
+            !second.is_finished(),
+            "the second instance ended before it was stopped"
         );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first instance checkpoints partitions {kept:?} 3 closes past {handed_over} \
+             within 300 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    eprintln!(
+        "second took {taken:?} at close {handed_over}; stopped after {} messages",
+        second_progress.borrow().consumed
+    );
     // Gone without a checkpoint: its partitions go back to the first instance, whose
     // newest checkpoints are the ones the first wrote as it handed them over.
     second.abort();
@@ -431,6 +452,40 @@ async fn a_partition_taken_over_from_an_older_checkpoint_reads_the_dropped_close
         (&one.store.path, &one_model),
         (&dir.path().join("group"), &group_model),
     );
+}
+
+/// The partition numbers a `/metrics` body shows owned.
+fn owned_partitions(body: &str) -> BTreeSet<i32> {
+    body.lines()
+        .filter(|l| l.starts_with("shopstream_partition_owned{"))
+        .filter_map(|l| {
+            l.split("partition=\"")
+                .nth(1)?
+                .split('"')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// The closes applied by the newest checkpoint of partition number `p` under `shards`
+/// (`<group>/<p>/checkpoint-<closes applied>.ckpt`).
+fn newest_partition_checkpoint(shards: &Path, p: i32) -> Option<u64> {
+    let groups = std::fs::read_dir(shards).ok()?;
+    groups
+        .flatten()
+        .filter_map(|group| std::fs::read_dir(group.path().join(p.to_string())).ok())
+        .flatten()
+        .flatten()
+        .filter_map(|f| {
+            let name = f.file_name().into_string().ok()?;
+            name.strip_prefix("checkpoint-")?
+                .strip_suffix(".ckpt")?
+                .parse()
+                .ok()
+        })
+        .max()
 }
 
 /// A live instance started in a test: its task, its progress, what shuts it down.

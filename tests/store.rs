@@ -420,7 +420,9 @@ async fn sigkill_then_restart(s3: Option<&S3Server>) {
         // (Windows are written a file span at a time: about 8 spans of 5 tables here.)
         "store.files_renamed:15",
         "checkpoint.temp_written:4",
-        "checkpoint.written:9",
+        // (The run writes 10 checkpoints, the last at its end: the 9th left too few
+        // windows after it to be sure the kill comes before they are written.)
+        "checkpoint.written:5",
         "store.compaction_written:1",
         "store.temp_written:20",
         // After the last checkpoint, before the model file: the restart resumes at the
