@@ -175,6 +175,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Command::Store(store::StoreCommand::Compact(args)) => store::compact_cmd(&config, args),
             Command::Store(store::StoreCommand::Tables(args)) => store::tables_cmd(&config, args),
             Command::Store(store::StoreCommand::Expire(args)) => store::expire_cmd(&config, args),
+            Command::Store(store::StoreCommand::Forget(args)) => store::forget_cmd(&config, args),
             Command::Drift(drift::DriftCommand::Report(args)) => drift::report_cmd(&config, args),
             Command::Drift(drift::DriftCommand::Bench(args)) => {
                 drift::bench_cmd(&config, args, bar)

@@ -163,6 +163,15 @@ fn on_threads<T: Send, R: Send>(
 }
 
 impl FeaturePipeline {
+    /// Drops the keyed state of `users` in every shard ([`FeatureState::forget_users`]);
+    /// the entries dropped.
+    pub fn forget_users(&mut self, users: &std::collections::BTreeSet<String>) -> usize {
+        self.shards
+            .values_mut()
+            .map(|s| s.forget_users(users))
+            .sum()
+    }
+
     /// A stage configured by `config`.
     pub fn new(config: &PipelineConfig) -> Self {
         let state = FeatureState::new(StateLimits {

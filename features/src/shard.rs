@@ -145,6 +145,12 @@ impl Shard {
         }
     }
 
+    /// Drops the keyed state of `users` ([`FeatureState::forget_users`]); the entries
+    /// dropped.
+    pub fn forget_users(&mut self, users: &std::collections::BTreeSet<String>) -> usize {
+        self.state.forget_users(users)
+    }
+
     /// The state, to make demand rows from (the inventory's shard only).
     pub(crate) fn state_mut(&mut self) -> &mut FeatureState {
         &mut self.state

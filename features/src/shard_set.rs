@@ -177,6 +177,14 @@ impl ShardSet {
     pub fn shards(&self) -> &BTreeMap<i32, Shard> {
         &self.shards
     }
+
+    /// Drops the keyed state of `users` in every shard held; the entries dropped.
+    pub fn forget_users(&mut self, users: &std::collections::BTreeSet<String>) -> usize {
+        self.shards
+            .values_mut()
+            .map(|s| s.forget_users(users))
+            .sum()
+    }
 }
 
 #[cfg(test)]

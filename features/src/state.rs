@@ -476,6 +476,46 @@ impl FeatureState {
         out
     }
 
+    /// Drops everything keyed by one of `users` (erasure, `shopstream store forget`):
+    /// their rolling features, their impressions waiting for labels (whose examples are
+    /// then never written), their click and session join entries and their window
+    /// bookkeeping. Returns the entries dropped. Orders keep their ids: the impressions
+    /// they point to are gone, and a cancellation of them finds nothing.
+    pub fn forget_users(&mut self, users: &std::collections::BTreeSet<String>) -> usize {
+        if users.is_empty() {
+            return 0;
+        }
+        let of_user = |key: &str| {
+            key.split_once('\u{1f}')
+                .is_some_and(|(user, _)| users.contains(user))
+        };
+        let mut dropped = 0;
+        for partition in self.partitions.values_mut() {
+            let before = partition.users.len()
+                + partition.pending.len()
+                + partition.by_session.len()
+                + partition.clicks.len();
+            partition.users.retain(|user, _| !users.contains(user));
+            partition
+                .pending
+                .0
+                .retain(|(_, p)| !users.contains(&p.example.user_id));
+            partition.by_session.retain(|key, _| !of_user(key));
+            partition.clicks.retain(|key, _| !of_user(key));
+            dropped += before
+                - (partition.users.len()
+                    + partition.pending.len()
+                    + partition.by_session.len()
+                    + partition.clicks.len());
+        }
+        let before = self.window_users.len() + self.window_user_state.len();
+        self.window_users
+            .retain(|(_, arrival)| !users.contains(&arrival.user_id));
+        self.window_user_state
+            .retain(|user, _| !users.contains(user));
+        dropped + before - (self.window_users.len() + self.window_user_state.len())
+    }
+
     /// Impressions waiting for their labels.
     pub fn pending_len(&self) -> usize {
         self.partitions.values().map(|s| s.pending.len()).sum()
@@ -832,5 +872,86 @@ mod tests {
         let back: FeatureState = serde_json::from_str(&json).expect("deserialise");
         assert_eq!(back, state);
         assert_eq!(back.pending_len(), 1);
+    }
+
+    fn click(user: &str, item: &str, kind: ClickKind, ts: Millis) -> Event {
+        Event::Click(ClickEvent {
+            event_id: format!("{user}-{item}-{ts}-{kind:?}"),
+            ts,
+            user_id: user.into(),
+            session_id: format!("s-{user}"),
+            kind,
+            item_id: Some(item.into()),
+            scenario: shopstream_ingest::event::Scenario::Search,
+            position: Some(1),
+            device: None,
+            price: Some(2.0),
+            query: None,
+        })
+    }
+
+    #[test]
+    fn a_forgotten_user_is_served_as_new_and_other_users_keep_their_state() {
+        let limits = StateLimits {
+            click_window_ms: 600_000,
+            attribution_ms: 1_800_000,
+            ttl_ms: 8 * 86_400_000,
+        };
+        let t0 = 1_767_571_200_000;
+        let history = |state: &mut FeatureState| {
+            for (n, user) in ["gone", "kept"].iter().enumerate() {
+                let ts = t0 + n as i64 * 1_000;
+                state.apply_same_ts(&[(
+                    InputTopic::Clicks,
+                    0,
+                    &click(user, "i1", ClickKind::Impression, ts),
+                )]);
+                state.apply_same_ts(&[(
+                    InputTopic::Clicks,
+                    0,
+                    &click(user, "i1", ClickKind::Click, ts + 100),
+                )]);
+                state.apply_same_ts(&[(
+                    InputTopic::Clicks,
+                    0,
+                    &click(user, "i2", ClickKind::Impression, ts + 200),
+                )]);
+            }
+        };
+        let mut state = FeatureState::new(limits);
+        history(&mut state);
+        let later = t0 + 60_000;
+        let Event::Click(next_gone) = click("gone", "i3", ClickKind::Impression, later) else {
+            unreachable!()
+        };
+        let Event::Click(next_kept) = click("kept", "i3", ClickKind::Impression, later) else {
+            unreachable!()
+        };
+        let kept_before = state.features_of(0, &next_kept);
+        let pending_before = state.pending_len();
+        assert_ne!(
+            state.features_of(0, &next_gone),
+            FeatureState::new(limits).features_of(0, &next_gone),
+            "the history counts before the erasure"
+        );
+
+        let dropped = state.forget_users(&std::collections::BTreeSet::from(["gone".to_string()]));
+        assert!(dropped >= 3, "{dropped}");
+        assert_eq!(
+            state.features_of(0, &next_gone),
+            FeatureState::new(limits).features_of(0, &next_gone),
+            "served as a user never seen"
+        );
+        assert_eq!(state.features_of(0, &next_kept), kept_before);
+        assert_eq!(
+            state.pending_len(),
+            pending_before - 2,
+            "their impressions never mature"
+        );
+        assert!(state.mature_all().iter().all(|e| e.user_id == "kept"));
+        assert_eq!(
+            state.forget_users(&std::collections::BTreeSet::from(["gone".to_string()])),
+            0
+        );
     }
 }

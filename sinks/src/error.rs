@@ -54,6 +54,17 @@ pub enum StoreError {
         /// What is wrong.
         message: String,
     },
+    /// An erasure record (`shopstream store forget`) cannot be read. The store was
+    /// damaged outside shopstream.
+    #[error(
+        "erasure record {path} is unreadable: {message}; rerun `shopstream store forget` for its users to write it again"
+    )]
+    CorruptErasure {
+        /// The record.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// A store location (`store.path`) or its options are wrong. User.
     #[error("store location {location}: {message}")]
     Location {

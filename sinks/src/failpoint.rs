@@ -12,7 +12,9 @@
 //! `checkpoint.temp_written` and `checkpoint.written` (around a checkpoint's rename),
 //! `pipeline.message_handled` (after each message), `pipeline.partitions_assigned` (the
 //! job took partitions: once at start, then at each assignment), `pipeline.model_saving` (a run's
-//! outputs and last checkpoint are written, its model file is not).
+//! outputs and last checkpoint are written, its model file is not); `store.forget_written` and
+//! `store.forget_committed` (an erasure's rewrite is in place, its record is not; the
+//! record is, the old file is not deleted).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -12,6 +12,8 @@
 //!   it, and compaction replaces many small files of an hour by one.
 //! - [`retention`]: hour partitions past `store.retention_days` leave through the
 //!   manifest (`shopstream store expire`, and the job as hours settle).
+//! - [`forget`]: a user's rows leave every table through the manifest (`shopstream
+//!   store forget`).
 //! - [`checkpoint`]: versioned, checksummed checkpoint files written atomically, the last
 //!   K kept; loading skips damaged ones.
 //! - [`failpoint`]: named crash points for the kill tests (inert unless armed).
@@ -26,6 +28,7 @@ mod atomic;
 pub mod checkpoint;
 mod error;
 pub mod failpoint;
+pub mod forget;
 mod held;
 pub mod manifest;
 pub mod mirror;

@@ -328,7 +328,7 @@ impl ParquetStore {
 
     /// The metadata and rows of the data file `key`: from memory when this store wrote
     /// it lately, else read back.
-    fn contents(&self, key: &str) -> Result<FileContents, StoreError> {
+    pub(crate) fn contents(&self, key: &str) -> Result<FileContents, StoreError> {
         let held = self
             .recent
             .lock()
@@ -341,7 +341,7 @@ impl ParquetStore {
     }
 
     /// Writes one data file (not yet committed) at `relative` below the table directory.
-    fn write_one(
+    pub(crate) fn write_one(
         &self,
         table: &str,
         relative: &str,
@@ -565,7 +565,7 @@ pub fn created_by() -> String {
     )
 }
 
-fn committed(file: &WrittenFile) -> CommittedFile {
+pub(crate) fn committed(file: &WrittenFile) -> CommittedFile {
     CommittedFile {
         path: file.relative.clone(),
         rows: file.rows as u64,
@@ -595,6 +595,9 @@ impl WindowSpan {
     /// The span of a data file's name; `None` for names the store does not write.
     fn of_file_name(name: &str) -> Option<Self> {
         let stem = name.strip_suffix(".parquet")?;
+        // A file rewritten without some users' rows holds the windows of the one it
+        // replaced (`<stem>.r<hash>`, crate::forget).
+        let stem = stem.split_once(".r").map_or(stem, |(stem, _)| stem);
         if let Some(ms) = stem.strip_prefix(WINDOW_PREFIX) {
             return Some(Self::of(ms.parse().ok()?));
         }

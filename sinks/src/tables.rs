@@ -29,10 +29,12 @@ pub const ALERTS: &str = "alerts";
 pub const ALL: [&str; 5] = [EXAMPLES, METRICS, ITEM_DEMAND, DRIFT, ALERTS];
 
 /// Whether `name`, a top-level entry of a store directory, is one shopstream writes there:
-/// a table, the commit manifest, or the default checkpoint directory.
+/// a table, the commit manifest, the erasure records, or the default checkpoint
+/// directory.
 pub fn is_store_entry(name: &str) -> bool {
     ALL.contains(&name)
         || name == crate::manifest::MANIFEST_DIR
+        || name == crate::forget::ERASURES_DIR
         || name == shopstream_config::DEFAULT_CHECKPOINT_DIR
 }
 
@@ -47,6 +49,7 @@ mod tests {
         }
         assert!(is_store_entry("_manifest"));
         assert!(is_store_entry("_checkpoints"));
+        assert!(is_store_entry("_erasures"));
         for foreign in ["src", "Cargo.toml", ".git", "predictions", ""] {
             assert!(!is_store_entry(foreign), "{foreign}");
         }

@@ -115,6 +115,30 @@ pub enum StoreCommand {
     /// start, finishes an interrupted expiry). The job does the same by event time as
     /// hours settle when store.retention_days is set.
     Expire(ExpireArgs),
+    /// Erase users: every visible file holding their rows (tables with a user_id column)
+    /// is rewritten without them and committed as replacing the old one, which is then
+    /// deleted. Crash-safe and idempotent: rerun the same command after an interruption.
+    /// The request is recorded under _erasures/ first: a job on the store drops these
+    /// users' keyed state when it starts, or at its next checkpoint. Run it with no job
+    /// writing to the store.
+    Forget(ForgetArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// A user id to erase, as stored in user_id (repeat for several).
+    #[arg(long = "user", value_name = "ID", required = true)]
+    pub users: Vec<String>,
+    /// Only list the files that would be rewritten.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Only this table.
+    #[arg(long)]
+    pub table: Option<String>,
+    /// Store root: a directory or a bucket URL such as s3://bucket/prefix (default:
+    /// store.path of the configuration).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -336,6 +360,49 @@ pub fn expire_cmd(config: &Config, args: ExpireArgs) -> Result<()> {
         "{verb} {partitions} hour partition(s), {rows} row(s): the hours ending at or before {} ({days} day(s) before {})",
         rfc3339(horizon),
         rfc3339(as_of)
+    );
+    Ok(())
+}
+
+pub fn forget_cmd(config: &Config, args: ForgetArgs) -> Result<()> {
+    let users: std::collections::BTreeSet<String> = args.users.into_iter().collect();
+    if users.iter().any(|u| u.trim().is_empty()) {
+        bail!("--user needs a non-empty id");
+    }
+    let mut store_config = config.store.clone();
+    store_config.path = root(config, args.store);
+    let store = ParquetStore::open(&store_config)?;
+    let tables = match args.table {
+        Some(table) => vec![table],
+        None => shopstream_sinks::manifest::tables(store.storage())?,
+    };
+    let verb = if args.dry_run {
+        "would rewrite"
+    } else {
+        "rewrote"
+    };
+    if !args.dry_run {
+        // First, so that a job started after an interrupted erasure drops their state.
+        let key = shopstream_sinks::forget::record_erasure(store.storage(), &users)?;
+        println!(
+            "recorded {key}: a job on this store drops these users' keyed state when it starts, or at its next checkpoint"
+        );
+    }
+    let (mut files, mut removed) = (0, 0);
+    for table in tables {
+        for f in store.forget(&table, &users, args.dry_run)? {
+            let into = f.written.as_deref().unwrap_or("nothing (no other row)");
+            println!(
+                "{table} {}: {verb} into {into}: {} row(s), {} removed",
+                f.replaced, f.rows_before, f.rows_removed
+            );
+            files += 1;
+            removed += f.rows_removed;
+        }
+    }
+    println!(
+        "{verb} {files} file(s), {removed} row(s) of {} user(s) removed",
+        users.len()
     );
     Ok(())
 }

@@ -30,6 +30,7 @@
 
 mod checkpoint;
 mod coordinate;
+mod erasures;
 mod error;
 mod global;
 mod global_worker;
@@ -256,11 +257,16 @@ pub async fn run_observed(
     global.stop_on_store_failure(cancel.clone());
     let mut resumed = None;
     let mut resumed_counters = None;
+    // Erasures recorded while the job was stopped apply before any event.
+    let mut erasures = erasures::Erasures::open(config)?;
+    let erased = erasures.take_new()?;
     if let Some(state) = restored {
         global.resume(config, state.trainer, state.drift, state.store_rows);
         resumed_counters = Some((state.windows_closed, state.positions));
+        let mut features = state.features;
+        erasures::report(&erased, features.forget_users(&erased));
         resumed = Some(Resumed {
-            features: state.features,
+            features,
             cleaner: state.cleaner,
             held: state.held,
         });
@@ -292,6 +298,7 @@ pub async fn run_observed(
         global,
         outputs: Outputs::new(config, options.replay.is_some())?,
         checkpoints,
+        erasures,
         consumer_lag,
         read_progress,
         positions: Positions::new(),

@@ -12,7 +12,7 @@
 //! report before anything that depends on it, so the coordinator always knows every
 //! event a part or snapshot covers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use shopstream_config::Config;
@@ -42,8 +42,9 @@ pub(super) enum ToShard {
     ResolveAll,
     /// Apply the close; answer [`FromShard::Parts`] unless it closes no window.
     Close(Arc<Close>),
-    /// Answer [`FromShard::Snapshot`] with a copy of the state.
-    Snapshot,
+    /// Drop the keyed state of these users (erasures, often none), then answer
+    /// [`FromShard::Snapshot`] with a copy of the state.
+    Snapshot(Arc<BTreeSet<String>>),
 }
 
 /// A worker's copy of its state for a checkpoint.
@@ -339,7 +340,9 @@ impl Worker {
                     self.reply(effects, FromShard::Parts(parts));
                 }
             }
-            ToShard::Snapshot => {
+            ToShard::Snapshot(erased) => {
+                let dropped = self.stage.windowing_mut().forget_users(&erased);
+                super::erasures::report(&erased, dropped);
                 let snapshot = WorkerSnapshot {
                     shards: self.stage.windowing().shards().clone(),
                     cleaner: self.stage.cleaner().clone(),

@@ -71,6 +71,8 @@ pub(super) struct Processor<'a> {
     /// When checkpoints are due (off in replays and when disabled); the global stage
     /// writes them.
     pub(super) checkpoints: Option<CheckpointPlan>,
+    /// Erasures recorded in the store: applied to the keyed state at each checkpoint.
+    pub(super) erasures: super::erasures::Erasures,
     /// Consumer lag per partition, from the source.
     pub(super) consumer_lag: SharedLag,
     /// How far the source read each partition: a silent partition is only idle once
@@ -208,10 +210,15 @@ impl Processor<'_> {
             return Ok(());
         };
         plan.requested();
+        // Users erased since the last checkpoint leave the state before it is written.
+        let erased = Arc::new(self.erasures.take_new()?);
+        if let Stages::Whole(stage) = &mut self.stages {
+            super::erasures::report(&erased, stage.windowing_mut().forget_users(&erased));
+        }
         // The workers' copies come after their batches before them, whose outputs are then
         // in flight too.
         let snapshots: Vec<WorkerSnapshot> = self
-            .ask_workers(|| ToShard::Snapshot)
+            .ask_workers(|| ToShard::Snapshot(Arc::clone(&erased)))
             .await?
             .into_iter()
             .filter_map(|answer| match answer {

@@ -240,6 +240,6 @@ pub(super) fn is_answer(request: &ToShard, reply: &FromShard) -> bool {
         (request, reply),
         (ToShard::ResolveAll, FromShard::Resolved)
             | (ToShard::Close(_), FromShard::Parts(_))
-            | (ToShard::Snapshot, FromShard::Snapshot(_))
+            | (ToShard::Snapshot(_), FromShard::Snapshot(_))
     )
 }

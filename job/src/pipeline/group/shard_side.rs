@@ -95,6 +95,9 @@ struct ShardSide<'a> {
     /// Per-partition checkpoints, with those the source started each assignment from
     /// (none when `checkpoint.enabled` is off).
     resume_points: Option<Arc<ResumePoints>>,
+    /// Erasures recorded in the store: applied to the stages held at each checkpoint and
+    /// to a stage loaded from a checkpoint.
+    erasures: super::super::erasures::Erasures,
     /// Commits a partition checkpoint's offsets to the group once it is written, for
     /// lag monitoring (a new owner starts at the checkpoint's, never the committed ones).
     committer: OffsetCommitter,
@@ -172,6 +175,7 @@ pub(super) async fn run(
         outputs: Outputs::new(config, false)?,
         log,
         resume_points,
+        erasures: super::super::erasures::Erasures::open(config)?,
         committer,
         merged: false,
         models,
@@ -325,7 +329,10 @@ impl ShardSide<'_> {
         let mut held = match loaded {
             Some(state) => {
                 self.summary.partitions_resumed += 1;
-                let mut stage = ShardStage::with(self.config, state.follower);
+                let mut follower = state.follower;
+                let erased = self.erasures.applied_users();
+                super::super::erasures::report(erased, follower.set_mut().forget_users(erased));
+                let mut stage = ShardStage::with(self.config, follower);
                 stage.resume_cleaning(state.cleaner, state.held);
                 Held::new(stage, Some((state.arrivals, state.positions)))
             }
@@ -390,6 +397,19 @@ impl ShardSide<'_> {
     /// Writes partition number `p`'s checkpoint (once [`ShardSide::send`] has sent what
     /// it covers).
     async fn checkpoint(&mut self, p: i32) -> Result<(), PipelineError> {
+        if self.resume_points.is_some() {
+            // Users erased since the last checkpoint leave every stage held before any is
+            // written.
+            let erased = self.erasures.take_new()?;
+            if !erased.is_empty() {
+                let dropped = self
+                    .held
+                    .values_mut()
+                    .map(|h| h.stage.windowing_mut().set_mut().forget_users(&erased))
+                    .sum();
+                super::super::erasures::report(&erased, dropped);
+            }
+        }
         let (Some(points), Some(held)) = (&self.resume_points, self.held.get_mut(&p)) else {
             return Ok(());
         };
