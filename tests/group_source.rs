@@ -83,6 +83,7 @@ async fn instance_with_processor(
             max_message_bytes: 1 << 20,
         },
         mappings: Default::default(),
+        privacy: None,
     };
     tokio::spawn(source.run(tx, cancel, options));
     let seen = Arc::new(Mutex::new(Seen::default()));

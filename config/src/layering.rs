@@ -11,7 +11,7 @@ use toml::{Table, Value};
 
 use crate::sections::{
     CheckpointConfig, Config, DriftConfig, HttpConfig, InputConfig, KafkaConfig, ModelConfig,
-    PipelineConfig, StoreConfig, TopicsConfig,
+    PipelineConfig, PrivacyConfig, StoreConfig, TopicsConfig,
 };
 use crate::{ConfigError, Problem};
 
@@ -19,7 +19,7 @@ use crate::{ConfigError, Problem};
 /// `SHOPSTREAM__SECTION__KEY`.
 pub const ENV_PREFIX: &str = "SHOPSTREAM__";
 
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "kafka",
     "topics",
     "pipeline",
@@ -29,6 +29,7 @@ const SECTIONS: [&str; 9] = [
     "drift",
     "checkpoint",
     "input",
+    "privacy",
 ];
 
 pub(crate) fn parse_file(path: &Path, text: &str) -> Result<Table, ConfigError> {
@@ -138,6 +139,7 @@ pub(crate) fn deserialize_reporting_all(table: &Table) -> (Config, Vec<Problem>)
             "drift" => check_keys::<DriftConfig>(section, keys, &mut problems),
             "checkpoint" => check_keys::<CheckpointConfig>(section, keys, &mut problems),
             "input" => check_keys::<InputConfig>(section, keys, &mut problems),
+            "privacy" => check_keys::<PrivacyConfig>(section, keys, &mut problems),
             _ => check_keys::<ModelConfig>(section, keys, &mut problems),
         };
         good.insert(section.to_string(), Value::Table(kept));

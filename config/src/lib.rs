@@ -20,9 +20,9 @@ mod validate;
 pub use kafka_properties::{MANAGED_PROPERTIES, ManagedProperty, PropertyPolicy, managed_property};
 pub use layering::ENV_PREFIX;
 pub use sections::{
-    CalibrationHistory, CheckpointConfig, Config, DriftConfig, DriftReference, InputConfig,
-    InputMappingConfig, Instances, KafkaConfig, ModelConfig, PipelineConfig, StoreConfig,
-    TopicsConfig, secs_to_ms,
+    CalibrationHistory, CheckpointConfig, Config, DriftConfig, DriftReference, DroppedField,
+    InputConfig, InputMappingConfig, Instances, KafkaConfig, ModelConfig, PipelineConfig,
+    PrivacyConfig, StoreConfig, TopicsConfig, secs_to_ms,
 };
 pub use validate::Problem;
 

@@ -28,6 +28,51 @@ pub struct Config {
     pub checkpoint: CheckpointConfig,
     /// How the input topics are read (see `docs/mappings.md`).
     pub input: InputConfig,
+    /// Pseudonymisation and field minimisation at ingest (see `docs/privacy.md`).
+    pub privacy: PrivacyConfig,
+}
+
+/// Pseudonymisation and field minimisation, applied to every event as it is decoded,
+/// before anything is stored, published, checkpointed or logged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// Replace `user_id` (and the message key, which equals it) by a keyed HMAC-SHA256
+    /// pseudonym: 32 hex digits, the same for the same id and key, so joins, dedupe and
+    /// features work as before. The key comes from the environment variable `key_env`.
+    pub enabled: bool,
+    /// Name of the environment variable holding the HMAC key (at least 16 bytes). Keep
+    /// it secret and stable: a new key gives every user a new pseudonym.
+    pub key_env: String,
+    /// Also pseudonymise `session_id` with the same key.
+    pub pseudonymize_session_id: bool,
+    /// Click fields dropped at ingest: `query` (search text), `device`.
+    pub drop_fields: Vec<DroppedField>,
+    /// Round prices (click `price`, order `unit_price`) to a multiple of this, in the
+    /// shop's currency; unset keeps them exact.
+    pub price_step: Option<f64>,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            key_env: "SHOPSTREAM_PRIVACY_KEY".to_string(),
+            pseudonymize_session_id: true,
+            drop_fields: vec![DroppedField::Query],
+            price_step: None,
+        }
+    }
+}
+
+/// A click field `[privacy]` can drop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DroppedField {
+    /// The search text.
+    Query,
+    /// The device class.
+    Device,
 }
 
 /// How the input topics are read.

@@ -54,6 +54,20 @@ pub(crate) fn validate(config: &Config) -> Vec<Problem> {
             );
         }
     }
+    if config.privacy.enabled && config.privacy.key_env.trim().is_empty() {
+        bad(
+            "privacy.key_env",
+            "must name the environment variable that holds the HMAC key".into(),
+        );
+    }
+    if let Some(step) = config.privacy.price_step
+        && !(step.is_finite() && step > 0.0)
+    {
+        bad(
+            "privacy.price_step",
+            format!("{step} is not a positive amount; unset it to keep prices exact"),
+        );
+    }
     if config.kafka.group_id.trim().is_empty() {
         bad("kafka.group_id", "must not be empty".into());
     }

@@ -20,6 +20,7 @@ pub mod event;
 pub mod generator;
 pub mod import;
 pub mod mapping;
+pub mod privacy;
 pub mod record;
 
 /// serde helper for maps with non-string keys (JSON objects need string keys): the map is

@@ -52,6 +52,7 @@ use crate::read_progress::ReadProgress;
 use shopstream_ingest::decode::{DecodeLimits, Rejection, decode};
 use shopstream_ingest::event::{Event, InputTopic};
 use shopstream_ingest::mapping::LiveMapping;
+use shopstream_ingest::privacy::Privacy;
 
 pub use shopstream_ingest::record::RecordMeta;
 
@@ -140,6 +141,9 @@ pub struct SourceOptions {
     /// Topics whose messages a mapping decodes (`[input.mapping]`); the others carry
     /// contract v1.
     pub mappings: Arc<BTreeMap<InputTopic, LiveMapping>>,
+    /// `[privacy]`: pseudonyms and minimised fields, applied to every message as it is
+    /// decoded (events, their payload and key, and rejected messages alike).
+    pub privacy: Option<Arc<shopstream_ingest::privacy::Privacy>>,
 }
 
 /// Counters of a source run.
@@ -800,7 +804,8 @@ impl KafkaSource {
                     }
                     let payload = message.payload().unwrap_or_default();
                     let key = message.key().map(<[u8]>::to_vec);
-                    let decoded = match options.mappings.get(&topic) {
+                    let mapping = options.mappings.get(&topic);
+                    let decoded = match mapping {
                         Some(mapping) => mapping.decode(
                             meta.partition,
                             meta.offset,
@@ -810,20 +815,47 @@ impl KafkaSource {
                         ),
                         None => decode(topic, key.as_deref(), payload, options.limits),
                     };
-                    match decoded {
-                        Ok(event) => SourceMessage::Event {
+                    match (decoded, options.privacy.as_deref()) {
+                        (Ok(event), None) => SourceMessage::Event {
                             meta,
                             event,
                             key,
                             payload: payload.to_vec(),
                             received,
                         },
-                        Err(rejection) => SourceMessage::Rejected {
+                        (Ok(mut event), Some(privacy)) => {
+                            privacy.apply(&mut event);
+                            SourceMessage::Event {
+                                meta,
+                                key: privacy.key(&event, key),
+                                payload: Privacy::payload(&event),
+                                event,
+                                received,
+                            }
+                        }
+                        (Err(rejection), None) => SourceMessage::Rejected {
                             meta,
                             key,
                             payload: payload.to_vec(),
                             rejection,
                         },
+                        (Err(mut rejection), Some(privacy)) => {
+                            // A mapped topic's ids are under the shop's own field names:
+                            // its payload is withheld whole.
+                            let (key, payload) =
+                                privacy.dead_letter(key.as_deref(), payload, mapping.is_none());
+                            rejection.message = privacy.scrub_rejection(
+                                &rejection.message,
+                                message.key(),
+                                message.payload(),
+                            );
+                            SourceMessage::Rejected {
+                                meta,
+                                key,
+                                payload,
+                                rejection,
+                            }
+                        }
                     }
                 }
                 Err(KafkaError::PartitionEOF(partition)) => {

@@ -126,7 +126,8 @@ pub enum StoreCommand {
 
 #[derive(Args, Debug)]
 pub struct ForgetArgs {
-    /// A user id to erase, as stored in user_id (repeat for several).
+    /// A user id to erase (repeat for several). With privacy.enabled, the raw id: it is
+    /// pseudonymised with the key from privacy.key_env, as the job does.
     #[arg(long = "user", value_name = "ID", required = true)]
     pub users: Vec<String>,
     /// Only list the files that would be rewritten.
@@ -365,10 +366,15 @@ pub fn expire_cmd(config: &Config, args: ExpireArgs) -> Result<()> {
 }
 
 pub fn forget_cmd(config: &Config, args: ForgetArgs) -> Result<()> {
-    let users: std::collections::BTreeSet<String> = args.users.into_iter().collect();
-    if users.iter().any(|u| u.trim().is_empty()) {
+    if args.users.iter().any(|u| u.trim().is_empty()) {
         bail!("--user needs a non-empty id");
     }
+    // With [privacy] on, the store holds pseudonyms: erase (and record) those.
+    let users: std::collections::BTreeSet<String> =
+        match shopstream_job::pipeline::privacy(&config.privacy)? {
+            Some(privacy) => args.users.iter().map(|u| privacy.pseudonym(u)).collect(),
+            None => args.users.into_iter().collect(),
+        };
     let mut store_config = config.store.clone();
     store_config.path = root(config, args.store);
     let store = ParquetStore::open(&store_config)?;

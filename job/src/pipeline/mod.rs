@@ -154,7 +154,35 @@ fn source_options(config: &Config, stop_at_end: bool) -> Result<SourceOptions, P
             max_message_bytes: config.pipeline.max_message_bytes,
         },
         mappings: Arc::new(input_mappings(config)?),
+        privacy: privacy(&config.privacy)?.map(Arc::new),
     })
+}
+
+/// `[privacy]`, its key read from the environment; `None` when off.
+pub fn privacy(
+    config: &shopstream_config::PrivacyConfig,
+) -> Result<Option<shopstream_ingest::privacy::Privacy>, PipelineError> {
+    use shopstream_config::DroppedField;
+    if !config.enabled {
+        return Ok(None);
+    }
+    let key = std::env::var_os(&config.key_env).unwrap_or_default();
+    if key.is_empty() {
+        return Err(PipelineError::Unsupported(format!(
+            "privacy.enabled is true but ${} is empty or unset; export a random secret of at \
+             least 32 bytes there (keep it: a new key gives every user a new pseudonym)",
+            config.key_env
+        )));
+    }
+    let minimise = shopstream_ingest::privacy::Minimise {
+        sessions: config.pseudonymize_session_id,
+        query: config.drop_fields.contains(&DroppedField::Query),
+        device: config.drop_fields.contains(&DroppedField::Device),
+        price_step: config.price_step,
+    };
+    shopstream_ingest::privacy::Privacy::new(key.as_encoded_bytes(), minimise)
+        .map(Some)
+        .map_err(|e| PipelineError::Unsupported(format!("${}: {e}", config.key_env)))
 }
 
 /// Like [`run`], publishing [`Progress`] to `progress` as the job goes.
