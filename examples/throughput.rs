@@ -25,7 +25,8 @@
 //! THROUGHPUT_FILE_SPAN_SECS=0 sets `store.file_span_secs` (0: a file per window);
 //! THROUGHPUT_WORKERS=2 runs only the job with 2 workers, e.g. under perf;
 //! THROUGHPUT_GROUPS=2 only the group of 2 instances; THROUGHPUT_PACE=wall only the live
-//! part at the wall clock's pace, THROUGHPUT_PACE=compressed only the other)
+//! part at the wall clock's pace, THROUGHPUT_PACE=compressed only the other;
+//! THROUGHPUT_EXPLAIN=1 turns on `serving.explain`)
 
 #![allow(missing_docs)]
 
@@ -83,6 +84,7 @@ fn config_for(brokers: &str, prefix: &str) -> Config {
         *topic = format!("{prefix}.{name}");
     }
     config.http.enabled = false;
+    config.serving.explain = std::env::var("THROUGHPUT_EXPLAIN").is_ok_and(|v| v == "1");
     if let Some(secs) = std::env::var("THROUGHPUT_FILE_SPAN_SECS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -11,7 +11,7 @@ use toml::{Table, Value};
 
 use crate::sections::{
     CheckpointConfig, Config, DriftConfig, HttpConfig, InputConfig, KafkaConfig, ModelConfig,
-    PipelineConfig, PrivacyConfig, StoreConfig, TopicsConfig,
+    PipelineConfig, PrivacyConfig, ServingConfig, StoreConfig, TopicsConfig,
 };
 use crate::{ConfigError, Problem};
 
@@ -19,7 +19,7 @@ use crate::{ConfigError, Problem};
 /// `SHOPSTREAM__SECTION__KEY`.
 pub const ENV_PREFIX: &str = "SHOPSTREAM__";
 
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "kafka",
     "topics",
     "pipeline",
@@ -30,6 +30,7 @@ const SECTIONS: [&str; 10] = [
     "checkpoint",
     "input",
     "privacy",
+    "serving",
 ];
 
 pub(crate) fn parse_file(path: &Path, text: &str) -> Result<Table, ConfigError> {
@@ -140,6 +141,7 @@ pub(crate) fn deserialize_reporting_all(table: &Table) -> (Config, Vec<Problem>)
             "checkpoint" => check_keys::<CheckpointConfig>(section, keys, &mut problems),
             "input" => check_keys::<InputConfig>(section, keys, &mut problems),
             "privacy" => check_keys::<PrivacyConfig>(section, keys, &mut problems),
+            "serving" => check_keys::<ServingConfig>(section, keys, &mut problems),
             _ => check_keys::<ModelConfig>(section, keys, &mut problems),
         };
         good.insert(section.to_string(), Value::Table(kept));

@@ -22,7 +22,7 @@ pub use layering::ENV_PREFIX;
 pub use sections::{
     CalibrationHistory, CheckpointConfig, Config, DriftConfig, DriftReference, DroppedField,
     InputConfig, InputMappingConfig, Instances, KafkaConfig, ModelConfig, PipelineConfig,
-    PrivacyConfig, StoreConfig, TopicsConfig, secs_to_ms,
+    PrivacyConfig, ServingConfig, StoreConfig, TopicsConfig, secs_to_ms,
 };
 pub use validate::Problem;
 

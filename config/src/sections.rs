@@ -30,6 +30,19 @@ pub struct Config {
     pub input: InputConfig,
     /// Pseudonymisation and field minimisation at ingest (see `docs/privacy.md`).
     pub privacy: PrivacyConfig,
+    /// What each published prediction carries.
+    pub serving: ServingConfig,
+}
+
+/// What each published prediction carries.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServingConfig {
+    /// Add `top_features` to each prediction: the 3 model inputs whose absence would
+    /// change its click probability most (each set to its baseline: an unknown id, a
+    /// dense input at its running mean), with the signed change. Costs 18 extra forward
+    /// passes per impression (BENCHMARKS.md, "Prediction provenance").
+    pub explain: bool,
 }
 
 /// Pseudonymisation and field minimisation, applied to every event as it is decoded,

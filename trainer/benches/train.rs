@@ -68,6 +68,14 @@ fn bench(c: &mut Criterion) {
                 .sum::<f64>()
         })
     });
+    // serving.explain: the same predictions with their 3 largest input effects.
+    group.bench_function("predict_explained", |b| {
+        b.iter(|| {
+            rows.iter()
+                .map(|r| trained.predict_explained(r, None, 3).top_features.len())
+                .sum::<usize>()
+        })
+    });
     group.finish();
 }
 

@@ -66,6 +66,56 @@ enum Column {
     Dense(usize),
 }
 
+/// One input's part in one prediction: how much `p_click` changes when the input is set
+/// to its baseline (an id to the row of no value, a dense input to its running mean).
+/// Positive: the input raised the click probability.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Contribution {
+    /// The input ([`FIELD_NAMES`] or [`DENSE_NAMES`]).
+    pub feature: &'static str,
+    /// `p_click` minus `p_click` with the input at its baseline.
+    pub effect: f64,
+}
+
+/// The `k` inputs of `input` whose baseline changes `p_click` (which is `p_click`) most,
+/// largest change first (ties: model order); inputs already at their baseline change
+/// nothing and are left out. One forward pass per input.
+pub fn top_contributions(
+    model: &crate::joint::JointModel,
+    input: &Input,
+    p_click: f64,
+    k: usize,
+) -> Vec<Contribution> {
+    let rows = model.embedding_rows();
+    let means = model.dense_means();
+    let mut all = Vec::with_capacity(FIELDS + DENSE);
+    let mut probe = input.clone();
+    for (f, name) in FIELD_NAMES.iter().enumerate() {
+        let absent = crate::absent_row(f, rows);
+        if input.ids[f] == absent {
+            continue;
+        }
+        probe.ids[f] = absent;
+        all.push(Contribution {
+            feature: name,
+            effect: p_click - model.predict(&probe).p_click,
+        });
+        probe.ids[f] = input.ids[f];
+    }
+    for (d, mean) in means.iter().enumerate() {
+        probe.dense[d] = *mean;
+        all.push(Contribution {
+            feature: DENSE_NAMES[d],
+            effect: p_click - model.predict(&probe).p_click,
+        });
+        probe.dense[d] = input.dense[d];
+    }
+    // Stable: equal changes keep the model's order.
+    all.sort_by(|a, b| b.effect.abs().total_cmp(&a.effect.abs()));
+    all.truncate(k);
+    all
+}
+
 fn predict(trainer: &Trainer, inputs: &[Input]) -> Vec<[f64; 3]> {
     trainer
         .model()
@@ -181,6 +231,93 @@ mod tests {
     use shopstream_ingest::generator::{Generator, GeneratorOptions};
 
     use super::*;
+    use crate::Prediction;
+
+    /// `serving.explain`: each prediction keeps its probabilities and gets the 3 inputs
+    /// whose baseline moves `p_click` most, each effect exactly the change one more
+    /// forward pass shows.
+    #[test]
+    fn a_prediction_explains_itself_with_its_three_largest_input_effects() {
+        let options = GeneratorOptions {
+            seed: 11,
+            max_events: Some(20_000),
+            sessions_per_sec: 0.5,
+            size: WorldSize {
+                users: 200,
+                items: 300,
+                categories: 8,
+            },
+            ..GeneratorOptions::default()
+        };
+        let mut features = FeaturePipeline::new(&PipelineConfig::default());
+        let mut examples = Vec::new();
+        for (meta, event) in Generator::new(options).decoded() {
+            if features.ingest(meta, event).is_ok() {
+                examples.extend(features.close_ready().into_iter().flat_map(|w| w.examples));
+            }
+        }
+        let mut trainer = Trainer::new(&ModelConfig {
+            embedding_bits: 10,
+            ..ModelConfig::default()
+        });
+        let (train, sample) = examples.split_at(examples.len() - 200);
+        for window in train.chunks(500) {
+            trainer.train_window(window);
+        }
+        let mut top_ones = std::collections::BTreeSet::new();
+        for e in sample {
+            let row = shopstream_features::ServingRow {
+                event_id: e.event_id.clone(),
+                ts: e.ts,
+                user_id: e.user_id.clone(),
+                item_id: e.item_id.clone(),
+                features: e.features.clone(),
+            };
+            let plain = trainer.predict(&row, None);
+            let explained = trainer.predict_explained(&row, None, 3);
+            assert!(plain.top_features.is_empty());
+            assert_eq!(
+                Prediction {
+                    top_features: Vec::new(),
+                    ..explained.clone()
+                },
+                plain,
+                "explaining changes no probability"
+            );
+            let top = &explained.top_features;
+            assert_eq!(top.len(), 3);
+            assert!(
+                top.windows(2)
+                    .all(|w| w[0].effect.abs() >= w[1].effect.abs())
+            );
+            top_ones.insert(top[0].feature);
+            // Each effect is the change of one input to its baseline.
+            let rows = trainer.model().embedding_rows();
+            let input = input_of(&e.user_id, &e.item_id, &e.features, rows);
+            for c in top {
+                let mut probe = input.clone();
+                if let Some(f) = FIELD_NAMES.iter().position(|n| *n == c.feature) {
+                    probe.ids[f] = crate::absent_row(f, rows);
+                } else {
+                    let d = DENSE_NAMES.iter().position(|n| *n == c.feature).unwrap();
+                    probe.dense[d] = trainer.model().dense_means()[d];
+                }
+                let p = trainer.model().predict(&probe).p_click;
+                assert_eq!(c.effect, plain.p_click - p, "{}", c.feature);
+            }
+            let json = serde_json::to_string(&explained).unwrap();
+            assert!(json.contains("\"top_features\":[{\"feature\":"), "{json}");
+            assert!(
+                !serde_json::to_string(&plain)
+                    .unwrap()
+                    .contains("top_features")
+            );
+        }
+        assert!(
+            top_ones.len() > 1,
+            "the largest input differs between impressions: {top_ones:?}"
+        );
+    }
 
     /// On generator traffic the inputs that carry the true click probability matter and
     /// the hour of day, which does not, does not; the figures are the same for the same

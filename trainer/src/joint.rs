@@ -435,6 +435,15 @@ impl JointModel {
         1 << self.config.embedding_bits
     }
 
+    /// The dense inputs that normalise to 0: the running means of training.
+    pub fn dense_means(&self) -> [f64; DENSE] {
+        let mut means = [0.0; DENSE];
+        for (m, v) in means.iter_mut().zip(&self.normaliser.mean) {
+            *m = *v;
+        }
+        means
+    }
+
     fn forward(&self, input: &Input, t: &mut Trace) {
         let c = &self.config;
         let l = &self.layout;

@@ -64,6 +64,9 @@ pub struct Prediction {
     pub model_version: u64,
     /// Watermark of the job when the prediction was made, epoch milliseconds.
     pub watermark_ms: Option<i64>,
+    /// With `serving.explain`: the inputs that moved `p_click` most, largest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub top_features: Vec<explain::Contribution>,
 }
 
 /// A forecast of one item's sales in the next window.
@@ -158,6 +161,13 @@ fn fnv(field: u8, parts: &[&[u8]]) -> u64 {
 
 fn scenario_index(s: Scenario) -> usize {
     Scenario::ALL.iter().position(|x| *x == s).unwrap_or(0)
+}
+
+/// The embedding row of field `field` (0..FIELDS) with no value: what an unknown user or
+/// item, or an absent category or device, reads (the baseline of
+/// [`explain::top_contributions`]).
+pub fn absent_row(field: usize, rows: usize) -> usize {
+    (fnv(u8::try_from(field).unwrap_or(u8::MAX), &[b""]) % rows as u64) as usize
 }
 
 /// Model inputs of a feature row.
@@ -310,6 +320,17 @@ impl Trainer {
 
     /// Predictions for a serving row, from the current model.
     pub fn predict(&self, row: &ServingRow, watermark_ms: Option<i64>) -> Prediction {
+        self.predict_explained(row, watermark_ms, 0)
+    }
+
+    /// Like [`Trainer::predict`], with the `top` inputs that moved `p_click` most
+    /// ([`explain::top_contributions`]; none for 0).
+    pub fn predict_explained(
+        &self,
+        row: &ServingRow,
+        watermark_ms: Option<i64>,
+        top: usize,
+    ) -> Prediction {
         let input = input_of(
             &row.user_id,
             &row.item_id,
@@ -317,6 +338,10 @@ impl Trainer {
             self.model.embedding_rows(),
         );
         let out = self.model.predict(&input);
+        let top_features = match top {
+            0 => Vec::new(),
+            k => explain::top_contributions(&self.model, &input, out.p_click, k),
+        };
         Prediction {
             event_id: row.event_id.clone(),
             ts: row.ts,
@@ -329,6 +354,7 @@ impl Trainer {
             expected_revenue: out.p_ctcvr * out.log_value.max(0.0).exp_m1(),
             model_version: self.version,
             watermark_ms,
+            top_features,
         }
     }
 

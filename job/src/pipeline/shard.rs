@@ -135,6 +135,8 @@ pub(super) struct ShardStage<F = FeaturePipeline> {
     held: BTreeMap<(InputTopic, i32), Consumed>,
     /// Whether admitted events carry their [`Arrival`] (drift detection is on).
     arrivals: bool,
+    /// Inputs explained per prediction (`serving.explain`: 3; off: 0).
+    explain_top: usize,
 }
 
 pub(super) fn clean_limits(config: &Config) -> CleanLimits {
@@ -203,6 +205,7 @@ impl<F: Windowing> ShardStage<F> {
             features,
             held: BTreeMap::new(),
             arrivals: config.drift.enabled,
+            explain_top: if config.serving.explain { 3 } else { 0 },
         }
     }
 
@@ -312,7 +315,8 @@ impl<F: Windowing> ShardStage<F> {
             }
         }
         if let Some(row) = self.features.serving_row(&meta, &event) {
-            let prediction = model.predict(&row, self.features.watermark());
+            let prediction =
+                model.predict_explained(&row, self.features.watermark(), self.explain_top);
             fx.push(Effect::Predicted {
                 prediction,
                 received,
