@@ -8,10 +8,12 @@
 use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod support;
+
+use support::stdout_of;
 
 fn shopstream(args: &[&str], store: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_shopstream"));
@@ -21,15 +23,6 @@ fn shopstream(args: &[&str], store: &Path) -> Command {
         .arg(store)
         .env("SHOPSTREAM_LOG", "warn");
     command
-}
-
-fn stdout_of(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
 }
 
 /// `sql` over the store through `shopstream query`, as CSV lines without the header.

@@ -9,6 +9,8 @@ use std::process::{Command, Output};
 
 mod support;
 
+use support::stdout_of;
+
 fn shopstream(args: &[&str], store: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_shopstream"))
         .args(args)
@@ -17,15 +19,6 @@ fn shopstream(args: &[&str], store: &Path) -> Output {
         .env("SHOPSTREAM_LOG", "warn")
         .output()
         .unwrap()
-}
-
-fn stdout_of(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
 }
 
 fn examples_count(store: &Path) -> u64 {

@@ -222,22 +222,11 @@ impl ParquetStore {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use shopstream_config::StoreConfig;
-
     use super::*;
     use crate::read;
     use crate::store::tests::keyed;
 
-    const HOUR0: i64 = 1_767_571_200_000; // 2026-01-05T00:00:00Z
-
-    fn store(dir: &std::path::Path) -> ParquetStore {
-        ParquetStore::open(&StoreConfig {
-            path: dir.to_path_buf(),
-            compact_closed_hours: false,
-            ..StoreConfig::default()
-        })
-        .unwrap()
-    }
+    use crate::store::tests::{H0 as HOUR0, tree, uncompacted_store as store};
 
     /// Three windows in one hour: u1 and u2 in the first, u1 alone in the second, u2
     /// and u3 in the third.
@@ -275,29 +264,6 @@ mod tests {
         }
         users.sort();
         users
-    }
-
-    fn tree(root: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
-        walkdir(root)
-            .into_iter()
-            .map(|p| {
-                let bytes = std::fs::read(&p).unwrap();
-                (p.strip_prefix(root).unwrap().display().to_string(), bytes)
-            })
-            .collect()
-    }
-
-    fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                out.extend(walkdir(&path));
-            } else {
-                out.push(path);
-            }
-        }
-        out
     }
 
     #[test]

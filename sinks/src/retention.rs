@@ -130,16 +130,7 @@ mod tests {
     use crate::store::PARTITION_MS;
     use crate::store::tests::keyed;
 
-    const HOUR0: i64 = 1_767_571_200_000; // 2026-01-05T00:00:00Z
-
-    fn store(dir: &std::path::Path) -> ParquetStore {
-        ParquetStore::open(&StoreConfig {
-            path: dir.to_path_buf(),
-            compact_closed_hours: false,
-            ..StoreConfig::default()
-        })
-        .unwrap()
-    }
+    use crate::store::tests::{H0 as HOUR0, uncompacted_store as store};
 
     /// One row per window of a minute, across three hours.
     fn write_windows(store: &ParquetStore) {

@@ -931,8 +931,19 @@ pub(crate) mod tests {
         .expect("open")
     }
 
+    /// A store at `root` that does not compact as it goes (retention and erasure tests
+    /// compact, or not, themselves).
+    pub(crate) fn uncompacted_store(root: &Path) -> ParquetStore {
+        ParquetStore::open(&StoreConfig {
+            path: root.to_path_buf(),
+            compact_closed_hours: false,
+            ..StoreConfig::default()
+        })
+        .expect("open")
+    }
+
     /// Every file below `root` (relative path, bytes), manifest included.
-    fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    pub(crate) fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
         let mut out = BTreeMap::new();
         let mut stack = vec![root.to_path_buf()];
         while let Some(dir) = stack.pop() {
@@ -952,7 +963,8 @@ pub(crate) mod tests {
         out
     }
 
-    const H0: i64 = 1_767_571_200_000; // 2026-01-05T00:00:00Z
+    /// 2026-01-05T00:00:00Z, the start of the test stores' first hour.
+    pub(crate) const H0: i64 = 1_767_571_200_000;
 
     /// Four windows of one hour; users u1 and u2 have rows with equal (user_id, ts) in
     /// different windows, so the order of ties shows in the merged bytes.

@@ -519,3 +519,13 @@ pub fn demo_store(store: &Path, events: u32) {
         String::from_utf8_lossy(&demo.stderr)
     );
 }
+
+/// The stdout of a command that must have succeeded (else its stderr is the failure).
+pub fn stdout_of(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
