@@ -12,14 +12,15 @@
 # usage: scripts/output-digest.sh [--bin PATH] [--keep DIR] [--workers N]   print the digest
 #        scripts/output-digest.sh [--bin PATH] --check FILE [--workers N]  compare with FILE
 #
-# --bin defaults to target/release/shopstream (built with `cargo build --release --locked`
-# when missing). --workers sets the demo's pipeline.workers (default: one per core); the
+# --bin defaults to target/release/shopstream, built (or brought up to date) with `cargo
+# build --release --locked` first: a stale binary would digest an older version. --workers sets the demo's pipeline.workers (default: one per core); the
 # digest must not depend on it. Lines of FILE starting with '#' are comments. --check prints each
 # differing line and exits 1 when anything differs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bin=target/release/shopstream
+default_bin=target/release/shopstream
+bin="$default_bin"
 check=""
 keep=""
 workers=""
@@ -33,8 +34,8 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
-if [ ! -x "$bin" ]; then
-    echo "building $bin" >&2
+if [ "$bin" = "$default_bin" ]; then
+    echo "building $bin (cargo build --release --locked)" >&2
     cargo build --release --locked >&2
 fi
 
