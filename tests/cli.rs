@@ -53,6 +53,28 @@ fn check_config_prints_the_effective_config_with_env_overrides() {
 }
 
 #[test]
+fn check_config_checks_the_privacy_key_without_printing_it() {
+    let toml = "[privacy]\nenabled = true\nkey_env = \"SHOP_TEST_KEY\"\n";
+    let (code, _, stderr) = check_config(toml, &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("$SHOP_TEST_KEY is empty or unset"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = check_config(toml, &[("SHOP_TEST_KEY", "too short")]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("fewer than 16"), "{stderr}");
+    let key = "a secret of thirty-two bytes, ok";
+    let (code, stdout, stderr) = check_config(toml, &[("SHOP_TEST_KEY", key)]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("# privacy: key found in $SHOP_TEST_KEY"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(key) && !stderr.contains(key));
+}
+
+#[test]
 fn check_config_refuses_kafka_properties_shopstream_needs_and_honours_the_rest() {
     let (code, _, stderr) = check_config(
         r#"[kafka]

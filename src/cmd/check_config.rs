@@ -25,6 +25,15 @@ pub(crate) fn check_config(file: &Path) -> ExitCode {
                 eprintln!("error: {error}");
                 return ExitCode::from(2);
             }
+            // [privacy]: the key is in the environment, long enough (never printed).
+            match shopstream_job::pipeline::privacy(&config.privacy) {
+                Ok(Some(_)) => println!("# privacy: key found in ${}", config.privacy.key_env),
+                Ok(None) => {}
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return ExitCode::from(2);
+                }
+            }
             check_bucket(&config)
         }
         Err(error) => {
