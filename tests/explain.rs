@@ -39,16 +39,20 @@ fn model_explain_ranks_every_input_per_task_and_scenario_and_says_when_nothing_i
     }
     let rows: Vec<serde_json::Value> =
         serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    // 8 id fields and 10 dense inputs, 3 tasks, all impressions and 5 scenarios.
-    assert_eq!(rows.len(), 18 * 3 * 6);
+    // 8 id fields and 11 dense inputs, 3 tasks, all impressions and 5 scenarios.
+    assert_eq!(rows.len(), 19 * 3 * 6);
     let ctr = |feature: &str| {
         rows.iter()
             .find(|r| r["feature"] == feature && r["task"] == "ctr" && r["scenario"] == "all")
             .and_then(|r| r["drop"].as_f64())
             .unwrap()
     };
-    // The generator's clicks follow the user's category affinity, not the hour of day.
-    assert!(ctr("user_category_affinity") > 0.01, "{text}");
+    // The generator's clicks follow the user's category affinity, not the hour of day; the
+    // model sees that affinity in what the shop shows the user and in what they click.
+    assert!(
+        ctr("user_category_exposure") + ctr("user_category_affinity") > 0.01,
+        "{text}"
+    );
     assert!(ctr("hour_of_day").abs() < 0.002, "{text}");
 
     let out = explain("100000");

@@ -40,7 +40,7 @@ pub struct Config {
 pub struct ServingConfig {
     /// Add `top_features` to each prediction: the 3 model inputs whose absence would
     /// change its click probability most (each set to its baseline: an unknown id, a
-    /// dense input at its running mean), with the signed change. Costs 18 extra forward
+    /// dense input at its running mean), with the signed change. Costs 19 extra forward
     /// passes per impression (BENCHMARKS.md, "Prediction provenance").
     pub explain: bool,
 }

@@ -1580,6 +1580,7 @@ mod tests {
                 user: Default::default(),
                 user_recency_secs: None,
                 user_category_affinity: 0.0,
+                user_category_exposure: 0.0,
                 item: Default::default(),
                 item_category: Some("c1".into()),
                 item_price: None,

@@ -14,7 +14,7 @@ use crate::arrow_time::{utc_micros, utc_micros_type};
 use crate::rolling::{HORIZONS, Horizons, Totals};
 
 /// Version of the examples schema, written into the store's file metadata.
-pub const EXAMPLES_SCHEMA_VERSION: &str = "1";
+pub const EXAMPLES_SCHEMA_VERSION: &str = "2";
 
 /// Key-value metadata of an examples file of the window `[start_ms, end_ms)`: the schema
 /// version and the window's bounds.
@@ -53,6 +53,9 @@ pub struct Features {
     pub user_recency_secs: Option<f64>,
     /// Share of the user's (decayed) clicks that went to this item's category.
     pub user_category_affinity: f64,
+    /// Share of the user's (decayed) impressions that showed this item's category: what
+    /// the shop chose to show the user, which knows the user's tastes before any click.
+    pub user_category_exposure: f64,
     /// The item's rolling totals over 1 h, 24 h, 7 d (within the input partition).
     pub item: Horizons,
     /// The item's category as of the impression (inventory as-of join).
@@ -272,6 +275,11 @@ pub fn examples_batch(rows: &[Example]) -> Result<RecordBatch, ArrowError> {
         "user_category_affinity",
         false,
         rows.iter().map(|r| Some(f(r).user_category_affinity)),
+    ));
+    cols.push(f64_col(
+        "user_category_exposure",
+        false,
+        rows.iter().map(|r| Some(f(r).user_category_exposure)),
     ));
     cols.extend(rolling_cols("item", rows, |f| &f.item));
     cols.push(f64_col(

@@ -147,6 +147,7 @@ pub fn examples_from_batch(batch: &RecordBatch) -> Result<Vec<Example>, ExampleR
     let user = horizon_columns(batch, "user")?;
     let recency = f64s(batch, "user_recency_secs")?;
     let affinity = f64s(batch, "user_category_affinity")?;
+    let exposure = f64s(batch, "user_category_exposure")?;
     let item = horizon_columns(batch, "item")?;
     let category = utf8(batch, "item_category")?;
     let item_price = f64s(batch, "item_price")?;
@@ -180,6 +181,7 @@ pub fn examples_from_batch(batch: &RecordBatch) -> Result<Vec<Example>, ExampleR
                     user: horizons_at(&user, i),
                     user_recency_secs: opt(recency, i),
                     user_category_affinity: affinity.value(i),
+                    user_category_exposure: exposure.value(i),
                     item: horizons_at(&item, i),
                     item_category: opt_str(category, i),
                     item_price: opt(item_price, i),
@@ -227,6 +229,7 @@ mod tests {
                 user: [totals(i), totals(i + 1), totals(i + 2)],
                 user_recency_secs: (!sparse).then_some(12.5),
                 user_category_affinity: 0.25,
+                user_category_exposure: 0.5,
                 item: [totals(3 * i), totals(3 * i + 1), totals(3 * i + 2)],
                 item_category: (!sparse).then(|| "c1".to_string()),
                 item_price: (!sparse).then_some(10.0),

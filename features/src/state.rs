@@ -84,9 +84,17 @@ const SWEEP_EVERY_MS: Millis = 3_600_000;
 struct UserState {
     rolling: Rolling,
     last_ts: Option<Millis>,
-    /// Decayed click counts per category, as of `categories_ts`.
-    categories: Vec<(String, f32)>,
+    /// Per category: decayed clicks and decayed impressions, as of `categories_ts`.
+    categories: Vec<CategoryScore>,
     categories_ts: Millis,
+}
+
+/// A user's decayed activity in one category.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct CategoryScore {
+    category: String,
+    clicks: f32,
+    shown: f32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -278,7 +286,11 @@ impl FeatureState {
                 .and_then(|u| u.last_ts)
                 .map(|t| (click.ts - t) as f64 / 1000.0),
             user_category_affinity: match (user, &category) {
-                (Some(u), Some(c)) => affinity(u, c),
+                (Some(u), Some(c)) => u.category_share(c, |s| s.clicks),
+                _ => 0.0,
+            },
+            user_category_exposure: match (user, &category) {
+                (Some(u), Some(c)) => u.category_share(c, |s| s.shown),
                 _ => 0.0,
             },
             item: item.map(|i| i.rolling.totals(click.ts)).unwrap_or_default(),
@@ -554,7 +566,7 @@ impl FeatureState {
                         + u.rolling.heap_bytes()
                         + u.categories
                             .iter()
-                            .map(|(c, _)| c.len() + size_of::<(String, f32)>())
+                            .map(|c| c.category.len() + size_of::<CategoryScore>())
                             .sum::<usize>()
                 })
                 .sum::<usize>();
@@ -642,17 +654,53 @@ impl std::ops::Add for StateBytes {
     }
 }
 
-fn affinity(user: &UserState, category: &str) -> f64 {
-    let total: f64 = user.categories.iter().map(|(_, s)| f64::from(*s)).sum();
-    if total <= 0.0 {
-        return 0.0;
+impl UserState {
+    /// Counts an impression (`clicked` false) or a click in `category` at `ts`, after
+    /// decaying every category's scores to `ts`.
+    fn count_category(&mut self, category: &str, ts: Millis, clicked: bool) {
+        let decay = (-((ts - self.categories_ts).max(0) as f64) / AFFINITY_TAU_MS).exp() as f32;
+        for score in &mut self.categories {
+            score.clicks *= decay;
+            score.shown *= decay;
+        }
+        self.categories_ts = ts;
+        let (clicks, shown) = if clicked { (1.0, 0.0) } else { (0.0, 1.0) };
+        if let Some(score) = self.categories.iter_mut().find(|s| s.category == category) {
+            score.clicks += clicks;
+            score.shown += shown;
+            return;
+        }
+        self.categories.push(CategoryScore {
+            category: category.to_string(),
+            clicks,
+            shown,
+        });
+        if self.categories.len() > MAX_CATEGORIES {
+            // Forget the least active category (the first of equals, deterministically).
+            let weakest = self
+                .categories
+                .iter()
+                .enumerate()
+                .min_by(|a, b| (a.1.clicks + a.1.shown).total_cmp(&(b.1.clicks + b.1.shown)))
+                .map_or(0, |(i, _)| i);
+            self.categories.remove(weakest);
+        }
     }
-    let mine = user
-        .categories
-        .iter()
-        .find(|(c, _)| c == category)
-        .map_or(0.0, |(_, s)| f64::from(*s));
-    mine / total
+
+    /// The share of the user's decayed `score` (clicks or impressions) in `category`; 0
+    /// with no history.
+    fn category_share(&self, category: &str, score: impl Fn(&CategoryScore) -> f32) -> f64 {
+        let total: f64 = self.categories.iter().map(|s| f64::from(score(s))).sum();
+        if total <= 0.0 {
+            return 0.0;
+        }
+        let mine = self
+            .categories
+            .iter()
+            .find(|s| s.category == category)
+            .map_or(0.0, |s| f64::from(score(s)));
+        mine / total
+    }
 }
 
 impl PartitionState {
@@ -701,33 +749,15 @@ impl PartitionState {
             }
         };
         self.count(&c.user_id, item_id, c.ts, delta);
-        if c.kind != ClickKind::Click {
-            return;
+        let clicked = c.kind == ClickKind::Click;
+        if let Some(category) = category
+            && (clicked || c.kind == ClickKind::Impression)
+        {
+            self.user(&c.user_id)
+                .count_category(category, c.ts, clicked);
         }
-        if let Some(category) = category {
-            let user = self.user(&c.user_id);
-            let decay =
-                (-((c.ts - user.categories_ts).max(0) as f64) / AFFINITY_TAU_MS).exp() as f32;
-            for (_, score) in &mut user.categories {
-                *score *= decay;
-            }
-            user.categories_ts = c.ts;
-            match user.categories.iter_mut().find(|(cat, _)| cat == category) {
-                Some((_, score)) => *score += 1.0,
-                None => {
-                    user.categories.push((category.to_string(), 1.0));
-                    if user.categories.len() > MAX_CATEGORIES {
-                        // Forget the weakest category (the first of equals, deterministically).
-                        let weakest = user
-                            .categories
-                            .iter()
-                            .enumerate()
-                            .min_by(|a, b| a.1.1.total_cmp(&b.1.1))
-                            .map_or(0, |(i, _)| i);
-                        user.categories.remove(weakest);
-                    }
-                }
-            }
+        if !clicked {
+            return;
         }
         let Some(item_id) = item_id else { return };
         // Click join: the latest earlier impression of the same user, item and session.
@@ -888,6 +918,67 @@ mod tests {
             price: Some(2.0),
             query: None,
         })
+    }
+
+    #[test]
+    fn exposure_shares_impressions_and_affinity_shares_clicks_per_category() {
+        let limits = StateLimits {
+            click_window_ms: 600_000,
+            attribution_ms: 1_800_000,
+            ttl_ms: 8 * 86_400_000,
+        };
+        let t0 = 1_767_571_200_000;
+        let mut state = FeatureState::new(limits);
+        for (item, category) in [("i1", "shoes"), ("i2", "hats"), ("i3", "shoes")] {
+            let stock = Event::Inventory(shopstream_ingest::event::InventoryEvent {
+                event_id: format!("inv-{item}"),
+                ts: t0,
+                item_id: item.into(),
+                kind: shopstream_ingest::event::InventoryKind::Snapshot,
+                on_hand: Some(5),
+                delta: None,
+                price: Some(2.0),
+                category: Some(category.into()),
+            });
+            state.apply_same_ts(&[(InputTopic::Inventory, 0, &stock)]);
+        }
+        // Three impressions of shoes and one of hats a second apart (next to no decay at a
+        // 7-day time constant), then a click on hats.
+        for (n, item) in ["i1", "i2", "i1", "i1"].iter().enumerate() {
+            let ts = t0 + 1_000 * (n as i64 + 1);
+            state.apply_same_ts(&[(
+                InputTopic::Clicks,
+                0,
+                &click("u", item, ClickKind::Impression, ts),
+            )]);
+        }
+        let next = |state: &FeatureState, ts| {
+            let Event::Click(c) = click("u", "i3", ClickKind::Impression, ts) else {
+                unreachable!()
+            };
+            state.features_of(0, &c)
+        };
+        let before_click = next(&state, t0 + 10_000);
+        assert!(
+            (before_click.user_category_exposure - 0.75).abs() < 1e-6,
+            "{before_click:?}"
+        );
+        assert_eq!(before_click.user_category_affinity, 0.0, "no click yet");
+
+        state.apply_same_ts(&[(
+            InputTopic::Clicks,
+            0,
+            &click("u", "i2", ClickKind::Click, t0 + 20_000),
+        )]);
+        let after_click = next(&state, t0 + 30_000);
+        assert!(
+            (after_click.user_category_exposure - 0.75).abs() < 1e-6,
+            "a click is not an impression: {after_click:?}"
+        );
+        assert_eq!(
+            after_click.user_category_affinity, 0.0,
+            "the click went to hats"
+        );
     }
 
     #[test]

@@ -29,7 +29,7 @@ use shopstream_trainer::Trainer;
 use crate::pipeline::held_rows::HeldState;
 
 /// Version of the checkpoint contents (the file format has its own, in the sinks crate).
-pub const STATE_VERSION: u32 = 3;
+pub const STATE_VERSION: u32 = 4;
 
 /// An event held for a clock-skew decision.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

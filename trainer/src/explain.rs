@@ -37,6 +37,7 @@ pub const DENSE_NAMES: [&str; DENSE] = [
     "item_cvr_7d",
     "item_impressions_24h",
     "user_category_affinity",
+    "user_category_exposure",
     "price",
     "item_in_stock",
     "user_recency",
@@ -362,8 +363,11 @@ mod tests {
         };
         eprintln!("{}", render(&rows, "ctr", "all"));
         // The generator's click logit: scenario + user's category affinity + item quality +
-        // user bias + device - position decay. Not the hour.
-        assert!(drop("user_category_affinity") > 0.02);
+        // user bias + device - position decay. Not the hour. The user's tastes reach the
+        // model through two inputs: the categories the shop shows them (it picks from their
+        // tastes) and the categories they click.
+        assert!(drop("user_category_exposure") > 0.02);
+        assert!(drop("user_category_affinity") > 0.005);
         assert!(drop("scenario") > 0.02);
         assert!(drop("position") > 0.005);
         assert!(drop("hour_of_day").abs() < 0.002);

@@ -25,7 +25,7 @@ use crate::kernels::{Adam, adam, axpy, axpy_rows, dense_layer, dot};
 /// Categorical fields hashed into the embedding table.
 pub const FIELDS: usize = 8;
 /// Dense inputs.
-pub const DENSE: usize = 10;
+pub const DENSE: usize = 11;
 /// Scenarios (the contract's five).
 pub const SCENARIOS: usize = 5;
 /// Dense inputs of the item-demand head.

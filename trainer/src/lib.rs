@@ -203,6 +203,7 @@ pub fn dense_inputs(f: &Features) -> [f64; DENSE] {
         f.item_cvr_7d(),
         ln1p(f.item[1].impressions as f64),
         f.user_category_affinity,
+        f.user_category_exposure,
         f.price.map_or(0.0, ln1p),
         f.item_on_hand
             .map_or(0.0, |h| if h > 0 { 1.0 } else { -1.0 }),
@@ -529,6 +530,7 @@ mod tests {
                 user: Default::default(),
                 user_recency_secs: None,
                 user_category_affinity: 0.0,
+                user_category_exposure: 0.0,
                 item: Default::default(),
                 item_category: Some("c1".into()),
                 item_price: Some(10.0),

@@ -36,7 +36,7 @@ use super::super::held_rows::HeldState;
 use crate::recovery::HeldEvent;
 
 /// Version of the state inside a coordinator checkpoint (the file format has its own).
-pub(in crate::pipeline) const STATE_VERSION: u32 = 2;
+pub(in crate::pipeline) const STATE_VERSION: u32 = 3;
 
 /// Directory of the coordinator checkpoints under the checkpoint directory.
 const COORDINATOR_DIR: &str = "coordinator";

@@ -29,7 +29,7 @@ use super::super::checkpoint::{CheckpointPlan, warn_skipped, write_timed};
 use crate::recovery::HeldEvent;
 
 /// Version of the state inside a partition checkpoint (the file format has its own).
-pub(super) const STATE_VERSION: u32 = 1;
+pub(super) const STATE_VERSION: u32 = 2;
 
 /// Directory of the partition checkpoints under the checkpoint directory.
 const SHARDS_DIR: &str = "shards";
