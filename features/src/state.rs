@@ -875,13 +875,16 @@ impl PartitionState {
 mod tests {
     use super::*;
 
+    /// A 10-minute click window, 30-minute attribution and an 8-day time to live.
+    const LIMITS: StateLimits = StateLimits {
+        click_window_ms: 600_000,
+        attribution_ms: 1_800_000,
+        ttl_ms: 8 * 86_400_000,
+    };
+
     #[test]
     fn state_round_trips_through_json() {
-        let limits = StateLimits {
-            click_window_ms: 600_000,
-            attribution_ms: 1_800_000,
-            ttl_ms: 8 * 86_400_000,
-        };
+        let limits = LIMITS;
         let mut state = FeatureState::new(limits);
         let click = ClickEvent {
             event_id: "e".into(),
@@ -922,11 +925,7 @@ mod tests {
 
     #[test]
     fn exposure_shares_impressions_and_affinity_shares_clicks_per_category() {
-        let limits = StateLimits {
-            click_window_ms: 600_000,
-            attribution_ms: 1_800_000,
-            ttl_ms: 8 * 86_400_000,
-        };
+        let limits = LIMITS;
         let t0 = 1_767_571_200_000;
         let mut state = FeatureState::new(limits);
         for (item, category) in [("i1", "shoes"), ("i2", "hats"), ("i3", "shoes")] {
@@ -983,11 +982,7 @@ mod tests {
 
     #[test]
     fn a_forgotten_user_is_served_as_new_and_other_users_keep_their_state() {
-        let limits = StateLimits {
-            click_window_ms: 600_000,
-            attribution_ms: 1_800_000,
-            ttl_ms: 8 * 86_400_000,
-        };
+        let limits = LIMITS;
         let t0 = 1_767_571_200_000;
         let history = |state: &mut FeatureState| {
             for (n, user) in ["gone", "kept"].iter().enumerate() {
