@@ -1,4 +1,4 @@
-//! Feature rows and their Arrow form. The schema (version 1) is documented column by
+//! Feature rows and their Arrow form. The schema (version 2) is documented column by
 //! column in `docs/feature-schema.md`; [`examples_batch`] is its single definition.
 
 use std::sync::Arc;
