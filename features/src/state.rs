@@ -670,21 +670,28 @@ impl UserState {
             score.shown += shown;
             return;
         }
+        if self.categories.len() >= MAX_CATEGORIES {
+            // Forget the least active category, the first of equals among the kept ones
+            // before the new one: the new one goes (unallocated) only when it is less
+            // active than all of them. Evicting before the push keeps the list within
+            // MAX_CATEGORIES entries of capacity.
+            let activity = |s: &CategoryScore| s.clicks + s.shown;
+            let (weakest, least) = self
+                .categories
+                .iter()
+                .enumerate()
+                .min_by(|a, b| activity(a.1).total_cmp(&activity(b.1)))
+                .map_or((0, 0.0), |(i, s)| (i, activity(s)));
+            if clicks + shown < least {
+                return;
+            }
+            self.categories.remove(weakest);
+        }
         self.categories.push(CategoryScore {
             category: category.to_string(),
             clicks,
             shown,
         });
-        if self.categories.len() > MAX_CATEGORIES {
-            // Forget the least active category (the first of equals, deterministically).
-            let weakest = self
-                .categories
-                .iter()
-                .enumerate()
-                .min_by(|a, b| (a.1.clicks + a.1.shown).total_cmp(&(b.1.clicks + b.1.shown)))
-                .map_or(0, |(i, _)| i);
-            self.categories.remove(weakest);
-        }
     }
 
     /// The share of the user's decayed `score` (clicks or impressions) in `category`; 0

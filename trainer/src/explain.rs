@@ -234,29 +234,37 @@ mod tests {
     use super::*;
     use crate::Prediction;
 
+    /// The examples of each window the feature pipeline closes over `max_events` of
+    /// generated traffic (half a session a second) in a shop of `size`.
+    fn generated_windows(seed: u64, max_events: u64, size: WorldSize) -> Vec<Vec<Example>> {
+        let options = GeneratorOptions {
+            seed,
+            max_events: Some(max_events),
+            sessions_per_sec: 0.5,
+            size,
+            ..GeneratorOptions::default()
+        };
+        let mut features = FeaturePipeline::new(&PipelineConfig::default());
+        let mut windows = Vec::new();
+        for (meta, event) in Generator::new(options).decoded() {
+            if features.ingest(meta, event).is_ok() {
+                windows.extend(features.close_ready().into_iter().map(|w| w.examples));
+            }
+        }
+        windows
+    }
+
     /// `serving.explain`: each prediction keeps its probabilities and gets the 3 inputs
     /// whose baseline moves `p_click` most, each effect exactly the change one more
     /// forward pass shows.
     #[test]
     fn a_prediction_explains_itself_with_its_three_largest_input_effects() {
-        let options = GeneratorOptions {
-            seed: 11,
-            max_events: Some(20_000),
-            sessions_per_sec: 0.5,
-            size: WorldSize {
-                users: 200,
-                items: 300,
-                categories: 8,
-            },
-            ..GeneratorOptions::default()
+        let world = WorldSize {
+            users: 200,
+            items: 300,
+            categories: 8,
         };
-        let mut features = FeaturePipeline::new(&PipelineConfig::default());
-        let mut examples = Vec::new();
-        for (meta, event) in Generator::new(options).decoded() {
-            if features.ingest(meta, event).is_ok() {
-                examples.extend(features.close_ready().into_iter().flat_map(|w| w.examples));
-            }
-        }
+        let examples = generated_windows(11, 20_000, world).concat();
         let mut trainer = Trainer::new(&ModelConfig {
             embedding_bits: 10,
             ..ModelConfig::default()
@@ -325,24 +333,12 @@ mod tests {
     /// seed.
     #[test]
     fn the_generators_true_inputs_matter_and_an_unused_one_does_not() {
-        let options = GeneratorOptions {
-            seed: 7,
-            max_events: Some(60_000),
-            sessions_per_sec: 0.5,
-            size: WorldSize {
-                users: 400,
-                items: 600,
-                categories: 12,
-            },
-            ..GeneratorOptions::default()
+        let world = WorldSize {
+            users: 400,
+            items: 600,
+            categories: 12,
         };
-        let mut features = FeaturePipeline::new(&PipelineConfig::default());
-        let mut windows = Vec::new();
-        for (meta, event) in Generator::new(options).decoded() {
-            if features.ingest(meta, event).is_ok() {
-                windows.extend(features.close_ready().into_iter().map(|w| w.examples));
-            }
-        }
+        let windows = generated_windows(7, 60_000, world);
         let held_out = windows.len() * 4 / 5;
         let mut trainer = Trainer::new(&ModelConfig {
             embedding_bits: 12,
