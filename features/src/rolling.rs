@@ -153,9 +153,93 @@ impl Rolling {
         horizons
     }
 
+    /// Totals as of `ts` and the times `[from, until)` around `ts` over which they are
+    /// the same: no bucket enters or leaves its ring's reach in between. A bucket numbered
+    /// `n` of a ring of `width` and `length` counts for `n * width <= t < (n + length) *
+    /// width`. Where that arithmetic would overflow, the span is `ts` alone.
+    pub fn totals_with_span(&self, ts: Millis) -> (Horizons, Millis, Millis) {
+        let totals = self.totals(ts);
+        let (mut from, mut until) = (Millis::MIN, Millis::MAX);
+        for b in &self.buckets {
+            let (width, length) = RINGS[usize::from(b.ring)];
+            let enters = b.number.checked_mul(width);
+            let leaves = b
+                .number
+                .checked_add(length)
+                .and_then(|n| n.checked_mul(width));
+            for flip in [enters, leaves] {
+                match flip {
+                    Some(t) if t <= ts => from = from.max(t),
+                    Some(t) => until = until.min(t),
+                    None => return (totals, ts, ts.saturating_add(1)),
+                }
+            }
+        }
+        (totals, from, until)
+    }
+
     /// Bytes on the heap (the buckets' capacity).
     pub fn heap_bytes(&self) -> usize {
         self.buckets.capacity() * std::mem::size_of::<Bucket>()
+    }
+}
+
+/// Rolling counters queried again and again at times where they rarely change (an
+/// item's sales, summed for every item at every window boundary): the last totals are
+/// kept with the span of times they hold for, and a query inside it sums nothing.
+///
+/// Serialised as the bare [`Rolling`] (the kept totals are derived), and two of them are
+/// equal when their counters are.
+#[derive(Debug, Clone, Default)]
+pub struct CachedRolling {
+    rolling: Rolling,
+    /// (from, until, totals): the totals as of any time in `[from, until)`.
+    last: Option<(Millis, Millis, Horizons)>,
+}
+
+impl CachedRolling {
+    /// Adds `delta` at event time `ts` (see [`Rolling::add`]); forgets the kept totals.
+    pub fn add(&mut self, ts: Millis, delta: Counts) {
+        self.last = None;
+        self.rolling.add(ts, delta);
+    }
+
+    /// Totals over each horizon as of `ts`, the same as [`Rolling::totals`].
+    pub fn totals(&mut self, ts: Millis) -> Horizons {
+        match self.last {
+            Some((from, until, totals)) if from <= ts && ts < until => totals,
+            _ => {
+                let (totals, from, until) = self.rolling.totals_with_span(ts);
+                self.last = Some((from, until, totals));
+                totals
+            }
+        }
+    }
+
+    /// Bytes on the heap (the buckets' capacity).
+    pub fn heap_bytes(&self) -> usize {
+        self.rolling.heap_bytes()
+    }
+}
+
+impl PartialEq for CachedRolling {
+    fn eq(&self, other: &Self) -> bool {
+        self.rolling == other.rolling
+    }
+}
+
+impl Serialize for CachedRolling {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.rolling.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for CachedRolling {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Rolling::deserialize(deserializer).map(|rolling| Self {
+            rolling,
+            last: None,
+        })
     }
 }
 
@@ -276,6 +360,53 @@ mod tests {
             }
             proptest::prop_assert!(sparse.buckets.len() <= 37);
         }
+
+        /// Guards the kept totals of [`CachedRolling`]: queried at times that go back and
+        /// forth, across and inside the spans, between events and after them, it answers
+        /// what a fresh sum answers, bit for bit; and every time inside a reported span
+        /// sums the same.
+        #[test]
+        fn cached_totals_are_fresh_sums_at_any_time(
+            steps in proptest::collection::vec((0..6 * HOUR, 1u16..9, 0.0f32..50.0), 1..30),
+            probes in proptest::collection::vec(-HOUR..9 * DAY, 1..12),
+        ) {
+            let t0 = 1_767_571_200_000;
+            let mut cached = CachedRolling::default();
+            let mut t = t0;
+            for (step, units, spend) in steps {
+                t += step;
+                cached.add(t, Counts { units, spend, ..Counts::default() });
+                for probe in &probes {
+                    let at = t + probe;
+                    let fresh = cached.rolling.totals(at);
+                    let kept = cached.totals(at);
+                    proptest::prop_assert_eq!(kept, fresh);
+                    for (x, y) in kept.iter().zip(&fresh) {
+                        proptest::prop_assert_eq!(x.spend.to_bits(), y.spend.to_bits());
+                    }
+                    let (_, from, until) = cached.rolling.totals_with_span(at);
+                    proptest::prop_assert!(from <= at && at < until);
+                    for inside in [from, until.saturating_sub(1), from / 2 + until / 2] {
+                        if from <= inside && inside < until {
+                            proptest::prop_assert_eq!(cached.rolling.totals(inside), fresh);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn cached_rolling_serialises_as_its_counters_and_compares_by_them() {
+        let mut a = CachedRolling::default();
+        a.add(1_767_571_200_000, clicks(2));
+        let b = a.clone();
+        a.totals(1_767_571_200_000 + HOUR);
+        assert_eq!(a, b, "kept totals are not state");
+        let bytes = rmp_serde::to_vec(&a).expect("serialise");
+        assert_eq!(bytes, rmp_serde::to_vec(&a.rolling).expect("serialise"));
+        let back: CachedRolling = rmp_serde::from_slice(&bytes).expect("deserialise");
+        assert_eq!(back, a);
     }
 
     #[test]

@@ -33,7 +33,7 @@ use shopstream_ingest::event::{
 };
 
 use crate::example::{Example, Features, Labels};
-use crate::rolling::{Counts, Rolling};
+use crate::rolling::{CachedRolling, Counts, Rolling};
 
 /// Time limits of the joins and of state retention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,7 +112,7 @@ struct InventoryRow {
     /// Units sold (inventory `sale` events), rolling over 1 h / 24 h / 7 d; boxed and
     /// absent until the item's first sale (most items of a catalogue, and every row of a
     /// shard's replica, which counts no sales, do without its 37 buckets).
-    sales: Option<Box<Rolling>>,
+    sales: Option<Box<CachedRolling>>,
     /// Time of the latest sale.
     last_sale: Option<Millis>,
     /// Units sold in the window being applied.
@@ -449,25 +449,27 @@ impl FeatureState {
 
     /// Demand features of every item sold within the last 7 days, as of `at` (a window
     /// boundary), sorted by item id; the forecast for the next window is made from these.
-    pub fn demand_snapshot(&self, at: Millis) -> Vec<DemandFeatures> {
-        let mut rows: Vec<DemandFeatures> = self
+    pub fn demand_snapshot(&mut self, at: Millis) -> Vec<DemandFeatures> {
+        // Sorted as references: the rows are many times a reference's size.
+        let mut sold: Vec<(&String, &mut InventoryRow)> = self
             .inventory
-            .iter()
+            .iter_mut()
             .filter(|(_, r)| r.last_sale.is_some_and(|t| at - t <= DEMAND_LOOKBACK_MS))
+            .collect();
+        sold.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        sold.into_iter()
             .map(|(item, r)| DemandFeatures {
                 item_id: item.clone(),
                 at,
                 sales: r
                     .sales
-                    .as_ref()
+                    .as_mut()
                     .map(|sales| sales.totals(at - 1))
                     .unwrap_or_default(),
                 on_hand: r.on_hand,
                 price: r.price,
             })
-            .collect();
-        rows.sort_by(|a, b| a.item_id.cmp(&b.item_id));
-        rows
+            .collect()
     }
 
     /// Users of the window just applied, with the time of their first impression in it,
@@ -616,7 +618,7 @@ impl FeatureState {
                     + r.category.as_ref().map_or(0, String::len)
                     + r.sales
                         .as_ref()
-                        .map_or(0, |r| size_of::<Rolling>() + r.heap_bytes())
+                        .map_or(0, |r| size_of::<CachedRolling>() + r.heap_bytes())
             })
             .sum::<usize>();
         StateBytes {
