@@ -19,7 +19,8 @@ use crate::rolling::{HORIZONS, Horizons};
 pub enum ExampleReadError {
     /// A column of the examples schema is absent or has another type.
     #[error(
-        "column `{column}` is missing or is not {expected} (is this an `examples` file of schema version 1?)"
+        "column `{column}` is missing or is not {expected} (this build reads `examples` files of schema version {version}; a store of another version is rebuilt with `shopstream replay`, docs/feature-schema.md)",
+        version = crate::example::EXAMPLES_SCHEMA_VERSION
     )]
     Column {
         /// The column.

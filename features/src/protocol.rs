@@ -17,8 +17,10 @@ use shopstream_ingest::event::InputTopic;
 use crate::coordinator::{Close, Part};
 use crate::shard_set::Report;
 
-/// The encoding's version (the first byte of every message).
-pub const VERSION: u8 = 1;
+/// The encoding's version (the first byte of every message). Version 2: examples carry
+/// `user_category_exposure` (examples schema 2); every instance of a group runs one
+/// version, and a message of another is refused, not misread.
+pub const VERSION: u8 = 2;
 
 /// What a shard side sends the coordinator, all on one topic (`<prefix>.shards`) so that
 /// a sender's progress reaches the coordinator before the parts that depend on it.
@@ -196,7 +198,7 @@ mod tests {
             .map(|e| e.to_string());
         let error = error.unwrap_or_default();
         assert!(
-            error.contains("version 2, this build reads version 1"),
+            error.contains("version 3, this build reads version 2"),
             "{error}"
         );
         assert!(decode::<SequencedClose>(&[]).is_err());

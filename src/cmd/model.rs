@@ -306,6 +306,13 @@ pub(crate) fn inspect_cmd(file: &Path) -> Result<()> {
     for (name, n) in &header.blocks {
         println!("  {name:<24} {n}");
     }
+    if header.inputs.is_empty() {
+        println!(
+            "inputs:            not listed (an older build's file; this build cannot load it)"
+        );
+    } else {
+        println!("inputs:            {}", header.inputs.join(", "));
+    }
     match &header.last_window {
         Some(m) => println!("last window:       {}", serde_json::to_string(m)?),
         None => println!("last window:       none trained"),

@@ -17,7 +17,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::joint::{JointConfig, JointModel};
+use crate::explain::{DENSE_NAMES, FIELD_NAMES};
+use crate::joint::{DENSE, FIELDS, JointConfig, JointModel};
 use crate::{Trainer, WindowMetrics};
 
 /// First line of every model file.
@@ -40,8 +41,21 @@ pub struct ModelHeader {
     pub normaliser_counts: (f64, f64),
     /// Prequential metrics of the last window trained on, if any.
     pub last_window: Option<WindowMetrics>,
+    /// The model's inputs in order: its id fields, then its dense inputs. A file written
+    /// before they were recorded has none (its model took 10 dense inputs).
+    #[serde(default)]
+    pub inputs: Vec<String>,
     /// The arrays that follow the header, in order: (name, number of f64 values).
     pub blocks: Vec<(String, usize)>,
+}
+
+/// This build's model inputs, as a model file's header lists them.
+pub fn model_inputs() -> Vec<String> {
+    FIELD_NAMES
+        .iter()
+        .chain(DENSE_NAMES.iter())
+        .map(|name| (*name).to_string())
+        .collect()
 }
 
 /// Why a model file could not be written or read.
@@ -111,6 +125,7 @@ impl Trainer {
             demand_steps,
             normaliser_counts: (c1, c2),
             last_window: self.last_window().cloned(),
+            inputs: model_inputs(),
             blocks: blocks
                 .iter()
                 .map(|(n, b)| (n.to_string(), b.len()))
@@ -160,6 +175,7 @@ impl Trainer {
         serving: bool,
     ) -> Result<(Trainer, ModelHeader), ModelFileError> {
         let header = read_header_from(path, &mut input)?;
+        check_inputs(path, &header)?;
         let mut blocks = BTreeMap::new();
         for (name, len) in &header.blocks {
             // The header's lengths are checked against the file before anything is
@@ -198,6 +214,31 @@ impl Trainer {
         );
         Ok((trainer, header))
     }
+}
+
+/// A model trained on other inputs (another version of shopstream) cannot be loaded: its
+/// arrays have other shapes, or the same shapes with other meanings.
+fn check_inputs(path: &Path, header: &ModelHeader) -> Result<(), ModelFileError> {
+    let ours = model_inputs();
+    if header.inputs == ours {
+        return Ok(());
+    }
+    let theirs = if header.inputs.is_empty() {
+        "does not list its inputs (it was written by an older shopstream, whose model took \
+         10 dense inputs)"
+            .to_string()
+    } else {
+        format!("takes the inputs {}", header.inputs.join(", "))
+    };
+    Err(format(
+        path,
+        format!(
+            "the model {theirs}, and this build's model takes {} ({FIELDS} id fields, {DENSE} \
+             dense inputs): train one with this build, e.g. by replaying the topics into a new \
+             store (`shopstream replay`, docs/operations.md)",
+            ours.join(", ")
+        ),
+    ))
 }
 
 /// Reads only the header of a model file (for `shopstream model inspect`).
@@ -267,6 +308,56 @@ mod tests {
         for load in [Trainer::load, Trainer::load_serving] {
             let err = load(&path).expect_err("a damaged header must fail");
             assert!(err.to_string().contains("truncated"), "{err}");
+        }
+    }
+
+    /// Guards the upgrade path: a model file of another build's inputs (or of a build
+    /// before inputs were recorded) is refused with what it takes and what to do, not
+    /// with a shape mismatch.
+    #[test]
+    fn a_model_file_of_other_inputs_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.ssm");
+        let trainer = Trainer::new(&ModelConfig {
+            embedding_bits: 4,
+            ..ModelConfig::default()
+        });
+        trainer.save(&path).expect("save");
+        assert_eq!(read_header(&path).expect("header").inputs, model_inputs());
+        // The magic and JSON lines, then the arrays.
+        let bytes = std::fs::read(&path).expect("read");
+        let arrays_at = 1 + bytes
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .nth(1)
+            .expect("two header lines")
+            .0;
+        let header = std::str::from_utf8(&bytes[..arrays_at]).expect("the header is text");
+        let listed = format!(
+            ",\"inputs\":{}",
+            serde_json::to_string(&model_inputs()).expect("json")
+        );
+        assert!(
+            header.contains(&listed),
+            "the header lists the inputs: {header}"
+        );
+        let older = header.replacen(&listed, "", 1);
+        let other = header.replacen("\"user_category_exposure\"", "\"user_category_share\"", 1);
+        for (header, says) in [
+            (older, "does not list its inputs"),
+            (other, "takes the inputs user, item, "),
+        ] {
+            let edited = dir.path().join("edited.ssm");
+            let mut file = header.into_bytes();
+            file.extend_from_slice(&bytes[arrays_at..]);
+            std::fs::write(&edited, &file).expect("write");
+            let message = Trainer::load(&edited)
+                .expect_err("other inputs must be refused")
+                .to_string();
+            assert!(message.contains(says), "{message}");
+            assert!(message.contains("user_category_exposure"), "{message}");
+            assert!(message.contains("shopstream replay"), "{message}");
         }
     }
 
