@@ -288,3 +288,89 @@ fn an_import_that_cannot_sort_on_disk_says_where_and_what_to_do() {
     assert!(stderr.contains("cannot sort"), "{stderr}");
     assert!(stderr.contains("set TMPDIR"), "{stderr}");
 }
+
+/// Guards the upgrade path: `run` on a store an older build wrote (examples of schema
+/// version 1) stops before connecting or writing, naming both versions and the way out.
+#[test]
+fn run_on_a_store_of_an_older_examples_schema_says_to_replay_into_a_new_store() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use arrow::array::{RecordBatch, StringArray, TimestampMicrosecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = shopstream_sinks::store::ParquetStore::open(&shopstream_config::StoreConfig {
+        path: dir.path().to_path_buf(),
+        ..shopstream_config::StoreConfig::default()
+    })
+    .unwrap();
+    let schema = Schema::new(vec![
+        Field::new("user_id", DataType::Utf8, false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+    ]);
+    let ts = 1_767_571_200_000_i64;
+    let batch = RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(StringArray::from(vec!["u1"])),
+            Arc::new(TimestampMicrosecondArray::from(vec![ts * 1000]).with_timezone("UTC")),
+        ],
+    )
+    .unwrap();
+    let metadata = BTreeMap::from([("shopstream.schema_version".to_string(), "1".to_string())]);
+    store
+        .write(
+            "examples",
+            &format!("window-{ts}"),
+            &batch,
+            &metadata,
+            &BTreeMap::new(),
+        )
+        .unwrap();
+    let before = walk(dir.path());
+
+    let output = shopstream()
+        .args(["run", "--stop-at-end"])
+        .env("SHOPSTREAM__STORE__PATH", dir.path())
+        .env("SHOPSTREAM__KAFKA__BROKERS", "127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "schema version 1, and this build writes version {}",
+            shopstream_features::EXAMPLES_SCHEMA_VERSION
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("shopstream replay"), "{stderr}");
+    assert_eq!(
+        walk(dir.path()),
+        before,
+        "nothing written beside the old files"
+    );
+}
+
+/// Every file below `root`, relative, sorted.
+fn walk(root: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}

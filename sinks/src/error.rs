@@ -65,6 +65,21 @@ pub enum StoreError {
         /// What is wrong.
         message: String,
     },
+    /// The store holds a table's files of another schema version than this build writes
+    /// (a store of an older build). User: a store holds one version of each table.
+    #[error(
+        "{path} (table `{table}`) is of schema version {found}, and this build writes version {expected} (docs/feature-schema.md): one store holds one version, so replay the topics into a new store (`shopstream replay` with another store.path), or move this store aside"
+    )]
+    SchemaVersion {
+        /// The table.
+        table: String,
+        /// A file of the other version.
+        path: PathBuf,
+        /// Its version (`none` when the file does not say).
+        found: String,
+        /// This build's version.
+        expected: String,
+    },
     /// A store location (`store.path`) or its options are wrong. User.
     #[error("store location {location}: {message}")]
     Location {

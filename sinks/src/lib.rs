@@ -12,6 +12,8 @@
 //!   it, and compaction replaces many small files of an hour by one.
 //! - [`retention`]: hour partitions past `store.retention_days` leave through the
 //!   manifest (`shopstream store expire`, and the job as hours settle).
+//! - [`schema_version`]: a job refuses a store whose `examples` files are of another
+//!   schema version than it writes.
 //! - [`forget`]: a user's rows leave every table through the manifest (`shopstream
 //!   store forget`).
 //! - [`checkpoint`]: versioned, checksummed checkpoint files written atomically, the last
@@ -36,6 +38,7 @@ pub mod query;
 pub mod read;
 mod recent;
 pub mod retention;
+pub mod schema_version;
 pub mod storage;
 pub mod store;
 pub mod tables;

@@ -45,6 +45,59 @@ pub fn read_object(storage: &Storage, key: &str) -> Result<FileContents, StoreEr
     read_parquet(&path, bytes)
 }
 
+/// The key-value metadata of the Parquet object `key` of `storage` (its footer only,
+/// where the storage can read part of an object; a bucket's object is fetched whole).
+pub fn object_metadata(
+    storage: &Storage,
+    key: &str,
+) -> Result<BTreeMap<String, String>, StoreError> {
+    let path = storage.location(key);
+    if storage.local_root().is_some() {
+        let file = File::open(&path).map_err(io_err(&path))?;
+        return footer_metadata(&path, file);
+    }
+    let Some(bytes) = storage.get(key)? else {
+        return Err(StoreError::Io {
+            path,
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "a committed file is missing (deleted outside shopstream?)",
+            ),
+        });
+    };
+    footer_metadata(&path, bytes)
+}
+
+/// The key-value metadata of the Parquet in `source` (read from `path`, for errors),
+/// without the Arrow schema.
+fn footer_metadata<R: ChunkReader + 'static>(
+    path: &Path,
+    source: R,
+) -> Result<BTreeMap<String, String>, StoreError> {
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(source).map_err(|source| StoreError::Parquet {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(key_values(&builder))
+}
+
+fn key_values<T>(
+    builder: &parquet::arrow::arrow_reader::ArrowReaderBuilder<T>,
+) -> BTreeMap<String, String> {
+    builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .map(|kv| {
+            kv.iter()
+                .filter(|kv| kv.key != "ARROW:schema")
+                .map(|kv| (kv.key.clone(), kv.value.clone().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Reads Parquet from `source` (read from `path`, for errors).
 fn read_parquet<R: ChunkReader + 'static>(
     path: &Path,
@@ -55,17 +108,7 @@ fn read_parquet<R: ChunkReader + 'static>(
         source,
     };
     let builder = ParquetRecordBatchReaderBuilder::try_new(source).map_err(parquet_err)?;
-    let metadata = builder
-        .metadata()
-        .file_metadata()
-        .key_value_metadata()
-        .map(|kv| {
-            kv.iter()
-                .filter(|kv| kv.key != "ARROW:schema")
-                .map(|kv| (kv.key.clone(), kv.value.clone().unwrap_or_default()))
-                .collect()
-        })
-        .unwrap_or_default();
+    let metadata = key_values(&builder);
     let batches = builder
         .build()
         .map_err(parquet_err)?

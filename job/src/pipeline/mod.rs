@@ -390,6 +390,11 @@ pub async fn run_observed(
 /// The store of `config`, with the uncommitted files an earlier run left deleted.
 pub(super) fn open_store(config: &Config) -> Result<ParquetStore, PipelineError> {
     let store = ParquetStore::open(&config.store)?;
+    shopstream_sinks::schema_version::check_schema_version(
+        store.storage(),
+        tables::EXAMPLES,
+        shopstream_features::EXAMPLES_SCHEMA_VERSION,
+    )?;
     for table in tables::ALL {
         let removed = store.vacuum(table)?;
         if removed > 0 {
