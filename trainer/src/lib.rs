@@ -163,12 +163,22 @@ fn scenario_index(s: Scenario) -> usize {
     Scenario::ALL.iter().position(|x| *x == s).unwrap_or(0)
 }
 
-/// The embedding row of field `field` (0..FIELDS) with no value: what an unknown user or
-/// item, or an absent category or device, reads (the baseline of
-/// [`explain::top_contributions`]).
+/// The embedding row of field `field` (0..FIELDS) with no known value: what a new user or
+/// item (the shared row of [`MIN_IMPRESSIONS_FOR_OWN_ROW`]), or an absent category or
+/// device, reads (the baseline of [`explain::top_contributions`]).
 pub fn absent_row(field: usize, rows: usize) -> usize {
-    (fnv(u8::try_from(field).unwrap_or(u8::MAX), &[b""]) % rows as u64) as usize
+    let value: &[u8] = if field <= 1 { NEW_ID } else { b"" };
+    (fnv(u8::try_from(field).unwrap_or(u8::MAX), &[value]) % rows as u64) as usize
 }
+
+/// A user or item with fewer impressions than this over the last 7 days (before the
+/// event) takes the shared row of new ids of its field instead of its own: a row seen
+/// once or twice is still near its random start and adds noise, while the shared row
+/// learns how new users and items behave (frequency-filtered ids; BENCHMARKS.md).
+pub const MIN_IMPRESSIONS_FOR_OWN_ROW: i64 = 3;
+
+/// What the id fields hash for a new id (no id hashes to it: ids are UTF-8, this is not).
+const NEW_ID: &[u8] = b"\xff new";
 
 /// Model inputs of a feature row.
 pub fn input_of(user_id: &str, item_id: &str, f: &Features, rows: usize) -> Input {
@@ -176,8 +186,8 @@ pub fn input_of(user_id: &str, item_id: &str, f: &Features, rows: usize) -> Inpu
     let position = [f.position.map_or(255, |p| p.min(30) as u8)];
     let slot = |field: u8, parts: &[&[u8]]| (fnv(field, parts) % rows as u64) as usize;
     let ids: [usize; FIELDS] = [
-        slot(0, &[user_id.as_bytes()]),
-        slot(1, &[item_id.as_bytes()]),
+        slot(0, &[own_or_new(user_id, f.user[2].impressions)]),
+        slot(1, &[own_or_new(item_id, f.item[2].impressions)]),
         slot(2, &[f.item_category.as_deref().unwrap_or("").as_bytes()]),
         slot(3, &[scenario]),
         slot(4, &[f.device.as_deref().unwrap_or("").as_bytes()]),
@@ -189,6 +199,16 @@ pub fn input_of(user_id: &str, item_id: &str, f: &Features, rows: usize) -> Inpu
         ids,
         dense: dense_inputs(f),
         scenario: scenario_index(f.scenario),
+    }
+}
+
+/// The bytes an id field hashes: the id, or [`NEW_ID`] when it was seen fewer than
+/// [`MIN_IMPRESSIONS_FOR_OWN_ROW`] times.
+fn own_or_new(id: &str, impressions_7d: i64) -> &[u8] {
+    if impressions_7d >= MIN_IMPRESSIONS_FOR_OWN_ROW {
+        id.as_bytes()
+    } else {
+        NEW_ID
     }
 }
 
@@ -514,6 +534,14 @@ mod tests {
     use super::*;
     use shopstream_features::Labels;
 
+    /// Counters of a user or item seen often enough for its own embedding row.
+    fn seen() -> shopstream_features::rolling::Horizons {
+        [shopstream_features::rolling::Totals {
+            impressions: MIN_IMPRESSIONS_FOR_OWN_ROW,
+            ..Default::default()
+        }; 3]
+    }
+
     fn example(user: &str, clicked: bool) -> Example {
         Example {
             event_id: format!("e-{user}"),
@@ -527,11 +555,11 @@ mod tests {
                 price: Some(10.0),
                 hour_of_day: 10,
                 day_of_week: 2,
-                user: Default::default(),
+                user: seen(),
                 user_recency_secs: None,
                 user_category_affinity: 0.0,
                 user_category_exposure: 0.0,
-                item: Default::default(),
+                item: seen(),
                 item_category: Some("c1".into()),
                 item_price: Some(10.0),
                 item_on_hand: Some(3),
@@ -562,6 +590,31 @@ mod tests {
             learning_rate: 0.01,
             batch_size: 16,
             ..ModelConfig::default()
+        }
+    }
+
+    /// Guards the frequency filter: users and items seen fewer than
+    /// MIN_IMPRESSIONS_FOR_OWN_ROW times share their field's row of new ids (the explain
+    /// baseline), and from then on each has its own.
+    #[test]
+    fn new_users_and_items_share_a_row_until_seen_often_enough() {
+        let rows = 1 << 10;
+        let mut f = example("u1", false).features;
+        let own = input_of("u1", "sku", &f, rows).ids;
+        assert_ne!(input_of("u2", "sku", &f, rows).ids[0], own[0]);
+        for seen in [0, MIN_IMPRESSIONS_FOR_OWN_ROW - 1] {
+            f.user[2].impressions = seen;
+            f.item[2].impressions = seen;
+            let a = input_of("u1", "sku", &f, rows).ids;
+            let b = input_of("u2", "other", &f, rows).ids;
+            assert_eq!(
+                (a[0], a[1]),
+                (b[0], b[1]),
+                "new ids share one row per field"
+            );
+            assert_eq!((a[0], a[1]), (absent_row(0, rows), absent_row(1, rows)));
+            assert_ne!((a[0], a[1]), (own[0], own[1]));
+            assert_eq!(a[2..], own[2..], "other fields are untouched");
         }
     }
 
