@@ -6,6 +6,7 @@ use std::fs::File;
 use std::path::Path;
 
 use arrow::array::{Array, BooleanArray, RecordBatch, StringArray};
+use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::reader::ChunkReader;
 
@@ -33,16 +34,19 @@ pub fn read_file(path: &Path) -> Result<FileContents, StoreError> {
 /// batches.
 pub fn read_object(storage: &Storage, key: &str) -> Result<FileContents, StoreError> {
     let path = storage.location(key);
-    let Some(bytes) = storage.get(key)? else {
-        return Err(StoreError::Io {
-            path,
-            source: std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "a committed file is missing (deleted outside shopstream?)",
-            ),
-        });
-    };
+    let bytes = committed_bytes(storage, key, &path)?;
     read_parquet(&path, bytes)
+}
+
+/// The bytes of the committed object `key` (at `path`): its absence is an error.
+fn committed_bytes(storage: &Storage, key: &str, path: &Path) -> Result<Bytes, StoreError> {
+    storage.get(key)?.ok_or_else(|| StoreError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "a committed file is missing (deleted outside shopstream?)",
+        ),
+    })
 }
 
 /// The key-value metadata of the Parquet object `key` of `storage` (its footer only,
@@ -56,15 +60,7 @@ pub fn object_metadata(
         let file = File::open(&path).map_err(io_err(&path))?;
         return footer_metadata(&path, file);
     }
-    let Some(bytes) = storage.get(key)? else {
-        return Err(StoreError::Io {
-            path,
-            source: std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "a committed file is missing (deleted outside shopstream?)",
-            ),
-        });
-    };
+    let bytes = committed_bytes(storage, key, &path)?;
     footer_metadata(&path, bytes)
 }
 

@@ -263,15 +263,21 @@ mod tests {
     use super::*;
     use shopstream_config::ModelConfig;
 
-    #[test]
-    fn save_then_load_gives_the_same_model_and_corruption_is_detected() {
-        let dir = tempfile::tempdir().expect("tempdir");
+    /// A fresh model of 2^`bits` embedding rows saved as `m.ssm` in `dir`: (its path, it).
+    fn saved(dir: &tempfile::TempDir, bits: u32) -> (std::path::PathBuf, Trainer) {
         let path = dir.path().join("m.ssm");
         let trainer = Trainer::new(&ModelConfig {
-            embedding_bits: 8,
+            embedding_bits: bits,
             ..ModelConfig::default()
         });
         trainer.save(&path).expect("save");
+        (path, trainer)
+    }
+
+    #[test]
+    fn save_then_load_gives_the_same_model_and_corruption_is_detected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, trainer) = saved(&dir, 8);
         let (loaded, header) = Trainer::load(&path).expect("load");
         assert_eq!(loaded.model_bytes(), trainer.model_bytes());
         assert_eq!(header.blocks.len(), 13);
@@ -287,13 +293,7 @@ mod tests {
     #[test]
     fn a_header_claiming_huge_blocks_is_an_error_not_an_abort() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("m.ssm");
-        Trainer::new(&ModelConfig {
-            embedding_bits: 4,
-            ..ModelConfig::default()
-        })
-        .save(&path)
-        .expect("save");
+        let (path, _) = saved(&dir, 4);
         let text = String::from_utf8_lossy(&std::fs::read(&path).expect("read")).into_owned();
         let start = text
             .find("[\"params\",")
@@ -317,12 +317,7 @@ mod tests {
     #[test]
     fn a_model_file_of_other_inputs_is_refused_with_what_to_do() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("m.ssm");
-        let trainer = Trainer::new(&ModelConfig {
-            embedding_bits: 4,
-            ..ModelConfig::default()
-        });
-        trainer.save(&path).expect("save");
+        let (path, _) = saved(&dir, 4);
         assert_eq!(read_header(&path).expect("header").inputs, model_inputs());
         // The magic and JSON lines, then the arrays.
         let bytes = std::fs::read(&path).expect("read");
