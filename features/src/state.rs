@@ -987,6 +987,64 @@ mod tests {
             after_click.user_category_affinity, 0.0,
             "the click went to hats"
         );
+
+        // A click on shoes: one of the user's two clicks is shoes (the hats click, 20 s
+        // older, has decayed by 3e-5 at a 7-day time constant).
+        state.apply_same_ts(&[(
+            InputTopic::Clicks,
+            0,
+            &click("u", "i1", ClickKind::Click, t0 + 40_000),
+        )]);
+        let shoes = next(&state, t0 + 50_000);
+        assert!(
+            (shoes.user_category_affinity - 0.5).abs() < 1e-4,
+            "{shoes:?}"
+        );
+        assert!(
+            (shoes.user_category_exposure - 0.75).abs() < 1e-6,
+            "{shoes:?}"
+        );
+    }
+
+    /// Guards the eviction of category scores: with MAX_CATEGORIES kept, a new category
+    /// replaces the least active one (clicks + impressions, decayed; the first of equals),
+    /// and one less active than every kept category is not kept; the shares are over the
+    /// kept categories.
+    #[test]
+    fn the_least_active_category_is_forgotten_and_a_weaker_newcomer_is_not_kept() {
+        let t0 = 1_767_571_200_000;
+        let mut user = UserState::default();
+        for k in 0..MAX_CATEGORIES {
+            for _ in 0..if k == 0 { 1 } else { 2 } {
+                user.count_category(&format!("c{k}"), t0, false);
+            }
+        }
+        let names = |user: &UserState| -> Vec<String> {
+            user.categories.iter().map(|s| s.category.clone()).collect()
+        };
+        // As active as c0 (one event): c0, the least active, goes.
+        user.count_category("new", t0, true);
+        let mut expected: Vec<String> = (1..MAX_CATEGORIES).map(|k| format!("c{k}")).collect();
+        expected.push("new".to_string());
+        assert_eq!(names(&user), expected);
+        assert_eq!(user.category_share("new", |s| s.clicks), 1.0);
+        let exposure = user.category_share("c1", |s| s.shown);
+        assert!((exposure - 1.0 / 7.0).abs() < 1e-6, "{exposure}");
+        // Every kept category now has two events: a newcomer with one is not kept.
+        user.count_category("new", t0, false);
+        user.count_category("late", t0, true);
+        assert_eq!(names(&user), expected);
+        assert_eq!(user.category_share("late", |s| s.clicks), 0.0);
+        // A week later the kept scores have decayed below one event: the first of the
+        // least active (c1) makes room for a newcomer.
+        user.count_category("later", t0 + 7 * 86_400_000, false);
+        assert!(
+            !names(&user).contains(&"c1".to_string()),
+            "{:?}",
+            names(&user)
+        );
+        assert_eq!(names(&user).last().map(String::as_str), Some("later"));
+        assert_eq!(user.categories.len(), MAX_CATEGORIES);
     }
 
     #[test]
