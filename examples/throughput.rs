@@ -146,10 +146,27 @@ async fn bench(brokers: &str, events: u64, rounds: usize) -> anyhow::Result<()> 
                 stop_at_end: true,
                 ..RunOptions::default()
             };
-            let summary = run(&run_config, options, std::future::pending())
-                .await
-                .with_context(|| format!("job run with {workers} workers"))?;
+            // When the first message is consumed: start-up (group join, topic checks,
+            // the store) is part of the job's time but not of its per-message cost.
+            let (progress, mut observed) = tokio::sync::watch::channel(Default::default());
+            let first = tokio::spawn(async move {
+                let started = Instant::now();
+                let seen = observed
+                    .wait_for(|p: &shopstream_job::pipeline::Progress| p.consumed > 0)
+                    .await
+                    .is_ok();
+                seen.then(|| started.elapsed().as_secs_f64())
+            });
+            let summary = shopstream_job::pipeline::run_observed(
+                &run_config,
+                options,
+                std::future::pending(),
+                progress,
+            )
+            .await
+            .with_context(|| format!("job run with {workers} workers"))?;
             let seconds = watch.wall_secs();
+            let first_message = first.await.ok().flatten();
             let consumed: u64 = summary.consumed.values().sum();
             if consumed != messages {
                 bail!("the job consumed {consumed} of {messages} messages");
@@ -165,11 +182,12 @@ async fn bench(brokers: &str, events: u64, rounds: usize) -> anyhow::Result<()> 
                 summary.window_processing.p99_us,
             );
             println!(
-                "           {} windows closed, {} example files, {} compactions, {} checkpoints",
+                "           {} windows closed, {} example files, {} compactions, {} checkpoints; first message consumed after {}",
                 summary.windows_closed,
                 summary.files_written,
                 summary.compactions,
                 summary.checkpoints,
+                first_message.map_or("-".to_string(), |s| format!("{s:.2} s")),
             );
         }
         for instances in group_sizes() {
