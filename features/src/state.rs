@@ -177,8 +177,43 @@ struct PartitionState {
     last_sweep: Millis,
 }
 
-fn join_key(parts: &[&str]) -> String {
-    parts.join("\u{1f}")
+thread_local! {
+    /// The buffer [`with_join_key`] builds keys in.
+    static JOIN_KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Calls `f` with the join key of `parts` (joined by \x1f, the separator the maps'
+/// documentation shows), built in a reused buffer: a lookup (one or two per event, and one
+/// per matured example) allocates nothing. `f` must not call it again.
+fn with_join_key<R>(parts: &[&str], f: impl FnOnce(&str) -> R) -> R {
+    JOIN_KEY.with_borrow_mut(|key| {
+        key.clear();
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                key.push('\u{1f}');
+            }
+            key.push_str(part);
+        }
+        f(key)
+    })
+}
+
+/// Appends `value` to the list of the join key of `parts` in `map`; the key is
+/// allocated only when it is new. Returns the list.
+fn push_keyed<'m, V>(
+    map: &'m mut HashMap<String, Vec<V>>,
+    parts: &[&str],
+    value: V,
+) -> &'m mut Vec<V> {
+    let new_key = with_join_key(parts, |key| {
+        (!map.contains_key(key)).then(|| key.to_string())
+    });
+    let list = match new_key {
+        Some(key) => map.entry(key).or_default(),
+        None => with_join_key(parts, |key| map.get_mut(key)).expect("present: checked above"),
+    };
+    list.push(value);
+    list
 }
 
 /// Everything the features of the next event may depend on.
@@ -339,11 +374,11 @@ impl FeatureState {
             let state = self.partitions.entry(partition).or_default();
             state.seq += 1;
             let key = (example.ts, state.seq);
-            state
-                .by_session
-                .entry(join_key(&[&example.user_id, &example.item_id, &session]))
-                .or_default()
-                .push(key);
+            push_keyed(
+                &mut state.by_session,
+                &[&example.user_id, &example.item_id, &session],
+                key,
+            );
             state.pending.insert(key, Pending { example, session });
         }
     }
@@ -770,24 +805,22 @@ impl PartitionState {
         }
         let Some(item_id) = item_id else { return };
         // Click join: the latest earlier impression of the same user, item and session.
-        let session_key = join_key(&[&c.user_id, item_id, &c.session_id]);
-        let target = self.by_session.get(&session_key).and_then(|keys| {
-            keys.iter()
-                .filter(|(ts, _)| *ts < c.ts && c.ts - *ts <= limits.click_window_ms)
-                .max()
-                .copied()
+        let target = with_join_key(&[&c.user_id, item_id, &c.session_id], |session_key| {
+            self.by_session.get(session_key).and_then(|keys| {
+                keys.iter()
+                    .filter(|(ts, _)| *ts < c.ts && c.ts - *ts <= limits.click_window_ms)
+                    .max()
+                    .copied()
+            })
         });
         if let Some(key) = target
             && let Some(pending) = self.pending.get_mut(&key)
         {
             pending.example.labels.clicked = true;
         }
-        let clicks = self
-            .clicks
-            .entry(join_key(&[&c.user_id, item_id]))
-            .or_default();
-        clicks.retain(|(ts, _)| c.ts - *ts <= limits.attribution_ms);
-        clicks.push((c.ts, target));
+        // The new click is kept by the retain (it is 0 ms old), after the older ones.
+        push_keyed(&mut self.clicks, &[&c.user_id, item_id], (c.ts, target))
+            .retain(|(ts, _)| c.ts - *ts <= limits.attribution_ms);
     }
 
     fn apply_order(&mut self, o: &OrderEvent, limits: StateLimits) {
@@ -808,16 +841,15 @@ impl PartitionState {
                         },
                     );
                     // Last touch: the latest click strictly before the order, within the window.
-                    let touch = self
-                        .clicks
-                        .get(&join_key(&[&o.user_id, &line.item_id]))
-                        .and_then(|clicks| {
+                    let touch = with_join_key(&[&o.user_id, &line.item_id], |key| {
+                        self.clicks.get(key).and_then(|clicks| {
                             clicks
                                 .iter()
                                 .filter(|(ts, _)| *ts < o.ts && o.ts - *ts <= limits.attribution_ms)
                                 .max_by_key(|(ts, key)| (*ts, *key))
                                 .and_then(|(_, key)| *key)
-                        });
+                        })
+                    });
                     if let Some(key) = touch
                         && let Some(pending) = self.pending.get_mut(&key)
                     {
@@ -846,17 +878,19 @@ impl PartitionState {
     }
 
     fn unindex(&mut self, key: PendingKey, pending: &Pending) {
-        let index = join_key(&[
-            &pending.example.user_id,
+        let parts = [
+            pending.example.user_id.as_str(),
             &pending.example.item_id,
             &pending.session,
-        ]);
-        if let Some(keys) = self.by_session.get_mut(&index) {
-            keys.retain(|k| *k != key);
-            if keys.is_empty() {
-                self.by_session.remove(&index);
+        ];
+        with_join_key(&parts, |index| {
+            if let Some(keys) = self.by_session.get_mut(index) {
+                keys.retain(|k| *k != key);
+                if keys.is_empty() {
+                    self.by_session.remove(index);
+                }
             }
-        }
+        });
     }
 
     /// Forgets keys idle for longer than the TTL, clicks past the attribution window and
