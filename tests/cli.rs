@@ -322,7 +322,10 @@ fn run_on_a_store_of_an_older_examples_schema_says_to_replay_into_a_new_store() 
         ],
     )
     .unwrap();
-    let metadata = BTreeMap::from([("shopstream.schema_version".to_string(), "1".to_string())]);
+    let metadata = BTreeMap::from([(
+        shopstream_features::SCHEMA_VERSION_KEY.to_string(),
+        "1".to_string(),
+    )]);
     store
         .write(
             "examples",

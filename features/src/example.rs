@@ -16,12 +16,15 @@ use crate::rolling::{HORIZONS, Horizons, Totals};
 /// Version of the examples schema, written into the store's file metadata.
 pub const EXAMPLES_SCHEMA_VERSION: &str = "2";
 
+/// The file metadata key of [`EXAMPLES_SCHEMA_VERSION`].
+pub const SCHEMA_VERSION_KEY: &str = "shopstream.schema_version";
+
 /// Key-value metadata of an examples file of the window `[start_ms, end_ms)`: the schema
 /// version and the window's bounds.
 pub fn examples_metadata(start_ms: i64, end_ms: i64) -> std::collections::BTreeMap<String, String> {
     std::collections::BTreeMap::from([
         (
-            "shopstream.schema_version".to_string(),
+            SCHEMA_VERSION_KEY.to_string(),
             EXAMPLES_SCHEMA_VERSION.to_string(),
         ),
         (

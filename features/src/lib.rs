@@ -36,8 +36,8 @@ mod window;
 
 pub use coordinator::{Close, Coordinator, Part};
 pub use example::{
-    EXAMPLES_SCHEMA_VERSION, Example, Features, Labels, ServingRow, examples_batch,
-    examples_metadata, examples_schema,
+    EXAMPLES_SCHEMA_VERSION, Example, Features, Labels, SCHEMA_VERSION_KEY, ServingRow,
+    examples_batch, examples_metadata, examples_schema,
 };
 pub use example_read::{ExampleReadError, examples_from_batch};
 pub use follower::Follower;

@@ -205,15 +205,14 @@ fn push_keyed<'m, V>(
     parts: &[&str],
     value: V,
 ) -> &'m mut Vec<V> {
-    let new_key = with_join_key(parts, |key| {
-        (!map.contains_key(key)).then(|| key.to_string())
-    });
-    let list = match new_key {
-        Some(key) => map.entry(key).or_default(),
-        None => with_join_key(parts, |key| map.get_mut(key)).expect("present: checked above"),
-    };
-    list.push(value);
-    list
+    with_join_key(parts, move |key| {
+        if !map.contains_key(key) {
+            map.insert(key.to_string(), Vec::new());
+        }
+        let list = map.get_mut(key).expect("inserted above");
+        list.push(value);
+        list
+    })
 }
 
 /// Everything the features of the next event may depend on.
@@ -984,15 +983,14 @@ mod tests {
             });
             state.apply_same_ts(&[(InputTopic::Inventory, 0, &stock)]);
         }
+        let user_saw = |state: &mut FeatureState, item: &str, kind, ts| {
+            state.apply_same_ts(&[(InputTopic::Clicks, 0, &click("u", item, kind, ts))]);
+        };
         // Three impressions of shoes and one of hats a second apart (next to no decay at a
         // 7-day time constant), then a click on hats.
         for (n, item) in ["i1", "i2", "i1", "i1"].iter().enumerate() {
             let ts = t0 + 1_000 * (n as i64 + 1);
-            state.apply_same_ts(&[(
-                InputTopic::Clicks,
-                0,
-                &click("u", item, ClickKind::Impression, ts),
-            )]);
+            user_saw(&mut state, item, ClickKind::Impression, ts);
         }
         let next = |state: &FeatureState, ts| {
             let Event::Click(c) = click("u", "i3", ClickKind::Impression, ts) else {
@@ -1007,11 +1005,7 @@ mod tests {
         );
         assert_eq!(before_click.user_category_affinity, 0.0, "no click yet");
 
-        state.apply_same_ts(&[(
-            InputTopic::Clicks,
-            0,
-            &click("u", "i2", ClickKind::Click, t0 + 20_000),
-        )]);
+        user_saw(&mut state, "i2", ClickKind::Click, t0 + 20_000);
         let after_click = next(&state, t0 + 30_000);
         assert!(
             (after_click.user_category_exposure - 0.75).abs() < 1e-6,
@@ -1024,11 +1018,7 @@ mod tests {
 
         // A click on shoes: one of the user's two clicks is shoes (the hats click, 20 s
         // older, has decayed by 3e-5 at a 7-day time constant).
-        state.apply_same_ts(&[(
-            InputTopic::Clicks,
-            0,
-            &click("u", "i1", ClickKind::Click, t0 + 40_000),
-        )]);
+        user_saw(&mut state, "i1", ClickKind::Click, t0 + 40_000);
         let shoes = next(&state, t0 + 50_000);
         assert!(
             (shoes.user_category_affinity - 0.5).abs() < 1e-4,

@@ -70,16 +70,27 @@ fn footer_metadata<R: ChunkReader + 'static>(
     path: &Path,
     source: R,
 ) -> Result<BTreeMap<String, String>, StoreError> {
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new(source).map_err(|source| StoreError::Parquet {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    Ok(key_values(&builder))
+    Ok(key_values(&reader(path, source)?))
 }
 
-fn key_values<T>(
-    builder: &parquet::arrow::arrow_reader::ArrowReaderBuilder<T>,
+/// A reader of the Parquet in `source` (read from `path`, for errors): its footer read.
+fn reader<R: ChunkReader + 'static>(
+    path: &Path,
+    source: R,
+) -> Result<ParquetRecordBatchReaderBuilder<R>, StoreError> {
+    ParquetRecordBatchReaderBuilder::try_new(source).map_err(|source| parquet_error(path, source))
+}
+
+fn parquet_error(path: &Path, source: parquet::errors::ParquetError) -> StoreError {
+    StoreError::Parquet {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The key-value metadata of a Parquet file, without the Arrow schema.
+fn key_values<R: ChunkReader>(
+    builder: &ParquetRecordBatchReaderBuilder<R>,
 ) -> BTreeMap<String, String> {
     builder
         .metadata()
@@ -99,15 +110,11 @@ fn read_parquet<R: ChunkReader + 'static>(
     path: &Path,
     source: R,
 ) -> Result<FileContents, StoreError> {
-    let parquet_err = |source| StoreError::Parquet {
-        path: path.to_path_buf(),
-        source,
-    };
-    let builder = ParquetRecordBatchReaderBuilder::try_new(source).map_err(parquet_err)?;
+    let builder = reader(path, source)?;
     let metadata = key_values(&builder);
     let batches = builder
         .build()
-        .map_err(parquet_err)?
+        .map_err(|source| parquet_error(path, source))?
         .collect::<Result<Vec<_>, _>>()?;
     Ok((metadata, batches))
 }

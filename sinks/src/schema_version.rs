@@ -12,14 +12,12 @@ use crate::error::StoreError;
 use crate::read::{object_metadata, table_files};
 use crate::storage::Storage;
 
-/// The metadata key of a file's schema version.
-pub const SCHEMA_VERSION_KEY: &str = "shopstream.schema_version";
-
-/// Checks that the visible files of `table` in `storage` are of schema version
-/// `expected` (what this build writes); an empty table passes.
+/// Checks that the visible files of `table` in `storage` hold `expected` (what this build
+/// writes) under the metadata key `key`; an empty table passes.
 pub fn check_schema_version(
     storage: &Storage,
     table: &str,
+    key: &str,
     expected: &str,
 ) -> Result<(), StoreError> {
     let files = table_files(storage, table)?;
@@ -29,7 +27,7 @@ pub fn check_schema_version(
         .chain(files.last().filter(|_| files.len() > 1));
     for file in ends {
         let metadata = object_metadata(storage, &file.key)?;
-        let found = metadata.get(SCHEMA_VERSION_KEY).map(String::as_str);
+        let found = metadata.get(key).map(String::as_str);
         if found != Some(expected) {
             return Err(StoreError::SchemaVersion {
                 table: table.to_string(),
@@ -49,10 +47,15 @@ mod tests {
     use super::*;
     use crate::store::tests::{keyed, uncompacted_store};
     use crate::tables;
-    use shopstream_features::EXAMPLES_SCHEMA_VERSION;
+    use shopstream_features::{EXAMPLES_SCHEMA_VERSION, SCHEMA_VERSION_KEY};
 
     fn check(storage: &Storage) -> Result<(), StoreError> {
-        check_schema_version(storage, tables::EXAMPLES, EXAMPLES_SCHEMA_VERSION)
+        check_schema_version(
+            storage,
+            tables::EXAMPLES,
+            SCHEMA_VERSION_KEY,
+            EXAMPLES_SCHEMA_VERSION,
+        )
     }
 
     const HOUR_MS: i64 = 3_600_000;

@@ -393,6 +393,7 @@ pub(super) fn open_store(config: &Config) -> Result<ParquetStore, PipelineError>
     shopstream_sinks::schema_version::check_schema_version(
         store.storage(),
         tables::EXAMPLES,
+        shopstream_features::SCHEMA_VERSION_KEY,
         shopstream_features::EXAMPLES_SCHEMA_VERSION,
     )?;
     for table in tables::ALL {
