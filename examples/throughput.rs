@@ -26,7 +26,8 @@
 //! THROUGHPUT_WORKERS=2 runs only the job with 2 workers, e.g. under perf;
 //! THROUGHPUT_GROUPS=2 only the group of 2 instances; THROUGHPUT_PACE=wall only the live
 //! part at the wall clock's pace, THROUGHPUT_PACE=compressed only the other;
-//! THROUGHPUT_EXPLAIN=1 turns on `serving.explain`)
+//! THROUGHPUT_EXPLAIN=1 turns on `serving.explain`; THROUGHPUT_FETCH_WAIT_MS=500 sets the
+//! consumers' `fetch.wait.max.ms`, the bare reader's too)
 
 #![allow(missing_docs)]
 
@@ -84,6 +85,14 @@ fn config_for(brokers: &str, prefix: &str) -> Config {
         *topic = format!("{prefix}.{name}");
     }
     config.http.enabled = false;
+    if let Ok(ms) = std::env::var("THROUGHPUT_FETCH_WAIT_MS")
+        && !ms.is_empty()
+    {
+        config
+            .kafka
+            .properties
+            .insert("fetch.wait.max.ms".into(), ms);
+    }
     config.serving.explain = std::env::var("THROUGHPUT_EXPLAIN").is_ok_and(|v| v == "1");
     if let Some(secs) = std::env::var("THROUGHPUT_FILE_SPAN_SECS")
         .ok()

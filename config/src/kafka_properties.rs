@@ -236,6 +236,20 @@ pub const MANAGED_PROPERTIES: &[ManagedProperty] = &[
         },
     },
     ManagedProperty {
+        key: "fetch.wait.max.ms",
+        aliases: &[],
+        set_on: "every consumer: `500` (librdkafka's own default)",
+        policy: PropertyPolicy::Default {
+            value: "500",
+            example: "25",
+            allowed: Allowed::Integer {
+                min: 0,
+                max: 300_000,
+                reason: "librdkafka's range",
+            },
+        },
+    },
+    ManagedProperty {
         key: "acks",
         aliases: &["request.required.acks"],
         set_on: "the producer: `all`",

@@ -210,8 +210,8 @@ pub struct KafkaConfig {
     /// `"sasl.mechanisms" = "PLAIN"`, `"sasl.username"`, `"sasl.password"`,
     /// `"ssl.ca.location"`). Of the properties shopstream sets itself
     /// ([`crate::MANAGED_PROPERTIES`]), some take the user's value here (`acks` = `all`,
-    /// `linger.ms`, `message.max.bytes`, `statistics.interval.ms` > 0) and the others are
-    /// refused by validation with the reason and what to set instead.
+    /// `linger.ms`, `message.max.bytes`, `statistics.interval.ms` > 0, `fetch.wait.max.ms`)
+    /// and the others are refused by validation with the reason and what to set instead.
     pub properties: BTreeMap<String, String>,
 }
 

@@ -281,6 +281,8 @@ pub fn assigned_reader_config(
         &format!("{}-{role}", kafka.group_id),
     )?;
     set_managed(&mut config, kafka, "enable.auto.commit", "false")?;
+    // Internal logs are read as they grow: see `consumer_config`.
+    set_default(&mut config, kafka, "fetch.wait.max.ms")?;
     Ok(config)
 }
 

@@ -358,7 +358,7 @@ mod property_tests {
                 PropertyPolicy::Rejected { .. } => None,
             })
             .collect();
-        assert_eq!(chosen.len(), 4, "{chosen:?}");
+        assert_eq!(chosen.len(), 5, "{chosen:?}");
         // The same choices from the environment, through validation.
         let mut env: Vec<(String, String)> = chosen
             .iter()
@@ -394,6 +394,22 @@ mod property_tests {
         assert_eq!(producer.get("request.required.acks"), Some("all"));
         assert_eq!(producer.get("linger.ms"), None);
         assert_eq!(producer.get("acks"), None);
+    }
+
+    #[test]
+    fn every_consumer_bounds_the_fetch_wait_and_the_producer_is_not_given_it() {
+        // One value for every consumer, the operator's to lower (see docs/operations.md).
+        for (client, built) in build_all(&kafka_with(&[])) {
+            let expected = match client {
+                "admin and metadata" | "producer" => None,
+                _ => Some("500"),
+            };
+            assert_eq!(
+                built.unwrap().get("fetch.wait.max.ms"),
+                expected,
+                "{client}"
+            );
+        }
     }
 
     #[test]

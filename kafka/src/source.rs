@@ -54,6 +54,9 @@ use shopstream_ingest::event::{Event, InputTopic};
 use shopstream_ingest::mapping::LiveMapping;
 use shopstream_ingest::privacy::Privacy;
 
+/// Messages the source hands on before it lets the processor run (see `Source::run`).
+const YIELD_EVERY: usize = 16;
+
 pub use shopstream_ingest::record::RecordMeta;
 
 /// What the source hands to the processor.
@@ -313,6 +316,10 @@ pub struct KafkaSource {
     progress: ReadProgress,
     /// Group mode: the membership and what it had assigned when last applied.
     group: Option<GroupShare>,
+    /// Live mode before the group's first assignment: the inventory waits unread. Its
+    /// partitions alone would make the watermark, and a backlog read before the click and
+    /// order partitions are known would close windows their events still fall in.
+    awaiting_group: bool,
 }
 
 /// Group mode's view of the partitions this instance holds.
@@ -444,6 +451,9 @@ pub fn consumer_config(
     set_managed(c, kafka, "partition.assignment.strategy", "range")?;
     set_managed(c, kafka, "auto.offset.reset", "earliest")?;
     set_default(c, kafka, "statistics.interval.ms")?;
+    // Kafka answers a fetch as soon as data is there; tansu holds each one for about half
+    // this wait, so there it bounds the bursts the job gets (docs/operations.md).
+    set_default(c, kafka, "fetch.wait.max.ms")?;
     Ok(config)
 }
 
@@ -535,6 +545,7 @@ impl KafkaSource {
                 lag,
                 progress,
                 group: None,
+                awaiting_group: !bounded,
             },
             OffsetCommitter {
                 consumers: committer,
@@ -603,6 +614,7 @@ impl KafkaSource {
                     kafka: kafka.clone(),
                     starts,
                 }),
+                awaiting_group: false,
             },
             committer,
         ))
@@ -736,10 +748,16 @@ impl KafkaSource {
         options: SourceOptions,
     ) -> Result<SourceStats, SourceError> {
         let mut stats = SourceStats::default();
+        let mut sent_since_yield = 0usize;
         let idle = || std::future::pending::<(usize, Result<_, KafkaError>)>();
         loop {
             for consumer in &self.consumers {
                 for change in consumer.consumer.context().take_changes() {
+                    if consumer.single_topic.is_none()
+                        && matches!(change, SourceMessage::Assigned(_))
+                    {
+                        self.awaiting_group = false;
+                    }
                     if tx.send(change).await.is_err() {
                         return Ok(stats);
                     }
@@ -750,6 +768,12 @@ impl KafkaSource {
                 return Ok(stats);
             }
             let c = &self.consumers;
+            // (The group consumer is always read: reading it is what joins the group.)
+            let awaiting_group = self.awaiting_group;
+            let readable = |i: usize| {
+                c.get(i)
+                    .is_some_and(|c| !awaiting_group || c.single_topic.is_none())
+            };
             let changed = async {
                 match &mut self.group {
                     Some(group) => group.assigned.changed().await.is_ok(),
@@ -768,9 +792,9 @@ impl KafkaSource {
                     self.follow_assignment(&tx).await?;
                     continue;
                 }
-                m = async { (0, c[0].consumer.recv().await) }, if !c.is_empty() => m,
-                m = async { (1, c[1].consumer.recv().await) }, if c.len() > 1 => m,
-                m = async { (2, c[2].consumer.recv().await) }, if c.len() > 2 => m,
+                m = async { (0, c[0].consumer.recv().await) }, if readable(0) => m,
+                m = async { (1, c[1].consumer.recv().await) }, if readable(1) => m,
+                m = async { (2, c[2].consumer.recv().await) }, if readable(2) => m,
                 m = idle(), if c.is_empty() => m,
             };
             let out = match received {
@@ -874,6 +898,15 @@ impl KafkaSource {
             if tx.send(out).await.is_err() {
                 // The processor stopped; its own error is what matters.
                 return Ok(stats);
+            }
+            sent_since_yield += 1;
+            if sent_since_yield >= YIELD_EVERY {
+                // The processor woken by these sends waits in this thread's next-task slot,
+                // which other threads cannot take: without a yield it would start only
+                // after a whole fetch (often hundreds of messages), each message's
+                // prediction delayed by the decoding of the ones after it.
+                sent_since_yield = 0;
+                tokio::task::yield_now().await;
             }
         }
     }
