@@ -1,6 +1,7 @@
 //! The live job's idleness rule on the real binary: a partition that is silent because
 //! its messages wait behind other partitions' is not idle; one with nothing left to read
-//! is.
+//! is. And the live source's start: no partition moves the watermark before the group
+//! has assigned the ones it holds.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -9,10 +10,15 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use shopstream_config::Config;
+use shopstream_ingest::decode::DecodeLimits;
 use shopstream_ingest::event::{ClickEvent, ClickKind, InputTopic, Scenario};
-use shopstream_ingest::generator::GeneratedMessage;
-use shopstream_job::generate::publish_messages;
+use shopstream_ingest::generator::{GeneratedMessage, Generator};
+use shopstream_job::generate::{publish_messages, publish_traffic};
+use shopstream_kafka::client::ensure_topics;
+use shopstream_kafka::source::{KafkaSource, SourceMessage, SourceOptions};
 use support::{Broker, http_get, metric};
+use tokio_util::sync::CancellationToken;
 
 /// Guards "a partition queued behind others is not taken for idle": the job stalls for
 /// 4 s right after it is assigned the click and order partitions (a slow disk, a loaded
@@ -138,22 +144,39 @@ async fn a_stalled_job_does_not_take_partitions_queued_behind_others_for_idle() 
 /// test, about one run in five once consumers no longer waited out tansu's fetch delay).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_source_reads_no_inventory_before_its_group_assigns_clicks_and_orders() {
-    use shopstream_kafka::source::{KafkaSource, SourceMessage, SourceOptions};
-
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let config = broker.config("first-assignment", &dir.path().join("store"));
-    shopstream_job::generate::publish_traffic(&config, support::two_hour_traffic(21), None, None)
+    publish_traffic(&config, support::two_hour_traffic(21), None, None)
         .await
         .unwrap();
+    first_inventory_read(&config).await;
+}
+
+/// Guards the other side of the wait above: with no click or order to read, the group's
+/// assignment (which no message follows) still lets the inventory be read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_source_reads_the_inventory_after_its_group_assigns_even_with_no_click() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = broker.config("inventory-only", &dir.path().join("store"));
+    let inventory: Vec<GeneratedMessage> = Generator::new(support::two_hour_traffic(21))
+        .filter(|m| m.topic == InputTopic::Inventory)
+        .collect();
+    assert!(!inventory.is_empty());
+    publish_messages(&config, inventory, None).await.unwrap();
+    first_inventory_read(&config).await;
+}
+
+/// Runs a live source on `config`'s topics until it hands on an inventory event, asserting
+/// that the group had assigned clicks before.
+async fn first_inventory_read(config: &Config) {
     let names = [
         config.topics.clicks.clone(),
         config.topics.orders.clone(),
         config.topics.inventory.clone(),
     ];
-    let partitions = shopstream_kafka::client::ensure_topics(&config.kafka, &names)
-        .await
-        .unwrap();
+    let partitions = ensure_topics(&config.kafka, &names).await.unwrap();
     let (source, _committer) = KafkaSource::connect(
         &config.kafka,
         &config.topics,
@@ -164,10 +187,10 @@ async fn a_live_source_reads_no_inventory_before_its_group_assigns_clicks_and_or
     .await
     .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel(16_384);
-    let cancel = tokio_util::sync::CancellationToken::new();
+    let cancel = CancellationToken::new();
     let options = SourceOptions {
         stop_at_end: false,
-        limits: shopstream_ingest::decode::DecodeLimits {
+        limits: DecodeLimits {
             max_message_bytes: 1 << 20,
         },
         mappings: Default::default(),
@@ -175,9 +198,8 @@ async fn a_live_source_reads_no_inventory_before_its_group_assigns_clicks_and_or
     };
     let running = tokio::spawn(source.run(tx, cancel.clone(), options));
     let mut group_assigned = false;
-    let mut inventory_read = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while inventory_read == 0 {
+    loop {
         let message = tokio::time::timeout_at(deadline, rx.recv())
             .await
             .expect("inventory read within 60 s")
@@ -192,7 +214,7 @@ async fn a_live_source_reads_no_inventory_before_its_group_assigns_clicks_and_or
                     "inventory offset {} of partition {} read before the group assigned clicks",
                     meta.offset, meta.partition
                 );
-                inventory_read += 1;
+                break;
             }
             _ => {}
         }

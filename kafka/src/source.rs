@@ -54,7 +54,7 @@ use shopstream_ingest::event::{Event, InputTopic};
 use shopstream_ingest::mapping::LiveMapping;
 use shopstream_ingest::privacy::Privacy;
 
-/// Messages the source hands on before it lets the processor run (see `Source::run`).
+/// Messages the source hands on before it lets the processor run (see `KafkaSource::run`).
 const YIELD_EVERY: usize = 16;
 
 pub use shopstream_ingest::record::RecordMeta;
@@ -167,6 +167,8 @@ pub struct SourceContext {
     /// `kafka.seek_back_messages`.
     seek_back: u64,
     changes: std::sync::Mutex<Vec<SourceMessage>>,
+    /// Signalled on each change, so a source waiting for one wakes without a message.
+    changed: tokio::sync::Notify,
 }
 
 impl SourceContext {
@@ -185,6 +187,7 @@ impl SourceContext {
             start: Arc::clone(start),
             seek_back: kafka.seek_back_messages,
             changes: std::sync::Mutex::new(Vec::new()),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -199,6 +202,7 @@ impl SourceContext {
         if let Ok(mut changes) = self.changes.lock() {
             changes.push(change);
         }
+        self.changed.notify_one();
     }
 
     fn take_changes(&self) -> Vec<SourceMessage> {
@@ -774,6 +778,16 @@ impl KafkaSource {
                 c.get(i)
                     .is_some_and(|c| !awaiting_group || c.single_topic.is_none())
             };
+            // The first assignment may come with no message after it (idle topics, or no
+            // partition for this instance): it wakes the loop by itself.
+            let first_assignment = async {
+                match c.iter().find(|c| c.single_topic.is_none()) {
+                    Some(group) if awaiting_group => {
+                        group.consumer.context().changed.notified().await
+                    }
+                    _ => std::future::pending().await,
+                }
+            };
             let changed = async {
                 match &mut self.group {
                     Some(group) => group.assigned.changed().await.is_ok(),
@@ -792,6 +806,7 @@ impl KafkaSource {
                     self.follow_assignment(&tx).await?;
                     continue;
                 }
+                () = first_assignment => continue,
                 m = async { (0, c[0].consumer.recv().await) }, if readable(0) => m,
                 m = async { (1, c[1].consumer.recv().await) }, if readable(1) => m,
                 m = async { (2, c[2].consumer.recv().await) }, if readable(2) => m,
