@@ -141,7 +141,7 @@ async fn a_stalled_job_does_not_take_partitions_queued_behind_others_for_idle() 
 /// group's first rebalance. Read before they were known, the inventory's partitions alone
 /// made the watermark: two hours of inventory backlog closed every window, and the clicks
 /// and orders read next were dead-lettered as late (4,454 of 5,018 messages in a store
-/// test, about one run in five once consumers no longer waited out tansu's fetch delay).
+/// test, about one run in six once consumers no longer waited out tansu's fetch delay).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_source_reads_no_inventory_before_its_group_assigns_clicks_and_orders() {
     let broker = Broker::start();
