@@ -13,10 +13,9 @@ use std::time::{Duration, Instant};
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use shopstream_config::Config;
-use shopstream_ingest::decode::DecodeLimits;
 use shopstream_ingest::event::InputTopic;
 use shopstream_kafka::client::ensure_topics;
-use shopstream_kafka::source::{AssignmentStarts, KafkaSource, SourceMessage, SourceOptions};
+use shopstream_kafka::source::{AssignmentStarts, KafkaSource, SourceMessage};
 use support::Broker;
 use tokio_util::sync::CancellationToken;
 
@@ -77,14 +76,7 @@ async fn instance_with_processor(
         .await
         .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel(256);
-    let options = SourceOptions {
-        stop_at_end: true,
-        limits: DecodeLimits {
-            max_message_bytes: 1 << 20,
-        },
-        mappings: Default::default(),
-        privacy: None,
-    };
+    let options = support::source_options(true);
     tokio::spawn(source.run(tx, cancel, options));
     let seen = Arc::new(Mutex::new(Seen::default()));
     let record = Arc::clone(&seen);

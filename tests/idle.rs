@@ -11,12 +11,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use shopstream_config::Config;
-use shopstream_ingest::decode::DecodeLimits;
 use shopstream_ingest::event::{ClickEvent, ClickKind, InputTopic, Scenario};
 use shopstream_ingest::generator::{GeneratedMessage, Generator};
 use shopstream_job::generate::{publish_messages, publish_traffic};
 use shopstream_kafka::client::ensure_topics;
-use shopstream_kafka::source::{KafkaSource, SourceMessage, SourceOptions};
+use shopstream_kafka::source::{KafkaSource, SourceMessage};
 use support::{Broker, http_get, metric};
 use tokio_util::sync::CancellationToken;
 
@@ -188,14 +187,7 @@ async fn first_inventory_read(config: &Config) {
     .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel(16_384);
     let cancel = CancellationToken::new();
-    let options = SourceOptions {
-        stop_at_end: false,
-        limits: DecodeLimits {
-            max_message_bytes: 1 << 20,
-        },
-        mappings: Default::default(),
-        privacy: None,
-    };
+    let options = support::source_options(false);
     let running = tokio::spawn(source.run(tx, cancel.clone(), options));
     let mut group_assigned = false;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

@@ -320,10 +320,11 @@ pub struct KafkaSource {
     progress: ReadProgress,
     /// Group mode: the membership and what it had assigned when last applied.
     group: Option<GroupShare>,
-    /// Live mode before the group's first assignment: the inventory waits unread. Its
-    /// partitions alone would make the watermark, and a backlog read before the click and
-    /// order partitions are known would close windows their events still fall in.
-    awaiting_group: bool,
+    /// Live mode before the group's first assignment: the index of the group consumer,
+    /// the only one read meanwhile. The inventory waits unread: its partitions alone would
+    /// make the watermark, and a backlog read before the click and order partitions are
+    /// known would close windows their events still fall in.
+    awaiting_group: Option<usize>,
 }
 
 /// Group mode's view of the partitions this instance holds.
@@ -516,7 +517,9 @@ impl KafkaSource {
                 single_topic: Some(*topic),
             });
         }
+        let mut awaiting_group = None;
         if !bounded {
+            awaiting_group = Some(consumers.len());
             let group: Inner = consumer_config(kafka, false)?
                 .create_with_context(context())
                 .map_err(KafkaSetupError::Client)?;
@@ -549,7 +552,7 @@ impl KafkaSource {
                 lag,
                 progress,
                 group: None,
-                awaiting_group: !bounded,
+                awaiting_group,
             },
             OffsetCommitter {
                 consumers: committer,
@@ -618,7 +621,7 @@ impl KafkaSource {
                     kafka: kafka.clone(),
                     starts,
                 }),
-                awaiting_group: false,
+                awaiting_group: None,
             },
             committer,
         ))
@@ -755,12 +758,12 @@ impl KafkaSource {
         let mut sent_since_yield = 0usize;
         let idle = || std::future::pending::<(usize, Result<_, KafkaError>)>();
         loop {
-            for consumer in &self.consumers {
+            for (index, consumer) in self.consumers.iter().enumerate() {
                 for change in consumer.consumer.context().take_changes() {
-                    if consumer.single_topic.is_none()
+                    if self.awaiting_group == Some(index)
                         && matches!(change, SourceMessage::Assigned(_))
                     {
-                        self.awaiting_group = false;
+                        self.awaiting_group = None;
                     }
                     if tx.send(change).await.is_err() {
                         return Ok(stats);
@@ -774,18 +777,13 @@ impl KafkaSource {
             let c = &self.consumers;
             // (The group consumer is always read: reading it is what joins the group.)
             let awaiting_group = self.awaiting_group;
-            let readable = |i: usize| {
-                c.get(i)
-                    .is_some_and(|c| !awaiting_group || c.single_topic.is_none())
-            };
+            let readable = |i: usize| i < c.len() && awaiting_group.is_none_or(|g| g == i);
             // The first assignment may come with no message after it (idle topics, or no
             // partition for this instance): it wakes the loop by itself.
             let first_assignment = async {
-                match c.iter().find(|c| c.single_topic.is_none()) {
-                    Some(group) if awaiting_group => {
-                        group.consumer.context().changed.notified().await
-                    }
-                    _ => std::future::pending().await,
+                match awaiting_group {
+                    Some(g) => c[g].consumer.context().changed.notified().await,
+                    None => std::future::pending().await,
                 }
             };
             let changed = async {

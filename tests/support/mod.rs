@@ -278,6 +278,19 @@ pub fn read_table_of(
         .collect()
 }
 
+/// Options of a source driven by hand: contract v1 on every topic, no privacy, messages up
+/// to 1 MiB; `stop_at_end` as given.
+pub fn source_options(stop_at_end: bool) -> shopstream_kafka::source::SourceOptions {
+    shopstream_kafka::source::SourceOptions {
+        stop_at_end,
+        limits: shopstream_ingest::decode::DecodeLimits {
+            max_message_bytes: 1 << 20,
+        },
+        mappings: Default::default(),
+        privacy: None,
+    }
+}
+
 /// Runs the pipeline in bounded mode until it has caught up with its input.
 pub async fn run_to_end(config: &Config) -> shopstream_job::pipeline::RunSummary {
     let options = shopstream_job::pipeline::RunOptions {
