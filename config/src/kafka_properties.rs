@@ -238,10 +238,10 @@ pub const MANAGED_PROPERTIES: &[ManagedProperty] = &[
     ManagedProperty {
         key: "fetch.wait.max.ms",
         aliases: &[],
-        set_on: "every consumer: `500` (librdkafka's own default)",
+        set_on: "every consumer: `25` (librdkafka's own default is 500)",
         policy: PropertyPolicy::Default {
-            value: "500",
-            example: "25",
+            value: "25",
+            example: "500",
             allowed: Allowed::Integer {
                 min: 0,
                 max: 300_000,

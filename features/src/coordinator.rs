@@ -235,7 +235,13 @@ impl Coordinator {
             // Closed up to the first window left open.
             boundary = *next;
         }
+        Some(self.close_until(boundary))
+    }
+
+    /// Closes every open window that ends by `boundary`.
+    fn close_until(&mut self, boundary: Millis) -> Close {
         self.closed_until = Some(boundary);
+        let length = self.grid.length_ms();
         let mut starts = Vec::new();
         while let Some(start) = self.open.first().copied() {
             if start + length > boundary {
@@ -249,10 +255,23 @@ impl Coordinator {
             .into_iter()
             .map(|start| (start, inventory.remove(&start).unwrap_or_default()))
             .collect();
-        Some(Close {
+        Close {
             boundary: Some(boundary),
             windows,
-        })
+        }
+    }
+
+    /// The end of input, at most `max_windows` windows at a time: the oldest
+    /// `max_windows` open windows close as the watermark would close them, or, when no
+    /// more are open, every one closes as [`Coordinator::finish`] closes them. Outputs are
+    /// the same however the end is split; the job uses it so that checkpoints fall at the
+    /// same windows however much of the input was read before its end.
+    pub fn finish_at_most(&mut self, max_windows: usize) -> Close {
+        match self.open.iter().nth(max_windows.max(1)).copied() {
+            // Closed up to the first window left open.
+            Some(next) => self.close_until(next),
+            None => self.finish(),
+        }
     }
 
     /// Every open window (end of input).

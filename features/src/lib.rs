@@ -256,7 +256,13 @@ impl FeaturePipeline {
 
     /// Closes every window the watermark has passed.
     pub fn close_ready(&mut self) -> Vec<WindowOutput> {
-        match self.coordinator.close_ready() {
+        self.close_ready_at_most(usize::MAX)
+    }
+
+    /// Like [`FeaturePipeline::close_ready`], closing at most `max_windows` windows (see
+    /// [`Coordinator::close_ready_at_most`]).
+    pub fn close_ready_at_most(&mut self, max_windows: usize) -> Vec<WindowOutput> {
+        match self.coordinator.close_ready_at_most(max_windows) {
             Some(close) => self.apply(close),
             None => Vec::new(),
         }
@@ -266,6 +272,14 @@ impl FeaturePipeline {
     pub fn finish(&mut self) -> Vec<WindowOutput> {
         let close = self.coordinator.finish();
         self.apply(close)
+    }
+
+    /// The end of input at most `max_windows` windows at a time (see
+    /// [`Coordinator::finish_at_most`]), and whether this was its last step.
+    pub fn finish_at_most(&mut self, max_windows: usize) -> (Vec<WindowOutput>, bool) {
+        let close = self.coordinator.finish_at_most(max_windows);
+        let last = close.is_final();
+        (self.apply(close), last)
     }
 
     /// `close` applied by every shard (on threads when the windows are worth it), and
@@ -615,5 +629,54 @@ mod tests {
         }
         shuffled.extend(pipeline.finish().into_iter().flat_map(|w| w.examples));
         assert_eq!(baseline, shuffled);
+    }
+
+    /// Guards checkpoints at the end of a bounded run: the windows still open when the
+    /// input ends close a few at a time (the job takes a checkpoint between the steps),
+    /// with the window outputs of one finish, whatever was read before it.
+    #[test]
+    fn finishing_a_few_windows_at_a_time_gives_the_outputs_of_one_finish() {
+        let events: Vec<(RecordMeta, Event)> = (0..400)
+            .map(|i| {
+                let kind = if i % 7 == 3 {
+                    ClickKind::Click
+                } else {
+                    ClickKind::Impression
+                };
+                (
+                    meta(InputTopic::Clicks, i % 3, i64::from(i)),
+                    click(&format!("e{i}"), T0 + i64::from(i) * 700, kind, "i1"),
+                )
+            })
+            .collect();
+        // Partition 3 is registered and never read: nothing closes before the end.
+        let fed = || {
+            let mut pipeline = FeaturePipeline::new(&PipelineConfig::default());
+            pipeline.register_partition(InputTopic::Clicks, 3);
+            for (m, e) in events.clone() {
+                pipeline.ingest(m, e).expect("not late");
+                assert!(pipeline.close_ready().is_empty());
+            }
+            pipeline
+        };
+        let at_once = fed().finish();
+        assert!(at_once.len() > 3, "{} windows", at_once.len());
+        for step in [1, 2, 3] {
+            let mut pipeline = fed();
+            let mut stepwise = Vec::new();
+            loop {
+                let (outputs, last) = pipeline.finish_at_most(step);
+                assert!(
+                    outputs.len() <= step,
+                    "{} windows in one step",
+                    outputs.len()
+                );
+                stepwise.extend(outputs);
+                if last {
+                    break;
+                }
+            }
+            assert_eq!(stepwise, at_once, "{step} windows a step");
+        }
     }
 }

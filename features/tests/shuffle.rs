@@ -366,11 +366,22 @@ fn run_split_failing_over(
     for set in &mut sets {
         coordinator.observe(&through_the_wire_report(set.take_report()));
     }
-    while let Some(close) = coordinator.close_ready() {
-        out.extend(apply_close(&mut coordinator, &mut sets, &mut log, close));
+    // The end of input: when `deliver` says so, as the job ends a run, a few windows at a
+    // time whatever the watermark allows, else all that can close, then the rest at once.
+    let end_steps = deliver.last().map(|d| usize::from(d % 3 + 1));
+    if end_steps.is_none() {
+        while let Some(close) = coordinator.close_ready() {
+            out.extend(apply_close(&mut coordinator, &mut sets, &mut log, close));
+        }
     }
-    let close = coordinator.finish();
-    out.extend(apply_close(&mut coordinator, &mut sets, &mut log, close));
+    loop {
+        let close = coordinator.finish_at_most(end_steps.unwrap_or(usize::MAX));
+        let last = close.is_final();
+        out.extend(apply_close(&mut coordinator, &mut sets, &mut log, close));
+        if last {
+            break;
+        }
+    }
     (out, late, log)
 }
 

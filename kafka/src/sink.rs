@@ -398,11 +398,11 @@ mod property_tests {
 
     #[test]
     fn every_consumer_bounds_the_fetch_wait_and_the_producer_is_not_given_it() {
-        // One value for every consumer, the operator's to lower (see docs/operations.md).
+        // One value for every consumer, the operator's to change (see docs/operations.md).
         for (client, built) in build_all(&kafka_with(&[])) {
             let expected = match client {
                 "admin and metadata" | "producer" => None,
-                _ => Some("500"),
+                _ => Some("25"),
             };
             assert_eq!(
                 built.unwrap().get("fetch.wait.max.ms"),

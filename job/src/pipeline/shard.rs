@@ -186,14 +186,15 @@ impl ShardStage {
         self.features.partition_at_end(topic, partition);
     }
 
-    /// Windows the watermark has passed, in order.
-    pub(super) fn close_ready(&mut self) -> Vec<WindowOutput> {
-        self.features.close_ready()
+    /// Windows the watermark has passed, in order, at most `max_windows` of them.
+    pub(super) fn close_ready_at_most(&mut self, max_windows: usize) -> Vec<WindowOutput> {
+        self.features.close_ready_at_most(max_windows)
     }
 
-    /// Every open window, as final (end of input).
-    pub(super) fn finish(&mut self) -> Vec<WindowOutput> {
-        self.features.finish()
+    /// The end of input, at most `max_windows` windows at a time, and whether this was
+    /// its last step.
+    pub(super) fn finish_at_most(&mut self, max_windows: usize) -> (Vec<WindowOutput>, bool) {
+        self.features.finish_at_most(max_windows)
     }
 }
 

@@ -181,9 +181,7 @@ impl Processor<'_> {
         self.close_ready().await?;
         // Input exhausted or shutdown: emit what remains. Until checkpoints exist, pending
         // state is flushed as final rather than lost.
-        for output in self.finish().await? {
-            self.window_closed(output).await?;
-        }
+        self.finish().await?;
         // Nothing more will be written this run: merge what remains.
         self.global.compact_all().await?;
         self.outputs.flush().await?;
@@ -504,29 +502,26 @@ impl Processor<'_> {
             .await
     }
 
-    /// Windows the watermark passed, closed and handed on.
+    /// Windows the watermark passed, closed and handed on. A close ends at the window a
+    /// checkpoint is due after (the state is then the state as of that window), and
+    /// answers to a close may carry reports that let more windows close.
     pub(super) async fn close_ready(&mut self) -> Result<(), PipelineError> {
-        if let Stages::Whole(stage) = &mut self.stages {
-            for output in stage.close_ready() {
-                self.window_closed(output).await?;
-            }
-            return Ok(());
-        }
-        // Answers to a close may carry reports that let more windows close. A close ends
-        // at the window a checkpoint is due after (the workers' state is then the state
-        // as of that window), as one task would take it.
         loop {
-            let max_windows = self.checkpoints.as_ref().map_or(usize::MAX, |plan| {
-                plan.windows_until_due(self.windows_total)
-            });
-            let Some(close) = self
-                .stages
-                .coordinator()
-                .and_then(|c| c.close_ready_at_most(max_windows))
-            else {
-                break;
+            let max_windows = self.windows_until_checkpoint();
+            let outputs = match &mut self.stages {
+                Stages::Whole(stage) => stage.close_ready_at_most(max_windows),
+                Stages::Split { coordinator, .. } => {
+                    let Some(close) = coordinator.windowing_mut().close_ready_at_most(max_windows)
+                    else {
+                        break;
+                    };
+                    self.apply_close(close).await?
+                }
             };
-            for output in self.apply_close(close).await? {
+            if outputs.is_empty() && matches!(self.stages, Stages::Whole(_)) {
+                break;
+            }
+            for output in outputs {
                 self.window_closed(output).await?;
             }
             if self.checkpoint_due {
@@ -536,15 +531,39 @@ impl Processor<'_> {
         Ok(())
     }
 
-    /// Every open window, as final (end of input).
-    async fn finish(&mut self) -> Result<Vec<WindowOutput>, PipelineError> {
-        match &mut self.stages {
-            Stages::Whole(stage) => Ok(stage.finish()),
-            Stages::Split { coordinator, .. } => {
-                let close = coordinator.windowing_mut().finish();
-                self.apply_close(close).await
+    /// Every open window, closed as final and handed on (end of input). The windows
+    /// close a checkpoint's span at a time with the checkpoints between them, as the
+    /// watermark would have closed them: how many windows are still open at the end
+    /// depends on which partition was read last, and where checkpoints fall must not.
+    async fn finish(&mut self) -> Result<(), PipelineError> {
+        loop {
+            let max_windows = self.windows_until_checkpoint();
+            let (outputs, last) = match &mut self.stages {
+                Stages::Whole(stage) => stage.finish_at_most(max_windows),
+                Stages::Split { coordinator, .. } => {
+                    let close = coordinator.windowing_mut().finish_at_most(max_windows);
+                    let last = close.is_final();
+                    (self.apply_close(close).await?, last)
+                }
+            };
+            for output in outputs {
+                self.window_closed(output).await?;
+            }
+            if last {
+                return Ok(());
+            }
+            if self.checkpoint_due {
+                self.checkpoint().await?;
             }
         }
+    }
+
+    /// Windows from the last one closed to the next one a checkpoint may be due after
+    /// (no limit without checkpoints).
+    fn windows_until_checkpoint(&self) -> usize {
+        self.checkpoints.as_ref().map_or(usize::MAX, |plan| {
+            plan.windows_until_due(self.windows_total)
+        })
     }
 
     /// Hands a closed window to the global stage; counts it and decides whether a
