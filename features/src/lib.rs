@@ -595,9 +595,9 @@ mod tests {
         assert_eq!(p0_first, p1_first);
     }
 
-    #[test]
-    fn arrival_order_across_partitions_does_not_change_examples() {
-        let events: Vec<(RecordMeta, Event)> = (0..400)
+    /// 400 impressions and clicks of five items, 0.7 s apart, over partitions 0 to 2.
+    fn clicks_over_three_partitions() -> Vec<(RecordMeta, Event)> {
+        (0..400)
             .map(|i| {
                 let kind = if i % 7 == 3 {
                     ClickKind::Click
@@ -610,7 +610,12 @@ mod tests {
                     click(&format!("e{i}"), T0 + i64::from(i) * 700, kind, &item),
                 )
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn arrival_order_across_partitions_does_not_change_examples() {
+        let events = clicks_over_three_partitions();
         let baseline = run(events.clone());
         // Interleave partitions differently: all of partition 2, then 1, then 0, each in
         // its own order, within the lateness bound per partition.
@@ -636,19 +641,7 @@ mod tests {
     /// with the window outputs of one finish, whatever was read before it.
     #[test]
     fn finishing_a_few_windows_at_a_time_gives_the_outputs_of_one_finish() {
-        let events: Vec<(RecordMeta, Event)> = (0..400)
-            .map(|i| {
-                let kind = if i % 7 == 3 {
-                    ClickKind::Click
-                } else {
-                    ClickKind::Impression
-                };
-                (
-                    meta(InputTopic::Clicks, i % 3, i64::from(i)),
-                    click(&format!("e{i}"), T0 + i64::from(i) * 700, kind, "i1"),
-                )
-            })
-            .collect();
+        let events = clicks_over_three_partitions();
         // Partition 3 is registered and never read: nothing closes before the end.
         let fed = || {
             let mut pipeline = FeaturePipeline::new(&PipelineConfig::default());
