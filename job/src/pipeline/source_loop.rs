@@ -509,7 +509,13 @@ impl Processor<'_> {
         loop {
             let max_windows = self.windows_until_checkpoint();
             let outputs = match &mut self.stages {
-                Stages::Whole(stage) => stage.close_ready_at_most(max_windows),
+                Stages::Whole(stage) => {
+                    let outputs = stage.close_ready_at_most(max_windows);
+                    if outputs.is_empty() {
+                        break;
+                    }
+                    outputs
+                }
                 Stages::Split { coordinator, .. } => {
                     let Some(close) = coordinator.windowing_mut().close_ready_at_most(max_windows)
                     else {
@@ -518,9 +524,6 @@ impl Processor<'_> {
                     self.apply_close(close).await?
                 }
             };
-            if outputs.is_empty() && matches!(self.stages, Stages::Whole(_)) {
-                break;
-            }
             for output in outputs {
                 self.window_closed(output).await?;
             }
