@@ -170,11 +170,7 @@ async fn a_live_source_reads_the_inventory_after_its_group_assigns_even_with_no_
 /// Runs a live source on `config`'s topics until it hands on an inventory event, asserting
 /// that the group had assigned clicks before.
 async fn first_inventory_read(config: &Config) {
-    let names = [
-        config.topics.clicks.clone(),
-        config.topics.orders.clone(),
-        config.topics.inventory.clone(),
-    ];
+    let names = config.topics.inputs().map(String::from);
     let partitions = ensure_topics(&config.kafka, &names).await.unwrap();
     let (source, _committer) = KafkaSource::connect(
         &config.kafka,

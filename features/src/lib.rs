@@ -270,8 +270,7 @@ impl FeaturePipeline {
 
     /// Closes all windows and matures all pending examples (end of input).
     pub fn finish(&mut self) -> Vec<WindowOutput> {
-        let close = self.coordinator.finish();
-        self.apply(close)
+        self.finish_at_most(usize::MAX).0
     }
 
     /// The end of input at most `max_windows` windows at a time (see

@@ -502,49 +502,42 @@ impl Processor<'_> {
             .await
     }
 
-    /// Windows the watermark passed, closed and handed on. A close ends at the window a
-    /// checkpoint is due after (the state is then the state as of that window), and
-    /// answers to a close may carry reports that let more windows close.
+    /// Windows the watermark passed, closed and handed on.
     pub(super) async fn close_ready(&mut self) -> Result<(), PipelineError> {
-        loop {
-            let max_windows = self.windows_until_checkpoint();
-            let outputs = match &mut self.stages {
-                Stages::Whole(stage) => {
-                    let outputs = stage.close_ready_at_most(max_windows);
-                    if outputs.is_empty() {
-                        break;
-                    }
-                    outputs
-                }
-                Stages::Split { coordinator, .. } => {
-                    let Some(close) = coordinator.windowing_mut().close_ready_at_most(max_windows)
-                    else {
-                        break;
-                    };
-                    self.apply_close(close).await?
-                }
-            };
-            for output in outputs {
-                self.window_closed(output).await?;
-            }
-            if self.checkpoint_due {
-                self.checkpoint().await?;
-            }
-        }
-        Ok(())
+        self.close_windows(false).await
     }
 
-    /// Every open window, closed as final and handed on (end of input). The windows
-    /// close a checkpoint's span at a time with the checkpoints between them, as the
-    /// watermark would have closed them: how many windows are still open at the end
-    /// depends on which partition was read last, and where checkpoints fall must not.
+    /// Every open window, closed as final and handed on (end of input).
     async fn finish(&mut self) -> Result<(), PipelineError> {
+        self.close_windows(true).await
+    }
+
+    /// Closes the windows the watermark passed, or at the `end_of_input` every open one,
+    /// a checkpoint's span at a time: each step ends at the window a checkpoint is due
+    /// after, and the checkpoint is taken there (the state is then the state as of that
+    /// window). So checkpoints fall at the same windows however much of the input was
+    /// read before its end. Answers to a close may carry reports that let more windows
+    /// close.
+    async fn close_windows(&mut self, end_of_input: bool) -> Result<(), PipelineError> {
         loop {
             let max_windows = self.windows_until_checkpoint();
             let (outputs, last) = match &mut self.stages {
-                Stages::Whole(stage) => stage.finish_at_most(max_windows),
+                Stages::Whole(stage) if end_of_input => stage.finish_at_most(max_windows),
+                Stages::Whole(stage) => {
+                    let outputs = stage.close_ready_at_most(max_windows);
+                    let none = outputs.is_empty();
+                    (outputs, none)
+                }
                 Stages::Split { coordinator, .. } => {
-                    let close = coordinator.windowing_mut().finish_at_most(max_windows);
+                    let windowing = coordinator.windowing_mut();
+                    let close = if end_of_input {
+                        Some(windowing.finish_at_most(max_windows))
+                    } else {
+                        windowing.close_ready_at_most(max_windows)
+                    };
+                    let Some(close) = close else {
+                        break;
+                    };
                     let last = close.is_final();
                     (self.apply_close(close).await?, last)
                 }
@@ -553,12 +546,13 @@ impl Processor<'_> {
                 self.window_closed(output).await?;
             }
             if last {
-                return Ok(());
+                break;
             }
             if self.checkpoint_due {
                 self.checkpoint().await?;
             }
         }
+        Ok(())
     }
 
     /// Windows from the last one closed to the next one a checkpoint may be due after
