@@ -23,7 +23,7 @@ use support::{Broker, run_to_end};
 
 fn traffic() -> GeneratorOptions {
     GeneratorOptions {
-        seed: 21,
+        seed: support::traffic_seed(21),
         max_events: Some(100_000),
         sessions_per_sec: 0.6,
         size: WorldSize {

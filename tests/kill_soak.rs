@@ -3,8 +3,8 @@
 //! finishes. The store (every table file, the directory listing, the commit records) and
 //! the model file must be those of a run never killed.
 //!
-//! `SHOPSTREAM_KILL_SEED=N` picks other kill moments (the seed is printed); the traffic
-//! stays the same.
+//! `SHOPSTREAM_KILL_SEED=N` picks other kill moments (the seed is printed);
+//! `SHOPSTREAM_TRAFFIC_SEED=N` other traffic.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -29,7 +29,7 @@ const KILLS: usize = 20;
 /// while the job runs) in 10,000 events, 0.5 % malformed.
 fn traffic() -> GeneratorOptions {
     GeneratorOptions {
-        seed: 21,
+        seed: support::traffic_seed(21),
         max_events: Some(10_000),
         sessions_per_sec: 0.1,
         malformed_fraction: 0.005,

@@ -20,7 +20,7 @@ use support::{Broker, run_to_end};
 /// About 20,000 messages over a little more than an hour of event time, some malformed.
 fn traffic() -> GeneratorOptions {
     GeneratorOptions {
-        seed: 15,
+        seed: support::traffic_seed(15),
         max_events: Some(20_000),
         sessions_per_sec: 0.6,
         size: WorldSize {

@@ -397,6 +397,23 @@ pub async fn wait_consumed(
     }
 }
 
+/// The generator seed of a test that compares runs with each other (not with golden
+/// files): `default`, or `SHOPSTREAM_TRAFFIC_SEED` when set, so the same test can be run
+/// on other traffic (`SHOPSTREAM_TRAFFIC_SEED=7 cargo nextest run -E 'binary(scale_out)'`).
+/// An overriding seed is printed, which nextest shows with a failure.
+pub fn traffic_seed(default: u64) -> u64 {
+    match std::env::var("SHOPSTREAM_TRAFFIC_SEED") {
+        Ok(value) => {
+            let seed = value.trim().parse().unwrap_or_else(|_| {
+                panic!("SHOPSTREAM_TRAFFIC_SEED={value:?} is not a whole number (a generator seed)")
+            });
+            eprintln!("traffic seed {seed} (SHOPSTREAM_TRAFFIC_SEED)");
+            seed
+        }
+        Err(_) => default,
+    }
+}
+
 /// A small shop's traffic (150 users, 200 items, 8 categories), sparse enough in event time
 /// that about 75 minutes pass in 5,000 events: labels mature within a test's run.
 pub fn small_shop(seed: u64, max_events: u64) -> shopstream_ingest::generator::GeneratorOptions {
