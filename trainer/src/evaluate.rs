@@ -1,7 +1,8 @@
 //! Prequential evaluation on stored examples (`shopstream model evaluate`): the examples
 //! of a store (an imported real log, say) replayed through a fresh joint model and the
-//! smartcore baselines in the groups the job trained them in, each group scored before
-//! anything learns from it.
+//! smartcore baselines in the groups the job trained them in: the joint model scores each
+//! example just before the minibatch step that learns from it, the baselines score each
+//! group before they are fitted to it.
 //!
 //! The job trains on the examples that mature when a window closes: an impression at `ts`
 //! matures at the first window end after `ts + click window + attribution window`. So the

@@ -124,6 +124,17 @@ pub fn sigmoid(x: f64) -> f64 {
     }
 }
 
+/// The predictions of the forward pass held in `t`.
+fn output_of(t: &Trace) -> Output {
+    let (p_click, p_cvr) = (sigmoid(t.logits[0]), sigmoid(t.logits[1]));
+    Output {
+        p_click,
+        p_cvr,
+        p_ctcvr: p_click * p_cvr,
+        log_value: t.logits[2],
+    }
+}
+
 /// Logistic loss of logit `z` for label `y` and its derivative in `z`.
 pub fn bce_logit(z: f64, y: bool) -> (f64, f64) {
     let loss = softplus(z) - if y { z } else { 0.0 };
@@ -495,13 +506,7 @@ impl JointModel {
 
     fn predict_with(&self, input: &Input, t: &mut Trace) -> Output {
         self.forward(input, t);
-        let (p_click, p_cvr) = (sigmoid(t.logits[0]), sigmoid(t.logits[1]));
-        Output {
-            p_click,
-            p_cvr,
-            p_ctcvr: p_click * p_cvr,
-            log_value: t.logits[2],
-        }
+        output_of(t)
     }
 
     /// Total loss of one example (for tests and evaluation).
@@ -600,12 +605,38 @@ impl JointModel {
 
     /// One Adam step on the mean loss of `batch`; returns that mean loss.
     pub fn train_batch(&mut self, batch: &[(Input, Targets)]) -> f64 {
-        if batch.is_empty() {
-            return 0.0;
-        }
+        self.train_batch_with(batch, None)
+    }
+
+    /// Like [`JointModel::train_batch`], also appending to `scores` each example's
+    /// predictions from the forward pass its gradient is taken at: the parameters before
+    /// this step, with the batch's dense inputs already in the normaliser (features, never
+    /// labels). Test-then-train at the cost of training alone.
+    pub fn train_batch_scored(
+        &mut self,
+        batch: &[(Input, Targets)],
+        scores: &mut Vec<Output>,
+    ) -> f64 {
+        self.train_batch_with(batch, Some(scores))
+    }
+
+    /// The first part of a training step: the batch's dense inputs go into the running
+    /// normalisation that the step's forward passes (and later predictions) use.
+    pub(crate) fn observe_inputs(&mut self, batch: &[(Input, Targets)]) {
         for (input, _) in batch {
             self.normaliser.observe(&input.dense);
         }
+    }
+
+    fn train_batch_with(
+        &mut self,
+        batch: &[(Input, Targets)],
+        mut scores: Option<&mut Vec<Output>>,
+    ) -> f64 {
+        if batch.is_empty() {
+            return 0.0;
+        }
+        self.observe_inputs(batch);
         let d = self.config.embedding_dim;
         let mut g = Gradients {
             params: vec![0.0; self.layout.len],
@@ -616,6 +647,9 @@ impl JointModel {
         let mut loss = 0.0;
         for (input, y) in batch {
             loss += self.backward(input, y, &mut trace, &mut g);
+            if let Some(scores) = scores.as_deref_mut() {
+                scores.push(output_of(&trace));
+            }
         }
         let n = batch.len() as f64;
         self.steps += 1;
@@ -967,6 +1001,36 @@ mod tests {
         let (b, _, _) = run();
         assert_eq!(a, b, "same data, same seed, same bytes");
         assert!(last < first * 0.5, "loss {first} -> {last}");
+    }
+
+    /// Guards the prequential scores of a training step: each is the prediction of the
+    /// parameters before the step (the batch's dense inputs in the normaliser), and
+    /// scoring changes nothing the step learns.
+    #[test]
+    fn a_scored_step_predicts_each_example_with_the_parameters_before_it_and_learns_the_same() {
+        let data: Vec<(Input, Targets)> = examples().into_iter().cycle().take(24).collect();
+        let config = JointConfig {
+            embedding_bits: 6,
+            learning_rate: 0.01,
+            ..JointConfig::default()
+        };
+        let mut plain = JointModel::new(config);
+        let mut scored = JointModel::new(config);
+        let mut scores = Vec::new();
+        for batch in data.chunks(8) {
+            let mut before = scored.clone();
+            before.observe_inputs(batch);
+            let from = scores.len();
+            let loss = scored.train_batch_scored(batch, &mut scores);
+            assert_eq!(loss.to_bits(), plain.train_batch(batch).to_bits());
+            assert_eq!(scores.len(), from + batch.len());
+            for ((input, _), got) in batch.iter().zip(&scores[from..]) {
+                assert_eq!(*got, before.predict(input));
+            }
+        }
+        assert_eq!(scored.to_bytes(), plain.to_bytes());
+        // Later batches are scored by a model that has learned from the earlier ones.
+        assert_ne!(scores[0], scores[8], "the same example, one step later");
     }
 
     #[test]

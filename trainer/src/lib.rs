@@ -379,8 +379,10 @@ impl Trainer {
         }
     }
 
-    /// Predicts every example of a closed window, then trains on them in minibatches, in
-    /// order; bumps the version when anything was trained.
+    /// Trains on a closed window's examples in minibatches, in order, each example
+    /// predicted just before the step that learns from it (test-then-train: the forward
+    /// pass of its gradient); returns the metrics of those predictions and bumps the
+    /// version when anything was trained.
     pub fn train_window(&mut self, examples: &[Example]) -> WindowMetrics {
         self.train_window_scored(examples).0
     }
@@ -403,14 +405,14 @@ impl Trainer {
                 )
             })
             .collect();
-        let outputs = self.model.predict_all(data.iter().map(|(x, _)| x));
-        let metrics = evaluate(examples, &data, &outputs);
+        let mut outputs = Vec::with_capacity(data.len());
         let mut loss = 0.0;
         let mut batches = 0;
         for batch in data.chunks(self.batch_size) {
-            loss += self.model.train_batch(batch);
+            loss += self.model.train_batch_scored(batch, &mut outputs);
             batches += 1;
         }
+        let metrics = evaluate(examples, &data, &outputs);
         self.trained_examples += examples.len() as u64;
         self.version += 1;
         let metrics = WindowMetrics {
@@ -666,30 +668,35 @@ mod tests {
         assert_eq!(copy.version(), trainer.version());
     }
 
+    /// Guards the prequential protocol: every example of a window is scored before the
+    /// model learns from it, by the parameters of the step that does (test-then-train),
+    /// and the window's metrics are those scores'.
     #[test]
-    fn prequential_metrics_use_predictions_made_before_training() {
-        let mut t = Trainer::new(&small());
+    fn prequential_metrics_score_each_example_before_the_step_that_learns_from_it() {
+        let config = small();
+        let mut t = Trainer::new(&config);
         let window: Vec<Example> = (0..50)
             .flat_map(|_| [example("clicker", true), example("ignorer", false)])
             .collect();
-        let fresh = Trainer::new(&small());
-        let first = t.train_window(&window);
-        // The first window is scored by the untrained model, exactly as a fresh one scores it.
-        let p: Vec<f64> = window
+        let mut model = t.model().clone();
+        let data: Vec<(Input, Targets)> = window
             .iter()
             .map(|e| {
-                let row = ServingRow {
-                    event_id: e.event_id.clone(),
-                    ts: e.ts,
-                    user_id: e.user_id.clone(),
-                    item_id: e.item_id.clone(),
-                    features: e.features.clone(),
-                };
-                fresh.predict(&row, None).p_click
+                let x = input_of(&e.user_id, &e.item_id, &e.features, model.embedding_rows());
+                (x, targets_of(e))
             })
             .collect();
+        let mut p = Vec::new();
+        for batch in data.chunks(config.batch_size) {
+            let mut before = model.clone();
+            before.observe_inputs(batch);
+            p.extend(batch.iter().map(|(x, _)| before.predict(x).p_click));
+            model.train_batch(batch);
+        }
+        let first = t.train_window(&window);
         let y: Vec<bool> = window.iter().map(|e| e.labels.clicked).collect();
         assert_eq!(first.ctr, BinaryMetrics::of(&p, &y));
+        assert_eq!(t.model().to_bytes(), model.to_bytes());
         let second = t.train_window(&window);
         assert!(second.ctr.auc.expect("both classes") > 0.95);
         assert!(second.ctr.log_loss < first.ctr.log_loss);

@@ -295,7 +295,7 @@ pub fn render(data: &ReportData) -> String {
     );
     let auc = Chart {
         title: "AUC".into(),
-        note: "scored before training on the window".into(),
+        note: "each example scored before the model learns from it".into(),
         series: series_of(&data.auc),
         bands: Vec::new(),
         symmetric: false,

@@ -209,7 +209,7 @@ pub fn render(t: &Telemetry) -> String {
         family(
             "shopstream_model_window_auc",
             "gauge",
-            "AUC of the last window, scored before training on it.",
+            "AUC of the last window, each example scored before the model learned from it.",
             samples,
         );
     }

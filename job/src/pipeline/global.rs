@@ -227,8 +227,8 @@ impl GlobalStage {
                     .hold(output.start, tables::ITEM_DEMAND, rows, offsets);
             }
         }
-        // Prequential: the window's examples are scored before the model trains on them;
-        // the drift monitors see those scores.
+        // Prequential: each example is scored just before the training step that learns
+        // from it; the drift monitors see those scores.
         let (mut metrics, scores) = self.trainer.train_window_scored(&output.examples);
         self.observe_drift(output, &scores, write, offsets, outputs)
             .await?;
