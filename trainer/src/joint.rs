@@ -20,7 +20,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::kernels::{Adam, adam, axpy, axpy_rows, dense_layer, dot};
+use crate::kernels::{Adam, adam, axpy, axpy_row_prefixes, axpy_rows, dense_layer, dot};
 
 /// Categorical fields hashed into the embedding table.
 pub const FIELDS: usize = 8;
@@ -578,10 +578,12 @@ impl JointModel {
             active.push((*dz, k));
         }
         axpy_rows(active, &p[l.w2..l.b2], da1);
-        // First layer.
+        // First layer. Only the embedding part of the input takes a gradient (the dense
+        // inputs' stops at the normaliser), so only those columns of W1^T dz1 are computed.
+        let d = c.embedding_dim;
         let dx = &mut t.dx;
         dx.clear();
-        dx.resize(l.input, 0.0);
+        dx.resize(FIELDS * d, 0.0);
         active.clear();
         for (j, da) in da1.iter().enumerate() {
             let dz = if t.z1[j] > 0.0 { *da } else { 0.0 };
@@ -593,9 +595,8 @@ impl JointModel {
             axpy(dz, &t.x, &mut g.params[row..row + l.input]);
             active.push((dz, j));
         }
-        axpy_rows(active, &p[l.w1..l.b1], dx);
-        // Embedding rows (the dense inputs' gradient stops at the normaliser).
-        let d = c.embedding_dim;
+        axpy_row_prefixes(active, &p[l.w1..l.b1], l.input, dx);
+        // Embedding rows.
         for (f, id) in input.ids.iter().enumerate() {
             g.rows.push(id % self.embedding_rows());
             g.row_grads.extend_from_slice(&dx[f * d..(f + 1) * d]);

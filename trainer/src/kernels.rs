@@ -127,8 +127,14 @@ pub(crate) fn axpy(a: f64, x: &[f64], y: &mut [f64]) {
 /// one [`axpy`] per term, with `y` read and written once per four terms. `w` is row-major
 /// with `y.len()` columns.
 pub(crate) fn axpy_rows(terms: &[(f64, usize)], w: &[f64], y: &mut [f64]) {
+    axpy_row_prefixes(terms, w, y.len(), y);
+}
+
+/// [`axpy_rows`] over the first `y.len()` columns of a row-major `w` of `stride` columns:
+/// each column's sum is exactly the one [`axpy_rows`] makes over whole rows.
+pub(crate) fn axpy_row_prefixes(terms: &[(f64, usize)], w: &[f64], stride: usize, y: &mut [f64]) {
     let cols = y.len();
-    let row = |r: usize| &w[r * cols..(r + 1) * cols];
+    let row = |r: usize| &w[r * stride..r * stride + cols];
     let mut quads = terms.chunks_exact(4);
     for q in quads.by_ref() {
         let (a0, a1, a2, a3) = (q[0].0, q[1].0, q[2].0, q[3].0);
@@ -194,12 +200,19 @@ mod tests {
             let terms: Vec<(f64, usize)> = (0..n_terms).map(|j| (a[j], (j * 7) % 40)).collect();
             let mut fast = values(6, cols);
             let mut plain = fast.clone();
+            let mut prefix = fast[..64].to_vec();
             axpy_rows(&terms, &w, &mut fast);
+            axpy_row_prefixes(&terms, &w, cols, &mut prefix);
             for &(a, r) in &terms {
                 axpy(a, &w[r * cols..(r + 1) * cols], &mut plain);
             }
             let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&fast), bits(&plain), "{n_terms} terms");
+            assert_eq!(
+                bits(&prefix),
+                bits(&plain[..64]),
+                "{n_terms} terms, 64 columns"
+            );
         }
     }
 }
