@@ -124,6 +124,20 @@ pub fn sigmoid(x: f64) -> f64 {
     }
 }
 
+/// Sets `out` to the (value, index) of the non-zero `values`, in order. Which units of a
+/// ReLU layer carry gradient is close to a coin toss per unit, so this writes every
+/// value and advances only past the non-zero ones instead of branching on each.
+fn gather_nonzero(values: impl ExactSizeIterator<Item = f64>, out: &mut Vec<(f64, usize)>) {
+    out.clear();
+    out.resize(values.len(), (0.0, 0));
+    let mut n = 0;
+    for (i, v) in values.enumerate() {
+        out[n] = (v, i);
+        n += usize::from(v != 0.0);
+    }
+    out.truncate(n);
+}
+
 /// The predictions of the forward pass held in `t`.
 fn output_of(t: &Trace) -> Output {
     let (p_click, p_cvr) = (sigmoid(t.logits[0]), sigmoid(t.logits[1]));
@@ -567,15 +581,11 @@ impl JointModel {
         da1.clear();
         da1.resize(c.hidden1, 0.0);
         let active = &mut t.active;
-        active.clear();
-        for (k, dz) in dz2.iter().enumerate() {
-            if *dz == 0.0 {
-                continue;
-            }
+        gather_nonzero(dz2.iter().copied(), active);
+        for &(dz, k) in active.iter() {
             g.params[l.b2 + k] += dz;
             let row = l.w2 + k * c.hidden1;
-            axpy(*dz, &t.a1, &mut g.params[row..row + c.hidden1]);
-            active.push((*dz, k));
+            axpy(dz, &t.a1, &mut g.params[row..row + c.hidden1]);
         }
         axpy_rows(active, &p[l.w2..l.b2], da1);
         // First layer. Only the embedding part of the input takes a gradient (the dense
@@ -584,16 +594,15 @@ impl JointModel {
         let dx = &mut t.dx;
         dx.clear();
         dx.resize(FIELDS * d, 0.0);
-        active.clear();
-        for (j, da) in da1.iter().enumerate() {
-            let dz = if t.z1[j] > 0.0 { *da } else { 0.0 };
-            if dz == 0.0 {
-                continue;
-            }
+        let relu_open = da1
+            .iter()
+            .zip(&t.z1)
+            .map(|(da, z)| if *z > 0.0 { *da } else { 0.0 });
+        gather_nonzero(relu_open, active);
+        for &(dz, j) in active.iter() {
             g.params[l.b1 + j] += dz;
             let row = l.w1 + j * l.input;
             axpy(dz, &t.x, &mut g.params[row..row + l.input]);
-            active.push((dz, j));
         }
         axpy_row_prefixes(active, &p[l.w1..l.b1], l.input, dx);
         // Embedding rows.
@@ -939,6 +948,15 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn gather_nonzero_keeps_the_nonzero_values_in_order_with_their_indices() {
+        let mut out = vec![(9.0, 9); 3];
+        gather_nonzero([0.0, 1.5, -0.0, -2.0, 0.0, 3.0].into_iter(), &mut out);
+        assert_eq!(out, vec![(1.5, 1), (-2.0, 3), (3.0, 5)]);
+        gather_nonzero([0.0; 4].into_iter(), &mut out);
+        assert!(out.is_empty());
     }
 
     #[test]
