@@ -128,7 +128,8 @@ pub fn sigmoid(x: f64) -> f64 {
 /// ReLU layer carry gradient is close to a coin toss per unit, so this writes every
 /// value and advances only past the non-zero ones instead of branching on each.
 fn gather_nonzero(values: impl ExactSizeIterator<Item = f64>, out: &mut Vec<(f64, usize)>) {
-    out.clear();
+    // Every slot up to the last non-zero value is written below, and the rest cut off, so
+    // what `out` held is never read: only the slots it lacks are filled.
     out.resize(values.len(), (0.0, 0));
     let mut n = 0;
     for (i, v) in values.enumerate() {

@@ -395,16 +395,7 @@ impl Trainer {
         if examples.is_empty() {
             return (WindowMetrics::default(), Vec::new());
         }
-        let rows = self.model.embedding_rows();
-        let data: Vec<(Input, Targets)> = examples
-            .iter()
-            .map(|e| {
-                (
-                    input_of(&e.user_id, &e.item_id, &e.features, rows),
-                    targets_of(e),
-                )
-            })
-            .collect();
+        let data = self.model_data(examples);
         let mut outputs = Vec::with_capacity(data.len());
         let mut loss = 0.0;
         let mut batches = 0;
@@ -420,6 +411,20 @@ impl Trainer {
             ..metrics
         };
         (metrics, outputs)
+    }
+
+    /// The model's inputs and targets of `examples`, in their order.
+    fn model_data(&self, examples: &[Example]) -> Vec<(Input, Targets)> {
+        let rows = self.model.embedding_rows();
+        examples
+            .iter()
+            .map(|e| {
+                (
+                    input_of(&e.user_id, &e.item_id, &e.features, rows),
+                    targets_of(e),
+                )
+            })
+            .collect()
     }
 
     /// Scores a window's demand rows with the current head, then trains on them.
@@ -679,13 +684,7 @@ mod tests {
             .flat_map(|_| [example("clicker", true), example("ignorer", false)])
             .collect();
         let mut model = t.model().clone();
-        let data: Vec<(Input, Targets)> = window
-            .iter()
-            .map(|e| {
-                let x = input_of(&e.user_id, &e.item_id, &e.features, model.embedding_rows());
-                (x, targets_of(e))
-            })
-            .collect();
+        let data = t.model_data(&window);
         let mut p = Vec::new();
         for batch in data.chunks(config.batch_size) {
             let mut before = model.clone();
