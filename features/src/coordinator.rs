@@ -390,7 +390,7 @@ impl Coordinator {
             .into_iter()
             .filter(|f| f.at == start)
             .map(|features| DemandRow {
-                units: sold.get(&features.item_id).copied().unwrap_or(0),
+                units: sold.get(&*features.item_id).copied().unwrap_or(0),
                 features,
             })
             .collect();

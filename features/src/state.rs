@@ -52,8 +52,8 @@ const DEMAND_LOOKBACK_MS: Millis = 7 * 86_400_000;
 /// Demand features of one item at a window boundary.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DemandFeatures {
-    /// The item.
-    pub item_id: String,
+    /// The item (shared with the sold-items index: a window's snapshot copies no ids).
+    pub item_id: std::sync::Arc<str>,
     /// The boundary (start of the window forecast).
     pub at: Millis,
     /// Units sold over 1 h, 24 h, 7 d before `at`.
@@ -233,6 +233,52 @@ pub struct FeatureState {
     /// inventory needs only what features join (on hand, price, category).
     #[serde(default = "counts_sales")]
     counts_sales: bool,
+    /// The items of `inventory` with a sale, in id order (derived from the rows, so not
+    /// serialised: rebuilt at first use after a restore).
+    #[serde(skip)]
+    sold: SoldIndex,
+}
+
+/// Ids of the items with a recorded sale, in id order, so that the demand snapshot of
+/// each window walks them without sorting or scanning the whole inventory.
+///
+/// Holds every item whose `last_sale` is within [`DEMAND_LOOKBACK_MS`] of the latest
+/// snapshot, and those sold since; a snapshot drops the ones that fell out. Derived from
+/// the inventory rows, so it takes no part in equality or in the serialised state.
+#[derive(Debug, Clone, Default)]
+struct SoldIndex {
+    ids: std::collections::BTreeSet<std::sync::Arc<str>>,
+    /// `ids` is up to date with the rows (false after a restore, until rebuilt).
+    built: bool,
+}
+
+impl PartialEq for SoldIndex {
+    fn eq(&self, _: &Self) -> bool {
+        // Derived from the rows, which the state compares.
+        true
+    }
+}
+
+impl SoldIndex {
+    /// An index of no items, up to date with an empty inventory.
+    fn empty() -> Self {
+        Self {
+            ids: std::collections::BTreeSet::new(),
+            built: true,
+        }
+    }
+
+    /// Makes `ids` list every item of `inventory` with a sale, if it is not up to date.
+    fn build(&mut self, inventory: &HashMap<String, InventoryRow>) {
+        if !self.built {
+            self.ids = inventory
+                .iter()
+                .filter(|(_, row)| row.last_sale.is_some())
+                .map(|(item, _)| std::sync::Arc::from(item.as_str()))
+                .collect();
+            self.built = true;
+        }
+    }
 }
 
 fn counts_sales() -> bool {
@@ -272,6 +318,7 @@ impl FeatureState {
             window_users: Vec::new(),
             window_user_state: HashMap::default(),
             counts_sales: true,
+            sold: SoldIndex::empty(),
         }
     }
 
@@ -410,7 +457,11 @@ impl FeatureState {
         }
         match event {
             Event::Inventory(e) => {
-                let row = self.inventory.entry(e.item_id.clone()).or_default();
+                if !self.inventory.contains_key(&e.item_id) {
+                    self.inventory
+                        .insert(e.item_id.clone(), InventoryRow::default());
+                }
+                let row = self.inventory.get_mut(&e.item_id).expect("inserted above");
                 match (e.on_hand, e.delta) {
                     (Some(on_hand), _) => row.on_hand = Some(on_hand),
                     (None, Some(delta)) if e.kind != InventoryKind::Snapshot => {
@@ -435,6 +486,10 @@ impl FeatureState {
                     );
                     row.last_sale = Some(e.ts);
                     row.window_units += units;
+                    self.sold.build(&self.inventory);
+                    if !self.sold.ids.contains(e.item_id.as_str()) {
+                        self.sold.ids.insert(e.item_id.as_str().into());
+                    }
                 }
             }
             Event::Click(c) => {
@@ -484,26 +539,32 @@ impl FeatureState {
     /// Demand features of every item sold within the last 7 days, as of `at` (a window
     /// boundary), sorted by item id; the forecast for the next window is made from these.
     pub fn demand_snapshot(&mut self, at: Millis) -> Vec<DemandFeatures> {
-        // Sorted as references: the rows are many times a reference's size.
-        let mut sold: Vec<(&String, &mut InventoryRow)> = self
-            .inventory
-            .iter_mut()
-            .filter(|(_, r)| r.last_sale.is_some_and(|t| at - t <= DEMAND_LOOKBACK_MS))
-            .collect();
-        sold.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        sold.into_iter()
-            .map(|(item, r)| DemandFeatures {
-                item_id: item.clone(),
-                at,
-                sales: r
-                    .sales
-                    .as_mut()
-                    .map(|sales| sales.totals(at - 1))
-                    .unwrap_or_default(),
-                on_hand: r.on_hand,
-                price: r.price,
-            })
-            .collect()
+        self.sold.build(&self.inventory);
+        let inventory = &mut self.inventory;
+        let mut out = Vec::with_capacity(self.sold.ids.len());
+        // In id order. Items whose last sale fell out of the lookback leave the index: a
+        // later sale puts them back, and `at` only grows (window boundaries in order).
+        self.sold.ids.retain(|item| {
+            let Some(r) = inventory.get_mut(&**item) else {
+                return false;
+            };
+            let recent = r.last_sale.is_some_and(|t| at - t <= DEMAND_LOOKBACK_MS);
+            if recent {
+                out.push(DemandFeatures {
+                    item_id: item.clone(),
+                    at,
+                    sales: r
+                        .sales
+                        .as_mut()
+                        .map(|sales| sales.totals(at - 1))
+                        .unwrap_or_default(),
+                    on_hand: r.on_hand,
+                    price: r.price,
+                });
+            }
+            recent
+        });
+        out
     }
 
     /// Users of the window just applied, with the time of their first impression in it,
@@ -515,10 +576,14 @@ impl FeatureState {
 
     /// Units each item sold in the window just applied (resets the counters).
     pub fn take_window_units(&mut self) -> HashMap<String, i64> {
+        // Only a sale counts units, and a sale lists its item in `sold`.
+        self.sold.build(&self.inventory);
         let mut out = HashMap::default();
-        for (item, row) in &mut self.inventory {
-            if row.window_units != 0 {
-                out.insert(item.clone(), std::mem::take(&mut row.window_units));
+        for item in &self.sold.ids {
+            if let Some(row) = self.inventory.get_mut(&**item)
+                && row.window_units != 0
+            {
+                out.insert(item.to_string(), std::mem::take(&mut row.window_units));
             }
         }
         out
@@ -654,6 +719,13 @@ impl FeatureState {
                         .as_ref()
                         .map_or(0, |r| size_of::<CachedRolling>() + r.heap_bytes())
             })
+            .sum::<usize>();
+        // The sold-items index: an id and a shared pointer per item, plus tree overhead.
+        keyed += self
+            .sold
+            .ids
+            .iter()
+            .map(|id| id.len() + 2 * size_of::<usize>() + size_of::<std::sync::Arc<str>>())
             .sum::<usize>();
         StateBytes {
             keyed: keyed + users + items,
@@ -1130,5 +1202,98 @@ mod tests {
             state.forget_users(&std::collections::BTreeSet::from(["gone".to_string()])),
             0
         );
+    }
+
+    /// The demand snapshot and window units as they were computed before the sold-items
+    /// index: a scan of the whole inventory, sorted by id.
+    fn demand_by_scan(state: &mut FeatureState, at: Millis) -> Vec<DemandFeatures> {
+        let mut sold: Vec<(&String, &mut InventoryRow)> = state
+            .inventory
+            .iter_mut()
+            .filter(|(_, r)| r.last_sale.is_some_and(|t| at - t <= DEMAND_LOOKBACK_MS))
+            .collect();
+        sold.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        sold.into_iter()
+            .map(|(item, r)| DemandFeatures {
+                item_id: item.as_str().into(),
+                at,
+                sales: r
+                    .sales
+                    .as_mut()
+                    .map(|sales| sales.totals(at - 1))
+                    .unwrap_or_default(),
+                on_hand: r.on_hand,
+                price: r.price,
+            })
+            .collect()
+    }
+
+    fn units_by_scan(state: &FeatureState) -> Vec<(String, i64)> {
+        let mut units: Vec<(String, i64)> = state
+            .inventory
+            .iter()
+            .filter(|(_, r)| r.window_units != 0)
+            .map(|(item, r)| (item.clone(), r.window_units))
+            .collect();
+        units.sort();
+        units
+    }
+
+    proptest::proptest! {
+        /// Guards the sold-items index: every window's demand snapshot and sold units are
+        /// what a scan of the whole inventory gives, across items falling out of the 7-day
+        /// lookback, selling again, and a restore from serialised state mid-way.
+        #[test]
+        fn demand_snapshots_from_the_sold_index_match_a_scan_of_the_inventory(
+            windows in proptest::collection::vec(
+                proptest::collection::vec((0u8..40, 0u8..4, 0i64..3_600_000), 0..12),
+                1..30,
+            ),
+            gap_hours in proptest::collection::vec(1i64..100, 30),
+            restore_at in 0usize..30,
+        ) {
+            let mut state = FeatureState::new(LIMITS);
+            let mut at = 1_767_571_200_000;
+            for (w, events) in windows.iter().enumerate() {
+                let start = at;
+                at += gap_hours[w] * 3_600_000;
+                let mut events: Vec<Event> = events
+                    .iter()
+                    .map(|&(item, kind, offset)| {
+                        let kind = [
+                            InventoryKind::Sale,
+                            InventoryKind::Sale,
+                            InventoryKind::Restock,
+                            InventoryKind::Snapshot,
+                        ][usize::from(kind)];
+                        Event::Inventory(shopstream_ingest::event::InventoryEvent {
+                            event_id: format!("e{w}-{item}-{offset}"),
+                            ts: start + offset.min(at - start - 1),
+                            item_id: format!("item-{item}"),
+                            kind,
+                            on_hand: (kind == InventoryKind::Snapshot).then_some(9),
+                            delta: Some(if kind == InventoryKind::Sale { -2 } else { 3 }),
+                            price: Some(f64::from(item) + 0.5),
+                            category: None,
+                        })
+                    })
+                    .collect();
+                events.sort_by_key(|e| e.ts());
+                for event in &events {
+                    state.apply_same_ts(&[(InputTopic::Inventory, 0, event)]);
+                }
+                if w == restore_at {
+                    let json = serde_json::to_string(&state).expect("serialise");
+                    state = serde_json::from_str(&json).expect("deserialise");
+                }
+                let expected_units = units_by_scan(&state);
+                let mut units: Vec<(String, i64)> =
+                    state.take_window_units().into_iter().collect();
+                units.sort();
+                proptest::prop_assert_eq!(units, expected_units);
+                let expected = demand_by_scan(&mut state.clone(), at);
+                proptest::prop_assert_eq!(state.demand_snapshot(at), expected);
+            }
+        }
     }
 }

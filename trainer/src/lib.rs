@@ -469,7 +469,7 @@ impl Trainer {
                 let (row, dense) = demand_input(f, rows);
                 let units = self.model.predict_demand(row, &dense);
                 DemandForecast {
-                    item_id: f.item_id.clone(),
+                    item_id: f.item_id.to_string(),
                     window_start: f.at,
                     units,
                     on_hand: f.on_hand,
