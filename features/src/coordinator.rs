@@ -385,15 +385,18 @@ impl Coordinator {
         users.sort_by_key(|(ts, partition, _)| (*ts, *partition));
         // Demand: the snapshot taken at this window's start, labelled with what sold in it.
         let state = self.inventory.state_mut();
-        let sold = state.take_window_units();
-        let demand = std::mem::take(&mut self.demand_snapshot)
+        let mut demand: Vec<DemandRow> = std::mem::take(&mut self.demand_snapshot)
             .into_iter()
             .filter(|f| f.at == start)
-            .map(|features| DemandRow {
-                units: sold.get(&*features.item_id).copied().unwrap_or(0),
-                features,
-            })
+            .map(|features| DemandRow { features, units: 0 })
             .collect();
+        // The few items sold are found in the snapshot (sorted by id), rather than each of
+        // the many snapshot rows in the sold items: no pass reads every row's id.
+        for (item, units) in state.take_window_units() {
+            if let Ok(at) = demand.binary_search_by(|row| (*row.features.item_id).cmp(&*item)) {
+                demand[at].units = units;
+            }
+        }
         self.demand_snapshot = state.demand_snapshot(end);
         // Later windows hold events at or after this window's end; one window of margin
         // covers drift evidence, reported on the grid of windows.

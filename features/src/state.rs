@@ -248,7 +248,11 @@ pub struct FeatureState {
 #[derive(Debug, Clone, Default)]
 struct SoldIndex {
     ids: std::collections::BTreeSet<std::sync::Arc<str>>,
-    /// `ids` is up to date with the rows (false after a restore, until rebuilt).
+    /// The items whose `window_units` is not zero, in the order of their first sale in the
+    /// window being applied, so that taking a window's units visits only them.
+    window: Vec<std::sync::Arc<str>>,
+    /// `ids` and `window` are up to date with the rows (false after a restore, until
+    /// rebuilt).
     built: bool,
 }
 
@@ -264,11 +268,13 @@ impl SoldIndex {
     fn empty() -> Self {
         Self {
             ids: std::collections::BTreeSet::new(),
+            window: Vec::new(),
             built: true,
         }
     }
 
-    /// Makes `ids` list every item of `inventory` with a sale, if it is not up to date.
+    /// Makes `ids` list every item of `inventory` with a sale, and `window` those with
+    /// units in the window, if they are not up to date.
     fn build(&mut self, inventory: &HashMap<String, InventoryRow>) {
         if !self.built {
             self.ids = inventory
@@ -276,7 +282,27 @@ impl SoldIndex {
                 .filter(|(_, row)| row.last_sale.is_some())
                 .map(|(item, _)| std::sync::Arc::from(item.as_str()))
                 .collect();
+            self.window = inventory
+                .iter()
+                .filter(|(_, row)| row.window_units != 0)
+                .map(|(item, _)| std::sync::Arc::from(item.as_str()))
+                .collect();
             self.built = true;
+        }
+    }
+
+    /// Records a sale of `units` of `item`, which had `units_before` in the window.
+    fn record_sale(&mut self, item: &str, units_before: i64, units: i64) {
+        let id = match self.ids.get(item) {
+            Some(id) => id.clone(),
+            None => {
+                let id: std::sync::Arc<str> = item.into();
+                self.ids.insert(id.clone());
+                id
+            }
+        };
+        if units_before == 0 && units != 0 {
+            self.window.push(id);
         }
     }
 }
@@ -457,6 +483,8 @@ impl FeatureState {
         }
         match event {
             Event::Inventory(e) => {
+                // Before the row changes: a rebuild lists what the rows held until now.
+                self.sold.build(&self.inventory);
                 if !self.inventory.contains_key(&e.item_id) {
                     self.inventory
                         .insert(e.item_id.clone(), InventoryRow::default());
@@ -472,7 +500,9 @@ impl FeatureState {
                 if let Some(price) = e.price {
                     row.price = Some(price);
                 }
-                if let Some(category) = &e.category {
+                if let Some(category) = &e.category
+                    && row.category.as_ref() != Some(category)
+                {
                     row.category = Some(category.clone());
                 }
                 if e.kind == InventoryKind::Sale && self.counts_sales {
@@ -485,11 +515,9 @@ impl FeatureState {
                         },
                     );
                     row.last_sale = Some(e.ts);
+                    let units_before = row.window_units;
                     row.window_units += units;
-                    self.sold.build(&self.inventory);
-                    if !self.sold.ids.contains(e.item_id.as_str()) {
-                        self.sold.ids.insert(e.item_id.as_str().into());
-                    }
+                    self.sold.record_sale(&e.item_id, units_before, units);
                 }
             }
             Event::Click(c) => {
@@ -575,15 +603,15 @@ impl FeatureState {
     }
 
     /// Units each item sold in the window just applied (resets the counters).
-    pub fn take_window_units(&mut self) -> HashMap<String, i64> {
-        // Only a sale counts units, and a sale lists its item in `sold`.
+    pub fn take_window_units(&mut self) -> HashMap<std::sync::Arc<str>, i64> {
+        // Only a sale counts units, and a sale lists its item in `sold.window`.
         self.sold.build(&self.inventory);
         let mut out = HashMap::default();
-        for item in &self.sold.ids {
-            if let Some(row) = self.inventory.get_mut(&**item)
+        for item in self.sold.window.drain(..) {
+            if let Some(row) = self.inventory.get_mut(&*item)
                 && row.window_units != 0
             {
-                out.insert(item.to_string(), std::mem::take(&mut row.window_units));
+                out.insert(item, std::mem::take(&mut row.window_units));
             }
         }
         out
@@ -726,7 +754,8 @@ impl FeatureState {
             .ids
             .iter()
             .map(|id| id.len() + 2 * size_of::<usize>() + size_of::<std::sync::Arc<str>>())
-            .sum::<usize>();
+            .sum::<usize>()
+            + self.sold.window.capacity() * size_of::<std::sync::Arc<str>>();
         StateBytes {
             keyed: keyed + users + items,
             users,
@@ -1287,8 +1316,11 @@ mod tests {
                     state = serde_json::from_str(&json).expect("deserialise");
                 }
                 let expected_units = units_by_scan(&state);
-                let mut units: Vec<(String, i64)> =
-                    state.take_window_units().into_iter().collect();
+                let mut units: Vec<(String, i64)> = state
+                    .take_window_units()
+                    .into_iter()
+                    .map(|(item, units)| (item.to_string(), units))
+                    .collect();
                 units.sort();
                 proptest::prop_assert_eq!(units, expected_units);
                 let expected = demand_by_scan(&mut state.clone(), at);
