@@ -331,7 +331,7 @@ impl Coordinator {
             .windows
             .iter()
             .map(|(start, events)| {
-                let inventory = self.inventory.apply(*start, events, &[]);
+                let inventory = self.inventory.apply_shared(*start, events, &[]);
                 let parts: Vec<(i32, ShardWindow)> = windows
                     .iter_mut()
                     .filter_map(|(p, windows)| Some((*p, windows.next()?)))

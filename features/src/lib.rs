@@ -44,7 +44,9 @@ pub use follower::Follower;
 pub use merge_queue::{MergeQueue, MergeQueueError};
 pub use shard::{JoinedEvents, Shard, ShardWindow};
 pub use shard_set::{Report, ShardSet};
-pub use state::{DemandFeatures, DemandRow, FeatureState, StateBytes, StateLimits, UserArrival};
+pub use state::{
+    DemandFeatures, DemandRow, FeatureState, GroupEvent, StateBytes, StateLimits, UserArrival,
+};
 pub use watermark::Watermark;
 pub use window::{Buffered, ClosedWindow, WindowGrid, Windows};
 

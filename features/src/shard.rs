@@ -15,11 +15,11 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use shopstream_ingest::event::{Event, InputTopic, Millis};
+use shopstream_ingest::event::Millis;
 
 use crate::coordinator::{Close, Part};
 use crate::example::Example;
-use crate::state::{FeatureState, UserArrival};
+use crate::state::{FeatureState, GroupEvent, UserArrival};
 use crate::window::{Buffered, ClosedWindow, Windows};
 
 /// The state and open windows of one partition number (or of the inventory).
@@ -95,19 +95,50 @@ impl Shard {
 
     /// Applies the window starting at `start`: the shard's `own` events merged with the
     /// `joined` (inventory) events, both sorted, in (ts, topic, partition, offset) order;
-    /// then matures the examples whose labels can no longer change.
-    pub fn apply(&mut self, start: Millis, own: &[Buffered], joined: &[Buffered]) -> ShardWindow {
-        let end = start + self.windows.length_ms();
+    /// then matures the examples whose labels can no longer change. The examples take
+    /// their ids from `own`, which is consumed.
+    pub fn apply(&mut self, start: Millis, own: Vec<Buffered>, joined: &[Buffered]) -> ShardWindow {
+        let events = own.len();
+        let own = own.into_iter().map(|b| {
+            (
+                b.order_key(),
+                (b.meta.partition, GroupEvent::Owned(b.event)),
+            )
+        });
         let merged = merge(own, joined);
-        for group in merged.chunk_by(|a, b| a.event.ts() == b.event.ts()) {
-            let group: Vec<(InputTopic, i32, &Event)> = group
-                .iter()
-                .map(|b| (b.meta.topic, b.meta.partition, &b.event))
-                .collect();
-            self.state.apply_same_ts(&group);
+        self.apply_merged(start, events, merged)
+    }
+
+    /// [`Shard::apply`] of `own` events that stay with the caller (the examples copy
+    /// their ids).
+    pub fn apply_shared(
+        &mut self,
+        start: Millis,
+        own: &[Buffered],
+        joined: &[Buffered],
+    ) -> ShardWindow {
+        let shared = own.iter().map(|b| {
+            (
+                b.order_key(),
+                (b.meta.partition, GroupEvent::Shared(&b.event)),
+            )
+        });
+        let merged = merge(shared, joined);
+        self.apply_merged(start, own.len(), merged)
+    }
+
+    fn apply_merged(
+        &mut self,
+        start: Millis,
+        events: usize,
+        mut merged: Vec<(i32, GroupEvent<'_>)>,
+    ) -> ShardWindow {
+        let end = start + self.windows.length_ms();
+        for group in merged.chunk_by_mut(|a, b| a.1.event().ts() == b.1.event().ts()) {
+            self.state.apply_group(group);
         }
         ShardWindow {
-            events: own.len(),
+            events,
             users: self.state.take_window_users(),
             examples: self.state.mature_before(end),
             oldest_pending: self.state.oldest_pending_ts(),
@@ -126,7 +157,7 @@ impl Shard {
             .iter()
             .map(|(start, inventory)| {
                 let mine = own.remove(start).unwrap_or_default();
-                self.apply(*start, &mine, inventory)
+                self.apply(*start, mine, inventory)
             })
             .collect();
         // Left over only when the coordinator closed past a window before it learned of
@@ -161,20 +192,24 @@ fn collect(closed: Vec<ClosedWindow>) -> JoinedEvents {
     closed.into_iter().map(|w| (w.start, w.events)).collect()
 }
 
-/// Two sorted event lists as one, in processing order.
-fn merge<'a>(a: &'a [Buffered], b: &'a [Buffered]) -> Vec<&'a Buffered> {
-    let mut out = Vec::with_capacity(a.len() + b.len());
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() && j < b.len() {
-        if b[j].order_key() < a[i].order_key() {
-            out.push(&b[j]);
-            j += 1;
-        } else {
-            out.push(&a[i]);
-            i += 1;
+/// The shard's own events (with their order keys) and the joined ones, both sorted, as
+/// one list in processing order, each with its partition. On equal keys (not expected:
+/// keys hold the offset) the own event goes first.
+fn merge<'a>(
+    own: impl ExactSizeIterator<Item = (OrderKey, (i32, GroupEvent<'a>))>,
+    joined: &'a [Buffered],
+) -> Vec<(i32, GroupEvent<'a>)> {
+    let mut out = Vec::with_capacity(own.len() + joined.len());
+    let mut joined = joined.iter().peekable();
+    for (key, event) in own {
+        while let Some(j) = joined.next_if(|j| j.order_key() < key) {
+            out.push((j.meta.partition, GroupEvent::Shared(&j.event)));
         }
+        out.push(event);
     }
-    out.extend(&a[i..]);
-    out.extend(&b[j..]);
+    out.extend(joined.map(|j| (j.meta.partition, GroupEvent::Shared(&j.event))));
     out
 }
+
+/// An event's place in the processing order ([`Buffered::order_key`]).
+type OrderKey = (Millis, shopstream_ingest::record::RecordMeta);

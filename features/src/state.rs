@@ -80,6 +80,60 @@ const AFFINITY_TAU_MS: f64 = 7.0 * 86_400_000.0;
 /// How often (event time) expired keys are swept.
 const SWEEP_EVERY_MS: Millis = 3_600_000;
 
+/// An event of a same-timestamp group ([`FeatureState::apply_group`]).
+#[derive(Debug)]
+pub enum GroupEvent<'a> {
+    /// The applier's own event, dropped after the group: an impression's example takes
+    /// its ids instead of copying them.
+    Owned(Event),
+    /// An event that others apply too (the inventory's, which every shard joins).
+    Shared(&'a Event),
+}
+
+impl GroupEvent<'_> {
+    /// The event.
+    pub fn event(&self) -> &Event {
+        match self {
+            Self::Owned(event) => event,
+            Self::Shared(event) => event,
+        }
+    }
+
+    /// The ids an impression's example keeps, and its time: taken out of an owned
+    /// event, copied from a shared one. `None` if this is not an impression of an item.
+    fn impression_ids(&mut self) -> Option<(ImpressionIds, Millis)> {
+        match self {
+            Self::Owned(Event::Click(c)) => Some((
+                ImpressionIds {
+                    item_id: c.item_id.take()?,
+                    event_id: std::mem::take(&mut c.event_id),
+                    user_id: std::mem::take(&mut c.user_id),
+                    session_id: std::mem::take(&mut c.session_id),
+                },
+                c.ts,
+            )),
+            Self::Shared(Event::Click(c)) => Some((
+                ImpressionIds {
+                    item_id: c.item_id.clone()?,
+                    event_id: c.event_id.clone(),
+                    user_id: c.user_id.clone(),
+                    session_id: c.session_id.clone(),
+                },
+                c.ts,
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// The ids of an impression that its pending example keeps.
+struct ImpressionIds {
+    event_id: String,
+    user_id: String,
+    item_id: String,
+    session_id: String,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct UserState {
     rolling: Rolling,
@@ -407,24 +461,29 @@ impl FeatureState {
         }
     }
 
-    /// Applies a group of events that share one timestamp. Features of the group's
-    /// impressions are taken before any of the group is applied, so an example never sees
-    /// an event of its own millisecond (no leakage).
+    /// Applies a group of events that share one timestamp, each with the partition it
+    /// was read from ([`FeatureState::apply_group`] with every event shared).
     pub fn apply_same_ts(&mut self, group: &[(InputTopic, i32, &Event)]) {
+        let mut group: Vec<(i32, GroupEvent<'_>)> = group
+            .iter()
+            .map(|(_, partition, event)| (*partition, GroupEvent::Shared(event)))
+            .collect();
+        self.apply_group(&mut group);
+    }
+
+    /// Applies a group of events that share one timestamp, each with the partition it
+    /// was read from. Features of the group's impressions are taken before any of the
+    /// group is applied, so an example never sees an event of its own millisecond (no
+    /// leakage). An impression's example takes its ids from an owned event (which is left
+    /// without them) and copies them from a shared one.
+    pub fn apply_group(&mut self, group: &mut [(i32, GroupEvent<'_>)]) {
         let mut new_pending = Vec::new();
-        for (_, partition, event) in group {
-            if let Event::Click(c) = event
+        for (at, (partition, event)) in group.iter().enumerate() {
+            if let Event::Click(c) = event.event()
                 && c.kind == ClickKind::Impression
-                && let Some(item_id) = &c.item_id
+                && c.item_id.is_some()
             {
-                let example = Example {
-                    event_id: c.event_id.clone(),
-                    ts: c.ts,
-                    user_id: c.user_id.clone(),
-                    item_id: item_id.clone(),
-                    features: self.features_of(*partition, c),
-                    labels: Labels::default(),
-                };
+                let features = self.features_of(*partition, c);
                 let user = self.window_user(*partition, &c.user_id);
                 let (first, known) = (!user.listed, user.known);
                 user.listed = true;
@@ -436,13 +495,26 @@ impl FeatureState {
                     };
                     self.window_users.push((c.ts, arrival));
                 }
-                new_pending.push((*partition, example, c.session_id.clone()));
+                new_pending.push((at, features));
             }
         }
-        for (_, partition, event) in group {
-            self.apply(*partition, event);
+        for (partition, event) in group.iter() {
+            self.apply(*partition, event.event());
         }
-        for (partition, example, session) in new_pending {
+        for (at, features) in new_pending {
+            let (partition, event) = &mut group[at];
+            let Some((ids, ts)) = event.impression_ids() else {
+                continue;
+            };
+            let example = Example {
+                event_id: ids.event_id,
+                ts,
+                user_id: ids.user_id,
+                item_id: ids.item_id,
+                features,
+                labels: Labels::default(),
+            };
+            let (partition, session) = (*partition, ids.session_id);
             let state = self.partitions.entry(partition).or_default();
             state.seq += 1;
             let key = (example.ts, state.seq);
@@ -1231,6 +1303,46 @@ mod tests {
             state.forget_users(&std::collections::BTreeSet::from(["gone".to_string()])),
             0
         );
+    }
+
+    proptest::proptest! {
+        /// Guards the examples that take their ids from the shard's own events: applying
+        /// groups of owned events gives the state and the examples that applying the same
+        /// events shared (their ids copied) gives.
+        #[test]
+        fn examples_taking_ids_from_owned_events_match_examples_copying_them(
+            events in proptest::collection::vec((0u8..3, 0u8..4, 0u8..3, 0i64..4), 1..60),
+        ) {
+            let t0 = 1_767_571_200_000;
+            let mut ts = t0;
+            let events: Vec<(i32, Event)> = events
+                .iter()
+                .map(|&(user, item, kind, step)| {
+                    // Steps of 0 put events in one same-timestamp group.
+                    ts += step * 1_000;
+                    let kind = [ClickKind::Impression, ClickKind::Click, ClickKind::AddToCart]
+                        [usize::from(kind)];
+                    (i32::from(user % 2), click(&format!("u{user}"), &format!("i{item}"), kind, ts))
+                })
+                .collect();
+            let mut shared = FeatureState::new(LIMITS);
+            let mut owned = FeatureState::new(LIMITS);
+            for group in events.chunk_by(|a, b| a.1.ts() == b.1.ts()) {
+                let borrowed: Vec<(InputTopic, i32, &Event)> =
+                    group.iter().map(|(p, e)| (InputTopic::Clicks, *p, e)).collect();
+                shared.apply_same_ts(&borrowed);
+                let mut group: Vec<(i32, GroupEvent<'_>)> = group
+                    .iter()
+                    .map(|(p, e)| (*p, GroupEvent::Owned(e.clone())))
+                    .collect();
+                owned.apply_group(&mut group);
+            }
+            proptest::prop_assert_eq!(&owned, &shared);
+            proptest::prop_assert_eq!(owned.take_window_users(), shared.take_window_users());
+            let examples = shared.mature_all();
+            proptest::prop_assert!(examples.iter().all(|e| !e.event_id.is_empty()));
+            proptest::prop_assert_eq!(owned.mature_all(), examples);
+        }
     }
 
     /// The demand snapshot and window units as they were computed before the sold-items
