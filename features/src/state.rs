@@ -173,6 +173,23 @@ struct InventoryRow {
     window_units: i64,
 }
 
+impl InventoryRow {
+    /// The demand features of this row's item `item_id` as of `at`.
+    fn demand_features(&mut self, item_id: std::sync::Arc<str>, at: Millis) -> DemandFeatures {
+        DemandFeatures {
+            item_id,
+            at,
+            sales: self
+                .sales
+                .as_mut()
+                .map(|sales| sales.totals(at - 1))
+                .unwrap_or_default(),
+            on_hand: self.on_hand,
+            price: self.price,
+        }
+    }
+}
+
 /// An impression waiting for its labels.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Pending {
@@ -650,17 +667,7 @@ impl FeatureState {
             };
             let recent = r.last_sale.is_some_and(|t| at - t <= DEMAND_LOOKBACK_MS);
             if recent {
-                out.push(DemandFeatures {
-                    item_id: item.clone(),
-                    at,
-                    sales: r
-                        .sales
-                        .as_mut()
-                        .map(|sales| sales.totals(at - 1))
-                        .unwrap_or_default(),
-                    on_hand: r.on_hand,
-                    price: r.price,
-                });
+                out.push(r.demand_features(item.clone(), at));
             }
             recent
         });
@@ -1355,17 +1362,7 @@ mod tests {
             .collect();
         sold.sort_unstable_by(|a, b| a.0.cmp(b.0));
         sold.into_iter()
-            .map(|(item, r)| DemandFeatures {
-                item_id: item.as_str().into(),
-                at,
-                sales: r
-                    .sales
-                    .as_mut()
-                    .map(|sales| sales.totals(at - 1))
-                    .unwrap_or_default(),
-                on_hand: r.on_hand,
-                price: r.price,
-            })
+            .map(|(item, r)| r.demand_features(item.as_str().into(), at))
             .collect()
     }
 
