@@ -29,7 +29,7 @@ use rustc_hash::FxHashMap as HashMap;
 use chrono::{Datelike, Timelike};
 use serde::{Deserialize, Serialize};
 use shopstream_ingest::event::{
-    ClickEvent, ClickKind, Event, InputTopic, InventoryKind, Millis, OrderEvent, OrderStatus,
+    ClickEvent, ClickKind, Event, InventoryKind, Millis, OrderEvent, OrderStatus,
 };
 
 use crate::example::{Example, Features, Labels};
@@ -479,16 +479,6 @@ impl FeatureState {
     }
 
     /// Applies a group of events that share one timestamp, each with the partition it
-    /// was read from ([`FeatureState::apply_group`] with every event shared).
-    pub fn apply_same_ts(&mut self, group: &[(InputTopic, i32, &Event)]) {
-        let mut group: Vec<(i32, GroupEvent<'_>)> = group
-            .iter()
-            .map(|(_, partition, event)| (*partition, GroupEvent::Shared(event)))
-            .collect();
-        self.apply_group(&mut group);
-    }
-
-    /// Applies a group of events that share one timestamp, each with the partition it
     /// was read from. Features of the group's impressions are taken before any of the
     /// group is applied, so an example never sees an event of its own millisecond (no
     /// leakage). An impression's example takes its ids from an owned event (which is left
@@ -681,19 +671,22 @@ impl FeatureState {
         std::mem::take(&mut self.window_users)
     }
 
-    /// Units each item sold in the window just applied (resets the counters).
-    pub fn take_window_units(&mut self) -> HashMap<std::sync::Arc<str>, i64> {
-        // Only a sale counts units, and a sale lists its item in `sold.window`.
+    /// Units each item sold in the window just applied, each item once, in the order of
+    /// its first sale in the window (resets the counters).
+    pub fn take_window_units(&mut self) -> Vec<(std::sync::Arc<str>, i64)> {
+        // Only a sale counts units, and a sale lists its item in `sold.window` (once: at
+        // its first units in the window).
         self.sold.build(&self.inventory);
-        let mut out = HashMap::default();
-        for item in self.sold.window.drain(..) {
-            if let Some(row) = self.inventory.get_mut(&*item)
-                && row.window_units != 0
-            {
-                out.insert(item, std::mem::take(&mut row.window_units));
-            }
-        }
-        out
+        let inventory = &mut self.inventory;
+        self.sold
+            .window
+            .drain(..)
+            .filter_map(|item| {
+                let row = inventory.get_mut(&*item)?;
+                let units = std::mem::take(&mut row.window_units);
+                (units != 0).then_some((item, units))
+            })
+            .collect()
     }
 
     /// Drops everything keyed by one of `users` (erasure, `shopstream store forget`):
@@ -1096,6 +1089,7 @@ impl PartitionState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shopstream_ingest::event::InputTopic;
 
     /// A 10-minute click window, 30-minute attribution and an 8-day time to live.
     const LIMITS: StateLimits = StateLimits {
@@ -1310,6 +1304,18 @@ mod tests {
             state.forget_users(&std::collections::BTreeSet::from(["gone".to_string()])),
             0
         );
+    }
+
+    impl FeatureState {
+        /// Applies a group of events that share one timestamp, each shared (its ids
+        /// copied), with the partition it was read from ([`FeatureState::apply_group`]).
+        fn apply_same_ts(&mut self, group: &[(InputTopic, i32, &Event)]) {
+            let mut group: Vec<(i32, GroupEvent<'_>)> = group
+                .iter()
+                .map(|(_, partition, event)| (*partition, GroupEvent::Shared(event)))
+                .collect();
+            self.apply_group(&mut group);
+        }
     }
 
     proptest::proptest! {
