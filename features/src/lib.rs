@@ -25,6 +25,7 @@ mod coordinator;
 mod example;
 mod example_read;
 mod follower;
+mod inventory;
 mod merge_queue;
 pub mod protocol;
 pub mod rolling;

@@ -28,12 +28,11 @@ use rustc_hash::FxHashMap as HashMap;
 
 use chrono::{Datelike, Timelike};
 use serde::{Deserialize, Serialize};
-use shopstream_ingest::event::{
-    ClickEvent, ClickKind, Event, InventoryKind, Millis, OrderEvent, OrderStatus,
-};
+use shopstream_ingest::event::{ClickEvent, ClickKind, Event, Millis, OrderEvent, OrderStatus};
 
 use crate::example::{Example, Features, Labels};
-use crate::rolling::{CachedRolling, Counts, Rolling};
+use crate::inventory::Inventory;
+use crate::rolling::{Counts, Rolling};
 
 /// Time limits of the joins and of state retention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,9 +44,6 @@ pub struct StateLimits {
     /// Keys without activity for this long are forgotten.
     pub ttl_ms: Millis,
 }
-
-/// Items sold within this long are forecast for the next window.
-const DEMAND_LOOKBACK_MS: Millis = 7 * 86_400_000;
 
 /// Demand features of one item at a window boundary.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -157,39 +153,6 @@ struct ItemState {
     last_ts: Millis,
 }
 
-/// The latest inventory facts about an item.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-struct InventoryRow {
-    on_hand: Option<i64>,
-    price: Option<f64>,
-    category: Option<String>,
-    /// Units sold (inventory `sale` events), rolling over 1 h / 24 h / 7 d; boxed and
-    /// absent until the item's first sale (most items of a catalogue, and every row of a
-    /// shard's replica, which counts no sales, do without its 37 buckets).
-    sales: Option<Box<CachedRolling>>,
-    /// Time of the latest sale.
-    last_sale: Option<Millis>,
-    /// Units sold in the window being applied.
-    window_units: i64,
-}
-
-impl InventoryRow {
-    /// The demand features of this row's item `item_id` as of `at`.
-    fn demand_features(&mut self, item_id: std::sync::Arc<str>, at: Millis) -> DemandFeatures {
-        DemandFeatures {
-            item_id,
-            at,
-            sales: self
-                .sales
-                .as_mut()
-                .map(|sales| sales.totals(at - 1))
-                .unwrap_or_default(),
-            on_hand: self.on_hand,
-            price: self.price,
-        }
-    }
-}
-
 /// An impression waiting for its labels.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Pending {
@@ -291,7 +254,7 @@ fn push_keyed<'m, V>(
 pub struct FeatureState {
     limits: StateLimits,
     partitions: BTreeMap<i32, PartitionState>,
-    inventory: HashMap<String, InventoryRow>,
+    inventory: Inventory,
     /// Users of the window being applied, at their first impression in it (drained by
     /// [`FeatureState::take_window_users`] when the window's output is made, so empty in
     /// the job's checkpoints, which are taken between windows).
@@ -304,78 +267,6 @@ pub struct FeatureState {
     /// inventory needs only what features join (on hand, price, category).
     #[serde(default = "counts_sales")]
     counts_sales: bool,
-    /// The items of `inventory` with a sale, in id order (derived from the rows, so not
-    /// serialised: rebuilt at first use after a restore).
-    #[serde(skip)]
-    sold: SoldIndex,
-}
-
-/// Ids of the items with a recorded sale, in id order, so that the demand snapshot of
-/// each window walks them without sorting or scanning the whole inventory.
-///
-/// Holds every item whose `last_sale` is within [`DEMAND_LOOKBACK_MS`] of the latest
-/// snapshot, and those sold since; a snapshot drops the ones that fell out. Derived from
-/// the inventory rows, so it takes no part in equality or in the serialised state.
-#[derive(Debug, Clone, Default)]
-struct SoldIndex {
-    ids: std::collections::BTreeSet<std::sync::Arc<str>>,
-    /// The items whose `window_units` is not zero, in the order of their first sale in the
-    /// window being applied, so that taking a window's units visits only them.
-    window: Vec<std::sync::Arc<str>>,
-    /// `ids` and `window` are up to date with the rows (false after a restore, until
-    /// rebuilt).
-    built: bool,
-}
-
-impl PartialEq for SoldIndex {
-    fn eq(&self, _: &Self) -> bool {
-        // Derived from the rows, which the state compares.
-        true
-    }
-}
-
-impl SoldIndex {
-    /// An index of no items, up to date with an empty inventory.
-    fn empty() -> Self {
-        Self {
-            ids: std::collections::BTreeSet::new(),
-            window: Vec::new(),
-            built: true,
-        }
-    }
-
-    /// Makes `ids` list every item of `inventory` with a sale, and `window` those with
-    /// units in the window, if they are not up to date.
-    fn build(&mut self, inventory: &HashMap<String, InventoryRow>) {
-        if !self.built {
-            self.ids = inventory
-                .iter()
-                .filter(|(_, row)| row.last_sale.is_some())
-                .map(|(item, _)| std::sync::Arc::from(item.as_str()))
-                .collect();
-            self.window = inventory
-                .iter()
-                .filter(|(_, row)| row.window_units != 0)
-                .map(|(item, _)| std::sync::Arc::from(item.as_str()))
-                .collect();
-            self.built = true;
-        }
-    }
-
-    /// Records a sale of `units` of `item`, which had `units_before` in the window.
-    fn record_sale(&mut self, item: &str, units_before: i64, units: i64) {
-        let id = match self.ids.get(item) {
-            Some(id) => id.clone(),
-            None => {
-                let id: std::sync::Arc<str> = item.into();
-                self.ids.insert(id.clone());
-                id
-            }
-        };
-        if units_before == 0 && units != 0 {
-            self.window.push(id);
-        }
-    }
 }
 
 fn counts_sales() -> bool {
@@ -411,11 +302,10 @@ impl FeatureState {
         Self {
             limits,
             partitions: BTreeMap::new(),
-            inventory: HashMap::default(),
+            inventory: Inventory::default(),
             window_users: Vec::new(),
             window_user_state: HashMap::default(),
             counts_sales: true,
-            sold: SoldIndex::empty(),
         }
     }
 
@@ -423,19 +313,7 @@ impl FeatureState {
     /// that starts while the job runs. It does not count sales (demand is made once, from
     /// the state of the inventory itself).
     pub fn replica_of(other: &FeatureState) -> Self {
-        let inventory = other
-            .inventory
-            .iter()
-            .map(|(item, row)| {
-                let row = InventoryRow {
-                    on_hand: row.on_hand,
-                    price: row.price,
-                    category: row.category.clone(),
-                    ..InventoryRow::default()
-                };
-                (item.clone(), row)
-            })
-            .collect();
+        let inventory = other.inventory.replica();
         Self {
             inventory,
             counts_sales: false,
@@ -561,44 +439,7 @@ impl FeatureState {
             Event::Inventory(_) => {}
         }
         match event {
-            Event::Inventory(e) => {
-                // Before the row changes: a rebuild lists what the rows held until now.
-                self.sold.build(&self.inventory);
-                if !self.inventory.contains_key(&e.item_id) {
-                    self.inventory
-                        .insert(e.item_id.clone(), InventoryRow::default());
-                }
-                let row = self.inventory.get_mut(&e.item_id).expect("inserted above");
-                match (e.on_hand, e.delta) {
-                    (Some(on_hand), _) => row.on_hand = Some(on_hand),
-                    (None, Some(delta)) if e.kind != InventoryKind::Snapshot => {
-                        row.on_hand = Some(row.on_hand.unwrap_or(0) + delta);
-                    }
-                    _ => {}
-                }
-                if let Some(price) = e.price {
-                    row.price = Some(price);
-                }
-                if let Some(category) = &e.category
-                    && row.category.as_ref() != Some(category)
-                {
-                    row.category = Some(category.clone());
-                }
-                if e.kind == InventoryKind::Sale && self.counts_sales {
-                    let units = e.delta.map_or(0, |d| -d).max(0);
-                    row.sales.get_or_insert_default().add(
-                        e.ts,
-                        Counts {
-                            units: u16::try_from(units).unwrap_or(u16::MAX),
-                            ..Counts::default()
-                        },
-                    );
-                    row.last_sale = Some(e.ts);
-                    let units_before = row.window_units;
-                    row.window_units += units;
-                    self.sold.record_sale(&e.item_id, units_before, units);
-                }
-            }
+            Event::Inventory(e) => self.inventory.apply(e, self.counts_sales),
             Event::Click(c) => {
                 let category = c
                     .item_id
@@ -646,22 +487,7 @@ impl FeatureState {
     /// Demand features of every item sold within the last 7 days, as of `at` (a window
     /// boundary), sorted by item id; the forecast for the next window is made from these.
     pub fn demand_snapshot(&mut self, at: Millis) -> Vec<DemandFeatures> {
-        self.sold.build(&self.inventory);
-        let inventory = &mut self.inventory;
-        let mut out = Vec::with_capacity(self.sold.ids.len());
-        // In id order. Items whose last sale fell out of the lookback leave the index: a
-        // later sale puts them back, and `at` only grows (window boundaries in order).
-        self.sold.ids.retain(|item| {
-            let Some(r) = inventory.get_mut(&**item) else {
-                return false;
-            };
-            let recent = r.last_sale.is_some_and(|t| at - t <= DEMAND_LOOKBACK_MS);
-            if recent {
-                out.push(r.demand_features(item.clone(), at));
-            }
-            recent
-        });
-        out
+        self.inventory.demand_snapshot(at)
     }
 
     /// Users of the window just applied, with the time of their first impression in it,
@@ -674,19 +500,7 @@ impl FeatureState {
     /// Units each item sold in the window just applied, each item once, in the order of
     /// its first sale in the window (resets the counters).
     pub fn take_window_units(&mut self) -> Vec<(std::sync::Arc<str>, i64)> {
-        // Only a sale counts units, and a sale lists its item in `sold.window` (once: at
-        // its first units in the window).
-        self.sold.build(&self.inventory);
-        let inventory = &mut self.inventory;
-        self.sold
-            .window
-            .drain(..)
-            .filter_map(|item| {
-                let row = inventory.get_mut(&*item)?;
-                let units = std::mem::take(&mut row.window_units);
-                (units != 0).then_some((item, units))
-            })
-            .collect()
+        self.inventory.take_window_units()
     }
 
     /// Drops everything keyed by one of `users` (erasure, `shopstream store forget`):
@@ -808,26 +622,7 @@ impl FeatureState {
                 .map(|(k, v)| k.len() + size_of::<String>() + v.len() * 16)
                 .sum::<usize>();
         }
-        keyed += self
-            .inventory
-            .iter()
-            .map(|(k, r)| {
-                k.len()
-                    + size_of::<(String, InventoryRow)>()
-                    + r.category.as_ref().map_or(0, String::len)
-                    + r.sales
-                        .as_ref()
-                        .map_or(0, |r| size_of::<CachedRolling>() + r.heap_bytes())
-            })
-            .sum::<usize>();
-        // The sold-items index: an id and a shared pointer per item, plus tree overhead.
-        keyed += self
-            .sold
-            .ids
-            .iter()
-            .map(|id| id.len() + 2 * size_of::<usize>() + size_of::<std::sync::Arc<str>>())
-            .sum::<usize>()
-            + self.sold.window.capacity() * size_of::<std::sync::Arc<str>>();
+        keyed += self.inventory.approx_bytes();
         StateBytes {
             keyed: keyed + users + items,
             users,
@@ -1089,7 +884,8 @@ impl PartitionState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shopstream_ingest::event::InputTopic;
+    use crate::inventory::{DEMAND_LOOKBACK_MS, InventoryRow};
+    use shopstream_ingest::event::{InputTopic, InventoryKind};
 
     /// A 10-minute click window, 30-minute attribution and an 8-day time to live.
     const LIMITS: StateLimits = StateLimits {
