@@ -1,27 +1,32 @@
 //! Producing to Kafka with delivery tracking.
 //!
-//! [`Publisher::send`] enqueues without waiting for the broker; the delivery futures are
-//! collected and [`Publisher::flush`] awaits them all. A message counts as published only
-//! when the broker acknowledged it; a failed delivery is an error, never a silent loss.
+//! [`Publisher::send`] enqueues without waiting for the broker; librdkafka reports each
+//! message's delivery to the producer's context on its polling thread, which counts it
+//! under its tag. [`Publisher::flush`] waits until every message sent is reported. A
+//! message counts as published only when the broker acknowledged it; a failed delivery is
+//! an error (returned by the next `send` or `flush`), never a silent loss.
+//!
+//! The tag travels with the message as librdkafka's opaque (an index, not an allocation),
+//! so tracking a message costs no future, channel or allocation of its own.
 
-use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::client::{KafkaSetupError, LoggingContext, client_config, set_default, set_managed};
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
+use crate::client::{
+    KafkaSetupError, client_config, log_client_error, log_client_message, set_default, set_managed,
+};
 use rdkafka::ClientConfig;
+use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use shopstream_config::KafkaConfig;
 use shopstream_ingest::decode::Rejection;
 use shopstream_ingest::record::RecordMeta;
+use tokio::sync::Notify;
 
 /// Why publishing failed.
 #[derive(Debug, thiserror::Error)]
@@ -65,26 +70,65 @@ pub mod dead_letter_headers {
     pub const SOURCE_OFFSET: &str = "shopstream.source.offset";
 }
 
-/// A delivery acknowledgement, awaited together with the counter (`tag`) and topic it
-/// belongs to.
-struct TaggedDelivery {
-    future: DeliveryFuture,
-    tag: &'static str,
-    topic: Arc<str>,
+/// What the delivery reports have said so far, shared between the publisher and the
+/// producer's polling thread.
+#[derive(Default)]
+struct Deliveries {
+    /// Messages enqueued and not yet reported.
+    in_flight: AtomicUsize,
+    /// Acknowledged messages, by tag index.
+    delivered: Mutex<Vec<u64>>,
+    /// Set with `failure`: the next `send` or `flush` returns it.
+    failed: AtomicBool,
+    /// The first delivery that failed: its topic and librdkafka's error.
+    failure: Mutex<Option<(String, KafkaError)>>,
+    /// Woken when `in_flight` reaches zero or a delivery fails.
+    settled: Notify,
 }
 
-impl Future for TaggedDelivery {
-    type Output = (&'static str, Arc<str>, Result<(), KafkaError>);
+/// The producer's context: logs like every client, and records each delivery report.
+struct DeliveryContext {
+    deliveries: Arc<Deliveries>,
+}
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        let outcome = match Pin::new(&mut this.future).poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Ok(Ok(_))) => Ok(()),
-            Poll::Ready(Ok(Err((e, _)))) => Err(e),
-            Poll::Ready(Err(_)) => Err(KafkaError::Canceled),
-        };
-        Poll::Ready((this.tag, Arc::clone(&this.topic), outcome))
+impl rdkafka::ClientContext for DeliveryContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_client_message(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error(&error, reason);
+    }
+}
+
+impl ProducerContext for DeliveryContext {
+    /// The index of the message's tag in the publisher's tag list.
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, tag: usize) {
+        let d = &self.deliveries;
+        match result {
+            Ok(_) => {
+                let mut delivered = d.delivered.lock().unwrap_or_else(PoisonError::into_inner);
+                if delivered.len() <= tag {
+                    delivered.resize(tag + 1, 0);
+                }
+                delivered[tag] += 1;
+            }
+            Err((error, message)) => {
+                let mut failure = d.failure.lock().unwrap_or_else(PoisonError::into_inner);
+                if failure.is_none() {
+                    *failure = Some((message.topic().to_string(), error.clone()));
+                }
+                d.failed.store(true, Ordering::Release);
+            }
+        }
+        // After the count and the failure are recorded: whoever sees zero in flight sees
+        // them too.
+        let before = d.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if before == 1 || result.is_err() {
+            d.settled.notify_waiters();
+        }
     }
 }
 
@@ -111,30 +155,32 @@ pub fn producer_config(kafka: &KafkaConfig) -> Result<ClientConfig, KafkaSetupEr
 
 /// An asynchronous producer that counts acknowledged messages per tag.
 pub struct Publisher {
-    producer: FutureProducer<LoggingContext>,
-    in_flight: FuturesUnordered<TaggedDelivery>,
-    delivered: BTreeMap<&'static str, u64>,
-    /// Topic names shared by their in-flight deliveries (one allocation per topic).
-    topics: HashMap<String, Arc<str>>,
+    producer: ThreadedProducer<DeliveryContext>,
+    deliveries: Arc<Deliveries>,
+    /// Tags seen so far; a message carries its tag's index.
+    tags: Vec<&'static str>,
     timeout: Duration,
 }
 
 impl Publisher {
     /// A producer for `kafka`.
     pub fn new(kafka: &KafkaConfig) -> Result<Self, PublishError> {
-        let producer: FutureProducer<LoggingContext> = producer_config(kafka)?
-            .create_with_context(LoggingContext)
+        let deliveries = Arc::new(Deliveries::default());
+        let context = DeliveryContext {
+            deliveries: Arc::clone(&deliveries),
+        };
+        let producer = ThreadedProducer::from_config_and_context(&producer_config(kafka)?, context)
             .map_err(KafkaSetupError::Client)?;
         Ok(Self {
             producer,
-            in_flight: FuturesUnordered::new(),
-            delivered: BTreeMap::new(),
-            topics: HashMap::new(),
+            deliveries,
+            tags: Vec::new(),
             timeout: Duration::from_millis(kafka.produce_timeout_ms),
         })
     }
 
-    /// Enqueues one message; `tag` names the counter it is delivered under.
+    /// Enqueues one message; `tag` names the counter it is delivered under. Returns the
+    /// failure of an earlier delivery, if one failed.
     pub async fn send(
         &mut self,
         tag: &'static str,
@@ -144,103 +190,110 @@ impl Publisher {
         timestamp_ms: Option<i64>,
         headers: Option<OwnedHeaders>,
     ) -> Result<(), PublishError> {
+        self.check_failed()?;
+        let tag = self.tag_index(tag);
         let started = tokio::time::Instant::now();
         let mut headers = headers;
         loop {
-            let mut record = FutureRecord::to(topic).key(key).payload(payload);
+            let mut record = BaseRecord::with_opaque_to(topic, tag)
+                .key(key)
+                .payload(payload);
             if let Some(ts) = timestamp_ms {
                 record = record.timestamp(ts);
             }
             if let Some(h) = headers.take() {
                 record = record.headers(h);
             }
-            match self.producer.send_result(record) {
-                Ok(future) => {
-                    let topic = self.topic_name(topic);
-                    self.in_flight.push(TaggedDelivery { future, tag, topic });
-                    if self.in_flight.len() >= 50_000 {
-                        self.settle_some().await?;
+            // Counted before librdkafka can report it, so the count never goes below zero.
+            self.deliveries.in_flight.fetch_add(1, Ordering::AcqRel);
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((error, record)) => {
+                    self.deliveries.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    match error {
+                        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+                            if started.elapsed() < self.timeout =>
+                        {
+                            // Backpressure: let deliveries drain, then retry (the headers
+                            // come back with the refused record).
+                            headers = record.headers;
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                            self.check_failed()?;
+                        }
+                        source => {
+                            return Err(PublishError::Enqueue {
+                                topic: topic.to_string(),
+                                source,
+                            });
+                        }
                     }
-                    return Ok(());
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), record))
-                    if started.elapsed() < self.timeout =>
-                {
-                    // Backpressure: wait for acknowledgements, then retry (the headers come
-                    // back with the refused record).
-                    headers = record.headers;
-                    if self.in_flight.is_empty() {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    } else {
-                        self.settle_some().await?;
-                    }
-                }
-                Err((source, _)) => {
-                    return Err(PublishError::Enqueue {
-                        topic: topic.to_string(),
-                        source,
-                    });
                 }
             }
         }
     }
 
-    fn topic_name(&mut self, topic: &str) -> Arc<str> {
-        if let Some(name) = self.topics.get(topic) {
-            return Arc::clone(name);
-        }
-        let name: Arc<str> = Arc::from(topic);
-        self.topics.insert(topic.to_string(), Arc::clone(&name));
-        name
-    }
-
-    async fn settle_some(&mut self) -> Result<(), PublishError> {
-        if let Some((tag, topic, outcome)) = self.in_flight.next().await {
-            self.record(tag, topic, outcome)?;
-        }
-        while let Some(Some((tag, topic, outcome))) =
-            futures::FutureExt::now_or_never(self.in_flight.next())
-        {
-            self.record(tag, topic, outcome)?;
-        }
-        Ok(())
-    }
-
-    fn record(
-        &mut self,
-        tag: &'static str,
-        topic: Arc<str>,
-        outcome: Result<(), KafkaError>,
-    ) -> Result<(), PublishError> {
-        match outcome {
-            Ok(()) => {
-                *self.delivered.entry(tag).or_default() += 1;
-                Ok(())
+    fn tag_index(&mut self, tag: &'static str) -> usize {
+        match self.tags.iter().position(|t| *t == tag) {
+            Some(index) => index,
+            None => {
+                self.tags.push(tag);
+                self.tags.len() - 1
             }
-            Err(source) => Err(PublishError::Delivery {
-                topic: topic.to_string(),
-                source,
-            }),
+        }
+    }
+
+    /// The first failed delivery, if any (taken: it is returned once).
+    fn check_failed(&self) -> Result<(), PublishError> {
+        // Cleared before the failure is taken: one recorded after this sets it again.
+        if !self.deliveries.failed.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let failure = self
+            .deliveries
+            .failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match failure {
+            Some((topic, source)) => Err(PublishError::Delivery { topic, source }),
+            None => Ok(()),
         }
     }
 
     /// Waits until every enqueued message is acknowledged (or one fails).
     pub async fn flush(&mut self) -> Result<(), PublishError> {
-        while let Some((tag, topic, outcome)) = self.in_flight.next().await {
-            self.record(tag, topic, outcome)?;
+        loop {
+            let mut settled = std::pin::pin!(self.deliveries.settled.notified());
+            // Registered before the checks: a report between them still wakes this.
+            settled.as_mut().enable();
+            self.check_failed()?;
+            if self.deliveries.in_flight.load(Ordering::Acquire) == 0 {
+                return Ok(());
+            }
+            // librdkafka reports every message within `message.timeout.ms` (the produce
+            // timeout); the bound only guards against a wake-up lost to a bug.
+            let _ = tokio::time::timeout(Duration::from_millis(100), settled).await;
         }
-        let _ = self.producer.flush(self.timeout);
-        Ok(())
     }
 
     /// Acknowledged messages per tag so far.
-    pub fn delivered(&self) -> &BTreeMap<&'static str, u64> {
-        &self.delivered
+    pub fn delivered(&self) -> BTreeMap<&'static str, u64> {
+        let delivered = self
+            .deliveries
+            .delivered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.tags
+            .iter()
+            .zip(delivered.iter())
+            .filter(|(_, n)| **n > 0)
+            .map(|(tag, n)| (*tag, *n))
+            .collect()
     }
 
     /// Messages not yet acknowledged.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.len()
+        self.deliveries.in_flight.load(Ordering::Acquire)
     }
 }
 
@@ -281,6 +334,68 @@ pub fn dead_letter_headers(
         });
     }
     headers
+}
+
+#[cfg(test)]
+mod delivery_tests {
+    //! Delivery failures reach the caller: nothing listens at the broker address, so every
+    //! message times out after the produce timeout (no broker needed).
+
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use shopstream_config::KafkaConfig;
+
+    use super::{PublishError, Publisher};
+
+    fn unreachable() -> KafkaConfig {
+        KafkaConfig {
+            // The discard port: refused on a machine without that service.
+            brokers: "127.0.0.1:9".into(),
+            produce_timeout_ms: 300,
+            ..KafkaConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_delivery_is_an_error_of_flush_naming_its_topic() {
+        let mut publisher = Publisher::new(&unreachable()).unwrap();
+        for _ in 0..3 {
+            publisher
+                .send("t", "nowhere", b"k", b"v", None, None)
+                .await
+                .unwrap();
+        }
+        let error = publisher.flush().await.unwrap_err();
+        assert!(
+            matches!(&error, PublishError::Delivery { topic, .. } if topic == "nowhere"),
+            "{error}"
+        );
+        assert_eq!(publisher.in_flight(), 0);
+        assert!(publisher.delivered().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failed_delivery_is_returned_by_the_next_send() {
+        let mut publisher = Publisher::new(&unreachable()).unwrap();
+        publisher
+            .send("t", "nowhere", b"k", b"v", None, None)
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while publisher.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let error = publisher
+            .send("t", "elsewhere", b"k", b"v", None, None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, PublishError::Delivery { topic, .. } if topic == "nowhere"),
+            "{error}"
+        );
+    }
 }
 
 #[cfg(test)]

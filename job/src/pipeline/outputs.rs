@@ -27,6 +27,9 @@ pub(super) struct Outputs {
     topics: TopicsConfig,
     /// A replay: publish nothing.
     replay: bool,
+    /// The JSON of the message being published (reused: one allocation, not one a
+    /// message).
+    json: Vec<u8>,
 }
 
 impl Outputs {
@@ -36,17 +39,15 @@ impl Outputs {
             publisher: Publisher::new(&config.kafka)?,
             topics: config.topics.clone(),
             replay,
+            json: Vec::new(),
         })
     }
 
     /// A prediction served on arrival, keyed by its event id.
     pub(super) async fn prediction(&mut self, p: &Prediction) -> Result<(), PipelineError> {
-        let topic = &self.topics.predictions;
-        publish_json(
-            &mut self.publisher,
-            self.replay,
+        self.publish_json(
             TAG_PREDICTION,
-            topic,
+            |t| &t.predictions,
             p.event_id.as_bytes(),
             p,
             p.ts,
@@ -56,12 +57,9 @@ impl Outputs {
 
     /// An alert event, keyed by its id, timestamped with its evidence window.
     pub(super) async fn alert(&mut self, a: &AlertEvent) -> Result<(), PipelineError> {
-        let topic = &self.topics.alerts;
-        publish_json(
-            &mut self.publisher,
-            self.replay,
+        self.publish_json(
             TAG_ALERT,
-            topic,
+            |t| &t.alerts,
             a.id.as_bytes(),
             a,
             a.window_start_ms,
@@ -159,6 +157,29 @@ impl Outputs {
         Ok(self.publisher.flush().await?)
     }
 
+    /// Publishes `value` as JSON to the topic `topic` picks, keyed by `key`, with
+    /// timestamp `ts_ms` (nothing in a replay).
+    async fn publish_json(
+        &mut self,
+        tag: &'static str,
+        topic: fn(&TopicsConfig) -> &String,
+        key: &[u8],
+        value: &impl serde::Serialize,
+        ts_ms: i64,
+    ) -> Result<(), PipelineError> {
+        if self.replay {
+            return Ok(());
+        }
+        self.json.clear();
+        serde_json::to_writer(&mut self.json, value)
+            .map_err(|e| PipelineError::Internal(format!("{tag} JSON: {e}")))?;
+        let topic = topic(&self.topics);
+        self.publisher
+            .send(tag, topic, key, &self.json, Some(ts_ms), None)
+            .await?;
+        Ok(())
+    }
+
     fn delivered(&self, tag: &str) -> u64 {
         self.publisher.delivered().get(tag).copied().unwrap_or(0)
     }
@@ -177,26 +198,4 @@ impl Outputs {
     pub(super) fn alerts_delivered(&self) -> u64 {
         self.delivered(TAG_ALERT)
     }
-}
-
-/// Publishes `value` as JSON to `topic`, keyed by `key`, with timestamp `ts_ms` (nothing
-/// in a replay).
-async fn publish_json(
-    publisher: &mut Publisher,
-    replay: bool,
-    tag: &'static str,
-    topic: &str,
-    key: &[u8],
-    value: &impl serde::Serialize,
-    ts_ms: i64,
-) -> Result<(), PipelineError> {
-    if replay {
-        return Ok(());
-    }
-    let json = serde_json::to_vec(value)
-        .map_err(|e| PipelineError::Internal(format!("{tag} JSON: {e}")))?;
-    publisher
-        .send(tag, topic, key, &json, Some(ts_ms), None)
-        .await?;
-    Ok(())
 }
