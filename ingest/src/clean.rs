@@ -19,7 +19,13 @@
 //!   ([`Resolution::Reject`]). A producer with a broken clock would otherwise drag the
 //!   watermark forward and make everyone else late, while a real jump must not be lost.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+// FxHash: fast, and deterministic across runs (the state serialises in the same order
+// every time).
+use rustc_hash::FxHashMap as HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -75,9 +81,11 @@ struct PartitionState {
     newest: Option<Millis>,
     /// Time of the event held for confirmation, if any.
     held: Option<Millis>,
-    seen: HashMap<String, Millis>,
+    /// Each key remembered, with the time it was recorded at (shared with `order`: one
+    /// allocation a key).
+    seen: HashMap<Arc<str>, Millis>,
     /// Keys in arrival order with their time, for expiry and eviction.
-    order: VecDeque<(Millis, String)>,
+    order: VecDeque<(Millis, Arc<str>)>,
 }
 
 /// Duplicate and skew checks, per input partition.
@@ -109,15 +117,15 @@ fn skew_rejection(
     }
 }
 
-/// The dedupe key of an event.
-pub fn dedupe_key(event: &Event) -> String {
+/// The dedupe key of an event (borrowed from it where it is one of its fields).
+pub fn dedupe_key(event: &Event) -> Cow<'_, str> {
     match event {
-        Event::Click(e) => e.event_id.clone(),
-        Event::Inventory(e) => e.event_id.clone(),
-        Event::Order(e) => match e.status {
+        Event::Click(e) => Cow::Borrowed(&e.event_id),
+        Event::Inventory(e) => Cow::Borrowed(&e.event_id),
+        Event::Order(e) => Cow::Owned(match e.status {
             OrderStatus::Placed => format!("{}#placed", e.order_id),
             OrderStatus::Cancelled => format!("{}#cancelled", e.order_id),
-        },
+        }),
     }
 }
 
@@ -174,13 +182,14 @@ impl Cleaner {
         let horizon_start = newest.saturating_sub(limits.dedupe_horizon_ms);
         if state
             .seen
-            .get(&key)
+            .get(&*key)
             .is_some_and(|seen_at| *seen_at >= horizon_start)
         {
             return Admission::Duplicate;
         }
         state.newest = Some(newest);
-        state.seen.insert(key.clone(), ts);
+        let key: Arc<str> = Arc::from(key.as_ref());
+        state.seen.insert(Arc::clone(&key), ts);
         state.order.push_back((ts, key));
         // Forget keys that fell out of the horizon, then enforce the size bound.
         while let Some((front_ts, _)) = state.order.front() {
@@ -192,8 +201,8 @@ impl Cleaner {
             if let Some((front_ts, key)) = state.order.pop_front() {
                 // The key may have been seen again since (reused after the horizon): only
                 // the entry this one recorded goes.
-                if state.seen.get(&key) == Some(&front_ts) {
-                    state.seen.remove(&key);
+                if state.seen.get(&*key) == Some(&front_ts) {
+                    state.seen.remove(&*key);
                 }
                 if !expired {
                     self.evicted += 1;
