@@ -179,6 +179,11 @@ impl PendingQueue {
         }
     }
 
+    fn get(&self, key: &PendingKey) -> Option<&Pending> {
+        let at = self.0.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+        self.0.get(at).map(|(_, p)| p)
+    }
+
     fn get_mut(&mut self, key: &PendingKey) -> Option<&mut Pending> {
         let at = self.0.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
         self.0.get_mut(at).map(|(_, p)| p)
@@ -201,14 +206,43 @@ struct PartitionState {
     /// (windows close in order, events apply in time order), so this is a queue: append
     /// at the back, mature from the front, find by binary search.
     pending: PendingQueue,
-    /// user \x1f item \x1f session -> pending impressions, for the click join.
-    by_session: HashMap<String, Vec<PendingKey>>,
+    /// The pending impressions by user, item and session, for the click join (derived
+    /// from `pending`, so not serialised).
+    #[serde(skip)]
+    by_session: SessionIndex,
     /// user \x1f item -> recent clicks (time, the impression they labelled).
     clicks: HashMap<String, Vec<(Millis, Option<PendingKey>)>>,
     /// order id -> (order time, impressions it was attributed to), for cancellations.
     orders: HashMap<String, (Millis, Vec<PendingKey>)>,
     seq: u64,
     last_sweep: Millis,
+}
+
+/// Pending impressions by a hash of their (user, item, session), for the click join.
+/// Nearly every list holds one impression, so a list starts with room for one.
+///
+/// Keyed by a 64-bit hash rather than the ids themselves, so indexing an impression copies
+/// no id; impressions of two triples whose hashes collide share a list, and the click join
+/// keeps only those whose ids match. Derived from the pending queue: it takes no part in
+/// equality or in the serialised state, and is rebuilt at first use after a restore.
+#[derive(Debug, Clone, Default)]
+struct SessionIndex {
+    keys: HashMap<u64, Vec<PendingKey>>,
+    /// `keys` lists every pending impression (false after a restore, until rebuilt).
+    built: bool,
+}
+
+impl PartialEq for SessionIndex {
+    fn eq(&self, _: &Self) -> bool {
+        // Derived from the pending queue, which the state compares.
+        true
+    }
+}
+
+/// The [`SessionIndex`] hash of an impression's ids.
+fn session_hash(user_id: &str, item_id: &str, session_id: &str) -> u64 {
+    use std::hash::BuildHasher;
+    rustc_hash::FxBuildHasher.hash_one((user_id, item_id, session_id))
 }
 
 thread_local! {
@@ -403,11 +437,12 @@ impl FeatureState {
             let state = self.partitions.entry(partition).or_default();
             state.seq += 1;
             let key = (example.ts, state.seq);
-            push_keyed(
-                &mut state.by_session,
-                &[&example.user_id, &example.item_id, &session],
-                key,
-            );
+            let hash = session_hash(&example.user_id, &example.item_id, &session);
+            state
+                .session_index()
+                .entry(hash)
+                .or_insert_with(|| Vec::with_capacity(1))
+                .push(key);
             state.pending.insert(key, Pending { example, session });
         }
     }
@@ -520,19 +555,20 @@ impl FeatureState {
         for partition in self.partitions.values_mut() {
             let before = partition.users.len()
                 + partition.pending.len()
-                + partition.by_session.len()
+                + partition.session_index().len()
                 + partition.clicks.len();
             partition.users.retain(|user, _| !users.contains(user));
             partition
                 .pending
                 .0
                 .retain(|(_, p)| !users.contains(&p.example.user_id));
-            partition.by_session.retain(|key, _| !of_user(key));
+            // Rebuilt from what stays pending.
+            partition.by_session = SessionIndex::default();
             partition.clicks.retain(|key, _| !of_user(key));
             dropped += before
                 - (partition.users.len()
                     + partition.pending.len()
-                    + partition.by_session.len()
+                    + partition.session_index().len()
                     + partition.clicks.len());
         }
         let before = self.window_users.len() + self.window_user_state.len();
@@ -618,8 +654,9 @@ impl FeatureState {
                 .sum::<usize>();
             pending += s
                 .by_session
-                .iter()
-                .map(|(k, v)| k.len() + size_of::<String>() + v.len() * 16)
+                .keys
+                .values()
+                .map(|v| size_of::<(u64, Vec<PendingKey>)>() + v.capacity() * 16)
                 .sum::<usize>();
         }
         keyed += self.inventory.approx_bytes();
@@ -715,6 +752,21 @@ impl UserState {
 }
 
 impl PartitionState {
+    /// The session index, rebuilt from the pending queue first if it is not up to date.
+    fn session_index(&mut self) -> &mut HashMap<u64, Vec<PendingKey>> {
+        if !self.by_session.built {
+            let mut keys: HashMap<u64, Vec<PendingKey>> = HashMap::default();
+            for (key, p) in &self.pending.0 {
+                let hash = session_hash(&p.example.user_id, &p.example.item_id, &p.session);
+                keys.entry(hash)
+                    .or_insert_with(|| Vec::with_capacity(1))
+                    .push(*key);
+            }
+            self.by_session = SessionIndex { keys, built: true };
+        }
+        &mut self.by_session.keys
+    }
+
     fn user(&mut self, user_id: &str) -> &mut UserState {
         if !self.users.contains_key(user_id) {
             self.users.insert(user_id.to_string(), UserState::default());
@@ -772,13 +824,22 @@ impl PartitionState {
         }
         let Some(item_id) = item_id else { return };
         // Click join: the latest earlier impression of the same user, item and session.
-        let target = with_join_key(&[&c.user_id, item_id, &c.session_id], |session_key| {
-            self.by_session.get(session_key).and_then(|keys| {
-                keys.iter()
-                    .filter(|(ts, _)| *ts < c.ts && c.ts - *ts <= limits.click_window_ms)
-                    .max()
-                    .copied()
-            })
+        let hash = session_hash(&c.user_id, item_id, &c.session_id);
+        self.session_index(); // up to date, then read beside the pending queue
+        let pending = &self.pending;
+        let target = self.by_session.keys.get(&hash).and_then(|keys| {
+            keys.iter()
+                .copied()
+                .filter(|(ts, _)| *ts < c.ts && c.ts - *ts <= limits.click_window_ms)
+                .filter(|key| {
+                    // A list may hold another triple's impressions (a hash collision).
+                    pending.get(key).is_some_and(|p| {
+                        p.example.user_id == c.user_id
+                            && p.example.item_id == item_id
+                            && p.session == c.session_id
+                    })
+                })
+                .max()
         });
         if let Some(key) = target
             && let Some(pending) = self.pending.get_mut(&key)
@@ -845,19 +906,18 @@ impl PartitionState {
     }
 
     fn unindex(&mut self, key: PendingKey, pending: &Pending) {
-        let parts = [
-            pending.example.user_id.as_str(),
+        let hash = session_hash(
+            &pending.example.user_id,
             &pending.example.item_id,
             &pending.session,
-        ];
-        with_join_key(&parts, |index| {
-            if let Some(keys) = self.by_session.get_mut(index) {
-                keys.retain(|k| *k != key);
-                if keys.is_empty() {
-                    self.by_session.remove(index);
-                }
+        );
+        let index = self.session_index();
+        if let Some(keys) = index.get_mut(&hash) {
+            keys.retain(|k| *k != key);
+            if keys.is_empty() {
+                index.remove(&hash);
             }
-        });
+        }
     }
 
     /// Forgets keys idle for longer than the TTL, clicks past the attribution window and
@@ -933,6 +993,38 @@ mod tests {
             price: Some(2.0),
             query: None,
         })
+    }
+
+    /// Guards the click join against hash collisions in the session index: an impression
+    /// of another user and session filed under the clicked triple's hash (as a collision
+    /// would) is never the one labelled, even when it is the latest.
+    #[test]
+    fn a_click_never_labels_an_impression_of_another_triple_sharing_its_index_list() {
+        let t0 = 1_767_571_200_000;
+        let mut state = FeatureState::new(LIMITS);
+        for (user, ts) in [("u1", t0), ("u2", t0 + 1_000)] {
+            let shown = click(user, "i", ClickKind::Impression, ts);
+            state.apply_same_ts(&[(InputTopic::Clicks, 0, &shown)]);
+        }
+        let partition = state.partitions.get_mut(&0).expect("partition 0");
+        let (other, _) = partition.pending.0.back().expect("u2's impression");
+        let other = *other;
+        partition
+            .session_index()
+            .get_mut(&session_hash("u1", "i", "s-u1"))
+            .expect("u1's list")
+            .push(other);
+        let clicked = click("u1", "i", ClickKind::Click, t0 + 2_000);
+        state.apply_same_ts(&[(InputTopic::Clicks, 0, &clicked)]);
+        let labels: Vec<(String, bool)> = state
+            .mature_all()
+            .into_iter()
+            .map(|e| (e.user_id, e.labels.clicked))
+            .collect();
+        assert_eq!(
+            labels,
+            [("u1".to_string(), true), ("u2".to_string(), false)]
+        );
     }
 
     #[test]
