@@ -372,6 +372,13 @@ mod delivery_tests {
             matches!(&error, PublishError::Delivery { topic, .. } if topic == "nowhere"),
             "{error}"
         );
+        // flush returns at the first failure; the others are reported too, and a flush
+        // returns Ok only once nothing is left in flight (at most one failure a call).
+        let mut failures = 1;
+        while publisher.flush().await.is_err() {
+            failures += 1;
+            assert!(failures <= 3, "more failures than messages");
+        }
         assert_eq!(publisher.in_flight(), 0);
         assert!(publisher.delivered().is_empty());
     }
