@@ -95,17 +95,6 @@ impl Inventory {
             .map(|(item, &slot)| (item, &self.rows[slot]))
     }
 
-    /// Items and their rows, to change (tests compare the index against a scan).
-    #[cfg(test)]
-    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (&String, &mut InventoryRow)> {
-        let mut rows: Vec<Option<&mut InventoryRow>> = self.rows.iter_mut().map(Some).collect();
-        self.slots
-            .iter()
-            .map(move |(item, &slot)| (item, rows[slot].take().expect("one slot per item")))
-            .collect::<Vec<_>>()
-            .into_iter()
-    }
-
     /// A copy of what features join (on hand, price, category), without sales: the
     /// inventory of a shard's replica, which counts none.
     pub(crate) fn replica(&self) -> Inventory {

@@ -160,6 +160,13 @@ struct Pending {
     session: String,
 }
 
+impl Pending {
+    /// Its [`SessionIndex`] hash.
+    fn session_hash(&self) -> u64 {
+        session_hash(&self.example.user_id, &self.example.item_id, &self.session)
+    }
+}
+
 /// (ts, application sequence) of a pending impression.
 type PendingKey = (Millis, u64);
 
@@ -179,13 +186,16 @@ impl PendingQueue {
         }
     }
 
+    fn position(&self, key: &PendingKey) -> Option<usize> {
+        self.0.binary_search_by(|(k, _)| k.cmp(key)).ok()
+    }
+
     fn get(&self, key: &PendingKey) -> Option<&Pending> {
-        let at = self.0.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
-        self.0.get(at).map(|(_, p)| p)
+        self.0.get(self.position(key)?).map(|(_, p)| p)
     }
 
     fn get_mut(&mut self, key: &PendingKey) -> Option<&mut Pending> {
-        let at = self.0.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+        let at = self.position(key)?;
         self.0.get_mut(at).map(|(_, p)| p)
     }
 
@@ -236,6 +246,26 @@ impl PartialEq for SessionIndex {
     fn eq(&self, _: &Self) -> bool {
         // Derived from the pending queue, which the state compares.
         true
+    }
+}
+
+impl SessionIndex {
+    /// Files the impression `key` under `hash`.
+    fn insert(&mut self, hash: u64, key: PendingKey) {
+        self.keys
+            .entry(hash)
+            .or_insert_with(|| Vec::with_capacity(1))
+            .push(key);
+    }
+
+    /// Unfiles the impression `key` from `hash`.
+    fn remove(&mut self, hash: u64, key: PendingKey) {
+        if let Some(keys) = self.keys.get_mut(&hash) {
+            keys.retain(|k| *k != key);
+            if keys.is_empty() {
+                self.keys.remove(&hash);
+            }
+        }
     }
 }
 
@@ -437,13 +467,9 @@ impl FeatureState {
             let state = self.partitions.entry(partition).or_default();
             state.seq += 1;
             let key = (example.ts, state.seq);
-            let hash = session_hash(&example.user_id, &example.item_id, &session);
-            state
-                .session_index()
-                .entry(hash)
-                .or_insert_with(|| Vec::with_capacity(1))
-                .push(key);
-            state.pending.insert(key, Pending { example, session });
+            let pending = Pending { example, session };
+            state.session_index().insert(pending.session_hash(), key);
+            state.pending.insert(key, pending);
         }
     }
 
@@ -555,7 +581,7 @@ impl FeatureState {
         for partition in self.partitions.values_mut() {
             let before = partition.users.len()
                 + partition.pending.len()
-                + partition.session_index().len()
+                + partition.session_index().keys.len()
                 + partition.clicks.len();
             partition.users.retain(|user, _| !users.contains(user));
             partition
@@ -568,7 +594,7 @@ impl FeatureState {
             dropped += before
                 - (partition.users.len()
                     + partition.pending.len()
-                    + partition.session_index().len()
+                    + partition.session_index().keys.len()
                     + partition.clicks.len());
         }
         let before = self.window_users.len() + self.window_user_state.len();
@@ -753,18 +779,18 @@ impl UserState {
 
 impl PartitionState {
     /// The session index, rebuilt from the pending queue first if it is not up to date.
-    fn session_index(&mut self) -> &mut HashMap<u64, Vec<PendingKey>> {
+    fn session_index(&mut self) -> &mut SessionIndex {
         if !self.by_session.built {
-            let mut keys: HashMap<u64, Vec<PendingKey>> = HashMap::default();
-            for (key, p) in &self.pending.0 {
-                let hash = session_hash(&p.example.user_id, &p.example.item_id, &p.session);
-                keys.entry(hash)
-                    .or_insert_with(|| Vec::with_capacity(1))
-                    .push(*key);
+            let mut index = SessionIndex {
+                keys: HashMap::default(),
+                built: true,
+            };
+            for (key, pending) in &self.pending.0 {
+                index.insert(pending.session_hash(), *key);
             }
-            self.by_session = SessionIndex { keys, built: true };
+            self.by_session = index;
         }
-        &mut self.by_session.keys
+        &mut self.by_session
     }
 
     fn user(&mut self, user_id: &str) -> &mut UserState {
@@ -906,18 +932,7 @@ impl PartitionState {
     }
 
     fn unindex(&mut self, key: PendingKey, pending: &Pending) {
-        let hash = session_hash(
-            &pending.example.user_id,
-            &pending.example.item_id,
-            &pending.session,
-        );
-        let index = self.session_index();
-        if let Some(keys) = index.get_mut(&hash) {
-            keys.retain(|k| *k != key);
-            if keys.is_empty() {
-                index.remove(&hash);
-            }
-        }
+        self.session_index().remove(pending.session_hash(), key);
     }
 
     /// Forgets keys idle for longer than the TTL, clicks past the attribution window and
@@ -1011,6 +1026,7 @@ mod tests {
         let other = *other;
         partition
             .session_index()
+            .keys
             .get_mut(&session_hash("u1", "i", "s-u1"))
             .expect("u1's list")
             .push(other);
@@ -1248,15 +1264,16 @@ mod tests {
 
     /// The demand snapshot and window units as they were computed before the sold-items
     /// index: a scan of the whole inventory, sorted by id.
-    fn demand_by_scan(state: &mut FeatureState, at: Millis) -> Vec<DemandFeatures> {
-        let mut sold: Vec<(&String, &mut InventoryRow)> = state
+    fn demand_by_scan(state: &FeatureState, at: Millis) -> Vec<DemandFeatures> {
+        let mut sold: Vec<(&String, &InventoryRow)> = state
             .inventory
-            .iter_mut()
+            .iter()
             .filter(|(_, r)| r.last_sale.is_some_and(|t| at - t <= DEMAND_LOOKBACK_MS))
             .collect();
         sold.sort_unstable_by(|a, b| a.0.cmp(b.0));
         sold.into_iter()
-            .map(|(item, r)| r.demand_features(item.as_str().into(), at))
+            // A copy of the row: the scan leaves the state's cached totals as they were.
+            .map(|(item, r)| r.clone().demand_features(item.as_str().into(), at))
             .collect()
     }
 
@@ -1326,7 +1343,7 @@ mod tests {
                     .collect();
                 units.sort();
                 proptest::prop_assert_eq!(units, expected_units);
-                let expected = demand_by_scan(&mut state.clone(), at);
+                let expected = demand_by_scan(&state, at);
                 proptest::prop_assert_eq!(state.demand_snapshot(at), expected);
             }
         }
