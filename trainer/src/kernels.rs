@@ -86,26 +86,14 @@ pub(crate) fn dense_layer(w: &[f64], b: &[f64], x: &[f64], out: &mut Vec<f64>) {
     let cols = x.len();
     let body = cols / 4 * 4;
     let (xb, xt) = x.split_at(body);
+    let (x4, _) = xb.as_chunks::<4>();
     let mut rows = w[..b.len() * cols].chunks_exact((4 * cols).max(1));
     let mut bias = b.chunks_exact(4);
     for (block, b4) in rows.by_ref().zip(bias.by_ref()) {
         let (w0, rest) = block.split_at(cols);
         let (w1, rest) = rest.split_at(cols);
         let (w2, w3) = rest.split_at(cols);
-        let mut acc = [[0.0f64; 4]; 4];
-        for ((((xs, r0), r1), r2), r3) in xb
-            .chunks_exact(4)
-            .zip(w0[..body].chunks_exact(4))
-            .zip(w1[..body].chunks_exact(4))
-            .zip(w2[..body].chunks_exact(4))
-            .zip(w3[..body].chunks_exact(4))
-        {
-            for (acc, r) in acc.iter_mut().zip([r0, r1, r2, r3]) {
-                for k in 0..4 {
-                    acc[k] += r[k] * xs[k];
-                }
-            }
-        }
+        let acc = four_row_sums(x4, [w0, w1, w2, w3].map(|r| r[..body].as_chunks::<4>().0));
         for (q, row) in [w0, w1, w2, w3].into_iter().enumerate() {
             out.push(b4[q] + finish(acc[q], &row[body..], xt));
         }
@@ -114,6 +102,30 @@ pub(crate) fn dense_layer(w: &[f64], b: &[f64], x: &[f64], out: &mut Vec<f64>) {
     for (r, bias) in b.iter().enumerate().skip(done) {
         out.push(bias + dot(&w[r * cols..(r + 1) * cols], x));
     }
+}
+
+/// The lane sums of four rows against `x`: `acc[q][k]` adds `rows[q][i][k] * x[i][k]` for
+/// every `i` in order, as [`dot`]'s lane `k` does.
+///
+/// Written as whole-array products, then whole-array sums, so that the compiler keeps
+/// lanes 0-1 and 2-3 of each row in one SIMD register each: one multiply and one add per
+/// pair, no shuffles. The nested `acc[k] += r[k] * x[k]` loop it replaces (the same
+/// operations in the same order, so the same bits) was vectorised across rows instead,
+/// and spent half its instructions shuffling lanes into place. Not inlined: inside
+/// [`dense_layer`] the compiler pairs rows again, to vectorise the rows' final sums.
+#[inline(never)]
+fn four_row_sums(x: &[[f64; 4]], rows: [&[[f64; 4]]; 4]) -> [[f64; 4]; 4] {
+    let n = x.len();
+    let [r0, r1, r2, r3] = rows.map(|r| &r[..n]);
+    let mut acc = [[0.0f64; 4]; 4];
+    for i in 0..n {
+        let xs = x[i];
+        for (a, r) in acc.iter_mut().zip([r0[i], r1[i], r2[i], r3[i]]) {
+            let p = [r[0] * xs[0], r[1] * xs[1], r[2] * xs[2], r[3] * xs[3]];
+            *a = [a[0] + p[0], a[1] + p[1], a[2] + p[2], a[3] + p[3]];
+        }
+    }
+    acc
 }
 
 /// `y += a * x`.
