@@ -258,6 +258,18 @@ impl SessionIndex {
             .push(key);
     }
 
+    /// This index, first rebuilt from `pending` if it does not list every impression yet.
+    fn up_to_date(&mut self, pending: &PendingQueue) -> &mut Self {
+        if !self.built {
+            self.keys.clear();
+            for (key, p) in &pending.0 {
+                self.insert(p.session_hash(), *key);
+            }
+            self.built = true;
+        }
+        self
+    }
+
     /// Unfiles the impression `key` from `hash`.
     fn remove(&mut self, hash: u64, key: PendingKey) {
         if let Some(keys) = self.keys.get_mut(&hash) {
@@ -780,17 +792,7 @@ impl UserState {
 impl PartitionState {
     /// The session index, rebuilt from the pending queue first if it is not up to date.
     fn session_index(&mut self) -> &mut SessionIndex {
-        if !self.by_session.built {
-            let mut index = SessionIndex {
-                keys: HashMap::default(),
-                built: true,
-            };
-            for (key, pending) in &self.pending.0 {
-                index.insert(pending.session_hash(), *key);
-            }
-            self.by_session = index;
-        }
-        &mut self.by_session
+        self.by_session.up_to_date(&self.pending)
     }
 
     fn user(&mut self, user_id: &str) -> &mut UserState {
@@ -851,9 +853,9 @@ impl PartitionState {
         let Some(item_id) = item_id else { return };
         // Click join: the latest earlier impression of the same user, item and session.
         let hash = session_hash(&c.user_id, item_id, &c.session_id);
-        self.session_index(); // up to date, then read beside the pending queue
         let pending = &self.pending;
-        let target = self.by_session.keys.get(&hash).and_then(|keys| {
+        let index = self.by_session.up_to_date(pending);
+        let target = index.keys.get(&hash).and_then(|keys| {
             keys.iter()
                 .copied()
                 .filter(|(ts, _)| *ts < c.ts && c.ts - *ts <= limits.click_window_ms)
