@@ -87,14 +87,20 @@ fn run_with(
         let (users, items) = pipeline.key_counts();
         let memory = pipeline.approx_bytes();
         let pending = pipeline.pending_examples();
+        let per_user = |bytes: usize| bytes as f64 / users.max(1) as f64;
         eprintln!(
             "state: {users} active users, {items} (partition, item) entries, {pending} pending examples; \
-             keyed state ~{} bytes = {:.0} bytes per active user (users {:.0} B each, items {:.0} B each); \
+             keyed state ~{} bytes = {:.0} bytes per active user (users {:.0} B each, items {:.0} B each; \
+             per active user: users {:.0}, items {:.0}, join indexes {:.0}, inventories {:.0}); \
              label buffer ~{} bytes = {:.0} bytes per pending example",
-            memory.keyed,
-            memory.keyed as f64 / users.max(1) as f64,
-            memory.users as f64 / users.max(1) as f64,
+            memory.keyed(),
+            per_user(memory.keyed()),
+            per_user(memory.users),
             memory.items as f64 / items.max(1) as f64,
+            per_user(memory.users),
+            per_user(memory.items),
+            per_user(memory.joins),
+            per_user(memory.inventory),
             memory.pending,
             memory.pending as f64 / pending.max(1) as f64
         );

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 // FxHash: fast, and deterministic across runs (the table serialises in its order).
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use shopstream_ingest::event::{InventoryEvent, InventoryKind, Millis};
@@ -24,19 +24,76 @@ use crate::state::DemandFeatures;
 pub(crate) const DEMAND_LOOKBACK_MS: Millis = 7 * 86_400_000;
 
 /// The latest inventory facts about an item.
+///
+/// 56 bytes: what features join sits in the row, and what only demand reads (sales) in a
+/// box that the rows of unsold items, and every row of a shard's replica, do without.
+/// Serialised with the sales' fields beside the facts, as before they were boxed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(into = "RowFields", from = "RowFields")]
 pub(crate) struct InventoryRow {
     pub(crate) on_hand: Option<i64>,
     pub(crate) price: Option<f64>,
-    pub(crate) category: Option<String>,
-    /// Units sold (inventory `sale` events), rolling over 1 h / 24 h / 7 d; boxed and
-    /// absent until the item's first sale (most items of a catalogue, and every row of a
-    /// shard's replica, which counts no sales, do without its 37 buckets).
-    pub(crate) sales: Option<Box<CachedRolling>>,
+    /// Shared with every row (and user) of the same category: see [`Inventory::intern`].
+    pub(crate) category: Option<Arc<str>>,
+    /// Absent until the item's first counted sale.
+    pub(crate) sales: Option<Box<Sales>>,
+}
+
+/// An item's counted sales.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Sales {
+    /// Units sold (inventory `sale` events), rolling over 1 h / 24 h / 7 d.
+    pub(crate) units: CachedRolling,
     /// Time of the latest sale.
-    pub(crate) last_sale: Option<Millis>,
+    pub(crate) last: Option<Millis>,
     /// Units sold in the window being applied.
     pub(crate) window_units: i64,
+}
+
+/// The serialised shape of an [`InventoryRow`].
+#[derive(Clone, Serialize, Deserialize)]
+struct RowFields {
+    on_hand: Option<i64>,
+    price: Option<f64>,
+    category: Option<Arc<str>>,
+    sales: Option<CachedRolling>,
+    last_sale: Option<Millis>,
+    window_units: i64,
+}
+
+impl From<InventoryRow> for RowFields {
+    fn from(row: InventoryRow) -> Self {
+        let (sales, last_sale, window_units) = match row.sales {
+            Some(s) => (Some(s.units), s.last, s.window_units),
+            None => (None, None, 0),
+        };
+        Self {
+            on_hand: row.on_hand,
+            price: row.price,
+            category: row.category,
+            sales,
+            last_sale,
+            window_units,
+        }
+    }
+}
+
+impl From<RowFields> for InventoryRow {
+    fn from(f: RowFields) -> Self {
+        let counted = f.sales.is_some() || f.last_sale.is_some() || f.window_units != 0;
+        Self {
+            on_hand: f.on_hand,
+            price: f.price,
+            category: f.category,
+            sales: counted.then(|| {
+                Box::new(Sales {
+                    units: f.sales.unwrap_or_default(),
+                    last: f.last_sale,
+                    window_units: f.window_units,
+                })
+            }),
+        }
+    }
 }
 
 impl InventoryRow {
@@ -48,11 +105,21 @@ impl InventoryRow {
             sales: self
                 .sales
                 .as_mut()
-                .map(|sales| sales.totals(at - 1))
+                .map(|sales| sales.units.totals(at - 1))
                 .unwrap_or_default(),
             on_hand: self.on_hand,
             price: self.price,
         }
+    }
+
+    /// Time of the latest counted sale.
+    pub(crate) fn last_sale(&self) -> Option<Millis> {
+        self.sales.as_ref().and_then(|s| s.last)
+    }
+
+    /// Units counted in the window being applied.
+    pub(crate) fn window_units(&self) -> i64 {
+        self.sales.as_ref().map_or(0, |s| s.window_units)
     }
 }
 
@@ -60,11 +127,13 @@ impl InventoryRow {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Inventory {
     /// Each item's slot in `rows`.
-    slots: HashMap<String, usize>,
+    slots: HashMap<Box<str>, usize>,
     /// The rows, in the order their items were first seen.
     rows: Vec<InventoryRow>,
     /// Derived from the rows.
     sold: SoldIndex,
+    /// One copy of each category name, which the rows share (derived from the rows).
+    categories: HashSet<Arc<str>>,
 }
 
 /// The items with a recorded sale, in id order, so that the demand snapshot of each window
@@ -89,10 +158,10 @@ impl Inventory {
     }
 
     /// Items and their rows, in the order the table serialises in.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &InventoryRow)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &InventoryRow)> {
         self.slots
             .iter()
-            .map(|(item, &slot)| (item, &self.rows[slot]))
+            .map(|(item, &slot)| (&**item, &self.rows[slot]))
     }
 
     /// A copy of what features join (on hand, price, category), without sales: the
@@ -107,10 +176,11 @@ impl Inventory {
                     on_hand: row.on_hand,
                     price: row.price,
                     category: row.category.clone(),
-                    ..InventoryRow::default()
+                    sales: None,
                 })
                 .collect(),
             sold: SoldIndex::default(),
+            categories: self.categories.clone(),
         }
     }
 
@@ -121,7 +191,7 @@ impl Inventory {
             None => {
                 // The id is copied once, when the item is first seen.
                 let slot = self.rows.len();
-                self.slots.insert(e.item_id.clone(), slot);
+                self.slots.insert(e.item_id.as_str().into(), slot);
                 self.rows.push(InventoryRow::default());
                 slot
             }
@@ -138,22 +208,23 @@ impl Inventory {
             row.price = Some(price);
         }
         if let Some(category) = &e.category
-            && row.category.as_ref() != Some(category)
+            && row.category.as_deref() != Some(category.as_str())
         {
-            row.category = Some(category.clone());
+            row.category = Some(intern(&mut self.categories, category));
         }
         if e.kind == InventoryKind::Sale && counts_sales {
             let units = e.delta.map_or(0, |d| -d).max(0);
-            row.sales.get_or_insert_default().add(
+            let sales = row.sales.get_or_insert_default();
+            sales.units.add(
                 e.ts,
                 Counts {
                     units: u16::try_from(units).unwrap_or(u16::MAX),
                     ..Counts::default()
                 },
             );
-            row.last_sale = Some(e.ts);
-            let units_before = row.window_units;
-            row.window_units += units;
+            sales.last = Some(e.ts);
+            let units_before = sales.window_units;
+            sales.window_units += units;
             self.sold.record_sale(&e.item_id, slot, units_before, units);
         }
     }
@@ -165,7 +236,10 @@ impl Inventory {
         let mut expired = Vec::new();
         for (item, &slot) in &self.sold.ids {
             let row = &mut self.rows[slot];
-            if row.last_sale.is_some_and(|t| at - t <= DEMAND_LOOKBACK_MS) {
+            if row
+                .last_sale()
+                .is_some_and(|t| at - t <= DEMAND_LOOKBACK_MS)
+            {
                 out.push(row.demand_features(Arc::clone(item), at));
             } else {
                 expired.push(Arc::clone(item));
@@ -189,27 +263,37 @@ impl Inventory {
             .window
             .drain(..)
             .filter_map(|(item, slot)| {
-                let units = std::mem::take(&mut rows[slot].window_units);
+                let units = rows[slot]
+                    .sales
+                    .as_mut()
+                    .map_or(0, |s| std::mem::take(&mut s.window_units));
                 (units != 0).then_some((item, units))
             })
             .collect()
     }
 
-    /// Approximate bytes held: rows, ids and the index (hash table slack not included).
+    /// Approximate bytes held: rows, ids, category names and the index (hash table slack
+    /// not included). A category name shared by several holders counts its share in each
+    /// (see [`shared_str_bytes`]).
     pub(crate) fn approx_bytes(&self) -> usize {
         use std::mem::size_of;
         let rows: usize = self
             .iter()
             .map(|(item, row)| {
                 item.len()
-                    + size_of::<(String, usize)>()
+                    + size_of::<(Box<str>, usize)>()
                     + size_of::<InventoryRow>()
-                    + row.category.as_ref().map_or(0, String::len)
+                    + row.category.as_ref().map_or(0, shared_str_bytes)
                     + row
                         .sales
                         .as_ref()
-                        .map_or(0, |s| size_of::<CachedRolling>() + s.heap_bytes())
+                        .map_or(0, |s| size_of::<Sales>() + s.units.heap_bytes())
             })
+            .sum();
+        let categories: usize = self
+            .categories
+            .iter()
+            .map(|c| size_of::<Arc<str>>() + shared_str_bytes(c))
             .sum();
         // The sold-items index: an id, a shared pointer and a slot per item, plus tree
         // overhead.
@@ -219,7 +303,7 @@ impl Inventory {
             .keys()
             .map(|id| id.len() + 2 * size_of::<usize>() + size_of::<(Arc<str>, usize)>())
             .sum();
-        rows + index + self.sold.window.capacity() * size_of::<(Arc<str>, usize)>()
+        rows + categories + index + self.sold.window.capacity() * size_of::<(Arc<str>, usize)>()
     }
 
     /// Lists the items with a sale in `sold.ids` and those with units in the window in
@@ -228,18 +312,47 @@ impl Inventory {
         let mut sold = SoldIndex::default();
         for (item, &slot) in &self.slots {
             let row = &self.rows[slot];
-            if row.last_sale.is_some() || row.window_units != 0 {
-                let id: Arc<str> = item.as_str().into();
-                if row.window_units != 0 {
+            if row.last_sale().is_some() || row.window_units() != 0 {
+                let id: Arc<str> = (**item).into();
+                if row.window_units() != 0 {
                     sold.window.push((Arc::clone(&id), slot));
                 }
-                if row.last_sale.is_some() {
+                if row.last_sale().is_some() {
                     sold.ids.insert(id, slot);
                 }
             }
         }
         self.sold = sold;
     }
+
+    /// Makes the rows of one category share one copy of its name (after the rows were
+    /// read back, each with a copy of its own).
+    fn intern_categories(&mut self) {
+        let categories = &mut self.categories;
+        for row in &mut self.rows {
+            if let Some(category) = &mut row.category {
+                *category = intern(categories, category);
+            }
+        }
+    }
+}
+
+/// The shared copy of `name` in `names`, added if new.
+pub(crate) fn intern(names: &mut HashSet<Arc<str>>, name: &str) -> Arc<str> {
+    match names.get(name) {
+        Some(shared) => Arc::clone(shared),
+        None => {
+            let shared: Arc<str> = name.into();
+            names.insert(Arc::clone(&shared));
+            shared
+        }
+    }
+}
+
+/// The heap bytes of a shared string (its bytes and two reference counts) divided among
+/// its holders: summed over every holder, the string's heap bytes once.
+pub(crate) fn shared_str_bytes(s: &Arc<str>) -> usize {
+    (s.len() + 2 * std::mem::size_of::<usize>()) / Arc::strong_count(s)
 }
 
 impl SoldIndex {
@@ -288,16 +401,17 @@ impl<'de> Deserialize<'de> for Inventory {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Inventory, A::Error> {
                 let mut inventory = Inventory::default();
                 while let Some((item, row)) = map.next_entry::<String, InventoryRow>()? {
-                    match inventory.slots.get(&item) {
+                    match inventory.slots.get(item.as_str()) {
                         // A repeated id keeps its last row, as a map would.
                         Some(&slot) => inventory.rows[slot] = row,
                         None => {
-                            inventory.slots.insert(item, inventory.rows.len());
+                            inventory.slots.insert(item.into(), inventory.rows.len());
                             inventory.rows.push(row);
                         }
                     }
                 }
                 inventory.index_sales();
+                inventory.intern_categories();
                 Ok(inventory)
             }
         }
@@ -323,6 +437,60 @@ mod tests {
         }
     }
 
+    /// Guards the compact rows: 56 bytes, the rows of one category share one copy of its
+    /// name (also after a read back and in a replica), and a replica's rows hold no sales.
+    #[test]
+    fn rows_are_compact_and_share_their_category_names() {
+        assert_eq!(std::mem::size_of::<InventoryRow>(), 56);
+        let mut inventory = Inventory::default();
+        for (i, item) in ["a", "b", "c"].into_iter().enumerate() {
+            inventory.apply(
+                &event(item, InventoryKind::Sale, 1_000 * i as Millis, -1),
+                true,
+            );
+        }
+        let shared = |inv: &Inventory| {
+            let names: Vec<&Arc<str>> = ["a", "b", "c"]
+                .iter()
+                .filter_map(|item| inv.get(item)?.category.as_ref())
+                .collect();
+            names.len() == 3 && names.iter().all(|n| Arc::ptr_eq(n, names[0]))
+        };
+        assert!(shared(&inventory));
+        let bytes = rmp_serde::to_vec_named(&inventory).expect("serialise");
+        let back: Inventory = rmp_serde::from_slice(&bytes).expect("read back");
+        assert!(shared(&back));
+        assert_eq!(back.categories.len(), 1);
+        // The bytes of the row before it was compacted.
+        #[derive(Serialize)]
+        struct Before {
+            on_hand: Option<i64>,
+            price: Option<f64>,
+            category: Option<String>,
+            sales: Option<Box<CachedRolling>>,
+            last_sale: Option<Millis>,
+            window_units: i64,
+        }
+        let row = inventory.get("b").expect("seen").clone();
+        let sales = row.sales.clone().expect("a sale");
+        let before = Before {
+            on_hand: row.on_hand,
+            price: row.price,
+            category: Some("c".to_string()),
+            sales: Some(Box::new(sales.units.clone())),
+            last_sale: sales.last,
+            window_units: sales.window_units,
+        };
+        assert_eq!(
+            rmp_serde::to_vec_named(&row).expect("serialise"),
+            rmp_serde::to_vec_named(&before).expect("serialise")
+        );
+        let replica = inventory.replica();
+        assert!(shared(&replica));
+        assert!(replica.iter().all(|(_, row)| row.sales.is_none()));
+        assert_eq!(replica.get("a").and_then(|r| r.price), Some(2.5));
+    }
+
     #[test]
     fn the_table_serialises_as_the_map_of_id_to_row_it_replaced() {
         let mut inventory = Inventory::default();
@@ -343,6 +511,6 @@ mod tests {
         let back: Inventory = rmp_serde::from_slice(&bytes).expect("read back");
         assert_eq!(back, inventory);
         assert_eq!(back.sold.ids.len(), 3);
-        assert_eq!(back.get("a").map(|r| r.window_units), Some(2));
+        assert_eq!(back.get("a").map(InventoryRow::window_units), Some(2));
     }
 }

@@ -66,14 +66,57 @@ const DAY: Millis = 86_400_000;
 /// The rings, shortest first: (bucket width, buckets kept).
 const RINGS: [(Millis, i64); 3] = [(TEN_MINUTES, 6), (HOUR, 24), (DAY, 7)];
 
-/// One non-empty bucket of a ring.
+/// One non-empty bucket of a ring, in 16 bytes: the ring and the bucket number share one
+/// `i32` (`number * 4 + ring`), beside 12 bytes of counts. Users and items hold about 18
+/// buckets per active user between them, so every byte here counts 18 times.
+///
+/// Serialised as `{ ring, number, counts }` (its shape before it was packed).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(into = "BucketFields", from = "BucketFields")]
 struct Bucket {
-    /// Which ring (an index into [`RINGS`]).
+    /// `number * 4 + ring`.
+    slot: i32,
+    counts: Counts,
+}
+
+/// The bucket numbers a [`Bucket`] holds: +-2^29, which for the 10-minute ring is about
+/// +-10,000 years around 1970. Event times are far inside (the decoder takes 2000 to
+/// 2100); a time outside counts in the edge bucket of its ring, and has no span.
+const NUMBERS: std::ops::RangeInclusive<i64> = -(1 << 29)..=(1 << 29) - 1;
+
+/// `ts`'s bucket number in a ring of `width`, within [`NUMBERS`].
+fn bucket_number(ts: Millis, width: Millis) -> i64 {
+    ts.div_euclid(width).clamp(*NUMBERS.start(), *NUMBERS.end())
+}
+
+/// The serialised shape of a [`Bucket`].
+#[derive(Serialize, Deserialize)]
+struct BucketFields {
     ring: u8,
-    /// Bucket number: event time divided by the ring's bucket width.
     number: i64,
     counts: Counts,
+}
+
+impl From<Bucket> for BucketFields {
+    fn from(b: Bucket) -> Self {
+        Self {
+            ring: b.ring() as u8,
+            number: b.number(),
+            counts: b.counts,
+        }
+    }
+}
+
+impl From<BucketFields> for Bucket {
+    fn from(f: BucketFields) -> Self {
+        Self {
+            slot: Bucket::slot(
+                usize::from(f.ring),
+                f.number.clamp(*NUMBERS.start(), *NUMBERS.end()),
+            ),
+            counts: f.counts,
+        }
+    }
 }
 
 /// Rolling counters of one key (a user or an item) over 1 h, 24 h and 7 d.
@@ -107,24 +150,24 @@ impl Rolling {
         // The rings lie one after the other: each starts where the one before ended.
         let mut from = 0;
         for (ring, &(width, length)) in RINGS.iter().enumerate() {
-            let number = ts.div_euclid(width);
-            let to = from + self.buckets[from..].partition_point(|b| usize::from(b.ring) == ring);
+            let number = bucket_number(ts, width);
+            let to = from + self.buckets[from..].partition_point(|b| b.ring() == ring);
             let len = self.buckets.len();
-            match self.buckets[from..to].last().map(|b| b.number) {
+            match self.buckets[from..to].last().map(Bucket::number) {
                 Some(newest) if newest.saturating_sub(number) >= length => {}
                 Some(newest) if number > newest => {
                     // The ring moves on: drop what leaves its reach.
                     let reach_from = number.saturating_sub(length - 1);
                     let kept =
-                        from + self.buckets[from..to].partition_point(|b| b.number < reach_from);
+                        from + self.buckets[from..to].partition_point(|b| b.number() < reach_from);
                     self.buckets.drain(from..kept);
                     let at = to - (kept - from);
                     self.buckets.insert(at, Bucket::new(ring, number, delta));
                 }
                 _ => {
-                    let at = from + self.buckets[from..to].partition_point(|b| b.number < number);
+                    let at = from + self.buckets[from..to].partition_point(|b| b.number() < number);
                     match self.buckets.get_mut(at) {
-                        Some(b) if at < to && b.number == number => b.counts.add(delta),
+                        Some(b) if at < to && b.number() == number => b.counts.add(delta),
                         _ => self.buckets.insert(at, Bucket::new(ring, number, delta)),
                     }
                 }
@@ -139,15 +182,14 @@ impl Rolling {
         // Each ring's reach as of `ts`: one division per ring (with the constant widths
         // unrolled), not one per bucket.
         let reach = RINGS.map(|(width, length)| {
-            let number = ts.div_euclid(width);
+            let number = bucket_number(ts, width);
             (number.saturating_sub(length), number)
         });
         let mut horizons = Horizons::default();
         for b in &self.buckets {
-            let ring = usize::from(b.ring);
-            let (after, upto) = reach[ring];
-            if b.number <= upto && b.number > after {
-                horizons[ring].add(&b.counts);
+            let (after, upto) = reach[b.ring()];
+            if b.number() <= upto && b.number() > after {
+                horizons[b.ring()].add(&b.counts);
             }
         }
         horizons
@@ -156,22 +198,23 @@ impl Rolling {
     /// Totals as of `ts` and the times `[from, until)` around `ts` over which they are
     /// the same: no bucket enters or leaves its ring's reach in between. A bucket numbered
     /// `n` of a ring of `width` and `length` counts for `n * width <= t < (n + length) *
-    /// width`. Where that arithmetic would overflow, the span is `ts` alone.
+    /// width`. Outside the times whose bucket numbers a [`Bucket`] holds exactly, the span
+    /// is `ts` alone.
     pub fn totals_with_span(&self, ts: Millis) -> (Horizons, Millis, Millis) {
         let totals = self.totals(ts);
-        let (mut from, mut until) = (Millis::MIN, Millis::MAX);
+        // The shortest ring reaches the edge of NUMBERS first.
+        let exact = NUMBERS.start() * TEN_MINUTES..(NUMBERS.end() + 1) * TEN_MINUTES;
+        if !exact.contains(&ts) {
+            return (totals, ts, ts.saturating_add(1));
+        }
+        let (mut from, mut until) = (exact.start, exact.end);
         for b in &self.buckets {
-            let (width, length) = RINGS[usize::from(b.ring)];
-            let enters = b.number.checked_mul(width);
-            let leaves = b
-                .number
-                .checked_add(length)
-                .and_then(|n| n.checked_mul(width));
-            for flip in [enters, leaves] {
-                match flip {
-                    Some(t) if t <= ts => from = from.max(t),
-                    Some(t) => until = until.min(t),
-                    None => return (totals, ts, ts.saturating_add(1)),
+            let (width, length) = RINGS[b.ring()];
+            for flip in [b.number() * width, (b.number() + length) * width] {
+                if flip <= ts {
+                    from = from.max(flip);
+                } else {
+                    until = until.min(flip);
                 }
             }
         }
@@ -244,16 +287,33 @@ impl<'de> Deserialize<'de> for CachedRolling {
 }
 
 impl Bucket {
+    /// A bucket counting `delta` (`number` within [`NUMBERS`]).
     fn new(ring: usize, number: i64, delta: Counts) -> Self {
         // Added to zero, as the dense rings added to a cleared slot (a spend of -0.0
         // becomes 0.0).
         let mut counts = Counts::default();
         counts.add(delta);
         Self {
-            ring: ring as u8,
-            number,
+            slot: Self::slot(ring, number),
             counts,
         }
+    }
+
+    /// The packed `number * 4 + ring` (`number` within [`NUMBERS`], `ring` below 4).
+    fn slot(ring: usize, number: i64) -> i32 {
+        debug_assert!(NUMBERS.contains(&number) && ring < 4);
+        (number * 4 + ring as i64) as i32
+    }
+
+    /// Which ring (an index into [`RINGS`]).
+    fn ring(&self) -> usize {
+        (self.slot & 3) as usize
+    }
+
+    /// Bucket number: event time divided by the ring's bucket width.
+    fn number(&self) -> i64 {
+        // An arithmetic shift: the floor of slot / 4, so negative numbers come back too.
+        i64::from(self.slot >> 2)
     }
 }
 
@@ -407,6 +467,56 @@ mod tests {
         assert_eq!(bytes, rmp_serde::to_vec(&a.rolling).expect("serialise"));
         let back: CachedRolling = rmp_serde::from_slice(&bytes).expect("deserialise");
         assert_eq!(back, a);
+    }
+
+    /// Guards the packed bucket: 16 bytes, and serialised in the shape checkpoints wrote
+    /// before it was packed (`{ ring, number, counts }`), negative numbers included.
+    #[test]
+    fn packed_buckets_take_16_bytes_and_serialise_as_before() {
+        assert_eq!(std::mem::size_of::<Bucket>(), 16);
+        let mut r = Rolling::default();
+        for ts in [-5 * DAY - 1, 1_767_571_200_000] {
+            r = Rolling::default();
+            r.add(ts, clicks(3));
+            let fields: Vec<BucketFields> = RINGS
+                .iter()
+                .enumerate()
+                .map(|(ring, &(width, _))| BucketFields {
+                    ring: ring as u8,
+                    number: ts.div_euclid(width),
+                    counts: clicks(3),
+                })
+                .collect();
+            #[derive(Serialize)]
+            struct Before {
+                buckets: Vec<BucketFields>,
+            }
+            let before = rmp_serde::to_vec_named(&Before { buckets: fields }).expect("encode");
+            assert_eq!(rmp_serde::to_vec_named(&r).expect("encode"), before);
+            let back: Rolling = rmp_serde::from_slice(&before).expect("decode");
+            assert_eq!(back, r);
+        }
+        assert_eq!(r.totals(1_767_571_200_000)[2].clicks, 3);
+    }
+
+    /// Guards the edge of what a bucket holds: times beyond +-10,000 years count in their
+    /// ring's edge bucket instead of wrapping, and have a span of one millisecond.
+    #[test]
+    fn times_beyond_the_bucket_range_clamp_instead_of_wrapping() {
+        for ts in [
+            Millis::MAX,
+            Millis::MIN,
+            400_000_000_000_000,
+            -400_000_000_000_000,
+        ] {
+            let mut r = Rolling::default();
+            r.add(ts, clicks(1));
+            r.add(ts, clicks(1));
+            assert_eq!(r.totals(ts).map(|t| t.clicks), [2, 2, 2], "at {ts}");
+            let (totals, from, until) = r.totals_with_span(ts);
+            assert_eq!(totals, r.totals(ts));
+            assert_eq!((from, until), (ts, ts.saturating_add(1)));
+        }
     }
 
     #[test]

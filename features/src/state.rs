@@ -22,6 +22,7 @@
 //! `ts + click window + attribution window`: no later event can change its labels.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 // FxHash: fast, and deterministic across runs (state serialises the same way every time).
 use rustc_hash::FxHashMap as HashMap;
@@ -31,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use shopstream_ingest::event::{ClickEvent, ClickKind, Event, Millis, OrderEvent, OrderStatus};
 
 use crate::example::{Example, Features, Labels};
-use crate::inventory::Inventory;
+use crate::inventory::{Inventory, shared_str_bytes};
 use crate::rolling::{Counts, Rolling};
 
 /// Time limits of the joins and of state retention.
@@ -142,7 +143,9 @@ struct UserState {
 /// A user's decayed activity in one category.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct CategoryScore {
-    category: String,
+    /// The inventory's shared copy of the name (a copy of its own after a restore, until
+    /// the user's next event in the category).
+    category: Arc<str>,
     clicks: f32,
     shown: f32,
 }
@@ -210,8 +213,8 @@ impl PendingQueue {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct PartitionState {
-    users: HashMap<String, UserState>,
-    items: HashMap<String, ItemState>,
+    users: HashMap<Box<str>, UserState>,
+    items: HashMap<Box<str>, ItemState>,
     /// Impressions waiting for labels, in key order. Keys only grow within a partition
     /// (windows close in order, events apply in time order), so this is a queue: append
     /// at the back, mature from the front, find by binary search.
@@ -401,10 +404,10 @@ impl FeatureState {
     pub fn features_of(&self, partition: i32, click: &ClickEvent) -> Features {
         let item_id = click.item_id.as_deref().unwrap_or_default();
         let state = self.partitions.get(&partition);
-        let user = state.and_then(|s| s.users.get(&click.user_id));
+        let user = state.and_then(|s| s.users.get(click.user_id.as_str()));
         let item = state.and_then(|s| s.items.get(item_id));
         let inventory = self.inventory.get(item_id);
-        let category = inventory.and_then(|i| i.category.clone());
+        let category = inventory.and_then(|i| i.category.as_deref());
         let at = chrono::DateTime::from_timestamp_millis(click.ts).unwrap_or_default();
         Features {
             scenario: click.scenario,
@@ -426,7 +429,7 @@ impl FeatureState {
                 _ => 0.0,
             },
             item: item.map(|i| i.rolling.totals(click.ts)).unwrap_or_default(),
-            item_category: category,
+            item_category: category.map(str::to_string),
             item_price: inventory.and_then(|i| i.price),
             item_on_hand: inventory.and_then(|i| i.on_hand),
         }
@@ -518,10 +521,10 @@ impl FeatureState {
                     .item_id
                     .as_ref()
                     .and_then(|i| self.inventory.get(i))
-                    .and_then(|r| r.category.clone());
+                    .and_then(|r| r.category.as_ref());
                 let state = self.partitions.entry(partition).or_default();
                 state.sweep(c.ts, limits);
-                state.apply_click(c, category.as_deref(), limits);
+                state.apply_click(c, category, limits);
             }
             Event::Order(o) => {
                 let state = self.partitions.entry(partition).or_default();
@@ -595,7 +598,7 @@ impl FeatureState {
                 + partition.pending.len()
                 + partition.session_index().keys.len()
                 + partition.clicks.len();
-            partition.users.retain(|user, _| !users.contains(user));
+            partition.users.retain(|user, _| !users.contains(&**user));
             partition
                 .pending
                 .0
@@ -641,42 +644,39 @@ impl FeatureState {
     /// (hash table slack not included).
     pub fn approx_bytes(&self) -> StateBytes {
         use std::mem::size_of;
-        let mut keyed = 0;
-        let mut pending = 0;
-        let mut users = 0;
-        let mut items = 0;
+        let mut bytes = StateBytes::default();
         for s in self.partitions.values() {
-            users += s
+            bytes.users += s
                 .users
                 .iter()
                 .map(|(k, u)| {
                     k.len()
-                        + size_of::<(String, UserState)>()
+                        + size_of::<(Box<str>, UserState)>()
                         + u.rolling.heap_bytes()
                         + u.categories
                             .iter()
-                            .map(|c| c.category.len() + size_of::<CategoryScore>())
+                            .map(|c| size_of::<CategoryScore>() + shared_str_bytes(&c.category))
                             .sum::<usize>()
                 })
                 .sum::<usize>();
-            items += s
+            bytes.items += s
                 .items
                 .iter()
-                .map(|(k, i)| k.len() + size_of::<(String, ItemState)>() + i.rolling.heap_bytes())
+                .map(|(k, i)| k.len() + size_of::<(Box<str>, ItemState)>() + i.rolling.heap_bytes())
                 .sum::<usize>();
-            keyed += s
+            bytes.joins += s
                 .clicks
                 .iter()
                 .map(|(k, v)| k.len() + size_of::<String>() + v.len() * 32)
                 .sum::<usize>();
-            keyed += s
+            bytes.joins += s
                 .orders
                 .iter()
                 .map(|(k, v)| {
                     k.len() + size_of::<(String, (Millis, Vec<PendingKey>))>() + v.1.len() * 16
                 })
                 .sum::<usize>();
-            pending += s
+            bytes.pending += s
                 .pending
                 .values()
                 .map(|p| {
@@ -690,34 +690,38 @@ impl FeatureState {
                         + e.features.item_category.as_ref().map_or(0, String::len)
                 })
                 .sum::<usize>();
-            pending += s
+            bytes.pending += s
                 .by_session
                 .keys
                 .values()
                 .map(|v| size_of::<(u64, Vec<PendingKey>)>() + v.capacity() * 16)
                 .sum::<usize>();
         }
-        keyed += self.inventory.approx_bytes();
-        StateBytes {
-            keyed: keyed + users + items,
-            users,
-            items,
-            pending,
-        }
+        bytes.inventory = self.inventory.approx_bytes();
+        bytes
     }
 }
 
 /// Approximate memory of the feature state, by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StateBytes {
-    /// Per-user, per-item, inventory and join indexes (clicks, orders).
-    pub keyed: usize,
-    /// Of `keyed`: the per-user entries.
+    /// The per-user entries (rolling counters, category affinities).
     pub users: usize,
-    /// Of `keyed`: the per-(partition, item) entries.
+    /// The per-(partition, item) entries (rolling counters).
     pub items: usize,
+    /// The click and order join indexes.
+    pub joins: usize,
+    /// The inventory (a shard's replica, or the coordinator's table with its sales).
+    pub inventory: usize,
     /// Impressions waiting for their labels, and their click-join index.
     pub pending: usize,
+}
+
+impl StateBytes {
+    /// Keyed state: users, items, join indexes and inventory (everything but `pending`).
+    pub fn keyed(&self) -> usize {
+        self.users + self.items + self.joins + self.inventory
+    }
 }
 
 impl std::ops::Add for StateBytes {
@@ -725,9 +729,10 @@ impl std::ops::Add for StateBytes {
 
     fn add(self, other: StateBytes) -> StateBytes {
         StateBytes {
-            keyed: self.keyed + other.keyed,
             users: self.users + other.users,
             items: self.items + other.items,
+            joins: self.joins + other.joins,
+            inventory: self.inventory + other.inventory,
             pending: self.pending + other.pending,
         }
     }
@@ -736,7 +741,7 @@ impl std::ops::Add for StateBytes {
 impl UserState {
     /// Counts an impression (`clicked` false) or a click in `category` at `ts`, after
     /// decaying every category's scores to `ts`.
-    fn count_category(&mut self, category: &str, ts: Millis, clicked: bool) {
+    fn count_category(&mut self, category: &Arc<str>, ts: Millis, clicked: bool) {
         let decay = (-((ts - self.categories_ts).max(0) as f64) / AFFINITY_TAU_MS).exp() as f32;
         for score in &mut self.categories {
             score.clicks *= decay;
@@ -744,7 +749,11 @@ impl UserState {
         }
         self.categories_ts = ts;
         let (clicks, shown) = if clicked { (1.0, 0.0) } else { (0.0, 1.0) };
-        if let Some(score) = self.categories.iter_mut().find(|s| s.category == category) {
+        if let Some(score) = self.categories.iter_mut().find(|s| s.category == *category) {
+            if !Arc::ptr_eq(&score.category, category) {
+                // Read back from a checkpoint: share the inventory's copy again.
+                score.category = Arc::clone(category);
+            }
             score.clicks += clicks;
             score.shown += shown;
             return;
@@ -767,7 +776,7 @@ impl UserState {
             self.categories.remove(weakest);
         }
         self.categories.push(CategoryScore {
-            category: category.to_string(),
+            category: Arc::clone(category),
             clicks,
             shown,
         });
@@ -783,7 +792,7 @@ impl UserState {
         let mine = self
             .categories
             .iter()
-            .find(|s| s.category == category)
+            .find(|s| &*s.category == category)
             .map_or(0.0, |s| f64::from(score(s)));
         mine / total
     }
@@ -797,14 +806,14 @@ impl PartitionState {
 
     fn user(&mut self, user_id: &str) -> &mut UserState {
         if !self.users.contains_key(user_id) {
-            self.users.insert(user_id.to_string(), UserState::default());
+            self.users.insert(user_id.into(), UserState::default());
         }
         self.users.get_mut(user_id).expect("inserted above")
     }
 
     fn item(&mut self, item_id: &str) -> &mut ItemState {
         if !self.items.contains_key(item_id) {
-            self.items.insert(item_id.to_string(), ItemState::default());
+            self.items.insert(item_id.into(), ItemState::default());
         }
         self.items.get_mut(item_id).expect("inserted above")
     }
@@ -820,7 +829,7 @@ impl PartitionState {
         }
     }
 
-    fn apply_click(&mut self, c: &ClickEvent, category: Option<&str>, limits: StateLimits) {
+    fn apply_click(&mut self, c: &ClickEvent, category: Option<&Arc<str>>, limits: StateLimits) {
         let item_id = c.item_id.as_deref();
         let delta = match c.kind {
             ClickKind::Impression => Counts {
@@ -926,7 +935,7 @@ impl PartitionState {
                         }
                     }
                 }
-                if let Some(user) = self.users.get_mut(&o.user_id) {
+                if let Some(user) = self.users.get_mut(o.user_id.as_str()) {
                     user.last_ts = Some(o.ts);
                 }
             }
@@ -1120,14 +1129,17 @@ mod tests {
         let mut user = UserState::default();
         for k in 0..MAX_CATEGORIES {
             for _ in 0..if k == 0 { 1 } else { 2 } {
-                user.count_category(&format!("c{k}"), t0, false);
+                user.count_category(&format!("c{k}").into(), t0, false);
             }
         }
         let names = |user: &UserState| -> Vec<String> {
-            user.categories.iter().map(|s| s.category.clone()).collect()
+            user.categories
+                .iter()
+                .map(|s| s.category.to_string())
+                .collect()
         };
         // As active as c0 (one event): c0, the least active, goes.
-        user.count_category("new", t0, true);
+        user.count_category(&"new".into(), t0, true);
         let mut expected: Vec<String> = (1..MAX_CATEGORIES).map(|k| format!("c{k}")).collect();
         expected.push("new".to_string());
         assert_eq!(names(&user), expected);
@@ -1135,13 +1147,13 @@ mod tests {
         let exposure = user.category_share("c1", |s| s.shown);
         assert!((exposure - 1.0 / 7.0).abs() < 1e-6, "{exposure}");
         // Every kept category now has two events: a newcomer with one is not kept.
-        user.count_category("new", t0, false);
-        user.count_category("late", t0, true);
+        user.count_category(&"new".into(), t0, false);
+        user.count_category(&"late".into(), t0, true);
         assert_eq!(names(&user), expected);
         assert_eq!(user.category_share("late", |s| s.clicks), 0.0);
         // A week later the kept scores have decayed below one event: the first of the
         // least active (c1) makes room for a newcomer.
-        user.count_category("later", t0 + 7 * 86_400_000, false);
+        user.count_category(&"later".into(), t0 + 7 * 86_400_000, false);
         assert!(
             !names(&user).contains(&"c1".to_string()),
             "{:?}",
@@ -1267,15 +1279,15 @@ mod tests {
     /// The demand snapshot and window units as they were computed before the sold-items
     /// index: a scan of the whole inventory, sorted by id.
     fn demand_by_scan(state: &FeatureState, at: Millis) -> Vec<DemandFeatures> {
-        let mut sold: Vec<(&String, &InventoryRow)> = state
+        let mut sold: Vec<(&str, &InventoryRow)> = state
             .inventory
             .iter()
-            .filter(|(_, r)| r.last_sale.is_some_and(|t| at - t <= DEMAND_LOOKBACK_MS))
+            .filter(|(_, r)| r.last_sale().is_some_and(|t| at - t <= DEMAND_LOOKBACK_MS))
             .collect();
         sold.sort_unstable_by(|a, b| a.0.cmp(b.0));
         sold.into_iter()
             // A copy of the row: the scan leaves the state's cached totals as they were.
-            .map(|(item, r)| r.clone().demand_features(item.as_str().into(), at))
+            .map(|(item, r)| r.clone().demand_features(item.into(), at))
             .collect()
     }
 
@@ -1283,8 +1295,8 @@ mod tests {
         let mut units: Vec<(String, i64)> = state
             .inventory
             .iter()
-            .filter(|(_, r)| r.window_units != 0)
-            .map(|(item, r)| (item.clone(), r.window_units))
+            .filter(|(_, r)| r.window_units() != 0)
+            .map(|(item, r)| (item.to_string(), r.window_units()))
             .collect();
         units.sort();
         units
