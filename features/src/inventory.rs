@@ -28,8 +28,8 @@ pub(crate) const DEMAND_LOOKBACK_MS: Millis = 7 * 86_400_000;
 /// 56 bytes: what features join sits in the row, and what only demand reads (sales) in a
 /// box that the rows of unsold items, and every row of a shard's replica, do without.
 /// Serialised with the sales' fields beside the facts, as before they were boxed.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(into = "RowFields", from = "RowFields")]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(from = "RowFields")]
 pub(crate) struct InventoryRow {
     pub(crate) on_hand: Option<i64>,
     pub(crate) price: Option<f64>,
@@ -50,8 +50,8 @@ pub(crate) struct Sales {
     pub(crate) window_units: i64,
 }
 
-/// The serialised shape of an [`InventoryRow`].
-#[derive(Clone, Serialize, Deserialize)]
+/// The serialised shape of an [`InventoryRow`], as read back.
+#[derive(Deserialize)]
 struct RowFields {
     on_hand: Option<i64>,
     price: Option<f64>,
@@ -61,20 +61,28 @@ struct RowFields {
     window_units: i64,
 }
 
-impl From<InventoryRow> for RowFields {
-    fn from(row: InventoryRow) -> Self {
-        let (sales, last_sale, window_units) = match row.sales {
-            Some(s) => (Some(s.units), s.last, s.window_units),
-            None => (None, None, 0),
-        };
-        Self {
-            on_hand: row.on_hand,
-            price: row.price,
-            category: row.category,
-            sales,
-            last_sale,
-            window_units,
+/// The serialised shape of an [`InventoryRow`], borrowed from it (written without a copy).
+#[derive(Serialize)]
+struct RowView<'a> {
+    on_hand: Option<i64>,
+    price: Option<f64>,
+    category: Option<&'a str>,
+    sales: Option<&'a CachedRolling>,
+    last_sale: Option<Millis>,
+    window_units: i64,
+}
+
+impl Serialize for InventoryRow {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        RowView {
+            on_hand: self.on_hand,
+            price: self.price,
+            category: self.category.as_deref(),
+            sales: self.sales.as_ref().map(|s| &s.units),
+            last_sale: self.last_sale(),
+            window_units: self.window_units(),
         }
+        .serialize(serializer)
     }
 }
 
