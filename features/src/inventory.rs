@@ -33,7 +33,7 @@ pub(crate) const DEMAND_LOOKBACK_MS: Millis = 7 * 86_400_000;
 pub(crate) struct InventoryRow {
     pub(crate) on_hand: Option<i64>,
     pub(crate) price: Option<f64>,
-    /// Shared with every row (and user) of the same category: see [`Inventory::intern`].
+    /// Shared with every row (and user score) of the same category: see [`intern`].
     pub(crate) category: Option<Arc<str>>,
     /// Absent until the item's first counted sale.
     pub(crate) sales: Option<Box<Sales>>,
@@ -319,13 +319,15 @@ impl Inventory {
     fn index_sales(&mut self) {
         let mut sold = SoldIndex::default();
         for (item, &slot) in &self.slots {
-            let row = &self.rows[slot];
-            if row.last_sale().is_some() || row.window_units() != 0 {
+            let Some(sales) = &self.rows[slot].sales else {
+                continue;
+            };
+            if sales.last.is_some() || sales.window_units != 0 {
                 let id: Arc<str> = (**item).into();
-                if row.window_units() != 0 {
+                if sales.window_units != 0 {
                     sold.window.push((Arc::clone(&id), slot));
                 }
-                if row.last_sale().is_some() {
+                if sales.last.is_some() {
                     sold.ids.insert(id, slot);
                 }
             }

@@ -86,7 +86,12 @@ const NUMBERS: std::ops::RangeInclusive<i64> = -(1 << 29)..=(1 << 29) - 1;
 
 /// `ts`'s bucket number in a ring of `width`, within [`NUMBERS`].
 fn bucket_number(ts: Millis, width: Millis) -> i64 {
-    ts.div_euclid(width).clamp(*NUMBERS.start(), *NUMBERS.end())
+    within_numbers(ts.div_euclid(width))
+}
+
+/// `number`, or the edge of [`NUMBERS`] it lies beyond.
+fn within_numbers(number: i64) -> i64 {
+    number.clamp(*NUMBERS.start(), *NUMBERS.end())
 }
 
 /// The serialised shape of a [`Bucket`].
@@ -110,10 +115,7 @@ impl From<Bucket> for BucketFields {
 impl From<BucketFields> for Bucket {
     fn from(f: BucketFields) -> Self {
         Self {
-            slot: Bucket::slot(
-                usize::from(f.ring),
-                f.number.clamp(*NUMBERS.start(), *NUMBERS.end()),
-            ),
+            slot: Bucket::slot(usize::from(f.ring), within_numbers(f.number)),
             counts: f.counts,
         }
     }

@@ -407,7 +407,7 @@ impl FeatureState {
         let user = state.and_then(|s| s.users.get(click.user_id.as_str()));
         let item = state.and_then(|s| s.items.get(item_id));
         let inventory = self.inventory.get(item_id);
-        let category = inventory.and_then(|i| i.category.as_deref());
+        let category = inventory.and_then(|i| i.category.as_ref());
         let at = chrono::DateTime::from_timestamp_millis(click.ts).unwrap_or_default();
         Features {
             scenario: click.scenario,
@@ -429,7 +429,7 @@ impl FeatureState {
                 _ => 0.0,
             },
             item: item.map(|i| i.rolling.totals(click.ts)).unwrap_or_default(),
-            item_category: category.map(str::to_string),
+            item_category: category.map(|c| c.to_string()),
             item_price: inventory.and_then(|i| i.price),
             item_on_hand: inventory.and_then(|i| i.on_hand),
         }
@@ -784,7 +784,7 @@ impl UserState {
 
     /// The share of the user's decayed `score` (clicks or impressions) in `category`; 0
     /// with no history.
-    fn category_share(&self, category: &str, score: impl Fn(&CategoryScore) -> f32) -> f64 {
+    fn category_share(&self, category: &Arc<str>, score: impl Fn(&CategoryScore) -> f32) -> f64 {
         let total: f64 = self.categories.iter().map(|s| f64::from(score(s))).sum();
         if total <= 0.0 {
             return 0.0;
@@ -792,7 +792,7 @@ impl UserState {
         let mine = self
             .categories
             .iter()
-            .find(|s| &*s.category == category)
+            .find(|s| s.category == *category)
             .map_or(0.0, |s| f64::from(score(s)));
         mine / total
     }
@@ -1143,14 +1143,14 @@ mod tests {
         let mut expected: Vec<String> = (1..MAX_CATEGORIES).map(|k| format!("c{k}")).collect();
         expected.push("new".to_string());
         assert_eq!(names(&user), expected);
-        assert_eq!(user.category_share("new", |s| s.clicks), 1.0);
-        let exposure = user.category_share("c1", |s| s.shown);
+        assert_eq!(user.category_share(&"new".into(), |s| s.clicks), 1.0);
+        let exposure = user.category_share(&"c1".into(), |s| s.shown);
         assert!((exposure - 1.0 / 7.0).abs() < 1e-6, "{exposure}");
         // Every kept category now has two events: a newcomer with one is not kept.
         user.count_category(&"new".into(), t0, false);
         user.count_category(&"late".into(), t0, true);
         assert_eq!(names(&user), expected);
-        assert_eq!(user.category_share("late", |s| s.clicks), 0.0);
+        assert_eq!(user.category_share(&"late".into(), |s| s.clicks), 0.0);
         // A week later the kept scores have decayed below one event: the first of the
         // least active (c1) makes room for a newcomer.
         user.count_category(&"later".into(), t0 + 7 * 86_400_000, false);
