@@ -17,6 +17,7 @@ use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use shopstream_ingest::event::{InventoryEvent, InventoryKind, Millis};
 
+use crate::category::Category;
 use crate::rolling::{CachedRolling, Counts};
 use crate::state::DemandFeatures;
 
@@ -25,18 +26,95 @@ pub(crate) const DEMAND_LOOKBACK_MS: Millis = 7 * 86_400_000;
 
 /// The latest inventory facts about an item.
 ///
-/// 56 bytes: what features join sits in the row, and what only demand reads (sales) in a
+/// 32 bytes: what features join sits in the row, and what only demand reads (sales) in a
 /// box that the rows of unsold items, and every row of a shard's replica, do without.
 /// Serialised with the sales' fields beside the facts, as before they were boxed.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(from = "RowFields")]
 pub(crate) struct InventoryRow {
-    pub(crate) on_hand: Option<i64>,
-    pub(crate) price: Option<f64>,
+    pub(crate) on_hand: OnHand,
+    pub(crate) price: Price,
     /// Shared with every row (and user score) of the same category: see [`intern`].
-    pub(crate) category: Option<Arc<str>>,
+    pub(crate) category: Option<Category>,
     /// Absent until the item's first counted sale.
     pub(crate) sales: Option<Box<Sales>>,
+}
+
+/// An item's stock, if known, in 8 bytes (`Option<i64>` takes 16): `i64::MIN` stands
+/// for none. Snapshots are never negative (the decoder checks); deltas saturate one above
+/// it.
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) struct OnHand(i64);
+
+impl OnHand {
+    pub(crate) fn get(self) -> Option<i64> {
+        (self.0 != i64::MIN).then_some(self.0)
+    }
+
+    /// The stock after `delta` units arrived (or left), from none as from zero.
+    fn plus(self, delta: i64) -> Self {
+        Self(
+            self.get()
+                .unwrap_or(0)
+                .saturating_add(delta)
+                .max(i64::MIN + 1),
+        )
+    }
+}
+
+impl From<Option<i64>> for OnHand {
+    /// `Some(i64::MIN)`, which no event carries, is kept one above it.
+    fn from(on_hand: Option<i64>) -> Self {
+        Self(on_hand.map_or(i64::MIN, |n| n.max(i64::MIN + 1)))
+    }
+}
+
+impl Default for OnHand {
+    fn default() -> Self {
+        Self(i64::MIN)
+    }
+}
+
+impl std::fmt::Debug for OnHand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
+/// An item's price, if known, in 8 bytes (`Option<f64>` takes 16): the decoder admits
+/// only finite prices, so NaN stands for none.
+#[derive(Clone, Copy)]
+pub(crate) struct Price(f64);
+
+impl Price {
+    pub(crate) fn get(self) -> Option<f64> {
+        (!self.0.is_nan()).then_some(self.0)
+    }
+}
+
+impl From<Option<f64>> for Price {
+    /// A NaN price, which no event carries, is no price.
+    fn from(price: Option<f64>) -> Self {
+        Self(price.unwrap_or(f64::NAN))
+    }
+}
+
+impl Default for Price {
+    fn default() -> Self {
+        Self(f64::NAN)
+    }
+}
+
+impl PartialEq for Price {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl std::fmt::Debug for Price {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
 }
 
 /// An item's counted sales.
@@ -55,7 +133,7 @@ pub(crate) struct Sales {
 struct RowFields {
     on_hand: Option<i64>,
     price: Option<f64>,
-    category: Option<Arc<str>>,
+    category: Option<Category>,
     sales: Option<CachedRolling>,
     last_sale: Option<Millis>,
     window_units: i64,
@@ -75,8 +153,8 @@ struct RowView<'a> {
 impl Serialize for InventoryRow {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         RowView {
-            on_hand: self.on_hand,
-            price: self.price,
+            on_hand: self.on_hand.get(),
+            price: self.price.get(),
             category: self.category.as_deref(),
             sales: self.sales.as_ref().map(|s| &s.units),
             last_sale: self.last_sale(),
@@ -90,8 +168,8 @@ impl From<RowFields> for InventoryRow {
     fn from(f: RowFields) -> Self {
         let counted = f.sales.is_some() || f.last_sale.is_some() || f.window_units != 0;
         Self {
-            on_hand: f.on_hand,
-            price: f.price,
+            on_hand: OnHand::from(f.on_hand),
+            price: Price::from(f.price),
             category: f.category,
             sales: counted.then(|| {
                 Box::new(Sales {
@@ -115,8 +193,8 @@ impl InventoryRow {
                 .as_mut()
                 .map(|sales| sales.units.totals(at - 1))
                 .unwrap_or_default(),
-            on_hand: self.on_hand,
-            price: self.price,
+            on_hand: self.on_hand.get(),
+            price: self.price.get(),
         }
     }
 
@@ -141,7 +219,7 @@ pub(crate) struct Inventory {
     /// Derived from the rows.
     sold: SoldIndex,
     /// One copy of each category name, which the rows share (derived from the rows).
-    categories: HashSet<Arc<str>>,
+    categories: HashSet<Category>,
 }
 
 /// The items with a recorded sale, in id order, so that the demand snapshot of each window
@@ -206,14 +284,15 @@ impl Inventory {
         };
         let row = &mut self.rows[slot];
         match (e.on_hand, e.delta) {
-            (Some(on_hand), _) => row.on_hand = Some(on_hand),
+            (Some(on_hand), _) => row.on_hand = OnHand::from(Some(on_hand)),
+            // Deltas are not bounded by the decoder: sums saturate rather than overflow.
             (None, Some(delta)) if e.kind != InventoryKind::Snapshot => {
-                row.on_hand = Some(row.on_hand.unwrap_or(0) + delta);
+                row.on_hand = row.on_hand.plus(delta);
             }
             _ => {}
         }
-        if let Some(price) = e.price {
-            row.price = Some(price);
+        if e.price.is_some() {
+            row.price = Price::from(e.price);
         }
         if let Some(category) = &e.category
             && row.category.as_deref() != Some(category.as_str())
@@ -221,7 +300,7 @@ impl Inventory {
             row.category = Some(intern(&mut self.categories, category));
         }
         if e.kind == InventoryKind::Sale && counts_sales {
-            let units = e.delta.map_or(0, |d| -d).max(0);
+            let units = e.delta.map_or(0, i64::saturating_neg).max(0);
             let sales = row.sales.get_or_insert_default();
             sales.units.add(
                 e.ts,
@@ -232,7 +311,7 @@ impl Inventory {
             );
             sales.last = Some(e.ts);
             let units_before = sales.window_units;
-            sales.window_units += units;
+            sales.window_units = sales.window_units.saturating_add(units);
             self.sold.record_sale(&e.item_id, slot, units_before, units);
         }
     }
@@ -282,7 +361,7 @@ impl Inventory {
 
     /// Approximate bytes held: rows, ids, category names and the index (hash table slack
     /// not included). A category name shared by several holders counts its share in each
-    /// (see [`shared_str_bytes`]).
+    /// (see [`Category::shared_bytes`]).
     pub(crate) fn approx_bytes(&self) -> usize {
         use std::mem::size_of;
         let rows: usize = self
@@ -291,7 +370,7 @@ impl Inventory {
                 item.len()
                     + size_of::<(Box<str>, usize)>()
                     + size_of::<InventoryRow>()
-                    + row.category.as_ref().map_or(0, shared_str_bytes)
+                    + row.category.as_ref().map_or(0, Category::shared_bytes)
                     + row
                         .sales
                         .as_ref()
@@ -301,7 +380,7 @@ impl Inventory {
         let categories: usize = self
             .categories
             .iter()
-            .map(|c| size_of::<Arc<str>>() + shared_str_bytes(c))
+            .map(|c| size_of::<Category>() + c.shared_bytes())
             .sum();
         // The sold-items index: an id, a shared pointer and a slot per item, plus tree
         // overhead.
@@ -348,21 +427,15 @@ impl Inventory {
 }
 
 /// The shared copy of `name` in `names`, added if new.
-pub(crate) fn intern(names: &mut HashSet<Arc<str>>, name: &str) -> Arc<str> {
+pub(crate) fn intern(names: &mut HashSet<Category>, name: &str) -> Category {
     match names.get(name) {
-        Some(shared) => Arc::clone(shared),
+        Some(shared) => shared.clone(),
         None => {
-            let shared: Arc<str> = name.into();
-            names.insert(Arc::clone(&shared));
+            let shared = Category::from(name);
+            names.insert(shared.clone());
             shared
         }
     }
-}
-
-/// The heap bytes of a shared string (its bytes and two reference counts) divided among
-/// its holders: summed over every holder, the string's heap bytes once.
-pub(crate) fn shared_str_bytes(s: &Arc<str>) -> usize {
-    (s.len() + 2 * std::mem::size_of::<usize>()) / Arc::strong_count(s)
 }
 
 impl SoldIndex {
@@ -447,11 +520,35 @@ mod tests {
         }
     }
 
-    /// Guards the compact rows: 56 bytes, the rows of one category share one copy of its
+    /// Guards against a panic on input: deltas at the limits of `i64` (the decoder only
+    /// checks that they are integers) saturate the stock and the window's units.
+    #[test]
+    fn deltas_at_the_limits_of_i64_saturate_instead_of_overflowing() {
+        let mut inventory = Inventory::default();
+        for kind in [InventoryKind::Restock, InventoryKind::Restock] {
+            inventory.apply(&event("a", kind, 1_000, i64::MAX), true);
+        }
+        assert_eq!(
+            inventory.get("a").and_then(|r| r.on_hand.get()),
+            Some(i64::MAX)
+        );
+        for _ in 0..3 {
+            inventory.apply(&event("b", InventoryKind::Sale, 2_000, i64::MIN), true);
+        }
+        let row = inventory.get("b").expect("row");
+        assert_eq!(row.on_hand.get(), Some(i64::MIN + 1));
+        assert_eq!(row.window_units(), i64::MAX);
+        assert_eq!(
+            inventory.take_window_units(),
+            vec![(Arc::from("b"), i64::MAX)]
+        );
+    }
+
+    /// Guards the compact rows: 32 bytes, the rows of one category share one copy of its
     /// name (also after a read back and in a replica), and a replica's rows hold no sales.
     #[test]
     fn rows_are_compact_and_share_their_category_names() {
-        assert_eq!(std::mem::size_of::<InventoryRow>(), 56);
+        assert_eq!(std::mem::size_of::<InventoryRow>(), 32);
         let mut inventory = Inventory::default();
         for (i, item) in ["a", "b", "c"].into_iter().enumerate() {
             inventory.apply(
@@ -460,11 +557,11 @@ mod tests {
             );
         }
         let shared = |inv: &Inventory| {
-            let names: Vec<&Arc<str>> = ["a", "b", "c"]
+            let names: Vec<&Category> = ["a", "b", "c"]
                 .iter()
                 .filter_map(|item| inv.get(item)?.category.as_ref())
                 .collect();
-            names.len() == 3 && names.iter().all(|n| Arc::ptr_eq(n, names[0]))
+            names.len() == 3 && names.iter().all(|n| n.ptr_eq(names[0]))
         };
         assert!(shared(&inventory));
         let bytes = rmp_serde::to_vec_named(&inventory).expect("serialise");
@@ -484,8 +581,8 @@ mod tests {
         let row = inventory.get("b").expect("seen").clone();
         let sales = row.sales.clone().expect("a sale");
         let before = Before {
-            on_hand: row.on_hand,
-            price: row.price,
+            on_hand: row.on_hand.get(),
+            price: row.price.get(),
             category: Some("c".to_string()),
             sales: Some(Box::new(sales.units.clone())),
             last_sale: sales.last,
@@ -498,7 +595,7 @@ mod tests {
         let replica = inventory.replica();
         assert!(shared(&replica));
         assert!(replica.iter().all(|(_, row)| row.sales.is_none()));
-        assert_eq!(replica.get("a").and_then(|r| r.price), Some(2.5));
+        assert_eq!(replica.get("a").and_then(|r| r.price.get()), Some(2.5));
     }
 
     #[test]

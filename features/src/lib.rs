@@ -21,6 +21,7 @@
 //! times on it), and [`arrow_time`], the store's UTC-microsecond timestamp columns.
 
 pub mod arrow_time;
+mod category;
 mod coordinator;
 mod example;
 mod example_read;

@@ -164,19 +164,30 @@ impl Rolling {
                         from + self.buckets[from..to].partition_point(|b| b.number() < reach_from);
                     self.buckets.drain(from..kept);
                     let at = to - (kept - from);
-                    self.buckets.insert(at, Bucket::new(ring, number, delta));
+                    self.insert(at, Bucket::new(ring, number, delta));
                 }
                 _ => {
                     let at = from + self.buckets[from..to].partition_point(|b| b.number() < number);
                     match self.buckets.get_mut(at) {
                         Some(b) if at < to && b.number() == number => b.counts.add(delta),
-                        _ => self.buckets.insert(at, Bucket::new(ring, number, delta)),
+                        _ => self.insert(at, Bucket::new(ring, number, delta)),
                     }
                 }
             }
             // This ring's end after what was dropped and inserted.
             from = to + self.buckets.len() - len;
         }
+    }
+
+    /// Inserts `bucket` at `at`, growing the vector by one bucket when it is full: keys
+    /// hold a handful of buckets for a long time, and the doubling of `Vec::insert` left
+    /// about one bucket's room unused per key. New buckets are rare next to events (at
+    /// most one per ring and bucket width), so the reallocation costs little.
+    fn insert(&mut self, at: usize, bucket: Bucket) {
+        if self.buckets.len() == self.buckets.capacity() {
+            self.buckets.reserve_exact(1);
+        }
+        self.buckets.insert(at, bucket);
     }
 
     /// Totals over each horizon as of `ts`.

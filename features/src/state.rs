@@ -22,7 +22,6 @@
 //! `ts + click window + attribution window`: no later event can change its labels.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 // FxHash: fast, and deterministic across runs (state serialises the same way every time).
 use rustc_hash::FxHashMap as HashMap;
@@ -31,8 +30,9 @@ use chrono::{Datelike, Timelike};
 use serde::{Deserialize, Serialize};
 use shopstream_ingest::event::{ClickEvent, ClickKind, Event, Millis, OrderEvent, OrderStatus};
 
+use crate::category::Category;
 use crate::example::{Example, Features, Labels};
-use crate::inventory::{Inventory, shared_str_bytes};
+use crate::inventory::Inventory;
 use crate::rolling::{Counts, Rolling};
 
 /// Time limits of the joins and of state retention.
@@ -145,7 +145,7 @@ struct UserState {
 struct CategoryScore {
     /// The inventory's shared copy of the name (a copy of its own after a restore, until
     /// the user's next event in the category).
-    category: Arc<str>,
+    category: Category,
     clicks: f32,
     shown: f32,
 }
@@ -430,8 +430,8 @@ impl FeatureState {
             },
             item: item.map(|i| i.rolling.totals(click.ts)).unwrap_or_default(),
             item_category: category.map(|c| c.to_string()),
-            item_price: inventory.and_then(|i| i.price),
-            item_on_hand: inventory.and_then(|i| i.on_hand),
+            item_price: inventory.and_then(|i| i.price.get()),
+            item_on_hand: inventory.and_then(|i| i.on_hand.get()),
         }
     }
 
@@ -655,7 +655,7 @@ impl FeatureState {
                         + u.rolling.heap_bytes()
                         + u.categories
                             .iter()
-                            .map(|c| size_of::<CategoryScore>() + shared_str_bytes(&c.category))
+                            .map(|c| size_of::<CategoryScore>() + c.category.shared_bytes())
                             .sum::<usize>()
                 })
                 .sum::<usize>();
@@ -741,7 +741,7 @@ impl std::ops::Add for StateBytes {
 impl UserState {
     /// Counts an impression (`clicked` false) or a click in `category` at `ts`, after
     /// decaying every category's scores to `ts`.
-    fn count_category(&mut self, category: &Arc<str>, ts: Millis, clicked: bool) {
+    fn count_category(&mut self, category: &Category, ts: Millis, clicked: bool) {
         let decay = (-((ts - self.categories_ts).max(0) as f64) / AFFINITY_TAU_MS).exp() as f32;
         for score in &mut self.categories {
             score.clicks *= decay;
@@ -750,9 +750,9 @@ impl UserState {
         self.categories_ts = ts;
         let (clicks, shown) = if clicked { (1.0, 0.0) } else { (0.0, 1.0) };
         if let Some(score) = self.categories.iter_mut().find(|s| s.category == *category) {
-            if !Arc::ptr_eq(&score.category, category) {
+            if !score.category.ptr_eq(category) {
                 // Read back from a checkpoint: share the inventory's copy again.
-                score.category = Arc::clone(category);
+                score.category = category.clone();
             }
             score.clicks += clicks;
             score.shown += shown;
@@ -776,7 +776,7 @@ impl UserState {
             self.categories.remove(weakest);
         }
         self.categories.push(CategoryScore {
-            category: Arc::clone(category),
+            category: category.clone(),
             clicks,
             shown,
         });
@@ -784,7 +784,7 @@ impl UserState {
 
     /// The share of the user's decayed `score` (clicks or impressions) in `category`; 0
     /// with no history.
-    fn category_share(&self, category: &Arc<str>, score: impl Fn(&CategoryScore) -> f32) -> f64 {
+    fn category_share(&self, category: &Category, score: impl Fn(&CategoryScore) -> f32) -> f64 {
         let total: f64 = self.categories.iter().map(|s| f64::from(score(s))).sum();
         if total <= 0.0 {
             return 0.0;
@@ -829,7 +829,7 @@ impl PartitionState {
         }
     }
 
-    fn apply_click(&mut self, c: &ClickEvent, category: Option<&Arc<str>>, limits: StateLimits) {
+    fn apply_click(&mut self, c: &ClickEvent, category: Option<&Category>, limits: StateLimits) {
         let item_id = c.item_id.as_deref();
         let delta = match c.kind {
             ClickKind::Impression => Counts {
