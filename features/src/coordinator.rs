@@ -86,8 +86,7 @@ pub struct Coordinator {
     open: BTreeSet<Millis>,
     /// Everything before this time is closed.
     closed_until: Option<Millis>,
-    /// The inventory's events and state: demand rows, and the replica a new shard starts
-    /// from.
+    /// The inventory's events and state: demand rows, and the table that shards join.
     inventory: Shard,
     /// Demand features taken when the previous window closed.
     demand_snapshot: Vec<DemandFeatures>,
@@ -152,8 +151,15 @@ impl Coordinator {
         }
     }
 
-    /// An empty shard that starts now: the inventory as it is, the windows closed so far.
+    /// An empty shard that starts now, with the windows closed so far, joining the
+    /// coordinator's inventory (the base of its closes in a [`crate::FeaturePipeline`]).
     pub fn new_shard(&self) -> Shard {
+        self.inventory.joining(self.closed_until)
+    }
+
+    /// A copy of the inventory as it is, with the windows closed so far: the template of
+    /// a [`crate::ShardSet`], which its shards join.
+    pub fn inventory_replica(&self) -> Shard {
         self.inventory.replica(self.closed_until)
     }
 

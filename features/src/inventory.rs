@@ -27,7 +27,8 @@ pub(crate) const DEMAND_LOOKBACK_MS: Millis = 7 * 86_400_000;
 /// The latest inventory facts about an item.
 ///
 /// 32 bytes: what features join sits in the row, and what only demand reads (sales) in a
-/// box that the rows of unsold items, and every row of a shard's replica, do without.
+/// box that the rows of unsold items, and every row a shard set's template holds or a
+/// shard copies during a close, do without.
 /// Serialised with the sales' fields beside the facts, as before they were boxed.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(from = "RowFields")]
@@ -251,7 +252,7 @@ impl Inventory {
     }
 
     /// A copy of what features join (on hand, price, category), without sales: the
-    /// inventory of a shard's replica, which counts none.
+    /// table of a shard set's template, which counts none.
     pub(crate) fn replica(&self) -> Inventory {
         Inventory {
             slots: self.slots.clone(),
@@ -268,6 +269,32 @@ impl Inventory {
             sold: SoldIndex::default(),
             categories: self.categories.clone(),
         }
+    }
+
+    /// Applies `e` to the rows that the close a shard is applying has changed so far
+    /// (`self`), over `base`, the table as the last close left it, which every shard of
+    /// one process reads: an item's row is copied from `base` at its first event in the
+    /// close, and a category name `base` knows keeps `base`'s copy. Sales are not counted
+    /// (the table's owner counts them).
+    pub(crate) fn apply_over(&mut self, base: &Inventory, e: &InventoryEvent) {
+        if !self.slots.contains_key(e.item_id.as_str())
+            && let Some(row) = base.get(&e.item_id)
+        {
+            self.slots
+                .insert(e.item_id.as_str().into(), self.rows.len());
+            self.rows.push(InventoryRow {
+                on_hand: row.on_hand,
+                price: row.price,
+                category: row.category.clone(),
+                sales: None,
+            });
+        }
+        if let Some(category) = &e.category
+            && let Some(shared) = base.categories.get(category.as_str())
+        {
+            self.categories.insert(shared.clone());
+        }
+        self.apply(e, false);
     }
 
     /// Applies an inventory event; sales count toward demand when `counts_sales`.

@@ -112,9 +112,10 @@ fn one_thread() -> usize {
 }
 
 /// Features of an impression (`None` for any other event) from `state`, the shard of
-/// `partition`.
+/// `partition`, joined with `base`'s inventory (see [`FeatureState::features_of`]).
 pub(crate) fn serving_row_of(
     state: &FeatureState,
+    base: Option<&FeatureState>,
     partition: i32,
     event: &Event,
 ) -> Option<ServingRow> {
@@ -124,7 +125,7 @@ pub(crate) fn serving_row_of(
             ts: c.ts,
             user_id: c.user_id.clone(),
             item_id: c.item_id.clone()?,
-            features: state.features_of(partition, c),
+            features: state.features_of(base, partition, c),
         }),
         _ => None,
     }
@@ -233,13 +234,12 @@ impl FeaturePipeline {
     /// Features for an impression read from `meta`'s partition, from the state as it is.
     pub fn serving_row(&self, meta: &RecordMeta, event: &Event) -> Option<ServingRow> {
         // Before a partition's first event its shard does not exist: the inventory's state
-        // knows no user either, and the same inventory.
-        let state = self
-            .shards
-            .get(&meta.partition)
-            .unwrap_or(self.coordinator.inventory())
-            .state();
-        serving_row_of(state, meta.partition, event)
+        // knows no user either, and holds the inventory the shard would join.
+        let base = self.coordinator.inventory().state();
+        match self.shards.get(&meta.partition) {
+            Some(shard) => serving_row_of(shard.state(), Some(base), meta.partition, event),
+            None => serving_row_of(base, None, meta.partition, event),
+        }
     }
 
     /// The coordinator and the shards, to run apart ([`ShardSet`]).
@@ -294,7 +294,11 @@ impl FeaturePipeline {
         let events: usize = close.windows.iter().map(|(_, e)| e.len()).sum::<usize>()
             + self.shards.values().map(Shard::buffered).sum::<usize>();
         let work: Vec<(i32, &mut Shard)> = self.shards.iter_mut().map(|(p, s)| (*p, s)).collect();
-        let apply = |(partition, shard): (i32, &mut Shard)| shard.on_close(partition, &close);
+        // Every shard joins the coordinator's inventory as the last close left it; the
+        // coordinator applies the close's inventory events when it merges.
+        let base = self.coordinator.inventory();
+        let apply =
+            |(partition, shard): (i32, &mut Shard)| shard.on_close(partition, &close, Some(base));
         let parts = if self.threads > 1 && work.len() > 1 && events >= PARALLEL_MIN_EVENTS {
             on_threads(work, self.threads, &apply)
         } else {
@@ -316,8 +320,8 @@ impl FeaturePipeline {
         })
     }
 
-    /// Approximate bytes held by every shard's state (each holds a replica of the
-    /// inventory), for the memory benchmark.
+    /// Approximate bytes held by every shard's state and the coordinator's inventory
+    /// table (which the shards join), for the memory benchmark.
     pub fn approx_bytes(&self) -> StateBytes {
         self.shards
             .values()
@@ -511,6 +515,81 @@ mod tests {
             ),
         ]);
         assert_eq!(examples[0].features.item_on_hand, Some(7));
+    }
+
+    /// Guards the shards' shared inventory: a shard joins the table as the last close
+    /// left it, plus the rows its own close changed so far (also for an item the table
+    /// does not hold yet); after the close the table holds those changes.
+    #[test]
+    fn shards_join_the_shared_inventory_as_of_event_time_within_and_across_closes() {
+        let stock = |id: &str, ts: Millis, item: &str, on_hand: i64, category: &str| {
+            Event::Inventory(InventoryEvent {
+                event_id: id.to_string(),
+                ts,
+                item_id: item.to_string(),
+                kind: InventoryKind::Snapshot,
+                on_hand: Some(on_hand),
+                delta: None,
+                price: Some(on_hand as f64 / 2.0),
+                category: Some(category.to_string()),
+            })
+        };
+        let inv = |offset| meta(InputTopic::Inventory, 0, offset);
+        let imp = |partition, offset, id: &str, ts, item: &str| {
+            (
+                meta(InputTopic::Clicks, partition, offset),
+                click(id, ts, ClickKind::Impression, item),
+            )
+        };
+        let events = vec![
+            (inv(0), stock("v1", T0, "i1", 7, "shoes")),
+            imp(0, 0, "a", T0 + 1_000, "i1"),
+            imp(1, 0, "b", T0 + 1_500, "i1"),
+            (inv(1), stock("v2", T0 + 2_000, "i1", 3, "hats")),
+            imp(0, 1, "c", T0 + 3_000, "i1"),
+            imp(1, 1, "d", T0 + 4_000, "i1"),
+            (inv(2), stock("v3", T0 + 5_000, "i2", 9, "hats")),
+            imp(1, 2, "e", T0 + 6_000, "i2"),
+            imp(0, 2, "f", T0 + 120_000, "i1"),
+            imp(1, 3, "g", T0 + 121_000, "i2"),
+        ];
+        let joined = |e: &Example| {
+            let f = &e.features;
+            (f.item_on_hand, f.item_price, f.item_category.clone())
+        };
+        let row = |on_hand: i64, category: &str| {
+            (
+                Some(on_hand),
+                Some(on_hand as f64 / 2.0),
+                Some(category.to_string()),
+            )
+        };
+        for threads in [1, 2] {
+            let mut pipeline = FeaturePipeline::new(&PipelineConfig::default());
+            pipeline.set_threads(threads);
+            let mut out = Vec::new();
+            for (m, e) in events.clone() {
+                pipeline.ingest(m, e).expect("not late");
+                out.extend(pipeline.close_ready().into_iter().flat_map(|w| w.examples));
+            }
+            out.extend(pipeline.finish().into_iter().flat_map(|w| w.examples));
+            let by_id: BTreeMap<&str, _> = out
+                .iter()
+                .map(|e| (e.event_id.as_str(), joined(e)))
+                .collect();
+            assert_eq!(by_id["a"], row(7, "shoes"));
+            assert_eq!(by_id["b"], row(7, "shoes"), "the other shard, same close");
+            assert_eq!(by_id["c"], row(3, "hats"));
+            assert_eq!(by_id["d"], row(3, "hats"));
+            assert_eq!(by_id["e"], row(9, "hats"), "an item new in this close");
+            assert_eq!(by_id["f"], row(3, "hats"), "a later close reads the table");
+            assert_eq!(by_id["g"], row(9, "hats"));
+            // Between closes no shard holds inventory rows of its own.
+            assert_eq!(pipeline.approx_bytes().inventory, {
+                let table = pipeline.coordinator.inventory().state().approx_bytes();
+                table.inventory
+            });
+        }
     }
 
     #[test]

@@ -1,16 +1,18 @@
 //! One partition's share of the features stage.
 //!
 //! Clicks and orders are co-partitioned by user, so the events of partition number `p` of
-//! both topics touch only `p`'s keyed state. A [`Shard`] holds that state, the open
-//! windows of its own events, and a replica of the inventory, which every shard joins as
-//! of event time. It applies a window when told the window closes (the job closes a
+//! both topics touch only `p`'s keyed state. A [`Shard`] holds that state and the open
+//! windows of its own events, and joins the inventory as of event time: the table as the
+//! last close left it (its base, one per process or shard set, read by every shard), and
+//! the rows that the window's inventory events change, which the shard keeps until the
+//! close ends and the base has applied them too. It applies a window when told the window closes (the job closes a
 //! window for every shard at once, also for shards with no event in it, so that labels
 //! mature in the same window whoever holds the partition), and returns its part of the
 //! window: the examples that matured, the users it saw, the oldest impression still
 //! pending. The features stage merges the parts of all shards in a fixed order.
 //!
-//! A shard's work depends only on its own events, the inventory events and the list of
-//! windows that close, so shards can be applied in any order, on any thread.
+//! A shard's work depends only on its own events, the inventory events, the base and the
+//! list of windows that close, so shards can be applied in any order, on any thread.
 
 use std::collections::BTreeMap;
 
@@ -57,12 +59,22 @@ impl Shard {
         shard
     }
 
-    /// An empty shard whose state replicates this one's inventory (it counts no sales),
-    /// with every window before `closed_until` closed.
+    /// An empty shard with a copy of this one's inventory table (it counts no sales),
+    /// with every window before `closed_until` closed: a shard set's template.
     pub fn replica(&self, closed_until: Option<Millis>) -> Shard {
         Shard::new(
             Windows::new(self.windows.length_ms()),
             FeatureState::replica_of(&self.state),
+            closed_until,
+        )
+    }
+
+    /// An empty shard that joins this one's inventory (it counts no sales; this shard is
+    /// the base of its closes), with every window before `closed_until` closed.
+    pub fn joining(&self, closed_until: Option<Millis>) -> Shard {
+        Shard::new(
+            Windows::new(self.windows.length_ms()),
+            FeatureState::joining(&self.state),
             closed_until,
         )
     }
@@ -96,8 +108,14 @@ impl Shard {
     /// Applies the window starting at `start`: the shard's `own` events merged with the
     /// `joined` (inventory) events, both sorted, in (ts, topic, partition, offset) order;
     /// then matures the examples whose labels can no longer change. The examples take
-    /// their ids from `own`, which is consumed.
-    pub fn apply(&mut self, start: Millis, own: Vec<Buffered>, joined: &[Buffered]) -> ShardWindow {
+    /// their ids from `own`, which is consumed. `base`: see [`FeatureState::apply_group`].
+    pub fn apply(
+        &mut self,
+        start: Millis,
+        own: Vec<Buffered>,
+        joined: &[Buffered],
+        base: Option<&FeatureState>,
+    ) -> ShardWindow {
         let events = own.len();
         let own = own.into_iter().map(|b| {
             (
@@ -106,11 +124,11 @@ impl Shard {
             )
         });
         let merged = merge(own, joined);
-        self.apply_merged(start, events, merged)
+        self.apply_merged(start, events, merged, base)
     }
 
     /// [`Shard::apply`] of `own` events that stay with the caller (the examples copy
-    /// their ids).
+    /// their ids), by a shard that holds its own inventory table.
     pub fn apply_shared(
         &mut self,
         start: Millis,
@@ -124,7 +142,7 @@ impl Shard {
             )
         });
         let merged = merge(shared, joined);
-        self.apply_merged(start, own.len(), merged)
+        self.apply_merged(start, own.len(), merged, None)
     }
 
     fn apply_merged(
@@ -132,10 +150,11 @@ impl Shard {
         start: Millis,
         events: usize,
         mut merged: Vec<(i32, GroupEvent<'_>)>,
+        base: Option<&FeatureState>,
     ) -> ShardWindow {
         let end = start + self.windows.length_ms();
         for group in merged.chunk_by_mut(|a, b| a.1.event().ts() == b.1.event().ts()) {
-            self.state.apply_group(group);
+            self.state.apply_group(group, base);
         }
         ShardWindow {
             events,
@@ -146,8 +165,11 @@ impl Shard {
     }
 
     /// Applies `close` to the shard of partition number `partition`: every closing window
-    /// in order, each with the shard's own events in it (if any) and the inventory's.
-    pub fn on_close(&mut self, partition: i32, close: &Close) -> Part {
+    /// in order, each with the shard's own events in it (if any) and the inventory's,
+    /// joined over `base`'s inventory as the last close left it (`None` for the shard that
+    /// holds the table itself). `base` applies the close after every shard that joins it.
+    pub fn on_close(&mut self, partition: i32, close: &Close, base: Option<&Shard>) -> Part {
+        let base = base.map(Shard::state);
         let mut own = match close.boundary {
             Some(boundary) => self.take_closed(boundary),
             None => self.take_all(),
@@ -157,9 +179,12 @@ impl Shard {
             .iter()
             .map(|(start, inventory)| {
                 let mine = own.remove(start).unwrap_or_default();
-                self.apply(*start, mine, inventory)
+                self.apply(*start, mine, inventory, base)
             })
             .collect();
+        if base.is_some() {
+            self.state.end_close();
+        }
         // Left over only when the coordinator closed past a window before it learned of
         // the window's events (see `Part::refused`).
         let refused = own.into_values().flatten().collect();

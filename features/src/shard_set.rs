@@ -53,7 +53,7 @@ pub struct ShardSet {
     watermark: Watermark,
     /// Everything before this time is closed (by the closes applied here).
     closed_until: Option<Millis>,
-    /// The inventory as the applied closes left it: a new shard starts from a replica.
+    /// The inventory as the applied closes left it, which every shard joins (their base).
     template: Shard,
     shards: BTreeMap<i32, Shard>,
     report: Report,
@@ -74,7 +74,7 @@ impl ShardSet {
             grid: coordinator.grid(),
             watermark,
             closed_until: coordinator.closed_until(),
-            template: coordinator.new_shard(),
+            template: coordinator.inventory_replica(),
             shards,
             report: Report::default(),
         }
@@ -97,7 +97,7 @@ impl ShardSet {
         let (template, closed_until) = (&self.template, self.closed_until);
         self.shards
             .entry(meta.partition)
-            .or_insert_with(|| template.replica(closed_until))
+            .or_insert_with(|| template.joining(closed_until))
             .push(buffered)?;
         self.report.starts.insert(self.grid.start_of(ts));
         Ok(())
@@ -116,12 +116,11 @@ impl ShardSet {
 
     /// Features for an impression of `meta`'s partition, from the state as it is.
     pub fn serving_row(&self, meta: &RecordMeta, event: &Event) -> Option<ServingRow> {
-        let state = self
-            .shards
-            .get(&meta.partition)
-            .unwrap_or(&self.template)
-            .state();
-        serving_row_of(state, meta.partition, event)
+        let base = self.template.state();
+        match self.shards.get(&meta.partition) {
+            Some(shard) => serving_row_of(shard.state(), Some(base), meta.partition, event),
+            None => serving_row_of(base, None, meta.partition, event),
+        }
     }
 
     /// The newest own-partition watermark (what serving reports as the model's view).
@@ -138,12 +137,14 @@ impl ShardSet {
             }
             return Vec::new();
         }
+        let base = &self.template;
         let parts = self
             .shards
             .iter_mut()
-            .map(|(partition, shard)| shard.on_close(*partition, close))
+            .map(|(partition, shard)| shard.on_close(*partition, close, Some(base)))
             .collect();
-        let _inventory_only = self.template.on_close(-1, close);
+        // The base moves on once every shard has joined it as it was.
+        let _inventory_only = self.template.on_close(-1, close, None);
         self.closed_until = match close.boundary {
             Some(boundary) => Some(boundary),
             None => close

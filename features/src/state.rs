@@ -32,7 +32,7 @@ use shopstream_ingest::event::{ClickEvent, ClickKind, Event, Millis, OrderEvent,
 
 use crate::category::Category;
 use crate::example::{Example, Features, Labels};
-use crate::inventory::Inventory;
+use crate::inventory::{Inventory, InventoryRow};
 use crate::rolling::{Counts, Rolling};
 
 /// Time limits of the joins and of state retention.
@@ -333,6 +333,9 @@ fn push_keyed<'m, V>(
 pub struct FeatureState {
     limits: StateLimits,
     partitions: BTreeMap<i32, PartitionState>,
+    /// The inventory table (of the coordinator, or of a shard set's template); in a
+    /// shard, which joins a table it is given (its base), only the rows that the close
+    /// being applied has changed, empty between closes.
     inventory: Inventory,
     /// Users of the window being applied, at their first impression in it (drained by
     /// [`FeatureState::take_window_users`] when the window's output is made, so empty in
@@ -342,8 +345,8 @@ pub struct FeatureState {
     /// Each user with an event in the window being applied (see [`WindowUser`]).
     #[serde(default)]
     window_user_state: HashMap<String, WindowUser>,
-    /// Whether inventory sales are counted (for item demand). A shard's replica of the
-    /// inventory needs only what features join (on hand, price, category).
+    /// Whether inventory sales are counted (for item demand). A shard, which joins its
+    /// base's table, needs only what features join (on hand, price, category).
     #[serde(default = "counts_sales")]
     counts_sales: bool,
 }
@@ -388,25 +391,53 @@ impl FeatureState {
         }
     }
 
-    /// Empty keyed state joined with a copy of `other`'s inventory: the state of a shard
-    /// that starts while the job runs. It does not count sales (demand is made once, from
-    /// the state of the inventory itself).
+    /// Empty keyed state with a copy of `other`'s inventory table: the state of a shard
+    /// set's template, the base its shards join, which applies every close after them.
+    /// It does not count sales (demand is made once, from the coordinator's table).
     pub fn replica_of(other: &FeatureState) -> Self {
-        let inventory = other.inventory.replica();
         Self {
-            inventory,
+            inventory: other.inventory.replica(),
             counts_sales: false,
             ..Self::new(other.limits)
         }
     }
 
-    /// Features of impression `click` read from `partition`, from the current state.
-    pub fn features_of(&self, partition: i32, click: &ClickEvent) -> Features {
+    /// Empty keyed state, with `other`'s limits, of a shard that joins `other`'s
+    /// inventory: every close is applied with `other` as its base (see
+    /// [`FeatureState::apply_group`]), and `other` applies the close after every shard.
+    /// It does not count sales (demand is made once, from the table itself).
+    pub fn joining(other: &FeatureState) -> Self {
+        Self {
+            counts_sales: false,
+            ..Self::new(other.limits)
+        }
+    }
+
+    /// The inventory row of `item`: from the rows this state changed (its own table, or
+    /// in a shard the rows its close changed so far), else from `base`'s table.
+    fn inventory_row<'a>(
+        inventory: &'a Inventory,
+        base: Option<&'a FeatureState>,
+        item: &str,
+    ) -> Option<&'a InventoryRow> {
+        inventory
+            .get(item)
+            .or_else(|| base.and_then(|b| b.inventory.get(item)))
+    }
+
+    /// Features of impression `click` read from `partition`, from the current state
+    /// joined with `base`'s inventory (a shard's; `None` for a state that holds its own).
+    pub fn features_of(
+        &self,
+        base: Option<&FeatureState>,
+        partition: i32,
+        click: &ClickEvent,
+    ) -> Features {
         let item_id = click.item_id.as_deref().unwrap_or_default();
         let state = self.partitions.get(&partition);
         let user = state.and_then(|s| s.users.get(click.user_id.as_str()));
         let item = state.and_then(|s| s.items.get(item_id));
-        let inventory = self.inventory.get(item_id);
+        let inventory = Self::inventory_row(&self.inventory, base, item_id);
         let category = inventory.and_then(|i| i.category.as_ref());
         let at = chrono::DateTime::from_timestamp_millis(click.ts).unwrap_or_default();
         Features {
@@ -439,15 +470,20 @@ impl FeatureState {
     /// was read from. Features of the group's impressions are taken before any of the
     /// group is applied, so an example never sees an event of its own millisecond (no
     /// leakage). An impression's example takes its ids from an owned event (which is left
-    /// without them) and copies them from a shared one.
-    pub fn apply_group(&mut self, group: &mut [(i32, GroupEvent<'_>)]) {
+    /// without them) and copies them from a shared one. A shard passes the `base` whose
+    /// inventory it joins ([`FeatureState::joining`]).
+    pub fn apply_group(
+        &mut self,
+        group: &mut [(i32, GroupEvent<'_>)],
+        base: Option<&FeatureState>,
+    ) {
         let mut new_pending = Vec::new();
         for (at, (partition, event)) in group.iter().enumerate() {
             if let Event::Click(c) = event.event()
                 && c.kind == ClickKind::Impression
                 && c.item_id.is_some()
             {
-                let features = self.features_of(*partition, c);
+                let features = self.features_of(base, *partition, c);
                 let user = self.window_user(*partition, &c.user_id);
                 let (first, known) = (!user.listed, user.known);
                 user.listed = true;
@@ -463,7 +499,7 @@ impl FeatureState {
             }
         }
         for (partition, event) in group.iter() {
-            self.apply(*partition, event.event());
+            self.apply(*partition, event.event(), base);
         }
         for (at, features) in new_pending {
             let (partition, event) = &mut group[at];
@@ -507,7 +543,7 @@ impl FeatureState {
             .expect("inserted above")
     }
 
-    fn apply(&mut self, partition: i32, event: &Event) {
+    fn apply(&mut self, partition: i32, event: &Event, base: Option<&FeatureState>) {
         let limits = self.limits;
         match event {
             Event::Click(c) => _ = self.window_user(partition, &c.user_id),
@@ -515,12 +551,15 @@ impl FeatureState {
             Event::Inventory(_) => {}
         }
         match event {
-            Event::Inventory(e) => self.inventory.apply(e, self.counts_sales),
+            Event::Inventory(e) => match base {
+                Some(base) => self.inventory.apply_over(&base.inventory, e),
+                None => self.inventory.apply(e, self.counts_sales),
+            },
             Event::Click(c) => {
                 let category = c
                     .item_id
                     .as_ref()
-                    .and_then(|i| self.inventory.get(i))
+                    .and_then(|i| Self::inventory_row(&self.inventory, base, i))
                     .and_then(|r| r.category.as_ref());
                 let state = self.partitions.entry(partition).or_default();
                 state.sweep(c.ts, limits);
@@ -532,6 +571,11 @@ impl FeatureState {
                 state.apply_order(o, limits);
             }
         }
+    }
+
+    /// Drops the rows a shard's close changed, once its base has applied them too.
+    pub(crate) fn end_close(&mut self) {
+        self.inventory = Inventory::default();
     }
 
     /// Removes and returns, in (ts, partition, order) order, the examples whose labels can
@@ -711,7 +755,8 @@ pub struct StateBytes {
     pub items: usize,
     /// The click and order join indexes.
     pub joins: usize,
-    /// The inventory (a shard's replica, or the coordinator's table with its sales).
+    /// The inventory (the coordinator's table with its sales, a shard set's template, or
+    /// the rows a shard's close changed: none between closes).
     pub inventory: usize,
     /// Impressions waiting for their labels, and their click-join index.
     pub pending: usize,
@@ -1085,7 +1130,7 @@ mod tests {
             let Event::Click(c) = click("u", "i3", ClickKind::Impression, ts) else {
                 unreachable!()
             };
-            state.features_of(0, &c)
+            state.features_of(None, 0, &c)
         };
         let before_click = next(&state, t0 + 10_000);
         assert!(
@@ -1196,22 +1241,22 @@ mod tests {
         let Event::Click(next_kept) = click("kept", "i3", ClickKind::Impression, later) else {
             unreachable!()
         };
-        let kept_before = state.features_of(0, &next_kept);
+        let kept_before = state.features_of(None, 0, &next_kept);
         let pending_before = state.pending_len();
         assert_ne!(
-            state.features_of(0, &next_gone),
-            FeatureState::new(limits).features_of(0, &next_gone),
+            state.features_of(None, 0, &next_gone),
+            FeatureState::new(limits).features_of(None, 0, &next_gone),
             "the history counts before the erasure"
         );
 
         let dropped = state.forget_users(&std::collections::BTreeSet::from(["gone".to_string()]));
         assert!(dropped >= 3, "{dropped}");
         assert_eq!(
-            state.features_of(0, &next_gone),
-            FeatureState::new(limits).features_of(0, &next_gone),
+            state.features_of(None, 0, &next_gone),
+            FeatureState::new(limits).features_of(None, 0, &next_gone),
             "served as a user never seen"
         );
-        assert_eq!(state.features_of(0, &next_kept), kept_before);
+        assert_eq!(state.features_of(None, 0, &next_kept), kept_before);
         assert_eq!(
             state.pending_len(),
             pending_before - 2,
@@ -1232,7 +1277,85 @@ mod tests {
                 .iter()
                 .map(|(_, partition, event)| (*partition, GroupEvent::Shared(event)))
                 .collect();
-            self.apply_group(&mut group);
+            self.apply_group(&mut group, None);
+        }
+    }
+
+    proptest::proptest! {
+        /// Guards the shared inventory: a shard that joins a base (the table as the last
+        /// close left it, which applies each close after the shard) gives the examples of
+        /// a state holding the table itself, and so does a shard read back from a
+        /// checkpoint of before the change, which holds a full copy of the table.
+        #[test]
+        fn shards_joining_a_base_give_the_examples_of_a_state_holding_the_table(
+            events in proptest::collection::vec(
+                (0u8..4, 0u8..4, 0u8..3, 0i64..4, proptest::bool::ANY),
+                1..80,
+            ),
+        ) {
+            let t0: Millis = 1_767_571_200_000;
+            let stock = |item: u8, on_hand: i64, category: u8, ts: Millis| {
+                Event::Inventory(shopstream_ingest::event::InventoryEvent {
+                    event_id: format!("v{item}-{ts}"),
+                    ts,
+                    item_id: format!("i{item}"),
+                    kind: InventoryKind::Snapshot,
+                    on_hand: Some(on_hand),
+                    delta: None,
+                    price: Some(1.0 + on_hand as f64),
+                    category: Some(format!("c{category}")),
+                })
+            };
+            let mut owner = FeatureState::new(LIMITS);
+            let mut base = FeatureState::replica_of(&owner);
+            let mut shard = FeatureState::joining(&base);
+            let mut old: Option<FeatureState> = None;
+            let mut close: Vec<Event> = Vec::new();
+            for (i, (kind, item, user, value, ends_close)) in events.into_iter().enumerate() {
+                let ts = t0 + i as Millis * 1_000;
+                let event = match kind {
+                    0 => stock(item, value, user, ts),
+                    // A change of stock only: joins the row as the table holds it.
+                    3 => Event::Inventory(shopstream_ingest::event::InventoryEvent {
+                        event_id: format!("r{item}-{ts}"),
+                        ts,
+                        item_id: format!("i{item}"),
+                        kind: InventoryKind::Restock,
+                        on_hand: None,
+                        delta: Some(value + 1),
+                        price: None,
+                        category: None,
+                    }),
+                    1 => click(&format!("u{user}"), &format!("i{item}"), ClickKind::Impression, ts),
+                    _ => click(&format!("u{user}"), &format!("i{item}"), ClickKind::Click, ts),
+                };
+                owner.apply_same_ts(&[(InputTopic::Clicks, 0, &event)]);
+                for state in [Some(&mut shard), old.as_mut()].into_iter().flatten() {
+                    let mut group = vec![(0, GroupEvent::Shared(&event))];
+                    state.apply_group(&mut group, Some(&base));
+                }
+                close.push(event);
+                if ends_close {
+                    for event in close.drain(..).filter(|e| matches!(e, Event::Inventory(_))) {
+                        base.apply_same_ts(&[(InputTopic::Inventory, 0, &event)]);
+                    }
+                    shard.end_close();
+                    if let Some(old) = &mut old {
+                        old.end_close();
+                    } else {
+                        // Read back from before the change: the shard's own full copy.
+                        let mut copy = shard.clone();
+                        copy.inventory = base.inventory.replica();
+                        old = Some(copy);
+                    }
+                    proptest::prop_assert!(shard.inventory.iter().next().is_none());
+                }
+            }
+            let expected = owner.mature_all();
+            proptest::prop_assert_eq!(&shard.mature_all(), &expected);
+            if let Some(mut old) = old {
+                proptest::prop_assert_eq!(&old.mature_all(), &expected);
+            }
         }
     }
 
@@ -1266,7 +1389,7 @@ mod tests {
                     .iter()
                     .map(|(p, e)| (*p, GroupEvent::Owned(e.clone())))
                     .collect();
-                owned.apply_group(&mut group);
+                owned.apply_group(&mut group, None);
             }
             proptest::prop_assert_eq!(&owned, &shared);
             proptest::prop_assert_eq!(owned.take_window_users(), shared.take_window_users());

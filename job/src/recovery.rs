@@ -29,7 +29,13 @@ use shopstream_trainer::Trainer;
 use crate::pipeline::held_rows::HeldState;
 
 /// Version of the checkpoint contents (the file format has its own, in the sinks crate).
-pub const STATE_VERSION: u32 = 4;
+/// 5 since shards join a shared inventory table: a shard's own table is empty between
+/// closes, which a build of version 4 would read as an empty inventory.
+pub const STATE_VERSION: u32 = 5;
+
+/// Versions this build reads: version 4's shards each hold a full copy of the inventory,
+/// which reads correctly as the rows they changed (the same as the table they join).
+pub const READS_STATE_VERSIONS: [u32; 2] = [4, STATE_VERSION];
 
 /// An event held for a clock-skew decision.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

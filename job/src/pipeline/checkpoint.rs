@@ -7,7 +7,7 @@ use shopstream_drift::stage::DriftStage;
 use shopstream_sinks::storage::Storage;
 
 use super::PipelineError;
-use crate::recovery::STATE_VERSION;
+use crate::recovery::READS_STATE_VERSIONS;
 
 /// Where and how often checkpoints are taken. The source loop keeps a copy to decide when
 /// one is due; the global stage's copy writes them.
@@ -137,12 +137,12 @@ impl CheckpointPlan {
             return Ok(None);
         };
         warn_skipped("checkpoint", &loaded.skipped);
-        if loaded.state.version != STATE_VERSION {
+        if !READS_STATE_VERSIONS.contains(&loaded.state.version) {
             return Err(PipelineError::Internal(format!(
-                "checkpoint {} holds state version {}, this build reads {}; move {} away to start from the committed offsets",
+                "checkpoint {} holds state version {}, this build reads {:?}; move {} away to start from the committed offsets",
                 loaded.path.display(),
                 loaded.state.version,
-                STATE_VERSION,
+                READS_STATE_VERSIONS,
                 self.dir.root_display()
             )));
         }

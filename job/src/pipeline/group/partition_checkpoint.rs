@@ -28,8 +28,13 @@ use super::super::PipelineError;
 use super::super::checkpoint::{CheckpointPlan, warn_skipped, write_timed};
 use crate::recovery::HeldEvent;
 
-/// Version of the state inside a partition checkpoint (the file format has its own).
-pub(super) const STATE_VERSION: u32 = 2;
+/// Version of the state inside a partition checkpoint (the file format has its own). 3
+/// since shards join their shard set's inventory template instead of holding a copy.
+pub(super) const STATE_VERSION: u32 = 3;
+
+/// Versions this build reads: version 2's shard holds a full copy of the inventory, which
+/// reads correctly as the rows it changed (the same as the template it joins).
+const READS_STATE_VERSIONS: [u32; 2] = [2, STATE_VERSION];
 
 /// Directory of the partition checkpoints under the checkpoint directory.
 const SHARDS_DIR: &str = "shards";
@@ -139,7 +144,7 @@ impl PartitionCheckpoints {
         };
         warn_skipped("partition checkpoint", &loaded.skipped);
         let state = loaded.state;
-        if state.version != STATE_VERSION || state.partition != partition {
+        if !READS_STATE_VERSIONS.contains(&state.version) || state.partition != partition {
             tracing::warn!(
                 path = %loaded.path.display(),
                 version = state.version,
