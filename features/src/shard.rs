@@ -5,11 +5,12 @@
 //! windows of its own events, and joins the inventory as of event time: the table as the
 //! last close left it (its base, one per process or shard set, read by every shard), and
 //! the rows that the window's inventory events change, which the shard keeps until the
-//! close ends and the base has applied them too. It applies a window when told the window closes (the job closes a
-//! window for every shard at once, also for shards with no event in it, so that labels
-//! mature in the same window whoever holds the partition), and returns its part of the
-//! window: the examples that matured, the users it saw, the oldest impression still
-//! pending. The features stage merges the parts of all shards in a fixed order.
+//! close ends and the base has applied them too. It applies a window when told the
+//! window closes (the job closes a window for every shard at once, also for shards with
+//! no event in it, so that labels mature in the same window whoever holds the
+//! partition), and returns its part of the window: the examples that matured, the users
+//! it saw, the oldest impression still pending. The features stage merges the parts of
+//! all shards in a fixed order.
 //!
 //! A shard's work depends only on its own events, the inventory events, the base and the
 //! list of windows that close, so shards can be applied in any order, on any thread.
