@@ -130,8 +130,9 @@ impl From<BucketFields> for Bucket {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Rolling {
     /// Sorted by (ring, number). A ring's buckets lie within its reach of its newest:
-    /// older ones are dropped when a newer bucket arrives.
-    buckets: Vec<Bucket>,
+    /// older ones are dropped when a newer bucket arrives. A boxed slice (16 B, a `Vec`
+    /// is 24) of exactly the buckets held: keys hold a handful for a long time.
+    buckets: Box<[Bucket]>,
 }
 
 /// The three horizons' totals, shortest first.
@@ -145,49 +146,14 @@ impl Rolling {
     /// ring's newest by its length or more) is not counted: events apply in time order,
     /// so that does not happen.
     pub fn add(&mut self, ts: Millis, delta: Counts) {
-        if self.buckets.capacity() == 0 {
+        // Taking the box as a vector and back reallocates only when a bucket came or went.
+        let mut buckets = std::mem::take(&mut self.buckets).into_vec();
+        if buckets.capacity() == 0 {
             // A key's first event fills one bucket per ring.
-            self.buckets.reserve_exact(RINGS.len());
+            buckets.reserve_exact(RINGS.len());
         }
-        // The rings lie one after the other: each starts where the one before ended.
-        let mut from = 0;
-        for (ring, &(width, length)) in RINGS.iter().enumerate() {
-            let number = bucket_number(ts, width);
-            let to = from + self.buckets[from..].partition_point(|b| b.ring() == ring);
-            let len = self.buckets.len();
-            match self.buckets[from..to].last().map(Bucket::number) {
-                Some(newest) if newest.saturating_sub(number) >= length => {}
-                Some(newest) if number > newest => {
-                    // The ring moves on: drop what leaves its reach.
-                    let reach_from = number.saturating_sub(length - 1);
-                    let kept =
-                        from + self.buckets[from..to].partition_point(|b| b.number() < reach_from);
-                    self.buckets.drain(from..kept);
-                    let at = to - (kept - from);
-                    self.insert(at, Bucket::new(ring, number, delta));
-                }
-                _ => {
-                    let at = from + self.buckets[from..to].partition_point(|b| b.number() < number);
-                    match self.buckets.get_mut(at) {
-                        Some(b) if at < to && b.number() == number => b.counts.add(delta),
-                        _ => self.insert(at, Bucket::new(ring, number, delta)),
-                    }
-                }
-            }
-            // This ring's end after what was dropped and inserted.
-            from = to + self.buckets.len() - len;
-        }
-    }
-
-    /// Inserts `bucket` at `at`, growing the vector by one bucket when it is full: keys
-    /// hold a handful of buckets for a long time, and the doubling of `Vec::insert` left
-    /// about one bucket's room unused per key. New buckets are rare next to events (at
-    /// most one per ring and bucket width), so the reallocation costs little.
-    fn insert(&mut self, at: usize, bucket: Bucket) {
-        if self.buckets.len() == self.buckets.capacity() {
-            self.buckets.reserve_exact(1);
-        }
-        self.buckets.insert(at, bucket);
+        add_to(&mut buckets, ts, delta);
+        self.buckets = buckets.into_boxed_slice();
     }
 
     /// Totals over each horizon as of `ts`.
@@ -234,10 +200,50 @@ impl Rolling {
         (totals, from, until)
     }
 
-    /// Bytes on the heap (the buckets' capacity).
+    /// Bytes on the heap (the buckets).
     pub fn heap_bytes(&self) -> usize {
-        self.buckets.capacity() * std::mem::size_of::<Bucket>()
+        self.buckets.len() * std::mem::size_of::<Bucket>()
     }
+}
+
+/// [`Rolling::add`] on the buckets as a vector.
+fn add_to(buckets: &mut Vec<Bucket>, ts: Millis, delta: Counts) {
+    // The rings lie one after the other: each starts where the one before ended.
+    let mut from = 0;
+    for (ring, &(width, length)) in RINGS.iter().enumerate() {
+        let number = bucket_number(ts, width);
+        let to = from + buckets[from..].partition_point(|b| b.ring() == ring);
+        let len = buckets.len();
+        match buckets[from..to].last().map(Bucket::number) {
+            Some(newest) if newest.saturating_sub(number) >= length => {}
+            Some(newest) if number > newest => {
+                // The ring moves on: drop what leaves its reach.
+                let reach_from = number.saturating_sub(length - 1);
+                let kept = from + buckets[from..to].partition_point(|b| b.number() < reach_from);
+                buckets.drain(from..kept);
+                let at = to - (kept - from);
+                insert(buckets, at, Bucket::new(ring, number, delta));
+            }
+            _ => {
+                let at = from + buckets[from..to].partition_point(|b| b.number() < number);
+                match buckets.get_mut(at) {
+                    Some(b) if at < to && b.number() == number => b.counts.add(delta),
+                    _ => insert(buckets, at, Bucket::new(ring, number, delta)),
+                }
+            }
+        }
+        // This ring's end after what was dropped and inserted.
+        from = to + buckets.len() - len;
+    }
+}
+
+/// Inserts `bucket` at `at`, growing `buckets` by one when full: the vector goes back
+/// into a boxed slice of its length, which would only shrink a doubled one again.
+fn insert(buckets: &mut Vec<Bucket>, at: usize, bucket: Bucket) {
+    if buckets.len() == buckets.capacity() {
+        buckets.reserve_exact(1);
+    }
+    buckets.insert(at, bucket);
 }
 
 /// Rolling counters queried again and again at times where they rarely change (an
