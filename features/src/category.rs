@@ -24,7 +24,7 @@ impl Category {
     /// The name's heap bytes (its text, its box and two reference counts) divided among
     /// its holders: summed over every holder, the name's heap bytes once.
     pub(crate) fn shared_bytes(&self) -> usize {
-        let heap = self.0.len() + std::mem::size_of::<Box<str>>() + 2 * size_of::<usize>();
+        let heap = self.0.len() + size_of::<Box<str>>() + 2 * size_of::<usize>();
         heap / Arc::strong_count(&self.0)
     }
 }

@@ -111,14 +111,20 @@ fn one_thread() -> usize {
     1
 }
 
-/// Features of an impression (`None` for any other event) from `state`, the shard of
-/// `partition`, joined with `base`'s inventory (see [`FeatureState::features_of`]).
+/// Features of an impression (`None` for any other event) from `shard`, the shard of
+/// `partition`, joined with `table`, the inventory's state that it joins. Before a
+/// partition's first event its shard does not exist: `table` knows no user either, and
+/// serves alone.
 pub(crate) fn serving_row_of(
-    state: &FeatureState,
-    base: Option<&FeatureState>,
+    shard: Option<&Shard>,
+    table: &Shard,
     partition: i32,
     event: &Event,
 ) -> Option<ServingRow> {
+    let (state, base) = match shard {
+        Some(shard) => (shard.state(), Some(table.state())),
+        None => (table.state(), None),
+    };
     match event {
         Event::Click(c) if c.kind == ClickKind::Impression => Some(ServingRow {
             event_id: c.event_id.clone(),
@@ -233,13 +239,8 @@ impl FeaturePipeline {
 
     /// Features for an impression read from `meta`'s partition, from the state as it is.
     pub fn serving_row(&self, meta: &RecordMeta, event: &Event) -> Option<ServingRow> {
-        // Before a partition's first event its shard does not exist: the inventory's state
-        // knows no user either, and holds the inventory the shard would join.
-        let base = self.coordinator.inventory().state();
-        match self.shards.get(&meta.partition) {
-            Some(shard) => serving_row_of(shard.state(), Some(base), meta.partition, event),
-            None => serving_row_of(base, None, meta.partition, event),
-        }
+        let shard = self.shards.get(&meta.partition);
+        serving_row_of(shard, self.coordinator.inventory(), meta.partition, event)
     }
 
     /// The coordinator and the shards, to run apart ([`ShardSet`]).
@@ -585,10 +586,8 @@ mod tests {
             assert_eq!(by_id["f"], row(3, "hats"), "a later close reads the table");
             assert_eq!(by_id["g"], row(9, "hats"));
             // Between closes no shard holds inventory rows of its own.
-            assert_eq!(pipeline.approx_bytes().inventory, {
-                let table = pipeline.coordinator.inventory().state().approx_bytes();
-                table.inventory
-            });
+            let table = pipeline.coordinator.inventory().state().approx_bytes();
+            assert_eq!(pipeline.approx_bytes().inventory, table.inventory);
         }
     }
 

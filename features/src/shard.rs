@@ -63,21 +63,19 @@ impl Shard {
     /// An empty shard with a copy of this one's inventory table (it counts no sales),
     /// with every window before `closed_until` closed: a shard set's template.
     pub fn replica(&self, closed_until: Option<Millis>) -> Shard {
-        Shard::new(
-            Windows::new(self.windows.length_ms()),
-            FeatureState::replica_of(&self.state),
-            closed_until,
-        )
+        self.starting_with(FeatureState::replica_of(&self.state), closed_until)
     }
 
     /// An empty shard that joins this one's inventory (it counts no sales; this shard is
     /// the base of its closes), with every window before `closed_until` closed.
     pub fn joining(&self, closed_until: Option<Millis>) -> Shard {
-        Shard::new(
-            Windows::new(self.windows.length_ms()),
-            FeatureState::joining(&self.state),
-            closed_until,
-        )
+        self.starting_with(FeatureState::joining(&self.state), closed_until)
+    }
+
+    /// A shard of `state` with this one's window length and no open window, every window
+    /// before `closed_until` closed.
+    fn starting_with(&self, state: FeatureState, closed_until: Option<Millis>) -> Shard {
+        Shard::new(Windows::new(self.windows.length_ms()), state, closed_until)
     }
 
     /// Buffers one of the shard's own events; gives it back when its window is closed.

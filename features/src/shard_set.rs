@@ -116,11 +116,8 @@ impl ShardSet {
 
     /// Features for an impression of `meta`'s partition, from the state as it is.
     pub fn serving_row(&self, meta: &RecordMeta, event: &Event) -> Option<ServingRow> {
-        let base = self.template.state();
-        match self.shards.get(&meta.partition) {
-            Some(shard) => serving_row_of(shard.state(), Some(base), meta.partition, event),
-            None => serving_row_of(base, None, meta.partition, event),
-        }
+        let shard = self.shards.get(&meta.partition);
+        serving_row_of(shard, &self.template, meta.partition, event)
     }
 
     /// The newest own-partition watermark (what serving reports as the model's view).
