@@ -18,6 +18,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use shopstream_ingest::event::{InventoryEvent, InventoryKind, Millis};
 
 use crate::category::Category;
+use crate::niche::{OptF64, OptI64};
 use crate::rolling::{CachedRolling, Counts};
 use crate::state::DemandFeatures;
 
@@ -33,89 +34,14 @@ pub(crate) const DEMAND_LOOKBACK_MS: Millis = 7 * 86_400_000;
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(from = "RowFields")]
 pub(crate) struct InventoryRow {
-    pub(crate) on_hand: OnHand,
-    pub(crate) price: Price,
+    /// Units on hand, if known.
+    pub(crate) on_hand: OptI64,
+    /// List price, if known.
+    pub(crate) price: OptF64,
     /// Shared with every row (and user score) of the same category: see [`intern`].
     pub(crate) category: Option<Category>,
     /// Absent until the item's first counted sale.
     pub(crate) sales: Option<Box<Sales>>,
-}
-
-/// An item's stock, if known, in 8 bytes (`Option<i64>` takes 16): `i64::MIN` stands
-/// for none. Snapshots are never negative (the decoder checks); deltas saturate one above
-/// it.
-#[derive(Clone, Copy, PartialEq)]
-pub(crate) struct OnHand(i64);
-
-impl OnHand {
-    pub(crate) fn get(self) -> Option<i64> {
-        (self.0 != i64::MIN).then_some(self.0)
-    }
-
-    /// The stock after `delta` units arrived (or left), from none as from zero.
-    fn plus(self, delta: i64) -> Self {
-        Self(
-            self.get()
-                .unwrap_or(0)
-                .saturating_add(delta)
-                .max(i64::MIN + 1),
-        )
-    }
-}
-
-impl From<Option<i64>> for OnHand {
-    /// `Some(i64::MIN)`, which no event carries, is kept one above it.
-    fn from(on_hand: Option<i64>) -> Self {
-        Self(on_hand.map_or(i64::MIN, |n| n.max(i64::MIN + 1)))
-    }
-}
-
-impl Default for OnHand {
-    fn default() -> Self {
-        Self(i64::MIN)
-    }
-}
-
-impl std::fmt::Debug for OnHand {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.get().fmt(f)
-    }
-}
-
-/// An item's price, if known, in 8 bytes (`Option<f64>` takes 16): the decoder admits
-/// only finite prices, so NaN stands for none.
-#[derive(Clone, Copy)]
-pub(crate) struct Price(f64);
-
-impl Price {
-    pub(crate) fn get(self) -> Option<f64> {
-        (!self.0.is_nan()).then_some(self.0)
-    }
-}
-
-impl From<Option<f64>> for Price {
-    /// A NaN price, which no event carries, is no price.
-    fn from(price: Option<f64>) -> Self {
-        Self(price.unwrap_or(f64::NAN))
-    }
-}
-
-impl Default for Price {
-    fn default() -> Self {
-        Self(f64::NAN)
-    }
-}
-
-impl PartialEq for Price {
-    fn eq(&self, other: &Self) -> bool {
-        self.get() == other.get()
-    }
-}
-
-impl std::fmt::Debug for Price {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.get().fmt(f)
-    }
 }
 
 /// An item's counted sales.
@@ -169,8 +95,8 @@ impl From<RowFields> for InventoryRow {
     fn from(f: RowFields) -> Self {
         let counted = f.sales.is_some() || f.last_sale.is_some() || f.window_units != 0;
         Self {
-            on_hand: OnHand::from(f.on_hand),
-            price: Price::from(f.price),
+            on_hand: OptI64::from(f.on_hand),
+            price: OptF64::from(f.price),
             category: f.category,
             sales: counted.then(|| {
                 Box::new(Sales {
@@ -311,7 +237,7 @@ impl Inventory {
         };
         let row = &mut self.rows[slot];
         match (e.on_hand, e.delta) {
-            (Some(on_hand), _) => row.on_hand = OnHand::from(Some(on_hand)),
+            (Some(on_hand), _) => row.on_hand = OptI64::from(Some(on_hand)),
             // Deltas are not bounded by the decoder: sums saturate rather than overflow.
             (None, Some(delta)) if e.kind != InventoryKind::Snapshot => {
                 row.on_hand = row.on_hand.plus(delta);
@@ -319,7 +245,7 @@ impl Inventory {
             _ => {}
         }
         if e.price.is_some() {
-            row.price = Price::from(e.price);
+            row.price = OptF64::from(e.price);
         }
         if let Some(category) = &e.category
             && row.category.as_deref() != Some(category.as_str())

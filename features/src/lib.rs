@@ -28,6 +28,8 @@ mod example_read;
 mod follower;
 mod inventory;
 mod merge_queue;
+mod niche;
+mod pending;
 pub mod protocol;
 pub mod rolling;
 mod shard;

@@ -33,6 +33,11 @@ use shopstream_ingest::event::{ClickEvent, ClickKind, Event, Millis, OrderEvent,
 use crate::category::Category;
 use crate::example::{Example, Features, Labels};
 use crate::inventory::{Inventory, InventoryRow};
+use crate::niche::OptI64;
+use crate::pending::{
+    FeatureValues, HeldFeatures, Pending, PendingKey, PendingQueue, SessionIndex, SessionKeys,
+    session_hash,
+};
 use crate::rolling::{Counts, Rolling};
 
 /// Time limits of the joins and of state retention.
@@ -134,9 +139,11 @@ struct ImpressionIds {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct UserState {
     rolling: Rolling,
-    last_ts: Option<Millis>,
-    /// Per category: decayed clicks and decayed impressions, as of `categories_ts`.
-    categories: Vec<CategoryScore>,
+    /// Time of the user's latest event (8 bytes; serialised as an `Option`).
+    last_ts: OptI64,
+    /// Per category: decayed clicks and decayed impressions, as of `categories_ts`. A
+    /// boxed slice of exactly the categories kept (16 B, a `Vec` is 24).
+    categories: Box<[CategoryScore]>,
     categories_ts: Millis,
 }
 
@@ -156,68 +163,11 @@ struct ItemState {
     last_ts: Millis,
 }
 
-/// An impression waiting for its labels.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Pending {
-    example: Example,
-    session: String,
-}
-
-impl Pending {
-    /// Its [`SessionIndex`] hash.
-    fn session_hash(&self) -> u64 {
-        session_hash(&self.example.user_id, &self.example.item_id, &self.session)
-    }
-}
-
-/// (ts, application sequence) of a pending impression.
-type PendingKey = (Millis, u64);
-
-/// Pending impressions ordered by key.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-struct PendingQueue(std::collections::VecDeque<(PendingKey, Pending)>);
-
-impl PendingQueue {
-    fn insert(&mut self, key: PendingKey, pending: Pending) {
-        match self.0.back() {
-            Some((last, _)) if *last > key => {
-                // Not expected (keys grow), but stay correct if it happens.
-                let at = self.0.partition_point(|(k, _)| *k < key);
-                self.0.insert(at, (key, pending));
-            }
-            _ => self.0.push_back((key, pending)),
-        }
-    }
-
-    fn position(&self, key: &PendingKey) -> Option<usize> {
-        self.0.binary_search_by(|(k, _)| k.cmp(key)).ok()
-    }
-
-    fn get(&self, key: &PendingKey) -> Option<&Pending> {
-        self.0.get(self.position(key)?).map(|(_, p)| p)
-    }
-
-    fn get_mut(&mut self, key: &PendingKey) -> Option<&mut Pending> {
-        let at = self.position(key)?;
-        self.0.get_mut(at).map(|(_, p)| p)
-    }
-
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn values(&self) -> impl Iterator<Item = &Pending> {
-        self.0.iter().map(|(_, p)| p)
-    }
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct PartitionState {
     users: HashMap<Box<str>, UserState>,
     items: HashMap<Box<str>, ItemState>,
-    /// Impressions waiting for labels, in key order. Keys only grow within a partition
-    /// (windows close in order, events apply in time order), so this is a queue: append
-    /// at the back, mature from the front, find by binary search.
+    /// Impressions waiting for labels, in key order.
     pending: PendingQueue,
     /// The pending impressions by user, item and session, for the click join (derived
     /// from `pending`, so not serialised).
@@ -229,65 +179,6 @@ struct PartitionState {
     orders: HashMap<String, (Millis, Vec<PendingKey>)>,
     seq: u64,
     last_sweep: Millis,
-}
-
-/// Pending impressions by a hash of their (user, item, session), for the click join.
-/// Nearly every list holds one impression, so a list starts with room for one.
-///
-/// Keyed by a 64-bit hash rather than the ids themselves, so indexing an impression copies
-/// no id; impressions of two triples whose hashes collide share a list, and the click join
-/// keeps only those whose ids match. Derived from the pending queue: it takes no part in
-/// equality or in the serialised state, and is rebuilt at first use after a restore.
-#[derive(Debug, Clone, Default)]
-struct SessionIndex {
-    keys: HashMap<u64, Vec<PendingKey>>,
-    /// `keys` lists every pending impression (false after a restore, until rebuilt).
-    built: bool,
-}
-
-impl PartialEq for SessionIndex {
-    fn eq(&self, _: &Self) -> bool {
-        // Derived from the pending queue, which the state compares.
-        true
-    }
-}
-
-impl SessionIndex {
-    /// Files the impression `key` under `hash`.
-    fn insert(&mut self, hash: u64, key: PendingKey) {
-        self.keys
-            .entry(hash)
-            .or_insert_with(|| Vec::with_capacity(1))
-            .push(key);
-    }
-
-    /// This index, first rebuilt from `pending` if it does not list every impression yet.
-    fn up_to_date(&mut self, pending: &PendingQueue) -> &mut Self {
-        if !self.built {
-            self.keys.clear();
-            for (key, p) in &pending.0 {
-                self.insert(p.session_hash(), *key);
-            }
-            self.built = true;
-        }
-        self
-    }
-
-    /// Unfiles the impression `key` from `hash`.
-    fn remove(&mut self, hash: u64, key: PendingKey) {
-        if let Some(keys) = self.keys.get_mut(&hash) {
-            keys.retain(|k| *k != key);
-            if keys.is_empty() {
-                self.keys.remove(&hash);
-            }
-        }
-    }
-}
-
-/// The [`SessionIndex`] hash of an impression's ids.
-fn session_hash(user_id: &str, item_id: &str, session_id: &str) -> u64 {
-    use std::hash::BuildHasher;
-    rustc_hash::FxBuildHasher.hash_one((user_id, item_id, session_id))
 }
 
 thread_local! {
@@ -433,6 +324,16 @@ impl FeatureState {
         partition: i32,
         click: &ClickEvent,
     ) -> Features {
+        self.held_features_of(base, partition, click).features()
+    }
+
+    /// [`FeatureState::features_of`], in the form the label buffer holds.
+    fn held_features_of(
+        &self,
+        base: Option<&FeatureState>,
+        partition: i32,
+        click: &ClickEvent,
+    ) -> HeldFeatures {
         let item_id = click.item_id.as_deref().unwrap_or_default();
         let state = self.partitions.get(&partition);
         let user = state.and_then(|s| s.users.get(click.user_id.as_str()));
@@ -440,7 +341,7 @@ impl FeatureState {
         let inventory = Self::inventory_row(&self.inventory, base, item_id);
         let category = inventory.and_then(|i| i.category.as_ref());
         let at = chrono::DateTime::from_timestamp_millis(click.ts).unwrap_or_default();
-        Features {
+        HeldFeatures::new(FeatureValues {
             scenario: click.scenario,
             device: click.device.clone(),
             position: click.position,
@@ -449,7 +350,7 @@ impl FeatureState {
             day_of_week: at.weekday().num_days_from_monday() as u8,
             user: user.map(|u| u.rolling.totals(click.ts)).unwrap_or_default(),
             user_recency_secs: user
-                .and_then(|u| u.last_ts)
+                .and_then(|u| u.last_ts.get())
                 .map(|t| (click.ts - t) as f64 / 1000.0),
             user_category_affinity: match (user, &category) {
                 (Some(u), Some(c)) => u.category_share(c, |s| s.clicks),
@@ -460,10 +361,10 @@ impl FeatureState {
                 _ => 0.0,
             },
             item: item.map(|i| i.rolling.totals(click.ts)).unwrap_or_default(),
-            item_category: category.map(|c| c.to_string()),
+            item_category: category.cloned(),
             item_price: inventory.and_then(|i| i.price.get()),
             item_on_hand: inventory.and_then(|i| i.on_hand.get()),
-        }
+        })
     }
 
     /// Applies a group of events that share one timestamp, each with the partition it
@@ -483,7 +384,7 @@ impl FeatureState {
                 && c.kind == ClickKind::Impression
                 && c.item_id.is_some()
             {
-                let features = self.features_of(base, *partition, c);
+                let features = self.held_features_of(base, *partition, c);
                 let user = self.window_user(*partition, &c.user_id);
                 let (first, known) = (!user.listed, user.known);
                 user.listed = true;
@@ -506,19 +407,17 @@ impl FeatureState {
             let Some((ids, ts)) = event.impression_ids() else {
                 continue;
             };
-            let example = Example {
-                event_id: ids.event_id,
-                ts,
-                user_id: ids.user_id,
-                item_id: ids.item_id,
+            let pending = Pending {
+                event_id: ids.event_id.into(),
+                user_id: ids.user_id.into(),
+                item_id: ids.item_id.into(),
+                session: ids.session_id.into(),
                 features,
                 labels: Labels::default(),
             };
-            let (partition, session) = (*partition, ids.session_id);
-            let state = self.partitions.entry(partition).or_default();
+            let state = self.partitions.entry(*partition).or_default();
             state.seq += 1;
-            let key = (example.ts, state.seq);
-            let pending = Pending { example, session };
+            let key = (ts, state.seq);
             state.session_index().insert(pending.session_hash(), key);
             state.pending.insert(key, pending);
         }
@@ -592,7 +491,7 @@ impl FeatureState {
                     break;
                 };
                 state.unindex(key, &pending);
-                out.push((key, *partition, pending.example));
+                out.push((key, *partition, pending.into_example(key.0)));
             }
         }
         out.sort_by_key(|(key, partition, _)| (key.0, *partition, key.1));
@@ -646,7 +545,7 @@ impl FeatureState {
             partition
                 .pending
                 .0
-                .retain(|(_, p)| !users.contains(&p.example.user_id));
+                .retain(|(_, p)| !users.contains(&*p.user_id));
             // Rebuilt from what stays pending.
             partition.by_session = SessionIndex::default();
             partition.clicks.retain(|key, _| !of_user(key));
@@ -720,25 +619,12 @@ impl FeatureState {
                     k.len() + size_of::<(String, (Millis, Vec<PendingKey>))>() + v.1.len() * 16
                 })
                 .sum::<usize>();
-            bytes.pending += s
-                .pending
-                .values()
-                .map(|p| {
-                    let e = &p.example;
-                    size_of::<(PendingKey, Pending)>()
-                        + e.event_id.len()
-                        + e.user_id.len()
-                        + e.item_id.len()
-                        + p.session.len()
-                        + e.features.device.as_ref().map_or(0, String::len)
-                        + e.features.item_category.as_ref().map_or(0, String::len)
-                })
-                .sum::<usize>();
+            bytes.pending += s.pending.values().map(Pending::approx_bytes).sum::<usize>();
             bytes.pending += s
                 .by_session
                 .keys
                 .values()
-                .map(|v| size_of::<(u64, Vec<PendingKey>)>() + v.capacity() * 16)
+                .map(SessionKeys::approx_bytes)
                 .sum::<usize>();
         }
         bytes.inventory = self.inventory.approx_bytes();
@@ -803,11 +689,11 @@ impl UserState {
             score.shown += shown;
             return;
         }
+        let mut evict = None;
         if self.categories.len() >= MAX_CATEGORIES {
             // Forget the least active category, the first of equals among the kept ones
             // before the new one: the new one goes (unallocated) only when it is less
-            // active than all of them. Evicting before the push keeps the list within
-            // MAX_CATEGORIES entries of capacity.
+            // active than all of them.
             let activity = |s: &CategoryScore| s.clicks + s.shown;
             let (weakest, least) = self
                 .categories
@@ -818,13 +704,21 @@ impl UserState {
             if clicks + shown < least {
                 return;
             }
-            self.categories.remove(weakest);
+            evict = Some(weakest);
         }
-        self.categories.push(CategoryScore {
+        // Taken as a vector and back: it reallocates only when it grows.
+        let mut categories = std::mem::take(&mut self.categories).into_vec();
+        if let Some(weakest) = evict {
+            categories.remove(weakest);
+        } else {
+            categories.reserve_exact(1);
+        }
+        categories.push(CategoryScore {
             category: category.clone(),
             clicks,
             shown,
         });
+        self.categories = categories.into_boxed_slice();
     }
 
     /// The share of the user's decayed `score` (clicks or impressions) in `category`; 0
@@ -866,7 +760,7 @@ impl PartitionState {
     fn count(&mut self, user_id: &str, item_id: Option<&str>, ts: Millis, delta: Counts) {
         let user = self.user(user_id);
         user.rolling.add(ts, delta);
-        user.last_ts = Some(ts);
+        user.last_ts = Some(ts).into();
         if let Some(item_id) = item_id {
             let item = self.item(item_id);
             item.rolling.add(ts, delta);
@@ -910,15 +804,16 @@ impl PartitionState {
         let pending = &self.pending;
         let index = self.by_session.up_to_date(pending);
         let target = index.keys.get(&hash).and_then(|keys| {
-            keys.iter()
+            keys.as_slice()
+                .iter()
                 .copied()
                 .filter(|(ts, _)| *ts < c.ts && c.ts - *ts <= limits.click_window_ms)
                 .filter(|key| {
                     // A list may hold another triple's impressions (a hash collision).
                     pending.get(key).is_some_and(|p| {
-                        p.example.user_id == c.user_id
-                            && p.example.item_id == item_id
-                            && p.session == c.session_id
+                        *p.user_id == c.user_id
+                            && &*p.item_id == item_id
+                            && *p.session == c.session_id
                     })
                 })
                 .max()
@@ -926,7 +821,7 @@ impl PartitionState {
         if let Some(key) = target
             && let Some(pending) = self.pending.get_mut(&key)
         {
-            pending.example.labels.clicked = true;
+            pending.labels.clicked = true;
         }
         // The new click is kept by the retain (it is 0 ms old), after the older ones.
         push_keyed(&mut self.clicks, &[&c.user_id, item_id], (c.ts, target))
@@ -963,7 +858,7 @@ impl PartitionState {
                     if let Some(key) = touch
                         && let Some(pending) = self.pending.get_mut(&key)
                     {
-                        let labels = &mut pending.example.labels;
+                        let labels = &mut pending.labels;
                         labels.converted = true;
                         labels.quantity += line.quantity;
                         labels.revenue += line.quantity as f64 * line.unit_price;
@@ -976,12 +871,12 @@ impl PartitionState {
                 if let Some((_, keys)) = self.orders.remove(&o.order_id) {
                     for key in keys {
                         if let Some(pending) = self.pending.get_mut(&key) {
-                            pending.example.labels.cancelled = true;
+                            pending.labels.cancelled = true;
                         }
                     }
                 }
                 if let Some(user) = self.users.get_mut(o.user_id.as_str()) {
-                    user.last_ts = Some(o.ts);
+                    user.last_ts = Some(o.ts).into();
                 }
             }
         }
@@ -1000,7 +895,7 @@ impl PartitionState {
         self.last_sweep = now;
         let ttl_cutoff = now - limits.ttl_ms;
         self.users
-            .retain(|_, u| u.last_ts.is_some_and(|t| t >= ttl_cutoff));
+            .retain(|_, u| u.last_ts.get().is_some_and(|t| t >= ttl_cutoff));
         self.items.retain(|_, i| i.last_ts >= ttl_cutoff);
         let click_cutoff = now - limits.attribution_ms;
         self.clicks.retain(|_, clicks| {
