@@ -25,6 +25,23 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// Equal, the spend bit for bit (`-0.0` is not `0.0`).
+    fn same_bits(&self, other: &Counts) -> bool {
+        (
+            self.impressions,
+            self.clicks,
+            self.carts,
+            self.units,
+            self.spend.to_bits(),
+        ) == (
+            other.impressions,
+            other.clicks,
+            other.carts,
+            other.units,
+            other.spend.to_bits(),
+        )
+    }
+
     fn add(&mut self, other: Counts) {
         self.impressions = self.impressions.saturating_add(other.impressions);
         self.clicks = self.clicks.saturating_add(other.clicks);
@@ -127,12 +144,98 @@ impl From<BucketFields> for Bucket {
 /// and a dense ring costs 37 buckets of 12 bytes per key whatever the traffic. The sums
 /// are the dense rings' exactly (buckets added in bucket order; an absent bucket is the
 /// dense ring's zero bucket).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+///
+/// A key seen within one 10-minute bucket only (about half the users and items) holds one
+/// bucket of each ring with the same counts: those three are kept as one, tagged
+/// [`ALL_RINGS`], whose number is the 10-minute ring's (the other two follow from it).
+/// That form is used exactly when the three buckets allow it, so equal counters hold
+/// equal buckets; it serialises as the three buckets it stands for.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(try_from = "RollingFields")]
 pub struct Rolling {
     /// Sorted by (ring, number). A ring's buckets lie within its reach of its newest:
     /// older ones are dropped when a newer bucket arrives. A boxed slice (16 B, a `Vec`
-    /// is 24) of exactly the buckets held: keys hold a handful for a long time.
+    /// is 24) of exactly the buckets held: keys hold a handful for a long time. Or one
+    /// bucket tagged [`ALL_RINGS`].
     buckets: Box<[Bucket]>,
+}
+
+/// The ring tag of a bucket that stands for one bucket of each ring with its counts, the
+/// 10-minute ring's numbered as it is and the others the ones that contain it.
+const ALL_RINGS: usize = 3;
+
+/// The bucket numbers, one per ring, of the buckets containing 10-minute bucket `number`.
+fn containing(number: i64) -> [i64; 3] {
+    RINGS.map(|(width, _)| (number * TEN_MINUTES).div_euclid(width))
+}
+
+/// The bucket numbers of `ts`, one per ring.
+fn numbers_at(ts: Millis) -> [i64; 3] {
+    RINGS.map(|(width, _)| bucket_number(ts, width))
+}
+
+/// The serialised shape of a [`Rolling`], as read back.
+#[derive(Deserialize)]
+struct RollingFields {
+    buckets: Vec<BucketFields>,
+}
+
+impl TryFrom<RollingFields> for Rolling {
+    type Error = String;
+
+    fn try_from(f: RollingFields) -> Result<Self, String> {
+        let buckets = f
+            .buckets
+            .into_iter()
+            .map(|b| match usize::from(b.ring) {
+                ring if ring < RINGS.len() => Ok(Bucket::from(b)),
+                ring => Err(format!(
+                    "a rolling bucket of ring {ring}: rings are 0, 1 and 2"
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            buckets: canonical(buckets),
+        })
+    }
+}
+
+impl Serialize for Rolling {
+    /// As the derived form wrote it: `{ buckets: [every ring's buckets] }`.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+
+        /// The buckets that the stored ones stand for.
+        struct Explicit<'a>(&'a Rolling);
+
+        impl Serialize for Explicit<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_seq(self.0.explicit())
+            }
+        }
+
+        let mut fields = serializer.serialize_struct("Rolling", 1)?;
+        fields.serialize_field("buckets", &Explicit(self))?;
+        fields.end()
+    }
+}
+
+/// `buckets` (explicit, sorted by ring and number) as a [`Rolling`] stores them: one
+/// [`ALL_RINGS`] bucket when they are one bucket per ring, the same counts bit for bit,
+/// each containing the 10-minute one; else as they are.
+fn canonical(buckets: Vec<Bucket>) -> Box<[Bucket]> {
+    if let [a, b, c] = buckets[..]
+        && [a.ring(), b.ring(), c.ring()] == [0, 1, 2]
+        && [a.number(), b.number(), c.number()] == containing(a.number())
+        && a.counts.same_bits(&b.counts)
+        && a.counts.same_bits(&c.counts)
+    {
+        return Box::new([Bucket {
+            slot: Bucket::slot(ALL_RINGS, a.number()),
+            counts: a.counts,
+        }]);
+    }
+    buckets.into_boxed_slice()
 }
 
 /// The three horizons' totals, shortest first.
@@ -146,14 +249,85 @@ impl Rolling {
     /// ring's newest by its length or more) is not counted: events apply in time order,
     /// so that does not happen.
     pub fn add(&mut self, ts: Millis, delta: Counts) {
-        // Taking the box as a vector and back reallocates only when a bucket came or went.
-        let mut buckets = std::mem::take(&mut self.buckets).into_vec();
+        let numbers = numbers_at(ts);
+        match &mut *self.buckets {
+            // Another event of the one 10-minute bucket: the three buckets it stands for
+            // would each add `delta` to the same counts.
+            [one] if one.ring() == ALL_RINGS && containing(one.number()) == numbers => {
+                one.counts.add(delta);
+                return;
+            }
+            // A key's first event: one bucket per ring, each counting `delta`.
+            [] if containing(numbers[0]) == numbers => {
+                let first = Bucket::new(0, numbers[0], delta);
+                self.buckets = Box::new([Bucket {
+                    slot: Bucket::slot(ALL_RINGS, numbers[0]),
+                    counts: first.counts,
+                }]);
+                return;
+            }
+            _ => {}
+        }
+        let mut buckets: Vec<Bucket> = if self.stands_for_all_rings() {
+            // One more for the bucket this event most likely adds.
+            let mut explicit = Vec::with_capacity(RINGS.len() + 1);
+            explicit.extend(self.explicit());
+            explicit
+        } else {
+            // Taking the box as a vector and back reallocates only when a bucket came or
+            // went.
+            std::mem::take(&mut self.buckets).into_vec()
+        };
         if buckets.capacity() == 0 {
             // A key's first event fills one bucket per ring.
             buckets.reserve_exact(RINGS.len());
         }
         add_to(&mut buckets, ts, delta);
-        self.buckets = buckets.into_boxed_slice();
+        self.buckets = canonical(buckets);
+    }
+
+    /// Whether the one bucket held stands for one of each ring ([`ALL_RINGS`]).
+    fn stands_for_all_rings(&self) -> bool {
+        matches!(&*self.buckets, [one] if one.ring() == ALL_RINGS)
+    }
+
+    /// Calls `f` with (ring, number, counts) of each bucket, in (ring, number) order, an
+    /// [`ALL_RINGS`] bucket as the three it stands for: [`Rolling::explicit`] for the
+    /// sums of every query, without an iterator's chain.
+    fn for_each_bucket(&self, mut f: impl FnMut(usize, i64, &Counts)) {
+        match &*self.buckets {
+            [one] if one.ring() == ALL_RINGS => {
+                for (ring, number) in containing(one.number()).into_iter().enumerate() {
+                    f(ring, number, &one.counts);
+                }
+            }
+            buckets => {
+                for b in buckets {
+                    f(b.ring(), b.number(), &b.counts);
+                }
+            }
+        }
+    }
+
+    /// The buckets held, with an [`ALL_RINGS`] bucket as the three it stands for: sorted
+    /// by (ring, number).
+    fn explicit(&self) -> impl Iterator<Item = Bucket> + '_ {
+        let (all, stored) = if self.stands_for_all_rings() {
+            (Some(self.buckets[0]), &[][..])
+        } else {
+            (None, &self.buckets[..])
+        };
+        all.into_iter()
+            .flat_map(|one| {
+                containing(one.number())
+                    .into_iter()
+                    .enumerate()
+                    .map(move |(ring, number)| Bucket {
+                        slot: Bucket::slot(ring, number),
+                        counts: one.counts,
+                    })
+            })
+            .chain(stored.iter().copied())
     }
 
     /// Totals over each horizon as of `ts`.
@@ -165,12 +339,12 @@ impl Rolling {
             (number.saturating_sub(length), number)
         });
         let mut horizons = Horizons::default();
-        for b in &self.buckets {
-            let (after, upto) = reach[b.ring()];
-            if b.number() <= upto && b.number() > after {
-                horizons[b.ring()].add(&b.counts);
+        self.for_each_bucket(|ring, number, counts| {
+            let (after, upto) = reach[ring];
+            if number <= upto && number > after {
+                horizons[ring].add(counts);
             }
-        }
+        });
         horizons
     }
 
@@ -187,16 +361,16 @@ impl Rolling {
             return (totals, ts, ts.saturating_add(1));
         }
         let (mut from, mut until) = (exact.start, exact.end);
-        for b in &self.buckets {
-            let (width, length) = RINGS[b.ring()];
-            for flip in [b.number() * width, (b.number() + length) * width] {
+        self.for_each_bucket(|ring, number, _| {
+            let (width, length) = RINGS[ring];
+            for flip in [number * width, (number + length) * width] {
                 if flip <= ts {
                     from = from.max(flip);
                 } else {
                     until = until.min(flip);
                 }
             }
-        }
+        });
         (totals, from, until)
     }
 
@@ -440,6 +614,46 @@ mod tests {
             proptest::prop_assert!(sparse.buckets.len() <= 37);
         }
 
+        /// Guards the one bucket that stands for all three rings: for any events, many
+        /// within one 10-minute bucket and with repeated counts, a key holds it exactly
+        /// when its buckets are one per ring with the same counts; it sums, spans and
+        /// serialises as those buckets kept apart would, and reads back equal.
+        #[test]
+        fn one_bucket_for_all_rings_is_the_three_buckets_it_stands_for(
+            steps in proptest::collection::vec((-4 * TEN_MINUTES..3 * TEN_MINUTES, 0u16..3, 0usize..3), 1..40),
+            start in -3 * DAY..3 * DAY,
+            probes in proptest::collection::vec(-HOUR..9 * DAY, 1..6),
+        ) {
+            let t0 = 1_767_571_200_000 + start;
+            let (mut rolling, mut apart) = (Rolling::default(), Vec::new());
+            let mut t = t0;
+            for (step, n, spend) in steps {
+                t += step;
+                let delta = Counts { impressions: n, clicks: n / 2, spend: [0.0, 1.5, -0.0][spend], ..Counts::default() };
+                rolling.add(t, delta);
+                add_to(&mut apart, t, delta);
+                let kept_apart = Rolling { buckets: apart.clone().into_boxed_slice() };
+                let shared = matches!(&apart[..], [a, b, c]
+                    if containing(a.number()) == [a.number(), b.number(), c.number()]
+                        && a.counts.same_bits(&b.counts) && a.counts.same_bits(&c.counts));
+                proptest::prop_assert_eq!(rolling.stands_for_all_rings(), shared);
+                proptest::prop_assert_eq!(rolling.buckets.len(), if shared { 1 } else { apart.len() });
+                for probe in &probes {
+                    let at = t + probe;
+                    let (a, b) = (rolling.totals_with_span(at), kept_apart.totals_with_span(at));
+                    proptest::prop_assert_eq!(a, b);
+                    for (x, y) in a.0.iter().zip(&b.0) {
+                        proptest::prop_assert_eq!(x.spend.to_bits(), y.spend.to_bits());
+                    }
+                }
+                let bytes = rmp_serde::to_vec_named(&rolling).expect("encode");
+                proptest::prop_assert_eq!(&bytes, &rmp_serde::to_vec_named(&kept_apart).expect("encode"));
+                let back: Rolling = rmp_serde::from_slice(&bytes).expect("decode");
+                proptest::prop_assert_eq!(back.buckets.len(), rolling.buckets.len());
+                proptest::prop_assert_eq!(back, rolling.clone());
+            }
+        }
+
         /// Guards the kept totals of [`CachedRolling`]: queried at times that go back and
         /// forth, across and inside the spans, between events and after them, it answers
         /// what a fresh sum answers, bit for bit; and every time inside a reported span
@@ -535,6 +749,72 @@ mod tests {
             let (totals, from, until) = r.totals_with_span(ts);
             assert_eq!(totals, r.totals(ts));
             assert_eq!((from, until), (ts, ts.saturating_add(1)));
+        }
+    }
+
+    /// Guards the tag of the one bucket for all rings: a checkpoint naming a ring beyond
+    /// the three is refused, not read as that bucket.
+    #[test]
+    fn a_bucket_of_an_unknown_ring_is_refused_on_read() {
+        #[derive(Serialize)]
+        struct Stored {
+            buckets: Vec<BucketFields>,
+        }
+        let bucket = |ring| BucketFields {
+            ring,
+            number: 2_942_000,
+            counts: clicks(1),
+        };
+        let good = rmp_serde::to_vec_named(&Stored {
+            buckets: vec![bucket(0)],
+        })
+        .expect("encode");
+        let back: Rolling = rmp_serde::from_slice(&good).expect("ring 0 reads");
+        assert_eq!(back.totals(2_942_000 * TEN_MINUTES)[0].clicks, 1);
+        for ring in [3, 4, 255] {
+            let bad = rmp_serde::to_vec_named(&Stored {
+                buckets: vec![bucket(ring)],
+            })
+            .expect("encode");
+            let error = rmp_serde::from_slice::<Rolling>(&bad).expect_err("refused");
+            assert!(
+                error.to_string().contains(&format!("ring {ring}")),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_key_seen_in_one_ten_minute_bucket_holds_one_bucket() {
+        let t0 = 1_767_571_200_000;
+        let mut r = Rolling::default();
+        r.add(t0, clicks(1));
+        r.add(t0 + 60_000, clicks(2));
+        assert_eq!((r.buckets.len(), r.heap_bytes()), (1, 16));
+        assert_eq!(r.totals(t0 + 2 * 60_000).map(|t| t.clicks), [3, 3, 3]);
+        // The next 10 minutes: the 10-minute ring holds two buckets, the others one.
+        r.add(t0 + 10 * 60_000, clicks(4));
+        assert_eq!(r.buckets.len(), 4);
+        assert_eq!(r.totals(t0 + 11 * 60_000).map(|t| t.clicks), [7, 7, 7]);
+        assert_eq!(r.totals(t0 + 61 * 60_000).map(|t| t.clicks), [4, 7, 7]);
+    }
+
+    /// Guards the one bucket for all rings at the edge of the bucket numbers: a later
+    /// event in the same (edge) 10-minute bucket but another hour is not added to it.
+    #[test]
+    fn an_event_in_the_edge_ten_minute_bucket_but_another_hour_keeps_the_rings_apart() {
+        let edge = *NUMBERS.end() * TEN_MINUTES;
+        let (mut r, mut apart) = (Rolling::default(), Vec::new());
+        for ts in [edge, edge + 100 * DAY] {
+            r.add(ts, clicks(1));
+            add_to(&mut apart, ts, clicks(1));
+        }
+        let kept_apart = Rolling {
+            buckets: apart.into_boxed_slice(),
+        };
+        assert!(!r.stands_for_all_rings());
+        for at in [edge, edge + 100 * DAY, edge + 101 * DAY] {
+            assert_eq!(r.totals(at), kept_apart.totals(at), "at {at}");
         }
     }
 
