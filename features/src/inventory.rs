@@ -50,7 +50,7 @@ pub(crate) struct Sales {
     /// Units sold (inventory `sale` events), rolling over 1 h / 24 h / 7 d.
     pub(crate) units: CachedRolling,
     /// Time of the latest sale.
-    pub(crate) last: Option<Millis>,
+    pub(crate) last: OptI64,
     /// Units sold in the window being applied.
     pub(crate) window_units: i64,
 }
@@ -101,7 +101,7 @@ impl From<RowFields> for InventoryRow {
             sales: counted.then(|| {
                 Box::new(Sales {
                     units: f.sales.unwrap_or_default(),
-                    last: f.last_sale,
+                    last: f.last_sale.into(),
                     window_units: f.window_units,
                 })
             }),
@@ -127,7 +127,7 @@ impl InventoryRow {
 
     /// Time of the latest counted sale.
     pub(crate) fn last_sale(&self) -> Option<Millis> {
-        self.sales.as_ref().and_then(|s| s.last)
+        self.sales.as_ref().and_then(|s| s.last.get())
     }
 
     /// Units counted in the window being applied.
@@ -262,7 +262,7 @@ impl Inventory {
                     ..Counts::default()
                 },
             );
-            sales.last = Some(e.ts);
+            sales.last = Some(e.ts).into();
             let units_before = sales.window_units;
             sales.window_units = sales.window_units.saturating_add(units);
             self.sold.record_sale(&e.item_id, slot, units_before, units);
@@ -354,12 +354,12 @@ impl Inventory {
             let Some(sales) = &self.rows[slot].sales else {
                 continue;
             };
-            if sales.last.is_some() || sales.window_units != 0 {
+            if sales.last.get().is_some() || sales.window_units != 0 {
                 let id: Arc<str> = (**item).into();
                 if sales.window_units != 0 {
                     sold.window.push((Arc::clone(&id), slot));
                 }
-                if sales.last.is_some() {
+                if sales.last.get().is_some() {
                     sold.ids.insert(id, slot);
                 }
             }
@@ -538,7 +538,7 @@ mod tests {
             price: row.price.get(),
             category: Some("c".to_string()),
             sales: Some(Box::new(sales.units.clone())),
-            last_sale: sales.last,
+            last_sale: sales.last.get(),
             window_units: sales.window_units,
         };
         assert_eq!(

@@ -2,8 +2,7 @@
 //! the click join finds them by.
 //!
 //! An impression's example is built when it matures; until then its features are held
-//! in a smaller form than [`Features`]: counters in `u32` (a horizon's total is at most
-//! 24 buckets of 65,535), optional numbers in 8 bytes, the ids as boxed strings and the
+//! in a smaller form than [`Features`]: counters in `u32` ([`CompactHorizons`]), optional numbers in 8 bytes, the ids as boxed strings and the
 //! item's category as the inventory's shared name. Nothing is rounded: the example that
 //! matures is the one [`Features`] would have held. The buffer serialises in the shape it
 //! had when it held whole examples, so checkpoints read and write as before.
@@ -18,59 +17,17 @@ use shopstream_ingest::event::{Millis, Scenario};
 use crate::category::Category;
 use crate::example::{Example, Features, Labels};
 use crate::niche::{OptF64, OptI64};
-use crate::rolling::{Horizons, Totals};
+use crate::rolling::{CompactHorizons, Horizons};
 
 /// (ts, application sequence) of a pending impression.
 pub(crate) type PendingKey = (Millis, u64);
-
-/// One horizon's totals in 24 bytes ([`Totals`] takes 40).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-struct HeldTotals {
-    impressions: u32,
-    clicks: u32,
-    carts: u32,
-    units: u32,
-    spend: f64,
-}
-
-impl HeldTotals {
-    fn of(totals: &Totals) -> Self {
-        // A horizon sums at most 24 buckets of u16 counters: these never saturate.
-        let count = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
-        Self {
-            impressions: count(totals.impressions),
-            clicks: count(totals.clicks),
-            carts: count(totals.carts),
-            units: count(totals.units),
-            spend: totals.spend,
-        }
-    }
-
-    fn totals(self) -> Totals {
-        Totals {
-            impressions: self.impressions.into(),
-            clicks: self.clicks.into(),
-            carts: self.carts.into(),
-            units: self.units.into(),
-            spend: self.spend,
-        }
-    }
-}
-
-fn held_horizons(horizons: &Horizons) -> [HeldTotals; 3] {
-    horizons.each_ref().map(HeldTotals::of)
-}
-
-fn horizons_of(held: &[HeldTotals; 3]) -> Horizons {
-    held.map(HeldTotals::totals)
-}
 
 /// The features of an impression as the label buffer holds them until it matures: the
 /// same values as [`Features`], in 232 bytes instead of 384.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct HeldFeatures {
-    user: [HeldTotals; 3],
-    item: [HeldTotals; 3],
+    user: CompactHorizons,
+    item: CompactHorizons,
     device: Option<Box<str>>,
     price: OptF64,
     user_recency_secs: OptF64,
@@ -107,8 +64,8 @@ pub(crate) struct FeatureValues {
 impl HeldFeatures {
     pub(crate) fn new(v: FeatureValues) -> Self {
         Self {
-            user: held_horizons(&v.user),
-            item: held_horizons(&v.item),
+            user: CompactHorizons::of(&v.user),
+            item: CompactHorizons::of(&v.item),
             device: v.device.map(String::into_boxed_str),
             price: v.price.into(),
             user_recency_secs: v.user_recency_secs.into(),
@@ -154,11 +111,11 @@ impl HeldFeatures {
             price: self.price.get(),
             hour_of_day: self.hour_of_day,
             day_of_week: self.day_of_week,
-            user: horizons_of(&self.user),
+            user: self.user.horizons(),
             user_recency_secs: self.user_recency_secs.get(),
             user_category_affinity: self.user_category_affinity,
             user_category_exposure: self.user_category_exposure,
-            item: horizons_of(&self.item),
+            item: self.item.horizons(),
             item_category: self.item_category.as_deref().map(String::from),
             item_price: self.item_price.get(),
             item_on_hand: self.item_on_hand.get(),
@@ -347,11 +304,11 @@ impl<'a> PendingView<'a> {
                     price: f.price.get(),
                     hour_of_day: f.hour_of_day,
                     day_of_week: f.day_of_week,
-                    user: horizons_of(&f.user),
+                    user: f.user.horizons(),
                     user_recency_secs: f.user_recency_secs.get(),
                     user_category_affinity: f.user_category_affinity,
                     user_category_exposure: f.user_category_exposure,
-                    item: horizons_of(&f.item),
+                    item: f.item.horizons(),
                     item_category: f.item_category.as_deref(),
                     item_price: f.item_price.get(),
                     item_on_hand: f.item_on_hand.get(),
