@@ -1,9 +1,11 @@
-//! Optional numbers in 8 bytes: `Option<i64>` and `Option<f64>` take 16, and the rows and
-//! pending impressions that hold them are kept by the ten thousand. A value that no
-//! decoded event carries stands for none.
+//! Optional numbers in 8 bytes: `Option<i64>` and `Option<f64>` take 16, and the rows,
+//! users and pending impressions that hold them are kept by the ten thousand. A value
+//! that none of them holds stands for none.
 
-/// An `Option<i64>` in 8 bytes: `i64::MIN` stands for none. `Some(i64::MIN)` is kept one
-/// above it (no event carries it: stock snapshots are never negative, the decoder checks).
+/// An `Option<i64>` in 8 bytes: `i64::MIN` stands for none, and `Some(i64::MIN)` is kept
+/// one above it. What it holds never reaches it: event times (the decoder takes 2000 to
+/// 2100), stock (snapshots are never negative, the decoder checks; deltas saturate, see
+/// [`OptI64::plus`]).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) struct OptI64(i64);
 

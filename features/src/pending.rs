@@ -2,10 +2,11 @@
 //! the click join finds them by.
 //!
 //! An impression's example is built when it matures; until then its features are held
-//! in a smaller form than [`Features`]: counters in `u32` ([`CompactHorizons`]), optional numbers in 8 bytes, the ids as boxed strings and the
-//! item's category as the inventory's shared name. Nothing is rounded: the example that
-//! matures is the one [`Features`] would have held. The buffer serialises in the shape it
-//! had when it held whole examples, so checkpoints read and write as before.
+//! in a smaller form than [`Features`]: counters in `u32` ([`CompactHorizons`]), optional
+//! numbers in 8 bytes, the ids as boxed strings and the item's category as the
+//! inventory's shared name. Nothing is rounded: the example that matures is the one
+//! [`Features`] would have held. The buffer serialises in the shape it had when it held
+//! whole examples, so checkpoints read and write as before.
 
 use std::collections::VecDeque;
 
@@ -229,6 +230,8 @@ struct StoredPending {
 }
 
 impl From<StoredQueue> for PendingQueue {
+    /// The example's own time is its key's (keys are `(example.ts, sequence)`), so it is
+    /// not kept twice.
     fn from(stored: StoredQueue) -> Self {
         Self(
             stored

@@ -84,8 +84,8 @@ const DAY: Millis = 86_400_000;
 const RINGS: [(Millis, i64); 3] = [(TEN_MINUTES, 6), (HOUR, 24), (DAY, 7)];
 
 /// One non-empty bucket of a ring, in 16 bytes: the ring and the bucket number share one
-/// `i32` (`number * 4 + ring`), beside 12 bytes of counts. Users and items hold about 18
-/// buckets per active user between them, so every byte here counts 18 times.
+/// `i32` (`number * 4 + ring`), beside 12 bytes of counts. Users and items hold about 11
+/// buckets per active user between them, so every byte here counts 11 times.
 ///
 /// Serialised as `{ ring, number, counts }` (its shape before it was packed).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -148,9 +148,9 @@ impl From<BucketFields> for Bucket {
 /// A key seen within one 10-minute bucket only (about half the users and items) holds one
 /// bucket of each ring with the same counts: those three are kept as one, tagged
 /// [`ALL_RINGS`], whose number is the 10-minute ring's (the other two follow from it).
-/// That form is used exactly when the three buckets allow it, so equal counters hold
-/// equal buckets; it serialises as the three buckets it stands for.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+/// That form is used exactly when the three buckets allow it; it compares and serialises
+/// as the three buckets it stands for.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(try_from = "RollingFields")]
 pub struct Rolling {
     /// Sorted by (ring, number). A ring's buckets lie within its reach of its newest:
@@ -210,7 +210,9 @@ impl Serialize for Rolling {
 
         impl Serialize for Explicit<'_> {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.collect_seq(self.0.explicit())
+                // A slice: its length is known before its buckets are written.
+                self.0
+                    .with_explicit(|buckets| serializer.collect_seq(buckets))
             }
         }
 
@@ -230,12 +232,16 @@ fn canonical(buckets: Vec<Bucket>) -> Box<[Bucket]> {
         && a.counts.same_bits(&b.counts)
         && a.counts.same_bits(&c.counts)
     {
-        return Box::new([Bucket {
-            slot: Bucket::slot(ALL_RINGS, a.number()),
-            counts: a.counts,
-        }]);
+        return Box::new([Bucket::all_rings(a.number(), a.counts)]);
     }
     buckets.into_boxed_slice()
+}
+
+impl PartialEq for Rolling {
+    /// Equal buckets, an [`ALL_RINGS`] bucket compared as the three it stands for.
+    fn eq(&self, other: &Self) -> bool {
+        self.with_explicit(|mine| other.with_explicit(|theirs| mine == theirs))
+    }
 }
 
 /// The three horizons' totals, shortest first.
@@ -254,7 +260,8 @@ struct CompactTotals {
 
 impl CompactTotals {
     fn of(totals: &Totals) -> Self {
-        // A horizon sums at most 24 buckets of u16 counters: these never saturate.
+        // A horizon sums at most 24 buckets of u16 counters, which fits; only a damaged
+        // checkpoint could hold more, and that is clamped.
         let count = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
         Self {
             impressions: count(totals.impressions),
@@ -310,75 +317,41 @@ impl Rolling {
             }
             // A key's first event: one bucket per ring, each counting `delta`.
             [] if containing(numbers[0]) == numbers => {
-                let first = Bucket::new(0, numbers[0], delta);
-                self.buckets = Box::new([Bucket {
-                    slot: Bucket::slot(ALL_RINGS, numbers[0]),
-                    counts: first.counts,
-                }]);
+                self.buckets = Box::new([Bucket::new(ALL_RINGS, numbers[0], delta)]);
                 return;
             }
             _ => {}
         }
-        let mut buckets: Vec<Bucket> = if self.stands_for_all_rings() {
-            // One more for the bucket this event most likely adds.
-            let mut explicit = Vec::with_capacity(RINGS.len() + 1);
-            explicit.extend(self.explicit());
-            explicit
-        } else {
+        let mut buckets: Vec<Bucket> = match self.all_rings() {
+            // The three buckets, and room for the one this event most likely adds.
+            Some(one) => {
+                let mut explicit = Vec::with_capacity(RINGS.len() + 1);
+                explicit.extend_from_slice(&one.stands_for());
+                explicit
+            }
             // Taking the box as a vector and back reallocates only when a bucket came or
             // went.
-            std::mem::take(&mut self.buckets).into_vec()
+            None => std::mem::take(&mut self.buckets).into_vec(),
         };
-        if buckets.capacity() == 0 {
-            // A key's first event fills one bucket per ring.
-            buckets.reserve_exact(RINGS.len());
-        }
         add_to(&mut buckets, ts, delta);
         self.buckets = canonical(buckets);
     }
 
-    /// Whether the one bucket held stands for one of each ring ([`ALL_RINGS`]).
-    fn stands_for_all_rings(&self) -> bool {
-        matches!(&*self.buckets, [one] if one.ring() == ALL_RINGS)
-    }
-
-    /// Calls `f` with (ring, number, counts) of each bucket, in (ring, number) order, an
-    /// [`ALL_RINGS`] bucket as the three it stands for: [`Rolling::explicit`] for the
-    /// sums of every query, without an iterator's chain.
-    fn for_each_bucket(&self, mut f: impl FnMut(usize, i64, &Counts)) {
+    /// The one bucket held, if it stands for one of each ring ([`ALL_RINGS`]).
+    fn all_rings(&self) -> Option<&Bucket> {
         match &*self.buckets {
-            [one] if one.ring() == ALL_RINGS => {
-                for (ring, number) in containing(one.number()).into_iter().enumerate() {
-                    f(ring, number, &one.counts);
-                }
-            }
-            buckets => {
-                for b in buckets {
-                    f(b.ring(), b.number(), &b.counts);
-                }
-            }
+            [one] if one.ring() == ALL_RINGS => Some(one),
+            _ => None,
         }
     }
 
-    /// The buckets held, with an [`ALL_RINGS`] bucket as the three it stands for: sorted
-    /// by (ring, number).
-    fn explicit(&self) -> impl Iterator<Item = Bucket> + '_ {
-        let (all, stored) = if self.stands_for_all_rings() {
-            (Some(self.buckets[0]), &[][..])
-        } else {
-            (None, &self.buckets[..])
-        };
-        all.into_iter()
-            .flat_map(|one| {
-                containing(one.number())
-                    .into_iter()
-                    .enumerate()
-                    .map(move |(ring, number)| Bucket {
-                        slot: Bucket::slot(ring, number),
-                        counts: one.counts,
-                    })
-            })
-            .chain(stored.iter().copied())
+    /// Calls `f` with the buckets held, sorted by (ring, number), an [`ALL_RINGS`]
+    /// bucket as the three it stands for.
+    fn with_explicit<R>(&self, f: impl FnOnce(&[Bucket]) -> R) -> R {
+        match self.all_rings() {
+            Some(one) => f(&one.stands_for()),
+            None => f(&self.buckets),
+        }
     }
 
     /// Totals over each horizon as of `ts`.
@@ -390,10 +363,12 @@ impl Rolling {
             (number.saturating_sub(length), number)
         });
         let mut horizons = Horizons::default();
-        self.for_each_bucket(|ring, number, counts| {
-            let (after, upto) = reach[ring];
-            if number <= upto && number > after {
-                horizons[ring].add(counts);
+        self.with_explicit(|buckets| {
+            for b in buckets {
+                let (after, upto) = reach[b.ring()];
+                if b.number() <= upto && b.number() > after {
+                    horizons[b.ring()].add(&b.counts);
+                }
             }
         });
         horizons
@@ -412,13 +387,15 @@ impl Rolling {
             return (totals, ts, ts.saturating_add(1));
         }
         let (mut from, mut until) = (exact.start, exact.end);
-        self.for_each_bucket(|ring, number, _| {
-            let (width, length) = RINGS[ring];
-            for flip in [number * width, (number + length) * width] {
-                if flip <= ts {
-                    from = from.max(flip);
-                } else {
-                    until = until.min(flip);
+        self.with_explicit(|buckets| {
+            for b in buckets {
+                let (width, length) = RINGS[b.ring()];
+                for flip in [b.number() * width, (b.number() + length) * width] {
+                    if flip <= ts {
+                        from = from.max(flip);
+                    } else {
+                        until = until.min(flip);
+                    }
                 }
             }
         });
@@ -549,9 +526,26 @@ impl Bucket {
         (number * 4 + ring as i64) as i32
     }
 
-    /// Which ring (an index into [`RINGS`]).
+    /// Which ring (an index into [`RINGS`]), or [`ALL_RINGS`].
     fn ring(&self) -> usize {
         (self.slot & 3) as usize
+    }
+
+    /// An [`ALL_RINGS`] bucket of 10-minute bucket `number` with `counts`.
+    fn all_rings(number: i64, counts: Counts) -> Self {
+        Self {
+            slot: Self::slot(ALL_RINGS, number),
+            counts,
+        }
+    }
+
+    /// The three buckets an [`ALL_RINGS`] bucket stands for, one per ring.
+    fn stands_for(&self) -> [Bucket; 3] {
+        let numbers = containing(self.number());
+        std::array::from_fn(|ring| Self {
+            slot: Self::slot(ring, numbers[ring]),
+            counts: self.counts,
+        })
     }
 
     /// Bucket number: event time divided by the ring's bucket width.
@@ -687,7 +681,7 @@ mod tests {
                 let shared = matches!(&apart[..], [a, b, c]
                     if containing(a.number()) == [a.number(), b.number(), c.number()]
                         && a.counts.same_bits(&b.counts) && a.counts.same_bits(&c.counts));
-                proptest::prop_assert_eq!(rolling.stands_for_all_rings(), shared);
+                proptest::prop_assert_eq!(rolling.all_rings().is_some(), shared);
                 proptest::prop_assert_eq!(rolling.buckets.len(), if shared { 1 } else { apart.len() });
                 for probe in &probes {
                     let at = t + probe;
@@ -835,6 +829,35 @@ mod tests {
         }
     }
 
+    /// Guards equality across the two forms: three buckets that differ from one bucket
+    /// for all rings only in the sign of a zero spend (which only a checkpoint can hold:
+    /// counting adds to a positive zero) stay apart, and compare equal to it as before.
+    #[test]
+    fn three_buckets_apart_equal_the_one_bucket_they_match_but_for_the_sign_of_zero() {
+        #[derive(Serialize)]
+        struct Stored {
+            buckets: Vec<BucketFields>,
+        }
+        let read = |spends: [f32; 3]| -> Rolling {
+            let buckets = (0..3)
+                .map(|ring| BucketFields {
+                    ring: ring as u8,
+                    number: containing(2_942_000)[ring],
+                    counts: Counts {
+                        spend: spends[ring],
+                        ..clicks(1)
+                    },
+                })
+                .collect();
+            let bytes = rmp_serde::to_vec_named(&Stored { buckets }).expect("encode");
+            rmp_serde::from_slice(&bytes).expect("decode")
+        };
+        let (one, apart) = (read([0.0; 3]), read([0.0, -0.0, 0.0]));
+        assert_eq!((one.buckets.len(), apart.buckets.len()), (1, 3));
+        assert_eq!(one, apart);
+        assert_ne!(one, read([0.0, 1.0, 0.0]));
+    }
+
     #[test]
     fn a_key_seen_in_one_ten_minute_bucket_holds_one_bucket() {
         let t0 = 1_767_571_200_000;
@@ -863,7 +886,7 @@ mod tests {
         let kept_apart = Rolling {
             buckets: apart.into_boxed_slice(),
         };
-        assert!(!r.stands_for_all_rings());
+        assert!(r.all_rings().is_none());
         for at in [edge, edge + 100 * DAY, edge + 101 * DAY] {
             assert_eq!(r.totals(at), kept_apart.totals(at), "at {at}");
         }

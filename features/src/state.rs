@@ -920,6 +920,46 @@ mod tests {
         ttl_ms: 8 * 86_400_000,
     };
 
+    /// Guards the checkpoint format of a user's state: its last event time held in 8
+    /// bytes and its scores in a boxed slice write the bytes of the `Option` and the
+    /// `Vec` they replaced (MessagePack named and compact, JSON), and read them back.
+    #[test]
+    fn a_users_state_serialises_as_before_its_fields_were_compacted() {
+        #[derive(Serialize)]
+        struct Before {
+            rolling: Rolling,
+            last_ts: Option<Millis>,
+            categories: Vec<CategoryScore>,
+            categories_ts: Millis,
+        }
+        let t0 = 1_767_571_200_000;
+        let mut user = UserState::default();
+        user.rolling.add(t0, Counts::default());
+        for (n, category) in ["shoes", "hats", "shoes"].into_iter().enumerate() {
+            user.count_category(&category.into(), t0 + n as Millis * 1_000, n == 1);
+        }
+        for last_ts in [None, Some(t0 + 5_000)] {
+            user.last_ts = last_ts.into();
+            let before = Before {
+                rolling: user.rolling.clone(),
+                last_ts,
+                categories: user.categories.to_vec(),
+                categories_ts: user.categories_ts,
+            };
+            let named = rmp_serde::to_vec_named(&before).expect("encode");
+            assert_eq!(rmp_serde::to_vec_named(&user).expect("encode"), named);
+            assert_eq!(
+                rmp_serde::to_vec(&user).expect("encode"),
+                rmp_serde::to_vec(&before).expect("encode")
+            );
+            let json = serde_json::to_string(&before).expect("json");
+            assert_eq!(serde_json::to_string(&user).expect("json"), json);
+            let back: UserState = rmp_serde::from_slice(&named).expect("decode");
+            assert_eq!(back, user);
+            assert_eq!(back.last_ts.get(), last_ts);
+        }
+    }
+
     #[test]
     fn state_round_trips_through_json() {
         let limits = LIMITS;
