@@ -43,64 +43,34 @@ pub(crate) struct HeldFeatures {
     day_of_week: u8,
 }
 
-/// What [`HeldFeatures::new`] takes: the features with the item's category as the
-/// inventory's shared name.
-pub(crate) struct FeatureValues {
-    pub(crate) scenario: Scenario,
-    pub(crate) device: Option<String>,
-    pub(crate) position: Option<u32>,
-    pub(crate) price: Option<f64>,
-    pub(crate) hour_of_day: u8,
-    pub(crate) day_of_week: u8,
-    pub(crate) user: Horizons,
-    pub(crate) user_recency_secs: Option<f64>,
-    pub(crate) user_category_affinity: f64,
-    pub(crate) user_category_exposure: f64,
-    pub(crate) item: Horizons,
-    pub(crate) item_category: Option<Category>,
-    pub(crate) item_price: Option<f64>,
-    pub(crate) item_on_hand: Option<i64>,
-}
-
 impl HeldFeatures {
-    pub(crate) fn new(v: FeatureValues) -> Self {
+    /// `features`, with the item's category as the inventory's shared name `category`
+    /// (`features.item_category` is not read).
+    pub(crate) fn new(features: Features, category: Option<Category>) -> Self {
+        let f = features;
         Self {
-            user: CompactHorizons::of(&v.user),
-            item: CompactHorizons::of(&v.item),
-            device: v.device.map(String::into_boxed_str),
-            price: v.price.into(),
-            user_recency_secs: v.user_recency_secs.into(),
-            user_category_affinity: v.user_category_affinity,
-            user_category_exposure: v.user_category_exposure,
-            item_category: v.item_category,
-            item_price: v.item_price.into(),
-            item_on_hand: v.item_on_hand.into(),
-            position: v.position,
-            scenario: v.scenario,
-            hour_of_day: v.hour_of_day,
-            day_of_week: v.day_of_week,
+            user: CompactHorizons::of(&f.user),
+            item: CompactHorizons::of(&f.item),
+            device: f.device.map(String::into_boxed_str),
+            price: f.price.into(),
+            user_recency_secs: f.user_recency_secs.into(),
+            user_category_affinity: f.user_category_affinity,
+            user_category_exposure: f.user_category_exposure,
+            item_category: category,
+            item_price: f.item_price.into(),
+            item_on_hand: f.item_on_hand.into(),
+            position: f.position,
+            scenario: f.scenario,
+            hour_of_day: f.hour_of_day,
+            day_of_week: f.day_of_week,
         }
     }
 
     /// The features of an example read back from a checkpoint (its category a copy of its
     /// own, as a user's category scores read back are).
-    fn of(f: Features) -> Self {
-        Self::new(FeatureValues {
-            scenario: f.scenario,
-            device: f.device,
-            position: f.position,
-            price: f.price,
-            hour_of_day: f.hour_of_day,
-            day_of_week: f.day_of_week,
-            user: f.user,
-            user_recency_secs: f.user_recency_secs,
-            user_category_affinity: f.user_category_affinity,
-            user_category_exposure: f.user_category_exposure,
-            item: f.item,
-            item_category: f.item_category.map(Category::from),
-            item_price: f.item_price,
-            item_on_hand: f.item_on_hand,
-        })
+    fn of(mut features: Features) -> Self {
+        let category = features.item_category.take().map(Category::from);
+        Self::new(features, category)
     }
 
     /// The features as an example carries them.

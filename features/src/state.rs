@@ -35,8 +35,7 @@ use crate::example::{Example, Features, Labels};
 use crate::inventory::{Inventory, InventoryRow};
 use crate::niche::OptI64;
 use crate::pending::{
-    FeatureValues, HeldFeatures, Pending, PendingKey, PendingQueue, SessionIndex, SessionKeys,
-    session_hash,
+    HeldFeatures, Pending, PendingKey, PendingQueue, SessionIndex, SessionKeys, session_hash,
 };
 use crate::rolling::{Counts, Rolling};
 
@@ -341,7 +340,7 @@ impl FeatureState {
         let inventory = Self::inventory_row(&self.inventory, base, item_id);
         let category = inventory.and_then(|i| i.category.as_ref());
         let at = chrono::DateTime::from_timestamp_millis(click.ts).unwrap_or_default();
-        HeldFeatures::new(FeatureValues {
+        let features = Features {
             scenario: click.scenario,
             device: click.device.clone(),
             position: click.position,
@@ -361,10 +360,12 @@ impl FeatureState {
                 _ => 0.0,
             },
             item: item.map(|i| i.rolling.totals(click.ts)).unwrap_or_default(),
-            item_category: category.cloned(),
+            // The shared name, below: no copy of it.
+            item_category: None,
             item_price: inventory.and_then(|i| i.price.get()),
             item_on_hand: inventory.and_then(|i| i.on_hand.get()),
-        })
+        };
+        HeldFeatures::new(features, category.cloned())
     }
 
     /// Applies a group of events that share one timestamp, each with the partition it
