@@ -381,10 +381,12 @@ impl PartialEq for SessionIndex {
 impl SessionIndex {
     /// Files the impression `key` under `hash`.
     pub(crate) fn insert(&mut self, hash: u64, key: PendingKey) {
-        match self.keys.get_mut(&hash) {
-            Some(keys) => keys.push(key),
-            None => {
-                self.keys.insert(hash, SessionKeys::One(key));
+        use std::collections::hash_map::Entry;
+        // One lookup: nearly every impression files a hash of its own.
+        match self.keys.entry(hash) {
+            Entry::Occupied(mut keys) => keys.get_mut().push(key),
+            Entry::Vacant(slot) => {
+                slot.insert(SessionKeys::One(key));
             }
         }
     }

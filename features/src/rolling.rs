@@ -200,25 +200,17 @@ impl TryFrom<RollingFields> for Rolling {
     }
 }
 
+/// The serialised shape of a [`Rolling`], borrowed: every ring's buckets, an
+/// [`ALL_RINGS`] bucket as the three it stands for (a slice, so its length is known
+/// before its buckets are written).
+#[derive(Serialize)]
+struct RollingView<'a> {
+    buckets: &'a [Bucket],
+}
+
 impl Serialize for Rolling {
-    /// As the derived form wrote it: `{ buckets: [every ring's buckets] }`.
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-
-        /// The buckets that the stored ones stand for.
-        struct Explicit<'a>(&'a Rolling);
-
-        impl Serialize for Explicit<'_> {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                // A slice: its length is known before its buckets are written.
-                self.0
-                    .with_explicit(|buckets| serializer.collect_seq(buckets))
-            }
-        }
-
-        let mut fields = serializer.serialize_struct("Rolling", 1)?;
-        fields.serialize_field("buckets", &Explicit(self))?;
-        fields.end()
+        self.with_explicit(|buckets| RollingView { buckets }.serialize(serializer))
     }
 }
 
@@ -322,7 +314,7 @@ impl Rolling {
             }
             _ => {}
         }
-        let mut buckets: Vec<Bucket> = match self.all_rings() {
+        let mut buckets: Vec<Bucket> = match self.all_rings_bucket() {
             // The three buckets, and room for the one this event most likely adds.
             Some(one) => {
                 let mut explicit = Vec::with_capacity(RINGS.len() + 1);
@@ -333,12 +325,12 @@ impl Rolling {
             // went.
             None => std::mem::take(&mut self.buckets).into_vec(),
         };
-        add_to(&mut buckets, ts, delta);
+        add_to(&mut buckets, numbers, delta);
         self.buckets = canonical(buckets);
     }
 
     /// The one bucket held, if it stands for one of each ring ([`ALL_RINGS`]).
-    fn all_rings(&self) -> Option<&Bucket> {
+    fn all_rings_bucket(&self) -> Option<&Bucket> {
         match &*self.buckets {
             [one] if one.ring() == ALL_RINGS => Some(one),
             _ => None,
@@ -348,7 +340,7 @@ impl Rolling {
     /// Calls `f` with the buckets held, sorted by (ring, number), an [`ALL_RINGS`]
     /// bucket as the three it stands for.
     fn with_explicit<R>(&self, f: impl FnOnce(&[Bucket]) -> R) -> R {
-        match self.all_rings() {
+        match self.all_rings_bucket() {
             Some(one) => f(&one.stands_for()),
             None => f(&self.buckets),
         }
@@ -408,12 +400,12 @@ impl Rolling {
     }
 }
 
-/// [`Rolling::add`] on the buckets as a vector.
-fn add_to(buckets: &mut Vec<Bucket>, ts: Millis, delta: Counts) {
+/// [`Rolling::add`] on the buckets as a vector, of an event in the ring buckets `numbers`
+/// ([`numbers_at`] its time).
+fn add_to(buckets: &mut Vec<Bucket>, numbers: [i64; 3], delta: Counts) {
     // The rings lie one after the other: each starts where the one before ended.
     let mut from = 0;
-    for (ring, &(width, length)) in RINGS.iter().enumerate() {
-        let number = bucket_number(ts, width);
+    for (ring, (&(_, length), number)) in RINGS.iter().zip(numbers).enumerate() {
         let to = from + buckets[from..].partition_point(|b| b.ring() == ring);
         let len = buckets.len();
         match buckets[from..to].last().map(Bucket::number) {
@@ -676,12 +668,12 @@ mod tests {
                 t += step;
                 let delta = Counts { impressions: n, clicks: n / 2, spend: [0.0, 1.5, -0.0][spend], ..Counts::default() };
                 rolling.add(t, delta);
-                add_to(&mut apart, t, delta);
+                add_to(&mut apart, numbers_at(t), delta);
                 let kept_apart = Rolling { buckets: apart.clone().into_boxed_slice() };
                 let shared = matches!(&apart[..], [a, b, c]
                     if containing(a.number()) == [a.number(), b.number(), c.number()]
                         && a.counts.same_bits(&b.counts) && a.counts.same_bits(&c.counts));
-                proptest::prop_assert_eq!(rolling.all_rings().is_some(), shared);
+                proptest::prop_assert_eq!(rolling.all_rings_bucket().is_some(), shared);
                 proptest::prop_assert_eq!(rolling.buckets.len(), if shared { 1 } else { apart.len() });
                 for probe in &probes {
                     let at = t + probe;
@@ -881,12 +873,12 @@ mod tests {
         let (mut r, mut apart) = (Rolling::default(), Vec::new());
         for ts in [edge, edge + 100 * DAY] {
             r.add(ts, clicks(1));
-            add_to(&mut apart, ts, clicks(1));
+            add_to(&mut apart, numbers_at(ts), clicks(1));
         }
         let kept_apart = Rolling {
             buckets: apart.into_boxed_slice(),
         };
-        assert!(r.all_rings().is_none());
+        assert!(r.all_rings_bucket().is_none());
         for at in [edge, edge + 100 * DAY, edge + 101 * DAY] {
             assert_eq!(r.totals(at), kept_apart.totals(at), "at {at}");
         }

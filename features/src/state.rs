@@ -323,7 +323,9 @@ impl FeatureState {
         partition: i32,
         click: &ClickEvent,
     ) -> Features {
-        self.held_features_of(base, partition, click).features()
+        let (mut features, category) = self.features_and_category(base, partition, click);
+        features.item_category = category.map(|c| c.to_string());
+        features
     }
 
     /// [`FeatureState::features_of`], in the form the label buffer holds.
@@ -333,6 +335,18 @@ impl FeatureState {
         partition: i32,
         click: &ClickEvent,
     ) -> HeldFeatures {
+        let (features, category) = self.features_and_category(base, partition, click);
+        HeldFeatures::new(features, category.cloned())
+    }
+
+    /// The features of `click` without their `item_category`, and the inventory's shared
+    /// name of it: serving copies the name into the features, the label buffer keeps it.
+    fn features_and_category<'a>(
+        &'a self,
+        base: Option<&'a FeatureState>,
+        partition: i32,
+        click: &ClickEvent,
+    ) -> (Features, Option<&'a Category>) {
         let item_id = click.item_id.as_deref().unwrap_or_default();
         let state = self.partitions.get(&partition);
         let user = state.and_then(|s| s.users.get(click.user_id.as_str()));
@@ -360,12 +374,11 @@ impl FeatureState {
                 _ => 0.0,
             },
             item: item.map(|i| i.rolling.totals(click.ts)).unwrap_or_default(),
-            // The shared name, below: no copy of it.
             item_category: None,
             item_price: inventory.and_then(|i| i.price.get()),
             item_on_hand: inventory.and_then(|i| i.on_hand.get()),
         };
-        HeldFeatures::new(features, category.cloned())
+        (features, category)
     }
 
     /// Applies a group of events that share one timestamp, each with the partition it
