@@ -12,12 +12,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 // FxHash: fast, and deterministic across runs (the table serialises in its order).
-use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use rustc_hash::FxHashSet as HashSet;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use shopstream_ingest::event::{InventoryEvent, InventoryKind, Millis};
 
 use crate::category::Category;
+use crate::id_map::{IdMap, IdText};
 use crate::niche::{OptF64, OptI64};
 use crate::rolling::{CachedRolling, Counts};
 use crate::state::DemandFeatures;
@@ -140,7 +141,7 @@ impl InventoryRow {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Inventory {
     /// Each item's slot in `rows`.
-    slots: HashMap<Box<str>, usize>,
+    slots: IdMap<usize>,
     /// The rows, in the order their items were first seen.
     rows: Vec<InventoryRow>,
     /// Derived from the rows.
@@ -171,10 +172,10 @@ impl Inventory {
     }
 
     /// Items and their rows, in the order the table serialises in.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &InventoryRow)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (IdText<'_>, &InventoryRow)> {
         self.slots
             .iter()
-            .map(|(item, &slot)| (&**item, &self.rows[slot]))
+            .map(|(item, &slot)| (item, &self.rows[slot]))
     }
 
     /// A copy of what features join (on hand, price, category), without sales: the
@@ -206,8 +207,7 @@ impl Inventory {
         if !self.slots.contains_key(e.item_id.as_str())
             && let Some(row) = base.get(&e.item_id)
         {
-            self.slots
-                .insert(e.item_id.as_str().into(), self.rows.len());
+            self.slots.insert(&e.item_id, self.rows.len());
             self.rows.push(InventoryRow {
                 on_hand: row.on_hand,
                 price: row.price,
@@ -230,7 +230,7 @@ impl Inventory {
             None => {
                 // The id is copied once, when the item is first seen.
                 let slot = self.rows.len();
-                self.slots.insert(e.item_id.as_str().into(), slot);
+                self.slots.insert(&e.item_id, slot);
                 self.rows.push(InventoryRow::default());
                 slot
             }
@@ -317,12 +317,12 @@ impl Inventory {
     /// (see [`Category::shared_bytes`]).
     pub(crate) fn approx_bytes(&self) -> usize {
         use std::mem::size_of;
+        let slots = self.slots.approx_bytes(|_| 0);
         let rows: usize = self
+            .rows
             .iter()
-            .map(|(item, row)| {
-                item.len()
-                    + size_of::<(Box<str>, usize)>()
-                    + size_of::<InventoryRow>()
+            .map(|row| {
+                size_of::<InventoryRow>()
                     + row.category.as_ref().map_or(0, Category::shared_bytes)
                     + row
                         .sales
@@ -343,19 +343,23 @@ impl Inventory {
             .keys()
             .map(|id| id.len() + 2 * size_of::<usize>() + size_of::<(Arc<str>, usize)>())
             .sum();
-        rows + categories + index + self.sold.window.capacity() * size_of::<(Arc<str>, usize)>()
+        slots
+            + rows
+            + categories
+            + index
+            + self.sold.window.capacity() * size_of::<(Arc<str>, usize)>()
     }
 
     /// Lists the items with a sale in `sold.ids` and those with units in the window in
     /// `sold.window` (after the rows were read back).
     fn index_sales(&mut self) {
         let mut sold = SoldIndex::default();
-        for (item, &slot) in &self.slots {
+        for (item, &slot) in self.slots.iter() {
             let Some(sales) = &self.rows[slot].sales else {
                 continue;
             };
             if sales.last.get().is_some() || sales.window_units != 0 {
-                let id: Arc<str> = (**item).into();
+                let id: Arc<str> = (*item).into();
                 if sales.window_units != 0 {
                     sold.window.push((Arc::clone(&id), slot));
                 }
@@ -413,7 +417,7 @@ impl PartialEq for Inventory {
     /// Equal when they hold the same rows by id (slots and the index are derived).
     fn eq(&self, other: &Self) -> bool {
         self.rows.len() == other.rows.len()
-            && self.iter().all(|(item, row)| other.get(item) == Some(row))
+            && self.iter().all(|(item, row)| other.get(&item) == Some(row))
     }
 }
 
@@ -441,7 +445,7 @@ impl<'de> Deserialize<'de> for Inventory {
                         // A repeated id keeps its last row, as a map would.
                         Some(&slot) => inventory.rows[slot] = row,
                         None => {
-                            inventory.slots.insert(item.into(), inventory.rows.len());
+                            inventory.slots.insert(&item, inventory.rows.len());
                             inventory.rows.push(row);
                         }
                     }
@@ -458,6 +462,8 @@ impl<'de> Deserialize<'de> for Inventory {
 
 #[cfg(test)]
 mod tests {
+    use rustc_hash::FxHashMap as HashMap;
+
     use super::*;
 
     fn event(item: &str, kind: InventoryKind, ts: Millis, delta: i64) -> InventoryEvent {
@@ -564,10 +570,9 @@ mod tests {
             as_map.insert(item.to_string(), inventory.get(item).expect("seen").clone());
         }
         let bytes = rmp_serde::to_vec_named(&inventory).expect("serialise");
-        assert_eq!(
-            bytes,
-            rmp_serde::to_vec_named(&as_map).expect("serialise the map")
-        );
+        let read_as_map: HashMap<String, InventoryRow> =
+            rmp_serde::from_slice(&bytes).expect("read as the map");
+        assert_eq!(read_as_map, as_map);
         let back: Inventory = rmp_serde::from_slice(&bytes).expect("read back");
         assert_eq!(back, inventory);
         assert_eq!(back.sold.ids.len(), 3);

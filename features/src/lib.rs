@@ -26,6 +26,7 @@ mod coordinator;
 mod example;
 mod example_read;
 mod follower;
+mod id_map;
 mod inventory;
 mod merge_queue;
 mod niche;

@@ -32,6 +32,7 @@ use shopstream_ingest::event::{ClickEvent, ClickKind, Event, Millis, OrderEvent,
 
 use crate::category::Category;
 use crate::example::{Example, Features, Labels};
+use crate::id_map::IdMap;
 use crate::inventory::{Inventory, InventoryRow};
 use crate::niche::OptI64;
 use crate::pending::{
@@ -164,8 +165,8 @@ struct ItemState {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct PartitionState {
-    users: HashMap<Box<str>, UserState>,
-    items: HashMap<Box<str>, ItemState>,
+    users: IdMap<UserState>,
+    items: IdMap<ItemState>,
     /// Impressions waiting for labels, in key order.
     pending: PendingQueue,
     /// The pending impressions by user, item and session, for the click join (derived
@@ -555,7 +556,7 @@ impl FeatureState {
                 + partition.pending.len()
                 + partition.session_index().keys.len()
                 + partition.clicks.len();
-            partition.users.retain(|user, _| !users.contains(&**user));
+            partition.users.retain_ids(|user, _| !users.contains(user));
             partition
                 .pending
                 .0
@@ -603,24 +604,14 @@ impl FeatureState {
         use std::mem::size_of;
         let mut bytes = StateBytes::default();
         for s in self.partitions.values() {
-            bytes.users += s
-                .users
-                .iter()
-                .map(|(k, u)| {
-                    k.len()
-                        + size_of::<(Box<str>, UserState)>()
-                        + u.rolling.heap_bytes()
-                        + u.categories
-                            .iter()
-                            .map(|c| size_of::<CategoryScore>() + c.category.shared_bytes())
-                            .sum::<usize>()
-                })
-                .sum::<usize>();
-            bytes.items += s
-                .items
-                .iter()
-                .map(|(k, i)| k.len() + size_of::<(Box<str>, ItemState)>() + i.rolling.heap_bytes())
-                .sum::<usize>();
+            bytes.users += s.users.approx_bytes(|u| {
+                u.rolling.heap_bytes()
+                    + u.categories
+                        .iter()
+                        .map(|c| size_of::<CategoryScore>() + c.category.shared_bytes())
+                        .sum::<usize>()
+            });
+            bytes.items += s.items.approx_bytes(|i| i.rolling.heap_bytes());
             bytes.joins += s
                 .clicks
                 .iter()
@@ -758,17 +749,11 @@ impl PartitionState {
     }
 
     fn user(&mut self, user_id: &str) -> &mut UserState {
-        if !self.users.contains_key(user_id) {
-            self.users.insert(user_id.into(), UserState::default());
-        }
-        self.users.get_mut(user_id).expect("inserted above")
+        self.users.get_or_default(user_id)
     }
 
     fn item(&mut self, item_id: &str) -> &mut ItemState {
-        if !self.items.contains_key(item_id) {
-            self.items.insert(item_id.into(), ItemState::default());
-        }
-        self.items.get_mut(item_id).expect("inserted above")
+        self.items.get_or_default(item_id)
     }
 
     fn count(&mut self, user_id: &str, item_id: Option<&str>, ts: Millis, delta: Counts) {
@@ -909,8 +894,8 @@ impl PartitionState {
         self.last_sweep = now;
         let ttl_cutoff = now - limits.ttl_ms;
         self.users
-            .retain(|_, u| u.last_ts.get().is_some_and(|t| t >= ttl_cutoff));
-        self.items.retain(|_, i| i.last_ts >= ttl_cutoff);
+            .retain(|u| u.last_ts.get().is_some_and(|t| t >= ttl_cutoff));
+        self.items.retain(|i| i.last_ts >= ttl_cutoff);
         let click_cutoff = now - limits.attribution_ms;
         self.clicks.retain(|_, clicks| {
             clicks.retain(|(ts, _)| *ts >= click_cutoff);
@@ -1351,15 +1336,16 @@ mod tests {
     /// The demand snapshot and window units as they were computed before the sold-items
     /// index: a scan of the whole inventory, sorted by id.
     fn demand_by_scan(state: &FeatureState, at: Millis) -> Vec<DemandFeatures> {
-        let mut sold: Vec<(&str, &InventoryRow)> = state
+        let mut sold: Vec<(String, &InventoryRow)> = state
             .inventory
             .iter()
             .filter(|(_, r)| r.last_sale().is_some_and(|t| at - t <= DEMAND_LOOKBACK_MS))
+            .map(|(item, r)| (item.to_string(), r))
             .collect();
-        sold.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        sold.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         sold.into_iter()
             // A copy of the row: the scan leaves the state's cached totals as they were.
-            .map(|(item, r)| r.clone().demand_features(item.into(), at))
+            .map(|(item, r)| r.clone().demand_features(item.as_str().into(), at))
             .collect()
     }
 
