@@ -291,7 +291,8 @@ pub struct PipelineConfig {
     /// window have passed after the impression.
     pub attribution_window_secs: u64,
     /// Users and items without any event for this long are forgotten, in seconds (at least
-    /// the 7-day horizon of the longest rolling features).
+    /// the 7-day horizon of the longest rolling features). Checked once per hour of event
+    /// time; an item counts from the end of its last event's 10-minute bucket.
     pub feature_ttl_secs: u64,
     /// Messages larger than this are dead-lettered as `too_large`, in bytes.
     pub max_message_bytes: usize,

@@ -394,6 +394,25 @@ impl Rolling {
         (totals, from, until)
     }
 
+    /// The latest time the newest event added may have had: the last millisecond of its
+    /// bucket in each ring (a ring keeps its newest bucket, and every event counts in
+    /// every ring), the earliest of the three; the 10-minute ring's unless a checkpoint
+    /// held no bucket of it. `None` if no bucket is held.
+    pub fn latest_possible(&self) -> Option<Millis> {
+        self.with_explicit(|buckets| {
+            let mut latest = None;
+            for (ring, &(width, _)) in RINGS.iter().enumerate() {
+                // Sorted by (ring, number): the ring's newest is its last.
+                let newest = buckets.iter().rfind(|b| b.ring() == ring);
+                if let Some(b) = newest {
+                    let end = (b.number() + 1) * width - 1;
+                    latest = Some(latest.map_or(end, |l: Millis| l.min(end)));
+                }
+            }
+            latest
+        })
+    }
+
     /// Bytes on the heap (the buckets).
     pub fn heap_bytes(&self) -> usize {
         self.buckets.len() * std::mem::size_of::<Bucket>()

@@ -157,10 +157,44 @@ struct CategoryScore {
     shown: f32,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// An item's counters in one partition. When it was last seen is not kept: its newest
+/// 10-minute bucket says so closely enough for the TTL (8 bytes less per entry).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(from = "ItemFields")]
 struct ItemState {
     rolling: Rolling,
+}
+
+/// The serialised shape of an [`ItemState`], as read back (`last_ts` is not needed).
+#[derive(Deserialize)]
+struct ItemFields {
+    rolling: Rolling,
+    #[serde(default, rename = "last_ts")]
+    _last_ts: Millis,
+}
+
+impl From<ItemFields> for ItemState {
+    fn from(f: ItemFields) -> Self {
+        Self { rolling: f.rolling }
+    }
+}
+
+/// The serialised shape of an [`ItemState`]: `last_ts`, read by builds that kept it, is
+/// the latest time its newest event may have had ([`Rolling::latest_possible`]).
+#[derive(Serialize)]
+struct ItemView<'a> {
+    rolling: &'a Rolling,
     last_ts: Millis,
+}
+
+impl Serialize for ItemState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        ItemView {
+            rolling: &self.rolling,
+            last_ts: self.rolling.latest_possible().unwrap_or(Millis::MIN),
+        }
+        .serialize(serializer)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -761,9 +795,7 @@ impl PartitionState {
         user.rolling.add(ts, delta);
         user.last_ts = Some(ts).into();
         if let Some(item_id) = item_id {
-            let item = self.item(item_id);
-            item.rolling.add(ts, delta);
-            item.last_ts = ts;
+            self.item(item_id).rolling.add(ts, delta);
         }
     }
 
@@ -895,7 +927,10 @@ impl PartitionState {
         let ttl_cutoff = now - limits.ttl_ms;
         self.users
             .retain(|u| u.last_ts.get().is_some_and(|t| t >= ttl_cutoff));
-        self.items.retain(|i| i.last_ts >= ttl_cutoff);
+        // An item's last event is known to its 10-minute bucket: it stays until the TTL has
+        // passed since the bucket's end, at most 10 minutes longer than since the event.
+        self.items
+            .retain(|i| i.rolling.latest_possible().is_some_and(|t| t >= ttl_cutoff));
         let click_cutoff = now - limits.attribution_ms;
         self.clicks.retain(|_, clicks| {
             clicks.retain(|(ts, _)| *ts >= click_cutoff);
@@ -956,6 +991,67 @@ mod tests {
             let back: UserState = rmp_serde::from_slice(&named).expect("decode");
             assert_eq!(back, user);
             assert_eq!(back.last_ts.get(), last_ts);
+        }
+    }
+
+    /// Guards the TTL of items, whose last event time is no longer kept: an item is
+    /// forgotten once the TTL has passed since the end of its newest event's 10-minute
+    /// bucket, and not before.
+    #[test]
+    fn an_item_is_forgotten_a_ttl_after_the_ten_minutes_of_its_last_event() {
+        let t0: Millis = 1_767_571_200_000; // on a 10-minute boundary
+        let mut partition = PartitionState::default();
+        let seen = |p: &PartitionState| p.items.contains_key("sku1");
+        for ts in [t0 - 3_600_000, t0 + 120_000, t0 + 60_000] {
+            partition.count("u1", Some("sku1"), ts, Counts::default());
+        }
+        let bucket_end = t0 + 600_000 - 1;
+        assert_eq!(
+            partition
+                .items
+                .get("sku1")
+                .map(|i| i.rolling.latest_possible()),
+            Some(Some(bucket_end))
+        );
+        let mut kept = partition.clone();
+        kept.sweep(bucket_end + LIMITS.ttl_ms, LIMITS);
+        assert!(seen(&kept), "the TTL since the bucket's end has not passed");
+        let mut forgotten = partition.clone();
+        forgotten.sweep(bucket_end + 1 + LIMITS.ttl_ms, LIMITS);
+        assert!(!seen(&forgotten));
+    }
+
+    /// Guards the checkpoint format of an item's state: it writes the `last_ts` field it
+    /// no longer holds (the latest time its newest event may have had), and reads states
+    /// written with the exact time.
+    #[test]
+    fn an_items_state_serialises_as_before_its_last_time_was_derived() {
+        #[derive(Serialize)]
+        struct Before {
+            rolling: Rolling,
+            last_ts: Millis,
+        }
+        let t0: Millis = 1_767_571_200_000;
+        let mut item = ItemState::default();
+        item.rolling.add(t0 + 5_000, Counts::default());
+        let before = Before {
+            rolling: item.rolling.clone(),
+            last_ts: t0 + 599_999,
+        };
+        let named = rmp_serde::to_vec_named(&before).expect("encode");
+        assert_eq!(rmp_serde::to_vec_named(&item).expect("encode"), named);
+        let compact = rmp_serde::to_vec(&before).expect("encode");
+        assert_eq!(rmp_serde::to_vec(&item).expect("encode"), compact);
+        let exact = Before {
+            last_ts: t0 + 5_000,
+            ..before
+        };
+        for bytes in [
+            rmp_serde::to_vec_named(&exact).expect("encode"),
+            rmp_serde::to_vec(&exact).expect("encode"),
+        ] {
+            let back: ItemState = rmp_serde::from_slice(&bytes).expect("decode");
+            assert_eq!(back, item);
         }
     }
 
