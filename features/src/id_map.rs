@@ -252,6 +252,14 @@ impl<V> IdMap<V> {
         }
     }
 
+    /// Removes the value of `id`, returning it.
+    pub(crate) fn remove(&mut self, id: &str) -> Option<V> {
+        match pack(id) {
+            Some(key) => self.packed.remove(&key),
+            None => self.text.remove(id),
+        }
+    }
+
     /// Ids with a value.
     pub(crate) fn len(&self) -> usize {
         self.packed.len() + self.text.len()

@@ -208,9 +208,9 @@ struct PartitionState {
     #[serde(skip)]
     by_session: SessionIndex,
     /// user \x1f item -> recent clicks (time, the impression they labelled).
-    clicks: HashMap<String, Vec<(Millis, Option<PendingKey>)>>,
+    clicks: HashMap<String, Clicks>,
     /// order id -> (order time, impressions it was attributed to), for cancellations.
-    orders: HashMap<String, (Millis, Vec<PendingKey>)>,
+    orders: IdMap<(Millis, Box<[PendingKey]>)>,
     seq: u64,
     last_sweep: Millis,
 }
@@ -236,21 +236,41 @@ fn with_join_key<R>(parts: &[&str], f: impl FnOnce(&str) -> R) -> R {
     })
 }
 
-/// Appends `value` to the list of the join key of `parts` in `map`; the key is
-/// allocated only when it is new. Returns the list.
-fn push_keyed<'m, V>(
-    map: &'m mut HashMap<String, Vec<V>>,
+/// A user's recent clicks on an item: (time, the impression they labelled). A boxed slice
+/// of exactly the clicks kept: most keys hold one, for which a `Vec` would hold room for
+/// four.
+type Clicks = Box<[(Millis, Option<PendingKey>)]>;
+
+/// Appends `value` to the list of the join key of `parts` in `map`, then keeps the values
+/// for which `keep` holds; the key is allocated only when it is new.
+fn push_keyed<V>(
+    map: &mut HashMap<String, Box<[V]>>,
     parts: &[&str],
     value: V,
-) -> &'m mut Vec<V> {
-    with_join_key(parts, move |key| {
-        if !map.contains_key(key) {
-            map.insert(key.to_string(), Vec::new());
+    mut keep: impl FnMut(&V) -> bool,
+) {
+    with_join_key(parts, move |key| match map.get_mut(key) {
+        Some(list) => {
+            let mut values = std::mem::take(list).into_vec();
+            values.push(value);
+            values.retain(keep);
+            *list = values.into_boxed_slice();
         }
-        let list = map.get_mut(key).expect("inserted above");
-        list.push(value);
-        list
+        None => {
+            if keep(&value) {
+                map.insert(key.to_string(), Box::new([value]));
+            }
+        }
     })
+}
+
+/// Keeps the values of `list` for which `keep` holds, reallocating only if one goes.
+fn retain_boxed<V>(list: &mut Box<[V]>, mut keep: impl FnMut(&V) -> bool) {
+    if !list.iter().all(&mut keep) {
+        let mut values = std::mem::take(list).into_vec();
+        values.retain(keep);
+        *list = values.into_boxed_slice();
+    }
 }
 
 /// Everything the features of the next event may depend on.
@@ -649,15 +669,9 @@ impl FeatureState {
             bytes.joins += s
                 .clicks
                 .iter()
-                .map(|(k, v)| k.len() + size_of::<String>() + v.len() * 32)
+                .map(|(k, v)| k.len() + size_of::<(String, Clicks)>() + size_of_val(&**v))
                 .sum::<usize>();
-            bytes.joins += s
-                .orders
-                .iter()
-                .map(|(k, v)| {
-                    k.len() + size_of::<(String, (Millis, Vec<PendingKey>))>() + v.1.len() * 16
-                })
-                .sum::<usize>();
+            bytes.joins += s.orders.approx_bytes(|(_, keys)| size_of_val(&**keys));
             bytes.pending += s.pending.values().map(Pending::approx_bytes).sum::<usize>();
             bytes.pending += s
                 .by_session
@@ -855,8 +869,12 @@ impl PartitionState {
             pending.labels.clicked = true;
         }
         // The new click is kept by the retain (it is 0 ms old), after the older ones.
-        push_keyed(&mut self.clicks, &[&c.user_id, item_id], (c.ts, target))
-            .retain(|(ts, _)| c.ts - *ts <= limits.attribution_ms);
+        push_keyed(
+            &mut self.clicks,
+            &[&c.user_id, item_id],
+            (c.ts, target),
+            |(ts, _)| c.ts - *ts <= limits.attribution_ms,
+        );
     }
 
     fn apply_order(&mut self, o: &OrderEvent, limits: StateLimits) {
@@ -896,7 +914,8 @@ impl PartitionState {
                         attributed.push(key);
                     }
                 }
-                self.orders.insert(o.order_id.clone(), (o.ts, attributed));
+                self.orders
+                    .insert(&o.order_id, (o.ts, attributed.into_boxed_slice()));
             }
             OrderStatus::Cancelled => {
                 if let Some((_, keys)) = self.orders.remove(&o.order_id) {
@@ -933,11 +952,11 @@ impl PartitionState {
             .retain(|i| i.rolling.latest_possible().is_some_and(|t| t >= ttl_cutoff));
         let click_cutoff = now - limits.attribution_ms;
         self.clicks.retain(|_, clicks| {
-            clicks.retain(|(ts, _)| *ts >= click_cutoff);
+            retain_boxed(clicks, |(ts, _)| *ts >= click_cutoff);
             !clicks.is_empty()
         });
         let order_cutoff = now - limits.click_window_ms - 2 * limits.attribution_ms;
-        self.orders.retain(|_, (ts, _)| *ts >= order_cutoff);
+        self.orders.retain(|(ts, _)| *ts >= order_cutoff);
     }
 }
 
