@@ -84,8 +84,8 @@ const DAY: Millis = 86_400_000;
 const RINGS: [(Millis, i64); 3] = [(TEN_MINUTES, 6), (HOUR, 24), (DAY, 7)];
 
 /// One non-empty bucket of a ring, in 16 bytes: the ring and the bucket number share one
-/// `i32` (`number * 4 + ring`), beside 12 bytes of counts. Users and items hold about 11
-/// buckets per active user between them, so every byte here counts 11 times.
+/// `i32` (`number * 4 + ring`), beside 12 bytes of counts. Users and items hold about 9
+/// buckets per active user between them, so every byte here counts 9 times.
 ///
 /// Serialised as `{ ring, number, counts }` (its shape before it was packed).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -156,7 +156,8 @@ pub struct Rolling {
     /// Sorted by (ring, number). A ring's buckets lie within its reach of its newest:
     /// older ones are dropped when a newer bucket arrives. A boxed slice (16 B, a `Vec`
     /// is 24) of exactly the buckets held: keys hold a handful for a long time. Or one
-    /// bucket tagged [`ALL_RINGS`].
+    /// bucket tagged [`ALL_RINGS`]; or, ending with an hour bucket, without the day
+    /// bucket that the hour buckets add up to ([`derived_day`]).
     buckets: Box<[Bucket]>,
 }
 
@@ -194,6 +195,14 @@ impl TryFrom<RollingFields> for Rolling {
                 )),
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // The stored form tells a left-out day bucket by its absence.
+        if buckets.iter().any(|b| b.ring() == 1) && !buckets.iter().any(|b| b.ring() == 2) {
+            return Err(
+                "rolling buckets of the hour ring without one of the day ring: \
+                        every event counts in every ring"
+                    .to_string(),
+            );
+        }
         Ok(Self {
             buckets: canonical(buckets),
         })
@@ -216,8 +225,10 @@ impl Serialize for Rolling {
 
 /// `buckets` (explicit, sorted by ring and number) as a [`Rolling`] stores them: one
 /// [`ALL_RINGS`] bucket when they are one bucket per ring, the same counts bit for bit,
-/// each containing the 10-minute one; else as they are.
-fn canonical(buckets: Vec<Bucket>) -> Box<[Bucket]> {
+/// each containing the 10-minute one; else without the day bucket when it is the day
+/// ring's only one and the hour buckets add up to it bit for bit ([`derived_day`]);
+/// else as they are.
+fn canonical(mut buckets: Vec<Bucket>) -> Box<[Bucket]> {
     if let [a, b, c] = buckets[..]
         && [a.ring(), b.ring(), c.ring()] == [0, 1, 2]
         && [a.number(), b.number(), c.number()] == containing(a.number())
@@ -226,7 +237,39 @@ fn canonical(buckets: Vec<Bucket>) -> Box<[Bucket]> {
     {
         return Box::new([Bucket::all_rings(a.number(), a.counts)]);
     }
+    if let [.., hour, day] = buckets[..]
+        && hour.ring() == 1
+        && day.ring() == 2
+        && derived_day(&buckets)
+            .is_some_and(|d| d.slot == day.slot && d.counts.same_bits(&day.counts))
+    {
+        buckets.pop();
+    }
     buckets.into_boxed_slice()
+}
+
+/// The day bucket that the hour buckets of `buckets` add up to: their counts added in
+/// order to zero, numbered by the day that holds them all; `None` if there are none or
+/// they lie in more than one day. A stored form that ends with an hour bucket leaves
+/// this bucket out (see [`canonical`]): every event counts in every ring, so a key with
+/// hour buckets has a day bucket.
+fn derived_day(buckets: &[Bucket]) -> Option<Bucket> {
+    let day_of = |hour: &Bucket| (hour.number() * HOUR).div_euclid(DAY);
+    let mut hours = buckets.iter().filter(|b| b.ring() == 1);
+    let first = hours.next()?;
+    let day = day_of(first);
+    let mut counts = Counts::default();
+    counts.add(first.counts);
+    for hour in hours {
+        if day_of(hour) != day {
+            return None;
+        }
+        counts.add(hour.counts);
+    }
+    Some(Bucket {
+        slot: Bucket::slot(2, day),
+        counts,
+    })
 }
 
 impl PartialEq for Rolling {
@@ -314,11 +357,20 @@ impl Rolling {
             }
             _ => {}
         }
+        if self.add_within_left_out_day(numbers, delta) {
+            return;
+        }
         let mut buckets: Vec<Bucket> = match self.all_rings_bucket() {
             // The three buckets, and room for the one this event most likely adds.
             Some(one) => {
                 let mut explicit = Vec::with_capacity(RINGS.len() + 1);
                 explicit.extend_from_slice(&one.stands_for());
+                explicit
+            }
+            // The stored buckets and the day bucket they leave out, and room for one more.
+            None if self.day_left_out() => {
+                let mut explicit = Vec::with_capacity(self.buckets.len() + 2);
+                explicit.extend(self.explicit());
                 explicit
             }
             // Taking the box as a vector and back reallocates only when a bucket came or
@@ -329,6 +381,50 @@ impl Rolling {
         self.buckets = canonical(buckets);
     }
 
+    /// [`Rolling::add`] in place when the day bucket is left out and stays so: the event
+    /// counts in a 10-minute and an hour bucket already held, in the day the hours add up
+    /// to, and the hours with it add up to that day plus `delta` bit for bit. Returns
+    /// whether it added.
+    fn add_within_left_out_day(&mut self, numbers: [i64; 3], delta: Counts) -> bool {
+        // With one 10-minute and one hour bucket, the sums could come to make the one
+        // bucket for all rings: left to the general path.
+        if !self.day_left_out() || self.buckets.len() < 3 {
+            return false;
+        }
+        let held = |ring: usize| {
+            self.buckets
+                .iter()
+                .position(|b| b.ring() == ring && b.number() == numbers[ring])
+        };
+        let (Some(ten), Some(hour)) = (held(0), held(1)) else {
+            return false;
+        };
+        let Some(day) = derived_day(&self.buckets).filter(|d| d.number() == numbers[2]) else {
+            return false;
+        };
+        let mut after = Counts::default();
+        for (i, b) in self
+            .buckets
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.ring() == 1)
+        {
+            let mut counts = b.counts;
+            if i == hour {
+                counts.add(delta);
+            }
+            after.add(counts);
+        }
+        let mut expected = day.counts;
+        expected.add(delta);
+        if !after.same_bits(&expected) {
+            return false;
+        }
+        self.buckets[ten].counts.add(delta);
+        self.buckets[hour].counts.add(delta);
+        true
+    }
+
     /// The one bucket held, if it stands for one of each ring ([`ALL_RINGS`]).
     fn all_rings_bucket(&self) -> Option<&Bucket> {
         match &*self.buckets {
@@ -337,11 +433,48 @@ impl Rolling {
         }
     }
 
-    /// Calls `f` with the buckets held, sorted by (ring, number), an [`ALL_RINGS`]
-    /// bucket as the three it stands for.
+    /// Whether the stored form leaves the day bucket out (see [`canonical`]).
+    fn day_left_out(&self) -> bool {
+        self.buckets.last().is_some_and(|b| b.ring() == 1)
+    }
+
+    /// The buckets held, sorted by (ring, number): an [`ALL_RINGS`] bucket as the three
+    /// it stands for, a left-out day bucket after the hour buckets.
+    fn explicit(&self) -> impl Iterator<Item = Bucket> + '_ {
+        let all_rings = self.all_rings_bucket().map(Bucket::stands_for);
+        let (stored, day): (&[Bucket], _) = match all_rings {
+            Some(_) => (&[], None),
+            None if self.day_left_out() => (&self.buckets, derived_day(&self.buckets)),
+            None => (&self.buckets, None),
+        };
+        all_rings
+            .into_iter()
+            .flatten()
+            .chain(stored.iter().copied())
+            .chain(day)
+    }
+
+    /// Calls `f` with each bucket of [`Rolling::explicit`], in order (without the
+    /// iterator's chain: the sums run once or twice per event).
+    fn for_each_explicit(&self, mut f: impl FnMut(&Bucket)) {
+        if let Some(one) = self.all_rings_bucket() {
+            one.stands_for().iter().for_each(f);
+            return;
+        }
+        self.buckets.iter().for_each(&mut f);
+        if self.day_left_out()
+            && let Some(day) = derived_day(&self.buckets)
+        {
+            f(&day);
+        }
+    }
+
+    /// Calls `f` with the buckets of [`Rolling::explicit`] in a slice (a copy when the
+    /// stored form is not explicit).
     fn with_explicit<R>(&self, f: impl FnOnce(&[Bucket]) -> R) -> R {
         match self.all_rings_bucket() {
             Some(one) => f(&one.stands_for()),
+            None if self.day_left_out() => f(&self.explicit().collect::<Vec<_>>()),
             None => f(&self.buckets),
         }
     }
@@ -355,12 +488,10 @@ impl Rolling {
             (number.saturating_sub(length), number)
         });
         let mut horizons = Horizons::default();
-        self.with_explicit(|buckets| {
-            for b in buckets {
-                let (after, upto) = reach[b.ring()];
-                if b.number() <= upto && b.number() > after {
-                    horizons[b.ring()].add(&b.counts);
-                }
+        self.for_each_explicit(|b| {
+            let (after, upto) = reach[b.ring()];
+            if b.number() <= upto && b.number() > after {
+                horizons[b.ring()].add(&b.counts);
             }
         });
         horizons
@@ -379,15 +510,13 @@ impl Rolling {
             return (totals, ts, ts.saturating_add(1));
         }
         let (mut from, mut until) = (exact.start, exact.end);
-        self.with_explicit(|buckets| {
-            for b in buckets {
-                let (width, length) = RINGS[b.ring()];
-                for flip in [b.number() * width, (b.number() + length) * width] {
-                    if flip <= ts {
-                        from = from.max(flip);
-                    } else {
-                        until = until.min(flip);
-                    }
+        self.for_each_explicit(|b| {
+            let (width, length) = RINGS[b.ring()];
+            for flip in [b.number() * width, (b.number() + length) * width] {
+                if flip <= ts {
+                    from = from.max(flip);
+                } else {
+                    until = until.min(flip);
                 }
             }
         });
@@ -399,18 +528,14 @@ impl Rolling {
     /// every ring), the earliest of the three; the 10-minute ring's unless a checkpoint
     /// held no bucket of it. `None` if no bucket is held.
     pub fn latest_possible(&self) -> Option<Millis> {
-        self.with_explicit(|buckets| {
-            let mut latest = None;
-            for (ring, &(width, _)) in RINGS.iter().enumerate() {
-                // Sorted by (ring, number): the ring's newest is its last.
-                let newest = buckets.iter().rfind(|b| b.ring() == ring);
-                if let Some(b) = newest {
-                    let end = (b.number() + 1) * width - 1;
-                    latest = Some(latest.map_or(end, |l: Millis| l.min(end)));
-                }
-            }
-            latest
-        })
+        let mut newest: [Option<i64>; 3] = [None; 3];
+        // Sorted by (ring, number): a ring's newest is its last.
+        self.for_each_explicit(|b| newest[b.ring()] = Some(b.number()));
+        RINGS
+            .iter()
+            .zip(newest)
+            .filter_map(|(&(width, _), number)| Some((number? + 1) * width - 1))
+            .min()
     }
 
     /// Bytes on the heap (the buckets).
@@ -693,7 +818,12 @@ mod tests {
                     if containing(a.number()) == [a.number(), b.number(), c.number()]
                         && a.counts.same_bits(&b.counts) && a.counts.same_bits(&c.counts));
                 proptest::prop_assert_eq!(rolling.all_rings_bucket().is_some(), shared);
-                proptest::prop_assert_eq!(rolling.buckets.len(), if shared { 1 } else { apart.len() });
+                let day_left_out = matches!(&apart[..], [.., h, d]
+                    if h.ring() == 1 && d.ring() == 2 && derived_day(&apart).is_some_and(|x| x == *d && x.counts.same_bits(&d.counts)));
+                proptest::prop_assert_eq!(
+                    rolling.buckets.len(),
+                    if shared { 1 } else { apart.len() - usize::from(day_left_out) }
+                );
                 for probe in &probes {
                     let at = t + probe;
                     let (a, b) = (rolling.totals_with_span(at), kept_apart.totals_with_span(at));
@@ -707,6 +837,54 @@ mod tests {
                 let back: Rolling = rmp_serde::from_slice(&bytes).expect("decode");
                 proptest::prop_assert_eq!(back.buckets.len(), rolling.buckets.len());
                 proptest::prop_assert_eq!(back, rolling.clone());
+            }
+        }
+
+        /// Guards the left-out day bucket: for events over hours and days, late ones too,
+        /// with spends whose sums round differently in another order, a key leaves its day
+        /// bucket out exactly when it is the day ring's only one and the hour buckets add
+        /// up to it bit for bit; it sums, spans, serialises and reads back as the buckets
+        /// kept apart.
+        #[test]
+        fn a_left_out_day_bucket_is_the_one_the_hour_buckets_add_up_to(
+            steps in proptest::collection::vec((-3 * HOUR..5 * HOUR, 0u16..3, 0usize..5), 1..60),
+            start in -DAY..DAY,
+            probes in proptest::collection::vec(-HOUR..9 * DAY, 1..6),
+        ) {
+            let t0 = 1_767_571_200_000 + start;
+            let (mut rolling, mut apart) = (Rolling::default(), Vec::new());
+            let mut t = t0;
+            for (step, n, spend) in steps {
+                // Half the steps stay within minutes: events in buckets already held.
+                t += if n == 0 { step } else { step / 60 };
+                let spend = [0.0, 0.1, -0.0, 1e7, 0.3][spend];
+                let delta = Counts { impressions: n, carts: n % 2, spend, ..Counts::default() };
+                rolling.add(t, delta);
+                add_to(&mut apart, numbers_at(t), delta);
+                let kept_apart = Rolling { buckets: apart.clone().into_boxed_slice() };
+                let days = apart.iter().filter(|b| b.ring() == 2).count();
+                let adds_up = derived_day(&apart).is_some_and(|d| {
+                    apart.last().is_some_and(|last| last.slot == d.slot && last.counts.same_bits(&d.counts))
+                });
+                if rolling.all_rings_bucket().is_none() {
+                    proptest::prop_assert_eq!(rolling.day_left_out(), days == 1 && adds_up);
+                    let held = apart.len() - usize::from(rolling.day_left_out());
+                    proptest::prop_assert_eq!(rolling.buckets.len(), held);
+                }
+                proptest::prop_assert_eq!(rolling.explicit().collect::<Vec<_>>(), apart.clone());
+                proptest::prop_assert_eq!(rolling.latest_possible(), kept_apart.latest_possible());
+                for probe in &probes {
+                    let at = t + probe;
+                    let (a, b) = (rolling.totals_with_span(at), kept_apart.totals_with_span(at));
+                    proptest::prop_assert_eq!(a, b);
+                    for (x, y) in a.0.iter().zip(&b.0) {
+                        proptest::prop_assert_eq!(x.spend.to_bits(), y.spend.to_bits());
+                    }
+                }
+                let bytes = rmp_serde::to_vec_named(&rolling).expect("encode");
+                proptest::prop_assert_eq!(&bytes, &rmp_serde::to_vec_named(&kept_apart).expect("encode"));
+                let back: Rolling = rmp_serde::from_slice(&bytes).expect("decode");
+                proptest::prop_assert_eq!(&back.buckets, &rolling.buckets);
             }
         }
 
@@ -864,9 +1042,43 @@ mod tests {
             rmp_serde::from_slice(&bytes).expect("decode")
         };
         let (one, apart) = (read([0.0; 3]), read([0.0, -0.0, 0.0]));
-        assert_eq!((one.buckets.len(), apart.buckets.len()), (1, 3));
+        // Apart: the 10-minute and hour buckets, and the day bucket left out (the hour's
+        // -0.0 added to zero is the day's 0.0).
+        assert_eq!((one.buckets.len(), apart.buckets.len()), (1, 2));
+        assert!(apart.all_rings_bucket().is_none());
         assert_eq!(one, apart);
         assert_ne!(one, read([0.0, 1.0, 0.0]));
+    }
+
+    /// Guards what a checkpoint may hold around the left-out day bucket: hour buckets
+    /// without a day bucket are refused (the stored form would read them as adding up to
+    /// one), and a day bucket that hours of two days add up to is kept.
+    #[test]
+    fn a_checkpoints_day_bucket_is_left_out_only_when_the_hours_of_its_day_add_up_to_it() {
+        #[derive(Serialize)]
+        struct Stored {
+            buckets: Vec<BucketFields>,
+        }
+        let read = |buckets: &[(u8, i64, u16)]| -> Result<Rolling, String> {
+            let buckets = buckets
+                .iter()
+                .map(|&(ring, number, n)| BucketFields {
+                    ring,
+                    number,
+                    counts: clicks(n),
+                })
+                .collect();
+            let bytes = rmp_serde::to_vec_named(&Stored { buckets }).expect("encode");
+            rmp_serde::from_slice(&bytes).map_err(|e| e.to_string())
+        };
+        let day = 20_458; // 2026-01-05
+        let hour = day * 24;
+        let err = read(&[(1, hour, 1)]).expect_err("hours without a day");
+        assert!(err.contains("without one of the day ring"), "{err}");
+        let one_day = read(&[(1, hour, 1), (1, hour + 5, 2), (2, day, 3)]).expect("read");
+        assert_eq!(one_day.buckets.len(), 2);
+        let two_days = read(&[(1, hour, 1), (1, hour + 24, 2), (2, day, 3)]).expect("read");
+        assert_eq!(two_days.buckets.len(), 3);
     }
 
     #[test]
@@ -877,9 +1089,11 @@ mod tests {
         r.add(t0 + 60_000, clicks(2));
         assert_eq!((r.buckets.len(), r.heap_bytes()), (1, 16));
         assert_eq!(r.totals(t0 + 2 * 60_000).map(|t| t.clicks), [3, 3, 3]);
-        // The next 10 minutes: the 10-minute ring holds two buckets, the others one.
+        // The next 10 minutes: the 10-minute ring holds two buckets, the others one, and
+        // the day's is left out (the hour's counts are its counts).
         r.add(t0 + 10 * 60_000, clicks(4));
-        assert_eq!(r.buckets.len(), 4);
+        assert_eq!(r.buckets.len(), 3);
+        assert_eq!(r.explicit().count(), 4);
         assert_eq!(r.totals(t0 + 11 * 60_000).map(|t| t.clicks), [7, 7, 7]);
         assert_eq!(r.totals(t0 + 61 * 60_000).map(|t| t.clicks), [4, 7, 7]);
     }
