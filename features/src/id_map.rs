@@ -346,9 +346,7 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for IdMap<V> {
 
             fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<IdMap<V>, A::Error> {
                 let mut map = IdMap::default();
-                while let Some((id, value)) =
-                    access.next_entry::<std::borrow::Cow<'de, str>, V>()?
-                {
+                while let Some((id, value)) = access.next_entry::<String, V>()? {
                     map.insert(&id, value);
                 }
                 Ok(map)

@@ -2,10 +2,10 @@
 //! sales, and the sold-items index that each window's demand snapshot walks.
 //!
 //! Rows sit in a vector, in the order their items were first seen, and are never removed
-//! (a catalogue's items outlive any TTL); a hash map gives an item's slot. The sold-items
+//! (a catalogue's items outlive any TTL); an [`IdMap`] gives an item's slot. The sold-items
 //! index holds slots, so a window's demand snapshot reads each sold item's row directly
 //! instead of hashing and comparing its id. The table serialises as the map of id to row
-//! it replaces (in the map's iteration order), and the index, derived from the rows, is
+//! it replaces (in the order of the slots' map), and the index, derived from the rows, is
 //! rebuilt when it is read back.
 
 use std::collections::BTreeMap;
@@ -228,7 +228,7 @@ impl Inventory {
         let slot = match self.slots.get(e.item_id.as_str()) {
             Some(&slot) => slot,
             None => {
-                // The id is copied once, when the item is first seen.
+                // The id is kept once, when the item is first seen (packed, or copied).
                 let slot = self.rows.len();
                 self.slots.insert(&e.item_id, slot);
                 self.rows.push(InventoryRow::default());

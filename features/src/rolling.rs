@@ -3,8 +3,9 @@
 //!
 //! A horizon's value at time `t` is the sum of the buckets that overlap `(t - horizon, t]`,
 //! so the oldest bucket may reach up to one bucket width further back than the horizon
-//! (the price of bounded memory: at most 37 buckets per key). Only buckets that counted
-//! something are stored. Counters saturate at 65,535 per bucket.
+//! (the price of bounded memory: at most 37 buckets per key). Only buckets that an event
+//! fell in are stored (an event that counts nothing makes one too: the TTL of items reads
+//! their newest bucket). Counters saturate at 65,535 per bucket.
 
 use serde::{Deserialize, Serialize};
 use shopstream_ingest::event::Millis;
@@ -194,8 +195,21 @@ impl TryFrom<RollingFields> for Rolling {
                     "a rolling bucket of ring {ring}: rings are 0, 1 and 2"
                 )),
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        // The stored form tells a left-out day bucket by its absence.
+            .collect::<Result<Vec<Bucket>, _>>()?;
+        // Every form is sorted; the stored form tells a left-out day bucket by its
+        // absence at the end.
+        let mut buckets = buckets;
+        buckets.sort_by_key(|b| (b.ring(), b.number()));
+        if let Some(pair) = buckets
+            .windows(2)
+            .find(|pair| (pair[0].ring(), pair[0].number()) == (pair[1].ring(), pair[1].number()))
+        {
+            return Err(format!(
+                "two rolling buckets of ring {} numbered {} (numbers are clamped to +-2^29)",
+                pair[0].ring(),
+                pair[0].number()
+            ));
+        }
         if buckets.iter().any(|b| b.ring() == 1) && !buckets.iter().any(|b| b.ring() == 2) {
             return Err(
                 "rolling buckets of the hour ring without one of the day ring: \
@@ -391,10 +405,15 @@ impl Rolling {
         if !self.day_left_out() || self.buckets.len() < 3 {
             return false;
         }
+        // A held bucket of the event, within its ring's reach of the ring's newest (the
+        // general path skips an event older than that; only a checkpoint can hold one).
         let held = |ring: usize| {
-            self.buckets
+            let newest = self.buckets.iter().rfind(|b| b.ring() == ring)?.number();
+            let at = self
+                .buckets
                 .iter()
-                .position(|b| b.ring() == ring && b.number() == numbers[ring])
+                .position(|b| b.ring() == ring && b.number() == numbers[ring])?;
+            (newest.saturating_sub(numbers[ring]) < RINGS[ring].1).then_some(at)
         };
         let (Some(ten), Some(hour)) = (held(0), held(1)) else {
             return false;
@@ -1079,6 +1098,58 @@ mod tests {
         assert_eq!(one_day.buckets.len(), 2);
         let two_days = read(&[(1, hour, 1), (1, hour + 24, 2), (2, day, 3)]).expect("read");
         assert_eq!(two_days.buckets.len(), 3);
+    }
+
+    /// Guards checkpoints that the job does not write: buckets out of order are read as
+    /// sorted (not as a left-out day bucket on top of the stored one), two buckets of one
+    /// ring and number are refused, and an event older than its ring's reach of a bucket
+    /// that a checkpoint held is skipped in that ring, as the buckets kept apart skip it.
+    #[test]
+    fn a_checkpoints_buckets_are_read_sorted_and_added_to_as_kept_apart() {
+        #[derive(Serialize)]
+        struct Stored {
+            buckets: Vec<BucketFields>,
+        }
+        let fields = |buckets: &[(u8, i64, u16)]| -> Vec<BucketFields> {
+            buckets
+                .iter()
+                .map(|&(ring, number, n)| BucketFields {
+                    ring,
+                    number,
+                    counts: clicks(n),
+                })
+                .collect()
+        };
+        let read = |buckets: &[(u8, i64, u16)]| -> Result<Rolling, String> {
+            let bytes = rmp_serde::to_vec_named(&Stored {
+                buckets: fields(buckets),
+            })
+            .expect("encode");
+            rmp_serde::from_slice(&bytes).map_err(|e| e.to_string())
+        };
+        let day = 20_458; // 2026-01-05
+        let (hour, ten) = (day * 24, day * 144);
+        let unsorted = read(&[(0, ten, 1), (2, day, 5), (1, hour, 1)]).expect("read");
+        let at = ten * TEN_MINUTES + 1;
+        assert_eq!(unsorted.totals(at).map(|t| t.clicks), [1, 1, 5]);
+        assert_eq!(unsorted.explicit().count(), 3);
+        let err = read(&[(1, hour, 1), (1, hour, 2), (2, day, 3)]).expect_err("twice");
+        assert!(err.contains("two rolling buckets of ring 1"), "{err}");
+        // Ten-minute buckets 10 apart (the ring reaches 6), hours adding up to the day.
+        let held = [
+            (0, ten, 1),
+            (0, ten + 10, 1),
+            (1, hour, 1),
+            (1, hour + 1, 1),
+            (2, day, 2),
+        ];
+        let mut rolling = read(&held).expect("read");
+        assert!(rolling.day_left_out());
+        let mut apart: Vec<Bucket> = fields(&held).into_iter().map(Bucket::from).collect();
+        let ts = ten * TEN_MINUTES + 1;
+        rolling.add(ts, clicks(1));
+        add_to(&mut apart, numbers_at(ts), clicks(1));
+        assert_eq!(rolling.explicit().collect::<Vec<_>>(), apart);
     }
 
     #[test]

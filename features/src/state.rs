@@ -252,6 +252,8 @@ fn push_keyed<V>(
     with_join_key(parts, move |key| match map.get_mut(key) {
         Some(list) => {
             let mut values = std::mem::take(list).into_vec();
+            // Room for exactly one more: the list goes back into a box of its length.
+            values.reserve_exact(1);
             values.push(value);
             values.retain(keep);
             *list = values.into_boxed_slice();
