@@ -785,6 +785,37 @@ mod tests {
         }
     }
 
+    /// That `rolling` sums and spans at `t + probe` for each of `probes`, bit for bit,
+    /// serialises to the bytes of `kept_apart` (the same buckets held explicitly), and
+    /// reads back to the same stored buckets.
+    fn same_as_kept_apart(
+        rolling: &Rolling,
+        kept_apart: &Rolling,
+        t: Millis,
+        probes: &[Millis],
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        for probe in probes {
+            let at = t + probe;
+            let (a, b) = (
+                rolling.totals_with_span(at),
+                kept_apart.totals_with_span(at),
+            );
+            proptest::prop_assert_eq!(a, b);
+            for (x, y) in a.0.iter().zip(&b.0) {
+                proptest::prop_assert_eq!(x.spend.to_bits(), y.spend.to_bits());
+            }
+        }
+        let bytes = rmp_serde::to_vec_named(rolling).expect("encode");
+        proptest::prop_assert_eq!(
+            &bytes,
+            &rmp_serde::to_vec_named(kept_apart).expect("encode")
+        );
+        let back: Rolling = rmp_serde::from_slice(&bytes).expect("decode");
+        proptest::prop_assert_eq!(&back.buckets, &rolling.buckets);
+        proptest::prop_assert_eq!(&back, rolling);
+        Ok(())
+    }
+
     proptest::proptest! {
         /// Guards the sparse buckets: for any events (mostly in time order, some late),
         /// the totals at any later time are the dense rings' totals, bit for bit.
@@ -843,19 +874,7 @@ mod tests {
                     rolling.buckets.len(),
                     if shared { 1 } else { apart.len() - usize::from(day_left_out) }
                 );
-                for probe in &probes {
-                    let at = t + probe;
-                    let (a, b) = (rolling.totals_with_span(at), kept_apart.totals_with_span(at));
-                    proptest::prop_assert_eq!(a, b);
-                    for (x, y) in a.0.iter().zip(&b.0) {
-                        proptest::prop_assert_eq!(x.spend.to_bits(), y.spend.to_bits());
-                    }
-                }
-                let bytes = rmp_serde::to_vec_named(&rolling).expect("encode");
-                proptest::prop_assert_eq!(&bytes, &rmp_serde::to_vec_named(&kept_apart).expect("encode"));
-                let back: Rolling = rmp_serde::from_slice(&bytes).expect("decode");
-                proptest::prop_assert_eq!(back.buckets.len(), rolling.buckets.len());
-                proptest::prop_assert_eq!(back, rolling.clone());
+                same_as_kept_apart(&rolling, &kept_apart, t, &probes)?;
             }
         }
 
@@ -892,18 +911,7 @@ mod tests {
                 }
                 proptest::prop_assert_eq!(rolling.explicit().collect::<Vec<_>>(), apart.clone());
                 proptest::prop_assert_eq!(rolling.latest_possible(), kept_apart.latest_possible());
-                for probe in &probes {
-                    let at = t + probe;
-                    let (a, b) = (rolling.totals_with_span(at), kept_apart.totals_with_span(at));
-                    proptest::prop_assert_eq!(a, b);
-                    for (x, y) in a.0.iter().zip(&b.0) {
-                        proptest::prop_assert_eq!(x.spend.to_bits(), y.spend.to_bits());
-                    }
-                }
-                let bytes = rmp_serde::to_vec_named(&rolling).expect("encode");
-                proptest::prop_assert_eq!(&bytes, &rmp_serde::to_vec_named(&kept_apart).expect("encode"));
-                let back: Rolling = rmp_serde::from_slice(&bytes).expect("decode");
-                proptest::prop_assert_eq!(&back.buckets, &rolling.buckets);
+                same_as_kept_apart(&rolling, &kept_apart, t, &probes)?;
             }
         }
 
