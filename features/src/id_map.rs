@@ -16,7 +16,6 @@ use std::marker::PhantomData;
 // FxHash: fast, and deterministic across runs (the map serialises in its order).
 use rustc_hash::FxHashMap as HashMap;
 use serde::de::{MapAccess, Visitor};
-use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Top two bits `10`: a canonical decimal number below [`NUMBER_LIMIT`] in the rest.
@@ -48,17 +47,10 @@ fn pack(id: &str) -> Option<u64> {
         return Some(NUMBER_TAG | n);
     }
     if !bytes.is_empty() && bytes.len() <= MAX_SYMBOLS {
-        let mut packed = 0u64;
-        for (i, &b) in bytes.iter().enumerate() {
-            match symbol(b) {
-                Some(s) => packed |= u64::from(s) << (6 * i),
-                None => {
-                    packed = u64::MAX;
-                    break;
-                }
-            }
-        }
-        if packed != u64::MAX {
+        let symbols = bytes.iter().enumerate().try_fold(0u64, |packed, (i, &b)| {
+            Some(packed | u64::from(symbol(b)?) << (6 * i))
+        });
+        if let Some(packed) = symbols {
             return Some(SYMBOLS_TAG | packed);
         }
     }
@@ -323,11 +315,7 @@ impl<V: fmt::Debug> fmt::Debug for IdMap<V> {
 impl<V: Serialize> Serialize for IdMap<V> {
     /// As a map of id text to value.
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.len()))?;
-        for (id, v) in self.iter() {
-            map.serialize_entry(&*id, v)?;
-        }
-        map.end()
+        serializer.collect_map(self.iter())
     }
 }
 

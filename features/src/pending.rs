@@ -44,10 +44,9 @@ pub(crate) struct HeldFeatures {
 }
 
 impl HeldFeatures {
-    /// `features`, with the item's category as the inventory's shared name `category`
-    /// (`features.item_category` is not read).
-    pub(crate) fn new(features: Features, category: Option<Category>) -> Self {
-        let f = features;
+    /// The features `f`, with the item's category as the inventory's shared name
+    /// `category` (`f.item_category` is not read).
+    pub(crate) fn new(f: Features, category: Option<Category>) -> Self {
         Self {
             user: CompactHorizons::of(&f.user),
             item: CompactHorizons::of(&f.item),

@@ -186,7 +186,7 @@ impl TryFrom<RollingFields> for Rolling {
     type Error = String;
 
     fn try_from(f: RollingFields) -> Result<Self, String> {
-        let buckets = f
+        let mut buckets = f
             .buckets
             .into_iter()
             .map(|b| match usize::from(b.ring) {
@@ -198,19 +198,16 @@ impl TryFrom<RollingFields> for Rolling {
             .collect::<Result<Vec<Bucket>, _>>()?;
         // Every form is sorted; the stored form tells a left-out day bucket by its
         // absence at the end.
-        let mut buckets = buckets;
         buckets.sort_by_key(|b| (b.ring(), b.number()));
-        if let Some(pair) = buckets
-            .windows(2)
-            .find(|pair| (pair[0].ring(), pair[0].number()) == (pair[1].ring(), pair[1].number()))
-        {
+        if let Some(pair) = buckets.windows(2).find(|pair| pair[0].slot == pair[1].slot) {
             return Err(format!(
                 "two rolling buckets of ring {} numbered {} (numbers are clamped to +-2^29)",
                 pair[0].ring(),
                 pair[0].number()
             ));
         }
-        if buckets.iter().any(|b| b.ring() == 1) && !buckets.iter().any(|b| b.ring() == 2) {
+        // Sorted, so a day bucket would be last.
+        if buckets.last().is_some_and(|b| b.ring() == 1) {
             return Err(
                 "rolling buckets of the hour ring without one of the day ring: \
                         every event counts in every ring"
@@ -268,20 +265,30 @@ fn canonical(mut buckets: Vec<Bucket>) -> Box<[Bucket]> {
 /// this bucket out (see [`canonical`]): every event counts in every ring, so a key with
 /// hour buckets has a day bucket.
 fn derived_day(buckets: &[Bucket]) -> Option<Bucket> {
+    derived_day_adding(buckets, None)
+}
+
+/// [`derived_day`] as it would be with `delta` added to the hour bucket at `added`'s
+/// index (`None`: as held).
+fn derived_day_adding(buckets: &[Bucket], added: Option<(usize, Counts)>) -> Option<Bucket> {
     let day_of = |hour: &Bucket| (hour.number() * HOUR).div_euclid(DAY);
-    let mut hours = buckets.iter().filter(|b| b.ring() == 1);
-    let first = hours.next()?;
-    let day = day_of(first);
+    let mut day = None;
     let mut counts = Counts::default();
-    counts.add(first.counts);
-    for hour in hours {
-        if day_of(hour) != day {
+    for (i, hour) in buckets.iter().enumerate().filter(|(_, b)| b.ring() == 1) {
+        let hour_day = day_of(hour);
+        if *day.get_or_insert(hour_day) != hour_day {
             return None;
         }
-        counts.add(hour.counts);
+        let mut hour_counts = hour.counts;
+        if let Some((at, delta)) = added
+            && at == i
+        {
+            hour_counts.add(delta);
+        }
+        counts.add(hour_counts);
     }
     Some(Bucket {
-        slot: Bucket::slot(2, day),
+        slot: Bucket::slot(2, day?),
         counts,
     })
 }
@@ -374,22 +381,12 @@ impl Rolling {
         if self.add_within_left_out_day(numbers, delta) {
             return;
         }
-        let mut buckets: Vec<Bucket> = match self.all_rings_bucket() {
-            // The three buckets, and room for the one this event most likely adds.
-            Some(one) => {
-                let mut explicit = Vec::with_capacity(RINGS.len() + 1);
-                explicit.extend_from_slice(&one.stands_for());
-                explicit
-            }
-            // The stored buckets and the day bucket they leave out, and room for one more.
-            None if self.day_left_out() => {
-                let mut explicit = Vec::with_capacity(self.buckets.len() + 2);
-                explicit.extend(self.explicit());
-                explicit
-            }
+        let mut buckets: Vec<Bucket> = if self.all_rings_bucket().is_some() || self.day_left_out() {
+            self.explicit_vec()
+        } else {
             // Taking the box as a vector and back reallocates only when a bucket came or
             // went.
-            None => std::mem::take(&mut self.buckets).into_vec(),
+            std::mem::take(&mut self.buckets).into_vec()
         };
         add_to(&mut buckets, numbers, delta);
         self.buckets = canonical(buckets);
@@ -421,22 +418,10 @@ impl Rolling {
         let Some(day) = derived_day(&self.buckets).filter(|d| d.number() == numbers[2]) else {
             return false;
         };
-        let mut after = Counts::default();
-        for (i, b) in self
-            .buckets
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.ring() == 1)
-        {
-            let mut counts = b.counts;
-            if i == hour {
-                counts.add(delta);
-            }
-            after.add(counts);
-        }
         let mut expected = day.counts;
         expected.add(delta);
-        if !after.same_bits(&expected) {
+        let after = derived_day_adding(&self.buckets, Some((hour, delta)));
+        if !after.is_some_and(|d| d.counts.same_bits(&expected)) {
             return false;
         }
         self.buckets[ten].counts.add(delta);
@@ -457,24 +442,8 @@ impl Rolling {
         self.buckets.last().is_some_and(|b| b.ring() == 1)
     }
 
-    /// The buckets held, sorted by (ring, number): an [`ALL_RINGS`] bucket as the three
-    /// it stands for, a left-out day bucket after the hour buckets.
-    fn explicit(&self) -> impl Iterator<Item = Bucket> + '_ {
-        let all_rings = self.all_rings_bucket().map(Bucket::stands_for);
-        let (stored, day): (&[Bucket], _) = match all_rings {
-            Some(_) => (&[], None),
-            None if self.day_left_out() => (&self.buckets, derived_day(&self.buckets)),
-            None => (&self.buckets, None),
-        };
-        all_rings
-            .into_iter()
-            .flatten()
-            .chain(stored.iter().copied())
-            .chain(day)
-    }
-
-    /// Calls `f` with each bucket of [`Rolling::explicit`], in order (without the
-    /// iterator's chain: the sums run once or twice per event).
+    /// Calls `f` with each bucket held, sorted by (ring, number): an [`ALL_RINGS`]
+    /// bucket as the three it stands for, a left-out day bucket after the hour buckets.
     fn for_each_explicit(&self, mut f: impl FnMut(&Bucket)) {
         if let Some(one) = self.all_rings_bucket() {
             one.stands_for().iter().for_each(f);
@@ -488,12 +457,24 @@ impl Rolling {
         }
     }
 
-    /// Calls `f` with the buckets of [`Rolling::explicit`] in a slice (a copy when the
-    /// stored form is not explicit).
+    /// The buckets of [`Rolling::for_each_explicit`] in a vector, with room for one more
+    /// (the one an event most likely adds).
+    fn explicit_vec(&self) -> Vec<Bucket> {
+        let count = match self.all_rings_bucket() {
+            Some(_) => RINGS.len(),
+            None => self.buckets.len() + usize::from(self.day_left_out()),
+        };
+        let mut explicit = Vec::with_capacity(count + 1);
+        self.for_each_explicit(|b| explicit.push(*b));
+        explicit
+    }
+
+    /// Calls `f` with the buckets of [`Rolling::for_each_explicit`] in a slice (a copy
+    /// when the stored form leaves the day bucket out).
     fn with_explicit<R>(&self, f: impl FnOnce(&[Bucket]) -> R) -> R {
         match self.all_rings_bucket() {
             Some(one) => f(&one.stands_for()),
-            None if self.day_left_out() => f(&self.explicit().collect::<Vec<_>>()),
+            None if self.day_left_out() => f(&self.explicit_vec()),
             None => f(&self.buckets),
         }
     }
@@ -909,7 +890,7 @@ mod tests {
                     let held = apart.len() - usize::from(rolling.day_left_out());
                     proptest::prop_assert_eq!(rolling.buckets.len(), held);
                 }
-                proptest::prop_assert_eq!(rolling.explicit().collect::<Vec<_>>(), apart.clone());
+                proptest::prop_assert_eq!(rolling.explicit_vec(), apart.clone());
                 proptest::prop_assert_eq!(rolling.latest_possible(), kept_apart.latest_possible());
                 same_as_kept_apart(&rolling, &kept_apart, t, &probes)?;
             }
@@ -1140,7 +1121,7 @@ mod tests {
         let unsorted = read(&[(0, ten, 1), (2, day, 5), (1, hour, 1)]).expect("read");
         let at = ten * TEN_MINUTES + 1;
         assert_eq!(unsorted.totals(at).map(|t| t.clicks), [1, 1, 5]);
-        assert_eq!(unsorted.explicit().count(), 3);
+        assert_eq!(unsorted.explicit_vec().len(), 3);
         let err = read(&[(1, hour, 1), (1, hour, 2), (2, day, 3)]).expect_err("twice");
         assert!(err.contains("two rolling buckets of ring 1"), "{err}");
         // Ten-minute buckets 10 apart (the ring reaches 6), hours adding up to the day.
@@ -1157,7 +1138,7 @@ mod tests {
         let ts = ten * TEN_MINUTES + 1;
         rolling.add(ts, clicks(1));
         add_to(&mut apart, numbers_at(ts), clicks(1));
-        assert_eq!(rolling.explicit().collect::<Vec<_>>(), apart);
+        assert_eq!(rolling.explicit_vec(), apart);
     }
 
     #[test]
@@ -1172,7 +1153,7 @@ mod tests {
         // the day's is left out (the hour's counts are its counts).
         r.add(t0 + 10 * 60_000, clicks(4));
         assert_eq!(r.buckets.len(), 3);
-        assert_eq!(r.explicit().count(), 4);
+        assert_eq!(r.explicit_vec().len(), 4);
         assert_eq!(r.totals(t0 + 11 * 60_000).map(|t| t.clicks), [7, 7, 7]);
         assert_eq!(r.totals(t0 + 61 * 60_000).map(|t| t.clicks), [4, 7, 7]);
     }

@@ -798,20 +798,12 @@ impl PartitionState {
         self.by_session.up_to_date(&self.pending)
     }
 
-    fn user(&mut self, user_id: &str) -> &mut UserState {
-        self.users.get_or_default(user_id)
-    }
-
-    fn item(&mut self, item_id: &str) -> &mut ItemState {
-        self.items.get_or_default(item_id)
-    }
-
     fn count(&mut self, user_id: &str, item_id: Option<&str>, ts: Millis, delta: Counts) {
-        let user = self.user(user_id);
+        let user = self.users.get_or_default(user_id);
         user.rolling.add(ts, delta);
         user.last_ts = Some(ts).into();
         if let Some(item_id) = item_id {
-            self.item(item_id).rolling.add(ts, delta);
+            self.items.get_or_default(item_id).rolling.add(ts, delta);
         }
     }
 
@@ -839,7 +831,8 @@ impl PartitionState {
         if let Some(category) = category
             && (clicked || c.kind == ClickKind::Impression)
         {
-            self.user(&c.user_id)
+            self.users
+                .get_or_default(&c.user_id)
                 .count_category(category, c.ts, clicked);
         }
         if !clicked {
