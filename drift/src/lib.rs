@@ -48,10 +48,12 @@
 pub mod adwin;
 pub mod alerts;
 pub mod bench;
+mod held_reference;
 pub mod kolmogorov;
 pub mod monitor;
 pub mod observation;
 pub mod page_hinkley;
+mod pooled;
 pub mod reference;
 pub mod report;
 pub mod settings;

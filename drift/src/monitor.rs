@@ -95,10 +95,11 @@ use super::observation::{EARLY_CTR, ScenarioOutcomes, WindowObservation};
 use super::page_hinkley::{PageHinkley, PageHinkleyConfig};
 use shopstream_config::{CalibrationHistory, DriftReference};
 
-use super::reference::{ReferenceMode, ReferenceWindows, thin_sorted};
+use super::held_reference::{HeldReference, WindowSummary};
+use super::reference::{ReferenceMode, thin_sorted};
 use super::stats::{
-    aligned_counts, chi2_homogeneity, finite_sorted, jensen_shannon, ks_sorted, psi_sorted,
-    wasserstein_sorted,
+    aligned_counts, chi2_homogeneity, finite_sorted, jensen_shannon, ks_and_wasserstein_sorted,
+    psi_sorted,
 };
 
 /// Median of `|N(0, 1)|`.
@@ -295,14 +296,6 @@ pub struct WindowDrift {
     pub firing: usize,
 }
 
-/// What the reference keeps of a window.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-struct WindowSummary {
-    continuous: BTreeMap<String, Vec<f64>>,
-    categorical: BTreeMap<String, BTreeMap<String, u64>>,
-    scenarios: BTreeMap<String, ScenarioOutcomes>,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct TaskDetectors {
     adwin: Adwin,
@@ -318,7 +311,7 @@ struct TaskDetectors {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DriftMonitor {
     config: MonitorConfig,
-    reference: ReferenceWindows<WindowSummary>,
+    reference: HeldReference,
     tasks: BTreeMap<String, TaskDetectors>,
     alerts: AlertTracker,
     detector_alerts: AlertTracker,
@@ -402,12 +395,6 @@ fn z_ratio(z: f64) -> f64 {
     (z / HALF_NORMAL_MEDIAN).powi(2)
 }
 
-fn merged_sorted<'a>(parts: impl Iterator<Item = &'a Vec<f64>>) -> Vec<f64> {
-    let mut all: Vec<f64> = parts.flatten().copied().collect();
-    all.sort_by(f64::total_cmp);
-    all
-}
-
 fn summed_counts<'a>(
     parts: impl Iterator<Item = &'a BTreeMap<String, u64>>,
 ) -> BTreeMap<String, u64> {
@@ -467,7 +454,7 @@ impl DriftMonitor {
     /// A monitor with an empty reference.
     pub fn new(config: MonitorConfig) -> Self {
         Self {
-            reference: ReferenceWindows::new(config.reference),
+            reference: HeldReference::new(config.reference),
             tasks: BTreeMap::new(),
             alerts: AlertTracker::new(config.alerts),
             detector_alerts: AlertTracker::new(config.detector_alerts),
@@ -494,7 +481,7 @@ impl DriftMonitor {
             return;
         }
         if config.reference != self.config.reference {
-            self.reference = ReferenceWindows::new(config.reference);
+            self.reference = HeldReference::new(config.reference);
             self.ratio_history.clear();
             self.gap_history.clear();
         }
@@ -758,25 +745,18 @@ impl DriftMonitor {
         current: &[f64],
     ) -> Option<(FeatureDrift, Observation, Option<f64>)> {
         let c = &self.config;
-        let windows: Vec<&Vec<f64>> = self
-            .reference
-            .iter()
-            .filter_map(|w| w.continuous.get(feature))
-            .filter(|v| !v.is_empty())
-            .collect();
-        if current.len() < c.min_samples || windows.len() < c.min_reference_windows.max(1) {
+        let pool = self.reference.pooled(feature)?;
+        if current.len() < c.min_samples || pool.windows < c.min_reference_windows.max(1) {
             return None;
         }
-        let reference = merged_sorted(windows.iter().copied());
+        let reference = &pool.sorted;
         if reference.len() < c.min_samples {
             return None;
         }
-        let psi = psi_sorted(&reference, current, c.bins).ok();
-        let ks = ks_sorted(&reference, current).ok();
-        let scale = std_dev(&reference);
-        let wasserstein_norm = wasserstein_sorted(&reference, current)
-            .ok()
-            .map(|w| if scale > 0.0 { w / scale } else { w });
+        let psi = psi_sorted(reference, current, c.bins).ok();
+        let (ks, wasserstein) = ks_and_wasserstein_sorted(reference, current).ok().unzip();
+        let scale = std_dev(reference);
+        let wasserstein_norm = wasserstein.map(|w| if scale > 0.0 { w / scale } else { w });
         let d = self.feature_decision(
             history_key,
             current.len() < c.small_sample,

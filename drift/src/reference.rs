@@ -93,24 +93,44 @@ impl<T> ReferenceWindows<T> {
         self.windows.iter()
     }
 
+    /// The newest window held.
+    pub fn newest(&self) -> Option<&T> {
+        self.windows.back()
+    }
+
     /// Adds a closed window: trailing drops the oldest beyond capacity, pinned ignores
     /// windows once full.
-    pub fn push(&mut self, window: T) {
+    pub fn push(&mut self, window: T) -> Pushed<T> {
         let cap = self.mode.windows().max(1);
         match self.mode {
             ReferenceMode::Trailing { .. } => {
                 self.windows.push_back(window);
-                while self.windows.len() > cap {
-                    self.windows.pop_front();
+                let excess = self.windows.len().saturating_sub(cap);
+                Pushed::Held {
+                    dropped: self.windows.drain(..excess).collect(),
                 }
             }
-            ReferenceMode::Pinned { .. } => {
-                if self.windows.len() < cap {
-                    self.windows.push_back(window);
+            ReferenceMode::Pinned { .. } if self.windows.len() < cap => {
+                self.windows.push_back(window);
+                Pushed::Held {
+                    dropped: Vec::new(),
                 }
             }
+            ReferenceMode::Pinned { .. } => Pushed::Ignored,
         }
     }
+}
+
+/// What [`ReferenceWindows::push`] did with a window.
+#[derive(Debug, PartialEq)]
+pub enum Pushed<T> {
+    /// It is the newest window held; the oldest windows beyond capacity were dropped.
+    Held {
+        /// The windows dropped, oldest first.
+        dropped: Vec<T>,
+    },
+    /// A full pinned reference keeps the windows it has.
+    Ignored,
 }
 
 /// At most `cap` evenly spaced order statistics of a sorted sample (all of it if it is
@@ -141,8 +161,16 @@ mod tests {
         let mut t = ReferenceWindows::new(ReferenceMode::Trailing { windows: 3 });
         let mut p = ReferenceWindows::new(ReferenceMode::Pinned { windows: 3 });
         for w in 0..10 {
-            t.push(w);
-            p.push(w);
+            let dropped = (w >= 3).then_some(w - 3).into_iter().collect();
+            assert_eq!(t.push(w), Pushed::Held { dropped });
+            let pinned = if w < 3 {
+                Pushed::Held {
+                    dropped: Vec::new(),
+                }
+            } else {
+                Pushed::Ignored
+            };
+            assert_eq!(p.push(w), pinned);
         }
         assert_eq!(t.iter().copied().collect::<Vec<_>>(), [7, 8, 9]);
         assert_eq!(p.iter().copied().collect::<Vec<_>>(), [0, 1, 2]);

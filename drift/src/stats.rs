@@ -94,10 +94,26 @@ fn bin_of(edges: &[f64], x: f64) -> usize {
     edges.partition_point(|e| *e <= x)
 }
 
+/// The share of a finite, sorted `sample` in each bin ([`bin_of`]), floored at
+/// [`PSI_FLOOR`].
 fn proportions(edges: &[f64], sample: &[f64]) -> Vec<f64> {
-    let mut counts = vec![0u64; edges.len() + 1];
-    for x in sample {
-        counts[bin_of(edges, *x)] += 1;
+    let mut counts = vec![0usize; edges.len() + 1];
+    if edges.iter().all(|e| e.is_finite()) {
+        // Each bin is a run of the sorted sample: the values in bins `0..=k` are those
+        // below edge `k`, found by bisection instead of a bisection per value.
+        let mut below_previous = 0;
+        for (count, edge) in counts.iter_mut().zip(edges) {
+            let below = sample.partition_point(|x| x < edge);
+            *count = below - below_previous;
+            below_previous = below;
+        }
+        counts[edges.len()] = sample.len() - below_previous;
+    } else {
+        // Edges interpolated between values near the ends of f64 can overflow; the rule
+        // of `bin_of` still holds value by value.
+        for x in sample {
+            counts[bin_of(edges, *x)] += 1;
+        }
     }
     let n = sample.len() as f64;
     counts
@@ -154,54 +170,98 @@ impl Cursor<'_> {
     }
 }
 
-/// Merges two sorted samples.
-fn merged(a: &[f64], b: &[f64]) -> Vec<f64> {
-    let mut out = Vec::with_capacity(a.len() + b.len());
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() || j < b.len() {
-        if j == b.len() || (i < a.len() && a[i] <= b[j]) {
-            out.push(a[i]);
-            i += 1;
+/// The two empirical CDFs of finite, sorted samples `a` and `b` compared at every pooled
+/// value, as SciPy evaluates them (count / n per side): what the KS test and the
+/// Wasserstein distance are made of, from one walk of the two samples in merged order.
+struct CdfComparison {
+    /// Largest and smallest `F_a(v) - F_b(v)`.
+    max_diff: f64,
+    min_diff: f64,
+    /// `sum |F_a(v) - F_b(v)| (next - v)` over consecutive pooled values.
+    area: f64,
+    n_a: f64,
+    n_b: f64,
+}
+
+impl CdfComparison {
+    fn of(a: &[f64], b: &[f64]) -> Result<Self, DriftError> {
+        if a.is_empty() {
+            return Err(DriftError::EmptySample("first"));
+        }
+        if b.is_empty() {
+            return Err(DriftError::EmptySample("second"));
+        }
+        let (n_a, n_b) = (a.len() as f64, b.len() as f64);
+        let (mut ca, mut cb) = (Cursor { sorted: a, at: 0 }, Cursor { sorted: b, at: 0 });
+        let (mut max_diff, mut min_diff, mut area) = (f64::NEG_INFINITY, f64::INFINITY, 0.0);
+        let mut previous: Option<(f64, f64)> = None;
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() || j < b.len() {
+            // The merge order: `a`'s value first among equal ones.
+            let v = if j == b.len() || (i < a.len() && a[i] <= b[j]) {
+                i += 1;
+                a[i - 1]
+            } else {
+                j += 1;
+                b[j - 1]
+            };
+            let diff = ca.count_le(v) as f64 / n_a - cb.count_le(v) as f64 / n_b;
+            max_diff = max_diff.max(diff);
+            min_diff = min_diff.min(diff);
+            if let Some((before, gap)) = previous {
+                area += gap.abs() * (v - before);
+            }
+            previous = Some((v, diff));
+        }
+        Ok(Self {
+            max_diff,
+            min_diff,
+            area,
+            n_a,
+            n_b,
+        })
+    }
+
+    /// The KS statistic and its asymptotic p-value.
+    fn ks(&self) -> KsResult {
+        let min_s = (-self.min_diff).clamp(0.0, 1.0);
+        let d = if min_s > self.max_diff {
+            min_s
         } else {
-            out.push(b[j]);
-            j += 1;
+            self.max_diff
+        };
+        let (m, n) = if self.n_a >= self.n_b {
+            (self.n_a, self.n_b)
+        } else {
+            (self.n_b, self.n_a)
+        };
+        let en = (m * n / (m + n)).round_ties_even();
+        // One value per side: SciPy's effective size rounds to 0 and its p-value is NaN;
+        // there is no evidence either way, so report 1.
+        let p_value = if en < 1.0 {
+            1.0
+        } else {
+            kolmogorov_sf(en as u64, d).clamp(0.0, 1.0)
+        };
+        KsResult {
+            statistic: d,
+            p_value,
         }
     }
-    out
+}
+
+/// KS test and Wasserstein-1 distance of two finite, sorted samples, from one walk.
+pub(crate) fn ks_and_wasserstein_sorted(
+    a: &[f64],
+    b: &[f64],
+) -> Result<(KsResult, f64), DriftError> {
+    let cdfs = CdfComparison::of(a, b)?;
+    Ok((cdfs.ks(), cdfs.area))
 }
 
 /// KS test of two finite, sorted samples.
 pub(crate) fn ks_sorted(a: &[f64], b: &[f64]) -> Result<KsResult, DriftError> {
-    if a.is_empty() {
-        return Err(DriftError::EmptySample("first"));
-    }
-    if b.is_empty() {
-        return Err(DriftError::EmptySample("second"));
-    }
-    let (na, nb) = (a.len() as f64, b.len() as f64);
-    let (mut ca, mut cb) = (Cursor { sorted: a, at: 0 }, Cursor { sorted: b, at: 0 });
-    let (mut max_diff, mut min_diff) = (f64::NEG_INFINITY, f64::INFINITY);
-    // The CDF difference at every pooled value, as SciPy evaluates it (count / n per side).
-    for v in merged(a, b) {
-        let diff = ca.count_le(v) as f64 / na - cb.count_le(v) as f64 / nb;
-        max_diff = max_diff.max(diff);
-        min_diff = min_diff.min(diff);
-    }
-    let min_s = (-min_diff).clamp(0.0, 1.0);
-    let d = if min_s > max_diff { min_s } else { max_diff };
-    let (m, n) = if na >= nb { (na, nb) } else { (nb, na) };
-    let en = (m * n / (m + n)).round_ties_even();
-    // One value per side: SciPy's effective size rounds to 0 and its p-value is NaN; there
-    // is no evidence either way, so report 1.
-    let p_value = if en < 1.0 {
-        1.0
-    } else {
-        kolmogorov_sf(en as u64, d).clamp(0.0, 1.0)
-    };
-    Ok(KsResult {
-        statistic: d,
-        p_value,
-    })
+    CdfComparison::of(a, b).map(|cdfs| cdfs.ks())
 }
 
 /// Two-sample Kolmogorov-Smirnov test, two-sided, with SciPy's asymptotic p-value
@@ -215,22 +275,7 @@ pub fn ks_2samp(a: &[f64], b: &[f64]) -> Result<KsResult, DriftError> {
 
 /// Wasserstein-1 distance of two finite, sorted samples.
 pub(crate) fn wasserstein_sorted(a: &[f64], b: &[f64]) -> Result<f64, DriftError> {
-    if a.is_empty() {
-        return Err(DriftError::EmptySample("first"));
-    }
-    if b.is_empty() {
-        return Err(DriftError::EmptySample("second"));
-    }
-    let all = merged(a, b);
-    let (na, nb) = (a.len() as f64, b.len() as f64);
-    let (mut ca, mut cb) = (Cursor { sorted: a, at: 0 }, Cursor { sorted: b, at: 0 });
-    let mut total = 0.0;
-    for w in all.windows(2) {
-        let (v, next) = (w[0], w[1]);
-        let gap = ca.count_le(v) as f64 / na - cb.count_le(v) as f64 / nb;
-        total += gap.abs() * (next - v);
-    }
-    Ok(total)
+    CdfComparison::of(a, b).map(|cdfs| cdfs.area)
 }
 
 /// Wasserstein-1 (earth mover's) distance between the empirical distributions of `a` and
@@ -450,5 +495,123 @@ mod tests {
         assert_eq!(k, ["a", "b", "c"]);
         assert_eq!(rv, [2.0, 1.0, 0.0]);
         assert_eq!(cv, [1.0, 0.0, 1.0]);
+    }
+
+    /// The statistics as first written, from the pooled sample built in full and a
+    /// bisection of the edges per value: the one-walk forms must give their bits.
+    fn psi_ks_wasserstein_pooled(a: &[f64], b: &[f64], bins: usize) -> (f64, KsResult, f64) {
+        let mut pooled = Vec::with_capacity(a.len() + b.len());
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() || j < b.len() {
+            if j == b.len() || (i < a.len() && a[i] <= b[j]) {
+                pooled.push(a[i]);
+                i += 1;
+            } else {
+                pooled.push(b[j]);
+                j += 1;
+            }
+        }
+        let (na, nb) = (a.len() as f64, b.len() as f64);
+        let gaps: Vec<f64> = {
+            let (mut ca, mut cb) = (Cursor { sorted: a, at: 0 }, Cursor { sorted: b, at: 0 });
+            pooled
+                .iter()
+                .map(|v| ca.count_le(*v) as f64 / na - cb.count_le(*v) as f64 / nb)
+                .collect()
+        };
+        let max_diff = gaps.iter().fold(f64::NEG_INFINITY, |m, d| m.max(*d));
+        let min_diff = gaps.iter().fold(f64::INFINITY, |m, d| m.min(*d));
+        let ks = CdfComparison {
+            max_diff,
+            min_diff,
+            area: 0.0,
+            n_a: na,
+            n_b: nb,
+        }
+        .ks();
+        let mut area = 0.0;
+        for (k, w) in pooled.windows(2).enumerate() {
+            area += gaps[k].abs() * (w[1] - w[0]);
+        }
+        let edges = quantile_edges(a, bins);
+        let share = |sample: &[f64]| -> Vec<f64> {
+            let mut counts = vec![0u64; edges.len() + 1];
+            for x in sample {
+                counts[bin_of(&edges, *x)] += 1;
+            }
+            let n = sample.len() as f64;
+            counts
+                .into_iter()
+                .map(|c| (c as f64 / n).max(PSI_FLOOR))
+                .collect()
+        };
+        let (r, c) = (share(a), share(b));
+        let psi = r.iter().zip(&c).map(|(r, c)| (c - r) * (c / r).ln()).sum();
+        (psi, ks, area)
+    }
+
+    #[test]
+    fn the_one_walk_statistics_give_the_bits_of_the_pooled_sample_ones() {
+        let mut rng = crate::test_rng::SplitMix(17);
+        // Few distinct values (ties within and across the samples, -0 beside +0) as well as
+        // continuous ones, samples of one value up to a few thousand, a few bin counts.
+        for case in 0..400 {
+            let distinct = [2, 5, 40, usize::MAX][case % 4];
+            let mut sample = |n: usize, shift: f64| -> Vec<f64> {
+                let raw: Vec<f64> = (0..n)
+                    .map(|_| match distinct {
+                        usize::MAX => rng.normal() * 3.0 + shift,
+                        d => {
+                            [-0.0, 0.0, 1.5, -2.25, 7.0][rng.below(d.min(5))]
+                                + (rng.below(d) / 5) as f64
+                                + shift.round()
+                        }
+                    })
+                    .collect();
+                finite_sorted(&raw)
+            };
+            let n_a = 1 + (case * 37) % 3000;
+            let n_b = 1 + (case * 91) % 700;
+            let shift = (case % 7) as f64 * 0.3;
+            let (a, b) = (sample(n_a, 0.0), sample(n_b, shift));
+            let bins = [2, 10, 23][case % 3];
+            let (psi, ks, area) = psi_ks_wasserstein_pooled(&a, &b, bins);
+            let one_walk = psi_sorted(&a, &b, bins).expect("psi");
+            let (ks_walk, area_walk) = ks_and_wasserstein_sorted(&a, &b).expect("cdfs");
+            assert_eq!(one_walk.to_bits(), psi.to_bits(), "psi, case {case}");
+            assert_eq!(
+                ks_walk.statistic.to_bits(),
+                ks.statistic.to_bits(),
+                "case {case}"
+            );
+            assert_eq!(
+                ks_walk.p_value.to_bits(),
+                ks.p_value.to_bits(),
+                "case {case}"
+            );
+            assert_eq!(
+                area_walk.to_bits(),
+                area.to_bits(),
+                "wasserstein, case {case}"
+            );
+            assert_eq!(ks_sorted(&a, &b).expect("ks"), ks_walk);
+            assert_eq!(
+                wasserstein_sorted(&a, &b).expect("w").to_bits(),
+                area.to_bits()
+            );
+        }
+    }
+
+    #[test]
+    fn psi_bins_values_by_the_edges_at_or_below_them_even_when_an_edge_overflows() {
+        // Quantiles interpolated between -1e308 and 1e308 overflow (the difference is
+        // infinite): bins then follow `bin_of` value by value.
+        let reference = [-1.0e308, -1.0e308, 1.0e308, 1.0e308];
+        let current = [-1.0e308, 0.0, 1.0e308];
+        let edges = quantile_edges(&reference, 4);
+        assert!(edges.iter().any(|e| !e.is_finite()), "{edges:?}");
+        let (psi, _, _) = psi_ks_wasserstein_pooled(&reference, &current, 4);
+        let got = psi_sorted(&reference, &current, 4).expect("psi");
+        assert_eq!(got.to_bits(), psi.to_bits());
     }
 }
