@@ -91,3 +91,50 @@ impl<'de> Deserialize<'de> for HeldReference {
         ReferenceWindows::deserialize(deserializer).map(Self::from)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(i: u32) -> WindowSummary {
+        let mut continuous = BTreeMap::new();
+        continuous.insert("price".to_string(), vec![f64::from(i % 4), 10.0]);
+        if i % 3 == 0 {
+            continuous.insert("rare".to_string(), vec![-f64::from(i)]);
+        }
+        WindowSummary {
+            continuous,
+            ..WindowSummary::default()
+        }
+    }
+
+    #[test]
+    fn the_pools_follow_the_windows_held_and_are_rebuilt_when_read() {
+        for mode in [
+            ReferenceMode::Trailing { windows: 4 },
+            ReferenceMode::Pinned { windows: 4 },
+        ] {
+            let mut held = HeldReference::new(mode);
+            for i in 0..11 {
+                held.push(summary(i));
+                let rebuilt = PooledSamples::of(held.iter().map(|w| &w.continuous));
+                assert_eq!(held.pooled, rebuilt, "{mode:?} after window {i}");
+            }
+            let first = match mode {
+                ReferenceMode::Trailing { .. } => 7,
+                ReferenceMode::Pinned { .. } => 0,
+            };
+            let price = held.pooled("price").expect("price is pooled");
+            assert_eq!(price.windows, 4);
+            let mut expected: Vec<f64> = (first..first + 4).map(|i| f64::from(i % 4)).collect();
+            expected.extend([10.0; 4]);
+            expected.sort_by(f64::total_cmp);
+            assert_eq!(price.sorted, expected);
+
+            let json = serde_json::to_string(&held).expect("serialise");
+            assert_eq!(json, serde_json::to_string(&held.windows).expect("windows"));
+            let back: HeldReference = serde_json::from_str(&json).expect("read back");
+            assert_eq!(back.pooled, held.pooled);
+        }
+    }
+}

@@ -1506,6 +1506,10 @@ mod tests {
         for w in &windows[23..] {
             let (x, y) = (a.observe_window(w), b.observe_window(w));
             assert_eq!(x.alerts, y.alerts);
+            // The restored reference compares continuous features too (its pools are
+            // rebuilt from the windows read back).
+            let continuous = |d: &WindowDrift| d.features.iter().filter(|f| !f.categorical).count();
+            assert_eq!((continuous(&x), continuous(&y)), (2, 2));
             for (f, g) in x.features.iter().zip(&y.features) {
                 assert!(
                     (f.value - g.value).abs() <= 1e-12 * f.value.abs().max(1e-300),
