@@ -99,7 +99,7 @@ mod tests {
     fn summary(i: u32) -> WindowSummary {
         let mut continuous = BTreeMap::new();
         continuous.insert("price".to_string(), vec![f64::from(i % 4), 10.0]);
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             continuous.insert("rare".to_string(), vec![-f64::from(i)]);
         }
         WindowSummary {
