@@ -16,7 +16,7 @@ use super::reference::{Pushed, ReferenceMode, ReferenceWindows};
 /// What the reference keeps of a window.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct WindowSummary {
-    /// Each continuous feature's finite values, sorted and thinned.
+    /// Each continuous feature's finite values, sorted by `f64::total_cmp` and thinned.
     pub continuous: BTreeMap<String, Vec<f64>>,
     /// Each categorical feature's counts.
     pub categorical: BTreeMap<String, BTreeMap<String, u64>>,
@@ -67,7 +67,16 @@ impl HeldReference {
 }
 
 impl From<ReferenceWindows<WindowSummary>> for HeldReference {
-    fn from(windows: ReferenceWindows<WindowSummary>) -> Self {
+    /// The windows as read from a checkpoint: values out of order (which no build writes)
+    /// are sorted first, since the pools merge and take out sorted runs.
+    fn from(mut windows: ReferenceWindows<WindowSummary>) -> Self {
+        for window in windows.iter_mut() {
+            for values in window.continuous.values_mut() {
+                if !values.is_sorted_by(|a, b| a.total_cmp(b).is_le()) {
+                    values.sort_by(f64::total_cmp);
+                }
+            }
+        }
         let pooled = PooledSamples::of(windows.iter().map(|w| &w.continuous));
         Self { windows, pooled }
     }
@@ -136,5 +145,23 @@ mod tests {
             let back: HeldReference = serde_json::from_str(&json).expect("read back");
             assert_eq!(back.pooled, held.pooled);
         }
+    }
+
+    #[test]
+    fn a_checkpoints_values_out_of_order_are_sorted_when_read() {
+        let mut held = HeldReference::new(ReferenceMode::Trailing { windows: 2 });
+        held.push(summary(1));
+        let json = serde_json::to_string(&held)
+            .expect("serialise")
+            .replace("[1.0,10.0]", "[10.0,1.0]");
+        let mut back: HeldReference = serde_json::from_str(&json).expect("read back");
+        assert_eq!(back, held);
+        // The window leaves the pool whole when it leaves the reference.
+        back.push(summary(2));
+        back.push(summary(4));
+        assert_eq!(
+            back.pooled("price").map(|p| p.sorted.clone()),
+            Some(vec![0.0, 2.0, 10.0, 10.0])
+        );
     }
 }

@@ -66,7 +66,8 @@ impl PooledSamples {
     }
 }
 
-/// The sorted union of two sorted multisets.
+/// The sorted union of two sorted multisets. Ties are decided by `total_cmp` (-0 before
+/// +0), the order of the sort this replaces, so the pool has the bits it gave.
 fn merged(a: &[f64], b: &[f64]) -> Vec<f64> {
     let mut out = Vec::with_capacity(a.len() + b.len());
     let (mut i, mut j) = (0, 0);

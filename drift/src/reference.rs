@@ -93,6 +93,11 @@ impl<T> ReferenceWindows<T> {
         self.windows.iter()
     }
 
+    /// The windows, oldest first, to change in place.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.windows.iter_mut()
+    }
+
     /// The newest window held.
     pub fn newest(&self) -> Option<&T> {
         self.windows.back()
@@ -123,6 +128,7 @@ impl<T> ReferenceWindows<T> {
 
 /// What [`ReferenceWindows::push`] did with a window.
 #[derive(Debug, PartialEq)]
+#[must_use = "a window held or dropped changes what is derived from the reference"]
 pub enum Pushed<T> {
     /// It is the newest window held; the oldest windows beyond capacity were dropped.
     Held {
