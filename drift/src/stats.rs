@@ -97,26 +97,36 @@ fn bin_of(edges: &[f64], x: f64) -> usize {
 /// The share of a finite, sorted `sample` in each bin ([`bin_of`]), floored at
 /// [`PSI_FLOOR`].
 fn proportions(edges: &[f64], sample: &[f64]) -> Vec<f64> {
-    let mut counts = vec![0usize; edges.len() + 1];
-    if edges.iter().all(|e| e.is_finite()) {
-        // Each bin is a run of the sorted sample: the values in bins `0..=k` are those
-        // below edge `k`, found by bisection instead of a bisection per value.
-        let mut below_previous = 0;
-        for (count, edge) in counts.iter_mut().zip(edges) {
-            let below = sample.partition_point(|x| x < edge);
-            *count = below - below_previous;
-            below_previous = below;
-        }
-        counts[edges.len()] = sample.len() - below_previous;
-    } else {
+    if !edges.iter().all(|e| e.is_finite()) {
         // An edge interpolated between values near the ends of f64 can be infinite or
-        // NaN (`a + inf * 0`), which the bisection cannot order: the rule of `bin_of`,
-        // value by value.
-        for x in sample {
-            counts[bin_of(edges, *x)] += 1;
-        }
+        // NaN (`a + inf * 0`), which the bisection below cannot order.
+        return proportions_value_by_value(edges, sample);
     }
-    let n = sample.len() as f64;
+    // Each bin is a run of the sorted sample: the values in bins `0..=k` are those below
+    // edge `k`, found by bisection instead of a bisection per value.
+    let mut counts = vec![0u64; edges.len() + 1];
+    let mut below_previous = 0;
+    for (count, edge) in counts.iter_mut().zip(edges) {
+        let below = sample.partition_point(|x| x < edge);
+        *count = (below - below_previous) as u64;
+        below_previous = below;
+    }
+    counts[edges.len()] = (sample.len() - below_previous) as u64;
+    shares(counts, sample.len())
+}
+
+/// [`proportions`] by the rule of [`bin_of`], value by value: for any edges.
+fn proportions_value_by_value(edges: &[f64], sample: &[f64]) -> Vec<f64> {
+    let mut counts = vec![0u64; edges.len() + 1];
+    for x in sample {
+        counts[bin_of(edges, *x)] += 1;
+    }
+    shares(counts, sample.len())
+}
+
+/// Counts over `n`, floored at [`PSI_FLOOR`].
+fn shares(counts: Vec<u64>, n: usize) -> Vec<f64> {
+    let n = n as f64;
     counts
         .into_iter()
         .map(|c| (c as f64 / n).max(PSI_FLOOR))
@@ -500,23 +510,14 @@ mod tests {
         assert_eq!(cv, [1.0, 0.0, 1.0]);
     }
 
-    /// The statistics as first written (52c72a4, copied verbatim): the pooled sample
-    /// built in full, a bisection of the edges per value. The one-walk forms must give
-    /// their bits.
+    /// The statistics as first written (52c72a4, copied verbatim but for the KS tail): the
+    /// pooled sample built in full, a bisection of the edges per value. The one-walk forms
+    /// must give their bits.
     mod as_first_written {
-        use super::super::{Cursor, KsResult, PSI_FLOOR, bin_of, kolmogorov_sf, quantile_edges};
+        use super::super::{CdfComparison, Cursor, KsResult, quantile_edges};
 
-        pub fn proportions(edges: &[f64], sample: &[f64]) -> Vec<f64> {
-            let mut counts = vec![0u64; edges.len() + 1];
-            for x in sample {
-                counts[bin_of(edges, *x)] += 1;
-            }
-            let n = sample.len() as f64;
-            counts
-                .into_iter()
-                .map(|c| (c as f64 / n).max(PSI_FLOOR))
-                .collect()
-        }
+        // The per-value rule, `proportions` as first written, is kept as the fallback.
+        use super::super::proportions_value_by_value as proportions;
 
         pub fn psi_sorted(reference: &[f64], current: &[f64], bins: usize) -> f64 {
             let edges = quantile_edges(reference, bins);
@@ -549,19 +550,16 @@ mod tests {
                 max_diff = max_diff.max(diff);
                 min_diff = min_diff.min(diff);
             }
-            let min_s = (-min_diff).clamp(0.0, 1.0);
-            let d = if min_s > max_diff { min_s } else { max_diff };
-            let (m, n) = if na >= nb { (na, nb) } else { (nb, na) };
-            let en = (m * n / (m + n)).round_ties_even();
-            let p_value = if en < 1.0 {
-                1.0
-            } else {
-                kolmogorov_sf(en as u64, d).clamp(0.0, 1.0)
-            };
-            KsResult {
-                statistic: d,
-                p_value,
+            // (The statistic and p-value from the two extremes did not change: the SciPy
+            // vectors of `ks_2samp` guard them.)
+            CdfComparison {
+                max_diff,
+                min_diff,
+                area: f64::NAN,
+                n_a: na,
+                n_b: nb,
             }
+            .ks()
         }
 
         pub fn wasserstein_sorted(a: &[f64], b: &[f64]) -> f64 {
@@ -647,7 +645,7 @@ mod tests {
         for sample in [&reference[..], &current[..]] {
             assert_eq!(
                 proportions(&edges, sample),
-                as_first_written::proportions(&edges, sample)
+                proportions_value_by_value(&edges, sample)
             );
         }
         assert_eq!(
