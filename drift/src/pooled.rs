@@ -43,9 +43,20 @@ impl PooledSamples {
     /// A window enters: each feature's sorted values are merged into its pool.
     pub fn add(&mut self, window: &BTreeMap<String, Vec<f64>>) {
         for (feature, values) in window.iter().filter(|(_, v)| !v.is_empty()) {
-            let pool = self.by_feature.entry(feature.clone()).or_default();
-            pool.sorted = merged(&pool.sorted, values);
-            pool.windows += 1;
+            // (The name is copied only for a feature no window held.)
+            match self.by_feature.get_mut(feature) {
+                Some(pool) => {
+                    pool.sorted = merged(&pool.sorted, values);
+                    pool.windows += 1;
+                }
+                None => {
+                    let pool = Pool {
+                        sorted: values.clone(),
+                        windows: 1,
+                    };
+                    self.by_feature.insert(feature.clone(), pool);
+                }
+            }
         }
     }
 
