@@ -19,7 +19,7 @@ help:
 	@echo "make broker       start a local tansu broker on 127.0.0.1:9092 with the shop.* topics"
 	@echo "make check-store  read a store (STORE=DIR or s3://…) with pyarrow and DuckDB (installs them into a venv)"
 	@echo "make bench-store-s3  store writes and queries, local disk vs S3 (moto), one run"
-	@echo "make bench        criterion benchmarks (figures go to BENCHMARKS.md)"
+	@echo "make bench        criterion benchmarks: decode, features, trainer, store (figures go to BENCHMARKS.md)"
 	@echo "make bench-e2e    the whole job vs a bare librdkafka consumer on the same topics, one run"
 	@echo "                  (EVENTS=200000 ROUNDS=1; starts its own broker; scripts/bench-scale.sh)"
 	@echo "make fuzz         fuzz the decoder for FUZZ_SECS seconds (default 600; installs cargo-fuzz)"
@@ -55,6 +55,9 @@ bench-store-s3:
 
 bench:
 	$(CARGO) bench --locked -p shopstream-ingest --bench decode
+	$(CARGO) bench --locked -p shopstream-features --bench features
+	$(CARGO) bench --locked -p shopstream-trainer --bench train
+	$(CARGO) bench --locked -p shopstream-sinks --bench store
 
 # One instance with 1 and 2 workers against a bare consumer, without the group and live
 # parts (scripts/bench-scale.sh runs those too when called directly).

@@ -72,16 +72,18 @@ fn run_with(
             pipeline.register_partition(topic, p);
         }
     }
+    // The examples of a window: counted, or built into an Arrow batch too.
+    let examples = |output: &shopstream_features::WindowOutput| {
+        if arrow {
+            examples_batch(&output.examples).unwrap().num_rows()
+        } else {
+            output.examples.len()
+        }
+    };
     let mut rows = 0;
     for (meta, event) in events {
         pipeline.ingest(meta, event).unwrap();
-        for output in pipeline.close_ready() {
-            rows += if arrow {
-                examples_batch(&output.examples).unwrap().num_rows()
-            } else {
-                output.examples.len()
-            };
-        }
+        rows += pipeline.close_ready().iter().map(examples).sum::<usize>();
     }
     if measure_state {
         let (users, items) = pipeline.key_counts();
@@ -105,9 +107,7 @@ fn run_with(
             memory.pending as f64 / pending.max(1) as f64
         );
     }
-    for output in pipeline.finish() {
-        rows += examples_batch(&output.examples).unwrap().num_rows();
-    }
+    rows += pipeline.finish().iter().map(examples).sum::<usize>();
     rows
 }
 

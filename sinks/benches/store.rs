@@ -1,0 +1,182 @@
+//! Store write path throughput: the examples of generated traffic written as the job
+//! writes them (one file per 10-minute span and hour, `write_windows`), their hours
+//! compacted (`compact`), and the Parquet encoding alone under the store's settings and
+//! two alternatives (the levers measured in BENCHMARKS.md). Rows per second; the bytes
+//! of each encoding are printed once.
+//!
+//! Run: `cargo bench -p shopstream-sinks --bench store` (figures in BENCHMARKS.md).
+
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+
+use arrow::array::RecordBatch;
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use shopstream_config::{PipelineConfig, StoreConfig};
+use shopstream_features::{FeaturePipeline, examples_batch};
+use shopstream_ingest::decode::{DecodeLimits, decode};
+use shopstream_ingest::event::InputTopic;
+use shopstream_ingest::generator::{Generator, GeneratorOptions};
+use shopstream_ingest::record::RecordMeta;
+use shopstream_sinks::store::{ParquetStore, WindowRows};
+
+const PARTITIONS: u64 = 4;
+const TABLE: &str = "examples";
+
+/// The windows' examples of `events` generated messages (default world), as the job hands
+/// them to the store, grouped by the default 10-minute file span.
+fn spans(events: u64) -> Vec<Vec<WindowRows>> {
+    let config = PipelineConfig::default();
+    let mut pipeline = FeaturePipeline::new(&config);
+    for topic in InputTopic::ALL {
+        for p in 0..PARTITIONS as i32 {
+            pipeline.register_partition(topic, p);
+        }
+    }
+    let mut offsets = [0i64; 12];
+    let mut outputs = Vec::new();
+    let options = GeneratorOptions {
+        max_events: Some(events),
+        ..GeneratorOptions::default()
+    };
+    for m in Generator::new(options) {
+        // The key decides the partition, as Kafka's partitioner would.
+        let hash = m.key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        let partition = (hash % PARTITIONS) as i32;
+        let slot = m.topic as usize * PARTITIONS as usize + partition as usize;
+        offsets[slot] += 1;
+        let meta = RecordMeta {
+            topic: m.topic,
+            partition,
+            offset: offsets[slot],
+        };
+        let event = decode(m.topic, None, &m.payload, DecodeLimits::default()).unwrap();
+        pipeline.ingest(meta, event).unwrap();
+        outputs.extend(pipeline.close_ready());
+    }
+    outputs.extend(pipeline.finish());
+    let span_ms = StoreConfig::default().file_span_secs as i64 * 1_000;
+    let mut spans: BTreeMap<i64, Vec<WindowRows>> = BTreeMap::new();
+    for output in outputs.into_iter().filter(|o| !o.examples.is_empty()) {
+        spans
+            .entry(output.start.div_euclid(span_ms))
+            .or_default()
+            .push(WindowRows {
+                window_ms: output.start,
+                batch: examples_batch(&output.examples).unwrap(),
+                metadata: BTreeMap::new(),
+            });
+    }
+    spans.into_values().collect()
+}
+
+/// A store with the default settings in a fresh temporary directory.
+fn fresh_store() -> (tempfile::TempDir, ParquetStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ParquetStore::open(&StoreConfig {
+        path: dir.path().to_path_buf(),
+        ..StoreConfig::default()
+    })
+    .unwrap();
+    (dir, store)
+}
+
+fn write_spans(store: &ParquetStore, spans: &[Vec<WindowRows>]) -> usize {
+    let offsets = BTreeMap::new();
+    spans
+        .iter()
+        .map(|span| store.write_windows(TABLE, span, &offsets).unwrap().len())
+        .sum()
+}
+
+/// Bytes of `batch` as one Parquet file written with `properties`.
+fn encode(batch: &RecordBatch, properties: &WriterProperties) -> usize {
+    let mut writer =
+        ArrowWriter::try_new(Vec::new(), batch.schema(), Some(properties.clone())).unwrap();
+    writer.write(batch).unwrap();
+    writer.into_inner().unwrap().len()
+}
+
+fn zstd(level: i32) -> Compression {
+    Compression::ZSTD(ZstdLevel::try_new(level).unwrap())
+}
+
+fn bench(c: &mut Criterion) {
+    let spans = spans(200_000);
+    let rows: usize = spans.iter().flatten().map(|w| w.batch.num_rows()).sum();
+    let windows: usize = spans.iter().map(Vec::len).sum();
+    eprintln!(
+        "{rows} examples in {windows} windows, {} file spans",
+        spans.len()
+    );
+
+    let mut group = c.benchmark_group("store");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(rows as u64));
+    group.bench_function("write_spans", |b| {
+        b.iter_batched(
+            fresh_store,
+            |(dir, store)| (black_box(write_spans(&store, &spans)), dir),
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("compact_written_spans", |b| {
+        b.iter_batched(
+            || {
+                let (dir, store) = fresh_store();
+                write_spans(&store, &spans);
+                (dir, store)
+            },
+            |(dir, store)| (black_box(store.compact(TABLE, None).unwrap().len()), dir),
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+
+    // The encoding alone, one span's windows in one file each, under the store's
+    // settings (zstd level 3, dictionaries on) and the alternatives measured.
+    let batches: Vec<RecordBatch> = spans
+        .iter()
+        .map(|span| {
+            let windows: Vec<RecordBatch> = span.iter().map(|w| w.batch.clone()).collect();
+            arrow::compute::concat_batches(&windows[0].schema(), &windows).unwrap()
+        })
+        .collect();
+    let store = WriterProperties::builder().set_compression(zstd(3));
+    let options = [
+        ("store_settings", store.clone().build()),
+        (
+            "zstd_level_1",
+            store.clone().set_compression(zstd(1)).build(),
+        ),
+        (
+            "no_dictionaries",
+            store.clone().set_dictionary_enabled(false).build(),
+        ),
+    ];
+    let mut group = c.benchmark_group("parquet_encoding");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(rows as u64));
+    for (name, properties) in &options {
+        let bytes: usize = batches.iter().map(|b| encode(b, properties)).sum();
+        eprintln!("{name}: {bytes} bytes for {rows} rows");
+        group.bench_function(*name, |b| {
+            b.iter(|| {
+                batches
+                    .iter()
+                    .map(|batch| encode(black_box(batch), properties))
+                    .sum::<usize>()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
