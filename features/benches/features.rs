@@ -10,12 +10,11 @@ use std::hint::black_box;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use shopstream_config::PipelineConfig;
 use shopstream_features::{FeaturePipeline, examples_batch};
-use shopstream_ingest::decode::{DecodeLimits, decode};
 use shopstream_ingest::event::{Event, InputTopic};
 use shopstream_ingest::generator::{Generator, GeneratorOptions, world::WorldSize};
 use shopstream_ingest::record::RecordMeta;
 
-const PARTITIONS: u64 = 4;
+const PARTITIONS: u32 = 4;
 
 fn traffic(events: u64) -> Vec<(RecordMeta, Event)> {
     let options = GeneratorOptions {
@@ -30,27 +29,7 @@ fn traffic(events: u64) -> Vec<(RecordMeta, Event)> {
         },
         ..GeneratorOptions::default()
     };
-    let mut offsets = [0i64; 12];
-    Generator::new(options)
-        .map(|m| {
-            // The key decides the partition, as Kafka's partitioner would.
-            let hash = m.key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-            });
-            let partition = (hash % PARTITIONS) as i32;
-            let slot = m.topic as usize * 4 + partition as usize;
-            offsets[slot] += 1;
-            let meta = RecordMeta {
-                topic: m.topic,
-                partition,
-                offset: offsets[slot],
-            };
-            (
-                meta,
-                decode(m.topic, None, &m.payload, DecodeLimits::default()).unwrap(),
-            )
-        })
-        .collect()
+    Generator::new(options).decoded_on(PARTITIONS).collect()
 }
 
 fn run(events: Vec<(RecordMeta, Event)>, measure_state: bool) -> usize {

@@ -18,13 +18,11 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use shopstream_config::{PipelineConfig, StoreConfig};
 use shopstream_features::{FeaturePipeline, examples_batch};
-use shopstream_ingest::decode::{DecodeLimits, decode};
 use shopstream_ingest::event::InputTopic;
 use shopstream_ingest::generator::{Generator, GeneratorOptions};
-use shopstream_ingest::record::RecordMeta;
 use shopstream_sinks::store::{ParquetStore, WindowRows};
 
-const PARTITIONS: u64 = 4;
+const PARTITIONS: u32 = 4;
 const TABLE: &str = "examples";
 
 /// The windows' examples of `events` generated messages (default world), as the job hands
@@ -37,26 +35,12 @@ fn spans(events: u64) -> Vec<Vec<WindowRows>> {
             pipeline.register_partition(topic, p);
         }
     }
-    let mut offsets = [0i64; 12];
     let mut outputs = Vec::new();
     let options = GeneratorOptions {
         max_events: Some(events),
         ..GeneratorOptions::default()
     };
-    for m in Generator::new(options) {
-        // The key decides the partition, as Kafka's partitioner would.
-        let hash = m.key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        });
-        let partition = (hash % PARTITIONS) as i32;
-        let slot = m.topic as usize * PARTITIONS as usize + partition as usize;
-        offsets[slot] += 1;
-        let meta = RecordMeta {
-            topic: m.topic,
-            partition,
-            offset: offsets[slot],
-        };
-        let event = decode(m.topic, None, &m.payload, DecodeLimits::default()).unwrap();
+    for (meta, event) in Generator::new(options).decoded_on(PARTITIONS) {
         pipeline.ingest(meta, event).unwrap();
         outputs.extend(pipeline.close_ready());
     }

@@ -297,6 +297,34 @@ impl Generator {
         })
     }
 
+    /// The valid events of the traffic as a consumer of `partitions` partitions per topic
+    /// reads them: each message on the partition its key hashes to (FNV-1a of the key,
+    /// modulo `partitions`), with offsets counted from 1 per topic and partition (a
+    /// malformed message takes its offset and is skipped). For benchmarks that feed the
+    /// partition shards without Kafka.
+    pub fn decoded_on(
+        &mut self,
+        partitions: u32,
+    ) -> impl Iterator<Item = (RecordMeta, Event)> + '_ {
+        let partitions = u64::from(partitions.max(1));
+        let mut offsets = vec![0i64; InputTopic::ALL.len() * partitions as usize];
+        self.by_ref().filter_map(move |m| {
+            let hash = m.key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            });
+            let partition = hash % partitions;
+            let slot = m.topic as usize * partitions as usize + partition as usize;
+            offsets[slot] += 1;
+            let event = decode(m.topic, None, &m.payload, DecodeLimits::default()).ok()?;
+            let meta = RecordMeta {
+                topic: m.topic,
+                partition: i32::try_from(partition).unwrap_or(i32::MAX),
+                offset: offsets[slot],
+            };
+            Some((meta, event))
+        })
+    }
+
     /// Ground truth of every impression produced so far, in production order.
     pub fn truth(&self) -> &[TruthRow] {
         &self.truth
@@ -883,6 +911,52 @@ mod tests {
         assert_eq!(a, b);
         let c: Vec<_> = Generator::new(small(6, 0.02)).collect();
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn decoded_on_partitions_keeps_each_key_on_one_partition_with_offsets_per_partition() {
+        let raw: Vec<GeneratedMessage> = Generator::new(small(3, 0.05)).collect();
+        let events: Vec<Event> = Generator::new(small(3, 0.05))
+            .decoded()
+            .map(|(_, e)| e)
+            .collect();
+        let placed: Vec<(RecordMeta, Event)> =
+            Generator::new(small(3, 0.05)).decoded_on(4).collect();
+        // The events of `decoded`, in its order: only their metadata differs.
+        assert_eq!(
+            placed.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(),
+            events
+        );
+        let valid: Vec<&GeneratedMessage> = raw.iter().filter(|m| m.malformed.is_none()).collect();
+        assert_eq!(valid.len(), placed.len());
+        let mut partition_of: HashMap<(InputTopic, &str), i32> = HashMap::new();
+        let mut last: BTreeMap<(InputTopic, i32), i64> = BTreeMap::new();
+        for (message, (meta, _)) in valid.iter().zip(&placed) {
+            assert_eq!(message.topic, meta.topic);
+            assert!((0..4).contains(&meta.partition), "{meta:?}");
+            let first = *partition_of
+                .entry((meta.topic, message.key.as_str()))
+                .or_insert(meta.partition);
+            assert_eq!(first, meta.partition, "key {} moved", message.key);
+            let previous = last.insert((meta.topic, meta.partition), meta.offset);
+            assert!(
+                meta.offset > previous.unwrap_or(0),
+                "{meta:?} after {previous:?}"
+            );
+        }
+        // Every partition of every topic got messages, and each malformed message took an
+        // offset of its partition.
+        assert_eq!(last.len(), 12);
+        assert_eq!(last.values().sum::<i64>(), raw.len() as i64);
+        assert!(raw.len() > valid.len());
+
+        // Without malformed messages the offsets of a partition are 1, 2, 3, ...
+        let mut next: BTreeMap<(InputTopic, i32), i64> = BTreeMap::new();
+        for (meta, _) in Generator::new(small(3, 0.0)).decoded_on(4) {
+            let expected = next.entry((meta.topic, meta.partition)).or_insert(1);
+            assert_eq!(meta.offset, *expected);
+            *expected += 1;
+        }
     }
 
     #[test]
