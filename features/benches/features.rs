@@ -14,7 +14,7 @@ use shopstream_ingest::event::{Event, InputTopic};
 use shopstream_ingest::generator::{Generator, GeneratorOptions, world::WorldSize};
 use shopstream_ingest::record::RecordMeta;
 
-const PARTITIONS: u32 = 4;
+const PARTITIONS: i32 = 4;
 
 fn traffic(events: u64) -> Vec<(RecordMeta, Event)> {
     let options = GeneratorOptions {
@@ -47,7 +47,7 @@ fn run_with(
     let mut pipeline = FeaturePipeline::new(&PipelineConfig::default());
     pipeline.set_threads(threads);
     for topic in InputTopic::ALL {
-        for p in 0..PARTITIONS as i32 {
+        for p in 0..PARTITIONS {
             pipeline.register_partition(topic, p);
         }
     }

@@ -22,7 +22,7 @@ use shopstream_ingest::event::InputTopic;
 use shopstream_ingest::generator::{Generator, GeneratorOptions};
 use shopstream_sinks::store::{ParquetStore, WindowRows};
 
-const PARTITIONS: u32 = 4;
+const PARTITIONS: i32 = 4;
 const TABLE: &str = "examples";
 
 /// The windows' examples of `events` generated messages (default world), as the job hands
@@ -31,7 +31,7 @@ fn spans(events: u64) -> Vec<Vec<WindowRows>> {
     let config = PipelineConfig::default();
     let mut pipeline = FeaturePipeline::new(&config);
     for topic in InputTopic::ALL {
-        for p in 0..PARTITIONS as i32 {
+        for p in 0..PARTITIONS {
             pipeline.register_partition(topic, p);
         }
     }

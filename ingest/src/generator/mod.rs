@@ -304,21 +304,23 @@ impl Generator {
     /// partition shards without Kafka.
     pub fn decoded_on(
         &mut self,
-        partitions: u32,
+        partitions: i32,
     ) -> impl Iterator<Item = (RecordMeta, Event)> + '_ {
-        let partitions = u64::from(partitions.max(1));
+        // Kafka's partition numbers are non-negative i32s.
+        let partitions = partitions.max(1).unsigned_abs();
         let mut offsets = vec![0i64; InputTopic::ALL.len() * partitions as usize];
         self.by_ref().filter_map(move |m| {
             let hash = m.key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
                 (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
             });
-            let partition = hash % partitions;
+            // Below `partitions`, so it fits an i32 (and a u32).
+            let partition = (hash % u64::from(partitions)) as u32;
             let slot = m.topic as usize * partitions as usize + partition as usize;
             offsets[slot] += 1;
             let event = decode(m.topic, None, &m.payload, DecodeLimits::default()).ok()?;
             let meta = RecordMeta {
                 topic: m.topic,
-                partition: i32::try_from(partition).unwrap_or(i32::MAX),
+                partition: partition as i32,
                 offset: offsets[slot],
             };
             Some((meta, event))
