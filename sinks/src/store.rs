@@ -504,15 +504,10 @@ impl ParquetStore {
         Ok(())
     }
 
-    /// Writes `batch` as the object `key` (whole or not at all); returns its size in
-    /// bytes.
-    fn write_file(
-        &self,
-        key: &str,
-        batch: &RecordBatch,
-        metadata: &BTreeMap<String, String>,
-    ) -> Result<u64, StoreError> {
-        let properties = WriterProperties::builder()
+    /// The Parquet settings of every file the store writes, with `metadata` as the file's
+    /// key-value metadata: `store.zstd_level`, `store.row_group_rows`, [`created_by`].
+    pub fn file_properties(&self, metadata: &BTreeMap<String, String>) -> WriterProperties {
+        WriterProperties::builder()
             .set_compression(Compression::ZSTD(
                 ZstdLevel::try_new(self.zstd_level).unwrap_or_default(),
             ))
@@ -524,7 +519,18 @@ impl ParquetStore {
                     .collect(),
             ))
             .set_created_by(created_by())
-            .build();
+            .build()
+    }
+
+    /// Writes `batch` as the object `key` (whole or not at all); returns its size in
+    /// bytes.
+    fn write_file(
+        &self,
+        key: &str,
+        batch: &RecordBatch,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<u64, StoreError> {
+        let properties = self.file_properties(metadata);
         let parquet_err = |source| StoreError::Parquet {
             path: self.storage.location(key),
             source,
