@@ -14,7 +14,9 @@ use shopstream_ingest::generator::{Generator, GeneratorOptions};
 use shopstream_ingest::record::RecordMeta;
 use shopstream_trainer::Trainer;
 
-fn examples(n: usize) -> Vec<Example> {
+/// The examples of `n` impressions or more, as the pipeline handed them over: one list per
+/// window closed (a window's list holds the impressions whose labels matured in it).
+fn windows(n: usize) -> Vec<Vec<Example>> {
     let mut pipeline = FeaturePipeline::new(&PipelineConfig::default());
     let mut out = Vec::new();
     for (offset, m) in Generator::new(GeneratorOptions {
@@ -30,18 +32,32 @@ fn examples(n: usize) -> Vec<Example> {
             offset: offset as i64,
         };
         pipeline.ingest(meta, event).unwrap();
-        out.extend(pipeline.close_ready().into_iter().flat_map(|w| w.examples));
+        out.extend(pipeline.close_ready().into_iter().map(|w| w.examples));
     }
-    out.extend(pipeline.finish().into_iter().flat_map(|w| w.examples));
-    out.truncate(n);
+    out.extend(pipeline.finish().into_iter().map(|w| w.examples));
+    out.retain(|w| !w.is_empty());
     out
 }
 
 fn bench(c: &mut Criterion) {
-    let data = examples(20_000);
+    let windows = windows(40_000);
+    let mut data: Vec<Example> = windows.iter().flatten().cloned().collect();
+    data.truncate(20_000);
+    // The windows after those that hold the first 20,000 examples.
+    let mut seen = 0;
+    let later: Vec<&[Example]> = windows
+        .iter()
+        .skip_while(|w| {
+            seen += w.len();
+            seen <= data.len()
+        })
+        .map(Vec::as_slice)
+        .collect();
     let mut group = c.benchmark_group("trainer");
     group.sample_size(10);
     group.throughput(Throughput::Elements(data.len() as u64));
+    // A new model on one 20,000-example window: every embedding row and optimiser page it
+    // touches is touched for the first time (page faults), inside the timing.
     group.bench_function("train_window_prequential", |b| {
         b.iter_batched(
             || Trainer::new(&ModelConfig::default()),
@@ -49,6 +65,31 @@ fn bench(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
+    // What a running job does: a model that has trained on the first 20,000 examples
+    // trains on the next 20,000, window by window as the pipeline closed them (one-minute
+    // windows). The trainer is returned so that its drop is not timed either.
+    let mut warm = Trainer::new(&ModelConfig::default());
+    warm.train_window(&data);
+    let later_examples: usize = later.iter().map(|w| w.len()).sum();
+    eprintln!(
+        "warm: {later_examples} examples in {} windows, after {} examples",
+        later.len(),
+        data.len()
+    );
+    group.throughput(Throughput::Elements(later_examples as u64));
+    group.bench_function("train_windows_warm", |b| {
+        b.iter_batched(
+            || warm.clone(),
+            |mut t| {
+                for window in &later {
+                    black_box(t.train_window(window).examples);
+                }
+                t
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.throughput(Throughput::Elements(data.len() as u64));
     let mut trained = Trainer::new(&ModelConfig::default());
     trained.train_window(&data);
     let rows: Vec<_> = data
