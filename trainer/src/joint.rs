@@ -673,34 +673,18 @@ impl JointModel {
             &g.params,
             n,
         );
-        // Lazy Adam for embeddings: sum the batch's gradient per row, update those rows.
-        let mut uses: Vec<(usize, usize)> = g
-            .rows
-            .iter()
-            .copied()
-            .enumerate()
-            .map(|(i, r)| (r, i))
-            .collect();
-        uses.sort_unstable();
-        let mut sum = vec![0.0; d];
-        let mut i = 0;
-        while i < uses.len() {
-            let row = uses[i].0;
-            sum.iter_mut().for_each(|s| *s = 0.0);
-            while i < uses.len() && uses[i].0 == row {
-                let at = uses[i].1 * d;
-                for (s, v) in sum.iter_mut().zip(&g.row_grads[at..at + d]) {
-                    *s += v;
-                }
-                i += 1;
-            }
+        // Lazy Adam for embeddings: sum the batch's gradient per row, in order of use,
+        // then update those rows (each row's update reads only that row, so the order the
+        // rows are updated in does not matter).
+        let grouped = RowSums::of(&g.rows, &g.row_grads, d);
+        for (row, sum) in grouped.rows.iter().zip(grouped.sums.chunks_exact(d)) {
             let at = row * d..(row + 1) * d;
             adam(
                 step,
                 &mut self.embedding[at.clone()],
                 &mut self.emb_m[at.clone()],
                 &mut self.emb_v[at],
-                &sum,
+                sum,
                 n,
             );
         }
@@ -820,7 +804,53 @@ impl JointModel {
     }
 }
 
-/// y += a x (slices of equal length; written so the compiler vectorises it).
+/// A batch's embedding gradients summed per row: each row once, in order of its first use,
+/// its sum `0.0 + g1 + g2 + ...` over its uses in order (the sums a sort by row, stable
+/// per row, would make).
+struct RowSums {
+    rows: Vec<usize>,
+    /// `dim` entries per row of `rows`.
+    sums: Vec<f64>,
+}
+
+impl RowSums {
+    /// `rows[i]` is use `i`'s row and `grads[i * dim..(i + 1) * dim]` its gradient.
+    fn of(rows: &[usize], grads: &[f64], dim: usize) -> Self {
+        // Open addressing over twice as many slots as uses, so that a use finds its row
+        // in about one probe: cheaper than sorting the batch's uses by row.
+        let bits = (2 * rows.len()).max(2).next_power_of_two().trailing_zeros();
+        let mask = (1usize << bits) - 1;
+        let mut table = vec![usize::MAX; 1 << bits];
+        let mut out = Self {
+            rows: Vec::with_capacity(rows.len()),
+            sums: Vec::with_capacity(grads.len()),
+        };
+        for (row, grad) in rows.iter().zip(grads.chunks_exact(dim)) {
+            let hash = (*row as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits);
+            let mut at = hash as usize & mask;
+            let index = loop {
+                match table[at] {
+                    usize::MAX => {
+                        table[at] = out.rows.len();
+                        out.rows.push(*row);
+                        out.sums.resize(out.sums.len() + dim, 0.0);
+                        break out.rows.len() - 1;
+                    }
+                    i if out.rows[i] == *row => break i,
+                    _ => at = (at + 1) & mask,
+                }
+            };
+            for (s, v) in out.sums[index * dim..(index + 1) * dim]
+                .iter_mut()
+                .zip(grad)
+            {
+                *s += v;
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1118,5 +1148,61 @@ mod tests {
             (fast - 6.0).abs() < 1.0 && slow < 0.5,
             "fast {fast} slow {slow}"
         );
+    }
+
+    /// Guards the embedding update's grouping: per row, the same sums (bit for bit) as
+    /// sorting the uses by row and adding each row's gradients in order of use, for rows
+    /// used once, rows used many times (a batch's scenario and hour rows), and zeros of
+    /// both signs.
+    #[test]
+    fn row_sums_match_sorting_the_uses_by_row() {
+        let mut rng = shopstream_ingest::generator::rng::Rng::new(5, 3);
+        for (uses, distinct, dim) in [
+            (0, 1, 3),
+            (1, 1, 8),
+            (512, 40, 8),
+            (512, 600, 8),
+            (97, 5, 3),
+        ] {
+            let rows: Vec<usize> = (0..uses)
+                .map(|_| (rng.unit() * distinct as f64) as usize * 7919)
+                .collect();
+            let grads: Vec<f64> = (0..uses * dim)
+                .map(|i| match i % 11 {
+                    0 => -0.0,
+                    1 => 0.0,
+                    k => (rng.unit() - 0.5) * 10f64.powi(k as i32 - 6),
+                })
+                .collect();
+            let grouped = RowSums::of(&rows, &grads, dim);
+            // The former grouping: uses sorted by (row, use), summed from 0.0 per row.
+            let mut sorted: Vec<(usize, usize)> = rows
+                .iter()
+                .copied()
+                .enumerate()
+                .map(|(i, r)| (r, i))
+                .collect();
+            sorted.sort_unstable();
+            let mut expected: std::collections::BTreeMap<usize, Vec<f64>> = Default::default();
+            for (row, i) in sorted {
+                let sum = expected.entry(row).or_insert_with(|| vec![0.0; dim]);
+                for (s, v) in sum.iter_mut().zip(&grads[i * dim..(i + 1) * dim]) {
+                    *s += v;
+                }
+            }
+            assert_eq!(grouped.rows.len(), expected.len(), "{uses} uses");
+            for (k, row) in grouped.rows.iter().enumerate() {
+                let got: Vec<u64> = grouped.sums[k * dim..(k + 1) * dim]
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect();
+                let want: Vec<u64> = expected[row].iter().map(|v| v.to_bits()).collect();
+                assert_eq!(got, want, "row {row} of {uses} uses");
+            }
+            // Each row once, in order of first use.
+            let mut seen = std::collections::HashSet::new();
+            let order: Vec<usize> = rows.iter().copied().filter(|r| seen.insert(*r)).collect();
+            assert_eq!(grouped.rows, order);
+        }
     }
 }
