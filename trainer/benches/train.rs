@@ -14,13 +14,14 @@ use shopstream_ingest::generator::{Generator, GeneratorOptions};
 use shopstream_ingest::record::RecordMeta;
 use shopstream_trainer::Trainer;
 
-/// The examples of `n` impressions or more, as the pipeline handed them over: one list per
-/// window closed (a window's list holds the impressions whose labels matured in it).
-fn windows(n: usize) -> Vec<Vec<Example>> {
+/// The examples of the traffic of `events` generated events, as the pipeline handed them
+/// over: one list per window closed while the input flowed (a window's list holds the
+/// impressions whose labels matured in it), then what the end of input released at once.
+fn windows(events: u64) -> (Vec<Vec<Example>>, Vec<Example>) {
     let mut pipeline = FeaturePipeline::new(&PipelineConfig::default());
-    let mut out = Vec::new();
+    let mut closed = Vec::new();
     for (offset, m) in Generator::new(GeneratorOptions {
-        max_events: Some(n as u64 * 2),
+        max_events: Some(events),
         ..GeneratorOptions::default()
     })
     .enumerate()
@@ -32,26 +33,27 @@ fn windows(n: usize) -> Vec<Vec<Example>> {
             offset: offset as i64,
         };
         pipeline.ingest(meta, event).unwrap();
-        out.extend(pipeline.close_ready().into_iter().map(|w| w.examples));
+        closed.extend(pipeline.close_ready().into_iter().map(|w| w.examples));
     }
-    out.extend(pipeline.finish().into_iter().map(|w| w.examples));
-    out.retain(|w| !w.is_empty());
-    out
+    closed.retain(|w| !w.is_empty());
+    let rest = pipeline.finish().into_iter().flat_map(|w| w.examples);
+    (closed, rest.collect())
 }
 
 fn bench(c: &mut Criterion) {
-    let windows = windows(40_000);
-    let mut data: Vec<Example> = windows.iter().flatten().cloned().collect();
+    let (closed, rest) = windows(120_000);
+    let mut data: Vec<Example> = closed.iter().flatten().chain(&rest).cloned().collect();
     data.truncate(20_000);
-    // The windows after those that hold the first 20,000 examples.
-    let mut seen = 0;
-    let later: Vec<&[Example]> = windows
+    // The windows closed while the input flowed, from the 20,001st example on (the end
+    // of input releases every label still waiting at once: no window a running job sees).
+    let mut before = 0;
+    let later: Vec<&[Example]> = closed
         .iter()
-        .skip_while(|w| {
-            seen += w.len();
-            seen <= data.len()
+        .filter_map(|w| {
+            let skip = data.len().saturating_sub(before).min(w.len());
+            before += w.len();
+            (skip < w.len()).then(|| &w[skip..])
         })
-        .map(Vec::as_slice)
         .collect();
     let mut group = c.benchmark_group("trainer");
     group.sample_size(10);
@@ -66,7 +68,7 @@ fn bench(c: &mut Criterion) {
         )
     });
     // What a running job does: a model that has trained on the first 20,000 examples
-    // trains on the next 20,000, window by window as the pipeline closed them (one-minute
+    // trains on the next ones, window by window as the pipeline closed them (one-minute
     // windows). The trainer is returned so that its drop is not timed either.
     let mut warm = Trainer::new(&ModelConfig::default());
     warm.train_window(&data);

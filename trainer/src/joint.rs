@@ -816,6 +816,11 @@ struct RowSums {
 impl RowSums {
     /// `rows[i]` is use `i`'s row and `grads[i * dim..(i + 1) * dim]` its gradient.
     fn of(rows: &[usize], grads: &[f64], dim: usize) -> Self {
+        debug_assert_eq!(
+            grads.len(),
+            rows.len() * dim,
+            "one gradient of `dim` per use"
+        );
         // Open addressing over twice as many slots as uses, so that a use finds its row
         // in about one probe: cheaper than sorting the batch's uses by row.
         let bits = (2 * rows.len()).max(2).next_power_of_two().trailing_zeros();
