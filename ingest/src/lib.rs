@@ -12,12 +12,14 @@
 //! - [`generator`]: deterministic synthetic traffic from a latent ground-truth model.
 //! - [`mapping`]: declarative mappings (TOML) from a shop's own event format to the
 //!   contract; built-in ones for the public Taobao UserBehavior and REES46 logs.
+//! - [`hash`]: FNV-1a, the stable hash of names, checksums and generated partitions.
 //! - [`import`]: streaming import of a CSV or JSON-lines log through a mapping.
 
 pub mod clean;
 pub mod decode;
 pub mod event;
 pub mod generator;
+pub mod hash;
 pub mod import;
 pub mod mapping;
 pub mod privacy;

@@ -45,7 +45,7 @@ fn spans(events: u64) -> Vec<Vec<WindowRows>> {
         outputs.extend(pipeline.close_ready());
     }
     outputs.extend(pipeline.finish());
-    let span_ms = StoreConfig::default().file_span_secs as i64 * 1_000;
+    let span_ms = shopstream_config::secs_to_ms(StoreConfig::default().file_span_secs);
     let mut spans: BTreeMap<i64, Vec<WindowRows>> = BTreeMap::new();
     for output in outputs.into_iter().filter(|o| !o.examples.is_empty()) {
         spans
@@ -134,12 +134,12 @@ fn bench(c: &mut Criterion) {
         })
         .collect();
     let (_dir, store) = fresh_store();
-    let store = store.file_properties(&BTreeMap::new());
+    let settings = store.file_properties(&BTreeMap::new());
     let options = [
-        ("store_settings", store.clone()),
+        ("store_settings", settings.clone()),
         (
             "zstd_level_1",
-            store
+            settings
                 .clone()
                 .into_builder()
                 .set_compression(zstd(1))
@@ -147,7 +147,7 @@ fn bench(c: &mut Criterion) {
         ),
         (
             "no_dictionaries",
-            store
+            settings
                 .clone()
                 .into_builder()
                 .set_dictionary_enabled(false)

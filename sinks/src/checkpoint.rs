@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use shopstream_ingest::hash::fnv1a;
 
 use crate::atomic::IoError;
 use crate::error::StoreError;
@@ -102,15 +103,6 @@ impl IoError for CheckpointError {
             source,
         }
     }
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }
 
 fn file_name(seq: u64) -> String {

@@ -30,6 +30,7 @@ use arrow::array::{Array, BooleanArray, StringArray};
 use arrow::compute::filter_record_batch;
 use arrow::record_batch::RecordBatch;
 use serde::Serialize;
+use shopstream_ingest::hash::Fnv1a;
 
 use crate::error::StoreError;
 use crate::manifest::{self, Commit};
@@ -107,13 +108,11 @@ pub struct RewrittenFile {
 
 /// FNV-1a of the replaced path and the users: the rewrite's name and record name.
 fn erasure_hash(relative: &str, users: &BTreeSet<String>) -> u64 {
-    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    let mut hash = Fnv1a::default();
     for part in std::iter::once(relative).chain(users.iter().map(String::as_str)) {
-        for b in part.bytes().chain([0]) {
-            hash = (hash ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-        }
+        hash.write(part.as_bytes()).write(&[0]);
     }
-    hash
+    hash.finish()
 }
 
 /// `batch` without the rows whose `user_id` is in `users`; `None` when it has no

@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+use shopstream_ingest::hash::Fnv1a;
 
 use crate::error::StoreError;
 use crate::manifest::{self, Commit};
@@ -39,13 +40,15 @@ pub struct ExpiredPartition {
 /// Name of the record that expires `replaces` of `partition`.
 fn expiry_id(partition: &str, replaces: &[String]) -> String {
     // FNV-1a over the sorted paths: the same files give the same record name.
-    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    let mut hash = Fnv1a::default();
     for path in replaces {
-        for b in path.bytes().chain([0]) {
-            hash = (hash ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-        }
+        hash.write(path.as_bytes()).write(&[0]);
     }
-    format!("expire-{}-{hash:016x}", partition.replace('/', "-"))
+    format!(
+        "expire-{}-{:016x}",
+        partition.replace('/', "-"),
+        hash.finish()
+    )
 }
 
 impl ParquetStore {

@@ -9,9 +9,7 @@ use std::hint::black_box;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use shopstream_config::{ModelConfig, PipelineConfig};
 use shopstream_features::{Example, FeaturePipeline};
-use shopstream_ingest::decode::{DecodeLimits, decode};
 use shopstream_ingest::generator::{Generator, GeneratorOptions};
-use shopstream_ingest::record::RecordMeta;
 use shopstream_trainer::Trainer;
 
 /// The examples of the traffic of `events` generated events, as the pipeline handed them
@@ -20,18 +18,11 @@ use shopstream_trainer::Trainer;
 fn windows(events: u64) -> (Vec<Vec<Example>>, Vec<Example>) {
     let mut pipeline = FeaturePipeline::new(&PipelineConfig::default());
     let mut closed = Vec::new();
-    for (offset, m) in Generator::new(GeneratorOptions {
+    let mut generator = Generator::new(GeneratorOptions {
         max_events: Some(events),
         ..GeneratorOptions::default()
-    })
-    .enumerate()
-    {
-        let event = decode(m.topic, None, &m.payload, DecodeLimits::default()).unwrap();
-        let meta = RecordMeta {
-            topic: m.topic,
-            partition: 0,
-            offset: offset as i64,
-        };
+    });
+    for (meta, event) in generator.decoded() {
         pipeline.ingest(meta, event).unwrap();
         closed.extend(pipeline.close_ready().into_iter().map(|w| w.examples));
     }

@@ -310,9 +310,7 @@ impl Generator {
         let partitions = partitions.max(1).unsigned_abs();
         let mut offsets = vec![0i64; InputTopic::ALL.len() * partitions as usize];
         self.by_ref().filter_map(move |m| {
-            let hash = m.key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-            });
+            let hash = crate::hash::fnv1a(m.key.as_bytes());
             // Below `partitions`, so it fits an i32 (and a u32).
             let partition = (hash % u64::from(partitions)) as u32;
             let slot = m.topic as usize * partitions as usize + partition as usize;
