@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use shopstream_config::{Config, ConfigError};
 
 mod cmd;
+mod cpu;
 
 use cmd::{check_config, demo, drift, generate, import, model, progress, run, store};
 
@@ -89,6 +90,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    cpu::exit_unless_supported();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match dispatch(cli) {
