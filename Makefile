@@ -12,8 +12,7 @@ TANSU := $(TOOLS_DIR)/bin/tansu
 CARGO ?= cargo
 
 # .cargo/config.toml builds for x86-64-v3 (AVX2, FMA, BMI2). On an x86-64 CPU that lacks
-# it, build for the baseline instead (the same results, slower training), unless RUSTFLAGS
-# is already set.
+# it, build for the baseline instead (slower training), unless RUSTFLAGS is already set.
 X86_64_V3 := abm avx avx2 bmi1 bmi2 f16c fma movbe
 ifeq ($(shell uname -m),x86_64)
 ifneq ($(words $(filter $(X86_64_V3),$(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null))),$(words $(X86_64_V3)))
