@@ -11,13 +11,14 @@ TOOLS_DIR ?= $(HOME)/.cache/shopstream/tools
 TANSU := $(TOOLS_DIR)/bin/tansu
 CARGO ?= cargo
 
-# .cargo/config.toml builds for x86-64-v3 (AVX2, FMA, BMI2). On an x86-64 CPU that lacks
-# it, build for the baseline instead (slower training), unless RUSTFLAGS is already set.
-X86_64_V3 := abm avx avx2 bmi1 bmi2 f16c fma movbe
-ifeq ($(shell uname -m),x86_64)
-ifneq ($(words $(filter $(X86_64_V3),$(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null))),$(words $(X86_64_V3)))
+# .cargo/config.toml builds for x86-64-v3. On a CPU that lacks any target feature rustc
+# enables for it (rustc's own list, against what rustc detects on this machine), build for
+# the baseline instead (slower training), unless RUSTFLAGS is already set. Off x86-64 both
+# lists are empty.
+X86_64_V3 := $(shell rustc --print cfg -C target-cpu=x86-64-v3 2>/dev/null | grep '^target_feature=')
+HOST_FEATURES := $(shell rustc --print cfg -C target-cpu=native 2>/dev/null | grep '^target_feature=')
+ifneq ($(filter-out $(HOST_FEATURES),$(X86_64_V3)),)
 export RUSTFLAGS ?= -C target-cpu=x86-64
-endif
 endif
 
 .PHONY: demo test tansu broker check-store bench bench-e2e bench-store-s3 fuzz help

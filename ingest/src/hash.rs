@@ -16,7 +16,15 @@ impl Default for Fnv1a {
 }
 
 impl Fnv1a {
+    /// FNV-1a whose offset basis is xored with `key` first: one hash family per key (the
+    /// trainer hashes each id field under its own), fed and finished as FNV-1a.
+    #[inline]
+    pub fn keyed(key: u8) -> Self {
+        Self(OFFSET ^ u64::from(key))
+    }
+
     /// Adds `bytes`.
+    #[inline]
     pub fn write(&mut self, bytes: &[u8]) -> &mut Self {
         for b in bytes {
             self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(PRIME);
@@ -25,12 +33,14 @@ impl Fnv1a {
     }
 
     /// The hash of the bytes written so far.
+    #[inline]
     pub fn finish(&self) -> u64 {
         self.0
     }
 }
 
 /// FNV-1a of `bytes`.
+#[inline]
 pub fn fnv1a(bytes: &[u8]) -> u64 {
     Fnv1a::default().write(bytes).finish()
 }
@@ -49,5 +59,7 @@ mod tests {
             Fnv1a::default().write(b"foo").write(b"bar").finish(),
             fnv1a(b"foobar")
         );
+        assert_eq!(Fnv1a::keyed(0).write(b"a").finish(), fnv1a(b"a"));
+        assert_ne!(Fnv1a::keyed(1).write(b"a").finish(), fnv1a(b"a"));
     }
 }

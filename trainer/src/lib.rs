@@ -35,6 +35,7 @@ use serde::Serialize;
 use shopstream_config::ModelConfig;
 use shopstream_features::{DemandFeatures, DemandRow, Example, Features, ServingRow};
 use shopstream_ingest::event::Scenario;
+use shopstream_ingest::hash::Fnv1a;
 
 use joint::{DEMAND_DENSE, DENSE, FIELDS, Input, JointConfig, JointModel, Targets};
 use metrics::BinaryMetrics;
@@ -143,20 +144,13 @@ pub struct Trainer {
     last_window: Option<WindowMetrics>,
 }
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0100_0000_01b3;
-
+/// FNV-1a keyed by the field, over the parts, each followed by a 0xff separator.
 fn fnv(field: u8, parts: &[&[u8]]) -> u64 {
-    let mut h = FNV_OFFSET ^ u64::from(field);
+    let mut h = Fnv1a::keyed(field);
     for part in parts {
-        for b in *part {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(FNV_PRIME);
-        }
-        h ^= 0xff;
-        h = h.wrapping_mul(FNV_PRIME);
+        h.write(part).write(&[0xff]);
     }
-    h
+    h.finish()
 }
 
 fn scenario_index(s: Scenario) -> usize {
