@@ -11,6 +11,7 @@
 //! applying every event in (ts, topic, partition, offset) order would.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use shopstream_ingest::event::{Event, InputTopic, Millis};
@@ -88,8 +89,11 @@ pub struct Coordinator {
     closed_until: Option<Millis>,
     /// The inventory's events and state: demand rows, and the table that shards join.
     inventory: Shard,
-    /// Demand features taken when the previous window closed.
-    demand_snapshot: Vec<DemandFeatures>,
+    /// Demand features taken when the previous window closed, shared with that window's
+    /// output (`demand_next`) and with the inventory (which copies the rows that still
+    /// hold into the next) instead of copied: a snapshot holds a row for every item sold in
+    /// the lookback, often more rows than the window had events.
+    demand_snapshot: Arc<Vec<DemandFeatures>>,
     /// Set by [`Coordinator::adopt`]: inventory events before this time are in the closes
     /// an earlier coordinator decided (or were late by their own partition's rule).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -106,7 +110,7 @@ impl Coordinator {
             open: BTreeSet::new(),
             closed_until: None,
             inventory: Shard::new(Windows::new(grid.length_ms()), state, None),
-            demand_snapshot: Vec::new(),
+            demand_snapshot: Arc::default(),
             adopted_until: None,
         }
     }
@@ -361,7 +365,7 @@ impl Coordinator {
                         events: 0,
                         examples: rest,
                         demand: Vec::new(),
-                        demand_next: Vec::new(),
+                        demand_next: Arc::default(),
                         users: Vec::new(),
                         settled_before: start,
                     });
@@ -389,13 +393,28 @@ impl Coordinator {
         }
         // Stable: a shard's users of one millisecond stay in its order.
         users.sort_by_key(|(ts, partition, _)| (*ts, *partition));
-        // Demand: the snapshot taken at this window's start, labelled with what sold in it.
+        // Demand: the snapshot taken at this window's start, labelled with what sold in it;
+        // the next one taken from the state at its end (its rows that still hold copied
+        // from this one).
         let state = self.inventory.state_mut();
-        let mut demand: Vec<DemandRow> = std::mem::take(&mut self.demand_snapshot)
-            .into_iter()
-            .filter(|f| f.at == start)
-            .map(|features| DemandRow { features, units: 0 })
-            .collect();
+        let next = state.demand_snapshot(end);
+        let previous = std::mem::replace(&mut self.demand_snapshot, next);
+        let row = |features| DemandRow { features, units: 0 };
+        let mut demand: Vec<DemandRow> = match Arc::try_unwrap(previous) {
+            Ok(snapshot) => snapshot
+                .into_iter()
+                .filter(|f| f.at == start)
+                .map(row)
+                .collect(),
+            // The previous window's output still holds it (windows closed together, or
+            // queued for the global stage): copy the rows.
+            Err(shared) => shared
+                .iter()
+                .filter(|f| f.at == start)
+                .cloned()
+                .map(row)
+                .collect(),
+        };
         // The few items sold are found in the snapshot (sorted by id), rather than each of
         // the many snapshot rows in the sold items: no pass reads every row's id.
         for (item, units) in state.take_window_units() {
@@ -403,7 +422,6 @@ impl Coordinator {
                 demand[at].units = units;
             }
         }
-        self.demand_snapshot = state.demand_snapshot(end);
         // Later windows hold events at or after this window's end; one window of margin
         // covers drift evidence, reported on the grid of windows.
         let oldest = oldest.map_or(end, |ts| ts.min(end));
@@ -413,7 +431,7 @@ impl Coordinator {
             events,
             examples: merge_examples(examples),
             demand,
-            demand_next: self.demand_snapshot.clone(),
+            demand_next: Arc::clone(&self.demand_snapshot),
             users: users.into_iter().map(|(_, _, u)| u).collect(),
             settled_before: self.grid.start_of(oldest) - self.grid.length_ms(),
         }

@@ -7,6 +7,11 @@
 //! instead of hashing and comparing its id. The table serialises as the map of id to row
 //! it replaces (in the order of the slots' map), and the index, derived from the rows, is
 //! rebuilt when it is read back.
+//!
+//! A window's demand snapshot copies the previous snapshot's row of an item that saw no
+//! event since and whose rolling totals still hold (a count of events per row, and a record
+//! per snapshot row of what it was computed from), so that it reads the rows of the items
+//! that changed only.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -148,6 +153,35 @@ pub(crate) struct Inventory {
     sold: SoldIndex,
     /// One copy of each category name, which the rows share (derived from the rows).
     categories: HashSet<Category>,
+    /// Events applied to each row, by slot, in the table that counts sales (wrapping; a
+    /// slot past the end has had none since the table was built or read back): a demand
+    /// row computed at an earlier boundary still holds for an item whose count has not
+    /// moved.
+    changes: Vec<u32>,
+    /// The last demand snapshot (shared with its taker), and what each of its rows was
+    /// computed from, in its order. Empty until a snapshot is taken, and after the table
+    /// is read back.
+    snapshot: Arc<Vec<DemandFeatures>>,
+    computed: Vec<SnapshotRow>,
+}
+
+/// What a row of a demand snapshot was computed from: it holds as of another boundary
+/// `at` while its item had no event (`change`), its totals hold for `at - 1` (the span
+/// `[from, until)`, see [`CachedRolling::span`]), and its last sale is within the lookback.
+#[derive(Debug, Clone, Copy)]
+struct SnapshotRow {
+    change: u32,
+    last_sale: Millis,
+    from: Millis,
+    until: Millis,
+}
+
+impl SnapshotRow {
+    /// Whether the row's features as of another boundary `at` are the ones it holds.
+    fn holds_at(&self, change: u32, at: Millis) -> bool {
+        // Totals as of `at - 1`: within `[from, until)`.
+        self.change == change && self.from < at && at <= self.until
+    }
 }
 
 /// The items with a recorded sale, in id order, so that the demand snapshot of each window
@@ -195,6 +229,9 @@ impl Inventory {
                 .collect(),
             sold: SoldIndex::default(),
             categories: self.categories.clone(),
+            changes: Vec::new(),
+            snapshot: Arc::default(),
+            computed: Vec::new(),
         }
     }
 
@@ -235,6 +272,12 @@ impl Inventory {
                 slot
             }
         };
+        if counts_sales {
+            if self.changes.len() <= slot {
+                self.changes.resize(slot + 1, 0);
+            }
+            self.changes[slot] = self.changes[slot].wrapping_add(1);
+        }
         let row = &mut self.rows[slot];
         match (e.on_hand, e.delta) {
             (Some(on_hand), _) => row.on_hand = OptI64::from(Some(on_hand)),
@@ -271,18 +314,55 @@ impl Inventory {
 
     /// Demand features of every item sold within the last 7 days, as of `at` (a window
     /// boundary; boundaries come in order), in id order.
-    pub(crate) fn demand_snapshot(&mut self, at: Millis) -> Vec<DemandFeatures> {
+    ///
+    /// A row of the previous snapshot whose item had no event since, and whose totals hold
+    /// for `at` too, is copied (with `at`) rather than computed again from the item's row:
+    /// in steady traffic most items sold in the lookback sold nothing in the window, and
+    /// reading their rows is a cache miss each.
+    pub(crate) fn demand_snapshot(&mut self, at: Millis) -> Arc<Vec<DemandFeatures>> {
+        let previous = std::mem::take(&mut self.snapshot);
+        let computed = std::mem::take(&mut self.computed);
+        debug_assert_eq!(previous.len(), computed.len());
+        // The previous rows are the index's items when it was taken, in the same order: the
+        // index has gained items since, and lost none.
+        let mut previous_rows = previous.iter().zip(computed).peekable();
         let mut out = Vec::with_capacity(self.sold.ids.len());
+        let mut snapshot = Vec::with_capacity(self.sold.ids.len());
         let mut expired = Vec::new();
         for (item, &slot) in &self.sold.ids {
-            let row = &mut self.rows[slot];
-            if row
-                .last_sale()
-                .is_some_and(|t| at - t <= DEMAND_LOOKBACK_MS)
+            let change = self.changes.get(slot).copied().unwrap_or(0);
+            if let Some((features, computed)) =
+                previous_rows.next_if(|(features, _)| Arc::ptr_eq(&features.item_id, item))
+                && computed.holds_at(change, at)
             {
-                out.push(row.demand_features(Arc::clone(item), at));
-            } else {
-                expired.push(Arc::clone(item));
+                if at - computed.last_sale <= DEMAND_LOOKBACK_MS {
+                    out.push(DemandFeatures {
+                        at,
+                        ..features.clone()
+                    });
+                    snapshot.push(computed);
+                } else {
+                    expired.push(Arc::clone(item));
+                }
+                continue;
+            }
+            let row = &mut self.rows[slot];
+            match row.last_sale() {
+                Some(last_sale) if at - last_sale <= DEMAND_LOOKBACK_MS => {
+                    out.push(row.demand_features(Arc::clone(item), at));
+                    let (from, until) = row
+                        .sales
+                        .as_ref()
+                        .and_then(|s| s.units.span())
+                        .unwrap_or((at, at));
+                    snapshot.push(SnapshotRow {
+                        change,
+                        last_sale,
+                        from,
+                        until,
+                    });
+                }
+                _ => expired.push(Arc::clone(item)),
             }
         }
         // Items whose last sale fell out of the lookback leave the index: a later sale
@@ -290,7 +370,9 @@ impl Inventory {
         for item in &expired {
             self.sold.ids.remove(item);
         }
-        out
+        self.snapshot = Arc::new(out);
+        self.computed = snapshot;
+        Arc::clone(&self.snapshot)
     }
 
     /// Units each item sold in the window just applied, each item once, in the order of
@@ -312,8 +394,8 @@ impl Inventory {
             .collect()
     }
 
-    /// Approximate bytes held: rows, ids, category names and the index (hash table slack
-    /// not included). A category name shared by several holders counts its share in each
+    /// Approximate bytes held: rows, ids, category names, the index and what the last
+    /// demand snapshot was computed from (hash table slack not included). A category name shared by several holders counts its share in each
     /// (see [`Category::shared_bytes`]).
     pub(crate) fn approx_bytes(&self) -> usize {
         use std::mem::size_of;
@@ -343,10 +425,15 @@ impl Inventory {
             .keys()
             .map(|id| id.len() + 2 * size_of::<usize>() + size_of::<(Arc<str>, usize)>())
             .sum();
+        // What the demand snapshot's rows were computed from: a count per row, and a
+        // record per item of the last snapshot (the snapshot itself is its taker's).
+        let snapshot = self.changes.capacity() * size_of::<u32>()
+            + self.computed.capacity() * size_of::<SnapshotRow>();
         slots
             + rows
             + categories
             + index
+            + snapshot
             + self.sold.window.capacity() * size_of::<(Arc<str>, usize)>()
     }
 

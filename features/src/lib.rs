@@ -74,8 +74,9 @@ pub struct WindowOutput {
     pub examples: Vec<Example>,
     /// Item demand rows of this window: features at its start, units sold during it.
     pub demand: Vec<DemandRow>,
-    /// Demand features at this window's end, to forecast the next window.
-    pub demand_next: Vec<DemandFeatures>,
+    /// Demand features at this window's end, to forecast the next window (shared with
+    /// the features stage, which labels them with the next window's units).
+    pub demand_next: std::sync::Arc<Vec<DemandFeatures>>,
     /// The window's users at their first impression in it (for drift monitoring).
     pub users: Vec<UserArrival>,
     /// No window after this one releases anything before this time: every row a later

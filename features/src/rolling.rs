@@ -616,6 +616,13 @@ impl CachedRolling {
         }
     }
 
+    /// The times `[from, until)` the kept totals hold for, if any are kept: after
+    /// [`CachedRolling::totals`] of `ts`, a span around `ts` over which no bucket enters or
+    /// leaves its ring's reach.
+    pub fn span(&self) -> Option<(Millis, Millis)> {
+        self.last.map(|(from, until, _)| (from, until))
+    }
+
     /// Bytes on the heap (the buckets' capacity).
     pub fn heap_bytes(&self) -> usize {
         self.rolling.heap_bytes()

@@ -576,7 +576,8 @@ impl FeatureState {
 
     /// Demand features of every item sold within the last 7 days, as of `at` (a window
     /// boundary), sorted by item id; the forecast for the next window is made from these.
-    pub fn demand_snapshot(&mut self, at: Millis) -> Vec<DemandFeatures> {
+    /// Shared: the state keeps it to copy from at the next boundary.
+    pub fn demand_snapshot(&mut self, at: Millis) -> std::sync::Arc<Vec<DemandFeatures>> {
         self.inventory.demand_snapshot(at)
     }
 
@@ -1471,23 +1472,26 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Guards the sold-items index: every window's demand snapshot and sold units are
-        /// what a scan of the whole inventory gives, across items falling out of the 7-day
-        /// lookback, selling again, and a restore from serialised state mid-way.
+        /// Guards the sold-items index and the snapshot rows copied from the previous
+        /// snapshot: every window's demand snapshot and sold units are what a scan of the
+        /// whole inventory gives, across windows a minute to days apart (totals that hold
+        /// or move with time alone), stock and price changes without a sale, items falling
+        /// out of the 7-day lookback, selling again, and a restore from serialised state
+        /// mid-way.
         #[test]
         fn demand_snapshots_from_the_sold_index_match_a_scan_of_the_inventory(
             windows in proptest::collection::vec(
                 proptest::collection::vec((0u8..40, 0u8..4, 0i64..3_600_000), 0..12),
                 1..30,
             ),
-            gap_hours in proptest::collection::vec(1i64..100, 30),
+            gap_minutes in proptest::collection::vec(1i64..6_000, 30),
             restore_at in 0usize..30,
         ) {
             let mut state = FeatureState::new(LIMITS);
             let mut at = 1_767_571_200_000;
             for (w, events) in windows.iter().enumerate() {
                 let start = at;
-                at += gap_hours[w] * 3_600_000;
+                at += gap_minutes[w] * 60_000;
                 let mut events: Vec<Event> = events
                     .iter()
                     .map(|&(item, kind, offset)| {
@@ -1504,7 +1508,7 @@ mod tests {
                             kind,
                             on_hand: (kind == InventoryKind::Snapshot).then_some(9),
                             delta: Some(if kind == InventoryKind::Sale { -2 } else { 3 }),
-                            price: Some(f64::from(item) + 0.5),
+                            price: Some(f64::from(item) + 0.5 + w as f64),
                             category: None,
                         })
                     })
@@ -1526,7 +1530,7 @@ mod tests {
                 units.sort();
                 proptest::prop_assert_eq!(units, expected_units);
                 let expected = demand_by_scan(&state, at);
-                proptest::prop_assert_eq!(state.demand_snapshot(at), expected);
+                proptest::prop_assert_eq!(&*state.demand_snapshot(at), &expected);
             }
         }
     }
