@@ -13,17 +13,17 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A shared category name; compares, hashes and serialises as the name.
 #[derive(Clone, Default)]
-pub(crate) struct Category(Arc<Box<str>>);
+pub struct Category(Arc<Box<str>>);
 
 impl Category {
     /// Whether `self` and `other` are the same shared copy.
-    pub(crate) fn ptr_eq(&self, other: &Self) -> bool {
+    pub fn ptr_eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
 
     /// The name's heap bytes (its text, its box and two reference counts) divided among
     /// its holders: summed over every holder, the name's heap bytes once.
-    pub(crate) fn shared_bytes(&self) -> usize {
+    pub fn shared_bytes(&self) -> usize {
         let heap = self.0.len() + size_of::<Box<str>>() + 2 * size_of::<usize>();
         heap / Arc::strong_count(&self.0)
     }

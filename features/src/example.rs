@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use shopstream_ingest::event::{Millis, Scenario};
 
 use crate::arrow_time::{utc_micros, utc_micros_type};
+use crate::category::Category;
 use crate::rolling::{HORIZONS, Horizons, Totals};
 
 /// Version of the examples schema, written into the store's file metadata.
@@ -61,8 +62,9 @@ pub struct Features {
     pub user_category_exposure: f64,
     /// The item's rolling totals over 1 h, 24 h, 7 d (within the input partition).
     pub item: Horizons,
-    /// The item's category as of the impression (inventory as-of join).
-    pub item_category: Option<String>,
+    /// The item's category as of the impression (inventory as-of join): the inventory's
+    /// shared copy of the name, so an example costs no allocation for it.
+    pub item_category: Option<Category>,
     /// The item's list price as of the impression (inventory as-of join).
     pub item_price: Option<f64>,
     /// Units on hand as of the impression (inventory as-of join).

@@ -11,6 +11,7 @@ use arrow::array::{
 use arrow::error::ArrowError;
 use shopstream_ingest::event::Scenario;
 
+use crate::category::Category;
 use crate::example::{Example, Features, Labels};
 use crate::rolling::{HORIZONS, Horizons};
 
@@ -184,7 +185,7 @@ pub fn examples_from_batch(batch: &RecordBatch) -> Result<Vec<Example>, ExampleR
                     user_category_affinity: affinity.value(i),
                     user_category_exposure: exposure.value(i),
                     item: horizons_at(&item, i),
-                    item_category: opt_str(category, i),
+                    item_category: opt_str(category, i).map(Category::from),
                     item_price: opt(item_price, i),
                     item_on_hand: opt(on_hand, i),
                 },
@@ -232,7 +233,7 @@ mod tests {
                 user_category_affinity: 0.25,
                 user_category_exposure: 0.5,
                 item: [totals(3 * i), totals(3 * i + 1), totals(3 * i + 2)],
-                item_category: (!sparse).then(|| "c1".to_string()),
+                item_category: (!sparse).then(|| "c1".into()),
                 item_price: (!sparse).then_some(10.0),
                 item_on_hand: (!sparse).then_some(-2),
             },

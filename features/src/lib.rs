@@ -39,6 +39,7 @@ pub mod state;
 mod watermark;
 mod window;
 
+pub use category::Category;
 pub use coordinator::{Close, Coordinator, Part};
 pub use example::{
     EXAMPLES_SCHEMA_VERSION, Example, Features, Labels, SCHEMA_VERSION_KEY, ServingRow,
@@ -566,7 +567,7 @@ mod tests {
             (
                 Some(on_hand),
                 Some(on_hand as f64 / 2.0),
-                Some(category.to_string()),
+                Some(Category::from(category)),
             )
         };
         for threads in [1, 2] {

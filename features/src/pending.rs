@@ -24,7 +24,7 @@ use crate::rolling::{CompactHorizons, Horizons};
 pub(crate) type PendingKey = (Millis, u64);
 
 /// The features of an impression as the label buffer holds them until it matures: the
-/// same values as [`Features`], in 232 bytes instead of 384.
+/// same values as [`Features`], in 232 bytes instead of 368.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct HeldFeatures {
     user: CompactHorizons,
@@ -44,9 +44,8 @@ pub(crate) struct HeldFeatures {
 }
 
 impl HeldFeatures {
-    /// The features `f`, with the item's category as the inventory's shared name
-    /// `category` (`f.item_category` is not read).
-    pub(crate) fn new(f: Features, category: Option<Category>) -> Self {
+    /// The features `f`, held compactly.
+    pub(crate) fn new(f: Features) -> Self {
         Self {
             user: CompactHorizons::of(&f.user),
             item: CompactHorizons::of(&f.item),
@@ -55,7 +54,7 @@ impl HeldFeatures {
             user_recency_secs: f.user_recency_secs.into(),
             user_category_affinity: f.user_category_affinity,
             user_category_exposure: f.user_category_exposure,
-            item_category: category,
+            item_category: f.item_category,
             item_price: f.item_price.into(),
             item_on_hand: f.item_on_hand.into(),
             position: f.position,
@@ -63,13 +62,6 @@ impl HeldFeatures {
             hour_of_day: f.hour_of_day,
             day_of_week: f.day_of_week,
         }
-    }
-
-    /// The features of an example read back from a checkpoint (its category a copy of its
-    /// own, as a user's category scores read back are).
-    fn of(mut features: Features) -> Self {
-        let category = features.item_category.take().map(Category::from);
-        Self::new(features, category)
     }
 
     /// The features as an example carries them.
@@ -86,7 +78,7 @@ impl HeldFeatures {
             user_category_affinity: self.user_category_affinity,
             user_category_exposure: self.user_category_exposure,
             item: self.item.horizons(),
-            item_category: self.item_category.as_deref().map(String::from),
+            item_category: self.item_category,
             item_price: self.item_price.get(),
             item_on_hand: self.item_on_hand.get(),
         }
@@ -213,7 +205,7 @@ impl From<StoredQueue> for PendingQueue {
                         user_id: e.user_id.into(),
                         item_id: e.item_id.into(),
                         session: p.session.into(),
-                        features: HeldFeatures::of(e.features),
+                        features: HeldFeatures::new(e.features),
                         labels: e.labels,
                     };
                     (key, pending)
@@ -458,7 +450,7 @@ mod tests {
                 user_category_affinity: 0.25,
                 user_category_exposure: 1.0 / 3.0,
                 item: [totals(0), totals(5), totals(65_535 * 7)],
-                item_category: full.then(|| "shoes".to_string()),
+                item_category: full.then(|| "shoes".into()),
                 item_price: full.then_some(-0.0),
                 item_on_hand: full.then_some(-3),
             },
@@ -524,10 +516,11 @@ mod tests {
             "{}",
             size_of::<HeldFeatures>()
         );
-        assert!(size_of::<HeldFeatures>() + 150 <= size_of::<Features>());
+        // Features holds its category as the shared name too (8 bytes, as here).
+        assert_eq!(size_of::<Features>(), 368);
         for full in [true, false] {
             let features = example("e", 0, full).features;
-            assert_eq!(HeldFeatures::of(features.clone()).features(), features);
+            assert_eq!(HeldFeatures::new(features.clone()).features(), features);
         }
     }
 

@@ -86,7 +86,7 @@ const SWEEP_EVERY_MS: Millis = 3_600_000;
 #[derive(Debug)]
 pub enum GroupEvent<'a> {
     /// The applier's own event, dropped after the group: an impression's example takes
-    /// its ids instead of copying them.
+    /// its ids and device instead of copying them.
     Owned(Event),
     /// An event that others apply too (the inventory's, which every shard joins).
     Shared(&'a Event),
@@ -101,8 +101,9 @@ impl GroupEvent<'_> {
         }
     }
 
-    /// The ids an impression's example keeps, and its time: taken out of an owned
-    /// event, copied from a shared one. `None` if this is not an impression of an item.
+    /// The ids and device an impression's example keeps, and its time: taken out of an
+    /// owned event, copied from a shared one. `None` if this is not an impression of an
+    /// item.
     fn impression_ids(&mut self) -> Option<(ImpressionIds, Millis)> {
         match self {
             Self::Owned(Event::Click(c)) => Some((
@@ -111,6 +112,7 @@ impl GroupEvent<'_> {
                     event_id: std::mem::take(&mut c.event_id),
                     user_id: std::mem::take(&mut c.user_id),
                     session_id: std::mem::take(&mut c.session_id),
+                    device: c.device.take(),
                 },
                 c.ts,
             )),
@@ -120,6 +122,7 @@ impl GroupEvent<'_> {
                     event_id: c.event_id.clone(),
                     user_id: c.user_id.clone(),
                     session_id: c.session_id.clone(),
+                    device: c.device.clone(),
                 },
                 c.ts,
             )),
@@ -128,12 +131,13 @@ impl GroupEvent<'_> {
     }
 }
 
-/// The ids of an impression that its pending example keeps.
+/// The ids of an impression that its pending example keeps, and its device.
 struct ImpressionIds {
     event_id: String,
     user_id: String,
     item_id: String,
     session_id: String,
+    device: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -380,30 +384,20 @@ impl FeatureState {
         partition: i32,
         click: &ClickEvent,
     ) -> Features {
-        let (mut features, category) = self.features_and_category(base, partition, click);
-        features.item_category = category.map(|c| c.to_string());
-        features
+        Features {
+            device: click.device.clone(),
+            ..self.features_but_device(base, partition, click)
+        }
     }
 
-    /// [`FeatureState::features_of`], in the form the label buffer holds.
-    fn held_features_of(
+    /// [`FeatureState::features_of`] without the device, which an impression applied in
+    /// [`FeatureState::apply_group`] takes from its event instead of copying.
+    fn features_but_device(
         &self,
         base: Option<&FeatureState>,
         partition: i32,
         click: &ClickEvent,
-    ) -> HeldFeatures {
-        let (features, category) = self.features_and_category(base, partition, click);
-        HeldFeatures::new(features, category.cloned())
-    }
-
-    /// The features of `click` without their `item_category`, and the inventory's shared
-    /// name of it: serving copies the name into the features, the label buffer keeps it.
-    fn features_and_category<'a>(
-        &'a self,
-        base: Option<&'a FeatureState>,
-        partition: i32,
-        click: &ClickEvent,
-    ) -> (Features, Option<&'a Category>) {
+    ) -> Features {
         let item_id = click.item_id.as_deref().unwrap_or_default();
         let state = self.partitions.get(&partition);
         let user = state.and_then(|s| s.users.get(click.user_id.as_str()));
@@ -411,9 +405,9 @@ impl FeatureState {
         let inventory = Self::inventory_row(&self.inventory, base, item_id);
         let category = inventory.and_then(|i| i.category.as_ref());
         let at = chrono::DateTime::from_timestamp_millis(click.ts).unwrap_or_default();
-        let features = Features {
+        Features {
             scenario: click.scenario,
-            device: click.device.clone(),
+            device: None,
             position: click.position,
             price: click.price,
             hour_of_day: at.hour() as u8,
@@ -431,19 +425,18 @@ impl FeatureState {
                 _ => 0.0,
             },
             item: item.map(|i| i.rolling.totals(click.ts)).unwrap_or_default(),
-            item_category: None,
+            item_category: category.cloned(),
             item_price: inventory.and_then(|i| i.price.get()),
             item_on_hand: inventory.and_then(|i| i.on_hand.get()),
-        };
-        (features, category)
+        }
     }
 
     /// Applies a group of events that share one timestamp, each with the partition it
     /// was read from. Features of the group's impressions are taken before any of the
     /// group is applied, so an example never sees an event of its own millisecond (no
-    /// leakage). An impression's example takes its ids from an owned event (which is left
-    /// without them) and copies them from a shared one. A shard passes the `base` whose
-    /// inventory it joins ([`FeatureState::joining`]).
+    /// leakage). An impression's example takes its ids and device from an owned event
+    /// (which is left without them) and copies them from a shared one. A shard passes the
+    /// `base` whose inventory it joins ([`FeatureState::joining`]).
     pub fn apply_group(
         &mut self,
         group: &mut [(i32, GroupEvent<'_>)],
@@ -455,7 +448,7 @@ impl FeatureState {
                 && c.kind == ClickKind::Impression
                 && c.item_id.is_some()
             {
-                let features = self.held_features_of(base, *partition, c);
+                let features = self.features_but_device(base, *partition, c);
                 let user = self.window_user(*partition, &c.user_id);
                 let (first, known) = (!user.listed, user.known);
                 user.listed = true;
@@ -478,12 +471,16 @@ impl FeatureState {
             let Some((ids, ts)) = event.impression_ids() else {
                 continue;
             };
+            let features = Features {
+                device: ids.device,
+                ..features
+            };
             let pending = Pending {
                 event_id: ids.event_id.into(),
                 user_id: ids.user_id.into(),
                 item_id: ids.item_id.into(),
                 session: ids.session_id.into(),
-                features,
+                features: HeldFeatures::new(features),
                 labels: Labels::default(),
             };
             let state = self.partitions.entry(*partition).or_default();
