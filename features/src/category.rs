@@ -1,6 +1,6 @@
-//! A category name as inventory rows and users' category scores hold it: one shared copy
-//! per name (the inventory interns them, see [`crate::inventory::intern`]) behind a thin
-//! pointer. `Arc<str>` is a pointer and a length, 16 bytes in every row and score; this
+//! A category name as inventory rows, users' category scores and examples hold it: one
+//! shared copy per name (the inventory interns them, see [`crate::inventory::intern`])
+//! behind a thin pointer. `Arc<str>` is a pointer and a length, 16 bytes in every row and score; this
 //! is 8, and `Option<Category>` too.
 
 use std::borrow::Borrow;

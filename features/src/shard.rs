@@ -107,7 +107,7 @@ impl Shard {
     /// Applies the window starting at `start`: the shard's `own` events merged with the
     /// `joined` (inventory) events, both sorted, in (ts, topic, partition, offset) order;
     /// then matures the examples whose labels can no longer change. The examples take
-    /// their ids from `own`, which is consumed. `base`: see [`FeatureState::apply_group`].
+    /// their ids and device from `own`, which is consumed. `base`: see [`FeatureState::apply_group`].
     pub fn apply(
         &mut self,
         start: Millis,
@@ -127,7 +127,7 @@ impl Shard {
     }
 
     /// [`Shard::apply`] of `own` events that stay with the caller (the examples copy
-    /// their ids), by a shard that holds its own inventory table.
+    /// their ids and device), by a shard that holds its own inventory table.
     pub fn apply_shared(
         &mut self,
         start: Millis,
