@@ -1,7 +1,7 @@
 //! A category name as inventory rows, users' category scores and examples hold it: one
 //! shared copy per name (the inventory interns them, see [`crate::inventory::intern`])
-//! behind a thin pointer. `Arc<str>` is a pointer and a length, 16 bytes in every row and score; this
-//! is 8, and `Option<Category>` too.
+//! behind a thin pointer. `Arc<str>` is a pointer and a length, 16 bytes in every row and
+//! score; this is 8, and `Option<Category>` too.
 
 use std::borrow::Borrow;
 use std::fmt;
@@ -17,13 +17,13 @@ pub struct Category(Arc<Box<str>>);
 
 impl Category {
     /// Whether `self` and `other` are the same shared copy.
-    pub fn ptr_eq(&self, other: &Self) -> bool {
+    pub(crate) fn ptr_eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
 
     /// The name's heap bytes (its text, its box and two reference counts) divided among
     /// its holders: summed over every holder, the name's heap bytes once.
-    pub fn shared_bytes(&self) -> usize {
+    pub(crate) fn shared_bytes(&self) -> usize {
         let heap = self.0.len() + size_of::<Box<str>>() + 2 * size_of::<usize>();
         heap / Arc::strong_count(&self.0)
     }

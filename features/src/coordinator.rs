@@ -399,22 +399,13 @@ impl Coordinator {
         let state = self.inventory.state_mut();
         let next = state.demand_snapshot(end);
         let previous = std::mem::replace(&mut self.demand_snapshot, next);
-        let row = |features| DemandRow { features, units: 0 };
-        let mut demand: Vec<DemandRow> = match Arc::try_unwrap(previous) {
-            Ok(snapshot) => snapshot
-                .into_iter()
-                .filter(|f| f.at == start)
-                .map(row)
-                .collect(),
-            // The previous window's output still holds it (windows closed together, or
-            // queued for the global stage): copy the rows.
-            Err(shared) => shared
-                .iter()
-                .filter(|f| f.at == start)
-                .cloned()
-                .map(row)
-                .collect(),
-        };
+        // Its rows are copied only while the previous window's output still holds it
+        // (windows closed together, or queued for the global stage).
+        let mut demand: Vec<DemandRow> = Arc::unwrap_or_clone(previous)
+            .into_iter()
+            .filter(|f| f.at == start)
+            .map(|features| DemandRow { features, units: 0 })
+            .collect();
         // The few items sold are found in the snapshot (sorted by id), rather than each of
         // the many snapshot rows in the sold items: no pass reads every row's id.
         for (item, units) in state.take_window_units() {

@@ -327,7 +327,7 @@ impl Inventory {
         // index has gained items since, and lost none.
         let mut previous_rows = previous.iter().zip(computed).peekable();
         let mut out = Vec::with_capacity(self.sold.ids.len());
-        let mut snapshot = Vec::with_capacity(self.sold.ids.len());
+        let mut records = Vec::with_capacity(self.sold.ids.len());
         let mut expired = Vec::new();
         for (item, &slot) in &self.sold.ids {
             let change = self.changes.get(slot).copied().unwrap_or(0);
@@ -340,7 +340,7 @@ impl Inventory {
                         at,
                         ..features.clone()
                     });
-                    snapshot.push(computed);
+                    records.push(computed);
                 } else {
                     expired.push(Arc::clone(item));
                 }
@@ -355,7 +355,7 @@ impl Inventory {
                         .as_ref()
                         .and_then(|s| s.units.span())
                         .unwrap_or((at, at));
-                    snapshot.push(SnapshotRow {
+                    records.push(SnapshotRow {
                         change,
                         last_sale,
                         from,
@@ -371,7 +371,7 @@ impl Inventory {
             self.sold.ids.remove(item);
         }
         self.snapshot = Arc::new(out);
-        self.computed = snapshot;
+        self.computed = records;
         Arc::clone(&self.snapshot)
     }
 
@@ -395,8 +395,8 @@ impl Inventory {
     }
 
     /// Approximate bytes held: rows, ids, category names, the index and what the last
-    /// demand snapshot was computed from (hash table slack not included). A category name shared by several holders counts its share in each
-    /// (see [`Category::shared_bytes`]).
+    /// demand snapshot was computed from (hash table slack not included). A category name
+    /// shared by several holders counts its share in each (see [`Category::shared_bytes`]).
     pub(crate) fn approx_bytes(&self) -> usize {
         use std::mem::size_of;
         let slots = self.slots.approx_bytes(|_| 0);
