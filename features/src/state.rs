@@ -300,6 +300,12 @@ pub struct FeatureState {
     /// base's table, needs only what features join (on hand, price, category).
     #[serde(default = "counts_sales")]
     counts_sales: bool,
+    /// The features of a group's impressions while [`FeatureState::apply_group`] applies
+    /// the group; empty between calls. Kept to reuse its allocation: most groups are one
+    /// event, and a new list each would be one allocation per impression. Its capacity is
+    /// that of the largest group applied (one millisecond of one shard's input).
+    #[serde(skip)]
+    group_features: Vec<(usize, Features)>,
 }
 
 fn counts_sales() -> bool {
@@ -339,6 +345,7 @@ impl FeatureState {
             window_users: Vec::new(),
             window_user_state: HashMap::default(),
             counts_sales: true,
+            group_features: Vec::new(),
         }
     }
 
@@ -442,7 +449,7 @@ impl FeatureState {
         group: &mut [(i32, GroupEvent<'_>)],
         base: Option<&FeatureState>,
     ) {
-        let mut new_pending = Vec::new();
+        let mut new_pending = std::mem::take(&mut self.group_features);
         for (at, (partition, event)) in group.iter().enumerate() {
             if let Event::Click(c) = event.event()
                 && c.kind == ClickKind::Impression
@@ -466,7 +473,7 @@ impl FeatureState {
         for (partition, event) in group.iter() {
             self.apply(*partition, event.event(), base);
         }
-        for (at, features) in new_pending {
+        for (at, features) in new_pending.drain(..) {
             let (partition, event) = &mut group[at];
             let Some((ids, ts)) = event.impression_ids() else {
                 continue;
@@ -489,6 +496,7 @@ impl FeatureState {
             state.session_index().insert(pending.session_hash(), key);
             state.pending.insert(key, pending);
         }
+        self.group_features = new_pending;
     }
 
     /// `user_id` in the window being applied, recorded at its first event in it (the id
