@@ -21,6 +21,7 @@ use crate::WindowOutput;
 use crate::example::Example;
 use crate::shard::{Shard, ShardWindow};
 use crate::state::{DemandFeatures, DemandRow, FeatureState, UserArrival};
+use crate::time_order::merge_in_time_order;
 use crate::watermark::Watermark;
 use crate::window::{Buffered, WindowGrid, Windows};
 
@@ -349,7 +350,7 @@ impl Coordinator {
                 self.merge_window(*start, inventory, parts)
             })
             .collect();
-        let rest = merge_examples(rest);
+        let rest = merge_in_time_order(rest);
         if !rest.is_empty() {
             match outputs.last_mut() {
                 Some(last) => last.examples.extend(rest),
@@ -420,7 +421,7 @@ impl Coordinator {
             start,
             end,
             events,
-            examples: merge_examples(examples),
+            examples: merge_in_time_order(examples),
             demand,
             demand_next: Arc::clone(&self.demand_snapshot),
             users: users.into_iter().map(|(_, _, u)| u).collect(),
@@ -438,16 +439,4 @@ pub(crate) fn is_late(
     ts: Millis,
 ) -> bool {
     own.is_some_and(|w| ts < grid.start_of(w)) || closed_until.is_some_and(|c| ts < c)
-}
-
-/// Examples of one window from every shard (each in its own order), in (ts, partition,
-/// application order) order.
-fn merge_examples(parts: Vec<(i32, Vec<Example>)>) -> Vec<Example> {
-    let mut tagged: Vec<(i32, Example)> = parts
-        .into_iter()
-        .flat_map(|(p, examples)| examples.into_iter().map(move |e| (p, e)))
-        .collect();
-    // Stable: a shard's examples of one millisecond stay in its order.
-    tagged.sort_by_key(|(partition, e)| (e.ts, *partition));
-    tagged.into_iter().map(|(_, e)| e).collect()
 }

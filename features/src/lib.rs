@@ -36,6 +36,7 @@ pub mod rolling;
 mod shard;
 mod shard_set;
 pub mod state;
+mod time_order;
 mod watermark;
 mod window;
 

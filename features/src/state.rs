@@ -39,6 +39,7 @@ use crate::pending::{
     HeldFeatures, Pending, PendingKey, PendingQueue, SessionIndex, SessionKeys, session_hash,
 };
 use crate::rolling::{Counts, Rolling};
+use crate::time_order::merge_in_time_order;
 
 /// Time limits of the joins and of state retention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -557,21 +558,25 @@ impl FeatureState {
     /// no longer change before `boundary` (the end of the window just closed).
     pub fn mature_before(&mut self, boundary: Millis) -> Vec<Example> {
         let horizon = self.limits.click_window_ms + self.limits.attribution_ms;
-        let mut out: Vec<(PendingKey, i32, Example)> = Vec::new();
+        let due = |key: &PendingKey| key.0 + horizon < boundary;
+        let mut runs = Vec::with_capacity(self.partitions.len());
         for (partition, state) in &mut self.partitions {
+            // Each partition's examples in key order, (ts, order applied): merged by
+            // (ts, partition) they are in (ts, partition, order applied) order.
+            let mut run = Vec::with_capacity(state.pending.0.partition_point(|(k, _)| due(k)));
             while let Some((key, _)) = state.pending.0.front() {
-                if key.0 + horizon >= boundary {
+                if !due(key) {
                     break;
                 }
                 let Some((key, pending)) = state.pending.0.pop_front() else {
                     break;
                 };
                 state.unindex(key, &pending);
-                out.push((key, *partition, pending.into_example(key.0)));
+                run.push(pending.into_example(key.0));
             }
+            runs.push((*partition, run));
         }
-        out.sort_by_key(|(key, partition, _)| (key.0, *partition, key.1));
-        out.into_iter().map(|(_, _, e)| e).collect()
+        merge_in_time_order(runs)
     }
 
     /// Removes and returns every pending example (end of input).

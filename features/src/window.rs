@@ -171,10 +171,13 @@ impl Windows {
             .collect();
         order.sort_unstable();
         let mut slots: Vec<Option<Buffered>> = events.into_iter().map(Some).collect();
-        let events: Vec<Buffered> = order
-            .into_iter()
-            .filter_map(|(_, _, i)| slots[i as usize].take())
-            .collect();
+        // Sized up front: collected from a filter, the list would grow by copies.
+        let mut events = Vec::with_capacity(slots.len());
+        events.extend(
+            order
+                .into_iter()
+                .filter_map(|(_, _, i)| slots[i as usize].take()),
+        );
         self.typical_len = events.len();
         ClosedWindow {
             start,
