@@ -47,10 +47,16 @@ fn pack(id: &str) -> Option<u64> {
         return Some(NUMBER_TAG | n);
     }
     if !bytes.is_empty() && bytes.len() <= MAX_SYMBOLS {
-        let symbols = bytes.iter().enumerate().try_fold(0u64, |packed, (i, &b)| {
-            Some(packed | u64::from(symbol(b)?) << (6 * i))
-        });
-        if let Some(packed) = symbols {
+        // Without a branch per byte: every id is packed on each lookup.
+        let (packed, all_symbols) =
+            bytes
+                .iter()
+                .enumerate()
+                .fold((0u64, true), |(packed, all), (i, &b)| {
+                    let code = SYMBOL_CODES[usize::from(b)];
+                    (packed | u64::from(code) << (6 * i), all & (code != 0))
+                });
+        if all_symbols {
             return Some(SYMBOLS_TAG | packed);
         }
     }
@@ -75,16 +81,28 @@ fn canonical_number(bytes: &[u8]) -> Option<u64> {
     }
 }
 
-/// The six-bit code of a symbol of the symbol form (never zero: zero ends the text).
-fn symbol(b: u8) -> Option<u8> {
+/// The six-bit code of a symbol of the symbol form, or zero for a byte that is not one
+/// (a symbol's code is never zero: zero ends the text).
+const fn symbol(b: u8) -> u8 {
     match b {
-        b'0'..=b'9' => Some(b - b'0' + 1),
-        b'a'..=b'z' => Some(b - b'a' + 11),
-        b'A'..=b'Z' => Some(b - b'A' + 37),
-        b'_' => Some(63),
-        _ => None,
+        b'0'..=b'9' => b - b'0' + 1,
+        b'a'..=b'z' => b - b'a' + 11,
+        b'A'..=b'Z' => b - b'A' + 37,
+        b'_' => 63,
+        _ => 0,
     }
 }
+
+/// [`symbol`] of every byte.
+const SYMBOL_CODES: [u8; 256] = {
+    let mut codes = [0; 256];
+    let mut b = 0;
+    while b < 256 {
+        codes[b] = symbol(b as u8);
+        b += 1;
+    }
+    codes
+};
 
 /// The byte of a symbol's six-bit code (`code` is 1..=63).
 fn symbol_byte(code: u8) -> u8 {
