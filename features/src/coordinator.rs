@@ -402,11 +402,15 @@ impl Coordinator {
         let previous = std::mem::replace(&mut self.demand_snapshot, next);
         // Its rows are copied only while the previous window's output still holds it
         // (windows closed together, or queued for the global stage).
-        let mut demand: Vec<DemandRow> = Arc::unwrap_or_clone(previous)
-            .into_iter()
-            .filter(|f| f.at == start)
-            .map(|features| DemandRow { features, units: 0 })
-            .collect();
+        let previous = Arc::unwrap_or_clone(previous);
+        // Sized up front: collected from a filter, the list would grow by copies.
+        let mut demand: Vec<DemandRow> = Vec::with_capacity(previous.len());
+        demand.extend(
+            previous
+                .into_iter()
+                .filter(|f| f.at == start)
+                .map(|features| DemandRow { features, units: 0 }),
+        );
         // The few items sold are found in the snapshot (sorted by id), rather than each of
         // the many snapshot rows in the sold items: no pass reads every row's id.
         for (item, units) in state.take_window_units() {
