@@ -387,7 +387,7 @@ impl Coordinator {
         let events = inventory.events + parts.iter().map(|(_, w)| w.events).sum::<usize>();
         let oldest = parts.iter().filter_map(|(_, w)| w.oldest_pending).min();
         let mut users: Vec<(Millis, i32, UserArrival)> = Vec::new();
-        let mut examples = Vec::with_capacity(parts.iter().map(|(_, w)| w.examples.len()).sum());
+        let mut examples = Vec::with_capacity(parts.len());
         for (partition, part) in parts {
             users.extend(part.users.into_iter().map(|(ts, u)| (ts, partition, u)));
             examples.push((partition, part.examples));

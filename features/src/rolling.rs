@@ -173,7 +173,7 @@ fn containing(number: i64) -> [i64; 3] {
 
 /// `f` of each ring's (width, buckets kept), in ring order. Written out rather than
 /// `RINGS.map`, which the compiler leaves a call: here the widths stay constants, and a
-/// division by one (three at every event and every lookup) is a multiplication.
+/// division by one of them (three at every event and every lookup) is a multiplication.
 #[inline(always)]
 fn per_ring<T>(mut f: impl FnMut((Millis, i64)) -> T) -> [T; 3] {
     [f(RINGS[0]), f(RINGS[1]), f(RINGS[2])]

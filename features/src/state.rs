@@ -303,8 +303,9 @@ pub struct FeatureState {
     counts_sales: bool,
     /// The features of a group's impressions while [`FeatureState::apply_group`] applies
     /// the group; empty between calls. Kept to reuse its allocation: most groups are one
-    /// event, and a new list each would be one allocation per impression. Its capacity is
-    /// that of the largest group applied (one millisecond of one shard's input).
+    /// event, and a new list each would be one allocation per impression. Its capacity
+    /// follows the most impressions one group has held (one millisecond of one shard's
+    /// input).
     #[serde(skip)]
     group_features: Vec<(usize, Features)>,
 }

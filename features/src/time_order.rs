@@ -15,13 +15,19 @@ use crate::example::Example;
 /// `runs` (each a partition and its examples) as one list in `(ts, partition)` order;
 /// on equal keys, in the order of `runs`, then of each run. The same list as a stable
 /// sort of the runs joined in order, which is what is done when a run is not in time
-/// order (not expected: each comes from a queue kept in key order).
+/// order (not expected: each is a partition's pending queue, kept in key order, or a
+/// shard's matured examples, merged by this).
 pub(crate) fn merge_in_time_order(runs: Vec<(i32, Vec<Example>)>) -> Vec<Example> {
-    if !runs.iter().all(|(_, run)| run.is_sorted_by_key(|e| e.ts)) {
-        return sort_in_time_order(runs);
+    merge_by_time(runs, |e| e.ts)
+}
+
+/// [`merge_in_time_order`] of items with the time `ts`.
+fn merge_by_time<T>(runs: Vec<(i32, Vec<T>)>, ts: impl Fn(&T) -> Millis + Copy) -> Vec<T> {
+    if !runs.iter().all(|(_, run)| run.is_sorted_by_key(ts)) {
+        return sort_by_time(runs, ts);
     }
     let total = runs.iter().map(|(_, run)| run.len()).sum();
-    let mut runs: Vec<(i32, std::vec::IntoIter<Example>)> = runs
+    let mut runs: Vec<(i32, std::vec::IntoIter<T>)> = runs
         .into_iter()
         .filter(|(_, run)| !run.is_empty())
         .map(|(partition, run)| (partition, run.into_iter()))
@@ -29,11 +35,11 @@ pub(crate) fn merge_in_time_order(runs: Vec<(i32, Vec<Example>)>) -> Vec<Example
     if let [(_, only)] = runs.as_mut_slice() {
         return std::mem::take(only).collect();
     }
-    // The next example of each run, by its key and the run's place (the tie-break).
-    let head = |at: usize, (partition, run): &(i32, std::vec::IntoIter<Example>)| {
+    // The next item of each run, by its key and the run's place (the tie-break).
+    let head = |at: usize, (partition, run): &(i32, std::vec::IntoIter<T>)| {
         run.as_slice()
             .first()
-            .map(|e| Reverse((e.ts, *partition, at)))
+            .map(|item| Reverse((ts(item), *partition, at)))
     };
     let mut heads: BinaryHeap<Reverse<(Millis, i32, usize)>> = runs
         .iter()
@@ -49,14 +55,14 @@ pub(crate) fn merge_in_time_order(runs: Vec<(i32, Vec<Example>)>) -> Vec<Example
     merged
 }
 
-/// [`merge_in_time_order`] by a stable sort, for runs that are not in time order.
-fn sort_in_time_order(runs: Vec<(i32, Vec<Example>)>) -> Vec<Example> {
-    let mut tagged: Vec<(i32, Example)> = runs
+/// [`merge_by_time`] by a stable sort, for runs that are not in time order.
+fn sort_by_time<T>(runs: Vec<(i32, Vec<T>)>, ts: impl Fn(&T) -> Millis) -> Vec<T> {
+    let mut tagged: Vec<(i32, T)> = runs
         .into_iter()
-        .flat_map(|(p, examples)| examples.into_iter().map(move |e| (p, e)))
+        .flat_map(|(p, items)| items.into_iter().map(move |item| (p, item)))
         .collect();
-    tagged.sort_by_key(|(partition, e)| (e.ts, *partition));
-    tagged.into_iter().map(|(_, e)| e).collect()
+    tagged.sort_by_key(|(partition, item)| (ts(item), *partition));
+    tagged.into_iter().map(|(_, item)| item).collect()
 }
 
 #[cfg(test)]
@@ -64,36 +70,12 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::example::Features;
 
-    fn example(ts: Millis, tag: usize) -> Example {
-        Example {
-            event_id: tag.to_string(),
-            ts,
-            user_id: String::new(),
-            item_id: String::new(),
-            features: Features {
-                scenario: shopstream_ingest::event::Scenario::Search,
-                device: None,
-                position: None,
-                price: None,
-                hour_of_day: 0,
-                day_of_week: 0,
-                user: Default::default(),
-                user_recency_secs: None,
-                user_category_affinity: 0.0,
-                user_category_exposure: 0.0,
-                item: Default::default(),
-                item_category: None,
-                item_price: None,
-                item_on_hand: None,
-            },
-            labels: Default::default(),
-        }
-    }
+    /// A time and a tag that tells items apart.
+    type Item = (Millis, usize);
 
-    fn tags(examples: &[Example]) -> Vec<String> {
-        examples.iter().map(|e| e.event_id.clone()).collect()
+    fn merge(runs: Vec<(i32, Vec<Item>)>) -> Vec<Item> {
+        merge_by_time(runs, |(ts, _)| *ts)
     }
 
     proptest! {
@@ -108,7 +90,7 @@ mod tests {
             )
         ) {
             let mut tag = 0;
-            let runs: Vec<(i32, Vec<Example>)> = runs
+            let runs: Vec<(i32, Vec<Item>)> = runs
                 .into_iter()
                 .map(|(partition, mut times, in_order)| {
                     if in_order {
@@ -118,25 +100,25 @@ mod tests {
                         .into_iter()
                         .map(|ts| {
                             tag += 1;
-                            example(ts, tag)
+                            (ts, tag)
                         })
                         .collect();
                     (partition, run)
                 })
                 .collect();
-            let expected = sort_in_time_order(runs.clone());
-            let merged = merge_in_time_order(runs);
-            prop_assert_eq!(tags(&merged), tags(&expected));
+            let expected = sort_by_time(runs.clone(), |(ts, _)| *ts);
+            prop_assert_eq!(merge(runs), expected);
         }
     }
 
     #[test]
     fn equal_times_of_one_partition_keep_the_order_of_the_runs() {
         let runs = vec![
-            (1, vec![example(5, 1), example(5, 2)]),
-            (0, vec![example(5, 3)]),
-            (1, vec![example(4, 4), example(5, 5)]),
+            (1, vec![(5, 1), (5, 2)]),
+            (0, vec![(5, 3)]),
+            (1, vec![(4, 4), (5, 5)]),
         ];
-        assert_eq!(tags(&merge_in_time_order(runs)), ["4", "3", "1", "2", "5"]);
+        let tags: Vec<usize> = merge(runs).into_iter().map(|(_, tag)| tag).collect();
+        assert_eq!(tags, [4, 3, 1, 2, 5]);
     }
 }

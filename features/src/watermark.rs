@@ -14,8 +14,9 @@ pub struct Watermark {
     newest: BTreeMap<(InputTopic, i32), Option<Millis>>,
     lateness_ms: Millis,
     /// [`least_newest`] of `newest`, kept as the partitions change, so that the
-    /// watermark asked for after every event does not read every partition; `None`
-    /// until the first change after a restore (it is not stored).
+    /// watermark asked for after every event does not read every partition; `None` when
+    /// not known (a watermark made by `Default` or read back, since it is not stored)
+    /// until a change recomputes it.
     #[serde(skip)]
     least: Option<Option<Millis>>,
 }
