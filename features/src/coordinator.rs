@@ -20,8 +20,8 @@ use shopstream_ingest::record::RecordMeta;
 use crate::WindowOutput;
 use crate::example::Example;
 use crate::shard::{Shard, ShardWindow};
-use crate::state::{DemandFeatures, DemandRow, FeatureState, UserArrival};
-use crate::time_order::merge_in_time_order;
+use crate::state::{DemandFeatures, DemandRow, FeatureState};
+use crate::time_order::{merge_by_time, merge_in_time_order};
 use crate::watermark::Watermark;
 use crate::window::{Buffered, WindowGrid, Windows};
 
@@ -386,31 +386,27 @@ impl Coordinator {
         let end = start + self.grid.length_ms();
         let events = inventory.events + parts.iter().map(|(_, w)| w.events).sum::<usize>();
         let oldest = parts.iter().filter_map(|(_, w)| w.oldest_pending).min();
-        let mut users: Vec<(Millis, i32, UserArrival)> = Vec::new();
+        let mut users = Vec::with_capacity(parts.len());
         let mut examples = Vec::with_capacity(parts.len());
         for (partition, part) in parts {
-            users.extend(part.users.into_iter().map(|(ts, u)| (ts, partition, u)));
+            users.push((partition, part.users));
             examples.push((partition, part.examples));
         }
-        // Stable: a shard's users of one millisecond stay in its order.
-        users.sort_by_key(|(ts, partition, _)| (*ts, *partition));
         // Demand: the snapshot taken at this window's start, labelled with what sold in it;
         // the next one taken from the state at its end (its rows that still hold copied
         // from this one).
         let state = self.inventory.state_mut();
         let next = state.demand_snapshot(end);
         let previous = std::mem::replace(&mut self.demand_snapshot, next);
-        // Its rows are copied only while the previous window's output still holds it
-        // (windows closed together, or queued for the global stage).
-        let previous = Arc::unwrap_or_clone(previous);
         // Sized up front: collected from a filter, the list would grow by copies.
         let mut demand: Vec<DemandRow> = Vec::with_capacity(previous.len());
-        demand.extend(
-            previous
-                .into_iter()
-                .filter(|f| f.at == start)
-                .map(|features| DemandRow { features, units: 0 }),
-        );
+        let row = |features| DemandRow { features, units: 0 };
+        match Arc::try_unwrap(previous) {
+            Ok(rows) => demand.extend(rows.into_iter().filter(|f| f.at == start).map(row)),
+            // The previous window's output still holds it (windows closed together, or
+            // queued for the global stage): the rows kept are copied, once.
+            Err(shared) => demand.extend(shared.iter().filter(|f| f.at == start).cloned().map(row)),
+        }
         // The few items sold are found in the snapshot (sorted by id), rather than each of
         // the many snapshot rows in the sold items: no pass reads every row's id.
         for (item, units) in state.take_window_units() {
@@ -428,7 +424,12 @@ impl Coordinator {
             examples: merge_in_time_order(examples),
             demand,
             demand_next: Arc::clone(&self.demand_snapshot),
-            users: users.into_iter().map(|(_, _, u)| u).collect(),
+            // Each shard's users in the order of their first impressions: in (ts, partition)
+            // order, a shard's users of one millisecond in its order.
+            users: merge_by_time(users, |(ts, _)| *ts)
+                .into_iter()
+                .map(|(_, u)| u)
+                .collect(),
             settled_before: self.grid.start_of(oldest) - self.grid.length_ms(),
         }
     }

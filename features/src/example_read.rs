@@ -11,8 +11,8 @@ use arrow::array::{
 use arrow::error::ArrowError;
 use shopstream_ingest::event::Scenario;
 
-use crate::category::Category;
 use crate::example::{Example, Features, Labels};
+use crate::inventory::intern;
 use crate::rolling::{HORIZONS, Horizons};
 
 /// Why a batch could not be read as examples.
@@ -160,6 +160,8 @@ pub fn examples_from_batch(batch: &RecordBatch) -> Result<Vec<Example>, ExampleR
     let quantity = i64s(batch, "quantity")?;
     let revenue = f64s(batch, "revenue")?;
     let value = |row: usize, message: String| ExampleReadError::Value { row, message };
+    // One shared copy of each category name in the batch, as the inventory holds them.
+    let mut categories = Default::default();
     (0..batch.num_rows())
         .map(|i| {
             let name = scenario.value(i);
@@ -185,7 +187,9 @@ pub fn examples_from_batch(batch: &RecordBatch) -> Result<Vec<Example>, ExampleR
                     user_category_affinity: affinity.value(i),
                     user_category_exposure: exposure.value(i),
                     item: horizons_at(&item, i),
-                    item_category: opt_str(category, i).map(Category::from),
+                    item_category: category
+                        .is_valid(i)
+                        .then(|| intern(&mut categories, category.value(i))),
                     item_price: opt(item_price, i),
                     item_on_hand: opt(on_hand, i),
                 },

@@ -1,5 +1,5 @@
-//! Examples of several partitions put in one (event time, partition) order, each moved
-//! once.
+//! Examples of several partitions (and a window's users, alike) put in one (event time,
+//! partition) order, each moved once.
 //!
 //! Each partition's examples come out of its pending queue already in time order, so
 //! the lists are merged, not sorted: a stable sort of the joined list moved every
@@ -21,8 +21,12 @@ pub(crate) fn merge_in_time_order(runs: Vec<(i32, Vec<Example>)>) -> Vec<Example
     merge_by_time(runs, |e| e.ts)
 }
 
-/// [`merge_in_time_order`] of items with the time `ts`.
-fn merge_by_time<T>(runs: Vec<(i32, Vec<T>)>, ts: impl Fn(&T) -> Millis + Copy) -> Vec<T> {
+/// [`merge_in_time_order`] of items with the time `ts` (a window's examples, or its
+/// users at their first impressions).
+pub(crate) fn merge_by_time<T>(
+    runs: Vec<(i32, Vec<T>)>,
+    ts: impl Fn(&T) -> Millis + Copy,
+) -> Vec<T> {
     if !runs.iter().all(|(_, run)| run.is_sorted_by_key(ts)) {
         return sort_by_time(runs, ts);
     }

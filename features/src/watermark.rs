@@ -9,22 +9,32 @@ use std::collections::BTreeMap;
 use shopstream_ingest::event::{InputTopic, Millis};
 
 /// Tracks the newest event time per input partition.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "StoredWatermark")]
 pub struct Watermark {
     newest: BTreeMap<(InputTopic, i32), Option<Millis>>,
     lateness_ms: Millis,
     /// [`least_newest`] of `newest`, kept as the partitions change, so that the
-    /// watermark asked for after every event does not read every partition; `None` when
-    /// not known (a watermark made by `Default` or read back, since it is not stored)
-    /// until a change recomputes it.
-    #[serde(skip)]
-    least: Option<Option<Millis>>,
+    /// watermark asked for after every event does not read every partition. Not stored:
+    /// computed when a watermark is read back.
+    #[serde(skip_serializing)]
+    least: Option<Millis>,
 }
 
-/// Equal partitions and lateness (the kept least follows from them).
-impl PartialEq for Watermark {
-    fn eq(&self, other: &Self) -> bool {
-        (&self.newest, self.lateness_ms) == (&other.newest, other.lateness_ms)
+/// The stored fields of a [`Watermark`], as read back.
+#[derive(serde::Deserialize)]
+struct StoredWatermark {
+    newest: BTreeMap<(InputTopic, i32), Option<Millis>>,
+    lateness_ms: Millis,
+}
+
+impl From<StoredWatermark> for Watermark {
+    fn from(stored: StoredWatermark) -> Self {
+        Self {
+            least: least_newest(&stored.newest),
+            newest: stored.newest,
+            lateness_ms: stored.lateness_ms,
+        }
     }
 }
 
@@ -45,7 +55,7 @@ impl Watermark {
         Self {
             newest: BTreeMap::new(),
             lateness_ms,
-            least: Some(None),
+            least: None,
         }
     }
 
@@ -53,14 +63,14 @@ impl Watermark {
     /// known to hold data must not be overtaken before it was read at all).
     pub fn register(&mut self, topic: InputTopic, partition: i32) {
         self.newest.entry((topic, partition)).or_insert(None);
-        self.least = Some(least_newest(&self.newest));
+        self.least = least_newest(&self.newest);
     }
 
     /// Stops waiting for `partition` (it has been read to its end); its next event makes
     /// it count again.
     pub fn release(&mut self, topic: InputTopic, partition: i32) {
         self.newest.remove(&(topic, partition));
-        self.least = Some(least_newest(&self.newest));
+        self.least = least_newest(&self.newest);
     }
 
     /// Keeps only the partitions `keep` selects (a copy for the partitions one worker
@@ -68,7 +78,7 @@ impl Watermark {
     pub fn retain(&mut self, keep: impl Fn(InputTopic, i32) -> bool) {
         self.newest
             .retain(|(topic, partition), _| keep(*topic, *partition));
-        self.least = Some(least_newest(&self.newest));
+        self.least = least_newest(&self.newest);
     }
 
     /// Records an event of `partition` at `ts`. Returns the partition's own watermark
@@ -83,16 +93,15 @@ impl Watermark {
         // Raising a partition above the least leaves the least; a new partition, or
         // the one (or one of those) at the least, can move it.
         let added = self.newest.len() != count;
-        if added || (after != before && self.least.is_none_or(|least| least == before)) {
-            self.least = Some(least_newest(&self.newest));
+        if added || (after != before && self.least == before) {
+            self.least = least_newest(&self.newest);
         }
         before.map(|n| n - self.lateness_ms)
     }
 
     /// The current watermark: none while a registered partition has not been read yet.
     pub fn current(&self) -> Option<Millis> {
-        let least = self.least.unwrap_or_else(|| least_newest(&self.newest));
-        least.map(|m| m - self.lateness_ms)
+        self.least.map(|m| m - self.lateness_ms)
     }
 }
 
