@@ -242,12 +242,17 @@ impl<V> IdMap<V> {
     where
         V: Default,
     {
+        self.get_or_insert_with(id, V::default)
+    }
+
+    /// The value of `id`, inserting `make()` first if it has none.
+    pub(crate) fn get_or_insert_with(&mut self, id: &str, make: impl FnOnce() -> V) -> &mut V {
         match pack(id) {
-            Some(key) => self.packed.entry(key).or_default(),
+            Some(key) => self.packed.entry(key).or_insert_with(make),
             None => {
                 // Allocates the key only when it is new.
                 if !self.text.contains_key(id) {
-                    self.text.insert(id.into(), V::default());
+                    self.text.insert(id.into(), make());
                 }
                 self.text.get_mut(id).expect("inserted above")
             }
@@ -268,6 +273,12 @@ impl<V> IdMap<V> {
             Some(key) => self.packed.remove(&key),
             None => self.text.remove(id),
         }
+    }
+
+    /// Removes every id, keeping the tables' room.
+    pub(crate) fn clear(&mut self) {
+        self.packed.clear();
+        self.text.clear();
     }
 
     /// Ids with a value.
@@ -389,6 +400,27 @@ mod tests {
             assert_eq!(key & TAG_MASK, form, "{id}");
             assert_eq!(Unpacked::of(key).as_str(), id);
         }
+    }
+
+    #[test]
+    fn get_or_insert_with_makes_a_value_only_for_a_new_id() {
+        let mut map = IdMap::default();
+        // A packed id and one kept as text (a UUID), each looked up twice.
+        for id in ["u12345", "0b7c2f6e-8d4a-4c6f-9d8e-2f1a3b4c5d6e"] {
+            let mut made = 0;
+            *map.get_or_insert_with(id, || {
+                made += 1;
+                10
+            }) += 1;
+            *map.get_or_insert_with(id, || {
+                made += 1;
+                20
+            }) += 1;
+            assert_eq!((made, map.get(id)), (1, Some(&12)), "{id}");
+        }
+        assert_eq!(map.len(), 2);
+        map.clear();
+        assert_eq!((map.len(), map.get("u12345")), (0, None));
     }
 
     #[test]

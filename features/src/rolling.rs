@@ -248,23 +248,37 @@ impl Serialize for Rolling {
 /// ring's only one and the hour buckets add up to it bit for bit ([`derived_day`]);
 /// else as they are.
 fn canonical(mut buckets: Vec<Bucket>) -> Box<[Bucket]> {
+    make_canonical(&mut buckets);
+    buckets.into_boxed_slice()
+}
+
+/// [`canonical`] in place.
+fn make_canonical(buckets: &mut Vec<Bucket>) {
     if let [a, b, c] = buckets[..]
         && [a.ring(), b.ring(), c.ring()] == [0, 1, 2]
         && [a.number(), b.number(), c.number()] == containing(a.number())
         && a.counts.same_bits(&b.counts)
         && a.counts.same_bits(&c.counts)
     {
-        return Box::new([Bucket::all_rings(a.number(), a.counts)]);
+        buckets.clear();
+        buckets.push(Bucket::all_rings(a.number(), a.counts));
+        return;
     }
     if let [.., hour, day] = buckets[..]
         && hour.ring() == 1
         && day.ring() == 2
-        && derived_day(&buckets)
+        && derived_day(buckets)
             .is_some_and(|d| d.slot == day.slot && d.counts.same_bits(&day.counts))
     {
         buckets.pop();
     }
-    buckets.into_boxed_slice()
+}
+
+thread_local! {
+    /// The buckets of a [`Rolling::add`] that changes their stored form, worked on here
+    /// and copied back: the key's own slice is reallocated only when its length changes
+    /// (an event mostly adds to held buckets, or moves a ring on by one).
+    static SCRATCH: std::cell::Cell<Vec<Bucket>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// The day bucket that the hour buckets of `buckets` add up to: their counts added in
@@ -389,15 +403,17 @@ impl Rolling {
         if self.add_within_left_out_day(numbers, delta) {
             return;
         }
-        let mut buckets: Vec<Bucket> = if self.all_rings_bucket().is_some() || self.day_left_out() {
-            self.explicit_vec()
-        } else {
-            // Taking the box as a vector and back reallocates only when a bucket came or
-            // went.
-            std::mem::take(&mut self.buckets).into_vec()
-        };
+        let mut buckets = SCRATCH.take();
+        buckets.clear();
+        self.for_each_explicit(|b| buckets.push(*b));
         add_to(&mut buckets, numbers, delta);
-        self.buckets = canonical(buckets);
+        make_canonical(&mut buckets);
+        if self.buckets.len() == buckets.len() {
+            self.buckets.copy_from_slice(&buckets);
+        } else {
+            self.buckets = Box::from(&buckets[..]);
+        }
+        SCRATCH.set(buckets);
     }
 
     /// [`Rolling::add`] in place when the day bucket is left out and stays so: the event
@@ -465,14 +481,13 @@ impl Rolling {
         }
     }
 
-    /// The buckets of [`Rolling::for_each_explicit`] in a vector, with room for one more
-    /// (the one an event most likely adds).
+    /// The buckets of [`Rolling::for_each_explicit`] in a vector.
     fn explicit_vec(&self) -> Vec<Bucket> {
         let count = match self.all_rings_bucket() {
             Some(_) => RINGS.len(),
             None => self.buckets.len() + usize::from(self.day_left_out()),
         };
-        let mut explicit = Vec::with_capacity(count + 1);
+        let mut explicit = Vec::with_capacity(count);
         self.for_each_explicit(|b| explicit.push(*b));
         explicit
     }
@@ -568,28 +583,19 @@ fn add_to(buckets: &mut Vec<Bucket>, numbers: [i64; 3], delta: Counts) {
                 let kept = from + buckets[from..to].partition_point(|b| b.number() < reach_from);
                 buckets.drain(from..kept);
                 let at = to - (kept - from);
-                insert(buckets, at, Bucket::new(ring, number, delta));
+                buckets.insert(at, Bucket::new(ring, number, delta));
             }
             _ => {
                 let at = from + buckets[from..to].partition_point(|b| b.number() < number);
                 match buckets.get_mut(at) {
                     Some(b) if at < to && b.number() == number => b.counts.add(delta),
-                    _ => insert(buckets, at, Bucket::new(ring, number, delta)),
+                    _ => buckets.insert(at, Bucket::new(ring, number, delta)),
                 }
             }
         }
         // This ring's end after what was dropped and inserted.
         from = to + buckets.len() - len;
     }
-}
-
-/// Inserts `bucket` at `at`, growing `buckets` by one when full: the vector goes back
-/// into a boxed slice of its length, which would only shrink a doubled one again.
-fn insert(buckets: &mut Vec<Bucket>, at: usize, bucket: Bucket) {
-    if buckets.len() == buckets.capacity() {
-        buckets.reserve_exact(1);
-    }
-    buckets.insert(at, bucket);
 }
 
 /// Rolling counters queried again and again at times where they rarely change (an

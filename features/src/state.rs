@@ -296,7 +296,7 @@ pub struct FeatureState {
     window_users: Vec<(Millis, UserArrival)>,
     /// Each user with an event in the window being applied (see [`WindowUser`]).
     #[serde(default)]
-    window_user_state: HashMap<String, WindowUser>,
+    window_user_state: IdMap<WindowUser>,
     /// Whether inventory sales are counted (for item demand). A shard, which joins its
     /// base's table, needs only what features join (on hand, price, category).
     #[serde(default = "counts_sales")]
@@ -345,7 +345,7 @@ impl FeatureState {
             partitions: BTreeMap::new(),
             inventory: Inventory::default(),
             window_users: Vec::new(),
-            window_user_state: HashMap::default(),
+            window_user_state: IdMap::default(),
             counts_sales: true,
             group_features: Vec::new(),
         }
@@ -501,23 +501,16 @@ impl FeatureState {
         self.group_features = new_pending;
     }
 
-    /// `user_id` in the window being applied, recorded at its first event in it (the id
-    /// is copied once per user and window).
+    /// `user_id` in the window being applied, recorded at its first event in it.
     fn window_user(&mut self, partition: i32, user_id: &str) -> &mut WindowUser {
-        if !self.window_user_state.contains_key(user_id) {
-            let known = self
-                .partitions
-                .get(&partition)
-                .is_some_and(|p| p.users.contains_key(user_id));
-            let user = WindowUser {
-                known,
-                listed: false,
-            };
-            self.window_user_state.insert(user_id.to_string(), user);
-        }
+        let partitions = &self.partitions;
         self.window_user_state
-            .get_mut(user_id)
-            .expect("inserted above")
+            .get_or_insert_with(user_id, || WindowUser {
+                known: partitions
+                    .get(&partition)
+                    .is_some_and(|p| p.users.contains_key(user_id)),
+                listed: false,
+            })
     }
 
     fn apply(&mut self, partition: i32, event: &Event, base: Option<&FeatureState>) {
@@ -642,7 +635,7 @@ impl FeatureState {
         self.window_users
             .retain(|(_, arrival)| !users.contains(&arrival.user_id));
         self.window_user_state
-            .retain(|user, _| !users.contains(user));
+            .retain_ids(|user, _| !users.contains(user));
         dropped + before - (self.window_users.len() + self.window_user_state.len())
     }
 
