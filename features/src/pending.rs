@@ -8,6 +8,7 @@
 //! [`Features`] would have held. The buffer serialises in the shape it had when it held
 //! whole examples, so checkpoints read and write as before.
 
+use std::cmp::Ordering;
 use std::collections::VecDeque;
 
 // FxHash: fast, and deterministic across runs.
@@ -62,6 +63,13 @@ impl HeldFeatures {
             hour_of_day: f.hour_of_day,
             day_of_week: f.day_of_week,
         }
+    }
+
+    /// Sets the device, which [`HeldFeatures::new`] took from `f` (an impression's
+    /// features are taken before its group applies, its device after: from an owned
+    /// event, without a copy).
+    pub(crate) fn set_device(&mut self, device: Option<String>) {
+        self.device = device.map(String::into_boxed_str);
     }
 
     /// The features as an example carries them.
@@ -157,8 +165,35 @@ impl PendingQueue {
         }
     }
 
+    /// Where `key` is. Searched from the newest end, in steps that double, then by
+    /// halving what is left: a label (a click, an order) mostly finds an impression of
+    /// the last minutes, and a plain binary search would first touch entries from all
+    /// over a queue of hours, each a cache miss.
     fn position(&self, key: &PendingKey) -> Option<usize> {
-        self.0.binary_search_by(|(k, _)| k.cmp(key)).ok()
+        let queue = &self.0;
+        let (mut from, mut to) = (0, queue.len());
+        let mut step = 1;
+        while step <= queue.len() {
+            let probe = queue.len() - step;
+            match queue[probe].0.cmp(key) {
+                Ordering::Equal => return Some(probe),
+                Ordering::Less => {
+                    from = probe + 1;
+                    break;
+                }
+                Ordering::Greater => to = probe,
+            }
+            step *= 2;
+        }
+        while from < to {
+            let mid = from + (to - from) / 2;
+            match queue[mid].0.cmp(key) {
+                Ordering::Equal => return Some(mid),
+                Ordering::Less => from = mid + 1,
+                Ordering::Greater => to = mid,
+            }
+        }
+        None
     }
 
     pub(crate) fn get(&self, key: &PendingKey) -> Option<&Pending> {
@@ -477,6 +512,35 @@ mod tests {
             })
             .collect(),
         )
+    }
+
+    proptest::proptest! {
+        /// The search from the newest end finds what a scan finds, for keys anywhere in
+        /// the queue and keys it does not hold.
+        #[test]
+        fn position_finds_what_a_scan_finds(
+            keys in proptest::collection::btree_set((0i64..50, 0u64..4), 0..120),
+            probes in proptest::collection::vec((-1i64..51, 0u64..5), 1..40),
+        ) {
+            let e = example("e", 0, false);
+            let pending = Pending {
+                event_id: e.event_id.clone().into(),
+                user_id: e.user_id.clone().into(),
+                item_id: e.item_id.clone().into(),
+                session: "s".into(),
+                features: HeldFeatures::new(e.features),
+                labels: e.labels,
+            };
+            let mut queue = PendingQueue::default();
+            for &key in &keys {
+                queue.insert(key, pending.clone());
+            }
+            let held: Vec<PendingKey> = keys.iter().copied().collect();
+            for probe in probes.iter().chain(&held) {
+                let scanned = held.iter().position(|k| k == probe);
+                proptest::prop_assert_eq!(queue.position(probe), scanned);
+            }
+        }
     }
 
     /// Guards the checkpoint format: a buffer read back from what the whole-example form

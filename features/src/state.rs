@@ -26,7 +26,6 @@ use std::collections::BTreeMap;
 // FxHash: fast, and deterministic across runs (state serialises the same way every time).
 use rustc_hash::FxHashMap as HashMap;
 
-use chrono::{Datelike, Timelike};
 use serde::{Deserialize, Serialize};
 use shopstream_ingest::event::{ClickEvent, ClickKind, Event, Millis, OrderEvent, OrderStatus};
 
@@ -82,6 +81,32 @@ const MAX_CATEGORIES: usize = 8;
 const AFFINITY_TAU_MS: f64 = 7.0 * 86_400_000.0;
 /// How often (event time) expired keys are swept.
 const SWEEP_EVERY_MS: Millis = 3_600_000;
+
+/// The hour of the day (0-23) and the day of the week (Monday 0) of `ts`, in UTC: what
+/// chrono gives, without its calendar (only whole days and hours since the epoch matter);
+/// 1970-01-01 00:00, a Thursday, for a time outside chrono's range, as before.
+fn hour_and_weekday(ts: Millis) -> (u8, u8) {
+    const FIRST: Millis = chrono::DateTime::<chrono::Utc>::MIN_UTC.timestamp_millis();
+    const LAST: Millis = chrono::DateTime::<chrono::Utc>::MAX_UTC.timestamp_millis();
+    const HOUR_MS: Millis = 3_600_000;
+    const DAY_MS: Millis = 24 * HOUR_MS;
+    /// 1970-01-01 was a Thursday.
+    const EPOCH_WEEKDAY: Millis = 3;
+    if !(FIRST..=LAST).contains(&ts) {
+        return (0, EPOCH_WEEKDAY as u8);
+    }
+    let hour = ts.div_euclid(HOUR_MS).rem_euclid(24);
+    let weekday = (ts.div_euclid(DAY_MS) + EPOCH_WEEKDAY).rem_euclid(7);
+    (hour as u8, weekday as u8)
+}
+
+/// `event` if it is an impression of an item: one an example is made of.
+fn impression_with_item(event: &Event) -> Option<&ClickEvent> {
+    match event {
+        Event::Click(c) if c.kind == ClickKind::Impression && c.item_id.is_some() => Some(c),
+        _ => None,
+    }
+}
 
 /// An event of a same-timestamp group ([`FeatureState::apply_group`]).
 #[derive(Debug)]
@@ -307,7 +332,7 @@ pub struct FeatureState {
     /// follows the most impressions one group has held (one millisecond of one shard's
     /// input).
     #[serde(skip)]
-    group_features: Vec<(usize, Features)>,
+    group_features: Vec<(usize, HeldFeatures)>,
 }
 
 fn counts_sales() -> bool {
@@ -413,14 +438,14 @@ impl FeatureState {
         let item = state.and_then(|s| s.items.get(item_id));
         let inventory = Self::inventory_row(&self.inventory, base, item_id);
         let category = inventory.and_then(|i| i.category.as_ref());
-        let at = chrono::DateTime::from_timestamp_millis(click.ts).unwrap_or_default();
+        let (hour_of_day, day_of_week) = hour_and_weekday(click.ts);
         Features {
             scenario: click.scenario,
             device: None,
             position: click.position,
             price: click.price,
-            hour_of_day: at.hour() as u8,
-            day_of_week: at.weekday().num_days_from_monday() as u8,
+            hour_of_day,
+            day_of_week,
             user: user.map(|u| u.rolling.totals(click.ts)).unwrap_or_default(),
             user_recency_secs: user
                 .and_then(|u| u.last_ts.get())
@@ -453,10 +478,7 @@ impl FeatureState {
     ) {
         let mut new_pending = std::mem::take(&mut self.group_features);
         for (at, (partition, event)) in group.iter().enumerate() {
-            if let Event::Click(c) = event.event()
-                && c.kind == ClickKind::Impression
-                && c.item_id.is_some()
-            {
+            if let Some(c) = impression_with_item(event.event()) {
                 let features = self.features_but_device(base, *partition, c);
                 let user = self.window_user(*partition, &c.user_id);
                 let (first, known) = (!user.listed, user.known);
@@ -469,27 +491,29 @@ impl FeatureState {
                     };
                     self.window_users.push((c.ts, arrival));
                 }
-                new_pending.push((at, features));
+                new_pending.push((at, HeldFeatures::new(features)));
             }
         }
         for (partition, event) in group.iter() {
-            self.apply(*partition, event.event(), base);
+            let event = event.event();
+            // An impression's user is in the window's users already (above).
+            if impression_with_item(event).is_none() {
+                self.register_window_user(*partition, event);
+            }
+            self.apply(*partition, event, base);
         }
-        for (at, features) in new_pending.drain(..) {
+        for (at, mut features) in new_pending.drain(..) {
             let (partition, event) = &mut group[at];
             let Some((ids, ts)) = event.impression_ids() else {
                 continue;
             };
-            let features = Features {
-                device: ids.device,
-                ..features
-            };
+            features.set_device(ids.device);
             let pending = Pending {
                 event_id: ids.event_id.into(),
                 user_id: ids.user_id.into(),
                 item_id: ids.item_id.into(),
                 session: ids.session_id.into(),
-                features: HeldFeatures::new(features),
+                features,
                 labels: Labels::default(),
             };
             let state = self.partitions.entry(*partition).or_default();
@@ -513,13 +537,18 @@ impl FeatureState {
             })
     }
 
-    fn apply(&mut self, partition: i32, event: &Event, base: Option<&FeatureState>) {
-        let limits = self.limits;
+    /// Records the user of `event` among the window's users.
+    fn register_window_user(&mut self, partition: i32, event: &Event) {
         match event {
             Event::Click(c) => _ = self.window_user(partition, &c.user_id),
             Event::Order(o) => _ = self.window_user(partition, &o.user_id),
             Event::Inventory(_) => {}
         }
+    }
+
+    /// Applies `event` to the state; its user is among the window's users already.
+    fn apply(&mut self, partition: i32, event: &Event, base: Option<&FeatureState>) {
+        let limits = self.limits;
         match event {
             Event::Inventory(e) => match base {
                 Some(base) => self.inventory.apply_over(&base.inventory, e),
@@ -730,6 +759,12 @@ impl std::ops::Add for StateBytes {
 }
 
 impl UserState {
+    /// Counts an event of the user at `ts`.
+    fn count(&mut self, ts: Millis, delta: Counts) {
+        self.rolling.add(ts, delta);
+        self.last_ts = Some(ts).into();
+    }
+
     /// Counts an impression (`clicked` false) or a click in `category` at `ts`, after
     /// decaying every category's scores to `ts`.
     fn count_category(&mut self, category: &Category, ts: Millis, clicked: bool) {
@@ -804,9 +839,11 @@ impl PartitionState {
     }
 
     fn count(&mut self, user_id: &str, item_id: Option<&str>, ts: Millis, delta: Counts) {
-        let user = self.users.get_or_default(user_id);
-        user.rolling.add(ts, delta);
-        user.last_ts = Some(ts).into();
+        self.users.get_or_default(user_id).count(ts, delta);
+        self.count_item(item_id, ts, delta);
+    }
+
+    fn count_item(&mut self, item_id: Option<&str>, ts: Millis, delta: Counts) {
         if let Some(item_id) = item_id {
             self.items.get_or_default(item_id).rolling.add(ts, delta);
         }
@@ -831,15 +868,16 @@ impl PartitionState {
                 Counts::default()
             }
         };
-        self.count(&c.user_id, item_id, c.ts, delta);
         let clicked = c.kind == ClickKind::Click;
+        // The user looked up once for its counters and its categories.
+        let user = self.users.get_or_default(&c.user_id);
+        user.count(c.ts, delta);
         if let Some(category) = category
             && (clicked || c.kind == ClickKind::Impression)
         {
-            self.users
-                .get_or_default(&c.user_id)
-                .count_category(category, c.ts, clicked);
+            user.count_category(category, c.ts, clicked);
         }
+        self.count_item(item_id, c.ts, delta);
         if !clicked {
             return;
         }
@@ -1327,6 +1365,42 @@ mod tests {
                 .map(|(_, partition, event)| (*partition, GroupEvent::Shared(event)))
                 .collect();
             self.apply_group(&mut group, None);
+        }
+    }
+
+    /// The hour and weekday as chrono gives them, its default (the epoch) outside its range.
+    fn chrono_hour_and_weekday(ts: Millis) -> (u8, u8) {
+        use chrono::{Datelike, Timelike};
+        let at = chrono::DateTime::from_timestamp_millis(ts).unwrap_or_default();
+        (at.hour() as u8, at.weekday().num_days_from_monday() as u8)
+    }
+
+    #[test]
+    fn hour_and_weekday_match_chrono_at_the_edges_of_its_range_and_of_days() {
+        let first = chrono::DateTime::<chrono::Utc>::MIN_UTC.timestamp_millis();
+        let last = chrono::DateTime::<chrono::Utc>::MAX_UTC.timestamp_millis();
+        let day = 86_400_000;
+        for edge in [
+            i64::MIN,
+            first,
+            -day,
+            0,
+            day,
+            946_684_800_000,
+            last,
+            i64::MAX,
+        ] {
+            for ts in edge.saturating_sub(2)..=edge.saturating_add(2) {
+                assert_eq!(hour_and_weekday(ts), chrono_hour_and_weekday(ts), "{ts}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn hour_and_weekday_match_chrono(ts in proptest::num::i64::ANY, near in -1i64 << 45..1i64 << 45) {
+            proptest::prop_assert_eq!(hour_and_weekday(ts), chrono_hour_and_weekday(ts));
+            proptest::prop_assert_eq!(hour_and_weekday(near), chrono_hour_and_weekday(near));
         }
     }
 
