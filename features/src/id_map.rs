@@ -199,6 +199,23 @@ impl Serialize for IdText<'_> {
     }
 }
 
+/// An id as an [`IdMap`] looks it up: packed once ([`pack`]) for the several maps an
+/// event's user or item is looked up in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum IdKey<'a> {
+    Packed(u64),
+    Text(&'a str),
+}
+
+impl<'a> IdKey<'a> {
+    pub(crate) fn of(id: &'a str) -> Self {
+        match pack(id) {
+            Some(key) => Self::Packed(key),
+            None => Self::Text(id),
+        }
+    }
+}
+
 /// A map from ids to `V`: packed ids in one table, the others as text in another.
 #[derive(Clone)]
 pub(crate) struct IdMap<V> {
@@ -218,9 +235,14 @@ impl<V> Default for IdMap<V> {
 impl<V> IdMap<V> {
     /// The value of `id`.
     pub(crate) fn get(&self, id: &str) -> Option<&V> {
-        match pack(id) {
-            Some(key) => self.packed.get(&key),
-            None => self.text.get(id),
+        self.get_key(IdKey::of(id))
+    }
+
+    /// The value of the id `key` stands for.
+    pub(crate) fn get_key(&self, key: IdKey<'_>) -> Option<&V> {
+        match key {
+            IdKey::Packed(key) => self.packed.get(&key),
+            IdKey::Text(id) => self.text.get(id),
         }
     }
 
@@ -245,11 +267,28 @@ impl<V> IdMap<V> {
         self.get_or_insert_with(id, V::default)
     }
 
+    /// [`IdMap::get_or_default`] of the id `key` stands for.
+    pub(crate) fn get_or_default_key(&mut self, key: IdKey<'_>) -> &mut V
+    where
+        V: Default,
+    {
+        self.get_or_insert_with_key(key, V::default)
+    }
+
     /// The value of `id`, inserting `make()` first if it has none.
     pub(crate) fn get_or_insert_with(&mut self, id: &str, make: impl FnOnce() -> V) -> &mut V {
-        match pack(id) {
-            Some(key) => self.packed.entry(key).or_insert_with(make),
-            None => {
+        self.get_or_insert_with_key(IdKey::of(id), make)
+    }
+
+    /// [`IdMap::get_or_insert_with`] of the id `key` stands for.
+    pub(crate) fn get_or_insert_with_key(
+        &mut self,
+        key: IdKey<'_>,
+        make: impl FnOnce() -> V,
+    ) -> &mut V {
+        match key {
+            IdKey::Packed(key) => self.packed.entry(key).or_insert_with(make),
+            IdKey::Text(id) => {
                 // Allocates the key only when it is new.
                 if !self.text.contains_key(id) {
                     self.text.insert(id.into(), make());
@@ -403,7 +442,7 @@ mod tests {
     }
 
     #[test]
-    fn get_or_insert_with_makes_a_value_only_for_a_new_id() {
+    fn get_or_insert_with_makes_a_value_only_for_a_new_id_and_keys_find_it() {
         let mut map = IdMap::default();
         // A packed id and one kept as text (a UUID), each looked up twice.
         for id in ["u12345", "0b7c2f6e-8d4a-4c6f-9d8e-2f1a3b4c5d6e"] {
@@ -417,6 +456,9 @@ mod tests {
                 20
             }) += 1;
             assert_eq!((made, map.get(id)), (1, Some(&12)), "{id}");
+            // The same value through a key packed once.
+            *map.get_or_default_key(IdKey::of(id)) += 1;
+            assert_eq!(map.get_key(IdKey::of(id)), Some(&13), "{id}");
         }
         assert_eq!(map.len(), 2);
         map.clear();

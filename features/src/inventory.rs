@@ -23,7 +23,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use shopstream_ingest::event::{InventoryEvent, InventoryKind, Millis};
 
 use crate::category::Category;
-use crate::id_map::{IdMap, IdText};
+use crate::id_map::{IdKey, IdMap, IdText};
 use crate::niche::{OptF64, OptI64};
 use crate::rolling::{CachedRolling, Counts};
 use crate::state::DemandFeatures;
@@ -202,7 +202,12 @@ struct SoldIndex {
 impl Inventory {
     /// The row of `item`, if any inventory event named it.
     pub(crate) fn get(&self, item: &str) -> Option<&InventoryRow> {
-        self.slots.get(item).map(|&slot| &self.rows[slot])
+        self.get_key(IdKey::of(item))
+    }
+
+    /// [`Inventory::get`] of the item `key` stands for.
+    pub(crate) fn get_key(&self, item: IdKey<'_>) -> Option<&InventoryRow> {
+        self.slots.get_key(item).map(|&slot| &self.rows[slot])
     }
 
     /// Items and their rows, in the order the table serialises in.

@@ -31,7 +31,7 @@ use shopstream_ingest::event::{ClickEvent, ClickKind, Event, Millis, OrderEvent,
 
 use crate::category::Category;
 use crate::example::{Example, Features, Labels};
-use crate::id_map::IdMap;
+use crate::id_map::{IdKey, IdMap};
 use crate::inventory::{Inventory, InventoryRow};
 use crate::niche::OptI64;
 use crate::pending::{
@@ -100,10 +100,12 @@ fn hour_and_weekday(ts: Millis) -> (u8, u8) {
     (hour as u8, weekday as u8)
 }
 
-/// `event` if it is an impression of an item: one an example is made of.
-fn impression_with_item(event: &Event) -> Option<&ClickEvent> {
+/// `event` and its item if it is an impression of an item: one an example is made of.
+fn impression_with_item(event: &Event) -> Option<(&ClickEvent, &str)> {
     match event {
-        Event::Click(c) if c.kind == ClickKind::Impression && c.item_id.is_some() => Some(c),
+        Event::Click(c) if c.kind == ClickKind::Impression => {
+            c.item_id.as_deref().map(|item| (c, item))
+        }
         _ => None,
     }
 }
@@ -403,11 +405,11 @@ impl FeatureState {
     fn inventory_row<'a>(
         inventory: &'a Inventory,
         base: Option<&'a FeatureState>,
-        item: &str,
+        item: IdKey<'_>,
     ) -> Option<&'a InventoryRow> {
         inventory
-            .get(item)
-            .or_else(|| base.and_then(|b| b.inventory.get(item)))
+            .get_key(item)
+            .or_else(|| base.and_then(|b| b.inventory.get_key(item)))
     }
 
     /// Features of impression `click` read from `partition`, from the current state
@@ -418,25 +420,28 @@ impl FeatureState {
         partition: i32,
         click: &ClickEvent,
     ) -> Features {
+        let item_id = click.item_id.as_deref().unwrap_or_default();
+        let keys = (IdKey::of(&click.user_id), IdKey::of(item_id));
         Features {
             device: click.device.clone(),
-            ..self.features_but_device(base, partition, click)
+            ..self.features_but_device(base, partition, click, keys)
         }
     }
 
     /// [`FeatureState::features_of`] without the device, which an impression applied in
-    /// [`FeatureState::apply_group`] takes from its event instead of copying.
+    /// [`FeatureState::apply_group`] takes from its event instead of copying; `user` and
+    /// `item` are the keys of the click's user and item (its item id, or empty).
     fn features_but_device(
         &self,
         base: Option<&FeatureState>,
         partition: i32,
         click: &ClickEvent,
+        (user, item): (IdKey<'_>, IdKey<'_>),
     ) -> Features {
-        let item_id = click.item_id.as_deref().unwrap_or_default();
         let state = self.partitions.get(&partition);
-        let user = state.and_then(|s| s.users.get(click.user_id.as_str()));
-        let item = state.and_then(|s| s.items.get(item_id));
-        let inventory = Self::inventory_row(&self.inventory, base, item_id);
+        let inventory = Self::inventory_row(&self.inventory, base, item);
+        let user = state.and_then(|s| s.users.get_key(user));
+        let item = state.and_then(|s| s.items.get_key(item));
         let category = inventory.and_then(|i| i.category.as_ref());
         let (hour_of_day, day_of_week) = hour_and_weekday(click.ts);
         Features {
@@ -478,9 +483,11 @@ impl FeatureState {
     ) {
         let mut new_pending = std::mem::take(&mut self.group_features);
         for (at, (partition, event)) in group.iter().enumerate() {
-            if let Some(c) = impression_with_item(event.event()) {
-                let features = self.features_but_device(base, *partition, c);
-                let user = self.window_user(*partition, &c.user_id);
+            if let Some((c, item)) = impression_with_item(event.event()) {
+                // Each id packed once for the maps it is looked up in.
+                let keys = (IdKey::of(&c.user_id), IdKey::of(item));
+                let features = self.features_but_device(base, *partition, c, keys);
+                let user = self.window_user(*partition, keys.0);
                 let (first, known) = (!user.listed, user.known);
                 user.listed = true;
                 if first {
@@ -525,14 +532,14 @@ impl FeatureState {
         self.group_features = new_pending;
     }
 
-    /// `user_id` in the window being applied, recorded at its first event in it.
-    fn window_user(&mut self, partition: i32, user_id: &str) -> &mut WindowUser {
+    /// The user `user` in the window being applied, recorded at its first event in it.
+    fn window_user(&mut self, partition: i32, user: IdKey<'_>) -> &mut WindowUser {
         let partitions = &self.partitions;
         self.window_user_state
-            .get_or_insert_with(user_id, || WindowUser {
+            .get_or_insert_with_key(user, || WindowUser {
                 known: partitions
                     .get(&partition)
-                    .is_some_and(|p| p.users.contains_key(user_id)),
+                    .is_some_and(|p| p.users.get_key(user).is_some()),
                 listed: false,
             })
     }
@@ -540,8 +547,8 @@ impl FeatureState {
     /// Records the user of `event` among the window's users.
     fn register_window_user(&mut self, partition: i32, event: &Event) {
         match event {
-            Event::Click(c) => _ = self.window_user(partition, &c.user_id),
-            Event::Order(o) => _ = self.window_user(partition, &o.user_id),
+            Event::Click(c) => _ = self.window_user(partition, IdKey::of(&c.user_id)),
+            Event::Order(o) => _ = self.window_user(partition, IdKey::of(&o.user_id)),
             Event::Inventory(_) => {}
         }
     }
@@ -555,14 +562,13 @@ impl FeatureState {
                 None => self.inventory.apply(e, self.counts_sales),
             },
             Event::Click(c) => {
-                let category = c
-                    .item_id
-                    .as_ref()
+                let item = c.item_id.as_deref().map(IdKey::of);
+                let category = item
                     .and_then(|i| Self::inventory_row(&self.inventory, base, i))
                     .and_then(|r| r.category.as_ref());
                 let state = self.partitions.entry(partition).or_default();
                 state.sweep(c.ts, limits);
-                state.apply_click(c, category, limits);
+                state.apply_click(c, category, limits, item);
             }
             Event::Order(o) => {
                 let state = self.partitions.entry(partition).or_default();
@@ -849,7 +855,14 @@ impl PartitionState {
         }
     }
 
-    fn apply_click(&mut self, c: &ClickEvent, category: Option<&Category>, limits: StateLimits) {
+    /// Applies click event `c`, whose item's key is `item` and category `category`.
+    fn apply_click(
+        &mut self,
+        c: &ClickEvent,
+        category: Option<&Category>,
+        limits: StateLimits,
+        item: Option<IdKey<'_>>,
+    ) {
         let item_id = c.item_id.as_deref();
         let delta = match c.kind {
             ClickKind::Impression => Counts {
@@ -877,7 +890,9 @@ impl PartitionState {
         {
             user.count_category(category, c.ts, clicked);
         }
-        self.count_item(item_id, c.ts, delta);
+        if let Some(item) = item {
+            self.items.get_or_default_key(item).rolling.add(c.ts, delta);
+        }
         if !clicked {
             return;
         }
