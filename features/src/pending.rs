@@ -145,7 +145,7 @@ impl Pending {
 
 /// Pending impressions ordered by key. Keys only grow within a partition (windows close
 /// in order, events apply in time order), so this is a queue: append at the back, mature
-/// from the front, find by binary search.
+/// from the front, find by a search from the newest end ([`PendingQueue::position`]).
 ///
 /// Serialised as the sequence of `(key, { example, session })` it was when it held whole
 /// examples, written from the held form without a copy.

@@ -275,9 +275,9 @@ fn make_canonical(buckets: &mut Vec<Bucket>) {
 }
 
 thread_local! {
-    /// The buckets of a [`Rolling::add`] that changes their stored form, worked on here
-    /// and copied back: the key's own slice is reallocated only when its length changes
-    /// (an event mostly adds to held buckets, or moves a ring on by one).
+    /// The buckets of [`Rolling::add`]'s general path, worked on here and copied back:
+    /// the key's own slice is reallocated only when its length changes (an event mostly
+    /// adds to held buckets, or moves a ring on by one).
     static SCRATCH: std::cell::Cell<Vec<Bucket>> = const { std::cell::Cell::new(Vec::new()) };
 }
 

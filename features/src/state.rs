@@ -321,7 +321,9 @@ pub struct FeatureState {
     /// the job's checkpoints, which are taken between windows).
     #[serde(default)]
     window_users: Vec<(Millis, UserArrival)>,
-    /// Each user with an event in the window being applied (see [`WindowUser`]).
+    /// Each user with an event in the window being applied (see [`WindowUser`]); empty
+    /// in checkpoints, like `window_users` (it serialises packed ids first, so a
+    /// non-empty one would not write the bytes the `HashMap` it replaced wrote).
     #[serde(default)]
     window_user_state: IdMap<WindowUser>,
     /// Whether inventory sales are counted (for item demand). A shard, which joins its
@@ -562,13 +564,15 @@ impl FeatureState {
                 None => self.inventory.apply(e, self.counts_sales),
             },
             Event::Click(c) => {
-                let item = c.item_id.as_deref().map(IdKey::of);
+                // Each id packed once for the maps it is looked up in.
+                let item = c.item_id.as_deref().map(|id| (id, IdKey::of(id)));
                 let category = item
-                    .and_then(|i| Self::inventory_row(&self.inventory, base, i))
+                    .and_then(|(_, key)| Self::inventory_row(&self.inventory, base, key))
                     .and_then(|r| r.category.as_ref());
+                let keys = (IdKey::of(&c.user_id), item);
                 let state = self.partitions.entry(partition).or_default();
                 state.sweep(c.ts, limits);
-                state.apply_click(c, category, limits, item);
+                state.apply_click(c, category, limits, keys);
             }
             Event::Order(o) => {
                 let state = self.partitions.entry(partition).or_default();
@@ -846,24 +850,21 @@ impl PartitionState {
 
     fn count(&mut self, user_id: &str, item_id: Option<&str>, ts: Millis, delta: Counts) {
         self.users.get_or_default(user_id).count(ts, delta);
-        self.count_item(item_id, ts, delta);
-    }
-
-    fn count_item(&mut self, item_id: Option<&str>, ts: Millis, delta: Counts) {
         if let Some(item_id) = item_id {
             self.items.get_or_default(item_id).rolling.add(ts, delta);
         }
     }
 
-    /// Applies click event `c`, whose item's key is `item` and category `category`.
+    /// Applies click event `c` of user `user` (its key), on item `item` (its id and key;
+    /// `c`'s item) of category `category`.
     fn apply_click(
         &mut self,
         c: &ClickEvent,
         category: Option<&Category>,
         limits: StateLimits,
-        item: Option<IdKey<'_>>,
+        (user, item): (IdKey<'_>, Option<(&str, IdKey<'_>)>),
     ) {
-        let item_id = c.item_id.as_deref();
+        let item_id = item.map(|(id, _)| id);
         let delta = match c.kind {
             ClickKind::Impression => Counts {
                 impressions: 1,
@@ -883,14 +884,14 @@ impl PartitionState {
         };
         let clicked = c.kind == ClickKind::Click;
         // The user looked up once for its counters and its categories.
-        let user = self.users.get_or_default(&c.user_id);
+        let user = self.users.get_or_default_key(user);
         user.count(c.ts, delta);
         if let Some(category) = category
             && (clicked || c.kind == ClickKind::Impression)
         {
             user.count_category(category, c.ts, clicked);
         }
-        if let Some(item) = item {
+        if let Some((_, item)) = item {
             self.items.get_or_default_key(item).rolling.add(c.ts, delta);
         }
         if !clicked {
