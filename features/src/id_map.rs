@@ -264,7 +264,7 @@ impl<V> IdMap<V> {
     where
         V: Default,
     {
-        self.get_or_insert_with(id, V::default)
+        self.get_or_default_key(IdKey::of(id))
     }
 
     /// [`IdMap::get_or_default`] of the id `key` stands for.
@@ -275,12 +275,7 @@ impl<V> IdMap<V> {
         self.get_or_insert_with_key(key, V::default)
     }
 
-    /// The value of `id`, inserting `make()` first if it has none.
-    pub(crate) fn get_or_insert_with(&mut self, id: &str, make: impl FnOnce() -> V) -> &mut V {
-        self.get_or_insert_with_key(IdKey::of(id), make)
-    }
-
-    /// [`IdMap::get_or_insert_with`] of the id `key` stands for.
+    /// The value of the id `key` stands for, inserting `make()` first if it has none.
     pub(crate) fn get_or_insert_with_key(
         &mut self,
         key: IdKey<'_>,
@@ -442,16 +437,16 @@ mod tests {
     }
 
     #[test]
-    fn get_or_insert_with_makes_a_value_only_for_a_new_id_and_keys_find_it() {
+    fn get_or_insert_with_key_makes_a_value_only_for_a_new_id_and_keys_find_it() {
         let mut map = IdMap::default();
         // A packed id and one kept as text (a UUID), each looked up twice.
         for id in ["u12345", "0b7c2f6e-8d4a-4c6f-9d8e-2f1a3b4c5d6e"] {
             let mut made = 0;
-            *map.get_or_insert_with(id, || {
+            *map.get_or_insert_with_key(IdKey::of(id), || {
                 made += 1;
                 10
             }) += 1;
-            *map.get_or_insert_with(id, || {
+            *map.get_or_insert_with_key(IdKey::of(id), || {
                 made += 1;
                 20
             }) += 1;

@@ -78,8 +78,8 @@ impl Totals {
 }
 
 const TEN_MINUTES: Millis = 600_000;
-const HOUR: Millis = 3_600_000;
-const DAY: Millis = 86_400_000;
+pub(crate) const HOUR: Millis = 3_600_000;
+pub(crate) const DAY: Millis = 86_400_000;
 
 /// The rings, shortest first: (bucket width, buckets kept).
 const RINGS: [(Millis, i64); 3] = [(TEN_MINUTES, 6), (HOUR, 24), (DAY, 7)];

@@ -37,7 +37,7 @@ use crate::niche::OptI64;
 use crate::pending::{
     HeldFeatures, Pending, PendingKey, PendingQueue, SessionIndex, SessionKeys, session_hash,
 };
-use crate::rolling::{Counts, Rolling};
+use crate::rolling::{Counts, DAY, HOUR, Rolling};
 use crate::time_order::merge_in_time_order;
 
 /// Time limits of the joins and of state retention.
@@ -88,15 +88,13 @@ const SWEEP_EVERY_MS: Millis = 3_600_000;
 fn hour_and_weekday(ts: Millis) -> (u8, u8) {
     const FIRST: Millis = chrono::DateTime::<chrono::Utc>::MIN_UTC.timestamp_millis();
     const LAST: Millis = chrono::DateTime::<chrono::Utc>::MAX_UTC.timestamp_millis();
-    const HOUR_MS: Millis = 3_600_000;
-    const DAY_MS: Millis = 24 * HOUR_MS;
     /// 1970-01-01 was a Thursday.
     const EPOCH_WEEKDAY: Millis = 3;
     if !(FIRST..=LAST).contains(&ts) {
         return (0, EPOCH_WEEKDAY as u8);
     }
-    let hour = ts.div_euclid(HOUR_MS).rem_euclid(24);
-    let weekday = (ts.div_euclid(DAY_MS) + EPOCH_WEEKDAY).rem_euclid(7);
+    let hour = ts.div_euclid(HOUR).rem_euclid(24);
+    let weekday = (ts.div_euclid(DAY) + EPOCH_WEEKDAY).rem_euclid(7);
     (hour as u8, weekday as u8)
 }
 
