@@ -76,7 +76,7 @@ async fn a_stalled_job_does_not_take_partitions_queued_behind_others_for_idle() 
         .map(|k| {
             let ts = report.last_ts + k * 600_000;
             let event = ClickEvent {
-                event_id: format!("idle-probe-{k}"),
+                event_id: format!("idle-probe-{k}").into(),
                 ts,
                 user_id: "idle-probe".into(),
                 session_id: "idle-probe".into(),

@@ -159,12 +159,12 @@ async fn no_raw_id_reaches_the_store_topics_checkpoints_or_logs_and_the_rows_are
         ) {
             match event {
                 Event::Click(c) => {
-                    raw_ids.insert(c.user_id);
-                    raw_ids.insert(c.session_id);
-                    queries.extend(c.query);
+                    raw_ids.insert(c.user_id.to_string());
+                    raw_ids.insert(c.session_id.to_string());
+                    queries.extend(c.query.map(String::from));
                 }
                 Event::Order(o) => {
-                    raw_ids.insert(o.user_id);
+                    raw_ids.insert(o.user_id.to_string());
                 }
                 Event::Inventory(_) => {}
             }

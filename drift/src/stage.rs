@@ -587,7 +587,7 @@ mod tests {
 
     fn impression(ts: i64, price: f64, device: &str) -> ClickEvent {
         ClickEvent {
-            event_id: format!("e{ts}"),
+            event_id: format!("e{ts}").into(),
             ts,
             user_id: "u".into(),
             session_id: "s".into(),
@@ -619,8 +619,8 @@ mod tests {
     fn users() -> Vec<UserArrival> {
         (0..100)
             .map(|u| UserArrival {
-                user_id: format!("u{u}"),
-                device: Some(["ios", "android", "web"][u % 3].to_string()),
+                user_id: format!("u{u}").into(),
+                device: Some(["ios", "android", "web"][u % 3].into()),
                 new_user: u % 10 == 0,
             })
             .collect()

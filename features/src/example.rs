@@ -8,7 +8,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
-use shopstream_ingest::event::{Millis, Scenario};
+use shopstream_ingest::event::{Millis, Scenario, Text};
 
 use crate::arrow_time::{utc_micros, utc_micros_type};
 use crate::category::Category;
@@ -42,7 +42,7 @@ pub struct Features {
     /// Where the item was shown.
     pub scenario: Scenario,
     /// Device class of the session.
-    pub device: Option<String>,
+    pub device: Option<Text>,
     /// Slot in the list, 0 = top.
     pub position: Option<u32>,
     /// Price shown with the impression.
@@ -109,13 +109,13 @@ fn smoothed(events: i64, trials: i64) -> f64 {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServingRow {
     /// The impression's event id (the prediction's key).
-    pub event_id: String,
+    pub event_id: Text,
     /// Event time.
     pub ts: Millis,
     /// The user.
-    pub user_id: String,
+    pub user_id: Text,
     /// The item.
-    pub item_id: String,
+    pub item_id: Text,
     /// Its features from the state the job has when it arrives.
     pub features: Features,
 }
@@ -141,13 +141,13 @@ pub struct Labels {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Example {
     /// The impression's event id.
-    pub event_id: String,
+    pub event_id: Text,
     /// Event time.
     pub ts: Millis,
     /// The user.
-    pub user_id: String,
+    pub user_id: Text,
     /// The item.
-    pub item_id: String,
+    pub item_id: Text,
     /// Point-in-time features.
     pub features: Features,
     /// Matured labels.

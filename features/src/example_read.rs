@@ -9,7 +9,7 @@ use arrow::array::{
     TimestampMicrosecondArray,
 };
 use arrow::error::ArrowError;
-use shopstream_ingest::event::Scenario;
+use shopstream_ingest::event::{Scenario, Text};
 
 use crate::example::{Example, Features, Labels};
 use crate::inventory::intern;
@@ -79,8 +79,8 @@ fn bools<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a BooleanArray, Exa
     column(batch, name, "Boolean")
 }
 
-fn opt_str(a: &StringArray, i: usize) -> Option<String> {
-    a.is_valid(i).then(|| a.value(i).to_string())
+fn opt_str(a: &StringArray, i: usize) -> Option<Text> {
+    a.is_valid(i).then(|| Text::from(a.value(i)))
 }
 
 fn opt<T: arrow::datatypes::ArrowPrimitiveType>(
@@ -171,10 +171,10 @@ pub fn examples_from_batch(batch: &RecordBatch) -> Result<Vec<Example>, ExampleR
                 u8::try_from(a.value(i)).map_err(|_| value(i, format!("{what} out of range")))
             };
             Ok(Example {
-                event_id: event_id.value(i).to_string(),
+                event_id: event_id.value(i).into(),
                 ts: ts.value(i).div_euclid(1000),
-                user_id: user_id.value(i).to_string(),
-                item_id: item_id.value(i).to_string(),
+                user_id: user_id.value(i).into(),
+                item_id: item_id.value(i).into(),
                 features: Features {
                     scenario,
                     device: opt_str(device, i),
@@ -221,13 +221,13 @@ mod tests {
             spend: k as f64 * 1.5,
         };
         Example {
-            event_id: format!("e{i}"),
+            event_id: format!("e{i}").into(),
             ts: 1_767_571_200_000 + i * 1_001,
-            user_id: format!("u{i}"),
-            item_id: format!("i{}", i % 3),
+            user_id: format!("u{i}").into(),
+            item_id: format!("i{}", i % 3).into(),
             features: Features {
                 scenario: Scenario::ALL[i as usize % 5],
-                device: (!sparse).then(|| "mobile".to_string()),
+                device: (!sparse).then(|| "mobile".into()),
                 position: (!sparse).then_some(i as u32),
                 price: (!sparse).then_some(9.99),
                 hour_of_day: (i % 24) as u8,

@@ -560,14 +560,14 @@ mod tests {
 
     fn event(item: &str, kind: InventoryKind, ts: Millis, delta: i64) -> InventoryEvent {
         InventoryEvent {
-            event_id: format!("{item}-{ts}"),
+            event_id: format!("{item}-{ts}").into(),
             ts,
-            item_id: item.to_string(),
+            item_id: item.into(),
             kind,
             on_hand: None,
             delta: Some(delta),
             price: Some(2.5),
-            category: Some("c".to_string()),
+            category: Some("c".into()),
         }
     }
 

@@ -341,21 +341,21 @@ impl FeaturePipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shopstream_ingest::event::{ClickEvent, InventoryEvent, InventoryKind, Scenario};
+    use shopstream_ingest::event::{ClickEvent, InventoryEvent, InventoryKind, Scenario, Text};
 
     const T0: Millis = 1_767_571_200_000;
 
     fn click(id: &str, ts: Millis, kind: ClickKind, item: &str) -> Event {
         Event::Click(ClickEvent {
-            event_id: id.to_string(),
+            event_id: id.into(),
             ts,
-            user_id: "u1".to_string(),
-            session_id: "s1".to_string(),
+            user_id: "u1".into(),
+            session_id: "s1".into(),
             kind,
-            item_id: Some(item.to_string()),
+            item_id: Some(item.into()),
             scenario: Scenario::HomeFeed,
             position: Some(0),
-            device: Some("ios".to_string()),
+            device: Some("ios".into()),
             price: Some(5.0),
             query: None,
         })
@@ -376,15 +376,15 @@ mod tests {
             let Event::Click(mut c) = click(id, ts, ClickKind::Impression, "i1") else {
                 unreachable!()
             };
-            c.user_id = user.to_string();
-            c.device = Some(device.to_string());
+            c.user_id = user.into();
+            c.device = Some(device.into());
             Event::Click(c)
         };
         let search = |id: &str, ts: Millis, user: &str| {
             let Event::Click(mut c) = click(id, ts, ClickKind::Search, "i1") else {
                 unreachable!()
             };
-            c.user_id = user.to_string();
+            c.user_id = user.into();
             Event::Click(c)
         };
         let events = [
@@ -404,7 +404,7 @@ mod tests {
             outputs.extend(pipeline.close_ready());
         }
         outputs.extend(pipeline.finish());
-        let users: Vec<Vec<(String, Option<String>, bool)>> = outputs
+        let users: Vec<Vec<(Text, Option<Text>, bool)>> = outputs
             .iter()
             .map(|w| {
                 w.users
@@ -413,7 +413,7 @@ mod tests {
                     .collect()
             })
             .collect();
-        let u = |id: &str, device: &str, new: bool| (id.to_string(), Some(device.to_string()), new);
+        let u = |id: &str, device: &str, new: bool| (Text::from(id), Some(Text::from(device)), new);
         assert_eq!(
             users,
             vec![
@@ -437,16 +437,16 @@ mod tests {
     #[test]
     fn order_one_millisecond_after_the_impression_does_not_leak() {
         let order = Event::Order(shopstream_ingest::event::OrderEvent {
-            order_id: "o1".to_string(),
+            order_id: "o1".into(),
             ts: T0 + 1,
-            user_id: "u1".to_string(),
+            user_id: "u1".into(),
             status: shopstream_ingest::event::OrderStatus::Placed,
             lines: vec![shopstream_ingest::event::OrderLine {
-                item_id: "i1".to_string(),
+                item_id: "i1".into(),
                 quantity: 3,
                 unit_price: 2.0,
             }],
-            currency: "EUR".to_string(),
+            currency: "EUR".into(),
         });
         let examples = run(vec![
             (
@@ -498,9 +498,9 @@ mod tests {
     fn inventory_is_joined_as_of_event_time_not_arrival() {
         let stock = |id: &str, ts: Millis, on_hand: i64| {
             Event::Inventory(InventoryEvent {
-                event_id: id.to_string(),
+                event_id: id.into(),
                 ts,
-                item_id: "i1".to_string(),
+                item_id: "i1".into(),
                 kind: InventoryKind::Snapshot,
                 on_hand: Some(on_hand),
                 delta: None,
@@ -531,14 +531,14 @@ mod tests {
     fn shards_join_the_shared_inventory_as_of_event_time_within_and_across_closes() {
         let stock = |id: &str, ts: Millis, item: &str, on_hand: i64, category: &str| {
             Event::Inventory(InventoryEvent {
-                event_id: id.to_string(),
+                event_id: id.into(),
                 ts,
-                item_id: item.to_string(),
+                item_id: item.into(),
                 kind: InventoryKind::Snapshot,
                 on_hand: Some(on_hand),
                 delta: None,
                 price: Some(on_hand as f64 / 2.0),
-                category: Some(category.to_string()),
+                category: Some(category.into()),
             })
         };
         let inv = |offset| meta(InputTopic::Inventory, 0, offset);

@@ -203,12 +203,12 @@ mod tests {
             offset,
         };
         let event = Event::Click(ClickEvent {
-            event_id: format!("e{partition}-{offset}"),
+            event_id: format!("e{partition}-{offset}").into(),
             ts,
-            user_id: format!("u{partition}"),
-            session_id: "s".to_string(),
+            user_id: format!("u{partition}").into(),
+            session_id: "s".into(),
             kind: ClickKind::Impression,
-            item_id: Some("i1".to_string()),
+            item_id: Some("i1".into()),
             scenario: Scenario::HomeFeed,
             position: Some(0),
             device: None,

@@ -27,7 +27,9 @@ use std::collections::BTreeMap;
 use rustc_hash::FxHashMap as HashMap;
 
 use serde::{Deserialize, Serialize};
-use shopstream_ingest::event::{ClickEvent, ClickKind, Event, Millis, OrderEvent, OrderStatus};
+use shopstream_ingest::event::{
+    ClickEvent, ClickKind, Event, Millis, OrderEvent, OrderStatus, Text,
+};
 
 use crate::category::Category;
 use crate::example::{Example, Features, Labels};
@@ -159,11 +161,11 @@ impl GroupEvent<'_> {
 
 /// The ids of an impression that its pending example keeps, and its device.
 struct ImpressionIds {
-    event_id: String,
-    user_id: String,
-    item_id: String,
-    session_id: String,
-    device: Option<String>,
+    event_id: Text,
+    user_id: Text,
+    item_id: Text,
+    session_id: Text,
+    device: Option<Text>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -357,9 +359,9 @@ struct WindowUser {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserArrival {
     /// The user.
-    pub user_id: String,
+    pub user_id: Text,
     /// Device class of that impression.
-    pub device: Option<String>,
+    pub device: Option<Text>,
     /// The state held nothing of the user before the window (no event within the TTL).
     pub new_user: bool,
 }
@@ -516,10 +518,10 @@ impl FeatureState {
             };
             features.set_device(ids.device);
             let pending = Pending {
-                event_id: ids.event_id.into(),
-                user_id: ids.user_id.into(),
-                item_id: ids.item_id.into(),
-                session: ids.session_id.into(),
+                event_id: ids.event_id,
+                user_id: ids.user_id,
+                item_id: ids.item_id,
+                session: ids.session_id,
                 features,
                 labels: Labels::default(),
             };
@@ -670,7 +672,7 @@ impl FeatureState {
         }
         let before = self.window_users.len() + self.window_user_state.len();
         self.window_users
-            .retain(|(_, arrival)| !users.contains(&arrival.user_id));
+            .retain(|(_, arrival)| !users.contains(arrival.user_id.as_str()));
         self.window_user_state
             .retain_ids(|user, _| !users.contains(user));
         dropped + before - (self.window_users.len() + self.window_user_state.len())
@@ -1153,10 +1155,10 @@ mod tests {
 
     fn click(user: &str, item: &str, kind: ClickKind, ts: Millis) -> Event {
         Event::Click(ClickEvent {
-            event_id: format!("{user}-{item}-{ts}-{kind:?}"),
+            event_id: format!("{user}-{item}-{ts}-{kind:?}").into(),
             ts,
             user_id: user.into(),
-            session_id: format!("s-{user}"),
+            session_id: format!("s-{user}").into(),
             kind,
             item_id: Some(item.into()),
             scenario: shopstream_ingest::event::Scenario::Search,
@@ -1189,14 +1191,14 @@ mod tests {
             .push(other);
         let clicked = click("u1", "i", ClickKind::Click, t0 + 2_000);
         state.apply_same_ts(&[(InputTopic::Clicks, 0, &clicked)]);
-        let labels: Vec<(String, bool)> = state
+        let labels: Vec<(Text, bool)> = state
             .mature_all()
             .into_iter()
             .map(|e| (e.user_id, e.labels.clicked))
             .collect();
         assert_eq!(
             labels,
-            [("u1".to_string(), true), ("u2".to_string(), false)]
+            [(Text::from("u1"), true), (Text::from("u2"), false)]
         );
     }
 
@@ -1207,7 +1209,7 @@ mod tests {
         let mut state = FeatureState::new(limits);
         for (item, category) in [("i1", "shoes"), ("i2", "hats"), ("i3", "shoes")] {
             let stock = Event::Inventory(shopstream_ingest::event::InventoryEvent {
-                event_id: format!("inv-{item}"),
+                event_id: format!("inv-{item}").into(),
                 ts: t0,
                 item_id: item.into(),
                 kind: shopstream_ingest::event::InventoryKind::Snapshot,
@@ -1433,14 +1435,14 @@ mod tests {
             let t0: Millis = 1_767_571_200_000;
             let stock = |item: u8, on_hand: i64, category: u8, ts: Millis| {
                 Event::Inventory(shopstream_ingest::event::InventoryEvent {
-                    event_id: format!("v{item}-{ts}"),
+                    event_id: format!("v{item}-{ts}").into(),
                     ts,
-                    item_id: format!("i{item}"),
+                    item_id: format!("i{item}").into(),
                     kind: InventoryKind::Snapshot,
                     on_hand: Some(on_hand),
                     delta: None,
                     price: Some(1.0 + on_hand as f64),
-                    category: Some(format!("c{category}")),
+                    category: Some(format!("c{category}").into()),
                 })
             };
             let mut owner = FeatureState::new(LIMITS);
@@ -1454,9 +1456,9 @@ mod tests {
                     0 => stock(item, value, user, ts),
                     // A change of stock only: joins the row as the table holds it.
                     3 => Event::Inventory(shopstream_ingest::event::InventoryEvent {
-                        event_id: format!("r{item}-{ts}"),
+                        event_id: format!("r{item}-{ts}").into(),
                         ts,
-                        item_id: format!("i{item}"),
+                        item_id: format!("i{item}").into(),
                         kind: InventoryKind::Restock,
                         on_hand: None,
                         delta: Some(value + 1),
@@ -1594,9 +1596,9 @@ mod tests {
                             InventoryKind::Snapshot,
                         ][usize::from(kind)];
                         Event::Inventory(shopstream_ingest::event::InventoryEvent {
-                            event_id: format!("e{w}-{item}-{offset}"),
+                            event_id: format!("e{w}-{item}-{offset}").into(),
                             ts: start + offset.min(at - start - 1),
-                            item_id: format!("item-{item}"),
+                            item_id: format!("item-{item}").into(),
                             kind,
                             on_hand: (kind == InventoryKind::Snapshot).then_some(9),
                             delta: Some(if kind == InventoryKind::Sale { -2 } else { 3 }),

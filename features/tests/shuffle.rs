@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+use compact_str::format_compact;
 use proptest::prelude::*;
 use shopstream_config::PipelineConfig;
 use std::collections::BTreeMap;
@@ -25,11 +26,11 @@ const PARTITIONS: usize = 3;
 type Step = (u8, u8, u8, u32);
 
 fn event(user: u8, item: u8, kind: u8, ts: i64, n: usize) -> (InputTopic, Event) {
-    let user_id = format!("u{user}");
-    let item_id = format!("i{item}");
+    let user_id = format_compact!("u{user}");
+    let item_id = format_compact!("i{item}");
     if kind == 5 {
         let stock = InventoryEvent {
-            event_id: format!("v{n}"),
+            event_id: format_compact!("v{n}"),
             ts,
             item_id,
             kind: InventoryKind::Snapshot,
@@ -42,7 +43,7 @@ fn event(user: u8, item: u8, kind: u8, ts: i64, n: usize) -> (InputTopic, Event)
     }
     if kind == 4 {
         let order = OrderEvent {
-            order_id: format!("o{n}"),
+            order_id: format_compact!("o{n}"),
             ts,
             user_id,
             status: OrderStatus::Placed,
@@ -62,10 +63,10 @@ fn event(user: u8, item: u8, kind: u8, ts: i64, n: usize) -> (InputTopic, Event)
         ClickKind::AddToCart,
     ][kind as usize];
     let click = ClickEvent {
-        event_id: format!("e{n}"),
+        event_id: format_compact!("e{n}"),
         ts,
         user_id,
-        session_id: format!("s{}", ts / 600_000),
+        session_id: format_compact!("s{}", ts / 600_000),
         kind,
         item_id: Some(item_id),
         scenario: Scenario::HomeFeed,

@@ -261,9 +261,9 @@ mod tests {
 
     fn inv(id: &str, ts: Millis) -> Event {
         Event::Inventory(InventoryEvent {
-            event_id: id.to_string(),
+            event_id: id.into(),
             ts,
-            item_id: "i".to_string(),
+            item_id: "i".into(),
             kind: InventoryKind::Snapshot,
             on_hand: Some(1),
             delta: None,
@@ -274,16 +274,16 @@ mod tests {
 
     fn order(id: &str, ts: Millis, status: OrderStatus) -> Event {
         Event::Order(OrderEvent {
-            order_id: id.to_string(),
+            order_id: id.into(),
             ts,
-            user_id: "u".to_string(),
+            user_id: "u".into(),
             status,
             lines: vec![OrderLine {
-                item_id: "i".to_string(),
+                item_id: "i".into(),
                 quantity: 1,
                 unit_price: 1.0,
             }],
-            currency: "EUR".to_string(),
+            currency: "EUR".into(),
         })
     }
 

@@ -166,7 +166,7 @@ fn normalize(event: &mut Event) {
                     .bytes()
                     .any(|b| b.is_ascii_uppercase() || b.is_ascii_whitespace())
             {
-                *device = device.trim().to_ascii_lowercase();
+                *device = device.trim().to_ascii_lowercase().into();
             }
         }
         Event::Order(e) => {
@@ -174,7 +174,7 @@ fn normalize(event: &mut Event) {
                 .bytes()
                 .any(|b| b.is_ascii_lowercase() || b.is_ascii_whitespace())
             {
-                e.currency = e.currency.trim().to_ascii_uppercase();
+                e.currency = e.currency.trim().to_ascii_uppercase().into();
             }
         }
         Event::Inventory(_) => {}

@@ -12,6 +12,21 @@ use serde::{Deserialize, Serialize};
 /// Event time in milliseconds since the Unix epoch, UTC.
 pub type Millis = i64;
 
+/// The text of an event's id and string fields: held inline up to 24 bytes (the ids of
+/// the generator and of both sample logs), on the heap beyond. Every event carries several,
+/// and each was a heap allocation to make and to free on the hot path. Serialises as a
+/// plain string; `&*text` is a `&str`.
+pub type Text = compact_str::CompactString;
+
+/// Bytes `text` holds on the heap: none when it is inline.
+pub fn heap_bytes(text: &Text) -> usize {
+    if text.is_heap_allocated() {
+        text.capacity()
+    } else {
+        0
+    }
+}
+
 /// Epoch microseconds of `ms`, the unit of every timestamp the store writes (saturating:
 /// no event time is near the bounds). The one place milliseconds become microseconds.
 pub const fn ms_to_micros(ms: Millis) -> i64 {
@@ -116,16 +131,16 @@ impl Scenario {
 pub struct ClickEvent {
     /// Unique id of the event (dedupe key).
     #[serde(deserialize_with = "de_id")]
-    pub event_id: String,
+    pub event_id: Text,
     /// Event time.
     #[serde(deserialize_with = "de_ts")]
     pub ts: Millis,
     /// The user; also the message key.
     #[serde(deserialize_with = "de_id")]
-    pub user_id: String,
+    pub user_id: Text,
     /// The browsing session.
     #[serde(deserialize_with = "de_id")]
-    pub session_id: String,
+    pub session_id: Text,
     /// What happened.
     #[serde(rename = "type", deserialize_with = "de_enum")]
     pub kind: ClickKind,
@@ -135,7 +150,7 @@ pub struct ClickEvent {
         deserialize_with = "de_opt_id",
         skip_serializing_if = "Option::is_none"
     )]
-    pub item_id: Option<String>,
+    pub item_id: Option<Text>,
     /// Where it happened.
     #[serde(deserialize_with = "de_enum")]
     pub scenario: Scenario,
@@ -144,13 +159,13 @@ pub struct ClickEvent {
     pub position: Option<u32>,
     /// Device class, for example `ios`, `android`, `web`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
+    pub device: Option<Text>,
     /// Price shown with the item.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price: Option<f64>,
     /// Search text (searches only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub query: Option<String>,
+    pub query: Option<Text>,
 }
 
 /// Status of an order event.
@@ -168,7 +183,7 @@ pub enum OrderStatus {
 pub struct OrderLine {
     /// The item bought.
     #[serde(deserialize_with = "de_id")]
-    pub item_id: String,
+    pub item_id: Text,
     /// Units bought (1 to 1,000,000; a signed type so that negative values are reported as
     /// out of range rather than as a type error).
     pub quantity: i64,
@@ -181,20 +196,20 @@ pub struct OrderLine {
 pub struct OrderEvent {
     /// The order (dedupe key together with `status`).
     #[serde(deserialize_with = "de_id")]
-    pub order_id: String,
+    pub order_id: Text,
     /// Event time.
     #[serde(deserialize_with = "de_ts")]
     pub ts: Millis,
     /// The buyer; also the message key.
     #[serde(deserialize_with = "de_id")]
-    pub user_id: String,
+    pub user_id: Text,
     /// Placed or cancelled.
     #[serde(deserialize_with = "de_enum")]
     pub status: OrderStatus,
     /// What was bought.
     pub lines: Vec<OrderLine>,
     /// ISO 4217 currency code.
-    pub currency: String,
+    pub currency: Text,
 }
 
 impl OrderEvent {
@@ -226,13 +241,13 @@ pub enum InventoryKind {
 pub struct InventoryEvent {
     /// Unique id of the event (dedupe key).
     #[serde(deserialize_with = "de_id")]
-    pub event_id: String,
+    pub event_id: Text,
     /// Event time.
     #[serde(deserialize_with = "de_ts")]
     pub ts: Millis,
     /// The item; also the message key.
     #[serde(deserialize_with = "de_id")]
-    pub item_id: String,
+    pub item_id: Text,
     /// What happened.
     #[serde(deserialize_with = "de_enum")]
     pub kind: InventoryKind,
@@ -251,7 +266,7 @@ pub struct InventoryEvent {
         deserialize_with = "de_opt_id",
         skip_serializing_if = "Option::is_none"
     )]
-    pub category: Option<String>,
+    pub category: Option<Text>,
 }
 
 /// A decoded, valid input event. (Serializable for checkpoints, which hold the events
@@ -342,32 +357,29 @@ fn de_enum<'de, D: Deserializer<'de>, T: de::DeserializeOwned>(d: D) -> Result<T
 
 struct IdVisitor;
 impl Visitor<'_> for IdVisitor {
-    type Value = String;
+    type Value = Text;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a string or integer id")
     }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
-        Ok(v.to_string())
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Text, E> {
+        Ok(Text::from(v))
     }
-    fn visit_string<E: de::Error>(self, v: String) -> Result<String, E> {
-        Ok(v)
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Text, E> {
+        Ok(compact_str::ToCompactString::to_compact_string(&v))
     }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
-        Ok(v.to_string())
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
-        Ok(v.to_string())
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Text, E> {
+        Ok(compact_str::ToCompactString::to_compact_string(&v))
     }
 }
 
-fn de_id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+fn de_id<'de, D: Deserializer<'de>>(d: D) -> Result<Text, D::Error> {
     d.deserialize_any(IdVisitor)
 }
 
-fn de_opt_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+fn de_opt_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Text>, D::Error> {
     struct OptIdVisitor;
     impl<'de> Visitor<'de> for OptIdVisitor {
-        type Value = Option<String>;
+        type Value = Option<Text>;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("a string or integer id, or null")
         }

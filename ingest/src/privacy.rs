@@ -120,9 +120,9 @@ impl Privacy {
     }
 
     fn apply_click(&self, click: &mut ClickEvent) {
-        click.user_id = self.pseudonym(&click.user_id);
+        click.user_id = self.pseudonym(&click.user_id).into();
         if self.sessions {
-            click.session_id = self.pseudonym(&click.session_id);
+            click.session_id = self.pseudonym(&click.session_id).into();
         }
         if self.drop_query {
             click.query = None;
@@ -134,7 +134,7 @@ impl Privacy {
     }
 
     fn apply_order(&self, order: &mut OrderEvent) {
-        order.user_id = self.pseudonym(&order.user_id);
+        order.user_id = self.pseudonym(&order.user_id).into();
         for line in &mut order.lines {
             line.unit_price = self.price(line.unit_price);
         }
@@ -146,7 +146,7 @@ impl Privacy {
         match event {
             Event::Inventory(_) => key,
             Event::Click(ClickEvent { user_id, .. }) | Event::Order(OrderEvent { user_id, .. }) => {
-                key.map(|_| user_id.clone().into_bytes())
+                key.map(|_| user_id.as_bytes().to_vec())
             }
         }
     }
@@ -339,7 +339,7 @@ mod tests {
         assert_eq!(click.price, Some(12.0));
         assert_eq!(
             p.key(&event, Some(b"u42".to_vec())),
-            Some(click.user_id.clone().into_bytes())
+            Some(click.user_id.as_bytes().to_vec())
         );
         let payload = Privacy::payload(&event);
         let text = String::from_utf8_lossy(&payload);

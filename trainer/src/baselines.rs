@@ -248,10 +248,10 @@ mod tests {
 
     fn clicked_example(i: usize) -> Example {
         Example {
-            event_id: format!("e{i}"),
+            event_id: format!("e{i}").into(),
             ts: i as i64,
-            user_id: format!("u{}", i % 50),
-            item_id: format!("i{}", i % 70),
+            user_id: format!("u{}", i % 50).into(),
+            item_id: format!("i{}", i % 70).into(),
             features: Features {
                 scenario: Scenario::ProductDetail,
                 device: None,

@@ -34,7 +34,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use shopstream_config::ModelConfig;
 use shopstream_features::{DemandFeatures, DemandRow, Example, Features, ServingRow};
-use shopstream_ingest::event::Scenario;
+use shopstream_ingest::event::{Scenario, Text};
 use shopstream_ingest::hash::Fnv1a;
 
 use joint::{DEMAND_DENSE, DENSE, FIELDS, Input, JointConfig, JointModel, Targets};
@@ -44,13 +44,13 @@ use metrics::BinaryMetrics;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Prediction {
     /// The impression's event id.
-    pub event_id: String,
+    pub event_id: Text,
     /// Event time of the impression, epoch milliseconds.
     pub ts: i64,
     /// The user.
-    pub user_id: String,
+    pub user_id: Text,
     /// The item.
-    pub item_id: String,
+    pub item_id: Text,
     /// The scenario.
     pub scenario: &'static str,
     /// P(click | impression).
@@ -545,10 +545,10 @@ mod tests {
 
     fn example(user: &str, clicked: bool) -> Example {
         Example {
-            event_id: format!("e-{user}"),
+            event_id: format!("e-{user}").into(),
             ts: 1,
-            user_id: user.to_string(),
-            item_id: "sku".to_string(),
+            user_id: user.into(),
+            item_id: "sku".into(),
             features: Features {
                 scenario: Scenario::HomeFeed,
                 device: Some("ios".into()),

@@ -6,7 +6,7 @@ use std::io::Write;
 
 use serde::Serialize;
 use shopstream_features::Example;
-use shopstream_ingest::event::Scenario;
+use shopstream_ingest::event::{Scenario, Text};
 
 use crate::baselines::{BaselineConfig, Baselines};
 use crate::joint::Output;
@@ -49,7 +49,7 @@ pub enum VwLabel {
 
 /// One scored impression.
 pub(crate) struct Scored {
-    pub(crate) event_id: String,
+    pub(crate) event_id: Text,
     pub(crate) scenario: Scenario,
     pub(crate) clicked: bool,
     pub(crate) converted: bool,

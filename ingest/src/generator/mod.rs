@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::decode::{DecodeLimits, Reason, decode};
 use crate::event::{
     ClickEvent, ClickKind, Event, InputTopic, InventoryEvent, InventoryKind, Millis, OrderEvent,
-    OrderLine, OrderStatus, Scenario,
+    OrderLine, OrderStatus, Scenario, Text,
 };
 use crate::record::RecordMeta;
 use rng::{Rng, Weighted};
@@ -330,9 +330,9 @@ impl Generator {
         &self.truth
     }
 
-    fn next_id(&mut self, prefix: &str) -> String {
+    fn next_id(&mut self, prefix: &str) -> Text {
         self.ids += 1;
-        format!("{prefix}{:010}", self.ids)
+        compact_str::format_compact!("{prefix}{:010}", self.ids)
     }
 
     fn schedule(&mut self, ts: Millis, action: Action) {
@@ -389,7 +389,10 @@ impl Generator {
                 on_hand: Some(on_hand),
                 delta: None,
                 price: Some(self.world.items[item].price),
-                category: Some(format!("cat{}", self.world.items[item].category)),
+                category: Some(compact_str::format_compact!(
+                    "cat{}",
+                    self.world.items[item].category
+                )),
             };
             self.emit_inventory(event);
             if on_hand == 0 {
@@ -403,14 +406,19 @@ impl Generator {
         self.emit_at(
             event.ts,
             InputTopic::Inventory,
-            event.item_id.clone(),
+            event.item_id.to_string(),
             payload,
         );
     }
 
     fn emit_click(&mut self, event: &ClickEvent) {
         let payload = serde_json::to_vec(event).unwrap_or_default();
-        self.emit_at(event.ts, InputTopic::Clicks, event.user_id.clone(), payload);
+        self.emit_at(
+            event.ts,
+            InputTopic::Clicks,
+            event.user_id.to_string(),
+            payload,
+        );
     }
 
     fn schedule_restock(&mut self, item: usize, now: Millis) {
@@ -461,10 +469,10 @@ impl Generator {
     /// clicks, carts, favourites and (scheduled) orders that follow from them.
     fn start_session(&mut self, ts: Millis) {
         self.sessions_started += 1;
-        let session_id = format!("s{:09}", self.sessions_started);
+        let session_id = compact_str::format_compact!("s{:09}", self.sessions_started);
         let user = self.pick_user(ts);
         let user_id = self.user(user).id.clone();
-        let device = DEVICES[self.user(user).device].0.to_string();
+        let device = Text::from(DEVICES[self.user(user).device].0);
         let scenario_index = self.world.scenario_mix.sample(&mut self.rng);
         let scenario = SCENARIOS[scenario_index].0;
         let ctr_shift = if self.drift_active(DriftKind::CtrShift, ts) {
@@ -498,7 +506,7 @@ impl Generator {
                 position: None,
                 device: Some(device.clone()),
                 price: None,
-                query: Some(format!("category {category}")),
+                query: Some(compact_str::format_compact!("category {category}")),
             };
             self.emit_click(&search);
             t += 300;
@@ -547,7 +555,7 @@ impl Generator {
             let truth_index = self.truth.len();
             let clicked = self.rng.chance(p_click);
             self.truth.push(TruthRow {
-                event_id: base.event_id.clone(),
+                event_id: base.event_id.to_string(),
                 ts: imp_ts,
                 scenario,
                 p_click,
@@ -753,7 +761,7 @@ impl Generator {
                 };
                 Some(GeneratedMessage::valid(
                     InputTopic::Inventory,
-                    restock.item_id.clone(),
+                    restock.item_id.to_string(),
                     &restock,
                     ts,
                 ))
@@ -773,7 +781,7 @@ impl Generator {
         unit_price: f64,
     ) -> GeneratedMessage {
         let event = OrderEvent {
-            order_id: format!("o{order:09}"),
+            order_id: compact_str::format_compact!("o{order:09}"),
             ts,
             user_id: self.user(user).id.clone(),
             status,
@@ -782,13 +790,13 @@ impl Generator {
                 quantity: i64::from(quantity),
                 unit_price,
             }],
-            currency: "EUR".to_string(),
+            currency: Text::from("EUR"),
         };
         // Orders carry RFC 3339 times, clicks and inventory epoch milliseconds: both wire
         // forms of the contract are exercised.
         let mut value = serde_json::to_value(&event).unwrap_or_default();
         value["ts"] = serde_json::Value::String(crate::event::ts_to_rfc3339(ts));
-        GeneratedMessage::valid(InputTopic::Orders, event.user_id, &value, ts)
+        GeneratedMessage::valid(InputTopic::Orders, event.user_id.to_string(), &value, ts)
     }
 
     fn session_allowed(&self) -> bool {
@@ -1041,7 +1049,7 @@ mod tests {
             {
                 if let Some(v) = e.on_hand {
                     assert!(v >= 0, "negative stock {e:?}");
-                    on_hand.insert(e.item_id.clone(), v);
+                    on_hand.insert(e.item_id.to_string(), v);
                 }
                 if e.kind == InventoryKind::Sale {
                     sales += 1;

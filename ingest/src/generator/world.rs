@@ -3,7 +3,7 @@
 //! with their own click and conversion levels. Click and conversion probabilities are
 //! logistic functions of these, so the best achievable model is known.
 
-use crate::event::Scenario;
+use crate::event::{Scenario, Text};
 
 use super::rng::{Rng, Weighted, sigmoid};
 
@@ -29,7 +29,7 @@ const POSITION_DECAY: f64 = 0.12;
 #[derive(Debug, Clone)]
 pub struct User {
     /// Wire id.
-    pub id: String,
+    pub id: Text,
     /// Preferred categories with their affinity (added to the click logit).
     pub prefs: [(usize, f64); 3],
     /// Index into [`DEVICES`].
@@ -54,7 +54,7 @@ impl User {
 #[derive(Debug, Clone)]
 pub struct Item {
     /// Wire id.
-    pub id: String,
+    pub id: Text,
     /// Category index.
     pub category: usize,
     /// List price before any drift.
@@ -113,7 +113,7 @@ impl World {
                     .round()
                     / 100.0;
                 Item {
-                    id: format!("sku{i}"),
+                    id: compact_str::format_compact!("sku{i}"),
                     category,
                     price: price.max(0.5),
                     quality: rng.normal() * 0.5,
@@ -157,7 +157,7 @@ impl World {
         let users: Vec<User> = (0..size.users.max(1))
             .map(|u| {
                 make_user(
-                    format!("u{u}"),
+                    compact_str::format_compact!("u{u}"),
                     &category_popularity,
                     categories,
                     false,
@@ -167,7 +167,15 @@ impl World {
             .collect();
         let user_activity = Weighted::new(users.iter().map(|_| (rng.normal() * 0.9).exp()));
         let cohort = (0..(size.users / 4).max(1))
-            .map(|u| make_user(format!("n{u}"), &category_popularity, categories, true, rng))
+            .map(|u| {
+                make_user(
+                    compact_str::format_compact!("n{u}"),
+                    &category_popularity,
+                    categories,
+                    true,
+                    rng,
+                )
+            })
             .collect();
         let scenario_mix = Weighted::new(SCENARIOS.iter().map(|s| s.1));
         World {
@@ -213,7 +221,7 @@ impl World {
 }
 
 fn make_user(
-    id: String,
+    id: Text,
     popularity: &Weighted,
     categories: usize,
     cohort: bool,

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::event::{
     ClickEvent, ClickKind, InputTopic, InventoryEvent, InventoryKind, Millis, OrderEvent,
-    OrderLine, OrderStatus, Scenario,
+    OrderLine, OrderStatus, Scenario, Text,
 };
 use crate::generator::GeneratedMessage;
 
@@ -80,12 +80,12 @@ fn parse(line: u64, text: &str) -> Result<Row, String> {
 fn click_message(row: &Row, suffix: &str, kind: ClickKind, ts: Millis) -> GeneratedMessage {
     let day = ts.div_euclid(86_400_000);
     let event = ClickEvent {
-        event_id: format!("tb{}{suffix}", row.line),
+        event_id: format!("tb{}{suffix}", row.line).into(),
         ts,
-        user_id: row.user.clone(),
-        session_id: format!("tb-{}-{day}", row.user),
+        user_id: row.user.as_str().into(),
+        session_id: format!("tb-{}-{day}", row.user).into(),
         kind,
-        item_id: Some(row.item.clone()),
+        item_id: Some(row.item.as_str().into()),
         scenario: Scenario::ProductDetail,
         position: None,
         device: None,
@@ -124,14 +124,14 @@ pub(super) fn import_taobao(
     }
     for (n, (item, category)) in items.iter().enumerate() {
         let event = InventoryEvent {
-            event_id: format!("tbv{n}"),
+            event_id: format!("tbv{n}").into(),
             ts: first - 1_000,
-            item_id: item.to_string(),
+            item_id: Text::from(*item),
             kind: InventoryKind::Snapshot,
             on_hand: None,
             delta: None,
             price: None,
-            category: Some(category.to_string()),
+            category: Some(Text::from(*category)),
         };
         messages.push(GeneratedMessage::valid(
             InputTopic::Inventory,
@@ -151,16 +151,16 @@ pub(super) fn import_taobao(
             "fav" => messages.push(click_message(row, "f", ClickKind::Favorite, row.ts + 2)),
             _ => {
                 let order = OrderEvent {
-                    order_id: format!("tbo{}", row.line),
+                    order_id: format!("tbo{}", row.line).into(),
                     ts: row.ts + 3,
-                    user_id: row.user.clone(),
+                    user_id: row.user.as_str().into(),
                     status: OrderStatus::Placed,
                     lines: vec![OrderLine {
-                        item_id: row.item.clone(),
+                        item_id: row.item.as_str().into(),
                         quantity: 1,
                         unit_price: 0.0,
                     }],
-                    currency: "CNY".to_string(),
+                    currency: "CNY".into(),
                 };
                 messages.push(GeneratedMessage::valid(
                     InputTopic::Orders,

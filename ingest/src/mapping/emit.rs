@@ -8,7 +8,7 @@ use super::record::Row;
 use super::spec::{EmitKind, SnapshotMode, click_names};
 use crate::event::{
     ClickEvent, ClickKind, InputTopic, InventoryEvent, InventoryKind, Millis, OrderEvent,
-    OrderLine, OrderStatus,
+    OrderLine, OrderStatus, Text,
 };
 use crate::generator::GeneratedMessage;
 
@@ -83,16 +83,17 @@ impl<'a> Emitter<'a> {
                         order_id: row
                             .event_id
                             .clone()
-                            .unwrap_or_else(|| format!("{prefix}o{}", row.line)),
+                            .unwrap_or_else(|| format!("{prefix}o{}", row.line))
+                            .into(),
                         ts,
-                        user_id: row.user_id.clone(),
+                        user_id: row.user_id.as_str().into(),
                         status: OrderStatus::Placed,
                         lines: vec![OrderLine {
-                            item_id: row.item_id.clone().unwrap_or_default(),
+                            item_id: row.item_id.as_deref().unwrap_or_default().into(),
                             quantity: row.quantity.unwrap_or(spec.defaults.quantity),
                             unit_price: row.price.unwrap_or(spec.defaults.unit_price),
                         }],
-                        currency: spec.defaults.currency.clone(),
+                        currency: spec.defaults.currency.as_str().into(),
                     };
                     out.push(GeneratedMessage::valid(
                         InputTopic::Orders,
@@ -112,22 +113,34 @@ impl<'a> Emitter<'a> {
                 None => format!("{prefix}{}{}", row.line, kind.1),
             };
             let event = ClickEvent {
-                event_id,
+                event_id: event_id.into(),
                 ts,
-                user_id: row.user_id.clone(),
-                session_id: row.session_id.clone().unwrap_or_else(|| {
-                    format!("{prefix}-{}-{}", row.user_id, ts.div_euclid(86_400_000))
-                }),
+                user_id: row.user_id.as_str().into(),
+                session_id: row
+                    .session_id
+                    .clone()
+                    .unwrap_or_else(|| {
+                        format!("{prefix}-{}-{}", row.user_id, ts.div_euclid(86_400_000))
+                    })
+                    .into(),
                 kind: kind.0,
-                item_id: if search { None } else { row.item_id.clone() },
+                item_id: if search {
+                    None
+                } else {
+                    row.item_id.as_deref().map(Text::from)
+                },
                 scenario: e
                     .scenario
                     .or(row.scenario)
                     .unwrap_or(spec.defaults.scenario),
                 position: row.position,
-                device: row.device.clone(),
+                device: row.device.as_deref().map(Text::from),
                 price: if search { None } else { row.price },
-                query: if search { row.query.clone() } else { None },
+                query: if search {
+                    row.query.as_deref().map(Text::from)
+                } else {
+                    None
+                },
             };
             out.push(GeneratedMessage::valid(
                 InputTopic::Clicks,
@@ -147,14 +160,14 @@ pub(crate) fn snapshot(
     (category, price): &ItemState,
 ) -> GeneratedMessage {
     let event = InventoryEvent {
-        event_id,
+        event_id: event_id.into(),
         ts,
-        item_id: item.to_string(),
+        item_id: item.into(),
         kind: InventoryKind::Snapshot,
         on_hand: None,
         delta: None,
         price: *price,
-        category: category.clone(),
+        category: category.as_deref().map(Text::from),
     };
     GeneratedMessage::valid(InputTopic::Inventory, item.to_string(), &event, ts)
 }
