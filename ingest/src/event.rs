@@ -401,6 +401,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ids_of_any_length_are_kept_whole_inline_or_on_the_heap() {
+        let long = "u-0123456789abcdef0123456789abcdef";
+        let json = format!(
+            r#"{{"event_id":"e1","ts":1767571200000,"user_id":"{long}","session_id":"s",
+                "type":"impression","item_id":123456789012,"scenario":"search"}}"#
+        );
+        let click: ClickEvent = serde_json::from_str(&json).expect("a valid click");
+        assert_eq!(click.user_id, long);
+        assert_eq!(
+            click.item_id.as_deref(),
+            Some("123456789012"),
+            "integer ids as text"
+        );
+        // Short ids cost no allocation; a long one is held whole on the heap.
+        assert_eq!(heap_bytes(&click.event_id), 0);
+        assert_eq!(heap_bytes(click.item_id.as_ref().expect("item")), 0);
+        assert!(heap_bytes(&click.user_id) >= long.len());
+        // Written back as the same strings.
+        let back: serde_json::Value = serde_json::to_value(&click).expect("json");
+        assert_eq!(back["user_id"], long);
+        assert_eq!(back["item_id"], "123456789012");
+    }
+
+    #[test]
     fn milliseconds_and_microseconds_convert_both_ways() {
         assert_eq!(ms_to_micros(1_767_571_200_000), 1_767_571_200_000_000);
         assert_eq!(micros_to_ms(1_767_571_200_000_999), 1_767_571_200_000);
