@@ -3,7 +3,7 @@
 //!
 //! An impression's example is built when it matures; until then its features are held
 //! in a smaller form than [`Features`]: counters in `u32` ([`CompactHorizons`]), optional
-//! numbers in 8 bytes, the ids as boxed strings and the item's category as the
+//! numbers in 8 bytes, the ids inline (`Text`) and the item's category as the
 //! inventory's shared name. Nothing is rounded: the example that matures is the one
 //! [`Features`] would have held. The buffer serialises in the shape it had when it held
 //! whole examples, so checkpoints read and write as before.
@@ -25,7 +25,7 @@ use crate::rolling::{CompactHorizons, Horizons};
 pub(crate) type PendingKey = (Millis, u64);
 
 /// The features of an impression as the label buffer holds them until it matures: the
-/// same values as [`Features`], in 232 bytes instead of 368.
+/// same values as [`Features`], in 240 bytes instead of 368.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct HeldFeatures {
     user: CompactHorizons,
@@ -222,7 +222,7 @@ struct StoredQueue(VecDeque<(PendingKey, StoredPending)>);
 #[derive(Deserialize)]
 struct StoredPending {
     example: Example,
-    session: String,
+    session: Text,
 }
 
 impl From<StoredQueue> for PendingQueue {
@@ -239,7 +239,7 @@ impl From<StoredQueue> for PendingQueue {
                         event_id: e.event_id,
                         user_id: e.user_id,
                         item_id: e.item_id,
-                        session: p.session.into(),
+                        session: p.session,
                         features: HeldFeatures::new(e.features),
                         labels: e.labels,
                     };

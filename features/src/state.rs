@@ -240,7 +240,7 @@ struct PartitionState {
     #[serde(skip)]
     by_session: SessionIndex,
     /// user \x1f item -> recent clicks (time, the impression they labelled).
-    clicks: HashMap<String, Clicks>,
+    clicks: HashMap<Text, Clicks>,
     /// order id -> (order time, impressions it was attributed to), for cancellations.
     orders: IdMap<(Millis, Box<[PendingKey]>)>,
     seq: u64,
@@ -274,9 +274,9 @@ fn with_join_key<R>(parts: &[&str], f: impl FnOnce(&str) -> R) -> R {
 type Clicks = Box<[(Millis, Option<PendingKey>)]>;
 
 /// Appends `value` to the list of the join key of `parts` in `map`, then keeps the values
-/// for which `keep` holds; the key is allocated only when it is new.
+/// for which `keep` holds; the key is made only when it is new (inline up to 24 bytes).
 fn push_keyed<V>(
-    map: &mut HashMap<String, Box<[V]>>,
+    map: &mut HashMap<Text, Box<[V]>>,
     parts: &[&str],
     value: V,
     mut keep: impl FnMut(&V) -> bool,
@@ -292,7 +292,7 @@ fn push_keyed<V>(
         }
         None => {
             if keep(&value) {
-                map.insert(key.to_string(), Box::new([value]));
+                map.insert(Text::from(key), Box::new([value]));
             }
         }
     })
@@ -698,8 +698,8 @@ impl FeatureState {
             .fold((0, 0), |(u, i), s| (u + s.users.len(), i + s.items.len()))
     }
 
-    /// Approximate bytes held, for the memory benchmark: entry sizes plus string contents
-    /// (hash table slack not included).
+    /// Approximate bytes held, for the memory benchmark: entry sizes plus what their text
+    /// holds on the heap (hash table slack not included).
     pub fn approx_bytes(&self) -> StateBytes {
         use std::mem::size_of;
         let mut bytes = StateBytes::default();

@@ -21,7 +21,6 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
 
 // FxHash: fast, and deterministic across runs (the state serialises in the same order
 // every time).
@@ -30,7 +29,7 @@ use rustc_hash::FxHashMap as HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::decode::{Reason, Rejection};
-use crate::event::{Event, InputTopic, Millis, OrderStatus};
+use crate::event::{Event, InputTopic, Millis, OrderStatus, Text};
 
 /// Settings of the [`Cleaner`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,11 +80,11 @@ struct PartitionState {
     newest: Option<Millis>,
     /// Time of the event held for confirmation, if any.
     held: Option<Millis>,
-    /// Each key remembered, with the time it was recorded at (shared with `order`: one
-    /// allocation a key).
-    seen: HashMap<Arc<str>, Millis>,
+    /// Each key remembered, with the time it was recorded at (a copy of the one in
+    /// `order`: inline up to 24 bytes, so most keys cost no allocation).
+    seen: HashMap<Text, Millis>,
     /// Keys in arrival order with their time, for expiry and eviction.
-    order: VecDeque<(Millis, Arc<str>)>,
+    order: VecDeque<(Millis, Text)>,
 }
 
 /// Duplicate and skew checks, per input partition.
@@ -188,8 +187,8 @@ impl Cleaner {
             return Admission::Duplicate;
         }
         state.newest = Some(newest);
-        let key: Arc<str> = Arc::from(key.as_ref());
-        state.seen.insert(Arc::clone(&key), ts);
+        let key = Text::from(key.as_ref());
+        state.seen.insert(key.clone(), ts);
         state.order.push_back((ts, key));
         // Forget keys that fell out of the horizon, then enforce the size bound.
         while let Some((front_ts, _)) = state.order.front() {

@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::de::DeserializeOwned;
 
-use crate::event::{ClickEvent, ClickKind, Event, InputTopic, InventoryEvent, OrderEvent};
+use crate::event::{ClickEvent, ClickKind, Event, InputTopic, InventoryEvent, OrderEvent, Text};
 
 /// Why a message was rejected. The `as_str` spelling is the dead-letter `reason` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -166,7 +166,9 @@ fn normalize(event: &mut Event) {
                     .bytes()
                     .any(|b| b.is_ascii_uppercase() || b.is_ascii_whitespace())
             {
-                *device = device.trim().to_ascii_lowercase().into();
+                let mut normal = Text::from(device.trim());
+                normal.make_ascii_lowercase();
+                *device = normal;
             }
         }
         Event::Order(e) => {
@@ -174,7 +176,9 @@ fn normalize(event: &mut Event) {
                 .bytes()
                 .any(|b| b.is_ascii_lowercase() || b.is_ascii_whitespace())
             {
-                e.currency = e.currency.trim().to_ascii_uppercase().into();
+                let mut normal = Text::from(e.currency.trim());
+                normal.make_ascii_uppercase();
+                e.currency = normal;
             }
         }
         Event::Inventory(_) => {}

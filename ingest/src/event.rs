@@ -425,6 +425,29 @@ mod tests {
     }
 
     #[test]
+    fn events_serialise_their_text_as_plain_strings_byte_for_byte() {
+        let click = ClickEvent {
+            event_id: "e1".into(),
+            ts: 1_767_571_200_000,
+            user_id: "u-0123456789abcdef0123456789abcdef".into(),
+            session_id: "s\u{1f}1".into(),
+            kind: ClickKind::Impression,
+            item_id: Some("sku7".into()),
+            scenario: Scenario::Search,
+            position: Some(2),
+            device: Some("ios".into()),
+            price: Some(9.5),
+            query: Some("red \"shoes\"".into()),
+        };
+        // The bytes a `String` field wrote: the store, checkpoints and published events
+        // must not change with the type that holds the text.
+        assert_eq!(
+            serde_json::to_string(&click).expect("json"),
+            r#"{"event_id":"e1","ts":1767571200000,"user_id":"u-0123456789abcdef0123456789abcdef","session_id":"s\u001f1","type":"impression","item_id":"sku7","scenario":"search","position":2,"device":"ios","price":9.5,"query":"red \"shoes\""}"#
+        );
+    }
+
+    #[test]
     fn milliseconds_and_microseconds_convert_both_ways() {
         assert_eq!(ms_to_micros(1_767_571_200_000), 1_767_571_200_000_000);
         assert_eq!(micros_to_ms(1_767_571_200_000_999), 1_767_571_200_000);

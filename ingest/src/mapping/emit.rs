@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use compact_str::format_compact;
+
 use super::Mapping;
 use super::record::Row;
 use super::spec::{EmitKind, SnapshotMode, click_names};
@@ -82,9 +84,8 @@ impl<'a> Emitter<'a> {
                     let order = OrderEvent {
                         order_id: row
                             .event_id
-                            .clone()
-                            .unwrap_or_else(|| format!("{prefix}o{}", row.line))
-                            .into(),
+                            .as_deref()
+                            .map_or_else(|| format_compact!("{prefix}o{}", row.line), Text::from),
                         ts,
                         user_id: row.user_id.as_str().into(),
                         status: OrderStatus::Placed,
@@ -107,22 +108,19 @@ impl<'a> Emitter<'a> {
             let search = kind.0 == ClickKind::Search;
             let event_id = match &row.event_id {
                 Some(id) if emits.iter().filter(|e| e.emit != EmitKind::Order).count() == 1 => {
-                    id.clone()
+                    Text::from(id.as_str())
                 }
-                Some(id) => format!("{id}{}", kind.1),
-                None => format!("{prefix}{}{}", row.line, kind.1),
+                Some(id) => format_compact!("{id}{}", kind.1),
+                None => format_compact!("{prefix}{}{}", row.line, kind.1),
             };
             let event = ClickEvent {
-                event_id: event_id.into(),
+                event_id,
                 ts,
                 user_id: row.user_id.as_str().into(),
-                session_id: row
-                    .session_id
-                    .clone()
-                    .unwrap_or_else(|| {
-                        format!("{prefix}-{}-{}", row.user_id, ts.div_euclid(86_400_000))
-                    })
-                    .into(),
+                session_id: row.session_id.as_deref().map_or_else(
+                    || format_compact!("{prefix}-{}-{}", row.user_id, ts.div_euclid(86_400_000)),
+                    Text::from,
+                ),
                 kind: kind.0,
                 item_id: if search {
                     None
