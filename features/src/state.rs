@@ -28,7 +28,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use serde::{Deserialize, Serialize};
 use shopstream_ingest::event::{
-    ClickEvent, ClickKind, Event, Millis, OrderEvent, OrderStatus, Text,
+    ClickEvent, ClickKind, Event, Millis, OrderEvent, OrderStatus, Text, heap_bytes,
 };
 
 use crate::category::Category;
@@ -715,7 +715,7 @@ impl FeatureState {
             bytes.joins += s
                 .clicks
                 .iter()
-                .map(|(k, v)| k.len() + size_of::<(String, Clicks)>() + size_of_val(&**v))
+                .map(|(k, v)| heap_bytes(k) + size_of::<(Text, Clicks)>() + size_of_val(&**v))
                 .sum::<usize>();
             bytes.joins += s.orders.approx_bytes(|(_, keys)| size_of_val(&**keys));
             bytes.pending += s.pending.values().map(Pending::approx_bytes).sum::<usize>();

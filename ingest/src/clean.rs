@@ -19,13 +19,13 @@
 //!   ([`Resolution::Reject`]). A producer with a broken clock would otherwise drag the
 //!   watermark forward and make everyone else late, while a real jump must not be lost.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 
 // FxHash: fast, and deterministic across runs (the state serialises in the same order
 // every time).
 use rustc_hash::FxHashMap as HashMap;
 
+use compact_str::format_compact;
 use serde::{Deserialize, Serialize};
 
 use crate::decode::{Reason, Rejection};
@@ -116,15 +116,16 @@ fn skew_rejection(
     }
 }
 
-/// The dedupe key of an event (borrowed from it where it is one of its fields).
-pub fn dedupe_key(event: &Event) -> Cow<'_, str> {
+/// The dedupe key of an event: its event id, or for an order its id and status (inline up
+/// to 24 bytes, like the ids it is made of).
+pub fn dedupe_key(event: &Event) -> Text {
     match event {
-        Event::Click(e) => Cow::Borrowed(&e.event_id),
-        Event::Inventory(e) => Cow::Borrowed(&e.event_id),
-        Event::Order(e) => Cow::Owned(match e.status {
-            OrderStatus::Placed => format!("{}#placed", e.order_id),
-            OrderStatus::Cancelled => format!("{}#cancelled", e.order_id),
-        }),
+        Event::Click(e) => e.event_id.clone(),
+        Event::Inventory(e) => e.event_id.clone(),
+        Event::Order(e) => match e.status {
+            OrderStatus::Placed => format_compact!("{}#placed", e.order_id),
+            OrderStatus::Cancelled => format_compact!("{}#cancelled", e.order_id),
+        },
     }
 }
 
@@ -181,13 +182,12 @@ impl Cleaner {
         let horizon_start = newest.saturating_sub(limits.dedupe_horizon_ms);
         if state
             .seen
-            .get(&*key)
+            .get(key.as_str())
             .is_some_and(|seen_at| *seen_at >= horizon_start)
         {
             return Admission::Duplicate;
         }
         state.newest = Some(newest);
-        let key = Text::from(key.as_ref());
         state.seen.insert(key.clone(), ts);
         state.order.push_back((ts, key));
         // Forget keys that fell out of the horizon, then enforce the size bound.

@@ -17,6 +17,7 @@ pub mod world;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
+use compact_str::format_compact;
 use serde::Serialize;
 
 use crate::decode::{DecodeLimits, Reason, decode};
@@ -332,7 +333,7 @@ impl Generator {
 
     fn next_id(&mut self, prefix: &str) -> Text {
         self.ids += 1;
-        compact_str::format_compact!("{prefix}{:010}", self.ids)
+        format_compact!("{prefix}{:010}", self.ids)
     }
 
     fn schedule(&mut self, ts: Millis, action: Action) {
@@ -389,10 +390,7 @@ impl Generator {
                 on_hand: Some(on_hand),
                 delta: None,
                 price: Some(self.world.items[item].price),
-                category: Some(compact_str::format_compact!(
-                    "cat{}",
-                    self.world.items[item].category
-                )),
+                category: Some(format_compact!("cat{}", self.world.items[item].category)),
             };
             self.emit_inventory(event);
             if on_hand == 0 {
@@ -469,7 +467,7 @@ impl Generator {
     /// clicks, carts, favourites and (scheduled) orders that follow from them.
     fn start_session(&mut self, ts: Millis) {
         self.sessions_started += 1;
-        let session_id = compact_str::format_compact!("s{:09}", self.sessions_started);
+        let session_id = format_compact!("s{:09}", self.sessions_started);
         let user = self.pick_user(ts);
         let user_id = self.user(user).id.clone();
         let device = Text::from(DEVICES[self.user(user).device].0);
@@ -506,7 +504,7 @@ impl Generator {
                 position: None,
                 device: Some(device.clone()),
                 price: None,
-                query: Some(compact_str::format_compact!("category {category}")),
+                query: Some(format_compact!("category {category}")),
             };
             self.emit_click(&search);
             t += 300;
@@ -781,7 +779,7 @@ impl Generator {
         unit_price: f64,
     ) -> GeneratedMessage {
         let event = OrderEvent {
-            order_id: compact_str::format_compact!("o{order:09}"),
+            order_id: format_compact!("o{order:09}"),
             ts,
             user_id: self.user(user).id.clone(),
             status,

@@ -3,6 +3,8 @@
 //! with their own click and conversion levels. Click and conversion probabilities are
 //! logistic functions of these, so the best achievable model is known.
 
+use compact_str::format_compact;
+
 use crate::event::{Scenario, Text};
 
 use super::rng::{Rng, Weighted, sigmoid};
@@ -113,7 +115,7 @@ impl World {
                     .round()
                     / 100.0;
                 Item {
-                    id: compact_str::format_compact!("sku{i}"),
+                    id: format_compact!("sku{i}"),
                     category,
                     price: price.max(0.5),
                     quality: rng.normal() * 0.5,
@@ -157,7 +159,7 @@ impl World {
         let users: Vec<User> = (0..size.users.max(1))
             .map(|u| {
                 make_user(
-                    compact_str::format_compact!("u{u}"),
+                    format_compact!("u{u}"),
                     &category_popularity,
                     categories,
                     false,
@@ -169,7 +171,7 @@ impl World {
         let cohort = (0..(size.users / 4).max(1))
             .map(|u| {
                 make_user(
-                    compact_str::format_compact!("n{u}"),
+                    format_compact!("n{u}"),
                     &category_popularity,
                     categories,
                     true,

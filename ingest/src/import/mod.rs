@@ -19,6 +19,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use compact_str::format_compact;
 use serde::Serialize;
 
 use crate::event::Millis;
@@ -298,7 +299,7 @@ impl<'m> Importer<'m> {
             report.items = items.len() as u64;
             for (n, (item, first)) in items.into_iter().enumerate() {
                 pending.push_back(snapshot(
-                    format!("{}v{n}", spec.source.id_prefix),
+                    format_compact!("{}v{n}", spec.source.id_prefix),
                     report.first_ts - 1_000,
                     &item,
                     &(first.category, first.price),

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
 
+use compact_str::format_compact;
 use serde::Serialize;
 
 use crate::event::{
@@ -80,10 +81,10 @@ fn parse(line: u64, text: &str) -> Result<Row, String> {
 fn click_message(row: &Row, suffix: &str, kind: ClickKind, ts: Millis) -> GeneratedMessage {
     let day = ts.div_euclid(86_400_000);
     let event = ClickEvent {
-        event_id: format!("tb{}{suffix}", row.line).into(),
+        event_id: format_compact!("tb{}{suffix}", row.line),
         ts,
         user_id: row.user.as_str().into(),
-        session_id: format!("tb-{}-{day}", row.user).into(),
+        session_id: format_compact!("tb-{}-{day}", row.user),
         kind,
         item_id: Some(row.item.as_str().into()),
         scenario: Scenario::ProductDetail,
@@ -124,7 +125,7 @@ pub(super) fn import_taobao(
     }
     for (n, (item, category)) in items.iter().enumerate() {
         let event = InventoryEvent {
-            event_id: format!("tbv{n}").into(),
+            event_id: format_compact!("tbv{n}"),
             ts: first - 1_000,
             item_id: Text::from(*item),
             kind: InventoryKind::Snapshot,
@@ -151,7 +152,7 @@ pub(super) fn import_taobao(
             "fav" => messages.push(click_message(row, "f", ClickKind::Favorite, row.ts + 2)),
             _ => {
                 let order = OrderEvent {
-                    order_id: format!("tbo{}", row.line).into(),
+                    order_id: format_compact!("tbo{}", row.line),
                     ts: row.ts + 3,
                     user_id: row.user.as_str().into(),
                     status: OrderStatus::Placed,

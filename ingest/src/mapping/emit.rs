@@ -64,7 +64,7 @@ impl<'a> Emitter<'a> {
                 let state = (category.cloned(), price);
                 if state.0.is_some() || state.1.is_some() {
                     out.push(snapshot(
-                        format!("{prefix}v{}", row.line),
+                        format_compact!("{prefix}v{}", row.line),
                         row.ts - 1,
                         item,
                         &state,
@@ -152,13 +152,13 @@ impl<'a> Emitter<'a> {
 
 /// An inventory snapshot with unknown stock.
 pub(crate) fn snapshot(
-    event_id: String,
+    event_id: Text,
     ts: Millis,
     item: &str,
     (category, price): &ItemState,
 ) -> GeneratedMessage {
     let event = InventoryEvent {
-        event_id: event_id.into(),
+        event_id,
         ts,
         item_id: item.into(),
         kind: InventoryKind::Snapshot,
