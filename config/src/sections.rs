@@ -445,12 +445,21 @@ pub struct StoreConfig {
     pub compact_closed_hours: bool,
     /// Event time the files written as windows close span, in seconds: a window's rows are
     /// held in memory (and in checkpoints) until the window that starts the next span of
-    /// this length (aligned to the epoch) closes, or an hour is compacted, or a bounded
-    /// run ends; then one file per table and hour holds them all. Fewer, larger files
+    /// this length (aligned to the epoch) closes (a span quieter than
+    /// `file_span_min_rows` carries on to the end of its hour), or a bounded run ends;
+    /// then one file per table and hour holds them all. Fewer, larger files
     /// cost less to write and to compact; rows become visible to readers up to this much
     /// event time later. The spans follow event time only, so a restarted job writes the
     /// same files. 0 writes one file per window. Must divide 3600.
     pub file_span_secs: u64,
+    /// Rows (all tables together) a file span must hold to end at its boundary: a span
+    /// holding fewer carries on into the next span of its hour, so a quiet hour (a sparse
+    /// log, a small shop at night) is written as one file per table rather than one per
+    /// span, each of which costs a file, a commit record and a compaction input whatever
+    /// its rows. Spans still end with their hour; rows of a quiet hour become visible up
+    /// to the end of that hour. Follows the input only, like the spans. 0 ends every span
+    /// at its boundary.
+    pub file_span_min_rows: u64,
     /// How long a request to a bucket store is retried (with backoff) while the store is
     /// unreachable or overloaded, in seconds; then the job stops with exit code 1, naming
     /// the endpoint and the object. Nothing is acknowledged meanwhile: input offsets only
@@ -491,6 +500,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("zstd_level", &self.zstd_level)
             .field("compact_closed_hours", &self.compact_closed_hours)
             .field("file_span_secs", &self.file_span_secs)
+            .field("file_span_min_rows", &self.file_span_min_rows)
             .field("retry_timeout_secs", &self.retry_timeout_secs)
             .field("retention_days", &self.retention_days)
             .field("options", &options)
@@ -506,6 +516,7 @@ impl Default for StoreConfig {
             zstd_level: 3,
             compact_closed_hours: true,
             file_span_secs: 600,
+            file_span_min_rows: 4_096,
             retry_timeout_secs: 120,
             retention_days: None,
             options: BTreeMap::new(),

@@ -96,7 +96,7 @@ impl GlobalStage {
                 _ => None,
             },
             store,
-            held: HeldRows::new(config.store.file_span_secs),
+            held: HeldRows::new(config.store.file_span_secs, config.store.file_span_min_rows),
             writes: VecDeque::new(),
             compacting: None,
             on_store_failure: None,
@@ -182,6 +182,9 @@ impl GlobalStage {
         } = cx;
         if self.held.span_ends_before(output.start) {
             self.write_held(counters).await?;
+            if let Some(due) = self.held.take_due_compaction() {
+                self.compact_settled(due, counters).await?;
+            }
         }
         let settled = self
             .train_and_hold(&output, write, &offsets, outputs, counters)
@@ -195,7 +198,28 @@ impl GlobalStage {
         // Hours that no later window can add rows to (see `settled_before`). Partitions
         // end on whole hours, so the partitions settled change only when the bound passes
         // an hour; in between, compaction would re-read every commit record of every
-        // table to find nothing to do.
+        // table to find nothing to do. Compaction needs the rows held written first, so
+        // with a span held it waits for the span's end rather than cut it in two (a
+        // sparse log would write each hour's span twice). Later windows add no rows to
+        // those hours, so the wait changes which steps merge them, not the merged files.
+        let settled_hours = settled_before.div_euclid(PARTITION_MS);
+        if self.held.compacted_hours() != Some(settled_hours) {
+            if self.held.is_empty() {
+                self.compact_settled(settled_before, counters).await?;
+            } else {
+                self.held.defer_compaction(settled_before);
+            }
+        }
+        Ok(())
+    }
+
+    /// Compacts the hours settled before `settled_before` (see `window_closed`), unless
+    /// they were already.
+    async fn compact_settled(
+        &mut self,
+        settled_before: i64,
+        counters: &mut GlobalCounters,
+    ) -> Result<(), PipelineError> {
         let settled_hours = settled_before.div_euclid(PARTITION_MS);
         if self.held.compacted_hours() != Some(settled_hours) {
             self.compact(Some(settled_before), counters).await?;
@@ -270,6 +294,7 @@ impl GlobalStage {
     /// [`ParquetStore::write_windows`]); first waits for the oldest write when
     /// [`MAX_WRITES_IN_FLIGHT`] are running.
     async fn write_held(&mut self, counters: &mut GlobalCounters) -> Result<(), PipelineError> {
+        tracing::debug!(rows = self.held.rows(), "file span written");
         let (tables, offsets) = self.held.take();
         for (table, windows) in tables {
             while self.writes.len() >= MAX_WRITES_IN_FLIGHT {
