@@ -121,7 +121,16 @@ fn zstd_frames_do_not_depend_on_what_the_threads_contexts_did_before() {
         let fresh = on_new_thread(move || frame(&copy, level));
         let other = data.clone();
         let reused = on_new_thread(move || {
-            let before = frame(&other, 5);
+            // A frame with parameters of its own: a context kept without its reset
+            // would carry them into the next frame.
+            let mut custom = zstd::Encoder::new(Vec::new(), 5).expect("encoder");
+            custom.include_checksum(true).expect("checksum");
+            custom.window_log(12).expect("window log");
+            custom
+                .long_distance_matching(true)
+                .expect("long distance matching");
+            custom.write_all(&other).expect("compress");
+            let before = custom.finish().expect("finish");
             let mut decoded = Vec::new();
             zstd::Decoder::new(&before[..])
                 .expect("decoder")
