@@ -42,8 +42,11 @@ messages=""
 # the run's line and sets $rate.
 run() {
     start_local_broker "$work/broker.log" || exit 1
-    export SHOPSTREAM__KAFKA__BROKERS="127.0.0.1:$BROKER_PORT" SHOPSTREAM__STORE__PATH="$work/store-$1"
-    rm -rf "$work/store-$1"
+    # A new store per run, the old ones kept until the end: deleting the last run's
+    # thousands of files just before this one would slow this run's file creation (ext4
+    # skips inodes freed in the last minutes when it has no journal), which the job did
+    # not cause.
+    export SHOPSTREAM__KAFKA__BROKERS="127.0.0.1:$BROKER_PORT" SHOPSTREAM__STORE__PATH="$work/store-$1-$2"
     if [ "$1" = sparse ]; then
         "$bin" import taobao "$work/taobao.csv" >"$work/input.log"
     else
@@ -72,7 +75,7 @@ for round in $(seq 1 "$rounds"); do
     python3 -c "print(f'round $round: sparse / dense = {$sparse_rate / $dense_rate:.2f}')"
 done
 echo "files per table in the sparse store (table, files, hour partitions):"
-for dir in "$work/store-sparse"/*/; do
+for dir in "$work/store-sparse-$rounds"/*/; do
     table="$(basename "$dir")"
     case "$table" in _*) continue ;; esac
     files="$(find "$dir" -name '*.parquet' | wc -l)"
