@@ -270,14 +270,26 @@ async fn a_job_stopped_mid_span_writes_the_files_of_one_never_stopped() {
         &stopped,
         &never.store.path,
     );
-    let files = store_files(&stopped)
-        .keys()
+    let example_files: Vec<String> = store_files(&stopped)
+        .into_keys()
         .filter(|k| k.starts_with("examples/"))
-        .count() as u64;
+        .collect();
+    let files = example_files.len() as u64;
     assert!(
         files < whole.windows_closed / 2,
         "{files} example files for {} windows",
         whole.windows_closed
+    );
+    // Carried spans: a span per hour, each writing its hour and the hours its late labels
+    // reach back to; 10-minute spans would write at least 6 an hour.
+    let hours: std::collections::BTreeSet<&str> = example_files
+        .iter()
+        .filter_map(|k| k.rsplit_once('/').map(|(dir, _)| dir))
+        .collect();
+    assert!(
+        files <= 3 * hours.len() as u64,
+        "{files} example files in {} hour partitions: spans not carried",
+        hours.len()
     );
     println!(
         "file spans: {files} example files for {} windows; the stopped run wrote {} of {} examples",

@@ -445,8 +445,9 @@ pub struct StoreConfig {
     pub compact_closed_hours: bool,
     /// Event time the files written as windows close span, in seconds: a window's rows are
     /// held in memory (and in checkpoints) until the window that starts the next span of
-    /// this length (aligned to the epoch) closes (a span quieter than
-    /// `file_span_min_rows` carries on to the end of its hour), or a bounded run ends;
+    /// this length (aligned to the epoch) closes (a span holding fewer than
+    /// `file_span_min_rows` rows there carries on, up to the end of its hour), or a
+    /// bounded run ends;
     /// then one file per table and hour holds them all. Fewer, larger files
     /// cost less to write and to compact; rows become visible to readers up to this much
     /// event time later. The spans follow event time only, so a restarted job writes the

@@ -152,3 +152,25 @@ fn zstd_frames_do_not_depend_on_what_the_threads_contexts_did_before() {
         assert_eq!(back, data[..len], "{len} bytes round trip");
     }
 }
+
+/// Guards the patch itself (`[patch.crates-io]` of the workspace): a thread that
+/// compressed a page gets that context back, workspace and all, rather than a new one;
+/// without the patch every context starts empty.
+#[test]
+fn a_thread_reuses_its_zstd_context_instead_of_creating_one_per_page() {
+    let new = on_new_thread(|| zstd_safe::CCtx::create().sizeof());
+    let kept = on_new_thread(|| {
+        frame(&[7u8; 100_000], 3);
+        zstd_safe::CCtx::create().sizeof()
+    });
+    assert!(
+        kept > new * 10,
+        "a kept context of {kept} bytes, a new one of {new}"
+    );
+    // A context at a high level is too large to keep (`kept::BYTES_MAX`).
+    let large = on_new_thread(|| {
+        frame(&[7u8; 100_000], 19);
+        zstd_safe::CCtx::create().sizeof()
+    });
+    assert_eq!(large, new, "a level-19 context is not kept");
+}

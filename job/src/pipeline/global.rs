@@ -204,6 +204,8 @@ impl GlobalStage {
         // those hours, so the wait changes which steps merge them, not the merged files.
         let settled_hours = settled_before.div_euclid(PARTITION_MS);
         if self.held.compacted_hours() != Some(settled_hours) {
+            // Nothing held: every window is written as it closes (`file_span_secs = 0`),
+            // or this one wrote nothing (a replay outside its range).
             if self.held.is_empty() {
                 self.compact_settled(settled_before, counters).await?;
             } else {
@@ -294,6 +296,9 @@ impl GlobalStage {
     /// [`ParquetStore::write_windows`]); first waits for the oldest write when
     /// [`MAX_WRITES_IN_FLIGHT`] are running.
     async fn write_held(&mut self, counters: &mut GlobalCounters) -> Result<(), PipelineError> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
         tracing::debug!(rows = self.held.rows(), "file span written");
         let (tables, offsets) = self.held.take();
         for (table, windows) in tables {
@@ -407,9 +412,10 @@ impl GlobalStage {
 
     /// Compacts every table's hour partitions that end at or before `before_ms`, when
     /// `store.compact_closed_hours` is on: started on the blocking pool, settled by the
-    /// next [`GlobalStage::settle_writes`]. The rows held are written first (they may
-    /// belong to those hours). With `None` (the end of a bounded run) it writes what is
-    /// held and compacts everything, and returns once done.
+    /// next [`GlobalStage::settle_writes`]. The rows held are written first: with a
+    /// bound, nothing is held (`window_closed` waits for the span's end); with `None` (the
+    /// end of a bounded run) it writes what is held and compacts everything, a compaction
+    /// waiting for the span included, and returns once done.
     pub(super) async fn compact(
         &mut self,
         before_ms: Option<i64>,
@@ -418,6 +424,10 @@ impl GlobalStage {
         let compacts = self.store.compacts_closed_hours();
         if compacts || before_ms.is_none() {
             self.write_held(counters).await?;
+        }
+        if before_ms.is_none() {
+            // Everything is compacted below: nothing waits any more.
+            self.held.take_due_compaction();
         }
         if !compacts {
             return Ok(());

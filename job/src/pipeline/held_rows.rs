@@ -30,7 +30,7 @@ pub(crate) struct HeldState {
     /// The span (window start divided by the span length) of the newest window held.
     span: Option<i64>,
     /// Hour (since the epoch) of the last bound the store was compacted up to, which
-    /// decides when the next compaction comes (and writes what is held first).
+    /// decides when the next compaction comes.
     pub(super) compacted_hours: Option<i64>,
     /// The newest bound of settled hours (`WindowOutput::settled_before`) whose
     /// compaction waits for the end of the span held: compacting needs the rows held

@@ -129,8 +129,13 @@ mod kept {
     use std::vec::Vec;
 
     /// Contexts of each kind one thread keeps: Parquet's codec uses one at a time, and a
-    /// kept compression context holds its workspace (some MB at the default level).
+    /// kept context holds its workspace.
     const KEEP: usize = 1;
+
+    /// The largest context kept, in bytes: a compression context at the default level
+    /// (3) takes about 3 MB once it has compressed, one at a high level tens of MB, which
+    /// an idle thread should not hold.
+    pub(crate) const BYTES_MAX: usize = 8 << 20;
 
     /// A thread's kept contexts of one kind, freed with `free` when the thread ends.
     pub(crate) struct Kept<T: 'static> {
@@ -438,14 +443,23 @@ impl<'a> CCtx<'a> {
     pub fn try_create() -> Option<Self> {
         // Safety: Just FFI
         #[cfg(feature = "std")]
-        let kept = kept::take(&kept::CCTX);
-        #[cfg(not(feature = "std"))]
-        let kept = None;
+        if let Some(context) = kept::take(&kept::CCTX) {
+            return Some(CCtx(
+                context,
+                PhantomData,
+                Poison::default(),
+                Workers::default(),
+            ));
+        }
+        Self::try_create_new()
+    }
+
+    /// A context just created, never a kept one (see `kept`): what `try_clone` copies
+    /// into, since a kept one holds buffers a new one does not.
+    fn try_create_new() -> Option<Self> {
+        // Safety: Just FFI
         Some(CCtx(
-            match kept {
-                Some(context) => context,
-                None => NonNull::new(unsafe { zstd_sys::ZSTD_createCCtx() })?,
-            },
+            NonNull::new(unsafe { zstd_sys::ZSTD_createCCtx() })?,
             PhantomData,
             Poison::default(),
             Workers::default(),
@@ -1405,7 +1419,7 @@ impl<'a> CCtx<'a> {
         // An error may leave the C context undefined; do not copy it.
         self.2.guard()?;
         self.guard_own_tables()?;
-        let context = Self::try_create().ok_or(MEMORY_ALLOCATION_ERROR)?;
+        let context = Self::try_create_new().ok_or(MEMORY_ALLOCATION_ERROR)?;
 
         // Safety: Just FFI
         parse_code(unsafe {
@@ -1524,9 +1538,12 @@ impl<'a> Drop for CCtx<'a> {
         // A context that never had workers and never failed is reset and kept for the
         // next one this thread creates (see `kept`).
         #[cfg(feature = "std")]
-        if self.2 .0.is_none() && !self.3.ever {
-            // Safety: Just FFI
+        if self.2 .0.is_none() && !self.3.ever && self.sizeof() <= kept::BYTES_MAX {
+            // Safety: Just FFI. The reset leaves a thread pool referenced (which may
+            // be freed before the context is used again): released as well.
             let reset = unsafe {
+                #[cfg(all(feature = "experimental", feature = "zstdmt"))]
+                zstd_sys::ZSTD_CCtx_refThreadPool(self.0.as_ptr(), core::ptr::null_mut());
                 zstd_sys::ZSTD_CCtx_reset(
                     self.0.as_ptr(),
                     zstd_sys::ZSTD_ResetDirective::ZSTD_reset_session_and_parameters,
@@ -1599,14 +1616,22 @@ impl<'a> DCtx<'a> {
     /// Returns `None` if the operation failed (for example, not enough memory).
     pub fn try_create() -> Option<Self> {
         #[cfg(feature = "std")]
-        let kept = kept::take(&kept::DCTX);
-        #[cfg(not(feature = "std"))]
-        let kept = None;
+        if let Some(context) = kept::take(&kept::DCTX) {
+            return Some(DCtx(
+                context,
+                PhantomData,
+                Poison::default(),
+                DState::default(),
+            ));
+        }
+        Self::try_create_new()
+    }
+
+    /// A context just created, never a kept one (see `kept`): what `try_clone` copies
+    /// into, whose size it compares with the original's.
+    fn try_create_new() -> Option<Self> {
         Some(DCtx(
-            match kept {
-                Some(context) => context,
-                None => NonNull::new(unsafe { zstd_sys::ZSTD_createDCtx() })?,
-            },
+            NonNull::new(unsafe { zstd_sys::ZSTD_createDCtx() })?,
             PhantomData,
             Poison::default(),
             DState::default(),
@@ -2039,7 +2064,7 @@ impl<'a> DCtx<'a> {
 
         // An error may leave the C context undefined; do not copy it.
         self.2.guard()?;
-        let mut context = Self::try_create().ok_or(MEMORY_ALLOCATION_ERROR)?;
+        let mut context = Self::try_create_new().ok_or(MEMORY_ALLOCATION_ERROR)?;
 
         // `ZSTD_copyDCtx()` is a plain `memcpy`, so a dictionary `self` owns
         // would end up owned, and freed, by both contexts. A loaded dictionary
@@ -2108,7 +2133,7 @@ impl Drop for DCtx<'_> {
         #[cfg(not(feature = "experimental"))]
         let keepable = true;
         #[cfg(feature = "std")]
-        if keepable && self.2 .0.is_none() {
+        if keepable && self.2 .0.is_none() && self.sizeof() <= kept::BYTES_MAX {
             // Safety: Just FFI
             let reset = unsafe {
                 zstd_sys::ZSTD_DCtx_reset(
