@@ -19,6 +19,7 @@
 //!   ([`Resolution::Reject`]). A producer with a broken clock would otherwise drag the
 //!   watermark forward and make everyone else late, while a real jump must not be lost.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 
 // FxHash: fast, and deterministic across runs (the state serialises in the same order
@@ -116,16 +117,17 @@ fn skew_rejection(
     }
 }
 
-/// The dedupe key of an event: its event id, or for an order its id and status (inline up
-/// to 24 bytes, like the ids it is made of).
-pub fn dedupe_key(event: &Event) -> Text {
+/// The dedupe key of an event: its event id (borrowed: a duplicate is found without a
+/// copy), or for an order its id and status (inline up to 24 bytes, like the ids it is
+/// made of).
+pub fn dedupe_key(event: &Event) -> Cow<'_, Text> {
     match event {
-        Event::Click(e) => e.event_id.clone(),
-        Event::Inventory(e) => e.event_id.clone(),
-        Event::Order(e) => match e.status {
+        Event::Click(e) => Cow::Borrowed(&e.event_id),
+        Event::Inventory(e) => Cow::Borrowed(&e.event_id),
+        Event::Order(e) => Cow::Owned(match e.status {
             OrderStatus::Placed => format_compact!("{}#placed", e.order_id),
             OrderStatus::Cancelled => format_compact!("{}#cancelled", e.order_id),
-        },
+        }),
     }
 }
 
@@ -188,6 +190,7 @@ impl Cleaner {
             return Admission::Duplicate;
         }
         state.newest = Some(newest);
+        let key = key.into_owned();
         state.seen.insert(key.clone(), ts);
         state.order.push_back((ts, key));
         // Forget keys that fell out of the horizon, then enforce the size bound.

@@ -215,18 +215,16 @@ impl GlobalStage {
         Ok(())
     }
 
-    /// Compacts the hours settled before `settled_before` (see `window_closed`), unless
-    /// they were already.
+    /// Compacts the hours settled before `settled_before`, which `window_closed` found not
+    /// compacted yet, and notes them compacted.
     async fn compact_settled(
         &mut self,
         settled_before: i64,
         counters: &mut GlobalCounters,
     ) -> Result<(), PipelineError> {
-        let settled_hours = settled_before.div_euclid(PARTITION_MS);
-        if self.held.compacted_hours() != Some(settled_hours) {
-            self.compact(Some(settled_before), counters).await?;
-            self.held.set_compacted_hours(settled_hours);
-        }
+        self.compact(Some(settled_before), counters).await?;
+        self.held
+            .set_compacted_hours(settled_before.div_euclid(PARTITION_MS));
         Ok(())
     }
 

@@ -172,20 +172,32 @@ mod kept {
             .flatten()
     }
 
-    /// Keeps `item` in `key`; gives it back when `key` keeps enough already (or the
-    /// thread is ending), for the caller to free.
-    pub(crate) fn give<T>(
+    /// Resets `item` with `reset` (session and parameters: it starts as a new context
+    /// does) and keeps it in `key`. False when the reset fails, or `key` keeps enough
+    /// already (or the thread is ending): the caller frees it then.
+    pub(crate) fn reset_and_give<T>(
         key: &'static std::thread::LocalKey<RefCell<Kept<T>>>,
         item: NonNull<T>,
-    ) -> Result<(), NonNull<T>> {
+        reset: unsafe extern "C" fn(*mut T, zstd_sys::ZSTD_ResetDirective) -> usize,
+    ) -> bool {
         key.try_with(|k| match k.try_borrow_mut() {
             Ok(mut k) if k.items.len() < KEEP => {
+                // Safety: Just FFI, on a context the caller owns and gives up here.
+                let code = unsafe {
+                    reset(
+                        item.as_ptr(),
+                        zstd_sys::ZSTD_ResetDirective::ZSTD_reset_session_and_parameters,
+                    )
+                };
+                if super::is_error(code) {
+                    return false;
+                }
                 k.items.push(item);
-                Ok(())
+                true
             }
-            _ => Err(item),
+            _ => false,
         })
-        .unwrap_or(Err(item))
+        .unwrap_or(false)
     }
 }
 
@@ -441,15 +453,9 @@ impl<'a> CCtx<'a> {
     ///
     /// Returns `None` if zstd returns a NULL pointer - may happen if allocation fails.
     pub fn try_create() -> Option<Self> {
-        // Safety: Just FFI
         #[cfg(feature = "std")]
         if let Some(context) = kept::take(&kept::CCTX) {
-            return Some(CCtx(
-                context,
-                PhantomData,
-                Poison::default(),
-                Workers::default(),
-            ));
+            return Some(Self::wrap(context));
         }
         Self::try_create_new()
     }
@@ -458,12 +464,12 @@ impl<'a> CCtx<'a> {
     /// into, since a kept one holds buffers a new one does not.
     fn try_create_new() -> Option<Self> {
         // Safety: Just FFI
-        Some(CCtx(
-            NonNull::new(unsafe { zstd_sys::ZSTD_createCCtx() })?,
-            PhantomData,
-            Poison::default(),
-            Workers::default(),
-        ))
+        NonNull::new(unsafe { zstd_sys::ZSTD_createCCtx() }).map(Self::wrap)
+    }
+
+    /// A context of zstd's, new or kept, with nothing remembered about its use.
+    fn wrap(context: NonNull<zstd_sys::ZSTD_CCtx>) -> Self {
+        CCtx(context, PhantomData, Poison::default(), Workers::default())
     }
 
     /// Wrap `ZSTD_createCCtx`
@@ -1539,17 +1545,14 @@ impl<'a> Drop for CCtx<'a> {
         // next one this thread creates (see `kept`).
         #[cfg(feature = "std")]
         if self.2 .0.is_none() && !self.3.ever && self.sizeof() <= kept::BYTES_MAX {
-            // Safety: Just FFI. The reset leaves a thread pool referenced (which may
-            // be freed before the context is used again): released as well.
-            let reset = unsafe {
-                #[cfg(all(feature = "experimental", feature = "zstdmt"))]
+            // The reset leaves a thread pool referenced (which may be freed before the
+            // context is used again): released first.
+            // Safety: Just FFI
+            #[cfg(all(feature = "experimental", feature = "zstdmt"))]
+            unsafe {
                 zstd_sys::ZSTD_CCtx_refThreadPool(self.0.as_ptr(), core::ptr::null_mut());
-                zstd_sys::ZSTD_CCtx_reset(
-                    self.0.as_ptr(),
-                    zstd_sys::ZSTD_ResetDirective::ZSTD_reset_session_and_parameters,
-                )
-            };
-            if !is_error(reset) && kept::give(&kept::CCTX, self.0).is_ok() {
+            }
+            if kept::reset_and_give(&kept::CCTX, self.0, zstd_sys::ZSTD_CCtx_reset) {
                 return;
             }
         }
@@ -1617,12 +1620,7 @@ impl<'a> DCtx<'a> {
     pub fn try_create() -> Option<Self> {
         #[cfg(feature = "std")]
         if let Some(context) = kept::take(&kept::DCTX) {
-            return Some(DCtx(
-                context,
-                PhantomData,
-                Poison::default(),
-                DState::default(),
-            ));
+            return Some(Self::wrap(context));
         }
         Self::try_create_new()
     }
@@ -1630,12 +1628,12 @@ impl<'a> DCtx<'a> {
     /// A context just created, never a kept one (see `kept`): what `try_clone` copies
     /// into, whose size it compares with the original's.
     fn try_create_new() -> Option<Self> {
-        Some(DCtx(
-            NonNull::new(unsafe { zstd_sys::ZSTD_createDCtx() })?,
-            PhantomData,
-            Poison::default(),
-            DState::default(),
-        ))
+        NonNull::new(unsafe { zstd_sys::ZSTD_createDCtx() }).map(Self::wrap)
+    }
+
+    /// A context of zstd's, new or kept, with nothing remembered about its use.
+    fn wrap(context: NonNull<zstd_sys::ZSTD_DCtx>) -> Self {
+        DCtx(context, PhantomData, Poison::default(), DState::default())
     }
 
     /// Creates a new decoding context.
@@ -2133,17 +2131,12 @@ impl Drop for DCtx<'_> {
         #[cfg(not(feature = "experimental"))]
         let keepable = true;
         #[cfg(feature = "std")]
-        if keepable && self.2 .0.is_none() && self.sizeof() <= kept::BYTES_MAX {
-            // Safety: Just FFI
-            let reset = unsafe {
-                zstd_sys::ZSTD_DCtx_reset(
-                    self.0.as_ptr(),
-                    zstd_sys::ZSTD_ResetDirective::ZSTD_reset_session_and_parameters,
-                )
-            };
-            if !is_error(reset) && kept::give(&kept::DCTX, self.0).is_ok() {
-                return;
-            }
+        if keepable
+            && self.2 .0.is_none()
+            && self.sizeof() <= kept::BYTES_MAX
+            && kept::reset_and_give(&kept::DCTX, self.0, zstd_sys::ZSTD_DCtx_reset)
+        {
+            return;
         }
         #[cfg(not(feature = "std"))]
         let _ = keepable;
