@@ -568,3 +568,17 @@ mod property_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod drop_tests {
+    /// Guards the `[patch]` of rdkafka (vendor/rdkafka/PATCHED.md): with crates.io's
+    /// rdkafka (100 ms), this does not build, and every bounded run's end waits about
+    /// 0.4 s for its consumer's close and its producers' polling threads.
+    #[test]
+    fn rdkafka_is_the_build_whose_drops_wait_10_ms_at_a_time() {
+        assert_eq!(
+            rdkafka::DROP_POLL_INTERVAL,
+            std::time::Duration::from_millis(10)
+        );
+    }
+}
