@@ -572,8 +572,8 @@ mod property_tests {
 #[cfg(test)]
 mod drop_tests {
     /// Guards the `[patch]` of rdkafka (vendor/rdkafka/PATCHED.md): with crates.io's
-    /// rdkafka (100 ms), this does not build, and every bounded run's end waits about
-    /// 0.4 s for its consumer's close and its producers' polling threads.
+    /// rdkafka (100 ms), this does not build, and every bounded run's end waits up to
+    /// 0.5 s for its consumer's close and its producers' polling threads.
     #[test]
     fn rdkafka_is_the_build_whose_drops_wait_10_ms_at_a_time() {
         assert_eq!(
