@@ -581,4 +581,23 @@ mod drop_tests {
             std::time::Duration::from_millis(10)
         );
     }
+
+    /// Guards the other half of the patch: with crates.io's rdkafka (which truncates),
+    /// this does not build, and each producer's polling thread spins through the last
+    /// sub-millisecond of every poll, about 5 % of a core each at 10 ms polls.
+    #[test]
+    fn rdkafka_rounds_poll_timeouts_up_to_whole_milliseconds() {
+        use rdkafka::util::millis_rounded_up;
+        use std::time::Duration;
+        assert_eq!(
+            millis_rounded_up(Duration::ZERO),
+            0,
+            "zero stays a non-blocking poll"
+        );
+        assert_eq!(millis_rounded_up(Duration::from_nanos(1)), 1);
+        assert_eq!(millis_rounded_up(Duration::from_micros(700)), 1);
+        assert_eq!(millis_rounded_up(Duration::from_millis(10)), 10);
+        assert_eq!(millis_rounded_up(Duration::from_micros(9_001)), 10);
+        assert_eq!(millis_rounded_up(Duration::MAX), i32::MAX);
+    }
 }

@@ -59,12 +59,25 @@ impl Deadline {
 
     #[allow(dead_code)]
     pub(crate) fn remaining_millis_i32(&self) -> i32 {
-        cmp::min(Deadline::MAX_FLUSH_DURATION, self.remaining()).as_millis() as i32
+        millis_rounded_up(cmp::min(Deadline::MAX_FLUSH_DURATION, self.remaining()))
     }
 
     pub(crate) fn elapsed(&self) -> bool {
         self.remaining() <= Duration::ZERO
     }
+}
+
+/// Whole milliseconds for librdkafka, rounded up and capped at `i32::MAX`.
+///
+/// shopstream's patch (PATCHED.md): truncating turned the last sub-millisecond of every
+/// deadline loop (`BaseProducer::poll`, the polling threads) into calls with a 0 ms
+/// timeout, which return at once: a busy loop of up to 1 ms per poll. librdkafka fixed
+/// the same in its own main loop (confluentinc/librdkafka#4671). Public and hidden so
+/// that shopstream's tests can check the patch is used.
+#[doc(hidden)]
+pub fn millis_rounded_up(d: Duration) -> i32 {
+    let millis = d.as_nanos().div_ceil(1_000_000);
+    i32::try_from(millis).unwrap_or(i32::MAX)
 }
 
 /// Specifies a timeout for a Kafka operation.
@@ -80,7 +93,7 @@ impl Timeout {
     /// Converts a timeout to Kafka's expected representation.
     pub(crate) fn as_millis(&self) -> i32 {
         match self {
-            Timeout::After(d) => d.as_millis() as i32,
+            Timeout::After(d) => millis_rounded_up(*d),
             Timeout::Never => -1,
         }
     }
