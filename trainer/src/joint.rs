@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::kernels::{Adam, adam, axpy, axpy_row_prefixes, axpy_rows, dense_layer, dot};
 
+mod checkpoint_form;
+
 /// Categorical fields hashed into the embedding table.
 pub const FIELDS: usize = 8;
 /// Dense inputs.
@@ -270,31 +272,24 @@ struct Trace {
     active: Vec<(f64, usize)>,
 }
 
-/// Model parameters, optimiser state and normaliser: everything a checkpoint holds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Model parameters, optimiser state and normaliser: everything a checkpoint holds
+/// (serialised as [`checkpoint_form`] writes it).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "checkpoint_form::Read")]
 pub struct JointModel {
     config: JointConfig,
     layout: Layout,
-    #[serde(with = "crate::f64_bytes")]
     params: Vec<f64>,
-    #[serde(with = "crate::f64_bytes")]
     embedding: Vec<f64>,
-    #[serde(with = "crate::f64_bytes")]
     adam_m: Vec<f64>,
-    #[serde(with = "crate::f64_bytes")]
     adam_v: Vec<f64>,
-    #[serde(with = "crate::f64_bytes")]
     emb_m: Vec<f64>,
-    #[serde(with = "crate::f64_bytes")]
     emb_v: Vec<f64>,
     normaliser: Normaliser,
     steps: u64,
     /// Item-demand head: weights over [item embedding row, normalised demand inputs], bias.
-    #[serde(with = "crate::f64_bytes")]
     demand: Vec<f64>,
-    #[serde(with = "crate::f64_bytes")]
     demand_m: Vec<f64>,
-    #[serde(with = "crate::f64_bytes")]
     demand_v: Vec<f64>,
     demand_normaliser: Normaliser,
     demand_steps: u64,
@@ -306,6 +301,14 @@ struct Gradients {
     rows: Vec<usize>,
     /// ... and their gradients, `dim` entries per use.
     row_grads: Vec<f64>,
+}
+
+/// The embedding table as [`JointModel::new`] draws it from `config.seed`: small values,
+/// row after row.
+fn initial_embedding(config: &JointConfig) -> impl Iterator<Item = f64> + use<> {
+    let mut rng = shopstream_ingest::generator::rng::Rng::new(config.seed, 78);
+    let values = (1usize << config.embedding_bits) * config.embedding_dim;
+    (0..values).map(move |_| (rng.unit() * 2.0 - 1.0) * 0.05)
 }
 
 impl JointModel {
@@ -325,10 +328,7 @@ impl JointModel {
         xavier(layout.w2, config.hidden2, config.hidden1);
         xavier(layout.heads, HEADS, config.hidden2);
         let rows = 1usize << config.embedding_bits;
-        let mut emb_rng = shopstream_ingest::generator::rng::Rng::new(config.seed, 78);
-        let embedding = (0..rows * config.embedding_dim)
-            .map(|_| (emb_rng.unit() * 2.0 - 1.0) * 0.05)
-            .collect();
+        let embedding = initial_embedding(&config).collect();
         Self {
             config,
             layout,
