@@ -1,17 +1,21 @@
 //! How a [`JointModel`] is written into a checkpoint, and read back.
 //!
-//! The embedding table is most of a model's bytes: 2^18 rows of 8 values by default, of
-//! which a shop's ids reach a few per cent. A row training never reached keeps the values
-//! [`JointModel::new`] drew from the seed, which a compressor cannot shrink. So the table
-//! is written as `embedding_xor_initial`: the bits of each value XOR the bits of the value
-//! the seed gave it. That is exactly reversible, and zero wherever training changed
-//! nothing, which compresses to almost nothing. The rest is written as it is, arrays as
-//! little-endian bytes ([`crate::f64_bytes`]). Checkpoints written before carry the table
-//! itself as `embedding`; both forms read.
+//! The embedding table and its two Adam moments are most of a model's bytes: 2^18 rows of
+//! 8 values each by default, of which a shop's ids reach a few per cent. A row training
+//! never reached still holds the values [`JointModel::new`] drew from the seed (which a
+//! compressor cannot shrink) and zero moments. So a checkpoint writes only the rows that
+//! differ from a new model's, by number, with their values and moments; reading starts
+//! from a new model's table and puts those rows back, bit for bit. The rest is written as
+//! it is, arrays as little-endian bytes ([`crate::f64_bytes`]). Checkpoints written before
+//! carry the whole table and moments (`embedding`, `emb_m`, `emb_v`); both forms read.
 
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::{JointConfig, JointModel, Layout, Normaliser, initial_embedding};
+
+/// Above the largest table the configuration allows (`model.embedding_bits`, 8..=24): a
+/// damaged checkpoint is refused rather than allocated.
+const MAX_EMBEDDING_BITS: u32 = 30;
 
 /// The written form: the model's own fields, borrowed, but the embedding table.
 #[derive(Serialize)]
@@ -20,17 +24,20 @@ struct Written<'a> {
     layout: &'a Layout,
     #[serde(with = "crate::f64_bytes")]
     params: &'a [f64],
-    /// Bit patterns (`u64`s carried as `f64`s of the same bits), one per table value.
-    #[serde(with = "crate::f64_bytes")]
-    embedding_xor_initial: &'a [f64],
     #[serde(with = "crate::f64_bytes")]
     adam_m: &'a [f64],
     #[serde(with = "crate::f64_bytes")]
     adam_v: &'a [f64],
+    /// The embedding rows that differ from a new model's, ascending ...
+    changed_rows: &'a [u32],
+    /// ... their values, `embedding_dim` per row ...
     #[serde(with = "crate::f64_bytes")]
-    emb_m: &'a [f64],
+    changed_embedding: &'a [f64],
+    /// ... and their Adam moments.
     #[serde(with = "crate::f64_bytes")]
-    emb_v: &'a [f64],
+    changed_emb_m: &'a [f64],
+    #[serde(with = "crate::f64_bytes")]
+    changed_emb_v: &'a [f64],
     normaliser: &'a Normaliser,
     steps: u64,
     #[serde(with = "crate::f64_bytes")]
@@ -43,18 +50,62 @@ struct Written<'a> {
     demand_steps: u64,
 }
 
+/// The embedding rows of a model that differ from a new model's, with their contents.
+#[derive(Default)]
+struct ChangedRows {
+    rows: Vec<u32>,
+    embedding: Vec<f64>,
+    emb_m: Vec<f64>,
+    emb_v: Vec<f64>,
+}
+
+impl ChangedRows {
+    /// Compares bits, so that a moment of -0.0 or a value trained back to its start in
+    /// another representation still counts as changed.
+    fn of(model: &JointModel) -> Self {
+        let dim = model.config.embedding_dim;
+        let mut changed = ChangedRows::default();
+        let mut initial = initial_embedding(&model.config);
+        let mut start = vec![0.0; dim];
+        let rows = model.embedding.chunks_exact(dim);
+        let moments = model
+            .emb_m
+            .chunks_exact(dim)
+            .zip(model.emb_v.chunks_exact(dim));
+        for (row, (values, (m, v))) in rows.zip(moments).enumerate() {
+            for slot in &mut start {
+                *slot = initial.next().unwrap_or_default();
+            }
+            let same = values
+                .iter()
+                .zip(&start)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+                && m.iter().chain(v).all(|x| x.to_bits() == 0);
+            if !same {
+                // The table has at most 2^embedding_bits rows, and the config caps the bits.
+                changed.rows.push(u32::try_from(row).unwrap_or(u32::MAX));
+                changed.embedding.extend_from_slice(values);
+                changed.emb_m.extend_from_slice(m);
+                changed.emb_v.extend_from_slice(v);
+            }
+        }
+        changed
+    }
+}
+
 impl Serialize for JointModel {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let xored = xor_bits(&self.embedding, initial_embedding(&self.config));
+        let changed = ChangedRows::of(self);
         Written {
             config: &self.config,
             layout: &self.layout,
             params: &self.params,
-            embedding_xor_initial: &xored,
             adam_m: &self.adam_m,
             adam_v: &self.adam_v,
-            emb_m: &self.emb_m,
-            emb_v: &self.emb_v,
+            changed_rows: &changed.rows,
+            changed_embedding: &changed.embedding,
+            changed_emb_m: &changed.emb_m,
+            changed_emb_v: &changed.emb_v,
             normaliser: &self.normaliser,
             steps: self.steps,
             demand: &self.demand,
@@ -74,19 +125,25 @@ pub(super) struct Read {
     layout: Layout,
     #[serde(with = "crate::f64_bytes")]
     params: Vec<f64>,
-    /// Checkpoints written before the XOR form.
-    #[serde(default, deserialize_with = "crate::f64_bytes::deserialize")]
-    embedding: Vec<f64>,
-    #[serde(default, deserialize_with = "crate::f64_bytes::deserialize")]
-    embedding_xor_initial: Vec<f64>,
     #[serde(with = "crate::f64_bytes")]
     adam_m: Vec<f64>,
     #[serde(with = "crate::f64_bytes")]
     adam_v: Vec<f64>,
-    #[serde(with = "crate::f64_bytes")]
+    /// Checkpoints written before the changed-rows form: the whole table and moments.
+    #[serde(default, deserialize_with = "crate::f64_bytes::deserialize")]
+    embedding: Vec<f64>,
+    #[serde(default, deserialize_with = "crate::f64_bytes::deserialize")]
     emb_m: Vec<f64>,
-    #[serde(with = "crate::f64_bytes")]
+    #[serde(default, deserialize_with = "crate::f64_bytes::deserialize")]
     emb_v: Vec<f64>,
+    /// The changed-rows form.
+    changed_rows: Option<Vec<u32>>,
+    #[serde(default, deserialize_with = "crate::f64_bytes::deserialize")]
+    changed_embedding: Vec<f64>,
+    #[serde(default, deserialize_with = "crate::f64_bytes::deserialize")]
+    changed_emb_m: Vec<f64>,
+    #[serde(default, deserialize_with = "crate::f64_bytes::deserialize")]
+    changed_emb_v: Vec<f64>,
     normaliser: Normaliser,
     steps: u64,
     #[serde(with = "crate::f64_bytes")]
@@ -103,19 +160,47 @@ impl TryFrom<Read> for JointModel {
     type Error = String;
 
     fn try_from(read: Read) -> Result<Self, String> {
-        let table = (1usize << read.config.embedding_bits) * read.config.embedding_dim;
-        let embedding = match (read.embedding.is_empty(), read.embedding_xor_initial.len()) {
-            (false, 0) => read.embedding,
-            (true, len) if len == table => {
-                xor_bits(&read.embedding_xor_initial, initial_embedding(&read.config))
-            }
-            (true, len) => {
-                return Err(format!(
-                    "embedding_xor_initial holds {len} values, the configured table {table}"
-                ));
-            }
-            (false, _) => {
-                return Err("both embedding and embedding_xor_initial present".to_string());
+        let (embedding, emb_m, emb_v) = match read.changed_rows {
+            None if !read.embedding.is_empty() => (read.embedding, read.emb_m, read.emb_v),
+            None => return Err("no embedding table (neither form)".to_string()),
+            Some(rows) => {
+                let dim = read.config.embedding_dim;
+                if read.config.embedding_bits > MAX_EMBEDDING_BITS {
+                    return Err(format!(
+                        "embedding_bits {} is larger than any table this build makes",
+                        read.config.embedding_bits
+                    ));
+                }
+                let table_rows = 1usize << read.config.embedding_bits;
+                let values = rows.len() * dim;
+                for (name, len) in [
+                    ("changed_embedding", read.changed_embedding.len()),
+                    ("changed_emb_m", read.changed_emb_m.len()),
+                    ("changed_emb_v", read.changed_emb_v.len()),
+                ] {
+                    if len != values {
+                        return Err(format!(
+                            "{name} holds {len} values, {} changed rows of {dim} need {values}",
+                            rows.len()
+                        ));
+                    }
+                }
+                let mut embedding: Vec<f64> = initial_embedding(&read.config).collect();
+                let mut emb_m = vec![0.0; table_rows * dim];
+                let mut emb_v = vec![0.0; table_rows * dim];
+                for (i, &row) in rows.iter().enumerate() {
+                    let row = row as usize;
+                    if row >= table_rows {
+                        return Err(format!(
+                            "changed row {row} is outside the configured table of {table_rows} rows"
+                        ));
+                    }
+                    let (to, from) = (row * dim..(row + 1) * dim, i * dim..(i + 1) * dim);
+                    embedding[to.clone()].copy_from_slice(&read.changed_embedding[from.clone()]);
+                    emb_m[to.clone()].copy_from_slice(&read.changed_emb_m[from.clone()]);
+                    emb_v[to].copy_from_slice(&read.changed_emb_v[from]);
+                }
+                (embedding, emb_m, emb_v)
             }
         };
         Ok(JointModel {
@@ -125,8 +210,8 @@ impl TryFrom<Read> for JointModel {
             embedding,
             adam_m: read.adam_m,
             adam_v: read.adam_v,
-            emb_m: read.emb_m,
-            emb_v: read.emb_v,
+            emb_m,
+            emb_v,
             normaliser: read.normaliser,
             steps: read.steps,
             demand: read.demand,
@@ -136,16 +221,6 @@ impl TryFrom<Read> for JointModel {
             demand_steps: read.demand_steps,
         })
     }
-}
-
-/// Each value's bits XOR the bits of its counterpart in `initial` (an involution: applied
-/// to its own output with the same `initial`, it gives back `values` bit for bit).
-fn xor_bits(values: &[f64], initial: impl Iterator<Item = f64>) -> Vec<f64> {
-    values
-        .iter()
-        .zip(initial)
-        .map(|(value, initial)| f64::from_bits(value.to_bits() ^ initial.to_bits()))
-        .collect()
 }
 
 #[cfg(test)]
@@ -201,29 +276,33 @@ mod tests {
         assert_eq!(bits(&back.embedding), bits(&model.embedding));
     }
 
-    /// Guards what the form is for: in the bytes written, the rows training did not reach
-    /// are zeros.
+    /// Guards what the form is for: the rows training did not reach are not written.
     #[test]
-    fn rows_training_did_not_reach_are_written_as_zeros() {
+    fn rows_training_did_not_reach_are_not_written() {
         #[derive(Deserialize)]
-        struct TableOnly {
-            #[serde(deserialize_with = "crate::f64_bytes::deserialize")]
-            embedding_xor_initial: Vec<f64>,
+        struct RowsOnly {
+            changed_rows: Vec<u32>,
         }
         let model = trained(small_config());
         let packed = rmp_serde::to_vec_named(&model).expect("encode");
-        let written: TableOnly = rmp_serde::from_slice(&packed).expect("decode");
-        let changed: Vec<usize> = written
-            .embedding_xor_initial
-            .chunks(model.config.embedding_dim)
-            .enumerate()
-            .filter(|(_, row)| row.iter().any(|v| v.to_bits() != 0))
-            .map(|(row, _)| row)
-            .collect();
-        assert!(!changed.is_empty(), "training changed some rows");
+        let written: RowsOnly = rmp_serde::from_slice(&packed).expect("decode");
         assert!(
-            changed.iter().all(|&row| row < ROWS_REACHED),
-            "rows the batch never used are not zeros: {changed:?}"
+            !written.changed_rows.is_empty(),
+            "training changed some rows"
+        );
+        assert!(
+            written
+                .changed_rows
+                .iter()
+                .all(|&row| (row as usize) < ROWS_REACHED),
+            "rows the batch never used are written: {:?}",
+            written.changed_rows
+        );
+        let fresh = rmp_serde::to_vec_named(&JointModel::new(small_config())).expect("encode");
+        let written: RowsOnly = rmp_serde::from_slice(&fresh).expect("decode");
+        assert!(
+            written.changed_rows.is_empty(),
+            "a new model has no changed rows"
         );
     }
 
@@ -284,23 +363,24 @@ mod tests {
         assert_eq!(back, model);
     }
 
-    #[test]
-    fn a_table_of_another_size_is_an_error_not_a_panic() {
-        let model = trained(small_config());
-        let xored = xor_bits(&model.embedding, initial_embedding(&model.config));
-        let other = JointConfig {
-            embedding_bits: 9,
-            ..small_config()
-        };
-        let written = Written {
-            config: &other,
+    /// `model` written with `config` in place of its own and its changed rows edited.
+    fn written_edited(
+        model: &JointModel,
+        config: &JointConfig,
+        edit: impl FnOnce(&mut ChangedRows),
+    ) -> Vec<u8> {
+        let mut changed = ChangedRows::of(model);
+        edit(&mut changed);
+        rmp_serde::to_vec_named(&Written {
+            config,
             layout: &model.layout,
             params: &model.params,
-            embedding_xor_initial: &xored,
             adam_m: &model.adam_m,
             adam_v: &model.adam_v,
-            emb_m: &model.emb_m,
-            emb_v: &model.emb_v,
+            changed_rows: &changed.rows,
+            changed_embedding: &changed.embedding,
+            changed_emb_m: &changed.emb_m,
+            changed_emb_v: &changed.emb_v,
             normaliser: &model.normaliser,
             steps: model.steps,
             demand: &model.demand,
@@ -308,13 +388,36 @@ mod tests {
             demand_v: &model.demand_v,
             demand_normaliser: &model.demand_normaliser,
             demand_steps: model.demand_steps,
+        })
+        .expect("encode")
+    }
+
+    #[test]
+    fn damaged_changed_rows_are_an_error_not_a_panic() {
+        let model = trained(small_config());
+        let decode = |bytes: Vec<u8>| {
+            rmp_serde::from_slice::<JointModel>(&bytes)
+                .expect_err("damaged")
+                .to_string()
         };
-        let packed = rmp_serde::to_vec_named(&written).expect("encode");
-        let err = rmp_serde::from_slice::<JointModel>(&packed).expect_err("sizes differ");
+        let short = written_edited(&model, &model.config, |c| {
+            c.emb_v.pop();
+        });
+        assert!(decode(short).contains("changed_emb_v holds"));
+        let small = JointConfig {
+            embedding_bits: 5,
+            ..small_config()
+        };
+        let outside = decode(written_edited(&model, &small, |_| {}));
         assert!(
-            err.to_string()
-                .contains("embedding_xor_initial holds 8192 values, the configured table 4096"),
-            "{err}"
+            outside.contains("outside the configured table of 32 rows"),
+            "{outside}"
         );
+        let huge = JointConfig {
+            embedding_bits: 60,
+            ..small_config()
+        };
+        let huge = decode(written_edited(&model, &huge, |_| {}));
+        assert!(huge.contains("embedding_bits 60"), "{huge}");
     }
 }
