@@ -17,6 +17,9 @@ use super::{JointConfig, JointModel, Layout, Normaliser, initial_embedding};
 /// damaged checkpoint is refused rather than allocated.
 const MAX_EMBEDDING_BITS: u32 = 30;
 
+/// Likewise for `model.embedding_dim` (1..=1024).
+const MAX_EMBEDDING_DIM: usize = 1024;
+
 /// The written form: the model's own fields, borrowed, but the embedding table.
 #[derive(Serialize)]
 struct Written<'a> {
@@ -93,28 +96,35 @@ impl ChangedRows {
     }
 }
 
-impl Serialize for JointModel {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let changed = ChangedRows::of(self);
+impl<'a> Written<'a> {
+    /// `model`'s written form, with `config` (its own, except in tests) and its `changed`
+    /// rows.
+    fn of(model: &'a JointModel, config: &'a JointConfig, changed: &'a ChangedRows) -> Self {
         Written {
-            config: &self.config,
-            layout: &self.layout,
-            params: &self.params,
-            adam_m: &self.adam_m,
-            adam_v: &self.adam_v,
+            config,
+            layout: &model.layout,
+            params: &model.params,
+            adam_m: &model.adam_m,
+            adam_v: &model.adam_v,
             changed_rows: &changed.rows,
             changed_embedding: &changed.embedding,
             changed_emb_m: &changed.emb_m,
             changed_emb_v: &changed.emb_v,
-            normaliser: &self.normaliser,
-            steps: self.steps,
-            demand: &self.demand,
-            demand_m: &self.demand_m,
-            demand_v: &self.demand_v,
-            demand_normaliser: &self.demand_normaliser,
-            demand_steps: self.demand_steps,
+            normaliser: &model.normaliser,
+            steps: model.steps,
+            demand: &model.demand,
+            demand_m: &model.demand_m,
+            demand_v: &model.demand_v,
+            demand_normaliser: &model.demand_normaliser,
+            demand_steps: model.demand_steps,
         }
-        .serialize(serializer)
+    }
+}
+
+impl Serialize for JointModel {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let changed = ChangedRows::of(self);
+        Written::of(self, &self.config, &changed).serialize(serializer)
     }
 }
 
@@ -165,9 +175,11 @@ impl TryFrom<Read> for JointModel {
             None => return Err("no embedding table (neither form)".to_string()),
             Some(rows) => {
                 let dim = read.config.embedding_dim;
-                if read.config.embedding_bits > MAX_EMBEDDING_BITS {
+                if read.config.embedding_bits > MAX_EMBEDDING_BITS
+                    || !(1..=MAX_EMBEDDING_DIM).contains(&dim)
+                {
                     return Err(format!(
-                        "embedding_bits {} is larger than any table this build makes",
+                        "embedding_bits {} and embedding_dim {dim} are not a table this build makes",
                         read.config.embedding_bits
                     ));
                 }
@@ -306,7 +318,9 @@ mod tests {
         );
     }
 
-    /// The form checkpoints had before: the table itself, as `embedding`.
+    /// The form checkpoints had before: the whole table and moments (`embedding`,
+    /// `emb_m`, `emb_v`). A frozen copy of that format, field for field, so it does not
+    /// follow later changes to [`Written`].
     fn written_before(model: &JointModel, config: &JointConfig) -> Vec<u8> {
         #[derive(Serialize)]
         struct Before<'a> {
@@ -371,25 +385,7 @@ mod tests {
     ) -> Vec<u8> {
         let mut changed = ChangedRows::of(model);
         edit(&mut changed);
-        rmp_serde::to_vec_named(&Written {
-            config,
-            layout: &model.layout,
-            params: &model.params,
-            adam_m: &model.adam_m,
-            adam_v: &model.adam_v,
-            changed_rows: &changed.rows,
-            changed_embedding: &changed.embedding,
-            changed_emb_m: &changed.emb_m,
-            changed_emb_v: &changed.emb_v,
-            normaliser: &model.normaliser,
-            steps: model.steps,
-            demand: &model.demand,
-            demand_m: &model.demand_m,
-            demand_v: &model.demand_v,
-            demand_normaliser: &model.demand_normaliser,
-            demand_steps: model.demand_steps,
-        })
-        .expect("encode")
+        rmp_serde::to_vec_named(&Written::of(model, config, &changed)).expect("encode")
     }
 
     #[test]
@@ -419,5 +415,15 @@ mod tests {
         };
         let huge = decode(written_edited(&model, &huge, |_| {}));
         assert!(huge.contains("embedding_bits 60"), "{huge}");
+        let flat = JointConfig {
+            embedding_dim: 0,
+            ..small_config()
+        };
+        let flat = decode(written_edited(&model, &flat, |c| {
+            c.embedding.clear();
+            c.emb_m.clear();
+            c.emb_v.clear();
+        }));
+        assert!(flat.contains("embedding_dim 0"), "{flat}");
     }
 }
