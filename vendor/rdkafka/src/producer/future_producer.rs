@@ -447,9 +447,9 @@ mod tests {
     impl ProducerContext<NoCustomPartitioner> for TestContext {
         type DeliveryOpaque = Box<i32>;
 
-        fn delivery(&self, _: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {
-            unimplemented!()
-        }
+        // Never called: these tests only create and clone producers (shopstream: an
+        // empty body where upstream panicked as not implemented; see PATCHED.md).
+        fn delivery(&self, _: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
     }
 
     // Verify that the future producer is clone, according to documentation.
