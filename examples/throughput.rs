@@ -8,8 +8,9 @@
 //! - `group x1` and `group x2`: the same as a bounded group run (`pipeline.instances =
 //!   "group"`, one worker each) of 1 and 2 instances in this process, sharing its cores.
 //!
-//! Prints one line per run (seconds, messages/s, ratio to the round's bare read,
-//! prediction latency, window time) and the process's peak memory.
+//! Prints one line per run (seconds, messages/s, ratio to the round's bare read, CPU
+//! seconds, the broker's CPU seconds and the cores both kept busy, prediction latency,
+//! window time) and the process's peak memory.
 //!
 //! Then serving latency live: the job with 2 workers runs in live mode while traffic is
 //! published at `RATE` messages/s (default 3,000) for 60 s on topics of its own; prints
@@ -27,7 +28,8 @@
 //! THROUGHPUT_GROUPS=2 only the group of 2 instances; THROUGHPUT_PACE=wall only the live
 //! part at the wall clock's pace, THROUGHPUT_PACE=compressed only the other;
 //! THROUGHPUT_EXPLAIN=1 turns on `serving.explain`; THROUGHPUT_FETCH_WAIT_MS=500 sets the
-//! consumers' `fetch.wait.max.ms`, the bare reader's too)
+//! consumers' `fetch.wait.max.ms`, the bare reader's too; THROUGHPUT_BROKER_PID names the
+//! broker's process for the `broker s` and `cores` columns, which the scripts set)
 
 #![allow(missing_docs)]
 
@@ -121,12 +123,14 @@ async fn bench(brokers: &str, events: u64, rounds: usize) -> anyhow::Result<()> 
         started.elapsed().as_secs_f64()
     );
     println!(
-        "{:<10} {:>8} {:>10} {:>9} {:>8} {:>12} {:>12} {:>12}",
+        "{:<10} {:>8} {:>10} {:>9} {:>8} {:>9} {:>6} {:>12} {:>12} {:>12}",
         "run",
         "seconds",
         "msg/s",
         "vs bare",
         "cpu s",
+        "broker s",
+        "cores",
         "pred p50 us",
         "pred p99 us",
         "window p99 us"
@@ -136,10 +140,11 @@ async fn bench(brokers: &str, events: u64, rounds: usize) -> anyhow::Result<()> 
         let bare = bare_read(&config, round, messages)?;
         let bare_rate = messages as f64 / bare;
         println!(
-            "{:<10} {bare:>8.2} {bare_rate:>10.0} {:>9} {:>8.2} {:>12} {:>12} {:>12}",
+            "{:<10} {bare:>8.2} {bare_rate:>10.0} {:>9} {:>8.2} {} {:>12} {:>12} {:>12}",
             "bare",
             "1.00",
             watch.cpu_secs(),
+            watch.broker_columns(bare),
             "-",
             "-",
             "-"
@@ -182,10 +187,11 @@ async fn bench(brokers: &str, events: u64, rounds: usize) -> anyhow::Result<()> 
             }
             let rate = messages as f64 / seconds;
             println!(
-                "{:<10} {seconds:>8.2} {rate:>10.0} {:>9.2} {:>8.2} {:>12} {:>12} {:>12}",
+                "{:<10} {seconds:>8.2} {rate:>10.0} {:>9.2} {:>8.2} {} {:>12} {:>12} {:>12}",
                 format!("workers={workers}"),
                 rate / bare_rate,
                 watch.cpu_secs(),
+                watch.broker_columns(seconds),
                 summary.prediction_latency.p50_us,
                 summary.prediction_latency.p99_us,
                 summary.window_processing.p99_us,
@@ -232,10 +238,11 @@ async fn bench(brokers: &str, events: u64, rounds: usize) -> anyhow::Result<()> 
             }
             let rate = messages as f64 / seconds;
             println!(
-                "{:<10} {seconds:>8.2} {rate:>10.0} {:>9.2} {:>8.2} {:>12} {:>12} {:>12}",
+                "{:<10} {seconds:>8.2} {rate:>10.0} {:>9.2} {:>8.2} {} {:>12} {:>12} {:>12}",
                 format!("group x{instances}"),
                 rate / bare_rate,
                 watch.cpu_secs(),
+                watch.broker_columns(seconds),
                 "-",
                 "-",
                 "-",
@@ -387,6 +394,8 @@ fn group_sizes() -> Vec<usize> {
 struct Stopwatch {
     wall: Instant,
     cpu_secs: f64,
+    /// The broker's CPU seconds at the start, when its process is known.
+    broker_cpu_secs: Option<f64>,
 }
 
 impl Stopwatch {
@@ -394,6 +403,7 @@ impl Stopwatch {
         Self {
             wall: Instant::now(),
             cpu_secs: process_cpu_secs(),
+            broker_cpu_secs: broker_cpu_secs(),
         }
     }
 
@@ -406,15 +416,41 @@ impl Stopwatch {
     fn cpu_secs(&self) -> f64 {
         process_cpu_secs() - self.cpu_secs
     }
+
+    /// The `broker s` and `cores` columns of a run that took `seconds`: the broker's CPU
+    /// seconds since the start, and the cores this process and the broker kept busy
+    /// together on average; dashes when `THROUGHPUT_BROKER_PID` names no process.
+    fn broker_columns(&self, seconds: f64) -> String {
+        match (self.broker_cpu_secs, broker_cpu_secs()) {
+            (Some(before), Some(now)) => {
+                let broker = now - before;
+                let cores = (self.cpu_secs() + broker) / seconds.max(1e-9);
+                format!("{broker:>9.2} {cores:>6.2}")
+            }
+            _ => format!("{:>9} {:>6}", "-", "-"),
+        }
+    }
 }
 
 /// CPU time (user + system) this process has used so far, in seconds (Linux; 0 elsewhere):
 /// the bench's own figure that the machine's noise moves less than the wall clock. The
-/// broker runs in a process of its own and is not counted.
+/// broker runs in a process of its own and is not counted here.
 fn process_cpu_secs() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
+    cpu_secs_of("/proc/self/stat").unwrap_or(0.0)
+}
+
+/// The same for the broker's process, whose id `THROUGHPUT_BROKER_PID` gives (the bench
+/// scripts set it to the tansu they start); `None` without it. On a machine whose cores
+/// the broker shares, the job's speed-up from a second worker is bounded by the cores
+/// the two leave idle, which the `cores` column shows.
+fn broker_cpu_secs() -> Option<f64> {
+    let pid: u32 = std::env::var("THROUGHPUT_BROKER_PID").ok()?.parse().ok()?;
+    cpu_secs_of(&format!("/proc/{pid}/stat"))
+}
+
+/// User + system CPU seconds of the process whose `stat` file is `path`.
+fn cpu_secs_of(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the command name (which may hold spaces, so split after its ')'):
     // utime and stime are the 12th and 13th, in clock ticks of 1/100 s.
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
@@ -424,7 +460,7 @@ fn process_cpu_secs() -> f64 {
         .take(2)
         .filter_map(|t| t.parse::<u64>().ok())
         .sum();
-    ticks as f64 / 100.0
+    Some(ticks as f64 / 100.0)
 }
 
 /// Seconds a bare consumer takes to read every input message from the beginning.

@@ -30,6 +30,7 @@ for round in $(seq 1 "$rounds"); do
         bin="$a"
         [ "$side" = B ] && bin="$b"
         echo "== round $round, $side ($bin)"
+        THROUGHPUT_BROKER_PID="${BROKER_TANSU_PID:-}" \
         THROUGHPUT_WORKERS="${THROUGHPUT_WORKERS:-1}" THROUGHPUT_GROUPS= SHOPSTREAM_LOG="${SHOPSTREAM_LOG:-warn}" \
             "$bin" "127.0.0.1:$BROKER_PORT" "$events" 1 0 | grep -E '^(bare|workers)'
     done

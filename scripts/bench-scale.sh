@@ -19,5 +19,5 @@ export SHOPSTREAM_TOOLS="$root"
 broker_log="$(mktemp)"
 trap 'stop_local_broker; rm -f "$broker_log"' EXIT INT TERM
 start_local_broker "$broker_log" || exit 1
-SHOPSTREAM_LOG="${SHOPSTREAM_LOG:-warn}" \
+THROUGHPUT_BROKER_PID="${BROKER_TANSU_PID:-}" SHOPSTREAM_LOG="${SHOPSTREAM_LOG:-warn}" \
     "${CARGO_TARGET_DIR:-target}/release/examples/throughput" "127.0.0.1:$BROKER_PORT" "${1:-200000}" "${2:-2}" "${3:-3000}"

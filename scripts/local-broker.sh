@@ -2,7 +2,8 @@
 #
 # start_local_broker LOG   starts scripts/broker.sh (memory storage, the shop.* topics) on a
 #                          free 127.0.0.1 port, logging to LOG; returns once its topics
-#                          exist, with BROKER_PORT and BROKER_PID set (1 after 30 s without)
+#                          exist, with BROKER_PORT and BROKER_PID set (1 after 30 s without),
+#                          and BROKER_TANSU_PID the tansu process itself (its CPU time)
 # stop_local_broker        stops it (and its data with it); does nothing when none runs
 
 start_local_broker() {
@@ -12,7 +13,10 @@ start_local_broker() {
     PORT="$BROKER_PORT" "$dir/broker.sh" >"$log" 2>&1 &
     BROKER_PID=$!
     for _ in $(seq 1 300); do
-        grep -q "tansu listening" "$log" 2>/dev/null && return 0
+        if grep -q "tansu listening" "$log" 2>/dev/null; then
+            BROKER_TANSU_PID="$(pgrep -P "$BROKER_PID" -x tansu | head -n 1 || true)"
+            return 0
+        fi
         sleep 0.1
     done
     echo "$(basename "$0"): the broker did not start on 127.0.0.1:$BROKER_PORT within 30 s:" >&2
@@ -25,4 +29,5 @@ stop_local_broker() {
     kill "$BROKER_PID" 2>/dev/null
     wait "$BROKER_PID" 2>/dev/null || true
     BROKER_PID=""
+    BROKER_TANSU_PID=""
 }

@@ -306,6 +306,16 @@ impl Trainer {
         }
     }
 
+    /// Makes `copy`, an earlier [`Trainer::serving_copy`] of this trainer, equal to a new
+    /// one, reusing its memory ([`JointModel::serving_copy_into`]).
+    pub fn serving_copy_into(&self, copy: &mut Self) {
+        self.model.serving_copy_into(&mut copy.model);
+        copy.batch_size = self.batch_size;
+        copy.version = self.version;
+        copy.trained_examples = self.trained_examples;
+        copy.last_window.clone_from(&self.last_window);
+    }
+
     /// The model version: the number of windows trained on.
     pub fn version(&self) -> u64 {
         self.version

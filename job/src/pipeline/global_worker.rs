@@ -354,6 +354,7 @@ impl GlobalHandle {
                 // windows far slower), and at the latest PUBLISH_EVERY after the last one.
                 let mut published: Option<std::time::Instant> = None;
                 let mut unpublished = false;
+                let mut spare = None;
                 loop {
                     let message = if unpublished {
                         let since = published.map_or(PUBLISH_EVERY, |at| at.elapsed());
@@ -363,7 +364,7 @@ impl GlobalHandle {
                         match runtime.block_on(next) {
                             Ok(message) => message,
                             Err(_) => {
-                                publish(&worker, &models_tx, &thread_view);
+                                publish(&worker, &models_tx, &thread_view, &mut spare);
                                 published = Some(std::time::Instant::now());
                                 unpublished = false;
                                 continue;
@@ -380,7 +381,7 @@ impl GlobalHandle {
                     }
                     let due = published.is_none_or(|at| at.elapsed() >= PUBLISH_EVERY);
                     if unpublished && due {
-                        publish(&worker, &models_tx, &thread_view);
+                        publish(&worker, &models_tx, &thread_view, &mut spare);
                         published = Some(std::time::Instant::now());
                         unpublished = false;
                     }
@@ -583,11 +584,28 @@ impl GlobalHandle {
     }
 }
 
-/// Publishes the worker's model for serving (when it changed) and its view.
-fn publish(worker: &GlobalWorker, models: &watch::Sender<Arc<Trainer>>, view: &Mutex<GlobalView>) {
-    let version = worker.stage.trainer.version();
-    if models.borrow().version() != version {
-        let _ = models.send(Arc::new(worker.stage.trainer.serving_copy()));
+/// Publishes the worker's model for serving (when it changed) and its view. The copy it
+/// replaces is kept as `spare`: once serving has moved on from it (by the next publish,
+/// a second later, unless serving was idle), the next copy is made into its memory.
+fn publish(
+    worker: &GlobalWorker,
+    models: &watch::Sender<Arc<Trainer>>,
+    view: &Mutex<GlobalView>,
+    spare: &mut Option<Arc<Trainer>>,
+) {
+    let trainer = &worker.stage.trainer;
+    if models.borrow().version() != trainer.version() {
+        let copy = match spare.take() {
+            Some(mut old) => match Arc::get_mut(&mut old) {
+                Some(reused) => {
+                    trainer.serving_copy_into(reused);
+                    old
+                }
+                None => Arc::new(trainer.serving_copy()),
+            },
+            None => Arc::new(trainer.serving_copy()),
+        };
+        *spare = Some(models.send_replace(copy));
     }
     if let Ok(mut shown) = view.lock() {
         *shown = worker.view();
