@@ -139,12 +139,13 @@ async fn bench(brokers: &str, events: u64, rounds: usize) -> anyhow::Result<()> 
         let watch = Stopwatch::start();
         let bare = bare_read(&config, round, messages)?;
         let bare_rate = messages as f64 / bare;
+        let cpu = watch.cpu_secs();
         println!(
             "{:<10} {bare:>8.2} {bare_rate:>10.0} {:>9} {:>8.2} {} {:>12} {:>12} {:>12}",
             "bare",
             "1.00",
-            watch.cpu_secs(),
-            watch.broker_columns(bare),
+            cpu,
+            watch.broker_columns(bare, cpu),
             "-",
             "-",
             "-"
@@ -186,12 +187,13 @@ async fn bench(brokers: &str, events: u64, rounds: usize) -> anyhow::Result<()> 
                 bail!("the job consumed {consumed} of {messages} messages");
             }
             let rate = messages as f64 / seconds;
+            let cpu = watch.cpu_secs();
             println!(
                 "{:<10} {seconds:>8.2} {rate:>10.0} {:>9.2} {:>8.2} {} {:>12} {:>12} {:>12}",
                 format!("workers={workers}"),
                 rate / bare_rate,
-                watch.cpu_secs(),
-                watch.broker_columns(seconds),
+                cpu,
+                watch.broker_columns(seconds, cpu),
                 summary.prediction_latency.p50_us,
                 summary.prediction_latency.p99_us,
                 summary.window_processing.p99_us,
@@ -237,12 +239,13 @@ async fn bench(brokers: &str, events: u64, rounds: usize) -> anyhow::Result<()> 
                 bail!("the group consumed {consumed} of {messages} messages");
             }
             let rate = messages as f64 / seconds;
+            let cpu = watch.cpu_secs();
             println!(
                 "{:<10} {seconds:>8.2} {rate:>10.0} {:>9.2} {:>8.2} {} {:>12} {:>12} {:>12}",
                 format!("group x{instances}"),
                 rate / bare_rate,
-                watch.cpu_secs(),
-                watch.broker_columns(seconds),
+                cpu,
+                watch.broker_columns(seconds, cpu),
                 "-",
                 "-",
                 "-",
@@ -417,14 +420,14 @@ impl Stopwatch {
         process_cpu_secs() - self.cpu_secs
     }
 
-    /// The `broker s` and `cores` columns of a run that took `seconds`: the broker's CPU
-    /// seconds since the start, and the cores this process and the broker kept busy
-    /// together on average; dashes when `THROUGHPUT_BROKER_PID` names no process.
-    fn broker_columns(&self, seconds: f64) -> String {
+    /// The `broker s` and `cores` columns of a run that took `seconds` and `cpu_secs` of
+    /// this process's CPU: the broker's CPU seconds since the start, and the cores the two
+    /// kept busy together on average; dashes when `THROUGHPUT_BROKER_PID` names no process.
+    fn broker_columns(&self, seconds: f64, cpu_secs: f64) -> String {
         match (self.broker_cpu_secs, broker_cpu_secs()) {
             (Some(before), Some(now)) => {
                 let broker = now - before;
-                let cores = (self.cpu_secs() + broker) / seconds.max(1e-9);
+                let cores = (cpu_secs + broker) / seconds.max(1e-9);
                 format!("{broker:>9.2} {cores:>6.2}")
             }
             _ => format!("{:>9} {:>6}", "-", "-"),

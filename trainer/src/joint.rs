@@ -186,13 +186,6 @@ struct Normaliser {
 }
 
 impl Normaliser {
-    /// Becomes equal to `other`, keeping this one's memory.
-    fn copy_from(&mut self, other: &Self) {
-        self.count = other.count;
-        self.mean.clone_from(&other.mean);
-        self.m2.clone_from(&other.m2);
-    }
-
     fn new(n: usize) -> Self {
         Self {
             count: 0.0,
@@ -444,11 +437,26 @@ impl JointModel {
     /// demand head and normalisers; training the copy would be wrong, so it is meant to
     /// be shared immutably (the serving side of the job never trains).
     pub fn serving_copy(&self) -> Self {
+        self.serving_copy_around(self.embedding.clone())
+    }
+
+    /// Makes `copy` equal to a new [`JointModel::serving_copy`] of this model, reusing the
+    /// memory of its embedding table: a job publishes a copy for serving after every
+    /// window, and a fresh allocation of the table (17 MB by default) each time costs
+    /// page faults and zeroing on the training thread.
+    pub fn serving_copy_into(&self, copy: &mut Self) {
+        let mut embedding = std::mem::take(&mut copy.embedding);
+        embedding.clone_from(&self.embedding);
+        *copy = self.serving_copy_around(embedding);
+    }
+
+    /// A serving copy of this model around `embedding`, which holds its table.
+    fn serving_copy_around(&self, embedding: Vec<f64>) -> Self {
         Self {
             config: self.config,
             layout: self.layout,
             params: self.params.clone(),
-            embedding: self.embedding.clone(),
+            embedding,
             adam_m: Vec::new(),
             adam_v: Vec::new(),
             emb_m: Vec::new(),
@@ -461,32 +469,6 @@ impl JointModel {
             demand_normaliser: self.demand_normaliser.clone(),
             demand_steps: self.demand_steps,
         }
-    }
-
-    /// Makes `copy` equal to a new [`JointModel::serving_copy`] of this model, reusing its
-    /// memory: a job publishes a copy for serving after every window, and a fresh
-    /// allocation of the embedding table (17 MB by default) each time costs page faults
-    /// and zeroing on the training thread.
-    pub fn serving_copy_into(&self, copy: &mut Self) {
-        copy.config = self.config;
-        copy.layout = self.layout;
-        copy.params.clone_from(&self.params);
-        copy.embedding.clone_from(&self.embedding);
-        for optimiser in [
-            &mut copy.adam_m,
-            &mut copy.adam_v,
-            &mut copy.emb_m,
-            &mut copy.emb_v,
-            &mut copy.demand_m,
-            &mut copy.demand_v,
-        ] {
-            *optimiser = Vec::new();
-        }
-        copy.normaliser.copy_from(&self.normaliser);
-        copy.steps = self.steps;
-        copy.demand.clone_from(&self.demand);
-        copy.demand_normaliser.copy_from(&self.demand_normaliser);
-        copy.demand_steps = self.demand_steps;
     }
 
     /// Rows of the embedding table (for hashing ids into it).

@@ -297,23 +297,26 @@ impl Trainer {
     /// A copy for serving: predicts exactly like this trainer (same version), without the
     /// optimiser state. Share it immutably (`Arc`): training it would be wrong.
     pub fn serving_copy(&self) -> Self {
+        self.serving_copy_around(self.model.serving_copy())
+    }
+
+    /// A new [`Trainer::serving_copy`] made from `copy`, an earlier one that nothing else
+    /// holds, reusing its model's memory ([`JointModel::serving_copy_into`]).
+    pub fn serving_copy_into(&self, copy: Self) -> Self {
+        let mut model = copy.model;
+        self.model.serving_copy_into(&mut model);
+        self.serving_copy_around(model)
+    }
+
+    /// A serving copy of this trainer around `model`, a serving copy of its model.
+    fn serving_copy_around(&self, model: JointModel) -> Self {
         Self {
-            model: self.model.serving_copy(),
+            model,
             batch_size: self.batch_size,
             version: self.version,
             trained_examples: self.trained_examples,
             last_window: self.last_window.clone(),
         }
-    }
-
-    /// Makes `copy`, an earlier [`Trainer::serving_copy`] of this trainer, equal to a new
-    /// one, reusing its memory ([`JointModel::serving_copy_into`]).
-    pub fn serving_copy_into(&self, copy: &mut Self) {
-        self.model.serving_copy_into(&mut copy.model);
-        copy.batch_size = self.batch_size;
-        copy.version = self.version;
-        copy.trained_examples = self.trained_examples;
-        copy.last_window.clone_from(&self.last_window);
     }
 
     /// The model version: the number of windows trained on.

@@ -595,17 +595,11 @@ fn publish(
 ) {
     let trainer = &worker.stage.trainer;
     if models.borrow().version() != trainer.version() {
-        let copy = match spare.take() {
-            Some(mut old) => match Arc::get_mut(&mut old) {
-                Some(reused) => {
-                    trainer.serving_copy_into(reused);
-                    old
-                }
-                None => Arc::new(trainer.serving_copy()),
-            },
-            None => Arc::new(trainer.serving_copy()),
+        let copy = match spare.take().and_then(|old| Arc::try_unwrap(old).ok()) {
+            Some(old) => trainer.serving_copy_into(old),
+            None => trainer.serving_copy(),
         };
-        *spare = Some(models.send_replace(copy));
+        *spare = Some(models.send_replace(Arc::new(copy)));
     }
     if let Ok(mut shown) = view.lock() {
         *shown = worker.view();
