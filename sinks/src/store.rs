@@ -869,17 +869,10 @@ pub(crate) mod tests {
         assert_eq!(leftovers, 0, "no temporary files left behind");
     }
 
-    /// Guards row-group pruning in parquet-java engines: they parse `created_by` with this
-    /// pattern (`org.apache.parquet.VersionParser`, a full match) and distrust string
-    /// statistics when it does not match or the version is not semver.
     #[test]
     fn event_ids_are_written_without_a_dictionary_and_other_columns_with_one() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = ParquetStore::open(&StoreConfig {
-            path: dir.path().to_path_buf(),
-            ..StoreConfig::default()
-        })
-        .expect("open");
+        let store = open_store(dir.path());
         let schema = Schema::new(vec![
             Field::new("event_id", DataType::Utf8, false),
             Field::new("user_id", DataType::Utf8, false),
@@ -919,6 +912,9 @@ pub(crate) mod tests {
         assert!(dictionary("user_id"), "a repeated key keeps its dictionary");
     }
 
+    /// Guards row-group pruning in parquet-java engines: they parse `created_by` with this
+    /// pattern (`org.apache.parquet.VersionParser`, a full match) and distrust string
+    /// statistics when it does not match or the version is not semver.
     #[test]
     fn created_by_parses_with_parquet_javas_version_pattern() {
         let dir = tempfile::tempdir().expect("tempdir");
