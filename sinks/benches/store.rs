@@ -16,11 +16,12 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use shopstream_config::{PipelineConfig, StoreConfig};
 use shopstream_features::{FeaturePipeline, examples_batch};
 use shopstream_ingest::event::InputTopic;
 use shopstream_ingest::generator::{Generator, GeneratorOptions};
-use shopstream_sinks::store::{ParquetStore, WindowRows};
+use shopstream_sinks::store::{ParquetStore, UNIQUE_COLUMNS, WindowRows};
 
 const PARTITIONS: i32 = 4;
 const TABLE: &str = "examples";
@@ -156,13 +157,11 @@ fn bench(c: &mut Criterion) {
         (
             // The store's settings before event ids lost their dictionary.
             "event_id_dictionary",
-            settings
-                .clone()
-                .into_builder()
-                .set_column_dictionary_enabled(
-                    parquet::schema::types::ColumnPath::from("event_id"),
-                    true,
-                )
+            UNIQUE_COLUMNS
+                .iter()
+                .fold(settings.clone().into_builder(), |builder, name| {
+                    builder.set_column_dictionary_enabled(ColumnPath::from(*name), true)
+                })
                 .build(),
         ),
     ];

@@ -709,9 +709,8 @@ fn pick_number(a: &str, b: &str, pick: fn(i64, i64) -> i64) -> String {
 
 /// Columns written without a dictionary: a value in them is unique to its row (an event's
 /// id, the dedupe key of the topic contract), so a dictionary only grows until the writer
-/// falls back to plain values, having hashed each one. Without it the examples of 200,000
-/// generated messages encode 8-11 % faster and 2.9 % smaller (`cargo bench -p
-/// shopstream-sinks --bench store`, `parquet_encoding`).
+/// falls back to plain values, having hashed each one (BENCHMARKS.md, "Store: event ids
+/// without a dictionary").
 pub const UNIQUE_COLUMNS: [&str; 1] = ["event_id"];
 
 /// Sorts rows by (`user_id`, `ts`), or (`item_id`, `ts`) for tables keyed by item, so that
@@ -873,11 +872,16 @@ pub(crate) mod tests {
     fn event_ids_are_written_without_a_dictionary_and_other_columns_with_one() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open_store(dir.path());
+        let rows = 1_000;
         let schema = Schema::new(vec![
             Field::new("event_id", DataType::Utf8, false),
             Field::new("user_id", DataType::Utf8, false),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
         ]);
-        let rows = 1_000;
         let b = RecordBatch::try_new(
             Arc::new(schema),
             vec![
@@ -887,15 +891,22 @@ pub(crate) mod tests {
                 Arc::new(StringArray::from_iter_values(
                     (0..rows).map(|i| format!("u{}", i % 7)),
                 )),
+                Arc::new(
+                    TimestampMicrosecondArray::from_iter_values(
+                        (0..rows).map(|i| 1_767_571_200_000_000 + i),
+                    )
+                    .with_timezone("UTC"),
+                ),
             ],
         )
         .expect("batch");
-        // As `write_file` encodes every file.
-        let properties = store.file_properties(&BTreeMap::new());
-        let mut writer =
-            ArrowWriter::try_new(Vec::new(), b.schema(), Some(properties)).expect("writer");
-        writer.write(&b).expect("write");
-        let bytes = writer.into_inner().expect("close");
+        let files = store
+            .write("t", "w1", &b, &BTreeMap::new(), &BTreeMap::new())
+            .expect("write");
+        let [file] = files.as_slice() else {
+            panic!("one hour, one file: {files:?}");
+        };
+        let bytes = std::fs::read(&file.path).expect("read");
         let reader =
             parquet::file::serialized_reader::SerializedFileReader::new(bytes::Bytes::from(bytes))
                 .expect("a Parquet file");
