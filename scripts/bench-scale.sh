@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Throughput of the job with 1 and 2 workers against a bare librdkafka consumer on the
 # same topics (issue 15; figures in BENCHMARKS.md). Starts its own tansu broker (memory
-# storage) on a free port, builds in release mode, and runs examples/throughput.rs.
+# storage; BROKER_STORAGE=sqlite for the live part at the wall clock's pace, see
+# scripts/local-broker.sh) on a free port, builds in release mode, and runs
+# examples/throughput.rs.
 #
 # usage: scripts/bench-scale.sh [EVENTS] [ROUNDS] [RATE]   (default 200000 2 3000;
 #        RATE 0 skips the live serving-latency part)

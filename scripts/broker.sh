@@ -4,6 +4,7 @@
 #
 # usage: scripts/broker.sh            # port 9092, 4 partitions
 #        PORT=19092 PARTITIONS=8 scripts/broker.sh
+#        STORAGE_ENGINE=sqlite:////tmp/tansu.db scripts/broker.sh   # tansu's storage engine
 # Then: SHOPSTREAM__KAFKA__BROKERS=127.0.0.1:9092 shopstream generate / run
 set -euo pipefail
 
