@@ -73,8 +73,8 @@ pub struct Prediction {
 /// A forecast of one item's sales in the next window.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DemandForecast {
-    /// The item.
-    pub item_id: String,
+    /// The item (shared with the features' demand row: a window's forecasts copy no ids).
+    pub item_id: std::sync::Arc<str>,
     /// Start of the window forecast (epoch ms).
     pub window_start: i64,
     /// Expected units sold in that window.
@@ -476,7 +476,7 @@ impl Trainer {
                 let (row, dense) = demand_input(f, rows);
                 let units = self.model.predict_demand(row, &dense);
                 DemandForecast {
-                    item_id: f.item_id.to_string(),
+                    item_id: std::sync::Arc::clone(&f.item_id),
                     window_start: f.at,
                     units,
                     on_hand: f.on_hand,

@@ -200,7 +200,7 @@ pub fn demand_batch(
     let columns: Vec<ArrayRef> = vec![
         utc_micros(forecasts.iter().map(|f| f.window_start)),
         Arc::new(StringArray::from_iter_values(
-            forecasts.iter().map(|f| f.item_id.as_str()),
+            forecasts.iter().map(|f| &*f.item_id),
         )),
         Arc::new(Float64Array::from_iter_values(
             forecasts.iter().map(|f| f.units),
