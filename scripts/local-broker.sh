@@ -17,6 +17,7 @@ start_local_broker() {
     local log="$1" dir
     dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
     BROKER_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+    # Never empty: tansu's subcommands read STORAGE_ENGINE themselves and refuse ''.
     local engine="memory://tansu/"
     case "${BROKER_STORAGE:-memory}" in
         memory) ;;

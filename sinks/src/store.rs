@@ -868,6 +868,15 @@ pub(crate) mod tests {
         assert_eq!(leftovers, 0, "no temporary files left behind");
     }
 
+    /// The footer of the Parquet file at `path`.
+    fn parquet_metadata(path: &Path) -> parquet::file::metadata::ParquetMetaData {
+        use parquet::file::reader::FileReader;
+        let file = std::fs::File::open(path).expect("open file");
+        let reader =
+            parquet::file::reader::SerializedFileReader::new(file).expect("a Parquet file");
+        reader.metadata().clone()
+    }
+
     #[test]
     fn event_ids_are_written_without_a_dictionary_and_other_columns_with_one() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -906,11 +915,8 @@ pub(crate) mod tests {
         let [file] = files.as_slice() else {
             panic!("one hour, one file: {files:?}");
         };
-        let bytes = std::fs::read(&file.path).expect("read");
-        let reader =
-            parquet::file::serialized_reader::SerializedFileReader::new(bytes::Bytes::from(bytes))
-                .expect("a Parquet file");
-        let group = parquet::file::reader::FileReader::metadata(&reader).row_group(0);
+        let metadata = parquet_metadata(&file.path);
+        let group = metadata.row_group(0);
         let dictionary = |name: &str| {
             let column = group
                 .columns()
@@ -943,11 +949,7 @@ pub(crate) mod tests {
                 &BTreeMap::new(),
             )
             .expect("write");
-        let file = std::fs::File::open(&files[0].path).expect("open file");
-        let reader = parquet::file::reader::SerializedFileReader::new(file).expect("reader");
-        use parquet::file::reader::FileReader;
-        let created_by = reader
-            .metadata()
+        let created_by = parquet_metadata(&files[0].path)
             .file_metadata()
             .created_by()
             .expect("created_by set")

@@ -30,6 +30,7 @@ mod scoring;
 pub use scoring::VwLabel;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 use shopstream_config::ModelConfig;
@@ -74,7 +75,7 @@ pub struct Prediction {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DemandForecast {
     /// The item (shared with the features' demand row: a window's forecasts copy no ids).
-    pub item_id: std::sync::Arc<str>,
+    pub item_id: Arc<str>,
     /// Start of the window forecast (epoch ms).
     pub window_start: i64,
     /// Expected units sold in that window.
@@ -476,7 +477,7 @@ impl Trainer {
                 let (row, dense) = demand_input(f, rows);
                 let units = self.model.predict_demand(row, &dense);
                 DemandForecast {
-                    item_id: std::sync::Arc::clone(&f.item_id),
+                    item_id: Arc::clone(&f.item_id),
                     window_start: f.at,
                     units,
                     on_hand: f.on_hand,
